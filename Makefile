@@ -1,0 +1,49 @@
+# registry-kit: the two commands a new user runs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-unit test-e2e lint lab-up lab-down lab-status bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## demo: bring up the lab, deploy the registry into it, push and pull on a client
+demo: venv
+	$(PY) -m registry_kit.demo
+
+## test: unit tests, lint, then the e2e suite against the lab (needs root and Docker)
+test: venv lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-unit: fast tests only (no lab)
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-e2e: venv
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+lab-up: venv
+	$(PY) -m lab up
+
+lab-down: venv
+	$(PY) -m lab down
+
+lab-status: venv
+	$(PY) -m lab status
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
