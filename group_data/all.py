@@ -1,0 +1,50 @@
+"""registry-kit settings: every knob, with its default and what it means.
+
+Override per group in group_data/<group>.py (registry_servers, registry_clients), per host
+in the inventory, or per run with `--data key=value`. The README's settings table mirrors
+this file; tests check that they agree. Plain literals only: registry_kit.settings reads
+and validates them once, before any host is touched.
+"""
+
+# --- Registry service (hosts in registry_servers) ---
+registry_domain = "registry.example.internal"  # name clients push to; the certificate covers it
+registry_port = 5000  # published TCP port; 443 lets clients use the bare domain
+registry_image = "registry:2"  # registry image reference; pin a tag or a digest
+registry_image_archive = None  # control-machine `docker save` tar, loaded on air-gapped servers
+registry_container_name = "registry"  # name of the registry container on servers
+registry_config_dir = "/etc/registry-kit"  # servers: config.yml, certs/, auth/ (root only)
+registry_data_dir = "/var/lib/registry-kit/data"  # servers: image data (filesystem storage)
+registry_storage = {"driver": "filesystem"}  # filesystem | s3 | azure | gcs | inmemory, see README
+registry_delete_enabled = False  # allow DELETE of manifests (needed before garbage collection)
+registry_http_secret = None  # {"env": NAME} or {"file": PATH}; None: generated once, kept locally
+registry_log_level = "info"  # error | warn | info | debug
+registry_debug_addr = None  # e.g. "127.0.0.1:5001": debug and /metrics, localhost only
+registry_verify_timeout = 60  # seconds to wait for /v2/ after a (re)start before failing
+
+# --- TLS ---
+registry_tls_mode = "self-signed"  # self-signed (kit's own CA) | provided | none (plain HTTP)
+registry_tls_cert_file = None  # provided: server certificate (chain allowed), control machine
+registry_tls_key_file = None  # provided: its private key, control machine
+registry_tls_ca_file = None  # provided: CA certificate clients must trust, control machine
+registry_tls_extra_names = []  # extra DNS names in the certificate
+registry_tls_extra_ips = []  # extra IP addresses in the certificate
+registry_tls_none_acknowledged = False  # must be True to send passwords over plain HTTP
+
+# --- Users (htpasswd, bcrypt) ---
+registry_users = []  # [{"name": "ci", "password_env": "VAR" | "password_file": PATH | "password_hash": BCRYPT}]
+registry_allow_plain_passwords = False  # allow {"password": "..."} in group data (not advised)
+
+# --- Client hosts (registry_clients) ---
+registry_client_login_user = None  # `docker login` on clients as this user (needs a password source)
+registry_client_system_trust = False  # also add the CA to the OS trust store (restarts Docker once)
+registry_client_hosts_entries = {}  # {"registry.example.internal": "10.0.0.5"} for /etc/hosts
+
+# --- Control machine ---
+registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)
+
+# --- Docker engine (every managed host) ---
+docker_install_method = "distro"  # distro (docker.io) | docker-ce (Docker's repository) | none
+docker_ce_repo_url = None  # docker-ce: base URL of Docker's package repository for your OS family
+docker_min_version = "1.6.0"  # refuse engines older than this (the registry's minimum)
+docker_registry_mirrors = []  # daemon.json registry-mirrors (pull-through for Docker Hub images)
+docker_live_restore = None  # daemon.json live-restore: True/False to manage it, None to leave it

@@ -1,0 +1,494 @@
+"""Settings: group_data -> host.data -> one typed, frozen Settings object, validated once.
+
+This is the only module that reads host data. Every other module takes a Settings
+argument. A bad value raises SettingsError with one line naming the host, the key, the
+value and what is allowed, before any host is touched. Secrets (passwords, the http
+secret, storage keys) are read here from the environment or from files on the control
+machine and wrapped in Secret so they never show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry_kit.versions import is_valid_version
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "group_data" / "all.py"
+
+TLS_MODES = ("self-signed", "provided", "none")
+INSTALL_METHODS = ("distro", "docker-ce", "none")
+LOG_LEVELS = ("error", "warn", "info", "debug")
+STORAGE_DRIVERS = ("filesystem", "s3", "azure", "gcs", "inmemory")
+# Keys a storage driver needs before the registry can work; the registry itself starts
+# without them and fails every upload later.
+STORAGE_REQUIRED = {
+    "filesystem": (),
+    "s3": ("bucket", "region"),
+    "azure": ("accountname", "container"),
+    "gcs": ("bucket",),
+    "inmemory": (),
+}
+# Storage parameters that are secrets: given as <key>_env or <key>_file, never inline.
+STORAGE_SECRETS = {"s3": ("accesskey", "secretkey"), "azure": ("accountkey",), "gcs": ()}
+BCRYPT_MAX_BYTES = 72  # bcrypt ignores everything past 72 bytes: refuse rather than truncate
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+# distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
+_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?)"
+_IMAGE_REF_RE = re.compile(
+    rf"^(?:{_REF_DOMAIN}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+class SettingsError(ValueError):
+    """A bad setting. str() is the one line shown to the user."""
+
+
+class Secret:
+    """A secret value that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: Secret | None  # None when only a ready bcrypt hash was given
+    password_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Storage:
+    driver: str
+    params: Mapping[str, Any] = field(default_factory=dict)  # secrets already resolved
+    secret_keys: tuple[str, ...] = ()  # which params hold secrets (for masking)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    registry_domain: str
+    registry_port: int
+    registry_image: str
+    registry_image_archive: Path | None
+    registry_container_name: str
+    registry_config_dir: str
+    registry_data_dir: str
+    registry_storage: Storage
+    registry_delete_enabled: bool
+    registry_http_secret: Secret | None
+    registry_log_level: str
+    registry_debug_addr: str | None
+    registry_verify_timeout: int
+    registry_tls_mode: str
+    registry_tls_cert_file: Path | None
+    registry_tls_key_file: Path | None
+    registry_tls_ca_file: Path | None
+    registry_tls_extra_names: tuple[str, ...]
+    registry_tls_extra_ips: tuple[str, ...]
+    registry_tls_none_acknowledged: bool
+    registry_users: tuple[User, ...]
+    registry_allow_plain_passwords: bool
+    registry_client_login_user: str | None
+    registry_client_system_trust: bool
+    registry_client_hosts_entries: Mapping[str, str]
+    registry_state_dir: Path
+    docker_install_method: str
+    docker_ce_repo_url: str | None
+    docker_min_version: str
+    docker_registry_mirrors: tuple[str, ...]
+    docker_live_restore: bool | None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.registry_tls_mode != "none"
+
+    @property
+    def registry_address(self) -> str:
+        """What clients type before the image name: no ":443" on the TLS default port."""
+        if self.tls_enabled and self.registry_port == 443:
+            return self.registry_domain
+        return f"{self.registry_domain}:{self.registry_port}"
+
+    @property
+    def registry_url(self) -> str:
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{self.registry_domain}:{self.registry_port}"
+
+    def user(self, name: str) -> User | None:
+        return next((user for user in self.registry_users if user.name == name), None)
+
+
+def known_keys() -> dict[str, Any]:
+    """The settings and their defaults, read from group_data/all.py."""
+    namespace: dict[str, Any] = {}
+    exec(compile(DEFAULTS_FILE.read_text(), str(DEFAULTS_FILE), "exec"), namespace)
+    return {
+        key: value
+        for key, value in namespace.items()
+        if key.startswith(("registry_", "docker_"))
+    }
+
+
+def _fail(host: str, key: str, value: Any, allowed: str) -> SettingsError:
+    return SettingsError(f"{host}: setting {key}={value!r} is not allowed: {allowed}")
+
+
+class _Reader:
+    """Reads and checks one host's data; each method returns a typed value or raises."""
+
+    def __init__(self, host: str, data: Mapping[str, Any], base_dir: Path) -> None:
+        self.host = host
+        self.data = data
+        self.base_dir = base_dir
+
+    def raw(self, key: str) -> Any:
+        return self.data[key]
+
+    def fail(self, key: str, value: Any, allowed: str) -> SettingsError:
+        return _fail(self.host, key, value, allowed)
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, value, "True or False")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(key)
+        if value not in choices:
+            raise self.fail(key, value, "one of " + ", ".join(choices))
+        return str(value)
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, value, f"a whole number from {low} to {high}")
+        return value
+
+    def absolute_path(self, key: str) -> str:
+        value = self.raw(key)
+        if not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/"):
+            raise self.fail(key, value, "an absolute path on the servers, without '..'")
+        if any(ch.isspace() for ch in value) or value.rstrip("/") == "":
+            raise self.fail(key, value, "an absolute path without spaces, not '/'")
+        return value.rstrip("/")
+
+    def local_path(self, key: str, value: Any, *, must_exist: bool = True) -> Path:
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            raise self.fail(key, value, "a path on the control machine")
+        path = Path(value)
+        if not path.is_absolute():
+            path = self.base_dir / path
+        if must_exist and not path.is_file():
+            raise self.fail(key, value, f"an existing file on the control machine ({path})")
+        return path
+
+    def optional_local_file(self, key: str) -> Path | None:
+        value = self.raw(key)
+        return None if value is None else self.local_path(key, value)
+
+    def string_list(self, key: str, check: Any, allowed: str) -> tuple[str, ...]:
+        value = self.raw(key)
+        if not isinstance(value, list | tuple):
+            raise self.fail(key, value, f"a list of {allowed}")
+        for item in value:
+            if not isinstance(item, str) or not check(item):
+                raise self.fail(key, item, allowed)
+        return tuple(value)
+
+    def secret_source(self, key: str, source: Mapping[str, Any], what: str) -> Secret:
+        """Resolve {"env": NAME} / {"file": PATH} (or <what>_env / <what>_file keys)."""
+        env = source.get("env", source.get(f"{what}_env"))
+        file = source.get("file", source.get(f"{what}_file"))
+        if (env is None) == (file is None):
+            raise self.fail(key, dict(source), f"exactly one of {what}_env or {what}_file")
+        if env is not None:
+            if not isinstance(env, str) or not env:
+                raise self.fail(key, env, "the name of an environment variable")
+            value = os.environ.get(env)
+            if value is None:
+                raise self.fail(key, env, "an environment variable that is set")
+            return Secret(value)
+        path = self.local_path(key, file)
+        try:
+            # One trailing newline is how editors save files; it is not part of the secret.
+            return Secret(path.read_text().removesuffix("\n"))
+        except OSError as error:
+            raise self.fail(key, file, f"a readable file ({error.strerror})") from None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(text: str) -> bool:
+    return bool(_HOSTNAME_RE.match(text))
+
+
+def is_image_reference(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= 255 and bool(_IMAGE_REF_RE.match(text))
+
+
+def check_unknown_keys(host: str, data: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    for key in data:
+        if key.startswith(("registry_", "docker_")) and key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean {close[0]}?" if close else "see group_data/all.py"
+            raise _fail(host, key, data[key], f"unknown setting; {hint}")
+
+
+def _read_users(r: _Reader, allow_plain: bool) -> tuple[User, ...]:
+    key = "registry_users"
+    value = r.raw(key)
+    if not isinstance(value, list | tuple):
+        raise r.fail(key, value, "a list of {'name': ..., 'password_env'|'password_file'|...}")
+    users: list[User] = []
+    for entry in value:
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise r.fail(key, entry, "a mapping with a 'name'")
+        name = entry["name"]
+        if not isinstance(name, str) or not _USER_RE.match(name):
+            raise r.fail(key, name, "a user name of letters, digits, '.', '_', '@', '-' (no ':')")
+        if any(user.name == name for user in users):
+            raise r.fail(key, name, "each user name once")
+        sources = [s for s in ("password_env", "password_file", "password_hash", "password")
+                   if s in entry]
+        unknown = set(entry) - {"name", "password_env", "password_file", "password_hash",
+                                "password"}
+        if unknown or len(sources) != 1:
+            raise r.fail(key, {k: ("***" if "password" in k else v) for k, v in entry.items()},
+                         f"user {name!r}: exactly one of password_env, password_file, "
+                         "password_hash")
+        source = sources[0]
+        if source == "password_hash":
+            hashed = entry[source]
+            if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed):
+                raise r.fail(key, hashed, f"user {name!r}: a bcrypt hash ($2y$/$2b$/$2a$); "
+                             "the registry ignores other hashes")
+            users.append(User(name=name, password=None, password_hash=hashed))
+            continue
+        if source == "password":
+            if not allow_plain:
+                raise r.fail(key, "***", f"user {name!r}: password_env, password_file or "
+                             "password_hash (plain passwords need "
+                             "registry_allow_plain_passwords=True)")
+            secret = Secret(str(entry["password"]))
+        else:
+            secret = r.secret_source(key, {source: entry[source]}, "password")
+        raw = secret.reveal()
+        where = f"user {name!r}: password from {source}={entry[source]!r}" if source != \
+            "password" else f"user {name!r}: password"
+        if not raw:
+            raise r.fail(key, "<empty>", f"{where} must not be empty")
+        if len(raw.encode()) > BCRYPT_MAX_BYTES:
+            raise r.fail(key, f"<{len(raw.encode())} bytes>",
+                         f"{where} must be at most {BCRYPT_MAX_BYTES} bytes (bcrypt's limit)")
+        if "\n" in raw:
+            raise r.fail(key, "<multi-line>", f"{where} must be one line")
+        users.append(User(name=name, password=secret))
+    return tuple(users)
+
+
+def _read_storage(r: _Reader) -> Storage:
+    key = "registry_storage"
+    value = r.raw(key)
+    if not isinstance(value, Mapping) or "driver" not in value:
+        raise r.fail(key, value, "a mapping with a 'driver'")
+    driver = value["driver"]
+    if driver not in STORAGE_DRIVERS:
+        raise r.fail(key, driver, "driver one of " + ", ".join(STORAGE_DRIVERS))
+    params: dict[str, Any] = {}
+    secret_keys: list[str] = []
+    secrets = STORAGE_SECRETS.get(driver, ())
+    for name, item in value.items():
+        if name == "driver":
+            continue
+        base = name.removesuffix("_env").removesuffix("_file")
+        if base in secrets:
+            if base == name:
+                raise r.fail(key, f"{name}=***", f"{driver} {base} from {base}_env or "
+                             f"{base}_file, never inline")
+            params[base] = r.secret_source(key, {name: item}, base)
+            secret_keys.append(base)
+        else:
+            params[name] = item
+    for required in STORAGE_REQUIRED[driver]:
+        if not params.get(required):
+            raise r.fail(key, {k: v for k, v in value.items() if k not in secrets},
+                         f"{driver} storage needs '{required}'")
+    return Storage(driver=driver, params=params, secret_keys=tuple(secret_keys))
+
+
+def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
+         known: Mapping[str, Any] | None = None) -> Settings:
+    """Validate one host's data (defaults filled from group_data/all.py) into Settings."""
+    known = known if known is not None else known_keys()
+    check_unknown_keys(host, data, known)
+    merged = {**known, **{k: v for k, v in data.items() if k in known}}
+    r = _Reader(host, merged, base_dir)
+
+    domain = r.raw("registry_domain")
+    if not isinstance(domain, str) or not (_is_hostname(domain) or _is_ip(domain)):
+        raise r.fail("registry_domain", domain,
+                     "a DNS name or IP address, without scheme, port, path or spaces")
+    port = r.integer("registry_port", 1, 65535)
+    image = r.raw("registry_image")
+    if not is_image_reference(image):
+        raise r.fail("registry_image", image, "an image reference like registry:2, "
+                     "registry:2.8.3 or host:5000/library/registry@sha256:<64 hex>")
+    tls_mode = r.choice("registry_tls_mode", TLS_MODES)
+    cert_file = key_file = ca_file = None
+    if tls_mode == "provided":
+        for name in ("registry_tls_cert_file", "registry_tls_key_file"):
+            if r.raw(name) is None:
+                raise r.fail(name, None, "a certificate/key file path when "
+                             "registry_tls_mode='provided'")
+        cert_file = r.optional_local_file("registry_tls_cert_file")
+        key_file = r.optional_local_file("registry_tls_key_file")
+        ca_file = r.optional_local_file("registry_tls_ca_file")
+    users = _read_users(r, r.boolean("registry_allow_plain_passwords"))
+    acknowledged = r.boolean("registry_tls_none_acknowledged")
+    if tls_mode == "none" and users and not acknowledged:
+        raise r.fail("registry_tls_mode", "none", "plain HTTP with users sends passwords in "
+                     "clear; set registry_tls_none_acknowledged=True or use TLS")
+
+    login_user = r.raw("registry_client_login_user")
+    if login_user is not None:
+        user = next((u for u in users if u.name == login_user), None)
+        if user is None or user.password is None:
+            raise r.fail("registry_client_login_user", login_user,
+                         "a name from registry_users with a password_env or password_file")
+
+    http_secret_value = r.raw("registry_http_secret")
+    http_secret = None
+    if http_secret_value is not None:
+        if not isinstance(http_secret_value, Mapping):
+            raise r.fail("registry_http_secret", "***", "{'env': NAME} or {'file': PATH}")
+        http_secret = r.secret_source("registry_http_secret", http_secret_value, "secret")
+
+    debug_addr = r.raw("registry_debug_addr")
+    if debug_addr is not None and not (
+        isinstance(debug_addr, str) and re.match(r"^(127\.\d+\.\d+\.\d+|localhost):\d{1,5}$",
+                                                 debug_addr)):
+        raise r.fail("registry_debug_addr", debug_addr, "None or 127.0.0.1:PORT (localhost)")
+
+    hosts_entries = r.raw("registry_client_hosts_entries")
+    if not isinstance(hosts_entries, Mapping) or not all(
+            isinstance(k, str) and _is_hostname(k) and isinstance(v, str) and _is_ip(v)
+            for k, v in hosts_entries.items()):
+        raise r.fail("registry_client_hosts_entries", hosts_entries,
+                     "a mapping of host name to IP address")
+
+    install_method = r.choice("docker_install_method", INSTALL_METHODS)
+    repo_url = r.raw("docker_ce_repo_url")
+    if install_method == "docker-ce" and not (
+            isinstance(repo_url, str) and re.match(r"^https://\S+$", repo_url)):
+        raise r.fail("docker_ce_repo_url", repo_url, "the https:// base URL of Docker's "
+                     "package repository when docker_install_method='docker-ce'")
+    min_version = r.raw("docker_min_version")
+    if not is_valid_version(min_version):
+        raise r.fail("docker_min_version", min_version, "a version like 1.6.0")
+    live_restore = r.raw("docker_live_restore")
+    if live_restore is not None and not isinstance(live_restore, bool):
+        raise r.fail("docker_live_restore", live_restore, "True, False or None")
+    state_dir = r.raw("registry_state_dir")
+    if not isinstance(state_dir, str) or not state_dir:
+        raise r.fail("registry_state_dir", state_dir, "a folder path on the control machine")
+    archive = r.raw("registry_image_archive")
+    container_name = r.raw("registry_container_name")
+    if not isinstance(container_name, str) or not re.match(
+            r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", container_name):
+        raise r.fail("registry_container_name", container_name, "a Docker container name")
+
+    return Settings(
+        host=host,
+        registry_domain=domain.lower(),
+        registry_port=port,
+        registry_image=image,
+        registry_image_archive=None if archive is None
+        else r.local_path("registry_image_archive", archive),
+        registry_container_name=container_name,
+        registry_config_dir=r.absolute_path("registry_config_dir"),
+        registry_data_dir=r.absolute_path("registry_data_dir"),
+        registry_storage=_read_storage(r),
+        registry_delete_enabled=r.boolean("registry_delete_enabled"),
+        registry_http_secret=http_secret,
+        registry_log_level=r.choice("registry_log_level", LOG_LEVELS),
+        registry_debug_addr=debug_addr,
+        registry_verify_timeout=r.integer("registry_verify_timeout", 5, 600),
+        registry_tls_mode=tls_mode,
+        registry_tls_cert_file=cert_file,
+        registry_tls_key_file=key_file,
+        registry_tls_ca_file=ca_file,
+        registry_tls_extra_names=r.string_list("registry_tls_extra_names", _is_hostname,
+                                               "DNS names"),
+        registry_tls_extra_ips=r.string_list("registry_tls_extra_ips", _is_ip, "IP addresses"),
+        registry_tls_none_acknowledged=acknowledged,
+        registry_users=users,
+        registry_allow_plain_passwords=r.boolean("registry_allow_plain_passwords"),
+        registry_client_login_user=login_user,
+        registry_client_system_trust=r.boolean("registry_client_system_trust"),
+        registry_client_hosts_entries=dict(hosts_entries),
+        registry_state_dir=(base_dir / state_dir) if not Path(state_dir).is_absolute()
+        else Path(state_dir),
+        docker_install_method=install_method,
+        docker_ce_repo_url=repo_url,
+        docker_min_version=min_version,
+        docker_registry_mirrors=r.string_list(
+            "docker_registry_mirrors", lambda u: bool(re.match(r"^https?://[^\s/]+/?$", u)),
+            "mirror URLs like https://mirror.example:5000"),
+        docker_live_restore=live_restore,
+    )
+
+
+def check_group_conflicts(host: str, groups_data: Mapping[str, Mapping[str, Any]],
+                          host_data: Mapping[str, Any]) -> None:
+    """A host in several groups whose group data disagree on a key it does not set itself:
+    which value wins depends on group order, so refuse instead of guessing."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for group, data in groups_data.items():
+        for key, value in data.items():
+            if not key.startswith(("registry_", "docker_")) or key in host_data:
+                continue
+            if key in seen and seen[key][1] != value:
+                other_group, other = seen[key]
+                raise _fail(host, key, value, f"one value; group {other_group} sets {other!r} "
+                            f"and group {group} sets {value!r}: set it for the host instead")
+            seen[key] = (group, value)
