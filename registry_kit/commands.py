@@ -1,0 +1,131 @@
+"""Shell commands the kit runs on hosts, built in one place with proper quoting.
+
+Nothing secret is ever part of a command: secrets travel as uploaded files (SFTP) and
+are read by the command from there.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from registry_kit.versions import parse_version
+
+DEBIAN_FAMILY = ("debian", "ubuntu")
+RHEL_FAMILY = ("rhel", "rocky", "almalinux", "centos", "fedora")
+# Packages that conflict with Docker's own (Docker's install docs remove them first).
+DEBIAN_CONFLICTS = ("docker.io", "docker-doc", "docker-compose", "podman-docker", "containerd",
+                    "runc")
+RHEL_CONFLICTS = ("docker", "docker-client", "docker-common", "docker-latest", "docker-engine",
+                  "podman-docker", "runc")
+DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
+MOUNT_FLAG_SINCE = (17, 6, 0)  # `docker run --mount` appeared in Docker 17.06
+
+
+class UnsupportedOS(ValueError):
+    pass
+
+
+def q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def join(args: Sequence[object]) -> str:
+    return " ".join(q(arg) for arg in args)
+
+
+@dataclass(frozen=True)
+class OSInfo:
+    id: str
+    id_like: str = ""
+    codename: str = ""
+
+    @property
+    def family(self) -> str:
+        names = [self.id, *self.id_like.split()]
+        if any(name in DEBIAN_FAMILY for name in names):
+            return "debian"
+        if any(name in RHEL_FAMILY for name in names):
+            return "rhel"
+        return "unsupported"
+
+
+def _apt(*args: str) -> str:
+    return "DEBIAN_FRONTEND=noninteractive apt-get " + " ".join(args)
+
+
+def docker_install_commands(os_info: OSInfo, method: str, repo_url: str | None) -> list[str]:
+    """Commands that install a Docker engine; raises UnsupportedOS with a clear reason."""
+    family = os_info.family
+    if family == "unsupported":
+        raise UnsupportedOS(f"operating system {os_info.id!r} is not supported "
+                            "(Debian/Ubuntu or RHEL family: Rocky, Alma, CentOS Stream, Fedora)")
+    if family == "debian" and method == "distro":
+        return [_apt("update", "-q"), _apt("install", "-y", "-q", "docker.io")]
+    if method == "distro":
+        raise UnsupportedOS(f"{os_info.id} has no distro Docker engine: "
+                            "use docker_install_method='docker-ce'")
+    assert repo_url, "validated in settings"
+    base = repo_url.rstrip("/")
+    if family == "debian":
+        distro = "ubuntu" if os_info.id == "ubuntu" or "ubuntu" in os_info.id_like.split() \
+            else "debian"
+        if not os_info.codename:
+            raise UnsupportedOS(f"{os_info.id}: no VERSION_CODENAME in /etc/os-release")
+        source = (f"deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc]"
+                  f" {base}/{distro} {os_info.codename} stable")
+        return [
+            _apt("remove", "-y", "-q", *DEBIAN_CONFLICTS),
+            _apt("update", "-q"),
+            _apt("install", "-y", "-q", "ca-certificates", "curl"),
+            "install -m 0755 -d /etc/apt/keyrings",
+            f"curl -fsSL {q(base + '/' + distro + '/gpg')} -o /etc/apt/keyrings/docker.asc",
+            "chmod a+r /etc/apt/keyrings/docker.asc",
+            f'echo "{source}" > /etc/apt/sources.list.d/docker.list',
+            _apt("update", "-q"),
+            _apt("install", "-y", "-q", *DOCKER_CE_PACKAGES),
+        ]
+    distro = "fedora" if os_info.id == "fedora" else (
+        "rhel" if os_info.id == "rhel" else "centos")
+    return [
+        "dnf -y remove " + " ".join(RHEL_CONFLICTS),
+        f"curl -fsSL {q(base + '/' + distro + '/docker-ce.repo')}"
+        " -o /etc/yum.repos.d/docker-ce.repo",
+        "dnf -y install " + " ".join(DOCKER_CE_PACKAGES),
+    ]
+
+
+ENABLE_DOCKER = "systemctl enable --now docker.service"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    port: int
+    config_dir: str
+    data_dir: str | None  # None: no data mount (non-filesystem storage)
+    debug_port: int | None = None
+    spec_hash: str = ""
+
+    def run_args(self, engine_version: str | None = None) -> list[str]:
+        """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
+        single files: a file replaced by rename keeps its old inode inside the container."""
+        use_mount = engine_version is None or parse_version(engine_version) >= MOUNT_FLAG_SINCE
+        args = ["-d", "--name", self.name, "--restart=always", "-p", f"{self.port}:5000"]
+        if self.debug_port:
+            args += ["-p", f"127.0.0.1:{self.debug_port}:5001"]
+        mounts = [(self.config_dir, "/etc/registry-kit", True)]
+        if self.data_dir:
+            mounts.append((self.data_dir, "/var/lib/registry", False))
+        for source, target, readonly in mounts:
+            if use_mount:  # --mount: a missing source is an error, not a new empty folder
+                args += ["--mount", f"type=bind,source={source},target={target}"
+                         + (",readonly" if readonly else "")]
+            else:
+                args += ["-v", f"{source}:{target}" + (":ro" if readonly else "")]
+        args += ["--label", "registry-kit.managed=true",
+                 "--label", f"registry-kit.spec={self.spec_hash}",
+                 self.image, "serve", "/etc/registry-kit/config.yml"]
+        return args

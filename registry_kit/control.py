@@ -1,0 +1,69 @@
+"""Material made and kept on the control machine: certificates and the http secret.
+
+Everything lives in registry_state_dir (git-ignored, 0700). Made once and reused, so
+reruns upload nothing new. The CA private key stays here; servers get the CA certificate,
+their certificate and its key only.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cache
+from pathlib import Path
+
+from registry_kit import tls
+from registry_kit.settings import Settings, SettingsError
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@cache
+def _self_signed(state_dir: Path, domain: str, names: tuple[str, ...],
+                 ips: tuple[str, ...]) -> tls.ServerCertificate:
+    _private_dir(state_dir)
+    return tls.ensure_server_certificate(state_dir, domain, names, ips)
+
+
+@cache
+def _provided(cert: Path, key: Path, ca: Path | None, domain: str) -> tls.ServerCertificate:
+    return tls.load_provided(cert, key, ca, domain)
+
+
+def server_certificate(settings: Settings) -> tls.ServerCertificate | None:
+    """The certificate for this host's settings, or None in plain-HTTP mode. Raises
+    SettingsError (one line) for unusable provided files."""
+    if settings.registry_tls_mode == "none":
+        return None
+    if settings.registry_tls_mode == "provided":
+        assert settings.registry_tls_cert_file and settings.registry_tls_key_file
+        try:
+            return _provided(settings.registry_tls_cert_file, settings.registry_tls_key_file,
+                             settings.registry_tls_ca_file, settings.registry_domain)
+        except tls.TLSError as error:
+            raise SettingsError(f"{settings.host}: setting registry_tls_cert_file="
+                                f"{str(settings.registry_tls_cert_file)!r} is not allowed: "
+                                f"{error}") from None
+    return _self_signed(settings.registry_state_dir, settings.registry_domain,
+                        tuple(sorted(settings.registry_tls_extra_names)),
+                        tuple(sorted(settings.registry_tls_extra_ips)))
+
+
+def http_secret(settings: Settings) -> str:
+    """registry_http_secret if given; else one generated once and kept locally, so every
+    replica of a domain shares it and reruns do not change config.yml."""
+    if settings.registry_http_secret is not None:
+        return settings.registry_http_secret.reveal()
+    path = _private_dir(settings.registry_state_dir / "secrets") / \
+        f"http-secret-{settings.registry_domain}"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+        return value

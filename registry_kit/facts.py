@@ -1,0 +1,191 @@
+"""One probe fact per host: everything the kit compares against, in one remote command.
+
+pyinfra 3.10 does not cache facts, and its file operations ask two or three facts per
+file. The kit instead reads, in one round trip, the engine, daemon.json, the registry
+container, and the checksum and mode of every file it manages; each operation then
+compares its wanted state with this snapshot and yields commands only for differences.
+Read-only: the probe never changes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+from registry_kit.commands import OSInfo, q
+
+_SECTION = "@@registry-kit:"
+HOSTS_MARKER = "# registry-kit"
+
+
+@dataclass(frozen=True)
+class FileState:
+    sha256: str
+    mode: str  # octal, e.g. "600"
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    spec_hash: str
+    running: bool
+    started_at: str
+    image_id: str
+    restart_policy: str
+
+
+@dataclass
+class HostState:
+    os: OSInfo = field(default_factory=lambda: OSInfo(id="unknown"))
+    docker_installed: bool = False
+    server_version: str | None = None
+    docker_active: bool = False
+    docker_enabled: bool = False
+    dockerd_validate: bool = False
+    curl_installed: bool = False
+    daemon_json: str | None = None
+    files: dict[str, FileState] = field(default_factory=dict)
+    dirs: dict[str, str] = field(default_factory=dict)  # path -> mode
+    container: ContainerState | None = None
+    image_id: str | None = None
+    htpasswd: str = ""
+    docker_auths: list[str] = field(default_factory=list)
+    login_marker: str = ""
+    hosts_lines: list[str] = field(default_factory=list)
+
+
+def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
+                  container: str | None = None, image: str | None = None,
+                  htpasswd: str | None = None, login_marker: str | None = None) -> str:
+    def section(name: str) -> str:
+        return f"echo {q(_SECTION + name)}"
+
+    parts = [
+        section("os"),
+        "( . /etc/os-release 2>/dev/null; echo \"${ID:-unknown}\"; echo \"${ID_LIKE:-}\";"
+        " echo \"${VERSION_CODENAME:-}\" )",
+        section("tools"),
+        "command -v docker >/dev/null 2>&1 && echo docker;"
+        " command -v curl >/dev/null 2>&1 && echo curl;"
+        " systemctl is-active --quiet docker 2>/dev/null && echo active;"
+        " systemctl is-enabled --quiet docker 2>/dev/null && echo enabled;"
+        " dockerd --help 2>/dev/null | grep -q -- --validate && echo validate",
+        section("server_version"),
+        "docker info --format '{{.ServerVersion}}' 2>/dev/null || true",
+        section("daemon_json"),
+        "cat /etc/docker/daemon.json 2>/dev/null || true",
+        section("files"),
+    ]
+    file_list = " ".join(q(path) for path in files)
+    if file_list:
+        parts.append(f"for f in {file_list}; do [ -f \"$f\" ] && "
+                     "echo \"$(sha256sum < \"$f\" | cut -d' ' -f1) $(stat -c '%a %U %G' \"$f\")"
+                     " $f\"; done; true")
+    parts.append(section("dirs"))
+    dir_list = " ".join(q(path) for path in dirs)
+    if dir_list:
+        parts.append(f"for d in {dir_list}; do [ -d \"$d\" ] && echo \"$(stat -c '%a' \"$d\") $d\";"
+                     " done; true")
+    parts.append(section("container"))
+    if container:
+        fmt = ('{{index .Config.Labels "registry-kit.spec"}}|{{.State.Running}}|'
+               '{{.State.StartedAt}}|{{.Image}}|{{.HostConfig.RestartPolicy.Name}}')
+        parts.append(f"docker inspect --type container --format {q(fmt)} {q(container)}"
+                     " 2>/dev/null || true")
+    parts.append(section("image"))
+    if image:
+        parts.append(f"docker image inspect --format '{{{{.Id}}}}' {q(image)} 2>/dev/null || true")
+    parts.append(section("htpasswd"))
+    if htpasswd:
+        parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
+    parts.append(section("auths"))
+    # Only the registry names of root's docker logins, never the credentials themselves.
+    parts.append("grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
+                 " | cut -d'\"' -f2 || true")
+    parts.append(section("login_marker"))
+    if login_marker:
+        parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
+    parts.append(section("hosts"))
+    parts.append(f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true")
+    return "; ".join(parts)
+
+
+def parse_probe(lines: Iterable[str]) -> HostState:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith(_SECTION):
+            current = sections.setdefault(line[len(_SECTION):].strip(), [])
+        elif current is not None:
+            current.append(line)
+    state = HostState()
+    os_lines = [*sections.get("os", []), "", "", ""]
+    state.os = OSInfo(id=os_lines[0].strip() or "unknown", id_like=os_lines[1].strip(),
+                      codename=os_lines[2].strip())
+    tools = {line.strip() for line in sections.get("tools", [])}
+    state.docker_installed = "docker" in tools
+    state.curl_installed = "curl" in tools
+    state.docker_active = "active" in tools
+    state.docker_enabled = "enabled" in tools
+    state.dockerd_validate = "validate" in tools
+    version = "".join(sections.get("server_version", [])).strip()
+    state.server_version = version or None
+    daemon_lines = sections.get("daemon_json", [])
+    state.daemon_json = "\n".join(daemon_lines) if daemon_lines else None
+    for line in sections.get("files", []):
+        parts = line.split(" ", 4)
+        if len(parts) == 5:
+            sha, mode, owner, group, path = parts
+            state.files[path] = FileState(sha256=sha, mode=mode, owner=owner, group=group)
+    for line in sections.get("dirs", []):
+        mode, _, path = line.partition(" ")
+        if path:
+            state.dirs[path] = mode
+    container_lines = [line for line in sections.get("container", []) if "|" in line]
+    if container_lines:
+        spec, running, started, image_id, policy = (container_lines[0].split("|") + [""] * 5)[:5]
+        state.container = ContainerState(
+            spec_hash="" if spec == "<no value>" else spec, running=running == "true",
+            started_at=started, image_id=image_id, restart_policy=policy)
+    image_id = "".join(sections.get("image", [])).strip()
+    state.image_id = image_id or None
+    state.htpasswd = "".join(line + "\n" for line in sections.get("htpasswd", []))
+    state.docker_auths = [line.strip() for line in sections.get("auths", []) if line.strip()]
+    state.login_marker = "".join(line + "\n" for line in sections.get("login_marker", []))
+    state.hosts_lines = [line for line in sections.get("hosts", []) if line.strip()]
+    return state
+
+
+class RegistryHostState(FactBase):
+    """Snapshot of everything registry-kit manages on a host (see module docstring)."""
+
+    def command(self, files=(), dirs=(), container=None, image=None, htpasswd=None,
+                login_marker=None):
+        return probe_command(files=files, dirs=dirs, container=container, image=image,
+                             htpasswd=htpasswd, login_marker=login_marker)
+
+    def process(self, output):
+        return parse_probe(output)
+
+    def default(self):
+        return HostState()
+
+
+def probe_summary(state: HostState) -> str:
+    """A short, secret-free description for logs."""
+    return json.dumps({"docker": state.docker_installed, "version": state.server_version,
+                       "container": bool(state.container)})
+
+
+class EngineVersion(FactBase):
+    """The engine's (server's) version, not the client's: `docker info` ServerVersion."""
+
+    def command(self):
+        return "docker info --format '{{.ServerVersion}}' 2>/dev/null || true"
+
+    def process(self, output):
+        return "".join(output).strip() or None

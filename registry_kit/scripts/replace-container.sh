@@ -1,0 +1,56 @@
+#!/bin/sh
+# Managed by registry-kit: replace the registry container; if the new one does not become
+# healthy, put the previous container (same image, same data) back and fail.
+# Usage: replace-container.sh NAME URL RESOLVE CACERT TIMEOUT -- DOCKER-RUN-ARGS...
+set -u
+name=$1 url=$2 resolve=$3 cacert=$4 timeout=$5
+shift 5
+[ "${1:-}" = "--" ] && shift
+previous="$name-previous"
+
+curl_opts=""
+[ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
+[ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"
+
+healthy() {
+    # 401 (auth on) or 200 (auth off) from /v2/ means the registry serves requests.
+    # shellcheck disable=SC2086
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 $curl_opts "$url/v2/")
+    [ "$code" = 200 ] || [ "$code" = 401 ]
+}
+
+docker rm -f "$previous" >/dev/null 2>&1
+had_previous=0
+if docker inspect "$name" >/dev/null 2>&1; then
+    had_previous=1
+    docker stop "$name" >/dev/null
+    docker rename "$name" "$previous"
+    # A reboot during the swap must not start two registries on one port.
+    docker update --restart=no "$previous" >/dev/null
+fi
+
+if docker run "$@" >/dev/null; then
+    deadline=$(( $(date +%s) + timeout ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        restarts=$(docker inspect -f '{{.RestartCount}}' "$name" 2>/dev/null || echo 99)
+        [ "$restarts" -ge 3 ] && break  # crash loop: no point waiting out the timeout
+        if [ "$(docker inspect -f '{{.State.Running}}' "$name")" = true ] && healthy; then
+            docker rm -f "$previous" >/dev/null 2>&1
+            echo "registry-kit: $name is serving $url/v2/"
+            exit 0
+        fi
+        sleep 1
+    done
+fi
+
+echo "registry-kit: the new $name container did not become healthy within ${timeout}s." >&2
+echo "registry-kit: its last log lines:" >&2
+docker logs --tail 20 "$name" 2>&1 | sed 's/^/    /' >&2
+docker rm -f "$name" >/dev/null 2>&1
+if [ "$had_previous" = 1 ]; then
+    docker rename "$previous" "$name"
+    docker update --restart=always "$name" >/dev/null
+    docker start "$name" >/dev/null
+    echo "registry-kit: the previous $name container is running again." >&2
+fi
+exit 1

@@ -1,0 +1,216 @@
+"""The registry service on hosts in registry_servers: folders, certificates, htpasswd,
+config.yml, the image, the container (recreated exactly when its inputs change) and a
+health check after any change.
+
+Reads: every registry_* setting except the client ones. Control-machine material (the
+CA, server certificates, the http secret) comes from registry_kit.tls and
+registry_kit.control; the CA private key never leaves the control machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.operations.util import any_changed
+
+from registry_kit import htpasswd, remote
+from registry_kit.commands import ContainerSpec, join, q
+from registry_kit.facts import HostState
+from registry_kit.render import render_config
+from registry_kit.settings import Settings
+from registry_kit.tls import ServerCertificate
+
+SCRIPTS_DIR = "/usr/local/lib/registry-kit"
+RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
+_SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    config_dir: str
+
+    @property
+    def config(self) -> str:
+        return f"{self.config_dir}/config.yml"
+
+    @property
+    def certs_dir(self) -> str:
+        return f"{self.config_dir}/certs"
+
+    @property
+    def auth_dir(self) -> str:
+        return f"{self.config_dir}/auth"
+
+    @property
+    def cert(self) -> str:
+        return f"{self.certs_dir}/server.crt"
+
+    @property
+    def key(self) -> str:
+        return f"{self.certs_dir}/server.key"
+
+    @property
+    def ca(self) -> str:
+        return f"{self.certs_dir}/ca.crt"
+
+    @property
+    def htpasswd(self) -> str:
+        return f"{self.auth_dir}/htpasswd"
+
+
+def script_path(name: str) -> str:
+    return f"{SCRIPTS_DIR}/{name}"
+
+
+def script_content(name: str) -> bytes:
+    return (_SCRIPTS / name).read_bytes()
+
+
+SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh")
+
+
+def probe_args(settings: Settings) -> dict:
+    """What the server part asks of the probe (registry_kit.facts)."""
+    paths = ServerPaths(settings.registry_config_dir)
+    return {
+        "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
+                  *(script_path(name) for name in SCRIPT_NAMES)],
+        "dirs": [settings.registry_config_dir, paths.certs_dir, paths.auth_dir,
+                 settings.registry_data_dir, SCRIPTS_DIR],
+        "container": settings.registry_container_name,
+        "image": settings.registry_image,
+        "htpasswd": paths.htpasswd,
+    }
+
+
+def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | None) -> \
+        ContainerSpec:
+    """The container's spec, labelled with a hash of everything that needs a recreate:
+    run arguments, image, config and certificates (not htpasswd: the registry re-reads
+    it by itself). pyinfra 3.10's docker.container never recreates on change (upstream
+    issue 1561), so the kit compares this label instead."""
+    debug_port = int(settings.registry_debug_addr.rsplit(":", 1)[1]) \
+        if settings.registry_debug_addr else None
+    spec = ContainerSpec(
+        name=settings.registry_container_name, image=settings.registry_image,
+        port=settings.registry_port, config_dir=settings.registry_config_dir,
+        data_dir=settings.registry_data_dir
+        if settings.registry_storage.driver == "filesystem" else None,
+        debug_port=debug_port)
+    inputs = {
+        "run": spec.run_args(),
+        "config": remote.sha256_of(config),
+        "cert": remote.sha256_of(cert.cert_pem + cert.key_pem) if cert else None,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    return ContainerSpec(**{**spec.__dict__, "spec_hash": digest})
+
+
+def health_target(settings: Settings) -> tuple[str, str, str]:
+    """(url, curl --resolve value, CA path) to check the registry from the server itself,
+    by its real name but through the loopback interface."""
+    paths = ServerPaths(settings.registry_config_dir)
+    url = f"{settings.registry_url}"
+    resolve = f"{settings.registry_domain}:{settings.registry_port}:127.0.0.1"
+    return url, resolve, paths.ca if settings.tls_enabled else "-"
+
+
+@operation()
+def ensure_image(settings: Settings, state: HostState):
+    """Pull (through the engine, so registry-mirrors apply) or load the pinned image,
+    before the running container is touched."""
+    if state.image_id:
+        host.noop(f"image {settings.registry_image} is present")
+        return
+    if settings.registry_image_archive is not None:
+        staging = "/var/tmp/registry-kit-image.tar"
+        yield FileUploadCommand(str(settings.registry_image_archive), staging)
+        yield f"docker load -i {staging} && rm -f {staging}"
+        yield (f"docker image inspect {q(settings.registry_image)} >/dev/null || {{ echo "
+               f"'registry-kit: {settings.registry_image_archive.name} does not hold "
+               f"{settings.registry_image}' >&2; exit 1; }}")
+        return
+    yield f"docker pull {q(settings.registry_image)}"
+
+
+@operation()
+def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState):
+    current = state.container
+    if current and current.spec_hash == spec.spec_hash:
+        if current.running:
+            host.noop(f"container {spec.name} is up to date ({spec.spec_hash})")
+            return
+        yield f"docker start {q(spec.name)}"
+        return
+    url, resolve, ca = health_target(settings)
+    reason = "create" if current is None else f"recreate ({current.spec_hash or 'unlabelled'}"\
+        f" -> {spec.spec_hash})"
+    # Say why, so a recreate is never a surprise in the run's output.
+    logger.info(f"{host.print_prefix}{reason} container {spec.name}")
+    yield join([script_path("replace-container.sh"), spec.name, url, resolve, ca,
+                settings.registry_verify_timeout, "--",
+                *spec.run_args(state.server_version)])
+
+
+def _verify_user(settings: Settings):
+    return next((user for user in settings.registry_users if user.password is not None), None)
+
+
+@operation()
+def verify_registry(settings: Settings):
+    """401 without credentials and 200 with a configured user, checked on the server."""
+    url, resolve, ca = health_target(settings)
+    user = _verify_user(settings)
+    timeout = settings.registry_verify_timeout
+    if user is None or user.password is None:
+        # No user with a known password (none, or hashes only): 401/200 without creds.
+        yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
+        return
+    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
+    secret = user.password.reveal().replace("\\", "\\\\").replace('"', '\\"')
+    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield FileUploadCommand(BytesIO(f'user = "{user.name}:{secret}"\n'.encode()), curlrc)
+    yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+
+
+def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
+                  http_secret: str) -> None:
+    paths = ServerPaths(settings.registry_config_dir)
+    for path, mode in ((settings.registry_config_dir, "0700"), (paths.certs_dir, "0700"),
+                       (paths.auth_dir, "0700"), (settings.registry_data_dir, "0700"),
+                       (SCRIPTS_DIR, "0755")):
+        remote.managed_dir(path, mode, state.dirs.get(path), name=f"Create {path}")
+    for script in SCRIPT_NAMES:
+        remote.managed_file(script_path(script), script_content(script), "0755",
+                            state.files.get(script_path(script)),
+                            name=f"Install {script_path(script)}")
+    if cert is not None:
+        # A provided certificate is served with the chain above it, so clients that trust
+        # only the root (or the OS store) can build the path.
+        served = cert.cert_pem + (cert.ca_pem if settings.registry_tls_mode == "provided"
+                                  else b"")
+        remote.managed_file(paths.cert, served, "0644", state.files.get(paths.cert),
+                            name="Upload the server certificate")
+        remote.managed_file(paths.key, cert.key_pem, "0600", state.files.get(paths.key),
+                            name="Upload the server private key")
+        remote.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
+                            name="Upload the CA certificate")
+    # htpasswd before the first start: a registry that finds none invents a user.
+    htpasswd_op = remote.managed_file(
+        paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
+        "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
+    config = render_config(settings, http_secret).encode()
+    remote.managed_file(paths.config, config, "0600", state.files.get(paths.config),
+                        name="Upload the registry config.yml")
+    ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
+    spec = container_spec(settings, config, cert)
+    container_op = ensure_container(settings, spec, state,
+                                    name="Start or replace the registry container")
+    verify_registry(settings, name="Check /v2/: 401 without, 200 with credentials",
+                    _if=any_changed(container_op, htpasswd_op))
