@@ -31,11 +31,11 @@ registry_tls_extra_ips = []  # extra IP addresses in the certificate
 registry_tls_none_acknowledged = False  # must be True to send passwords over plain HTTP
 
 # --- Users (htpasswd, bcrypt) ---
-registry_users = []  # [{"name": "ci", "password_env": "VAR" | "password_file": PATH | "password_hash": BCRYPT}]
+registry_users = []  # [{"name": "ci", "password_env": VAR}] or password_file / password_hash
 registry_allow_plain_passwords = False  # allow {"password": "..."} in group data (not advised)
 
 # --- Client hosts (registry_clients) ---
-registry_client_login_user = None  # `docker login` on clients as this user (needs a password source)
+registry_client_login_user = None  # `docker login` on clients as this user (with a password)
 registry_client_system_trust = False  # also add the CA to the OS trust store (restarts Docker once)
 registry_client_hosts_entries = {}  # {"registry.example.internal": "10.0.0.5"} for /etc/hosts
 

@@ -62,7 +62,8 @@ def hosts_entries(wanted: dict[str, str], state: HostState):
     # Rewrite in place (not by rename): /etc/hosts may be a bind mount (containers).
     keep = f"grep -v -e {q(HOSTS_MARKER + '$')} /etc/hosts > /etc/hosts.registry-kit-new"
     add = "".join(f"; echo {q(line)} >> /etc/hosts.registry-kit-new" for line in lines)
-    yield f"{keep}{add}; cat /etc/hosts.registry-kit-new > /etc/hosts; rm -f /etc/hosts.registry-kit-new"
+    yield (f"{keep}{add}; cat /etc/hosts.registry-kit-new > /etc/hosts; "
+           "rm -f /etc/hosts.registry-kit-new")
 
 
 @operation()

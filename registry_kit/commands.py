@@ -76,7 +76,9 @@ def docker_install_commands(os_info: OSInfo, method: str, repo_url: str | None) 
         source = (f"deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc]"
                   f" {base}/{distro} {os_info.codename} stable")
         return [
-            _apt("remove", "-y", "-q", *DEBIAN_CONFLICTS),
+            # One at a time and only if installed: apt refuses a list with unknown names.
+            f"for pkg in {' '.join(DEBIAN_CONFLICTS)}; do dpkg -s \"$pkg\" >/dev/null 2>&1"
+            " && " + _apt("remove", "-y", "-q", '\"$pkg\"') + "; done; true",
             _apt("update", "-q"),
             _apt("install", "-y", "-q", "ca-certificates", "curl"),
             "install -m 0755 -d /etc/apt/keyrings",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
-from pyinfra import host
-from pyinfra import logger
+from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 
 from registry_kit import daemon_json

@@ -118,8 +118,12 @@ def parse_probe(lines: Iterable[str]) -> HostState:
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in lines:
-        if line.startswith(_SECTION):
-            current = sections.setdefault(line[len(_SECTION):].strip(), [])
+        # A file without a final newline leaves the next marker at the end of its last line.
+        before, marker, after = line.partition(_SECTION)
+        if marker:
+            if before and current is not None:
+                current.append(before)
+            current = sections.setdefault(after.strip(), [])
         elif current is not None:
             current.append(line)
     state = HostState()
@@ -171,7 +175,8 @@ class RegistryHostState(FactBase):
     def process(self, output):
         return parse_probe(output)
 
-    def default(self):
+    @staticmethod
+    def default():
         return HostState()
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from pyinfra import host, inventory
 
-from registry_kit import client, control, server, settings as settings_module
+from registry_kit import client, control, server
+from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
 from registry_kit.facts import RegistryHostState
 from registry_kit.settings import Settings

@@ -89,6 +89,12 @@ def probe_args(settings: Settings) -> dict:
     }
 
 
+def served_certificate(settings: Settings, cert: ServerCertificate) -> bytes:
+    """A provided certificate is served with the chain above it, so clients that trust
+    only the root (or the OS store) can build the path."""
+    return cert.cert_pem + (cert.ca_pem if settings.registry_tls_mode == "provided" else b"")
+
+
 def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | None) -> \
         ContainerSpec:
     """The container's spec, labelled with a hash of everything that needs a recreate:
@@ -106,7 +112,8 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
     inputs = {
         "run": spec.run_args(),
         "config": remote.sha256_of(config),
-        "cert": remote.sha256_of(cert.cert_pem + cert.key_pem) if cert else None,
+        "cert": remote.sha256_of(served_certificate(settings, cert) + cert.key_pem)
+        if cert else None,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     return ContainerSpec(**{**spec.__dict__, "spec_hash": digest})
@@ -191,12 +198,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                             state.files.get(script_path(script)),
                             name=f"Install {script_path(script)}")
     if cert is not None:
-        # A provided certificate is served with the chain above it, so clients that trust
-        # only the root (or the OS store) can build the path.
-        served = cert.cert_pem + (cert.ca_pem if settings.registry_tls_mode == "provided"
-                                  else b"")
-        remote.managed_file(paths.cert, served, "0644", state.files.get(paths.cert),
-                            name="Upload the server certificate")
+        remote.managed_file(paths.cert, served_certificate(settings, cert), "0644",
+                            state.files.get(paths.cert), name="Upload the server certificate")
         remote.managed_file(paths.key, cert.key_pem, "0600", state.files.get(paths.key),
                             name="Upload the server private key")
         remote.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),

@@ -48,7 +48,8 @@ _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
 _REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REF_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?)"
+_REF_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REF_DOMAIN = rf"(?:{_REF_LABEL}(?:\.{_REF_LABEL})*(?::[0-9]+)?)"
 _IMAGE_REF_RE = re.compile(
     rf"^(?:{_REF_DOMAIN}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
@@ -245,7 +246,7 @@ class _Reader:
         path = self.local_path(key, file)
         try:
             # One trailing newline is how editors save files; it is not part of the secret.
-            return Secret(path.read_text().removesuffix("\n"))
+            return Secret(path.read_text().removesuffix("\n").removesuffix("\r"))
         except OSError as error:
             raise self.fail(key, file, f"a readable file ({error.strerror})") from None
 
@@ -404,10 +405,12 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         http_secret = r.secret_source("registry_http_secret", http_secret_value, "secret")
 
     debug_addr = r.raw("registry_debug_addr")
-    if debug_addr is not None and not (
-        isinstance(debug_addr, str) and re.match(r"^(127\.\d+\.\d+\.\d+|localhost):\d{1,5}$",
-                                                 debug_addr)):
-        raise r.fail("registry_debug_addr", debug_addr, "None or 127.0.0.1:PORT (localhost)")
+    if debug_addr is not None:
+        match = re.match(r"^127\.0\.0\.1:(\d{1,5})$", str(debug_addr))
+        if not (isinstance(debug_addr, str) and match and 1 <= int(match[1]) <= 65535
+                and int(match[1]) != port):
+            raise r.fail("registry_debug_addr", debug_addr,
+                         "None or 127.0.0.1:PORT (1-65535, not registry_port)")
 
     hosts_entries = r.raw("registry_client_hosts_entries")
     if not isinstance(hosts_entries, Mapping) or not all(

@@ -1,0 +1,30 @@
+"""Shared helpers for the fast unit tests: settings built from group_data/all.py defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_kit import settings as settings_mod
+from registry_kit.settings import Settings
+
+HOST = "reg-host-1"
+
+
+@pytest.fixture(scope="session")
+def known() -> Mapping[str, Any]:
+    """The kit's settings and defaults, read once per session."""
+    return settings_mod.known_keys()
+
+
+@pytest.fixture
+def make_settings(known: Mapping[str, Any], tmp_path: Path) -> Callable[..., Settings]:
+    """make_settings(key=value, ...) -> validated Settings for HOST (base dir: tmp_path)."""
+
+    def make(**data: Any) -> Settings:
+        return settings_mod.load(HOST, data, base_dir=tmp_path, known=known)
+
+    return make

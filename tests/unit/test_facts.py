@@ -1,0 +1,257 @@
+"""Unit tests for registry_kit.facts: the one-round-trip probe command and its parser,
+plus the client paths the probe is asked about."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from registry_kit import client, server
+from registry_kit.commands import OSInfo
+from registry_kit.facts import (
+    ContainerState,
+    FileState,
+    HostState,
+    parse_probe,
+    probe_command,
+    probe_summary,
+)
+from registry_kit.settings import Settings
+
+MARK = "@@registry-kit:"  # spelled out: the parser and the command must agree on it
+SECTIONS = ["os", "tools", "server_version", "daemon_json", "files", "dirs", "container",
+            "image", "htpasswd", "auths", "login_marker", "hosts"]
+SHA = "a" * 64
+HTPASSWD_LINE = "ci:$2y$10$" + "x" * 53
+DAEMON_JSON = ['{', '  "log-driver": "journald",', '  "live-restore": true', '}']
+
+
+def _synthetic_output() -> list[str]:
+    body = {
+        "os": ["rocky", "rhel centos fedora", ""],
+        "tools": ["docker", "curl", "active", "enabled", "validate"],
+        "server_version": ["26.1.5"],
+        "daemon_json": DAEMON_JSON,
+        "files": [f"{SHA} 600 root root /etc/registry-kit/config.yml",
+                  f"{'b' * 64} 644 root docker /etc/my certs/server 1.crt"],
+        "dirs": ["700 /etc/registry-kit", "755 /srv/with space"],
+        "container": ["0123456789abcdef|true|2024-05-01T10:00:00.1Z|sha256:abc|always"],
+        "image": ["sha256:abc"],
+        "htpasswd": [HTPASSWD_LINE, "ops:$2y$10$" + "y" * 53],
+        "auths": ["auths", "reg.example:5000", "  "],
+        "login_marker": ["ci:$2y$10$" + "z" * 53],
+        "hosts": ["10.0.0.5 reg.example # registry-kit", ""],
+    }
+    lines: list[str] = []
+    for name in SECTIONS:
+        lines.append(MARK + name)
+        lines.extend(body[name])
+    return lines
+
+
+def test_parse_probe_synthetic() -> None:
+    state = parse_probe(_synthetic_output())
+    assert state.os == OSInfo(id="rocky", id_like="rhel centos fedora", codename="")
+    assert state.os.family == "rhel"
+    assert (state.docker_installed, state.curl_installed, state.docker_active,
+            state.docker_enabled, state.dockerd_validate) == (True, True, True, True, True)
+    assert state.server_version == "26.1.5"
+    assert state.daemon_json == "\n".join(DAEMON_JSON)
+    assert state.files == {
+        "/etc/registry-kit/config.yml": FileState(sha256=SHA, mode="600", owner="root",
+                                                  group="root"),
+        "/etc/my certs/server 1.crt": FileState(sha256="b" * 64, mode="644", owner="root",
+                                                group="docker"),
+    }
+    assert state.dirs == {"/etc/registry-kit": "700", "/srv/with space": "755"}
+    assert state.container == ContainerState(
+        spec_hash="0123456789abcdef", running=True, started_at="2024-05-01T10:00:00.1Z",
+        image_id="sha256:abc", restart_policy="always")
+    assert state.image_id == "sha256:abc"
+    assert state.htpasswd == f"{HTPASSWD_LINE}\nops:$2y$10${'y' * 53}\n"
+    assert state.docker_auths == ["auths", "reg.example:5000"]
+    assert state.login_marker == f"ci:$2y$10${'z' * 53}\n"
+    assert state.hosts_lines == ["10.0.0.5 reg.example # registry-kit"]
+    assert probe_summary(state) == '{"docker": true, "version": "26.1.5", "container": true}'
+
+
+def test_parse_probe_unlabelled_stopped_container() -> None:
+    lines = [MARK + "container", "<no value>|false|0001-01-01T00:00:00Z|sha256:old|no"]
+    assert parse_probe(lines).container == ContainerState(
+        spec_hash="", running=False, started_at="0001-01-01T00:00:00Z", image_id="sha256:old",
+        restart_policy="no")
+
+
+@pytest.mark.parametrize("output", [[], [MARK + name for name in SECTIONS]])
+def test_parse_probe_empty_gives_defaults(output: list[str]) -> None:
+    state = parse_probe(output)
+    assert state == HostState()
+    assert state.os == OSInfo(id="unknown")
+    assert state.docker_installed is False
+    assert state.server_version is None
+    assert state.daemon_json is None
+    assert state.files == {} and state.dirs == {}
+    assert state.container is None and state.image_id is None
+    assert state.htpasswd == "" and state.login_marker == ""
+    assert state.docker_auths == [] and state.hosts_lines == []
+
+
+def test_probe_command_has_every_section_in_order() -> None:
+    command = probe_command(files=["/a"], dirs=["/d"], container="registry", image="registry:2",
+                            htpasswd="/h", login_marker="/m")
+    positions = [command.index(f"echo {MARK}{name};") if name != "hosts"
+                 else command.index(f"echo {MARK}{name}") for name in SECTIONS]
+    assert positions == sorted(positions)
+    assert "docker inspect --type container --format" in command
+    assert "docker image inspect --format '{{.Id}}' registry:2" in command
+
+
+def test_probe_command_quotes_paths_with_spaces() -> None:
+    command = probe_command(files=["/etc/my certs/server.crt", "/plain"],
+                            dirs=["/srv/with space"], container="reg;rm -rf /",
+                            image="registry:2", htpasswd="/etc/a b/htpasswd",
+                            login_marker="/x y/marker")
+    assert "for f in '/etc/my certs/server.crt' /plain; do" in command
+    assert "for d in '/srv/with space'; do" in command
+    assert "cat '/etc/a b/htpasswd' 2>/dev/null" in command
+    assert "cat '/x y/marker' 2>/dev/null" in command
+    assert "'reg;rm -rf /'" in command
+    shlex.split(command)  # balanced quoting
+
+
+def test_probe_command_without_optional_parts() -> None:
+    command = probe_command()
+    assert "for f in" not in command and "for d in" not in command
+    assert "docker inspect" not in command and "docker image inspect" not in command
+
+
+def test_probe_command_holds_no_secrets(make_settings: Callable[..., Settings],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGKIT_PW", "Pa55-word-in-env")
+    monkeypatch.setenv("REGKIT_HTTP", "http-secret-in-env")
+    settings = make_settings(registry_users=[{"name": "ci", "password_env": "REGKIT_PW"}],
+                             registry_client_login_user="ci",
+                             registry_http_secret={"env": "REGKIT_HTTP"})
+    commands = [probe_command(**server.probe_args(settings)),
+                probe_command(**client.probe_args(settings))]
+    for command in commands:
+        assert "Pa55-word-in-env" not in command
+        assert "http-secret-in-env" not in command
+        assert "REGKIT_PW" not in command
+    assert "/etc/registry-kit/auth/htpasswd" in commands[0]
+    assert "/etc/registry-kit-client/login-registry.example.internal_5000" in commands[1]
+
+
+def test_client_paths(make_settings: Callable[..., Settings]) -> None:
+    tls443 = make_settings(registry_domain="reg.example", registry_port=443)
+    assert client.trust_dir(tls443) == "/etc/docker/certs.d/reg.example"
+    assert client.login_marker_path(tls443) == "/etc/registry-kit-client/login-reg.example"
+    plain = make_settings(registry_domain="reg.example", registry_port=443,
+                          registry_tls_mode="none")
+    assert client.trust_dir(plain) == "/etc/docker/certs.d/reg.example:443"
+    assert client.login_marker_path(plain) == "/etc/registry-kit-client/login-reg.example_443"
+    args = client.probe_args(make_settings(registry_domain="reg.example"))
+    assert args["files"] == ["/etc/docker/certs.d/reg.example:5000/ca.crt",
+                             "/usr/local/share/ca-certificates/registry-kit-reg.example.crt",
+                             "/etc/pki/ca-trust/source/anchors/registry-kit-reg.example.crt"]
+    assert args["dirs"] == ["/etc/docker/certs.d", "/etc/docker/certs.d/reg.example:5000",
+                            "/etc/registry-kit-client"]
+
+
+# --------------------------------------------------------------------------- real shell
+#
+# The probe run by /bin/sh on this machine, with every absolute system path it reads
+# pointed at a temporary file and a PATH that holds only coreutils and grep (no docker,
+# systemctl or curl): checks the command and the parser together, offline.
+
+SYSTEM_PATHS = ("/etc/os-release", "/etc/docker/daemon.json", "/root/.docker/config.json",
+                "/etc/hosts")
+TOOLS = ("cat", "grep", "cut", "sha256sum", "stat")
+
+
+def _run_probe(tmp_path: Path, command: str, system: dict[str, str]) -> HostState:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found is None:
+            pytest.skip(f"{tool} is not installed")
+        link = bindir / tool
+        if not link.exists():
+            link.symlink_to(found)
+    fake = tmp_path / "system"
+    fake.mkdir(exist_ok=True)
+    for index, path in enumerate(SYSTEM_PATHS):
+        assert path in command
+        local = fake / f"file{index}"
+        if path in system:
+            local.write_text(system[path])
+        command = command.replace(path, str(local))
+    result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                            env={"PATH": str(bindir)}, timeout=10, check=False)
+    assert result.returncode == 0, result.stderr
+    return parse_probe(result.stdout.split("\n")[:-1])
+
+
+def _managed_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    managed = folder / "server 1.crt"
+    managed.write_bytes(b"certificate\n")
+    managed.chmod(0o640)
+    htpasswd = folder / "htpasswd"
+    htpasswd.write_text(HTPASSWD_LINE + "\n")
+    return folder, managed, htpasswd
+
+
+def _owner(path: Path) -> tuple[str, str]:
+    import grp
+    import pwd
+
+    info = path.stat()
+    return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name
+
+
+def test_probe_runs_in_a_real_shell(tmp_path: Path) -> None:
+    folder, managed, htpasswd = _managed_tree(tmp_path)
+    os.chmod(folder, 0o750)
+    command = probe_command(files=[str(managed), str(folder / "missing")], dirs=[str(folder)],
+                            container="registry", image="registry:2", htpasswd=str(htpasswd),
+                            login_marker=str(folder / "no-marker"))
+    state = _run_probe(tmp_path, command, {
+        "/etc/os-release": 'ID=debian\nID_LIKE=""\nVERSION_CODENAME=bookworm\n',
+        "/etc/docker/daemon.json": '{\n  "log-driver": "journald"\n}\n',
+        "/root/.docker/config.json": '{\n\t"auths": {\n\t\t"reg.example:5000": {\n'
+                                     '\t\t\t"auth": "c2VjcmV0"\n\t\t}\n\t}\n}\n',
+        "/etc/hosts": "127.0.0.1 localhost\n10.0.0.5 reg.example # registry-kit\n",
+    })
+    owner, group = _owner(managed)
+    assert state.os == OSInfo(id="debian", id_like="", codename="bookworm")
+    assert state.docker_installed is False and state.curl_installed is False
+    assert state.server_version is None
+    assert state.daemon_json == '{\n  "log-driver": "journald"\n}'
+    assert state.files == {str(managed): FileState(
+        sha256=hashlib.sha256(b"certificate\n").hexdigest(), mode="640", owner=owner,
+        group=group)}
+    assert state.dirs == {str(folder): "750"}
+    assert state.container is None and state.image_id is None
+    assert state.htpasswd == HTPASSWD_LINE + "\n"
+    assert state.docker_auths == ["auths", "reg.example:5000"]
+    assert "c2VjcmV0" not in repr(state)
+    assert state.login_marker == ""
+    assert state.hosts_lines == ["10.0.0.5 reg.example # registry-kit"]
+
+
+def test_probe_daemon_json_without_final_newline(tmp_path: Path) -> None:
+    _, managed, _ = _managed_tree(tmp_path)
+    command = probe_command(files=[str(managed)])
+    state = _run_probe(tmp_path, command, {"/etc/docker/daemon.json": '{"log-driver": "local"}'})
+    assert state.daemon_json == '{"log-driver": "local"}'
+    assert list(state.files) == [str(managed)]

@@ -1,0 +1,108 @@
+"""Unit tests for registry_kit.htpasswd: bcrypt lines, reused while they still verify."""
+
+from __future__ import annotations
+
+import bcrypt
+import pytest
+
+from registry_kit import htpasswd
+from registry_kit.settings import Secret, User
+
+# A real bcrypt hash (cost 4) of "ops-password", kept verbatim by render().
+OPS_HASH = bcrypt.hashpw(b"ops-password", bcrypt.gensalt(rounds=4)).decode()
+OPS_HASH_2Y = "$2y$" + OPS_HASH[4:]
+
+
+def _user(name: str, password: str) -> User:
+    return User(name=name, password=Secret(password))
+
+
+@pytest.fixture(scope="module")
+def first_render() -> str:
+    """alice and bob, hashed once at the kit's real cost (10) for the whole module."""
+    return htpasswd.render([_user("alice", "alice-pw"), _user("bob", "bob-pw")])
+
+
+@pytest.fixture
+def fast_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(htpasswd, "BCRYPT_ROUNDS", 4)
+
+
+def test_render_writes_2y_cost_10_hashes_that_verify(first_render: str) -> None:
+    assert first_render.endswith("\n")
+    lines = first_render.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["alice", "bob"]
+    entries = htpasswd.parse(first_render)
+    for name, password in (("alice", "alice-pw"), ("bob", "bob-pw")):
+        hashed = entries[name]
+        assert hashed.startswith("$2y$10$")
+        assert len(hashed) == 60
+        # bcrypt itself (as $2b$, the same algorithm) accepts it
+        assert bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
+        assert htpasswd.verifies(password, hashed) is True
+        assert htpasswd.verifies("wrong", hashed) is False
+    assert entries["alice"] != entries["bob"]
+
+
+def test_rerun_is_byte_identical(first_render: str) -> None:
+    users = [_user("alice", "alice-pw"), _user("bob", "bob-pw")]
+    assert htpasswd.render(users, first_render) == first_render
+
+
+def test_changed_password_is_rehashed(first_render: str, fast_bcrypt: None) -> None:
+    old = htpasswd.parse(first_render)
+    out = htpasswd.render([_user("alice", "new-alice-pw"), _user("bob", "bob-pw")],
+                          first_render)
+    new = htpasswd.parse(out)
+    assert new["bob"] == old["bob"]  # unchanged user keeps its line
+    assert new["alice"] != old["alice"]
+    assert new["alice"].startswith("$2y$04$")
+    assert htpasswd.verifies("new-alice-pw", new["alice"]) is True
+    assert htpasswd.verifies("alice-pw", new["alice"]) is False
+
+
+def test_removed_user_is_dropped(first_render: str) -> None:
+    old = htpasswd.parse(first_render)
+    out = htpasswd.render([_user("bob", "bob-pw")], first_render)
+    assert out == f"bob:{old['bob']}\n"
+
+
+def test_password_hash_user_kept_verbatim(first_render: str) -> None:
+    existing = first_render + f"ops:{htpasswd.parse(first_render)['alice']}\n"
+    users = [User(name="ops", password=None, password_hash=OPS_HASH_2Y),
+             _user("alice", "alice-pw")]
+    out = htpasswd.render(users, existing)
+    assert out == f"ops:{OPS_HASH_2Y}\nalice:{htpasswd.parse(first_render)['alice']}\n"
+
+
+def test_existing_non_bcrypt_line_is_replaced(fast_bcrypt: None) -> None:
+    out = htpasswd.render([_user("alice", "alice-pw")], "alice:$apr1$salt$abcdefghij\n")
+    hashed = htpasswd.parse(out)["alice"]
+    assert hashed.startswith("$2y$04$")
+    assert htpasswd.verifies("alice-pw", hashed)
+
+
+def test_parse_skips_comments_and_junk() -> None:
+    text = "# comment: here\nalice:$2y$x\n\nnot-a-line\n  bob:hash  \n:nouser\n"
+    assert htpasswd.parse(text) == {"alice": "$2y$x", "bob": "hash"}
+
+
+@pytest.mark.parametrize("prefix", ["$2a$", "$2b$", "$2y$"])
+def test_verifies_all_bcrypt_spellings(prefix: str) -> None:
+    assert htpasswd.verifies("ops-password", prefix + OPS_HASH[4:]) is True
+
+
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        "$apr1$rOaP9Ga0$Ti2MUQGOzqBQjTpV2Z0n/.",  # Apache MD5
+        "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",  # SHA-1
+        "$1$saltsalt$qjXMvbEw8oaL.CzflDugX/",  # crypt MD5
+        "$6$saltsalt$abcdefghijklmnopqrstuvwxyz",  # crypt SHA-512
+        "plaintext",
+        "",
+        "$2y$10$tooshort",  # bcrypt prefix, malformed: no exception, just False
+    ],
+)
+def test_verifies_false_for_other_hashes(hashed: str) -> None:
+    assert htpasswd.verifies("password", hashed) is False
