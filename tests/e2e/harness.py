@@ -1,0 +1,157 @@
+"""Helpers for the e2e scenarios: write an inventory for chosen lab hosts and settings,
+run the kit through the real pyinfra CLI, and check the result with independent tools
+(curl, skopeo, the docker CLI on lab hosts over SSH), never with the kit's own code.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab import state as lab_state
+
+ROOT = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(os.sys.executable).parent / "pyinfra")  # type: ignore[attr-defined]
+CA_CERT = ROOT / ".registry-kit" / "ca" / "ca.crt"
+
+
+@dataclass
+class Run:
+    returncode: int
+    results: dict[str, Any] | None
+    stdout: str
+    stderr: str
+
+    @property
+    def changed(self) -> list[tuple[str, list[str]]]:
+        """(operation, hosts) for every operation that changed something."""
+        if not self.results:
+            return []
+        return [(op["name"], op["success"]) for op in self.results["operations"]
+                if op["success"]]
+
+    @property
+    def errors(self) -> list[tuple[str, list[str]]]:
+        if not self.results:
+            return []
+        return [(op["name"], op["error"]) for op in self.results["operations"] if op["error"]]
+
+    def assert_ok(self) -> Run:
+        assert self.returncode == 0 and not self.errors, self.describe()
+        return self
+
+    def assert_no_changes(self) -> Run:
+        self.assert_ok()
+        assert self.changed == [], "second run changed:\n" + self.describe()
+        return self
+
+    def describe(self) -> str:
+        return (f"rc={self.returncode}\nchanged={self.changed}\nerrors={self.errors}\n"
+                f"stderr:\n{self.stderr[-6000:]}")
+
+
+def host_entry(name: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    entry_name, entry = lab_state.pyinfra_host(name)
+    return entry_name, {**entry, **data}
+
+
+def lab_site_data() -> dict[str, Any]:
+    """What every lab deploy needs: the upstream as Docker Hub mirror."""
+    state = lab_state.load()
+    return {"docker_registry_mirrors": [state["upstream"]["url"]]}
+
+
+def write_inventory(path: Path, *, servers: list[str], clients: list[str],
+                    data: dict[str, Any], per_host: dict[str, dict[str, Any]] | None = None) \
+        -> Path:
+    per_host = per_host or {}
+    merged = {**lab_site_data(), **data}
+
+    def entries(names: list[str]) -> list:
+        return [host_entry(name, {**merged, **per_host.get(name, {})}) for name in names]
+
+    path.write_text(
+        "# Written by tests/e2e/harness.py for one scenario.\n"
+        f"registry_servers = {entries(servers)!r}\n"
+        f"registry_clients = {entries(clients)!r}\n")
+    return path
+
+
+def run_kit(inventory: Path, script: str = "deploy.py", *extra: str,
+            env: dict[str, str] | None = None, timeout: int = 900) -> Run:
+    command = [PYINFRA, "-y", "--json", *extra, str(inventory), script]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    results = None
+    with contextlib.suppress(json.JSONDecodeError):
+        results = json.loads(proc.stdout).get("results") if proc.stdout.strip() else None
+    return Run(proc.returncode, results, proc.stdout, proc.stderr)
+
+
+def ssh(name: str, command: str, *, check: bool = True, timeout: int = 300,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command on a lab host over SSH (as its operators would)."""
+    host = lab_state.load()["hosts"][name]
+    args = ["ssh", "-i", lab_state.load()["key"], "-p", str(host["port"]),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "root@127.0.0.1", command]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=stdin)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name}: {command!r} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def host_ip(name: str) -> str:
+    return str(lab_state.load()["hosts"][name]["ip"])
+
+
+def curl_status(url_host: str, ip: str, port: int, *, user: str | None = None,
+                password: str | None = None, tls: bool = True, path: str = "/v2/") -> int:
+    """HTTP status of the registry from the control machine, by name, with the kit's CA."""
+    scheme = "https" if tls else "http"
+    args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+            "--resolve", f"{url_host}:{port}:{ip}"]
+    if tls:
+        args += ["--cacert", str(CA_CERT)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if user is not None:
+            # Credentials through a config file, not argv.
+            config = Path(tmp) / "curlrc"
+            config.write_text(f'user = "{user}:{password}"\n')
+            args += ["-K", str(config)]
+        out = subprocess.run([*args, f"{scheme}://{url_host}:{port}{path}"],
+                             capture_output=True, text=True, timeout=30).stdout
+    return int(out or 0)
+
+
+def skopeo(args: list[str], *, hosts: dict[str, str], auth: dict[str, tuple[str, str]]
+           | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """skopeo on the control machine, resolving lab names through a private /etc/hosts
+    (a mount namespace of its own: the machine's /etc/hosts is not touched)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hosts_file = Path(tmp) / "hosts"
+        hosts_file.write_text("127.0.0.1 localhost\n" + "".join(
+            f"{ip} {name}\n" for name, ip in hosts.items()))
+        authfile = Path(tmp) / "auth.json"
+        auths = {registry: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()}
+                 for registry, (u, p) in (auth or {}).items()}
+        authfile.write_text(json.dumps({"auths": auths}))
+        certs = Path(tmp) / "certs"
+        certs.mkdir()
+        if CA_CERT.exists():
+            (certs / "ca.crt").write_bytes(CA_CERT.read_bytes())
+        inner = " ".join(shlex.quote(a) for a in [
+            "skopeo", *args[:1], "--authfile", str(authfile), *args[1:]])
+        inner = inner.replace("@CERTS@", str(certs))
+        script = f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts && exec {inner}"
+        return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                              text=True, timeout=timeout)
