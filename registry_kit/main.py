@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra import host, inventory
+from pyinfra.api import operation
 
 from registry_kit import client, control, server
 from registry_kit import settings as settings_module
@@ -45,6 +46,14 @@ def validated_settings() -> dict[str, Settings]:
     return _validated
 
 
+@operation()
+def servers_ready():
+    """A step every host shares: it orders all server steps before all client steps."""
+    host.noop("ordering point between server and client steps")
+    return
+    yield  # an operation is a generator
+
+
 def plan_host() -> None:
     all_settings = validated_settings()
     settings = all_settings[host.name]
@@ -69,5 +78,8 @@ def plan_host() -> None:
     if is_server:
         install_curl(state, name="Install curl (health checks)")
         server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings))
+    # pyinfra orders operations by merging each host's sequence, so without an operation
+    # that every host shares, client steps (a login) could run before the servers' steps.
+    servers_ready(name="Registry servers are set up")
     if is_client:
         client.client_deploy(settings, state, cert.ca_pem if cert else None)
