@@ -103,7 +103,9 @@ def ssh(name: str, command: str, *, check: bool = True, timeout: int = 300,
     args = ["ssh", "-i", lab_state.load()["key"], "-p", str(host["port"]),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "root@127.0.0.1", command]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=stdin)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                          **({"input": stdin} if stdin is not None
+                             else {"stdin": subprocess.DEVNULL}))
     if check and proc.returncode != 0:
         raise AssertionError(f"{name}: {command!r} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
@@ -155,3 +157,33 @@ def skopeo(args: list[str], *, hosts: dict[str, str], auth: dict[str, tuple[str,
         script = f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts && exec {inner}"
         return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
                               text=True, timeout=timeout)
+
+
+def curl_body(url_host: str, ip: str, port: int, path: str, *, user: str, password: str) -> str:
+    """Body of an authenticated GET from the control machine (credentials via -K file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "curlrc"
+        config.write_text(f'user = "{user}:{password}"\n')
+        proc = subprocess.run(
+            ["curl", "-sf", "--max-time", "10", "--resolve", f"{url_host}:{port}:{ip}",
+             "--cacert", str(CA_CERT), "-K", str(config), f"https://{url_host}:{port}{path}"],
+            capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def started_at(name: str, container: str = "registry") -> str:
+    """The container's start time, read with the docker CLI on the host."""
+    return ssh(name, f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
+
+
+def upstream_source(image: str) -> str:
+    """A skopeo source for an image of the lab's upstream (plain HTTP on loopback)."""
+    return f"docker://127.0.0.1:{lab_state.load()['upstream']['local_port']}/{image}"
+
+
+def write_secret(directory: Path, name: str, value: str) -> str:
+    path = directory / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return str(path)

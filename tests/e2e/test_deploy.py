@@ -1,0 +1,267 @@
+"""The main deploy on real lab hosts: one bookworm registry server installed from scratch,
+a bookworm client with a Docker engine of its own (other daemon.json keys, a running
+container) and a trixie client.
+
+Scenarios run in order and share the hosts (the module's fixture resets what the module
+changes). Every check uses tools other than the kit: curl and skopeo from the control
+machine, the docker CLI and systemctl on the hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lab as lab_api
+import harness
+from harness import Run
+
+DOMAIN = "registry.lab"
+PORT = 5000
+ADDRESS = f"{DOMAIN}:{PORT}"
+SERVER = "lab-reg"
+CLIENTS = ["lab-client1", "lab-client2"]
+SEED_IMAGE = f"{ADDRESS}/itmuch/microservice-discovery-eureka:0.0.1"
+FOREIGN_DAEMON_JSON = {
+    "log-driver": "json-file",
+    "log-opts": {"max-size": "5m"},
+    "insecure-registries": ["upstream.lab:5000"],
+}
+
+pytestmark = pytest.mark.e2e
+
+
+class Site:
+    """The scenario's settings, inventory and passwords; each change rewrites the inventory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.inventory = directory / "inventory.py"
+        self.passwords = {"alice": "alice-first-password", "bob": "bob-password"}
+        self.data: dict[str, Any] = {
+            "registry_domain": DOMAIN,
+            "registry_port": PORT,
+            "registry_client_login_user": "alice",
+        }
+        self.users = ["alice", "bob"]
+        self.write()
+
+    def write(self) -> None:
+        users = [{"name": name, "password_file": harness.write_secret(
+            self.dir, f"{name}.password", self.passwords[name])} for name in self.users]
+        harness.write_inventory(self.inventory, servers=[SERVER], clients=CLIENTS,
+                                data={**self.data, "registry_users": users})
+
+    def deploy(self) -> Run:
+        return harness.run_kit(self.inventory)
+
+    def status(self, user: str | None = None, password: str | None = None) -> int:
+        if user is not None and password is None:
+            password = self.passwords[user]
+        return harness.curl_status(DOMAIN, harness.host_ip(SERVER), PORT, user=user,
+                                   password=password)
+
+
+def prepare_client_with_own_docker(name: str) -> None:
+    """A client that already runs Docker with keys of its own and a container, as a
+    team's build host would; kit state from earlier runs is cleared."""
+    harness.ssh(name, "command -v dockerd >/dev/null || "
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null")
+    harness.ssh(name, "rm -rf /etc/docker/certs.d /etc/registry-kit-client /root/.docker; "
+                "docker rm -f sleeper >/dev/null 2>&1; true")
+    harness.ssh(name, "cat > /etc/docker/daemon.json && systemctl restart docker",
+                stdin=json.dumps(FOREIGN_DAEMON_JSON, indent=2))
+    harness.ssh(name, "docker run -d --name sleeper upstream.lab:5000/library/busybox "
+                "sleep 86400 >/dev/null")
+
+
+@pytest.fixture(scope="module")
+def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Site:
+    # The server starts as a fresh machine: no Docker, no kit files.
+    lab_api.reset_host(SERVER)
+    lab_api.reset_host("lab-client2")
+    prepare_client_with_own_docker("lab-client1")
+    return Site(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="module")
+def first_run(site: Site) -> dict[str, Any]:
+    sleeper_started = harness.started_at("lab-client1", "sleeper")
+    run = site.deploy().assert_ok()
+    return {"run": run, "sleeper_started": sleeper_started,
+            "registry_started": harness.started_at(SERVER)}
+
+
+def test_first_deploy_installs_docker_and_serves_tls_with_auth(site: Site,
+                                                                first_run: dict) -> None:
+    changed = dict(first_run["run"].changed)
+    assert SERVER in changed["Install the Docker engine"]
+    version = harness.ssh(SERVER, "docker version --format '{{.Server.Version}}'").stdout
+    assert version.strip().startswith("20.10"), version
+    assert harness.ssh(SERVER, "systemctl is-active docker").stdout.strip() == "active"
+    policy = harness.ssh(SERVER, "docker inspect -f '{{.HostConfig.RestartPolicy.Name}}' "
+                         "registry").stdout.strip()
+    assert policy == "always"
+    assert site.status() == 401
+    assert site.status("alice") == 200
+    assert site.status("bob") == 200
+    assert site.status("alice", "not-the-password") == 401
+
+
+def test_second_run_changes_nothing(site: Site, first_run: dict) -> None:
+    site.deploy().assert_no_changes()
+    assert harness.started_at(SERVER) == first_run["registry_started"]
+
+
+def test_skopeo_copies_in_and_out_and_catalog_lists_it(site: Site, first_run: dict,
+                                                        tmp_path: Path) -> None:
+    hosts = {DOMAIN: harness.host_ip(SERVER)}
+    auth = {ADDRESS: ("alice", site.passwords["alice"])}
+    copy_in = harness.skopeo(["copy", "--src-tls-verify=false", "--dest-cert-dir", "@CERTS@",
+                              harness.upstream_source("library/busybox:latest"),
+                              f"docker://{ADDRESS}/tests/busybox:1"], hosts=hosts, auth=auth)
+    assert copy_in.returncode == 0, copy_in.stderr
+    copy_out = harness.skopeo(["copy", "--src-cert-dir", "@CERTS@",
+                               f"docker://{ADDRESS}/tests/busybox:1", f"dir:{tmp_path}/out"],
+                              hosts=hosts, auth=auth)
+    assert copy_out.returncode == 0, copy_out.stderr
+    assert (tmp_path / "out" / "manifest.json").exists()
+    catalog = json.loads(harness.curl_body(DOMAIN, harness.host_ip(SERVER), PORT,
+                                           "/v2/_catalog", user="alice",
+                                           password=site.passwords["alice"]))
+    assert "tests/busybox" in catalog["repositories"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_seed_flow_on_client_with_ca_trust_only(site: Site, first_run: dict,
+                                                client: str) -> None:
+    """The tutorial's flow, with the kit's registry instead of localhost:5000."""
+    flow = (f"docker pull -q busybox >/dev/null && docker tag busybox {SEED_IMAGE} && "
+            f"docker push {SEED_IMAGE} && docker rmi {SEED_IMAGE} >/dev/null && "
+            f"docker pull {SEED_IMAGE} && docker run --rm {SEED_IMAGE} echo seed-flow-ok")
+    out = harness.ssh(client, flow).stdout
+    assert "seed-flow-ok" in out
+    assert "digest: sha256:" in out
+    ca = harness.ssh(client, f"cat /etc/docker/certs.d/{ADDRESS}/ca.crt").stdout
+    assert ca == harness.CA_CERT.read_text()
+    insecure = harness.ssh(client, "docker info --format '{{json .RegistryConfig}}'").stdout
+    assert ADDRESS not in insecure, "TLS mode must not use insecure-registries"
+
+
+def test_client_keeps_its_daemon_json_keys_and_running_container(site: Site,
+                                                                  first_run: dict) -> None:
+    daemon = json.loads(harness.ssh("lab-client1", "cat /etc/docker/daemon.json").stdout)
+    for key, value in FOREIGN_DAEMON_JSON.items():
+        assert daemon[key] == value
+    assert daemon["registry-mirrors"] == harness.lab_site_data()["docker_registry_mirrors"]
+    assert harness.started_at("lab-client1", "sleeper") == first_run["sleeper_started"]
+    running = harness.ssh("lab-client1", "docker inspect -f '{{.State.Running}}' sleeper")
+    assert running.stdout.strip() == "true"
+
+
+def test_changed_setting_recreates_the_container_once(site: Site, first_run: dict) -> None:
+    before = harness.started_at(SERVER)
+    site.data["registry_log_level"] = "debug"
+    site.write()
+    run = site.deploy().assert_ok()
+    assert dict(run.changed)["Start or replace the registry container"] == [SERVER]
+    after = harness.started_at(SERVER)
+    assert after != before
+    assert "level=debug" in harness.ssh(SERVER, "docker logs registry 2>&1 | tail -50").stdout
+    # Same data: the image pushed before is still there.
+    tags = harness.curl_body(DOMAIN, harness.host_ip(SERVER), PORT,
+                             "/v2/itmuch/microservice-discovery-eureka/tags/list",
+                             user="alice", password=site.passwords["alice"])
+    assert "0.0.1" in tags
+    site.deploy().assert_no_changes()
+    assert harness.started_at(SERVER) == after
+
+
+def test_added_user_works_without_restart(site: Site, first_run: dict) -> None:
+    before = harness.started_at(SERVER)
+    site.passwords["carol"] = "carol-password"
+    site.users.append("carol")
+    site.write()
+    run = site.deploy().assert_ok()
+    assert [name for name, _ in run.changed] == ["Upload htpasswd (bcrypt)",
+                                                 "Check /v2/: 401 without, 200 with credentials"]
+    assert site.status("carol") == 200
+    assert harness.started_at(SERVER) == before
+    site.deploy().assert_no_changes()
+
+
+def test_removed_user_is_refused(site: Site, first_run: dict) -> None:
+    site.users.remove("bob")
+    site.write()
+    site.deploy().assert_ok()
+    assert site.status("bob") == 401
+    assert site.status("alice") == 200
+    site.deploy().assert_no_changes()
+
+
+def test_password_change_renews_client_login_without_restart(site: Site,
+                                                             first_run: dict) -> None:
+    before = harness.started_at(SERVER)
+    old = site.passwords["alice"]
+    marker = "cat /etc/registry-kit-client/login-registry.lab_5000"
+    markers = {client: harness.ssh(client, marker).stdout for client in CLIENTS}
+    site.passwords["alice"] = "alice-second-password"
+    site.write()
+    run = site.deploy().assert_ok()
+    assert sorted(dict(run.changed)[f"docker login to {ADDRESS}"]) == CLIENTS
+    assert site.status("alice", old) == 401
+    assert site.status("alice") == 200
+    assert harness.started_at(SERVER) == before
+    for client in CLIENTS:
+        assert harness.ssh(client, marker).stdout != markers[client]
+        # The renewed login is what lets the client pull a private image.
+        harness.ssh(client, f"docker rmi {SEED_IMAGE} >/dev/null 2>&1; docker pull -q "
+                    f"{SEED_IMAGE}")
+    site.deploy().assert_no_changes()
+
+
+def test_old_engine_is_refused_and_left_untouched(site: Site, first_run: dict,
+                                                  extra_host: Any) -> None:
+    """An engine below docker_min_version (a stand-in docker reporting 1.5.0)."""
+    extra_host(lab_api.HostSpec("lab-old", "bookworm"))
+    stand_in = ("#!/bin/sh\ncase \"$*\" in *ServerVersion*) echo 1.5.0;; "
+                "*) echo 'Docker version 1.5.0, build a8a31ef';; esac\n")
+    harness.ssh("lab-old", "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker",
+                stdin=stand_in)
+    listing = "find /etc /usr/local /root -newer /etc/hostname 2>/dev/null | sort"
+    before = harness.ssh("lab-old", listing).stdout
+    inventory = site.dir / "old-engine.py"
+    harness.write_inventory(inventory, servers=[SERVER], clients=["lab-client1", "lab-old"],
+                            data={**site.data, "registry_users": [
+                                {"name": "alice", "password_file": str(site.dir /
+                                                                       "alice.password")}]})
+    run = harness.run_kit(inventory)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert ("lab-old: Docker engine 1.5.0 is older than docker_min_version 1.6.0" in output), \
+        output[-3000:]
+    assert harness.ssh("lab-old", listing).stdout == before
+    assert harness.ssh("lab-old", "test -e /etc/docker/daemon.json", check=False).returncode
+    # The other hosts were not held back by the refused one.
+    errors = {name: hosts for name, hosts in run.errors}
+    assert all(hosts == ["lab-old"] for hosts in errors.values()), errors
+
+
+def test_env_password_source(site: Site, first_run: dict) -> None:
+    """A password from an environment variable of the control machine."""
+    os.environ["REGISTRY_KIT_TEST_DAVE"] = "dave-from-env"
+    try:
+        harness.write_inventory(site.dir / "env.py", servers=[SERVER], clients=[], data={
+            **site.data, "registry_client_login_user": None, "registry_users": [
+                *({"name": n, "password_file": str(site.dir / f"{n}.password")}
+                  for n in site.users),
+                {"name": "dave", "password_env": "REGISTRY_KIT_TEST_DAVE"}]})
+        harness.run_kit(site.dir / "env.py").assert_ok()
+        assert site.status("dave", "dave-from-env") == 200
+        harness.run_kit(site.dir / "env.py").assert_no_changes()
+    finally:
+        del os.environ["REGISTRY_KIT_TEST_DAVE"]
