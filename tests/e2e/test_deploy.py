@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
+from harness import Run
 
 import lab as lab_api
-import harness
-from harness import Run
 
 DOMAIN = "registry.lab"
 PORT = 5000
