@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 
 ## demo: bring up the lab, deploy the registry into it, push and pull on a client
 demo: venv
-	$(PY) -m registry_kit.demo
+	$(PY) -m lab.demo
 
 ## test: unit tests, lint, then the e2e suite against the lab (needs root and Docker)
 test: venv lint

@@ -18,10 +18,16 @@ if _root not in sys.path:
     sys.path.insert(0, _root)
 
 from lab.config import LabError  # noqa: E402
-from lab.state import inventory_groups  # noqa: E402
+from lab.site import site_data  # noqa: E402
+from lab.state import inventory_groups, load  # noqa: E402
 
 try:
-    _groups = inventory_groups()
+    _state = load()
+    _site = site_data(_state)  # the lab's settings for the kit (domain, mirror, demo user)
+    _groups = {
+        group: [(name, {**_site, **data}) for name, data in hosts]
+        for group, hosts in inventory_groups(_state).items()
+    }
 except LabError as _exc:
     raise SystemExit(f"inventories/lab.py: {_exc}") from None
 
