@@ -16,7 +16,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
 from registry_kit import htpasswd, remote
@@ -146,8 +146,33 @@ def ensure_image(settings: Settings, state: HostState):
     yield f"docker pull {q(settings.registry_image)}"
 
 
+# Servers whose container replacement failed in this run. ensure_container runs one server
+# at a time (_serial), so the servers after a failed one are left as they are.
+_failed_replacements: list[str] = []
+
+
+class _ReplaceCommand(StringCommand):
+    """The replace-container.sh call; remembers a failure for the servers still to come."""
+
+    def execute(self, state, host, connector_arguments):
+        status, output = super().execute(state, host, connector_arguments)
+        if status is False:
+            _failed_replacements.append(host.name)
+        return status, output
+
+
+def _stop_rollout(state, host, failed: str) -> bool:
+    host.log_styled(f"{host.name}: registry container not replaced: the replacement failed "
+                    f"on {failed} earlier in this run (servers are changed one at a time; "
+                    "fix that first and run again)", fg="red", log_func=logger.error)
+    return False
+
+
 @operation()
 def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState):
+    """Create or replace the container (replace-container.sh rolls back on failure). Called
+    with _serial=True: one server at a time, and none after a server whose new container
+    failed. The op body runs at execution time (pyinfra -y), so the check sees this run."""
     current = state.container
     if current and current.spec_hash == spec.spec_hash:
         if current.running:
@@ -155,14 +180,17 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState):
             return
         yield f"docker start {q(spec.name)}"
         return
+    if _failed_replacements:
+        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements),), {})
+        return
     url, resolve, ca = health_target(settings)
     reason = "create" if current is None else f"recreate ({current.spec_hash or 'unlabelled'}"\
         f" -> {spec.spec_hash})"
     # Say why, so a recreate is never a surprise in the run's output.
     logger.info(f"{host.print_prefix}{reason} container {spec.name}")
-    yield join([script_path("replace-container.sh"), spec.name, url, resolve, ca,
-                settings.registry_verify_timeout, "--",
-                *spec.run_args(state.server_version)])
+    yield _ReplaceCommand(join([script_path("replace-container.sh"), spec.name, url, resolve,
+                                ca, settings.registry_verify_timeout, "--",
+                                *spec.run_args(state.server_version)]))
 
 
 def _verify_user(settings: Settings):
@@ -214,6 +242,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
     spec = container_spec(settings, config, cert)
     container_op = ensure_container(settings, spec, state,
-                                    name="Start or replace the registry container")
+                                    name="Start or replace the registry container",
+                                    _serial=True)
     verify_registry(settings, name="Check /v2/: 401 without, 200 with credentials",
                     _if=any_changed(container_op, htpasswd_op))

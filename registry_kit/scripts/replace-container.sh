@@ -43,14 +43,25 @@ if docker run "$@" >/dev/null; then
     done
 fi
 
-echo "registry-kit: the new $name container did not become healthy within ${timeout}s." >&2
+image=$(docker inspect -f '{{.Config.Image}}' "$name" 2>/dev/null || echo "?")
+how=$(docker inspect -f 'state {{.State.Status}}, exit code {{.State.ExitCode}}, restarted {{.RestartCount}} times' "$name" 2>/dev/null || echo "not created")
+echo "registry-kit: the new $name container ($image) did not become healthy ($how; waited up to ${timeout}s)." >&2
 echo "registry-kit: its last log lines:" >&2
-docker logs --tail 20 "$name" 2>&1 | sed 's/^/    /' >&2
+logs=$(docker logs --tail 20 "$name" 2>&1)
+[ -n "$logs" ] || logs="(no log output)"
+printf '%s\n' "$logs" | sed 's/^/    /' >&2
 docker rm -f "$name" >/dev/null 2>&1
 if [ "$had_previous" = 1 ]; then
     docker rename "$previous" "$name"
     docker update --restart=always "$name" >/dev/null
     docker start "$name" >/dev/null
-    echo "registry-kit: the previous $name container is running again." >&2
+    old_image=$(docker inspect -f '{{.Config.Image}}' "$name" 2>/dev/null || echo "?")
+    deadline=$(( $(date +%s) + timeout ))
+    while [ "$(date +%s)" -lt "$deadline" ] && ! healthy; do sleep 1; done
+    if healthy; then
+        echo "registry-kit: rolled back: the previous $name container ($old_image) is serving $url/v2/ again." >&2
+    else
+        echo "registry-kit: rolled back to the previous $name container ($old_image), but it does not answer $url/v2/ either." >&2
+    fi
 fi
 exit 1
