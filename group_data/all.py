@@ -39,6 +39,12 @@ registry_client_login_user = None  # `docker login` on clients as this user (wit
 registry_client_system_trust = False  # also add the CA to the OS trust store (restarts Docker once)
 registry_client_hosts_entries = {}  # {"registry.example.internal": "10.0.0.5"} for /etc/hosts
 
+# --- Lifecycle (teardown.py, gc.py) ---
+registry_purge_data = False  # teardown.py: also delete registry_data_dir (announced first)
+registry_gc_dry_run = False  # gc.py: only report what garbage collection would delete
+registry_gc_delete_untagged = False  # gc.py: also delete manifests no tag points to (see README)
+registry_gc_schedule = None  # systemd OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC on servers
+
 # --- Control machine ---
 registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)
 
@@ -48,3 +54,4 @@ docker_ce_repo_url = None  # docker-ce: base URL of Docker's package repository 
 docker_min_version = "1.6.0"  # refuse engines older than this (the registry's minimum)
 docker_registry_mirrors = []  # daemon.json registry-mirrors (pull-through for Docker Hub images)
 docker_live_restore = None  # daemon.json live-restore: True/False to manage it, None to leave it
+docker_remove_on_teardown = False  # teardown.py: also remove the Docker engine the kit installed

@@ -103,6 +103,13 @@ def refresh_system_trust(family: str):
 
 
 def client_deploy(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
+    client_trust(settings, state, ca_pem)
+    client_login(settings, state)
+
+
+def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
+    """/etc/hosts and trust: main.plan_host runs these before any server step, so a new CA
+    is trusted before a server serves a certificate it signed (registry_kit.trust)."""
     if settings.registry_client_hosts_entries or state.hosts_lines:
         hosts_entries(dict(settings.registry_client_hosts_entries), state,
                       name="Write /etc/hosts entries for the registry")
@@ -120,5 +127,9 @@ def client_deploy(settings: Settings, state: HostState, ca_pem: bytes | None) ->
                                         name="Add the registry CA to the OS trust store")
             refresh_system_trust(state.os.family, name="Refresh the OS trust store",
                                  _if=ca_op.did_change)
+
+
+def client_login(settings: Settings, state: HostState) -> None:
+    """After the servers are up (main.plan_host: servers_ready)."""
     if settings.registry_client_login_user:
         docker_login(settings, state, name=f"docker login to {settings.registry_address}")

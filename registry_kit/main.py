@@ -12,7 +12,7 @@ from typing import Any
 from pyinfra import host, inventory
 from pyinfra.api import operation
 
-from registry_kit import client, control, server
+from registry_kit import client, control, gc, server, trust
 from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
 from registry_kit.facts import RegistryHostState
@@ -62,7 +62,7 @@ def plan_host() -> None:
     if not (is_server or is_client):
         return
     probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part, wanted in ((server, is_server), (client, is_client)):
+    for part, wanted in ((server, is_server), (gc, is_server), (client, is_client)):
         if wanted:
             for key, value in part.probe_args(settings).items():
                 if isinstance(value, list):
@@ -75,11 +75,16 @@ def plan_host() -> None:
     if not engine_deploy(settings, state, insecure_add=add, insecure_remove=remove):
         return
     cert = control.server_certificate(settings)
+    if is_client:
+        client.client_trust(settings, state, trust.client_ca(settings, cert))
+    # Every client trusts a new CA before any server serves a certificate it signed.
+    trust.clients_trust_ready(name="Clients trust the registry CA")
     if is_server:
         install_curl(state, name="Install curl (health checks)")
         server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings))
+        gc.schedule_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")
     if is_client:
-        client.client_deploy(settings, state, cert.ca_pem if cert else None)
+        client.client_login(settings, state)

@@ -72,7 +72,7 @@ def script_content(name: str) -> bytes:
     return (_SCRIPTS / name).read_bytes()
 
 
-SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh")
+SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh")
 
 
 def probe_args(settings: Settings) -> dict:

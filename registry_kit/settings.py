@@ -44,6 +44,8 @@ _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+# systemd OnCalendar: letters, digits, and * - : , . / ~ space; systemd-analyze checks the rest.
+_CALENDAR_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9*:,./~ -]{0,99}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
@@ -131,6 +133,11 @@ class Settings:
     docker_min_version: str
     docker_registry_mirrors: tuple[str, ...]
     docker_live_restore: bool | None
+    registry_purge_data: bool = False
+    registry_gc_dry_run: bool = False
+    registry_gc_delete_untagged: bool = False
+    registry_gc_schedule: str | None = None
+    docker_remove_on_teardown: bool = False
 
     @property
     def tls_enabled(self) -> bool:
@@ -431,6 +438,15 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
     live_restore = r.raw("docker_live_restore")
     if live_restore is not None and not isinstance(live_restore, bool):
         raise r.fail("docker_live_restore", live_restore, "True, False or None")
+    gc_schedule = r.raw("registry_gc_schedule")
+    if gc_schedule is not None and not (isinstance(gc_schedule, str) and _CALENDAR_RE.match(
+            gc_schedule)):
+        raise r.fail("registry_gc_schedule", gc_schedule, "None or a systemd OnCalendar "
+                     "expression like 'Sun *-*-* 03:00:00' or 'weekly'")
+    remove_docker = r.boolean("docker_remove_on_teardown")
+    if remove_docker and install_method == "none":
+        raise r.fail("docker_remove_on_teardown", True, "False when docker_install_method="
+                     "'none' (the kit did not install the engine)")
     state_dir = r.raw("registry_state_dir")
     if not isinstance(state_dir, str) or not state_dir:
         raise r.fail("registry_state_dir", state_dir, "a folder path on the control machine")
@@ -478,6 +494,11 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
             "docker_registry_mirrors", lambda u: bool(re.match(r"^https?://[^\s/]+/?$", u)),
             "mirror URLs like https://mirror.example:5000"),
         docker_live_restore=live_restore,
+        registry_purge_data=r.boolean("registry_purge_data"),
+        registry_gc_dry_run=r.boolean("registry_gc_dry_run"),
+        registry_gc_delete_untagged=r.boolean("registry_gc_delete_untagged"),
+        registry_gc_schedule=gc_schedule,
+        docker_remove_on_teardown=remove_docker,
     )
 
 

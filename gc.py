@@ -1,0 +1,12 @@
+"""registry-kit: `pyinfra INVENTORY gc.py` garbage-collects each registry server's storage.
+
+One server at a time: the registry is restarted read-only (pulls work, pushes are refused),
+`registry garbage-collect` runs, the registry is restarted with its normal config, and the
+bytes freed are reported. `--data registry_gc_dry_run=True` only reports what would go;
+`--data registry_gc_delete_untagged=True` also deletes manifests no tag points to.
+Settings: group_data/all.py (README: Garbage collection).
+"""
+
+from registry_kit.gc import plan_host
+
+plan_host()

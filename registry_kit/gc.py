@@ -1,0 +1,159 @@
+"""Garbage collection of the registry's storage (gc.py) and its optional systemd timer.
+
+gc.py runs scripts/registry-gc.sh on each server, one server at a time: the registry is
+restarted in read-only mode (pulls keep working, pushes are refused), `registry
+garbage-collect` runs inside the container (`registry` is on PATH in the official 2.x and
+3.x images and in the lab's), the registry is restarted with its own config.yml again,
+and the bytes freed in the data folder are reported. registry_gc_dry_run=True only reports.
+registry_gc_schedule installs registry-kit-gc.service/.timer on servers (deploy.py; removed
+when unset and by teardown.py) running the same script.
+Reads: registry_container_name, registry_config_dir, registry_data_dir, registry_storage,
+registry_verify_timeout, registry_gc_dry_run, registry_gc_delete_untagged,
+registry_gc_schedule.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+
+from registry_kit import remote, server
+from registry_kit.commands import join, q
+from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.lifecycle import roles, run_and_report, validated_settings
+from registry_kit.settings import Settings
+
+SCRIPT = "registry-gc.sh"
+TIMER_NAME = "registry-kit-gc.timer"
+SERVICE = "/etc/systemd/system/registry-kit-gc.service"
+TIMER = f"/etc/systemd/system/{TIMER_NAME}"
+
+
+def probe_args(settings: Settings) -> dict[str, Any]:
+    return {"files": [SERVICE, TIMER, server.script_path(SCRIPT)]}
+
+
+def gc_command(settings: Settings, *, dry_run: bool) -> list[str]:
+    url, resolve, ca = server.health_target(settings)
+    data = settings.registry_data_dir if settings.registry_storage.driver == "filesystem" \
+        else "-"
+    args = [server.script_path(SCRIPT), settings.registry_container_name,
+            settings.registry_config_dir, data, url, resolve, ca,
+            str(settings.registry_verify_timeout)]
+    if dry_run:
+        args.append("--dry-run")
+    if settings.registry_gc_delete_untagged:
+        args.append("--delete-untagged")
+    return args
+
+
+def _fail(state: Any, host: Any, message: str) -> bool:
+    # FunctionCommand passes state and host only to parameters with exactly these names.
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+@operation()
+def collect_garbage(settings: Settings, state: HostState):
+    if state.container is None:
+        yield FunctionCommand(_fail, (f"{host.name}: no container "
+                                      f"{settings.registry_container_name}: run deploy.py "
+                                      "first",), {})
+        return
+    yield FunctionCommand(run_and_report,
+                          (join(gc_command(settings, dry_run=settings.registry_gc_dry_run)),),
+                          {})
+
+
+# --- the timer (registry_gc_schedule) ---
+
+def service_unit(settings: Settings) -> bytes:
+    # systemd reads single-quoted arguments like a shell; none of them holds a '%' specifier.
+    return (
+        "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
+        "[Unit]\n"
+        "Description=registry-kit: garbage-collect the registry (read-only while it runs)\n"
+        "Requires=docker.service\n"
+        "After=docker.service\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"ExecStart={join(gc_command(settings, dry_run=False))}\n"
+    ).encode()
+
+
+def timer_unit(settings: Settings) -> bytes:
+    return (
+        "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
+        "[Unit]\n"
+        "Description=registry-kit: scheduled registry garbage collection\n\n"
+        "[Timer]\n"
+        f"OnCalendar={settings.registry_gc_schedule}\n"
+        "Persistent=true\n\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    ).encode()
+
+
+@operation()
+def install_timer(settings: Settings, state: HostState):
+    """Check the OnCalendar expression on the host (systemd-analyze) before any unit is
+    written, so a bad schedule never lands; then enable and (re)start the timer."""
+    units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
+    if all(path in state.files and state.files[path].sha256 == remote.sha256_of(content)
+           for path, content in units.items()):
+        host.noop(f"{TIMER_NAME} runs on {settings.registry_gc_schedule!r}")
+        return
+    schedule = str(settings.registry_gc_schedule)
+    refusal = f"registry-kit: {host.name}: registry_gc_schedule={schedule!r} is not a " \
+        "systemd OnCalendar expression (see: systemd-analyze calendar)"
+    yield (f"systemd-analyze calendar {q(schedule)} >/dev/null 2>&1 || "
+           f"{{ echo {q(refusal)} >&2; exit 1; }}")
+    for path, content in units.items():
+        yield f"install -m 0644 /dev/null {path}.registry-kit-new"
+        yield FileUploadCommand(BytesIO(content), f"{path}.registry-kit-new")
+        yield f"mv -f {path}.registry-kit-new {path}"
+    yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
+          f"systemctl restart {TIMER_NAME}"
+
+
+@operation()
+def schedule_remove(state: HostState):
+    present = [path for path in (TIMER, SERVICE) if path in state.files]
+    if not present:
+        host.noop("no garbage collection timer")
+        return
+    yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
+    yield "rm -f " + " ".join(present)
+    yield "systemctl daemon-reload"
+
+
+def schedule_deploy(settings: Settings, state: HostState) -> None:
+    """deploy.py, servers: the timer when registry_gc_schedule is set, else none."""
+    if settings.registry_gc_schedule is None:
+        schedule_remove(state, name="Remove the garbage collection timer")
+    else:
+        install_timer(settings, state, name="Schedule garbage collection (systemd timer)")
+
+
+# --- gc.py ---
+
+def plan_host() -> None:
+    settings = validated_settings()[host.name]
+    is_server, _ = roles(host)
+    if not is_server:
+        return
+    paths = server.ServerPaths(settings.registry_config_dir)
+    script = server.script_path(SCRIPT)
+    state = host.get_fact(RegistryHostState, files=[script, paths.config],
+                          container=settings.registry_container_name)
+    if state.container is not None:
+        # Servers deployed before the script existed get it here.
+        remote.managed_file(script, server.script_content(SCRIPT), "0755",
+                            state.files.get(script), name=f"Install {script}")
+    what = "Report what garbage collection would delete (dry run)" \
+        if settings.registry_gc_dry_run else "Collect garbage (registry read-only meanwhile)"
+    # One server at a time: each is read-only (refusing pushes) while it collects.
+    collect_garbage(settings, state, name=what, _serial=True)

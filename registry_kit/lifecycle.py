@@ -1,0 +1,81 @@
+"""Shared pieces of the lifecycle runs (teardown.py, gc.py, status.py).
+
+Settings are validated once for every host, like deploy.py does, but without issuing
+certificates on the control machine: tearing down or inspecting a registry must not
+create a CA. Reports (freed bytes, warnings) are shown in pyinfra's output by running the
+remote command from a FunctionCommand and logging its `registry-kit:` lines.
+Reads: nothing itself; settings.load reads host data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pyinfra import inventory, logger
+from pyinfra.api import StringCommand
+from pyinfra.api.exceptions import DeployError
+
+from registry_kit import settings as settings_module
+from registry_kit.settings import Settings, SettingsError
+
+SERVER_GROUP = "registry_servers"
+CLIENT_GROUP = "registry_clients"
+REPORT_PREFIX = "registry-kit: "
+
+_validated: dict[str, Settings] | None = None
+
+
+def _host_settings(target: Any, known: dict[str, Any]) -> Settings:
+    groups = [group for group in target.groups if group in (SERVER_GROUP, CLIENT_GROUP)]
+    if len(groups) > 1:
+        settings_module.check_group_conflicts(
+            target.name, {group: inventory.get_group_data(group) for group in groups},
+            {**inventory.get_host_data(target.name), **inventory.get_override_data()})
+    return settings_module.load(target.name, target.data.dict(), known=known)
+
+
+def validated_settings() -> dict[str, Settings]:
+    """Every host's settings, validated once per run; a bad one stops the run (one line)."""
+    global _validated
+    if _validated is None:
+        known = settings_module.known_keys()
+        try:
+            _validated = {target.name: _host_settings(target, known) for target in inventory}
+        except SettingsError as error:
+            raise DeployError(str(error)) from None
+    return _validated
+
+
+def roles(target: Any) -> tuple[bool, bool]:
+    """(is_server, is_client) of an inventory host."""
+    return SERVER_GROUP in target.groups, CLIENT_GROUP in target.groups
+
+
+def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Combine probe arguments (registry_kit.facts.RegistryHostState) of several parts:
+    lists are joined (without repeats), single values taken from the last part."""
+    merged: dict[str, Any] = {"files": [], "dirs": []}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list):
+                merged[key] = merged.get(key, []) + [v for v in value
+                                                     if v not in merged.get(key, [])]
+            else:
+                merged[key] = value
+    return merged
+
+
+def run_and_report(state: Any, host: Any, command: str) -> bool:
+    """FunctionCommand body: run `command`, show its `registry-kit:` stdout lines (pyinfra
+    shows a successful command's output only with -v) and all its output on failure."""
+    status, output = host.run_shell_command(StringCommand(command),
+                                            print_output=state.print_output,
+                                            print_input=state.print_input)
+    for line in output.stdout_lines:
+        if line.startswith(REPORT_PREFIX):
+            host.log_styled(line, fg="cyan", log_func=logger.info)
+    if not status:
+        for line in output.stderr_lines:
+            host.log_styled(line, fg="red", log_func=logger.error)
+    return bool(status)

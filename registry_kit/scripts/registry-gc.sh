@@ -1,0 +1,125 @@
+#!/bin/sh
+# Managed by registry-kit: garbage-collect the registry's storage safely. For the collection
+# the registry is restarted in read-only mode (pulls keep working, pushes get 405) and
+# afterwards restarted with its own config.yml again, whatever happened. --dry-run only
+# reports what would be deleted. Prints one "registry-kit:" summary line with the freed bytes.
+# Usage: registry-gc.sh NAME CONFIG_DIR DATA_DIR URL RESOLVE CACERT TIMEOUT [--dry-run]
+#                       [--delete-untagged]          (DATA_DIR "-": storage is not a folder)
+#        registry-gc.sh --readonly-config < config.yml > read-only-config.yml
+set -u
+
+readonly_config() {
+    # templates/config.yml.j2 writes "readonly:" with "enabled: false" on the next line.
+    sed '/^    readonly:$/{n;s/^      enabled: false$/      enabled: true/;}'
+}
+if [ "${1:-}" = "--readonly-config" ]; then
+    readonly_config
+    exit 0
+fi
+
+name=$1 config_dir=$2 data=$3 url=$4 resolve=$5 cacert=$6 timeout=$7
+shift 7
+dry_run=0 untagged=""
+for arg in "$@"; do
+    case $arg in
+        --dry-run) dry_run=1 ;;
+        --delete-untagged) untagged=--delete-untagged ;;
+        *) echo "registry-kit: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+config=$config_dir/config.yml
+saved=$config_dir/config.yml.registry-kit-saved
+inner=/etc/registry-kit/config.yml  # the same file, as the container sees it
+log_dir=/run/registry-kit
+log=$log_dir/gc.log
+
+curl_opts=""
+[ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
+[ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"
+
+healthy() {
+    # shellcheck disable=SC2086
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 $curl_opts "$url/v2/")
+    [ "$code" = 200 ] || [ "$code" = 401 ]
+}
+
+wait_healthy() {
+    deadline=$(( $(date +%s) + timeout ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        healthy && return 0
+        sleep 1
+    done
+    return 1
+}
+
+used() {
+    if [ "$data" = "-" ]; then echo 0; else du -sb "$data" | cut -f1; fi
+}
+
+collect() {
+    # shellcheck disable=SC2086
+    if docker exec "$name" registry garbage-collect "$@" $untagged "$inner" >"$log" 2>&1; then
+        # e.g. "6 blobs marked, 2 blobs and 1 manifests eligible for deletion"
+        summary=$(grep -E '^[0-9]+ blobs marked, ' "$log" | tail -n 1)
+        [ -n "$summary" ] || summary="garbage-collect printed no summary"
+        return 0
+    fi
+    echo "registry-kit: garbage-collect failed; its last lines:" >&2
+    tail -n 20 "$log" | sed 's/^/    /' >&2
+    return 1
+}
+
+if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]; then
+    echo "registry-kit: container $name is not running: run deploy.py first" >&2
+    exit 1
+fi
+install -d -m 0700 "$log_dir"
+before=$(used)
+
+if [ "$dry_run" = 1 ]; then
+    collect --dry-run || exit 1
+    echo "registry-kit: dry run: $summary; nothing deleted ($before bytes in ${data})"
+    exit 0
+fi
+
+if [ -e "$saved" ]; then
+    echo "registry-kit: $saved exists: an earlier collection did not finish. Move it back to" \
+         "$config, restart $name, and run again" >&2
+    exit 1
+fi
+cp -p "$config" "$saved"
+
+restore() {
+    mv -f "$saved" "$config"
+    docker restart "$name" >/dev/null
+    if ! wait_healthy; then
+        echo "registry-kit: $name does not answer $url/v2/ after leaving read-only mode" >&2
+        return 1
+    fi
+}
+trap 'restore; exit 1' HUP INT TERM
+
+install -m 0600 /dev/null "$config.registry-kit-new"
+readonly_config <"$saved" >"$config.registry-kit-new"
+if ! grep -A1 '^    readonly:$' "$config.registry-kit-new" | grep -q 'enabled: true'; then
+    rm -f "$config.registry-kit-new" "$saved"
+    echo "registry-kit: $config has no storage.maintenance.readonly section the kit wrote;" \
+         "run deploy.py first" >&2
+    exit 1
+fi
+mv -f "$config.registry-kit-new" "$config"
+docker restart "$name" >/dev/null
+if ! wait_healthy; then
+    echo "registry-kit: $name in read-only mode does not answer $url/v2/" >&2
+    restore
+    exit 1
+fi
+
+ok=1
+collect || ok=0
+trap - HUP INT TERM
+restore || exit 1
+[ "$ok" = 1 ] || exit 1
+after=$(used)
+echo "registry-kit: garbage collection freed $((before - after)) bytes" \
+     "($before -> $after bytes in ${data}; $summary)"

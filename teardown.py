@@ -1,0 +1,12 @@
+"""registry-kit: `pyinfra INVENTORY teardown.py` removes what deploy.py set up.
+
+Servers lose the registry container, its config, certificates, htpasswd, the kit's scripts
+and GC timer; clients lose the trust entries, the kit's docker login and /etc/hosts lines;
+every host loses the kit's daemon.json keys (others stay; Docker is reloaded). The registry
+data stays unless registry_purge_data=True; Docker stays unless docker_remove_on_teardown=True.
+A second teardown changes nothing. Settings: group_data/all.py (README: Teardown).
+"""
+
+from registry_kit.teardown import plan_host
+
+plan_host()

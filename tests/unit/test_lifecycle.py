@@ -1,0 +1,263 @@
+"""Unit tests for the lifecycle pieces: CA rotation bundle (trust), teardown's daemon.json
+reset, gc commands and units, the read-only config the GC script derives, status tables,
+and the lifecycle settings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registry_kit import gc, status, teardown, trust
+from registry_kit.commands import OSInfo
+from registry_kit.facts import HostState
+from registry_kit.lifecycle import merge_probe
+from registry_kit.render import render_config
+from registry_kit.server import _SCRIPTS
+from registry_kit.settings import Settings, SettingsError
+from registry_kit.tls import ensure_server_certificate
+
+CA_A = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+CA_B = b"-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
+CA_C = b"-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n"
+
+
+def _bundle(state_dir: Path, ca: bytes) -> bytes:
+    trust.client_bundle.cache_clear()  # one call per run: a new run each time here
+    return trust.client_bundle(state_dir, "reg.example", ca)
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def test_bundle_first_ca_alone(tmp_path: Path) -> None:
+    assert _bundle(tmp_path, CA_A) == CA_A
+    assert _bundle(tmp_path, CA_A) == CA_A
+    assert [p.name for p in (tmp_path / "trust" / "reg.example").iterdir()] == \
+        [f"{trust.fingerprint(CA_A)}.pem"]
+
+
+def test_bundle_keeps_old_ca_for_one_run(tmp_path: Path) -> None:
+    _bundle(tmp_path, CA_A)
+    assert _bundle(tmp_path, CA_B) == CA_B + CA_A  # the run that switches: both
+    assert _bundle(tmp_path, CA_B) == CA_B  # the next run: the old one is gone
+    assert _bundle(tmp_path, CA_B) == CA_B
+    names = sorted(p.name for p in (tmp_path / "trust" / "reg.example").iterdir())
+    assert names == [f"{trust.fingerprint(CA_B)}.pem"]
+
+
+def test_bundle_two_changes_before_a_run(tmp_path: Path) -> None:
+    _bundle(tmp_path, CA_A)
+    _bundle(tmp_path, CA_B)
+    bundle = _bundle(tmp_path, CA_C)  # B never settled: C + A + B, each retiring by C
+    assert bundle.startswith(CA_C) and CA_A in bundle and CA_B in bundle
+    assert _bundle(tmp_path, CA_C) == CA_C
+
+
+def test_bundle_files_are_private(tmp_path: Path) -> None:
+    _bundle(tmp_path, CA_A)
+    _bundle(tmp_path, CA_B)
+    for path in (tmp_path / "trust" / "reg.example").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_bundle_is_computed_once_per_run(tmp_path: Path) -> None:
+    trust.client_bundle.cache_clear()
+    _bundle(tmp_path, CA_A)
+    trust.client_bundle.cache_clear()
+    first = trust.client_bundle(tmp_path, "reg.example", CA_B)
+    # Every client host of the run asks again: same answer, the old CA not dropped yet.
+    assert trust.client_bundle(tmp_path, "reg.example", CA_B) == first == CA_B + CA_A
+
+
+def test_new_ca_reissues_server_certificate(tmp_path: Path) -> None:
+    first = ensure_server_certificate(tmp_path, "reg.example", (), ())
+    shutil.rmtree(tmp_path / "ca")
+    second = ensure_server_certificate(tmp_path, "reg.example", (), ())
+    assert second.reissued and second.ca_pem != first.ca_pem
+    trust.client_bundle.cache_clear()
+    trust.client_bundle(tmp_path, "reg.example", first.ca_pem)
+    trust.client_bundle.cache_clear()
+    assert trust.client_bundle(tmp_path, "reg.example", second.ca_pem).count(
+        b"BEGIN CERTIFICATE") == 2
+
+
+# --------------------------------------------------------------------------- teardown
+
+
+def test_live_reset_only_for_keys_that_go() -> None:
+    current = {"registry-mirrors": ["http://m"], "insecure-registries": ["r:5000", "x:1"],
+               "live-restore": True, "log-level": "warn"}
+    wanted = {"insecure-registries": ["x:1"], "log-level": "warn"}
+    assert teardown.live_reset(current, wanted) == {"registry-mirrors": [],
+                                                    "live-restore": False}
+    assert teardown.live_reset(wanted, wanted) == {}
+
+
+@pytest.mark.parametrize(("os_info", "method", "expected"), [
+    (OSInfo("debian", "", "bookworm"), "distro", "apt-get purge -y -q docker.io"),
+    (OSInfo("ubuntu", "debian", "noble"), "docker-ce", "purge -y -q docker-ce docker-ce-cli"),
+    (OSInfo("rocky", "rhel centos fedora", ""), "docker-ce", "dnf -y remove docker-ce"),
+])
+def test_remove_docker_commands(make_settings: Callable[..., Settings], os_info: OSInfo,
+                                method: str, expected: str) -> None:
+    data = {"docker_install_method": method}
+    if method == "docker-ce":
+        data["docker_ce_repo_url"] = "https://download.example/linux"
+    state = HostState(os=os_info)
+    commands = teardown.remove_docker_commands(make_settings(**data), state)
+    assert expected in commands[0]
+
+
+def test_teardown_probe_covers_server_and_client(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    probe = teardown.probe_args(settings, True, True)
+    assert settings.registry_data_dir in probe["dirs"]
+    assert "/etc/docker/certs.d/registry.example.internal:5000" in probe["dirs"]
+    assert gc.TIMER in probe["files"] and gc.SERVICE in probe["files"]
+    assert probe["container"] == "registry"
+    assert len(probe["dirs"]) == len(set(probe["dirs"]))
+
+
+def test_merge_probe_joins_lists_without_repeats() -> None:
+    merged = merge_probe([{"files": ["a", "b"], "container": "x"}, {"files": ["b", "c"]}])
+    assert merged == {"files": ["a", "b", "c"], "dirs": [], "container": "x"}
+
+
+def test_purge_warning_names_host_and_path(make_settings: Callable[..., Settings]) -> None:
+    line = teardown.purge_warning(make_settings(registry_data_dir="/srv/reg"))
+    assert line.startswith("reg-host-1: ") and "/srv/reg" in line and "DELETING" in line
+
+
+# --------------------------------------------------------------------------- gc
+
+
+def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Settings]) -> None:
+    """The script derives read-only mode from the deployed file: it must give exactly what
+    render_config(read_only=True) gives, and nothing else may change."""
+    settings = make_settings(registry_delete_enabled=True)
+    normal = render_config(settings, "secret")
+    wanted = render_config(settings, "secret", read_only=True)
+    assert normal != wanted
+    derived = subprocess.run(["sh", str(_SCRIPTS / gc.SCRIPT), "--readonly-config"],
+                             input=normal, capture_output=True, text=True, check=True).stdout
+    assert derived == wanted
+    assert yaml.safe_load(derived)["storage"]["maintenance"]["readonly"] == {"enabled": True}
+
+
+def test_gc_command(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(registry_gc_delete_untagged=True)
+    args = gc.gc_command(settings, dry_run=True)
+    assert args[:4] == ["/usr/local/lib/registry-kit/registry-gc.sh", "registry",
+                        "/etc/registry-kit", "/var/lib/registry-kit/data"]
+    assert args[-2:] == ["--dry-run", "--delete-untagged"]
+    assert "--dry-run" not in gc.gc_command(make_settings(), dry_run=False)
+    s3 = make_settings(registry_storage={"driver": "inmemory"})
+    assert gc.gc_command(s3, dry_run=False)[3] == "-"  # no folder to measure
+
+
+def test_timer_units(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(registry_gc_schedule="Sun *-*-* 03:00:00")
+    timer = gc.timer_unit(settings).decode()
+    assert "OnCalendar=Sun *-*-* 03:00:00\n" in timer and "WantedBy=timers.target" in timer
+    service = gc.service_unit(settings).decode()
+    assert "ExecStart=/usr/local/lib/registry-kit/registry-gc.sh registry " in service
+    assert "%" not in service  # systemd would read it as a specifier
+    assert gc.service_unit(settings) == gc.service_unit(settings)  # deterministic
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("value", ["weekly", "Sun *-*-* 03:00:00", "*-*-01 04:30",
+                                   "Mon..Fri 22:00"])
+def test_gc_schedule_accepted(make_settings: Callable[..., Settings], value: str) -> None:
+    assert make_settings(registry_gc_schedule=value).registry_gc_schedule == value
+
+
+@pytest.mark.parametrize("value", ["", "weekly; rm -rf /", "daily\nExecStart=x", 5, "$(x)"])
+def test_gc_schedule_refused(make_settings: Callable[..., Settings], value: object) -> None:
+    with pytest.raises(SettingsError, match="registry_gc_schedule") as error:
+        make_settings(registry_gc_schedule=value)
+    assert "\n" not in str(error.value)
+
+
+def test_remove_docker_needs_an_installing_method(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(SettingsError, match="docker_remove_on_teardown=True"):
+        make_settings(docker_remove_on_teardown=True, docker_install_method="none")
+    assert make_settings(docker_remove_on_teardown=True).docker_remove_on_teardown
+
+
+@pytest.mark.parametrize("key", ["registry_purge_data", "registry_gc_dry_run",
+                                 "registry_gc_delete_untagged", "docker_remove_on_teardown"])
+def test_lifecycle_flags_are_booleans(make_settings: Callable[..., Settings], key: str) -> None:
+    assert getattr(make_settings(), key) is False
+    with pytest.raises(SettingsError, match=f"setting {key}='yes' .*True or False"):
+        make_settings(**{key: "yes"})
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    cert = ensure_server_certificate(tmp_path, "registry.example.internal", (), ())
+    settings = make_settings(registry_state_dir=str(tmp_path),
+                             registry_users=[{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}],
+                             registry_client_login_user=None)
+    sections = status.parse_status([
+        "@@registry-kit-status:docker", "24.0.7",
+        "@@registry-kit-status:container", "registry:2.8.2|running|2024-01-01T00:00:00Z|0",
+        "@@registry-kit-status:uptime", "90061",
+        "@@registry-kit-status:health", "401",
+        "@@registry-kit-status:cert", *cert.cert_pem.decode().splitlines(),
+        "@@registry-kit-status:bytes", "1251680",
+        "@@registry-kit-status:repos", "2",
+        "@@registry-kit-status:tags", "1",
+        "@@registry-kit-status:timer", "inactive",
+        "@@registry-kit-status:trust", *cert.ca_pem.decode().splitlines(),
+        "@@registry-kit-status:auths", "registry.example.internal:5000",
+        "@@registry-kit-status:hosts", "10.0.0.5 registry.example.internal # registry-kit",
+        "@@registry-kit-status:marker", "ci",
+    ])
+    row = status.server_row(settings, sections)
+    assert row["image"] == "registry:2.8.2" and row["state"] == "running"
+    assert row["uptime"] == "1d1h" and row["/v2/"] == "401"
+    assert 820 <= int(row["cert days"]) <= 825
+    assert row["storage"] == "1.3 MB" and (row["repos"], row["tags"]) == ("2", "1")
+    crow = status.client_row(settings, sections)
+    assert crow["trust"] == "ok" and crow["login"] == "yes (ci)"
+    assert crow["hosts entries"] == "1" and crow["docker"] == "24.0.7"
+    lines = status.table([row])
+    assert lines[0].startswith("SERVER") and "registry:2.8.2" in lines[1]
+
+
+def test_status_without_anything(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    row = status.server_row(settings, {})
+    assert (row["state"], row["uptime"], row["/v2/"], row["cert days"]) == \
+        ("no container", "-", "-", "-")
+    crow = status.client_row(settings, {})
+    assert (crow["trust"], crow["login"], crow["docker"]) == ("missing", "not asked",
+                                                              "not running")
+
+
+@pytest.mark.parametrize(("seconds", "text"), [("5", "5s"), ("65", "1m5s"), ("3700", "1h1m"),
+                                               ("x", "-")])
+def test_human_duration(seconds: str, text: str) -> None:
+    assert status.human_duration(seconds) == text
+
+
+def test_function_commands_receive_state_and_host() -> None:
+    """pyinfra's FunctionCommand passes state and host only to parameters named exactly
+    so; any other names would shift the arguments at run time."""
+    import inspect
+
+    from registry_kit import lifecycle, server
+
+    for function in (teardown._announce, gc._fail, lifecycle.run_and_report,
+                     server._stop_rollout):
+        assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function
