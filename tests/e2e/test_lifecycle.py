@@ -387,6 +387,32 @@ def test_status_reports_servers_and_clients(site: Site) -> None:
     assert client[2:6] == [ADDRESS, "ok", f"yes ({USER})", "1"]
 
 
+def test_scheduled_gc_timer(site: Site) -> None:
+    site.data["registry_gc_schedule"] = "Sun 99:99"  # passes the control-side pattern only
+    site.write()
+    bad = site.run()
+    assert bad.returncode != 0
+    stderr_position(bad, "registry_gc_schedule='Sun 99:99' is not a systemd OnCalendar")
+    assert harness.ssh("lab-reg", "test -e /etc/systemd/system/registry-kit-gc.timer",
+                       check=False).returncode == 1  # nothing written
+    site.data["registry_gc_schedule"] = "Sun *-*-* 03:00:00"
+    site.write()
+    run = site.run().assert_ok()
+    assert sorted(dict(run.changed)["Schedule garbage collection (systemd timer)"]) == \
+        sorted(SERVERS)
+    for server in SERVERS:
+        assert harness.ssh(server, "systemctl is-enabled registry-kit-gc.timer; systemctl "
+                           "is-active registry-kit-gc.timer").stdout.split() == \
+            ["enabled", "active"]
+    started = container("lab-reg")["started"]
+    harness.ssh("lab-reg", "systemctl start registry-kit-gc.service")  # oneshot: waits
+    journal = harness.ssh("lab-reg", "journalctl -u registry-kit-gc.service --no-pager").stdout
+    assert "registry-kit: garbage collection freed" in journal
+    assert container("lab-reg")["started"] != started  # it went read-only and back
+    assert site.status("lab-reg", site.password) == 200
+    site.run().assert_no_changes()
+
+
 def test_teardown_keeps_data_then_redeploy_serves_old_images(site: Site,
                                                              pushed: dict[str, str]) -> None:
     engine_since = docker_started(CLIENT)
@@ -394,7 +420,8 @@ def test_teardown_keeps_data_then_redeploy_serves_old_images(site: Site,
     for server in SERVERS:
         assert harness.ssh(server, "docker ps -aq").stdout.strip() == ""
         gone = harness.ssh(server, "ls -d /etc/registry-kit /usr/local/lib/registry-kit "
-                           "2>/dev/null; true").stdout.strip()
+                           "/etc/systemd/system/registry-kit-gc.* 2>/dev/null; true"
+                           ).stdout.strip()
         assert gone == ""
         harness.ssh(server, f"test -d {DATA_DIR}/docker/registry/v2/repositories/lc/busybox")
         assert engine_mirrors(server) == []
