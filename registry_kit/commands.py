@@ -127,6 +127,9 @@ class ContainerSpec:
                          + (",readonly" if readonly else "")]
             else:
                 args += ["-v", f"{source}:{target}" + (":ro" if readonly else "")]
+        # The config file is named explicitly: registry 2.x images default to
+        # /etc/docker/registry/config.yml and 3.x to /etc/distribution/config.yml, so with
+        # `serve FILE` an upgrade across the major version runs the kit's config unchanged.
         args += ["--label", "registry-kit.managed=true",
                  "--label", f"registry-kit.spec={self.spec_hash}",
                  self.image, "serve", "/etc/registry-kit/config.yml"]
