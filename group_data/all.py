@@ -34,6 +34,18 @@ registry_tls_none_acknowledged = False  # must be True to send passwords over pl
 registry_users = []  # [{"name": "ci", "password_env": VAR}] or password_file / password_hash
 registry_allow_plain_passwords = False  # allow {"password": "..."} in group data (not advised)
 
+# --- Scale-out: several registry_servers, registry_lb (haproxy), registry_cache (redis) ---
+registry_internal_address = None  # address other kit hosts reach this host at; None: ssh_hostname
+registry_storage_redirect_disabled = False  # True: replicas serve blobs, no redirect to S3
+registry_storage_check = True  # s3: HEAD the bucket from the control machine before any change
+registry_lb_mode = "passthrough"  # passthrough (TCP, replicas terminate TLS) | terminate (haproxy)
+registry_lb_stats = None  # e.g. "127.0.0.1:8404": haproxy stats page on the LB's loopback
+registry_lb_drain_timeout = 10  # seconds a drained replica gets to finish its connections
+registry_cache_port = 6379  # redis port on the registry_cache host
+registry_cache_password = None  # {"env": NAME} or {"file": PATH}; None: generated once, kept
+registry_cache_db = 0  # redis database number the registry uses (0-15)
+registry_cache_maxmemory = "256mb"  # redis maxmemory; evicts with allkeys-lru (registry docs)
+
 # --- Client hosts (registry_clients) ---
 registry_client_login_user = None  # `docker login` on clients as this user (with a password)
 registry_client_system_trust = False  # also add the CA to the OS trust store (restarts Docker once)

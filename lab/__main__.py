@@ -1,4 +1,4 @@
-"""CLI: ``python -m lab up|down|status|ssh|reset|restart|remove``.
+"""CLI: ``python -m lab up|down|status|ssh|reset|restart|remove|ceph``.
 
 Errors are LabError: printed as one line, exit status 1.
 """
@@ -6,10 +6,11 @@ Errors are LabError: printed as one line, exit status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from lab import core
+from lab import ceph, core
 from lab.config import NAME_ENV, LabError, get_config, say
 from lab.ssh import ssh_argv
 from lab.state import load
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p_ssh = sub.add_parser("ssh", help="ssh into a host as root")
     p_ssh.add_argument("host")
     p_ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    p_ceph = sub.add_parser("ceph", help="the lab's object store: single-node Ceph RGW (S3)")
+    p_ceph.add_argument("action", choices=("up", "status"),
+                        help="up: set up or reuse lab-ceph; status: ceph -s")
     for verb, text in (("reset", "recreate a host as a fresh machine"),
                        ("restart", "reboot a host"), ("remove", "remove a host")):
         sub.add_parser(verb, help=text).add_argument("host")
@@ -77,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             argv_ = ssh_argv(get_config(name).key_file, int(host["port"]), cmd)
             sys.stdout.flush()
             os.execvp(argv_[0], argv_)
+        elif args.command == "ceph":
+            if args.action == "up":
+                info = ceph.ceph_up(name=name)
+                print(json.dumps(info, indent=2))
+            else:
+                print(ceph.ceph_status(name=name), end="")
         elif args.command == "reset":
             core.reset_host(args.host, name=name)
         elif args.command == "restart":

@@ -67,3 +67,21 @@ def http_secret(settings: Settings) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(value + "\n")
         return value
+
+
+def cache_password(settings: Settings) -> str:
+    """registry_cache_password if given; else one generated once and kept locally (like the
+    http secret), so the cache host and every replica agree and reruns change nothing.
+    `settings` are the cache host's."""
+    if settings.registry_cache_password is not None:
+        return settings.registry_cache_password.reveal()
+    path = _private_dir(settings.registry_state_dir / "secrets") / \
+        f"cache-password-{settings.registry_domain}"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+        return value

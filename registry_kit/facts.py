@@ -56,11 +56,14 @@ class HostState:
     docker_auths: list[str] = field(default_factory=list)
     login_marker: str = ""
     hosts_lines: list[str] = field(default_factory=list)
+    commands: set[str] = field(default_factory=set)  # asked-for commands that are installed
+    services: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # (active, enabled)
 
 
 def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                   container: str | None = None, image: str | None = None,
-                  htpasswd: str | None = None, login_marker: str | None = None) -> str:
+                  htpasswd: str | None = None, login_marker: str | None = None,
+                  commands: Iterable[str] = (), services: Iterable[str] = ()) -> str:
     def section(name: str) -> str:
         return f"echo {q(_SECTION + name)}"
 
@@ -111,6 +114,17 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
         parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
     parts.append(section("hosts"))
     parts.append(f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true")
+    parts.append(section("commands"))
+    command_list = " ".join(q(name) for name in commands)
+    if command_list:
+        parts.append(f"for c in {command_list}; do command -v \"$c\" >/dev/null 2>&1 && "
+                     "echo \"$c\"; done; true")
+    parts.append(section("services"))
+    service_list = " ".join(q(name) for name in services)
+    if service_list:
+        parts.append(f"for s in {service_list}; do echo \"$s"
+                     " $(systemctl is-active \"$s\" 2>/dev/null)"
+                     " $(systemctl is-enabled \"$s\" 2>/dev/null)\"; done; true")
     return "; ".join(parts)
 
 
@@ -161,6 +175,11 @@ def parse_probe(lines: Iterable[str]) -> HostState:
     state.docker_auths = [line.strip() for line in sections.get("auths", []) if line.strip()]
     state.login_marker = "".join(line + "\n" for line in sections.get("login_marker", []))
     state.hosts_lines = [line for line in sections.get("hosts", []) if line.strip()]
+    state.commands = {line.strip() for line in sections.get("commands", []) if line.strip()}
+    for line in sections.get("services", []):
+        name, *words = line.split()
+        if name:
+            state.services[name] = (words[:1] == ["active"], "enabled" in words[1:2])
     return state
 
 
@@ -168,9 +187,10 @@ class RegistryHostState(FactBase):
     """Snapshot of everything registry-kit manages on a host (see module docstring)."""
 
     def command(self, files=(), dirs=(), container=None, image=None, htpasswd=None,
-                login_marker=None):
+                login_marker=None, commands=(), services=()):
         return probe_command(files=files, dirs=dirs, container=container, image=image,
-                             htpasswd=htpasswd, login_marker=login_marker)
+                             htpasswd=htpasswd, login_marker=login_marker, commands=commands,
+                             services=services)
 
     def process(self, output):
         return parse_probe(output)

@@ -11,28 +11,31 @@ from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import operation
+from pyinfra.api.exceptions import DeployError
 
-from registry_kit import client, control, gc, server, trust
+from registry_kit import cache, client, control, gc, loadbalancer, s3check, scaleout, server, trust
 from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
 from registry_kit.facts import RegistryHostState
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, SettingsError
 
 SERVER_GROUP = "registry_servers"
 CLIENT_GROUP = "registry_clients"
+LB_GROUP, CACHE_GROUP = scaleout.LB_GROUP, scaleout.CACHE_GROUP
 
 _validated: dict[str, Settings] | None = None
 
 
 def _host_settings(target: Any, known: dict[str, Any]) -> Settings:
     data = target.data.dict()
-    groups = [group for group in target.groups if group in (SERVER_GROUP, CLIENT_GROUP)]
+    groups = [group for group in target.groups
+              if group in (SERVER_GROUP, CLIENT_GROUP, LB_GROUP, CACHE_GROUP)]
     if len(groups) > 1:
         settings_module.check_group_conflicts(
             target.name, {group: inventory.get_group_data(group) for group in groups},
             {**inventory.get_host_data(target.name), **inventory.get_override_data()})
     value = settings_module.load(target.name, data, known=known)
-    if SERVER_GROUP in target.groups:
+    if SERVER_GROUP in target.groups or LB_GROUP in target.groups:
         control.server_certificate(value)  # provided files are checked here, up front
     return value
 
@@ -43,7 +46,38 @@ def validated_settings() -> dict[str, Settings]:
     if _validated is None:
         known = settings_module.known_keys()
         _validated = {target.name: _host_settings(target, known) for target in inventory}
+        _check_scale_out(_validated)
     return _validated
+
+
+def _groups() -> dict[str, list[str]]:
+    return {group: [target.name for target in inventory.get_group(group, [])]
+            for group in (SERVER_GROUP, LB_GROUP, CACHE_GROUP)}
+
+
+def topology() -> scaleout.Topology:
+    """Which hosts are replicas, load balancers and the cache (registry_kit.scaleout)."""
+    return scaleout.build(validated_settings(), _groups())
+
+
+def _check_scale_out(all_settings: dict[str, Settings]) -> None:
+    """Hosts that cannot work together, and an S3 bucket that is missing or refuses the
+    keys, stop the run here: before the first replica starts, before any host is touched."""
+    groups = _groups()
+    try:
+        scaleout.validate(scaleout.build(all_settings, groups))
+        s3check.check_storage(all_settings[name] for name in groups[SERVER_GROUP])
+    except SettingsError as error:
+        raise DeployError(str(error)) from None  # one line, no traceback
+
+
+@operation()
+def step_done(what: str):
+    """A step every host shares: what comes before it on any host runs before what comes
+    after it on any host (cache before the load balancer before the replicas)."""
+    host.noop(f"ordering point: {what}")
+    return
+    yield  # an operation is a generator
 
 
 @operation()
@@ -59,10 +93,12 @@ def plan_host() -> None:
     settings = all_settings[host.name]
     is_server = SERVER_GROUP in host.groups
     is_client = CLIENT_GROUP in host.groups
-    if not (is_server or is_client):
+    is_lb, is_cache = LB_GROUP in host.groups, CACHE_GROUP in host.groups
+    if not (is_server or is_client or is_lb or is_cache):
         return
     probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part, wanted in ((server, is_server), (gc, is_server), (client, is_client)):
+    for part, wanted in ((server, is_server), (gc, is_server), (client, is_client),
+                         (loadbalancer, is_lb), (cache, is_cache)):
         if wanted:
             for key, value in part.probe_args(settings).items():
                 if isinstance(value, list):
@@ -72,16 +108,30 @@ def plan_host() -> None:
     state = host.get_fact(RegistryHostState, **probe)
 
     add, remove = client.insecure_entries(settings) if is_client else ([], [])
-    if not engine_deploy(settings, state, insecure_add=add, insecure_remove=remove):
+    # Load balancer and cache hosts need no Docker engine.
+    if (is_server or is_client) and not engine_deploy(settings, state, insecure_add=add,
+                                                      insecure_remove=remove):
         return
     cert = control.server_certificate(settings)
     if is_client:
         client.client_trust(settings, state, trust.client_ca(settings, cert))
     # Every client trusts a new CA before any server serves a certificate it signed.
     trust.clients_trust_ready(name="Clients trust the registry CA")
+    hosts = topology()
+    password = control.cache_password(hosts.caches[0]) if hosts.caches else ""
+    if is_cache:
+        cache.cache_deploy(settings, state, password)
+    if hosts.caches:
+        step_done("registry cache", name="Registry cache is set up")
+    if is_lb:
+        loadbalancer.lb_deploy(settings, state, hosts, cert)
+    if hosts.lbs:
+        step_done("load balancer", name="Load balancer is set up")
     if is_server:
         install_curl(state, name="Install curl (health checks)")
-        server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings))
+        server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings),
+                             cache=scaleout.cache_target(hosts, password),
+                             rotation=hosts.rotation())
         gc.schedule_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

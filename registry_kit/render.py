@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from registry_kit.scaleout import CacheTarget
 from registry_kit.settings import Secret, Settings
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -41,7 +42,10 @@ def _storage_section(settings: Settings) -> dict[str, Any]:
     return {storage.driver: params or None}
 
 
-def render_config(settings: Settings, http_secret: str, *, read_only: bool = False) -> str:
+def render_config(settings: Settings, http_secret: str, *, read_only: bool = False,
+                  cache: CacheTarget | None = None, drain_timeout: int | None = None) -> str:
+    """cache: the shared redis blob-descriptor cache (scale-out); drain_timeout: seconds a
+    stopping registry keeps serving open requests (replicas behind a load balancer)."""
     template = _environment.get_template("config.yml.j2")
     storage_yaml = yaml.safe_dump(_storage_section(settings), default_flow_style=False,
                                   sort_keys=True).rstrip("\n")
@@ -59,4 +63,9 @@ def render_config(settings: Settings, http_secret: str, *, read_only: bool = Fal
         debug=settings.registry_debug_addr is not None,
         users=bool(settings.registry_users),
         container_dir=CONTAINER_CONFIG_DIR,
+        redirect_disabled=settings.registry_storage_redirect_disabled,
+        drain_timeout=drain_timeout,
+        cache=cache,
+        cache_password=yaml.safe_dump(cache.password, default_style='"').strip()
+        if cache else None,
     )

@@ -23,11 +23,15 @@ from registry_kit import htpasswd, remote
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
+from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
 from registry_kit.settings import Settings
 from registry_kit.tls import ServerCertificate
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
 RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
+# A replica behind a load balancer finishes open requests this long after SIGTERM; less
+# than the 10 s `docker stop` waits before it kills.
+REPLICA_DRAIN_SECONDS = 5
 _SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
@@ -169,7 +173,8 @@ def _stop_rollout(state, host, failed: str) -> bool:
 
 
 @operation()
-def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState):
+def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
+                     rotation: Rotation | None = None):
     """Create or replace the container (replace-container.sh rolls back on failure). Called
     with _serial=True: one server at a time, and none after a server whose new container
     failed. The op body runs at execution time (pyinfra -y), so the check sees this run."""
@@ -188,9 +193,12 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState):
         f" -> {spec.spec_hash})"
     # Say why, so a recreate is never a surprise in the run's output.
     logger.info(f"{host.print_prefix}{reason} container {spec.name}")
-    yield _ReplaceCommand(join([script_path("replace-container.sh"), spec.name, url, resolve,
-                                ca, settings.registry_verify_timeout, "--",
-                                *spec.run_args(state.server_version)]))
+    replace = _ReplaceCommand(join([script_path("replace-container.sh"), spec.name, url,
+                                    resolve, ca, settings.registry_verify_timeout, "--",
+                                    *spec.run_args(state.server_version)]))
+    # Behind a load balancer: out of rotation while replaced, back in (and UP) before the
+    # next server's turn.
+    yield OutOfRotation(replace, rotation, server_name(host.name)) if rotation else replace
 
 
 def _verify_user(settings: Settings):
@@ -215,7 +223,8 @@ def verify_registry(settings: Settings):
 
 
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
-                  http_secret: str) -> None:
+                  http_secret: str, cache: CacheTarget | None = None,
+                  rotation: Rotation | None = None) -> None:
     paths = ServerPaths(settings.registry_config_dir)
     for path, mode in ((settings.registry_config_dir, "0700"), (paths.certs_dir, "0700"),
                        (paths.auth_dir, "0700"), (settings.registry_data_dir, "0700"),
@@ -236,12 +245,13 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     htpasswd_op = remote.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
-    config = render_config(settings, http_secret).encode()
+    config = render_config(settings, http_secret, cache=cache,
+                           drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None).encode()
     remote.managed_file(paths.config, config, "0600", state.files.get(paths.config),
                         name="Upload the registry config.yml")
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
     spec = container_spec(settings, config, cert)
-    container_op = ensure_container(settings, spec, state,
+    container_op = ensure_container(settings, spec, state, rotation,
                                     name="Start or replace the registry container",
                                     _serial=True)
     verify_registry(settings, name="Check /v2/: 401 without, 200 with credentials",

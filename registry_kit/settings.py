@@ -38,6 +38,7 @@ STORAGE_REQUIRED = {
 }
 # Storage parameters that are secrets: given as <key>_env or <key>_file, never inline.
 STORAGE_SECRETS = {"s3": ("accesskey", "secretkey"), "azure": ("accountkey",), "gcs": ()}
+LB_MODES = ("passthrough", "terminate")
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores everything past 72 bytes: refuse rather than truncate
 
 _HOSTNAME_RE = re.compile(
@@ -46,6 +47,7 @@ _HOSTNAME_RE = re.compile(
 )
 # systemd OnCalendar: letters, digits, and * - : , . / ~ space; systemd-analyze checks the rest.
 _CALENDAR_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9*:,./~ -]{0,99}$")
+_CACHE_PASSWORD_RE = re.compile(r"^[!#-&(-\[\]-~]{16,256}$")  # printable, no space ' " \\
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
@@ -138,6 +140,17 @@ class Settings:
     registry_gc_delete_untagged: bool = False
     registry_gc_schedule: str | None = None
     docker_remove_on_teardown: bool = False
+    # Scale-out (registry_lb, registry_cache); see registry_kit.scaleout.
+    registry_internal_address: str = ""
+    registry_storage_redirect_disabled: bool = False
+    registry_storage_check: bool = True
+    registry_lb_mode: str = "passthrough"
+    registry_lb_stats: str | None = None
+    registry_lb_drain_timeout: int = 10
+    registry_cache_port: int = 6379
+    registry_cache_password: Secret | None = None
+    registry_cache_db: int = 0
+    registry_cache_maxmemory: str = "256mb"
 
     @property
     def tls_enabled(self) -> bool:
@@ -364,6 +377,48 @@ def _read_storage(r: _Reader) -> Storage:
     return Storage(driver=driver, params=params, secret_keys=tuple(secret_keys))
 
 
+def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
+    """Scale-out settings (registry_kit.scaleout checks how hosts fit together)."""
+    address = r.raw("registry_internal_address")
+    if address is None:
+        # Where the control machine reaches the host is the best default guess.
+        address = data.get("ssh_hostname") or r.host
+    if not isinstance(address, str) or not (_is_hostname(address) or _is_ip(address)):
+        raise r.fail("registry_internal_address", address,
+                     "None or a DNS name or IP address other kit hosts reach this host at")
+    stats = r.raw("registry_lb_stats")
+    if stats is not None:
+        match = re.match(r"^127\.0\.0\.1:(\d{1,5})$", str(stats))
+        if not (isinstance(stats, str) and match and 1 <= int(match[1]) <= 65535
+                and int(match[1]) != port):
+            raise r.fail("registry_lb_stats", stats,
+                         "None or 127.0.0.1:PORT (1-65535, not registry_port)")
+    password_value = r.raw("registry_cache_password")
+    password = None
+    if password_value is not None:
+        if not isinstance(password_value, Mapping):
+            raise r.fail("registry_cache_password", "***", "{'env': NAME} or {'file': PATH}")
+        password = r.secret_source("registry_cache_password", password_value, "password")
+        if not _CACHE_PASSWORD_RE.match(password.reveal()):
+            raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
+                         "spaces, quotes or backslashes (it goes into redis.conf)")
+    maxmemory = r.raw("registry_cache_maxmemory")
+    if not (isinstance(maxmemory, str) and re.match(r"^[1-9][0-9]*(kb|mb|gb)$", maxmemory)):
+        raise r.fail("registry_cache_maxmemory", maxmemory, "a size like 64mb or 1gb")
+    return {
+        "registry_internal_address": address,
+        "registry_storage_redirect_disabled": r.boolean("registry_storage_redirect_disabled"),
+        "registry_storage_check": r.boolean("registry_storage_check"),
+        "registry_lb_mode": r.choice("registry_lb_mode", LB_MODES),
+        "registry_lb_stats": stats,
+        "registry_lb_drain_timeout": r.integer("registry_lb_drain_timeout", 0, 600),
+        "registry_cache_port": r.integer("registry_cache_port", 1, 65535),
+        "registry_cache_password": password,
+        "registry_cache_db": r.integer("registry_cache_db", 0, 15),
+        "registry_cache_maxmemory": maxmemory,
+    }
+
+
 def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
          known: Mapping[str, Any] | None = None) -> Settings:
     """Validate one host's data (defaults filled from group_data/all.py) into Settings."""
@@ -426,6 +481,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         raise r.fail("registry_client_hosts_entries", hosts_entries,
                      "a mapping of host name to IP address")
 
+    scale_out = _read_scale_out(r, data, port)
     install_method = r.choice("docker_install_method", INSTALL_METHODS)
     repo_url = r.raw("docker_ce_repo_url")
     if install_method == "docker-ce" and not (
@@ -499,6 +555,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         registry_gc_delete_untagged=r.boolean("registry_gc_delete_untagged"),
         registry_gc_schedule=gc_schedule,
         docker_remove_on_teardown=remove_docker,
+        **scale_out,
     )
 
 

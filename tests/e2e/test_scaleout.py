@@ -1,0 +1,479 @@
+"""Scale-out in the lab: two registry replicas behind haproxy on shared S3 (a real
+single-node Ceph RGW, lab/ceph.py), a redis blob-descriptor cache, one client.
+
+Order matters (one scenario, step by step): a missing bucket and wrong keys stop the run
+before any host is touched; the first deploy, then a rerun with zero changes; a push
+through the load balancer's domain lands every blob in the bucket; pulls work with either
+replica stopped; one blob upload moves between replicas; a rolling upgrade (registry:2 ->
+registry:2.8.2) under a pull loop loses no pull; throughput with one and two replicas.
+Everything is checked with curl, skopeo, s3cmd, redis-cli, socat and docker on the hosts,
+never with the kit's own code. Figures go to <lab state dir>/scaleout-figures.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import harness
+import pytest
+
+import lab as lab_api
+from lab import ceph
+from lab import state as lab_state
+from lab.topology import HostSpec
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REP1, REP2, LB, CACHE, CLIENT = "lab-rep1", "lab-rep2", "lab-lb", "lab-cache", "lab-sclient"
+SPECS = [HostSpec(REP1, "bookworm", groups=("registry_servers",)),
+         HostSpec(REP2, "bookworm", groups=("registry_servers",)),
+         HostSpec(LB, "bookworm", groups=("registry_lb",)),
+         HostSpec(CACHE, "bookworm", groups=("registry_cache",)),
+         HostSpec(CLIENT, "bookworm", groups=("registry_clients",))]
+DOMAIN = "registry.scale.lab"
+PORT = 5000
+ADDRESS = f"{DOMAIN}:{PORT}"
+USER = "scale"
+IMAGE = f"{ADDRESS}/scale/random:1"
+SOCKET = "/run/haproxy/admin.sock"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+LOOP_SECONDS = 240  # the pull loop's own bound; it is stopped as soon as the upgrade is done
+
+
+@dataclass
+class Scale:
+    tmp: Path
+    ceph: dict[str, Any]
+    bucket: str
+    password: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def inventory(self, name: str, **overrides: Any) -> Path:
+        """A scenario inventory with the four groups; overrides apply to every host."""
+        state = lab_state.load()
+        data = {**harness.lab_site_data(),
+                "registry_domain": DOMAIN, "registry_port": PORT,
+                "registry_image": "registry:2",
+                "registry_users": [{"name": USER, "password_file": str(self.tmp / "pw")}],
+                "registry_client_login_user": USER,
+                "registry_client_hosts_entries": {DOMAIN: harness.host_ip(LB)},
+                "registry_storage": _storage(self),
+                "registry_storage_redirect_disabled": True,
+                "registry_lb_stats": "127.0.0.1:8404",
+                **overrides}
+
+        def entries(*names: str) -> list[Any]:
+            return [harness.host_entry(n, {**data, "registry_internal_address":
+                                           state["hosts"][n]["ip"]}) for n in names]
+
+        path = self.tmp / f"{name}.py"
+        path.write_text("# Written by tests/e2e/test_scaleout.py.\n"
+                        f"registry_servers = {entries(REP1, REP2)!r}\n"
+                        f"registry_lb = {entries(LB)!r}\n"
+                        f"registry_cache = {entries(CACHE)!r}\n"
+                        f"registry_clients = {entries(CLIENT)!r}\n")
+        return path
+
+    def skopeo(self, args: list[str], via: str = LB) -> subprocess.CompletedProcess[str]:
+        return harness.skopeo(args, hosts={DOMAIN: harness.host_ip(via)},
+                              auth={ADDRESS: (USER, self.password)})
+
+
+def _random_image(layout: Path, size: int) -> None:
+    """An OCI image layout with one layer of `size` random bytes (uncompressed: random
+    data does not compress), for skopeo to push with `oci:DIR`."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def blob(data: bytes, media_type: str) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("data")
+        info.size = size
+        tar.addfile(info, io.BytesIO(secrets.token_bytes(size)))
+    layer = blob(buffer.getvalue(), "application/vnd.oci.image.layer.v1.tar")
+    config = blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [layer["digest"]]}}).encode(),
+        "application/vnd.oci.image.config.v1+json")
+    manifest = blob(json.dumps({"schemaVersion": 2, "config": config, "layers": [layer],
+                                "mediaType": OCI_MANIFEST}).encode(), OCI_MANIFEST)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2,
+                                                   "manifests": [manifest]}))
+
+
+def _s3cmd(command: str) -> str:
+    return harness.ssh(ceph.CEPH_HOST, f"s3cmd {command}").stdout
+
+
+@pytest.fixture(scope="module")
+def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
+    started = time.monotonic()
+    info = ceph.ceph_up()
+    # Fresh machines for the kit (no Docker, haproxy or redis yet); lab-ceph is reused.
+    for spec in SPECS:
+        lab_api.remove_host(spec.name)
+    lab_api.up(SPECS)
+    bucket = f"scale-{secrets.token_hex(4)}"  # this run's blobs only
+    _s3cmd(f"mb s3://{bucket}")
+    tmp = tmp_path_factory.mktemp("scale")
+    password = f"scale-{secrets.token_hex(8)}"
+    (tmp / "pw").write_text(password + "\n")
+    (tmp / "pw").chmod(0o600)
+    run = Scale(tmp=tmp, ceph=info, bucket=bucket, password=password)
+    run.figures["ceph_up_seconds"] = info["seconds"]
+    run.figures["ceph_cold_setup"] = info["cold"]
+    run.figures["lab_ready_seconds"] = round(time.monotonic() - started, 1)
+    yield run
+    out = lab_api.get_config().state_dir / "scaleout-figures.json"
+    out.write_text(json.dumps(run.figures, indent=2) + "\n")
+    print(f"\nscale-out figures ({out}):\n{json.dumps(run.figures, indent=2)}")
+    _s3cmd(f"rb --recursive s3://{bucket}")
+    for spec in SPECS:  # the Ceph host stays for the next run (python -m lab down removes it)
+        lab_api.remove_host(spec.name)
+
+
+def _untouched() -> dict[str, str]:
+    """What the kit would have installed or started first, on every kit host."""
+    probe = ("command -v docker haproxy socat redis-server; ls /etc/registry-kit "
+             "/etc/haproxy /etc/redis 2>/dev/null; true")
+    return {name: harness.ssh(name, probe).stdout for name in (REP1, REP2, LB, CACHE, CLIENT)}
+
+
+def test_missing_bucket_or_wrong_keys_stop_before_any_change(scale: Scale) -> None:
+    before = _untouched()
+    assert all(text == "" for text in before.values()), before
+    missing = harness.run_kit(scale.inventory("no-bucket", registry_storage={
+        **_storage(scale), "bucket": "no-such-bucket"}))
+    assert missing.returncode != 0
+    assert (f"{REP1}: setting registry_storage.bucket='no-such-bucket' is not allowed: bucket "
+            f"'no-such-bucket' does not exist at {scale.ceph['endpoint']}/no-such-bucket"
+            in missing.stderr), missing.stderr[-2000:]
+    wrong = scale.tmp / "wrong-secret"
+    wrong.write_text("not-the-secret\n")
+    refused = harness.run_kit(scale.inventory("wrong-key", registry_storage={
+        **_storage(scale), "secretkey_file": str(wrong)}))
+    assert refused.returncode != 0
+    assert (f"{REP1}: setting registry_storage.bucket='{scale.bucket}' is not allowed: the "
+            "access key or secret key is not accepted" in refused.stderr), refused.stderr[-2000:]
+    assert "not-the-secret" not in refused.stderr + refused.stdout
+    assert _untouched() == before  # no replica started, nothing installed anywhere
+
+
+def _storage(scale: Scale) -> dict[str, Any]:
+    return {"driver": "s3", "bucket": scale.bucket, "region": scale.ceph["region"],
+            "regionendpoint": scale.ceph["endpoint"],
+            "accesskey_file": scale.ceph["access_key_file"],
+            "secretkey_file": scale.ceph["secret_key_file"]}
+
+
+def _haproxy(command: str) -> str:
+    return harness.ssh(LB, f"echo {command!r} | socat stdio {SOCKET}").stdout
+
+
+def _states() -> dict[str, str]:
+    """haproxy's view: server name -> status (UP, DOWN, MAINT, ...)."""
+    rows = [line.split(",") for line in _haproxy("show stat").splitlines()]
+    return {row[1]: row[17] for row in rows if len(row) > 17 and row[0] == "registry"
+            and row[1] in (REP1, REP2)}
+
+
+def _wait_states(wanted: dict[str, str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _states() == wanted:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"haproxy states {_states()} != {wanted}")
+
+
+def test_deploy_then_rerun_changes_nothing(scale: Scale) -> None:
+    started = time.monotonic()
+    first = harness.run_kit(scale.inventory("deploy")).assert_ok()
+    scale.figures["first_deploy_seconds"] = round(time.monotonic() - started, 1)
+    assert first.changed
+    started = time.monotonic()
+    harness.run_kit(scale.inventory("deploy")).assert_no_changes()
+    scale.figures["rerun_seconds"] = round(time.monotonic() - started, 1)
+
+    # The load balancer: its domain answers like a registry; both replicas UP.
+    lb_ip = harness.host_ip(LB)
+    assert harness.curl_status(DOMAIN, lb_ip, PORT) == 401
+    assert harness.curl_status(DOMAIN, lb_ip, PORT, user=USER, password=scale.password) == 200
+    assert _states() == {REP1: "UP", REP2: "UP"}
+    harness.ssh(LB, "haproxy -c -f /etc/haproxy/haproxy.cfg >/dev/null && "
+                "systemctl is-active haproxy && curl -sf -o /dev/null http://127.0.0.1:8404/")
+    # The cache: password required, bound to its lab address, allkeys-lru, config root:redis.
+    cache_ip = harness.host_ip(CACHE)
+    auth = "REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' /etc/redis/redis.conf)\""
+    cli = f"redis-cli --no-auth-warning -h {cache_ip}"
+    out = harness.ssh(CACHE, f"{cli} ping; {auth} {cli} config get maxmemory-policy; "
+                      "ss -ltnH 'sport = :6379' | awk '{print $4}' | sort; "
+                      "stat -c '%a %U %G' /etc/redis/redis.conf").stdout.split()
+    assert out[0] == "NOAUTH" and out[out.index("maxmemory-policy") + 1] == "allkeys-lru"
+    assert f"{cache_ip}:6379" in out and "0.0.0.0:6379" not in out
+    assert out[-3:] == ["640", "root", "redis"]
+    # The replicas share one http secret (compared by hash, never shown) and use redis.
+    sums = {harness.ssh(name, "grep -m1 '^  secret:' /etc/registry-kit/config.yml | "
+                        "sha256sum").stdout for name in (REP1, REP2)}
+    assert len(sums) == 1
+    config = harness.ssh(REP1, "grep -A2 -E '^  cache:|^redis:|^  redirect:' "
+                         "/etc/registry-kit/config.yml").stdout
+    assert "blobdescriptor: redis" in config and f"addr: {cache_ip}:6379" in config
+    assert "disable: true" in config
+
+
+def test_a_config_haproxy_rejects_is_not_applied(scale: Scale) -> None:
+    """A replica address haproxy cannot resolve: `haproxy -c` refuses the new config, the
+    old one keeps serving, and the next good run puts the right one in place."""
+    before = harness.ssh(LB, "sha256sum /etc/haproxy/haproxy.cfg").stdout
+    inventory = scale.inventory("unresolvable")
+    text = inventory.read_text().replace(f"'registry_internal_address': "
+                                         f"'{harness.host_ip(REP2)}'",
+                                         "'registry_internal_address': 'nowhere.invalid'", 1)
+    inventory.write_text(text)
+    bad = harness.run_kit(inventory)
+    assert bad.returncode != 0
+    assert "haproxy rejected the new configuration" in bad.stderr, bad.stderr[-3000:]
+    assert harness.ssh(LB, "sha256sum /etc/haproxy/haproxy.cfg").stdout == before
+    assert "registry-kit-new" not in harness.ssh(LB, "ls /etc/haproxy/").stdout
+    assert _states() == {REP1: "UP", REP2: "UP"}
+    harness.run_kit(scale.inventory("deploy")).assert_no_changes()
+
+
+def _manifest(scale: Scale, repo: str, tag: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "curlrc"
+        config.write_text(f'user = "{USER}:{scale.password}"\n')
+        out = subprocess.run(
+            ["curl", "-sf", "--cacert", str(harness.CA_CERT), "-K", str(config), "--resolve",
+             f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", "-H",
+             "Accept: application/vnd.docker.distribution.manifest.v2+json",
+             f"https://{ADDRESS}/v2/{repo}/manifests/{tag}"],
+            capture_output=True, text=True, timeout=30, check=True).stdout
+    return dict(json.loads(out))
+
+
+def test_push_lands_every_blob_in_the_bucket_and_pulls_survive_a_stopped_replica(
+        scale: Scale) -> None:
+    # A fresh random image, made on the client and pushed through the load balancer.
+    image_id = harness.ssh(CLIENT, f"head -c 3000000 /dev/urandom > /tmp/data && tar -C /tmp "
+                           f"-c data | docker import - {IMAGE} && docker push -q {IMAGE} "
+                           ">/dev/null").stdout.strip()
+    assert image_id.startswith("sha256:")
+    manifest = _manifest(scale, "scale/random", "1")
+    digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    listing = _s3cmd(f"ls -r s3://{scale.bucket}/docker/registry/v2/blobs/")
+    for digest in digests:
+        hexa = digest.removeprefix("sha256:")
+        assert f"/blobs/sha256/{hexa[:2]}/{hexa}/data" in listing, (digest, listing)
+    # The redis blob-descriptor cache holds them too.
+    keys = harness.ssh(CACHE, "REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' "
+                       f"/etc/redis/redis.conf)\" redis-cli --no-auth-warning -h "
+                       f"{harness.host_ip(CACHE)} --scan --pattern 'blobs::*'").stdout
+    assert any(d in keys for d in digests), keys
+
+    for stopped in (REP1, REP2):
+        harness.ssh(stopped, "docker stop -t 5 registry >/dev/null")
+        try:
+            for _ in range(3):  # round robin would hit the stopped one at least once
+                pulled = harness.ssh(CLIENT, f"docker rmi -f {IMAGE} >/dev/null 2>&1; "
+                                     f"docker pull -q {IMAGE} >/dev/null && "
+                                     f"docker image inspect -f '{{{{.Id}}}}' {IMAGE}").stdout
+                assert pulled.strip() == image_id
+        finally:
+            harness.ssh(stopped, "docker start registry >/dev/null")
+        _wait_states({REP1: "UP", REP2: "UP"})
+
+
+def test_one_upload_across_both_replicas(scale: Scale, tmp_path: Path) -> None:
+    """POST on replica 1, PATCH on 2, PATCH on 1, PUT on 2: only works when both sign and
+    read upload state with the same http secret and see the same storage."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(secrets.token_bytes(2_000_000))
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    (tmp_path / "part1").write_bytes(blob.read_bytes()[:1_000_000])
+    (tmp_path / "part2").write_bytes(blob.read_bytes()[1_000_000:])
+    curlrc = tmp_path / "curlrc"
+    curlrc.write_text(f'user = "{USER}:{scale.password}"\n')
+
+    def call(replica: str, method: str, url: str, body: Path | None = None) -> tuple[int, str]:
+        args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %header{location}",
+                "--cacert", str(harness.CA_CERT), "-K", str(curlrc), "--resolve",
+                f"{DOMAIN}:{PORT}:{harness.host_ip(replica)}", "-X", method]
+        if body is not None:
+            args += ["-H", "Content-Type: application/octet-stream", "--data-binary",
+                     f"@{body}"]
+        out = subprocess.run([*args, url], capture_output=True, text=True, timeout=60).stdout
+        code, _, location = out.partition(" ")
+        return int(code or 0), location
+
+    code, url = call(REP1, "POST", f"https://{ADDRESS}/v2/scale/cross/blobs/uploads/")
+    assert code == 202, code
+    code, url = call(REP2, "PATCH", url, tmp_path / "part1")
+    assert code == 202, (code, url)
+    code, url = call(REP1, "PATCH", url, tmp_path / "part2")
+    assert code == 202, (code, url)
+    code, _ = call(REP2, "PUT", url + ("&" if "?" in url else "?") + f"digest={digest}")
+    assert code == 201, code
+    for replica in (REP1, REP2):
+        code, _ = call(replica, "HEAD", f"https://{ADDRESS}/v2/scale/cross/blobs/{digest}")
+        assert code == 200, (replica, code)
+
+
+_LOOP = """
+img=$1; bound=$2
+ok=0 fail=0 i=0 end=$(( $(date +%s) + bound ))
+: > /tmp/scale-loop.err
+while [ -e /tmp/scale-loop.run ] && [ $i -lt 1000 ] && [ "$(date +%s)" -lt "$end" ]; do
+    docker rmi -f "$img" >/dev/null 2>&1
+    if docker pull -q "$img" >/dev/null 2>>/tmp/scale-loop.err; then ok=$((ok+1));
+    else fail=$((fail+1)); fi
+    i=$((i+1))
+done
+echo "$ok $fail" > /tmp/scale-loop.result
+"""
+
+
+def test_rolling_upgrade_loses_no_pull(scale: Scale) -> None:
+    harness.ssh(CLIENT, "cat > /tmp/scale-loop.sh && rm -f /tmp/scale-loop.result && "
+                "touch /tmp/scale-loop.run", stdin=_LOOP)
+    harness.ssh(CLIENT, f"nohup sh /tmp/scale-loop.sh {IMAGE} {LOOP_SECONDS} "
+                ">/dev/null 2>&1 &")
+    try:
+        time.sleep(2)  # the loop is pulling before the first replica goes
+        started = time.monotonic()
+        upgrade = harness.run_kit(scale.inventory("upgrade", registry_image="registry:2.8.2"))
+        scale.figures["rolling_upgrade_seconds"] = round(time.monotonic() - started, 1)
+        time.sleep(2)
+    finally:
+        harness.ssh(CLIENT, "rm -f /tmp/scale-loop.run")
+    upgrade.assert_ok()
+    deadline = time.monotonic() + 60
+    result = ""
+    while time.monotonic() < deadline and not result:
+        result = harness.ssh(CLIENT, "cat /tmp/scale-loop.result 2>/dev/null || true").stdout
+        time.sleep(0.5)
+    ok, failed = (int(x) for x in result.split())
+    errors = harness.ssh(CLIENT, "cat /tmp/scale-loop.err").stdout
+    scale.figures["pulls_during_upgrade"] = {"ok": ok, "failed": failed}
+    assert failed == 0, errors
+    assert ok >= 5, f"only {ok} pulls ran during the upgrade"
+    # One replica at a time (in whatever order pyinfra takes them): out, replaced, back UP,
+    # then the next.
+    log = upgrade.stderr
+    events = sorted((log.index(f"{name} {what}"), name, what)
+                    for name in (REP1, REP2) for what in ("taken out", "is back"))
+    first, second = events[0][1], events[2][1]
+    assert [(n, w) for _, n, w in events] == [(first, "taken out"), (first, "is back"),
+                                             (second, "taken out"), (second, "is back")]
+    assert first != second, log[-3000:]
+    for name in (REP1, REP2):
+        image = harness.ssh(name, "docker inspect -f '{{.Config.Image}}' registry").stdout
+        assert image.strip() == "registry:2.8.2"
+    assert _states() == {REP1: "UP", REP2: "UP"}
+    harness.run_kit(scale.inventory("upgrade", registry_image="registry:2.8.2")) \
+        .assert_no_changes()
+
+
+def _throughput(scale: Scale, label: str, clients: int, size: int) -> dict[str, float]:
+    layouts = []
+    for index in range(clients):
+        layout = scale.tmp / f"{label}-{index}"
+        _random_image(layout, size)
+        layouts.append(layout)
+
+    def push(index: int) -> None:
+        proc = scale.skopeo(["copy", "--dest-cert-dir", "@CERTS@", f"oci:{layouts[index]}",
+                             f"docker://{ADDRESS}/bench/{label}-{index}:1"])
+        assert proc.returncode == 0, proc.stderr
+
+    def pull(index: int) -> None:
+        proc = scale.skopeo(["copy", "--src-cert-dir", "@CERTS@",
+                             f"docker://{ADDRESS}/bench/{label}-{index}:1",
+                             f"dir:{scale.tmp}/{label}-out-{index}"])
+        assert proc.returncode == 0, proc.stderr
+
+    figures = {}
+    for verb, action in (("push", push), ("pull", pull)):
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(action, range(clients)))
+        seconds = time.monotonic() - started
+        figures[f"{verb}_MBps"] = round(clients * size / seconds / 1e6, 1)
+        figures[f"{verb}_seconds"] = round(seconds, 2)
+    return figures
+
+
+def test_throughput_with_one_and_two_replicas(scale: Scale) -> None:
+    """Concurrent skopeo clients push, then pull, fresh random images through the load
+    balancer; one replica = the other in haproxy maintenance. Rounds alternate (one, two,
+    one, two) so that a busy moment on this shared machine does not favour one side."""
+    clients, size = 4, 16_000_000
+    rounds: dict[str, list[dict[str, float]]] = {"one_replica": [], "two_replicas": []}
+    for round_number in range(2):
+        _haproxy(f"set server registry/{REP2} state maint")
+        try:
+            _wait_states({REP1: "UP", REP2: "MAINT"})
+            rounds["one_replica"].append(
+                _throughput(scale, f"one{round_number}", clients, size))
+        finally:
+            _haproxy(f"set server registry/{REP2} state ready")
+        _wait_states({REP1: "UP", REP2: "UP"})
+        rounds["two_replicas"].append(_throughput(scale, f"two{round_number}", clients, size))
+    scale.figures["throughput"] = {
+        "clients": clients, "bytes_per_client": size, **rounds,
+        **{f"{side}_mean_{key}": round(sum(r[key] for r in runs) / len(runs), 1)
+           for side, runs in rounds.items() for key in ("push_MBps", "pull_MBps")}}
+
+
+def test_tls_termination_on_the_load_balancer(scale: Scale) -> None:
+    """registry_lb_mode='terminate': only the load balancer changes (replicas keep running),
+    haproxy serves the certificate and forwards with X-Forwarded-For/Proto; back to
+    passthrough afterwards. Each mode's rerun changes nothing."""
+    started = {name: harness.ssh(name, "docker inspect -f '{{.State.StartedAt}}' registry")
+               .stdout for name in (REP1, REP2)}
+    image = {"registry_image": "registry:2.8.2"}
+    terminate = scale.inventory("terminate", registry_lb_mode="terminate", **image)
+    run = harness.run_kit(terminate).assert_ok()
+    assert {host for _, hosts in run.changed for host in hosts} == {LB}, run.changed
+    harness.run_kit(terminate).assert_no_changes()
+    assert "ssl crt /etc/haproxy/registry-kit/registry.pem" in harness.ssh(
+        LB, "cat /etc/haproxy/haproxy.cfg").stdout
+    layout = scale.tmp / "terminate-image"
+    _random_image(layout, 1_000_000)
+    pushed = scale.skopeo(["copy", "--dest-cert-dir", "@CERTS@", f"oci:{layout}",
+                           f"docker://{ADDRESS}/scale/terminated:1"])
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = scale.skopeo(["copy", "--src-cert-dir", "@CERTS@",
+                           f"docker://{ADDRESS}/scale/terminated:1", f"dir:{layout}-out"])
+    assert pulled.returncode == 0, pulled.stderr
+    # The replicas saw haproxy's connections, with the client's address forwarded.
+    logs = "".join(harness.ssh(name, "docker logs --since 2m registry 2>&1 | "
+                               "grep 'scale/terminated' || true").stdout for name in (REP1, REP2))
+    assert f'\n{harness.host_ip(LB)} - - [' in "\n" + logs, logs[-2000:]
+    # The control machine reaches the lab through the network's gateway address.
+    assert f"http.request.remoteaddr={lab_state.load()['gateway']} " in logs, logs[-2000:]
+    assert {name: harness.ssh(name, "docker inspect -f '{{.State.StartedAt}}' registry").stdout
+            for name in (REP1, REP2)} == started
+    back = scale.inventory("passthrough", **image)
+    harness.run_kit(back).assert_ok()
+    harness.run_kit(back).assert_no_changes()
+    assert harness.ssh(LB, "test ! -e /etc/haproxy/registry-kit && echo gone").stdout.strip() \
+        == "gone"
