@@ -14,7 +14,7 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from registry_kit import htpasswd, remote
+from registry_kit import htpasswd, remote, trust
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
 from registry_kit.settings import Settings
@@ -118,9 +118,14 @@ def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> 
         directory = trust_dir(settings)
         remote.managed_dir(directory, "0755", state.dirs.get(directory),
                            name=f"Create {directory}")
-        remote.managed_file(f"{directory}/ca.crt", ca_pem, "0644",
-                            state.files.get(f"{directory}/ca.crt"),
-                            name="Trust the registry CA for Docker")
+        ca_file = f"{directory}/ca.crt"
+        current = state.files.get(ca_file)
+        if current is not None and current.sha256 != remote.sha256_of(ca_pem):
+            # A new CA: trust it next to the old one until the servers switch (trust.py).
+            trust.bridge_ca(ca_file, ca_pem, name="Trust the new registry CA next to the old")
+        else:
+            remote.managed_file(ca_file, ca_pem, "0644", current,
+                                name="Trust the registry CA for Docker")
         if settings.registry_client_system_trust:
             path = system_ca_path(settings, state.os.family)
             ca_op = remote.managed_file(path, ca_pem, "0644", state.files.get(path),
@@ -129,7 +134,15 @@ def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> 
                                  _if=ca_op.did_change)
 
 
-def client_login(settings: Settings, state: HostState) -> None:
-    """After the servers are up (main.plan_host: servers_ready)."""
+def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = None) -> None:
+    """After the servers are up (main.plan_host: servers_ready): drop an old CA that
+    client_trust kept for the switch, then log in."""
+    ca_file = f"{trust_dir(settings)}/ca.crt"
+    current = state.files.get(ca_file)
+    if settings.tls_enabled and ca_pem is not None and current is not None and \
+            current.sha256 != remote.sha256_of(ca_pem):
+        remote.managed_file(ca_file, ca_pem, "0644", current,
+                            name="Trust only the new registry CA",
+                            _if=trust.no_host_failed)
     if settings.registry_client_login_user:
         docker_login(settings, state, name=f"docker login to {settings.registry_address}")

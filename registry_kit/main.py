@@ -114,7 +114,8 @@ def plan_host() -> None:
         return
     cert = control.server_certificate(settings)
     if is_client:
-        client.client_trust(settings, state, trust.client_ca(settings, cert))
+        client_ca = trust.client_ca(settings, cert)
+        client.client_trust(settings, state, client_ca)
     # Every client trusts a new CA before any server serves a certificate it signed.
     trust.clients_trust_ready(name="Clients trust the registry CA")
     hosts = topology()
@@ -137,4 +138,4 @@ def plan_host() -> None:
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")
     if is_client:
-        client.client_login(settings, state)
+        client.client_login(settings, state, client_ca)

@@ -1,82 +1,50 @@
-"""What clients trust across a CA change: the current CA plus, for one run, the one before.
+"""What clients trust across a CA change, within one run.
 
-The control machine keeps every CA certificate it has deployed for a domain under
-<registry_state_dir>/trust/<domain>/<fingerprint>.pem (certificates only, never keys).
-When the CA changes (`.registry-kit/ca` replaced, a provided CA file changed):
+When the CA changes (`.registry-kit/ca` replaced, a provided CA file changed), a client's
+ca.crt differs from the new CA. In that run:
 
-* the first run with the new CA gives clients a bundle of new + old CA, before any server
-  gets its new certificate (main.plan_host orders client trust before server steps), and
-  marks the old CA "retiring" (<fingerprint>.retiring holds the new CA's fingerprint);
-* the next run (same new CA) drops the old CA from the bundle and from the history.
+* before any server step (main.plan_host orders client trust first), the client gets a
+  bundle of the new CA followed by the CA it trusted until now (concatenated on the host:
+  the old file is never read back to the control machine);
+* after every server serves its new certificate (the servers_ready step), the client's
+  file becomes the new CA alone, unless a host failed in this run: then the bundle stays
+  and the next run finishes the switch.
 
-So clients never face a certificate they do not trust, during the switch or while some
-servers still serve the old certificate. Reads: registry_state_dir, registry_domain.
+So clients never face a certificate they do not trust, and a second run changes nothing.
+Reads: registry_domain, registry_port, registry_tls_mode (through client.trust_dir).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-from functools import cache
-from pathlib import Path
+from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import FileUploadCommand, operation
 
+from registry_kit.commands import q
 from registry_kit.settings import Settings
 from registry_kit.tls import ServerCertificate
 
-_lock = threading.Lock()
-
-
-def fingerprint(pem: bytes) -> str:
-    return hashlib.sha256(pem.strip()).hexdigest()[:16]
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-def _history_dir(state_dir: Path, domain: str) -> Path:
-    path = state_dir / "trust" / domain
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-@cache
-def client_bundle(state_dir: Path, domain: str, ca_pem: bytes) -> bytes:
-    """The CA file clients get (once per run and domain): `ca_pem`, then retiring CAs."""
-    with _lock:
-        history = _history_dir(state_dir, domain)
-        current = fingerprint(ca_pem)
-        if not (history / f"{current}.pem").exists():
-            _write(history / f"{current}.pem", ca_pem)
-        bundle = ca_pem if ca_pem.endswith(b"\n") else ca_pem + b"\n"
-        for old in sorted(history.glob("*.pem")):
-            if old.stem == current:
-                continue
-            marker = old.with_suffix(".retiring")
-            retired_by = marker.read_text().strip() if marker.exists() else ""
-            if retired_by == current:
-                # An earlier run already shipped new + old: the old CA goes now.
-                old.unlink()
-                marker.unlink()
-                continue
-            _write(marker, f"{current}\n".encode())
-            bundle += old.read_bytes()
-        return bundle
-
 
 def client_ca(settings: Settings, cert: ServerCertificate | None) -> bytes | None:
-    """What clients of this host's registry put in certs.d/ADDRESS/ca.crt."""
-    if cert is None:
-        return None
-    return client_bundle(settings.registry_state_dir, settings.registry_domain, cert.ca_pem)
+    """What clients of this host's registry trust: the CA above the server certificate."""
+    return None if cert is None else cert.ca_pem
+
+
+@operation()
+def bridge_ca(path: str, new_ca: bytes):
+    """Trust the new CA next to the one trusted until now (both, for this run)."""
+    staging = f"{path}.registry-kit-new"
+    yield f"install -m 0644 -o root -g root /dev/null {q(staging)}"
+    yield FileUploadCommand(BytesIO(new_ca if new_ca.endswith(b"\n") else new_ca + b"\n"),
+                            staging)
+    yield f"cat {q(path)} >> {q(staging)} && mv -f {q(staging)} {q(path)}"
+
+
+def no_host_failed() -> bool:
+    """True when every host of this run is still going (a failed server may still serve a
+    certificate signed by the old CA, so its clients keep both)."""
+    return not host.state.failed_hosts
 
 
 @operation()

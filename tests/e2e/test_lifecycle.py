@@ -280,7 +280,7 @@ def test_san_change_restarts_registry_once_and_keeps_client_ca(site: Site) -> No
     site.run().assert_no_changes()
 
 
-def test_ca_rotation_keeps_old_ca_trusted_for_one_run(site: Site) -> None:
+def test_ca_rotation_keeps_old_ca_trusted_until_servers_switch(site: Site) -> None:
     old_ca = site.ca.read_bytes()
     old_ca_file = site.dir / "old-ca.crt"
     old_ca_file.write_bytes(old_ca)
@@ -288,20 +288,19 @@ def test_ca_rotation_keeps_old_ca_trusted_for_one_run(site: Site) -> None:
     run = site.run(timing="CA rotation").assert_ok()
     new_ca = site.ca.read_bytes()
     assert new_ca != old_ca
-    # Client trust first (old + new), then the servers switch to the new certificate.
-    assert stderr_position(run, "Starting operation: Trust the registry CA for Docker") < \
-        stderr_position(run, "Start or replace the registry container")
-    trusted = harness.ssh(CLIENT, f"cat {TRUST_FILE}").stdout
-    assert new_ca.decode().strip() in trusted and old_ca.decode().strip() in trusted
+    # Client trusts old + new first, then the servers switch, then the old CA goes.
+    bridge = stderr_position(run, "Starting operation: Trust the new registry CA next to the old")
+    replace = stderr_position(run, "Start or replace the registry container")
+    final = stderr_position(run, "Starting operation: Trust only the new registry CA")
+    assert bridge < replace < final
+    changed = dict(run.changed)
+    assert changed["Trust the new registry CA next to the old"] == [CLIENT]
+    assert changed["Trust only the new registry CA"] == [CLIENT]
+    assert harness.ssh(CLIENT, f"cat {TRUST_FILE}").stdout.strip() == new_ca.decode().strip()
     for server in SERVERS:
         assert site.status(server) == 401  # new CA alone verifies the new certificate
         assert site.status(server, ca=old_ca_file) == 0  # old CA alone does not
     site.refresh_certs()
-    client_pull(BUSYBOX)
-    second = site.run().assert_ok()
-    assert second.changed == [("Trust the registry CA for Docker", [CLIENT])], \
-        second.describe()
-    assert harness.ssh(CLIENT, f"cat {TRUST_FILE}").stdout.strip() == new_ca.decode().strip()
     client_pull(BUSYBOX)
     site.run().assert_no_changes()
 

@@ -142,3 +142,23 @@ def test_plain_http_through_insecure_registries_keeps_containers_running(
     assert harness.curl_status(DOMAIN, ip, 5000, tls=False) == 401
     assert "pulled-ok" in push_pull(CLIENT, f"{DOMAIN}:5000", "modes/plain-http")
     harness.ssh(CLIENT, "docker rm -f http-sleeper >/dev/null")
+
+
+def test_air_gapped_server_loads_the_image_from_an_archive(scenario: dict[str, Any]) -> None:
+    """registry_image_archive: the image comes from a `docker save` tar on the control
+    machine, uploaded only while the server does not have it."""
+    archive = scenario["dir"] / "registry-airgap.tar"
+    archive.unlink(missing_ok=True)
+    copied = harness.skopeo(["copy", "--src-tls-verify=false",
+                             harness.upstream_source("library/registry:2.8.2"),
+                             f"docker-archive:{archive}:registry-airgap:2.8.2"], hosts={})
+    assert copied.returncode == 0, copied.stderr
+    harness.ssh(SERVER, "docker image rm registry-airgap:2.8.2 >/dev/null 2>&1; true")
+    run = deploy_twice(scenario, "airgap", {"registry_port": 5000,
+                                            "registry_image": "registry-airgap:2.8.2",
+                                            "registry_image_archive": str(archive)})
+    assert SERVER in dict(run.changed)["Pull or load registry-airgap:2.8.2"]
+    image = harness.ssh(SERVER, "docker inspect -f '{{.Config.Image}}' registry").stdout
+    assert image.strip() == "registry-airgap:2.8.2"
+    assert harness.curl_status(DOMAIN, harness.host_ip(SERVER), 5000) == 401
+    assert harness.ssh(SERVER, "ls /var/tmp/registry-kit-image.tar", check=False).returncode

@@ -4,7 +4,6 @@ and the lifecycle settings."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry_kit import gc, status, teardown, trust
+from registry_kit import gc, status, teardown
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
 from registry_kit.lifecycle import merge_probe
@@ -20,71 +19,6 @@ from registry_kit.render import render_config
 from registry_kit.server import _SCRIPTS
 from registry_kit.settings import Settings, SettingsError
 from registry_kit.tls import ensure_server_certificate
-
-CA_A = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-CA_B = b"-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
-CA_C = b"-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n"
-
-
-def _bundle(state_dir: Path, ca: bytes) -> bytes:
-    trust.client_bundle.cache_clear()  # one call per run: a new run each time here
-    return trust.client_bundle(state_dir, "reg.example", ca)
-
-
-# --------------------------------------------------------------------------- trust
-
-
-def test_bundle_first_ca_alone(tmp_path: Path) -> None:
-    assert _bundle(tmp_path, CA_A) == CA_A
-    assert _bundle(tmp_path, CA_A) == CA_A
-    assert [p.name for p in (tmp_path / "trust" / "reg.example").iterdir()] == \
-        [f"{trust.fingerprint(CA_A)}.pem"]
-
-
-def test_bundle_keeps_old_ca_for_one_run(tmp_path: Path) -> None:
-    _bundle(tmp_path, CA_A)
-    assert _bundle(tmp_path, CA_B) == CA_B + CA_A  # the run that switches: both
-    assert _bundle(tmp_path, CA_B) == CA_B  # the next run: the old one is gone
-    assert _bundle(tmp_path, CA_B) == CA_B
-    names = sorted(p.name for p in (tmp_path / "trust" / "reg.example").iterdir())
-    assert names == [f"{trust.fingerprint(CA_B)}.pem"]
-
-
-def test_bundle_two_changes_before_a_run(tmp_path: Path) -> None:
-    _bundle(tmp_path, CA_A)
-    _bundle(tmp_path, CA_B)
-    bundle = _bundle(tmp_path, CA_C)  # B never settled: C + A + B, each retiring by C
-    assert bundle.startswith(CA_C) and CA_A in bundle and CA_B in bundle
-    assert _bundle(tmp_path, CA_C) == CA_C
-
-
-def test_bundle_files_are_private(tmp_path: Path) -> None:
-    _bundle(tmp_path, CA_A)
-    _bundle(tmp_path, CA_B)
-    for path in (tmp_path / "trust" / "reg.example").iterdir():
-        assert path.stat().st_mode & 0o777 == 0o600, path
-
-
-def test_bundle_is_computed_once_per_run(tmp_path: Path) -> None:
-    trust.client_bundle.cache_clear()
-    _bundle(tmp_path, CA_A)
-    trust.client_bundle.cache_clear()
-    first = trust.client_bundle(tmp_path, "reg.example", CA_B)
-    # Every client host of the run asks again: same answer, the old CA not dropped yet.
-    assert trust.client_bundle(tmp_path, "reg.example", CA_B) == first == CA_B + CA_A
-
-
-def test_new_ca_reissues_server_certificate(tmp_path: Path) -> None:
-    first = ensure_server_certificate(tmp_path, "reg.example", (), ())
-    shutil.rmtree(tmp_path / "ca")
-    second = ensure_server_certificate(tmp_path, "reg.example", (), ())
-    assert second.reissued and second.ca_pem != first.ca_pem
-    trust.client_bundle.cache_clear()
-    trust.client_bundle(tmp_path, "reg.example", first.ca_pem)
-    trust.client_bundle.cache_clear()
-    assert trust.client_bundle(tmp_path, "reg.example", second.ca_pem).count(
-        b"BEGIN CERTIFICATE") == 2
-
 
 # --------------------------------------------------------------------------- teardown
 
