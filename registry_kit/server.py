@@ -201,6 +201,11 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
     yield OutOfRotation(replace, rotation, server_name(host.name)) if rotation else replace
 
 
+@operation()
+def restart_registry(settings: Settings):
+    yield f"docker restart {q(settings.registry_container_name)}"
+
+
 def _verify_user(settings: Settings):
     return next((user for user in settings.registry_users if user.password is not None), None)
 
@@ -234,11 +239,14 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
         remote.managed_file(script_path(script), script_content(script), "0755",
                             state.files.get(script_path(script)),
                             name=f"Install {script_path(script)}")
+    cert_ops = []
     if cert is not None:
-        remote.managed_file(paths.cert, served_certificate(settings, cert), "0644",
-                            state.files.get(paths.cert), name="Upload the server certificate")
-        remote.managed_file(paths.key, cert.key_pem, "0600", state.files.get(paths.key),
-                            name="Upload the server private key")
+        cert_ops.append(remote.managed_file(paths.cert, served_certificate(settings, cert),
+                                            "0644", state.files.get(paths.cert),
+                                            name="Upload the server certificate"))
+        cert_ops.append(remote.managed_file(paths.key, cert.key_pem, "0600",
+                                            state.files.get(paths.key),
+                                            name="Upload the server private key"))
         remote.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
                             name="Upload the CA certificate")
     # htpasswd before the first start: a registry that finds none invents a user.
@@ -247,12 +255,20 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
     config = render_config(settings, http_secret, cache=cache,
                            drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None).encode()
-    remote.managed_file(paths.config, config, "0600", state.files.get(paths.config),
-                        name="Upload the registry config.yml")
+    config_op = remote.managed_file(paths.config, config, "0600",
+                                    state.files.get(paths.config),
+                                    name="Upload the registry config.yml")
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
     spec = container_spec(settings, config, cert)
     container_op = ensure_container(settings, spec, state, rotation,
                                     name="Start or replace the registry container",
                                     _serial=True)
+    # Files on disk can differ from what the running container was started with even when
+    # its spec label matches (a gc.py killed mid-run leaves a read-only config; a hand
+    # edit): the registry reads config and certificates at start only, so restart it.
+    file_ops = [config_op, *cert_ops]
+    restart_op = restart_registry(
+        settings, name="Restart the registry to load its changed files",
+        _if=lambda: any(op.did_change() for op in file_ops) and not container_op.did_change())
     verify_registry(settings, name="Check /v2/: 401 without, 200 with credentials",
-                    _if=any_changed(container_op, htpasswd_op))
+                    _if=any_changed(container_op, htpasswd_op, restart_op))

@@ -265,3 +265,18 @@ def test_env_password_source(site: Site, first_run: dict) -> None:
         harness.run_kit(site.dir / "env.py").assert_no_changes()
     finally:
         del os.environ["REGISTRY_KIT_TEST_DAVE"]
+
+
+def test_config_changed_on_disk_is_restored_and_loaded(site: Site, first_run: dict) -> None:
+    """A config.yml changed behind the kit's back (a hand edit, a gc.py killed while the
+    registry was read-only) is put back and the registry restarted to load it."""
+    before = harness.started_at(SERVER)
+    harness.ssh(SERVER, "sed -i 's/enabled: false/enabled: true/' /etc/registry-kit/config.yml")
+    run = site.deploy().assert_ok()
+    changed = dict(run.changed)
+    assert changed["Upload the registry config.yml"] == [SERVER]
+    assert changed["Restart the registry to load its changed files"] == [SERVER]
+    assert "Start or replace the registry container" not in changed
+    assert harness.started_at(SERVER) != before
+    assert site.status("alice") == 200
+    site.deploy().assert_no_changes()
