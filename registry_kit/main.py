@@ -45,8 +45,13 @@ def validated_settings() -> dict[str, Settings]:
     global _validated
     if _validated is None:
         known = settings_module.known_keys()
-        _validated = {target.name: _host_settings(target, known) for target in inventory}
-        _check_scale_out(_validated)
+        try:
+            _validated = {target.name: _host_settings(target, known) for target in inventory}
+            _check_scale_out(_validated)
+        except SettingsError as error:
+            # pyinfra prints a DeployError as one line and exits non-zero; any other
+            # exception raised while loading deploy.py is printed with a full traceback.
+            raise DeployError(str(error)) from None
     return _validated
 
 

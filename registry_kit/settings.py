@@ -489,7 +489,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         raise r.fail("docker_ce_repo_url", repo_url, "the https:// base URL of Docker's "
                      "package repository when docker_install_method='docker-ce'")
     min_version = r.raw("docker_min_version")
-    if not is_valid_version(min_version):
+    # Strict: the engine-version parser is tolerant ("1.x" reads as 1.0.0), a setting is not.
+    if not (is_valid_version(min_version) and re.match(r"^\d+(\.\d+){0,2}$", min_version)):
         raise r.fail("docker_min_version", min_version, "a version like 1.6.0")
     live_restore = r.raw("docker_live_restore")
     if live_restore is not None and not isinstance(live_restore, bool):
