@@ -51,8 +51,13 @@ class OSInfo:
         return "unsupported"
 
 
+# Wait for dpkg's lock rather than fail: an install left running on the host by a killed
+# run holds it, and the rerun must converge (apt >= 1.9.11; older apt ignores the option).
+APT_GET = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
+
+
 def _apt(*args: str) -> str:
-    return "DEBIAN_FRONTEND=noninteractive apt-get " + " ".join(args)
+    return f"{APT_GET} " + " ".join(args)
 
 
 def docker_install_commands(os_info: OSInfo, method: str, repo_url: str | None) -> list[str]:

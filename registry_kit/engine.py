@@ -13,7 +13,12 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 
 from registry_kit import daemon_json
-from registry_kit.commands import ENABLE_DOCKER, UnsupportedOS, docker_install_commands
+from registry_kit.commands import (
+    APT_GET,
+    ENABLE_DOCKER,
+    UnsupportedOS,
+    docker_install_commands,
+)
 from registry_kit.facts import EngineVersion, HostState
 from registry_kit.settings import Settings
 from registry_kit.versions import meets_minimum
@@ -53,7 +58,7 @@ def install_curl(state: HostState):
     if state.os.family == "rhel":
         yield "dnf -y install curl"
     else:
-        yield "DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl"
+        yield f"{APT_GET} install -y -q curl"
 
 
 @operation()

@@ -8,6 +8,15 @@ shift 5
 [ "${1:-}" = "--" ] && shift
 previous="$name-previous"
 
+# One swap at a time: a deploy killed mid-swap leaves this script running here, and a
+# rerun's swap interleaving with it (rename, run, rollback) can leave no registry at all.
+mkdir -p /run/lock
+exec 9>"/run/lock/registry-kit-$name.lock"
+if ! flock -w $(( timeout * 2 + 60 )) 9; then
+    echo "registry-kit: another replacement of $name is still running" >&2
+    exit 1
+fi
+
 curl_opts=""
 [ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
 [ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"

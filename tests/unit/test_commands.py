@@ -15,7 +15,7 @@ from registry_kit.settings import Settings
 from registry_kit.tls import ServerCertificate
 
 REPO = "https://packages.example/linux"
-APT = "DEBIAN_FRONTEND=noninteractive apt-get"
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
 
 
 # --------------------------------------------------------------------------- install
