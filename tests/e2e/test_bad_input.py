@@ -274,8 +274,18 @@ def host_changes(name: str) -> tuple[list[str], str]:
 
 
 @pytest.fixture(scope="module")
-def hosts(lab: dict[str, Any]) -> Iterator[dict[str, str]]:
-    """The marker on both hosts, and their containers and images before any case."""
+def hosts(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) \
+        -> Iterator[dict[str, str]]:
+    """Both hosts deployed with good settings (whatever earlier suites left: a deploy of a
+    bad value would then have to change something), the marker, and their containers and
+    images before any case."""
+    good = tmp_path_factory.mktemp("good-settings")
+    password_file = good / "ci.password"
+    password_file.write_text(FILE_PASSWORD + "\n")
+    harness.write_inventory(good / "inventory.py", servers=[SERVER], clients=[CLIENT], data={
+        "registry_domain": DOMAIN, "registry_client_login_user": "ci",
+        "registry_users": [{"name": "ci", "password_file": str(password_file)}]})
+    harness.run_kit(good / "inventory.py").assert_ok()
     before = {}
     for name in (SERVER, CLIENT):
         harness.ssh(name, f"touch {MARKER}")
