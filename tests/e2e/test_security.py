@@ -163,6 +163,8 @@ def secret_run(site: Site) -> dict[str, Any]:
 def secret_strings(site: Site) -> dict[str, str]:
     """Every secret of the scenario, by what it is."""
     found = {f"password of {name}": pw for name, pw in site.passwords.items()}
+    found.update({f"base64 of {name}:password": base64.b64encode(f"{name}:{pw}".encode())
+                  .decode() for name, pw in site.passwords.items()})
     for label, path in (("CA key", STATE_DIR / "ca" / "ca.key"),
                         ("server key", STATE_DIR / "servers" / DOMAIN / "server.key")):
         for i, line in enumerate(pem_body_lines(path)):
