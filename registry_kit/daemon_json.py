@@ -63,6 +63,19 @@ def render(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
+# A reload (SIGHUP) applies only the keys present in daemon.json: a removed key keeps its
+# old value in the running engine. Writing the key with its empty/default value first and
+# reloading clears it live; the file then loses the key, and no restart is needed.
+RESET_VALUES: dict[str, Any] = {"registry-mirrors": [], "insecure-registries": [],
+                                "live-restore": False}
+
+
+def live_reset(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """Reloadable keys removed entirely, with the value that clears them on reload."""
+    return {key: value for key, value in RESET_VALUES.items()
+            if key in current and key not in wanted}
+
+
 def needs_restart(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """True when a key outside the reloadable set changed (a reload would not apply it)."""
     keys = set(before) | set(after)

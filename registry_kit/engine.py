@@ -110,27 +110,50 @@ def wanted_daemon_json(settings: Settings, state: HostState, *, insecure_add=(),
     return current, wanted
 
 
-@operation()
-def configure_daemon(current: dict, wanted: dict, state: HostState):
-    """Merge the kit's keys into daemon.json; validate; reload (SIGHUP) or restart Docker."""
-    if current == wanted:
-        host.noop("daemon.json has the kit's keys")
+_ENGINE_VIEW = "{{json .RegistryConfig}} {{.LiveRestoreEnabled}}"
+
+
+def _write_daemon_json(data: dict, validate: bool):
+    if not data:
+        yield f"rm -f {DAEMON_JSON}"  # only the kit's keys were in it
         return
     staging = f"{DAEMON_JSON}.registry-kit-new"
-    yield "install -d -m 0755 /etc/docker"
-    yield f"install -m 0644 /dev/null {staging}"
-    yield FileUploadCommand(BytesIO(daemon_json.render(wanted).encode()), staging)
-    if state.dockerd_validate:
+    yield f"install -d -m 0755 /etc/docker && install -m 0644 /dev/null {staging}"
+    yield FileUploadCommand(BytesIO(daemon_json.render(data).encode()), staging)
+    if validate:
         yield (f"dockerd --validate --config-file {staging} >/dev/null || "
                f"{{ rm -f {staging}; echo 'registry-kit: daemon.json rejected' >&2; exit 1; }}")
     yield f"mv -f {staging} {DAEMON_JSON}"
-    if state.docker_active:
-        if daemon_json.needs_restart(current, wanted):
-            yield "systemctl restart docker.service"
-        else:
-            # reload = SIGHUP: mirrors, insecure-registries and live-restore apply live and
-            # running containers keep running.
-            yield "systemctl reload docker.service"
+
+
+@operation()
+def configure_daemon(current: dict, wanted: dict, state: HostState):
+    """Write daemon.json as `wanted` (the kit's keys merged in or taken out, other keys
+    kept); validate; apply by reload (SIGHUP), restart only when a key needs it."""
+    if current == wanted:
+        host.noop("daemon.json is as wanted")
+        return
+    validate = state.dockerd_validate
+    if not state.docker_active:
+        yield from _write_daemon_json(wanted, validate)
+        return
+    if daemon_json.needs_restart(current, wanted):
+        yield from _write_daemon_json(wanted, validate)
+        yield "systemctl restart docker.service"
+        return
+    reset = daemon_json.live_reset(current, wanted)
+    if reset:
+        yield from _write_daemon_json({**wanted, **reset}, validate)
+        view = f"docker info --format '{_ENGINE_VIEW}' 2>/dev/null"
+        # Wait (at most 10 s) until the engine shows the cleared values before the keys go.
+        yield (f"before=$({view}); systemctl reload docker.service; for i in $(seq 40); do "
+               f"[ \"$({view})\" != \"$before\" ] && break; sleep 0.25; done")
+        yield from _write_daemon_json(wanted, validate)
+        return
+    yield from _write_daemon_json(wanted, validate)
+    # reload = SIGHUP: mirrors, insecure-registries and live-restore apply live and
+    # running containers keep running.
+    yield "systemctl reload docker.service"
 
 
 def engine_deploy(settings: Settings, state: HostState, *, insecure_add=(),

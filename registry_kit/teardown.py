@@ -12,15 +12,14 @@ Reads: the same settings as deploy, plus registry_purge_data and docker_remove_o
 
 from __future__ import annotations
 
-from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
 from registry_kit import client, daemon_json, gc, remote, server
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
-from registry_kit.engine import DAEMON_JSON, refuse_host
+from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.lifecycle import merge_probe, roles, validated_settings
 from registry_kit.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
@@ -144,54 +143,13 @@ def server_teardown(settings: Settings, state: HostState) -> None:
 
 # --- engine: the reverse of engine.engine_deploy ---
 
-# A reload (SIGHUP) applies only the keys present in daemon.json: a removed key keeps its
-# old value in the running engine. Writing the key with its empty/default value first and
-# reloading clears it live; the file then loses the key, and no restart is needed.
-RESET_VALUES: dict[str, Any] = {"registry-mirrors": [], "insecure-registries": [],
-                                "live-restore": False}
-_ENGINE_VIEW = "{{json .RegistryConfig}} {{.LiveRestoreEnabled}}"
-
-
-def live_reset(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-    """Keys the kit removes entirely, with the value that clears them on reload."""
-    return {key: value for key, value in RESET_VALUES.items()
-            if key in current and key not in wanted}
-
-
-def _write_daemon_json(data: dict[str, Any]):
-    if not data:
-        yield f"rm -f {DAEMON_JSON}"  # only the kit's keys were in it
-        return
-    staging = f"{DAEMON_JSON}.registry-kit-new"
-    yield f"install -m 0644 /dev/null {staging}"
-    yield FileUploadCommand(BytesIO(daemon_json.render(data).encode()), staging)
-    yield f"mv -f {staging} {DAEMON_JSON}"
-
-
 @operation()
 def unmerge_daemon(current: dict, wanted: dict, state: HostState):
     """Remove the kit's daemon.json keys (others stay), applied by reload, not restart."""
     if current == wanted:
         host.noop("daemon.json holds none of the kit's keys")
         return
-    reset = live_reset(current, wanted)
-    if not state.docker_active:
-        yield from _write_daemon_json(wanted)
-        return
-    if daemon_json.needs_restart(current, wanted):
-        yield from _write_daemon_json(wanted)
-        yield "systemctl restart docker.service"
-        return
-    if reset:
-        yield from _write_daemon_json({**wanted, **reset})
-        view = f"docker info --format {q(_ENGINE_VIEW)} 2>/dev/null"
-        # Wait (at most 10 s) until the engine shows the reloaded values before the keys go.
-        yield (f"before=$({view}); systemctl reload docker.service; for i in $(seq 40); do "
-               f"[ \"$({view})\" != \"$before\" ] && break; sleep 0.25; done")
-        yield from _write_daemon_json(wanted)
-        return
-    yield from _write_daemon_json(wanted)
-    yield "systemctl reload docker.service"
+    yield from configure_daemon._inner(current, wanted, state)
 
 
 def remove_docker_commands(settings: Settings, state: HostState) -> list[str]:

@@ -162,3 +162,9 @@ def test_air_gapped_server_loads_the_image_from_an_archive(scenario: dict[str, A
     assert image.strip() == "registry-airgap:2.8.2"
     assert harness.curl_status(DOMAIN, harness.host_ip(SERVER), 5000) == 401
     assert harness.ssh(SERVER, "ls /var/tmp/registry-kit-image.tar", check=False).returncode
+    # Back on TLS after the plain-HTTP scenario: the client's insecure entry is gone from
+    # daemon.json and from the running engine (a reload alone keeps a removed key).
+    daemon = json.loads(harness.ssh(CLIENT, "cat /etc/docker/daemon.json").stdout)
+    assert f"{DOMAIN}:5000" not in daemon.get("insecure-registries", [])
+    live = harness.ssh(CLIENT, "docker info --format '{{json .RegistryConfig}}'").stdout
+    assert f"{DOMAIN}:5000" not in live

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry_kit import gc, status, teardown
+from registry_kit import daemon_json, gc, status, teardown
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
 from registry_kit.lifecycle import merge_probe
@@ -27,9 +27,9 @@ def test_live_reset_only_for_keys_that_go() -> None:
     current = {"registry-mirrors": ["http://m"], "insecure-registries": ["r:5000", "x:1"],
                "live-restore": True, "log-level": "warn"}
     wanted = {"insecure-registries": ["x:1"], "log-level": "warn"}
-    assert teardown.live_reset(current, wanted) == {"registry-mirrors": [],
+    assert daemon_json.live_reset(current, wanted) == {"registry-mirrors": [],
                                                     "live-restore": False}
-    assert teardown.live_reset(wanted, wanted) == {}
+    assert daemon_json.live_reset(wanted, wanted) == {}
 
 
 @pytest.mark.parametrize(("os_info", "method", "expected"), [
