@@ -52,13 +52,11 @@ def server_certificate(settings: Settings) -> tls.ServerCertificate | None:
                         tuple(sorted(settings.registry_tls_extra_ips)))
 
 
-def http_secret(settings: Settings) -> str:
-    """registry_http_secret if given; else one generated once and kept locally, so every
-    replica of a domain shares it and reruns do not change config.yml."""
-    if settings.registry_http_secret is not None:
-        return settings.registry_http_secret.reveal()
+def _local_secret(settings: Settings, kind: str) -> str:
+    """A random secret made once on the control machine and kept (0600) in the state dir,
+    per domain, so every host of a domain gets the same one and reruns change nothing."""
     path = _private_dir(settings.registry_state_dir / "secrets") / \
-        f"http-secret-{settings.registry_domain}"
+        f"{kind}-{settings.registry_domain}"
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -67,6 +65,14 @@ def http_secret(settings: Settings) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(value + "\n")
         return value
+
+
+def http_secret(settings: Settings) -> str:
+    """registry_http_secret if given; else one generated once and kept locally, so every
+    replica of a domain shares it and reruns do not change config.yml."""
+    if settings.registry_http_secret is not None:
+        return settings.registry_http_secret.reveal()
+    return _local_secret(settings, "http-secret")
 
 
 def cache_password(settings: Settings) -> str:
@@ -75,13 +81,4 @@ def cache_password(settings: Settings) -> str:
     `settings` are the cache host's."""
     if settings.registry_cache_password is not None:
         return settings.registry_cache_password.reveal()
-    path = _private_dir(settings.registry_state_dir / "secrets") / \
-        f"cache-password-{settings.registry_domain}"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        value = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value + "\n")
-        return value
+    return _local_secret(settings, "cache-password")

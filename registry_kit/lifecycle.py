@@ -26,22 +26,12 @@ REPORT_PREFIX = "registry-kit: "
 _validated: dict[str, Settings] | None = None
 
 
-def _host_settings(target: Any, known: dict[str, Any]) -> Settings:
-    groups = [group for group in target.groups if group in (SERVER_GROUP, CLIENT_GROUP)]
-    if len(groups) > 1:
-        settings_module.check_group_conflicts(
-            target.name, {group: inventory.get_group_data(group) for group in groups},
-            {**inventory.get_host_data(target.name), **inventory.get_override_data()})
-    return settings_module.load(target.name, target.data.dict(), known=known)
-
-
 def validated_settings() -> dict[str, Settings]:
     """Every host's settings, validated once per run; a bad one stops the run (one line)."""
     global _validated
     if _validated is None:
-        known = settings_module.known_keys()
         try:
-            _validated = {target.name: _host_settings(target, known) for target in inventory}
+            _validated = settings_module.load_inventory(inventory)
         except SettingsError as error:
             raise DeployError(str(error)) from None
     return _validated

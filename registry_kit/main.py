@@ -26,27 +26,17 @@ LB_GROUP, CACHE_GROUP = scaleout.LB_GROUP, scaleout.CACHE_GROUP
 _validated: dict[str, Settings] | None = None
 
 
-def _host_settings(target: Any, known: dict[str, Any]) -> Settings:
-    data = target.data.dict()
-    groups = [group for group in target.groups
-              if group in (SERVER_GROUP, CLIENT_GROUP, LB_GROUP, CACHE_GROUP)]
-    if len(groups) > 1:
-        settings_module.check_group_conflicts(
-            target.name, {group: inventory.get_group_data(group) for group in groups},
-            {**inventory.get_host_data(target.name), **inventory.get_override_data()})
-    value = settings_module.load(target.name, data, known=known)
+def _check_certificate(target: Any, value: Settings) -> None:
     if SERVER_GROUP in target.groups or LB_GROUP in target.groups:
         control.server_certificate(value)  # provided files are checked here, up front
-    return value
 
 
 def validated_settings() -> dict[str, Settings]:
     """Settings of every host in the inventory, validated once per run."""
     global _validated
     if _validated is None:
-        known = settings_module.known_keys()
         try:
-            _validated = {target.name: _host_settings(target, known) for target in inventory}
+            _validated = settings_module.load_inventory(inventory, check=_check_certificate)
             _check_scale_out(_validated)
         except SettingsError as error:
             # pyinfra prints a DeployError as one line and exits non-zero; any other

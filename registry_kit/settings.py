@@ -574,3 +574,25 @@ def check_group_conflicts(host: str, groups_data: Mapping[str, Mapping[str, Any]
                 raise _fail(host, key, value, f"one value; group {other_group} sets {other!r} "
                             f"and group {group} sets {value!r}: set it for the host instead")
             seen[key] = (group, value)
+
+
+# The inventory groups the kit acts on; a host in several must not get conflicting values.
+KIT_GROUPS = ("registry_servers", "registry_clients", "registry_lb", "registry_cache")
+
+
+def load_inventory(inventory: Any, *, check: Any = None) -> dict[str, Settings]:
+    """Every inventory host's Settings (host data with group data and overrides, as pyinfra
+    merged them), validated; `check(host, settings)` adds checks of the caller's. Raises
+    SettingsError for the first bad value."""
+    known = known_keys()
+    loaded: dict[str, Settings] = {}
+    for target in inventory:
+        groups = [group for group in target.groups if group in KIT_GROUPS]
+        if len(groups) > 1:
+            check_group_conflicts(
+                target.name, {group: inventory.get_group_data(group) for group in groups},
+                {**inventory.get_host_data(target.name), **inventory.get_override_data()})
+        loaded[target.name] = load(target.name, target.data.dict(), known=known)
+        if check is not None:
+            check(target, loaded[target.name])
+    return loaded
