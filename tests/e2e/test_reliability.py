@@ -326,7 +326,10 @@ def test_data_dir_full(site: Site, tmp_path: Path) -> None:
 
         proc, _ = site.push(big, "full/big:1")
         assert proc.returncode != 0
-        assert "500 Internal Server Error" in proc.stderr, proc.stderr  # the registry's answer
+        # The registry answers 500 and closes; a client still sending the blob may see the
+        # connection reset before it reads the answer. Either way the registry says why.
+        assert "500 Internal Server Error" in proc.stderr or \
+            "connection reset by peer" in proc.stderr, proc.stderr
         logs = harness.ssh(SERVER, "docker logs --since 2m registry 2>&1 | tail -50").stdout
         assert "no space left on device" in logs
         # Still serving: anonymous 401, and the image that fit pulls with its digest.
