@@ -7,6 +7,7 @@ its hash still verifies the configured password; only new or changed users get a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import bcrypt
@@ -25,6 +26,10 @@ def parse(text: str) -> dict[str, str]:
     return entries
 
 
+# bcrypt is slow by design (about 60 ms a check at cost 10 here), and a run checks the same
+# password against the same hash on every server and client: remember answers and hashes
+# for the run, so a no-op run over many hosts costs one check per password, not one a host.
+@functools.lru_cache(maxsize=1024)
 def verifies(password: str, hashed: str) -> bool:
     if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
         return False
@@ -35,7 +40,9 @@ def verifies(password: str, hashed: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1024)
 def hash_password(password: str) -> str:
+    """One hash per password per run: every host written in a run gets the same line."""
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
     return "$2y$" + hashed[4:]  # the spelling Apache's htpasswd writes
 
