@@ -90,7 +90,19 @@ def median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def allow_many_systemd_hosts() -> None:
+    """Each lab host's systemd takes inotify instances of the one root user; the kernel's
+    default (128) runs out at about 20 hosts and systemd then hangs in `initializing`."""
+    if int(INOTIFY_INSTANCES.read_text()) < 1024:
+        say("raising fs.inotify.max_user_instances to 1024 for 20+ systemd hosts")
+        INOTIFY_INSTANCES.write_text("1024\n")
+
+
 def bring_up(n: int) -> None:
+    allow_many_systemd_hosts()
     specs = [HostSpec(SERVER, "bookworm", (DOMAIN,), ("registry_servers",)),
              *(HostSpec(c, "bookworm", (), ("registry_clients",)) for c in clients(n))]
     lab.up(specs, name=NAMESPACE)
