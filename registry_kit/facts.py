@@ -128,18 +128,24 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
     return "; ".join(parts)
 
 
-def parse_probe(lines: Iterable[str]) -> HostState:
+def split_sections(lines: Iterable[str], marker_text: str = _SECTION) -> dict[str, list[str]]:
+    """Output lines of a probe command, by the section markers it echoed."""
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in lines:
         # A file without a final newline leaves the next marker at the end of its last line.
-        before, marker, after = line.partition(_SECTION)
+        before, marker, after = line.partition(marker_text)
         if marker:
             if before and current is not None:
                 current.append(before)
             current = sections.setdefault(after.strip(), [])
         elif current is not None:
             current.append(line)
+    return sections
+
+
+def parse_probe(lines: Iterable[str]) -> HostState:
+    sections = split_sections(lines)
     state = HostState()
     os_lines = [*sections.get("os", []), "", "", ""]
     state.os = OSInfo(id=os_lines[0].strip() or "unknown", id_like=os_lines[1].strip(),

@@ -22,7 +22,7 @@ from pyinfra.api import FactBase
 
 from registry_kit import client, control, gc, server, tls
 from registry_kit.commands import q
-from registry_kit.facts import HOSTS_MARKER
+from registry_kit.facts import HOSTS_MARKER, split_sections
 from registry_kit.lifecycle import roles, validated_settings
 from registry_kit.settings import Settings, SettingsError
 
@@ -77,17 +77,7 @@ def status_command(*, container: str | None = None, health: tuple[str, str, str]
 
 
 def parse_status(lines: Iterable[str]) -> dict[str, list[str]]:
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in lines:
-        before, marker, after = line.partition(_SECTION)
-        if marker:
-            if before and current is not None:
-                current.append(before)
-            current = sections.setdefault(after.strip(), [])
-        elif current is not None:
-            current.append(line)
-    return sections
+    return split_sections(lines, _SECTION)
 
 
 class RegistryStatus(FactBase):
