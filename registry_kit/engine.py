@@ -113,16 +113,18 @@ def wanted_daemon_json(settings: Settings, state: HostState, *, insecure_add=(),
 _ENGINE_VIEW = "{{json .RegistryConfig}} {{.LiveRestoreEnabled}}"
 
 
-def _write_daemon_json(data: dict, validate: bool):
+def _write_daemon_json(data: dict):
     if not data:
         yield f"rm -f {DAEMON_JSON}"  # only the kit's keys were in it
         return
     staging = f"{DAEMON_JSON}.registry-kit-new"
     yield f"install -d -m 0755 /etc/docker && install -m 0644 /dev/null {staging}"
     yield FileUploadCommand(BytesIO(daemon_json.render(data).encode()), staging)
-    if validate:
-        yield (f"dockerd --validate --config-file {staging} >/dev/null || "
-               f"{{ rm -f {staging}; echo 'registry-kit: daemon.json rejected' >&2; exit 1; }}")
+    # Engines from 23.0 check a config file; asked here, when a file is written, rather
+    # than in every run's probe (`dockerd --help` is the probe's most expensive command).
+    yield (f"if dockerd --help 2>/dev/null | grep -q -- --validate; then "
+           f"dockerd --validate --config-file {staging} >/dev/null || "
+           f"{{ rm -f {staging}; echo 'registry-kit: daemon.json rejected' >&2; exit 1; }}; fi")
     yield f"mv -f {staging} {DAEMON_JSON}"
 
 
@@ -133,24 +135,23 @@ def configure_daemon(current: dict, wanted: dict, state: HostState):
     if current == wanted:
         host.noop("daemon.json is as wanted")
         return
-    validate = state.dockerd_validate
     if not state.docker_active:
-        yield from _write_daemon_json(wanted, validate)
+        yield from _write_daemon_json(wanted)
         return
     if daemon_json.needs_restart(current, wanted):
-        yield from _write_daemon_json(wanted, validate)
+        yield from _write_daemon_json(wanted)
         yield "systemctl restart docker.service"
         return
     reset = daemon_json.live_reset(current, wanted)
     if reset:
-        yield from _write_daemon_json({**wanted, **reset}, validate)
+        yield from _write_daemon_json({**wanted, **reset})
         view = f"docker info --format '{_ENGINE_VIEW}' 2>/dev/null"
         # Wait (at most 10 s) until the engine shows the cleared values before the keys go.
         yield (f"before=$({view}); systemctl reload docker.service; for i in $(seq 40); do "
                f"[ \"$({view})\" != \"$before\" ] && break; sleep 0.25; done")
-        yield from _write_daemon_json(wanted, validate)
+        yield from _write_daemon_json(wanted)
         return
-    yield from _write_daemon_json(wanted, validate)
+    yield from _write_daemon_json(wanted)
     # reload = SIGHUP: mirrors, insecure-registries and live-restore apply live and
     # running containers keep running.
     yield "systemctl reload docker.service"

@@ -19,6 +19,7 @@ from registry_kit.facts import (
     ContainerState,
     FileState,
     HostState,
+    parse_engine_version,
     parse_probe,
     probe_command,
     probe_summary,
@@ -36,8 +37,8 @@ DAEMON_JSON = ['{', '  "log-driver": "journald",', '  "live-restore": true', '}'
 def _synthetic_output() -> list[str]:
     body = {
         "os": ["rocky", "rhel centos fedora", ""],
-        "tools": ["docker", "curl", "active", "enabled", "validate"],
-        "server_version": ["26.1.5"],
+        "tools": ["docker", "curl", "ActiveState=active", "UnitFileState=enabled"],
+        "server_version": ["Server: Docker/26.1.5 (linux)\r"],
         "daemon_json": DAEMON_JSON,
         "files": [f"{SHA} 600 root root /etc/registry-kit/config.yml",
                   f"{'b' * 64} 644 root docker /etc/my certs/server 1.crt"],
@@ -61,7 +62,7 @@ def test_parse_probe_synthetic() -> None:
     assert state.os == OSInfo(id="rocky", id_like="rhel centos fedora", codename="")
     assert state.os.family == "rhel"
     assert (state.docker_installed, state.curl_installed, state.docker_active,
-            state.docker_enabled, state.dockerd_validate) == (True, True, True, True, True)
+            state.docker_enabled) == (True, True, True, True)
     assert state.server_version == "26.1.5"
     assert state.daemon_json == "\n".join(DAEMON_JSON)
     assert state.files == {
@@ -80,6 +81,30 @@ def test_parse_probe_synthetic() -> None:
     assert state.login_marker == f"ci:$2y$10${'z' * 53}\n"
     assert state.hosts_lines == ["10.0.0.5 reg.example # registry-kit"]
     assert probe_summary(state) == '{"docker": true, "version": "26.1.5", "container": true}'
+
+
+@pytest.mark.parametrize(("lines", "version"), [
+    (["Server: Docker/20.10.24+dfsg1 (linux)\r"], "20.10.24+dfsg1"),
+    (["server: docker/1.6.0"], "1.6.0"),
+    (["26.1.5"], "26.1.5"),
+    (["", "  "], None),
+    ([], None),
+])
+def test_parse_engine_version(lines: list[str], version: str | None) -> None:
+    assert parse_engine_version(lines) == version
+
+
+@pytest.mark.parametrize(("unit", "active", "enabled"), [
+    (["ActiveState=active", "UnitFileState=enabled"], True, True),
+    (["ActiveState=reloading", "UnitFileState=static"], True, True),
+    (["ActiveState=inactive", "UnitFileState=disabled"], False, False),
+    (["ActiveState=failed", "UnitFileState=masked"], False, False),
+    (["ActiveState=inactive", "UnitFileState="], False, False),  # no such unit
+    ([], False, False),  # no systemctl
+])
+def test_parse_probe_unit_states(unit: list[str], active: bool, enabled: bool) -> None:
+    state = parse_probe([MARK + "tools", "docker", *unit])
+    assert (state.docker_active, state.docker_enabled) == (active, enabled)
 
 
 def test_parse_probe_unlabelled_stopped_container() -> None:
@@ -255,3 +280,59 @@ def test_probe_daemon_json_without_final_newline(tmp_path: Path) -> None:
     state = _run_probe(tmp_path, command, {"/etc/docker/daemon.json": '{"log-driver": "local"}'})
     assert state.daemon_json == '{"log-driver": "local"}'
     assert list(state.files) == [str(managed)]
+
+
+# Stand-ins for systemctl, curl and docker that log each call, to check which engine query
+# the probe makes in which state.
+_STAND_INS = {
+    "systemctl": 'echo "systemctl $*" >> "$LOG"; printf "%s\\n" "$UNIT_STATE"',
+    "curl": 'echo "curl $*" >> "$LOG"; [ -n "$CURL_HEADER" ] || exit 7; '
+            'printf "HTTP/1.1 200 OK\\r\\n%s\\r\\n\\r\\n" "$CURL_HEADER"',
+    "docker": 'echo "docker $*" >> "$LOG"; [ -n "$CLI_VERSION" ] || exit 1; '
+              'echo "$CLI_VERSION"',
+}
+
+
+@pytest.mark.parametrize(("unit", "curl", "header", "cli", "version", "asked"), [
+    # active, curl answers: the engine's Server header, the docker CLI not started
+    ("ActiveState=active", True, "Server: Docker/20.10.24+dfsg1 (linux)", "", "20.10.24+dfsg1",
+     ["curl"]),
+    # active, curl cannot reach the socket: the docker CLI instead
+    ("ActiveState=active", True, "", "26.1.5", "26.1.5", ["curl", "docker"]),
+    # active, no curl on the host
+    ("ActiveState=active", False, "", "26.1.5", "26.1.5", ["docker"]),
+    # stopped engine: nothing asks the socket (docker.socket would start the engine)
+    ("ActiveState=inactive", True, "Server: Docker/26.1.5", "26.1.5", None, []),
+])
+def test_probe_engine_query_in_a_real_shell(tmp_path: Path, unit: str, curl: bool, header: str,
+                                            cli: str, version: str | None,
+                                            asked: list[str]) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, body in _STAND_INS.items():
+        if name == "curl" and not curl:
+            continue
+        script = bindir / name
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found is None:
+            pytest.skip(f"{tool} is not installed")
+        (bindir / tool).symlink_to(found)
+    log = tmp_path / "calls"
+    log.touch()
+    result = subprocess.run(["/bin/sh", "-c", probe_command()], capture_output=True, text=True,
+                            timeout=10, check=False,
+                            env={"PATH": str(bindir), "LOG": str(log), "CURL_HEADER": header,
+                                 "CLI_VERSION": cli,
+                                 "UNIT_STATE": f"{unit}\nUnitFileState=enabled"})
+    assert result.returncode == 0, result.stderr
+    state = parse_probe(result.stdout.split("\n")[:-1])
+    assert state.server_version == version
+    assert state.docker_active is unit.endswith("=active")
+    calls = log.read_text().splitlines()
+    assert calls[0] == ("systemctl show --property=ActiveState --property=UnitFileState "
+                        "docker.service")
+    assert [call.split()[0] for call in calls[1:]] == asked
+    assert not any("dockerd" in call for call in calls)
