@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 
-from registry_kit import remote, server
+from registry_kit import pyinfra_patches, remote, server
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.lifecycle import roles, run_and_report, validated_settings
@@ -141,6 +141,7 @@ def schedule_deploy(settings: Settings, state: HostState) -> None:
 # --- gc.py ---
 
 def plan_host() -> None:
+    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings()[host.name]
     is_server, _ = roles(host)
     if not is_server:

@@ -13,7 +13,18 @@ from pyinfra import host, inventory
 from pyinfra.api import operation
 from pyinfra.api.exceptions import DeployError
 
-from registry_kit import cache, client, control, gc, loadbalancer, s3check, scaleout, server, trust
+from registry_kit import (
+    cache,
+    client,
+    control,
+    gc,
+    loadbalancer,
+    pyinfra_patches,
+    s3check,
+    scaleout,
+    server,
+    trust,
+)
 from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
 from registry_kit.facts import RegistryHostState
@@ -84,6 +95,7 @@ def servers_ready():
 
 
 def plan_host() -> None:
+    pyinfra_patches.install()  # cheaper operation calls (see that module)
     all_settings = validated_settings()
     settings = all_settings[host.name]
     is_server = SERVER_GROUP in host.groups

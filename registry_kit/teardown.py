@@ -17,7 +17,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, remote, server
+from registry_kit import client, daemon_json, gc, pyinfra_patches, remote, server
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
@@ -191,6 +191,7 @@ def engine_teardown(settings: Settings, state: HostState) -> None:
 
 
 def plan_host() -> None:
+    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings()[host.name]
     is_server, is_client = roles(host)
     if not (is_server or is_client):
