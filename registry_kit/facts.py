@@ -59,31 +59,37 @@ class HostState:
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # (active, enabled)
 
 
-# The running engine's version, asked only when docker.service is active: a query on the
-# socket of a stopped engine would start it through docker.socket, and the probe changes
-# nothing. The Server header of /_ping costs a tenth of `dockerd --help` and half of
-# `docker info` (both start a large Go binary; /info and /version also make the engine run
-# runc and docker-init); without curl, or when the socket is elsewhere, the docker CLI.
+# The engine's version. A running engine is asked (the Server header of its /_ping through
+# curl, which costs a tenth of `dockerd --help` and half of `docker info`: both start a
+# large Go binary, and /info and /version also make the engine run runc and docker-init;
+# the docker CLI without curl or when the socket is elsewhere). A stopped engine is not:
+# a query on its socket would start it through docker.socket, and the probe changes
+# nothing. Its binary tells the version it will start with, so an old engine is refused
+# before anything starts it.
 ENGINE_VERSION_QUERY = (
     "case \"$unit\" in *ActiveState=active*|*ActiveState=reloading*)"
     " { command -v curl >/dev/null 2>&1 && curl -s -o /dev/null -D - --max-time 10"
     " --unix-socket /var/run/docker.sock http://localhost/_ping 2>/dev/null"
     " | grep -i '^server: *docker/'; }"
-    " || docker version --format '{{.Server.Version}}' 2>/dev/null;; esac; true")
+    " || docker version --format '{{.Server.Version}}' 2>/dev/null;;"
+    " *) dockerd --version 2>/dev/null;; esac; true")
 
 # systemctl is-enabled answers 0 for these unit file states.
 _ENABLED_STATES = {"enabled", "enabled-runtime", "static", "alias", "indirect", "generated"}
 
 
 def parse_engine_version(lines: Iterable[str]) -> str | None:
-    """`Server: Docker/20.10.24+dfsg1 (linux)` (curl) or `26.1.5` (docker CLI)."""
+    """`Server: Docker/20.10.24+dfsg1 (linux)` (curl), `26.1.5` (docker CLI) or
+    `Docker version 1.5.0, build a8a31ef` (`dockerd --version`)."""
     for line in lines:
         line = line.strip()
         if line.lower().startswith("server:"):
-            _, _, rest = line.partition("/")
-            line = rest.split()[0] if rest.split() else ""
-        if line:
-            return line
+            line = line.partition("/")[2]
+        elif line.startswith("Docker version "):
+            line = line[len("Docker version "):]
+        words = line.replace(",", " ").split()
+        if words:
+            return words[0]
     return None
 
 

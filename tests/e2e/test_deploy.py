@@ -224,14 +224,28 @@ def test_password_change_renews_client_login_without_restart(site: Site,
     site.deploy().assert_no_changes()
 
 
+# An engine 1.5.0 stands in as two scripts: the CLI answers the server version it would
+# read from a running engine, dockerd its own version; "running" adds a docker.service.
+OLD_CLI = ("#!/bin/sh\ncase \"$*\" in *ServerVersion*|*Server.Version*) echo 1.5.0;; "
+           "*) echo 'Docker version 1.5.0, build a8a31ef';; esac\n")
+OLD_DAEMON = ("#!/bin/sh\n[ \"$1\" = --version ] && "
+              "exec echo 'Docker version 1.5.0, build a8a31ef'\nexec sleep infinity\n")
+OLD_UNIT = "[Service]\nExecStart=/usr/local/bin/dockerd\n[Install]\nWantedBy=multi-user.target\n"
+
+
+@pytest.mark.parametrize("engine", ["stopped", "running"])
 def test_old_engine_is_refused_and_left_untouched(site: Site, first_run: dict,
-                                                  extra_host: Any) -> None:
-    """An engine below docker_min_version (a stand-in docker reporting 1.5.0)."""
+                                                  extra_host: Any, engine: str) -> None:
+    """An engine below docker_min_version: refused before anything on the host changes,
+    whether it runs (asked for its version) or not (its binary is asked, and nothing
+    starts it)."""
     extra_host(lab_api.HostSpec("lab-old", "bookworm"))
-    stand_in = ("#!/bin/sh\ncase \"$*\" in *ServerVersion*) echo 1.5.0;; "
-                "*) echo 'Docker version 1.5.0, build a8a31ef';; esac\n")
-    harness.ssh("lab-old", "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker",
-                stdin=stand_in)
+    for path, body in (("/usr/local/bin/docker", OLD_CLI), ("/usr/local/bin/dockerd", OLD_DAEMON)):
+        harness.ssh("lab-old", f"cat > {path} && chmod 755 {path}", stdin=body)
+    if engine == "running":
+        harness.ssh("lab-old", "cat > /etc/systemd/system/docker.service && "
+                    "systemctl daemon-reload && systemctl enable --now docker.service",
+                    stdin=OLD_UNIT)
     listing = "find /etc /usr/local /root -newer /etc/hostname 2>/dev/null | sort"
     before = harness.ssh("lab-old", listing).stdout
     inventory = site.dir / "old-engine.py"
@@ -246,6 +260,8 @@ def test_old_engine_is_refused_and_left_untouched(site: Site, first_run: dict,
         output[-3000:]
     assert harness.ssh("lab-old", listing).stdout == before
     assert harness.ssh("lab-old", "test -e /etc/docker/daemon.json", check=False).returncode
+    active = harness.ssh("lab-old", "systemctl is-active docker.service", check=False)
+    assert active.stdout.strip() == ("active" if engine == "running" else "inactive")
     # The other hosts were not held back by the refused one.
     errors = {name: hosts for name, hosts in run.errors}
     assert all(hosts == ["lab-old"] for hosts in errors.values()), errors

@@ -87,6 +87,7 @@ def test_parse_probe_synthetic() -> None:
     (["Server: Docker/20.10.24+dfsg1 (linux)\r"], "20.10.24+dfsg1"),
     (["server: docker/1.6.0"], "1.6.0"),
     (["26.1.5"], "26.1.5"),
+    (["Docker version 1.5.0, build a8a31ef"], "1.5.0"),
     (["", "  "], None),
     ([], None),
 ])
@@ -290,6 +291,7 @@ _STAND_INS = {
             'printf "HTTP/1.1 200 OK\\r\\n%s\\r\\n\\r\\n" "$CURL_HEADER"',
     "docker": 'echo "docker $*" >> "$LOG"; [ -n "$CLI_VERSION" ] || exit 1; '
               'echo "$CLI_VERSION"',
+    "dockerd": 'echo "dockerd $*" >> "$LOG"; echo "Docker version 1.5.0, build a8a31ef"',
 }
 
 
@@ -301,8 +303,9 @@ _STAND_INS = {
     ("ActiveState=active", True, "", "26.1.5", "26.1.5", ["curl", "docker"]),
     # active, no curl on the host
     ("ActiveState=active", False, "", "26.1.5", "26.1.5", ["docker"]),
-    # stopped engine: nothing asks the socket (docker.socket would start the engine)
-    ("ActiveState=inactive", True, "Server: Docker/26.1.5", "26.1.5", None, []),
+    # stopped engine: nothing asks the socket (docker.socket would start the engine); the
+    # binary tells the version it would start with
+    ("ActiveState=inactive", True, "Server: Docker/26.1.5", "26.1.5", "1.5.0", ["dockerd"]),
 ])
 def test_probe_engine_query_in_a_real_shell(tmp_path: Path, unit: str, curl: bool, header: str,
                                             cli: str, version: str | None,
@@ -335,4 +338,4 @@ def test_probe_engine_query_in_a_real_shell(tmp_path: Path, unit: str, curl: boo
     assert calls[0] == ("systemctl show --property=ActiveState --property=UnitFileState "
                         "docker.service")
     assert [call.split()[0] for call in calls[1:]] == asked
-    assert not any("dockerd" in call for call in calls)
+    assert all(call == "dockerd --version" for call in calls if call.startswith("dockerd"))
