@@ -377,6 +377,18 @@ def _read_storage(r: _Reader) -> Storage:
     return Storage(driver=driver, params=params, secret_keys=tuple(secret_keys))
 
 
+def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
+    """None or 127.0.0.1:PORT on a port other than the registry's (debug and stats pages
+    that must not be reachable from other hosts)."""
+    value = r.raw(key)
+    if value is not None:
+        match = re.match(r"^127\.0\.0\.1:(\d{1,5})$", str(value))
+        if not (isinstance(value, str) and match and 1 <= int(match[1]) <= 65535
+                and int(match[1]) != port):
+            raise r.fail(key, value, "None or 127.0.0.1:PORT (1-65535, not registry_port)")
+    return value
+
+
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
     """Scale-out settings (registry_kit.scaleout checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
@@ -386,13 +398,7 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
     if not isinstance(address, str) or not (_is_hostname(address) or _is_ip(address)):
         raise r.fail("registry_internal_address", address,
                      "None or a DNS name or IP address other kit hosts reach this host at")
-    stats = r.raw("registry_lb_stats")
-    if stats is not None:
-        match = re.match(r"^127\.0\.0\.1:(\d{1,5})$", str(stats))
-        if not (isinstance(stats, str) and match and 1 <= int(match[1]) <= 65535
-                and int(match[1]) != port):
-            raise r.fail("registry_lb_stats", stats,
-                         "None or 127.0.0.1:PORT (1-65535, not registry_port)")
+    stats = _read_loopback_address(r, "registry_lb_stats", port)
     password_value = r.raw("registry_cache_password")
     password = None
     if password_value is not None:
@@ -466,13 +472,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
             raise r.fail("registry_http_secret", "***", "{'env': NAME} or {'file': PATH}")
         http_secret = r.secret_source("registry_http_secret", http_secret_value, "secret")
 
-    debug_addr = r.raw("registry_debug_addr")
-    if debug_addr is not None:
-        match = re.match(r"^127\.0\.0\.1:(\d{1,5})$", str(debug_addr))
-        if not (isinstance(debug_addr, str) and match and 1 <= int(match[1]) <= 65535
-                and int(match[1]) != port):
-            raise r.fail("registry_debug_addr", debug_addr,
-                         "None or 127.0.0.1:PORT (1-65535, not registry_port)")
+    debug_addr = _read_loopback_address(r, "registry_debug_addr", port)
 
     hosts_entries = r.raw("registry_client_hosts_entries")
     if not isinstance(hosts_entries, Mapping) or not all(
