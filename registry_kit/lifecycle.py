@@ -14,10 +14,10 @@ from typing import Any
 
 from pyinfra import inventory, logger
 from pyinfra.api import StringCommand
-from pyinfra.api.exceptions import DeployError
 
 from registry_kit import settings as settings_module
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.commands import join
+from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
 SERVER_GROUP = "registry_servers"
 CLIENT_GROUP = "registry_clients"
@@ -33,7 +33,7 @@ def validated_settings() -> dict[str, Settings]:
         try:
             _validated = settings_module.load_inventory(inventory)
         except SettingsError as error:
-            raise DeployError(str(error)) from None
+            raise SettingsRefused(error) from None
     return _validated
 
 
@@ -56,10 +56,10 @@ def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def run_and_report(state: Any, host: Any, command: str) -> bool:
-    """FunctionCommand body: run `command`, show its `registry-kit:` stdout lines (pyinfra
+def run_and_report(state: Any, host: Any, argv: list[str]) -> bool:
+    """FunctionCommand body: run `argv`, show its `registry-kit:` stdout lines (pyinfra
     shows a successful command's output only with -v) and all its output on failure."""
-    status, output = host.run_shell_command(StringCommand(command),
+    status, output = host.run_shell_command(StringCommand(join(argv)),
                                             print_output=state.print_output,
                                             print_input=state.print_input)
     for line in output.stdout_lines:

@@ -24,7 +24,7 @@ from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
 from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, host_port
 from registry_kit.tls import ServerCertificate
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
@@ -112,7 +112,7 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
         port=settings.registry_port, config_dir=settings.registry_config_dir,
         data_dir=settings.registry_data_dir
         if settings.registry_storage.driver == "filesystem" else None,
-        debug_port=debug_port)
+        debug_port=debug_port, bind_address=settings.registry_bind_address)
     inputs = {
         "run": spec.run_args(),
         "config": remote.sha256_of(config),
@@ -127,8 +127,9 @@ def health_target(settings: Settings) -> tuple[str, str, str]:
     """(url, curl --resolve value, CA path) to check the registry from the server itself,
     by its real name but through the loopback interface."""
     paths = ServerPaths(settings.registry_config_dir)
-    url = f"{settings.registry_url}"
-    resolve = f"{settings.registry_domain}:{settings.registry_port}:127.0.0.1"
+    url = settings.registry_url
+    # curl --resolve HOST:PORT:ADDRESS, HOST as in the URL (IPv6 in brackets).
+    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:127.0.0.1"
     return url, resolve, paths.ca if settings.tls_enabled else "-"
 
 
@@ -142,10 +143,11 @@ def ensure_image(settings: Settings, state: HostState):
     if settings.registry_image_archive is not None:
         staging = "/var/tmp/registry-kit-image.tar"
         yield FileUploadCommand(str(settings.registry_image_archive), staging)
-        yield f"docker load -i {staging} && rm -f {staging}"
-        yield (f"docker image inspect {q(settings.registry_image)} >/dev/null || {{ echo "
-               f"'registry-kit: {settings.registry_image_archive.name} does not hold "
-               f"{settings.registry_image}' >&2; exit 1; }}")
+        yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
+        missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
+                   f"{settings.registry_image}")
+        yield (f"docker image inspect {q(settings.registry_image)} >/dev/null || "
+               f"{{ echo {q(missing)} >&2; exit 1; }}")
         return
     yield f"docker pull {q(settings.registry_image)}"
 

@@ -25,6 +25,9 @@ def make_settings(known: Mapping[str, Any], tmp_path: Path) -> Callable[..., Set
     """make_settings(key=value, ...) -> validated Settings for HOST (base dir: tmp_path)."""
 
     def make(**data: Any) -> Settings:
+        # Most tests are about something else than users: an open registry is acknowledged
+        # here (test_settings checks that it is refused without that).
+        data = {"registry_anonymous_acknowledged": True, **data}
         return settings_mod.load(HOST, data, base_dir=tmp_path, known=known)
 
     return make
