@@ -17,7 +17,7 @@ from pyinfra.api import FileUploadCommand, operation
 from registry_kit import htpasswd, remote, trust
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, host_port
 
 CERTS_D = "/etc/docker/certs.d"
 CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
@@ -49,7 +49,7 @@ def probe_args(settings: Settings) -> dict:
 
 def insecure_entries(settings: Settings) -> tuple[list[str], list[str]]:
     """(add, remove) for daemon.json insecure-registries: no scheme, Docker ignores it."""
-    address = f"{settings.registry_domain}:{settings.registry_port}"
+    address = host_port(settings.registry_domain, settings.registry_port)
     return ([address], []) if not settings.tls_enabled else ([], [address])
 
 
@@ -84,15 +84,16 @@ def docker_login(settings: Settings, state: HostState):
     secret_file = f"{RUNTIME_DIR}/login.pw"
     marker = login_marker_path(settings)
     yield (f"install -d -m 0700 {RUNTIME_DIR} {CLIENT_STATE_DIR} && "
-           f"install -m 0600 /dev/null {secret_file}")
+           f"install -m 0600 /dev/null {q(secret_file)}")
     yield FileUploadCommand(BytesIO(password.encode()), secret_file)
     yield (f"docker login --username {q(user.name)} --password-stdin "
-           f"{q(settings.registry_address)} < {secret_file} >/dev/null; "
-           f"status=$?; rm -f {secret_file}; exit $status")
-    yield f"install -m 0600 /dev/null {marker}.registry-kit-new"
+           f"{q(settings.registry_address)} < {q(secret_file)} >/dev/null; "
+           f"status=$?; rm -f {q(secret_file)}; exit $status")
+    staging = f"{marker}.registry-kit-new"
+    yield f"install -m 0600 /dev/null {q(staging)}"
     marker_line = f"{user.name}:{htpasswd.hash_password(password)}\n"
-    yield FileUploadCommand(BytesIO(marker_line.encode()), f"{marker}.registry-kit-new")
-    yield f"mv -f {marker}.registry-kit-new {marker}"
+    yield FileUploadCommand(BytesIO(marker_line.encode()), staging)
+    yield f"mv -f {q(staging)} {q(marker)}"
 
 
 @operation()

@@ -36,7 +36,7 @@ def probe_args(settings: Settings) -> dict[str, Any]:
     return {"files": [SERVICE, TIMER, server.script_path(SCRIPT)]}
 
 
-def gc_command(settings: Settings, *, dry_run: bool) -> list[str]:
+def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     url, resolve, ca = server.health_target(settings)
     data = settings.registry_data_dir if settings.registry_storage.driver == "filesystem" \
         else "-"
@@ -64,7 +64,7 @@ def collect_garbage(settings: Settings, state: HostState):
                                       "first",), {})
         return
     yield FunctionCommand(run_and_report,
-                          (join(gc_command(settings, dry_run=settings.registry_gc_dry_run)),),
+                          (gc_arguments(settings, dry_run=settings.registry_gc_dry_run),),
                           {})
 
 
@@ -80,7 +80,7 @@ def service_unit(settings: Settings) -> bytes:
         "After=docker.service\n\n"
         "[Service]\n"
         "Type=oneshot\n"
-        f"ExecStart={join(gc_command(settings, dry_run=False))}\n"
+        f"ExecStart={join(gc_arguments(settings, dry_run=False))}\n"
     ).encode()
 
 
@@ -112,9 +112,10 @@ def install_timer(settings: Settings, state: HostState):
     yield (f"systemd-analyze calendar {q(schedule)} >/dev/null 2>&1 || "
            f"{{ echo {q(refusal)} >&2; exit 1; }}")
     for path, content in units.items():
-        yield f"install -m 0644 /dev/null {path}.registry-kit-new"
-        yield FileUploadCommand(BytesIO(content), f"{path}.registry-kit-new")
-        yield f"mv -f {path}.registry-kit-new {path}"
+        staging = f"{path}.registry-kit-new"
+        yield f"install -m 0644 /dev/null {q(staging)}"
+        yield FileUploadCommand(BytesIO(content), staging)
+        yield f"mv -f {q(staging)} {q(path)}"
     yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
           f"systemctl restart {TIMER_NAME}"
 
@@ -126,7 +127,7 @@ def schedule_remove(state: HostState):
         host.noop("no garbage collection timer")
         return
     yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
-    yield "rm -f " + " ".join(present)
+    yield "rm -f " + " ".join(q(path) for path in present)
     yield "systemctl daemon-reload"
 
 

@@ -35,10 +35,10 @@ def managed_file(path: str, content: bytes, mode: str, current: FileState | None
         if (current.mode, current.owner, current.group) == (_mode(mode), owner, group):
             host.noop(f"{path} is up to date")
             return
-        yield f"chown {q(owner)}:{q(group)} {q(path)} && chmod {mode} {q(path)}"
+        yield f"chown {q(owner + ':' + group)} {q(path)} && chmod {q(mode)} {q(path)}"
         return
     staging = f"{path}.registry-kit-new"
-    yield f"install -m {mode} -o {q(owner)} -g {q(group)} /dev/null {q(staging)}"
+    yield f"install -m {q(mode)} -o {q(owner)} -g {q(group)} /dev/null {q(staging)}"
     yield FileUploadCommand(BytesIO(content), staging)
     yield f"mv -f {q(staging)} {q(path)}"
 
@@ -48,7 +48,7 @@ def managed_dir(path: str, mode: str, current_mode: str | None):
     if current_mode == _mode(mode):
         host.noop(f"{path} exists")
         return
-    yield f"install -d -m {mode} -o root -g root {q(path)}"
+    yield f"install -d -m {q(mode)} -o root -g root {q(path)}"
 
 
 @operation()

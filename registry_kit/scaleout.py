@@ -23,7 +23,7 @@ from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
 from registry_kit.commands import join
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.settings import Settings, SettingsError, host_port, is_ip
 
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
@@ -38,6 +38,11 @@ class Replica:
     server_name: str  # its name in haproxy's backend
     address: str  # where the load balancer reaches it
     port: int
+
+    @property
+    def endpoint(self) -> str:
+        """ADDRESS:PORT for haproxy's server line (IPv6 in brackets)."""
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)
@@ -107,14 +112,6 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
 def validate(topology: Topology) -> None:
     """Raise SettingsError for an inventory whose hosts cannot work together."""
     servers, lbs, caches = topology.servers, topology.lbs, topology.caches
@@ -163,7 +160,7 @@ def validate(topology: Topology) -> None:
                             "(both listen on registry_port)")
     for cache in caches:
         address = cache.registry_internal_address
-        if not _is_ip(address):
+        if not is_ip(address):
             raise _fail(cache, "registry_internal_address", address,
                         "an IP address on the cache host (redis binds to it)")
         if _is_loopback(address) and {s.host for s in servers} != {cache.host}:
@@ -180,8 +177,7 @@ def cache_target(topology: Topology, password: str) -> CacheTarget | None:
         return None
     cache = topology.caches[0]
     address = cache.registry_internal_address
-    host = f"[{address}]" if ":" in address else address
-    return CacheTarget(addr=f"{host}:{cache.registry_cache_port}", password=password,
+    return CacheTarget(addr=host_port(address, cache.registry_cache_port), password=password,
                        db=cache.registry_cache_db)
 
 

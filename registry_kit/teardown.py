@@ -99,10 +99,10 @@ def remove_config(settings: Settings, state: HostState):
             not any(path in state.dirs for path in kit_dirs):
         host.noop(f"{settings.registry_config_dir} is gone")
         return
+    kept = f"registry-kit: kept {settings.registry_config_dir}: it holds other files"
     yield (f"rm -rf {q(paths.certs_dir)} {q(paths.auth_dir)}; "
            f"rm -f {q(paths.config)} {q(paths.config)}.registry-kit-*; "
-           f"rmdir {q(settings.registry_config_dir)} 2>/dev/null || "
-           f"echo 'registry-kit: kept {settings.registry_config_dir}: it holds other files'")
+           f"rmdir {q(settings.registry_config_dir)} 2>/dev/null || echo {q(kept)}")
 
 
 def _announce(state: Any, host: Any, message: str) -> bool:
@@ -185,7 +185,7 @@ def engine_teardown(settings: Settings, state: HostState) -> None:
     wanted = daemon_json.unmerge(
         current, mirrors=settings.docker_registry_mirrors,
         live_restore=settings.docker_live_restore,
-        insecure=[f"{settings.registry_domain}:{settings.registry_port}"])
+        insecure=client.insecure_entries(settings)[0] + client.insecure_entries(settings)[1])
     unmerge_daemon(current, wanted, state, name="Remove the kit's keys from daemon.json")
     remove_docker(settings, state, name="Remove the Docker engine (docker_remove_on_teardown)")
 

@@ -83,15 +83,15 @@ def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Setting
     assert yaml.safe_load(derived)["storage"]["maintenance"]["readonly"] == {"enabled": True}
 
 
-def test_gc_command(make_settings: Callable[..., Settings]) -> None:
+def test_gc_arguments(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(registry_gc_delete_untagged=True)
-    args = gc.gc_command(settings, dry_run=True)
+    args = gc.gc_arguments(settings, dry_run=True)
     assert args[:4] == ["/usr/local/lib/registry-kit/registry-gc.sh", "registry",
                         "/etc/registry-kit", "/var/lib/registry-kit/data"]
     assert args[-2:] == ["--dry-run", "--delete-untagged"]
-    assert "--dry-run" not in gc.gc_command(make_settings(), dry_run=False)
+    assert "--dry-run" not in gc.gc_arguments(make_settings(), dry_run=False)
     s3 = make_settings(registry_storage={"driver": "inmemory"})
-    assert gc.gc_command(s3, dry_run=False)[3] == "-"  # no folder to measure
+    assert gc.gc_arguments(s3, dry_run=False)[3] == "-"  # no folder to measure
 
 
 def test_timer_units(make_settings: Callable[..., Settings]) -> None:
