@@ -24,7 +24,7 @@ from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
 from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
-from registry_kit.settings import Settings, host_port
+from registry_kit.settings import Settings, host_port, url_host
 from registry_kit.tls import ServerCertificate
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
@@ -128,8 +128,11 @@ def health_target(settings: Settings) -> tuple[str, str, str]:
     by its real name but through the loopback interface."""
     paths = ServerPaths(settings.registry_config_dir)
     url = settings.registry_url
+    # Where the port is published: loopback, or the one address of registry_bind_address.
+    bind = settings.registry_bind_address
+    local = "127.0.0.1" if bind in (None, "0.0.0.0", "::") else url_host(str(bind))
     # curl --resolve HOST:PORT:ADDRESS, HOST as in the URL (IPv6 in brackets).
-    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:127.0.0.1"
+    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:{local}"
     return url, resolve, paths.ca if settings.tls_enabled else "-"
 
 

@@ -408,14 +408,16 @@ def _find_unsafe(value: Any) -> str | None:
 
 def check_host_path(path: str) -> str | None:
     """Why `path` cannot be a folder the kit owns on a host, or None when it can."""
+    system = ("a folder of the registry's own, not one the operating system or other "
+              "software owns (e.g. /srv/registry, /var/lib/registry-kit/data)")
+    if path in SYSTEM_DIRS:
+        return system
     if not _HOST_PATH_RE.fullmatch(path) or any(part in (".", "..")
                                                  for part in path.split("/")):
         return ("an absolute path of letters, digits and . _ @ + - between slashes, "
                 "without '.' or '..' parts")
-    if path in SYSTEM_DIRS or any(path == tree or path.startswith(tree + "/")
-                                  for tree in SYSTEM_TREES):
-        return ("a folder of the registry's own, not one the operating system or other "
-                "software owns (e.g. /srv/registry, /var/lib/registry-kit/data)")
+    if any(path == tree or path.startswith(tree + "/") for tree in SYSTEM_TREES):
+        return system
     return None
 
 
