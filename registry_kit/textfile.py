@@ -69,3 +69,17 @@ def systemd_exec_args(args: list[str], *, file: str, field: str) -> str:
                               forbidden=SYSTEMD_EXEC_SYNTAX))
              for index, arg in enumerate(args)]
     return systemd_specifiers(" ".join(words)).replace("$", "$$")
+
+
+# curl -K reads these escapes inside a quoted string (tool_parsecfg.c, unslashquote).
+_CURL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                 "\v": "\\v"}
+
+
+def curl_config_string(value: str, *, field: str) -> str:
+    """value for a double-quoted string in a curl config file: the line cannot end and the
+    string cannot close early, whatever value holds. NUL (curl would cut there): refused."""
+    if "\0" in value:
+        raise ValueError(f"registry-kit: curl config: {field}=(secret) cannot be written: "
+                         "it holds a NUL character")
+    return "".join(_CURL_ESCAPES.get(char, char) for char in value)

@@ -1,21 +1,27 @@
-"""The text renderers (haproxy.cfg, redis.conf, systemd units, /etc/hosts lines) fed hostile
-strings: each output parses back to the same structure with the value intact, or the
-renderer refuses with ValueError. Settings are built valid and then replaced field by
+"""The text renderers (haproxy.cfg, redis.conf, systemd units, /etc/hosts, the curl config)
+fed hostile strings: each output parses back to the same structure with the value intact,
+or the renderer refuses with ValueError. Settings are built valid and then replaced field by
 field (dataclasses.replace), so these tests hold whatever settings.py lets through."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import http.server
 import shlex
+import shutil
+import subprocess
+import threading
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
-from registry_kit import cache, client, gc, loadbalancer, scaleout, textfile
+from registry_kit import cache, client, gc, loadbalancer, scaleout, server, textfile
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HOSTS_MARKER, HostState
-from registry_kit.settings import Settings
+from registry_kit.settings import Secret, Settings, User
 
 S3 = {"driver": "inmemory"}
 # Strings that would change a line-based file's structure if pasted in as they are.
@@ -219,3 +225,40 @@ def test_hosts_lines_keep_one_entry_per_line(value: str) -> None:
     parsed = [line.split("#", 1)[0].split() for line in lines]
     assert sorted(map(tuple, parsed)) == sorted([("10.0.0.5", value), ("10.0.0.6", "other.lab")])
     assert all(line.endswith(" " + HOSTS_MARKER) for line in lines)
+
+
+# --- curl config (the server's /v2/ check) -----------------------------------------------------
+
+class _AuthEcho(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization", ""))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl CLI")
+@pytest.mark.parametrize("password", ['pw"with quotes"', "back\\slash\\", "new\nline",
+                                      "cr\rtab\tvt\x0b", "# not a comment", "$(reboot) %s",
+                                      "p\u00e9\u2603", "user = \"evil:x\""])
+def test_curlrc_gives_curl_the_credentials_intact(tmp_path: Path, password: str) -> None:
+    """The real curl reads the config the verify step writes and sends name:password."""
+    config = tmp_path / "verify.curlrc"
+    config.write_text(server.curlrc(User(name="ci", password=Secret(password))))
+    assert len(config.read_text().splitlines()) == 1
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _AuthEcho)
+    thread = threading.Thread(target=httpd.handle_request, daemon=True)
+    thread.start()
+    try:
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "5", "-K", str(config),
+                        f"http://127.0.0.1:{httpd.server_port}/v2/"], check=True)
+        thread.join(5)
+    finally:
+        httpd.server_close()
+    scheme, _, encoded = _AuthEcho.seen.pop().partition(" ")
+    assert scheme == "Basic"
+    assert base64.b64decode(encoded).decode() == f"ci:{password}"
