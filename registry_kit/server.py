@@ -220,13 +220,13 @@ def verify_registry(settings: Settings):
         # No user with a known password (none, or hashes only): 401/200 without creds.
         yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
         return
-    config = f"{RUNTIME_DIR}/verify.curlrc"
-    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {config}"
-    yield FileUploadCommand(BytesIO(curlrc(user).encode()), config)
-    yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, config])
+    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
+    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield FileUploadCommand(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
 
 
-def curlrc(user: User) -> str:
+def curlrc_text(user: User) -> str:
     """The check's curl config: one quoted `user` line (escaped: textfile)."""
     assert user.password is not None
     credentials = f"{user.name}:{user.password.reveal()}"

@@ -248,7 +248,7 @@ class _AuthEcho(http.server.BaseHTTPRequestHandler):
 def test_curlrc_gives_curl_the_credentials_intact(tmp_path: Path, password: str) -> None:
     """The real curl reads the config the verify step writes and sends name:password."""
     config = tmp_path / "verify.curlrc"
-    config.write_text(server.curlrc(User(name="ci", password=Secret(password))))
+    config.write_text(server.curlrc_text(User(name="ci", password=Secret(password))))
     assert len(config.read_text().splitlines()) == 1
     httpd = http.server.HTTPServer(("127.0.0.1", 0), _AuthEcho)
     thread = threading.Thread(target=httpd.handle_request, daemon=True)
