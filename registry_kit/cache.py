@@ -19,7 +19,7 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import packages, remote
+from registry_kit import packages, remote, textfile
 from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.settings import Settings, host_port
@@ -60,12 +60,22 @@ def probe_args(settings: Settings) -> dict:
 
 
 def render(settings: Settings, password: str, redis: RedisFamily) -> str:
-    address = settings.registry_internal_address
+    """redis.conf. Every value that is not a literal here is checked to be one redis word
+    (textfile.word): no value can add a line or an argument. The password is written as
+    is, unquoted: verify_command reads it back with sed."""
+
+    def checked(value: object, field: str, secret: bool = False) -> str:
+        return textfile.word(value, file=CONFIG, field=field,
+                             forbidden=textfile.REDIS_SYNTAX, secret=secret)
+
+    address = checked(settings.registry_internal_address, "registry_internal_address")
     bind = address if address == "127.0.0.1" else f"{address} 127.0.0.1"
     return _environment.get_template("redis.conf.j2").render(
-        source="templates/redis.conf.j2", bind=bind, port=settings.registry_cache_port,
-        pidfile=redis.pidfile, logfile=redis.logfile, password=password,
-        maxmemory=settings.registry_cache_maxmemory)
+        source="templates/redis.conf.j2", bind=bind,
+        port=checked(settings.registry_cache_port, "registry_cache_port"),
+        pidfile=redis.pidfile, logfile=redis.logfile,
+        password=checked(password, "registry_cache_password", secret=True),
+        maxmemory=checked(settings.registry_cache_maxmemory, "registry_cache_maxmemory"))
 
 
 @operation()

@@ -14,7 +14,7 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from registry_kit import htpasswd, remote, trust
+from registry_kit import htpasswd, remote, textfile, trust
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
 from registry_kit.settings import Settings, host_port
@@ -53,9 +53,22 @@ def insecure_entries(settings: Settings) -> tuple[list[str], list[str]]:
     return ([address], []) if not settings.tls_enabled else ([], [address])
 
 
+def hosts_lines(wanted: dict[str, str]) -> list[str]:
+    """/etc/hosts lines "IP NAME # registry-kit": IP and NAME each one word without "#", so
+    a line cannot hold more names, lose its marker or become two lines."""
+
+    def checked(value: str, field: str) -> str:
+        return textfile.word(value, file="/etc/hosts", field=field,
+                             forbidden=textfile.HOSTS_SYNTAX)
+
+    return [f"{checked(ip, f'registry_client_hosts_entries[{name!r}]')} "
+            f"{checked(name, 'registry_client_hosts_entries key')} {HOSTS_MARKER}"
+            for name, ip in sorted(wanted.items())]
+
+
 @operation()
 def hosts_entries(wanted: dict[str, str], state: HostState):
-    lines = [f"{ip} {name} {HOSTS_MARKER}" for name, ip in sorted(wanted.items())]
+    lines = hosts_lines(wanted)
     if lines == state.hosts_lines:
         host.noop("/etc/hosts entries are in place")
         return

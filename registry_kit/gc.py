@@ -20,8 +20,8 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 
-from registry_kit import pyinfra_patches, remote, server
-from registry_kit.commands import join, q
+from registry_kit import pyinfra_patches, remote, server, textfile
+from registry_kit.commands import q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.lifecycle import roles, run_and_report, validated_settings
 from registry_kit.settings import Settings
@@ -71,7 +71,9 @@ def collect_garbage(settings: Settings, state: HostState):
 # --- the timer (registry_gc_schedule) ---
 
 def service_unit(settings: Settings) -> bytes:
-    # systemd reads single-quoted arguments like a shell; none of them holds a '%' specifier.
+    # Arguments checked, quoted and %/$-escaped for systemd (textfile.systemd_exec_args).
+    exec_start = textfile.systemd_exec_args(gc_arguments(settings, dry_run=False),
+                                            file=SERVICE, field="ExecStart")
     return (
         "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
         "[Unit]\n"
@@ -80,17 +82,21 @@ def service_unit(settings: Settings) -> bytes:
         "After=docker.service\n\n"
         "[Service]\n"
         "Type=oneshot\n"
-        f"ExecStart={join(gc_arguments(settings, dry_run=False))}\n"
+        f"ExecStart={exec_start}\n"
     ).encode()
 
 
 def timer_unit(settings: Settings) -> bytes:
+    # Calendar expressions hold spaces ("Sun *-*-* 03:00:00"): one line, no backslash (a
+    # line continuation), "%" escaped. Whether systemd accepts it is checked on the host.
+    schedule = textfile.rest_of_line(settings.registry_gc_schedule, file=TIMER,
+                                     field="registry_gc_schedule", forbidden="\\")
     return (
         "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
         "[Unit]\n"
         "Description=registry-kit: scheduled registry garbage collection\n\n"
         "[Timer]\n"
-        f"OnCalendar={settings.registry_gc_schedule}\n"
+        f"OnCalendar={textfile.systemd_specifiers(schedule)}\n"
         "Persistent=true\n\n"
         "[Install]\n"
         "WantedBy=timers.target\n"

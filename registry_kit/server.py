@@ -19,12 +19,12 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
-from registry_kit import htpasswd, remote
+from registry_kit import htpasswd, remote, textfile
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
 from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
-from registry_kit.settings import Settings, host_port, url_host
+from registry_kit.settings import Settings, User, host_port, url_host
 from registry_kit.tls import ServerCertificate
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
@@ -226,10 +226,16 @@ def verify_registry(settings: Settings):
         yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
         return
     curlrc = f"{RUNTIME_DIR}/verify.curlrc"
-    secret = user.password.reveal().replace("\\", "\\\\").replace('"', '\\"')
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield FileUploadCommand(BytesIO(f'user = "{user.name}:{secret}"\n'.encode()), curlrc)
+    yield FileUploadCommand(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+
+
+def curlrc_text(user: User) -> str:
+    """The check's curl config: one quoted `user` line (escaped: textfile)."""
+    assert user.password is not None
+    credentials = f"{user.name}:{user.password.reveal()}"
+    return f'user = "{textfile.curl_config_string(credentials, field="user")}"\n'
 
 
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry_kit import cache, daemon_json, facts, gc, loadbalancer, scaleout, server, status
 from registry_kit import client as client_mod

@@ -70,12 +70,16 @@ def test_purge_warning_names_host_and_path(make_settings: Callable[..., Settings
 # --------------------------------------------------------------------------- gc
 
 
-def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Settings]) -> None:
+@pytest.mark.parametrize("secret", ["secret", "x\n    readonly:\n      enabled: false\n",
+                                    "    readonly:", "      enabled: false"])
+def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Settings],
+                                            secret: str) -> None:
     """The script derives read-only mode from the deployed file: it must give exactly what
-    render_config(read_only=True) gives, and nothing else may change."""
+    render_config(read_only=True) gives, and nothing else may change (a secret that looks
+    like the lines it edits included)."""
     settings = make_settings(registry_delete_enabled=True)
-    normal = render_config(settings, "secret")
-    wanted = render_config(settings, "secret", read_only=True)
+    normal = render_config(settings, secret)
+    wanted = render_config(settings, secret, read_only=True)
     assert normal != wanted
     derived = subprocess.run(["sh", str(_SCRIPTS / gc.SCRIPT), "--readonly-config"],
                              input=normal, capture_output=True, text=True, check=True).stdout
