@@ -13,6 +13,7 @@ no extra key or line. The counts are printed in pytest's summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import tempfile
@@ -93,9 +94,12 @@ def _secret_file(name: str, value: str) -> str:
     return str(path)
 
 
+_FIXED_PASSWORD_FILE = _secret_file("fixed-pw", "fixed-password")
+
+
 def _data(key: str, value: str) -> dict[str, Any]:
     """The host data that puts `value` into `key`."""
-    user = {"name": "ci", "password_file": _secret_file("pw", "fixed-password")}
+    user = {"name": "ci", "password_file": _FIXED_PASSWORD_FILE}
     base: dict[str, Any] = {"registry_users": [user]}
     if key == "registry_users.name":
         return {"registry_users": [{**user, "name": value}]}
@@ -190,6 +194,7 @@ def _lines(text: str) -> list[str]:
     return text.splitlines()
 
 
+@functools.cache
 def _baseline(key: str) -> Settings:
     """The same setting with its first valid value: rendered files must have that shape."""
     return settings_mod.load(HOST, _data(key, VALID[key][0]), known=_KNOWN)
