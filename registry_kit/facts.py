@@ -57,6 +57,8 @@ class HostState:
     hosts_lines: list[str] = field(default_factory=list)
     commands: set[str] = field(default_factory=set)  # asked-for commands that are installed
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # (active, enabled)
+    # Names in each asked-for folder that exists (teardown: what else a folder holds).
+    entries: dict[str, set[str]] = field(default_factory=dict)
 
 
 # The engine's version. A running engine is asked (the Server header of its /_ping through
@@ -96,7 +98,8 @@ def parse_engine_version(lines: Iterable[str]) -> str | None:
 def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                   container: str | None = None, image: str | None = None,
                   htpasswd: str | None = None, login_marker: str | None = None,
-                  commands: Iterable[str] = (), services: Iterable[str] = ()) -> str:
+                  commands: Iterable[str] = (), services: Iterable[str] = (),
+                  listings: Iterable[str] = ()) -> str:
     def section_command(name: str) -> str:
         return f"echo {q(_SECTION + name)}"
 
@@ -158,6 +161,14 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
         parts.append(f"for s in {service_list}; do echo \"$s"
                      " $(systemctl is-active \"$s\" 2>/dev/null)"
                      " $(systemctl is-enabled \"$s\" 2>/dev/null)\"; done; true")
+    parts.append(section_command("entries"))
+    listing_list = " ".join(q(path) for path in listings)
+    if listing_list:
+        # Full paths, dot files included (a glob that matches nothing stays literal: -e/-L
+        # drop it); no ls, whose output format differs between implementations.
+        parts.append(f"for d in {listing_list}; do [ -d \"$d\" ] && for e in \"$d\"/* "
+                     "\"$d\"/.[!.]* \"$d\"/..?*; do { [ -e \"$e\" ] || [ -L \"$e\" ]; } && "
+                     "echo \"$e\"; done; done; true")
     return "; ".join(parts)
 
 
@@ -218,6 +229,10 @@ def parse_probe(lines: Iterable[str]) -> HostState:
         name, *words = line.split()
         if name:
             state.services[name] = (words[:1] == ["active"], "enabled" in words[1:2])
+    for line in sections.get("entries", []):
+        folder, _, name = line.rpartition("/")
+        if folder and name:
+            state.entries.setdefault(folder, set()).add(name)
     return state
 
 
@@ -225,10 +240,10 @@ class RegistryHostState(FactBase):
     """Snapshot of everything registry-kit manages on a host (see module docstring)."""
 
     def command(self, files=(), dirs=(), container=None, image=None, htpasswd=None,
-                login_marker=None, commands=(), services=()):
+                login_marker=None, commands=(), services=(), listings=()):
         return probe_command(files=files, dirs=dirs, container=container, image=image,
                              htpasswd=htpasswd, login_marker=login_marker, commands=commands,
-                             services=services)
+                             services=services, listings=listings)
 
     def process(self, output):
         return parse_probe(output)

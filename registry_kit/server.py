@@ -19,7 +19,7 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
-from registry_kit import htpasswd, remote, textfile
+from registry_kit import htpasswd, ownership, remote, textfile
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
@@ -79,12 +79,22 @@ def script_content(name: str) -> bytes:
 SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh")
 
 
+def owned_folders(settings: Settings) -> list[tuple[str, str]]:
+    """(folder, what it is) for each server folder the kit may create, parents first."""
+    paths = ServerPaths(settings.registry_config_dir)
+    return [(settings.registry_config_dir, "registry_config_dir"),
+            (paths.certs_dir, "registry_config_dir/certs"),
+            (paths.auth_dir, "registry_config_dir/auth"),
+            (settings.registry_data_dir, "registry_data_dir")]
+
+
 def probe_args(settings: Settings) -> dict:
     """What the server part asks of the probe (registry_kit.facts)."""
     paths = ServerPaths(settings.registry_config_dir)
     return {
         "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
-                  *(script_path(name) for name in SCRIPT_NAMES)],
+                  *(script_path(name) for name in SCRIPT_NAMES),
+                  *(ownership.marker_path(folder) for folder, _ in owned_folders(settings))],
         "dirs": [settings.registry_config_dir, paths.certs_dir, paths.auth_dir,
                  settings.registry_data_dir, SCRIPTS_DIR],
         "container": settings.registry_container_name,
@@ -242,10 +252,11 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                   http_secret: str, cache: CacheTarget | None = None,
                   rotation: Rotation | None = None) -> None:
     paths = ServerPaths(settings.registry_config_dir)
-    for path, mode in ((settings.registry_config_dir, "0700"), (paths.certs_dir, "0700"),
-                       (paths.auth_dir, "0700"), (settings.registry_data_dir, "0700"),
-                       (SCRIPTS_DIR, "0755")):
-        remote.managed_dir(path, mode, state.dirs.get(path), name=f"Create {path}")
+    # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
+    for path, setting in owned_folders(settings):
+        ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
+    remote.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
+                       name=f"Create {SCRIPTS_DIR}")
     for script in SCRIPT_NAMES:
         remote.managed_file(script_path(script), script_content(script), "0755",
                             state.files.get(script_path(script)),
