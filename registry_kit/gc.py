@@ -18,7 +18,7 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
 from registry_kit import pyinfra_patches, remote, server
 from registry_kit.commands import join, q
@@ -113,7 +113,7 @@ def install_timer(settings: Settings, state: HostState):
            f"{{ echo {q(refusal)} >&2; exit 1; }}")
     for path, content in units.items():
         yield f"install -m 0644 /dev/null {path}.registry-kit-new"
-        yield FileUploadCommand(BytesIO(content), f"{path}.registry-kit-new")
+        yield remote.upload(BytesIO(content), f"{path}.registry-kit-new")
         yield f"mv -f {path}.registry-kit-new {path}"
     yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
           f"systemctl restart {TIMER_NAME}"
