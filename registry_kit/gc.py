@@ -23,7 +23,7 @@ from pyinfra.api import FunctionCommand, operation
 from registry_kit import pyinfra_patches, remote, server
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import roles, run_and_report, validated_settings
+from registry_kit.lifecycle import ReportedCommand, roles, validated_settings
 from registry_kit.settings import Settings
 
 SCRIPT = "registry-gc.sh"
@@ -63,9 +63,7 @@ def collect_garbage(settings: Settings, state: HostState):
                                       f"{settings.registry_container_name}: run deploy.py "
                                       "first",), {})
         return
-    yield FunctionCommand(run_and_report,
-                          (join(gc_command(settings, dry_run=settings.registry_gc_dry_run)),),
-                          {})
+    yield ReportedCommand(join(gc_command(settings, dry_run=settings.registry_gc_dry_run)))
 
 
 # --- the timer (registry_gc_schedule) ---
