@@ -12,7 +12,7 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import operation
 
 from registry_kit import htpasswd, remote, textfile, trust
 from registry_kit.commands import q
@@ -98,14 +98,14 @@ def docker_login(settings: Settings, state: HostState):
     marker = login_marker_path(settings)
     yield (f"install -d -m 0700 {RUNTIME_DIR} {CLIENT_STATE_DIR} && "
            f"install -m 0600 /dev/null {q(secret_file)}")
-    yield FileUploadCommand(BytesIO(password.encode()), secret_file)
+    yield remote.upload(BytesIO(password.encode()), secret_file)
     yield (f"docker login --username {q(user.name)} --password-stdin "
            f"{q(settings.registry_address)} < {q(secret_file)} >/dev/null; "
            f"status=$?; rm -f {q(secret_file)}; exit $status")
     staging = f"{marker}.registry-kit-new"
     yield f"install -m 0600 /dev/null {q(staging)}"
     marker_line = f"{user.name}:{htpasswd.hash_password(password)}\n"
-    yield FileUploadCommand(BytesIO(marker_line.encode()), staging)
+    yield remote.upload(BytesIO(marker_line.encode()), staging)
     yield f"mv -f {q(staging)} {q(marker)}"
 
 

@@ -18,12 +18,12 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
 from registry_kit import pyinfra_patches, remote, server, textfile
-from registry_kit.commands import q
+from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import roles, run_and_report, validated_settings
+from registry_kit.lifecycle import ReportedCommand, roles, validated_settings
 from registry_kit.settings import Settings
 
 SCRIPT = "registry-gc.sh"
@@ -63,9 +63,7 @@ def collect_garbage(settings: Settings, state: HostState):
                                       f"{settings.registry_container_name}: run deploy.py "
                                       "first",), {})
         return
-    yield FunctionCommand(run_and_report,
-                          (gc_arguments(settings, dry_run=settings.registry_gc_dry_run),),
-                          {})
+    yield ReportedCommand(join(gc_arguments(settings, dry_run=settings.registry_gc_dry_run)))
 
 
 # --- the timer (registry_gc_schedule) ---
@@ -120,7 +118,7 @@ def install_timer(settings: Settings, state: HostState):
     for path, content in units.items():
         staging = f"{path}.registry-kit-new"
         yield f"install -m 0644 /dev/null {q(staging)}"
-        yield FileUploadCommand(BytesIO(content), staging)
+        yield remote.upload(BytesIO(content), staging)
         yield f"mv -f {q(staging)} {q(path)}"
     yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
           f"systemctl restart {TIMER_NAME}"

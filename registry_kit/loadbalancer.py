@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jinja2
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import operation
 
 from registry_kit import packages, remote, server, textfile
 from registry_kit.facts import HostState
@@ -89,7 +89,7 @@ def haproxy_config(content: bytes, state: HostState):
         return
     staging = f"{CONFIG}.registry-kit-new"
     yield f"install -m 0644 -o root -g root /dev/null {staging}"
-    yield FileUploadCommand(BytesIO(content), staging)
+    yield remote.upload(BytesIO(content), staging)
     yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
            f"haproxy rejected the new configuration; {CONFIG} was not changed' >&2; exit 1; }}")
     yield f"mv -f {staging} {CONFIG}"

@@ -22,6 +22,7 @@ from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
+from registry_kit import remote
 from registry_kit.commands import join
 from registry_kit.settings import Settings, SettingsError, host_port, is_ip
 
@@ -200,13 +201,15 @@ class OutOfRotation(StringCommand):
         self.rotation = rotation
         self.server = server
 
-    def _balancers(self, state: Any, host: Any, action: str, timeout: int) -> bool:
+    def _balancers(self, state: Any, host: Any, action: str, timeout: int,
+                   auth: dict[str, Any]) -> bool:
         ok = True
         for name in self.rotation.lb_hosts:
             command = StringCommand(join([LB_SCRIPT, action, self.rotation.backend,
                                           self.server, timeout]))
             try:
-                status, output = state.inventory.get_host(name).run_shell_command(command)
+                status, output = state.inventory.get_host(name).run_shell_command(command,
+                                                                                  **auth)
             except Exception as error:  # an unreachable LB: do not touch the replica
                 logger.error(f"{host.print_prefix}{name}: cannot {action} {self.server}: "
                              f"{error}")
@@ -219,13 +222,15 @@ class OutOfRotation(StringCommand):
         return ok
 
     def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
-        if not self._balancers(state, host, "drain", self.rotation.drain_timeout):
+        # The LB hosts' commands run with this step's --sudo & co. (a run's are the same).
+        auth = remote.auth_arguments({**connector_arguments, **self.connector_arguments})
+        if not self._balancers(state, host, "drain", self.rotation.drain_timeout, auth):
             # Never stop a replica that may still get traffic.
-            self._balancers(state, host, "ready", self.rotation.up_timeout)
+            self._balancers(state, host, "ready", self.rotation.up_timeout, auth)
             return False, CommandOutput([])
         status, output = False, CommandOutput([])
         try:
             status, output = self.inner.execute(state, host, connector_arguments)
         finally:
-            back = self._balancers(state, host, "ready", self.rotation.up_timeout)
+            back = self._balancers(state, host, "ready", self.rotation.up_timeout, auth)
         return bool(status) and back, output

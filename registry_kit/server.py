@@ -16,7 +16,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
 from registry_kit import htpasswd, ownership, remote, textfile
@@ -155,7 +155,7 @@ def ensure_image(settings: Settings, state: HostState):
         return
     if settings.registry_image_archive is not None:
         staging = "/var/tmp/registry-kit-image.tar"
-        yield FileUploadCommand(str(settings.registry_image_archive), staging)
+        yield remote.upload(str(settings.registry_image_archive), staging)
         yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
         missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
                    f"{settings.registry_image}")
@@ -237,7 +237,7 @@ def verify_registry(settings: Settings):
         return
     curlrc = f"{RUNTIME_DIR}/verify.curlrc"
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield FileUploadCommand(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
 
 

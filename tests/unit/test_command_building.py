@@ -21,7 +21,7 @@ QUOTING = {"q", "join", "quote"}
 # Commands or Python callbacks pyinfra runs: their arguments are checked where they are
 # strings (StringCommand) or are not shell text at all (FunctionCommand, uploads).
 COMMAND_CLASSES = {"FileUploadCommand", "FunctionCommand", "StringCommand", "OutOfRotation",
-                   "_ReplaceCommand"}
+                   "_ReplaceCommand", "ReportedCommand", "upload"}
 
 
 def _is_constant_name(name: str) -> bool:
@@ -151,13 +151,23 @@ class Checker:
                                          f"text built from an unquoted value")
             if _is_command_function(function.name):
                 self.check_command_function(function)
-        for node in ast.walk(self.tree):
-            if isinstance(node, ast.Call) and _call_name(node) == "StringCommand":
-                for arg in node.args:
-                    if not (self.safe(arg, None) or self.quoted(arg, None)
-                            or isinstance(arg, ast.Starred)):
-                        self.problems.append(f"{self.where(node)}: StringCommand gets an "
-                                             "unquoted value")
+        # StringCommand(...) anywhere: judged in each function around it (a local built
+        # with q() in the outer function counts).
+        scopes: dict[int, list[ast.AST | None]] = {}
+        calls: dict[int, ast.Call] = {}
+        for scope in [None, *self.functions()]:
+            for node in ast.walk(scope or self.tree):
+                if isinstance(node, ast.Call) and _call_name(node) == "StringCommand":
+                    scopes.setdefault(id(node), []).append(scope)
+                    calls[id(node)] = node
+        for key, node in calls.items():
+            for arg in node.args:
+                if isinstance(arg, ast.Starred):
+                    continue
+                if not any(self.safe(arg, scope) or self.quoted(arg, scope)
+                           for scope in scopes[key]):
+                    self.problems.append(f"{self.where(node)}: StringCommand gets an "
+                                         "unquoted value")
         return self.problems
 
     def check_command_function(self, function: ast.FunctionDef) -> None:

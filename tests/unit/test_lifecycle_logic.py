@@ -194,8 +194,7 @@ def test_function_commands_receive_state_and_host() -> None:
     so; any other names would shift the arguments at run time."""
     import inspect
 
-    from registry_kit import lifecycle, server
+    from registry_kit import server
 
-    for function in (teardown._announce, gc._fail, lifecycle.run_and_report,
-                     server._stop_rollout):
+    for function in (teardown._announce, gc._fail, server._stop_rollout):
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function
