@@ -367,11 +367,12 @@ def build_trixie_registry_image(trixie_host: Image) -> Image:
         return image
     say(f"building {image.tag} (docker-registry from trixie)")
     workdir = Path(tempfile.mkdtemp(prefix="registry-kit-lab-trixie-reg-", dir=BUILD_ROOT))
-    name = f"registry-kit-lab-build-{image.key[:12]}"
+    # Per process: labs in other namespaces may build the same image at the same time.
+    # `--rm` is done by the engine, so even a killed build's container goes once it ends.
+    name = f"registry-kit-lab-build-{image.key[:12]}-{os.getpid()}"
     try:
         rootfs = workdir / "rootfs"
         rootfs.mkdir(mode=0o755)  # becomes the image's /: not mkdtemp's 0700
-        docker("rm", "-f", name, check=False)  # a leftover of a killed build
         proc = docker("run", "--rm", "--name", name, "-v", f"{rootfs}:/out",
                       trixie_host.tag, "sh", "-c", TRIXIE_REGISTRY_SCRIPT, timeout=600)
         version = parse_registry_version(proc.stdout)
