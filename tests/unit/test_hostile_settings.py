@@ -143,11 +143,22 @@ def _words(command: str) -> list[str]:
     return shlex.split(command)
 
 
-def _tokens(command: str) -> list[str]:
-    """The shell's words of a compound command: ; && | ( ) are tokens of their own."""
+@functools.lru_cache(maxsize=4096)
+def _tokens(command: str) -> tuple[str, ...]:
+    """The shell's words of a compound command: ; && | ( ) are tokens of their own.
+    Remembered: most values leave the long probe command as it was."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
-    return list(lexer)
+    return tuple(lexer)
+
+
+# libyaml's parser where PyYAML has it (the same YAML 1.1 reading, much faster); the
+# kit's own output is what is parsed, whichever parser reads it.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_LOADER)  # a safe loader (CSafeLoader or SafeLoader)
 
 
 def _check_commands(s: Settings) -> None:
@@ -208,9 +219,8 @@ def _check_files(s: Settings, key: str, value: str) -> None:
     target = scaleout.CacheTarget(addr=settings_mod.host_port(s.registry_internal_address,
                                                               s.registry_cache_port),
                                   password=cache_password, db=s.registry_cache_db)
-    config = yaml.safe_load(render_config(s, http_secret, cache=target, drain_timeout=5))
-    plain = yaml.safe_load(render_config(plain_settings, "secret", cache=target,
-                                         drain_timeout=5))
+    config = _yaml(render_config(s, http_secret, cache=target, drain_timeout=5))
+    plain = _yaml(render_config(plain_settings, "secret", cache=target, drain_timeout=5))
     assert set(config) == set(plain)
     assert set(config["http"]) == set(plain["http"])
     assert config["http"]["secret"] == http_secret
