@@ -70,7 +70,8 @@ _HOSTNAME_RE = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 # systemd OnCalendar: letters, digits, and * - : , . / ~ space; systemd-analyze checks the rest.
-_CALENDAR_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9*:,./~ -]{0,99}")
+# Words separated by single spaces (the timer unit's line is written as it is).
+_CALENDAR_RE = re.compile(r"(?=.{1,100}\Z)[A-Za-z0-9*][A-Za-z0-9*:,./~-]*( [A-Za-z0-9*:,./~-]+)*")
 _CACHE_PASSWORD_RE = re.compile(r"[!#-&(-\[\]-~]{16,256}")  # printable, no space ' " \\
 _USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _BCRYPT_RE = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from registry_kit import cache, daemon_json, facts, gc, loadbalancer, scaleout, server, status
@@ -299,6 +299,8 @@ def test_every_value_is_refused_or_harmless(key: str) -> None:
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(value=value_strategy(key))
+    @example(value=VALID[key][0].replace(" ", "  ", 1) + " ")  # repeated, trailing spaces
+    @example(value=VALID[key][0] + "\n")
     def run(value: str) -> None:
         refused = check_value(key, value)
         counts[0] += 1
