@@ -12,6 +12,7 @@ registry_port = 5000  # published TCP port; 443 lets clients use the bare domain
 registry_image = "registry:2"  # registry image reference; pin a tag or a digest
 registry_image_archive = None  # control-machine `docker save` tar, loaded on air-gapped servers
 registry_container_name = "registry"  # name of the registry container on servers
+registry_bind_address = None  # publish the port on this server address only; None: every address
 registry_config_dir = "/etc/registry-kit"  # servers: config.yml, certs/, auth/ (root only)
 registry_data_dir = "/var/lib/registry-kit/data"  # servers: image data (filesystem storage)
 registry_storage = {"driver": "filesystem"}  # filesystem | s3 | azure | gcs | inmemory, see README
@@ -33,6 +34,7 @@ registry_tls_none_acknowledged = False  # must be True to send passwords over pl
 # --- Users (htpasswd, bcrypt) ---
 registry_users = []  # [{"name": "ci", "password_env": VAR}] or password_file / password_hash
 registry_allow_plain_passwords = False  # allow {"password": "..."} in group data (not advised)
+registry_anonymous_acknowledged = False  # must be True to run a registry without users (open)
 
 # --- Scale-out: several registry_servers, registry_lb (haproxy), registry_cache (redis) ---
 registry_internal_address = None  # address other kit hosts reach this host at; None: ssh_hostname
@@ -52,7 +54,7 @@ registry_client_system_trust = False  # also add the CA to the OS trust store (r
 registry_client_hosts_entries = {}  # {"registry.example.internal": "10.0.0.5"} for /etc/hosts
 
 # --- Lifecycle (teardown.py, gc.py) ---
-registry_purge_data = False  # teardown.py: also delete registry_data_dir (announced first)
+registry_purge_data = False  # teardown.py: also delete registry_data_dir if the kit created it
 registry_gc_dry_run = False  # gc.py: only report what garbage collection would delete
 registry_gc_delete_untagged = False  # gc.py: also delete manifests no tag points to (see README)
 registry_gc_schedule = None  # systemd OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC on servers

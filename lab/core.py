@@ -149,6 +149,15 @@ def restart_host(host: str, *, name: str | None = None) -> State:
 
 
 @_serialised
+def add_sudo_user(host: str, user: str, *, name: str | None = None) -> None:
+    """Let the lab key log in to `host` as `user`, who has passwordless sudo (not root)."""
+    cfg = get_config(name)
+    ensure_engine()
+    _spec(cfg, host)  # the host must exist
+    hosts.add_sudo_user(cfg, host, user, ensure_key(cfg))
+
+
+@_serialised
 def remove_host(host: str, *, name: str | None = None) -> State:
     """Remove one host (container and docker volume) from the lab."""
     cfg = get_config(name)

@@ -200,6 +200,23 @@ def authorize_key(cfg: LabConfig, name: str, key: Path) -> None:
            key.with_suffix(".pub").read_text().strip())
 
 
+def add_sudo_user(cfg: LabConfig, name: str, user: str, key: Path) -> None:
+    """Give host `name` a login `user` (own home, umask 022 as on a stock install) that the
+    lab key reaches and that may run anything through sudo without a password: how many
+    sites reach their servers (pyinfra's --sudo). Idempotent."""
+    script = ('set -e; u="$1"; id -u "$u" >/dev/null 2>&1 || useradd -m -s /bin/sh "$u"; '
+              'h=$(getent passwd "$u" | cut -d: -f6); install -d -m 0700 -o "$u" -g "$u" '
+              '"$h/.ssh"; f="$h/.ssh/authorized_keys"; touch "$f"; grep -qxF "$2" "$f" || '
+              'echo "$2" >> "$f"; chown "$u:$u" "$f"; chmod 0600 "$f"; '
+              'printf "%s ALL=(ALL) NOPASSWD: ALL\\n" "$u" > "/etc/sudoers.d/lab-$u"; '
+              'chmod 0440 "/etc/sudoers.d/lab-$u"; visudo -c -q; '
+              # sshd concatenates AllowUsers lines: this adds to the image's `AllowUsers root`.
+              'c="/etc/ssh/sshd_config.d/lab-user-$u.conf"; if [ ! -e "$c" ]; then '
+              'echo "AllowUsers $u" > "$c"; sshd -t; systemctl reload ssh; fi')
+    docker("exec", cfg.container(name), "sh", "-c", script, "sh", user,
+           key.with_suffix(".pub").read_text().strip())
+
+
 def wait_systemd(cfg: LabConfig, name: str, timeout: float = SYSTEMD_TIMEOUT) -> str:
     """Wait until systemd in the host reports running or degraded; return that state."""
     deadline = time.monotonic() + timeout

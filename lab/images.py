@@ -3,8 +3,13 @@
 - Host images: Debian (bookworm, trixie) with systemd and sshd, built by debootstrap from the
   machine's own apt mirror, imported with `docker import`. No Docker inside: the kit installs
   it, like on a real server.
-- `registry` (Debian's docker-registry, distribution 2.8.2), `busybox` (busybox-static) and
-  `broken` (starts and exits non-zero whatever it is asked): pushed into the upstream registry.
+- Registry images, laid out like the official ones and pushed into the upstream registry:
+  `registry` (the machine's Debian bookworm docker-registry, distribution 2.8.2),
+  `registry_trixie` (Debian trixie's docker-registry, 2.8.3, with trixie's libc and loader,
+  taken from a throwaway container of the trixie host image) and `registry3` (the genuine
+  3.0.0 binary from ../shared/registry3/, checked against its sha256; left out, with the
+  reason, when that file is missing: see `registry3_available()`).
+- `busybox` (busybox-static) and `broken` (starts and exits non-zero whatever it is asked).
 
 Each image's tag ends with the first 12 hex digits of a hash over everything that goes into
 it, so a changed recipe, package list or mirror builds a new image and an unchanged one is
@@ -15,19 +20,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
+import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.config import LABEL, LabError, say
+from lab.config import LABEL, PROJECT_ROOT, LabError, say
 from lab.engine import docker, docker_inspect, run
 
 # Bump when the way an image is made changes, so cached images are rebuilt.
 HOST_RECIPE = "3"
 SMALL_RECIPE = "1"
+TRIXIE_REGISTRY_RECIPE = "1"
+REGISTRY3_RECIPE = "1"
 
 RELEASES = ("bookworm", "trixie")
 HOST_PACKAGES = (
@@ -80,10 +90,11 @@ health:
 
 @dataclass(frozen=True)
 class Image:
-    """A lab image: its tag and content key."""
+    """A lab image: its tag, content key and, for registry images, the registry's version."""
 
     tag: str
     key: str
+    version: str = ""
 
 
 # --- apt mirror --------------------------------------------------------------------------
@@ -235,6 +246,9 @@ BUSYBOX_BINARY = Path("/bin/busybox")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
+# Default config paths of the official images: 2.x and 3.x differ.
+CONFIG_PATH_2 = "/etc/docker/registry/config.yml"
+CONFIG_PATH_3 = "/etc/distribution/config.yml"
 
 
 def _shared_libs(binary: Path) -> list[Path]:
@@ -264,6 +278,221 @@ def _base_rootfs(rootfs: Path) -> None:
     (rootfs / "etc/group").write_text(GROUP)
 
 
+def _import_registry(rootfs: Path, img: Image, config_path: str,
+                     env: tuple[str, ...] = ()) -> None:
+    """Finish a registry rootfs that holds /bin/registry (and its libs, CA bundle) and import
+    it the way the official image is laid out."""
+    _base_rootfs(rootfs)
+    conf = rootfs / config_path.lstrip("/")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(REGISTRY_CONFIG)
+    (rootfs / "var/lib/registry").mkdir(parents=True, exist_ok=True)
+    _import_dir(rootfs, img.tag, [
+        'ENTRYPOINT ["/bin/registry"]',
+        f'CMD ["serve",{json.dumps(config_path)}]',
+        "EXPOSE 5000",
+        'VOLUME ["/var/lib/registry"]',
+        *(f"ENV {item}" for item in env),
+        *_labels("registry", img.key, **{f"{LABEL}.version": img.version}),
+    ])
+
+
+def parse_registry_version(output: str) -> str:
+    """`registry --version` output -> "2.8.3" (Debian's "+ds1" suffix dropped); "" if none.
+
+    "github.com/docker/distribution 2.8.3+ds1" and
+    "registry github.com/distribution/distribution/v3 3.0.0" both end with the version.
+    """
+    words = output.split()
+    return words[-1].split("+")[0].removeprefix("v") if words else ""
+
+
+def _image_version(tag: str) -> str:
+    """Registry version a built lab image was labelled with ("" when absent)."""
+    found = docker_inspect("image", [tag])
+    labels = (found[0].get("Config") or {}).get("Labels") or {} if found else {}
+    return str(labels.get(f"{LABEL}.version", ""))
+
+
+def _check_image_version(img: Image) -> None:
+    # The image itself, run as a container, must say what it is: proves binary, libc and
+    # loader fit together.
+    out = docker("run", "--rm", "--network", "none", img.tag, "--version", check=False)
+    found = parse_registry_version(out.stdout)
+    if out.returncode != 0 or found != img.version:
+        docker("image", "rm", "-f", img.tag, check=False)
+        detail = (out.stdout + out.stderr).strip()[-200:]
+        raise LabError(f"{img.tag}: `--version` gave {detail!r}, expected {img.version}")
+
+
+# --- registry 2.8.3: Debian trixie's package with trixie's libc ----------------------------
+
+# Runs in a throwaway container of the trixie host image (its apt source is the machine's
+# own mirror, written by debootstrap): puts the binary, the libs ldd names (resolved, at the
+# paths the loader looks for them) and trixie's CA bundle under /out, prints the version.
+TRIXIE_REGISTRY_SCRIPT = r"""set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+cd /tmp
+apt-get download -qq docker-registry
+dpkg-deb -x docker-registry_*.deb pkg
+bin=/tmp/pkg/usr/bin/docker-registry
+install -D -m 0755 "$bin" /out/bin/registry
+for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+  install -D -m 0755 "$(readlink -f "$lib")" "/out$lib"
+done
+install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt
+"$bin" --version
+"""
+TRIXIE_REGISTRY_REPO = "registry-kit-lab/registry"
+
+
+def trixie_registry_image(trixie_host: Image | None = None) -> Image:
+    """Tag and key of the 2.8.3 image; its version is known once built (from its label).
+
+    Keyed on the trixie host image (release, packages, mirror): the package comes from the
+    same mirror and release.
+    """
+    host = trixie_host or host_image("trixie")
+    key = _key("registry-trixie", TRIXIE_REGISTRY_RECIPE, host.key, TRIXIE_REGISTRY_SCRIPT,
+               REGISTRY_CONFIG, PASSWD, GROUP, CONFIG_PATH_2)
+    tag = f"{TRIXIE_REGISTRY_REPO}:trixie-{key[:12]}"
+    return Image(tag, key, _image_version(tag))
+
+
+def build_trixie_registry_image(trixie_host: Image) -> Image:
+    """Build (once) the 2.8.3 image from Debian trixie's docker-registry package."""
+    image = trixie_registry_image(trixie_host)
+    if image.version:
+        return image
+    say(f"building {image.tag} (docker-registry from trixie)")
+    workdir = Path(tempfile.mkdtemp(prefix="registry-kit-lab-trixie-reg-", dir=BUILD_ROOT))
+    # Per process: labs in other namespaces may build the same image at the same time.
+    # `--rm` is done by the engine, so even a killed build's container goes once it ends.
+    name = f"registry-kit-lab-build-{image.key[:12]}-{os.getpid()}"
+    try:
+        rootfs = workdir / "rootfs"
+        rootfs.mkdir(mode=0o755)  # becomes the image's /: not mkdtemp's 0700
+        proc = docker("run", "--rm", "--name", name, "-v", f"{rootfs}:/out",
+                      trixie_host.tag, "sh", "-c", TRIXIE_REGISTRY_SCRIPT, timeout=600)
+        version = parse_registry_version(proc.stdout)
+        if not version:
+            raise LabError(f"{image.tag}: no version from trixie's docker-registry")
+        image = Image(image.tag, image.key, version)
+        _import_registry(rootfs, image, CONFIG_PATH_2)
+        _check_image_version(image)
+    finally:
+        docker("rm", "-f", name, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    say(f"built {image.tag} (registry {image.version})")
+    return image
+
+
+# --- registry 3.0.0: the genuine binary from ../shared/registry3/ --------------------------
+
+REGISTRY3_XZ_ENV = "REGISTRY_KIT_REGISTRY3_XZ"
+REGISTRY3_XZ_NAME = "registry-3.0.0.xz"
+REGISTRY3_XZ_SHA256 = "d60ae752476be84946f190797a5ea8a5c9e366c90488df7b6bc7edbe641239d5"
+REGISTRY3_SHA256 = "f91be40fba1589581fe4a94ce50394d21aa119417e868276daa3c8a0338f3637"
+REGISTRY3_VERSION = "3.0.0"
+# As in the official 3.0.0 image: without it 3.0.0 tries to send traces to localhost:4318
+# and logs an error every 5 s.
+REGISTRY3_ENV = ("OTEL_TRACES_EXPORTER=none",)
+
+
+def registry3_xz_path(env: Mapping[str, str] | None = None,
+                      project_root: Path = PROJECT_ROOT) -> Path:
+    """Where the registry 3.0.0 binary (xz) is: $REGISTRY_KIT_REGISTRY3_XZ, else
+    <project>/../shared/registry3/registry-3.0.0.xz (the session's and CI's layout)."""
+    env = os.environ if env is None else env
+    override = env.get(REGISTRY3_XZ_ENV, "").strip()
+    if override:
+        return Path(override).expanduser().resolve()
+    return project_root.parent / "shared" / "registry3" / REGISTRY3_XZ_NAME
+
+
+def registry3_available(env: Mapping[str, str] | None = None,
+                        project_root: Path = PROJECT_ROOT) -> tuple[bool, str]:
+    """(True, where) when the 3.0.0 binary is there; (False, reason naming the missing file).
+
+    Without it the upstream serves no `registry:3` / `registry:3.0.0`, and 3.x tests skip
+    with this reason.
+    """
+    path = registry3_xz_path(env, project_root)
+    if path.is_file():
+        return True, f"registry {REGISTRY3_VERSION} from {path}"
+    return False, (f"registry {REGISTRY3_VERSION} binary not found: {path} is missing "
+                   f"(set {REGISTRY3_XZ_ENV} to its path): the lab's upstream has no "
+                   "registry:3 / registry:3.0.0")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(what: str, path: Path, found: str, expected: str) -> None:
+    if found != expected:
+        raise LabError(f"{what} {path}: sha256 {found}, expected {expected}: "
+                       "refusing to use it (replace the file with the genuine one)")
+
+
+def unpack_registry3(xz: Path, dest: Path) -> None:
+    """Check the xz file's sha256, unpack it to `dest` (0755), check the binary's sha256.
+
+    A mismatch at either step raises LabError and leaves no `dest` behind.
+    """
+    check_sha256("registry 3 archive", xz, sha256_of(xz), REGISTRY3_XZ_SHA256)
+    digest = hashlib.sha256()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with lzma.open(xz, "rb") as src, dest.open("wb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+    except lzma.LZMAError as exc:
+        dest.unlink(missing_ok=True)
+        raise LabError(f"registry 3 archive {xz}: not a valid xz file ({exc})") from None
+    try:
+        check_sha256("registry 3 binary unpacked from", xz, digest.hexdigest(), REGISTRY3_SHA256)
+    except LabError:
+        dest.unlink(missing_ok=True)
+        raise
+    dest.chmod(0o755)
+
+
+def registry3_image() -> Image | None:
+    """Tag and key of the 3.0.0 image, or None when the binary is not there.
+
+    The xz file's hash is checked here (every `up`, about 30 ms) so a wrong file is refused
+    even when an image built from the right one is cached.
+    """
+    available, _ = registry3_available()
+    if not available:
+        return None
+    xz = registry3_xz_path()
+    check_sha256("registry 3 archive", xz, sha256_of(xz), REGISTRY3_XZ_SHA256)
+    key = _key("registry3", REGISTRY3_RECIPE, REGISTRY3_XZ_SHA256, REGISTRY3_SHA256,
+               REGISTRY_CONFIG, _file_hash(CA_BUNDLE), PASSWD, GROUP, CONFIG_PATH_3,
+               REGISTRY3_ENV)
+    return Image(f"registry-kit-lab/registry:{REGISTRY3_VERSION}-{key[:12]}", key,
+                 REGISTRY3_VERSION)
+
+
+def _build_registry3(img: Image, workdir: Path) -> None:
+    rootfs = workdir / "registry3"
+    unpack_registry3(registry3_xz_path(), rootfs / "bin/registry")
+    _copy_in(rootfs, CA_BUNDLE)  # statically linked: no libc needed
+    _import_registry(rootfs, img, CONFIG_PATH_3, REGISTRY3_ENV)
+    _check_image_version(img)
+
+
+# --- busybox and the broken image -----------------------------------------------------------
+
+
 def _busybox_rootfs(rootfs: Path) -> None:
     _base_rootfs(rootfs)
     _copy_in(rootfs, BUSYBOX_BINARY, "/bin/busybox")
@@ -277,24 +506,29 @@ def _busybox_rootfs(rootfs: Path) -> None:
 
 
 def small_images() -> dict[str, Image]:
-    """Tags and keys of the registry, busybox and broken images (whether built or not)."""
+    """Tags and keys of the images made from this machine's files (whether built or not):
+    registry (2.8.2), busybox, broken, and registry3 when its binary is there."""
     reg_libs = _shared_libs(REGISTRY_BINARY)
     reg_key = _key("registry", SMALL_RECIPE, _file_hash(REGISTRY_BINARY),
                    [_file_hash(p) for p in reg_libs], REGISTRY_CONFIG, _file_hash(CA_BUNDLE))
     bb_key = _key("busybox", SMALL_RECIPE, _file_hash(BUSYBOX_BINARY))
     broken_key = _key("broken", bb_key)
     version = _registry_version()
-    return {
-        "registry": Image(f"registry-kit-lab/registry:{version}-{reg_key[:12]}", reg_key),
+    images = {
+        "registry": Image(f"registry-kit-lab/registry:{version}-{reg_key[:12]}", reg_key,
+                          version),
         "busybox": Image(f"registry-kit-lab/busybox:{bb_key[:12]}", bb_key),
         "broken": Image(f"registry-kit-lab/broken:{broken_key[:12]}", broken_key),
     }
+    reg3 = registry3_image()
+    if reg3 is not None:
+        images["registry3"] = reg3
+    return images
 
 
 def _registry_version() -> str:
     # "github.com/docker/distribution 2.8.2+ds1" -> "2.8.2"
-    out = run([str(REGISTRY_BINARY), "--version"]).stdout.split()
-    return out[-1].split("+")[0] if out else "unknown"
+    return parse_registry_version(run([str(REGISTRY_BINARY), "--version"]).stdout) or "unknown"
 
 
 def build_small_images() -> dict[str, Image]:
@@ -324,6 +558,9 @@ def build_small_images() -> dict[str, Image]:
                 'VOLUME ["/var/lib/registry"]',
                 *_labels("registry", img.key),
             ])
+        if "registry3" in todo:
+            say(f"building {todo['registry3'].tag} (from {registry3_xz_path()})")
+            _build_registry3(todo["registry3"], workdir)
         for name, entry in (("busybox", None), ("broken", '["/bin/false"]')):
             if name not in todo:
                 continue
@@ -342,11 +579,20 @@ def build_small_images() -> dict[str, Image]:
 
 
 def build_images(releases: set[str]) -> tuple[dict[str, Image], dict[str, Image]]:
-    """Build what is missing: host images in parallel (one debootstrap each), small images."""
-    with ThreadPoolExecutor(max_workers=len(releases) + 1) as pool:
+    """Build what is missing: host images in parallel (one debootstrap each), small images,
+    and the 2.8.3 registry image once the trixie host image is there.
+
+    Returns (release -> host image for `releases`, name -> small image); the small images
+    include `registry_trixie` (2.8.3) and, when its binary is there, `registry3`.
+    """
+    needed = set(releases) | {"trixie"}  # the 2.8.3 image is made from trixie's own files
+    with ThreadPoolExecutor(max_workers=len(needed) + 2) as pool:
         small = pool.submit(build_small_images)
-        hosts = {r: pool.submit(build_host_image, r) for r in sorted(releases)}
-        return {r: f.result() for r, f in hosts.items()}, small.result()
+        hosts = {r: pool.submit(build_host_image, r) for r in sorted(needed)}
+        trixie_registry = pool.submit(
+            lambda: build_trixie_registry_image(hosts["trixie"].result()))
+        host_images = {r: f.result() for r, f in hosts.items() if r in releases}
+        return host_images, {**small.result(), "registry_trixie": trixie_registry.result()}
 
 
 def remove_images() -> list[str]:

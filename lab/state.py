@@ -1,7 +1,9 @@
 """The lab's state file (.lab/state.json) and pyinfra inventory helpers built on it.
 
 The file is rewritten by every `up` from the engine's labelled objects (the source of
-truth); tests and the inventory read it without talking to Docker.
+truth) and the upstream's own tag lists (``upstream.tags``; ``upstream.registry3`` says
+whether the registry 3.0.0 binary was there, and if not, why); tests and the inventory read
+it without talking to Docker.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from lab import upstream
 from lab.config import LABEL, LabConfig, LabError, get_config
 from lab.engine import docker, docker_inspect
 from lab.hosts import existing_hosts, spec_from_labels
+from lab.images import registry3_available
 
 HOSTS_ENV = "REGISTRY_KIT_LAB_HOSTS"
 GROUPS_ENV = "REGISTRY_KIT_LAB_GROUPS"
@@ -43,6 +46,8 @@ def collect(cfg: LabConfig) -> State:
             "status": info["State"]["Status"],
         }
     up = docker_inspect("container", [cfg.upstream_container])
+    up_status = up[0]["State"]["Status"] if up else "absent"
+    reg3, reg3_reason = registry3_available()
     return {
         "name": cfg.name,
         "label": cfg.label,
@@ -56,7 +61,10 @@ def collect(cfg: LabConfig) -> State:
             "ip": cfg.upstream_ip,
             "local_port": cfg.upstream_port,
             "local_url": f"http://127.0.0.1:{cfg.upstream_port}",
-            "status": up[0]["State"]["Status"] if up else "absent",
+            "status": up_status,
+            # What it serves (asked over HTTP): tests read this instead of guessing.
+            "tags": upstream.served_tags(cfg) if up_status == "running" else [],
+            "registry3": {"available": reg3, "reason": reg3_reason},
         },
         "hosts": hosts,
     }

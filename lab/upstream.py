@@ -2,8 +2,13 @@
 
 Hosts reach it as ``http://upstream.lab:5000`` (the kit lists it in daemon.json
 ``registry-mirrors``); the control machine pushes into it through 127.0.0.1:<local port>.
-It holds ``library/registry:2``, ``library/registry:2.8.2``, ``library/busybox:latest`` and
-``library/registry:broken``; a tag is pushed only when its image differs from what is there.
+It holds ``library/registry:2`` and ``:2.8.2`` (Debian bookworm's distribution), ``:2.8.3``
+(Debian trixie's), ``:3`` and ``:3.0.0`` (the genuine 3.0.0 binary, only when
+``lab.images.registry3_available()``), ``library/busybox:latest`` and
+``library/registry:broken``. A tag is pushed only when its image differs from what is there;
+a ``library/registry`` tag the lab no longer wants (e.g. ``3`` once the binary is gone) is
+deleted, so the tags served are exactly ``contents()``'s. The lab state lists them
+(``upstream.tags``).
 """
 
 from __future__ import annotations
@@ -33,28 +38,50 @@ def url() -> str:
 
 
 def contents(small: dict[str, Image]) -> dict[str, Image]:
-    """Upstream reference -> lab image that must be behind it."""
-    return {
+    """Upstream reference -> lab image that must be behind it.
+
+    Full-version tags come from the registry images' own versions (2.8.2, 2.8.3, 3.0.0);
+    `registry3` is absent from `small` when its binary is missing, and so are its tags.
+    """
+    refs = {
         "library/registry:2": small["registry"],
-        "library/registry:2.8.2": small["registry"],
-        "library/busybox:latest": small["busybox"],
-        "library/registry:broken": small["broken"],
+        f"library/registry:{small['registry'].version}": small["registry"],
     }
+    if "registry_trixie" in small:
+        refs[f"library/registry:{small['registry_trixie'].version}"] = small["registry_trixie"]
+    if "registry3" in small:
+        reg3 = small["registry3"]
+        refs[f"library/registry:{reg3.version.split('.')[0]}"] = reg3
+        refs[f"library/registry:{reg3.version}"] = reg3
+    refs["library/busybox:latest"] = small["busybox"]
+    refs["library/registry:broken"] = small["broken"]
+    return refs
+
+
+def _http(address: str, accept: str | None = None,
+          method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(address, headers={"Accept": accept} if accept else {},
+                                 method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, b"", {}
+    except (urllib.error.URLError, OSError):
+        return 0, b"", {}
 
 
 def _http_get(address: str, accept: str | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(address, headers={"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-    except (urllib.error.URLError, OSError):
-        return 0, b""
+    status, body, _ = _http(address, accept)
+    return status, body
+
+
+# Deletes are on so that tags the lab no longer wants can be removed (see _prune).
+ENV = ("REGISTRY_STORAGE_DELETE_ENABLED=true",)
 
 
 def _config_hash(cfg: LabConfig, image: Image) -> str:
-    data = [cfg.name, cfg.subnet, cfg.upstream_ip, cfg.upstream_port, image.key]
+    data = [cfg.name, cfg.subnet, cfg.upstream_ip, cfg.upstream_port, image.key, ENV]
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
@@ -69,6 +96,7 @@ def _run(cfg: LabConfig, image: Image) -> None:
         "run", "-d", "--name", cfg.upstream_container, "--hostname", "upstream",
         "--network", cfg.network, "--ip", cfg.upstream_ip, *aliases,
         "-p", f"127.0.0.1:{cfg.upstream_port}:{PORT}", "-v", f"{volume}:/var/lib/registry",
+        *(arg for env in ENV for arg in ("-e", env)),
         *cfg.label_args(role="upstream", config=_config_hash(cfg, image)), image.tag,
     )
 
@@ -128,8 +156,55 @@ def _push(cfg: LabConfig, reference: str, image: Image) -> str:
     return "pushed"
 
 
+def served_tags(cfg: LabConfig, repos: tuple[str, ...] = ("library/registry",
+                                                           "library/busybox")) -> list[str]:
+    """`repo:tag` for every tag the upstream serves in `repos` (empty when it is down)."""
+    refs: list[str] = []
+    for repo in repos:
+        status, body = _http_get(f"http://127.0.0.1:{cfg.upstream_port}/v2/{repo}/tags/list")
+        if status == 200:
+            refs += [f"{repo}:{tag}" for tag in json.loads(body).get("tags") or []]
+    return sorted(refs)
+
+
+def _manifest_digest(cfg: LabConfig, reference: str) -> str | None:
+    repo, tag = reference.rsplit(":", 1)
+    status, _, headers = _http(
+        f"http://127.0.0.1:{cfg.upstream_port}/v2/{repo}/manifests/{tag}", MANIFEST_TYPES,
+        method="HEAD",
+    )
+    return headers.get("Docker-Content-Digest") if status == 200 else None
+
+
+def _prune(cfg: LabConfig, wanted: dict[str, Image]) -> dict[str, str]:
+    """Delete the upstream's tags that `wanted` does not list (their manifests, unless a
+    wanted tag shares one); returns reference -> "deleted"."""
+    stale = [ref for ref in served_tags(cfg) if ref not in wanted]
+    if not stale:
+        return {}
+    keep = {_manifest_digest(cfg, ref) for ref in wanted}
+    # A manifest is deleted once, with every tag on it (3 and 3.0.0 share one).
+    by_digest: dict[tuple[str, str], list[str]] = {}
+    for ref in stale:
+        digest = _manifest_digest(cfg, ref)
+        if digest is not None and digest not in keep:
+            by_digest.setdefault((ref.rsplit(":", 1)[0], digest), []).append(ref)
+    done: dict[str, str] = {}
+    for (repo, digest), refs in by_digest.items():
+        say(f"upstream: deleting {', '.join(refs)} (no longer part of the lab)")
+        status, _, _ = _http(
+            f"http://127.0.0.1:{cfg.upstream_port}/v2/{repo}/manifests/{digest}",
+            method="DELETE",
+        )
+        if status != 202:
+            raise LabError(f"upstream: deleting {', '.join(refs)} answered HTTP {status}")
+        done.update(dict.fromkeys(refs, "deleted"))
+    return done
+
+
 def ensure_upstream(cfg: LabConfig, small: dict[str, Image]) -> dict[str, str]:
-    """Run the upstream registry and fill it; returns reference -> pushed/kept."""
+    """Run the upstream registry and fill it with exactly `contents(small)`; returns
+    reference -> pushed/kept/deleted."""
     _ensure_container(cfg, small["registry"])
     _wait_http(cfg)
     # One thread per image; tags of the same image go one after the other so that the
@@ -143,4 +218,5 @@ def ensure_upstream(cfg: LabConfig, small: dict[str, Image]) -> dict[str, str]:
 
     with ThreadPoolExecutor(max_workers=len(by_image)) as pool:
         futures = [pool.submit(push_all, img, refs) for img, refs in by_image.items()]
-        return {ref: res for fut in futures for ref, res in fut.result().items()}
+        results = {ref: res for fut in futures for ref, res in fut.result().items()}
+    return {**results, **_prune(cfg, contents(small))}

@@ -19,10 +19,10 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import packages, remote
+from registry_kit import packages, remote, textfile
 from registry_kit.commands import q
 from registry_kit.facts import HostState
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, host_port
 
 CONFIG = "/etc/redis/redis.conf"
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -60,17 +60,27 @@ def probe_args(settings: Settings) -> dict:
 
 
 def render(settings: Settings, password: str, redis: RedisFamily) -> str:
-    address = settings.registry_internal_address
+    """redis.conf. Every value that is not a literal here is checked to be one redis word
+    (textfile.word): no value can add a line or an argument. The password is written as
+    is, unquoted: verify_command reads it back with sed."""
+
+    def checked(value: object, field: str, secret: bool = False) -> str:
+        return textfile.word(value, file=CONFIG, field=field,
+                             forbidden=textfile.REDIS_SYNTAX, secret=secret)
+
+    address = checked(settings.registry_internal_address, "registry_internal_address")
     bind = address if address == "127.0.0.1" else f"{address} 127.0.0.1"
     return _environment.get_template("redis.conf.j2").render(
-        source="templates/redis.conf.j2", bind=bind, port=settings.registry_cache_port,
-        pidfile=redis.pidfile, logfile=redis.logfile, password=password,
-        maxmemory=settings.registry_cache_maxmemory)
+        source="templates/redis.conf.j2", bind=bind,
+        port=checked(settings.registry_cache_port, "registry_cache_port"),
+        pidfile=redis.pidfile, logfile=redis.logfile,
+        password=checked(password, "registry_cache_password", secret=True),
+        maxmemory=checked(settings.registry_cache_maxmemory, "registry_cache_maxmemory"))
 
 
 @operation()
 def restart_redis(redis: RedisFamily):
-    yield f"systemctl restart {redis.service}"
+    yield f"systemctl restart {q(redis.service)}"
 
 
 @operation()
@@ -79,26 +89,27 @@ def start_redis(redis: RedisFamily, state: HostState):
     if active and enabled:
         host.noop(f"{redis.service} is enabled and running")
         return
-    yield f"systemctl enable --now {redis.service}"
+    yield f"systemctl enable --now {q(redis.service)}"
 
 
 def verify_command(settings: Settings) -> str:
     """PONG with the password (read from redis.conf into REDISCLI_AUTH, never argv), NOAUTH
     without it, allkeys-lru: what the replicas rely on."""
     address, port = settings.registry_internal_address, settings.registry_cache_port
-    cli = f"redis-cli --no-auth-warning -h {q(address)} -p {port}"
-    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {CONFIG})\""
+    where = host_port(address, port)
+    cli = f"redis-cli --no-auth-warning -h {q(address)} -p {q(port)}"
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(CONFIG)})\""
     return (
         f"i=0; while [ $i -lt 30 ]; do a=$({auth} {cli} ping 2>&1); [ \"$a\" = PONG ] && "
         "break; i=$((i+1)); sleep 1; done; "
-        f"[ \"$a\" = PONG ] || {{ echo \"registry-kit: redis on {address}:{port} does not "
+        f"[ \"$a\" = PONG ] || {{ echo {q('registry-kit: redis on ' + where)}\" does not "
         "answer PONG with its password: $a\" >&2; exit 1; }; "
         f"case \"$({cli} ping 2>&1)\" in *NOAUTH*) ;; *) echo 'registry-kit: redis answers "
         "without the password' >&2; exit 1;; esac; "
         f"p=$({auth} {cli} config get maxmemory-policy | tail -n 1); "
         "[ \"$p\" = allkeys-lru ] || { echo \"registry-kit: redis maxmemory-policy is $p\" >&2;"
         " exit 1; }; "
-        f"echo 'registry-kit: redis answers on {address}:{port} (password, allkeys-lru)'"
+        f"echo {q('registry-kit: redis answers on ' + where + ' (password, allkeys-lru)')}"
     )
 
 

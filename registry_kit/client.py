@@ -12,12 +12,12 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import operation
 
-from registry_kit import htpasswd, remote, trust
+from registry_kit import htpasswd, remote, textfile, trust
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, host_port
 
 CERTS_D = "/etc/docker/certs.d"
 CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
@@ -49,13 +49,26 @@ def probe_args(settings: Settings) -> dict:
 
 def insecure_entries(settings: Settings) -> tuple[list[str], list[str]]:
     """(add, remove) for daemon.json insecure-registries: no scheme, Docker ignores it."""
-    address = f"{settings.registry_domain}:{settings.registry_port}"
+    address = host_port(settings.registry_domain, settings.registry_port)
     return ([address], []) if not settings.tls_enabled else ([], [address])
+
+
+def hosts_lines(wanted: dict[str, str]) -> list[str]:
+    """/etc/hosts lines "IP NAME # registry-kit": IP and NAME each one word without "#", so
+    a line cannot hold more names, lose its marker or become two lines."""
+
+    def checked(value: str, field: str) -> str:
+        return textfile.word(value, file="/etc/hosts", field=field,
+                             forbidden=textfile.HOSTS_SYNTAX)
+
+    return [f"{checked(ip, f'registry_client_hosts_entries[{name!r}]')} "
+            f"{checked(name, 'registry_client_hosts_entries key')} {HOSTS_MARKER}"
+            for name, ip in sorted(wanted.items())]
 
 
 @operation()
 def hosts_entries(wanted: dict[str, str], state: HostState):
-    lines = [f"{ip} {name} {HOSTS_MARKER}" for name, ip in sorted(wanted.items())]
+    lines = hosts_lines(wanted)
     if lines == state.hosts_lines:
         host.noop("/etc/hosts entries are in place")
         return
@@ -84,15 +97,16 @@ def docker_login(settings: Settings, state: HostState):
     secret_file = f"{RUNTIME_DIR}/login.pw"
     marker = login_marker_path(settings)
     yield (f"install -d -m 0700 {RUNTIME_DIR} {CLIENT_STATE_DIR} && "
-           f"install -m 0600 /dev/null {secret_file}")
-    yield FileUploadCommand(BytesIO(password.encode()), secret_file)
+           f"install -m 0600 /dev/null {q(secret_file)}")
+    yield remote.upload(BytesIO(password.encode()), secret_file)
     yield (f"docker login --username {q(user.name)} --password-stdin "
-           f"{q(settings.registry_address)} < {secret_file} >/dev/null; "
-           f"status=$?; rm -f {secret_file}; exit $status")
-    yield f"install -m 0600 /dev/null {marker}.registry-kit-new"
+           f"{q(settings.registry_address)} < {q(secret_file)} >/dev/null; "
+           f"status=$?; rm -f {q(secret_file)}; exit $status")
+    staging = f"{marker}.registry-kit-new"
+    yield f"install -m 0600 /dev/null {q(staging)}"
     marker_line = f"{user.name}:{htpasswd.hash_password(password)}\n"
-    yield FileUploadCommand(BytesIO(marker_line.encode()), f"{marker}.registry-kit-new")
-    yield f"mv -f {marker}.registry-kit-new {marker}"
+    yield remote.upload(BytesIO(marker_line.encode()), staging)
+    yield f"mv -f {q(staging)} {q(marker)}"
 
 
 @operation()

@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from registry_kit.settings import host_port
 from registry_kit.versions import parse_version
 
 DEBIAN_FAMILY = ("debian", "ubuntu")
@@ -56,8 +57,9 @@ class OSInfo:
 APT_GET = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
 
 
-def _apt(*args: str) -> str:
-    return f"{APT_GET} " + " ".join(args)
+def _apt_command(*args: str) -> str:
+    """apt-get ARGS, each quoted."""
+    return f"{APT_GET} " + join(args)
 
 
 def docker_install_commands(os_info: OSInfo, method: str, repo_url: str | None) -> list[str]:
@@ -67,7 +69,7 @@ def docker_install_commands(os_info: OSInfo, method: str, repo_url: str | None) 
         raise UnsupportedOS(f"operating system {os_info.id!r} is not supported "
                             "(Debian/Ubuntu or RHEL family: Rocky, Alma, CentOS Stream, Fedora)")
     if family == "debian" and method == "distro":
-        return [_apt("update", "-q"), _apt("install", "-y", "-q", "docker.io")]
+        return [_apt_command("update", "-q"), _apt_command("install", "-y", "-q", "docker.io")]
     if method == "distro":
         raise UnsupportedOS(f"{os_info.id} has no distro Docker engine: "
                             "use docker_install_method='docker-ce'")
@@ -78,28 +80,31 @@ def docker_install_commands(os_info: OSInfo, method: str, repo_url: str | None) 
             else "debian"
         if not os_info.codename:
             raise UnsupportedOS(f"{os_info.id}: no VERSION_CODENAME in /etc/os-release")
-        source = (f"deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc]"
-                  f" {base}/{distro} {os_info.codename} stable")
+        # echo joins its words with spaces: the options part (which must expand) is one
+        # word, the URL and the codename (from the host's os-release) are quoted words.
+        source = (f"echo \"deb [arch=$(dpkg --print-architecture) "
+                  f"signed-by=/etc/apt/keyrings/docker.asc]\" {q(base + '/' + distro)} "
+                  f"{q(os_info.codename)} stable")
         return [
             # One at a time and only if installed: apt refuses a list with unknown names.
-            f"for pkg in {' '.join(DEBIAN_CONFLICTS)}; do dpkg -s \"$pkg\" >/dev/null 2>&1"
-            " && " + _apt("remove", "-y", "-q", '\"$pkg\"') + "; done; true",
-            _apt("update", "-q"),
-            _apt("install", "-y", "-q", "ca-certificates", "curl"),
+            f"for pkg in {join(DEBIAN_CONFLICTS)}; do dpkg -s \"$pkg\" >/dev/null 2>&1"
+            f" && {APT_GET} remove -y -q \"$pkg\"; done; true",
+            _apt_command("update", "-q"),
+            _apt_command("install", "-y", "-q", "ca-certificates", "curl"),
             "install -m 0755 -d /etc/apt/keyrings",
             f"curl -fsSL {q(base + '/' + distro + '/gpg')} -o /etc/apt/keyrings/docker.asc",
             "chmod a+r /etc/apt/keyrings/docker.asc",
-            f'echo "{source}" > /etc/apt/sources.list.d/docker.list',
-            _apt("update", "-q"),
-            _apt("install", "-y", "-q", *DOCKER_CE_PACKAGES),
+            f"{source} > /etc/apt/sources.list.d/docker.list",
+            _apt_command("update", "-q"),
+            _apt_command("install", "-y", "-q", *DOCKER_CE_PACKAGES),
         ]
     distro = "fedora" if os_info.id == "fedora" else (
         "rhel" if os_info.id == "rhel" else "centos")
     return [
-        "dnf -y remove " + " ".join(RHEL_CONFLICTS),
+        "dnf -y remove " + join(RHEL_CONFLICTS),
         f"curl -fsSL {q(base + '/' + distro + '/docker-ce.repo')}"
         " -o /etc/yum.repos.d/docker-ce.repo",
-        "dnf -y install " + " ".join(DOCKER_CE_PACKAGES),
+        "dnf -y install " + join(DOCKER_CE_PACKAGES),
     ]
 
 
@@ -115,12 +120,15 @@ class ContainerSpec:
     data_dir: str | None  # None: no data mount (non-filesystem storage)
     debug_port: int | None = None
     spec_hash: str = ""
+    bind_address: str | None = None  # publish on this address only (None: every address)
 
     def run_args(self, engine_version: str | None = None) -> list[str]:
         """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
         single files: a file replaced by rename keeps its old inode inside the container."""
         use_mount = engine_version is None or parse_version(engine_version) >= MOUNT_FLAG_SINCE
-        args = ["-d", "--name", self.name, "--restart=always", "-p", f"{self.port}:5000"]
+        published = f"{self.port}:5000" if self.bind_address is None else \
+            f"{host_port(self.bind_address, self.port)}:5000"
+        args = ["-d", "--name", self.name, "--restart=always", "-p", published]
         if self.debug_port:
             args += ["-p", f"127.0.0.1:{self.debug_port}:5001"]
         mounts = [(self.config_dir, "/etc/registry-kit", True)]

@@ -10,9 +10,9 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import daemon_json
+from registry_kit import daemon_json, remote
 from registry_kit.commands import (
     APT_GET,
     ENABLE_DOCKER,
@@ -119,7 +119,7 @@ def _write_daemon_json(data: dict):
         return
     staging = f"{DAEMON_JSON}.registry-kit-new"
     yield f"install -d -m 0755 /etc/docker && install -m 0644 /dev/null {staging}"
-    yield FileUploadCommand(BytesIO(daemon_json.render(data).encode()), staging)
+    yield remote.upload(BytesIO(daemon_json.render(data).encode()), staging)
     # Engines from 23.0 check a config file; asked here, when a file is written, rather
     # than in every run's probe (`dockerd --help` is the probe's most expensive command).
     yield (f"if dockerd --help 2>/dev/null | grep -q -- --validate; then "

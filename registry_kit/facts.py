@@ -57,6 +57,8 @@ class HostState:
     hosts_lines: list[str] = field(default_factory=list)
     commands: set[str] = field(default_factory=set)  # asked-for commands that are installed
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # (active, enabled)
+    # Names in each asked-for folder that exists (teardown: what else a folder holds).
+    entries: dict[str, set[str]] = field(default_factory=dict)
 
 
 # The engine's version. A running engine is asked (the Server header of its /_ping through
@@ -96,68 +98,77 @@ def parse_engine_version(lines: Iterable[str]) -> str | None:
 def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                   container: str | None = None, image: str | None = None,
                   htpasswd: str | None = None, login_marker: str | None = None,
-                  commands: Iterable[str] = (), services: Iterable[str] = ()) -> str:
-    def section(name: str) -> str:
+                  commands: Iterable[str] = (), services: Iterable[str] = (),
+                  listings: Iterable[str] = ()) -> str:
+    def section_command(name: str) -> str:
         return f"echo {q(_SECTION + name)}"
 
     parts = [
-        section("os"),
+        section_command("os"),
         "( . /etc/os-release 2>/dev/null; echo \"${ID:-unknown}\"; echo \"${ID_LIKE:-}\";"
         " echo \"${VERSION_CODENAME:-}\" )",
-        section("tools"),
+        section_command("tools"),
         "command -v docker >/dev/null 2>&1 && echo docker;"
         " command -v curl >/dev/null 2>&1 && echo curl;"
         # One systemctl call for both states; its output gates the engine query below.
         " unit=$(systemctl show --property=ActiveState --property=UnitFileState"
         " docker.service 2>/dev/null); echo \"$unit\"",
-        section("server_version"),
+        section_command("server_version"),
         ENGINE_VERSION_QUERY,
-        section("daemon_json"),
+        section_command("daemon_json"),
         "cat /etc/docker/daemon.json 2>/dev/null || true",
-        section("files"),
+        section_command("files"),
     ]
     file_list = " ".join(q(path) for path in files)
     if file_list:
         parts.append(f"for f in {file_list}; do [ -f \"$f\" ] && "
                      "echo \"$(sha256sum < \"$f\" | cut -d' ' -f1) $(stat -c '%a %U %G' \"$f\")"
                      " $f\"; done; true")
-    parts.append(section("dirs"))
+    parts.append(section_command("dirs"))
     dir_list = " ".join(q(path) for path in dirs)
     if dir_list:
         parts.append(f"for d in {dir_list}; do [ -d \"$d\" ] && echo \"$(stat -c '%a' \"$d\") $d\";"
                      " done; true")
-    parts.append(section("container"))
+    parts.append(section_command("container"))
     if container:
         fmt = ('{{index .Config.Labels "registry-kit.spec"}}|{{.State.Running}}|'
                '{{.State.StartedAt}}|{{.Image}}|{{.HostConfig.RestartPolicy.Name}}')
         parts.append(f"docker inspect --type container --format {q(fmt)} {q(container)}"
                      " 2>/dev/null || true")
-    parts.append(section("image"))
+    parts.append(section_command("image"))
     if image:
         parts.append(f"docker image inspect --format '{{{{.Id}}}}' {q(image)} 2>/dev/null || true")
-    parts.append(section("htpasswd"))
+    parts.append(section_command("htpasswd"))
     if htpasswd:
         parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
-    parts.append(section("auths"))
+    parts.append(section_command("auths"))
     # Only the registry names of root's docker logins, never the credentials themselves.
     parts.append("grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
                  " | cut -d'\"' -f2 || true")
-    parts.append(section("login_marker"))
+    parts.append(section_command("login_marker"))
     if login_marker:
         parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
-    parts.append(section("hosts"))
+    parts.append(section_command("hosts"))
     parts.append(f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true")
-    parts.append(section("commands"))
+    parts.append(section_command("commands"))
     command_list = " ".join(q(name) for name in commands)
     if command_list:
         parts.append(f"for c in {command_list}; do command -v \"$c\" >/dev/null 2>&1 && "
                      "echo \"$c\"; done; true")
-    parts.append(section("services"))
+    parts.append(section_command("services"))
     service_list = " ".join(q(name) for name in services)
     if service_list:
         parts.append(f"for s in {service_list}; do echo \"$s"
                      " $(systemctl is-active \"$s\" 2>/dev/null)"
                      " $(systemctl is-enabled \"$s\" 2>/dev/null)\"; done; true")
+    parts.append(section_command("entries"))
+    listing_list = " ".join(q(path) for path in listings)
+    if listing_list:
+        # Full paths, dot files included (a glob that matches nothing stays literal: -e/-L
+        # drop it); no ls, whose output format differs between implementations.
+        parts.append(f"for d in {listing_list}; do [ -d \"$d\" ] && for e in \"$d\"/* "
+                     "\"$d\"/.[!.]* \"$d\"/..?*; do { [ -e \"$e\" ] || [ -L \"$e\" ]; } && "
+                     "echo \"$e\"; done; done; true")
     return "; ".join(parts)
 
 
@@ -218,6 +229,10 @@ def parse_probe(lines: Iterable[str]) -> HostState:
         name, *words = line.split()
         if name:
             state.services[name] = (words[:1] == ["active"], "enabled" in words[1:2])
+    for line in sections.get("entries", []):
+        folder, _, name = line.rpartition("/")
+        if folder and name:
+            state.entries.setdefault(folder, set()).add(name)
     return state
 
 
@@ -225,10 +240,10 @@ class RegistryHostState(FactBase):
     """Snapshot of everything registry-kit manages on a host (see module docstring)."""
 
     def command(self, files=(), dirs=(), container=None, image=None, htpasswd=None,
-                login_marker=None, commands=(), services=()):
+                login_marker=None, commands=(), services=(), listings=()):
         return probe_command(files=files, dirs=dirs, container=container, image=image,
                              htpasswd=htpasswd, login_marker=login_marker, commands=commands,
-                             services=services)
+                             services=services, listings=listings)
 
     def process(self, output):
         return parse_probe(output)

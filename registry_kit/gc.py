@@ -18,12 +18,12 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, operation
+from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import pyinfra_patches, remote, server
+from registry_kit import pyinfra_patches, remote, server, textfile
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import roles, run_and_report, validated_settings
+from registry_kit.lifecycle import ReportedCommand, roles, validated_settings
 from registry_kit.settings import Settings
 
 SCRIPT = "registry-gc.sh"
@@ -36,7 +36,7 @@ def probe_args(settings: Settings) -> dict[str, Any]:
     return {"files": [SERVICE, TIMER, server.script_path(SCRIPT)]}
 
 
-def gc_command(settings: Settings, *, dry_run: bool) -> list[str]:
+def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     url, resolve, ca = server.health_target(settings)
     data = settings.registry_data_dir if settings.registry_storage.driver == "filesystem" \
         else "-"
@@ -63,15 +63,15 @@ def collect_garbage(settings: Settings, state: HostState):
                                       f"{settings.registry_container_name}: run deploy.py "
                                       "first",), {})
         return
-    yield FunctionCommand(run_and_report,
-                          (join(gc_command(settings, dry_run=settings.registry_gc_dry_run)),),
-                          {})
+    yield ReportedCommand(join(gc_arguments(settings, dry_run=settings.registry_gc_dry_run)))
 
 
 # --- the timer (registry_gc_schedule) ---
 
 def service_unit(settings: Settings) -> bytes:
-    # systemd reads single-quoted arguments like a shell; none of them holds a '%' specifier.
+    # Arguments checked, quoted and %/$-escaped for systemd (textfile.systemd_exec_args).
+    exec_start = textfile.systemd_exec_args(gc_arguments(settings, dry_run=False),
+                                            file=SERVICE, field="ExecStart")
     return (
         "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
         "[Unit]\n"
@@ -80,17 +80,21 @@ def service_unit(settings: Settings) -> bytes:
         "After=docker.service\n\n"
         "[Service]\n"
         "Type=oneshot\n"
-        f"ExecStart={join(gc_command(settings, dry_run=False))}\n"
+        f"ExecStart={exec_start}\n"
     ).encode()
 
 
 def timer_unit(settings: Settings) -> bytes:
+    # Calendar expressions hold spaces ("Sun *-*-* 03:00:00"): one line, no backslash (a
+    # line continuation), "%" escaped. Whether systemd accepts it is checked on the host.
+    schedule = textfile.rest_of_line(settings.registry_gc_schedule, file=TIMER,
+                                     field="registry_gc_schedule", forbidden="\\")
     return (
         "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
         "[Unit]\n"
         "Description=registry-kit: scheduled registry garbage collection\n\n"
         "[Timer]\n"
-        f"OnCalendar={settings.registry_gc_schedule}\n"
+        f"OnCalendar={textfile.systemd_specifiers(schedule)}\n"
         "Persistent=true\n\n"
         "[Install]\n"
         "WantedBy=timers.target\n"
@@ -112,9 +116,10 @@ def install_timer(settings: Settings, state: HostState):
     yield (f"systemd-analyze calendar {q(schedule)} >/dev/null 2>&1 || "
            f"{{ echo {q(refusal)} >&2; exit 1; }}")
     for path, content in units.items():
-        yield f"install -m 0644 /dev/null {path}.registry-kit-new"
-        yield FileUploadCommand(BytesIO(content), f"{path}.registry-kit-new")
-        yield f"mv -f {path}.registry-kit-new {path}"
+        staging = f"{path}.registry-kit-new"
+        yield f"install -m 0644 /dev/null {q(staging)}"
+        yield remote.upload(BytesIO(content), staging)
+        yield f"mv -f {q(staging)} {q(path)}"
     yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
           f"systemctl restart {TIMER_NAME}"
 
@@ -126,7 +131,7 @@ def schedule_remove(state: HostState):
         host.noop("no garbage collection timer")
         return
     yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
-    yield "rm -f " + " ".join(present)
+    yield "rm -f " + " ".join(q(path) for path in present)
     yield "systemctl daemon-reload"
 
 

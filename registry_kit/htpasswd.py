@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import bcrypt
 
+from registry_kit import textfile
 from registry_kit.settings import User
 
 BCRYPT_ROUNDS = 10  # the registry checks a hash on every request: keep it affordable
@@ -52,9 +53,16 @@ def render(users: Sequence[User], existing_text: str = "") -> str:
     existing = parse(existing_text)
     lines = []
     for user in users:
+        # The registry reads "name:hash" lines, "#" lines are comments: a name or hash that
+        # could add a line or move the ":" is refused (settings.py checks them first).
+        textfile.word(user.name, file="htpasswd", field="user name", forbidden=":")
+        if user.name.startswith("#"):
+            raise ValueError(f"registry-kit: htpasswd: user name={user.name!r} cannot be "
+                             "written: a line starting with '#' is a comment")
         if user.password is None:
             assert user.password_hash is not None
-            hashed = user.password_hash
+            hashed = textfile.word(user.password_hash, file="htpasswd",
+                                   field=f"user {user.name!r}: password_hash", secret=True)
         else:
             current = existing.get(user.name)
             password = user.password.reveal()

@@ -14,10 +14,9 @@ from typing import Any
 
 from pyinfra import inventory, logger
 from pyinfra.api import StringCommand
-from pyinfra.api.exceptions import DeployError
 
 from registry_kit import settings as settings_module
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
 SERVER_GROUP = "registry_servers"
 CLIENT_GROUP = "registry_clients"
@@ -33,7 +32,7 @@ def validated_settings() -> dict[str, Settings]:
         try:
             _validated = settings_module.load_inventory(inventory)
         except SettingsError as error:
-            raise DeployError(str(error)) from None
+            raise SettingsRefused(error) from None
     return _validated
 
 
@@ -56,16 +55,15 @@ def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def run_and_report(state: Any, host: Any, command: str) -> bool:
-    """FunctionCommand body: run `command`, show its `registry-kit:` stdout lines (pyinfra
-    shows a successful command's output only with -v) and all its output on failure."""
-    status, output = host.run_shell_command(StringCommand(command),
-                                            print_output=state.print_output,
-                                            print_input=state.print_input)
-    for line in output.stdout_lines:
-        if line.startswith(REPORT_PREFIX):
-            host.log_styled(line, fg="cyan", log_func=logger.info)
-    if not status:
-        for line in output.stderr_lines:
-            host.log_styled(line, fg="red", log_func=logger.error)
-    return bool(status)
+class ReportedCommand(StringCommand):
+    """A command whose `registry-kit:` stdout lines are shown (pyinfra shows a successful
+    command's output only with -v; on failure it prints all of it itself). A command, not
+    a FunctionCommand calling host.run_shell_command: that call would drop the operation's
+    connector arguments, --sudo among them."""
+
+    def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
+        status, output = super().execute(state, host, connector_arguments)
+        for line in output.stdout_lines:
+            if line.startswith(REPORT_PREFIX):
+                host.log_styled(line, fg="cyan", log_func=logger.info)
+        return status, output

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import jinja2
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import operation
 
-from registry_kit import packages, remote, server
+from registry_kit import packages, remote, server, textfile
 from registry_kit.facts import HostState
 from registry_kit.scaleout import BACKEND, LB_SCRIPT, Topology
 from registry_kit.settings import Settings
@@ -51,19 +51,32 @@ def probe_args(settings: Settings) -> dict:
 
 
 def render(settings: Settings, topology: Topology) -> str:
+    """haproxy.cfg. Every value that is not a literal here is checked to be one haproxy
+    word (textfile.word): no value can add a line, an argument or a comment."""
+
+    def checked(value: object, field: str) -> str:
+        return textfile.word(value, file=CONFIG, field=field,
+                             forbidden=textfile.HAPROXY_SYNTAX)
+
+    domain = checked(settings.registry_domain, "registry_domain")
+    for replica in topology.replicas:
+        checked(replica.server_name, f"{replica.host}: server name")
+        checked(replica.address, f"{replica.host}: registry_internal_address")
+        checked(replica.port, f"{replica.host}: registry_port")
     terminate = settings.registry_lb_mode == "terminate"
     if terminate:
         # Re-encrypted to the replicas, checked against the CA and the domain.
-        server_opts = f" ssl verify required ca-file {CA} verifyhost {settings.registry_domain}"
+        server_opts = f" ssl verify required ca-file {CA} verifyhost {domain}"
     elif settings.tls_enabled:
         server_opts = " check-ssl verify none"  # only the health check speaks TLS itself
     else:
         server_opts = ""
     return _environment.get_template("haproxy.cfg.j2").render(
         source="templates/haproxy.cfg.j2", socket=SOCKET, terminate=terminate,
-        port=settings.registry_port, pem=PEM, domain=settings.registry_domain,
-        backend=BACKEND,
-        replicas=topology.replicas, default_server=server_opts, stats=settings.registry_lb_stats)
+        port=checked(settings.registry_port, "registry_port"), pem=PEM, domain=domain,
+        backend=BACKEND, replicas=topology.replicas, default_server=server_opts,
+        stats=None if settings.registry_lb_stats is None else
+        checked(settings.registry_lb_stats, "registry_lb_stats"))
 
 
 @operation()
@@ -76,7 +89,7 @@ def haproxy_config(content: bytes, state: HostState):
         return
     staging = f"{CONFIG}.registry-kit-new"
     yield f"install -m 0644 -o root -g root /dev/null {staging}"
-    yield FileUploadCommand(BytesIO(content), staging)
+    yield remote.upload(BytesIO(content), staging)
     yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
            f"haproxy rejected the new configuration; {CONFIG} was not changed' >&2; exit 1; }}")
     yield f"mv -f {staging} {CONFIG}"

@@ -11,7 +11,6 @@ from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import operation
-from pyinfra.api.exceptions import DeployError
 
 from registry_kit import (
     cache,
@@ -28,7 +27,7 @@ from registry_kit import (
 from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
 from registry_kit.facts import RegistryHostState
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
 SERVER_GROUP = "registry_servers"
 CLIENT_GROUP = "registry_clients"
@@ -60,9 +59,7 @@ def validated_settings() -> dict[str, Settings]:
             _validated = loaded
             _check_scale_out(_validated)
         except SettingsError as error:
-            # pyinfra prints a DeployError as one line and exits non-zero; any other
-            # exception raised while loading deploy.py is printed with a full traceback.
-            raise DeployError(str(error)) from None
+            raise SettingsRefused(error) from None
     return _validated
 
 
@@ -84,7 +81,7 @@ def _check_scale_out(all_settings: dict[str, Settings]) -> None:
         scaleout.validate(scaleout.build(all_settings, groups))
         s3check.check_storage(all_settings[name] for name in groups[SERVER_GROUP])
     except SettingsError as error:
-        raise DeployError(str(error)) from None  # one line, no traceback
+        raise SettingsRefused(error) from None  # one line, no traceback
 
 
 @operation()

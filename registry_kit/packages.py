@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit.commands import q
+from registry_kit.commands import join
 from registry_kit.facts import HostState
 
 _INSTALL = {
     # Fresh hosts have no package lists yet; update first.
     "debian": "DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND="
-              "noninteractive apt-get install -y -q --no-install-recommends {packages}",
-    "rhel": "dnf -y install {packages}",
+              "noninteractive apt-get install -y -q --no-install-recommends",
+    "rhel": "dnf -y install",
 }
 
 
@@ -29,5 +29,4 @@ def install_packages(packages: Sequence[str], commands: Sequence[str], state: Ho
     if not missing:
         host.noop(f"{', '.join(packages)} installed")
         return
-    template = _INSTALL.get(state.os.family, _INSTALL["debian"])
-    yield template.format(packages=" ".join(q(name) for name in packages))
+    yield _INSTALL.get(state.os.family, _INSTALL["debian"]) + " " + join(packages)

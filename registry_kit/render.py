@@ -1,35 +1,48 @@
-"""Rendering the registry's config.yml from templates/ and Settings.
+"""The registry's config.yml: built as data from Settings, serialized by PyYAML.
 
-Deterministic: the same settings give the same bytes (no timestamps, no randomness), so
-an unchanged deploy uploads nothing and recreates nothing.
+`config_data()` returns the configuration as a dict and `dump_config()` turns it into text,
+so no value is ever pasted into YAML text: a secret holding "x\\nauth: {}" stays one string
+value. What differs between registry versions belongs in `config_data()`; the dump is one.
+
+Deterministic: keys sorted, no line wrapping, no timestamps or randomness, so the same
+settings give the same bytes and an unchanged deploy uploads and recreates nothing.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 
 from registry_kit.scaleout import CacheTarget
 from registry_kit.settings import Secret, Settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 # Fixed paths inside the container; the host folders are bind-mounted there, so a changed
 # registry_config_dir on the host does not change the registry's view.
 CONTAINER_CONFIG_DIR = "/etc/registry-kit"
 CONTAINER_DATA_DIR = "/var/lib/registry"
 CONTAINER_CONFIG_FILE = f"{CONTAINER_CONFIG_DIR}/config.yml"
+HEADER = ("# Managed by registry-kit (registry_kit/render.py): edits here are replaced on the "
+          "next deploy.\n")
+_LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")
 
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,  # YAML, not HTML
-)
+
+class _ConfigDumper(yaml.SafeDumper):
+    """SafeDumper that keeps every scalar on one line: strings with a line break are
+    written double-quoted ("\\n"), never as multi-line single-quoted text. The GC script
+    edits the deployed file line by line (scripts/registry-gc.sh), so no value may span
+    lines. No anchors/aliases either: a dict used twice is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = '"' if _LINE_BREAKS.intersection(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
 
 
 def _storage_section(settings: Settings) -> dict[str, Any]:
@@ -42,30 +55,72 @@ def _storage_section(settings: Settings) -> dict[str, Any]:
     return {storage.driver: params or None}
 
 
-def render_config(settings: Settings, http_secret: str, *, read_only: bool = False,
-                  cache: CacheTarget | None = None, drain_timeout: int | None = None) -> str:
-    """cache: the shared redis blob-descriptor cache (scale-out); drain_timeout: seconds a
+def config_data(settings: Settings, http_secret: str, *, read_only: bool = False,
+                cache: CacheTarget | None = None,
+                drain_timeout: int | None = None) -> dict[str, Any]:
+    """config.yml as data (distribution 2.x schema).
+
+    cache: the shared redis blob-descriptor cache (scale-out); drain_timeout: seconds a
     stopping registry keeps serving open requests (replicas behind a load balancer)."""
-    template = _environment.get_template("config.yml.j2")
-    storage_yaml = yaml.safe_dump(_storage_section(settings), default_flow_style=False,
-                                  sort_keys=True).rstrip("\n")
+    storage: dict[str, Any] = _storage_section(settings)
+    if cache is not None:
+        storage["cache"] = {"blobdescriptor": "redis"}
+    if settings.registry_storage_redirect_disabled:
+        # Blobs come through the registry: clients need not reach the object store.
+        storage["redirect"] = {"disable": True}
+    storage["delete"] = {"enabled": settings.registry_delete_enabled}
+    storage["maintenance"] = {
+        "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
+        # registry-gc.sh flips this to true while it collects (gc.py).
+        "readonly": {"enabled": read_only},
+    }
     public_url = settings.registry_url.removesuffix(":443") if settings.tls_enabled else \
         settings.registry_url
-    return template.render(
-        source="templates/config.yml.j2",
-        log_level=settings.registry_log_level,
-        storage_yaml=storage_yaml,
-        delete_enabled=settings.registry_delete_enabled,
-        read_only=read_only,
-        public_url=public_url,
-        http_secret=yaml.safe_dump(http_secret, default_style='"').strip(),
-        tls=settings.tls_enabled,
-        debug=settings.registry_debug_addr is not None,
-        users=bool(settings.registry_users),
-        container_dir=CONTAINER_CONFIG_DIR,
-        redirect_disabled=settings.registry_storage_redirect_disabled,
-        drain_timeout=drain_timeout,
-        cache=cache,
-        cache_password=yaml.safe_dump(cache.password, default_style='"').strip()
-        if cache else None,
-    )
+    http: dict[str, Any] = {
+        "addr": ":5000",
+        "host": public_url,
+        "secret": http_secret,
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    if drain_timeout:
+        # On SIGTERM, finish open requests (the load balancer sends no new ones) first.
+        http["draintimeout"] = f"{drain_timeout}s"
+    if settings.tls_enabled:
+        http["tls"] = {"certificate": f"{CONTAINER_CONFIG_DIR}/certs/server.crt",
+                       "key": f"{CONTAINER_CONFIG_DIR}/certs/server.key",
+                       "minimumtls": "tls1.2"}
+    if settings.registry_debug_addr is not None:
+        # Published on the server's loopback only (see the container's port mapping).
+        http["debug"] = {"addr": ":5001",
+                         "prometheus": {"enabled": True, "path": "/metrics"}}
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": settings.registry_log_level, "fields": {"service": "registry"}},
+        "storage": storage,
+        "http": http,
+        "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
+    }
+    if settings.registry_users:
+        config["auth"] = {"htpasswd": {"realm": "registry-kit",
+                                       "path": f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"}}
+    if cache is not None:
+        config["redis"] = {
+            "addr": cache.addr, "password": cache.password, "db": cache.db,
+            "dialtimeout": "1s", "readtimeout": "1s", "writetimeout": "1s",
+            "pool": {"maxidle": 16, "maxactive": 64, "idletimeout": "300s"},
+        }
+    return config
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    """The one serializer for config.yml: header line, then block-style YAML, keys sorted,
+    ASCII only (other characters escaped), no line wrapping."""
+    body = yaml.dump(config, Dumper=_ConfigDumper, default_flow_style=False, sort_keys=True,
+                     allow_unicode=False, width=2**31 - 1)
+    return HEADER + body
+
+
+def render_config(settings: Settings, http_secret: str, *, read_only: bool = False,
+                  cache: CacheTarget | None = None, drain_timeout: int | None = None) -> str:
+    return dump_config(config_data(settings, http_secret, read_only=read_only, cache=cache,
+                                   drain_timeout=drain_timeout))

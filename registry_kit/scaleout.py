@@ -22,8 +22,9 @@ from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
+from registry_kit import remote
 from registry_kit.commands import join
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.settings import Settings, SettingsError, host_port, is_ip
 
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
@@ -38,6 +39,11 @@ class Replica:
     server_name: str  # its name in haproxy's backend
     address: str  # where the load balancer reaches it
     port: int
+
+    @property
+    def endpoint(self) -> str:
+        """ADDRESS:PORT for haproxy's server line (IPv6 in brackets)."""
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)
@@ -107,14 +113,6 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
 def validate(topology: Topology) -> None:
     """Raise SettingsError for an inventory whose hosts cannot work together."""
     servers, lbs, caches = topology.servers, topology.lbs, topology.caches
@@ -163,7 +161,7 @@ def validate(topology: Topology) -> None:
                             "(both listen on registry_port)")
     for cache in caches:
         address = cache.registry_internal_address
-        if not _is_ip(address):
+        if not is_ip(address):
             raise _fail(cache, "registry_internal_address", address,
                         "an IP address on the cache host (redis binds to it)")
         if _is_loopback(address) and {s.host for s in servers} != {cache.host}:
@@ -180,8 +178,7 @@ def cache_target(topology: Topology, password: str) -> CacheTarget | None:
         return None
     cache = topology.caches[0]
     address = cache.registry_internal_address
-    host = f"[{address}]" if ":" in address else address
-    return CacheTarget(addr=f"{host}:{cache.registry_cache_port}", password=password,
+    return CacheTarget(addr=host_port(address, cache.registry_cache_port), password=password,
                        db=cache.registry_cache_db)
 
 
@@ -204,13 +201,15 @@ class OutOfRotation(StringCommand):
         self.rotation = rotation
         self.server = server
 
-    def _balancers(self, state: Any, host: Any, action: str, timeout: int) -> bool:
+    def _balancers(self, state: Any, host: Any, action: str, timeout: int,
+                   auth: dict[str, Any]) -> bool:
         ok = True
         for name in self.rotation.lb_hosts:
             command = StringCommand(join([LB_SCRIPT, action, self.rotation.backend,
                                           self.server, timeout]))
             try:
-                status, output = state.inventory.get_host(name).run_shell_command(command)
+                status, output = state.inventory.get_host(name).run_shell_command(command,
+                                                                                  **auth)
             except Exception as error:  # an unreachable LB: do not touch the replica
                 logger.error(f"{host.print_prefix}{name}: cannot {action} {self.server}: "
                              f"{error}")
@@ -223,13 +222,15 @@ class OutOfRotation(StringCommand):
         return ok
 
     def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
-        if not self._balancers(state, host, "drain", self.rotation.drain_timeout):
+        # The LB hosts' commands run with this step's --sudo & co. (a run's are the same).
+        auth = remote.auth_arguments({**connector_arguments, **self.connector_arguments})
+        if not self._balancers(state, host, "drain", self.rotation.drain_timeout, auth):
             # Never stop a replica that may still get traffic.
-            self._balancers(state, host, "ready", self.rotation.up_timeout)
+            self._balancers(state, host, "ready", self.rotation.up_timeout, auth)
             return False, CommandOutput([])
         status, output = False, CommandOutput([])
         try:
             status, output = self.inner.execute(state, host, connector_arguments)
         finally:
-            back = self._balancers(state, host, "ready", self.rotation.up_timeout)
+            back = self._balancers(state, host, "ready", self.rotation.up_timeout, auth)
         return bool(status) and back, output

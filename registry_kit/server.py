@@ -16,15 +16,15 @@ from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
-from registry_kit import htpasswd, remote
+from registry_kit import htpasswd, ownership, remote, textfile
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
 from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, User, host_port, url_host
 from registry_kit.tls import ServerCertificate
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
@@ -79,12 +79,22 @@ def script_content(name: str) -> bytes:
 SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh")
 
 
+def owned_folders(settings: Settings) -> list[tuple[str, str]]:
+    """(folder, what it is) for each server folder the kit may create, parents first."""
+    paths = ServerPaths(settings.registry_config_dir)
+    return [(settings.registry_config_dir, "registry_config_dir"),
+            (paths.certs_dir, "registry_config_dir/certs"),
+            (paths.auth_dir, "registry_config_dir/auth"),
+            (settings.registry_data_dir, "registry_data_dir")]
+
+
 def probe_args(settings: Settings) -> dict:
     """What the server part asks of the probe (registry_kit.facts)."""
     paths = ServerPaths(settings.registry_config_dir)
     return {
         "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
-                  *(script_path(name) for name in SCRIPT_NAMES)],
+                  *(script_path(name) for name in SCRIPT_NAMES),
+                  *(ownership.marker_path(folder) for folder, _ in owned_folders(settings))],
         "dirs": [settings.registry_config_dir, paths.certs_dir, paths.auth_dir,
                  settings.registry_data_dir, SCRIPTS_DIR],
         "container": settings.registry_container_name,
@@ -112,7 +122,7 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
         port=settings.registry_port, config_dir=settings.registry_config_dir,
         data_dir=settings.registry_data_dir
         if settings.registry_storage.driver == "filesystem" else None,
-        debug_port=debug_port)
+        debug_port=debug_port, bind_address=settings.registry_bind_address)
     inputs = {
         "run": spec.run_args(),
         "config": remote.sha256_of(config),
@@ -127,8 +137,12 @@ def health_target(settings: Settings) -> tuple[str, str, str]:
     """(url, curl --resolve value, CA path) to check the registry from the server itself,
     by its real name but through the loopback interface."""
     paths = ServerPaths(settings.registry_config_dir)
-    url = f"{settings.registry_url}"
-    resolve = f"{settings.registry_domain}:{settings.registry_port}:127.0.0.1"
+    url = settings.registry_url
+    # Where the port is published: loopback, or the one address of registry_bind_address.
+    bind = settings.registry_bind_address
+    local = "127.0.0.1" if bind in (None, "0.0.0.0", "::") else url_host(str(bind))
+    # curl --resolve HOST:PORT:ADDRESS, HOST as in the URL (IPv6 in brackets).
+    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:{local}"
     return url, resolve, paths.ca if settings.tls_enabled else "-"
 
 
@@ -141,11 +155,12 @@ def ensure_image(settings: Settings, state: HostState):
         return
     if settings.registry_image_archive is not None:
         staging = "/var/tmp/registry-kit-image.tar"
-        yield FileUploadCommand(str(settings.registry_image_archive), staging)
-        yield f"docker load -i {staging} && rm -f {staging}"
-        yield (f"docker image inspect {q(settings.registry_image)} >/dev/null || {{ echo "
-               f"'registry-kit: {settings.registry_image_archive.name} does not hold "
-               f"{settings.registry_image}' >&2; exit 1; }}")
+        yield remote.upload(str(settings.registry_image_archive), staging)
+        yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
+        missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
+                   f"{settings.registry_image}")
+        yield (f"docker image inspect {q(settings.registry_image)} >/dev/null || "
+               f"{{ echo {q(missing)} >&2; exit 1; }}")
         return
     yield f"docker pull {q(settings.registry_image)}"
 
@@ -221,20 +236,27 @@ def verify_registry(settings: Settings):
         yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
         return
     curlrc = f"{RUNTIME_DIR}/verify.curlrc"
-    secret = user.password.reveal().replace("\\", "\\\\").replace('"', '\\"')
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield FileUploadCommand(BytesIO(f'user = "{user.name}:{secret}"\n'.encode()), curlrc)
+    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+
+
+def curlrc_text(user: User) -> str:
+    """The check's curl config: one quoted `user` line (escaped: textfile)."""
+    assert user.password is not None
+    credentials = f"{user.name}:{user.password.reveal()}"
+    return f'user = "{textfile.curl_config_string(credentials, field="user")}"\n'
 
 
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
                   http_secret: str, cache: CacheTarget | None = None,
                   rotation: Rotation | None = None) -> None:
     paths = ServerPaths(settings.registry_config_dir)
-    for path, mode in ((settings.registry_config_dir, "0700"), (paths.certs_dir, "0700"),
-                       (paths.auth_dir, "0700"), (settings.registry_data_dir, "0700"),
-                       (SCRIPTS_DIR, "0755")):
-        remote.managed_dir(path, mode, state.dirs.get(path), name=f"Create {path}")
+    # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
+    for path, setting in owned_folders(settings):
+        ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
+    remote.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
+                       name=f"Create {SCRIPTS_DIR}")
     for script in SCRIPT_NAMES:
         remote.managed_file(script_path(script), script_content(script), "0755",
                             state.files.get(script_path(script)),

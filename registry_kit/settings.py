@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,29 +40,66 @@ STORAGE_REQUIRED = {
 # Storage parameters that are secrets: given as <key>_env or <key>_file, never inline.
 STORAGE_SECRETS = {"s3": ("accesskey", "secretkey"), "azure": ("accountkey",), "gcs": ()}
 LB_MODES = ("passthrough", "terminate")
+# Folders the operating system or other software own: the kit chmods the folders it is
+# given and teardown removes them, so none of these may be registry_config_dir or
+# registry_data_dir. A dedicated folder below them is fine (/srv/registry).
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+    "/lost+found", "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap",
+    "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/cache",
+    "/var/spool", "/var/opt", "/var/mail", "/var/local", "/var/backups", "/var/www",
+    "/etc/default", "/etc/registry-kit-client", "/usr/local", "/usr/local/lib",
+})
+# ...and folders whose whole subtree belongs to someone else (or vanishes on reboot).
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/run", "/sbin", "/sys", "/tmp", "/usr", "/var/tmp", "/var/run", "/var/lock",
+                "/var/log", "/var/cache", "/var/spool", "/var/lib/docker",
+                "/var/lib/containerd", "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd",
+                "/etc/docker", "/etc/ssl", "/etc/pki", "/etc/systemd", "/etc/apt",
+                "/etc/ca-certificates", "/etc/registry-kit-client")
+# Characters a host path may hold: it reaches shell commands (quoted), docker --mount
+# (comma-separated, so no commas), systemd units and scripts.
+_HOST_PATH_RE = re.compile(r"(/[A-Za-z0-9._@+-]+)+")
+# Storage parameters the kit sets itself (the data folder is registry_data_dir).
+STORAGE_OWNED_KEYS = {"filesystem": ("rootdirectory",)}
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores everything past 72 bytes: refuse rather than truncate
 
+# Every pattern here is used with fullmatch: a bare `$` would also accept a trailing newline.
 _HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 # systemd OnCalendar: letters, digits, and * - : , . / ~ space; systemd-analyze checks the rest.
-_CALENDAR_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9*:,./~ -]{0,99}$")
-_CACHE_PASSWORD_RE = re.compile(r"^[!#-&(-\[\]-~]{16,256}$")  # printable, no space ' " \\
-_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+_CALENDAR_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9*:,./~ -]{0,99}")
+_CACHE_PASSWORD_RE = re.compile(r"[!#-&(-\[\]-~]{16,256}")  # printable, no space ' " \\
+_USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_BCRYPT_RE = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 # distribution/reference grammar, simplified: [domain[:port]/]path[:tag][@digest]
 _REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REF_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _REF_DOMAIN = rf"(?:{_REF_LABEL}(?:\.{_REF_LABEL})*(?::[0-9]+)?)"
+# Docker's package repository: https, a host name, then a plain path (it is written into an
+# apt/dnf source line and fetched with curl).
+_REPO_URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~+-]+)*/?")
 _IMAGE_REF_RE = re.compile(
-    rf"^(?:{_REF_DOMAIN}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+    rf"(?:{_REF_DOMAIN}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
 
 
 class SettingsError(ValueError):
     """A bad setting. str() is the one line shown to the user."""
+
+
+class SettingsRefused(SystemExit):
+    """Stops a pyinfra run on a bad setting with exactly one line on stderr and exit code 1.
+
+    pyinfra prints a DeployError as "pyinfra error in <the kit's file> line N: ...", which
+    names the kit's source instead of the setting; a SystemExit with a message is printed
+    as the message alone, after pyinfra has disconnected (nothing has run by then)."""
+
+    def __init__(self, error: SettingsError) -> None:
+        super().__init__(str(error))
 
 
 class Secret:
@@ -124,6 +162,8 @@ class Settings:
     registry_tls_extra_names: tuple[str, ...]
     registry_tls_extra_ips: tuple[str, ...]
     registry_tls_none_acknowledged: bool
+    registry_anonymous_acknowledged: bool
+    registry_bind_address: str | None
     registry_users: tuple[User, ...]
     registry_allow_plain_passwords: bool
     registry_client_login_user: str | None
@@ -160,13 +200,13 @@ class Settings:
     def registry_address(self) -> str:
         """What clients type before the image name: no ":443" on the TLS default port."""
         if self.tls_enabled and self.registry_port == 443:
-            return self.registry_domain
-        return f"{self.registry_domain}:{self.registry_port}"
+            return url_host(self.registry_domain)
+        return host_port(self.registry_domain, self.registry_port)
 
     @property
     def registry_url(self) -> str:
         scheme = "https" if self.tls_enabled else "http"
-        return f"{scheme}://{self.registry_domain}:{self.registry_port}"
+        return f"{scheme}://{host_port(self.registry_domain, self.registry_port)}"
 
     def user(self, name: str) -> User | None:
         return next((user for user in self.registry_users if user.name == name), None)
@@ -181,6 +221,11 @@ def known_keys() -> dict[str, Any]:
         for key, value in namespace.items()
         if key.startswith(("registry_", "docker_"))
     }
+
+
+def _is_secret_key(key: str) -> bool:
+    return key in ("registry_users", "registry_http_secret", "registry_cache_password",
+                   "registry_storage")
 
 
 def _fail(host: str, key: str, value: Any, allowed: str) -> SettingsError:
@@ -219,13 +264,14 @@ class _Reader:
             raise self.fail(key, value, f"a whole number from {low} to {high}")
         return value
 
-    def absolute_path(self, key: str) -> str:
+    def host_dir(self, key: str) -> str:
+        """A folder on the hosts that the kit creates, chmods and (teardown) removes."""
         value = self.raw(key)
-        if not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/"):
-            raise self.fail(key, value, "an absolute path on the servers, without '..'")
-        if any(ch.isspace() for ch in value) or value.rstrip("/") == "":
-            raise self.fail(key, value, "an absolute path without spaces, not '/'")
-        return value.rstrip("/")
+        path = value.rstrip("/") if isinstance(value, str) and value != "/" else value
+        why = check_host_path(path) if isinstance(path, str) else "an absolute path"
+        if why is not None:
+            raise self.fail(key, value, why)
+        return str(path)
 
     def local_path(self, key: str, value: Any, *, must_exist: bool = True) -> Path:
         if not isinstance(value, str | os.PathLike) or not str(value):
@@ -250,6 +296,23 @@ class _Reader:
                 raise self.fail(key, item, allowed)
         return tuple(value)
 
+    def text(self, key: str, pattern: re.Pattern[str], allowed: str, *,
+             optional: bool = False) -> str | None:
+        """A string matching `pattern` as a whole (None allowed when `optional`)."""
+        value = self.raw(key)
+        if value is None and optional:
+            return None
+        if not (isinstance(value, str) and pattern.fullmatch(value)):
+            raise self.fail(key, value, allowed)
+        return value
+
+    def clean_secret(self, key: str, source: Any, secret: Secret) -> Secret:
+        """A secret ends up in files (config.yml, htpasswd, redis.conf) and on stdin: one
+        line of text. The value itself is never shown, only where it came from."""
+        if unsafe_character(secret.reveal()) is not None:
+            raise self.fail(key, source, "a secret without line breaks or control characters")
+        return secret
+
     def secret_source(self, key: str, source: Mapping[str, Any], what: str) -> Secret:
         """Resolve {"env": NAME} / {"file": PATH} (or <what>_env / <what>_file keys)."""
         env = source.get("env", source.get(f"{what}_env"))
@@ -262,16 +325,22 @@ class _Reader:
             value = os.environ.get(env)
             if value is None:
                 raise self.fail(key, env, "an environment variable that is set")
-            return Secret(value)
+            return self.clean_secret(key, env, Secret(value))
         path = self.local_path(key, file)
         try:
             # One trailing newline is how editors save files; it is not part of the secret.
-            return Secret(path.read_text().removesuffix("\n").removesuffix("\r"))
-        except OSError as error:
-            raise self.fail(key, file, f"a readable file ({error.strerror})") from None
+            return self.clean_secret(key, file, Secret(
+                path.read_text().removesuffix("\n").removesuffix("\r")))
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise self.fail(key, file, f"a readable text file ({reason})") from None
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: object) -> bool:
+    """An IPv4 or IPv6 address. Scope IDs (fe80::1%eth0) are refused: Python accepts any
+    text after the '%', newlines included, and no file the kit writes has room for it."""
+    if not isinstance(text, str) or "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -279,12 +348,77 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _is_hostname(text: str) -> bool:
-    return bool(_HOSTNAME_RE.match(text))
+def is_hostname(text: object) -> bool:
+    return isinstance(text, str) and bool(_HOSTNAME_RE.fullmatch(text))
+
+
+def host_port(address: str, port: int) -> str:
+    """address:port as URLs, curl and `docker -p` want it: IPv6 in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def is_image_reference(text: object) -> bool:
-    return isinstance(text, str) and len(text) <= 255 and bool(_IMAGE_REF_RE.match(text))
+    return isinstance(text, str) and len(text) <= 255 and bool(_IMAGE_REF_RE.fullmatch(text))
+
+
+def is_mirror_url(text: object) -> bool:
+    """http(s)://HOST[:PORT][/] for daemon.json registry-mirrors; HOST a name or an IP
+    (IPv6 in brackets)."""
+    if not isinstance(text, str):
+        return False
+    match = re.fullmatch(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?", text)
+    if not match:
+        return False
+    host = match[1]
+    if host.startswith("["):
+        return ":" in host and is_ip(host[1:-1])
+    return is_hostname(host) or is_ip(host)
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character no setting may hold: control characters (newline, NUL, ESC...),
+    line and paragraph separators (YAML reads them as line breaks), format characters
+    (invisible), surrogates. None when the text is clean."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            return char
+    return None
+
+
+def _find_unsafe(value: Any) -> str | None:
+    """The first string inside a setting's value (keys included) with an unsafe character."""
+    if isinstance(value, str):
+        return value if unsafe_character(value) is not None else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _find_unsafe(key) or _find_unsafe(item)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found = _find_unsafe(item)
+            if found is not None:
+                return found
+    return None
+
+
+def check_host_path(path: str) -> str | None:
+    """Why `path` cannot be a folder the kit owns on a host, or None when it can."""
+    system = ("a folder of the registry's own, not one the operating system or other "
+              "software owns (e.g. /srv/registry, /var/lib/registry-kit/data)")
+    if path in SYSTEM_DIRS:
+        return system
+    if not _HOST_PATH_RE.fullmatch(path) or any(part in (".", "..")
+                                                 for part in path.split("/")):
+        return ("an absolute path of letters, digits and . _ @ + - between slashes, "
+                "without '.' or '..' parts")
+    if any(path == tree or path.startswith(tree + "/") for tree in SYSTEM_TREES):
+        return system
+    return None
 
 
 def check_unknown_keys(host: str, data: Mapping[str, Any], known: Mapping[str, Any]) -> None:
@@ -305,7 +439,7 @@ def _read_users(r: _Reader, allow_plain: bool) -> tuple[User, ...]:
         if not isinstance(entry, Mapping) or "name" not in entry:
             raise r.fail(key, entry, "a mapping with a 'name'")
         name = entry["name"]
-        if not isinstance(name, str) or not _USER_RE.match(name):
+        if not isinstance(name, str) or not _USER_RE.fullmatch(name):
             raise r.fail(key, name, "a user name of letters, digits, '.', '_', '@', '-' (no ':')")
         if any(user.name == name for user in users):
             raise r.fail(key, name, "each user name once")
@@ -320,7 +454,7 @@ def _read_users(r: _Reader, allow_plain: bool) -> tuple[User, ...]:
         source = sources[0]
         if source == "password_hash":
             hashed = entry[source]
-            if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed):
+            if not isinstance(hashed, str) or not _BCRYPT_RE.fullmatch(hashed):
                 raise r.fail(key, hashed, f"user {name!r}: a bcrypt hash ($2y$/$2b$/$2a$); "
                              "the registry ignores other hashes")
             users.append(User(name=name, password=None, password_hash=hashed))
@@ -361,6 +495,13 @@ def _read_storage(r: _Reader) -> Storage:
     for name, item in value.items():
         if name == "driver":
             continue
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name)):
+            raise r.fail(key, name, f"{driver} parameter names of lower-case letters, digits "
+                         "and '_'")
+        if name in STORAGE_OWNED_KEYS.get(driver, ()):
+            raise r.fail(key, {name: item}, f"no {name} for {driver} storage: the kit sets it "
+                         "(a path inside the container); choose the folder on the server "
+                         "with registry_data_dir")
         base = name.removesuffix("_env").removesuffix("_file")
         if base in secrets:
             if base == name:
@@ -382,7 +523,7 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
     that must not be reachable from other hosts)."""
     value = r.raw(key)
     if value is not None:
-        match = re.match(r"^127\.0\.0\.1:(\d{1,5})$", str(value))
+        match = re.fullmatch(r"127\.0\.0\.1:(\d{1,5})", str(value))
         if not (isinstance(value, str) and match and 1 <= int(match[1]) <= 65535
                 and int(match[1]) != port):
             raise r.fail(key, value, "None or 127.0.0.1:PORT (1-65535, not registry_port)")
@@ -395,7 +536,7 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
     if address is None:
         # Where the control machine reaches the host is the best default guess.
         address = data.get("ssh_hostname") or r.host
-    if not isinstance(address, str) or not (_is_hostname(address) or _is_ip(address)):
+    if not isinstance(address, str) or not (is_hostname(address) or is_ip(address)):
         raise r.fail("registry_internal_address", address,
                      "None or a DNS name or IP address other kit hosts reach this host at")
     stats = _read_loopback_address(r, "registry_lb_stats", port)
@@ -405,11 +546,11 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
         if not isinstance(password_value, Mapping):
             raise r.fail("registry_cache_password", "***", "{'env': NAME} or {'file': PATH}")
         password = r.secret_source("registry_cache_password", password_value, "password")
-        if not _CACHE_PASSWORD_RE.match(password.reveal()):
+        if not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
             raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
                          "spaces, quotes or backslashes (it goes into redis.conf)")
     maxmemory = r.raw("registry_cache_maxmemory")
-    if not (isinstance(maxmemory, str) and re.match(r"^[1-9][0-9]*(kb|mb|gb)$", maxmemory)):
+    if not (isinstance(maxmemory, str) and re.fullmatch(r"[1-9][0-9]{0,5}(kb|mb|gb)", maxmemory)):
         raise r.fail("registry_cache_maxmemory", maxmemory, "a size like 64mb or 1gb")
     return {
         "registry_internal_address": address,
@@ -426,15 +567,24 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
 
 
 def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
-         known: Mapping[str, Any] | None = None) -> Settings:
-    """Validate one host's data (defaults filled from group_data/all.py) into Settings."""
+         known: Mapping[str, Any] | None = None, server: bool = True) -> Settings:
+    """Validate one host's data (defaults filled from group_data/all.py) into Settings.
+    `server`: the host runs a registry (registry_servers), so the open-registry check
+    applies to it."""
     known = known if known is not None else known_keys()
     check_unknown_keys(host, data, known)
     merged = {**known, **{k: v for k, v in data.items() if k in known}}
     r = _Reader(host, merged, base_dir)
+    # First, for every setting: no value reaches a file or a command with a line break,
+    # NUL or another control character in it (repr shows them escaped, on one line).
+    for key in sorted(merged):
+        found = _find_unsafe(merged[key])
+        if found is not None:
+            shown = "***" if _is_secret_key(key) else found
+            raise r.fail(key, shown, "text without line breaks or control characters")
 
     domain = r.raw("registry_domain")
-    if not isinstance(domain, str) or not (_is_hostname(domain) or _is_ip(domain)):
+    if not isinstance(domain, str) or not (is_hostname(domain) or is_ip(domain)):
         raise r.fail("registry_domain", domain,
                      "a DNS name or IP address, without scheme, port, path or spaces")
     port = r.integer("registry_port", 1, 65535)
@@ -453,6 +603,15 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         key_file = r.optional_local_file("registry_tls_key_file")
         ca_file = r.optional_local_file("registry_tls_ca_file")
     users = _read_users(r, r.boolean("registry_allow_plain_passwords"))
+    anonymous = r.boolean("registry_anonymous_acknowledged")
+    if server and not users and not anonymous:
+        raise r.fail("registry_users", [], "at least one user: without users anyone who "
+                     "reaches the port can push and overwrite images; set "
+                     "registry_anonymous_acknowledged=True if that is what you want")
+    bind_address = r.raw("registry_bind_address")
+    if bind_address is not None and not is_ip(bind_address):
+        raise r.fail("registry_bind_address", bind_address, "None (every address) or one "
+                     "IP address of the server to publish the port on")
     acknowledged = r.boolean("registry_tls_none_acknowledged")
     if tls_mode == "none" and users and not acknowledged:
         raise r.fail("registry_tls_mode", "none", "plain HTTP with users sends passwords in "
@@ -476,27 +635,34 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
 
     hosts_entries = r.raw("registry_client_hosts_entries")
     if not isinstance(hosts_entries, Mapping) or not all(
-            isinstance(k, str) and _is_hostname(k) and isinstance(v, str) and _is_ip(v)
+            isinstance(k, str) and is_hostname(k) and isinstance(v, str) and is_ip(v)
             for k, v in hosts_entries.items()):
         raise r.fail("registry_client_hosts_entries", hosts_entries,
                      "a mapping of host name to IP address")
+
+    config_dir = r.host_dir("registry_config_dir")
+    data_dir = r.host_dir("registry_data_dir")
+    if config_dir == data_dir or data_dir.startswith(config_dir + "/") or \
+            config_dir.startswith(data_dir + "/"):
+        raise r.fail("registry_data_dir", data_dir, "a folder apart from registry_config_dir "
+                     f"({config_dir}): neither may hold the other")
 
     scale_out = _read_scale_out(r, data, port)
     install_method = r.choice("docker_install_method", INSTALL_METHODS)
     repo_url = r.raw("docker_ce_repo_url")
     if install_method == "docker-ce" and not (
-            isinstance(repo_url, str) and re.match(r"^https://\S+$", repo_url)):
+            isinstance(repo_url, str) and _REPO_URL_RE.fullmatch(repo_url)):
         raise r.fail("docker_ce_repo_url", repo_url, "the https:// base URL of Docker's "
                      "package repository when docker_install_method='docker-ce'")
     min_version = r.raw("docker_min_version")
     # Strict: the engine-version parser is tolerant ("1.x" reads as 1.0.0), a setting is not.
-    if not (is_valid_version(min_version) and re.match(r"^\d+(\.\d+){0,2}$", min_version)):
+    if not (is_valid_version(min_version) and re.fullmatch(r"\d+(\.\d+){0,2}", min_version)):
         raise r.fail("docker_min_version", min_version, "a version like 1.6.0")
     live_restore = r.raw("docker_live_restore")
     if live_restore is not None and not isinstance(live_restore, bool):
         raise r.fail("docker_live_restore", live_restore, "True, False or None")
     gc_schedule = r.raw("registry_gc_schedule")
-    if gc_schedule is not None and not (isinstance(gc_schedule, str) and _CALENDAR_RE.match(
+    if gc_schedule is not None and not (isinstance(gc_schedule, str) and _CALENDAR_RE.fullmatch(
             gc_schedule)):
         raise r.fail("registry_gc_schedule", gc_schedule, "None or a systemd OnCalendar "
                      "expression like 'Sun *-*-* 03:00:00' or 'weekly'")
@@ -509,8 +675,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         raise r.fail("registry_state_dir", state_dir, "a folder path on the control machine")
     archive = r.raw("registry_image_archive")
     container_name = r.raw("registry_container_name")
-    if not isinstance(container_name, str) or not re.match(
-            r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", container_name):
+    if not isinstance(container_name, str) or not re.fullmatch(
+            r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", container_name):
         raise r.fail("registry_container_name", container_name, "a Docker container name")
 
     return Settings(
@@ -521,8 +687,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         registry_image_archive=None if archive is None
         else r.local_path("registry_image_archive", archive),
         registry_container_name=container_name,
-        registry_config_dir=r.absolute_path("registry_config_dir"),
-        registry_data_dir=r.absolute_path("registry_data_dir"),
+        registry_config_dir=config_dir,
+        registry_data_dir=data_dir,
         registry_storage=_read_storage(r),
         registry_delete_enabled=r.boolean("registry_delete_enabled"),
         registry_http_secret=http_secret,
@@ -533,10 +699,12 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         registry_tls_cert_file=cert_file,
         registry_tls_key_file=key_file,
         registry_tls_ca_file=ca_file,
-        registry_tls_extra_names=r.string_list("registry_tls_extra_names", _is_hostname,
+        registry_tls_extra_names=r.string_list("registry_tls_extra_names", is_hostname,
                                                "DNS names"),
-        registry_tls_extra_ips=r.string_list("registry_tls_extra_ips", _is_ip, "IP addresses"),
+        registry_tls_extra_ips=r.string_list("registry_tls_extra_ips", is_ip, "IP addresses"),
         registry_tls_none_acknowledged=acknowledged,
+        registry_anonymous_acknowledged=anonymous,
+        registry_bind_address=bind_address,
         registry_users=users,
         registry_allow_plain_passwords=r.boolean("registry_allow_plain_passwords"),
         registry_client_login_user=login_user,
@@ -548,7 +716,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         docker_ce_repo_url=repo_url,
         docker_min_version=min_version,
         docker_registry_mirrors=r.string_list(
-            "docker_registry_mirrors", lambda u: bool(re.match(r"^https?://[^\s/]+/?$", u)),
+            "docker_registry_mirrors", is_mirror_url,
             "mirror URLs like https://mirror.example:5000"),
         docker_live_restore=live_restore,
         registry_purge_data=r.boolean("registry_purge_data"),
@@ -592,7 +760,8 @@ def load_inventory(inventory: Any, *, check: Any = None) -> dict[str, Settings]:
             check_group_conflicts(
                 target.name, {group: inventory.get_group_data(group) for group in groups},
                 {**inventory.get_host_data(target.name), **inventory.get_override_data()})
-        loaded[target.name] = load(target.name, target.data.dict(), known=known)
+        loaded[target.name] = load(target.name, target.data.dict(), known=known,
+                                   server="registry_servers" in target.groups)
         if check is not None:
             check(target, loaded[target.name])
     return loaded

@@ -12,6 +12,7 @@ registry_domain, registry_port, registry_tls_mode, registry_client_login_user.
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,46 +34,47 @@ REPOSITORIES = "docker/registry/v2/repositories"
 def status_command(*, container: str | None = None, health: tuple[str, str, str] | None = None,
                    cert: str | None = None, data_dir: str | None = None,
                    trust_file: str | None = None, marker: str | None = None) -> str:
-    def section(name: str) -> str:
+    def section_command(name: str) -> str:
         return f"echo {q(_SECTION + name)}"
 
-    parts = [section("docker"), "docker info --format '{{.ServerVersion}}' 2>/dev/null || true"]
+    parts = [section_command("docker"),
+             "docker info --format '{{.ServerVersion}}' 2>/dev/null || true"]
     if container:
         fmt = "{{.Config.Image}}|{{.State.Status}}|{{.State.StartedAt}}|{{.RestartCount}}"
-        parts += [section("container"),
+        parts += [section_command("container"),
                   f"docker inspect --type container --format {q(fmt)} {q(container)}"
                   " 2>/dev/null || true",
-                  section("uptime"),
+                  section_command("uptime"),
                   f"s=$(docker inspect --type container --format '{{{{.State.StartedAt}}}}' "
                   f"{q(container)} 2>/dev/null) && echo $(( $(date +%s) - $(date -d \"$s\" +%s)"
                   " )) || true"]
     if health:
         url, resolve, ca = health
         ca_opt = "" if ca == "-" else f" --cacert {q(ca)}"
-        parts += [section("health"),
+        parts += [section_command("health"),
                   f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {q(resolve)}"
                   f"{ca_opt} {q(url + '/v2/')} 2>/dev/null; echo"]
     if cert:
-        parts += [section("cert"), f"cat {q(cert)} 2>/dev/null || true"]
+        parts += [section_command("cert"), f"cat {q(cert)} 2>/dev/null || true"]
     if data_dir:
-        repos = f"{data_dir}/{REPOSITORIES}"
-        parts += [section("bytes"), f"du -sb {q(data_dir)} 2>/dev/null | cut -f1",
-                  section("repos"),
+        repos = posixpath.join(data_dir, REPOSITORIES)
+        parts += [section_command("bytes"), f"du -sb {q(data_dir)} 2>/dev/null | cut -f1",
+                  section_command("repos"),
                   f"find {q(repos)} -type d -name _manifests 2>/dev/null | wc -l",
-                  section("tags"),
+                  section_command("tags"),
                   f"find {q(repos)} -path '*/_manifests/tags/*/current/link' 2>/dev/null | wc -l",
-                  section("timer"),
+                  section_command("timer"),
                   f"systemctl is-active {gc.TIMER_NAME} 2>/dev/null || true"]
     if trust_file:
-        parts += [section("trust"), f"cat {q(trust_file)} 2>/dev/null || true",
-                  section("auths"),
+        parts += [section_command("trust"), f"cat {q(trust_file)} 2>/dev/null || true",
+                  section_command("auths"),
                   "grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
                   " | cut -d'\"' -f2 || true",
-                  section("hosts"),
+                  section_command("hosts"),
                   f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true"]
     if marker:
         # Only the user name before the ':' (the rest is a bcrypt hash).
-        parts += [section("marker"), f"cut -d: -f1 {q(marker)} 2>/dev/null || true"]
+        parts += [section_command("marker"), f"cut -d: -f1 {q(marker)} 2>/dev/null || true"]
     return "; ".join(parts)
 
 

@@ -5,6 +5,9 @@ Clients: the kit's docker login (logout + marker), the OS trust entry, the
 /etc/docker/certs.d trust folder, the /etc/hosts lines marked "# registry-kit".
 Servers: the GC timer, the registry container, config.yml/certs/htpasswd, the kit's scripts;
 the data folder only with registry_purge_data=True (announced, host and path, first).
+Files go by the names the kit writes; a folder only when the kit created it (its marker,
+registry_kit.ownership) and nothing else is left in it. Folders kept are named, one line
+each (host and path), on every teardown.
 Every host: the kit's daemon.json keys (daemon_json.unmerge; others kept; Docker reloaded),
 and the Docker engine itself only with docker_remove_on_teardown=True.
 Reads: the same settings as deploy, plus registry_purge_data and docker_remove_on_teardown.
@@ -17,23 +20,55 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, pyinfra_patches, remote, server
+from registry_kit import client, daemon_json, gc, pyinfra_patches, server
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.lifecycle import merge_probe, roles, validated_settings
+from registry_kit.ownership import MARKER, FolderPlan, owned, plan_folder
 from registry_kit.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 from registry_kit.settings import Settings
+
+# Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
+# login's password file (client) and the GC log; the first two live there for seconds.
+RUNTIME_FILES = ("verify.curlrc", "login.pw", "gc.log")
 
 
 def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str, Any]:
     parts = []
     if is_server:
+        paths = ServerPaths(settings.registry_config_dir)
+        listed = [paths.certs_dir, paths.auth_dir, settings.registry_config_dir, SCRIPTS_DIR,
+                  RUNTIME_DIR]
+        # What else each folder holds (entries) decides whether the folder itself can go.
         parts += [server.probe_args(settings), gc.probe_args(settings),
-                  {"dirs": [RUNTIME_DIR]}]
+                  {"dirs": listed, "listings": listed}]
     if is_client:
-        parts.append(client.probe_args(settings))
+        parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
     return merge_probe(parts)
+
+
+def log_kept(plans: list[FolderPlan]) -> None:
+    # Named before anything runs, on every teardown (the second one too): these stay.
+    for plan in plans:
+        if plan.kept:
+            logger.warning(f"{host.name}: {plan.kept}")
+
+
+@operation()
+def remove_folders(plans: list[FolderPlan]):
+    """The kit's files in each folder, then the folders that are left empty (in order:
+    subfolders first); never `rm -rf` (see registry_kit.ownership)."""
+    files = [path for plan in plans for path in plan.files]
+    folders = [plan.folder for plan in plans if plan.remove_folder]
+    if not files and not folders:
+        kept = [plan.folder for plan in plans if plan.kept]
+        host.noop("nothing of the kit's left" + (f" (kept: {', '.join(kept)})" if kept else ""))
+        return
+    if files:
+        yield "rm -f " + " ".join(q(path) for path in files)
+    if folders:
+        yield "rmdir " + " ".join(q(path) for path in folders)
 
 
 # --- client: the reverse of client.client_deploy ---
@@ -71,8 +106,11 @@ def client_teardown(settings: Settings, state: HostState) -> None:
     remove_system_trust(
         [client.system_ca_path(settings, family) for family in client.SYSTEM_CA_DIRS], state,
         name="Remove the registry CA from the OS trust store")
-    remote.absent_paths([client.trust_dir(settings)], list(state.dirs),
-                        name=f"Remove {client.trust_dir(settings)}")
+    # Docker's trust folder for this address: the kit's ca.crt goes; the folder too unless
+    # it holds files of others (client certificates, put there by hand).
+    trust = [plan_folder(state, client.trust_dir(settings), ["ca.crt"], needs_marker=False)]
+    log_kept(trust)
+    remove_folders(trust, name=f"Remove {client.trust_dir(settings)}")
     client.hosts_entries({}, state, name="Remove the kit's /etc/hosts entries")
 
 
@@ -89,20 +127,16 @@ def remove_container(settings: Settings, state: HostState):
           ">/dev/null 2>&1; true"
 
 
-@operation()
-def remove_config(settings: Settings, state: HostState):
-    """config.yml, certs/ and auth/ (htpasswd), then the folder if nothing else is in it."""
+def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
+    """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
+    included), then each folder the kit created that holds nothing else."""
     paths = ServerPaths(settings.registry_config_dir)
-    kit_files = [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd]
-    kit_dirs = [paths.certs_dir, paths.auth_dir, settings.registry_config_dir]
-    if not any(path in state.files for path in kit_files) and \
-            not any(path in state.dirs for path in kit_dirs):
-        host.noop(f"{settings.registry_config_dir} is gone")
-        return
-    yield (f"rm -rf {q(paths.certs_dir)} {q(paths.auth_dir)}; "
-           f"rm -f {q(paths.config)} {q(paths.config)}.registry-kit-*; "
-           f"rmdir {q(settings.registry_config_dir)} 2>/dev/null || "
-           f"echo 'registry-kit: kept {settings.registry_config_dir}: it holds other files'")
+    certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt"])
+    auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
+    gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth) if plan.remove_folder]
+    config = plan_folder(state, settings.registry_config_dir, ["config.yml"],
+                         removed_subfolders=gone)
+    return [certs, auth, config]
 
 
 def _announce(state: Any, host: Any, message: str) -> bool:
@@ -116,29 +150,58 @@ def purge_warning(settings: Settings) -> str:
             f"{settings.registry_data_dir} (every image stored there)")
 
 
+def purge_refusal(settings: Settings) -> str:
+    return (f"{settings.host}: registry_purge_data=True: KEPT {settings.registry_data_dir}: "
+            f"registry-kit did not create it (no {MARKER} in it); delete it by hand if the "
+            "images in it are no longer needed")
+
+
+def data_action(settings: Settings, state: HostState) -> str:
+    """"absent", "keep" (no purge asked), "refuse" (purge asked, folder not the kit's) or
+    "purge"."""
+    path = settings.registry_data_dir
+    if path not in state.dirs:
+        return "absent"
+    if not settings.registry_purge_data:
+        return "keep"
+    # A refused purge keeps the folder and the run goes on (exit 0): the folder is not the
+    # kit's to delete, and no later run makes it so (it never gets a marker), so failing
+    # would make every teardown of this host fail and stop the rest of it (container,
+    # config, clients) for good. purge_refusal, printed before the run, names host and path.
+    return "purge" if owned(state, path) else "refuse"
+
+
 @operation()
 def remove_data(settings: Settings, state: HostState):
     path = settings.registry_data_dir
-    if path not in state.dirs:
+    action = data_action(settings, state)
+    if action == "absent":
         host.noop(f"no registry data in {path}")
-        return
-    if not settings.registry_purge_data:
+    elif action == "keep":
         host.noop(f"kept the registry data in {path} (registry_purge_data=True deletes it)")
-        return
-    yield FunctionCommand(_announce, (purge_warning(settings),), {})
-    yield f"rm -rf {q(path)}"
+    elif action == "refuse":
+        host.noop(purge_refusal(settings))
+    else:
+        yield FunctionCommand(_announce, (purge_warning(settings),), {})
+        yield f"rm -rf {q(path)}"
 
 
 def server_teardown(settings: Settings, state: HostState) -> None:
     gc.schedule_remove(state, name="Remove the garbage collection timer")
     remove_container(settings, state, name="Remove the registry container")
-    remove_config(settings, state, name="Remove the registry config, certificates and htpasswd")
-    remote.absent_paths([SCRIPTS_DIR, RUNTIME_DIR], list(state.dirs),
-                        name="Remove the kit's scripts")
+    plans = config_plans(settings, state)
+    log_kept(plans)
+    remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
+    # Folders named after the kit itself: its files go, the folder when nothing else is in it.
+    kit_dirs = [plan_folder(state, SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False),
+                plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
+    log_kept(kit_dirs)
+    remove_folders(kit_dirs, name="Remove the kit's scripts")
     remove_data(settings, state, name="Remove the registry data (registry_purge_data)")
-    if settings.registry_purge_data and settings.registry_data_dir in state.dirs:
+    action = data_action(settings, state)
+    if action in ("purge", "refuse"):
         # Before any operation runs: the whole run's output starts with this line.
-        logger.warning(purge_warning(settings))
+        logger.warning(purge_warning(settings) if action == "purge" else purge_refusal(settings))
 
 
 # --- engine: the reverse of engine.engine_deploy ---
@@ -185,7 +248,7 @@ def engine_teardown(settings: Settings, state: HostState) -> None:
     wanted = daemon_json.unmerge(
         current, mirrors=settings.docker_registry_mirrors,
         live_restore=settings.docker_live_restore,
-        insecure=[f"{settings.registry_domain}:{settings.registry_port}"])
+        insecure=client.insecure_entries(settings)[0] + client.insecure_entries(settings)[1])
     unmerge_daemon(current, wanted, state, name="Remove the kit's keys from daemon.json")
     remove_docker(settings, state, name="Remove the Docker engine (docker_remove_on_teardown)")
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import operation
 
+from registry_kit import remote
 from registry_kit.commands import q
 from registry_kit.settings import Settings
 from registry_kit.tls import ServerCertificate
@@ -36,8 +37,8 @@ def bridge_ca(path: str, new_ca: bytes):
     """Trust the new CA next to the one trusted until now (both, for this run)."""
     staging = f"{path}.registry-kit-new"
     yield f"install -m 0644 -o root -g root /dev/null {q(staging)}"
-    yield FileUploadCommand(BytesIO(new_ca if new_ca.endswith(b"\n") else new_ca + b"\n"),
-                            staging)
+    yield remote.upload(BytesIO(new_ca if new_ca.endswith(b"\n") else new_ca + b"\n"),
+                        staging)
     yield f"cat {q(path)} >> {q(staging)} && mv -f {q(staging)} {q(path)}"
 
 

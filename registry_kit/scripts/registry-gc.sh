@@ -9,7 +9,9 @@
 set -u
 
 readonly_config() {
-    # templates/config.yml.j2 writes "readonly:" with "enabled: false" on the next line.
+    # registry_kit/render.py writes "readonly:" with "enabled: false" on the next line, and
+    # every value on one line (a line break in a value is written "\n"), so no value can
+    # hold a line this matches.
     sed '/^    readonly:$/{n;s/^      enabled: false$/      enabled: true/;}'
 }
 if [ "${1:-}" = "--readonly-config" ]; then

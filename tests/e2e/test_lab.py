@@ -10,15 +10,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import lab as lab_api
+from lab import config as lab_config
 from lab import state as lab_state
 from lab.engine import docker
-from lab.images import small_images
+from lab.images import registry3_available, registry3_image, small_images, trixie_registry_image
 from lab.ssh import ssh_argv
 from lab.topology import HostSpec
 
@@ -39,7 +41,9 @@ def ssh(state: dict[str, Any], host: str, command: str, *, check: bool = True,
 
 
 def pyinfra(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_KIT_LAB_")}
+    # The host/group overrides are the test's to set; the namespace stays the run's.
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("REGISTRY_KIT_LAB_") or k == lab_config.NAME_ENV}
     return subprocess.run([PYINFRA, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={**clean, **(env or {})})
 
@@ -98,9 +102,15 @@ def test_upstream_serves_the_images(lab: dict[str, Any]) -> None:
     base = lab["upstream"]["local_url"]
     with urllib.request.urlopen(f"{base}/v2/library/registry/tags/list", timeout=10) as resp:
         tags = set(json.load(resp)["tags"])
-    assert {"2", "2.8.2", "broken"} <= tags
     with urllib.request.urlopen(f"{base}/v2/library/busybox/tags/list", timeout=10) as resp:
-        assert "latest" in json.load(resp)["tags"]
+        assert json.load(resp)["tags"] == ["latest"]
+    available, reason = registry3_available()
+    wanted = {"2", "2.8.2", "2.8.3", "broken"} | ({"3", "3.0.0"} if available else set())
+    # Exactly these: without the 3.0.0 binary there is no stale registry:3 either.
+    assert tags == wanted, reason
+    assert lab["upstream"]["tags"] == sorted(
+        ["library/busybox:latest", *(f"library/registry:{t}" for t in wanted)])
+    assert lab["upstream"]["registry3"] == {"available": available, "reason": reason}
     # Hosts reach it by name on the lab network.
     out = ssh(lab, "lab-client1", "curl -sf http://upstream.lab:5000/v2/_catalog").stdout
     assert "library/registry" in out
@@ -175,3 +185,112 @@ def test_down_leaves_nothing_in_its_namespace(lab: dict[str, Any]) -> None:
     main = docker("ps", "-q", "--filter", f"label={lab_api.get_config().label}").stdout.split()
     assert len(main) == len(lab["hosts"]) + 1
     assert lab_state.load()["hosts"].keys() == lab["hosts"].keys()
+
+
+# --- the registry images on a lab host: 2.8.3 and 3.0.0 through the mirror ----------------
+
+
+@pytest.fixture(scope="class")
+def docker_host(lab: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A spare trixie host (Docker 26 from Debian) whose engine uses the upstream as its
+    Docker Hub mirror; removed when the class is done. Returns the lab state."""
+    name = "lab-mirror"
+    lab_api.up([HostSpec(name, "trixie")])
+    try:
+        state = lab_state.load()
+        mirror = state["upstream"]["url"]
+        ssh(state, name, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+            "apt-get install -y -qq docker.io >/dev/null")
+        ssh(state, name, "mkdir -p /etc/docker && printf '%s' "
+            f"'{json.dumps({'registry-mirrors': [mirror]})}' > /etc/docker/daemon.json && "
+            "systemctl reload docker && sleep 1")
+        yield state
+    finally:
+        lab_api.remove_host(name)
+
+
+def _local_id(tag: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+
+
+@pytest.mark.slow
+class TestRegistryImagesThroughTheMirror:
+    HOST = "lab-mirror"
+
+    def test_registry_2_8_3_pulls_and_runs(self, docker_host: dict[str, Any]) -> None:
+        ssh(docker_host, self.HOST, "docker pull -q registry:2.8.3")
+        remote = ssh(docker_host, self.HOST,
+                     "docker image inspect --format '{{.Id}}' registry:2.8.3").stdout.strip()
+        assert remote == _local_id(trixie_registry_image().tag)
+        words = ssh(docker_host, self.HOST,
+                    "docker run --rm registry:2.8.3 --version").stdout.split()
+        assert Path(words[0]).name == "registry"
+        assert words[1:] == ["github.com/docker/distribution", "2.8.3+ds1"]
+        # Linked against trixie's glibc, and it carries its own: the image's libc is trixie's.
+        host_libc = ssh(docker_host, self.HOST,
+                        "sha256sum /lib/x86_64-linux-gnu/libc.so.6").stdout.split()[0]
+        ssh(docker_host, self.HOST, "docker rm -f libc-probe >/dev/null 2>&1; "
+            "docker create --name libc-probe registry:2.8.3 >/dev/null")
+        image_libc = ssh(docker_host, self.HOST,
+                         "docker cp libc-probe:/lib/x86_64-linux-gnu/libc.so.6 - | tar -xO | "
+                         "sha256sum; docker rm -f libc-probe >/dev/null").stdout.split()[0]
+        assert image_libc == host_libc
+
+    def test_registry_3_pulls_and_prints_its_version(self,
+                                                     docker_host: dict[str, Any]) -> None:
+        available, reason = registry3_available()
+        if not available:
+            pytest.skip(reason)
+        ssh(docker_host, self.HOST, "docker pull -q registry:3 && docker pull -q registry:3.0.0")
+        ids = ssh(docker_host, self.HOST, "docker image inspect --format '{{.Id}}' "
+                  "registry:3 registry:3.0.0").stdout.split()
+        image = registry3_image()
+        assert image is not None
+        assert ids == [_local_id(image.tag)] * 2
+        words = ssh(docker_host, self.HOST,
+                    "docker run --rm registry:3 --version").stdout.split()
+        # argv[0] is the entrypoint's path, /bin/registry, as in an image whose entrypoint
+        # is ["/bin/registry"].
+        assert Path(words[0]).name == "registry"
+        assert words[1:] == ["github.com/distribution/distribution/v3", "3.0.0"]
+
+    def test_registry_3_default_command_serves(self, docker_host: dict[str, Any]) -> None:
+        available, reason = registry3_available()
+        if not available:
+            pytest.skip(reason)
+        config = json.loads(ssh(docker_host, self.HOST, "docker pull -q registry:3 >/dev/null "
+                                "&& docker image inspect --format '{{json .Config}}' "
+                                "registry:3").stdout)
+        assert config["Entrypoint"] == ["/bin/registry"]
+        assert config["Cmd"] == ["serve", "/etc/distribution/config.yml"]
+        assert list(config["ExposedPorts"]) == ["5000/tcp"]
+        assert list(config["Volumes"]) == ["/var/lib/registry"]
+        ssh(docker_host, self.HOST, "docker rm -f r3 >/dev/null 2>&1; "
+            "docker run -d --name r3 -p 127.0.0.1:5000:5000 registry:3 >/dev/null")
+        try:
+            code = ssh(docker_host, self.HOST, "for i in $(seq 50); do "
+                       "c=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5000/v2/);"
+                       " [ \"$c\" = 200 ] && break; sleep 0.2; done; echo $c").stdout.strip()
+            assert code == "200"
+            # The data lands in the image's volume path: a push proves storage works too.
+            ssh(docker_host, self.HOST, "docker pull -q busybox >/dev/null && "
+                "docker tag busybox 127.0.0.1:5000/probe:1 && "
+                "docker push -q 127.0.0.1:5000/probe:1 >/dev/null")
+            listed = ssh(docker_host, self.HOST,
+                         "curl -sf http://127.0.0.1:5000/v2/probe/tags/list").stdout
+            assert json.loads(listed) == {"name": "probe", "tags": ["1"]}
+            mounts = json.loads(ssh(docker_host, self.HOST,
+                                    "docker inspect --format '{{json .Mounts}}' r3").stdout)
+            assert [m["Destination"] for m in mounts] == ["/var/lib/registry"]
+            ca = ssh(docker_host, self.HOST, "docker cp r3:/etc/ssl/certs/ca-certificates.crt - "
+                     "| tar -xO | grep -c 'BEGIN CERTIFICATE'").stdout.strip()
+            assert int(ca) > 50
+            # As in the official image: no trace exporter, so no "traces export" error,
+            # which 3.0.0 would otherwise log every 5 s (hence the wait).
+            assert "OTEL_TRACES_EXPORTER=none" in config["Env"]
+            time.sleep(6)
+            logs = ssh(docker_host, self.HOST, "docker logs r3 2>&1").stdout
+            assert "version=3.0.0" in logs
+            assert "traces export" not in logs
+        finally:
+            ssh(docker_host, self.HOST, "docker rm -f r3 >/dev/null", check=False)

@@ -4,6 +4,7 @@ registry_kit.server.container_spec (the spec hash that decides a recreate)."""
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,8 +46,8 @@ def _apt_docker_ce(distro: str, codename: str) -> list[str]:
         "install -m 0755 -d /etc/apt/keyrings",
         f"curl -fsSL {REPO}/{distro}/gpg -o /etc/apt/keyrings/docker.asc",
         "chmod a+r /etc/apt/keyrings/docker.asc",
-        'echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc]'
-        f' {REPO}/{distro} {codename} stable" > /etc/apt/sources.list.d/docker.list',
+        'echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc]"'
+        f' {REPO}/{distro} {codename} stable > /etc/apt/sources.list.d/docker.list',
         f"{APT} update -q",
         f"{APT} install -y -q docker-ce docker-ce-cli containerd.io",
     ]
@@ -65,6 +66,16 @@ def test_ubuntu_docker_ce() -> None:
     os_info = OSInfo("ubuntu", id_like="debian", codename="noble")
     assert docker_install_commands(os_info, "docker-ce", REPO) == \
         _apt_docker_ce("ubuntu", "noble")
+
+
+def test_hostile_codename_and_url_stay_single_words() -> None:
+    """The codename comes from the host's os-release, the URL from settings: each is one
+    quoted word of the source line, whatever it holds."""
+    os_info = OSInfo("debian", codename="x; touch /tmp/pwned")
+    source = docker_install_commands(os_info, "docker-ce", "https://h/$(id)")[6]
+    words = shlex.split(source)
+    assert words[words.index(">") - 3:words.index(">")] == \
+        ["https://h/$(id)/debian", "x; touch /tmp/pwned", "stable"]
 
 
 def test_debian_docker_ce_without_codename() -> None:

@@ -106,3 +106,23 @@ def test_verifies_all_bcrypt_spellings(prefix: str) -> None:
 )
 def test_verifies_false_for_other_hashes(hashed: str) -> None:
     assert htpasswd.verifies("password", hashed) is False
+
+
+@pytest.mark.parametrize("name", ["a:b", "a\nevil", "a b", "#alice", "", "a\x00"])
+def test_render_refuses_names_that_change_lines(name: str) -> None:
+    with pytest.raises(ValueError, match="htpasswd: user name="):
+        htpasswd.render([User(name=name, password=None, password_hash=OPS_HASH_2Y)])
+
+
+@pytest.mark.parametrize("hashed", [OPS_HASH_2Y + "\nevil:" + OPS_HASH_2Y, OPS_HASH_2Y + " x",
+                                    ""])
+def test_render_refuses_hashes_that_change_lines(hashed: str) -> None:
+    with pytest.raises(ValueError, match=r"htpasswd: user 'ops': password_hash=\(secret\)"):
+        htpasswd.render([User(name="ops", password=None, password_hash=hashed)])
+
+
+@pytest.mark.parametrize("name", ["r\u00e9my", "ci$(x)", "a#b", "ci-bot.1"])
+def test_render_odd_names_stay_one_entry(name: str) -> None:
+    text = htpasswd.render([User(name=name, password=None, password_hash=OPS_HASH_2Y)])
+    assert len(text.splitlines()) == 1
+    assert htpasswd.parse(text) == {name: OPS_HASH_2Y}

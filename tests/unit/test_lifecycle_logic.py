@@ -70,12 +70,16 @@ def test_purge_warning_names_host_and_path(make_settings: Callable[..., Settings
 # --------------------------------------------------------------------------- gc
 
 
-def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Settings]) -> None:
+@pytest.mark.parametrize("secret", ["secret", "x\n    readonly:\n      enabled: false\n",
+                                    "    readonly:", "      enabled: false"])
+def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Settings],
+                                            secret: str) -> None:
     """The script derives read-only mode from the deployed file: it must give exactly what
-    render_config(read_only=True) gives, and nothing else may change."""
+    render_config(read_only=True) gives, and nothing else may change (a secret that looks
+    like the lines it edits included)."""
     settings = make_settings(registry_delete_enabled=True)
-    normal = render_config(settings, "secret")
-    wanted = render_config(settings, "secret", read_only=True)
+    normal = render_config(settings, secret)
+    wanted = render_config(settings, secret, read_only=True)
     assert normal != wanted
     derived = subprocess.run(["sh", str(_SCRIPTS / gc.SCRIPT), "--readonly-config"],
                              input=normal, capture_output=True, text=True, check=True).stdout
@@ -83,15 +87,15 @@ def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Setting
     assert yaml.safe_load(derived)["storage"]["maintenance"]["readonly"] == {"enabled": True}
 
 
-def test_gc_command(make_settings: Callable[..., Settings]) -> None:
+def test_gc_arguments(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(registry_gc_delete_untagged=True)
-    args = gc.gc_command(settings, dry_run=True)
+    args = gc.gc_arguments(settings, dry_run=True)
     assert args[:4] == ["/usr/local/lib/registry-kit/registry-gc.sh", "registry",
                         "/etc/registry-kit", "/var/lib/registry-kit/data"]
     assert args[-2:] == ["--dry-run", "--delete-untagged"]
-    assert "--dry-run" not in gc.gc_command(make_settings(), dry_run=False)
+    assert "--dry-run" not in gc.gc_arguments(make_settings(), dry_run=False)
     s3 = make_settings(registry_storage={"driver": "inmemory"})
-    assert gc.gc_command(s3, dry_run=False)[3] == "-"  # no folder to measure
+    assert gc.gc_arguments(s3, dry_run=False)[3] == "-"  # no folder to measure
 
 
 def test_timer_units(make_settings: Callable[..., Settings]) -> None:
@@ -190,8 +194,7 @@ def test_function_commands_receive_state_and_host() -> None:
     so; any other names would shift the arguments at run time."""
     import inspect
 
-    from registry_kit import lifecycle, server
+    from registry_kit import server
 
-    for function in (teardown._announce, gc._fail, lifecycle.run_and_report,
-                     server._stop_rollout):
+    for function in (teardown._announce, gc._fail, server._stop_rollout):
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function

@@ -181,9 +181,10 @@ def test_cache_password_rules(make_settings: Callable[..., Settings],
 
 def test_internal_address_defaults_to_ssh_hostname(known: Any) -> None:
     from registry_kit import settings as settings_mod
-    loaded = settings_mod.load("reg-2", {"ssh_hostname": "10.1.2.3"}, known=known)
+    loaded = settings_mod.load("reg-2", {"ssh_hostname": "10.1.2.3"}, known=known, server=False)
     assert loaded.registry_internal_address == "10.1.2.3"
-    assert settings_mod.load("reg-2", {}, known=known).registry_internal_address == "reg-2"
+    loaded = settings_mod.load("reg-2", {}, known=known, server=False)
+    assert loaded.registry_internal_address == "reg-2"
 
 
 def _topology(make: Callable[..., Settings], *, servers: int = 2, lbs: int = 1,

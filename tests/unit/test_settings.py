@@ -90,9 +90,9 @@ BAD_CASES: list[tuple[str, Any, str, str, str | None]] = [
     ("typo-min-version", {"docker_min_verison": "1.6.0"}, "docker_min_verison",
      "did you mean docker_min_version?", None),
     ("data-dir-relative", {"registry_data_dir": "var/lib/x"}, "registry_data_dir",
-     "an absolute path on the servers", None),
+     "an absolute path of letters", None),
     ("data-dir-dotdot", {"registry_data_dir": "/var/../etc"}, "registry_data_dir",
-     "without '..'", None),
+     "without '.' or '..' parts", None),
     ("tls-mode", {"registry_tls_mode": "tls"}, "registry_tls_mode",
      "one of self-signed, provided, none", None),
     ("tls-none-users", {"registry_tls_mode": "none", **_user(password_env="REGKIT_PW")},
@@ -151,6 +151,58 @@ BAD_CASES: list[tuple[str, Any, str, str, str | None]] = [
      "IP addresses", None),
     ("hosts-entries", {"registry_client_hosts_entries": {"reg.example": "not-an-ip"}},
      "registry_client_hosts_entries", "a mapping of host name to IP address", None),
+    # --- hardening (issue 12): whole-string matches, control characters, system folders
+    ("config-dir-quote", {"registry_config_dir": "/etc/rk';id;'"}, "registry_config_dir",
+     "an absolute path of letters", None),
+    ("data-dir-comma", {"registry_data_dir": "/srv/reg,source=/etc"}, "registry_data_dir",
+     "an absolute path of letters", None),
+    ("data-dir-space", {"registry_data_dir": "/srv/my registry"}, "registry_data_dir",
+     "an absolute path of letters", None),
+    ("config-dir-etc-ssl", {"registry_config_dir": "/etc/ssl"}, "registry_config_dir",
+     "not one the operating system or other software owns", None),
+    ("config-dir-etc-ssl-certs", {"registry_config_dir": "/etc/ssl/certs"},
+     "registry_config_dir", "not one the operating system", None),
+    ("data-dir-var-lib", {"registry_data_dir": "/var/lib/"}, "registry_data_dir",
+     "not one the operating system", None),
+    ("data-dir-usr-sub", {"registry_data_dir": "/usr/share/registry"}, "registry_data_dir",
+     "not one the operating system", None),
+    ("data-dir-docker", {"registry_data_dir": "/var/lib/docker/volumes/x"},
+     "registry_data_dir", "not one the operating system", None),
+    ("data-in-config", {"registry_config_dir": "/srv/rk", "registry_data_dir": "/srv/rk/data"},
+     "registry_data_dir", "neither may hold the other", None),
+    ("repo-url-subshell", {"docker_install_method": "docker-ce",
+                           "docker_ce_repo_url": "https://x/$(id -un)"},
+     "docker_ce_repo_url", "the https:// base URL", None),
+    ("user-trailing-newline", {"registry_users": [{"name": "ci\n", "password_env": "REGKIT_PW"}]},
+     "registry_users", "text without line breaks", None),
+    ("image-trailing-newline", {"registry_image": "registry:2\n"}, "registry_image",
+     "text without line breaks", None),
+    ("container-trailing-newline", {"registry_container_name": "registry\n"},
+     "registry_container_name", "text without line breaks", None),
+    ("schedule-newline", {"registry_gc_schedule": "weekly\nExecStart=/bin/sh"},
+     "registry_gc_schedule", "text without line breaks", None),
+    ("schedule-percent", {"registry_gc_schedule": "%n"}, "registry_gc_schedule",
+     "OnCalendar", None),
+    ("domain-line-separator", {"registry_domain": "reg.example\u2028x"}, "registry_domain",
+     "text without line breaks", None),
+    ("extra-ip-scope", {"registry_tls_extra_ips": ["fe80::1%eth0"]}, "registry_tls_extra_ips",
+     "IP addresses", None),
+    ("hosts-entry-scope", {"registry_client_hosts_entries": {"reg.example": "fe80::1%lo"}},
+     "registry_client_hosts_entries", "a mapping of host name to IP address", None),
+    ("internal-address-scope", {"registry_internal_address": "fe80::1%eth0"},
+     "registry_internal_address", "DNS name or IP address", None),
+    ("mirror-path", {"docker_registry_mirrors": ["http://m.example/$(id)"]},
+     "docker_registry_mirrors", "mirror URLs", None),
+    ("bind-address-name", {"registry_bind_address": "registry.example"},
+     "registry_bind_address", "one IP address", None),
+    ("storage-rootdirectory", {"registry_storage": {"driver": "filesystem",
+                                                    "rootdirectory": "/var/lib/registry"}},
+     "registry_storage", "choose the folder on the server with registry_data_dir", None),
+    ("storage-param-name", {"registry_storage": {"driver": "s3", "bucket": "b", "region": "r",
+                                                 "x: y": "z"}},
+     "registry_storage", "parameter names", None),
+    ("storage-nul", {"registry_storage": {"driver": "s3", "bucket": "b\x00", "region": "r"}},
+     "registry_storage", "text without line breaks", "b\x00"),
 ]
 
 
@@ -210,7 +262,7 @@ def test_defaults_load(make_settings: Callable[..., Settings], tmp_path: Path) -
 
 
 def test_load_without_known_reads_group_data(tmp_path: Path) -> None:
-    assert settings_mod.load(HOST, {}, base_dir=tmp_path).registry_port == 5000
+    assert settings_mod.load(HOST, {}, base_dir=tmp_path, server=False).registry_port == 5000
 
 
 @pytest.mark.parametrize(
@@ -284,7 +336,7 @@ def test_password_file_with_two_newlines_is_multi_line(make_settings: Callable[.
                                                         tmp_path: Path) -> None:
     path = tmp_path / "pw"
     path.write_text("s3cret\n\n")
-    with pytest.raises(SettingsError, match="must be one line"):
+    with pytest.raises(SettingsError, match="a secret without line breaks"):
         make_settings(registry_users=[{"name": "ci", "password_file": str(path)}])
 
 
@@ -430,3 +482,73 @@ def test_defaults_file_keys_are_prefixed_and_commented(known: Mapping[str, Any])
         assert comment, f"{name} has an empty comment"
     # every assignment is a setting known_keys() returns (none is silently dropped)
     assert sorted(known) == sorted(name for name, _ in assignments)
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_no_users_is_refused_unless_acknowledged(known: Mapping[str, Any],
+                                                 tmp_path: Path) -> None:
+    """The default (no users) is an open registry: refused, with the setting to ask for it."""
+    with pytest.raises(SettingsError) as caught:
+        settings_mod.load(HOST, {}, base_dir=tmp_path, known=known)
+    assert str(caught.value) == (
+        f"{HOST}: setting registry_users=[] is not allowed: at least one user: without users "
+        "anyone who reaches the port can push and overwrite images; set "
+        "registry_anonymous_acknowledged=True if that is what you want")
+    acknowledged = settings_mod.load(HOST, {"registry_anonymous_acknowledged": True},
+                                     base_dir=tmp_path, known=known)
+    assert acknowledged.registry_users == ()
+    # Clients run no registry: the check is for servers.
+    assert settings_mod.load(HOST, {}, base_dir=tmp_path, known=known, server=False)
+
+
+@pytest.mark.parametrize("path", ["/srv/registry", "/var/lib/registry-kit",
+                                  "/var/lib/registry-kit/data", "/etc/registry-data",
+                                  "/opt/registry", "/data/registry@2", "/home/ops/registry"])
+def test_dedicated_folders_are_fine(make_settings: Callable[..., Settings], path: str) -> None:
+    assert make_settings(registry_data_dir=path + "/").registry_data_dir == path
+
+
+@pytest.mark.parametrize("path", sorted(settings_mod.SYSTEM_DIRS))
+def test_every_system_folder_is_refused(make_settings: Callable[..., Settings],
+                                        path: str) -> None:
+    with pytest.raises(SettingsError, match="registry_config_dir"):
+        make_settings(registry_config_dir=path)
+
+
+def test_ipv6_addresses_are_bracketed_in_addresses_and_urls(
+        make_settings: Callable[..., Settings]) -> None:
+    s = make_settings(registry_domain="fd00::5", registry_port=5000)
+    assert s.registry_address == "[fd00::5]:5000"
+    assert s.registry_url == "https://[fd00::5]:5000"
+    assert make_settings(registry_domain="fd00::5", registry_port=443).registry_address == \
+        "[fd00::5]"
+    assert settings_mod.host_port("10.0.0.1", 80) == "10.0.0.1:80"
+
+
+@pytest.mark.parametrize("text", ["fe80::1%eth0", "fe80::1%\nx", "10.0.0.1\n", " 10.0.0.1"])
+def test_is_ip_refuses_scopes_and_padding(text: str) -> None:
+    assert not settings_mod.is_ip(text)
+
+
+def test_bind_address_publishes_on_one_address(make_settings: Callable[..., Settings]) -> None:
+    from registry_kit.commands import ContainerSpec
+
+    s = make_settings(registry_bind_address="fd00::5")
+    spec = ContainerSpec(name="registry", image="registry:2", port=5000, config_dir="/e",
+                         data_dir="/d", bind_address=s.registry_bind_address)
+    assert spec.run_args()[spec.run_args().index("-p") + 1] == "[fd00::5]:5000:5000"
+
+
+def test_mirror_urls(make_settings: Callable[..., Settings]) -> None:
+    good = ["http://m.example:5000", "https://10.0.0.1/", "http://[fd00::1]:5000"]
+    assert make_settings(docker_registry_mirrors=good).docker_registry_mirrors == tuple(good)
+
+
+def test_secret_with_a_control_character_is_refused_without_showing_it(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGKIT_ESC", "pass\x1bword-9911")
+    with pytest.raises(SettingsError) as caught:
+        make_settings(registry_http_secret={"env": "REGKIT_ESC"})
+    assert "word-9911" not in str(caught.value) and "REGKIT_ESC" in str(caught.value)
