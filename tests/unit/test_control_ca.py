@@ -11,7 +11,8 @@ from registry_kit import control, settings, tls
 
 
 def _host(name: str, state_dir: Path, **data: object) -> settings.Settings:
-    return settings.load(name, {"registry_state_dir": str(state_dir), **data},
+    return settings.load(name, {"registry_state_dir": str(state_dir),
+                                 "registry_anonymous_acknowledged": True, **data},
                          base_dir=state_dir)
 
 
