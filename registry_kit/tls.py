@@ -59,8 +59,9 @@ _SERVERS_DIR = "servers"
 _LOCK_FILE = ".tls.lock"
 
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-_WILDCARD_RE = re.compile(rf"^\*\.{_LABEL}(\.{_LABEL})*$")
+# Used with fullmatch: a bare `$` would also accept a trailing newline.
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_WILDCARD_RE = re.compile(rf"\*\.{_LABEL}(\.{_LABEL})*")
 
 # Keys the kit can sign with / serve; others (DSA, X25519...) are not usable for TLS here.
 _SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -223,7 +224,7 @@ def _normalise_dns(name: str, *, what: str, allow_wildcard: bool) -> str:
     # DNS is case-insensitive and a trailing dot is the same name; compare canonical forms.
     norm = name.strip().lower().rstrip(".")
     if len(norm) <= 253 and (
-        _HOSTNAME_RE.match(norm) or (allow_wildcard and _WILDCARD_RE.match(norm))
+        _HOSTNAME_RE.fullmatch(norm) or (allow_wildcard and _WILDCARD_RE.fullmatch(norm))
     ):
         return norm
     raise TLSError(
