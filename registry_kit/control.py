@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +20,23 @@ from registry_kit.settings import Settings, SettingsError
 def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def prepare_ca(serving: Iterable[Settings]) -> None:
+    """Before any certificate of this run: the kit's CA of each state dir permits every name
+    the self-signed hosts in `serving` (servers and load balancers) put in their
+    certificates, so one run of an inventory with several domains or name lists does not
+    re-sign the CA between two of its hosts (clients would get a CA the next run changes)."""
+    wanted: dict[Path, tuple[set[str], set[str]]] = {}
+    for settings in serving:
+        if settings.registry_tls_mode != "self-signed":
+            continue
+        names, ips = wanted.setdefault(settings.registry_state_dir, (set(), set()))
+        names.update((settings.registry_domain, *settings.registry_tls_extra_names))
+        ips.update(settings.registry_tls_extra_ips)
+    for state_dir, (names, ips) in wanted.items():
+        _private_dir(state_dir)
+        tls.ensure_ca(state_dir, names=sorted(names), ips=sorted(ips))
 
 
 @cache

@@ -36,8 +36,12 @@ LB_GROUP, CACHE_GROUP = scaleout.LB_GROUP, scaleout.CACHE_GROUP
 _validated: dict[str, Settings] | None = None
 
 
+def _serves_tls(target: Any) -> bool:
+    return SERVER_GROUP in target.groups or LB_GROUP in target.groups
+
+
 def _check_certificate(target: Any, value: Settings) -> None:
-    if SERVER_GROUP in target.groups or LB_GROUP in target.groups:
+    if _serves_tls(target):
         control.server_certificate(value)  # provided files are checked here, up front
 
 
@@ -46,7 +50,13 @@ def validated_settings() -> dict[str, Settings]:
     global _validated
     if _validated is None:
         try:
-            _validated = settings_module.load_inventory(inventory, check=_check_certificate)
+            loaded = settings_module.load_inventory(inventory)
+            # The kit's CA first permits every name the inventory serves, then each host's
+            # certificate is issued (or provided files checked) against it.
+            control.prepare_ca(loaded[target.name] for target in inventory if _serves_tls(target))
+            for target in inventory:
+                _check_certificate(target, loaded[target.name])
+            _validated = loaded
             _check_scale_out(_validated)
         except SettingsError as error:
             raise SettingsRefused(error) from None

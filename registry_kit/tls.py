@@ -6,7 +6,8 @@ Two modes feed the deploy code a :class:`ServerCertificate`:
   and a server certificate per domain under ``<state_dir>/servers/<domain>/``
   (``server.key``, ``server.crt``). Existing files are reused unchanged unless they no
   longer fit (names changed, close to expiry, CA replaced), so reruns are idempotent and
-  return byte-identical PEM.
+  return byte-identical PEM. The CA carries a critical NameConstraints extension that permits
+  only the names its server certificates need (see :func:`_name_constraints`).
 * provided: the operator's certificate, key and CA files are read and checked here, so a
   bad file fails the run with one clear line before any host is touched.
 
@@ -58,11 +59,15 @@ _SERVERS_DIR = "servers"
 _LOCK_FILE = ".tls.lock"
 
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-_WILDCARD_RE = re.compile(rf"^\*\.{_LABEL}(\.{_LABEL})*$")
+# Used with fullmatch: a bare `$` would also accept a trailing newline.
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_WILDCARD_RE = re.compile(rf"\*\.{_LABEL}(\.{_LABEL})*")
 
 # Keys the kit can sign with / serve; others (DSA, X25519...) are not usable for TLS here.
 _SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ALL_IPS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 # One process may call in from several greenlets/threads; the file lock covers other processes.
 _process_lock = threading.Lock()
@@ -219,7 +224,7 @@ def _normalise_dns(name: str, *, what: str, allow_wildcard: bool) -> str:
     # DNS is case-insensitive and a trailing dot is the same name; compare canonical forms.
     norm = name.strip().lower().rstrip(".")
     if len(norm) <= 253 and (
-        _HOSTNAME_RE.match(norm) or (allow_wildcard and _WILDCARD_RE.match(norm))
+        _HOSTNAME_RE.fullmatch(norm) or (allow_wildcard and _WILDCARD_RE.fullmatch(norm))
     ):
         return norm
     raise TLSError(
@@ -238,10 +243,20 @@ def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 # --------------------------------------------------------------------------- CA
 
 
-def ensure_ca(state_dir: Path, common_name: str = "registry-kit CA") -> tuple[Path, Path]:
+def ensure_ca(
+    state_dir: Path,
+    common_name: str = "registry-kit CA",
+    *,
+    names: Sequence[str] = (),
+    ips: Sequence[str] = (),
+) -> tuple[Path, Path]:
     """Create the kit's CA once under ``state_dir/ca`` and return ``(cert_path, key_path)``.
 
-    An existing, valid CA is reused untouched. A missing certificate, or one within
+    A new CA may sign only for ``names`` (DNS, ``*.`` allowed) and ``ips``: a critical
+    NameConstraints extension permits those and nothing else. An existing, valid CA that
+    covers them is reused untouched; one whose constraints do not is re-signed with the same
+    key to permit them too (:func:`_ensure_ca_locked`). A CA without constraints (made by an
+    older kit) is left as it is. A missing certificate, or one within
     ``CA_RENEW_DAYS`` of expiry, is re-signed with the existing key and subject, so server
     certificates it signed stay valid. An existing CA key is never replaced: an unreadable
     key, or a certificate that does not belong to it, raises TLSError; removing the ``ca``
@@ -250,8 +265,9 @@ def ensure_ca(state_dir: Path, common_name: str = "registry-kit CA") -> tuple[Pa
     if not 1 <= len(common_name) <= 64:
         raise TLSError(f"CA common name {common_name!r} must be 1 to 64 characters")
     state_dir = Path(state_dir)
+    want_dns, want_ips = _wanted_names(names, ips)
     with _locked(state_dir):
-        _ensure_ca_locked(state_dir, common_name, _utc(None), CA_RENEW_DAYS)
+        _ensure_ca_locked(state_dir, common_name, _utc(None), CA_RENEW_DAYS, want_dns, want_ips)
     ca_dir = state_dir / _CA_DIR
     return ca_dir / "ca.crt", ca_dir / "ca.key"
 
@@ -270,7 +286,12 @@ def _ca_problem(cert: x509.Certificate, key: _SigningKey) -> str | None:
 
 
 def _ensure_ca_locked(
-    state_dir: Path, common_name: str, now: datetime, min_days_left: int
+    state_dir: Path,
+    common_name: str,
+    now: datetime,
+    min_days_left: int,
+    want_dns: set[str],
+    want_ips: set[_IP],
 ) -> tuple[x509.Certificate, _SigningKey]:
     ca_dir = _private_dir(state_dir / _CA_DIR)
     key_path, cert_path = ca_dir / "ca.key", ca_dir / "ca.crt"
@@ -282,6 +303,10 @@ def _ensure_ca_locked(
     )
 
     ca_key: _SigningKey
+    wanted = ({_dns_subtree(n) for n in want_dns}, {ipaddress.ip_network(ip) for ip in want_ips})
+    # What the CA certificate written below may sign for; None keeps an older kit's
+    # unconstrained CA unconstrained when it is renewed (no surprise change on upgrade).
+    permitted: tuple[set[str], set[_Net]] | None = wanted
     if key_path.exists():
         loaded = _load_key(key_path.read_bytes())
         if loaded is None:
@@ -297,12 +322,26 @@ def _ensure_ca_locked(
             problem = "not a PEM certificate" if old is None else _ca_problem(old, ca_key)
             if old is None or problem is not None:
                 raise TLSError(f"{cert_path}: {problem}; fix it or remove {ca_dir} for a new CA")
-            if old.not_valid_before_utc <= now and old.not_valid_after_utc - now >= timedelta(
-                days=min_days_left
+            had = _permitted(old)
+            covers = had is None or _covers(had, want_dns, want_ips)
+            if (
+                covers
+                and old.not_valid_before_utc <= now
+                and old.not_valid_after_utc - now >= timedelta(days=min_days_left)
             ):
                 return old, ca_key
-            # Renewal: same key and subject, so existing server certificates still chain.
+            # Renewal, or a name the CA may not sign for yet: re-sign with the same key and
+            # subject, permitting what it permitted plus the wanted names. Existing server
+            # certificates still chain, and clients receive the new certificate through the
+            # CA-rotation path (registry_kit.trust: new + old trusted before any server
+            # serves a certificate for the new name). Widening rather than refusing: a changed
+            # name list is an ordinary deploy (README "Certificate rotation") and several
+            # registries may share one state dir; a refusal would send the operator to replace
+            # the CA by hand, which invalidates every copy of ca.crt handed out (the key
+            # changes), where this keeps every certificate for the old names valid under the
+            # old ca.crt. Only clients that should reach a new name need the new ca.crt.
             subject = old.subject
+            permitted = None if had is None else (had[0] | wanted[0], had[1] | wanted[1])
     else:
         ca_key = _new_key()
         # Key first: a crash before the cert is written leaves a key the next run completes.
@@ -334,10 +373,63 @@ def _ensure_ca_locked(
             critical=True,
         )
         .add_extension(ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
-    _write_atomic(cert_path, _cert_pem(cert), 0o644)
-    return cert, ca_key
+    if permitted is not None:
+        # Critical, as RFC 5280 4.2.1.10 requires: a client that cannot apply the constraints
+        # must reject the CA rather than trust it for every name.
+        cert = cert.add_extension(_name_constraints(*permitted), critical=True)
+    signed = cert.sign(ca_key, hashes.SHA256())
+    _write_atomic(cert_path, _cert_pem(signed), 0o644)
+    return signed, ca_key
+
+
+# --------------------------------------------------------------------------- name constraints
+
+def _dns_subtree(name: str) -> str:
+    # A dNSName constraint covers the name and every name below it (RFC 5280 4.2.1.10), so
+    # "*.example.com" needs "example.com". A leading-dot form would exclude example.com
+    # itself, but cryptography's verifier rejects it as malformed; Go and OpenSSL accept both.
+    return name[2:] if name.startswith("*.") else name
+
+
+def _name_constraints(dns: set[str], nets: set[_Net]) -> x509.NameConstraints:
+    """Permit exactly ``dns`` and ``nets``. A name type without a permitted subtree is not
+    constrained at all (RFC 5280), so a type the certificates do not use is excluded as a
+    whole: every DNS name (the empty dNSName matches all names in Go and OpenSSL), or every
+    IPv4 and IPv6 address. Permitting an IPv4 address alone already rules out all IPv6
+    (an address only matches a subtree of its own length)."""
+    permitted: list[x509.GeneralName] = [x509.DNSName(n) for n in sorted(dns)]
+    permitted += [x509.IPAddress(n) for n in sorted(nets, key=lambda n: (n.version, str(n)))]
+    excluded: list[x509.GeneralName] = [] if dns else [x509.DNSName("")]
+    excluded += [] if nets else [x509.IPAddress(n) for n in _ALL_IPS]
+    return x509.NameConstraints(permitted_subtrees=permitted or None,
+                                excluded_subtrees=excluded or None)
+
+
+def _permitted(ca_cert: x509.Certificate) -> tuple[set[str], set[_Net]] | None:
+    """The DNS and IP subtrees a CA certificate permits, or None when it has no constraints."""
+    try:
+        nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    dns: set[str] = set()
+    nets: set[_Net] = set()
+    for name in nc.permitted_subtrees or ():
+        if isinstance(name, x509.DNSName):
+            dns.add(name.value.lower())
+        elif isinstance(name, x509.IPAddress) and isinstance(
+            name.value, ipaddress.IPv4Network | ipaddress.IPv6Network
+        ):
+            nets.add(name.value)
+    return dns, nets
+
+
+def _covers(permitted: tuple[set[str], set[_Net]], dns: set[str], ips: set[_IP]) -> bool:
+    """Whether a CA permitting ``permitted`` (as the kit writes it) may sign every name."""
+    bases, nets = permitted
+    return all(any(n == b or n.endswith("." + b) for b in bases) for n in dns) and all(
+        any(ip in net for net in nets if net.version == ip.version) for ip in ips
+    )
 
 
 # --------------------------------------------------------------------------- self-signed
@@ -364,6 +456,24 @@ def _wanted_sans(
             raise TLSError(f"extra TLS IP {raw!r} is not an IP address")
         ips.add(ip)
     return canonical, dns, ips
+
+
+def _wanted_names(names: Sequence[str], ips: Sequence[str]) -> tuple[set[str], set[_IP]]:
+    """DNS names (an IP among ``names`` counts as an IP, like an IP domain) and IPs."""
+    dns: set[str] = set()
+    addresses: set[_IP] = set()
+    for name in names:
+        ip = _parse_ip(name)
+        if ip is not None:
+            addresses.add(ip)
+        else:
+            dns.add(_normalise_dns(name, what="CA name", allow_wildcard=True))
+    for raw in ips:
+        ip = _parse_ip(raw)
+        if ip is None:
+            raise TLSError(f"CA IP {raw!r} is not an IP address")
+        addresses.add(ip)
+    return dns, addresses
 
 
 def _cert_sans(
@@ -421,7 +531,7 @@ def ensure_server_certificate(
     with _locked(state_dir):
         # The CA must outlive the renewal window, or a clamped server cert would be "due" forever.
         ca_cert, ca_key = _ensure_ca_locked(
-            state_dir, "registry-kit CA", at, max(CA_RENEW_DAYS, renew_days + 1)
+            state_dir, "registry-kit CA", at, max(CA_RENEW_DAYS, renew_days + 1), want_dns, want_ips
         )
         ca_pem = (state_dir / _CA_DIR / "ca.crt").read_bytes()
         srv_dir = _private_dir(state_dir / _SERVERS_DIR / canonical)
@@ -486,8 +596,10 @@ def _issue_server_cert(
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in sorted(dns)]
     names += [x509.IPAddress(ip) for ip in sorted(ips, key=lambda i: (i.version, int(i)))]
     # CN is limited to 64 characters; longer names live in the SAN only, which must then be
-    # critical because the subject is empty (RFC 5280 4.2.1.6).
-    fits = len(canonical) <= 64
+    # critical because the subject is empty (RFC 5280 4.2.1.6). An IP domain gets no CN
+    # either: OpenSSL checks a CN that looks like a host name ("10.0.0.5" does) against the
+    # CA's DNS constraints when the certificate has no DNS SAN, and those exclude every name.
+    fits = len(canonical) <= 64 and canonical in dns
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, canonical)] if fits else [])
     # A server certificate must not outlive the CA that vouches for it.
     not_after = min(now + timedelta(days=valid_days), ca_cert.not_valid_after_utc)

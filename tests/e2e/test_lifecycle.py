@@ -261,8 +261,9 @@ def test_password_change_without_restart_and_client_login_renewed(site: Site) ->
     site.run().assert_no_changes()
 
 
-def test_san_change_restarts_registry_once_and_keeps_client_ca(site: Site) -> None:
+def test_san_change_restarts_registry_once_and_widens_the_ca(site: Site) -> None:
     ca_before = harness.ssh(CLIENT, f"sha256sum {TRUST_FILE}").stdout.split()[0]
+    key_before = (site.state_dir / "ca" / "ca.key").read_bytes()
     before = {server: container(server) for server in SERVERS}
     assert site.status("lab-reg", name="registry-alt.lab") == 0  # not in the certificate
     site.data["registry_tls_extra_names"] = ["registry-alt.lab"]
@@ -271,11 +272,30 @@ def test_san_change_restarts_registry_once_and_keeps_client_ca(site: Site) -> No
     changed = dict(run.changed)
     assert sorted(changed["Upload the server certificate"]) == sorted(SERVERS)
     assert sorted(changed["Start or replace the registry container"]) == sorted(SERVERS)
-    assert "Trust the registry CA for Docker" not in changed
-    assert harness.ssh(CLIENT, f"sha256sum {TRUST_FILE}").stdout.split()[0] == ca_before
+    # The CA's name constraints did not cover the new name: its certificate is re-signed
+    # (same key) and clients switch through the rotation bridge, before and after the servers.
+    assert (site.state_dir / "ca" / "ca.key").read_bytes() == key_before
+    bridge = stderr_position(run, "Starting operation: Trust the new registry CA next to the old")
+    replace = stderr_position(run, "Start or replace the registry container")
+    final = stderr_position(run, "Starting operation: Trust only the new registry CA")
+    assert bridge < replace < final
+    assert harness.ssh(CLIENT, f"cat {TRUST_FILE}").stdout.strip() == \
+        site.ca.read_text().strip()
     for server in SERVERS:
         assert container(server)["id"] != before[server]["id"]
         assert site.status(server, name="registry-alt.lab") == 401
+    client_pull(BUSYBOX)
+    site.run().assert_no_changes()
+
+    # Dropping the name again stays inside the CA: restart once, clients keep their CA file.
+    ca_widened = harness.ssh(CLIENT, f"sha256sum {TRUST_FILE}").stdout.split()[0]
+    assert ca_widened != ca_before
+    site.data["registry_tls_extra_names"] = []
+    site.write()
+    changed = dict(site.run(timing="SAN removal (2 servers)").assert_ok().changed)
+    assert sorted(changed["Start or replace the registry container"]) == sorted(SERVERS)
+    assert not any("registry CA" in name for name in changed)
+    assert harness.ssh(CLIENT, f"sha256sum {TRUST_FILE}").stdout.split()[0] == ca_widened
     client_pull(BUSYBOX)
     site.run().assert_no_changes()
 

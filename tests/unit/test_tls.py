@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import shutil
 import stat
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from registry_kit import tls
 from registry_kit.tls import (
     ServerCertificate,
     TLSError,
@@ -597,3 +599,196 @@ def test_fingerprint(keys: Keys, ca: x509.Certificate) -> None:
     assert len(expected) == 64
     with pytest.raises(TLSError):
         fingerprint(b"nope")
+
+
+# --------------------------------------------------------------------------- name constraints
+
+try:
+    from cryptography.x509 import verification
+except ImportError:  # cryptography < 42 has no path validation; pyproject allows >= 41
+    verification = None  # type: ignore[assignment]
+
+ALL_IPS = {
+    x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
+    x509.IPAddress(ipaddress.ip_network("::/0")),
+}
+
+
+def _constraints(ca_pem: bytes) -> x509.Extension[x509.NameConstraints]:
+    return x509.load_pem_x509_certificate(ca_pem).extensions.get_extension_for_class(
+        x509.NameConstraints
+    )
+
+
+def _net(text: str) -> x509.IPAddress:
+    return x509.IPAddress(ipaddress.ip_network(text))
+
+
+def _forge(state_dir: Path, dns: Sequence[str], ips: Sequence[str] = ()) -> bytes:
+    """A server certificate signed with the kit's CA key for names of our choosing, built
+    exactly like the kit's own, so only the names differ from a legitimate one."""
+    ca_cert = x509.load_pem_x509_certificate((state_dir / "ca" / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        (state_dir / "ca" / "ca.key").read_bytes(), password=None
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    addresses = {ipaddress.ip_address(i) for i in ips}
+    canonical = dns[0] if dns else ips[0]
+    leaf = tls._issue_server_cert(
+        canonical, set(dns), addresses, ec.generate_private_key(ec.SECP256R1()),
+        ca_cert, ca_key, datetime.now(UTC).replace(microsecond=0), 90,
+    )
+    return _pem(leaf)
+
+
+def _verify(leaf_pem: bytes, ca_pem: bytes, name: str) -> str:
+    """'ok' or the verifier's reason, from cryptography's own path validation (webpki rules)."""
+    if verification is None:
+        pytest.skip("cryptography.x509.verification needs cryptography >= 42")
+    anchors = x509.load_pem_x509_certificates(ca_pem)
+    subject: x509.GeneralName
+    try:
+        subject = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        subject = x509.DNSName(name)
+    verifier = (
+        verification.PolicyBuilder()
+        .store(verification.Store(anchors))
+        .build_server_verifier(subject)
+    )
+    try:
+        verifier.verify(x509.load_pem_x509_certificate(leaf_pem), [])
+    except verification.VerificationError as error:
+        return str(error)
+    return "ok"
+
+
+def _openssl_verify(tmp_path: Path, leaf_pem: bytes, ca_pem: bytes) -> str:
+    """OpenSSL's verdict (it also checks a host-name-like CN against DNS constraints)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    (tmp_path / "v-ca.pem").write_bytes(ca_pem)
+    (tmp_path / "v-leaf.pem").write_bytes(leaf_pem)
+    result = subprocess.run(
+        [openssl, "verify", "-CAfile", str(tmp_path / "v-ca.pem"), str(tmp_path / "v-leaf.pem")],
+        capture_output=True, text=True, check=False,
+    )
+    return (result.stdout + result.stderr).strip()
+
+
+def test_new_ca_permits_exactly_the_certificate_names(tmp_path: Path) -> None:
+    server = ensure_server_certificate(
+        tmp_path, DOMAIN, ["*.alt.example", "registry"], ["10.0.0.5", "2001:db8::1"]
+    )
+    ext = _constraints(server.ca_pem)
+    assert ext.critical
+    assert set(ext.value.permitted_subtrees or ()) == {
+        x509.DNSName(DOMAIN), x509.DNSName("alt.example"), x509.DNSName("registry"),
+        _net("10.0.0.5/32"), _net("2001:db8::1/128"),
+    }
+    assert ext.value.excluded_subtrees is None  # both name types have a permitted subtree
+    assert _verify(server.cert_pem, server.ca_pem, DOMAIN) == "ok"
+    assert _verify(server.cert_pem, server.ca_pem, "x.alt.example") == "ok"
+    assert _verify(server.cert_pem, server.ca_pem, "10.0.0.5") == "ok"
+
+
+def test_ca_for_a_dns_domain_excludes_every_ip(tmp_path: Path) -> None:
+    server = ensure_server_certificate(tmp_path, DOMAIN, [], [])
+    ext = _constraints(server.ca_pem)
+    assert ext.critical
+    assert set(ext.value.permitted_subtrees or ()) == {x509.DNSName(DOMAIN)}
+    assert set(ext.value.excluded_subtrees or ()) == ALL_IPS
+    assert _verify(server.cert_pem, server.ca_pem, DOMAIN) == "ok"
+    assert "OK" in _openssl_verify(tmp_path, server.cert_pem, server.ca_pem)
+
+    evil = _forge(tmp_path, ["evil.example"])
+    assert "no permitted name constraints matched" in _verify(evil, server.ca_pem, "evil.example")
+    assert "permitted subtree violation" in _openssl_verify(tmp_path, evil, server.ca_pem)
+    # The right name plus an address: the address is excluded.
+    with_ip = _forge(tmp_path, [DOMAIN], ["10.9.9.9"])
+    assert "excluded name constraint matched" in _verify(with_ip, server.ca_pem, DOMAIN)
+    assert "excluded subtree violation" in _openssl_verify(tmp_path, with_ip, server.ca_pem)
+
+
+def test_ca_for_an_ip_domain_excludes_every_dns_name(tmp_path: Path) -> None:
+    server = ensure_server_certificate(tmp_path, "10.1.2.3", [], [])
+    ext = _constraints(server.ca_pem)
+    assert set(ext.value.permitted_subtrees or ()) == {_net("10.1.2.3/32")}
+    assert set(ext.value.excluded_subtrees or ()) == {x509.DNSName("")}  # every DNS name
+    leaf = x509.load_pem_x509_certificate(server.cert_pem)
+    # No CN: OpenSSL would check "10.1.2.3" as a host name against the DNS exclusion.
+    assert len(leaf.subject) == 0
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    assert _verify(server.cert_pem, server.ca_pem, "10.1.2.3") == "ok"
+    assert "OK" in _openssl_verify(tmp_path, server.cert_pem, server.ca_pem)
+
+    assert _verify(_forge(tmp_path, [], ["10.1.2.4"]), server.ca_pem, "10.1.2.4") != "ok"
+    assert "violation" in _openssl_verify(tmp_path, _forge(tmp_path, [], ["10.1.2.4"]),
+                                          server.ca_pem)
+    assert _verify(_forge(tmp_path, ["evil.example"]), server.ca_pem, "evil.example") != "ok"
+    assert "excluded subtree violation" in _openssl_verify(
+        tmp_path, _forge(tmp_path, ["evil.example"]), server.ca_pem)
+
+
+def test_ipv4_only_ca_does_not_leave_ipv6_open(tmp_path: Path) -> None:
+    server = ensure_server_certificate(tmp_path, DOMAIN, [], ["10.0.0.5"])
+    assert _verify(_forge(tmp_path, [DOMAIN], ["2001:db8::5"]), server.ca_pem, DOMAIN) != "ok"
+    assert "violation" in _openssl_verify(tmp_path, _forge(tmp_path, [DOMAIN], ["2001:db8::5"]),
+                                          server.ca_pem)
+
+
+def test_new_name_widens_the_ca_with_the_same_key(tmp_path: Path) -> None:
+    first = ensure_server_certificate(tmp_path, DOMAIN, [], [])
+    key_before = (tmp_path / "ca" / "ca.key").read_bytes()
+    added = ensure_server_certificate(tmp_path, DOMAIN, ["registry-alt.example"], ["10.0.0.5"])
+    assert added.reissued
+    # A new CA certificate (so clients go through the rotation bridge) for the same key and
+    # subject: certificates for the old names still verify under the old ca.crt.
+    assert added.ca_pem != first.ca_pem
+    assert (tmp_path / "ca" / "ca.key").read_bytes() == key_before
+    old_ca = x509.load_pem_x509_certificate(first.ca_pem)
+    new_ca = x509.load_pem_x509_certificate(added.ca_pem)
+    assert new_ca.subject == old_ca.subject and new_ca.public_key() == old_ca.public_key()
+    assert set(_constraints(added.ca_pem).value.permitted_subtrees or ()) == {
+        x509.DNSName(DOMAIN), x509.DNSName("registry-alt.example"), _net("10.0.0.5/32"),
+    }
+    assert _constraints(added.ca_pem).value.excluded_subtrees is None
+    assert _verify(added.cert_pem, added.ca_pem, "registry-alt.example") == "ok"
+    assert _verify(first.cert_pem, added.ca_pem, DOMAIN) == "ok"
+    # The old CA certificate does not vouch for the new name: clients need the new one.
+    assert _verify(added.cert_pem, first.ca_pem, "registry-alt.example") != "ok"
+    # During the switch clients hold new + old (registry_kit.trust): the new name verifies.
+    assert _verify(added.cert_pem, added.ca_pem + first.ca_pem, "registry-alt.example") == "ok"
+    assert "OK" in _openssl_verify(tmp_path, added.cert_pem, added.ca_pem + first.ca_pem)
+
+    # Dropping the name again stays inside the CA: certificate re-issued, CA unchanged.
+    removed = ensure_server_certificate(tmp_path, DOMAIN, [], [])
+    assert removed.reissued and removed.ca_pem == added.ca_pem
+    again = ensure_server_certificate(tmp_path, DOMAIN, [], [])
+    assert not again.reissued and again.ca_pem == added.ca_pem
+
+
+def test_second_domain_in_one_state_dir_keeps_the_first_covered(tmp_path: Path) -> None:
+    ensure_ca(tmp_path, names=[DOMAIN, "registry.other.example"])
+    ca_pem = (tmp_path / "ca" / "ca.crt").read_bytes()
+    one = ensure_server_certificate(tmp_path, DOMAIN, [], [])
+    two = ensure_server_certificate(tmp_path, "registry.other.example", [], [])
+    assert one.ca_pem == two.ca_pem == ca_pem  # prepared once for both: no re-signing
+    assert _verify(one.cert_pem, ca_pem, DOMAIN) == "ok"
+    assert _verify(two.cert_pem, ca_pem, "registry.other.example") == "ok"
+
+
+def test_existing_ca_without_constraints_is_kept(tmp_path: Path, keys: Keys) -> None:
+    # A CA made by an older kit: no NameConstraints. Upgrading the kit must not replace it.
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir(mode=0o700)
+    (ca_dir / "ca.key").write_bytes(_key_pem(keys.other_ca))
+    (ca_dir / "ca.key").chmod(0o600)
+    legacy = _pem(_make_ca(keys.other_ca, "registry-kit CA"))
+    (ca_dir / "ca.crt").write_bytes(legacy)
+    server = ensure_server_certificate(tmp_path, DOMAIN, ["new.example"], ["10.0.0.5"])
+    assert server.ca_pem == legacy == (ca_dir / "ca.crt").read_bytes()
+    with pytest.raises(x509.ExtensionNotFound):
+        _constraints(server.ca_pem)
+    assert _issued_by(server.cert_pem, legacy)
