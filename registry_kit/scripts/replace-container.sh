@@ -53,6 +53,13 @@ if docker run "$@" >/dev/null; then
 fi
 
 image=$(docker inspect -f '{{.Config.Image}}' "$name" 2>/dev/null || echo "?")
+# A crash-looping container may be caught between two restarts (running, exit code 0):
+# stop the loop and give it a few seconds to exit, so the report shows how it ended.
+docker update --restart=no "$name" >/dev/null 2>&1
+for _ in 1 2 3 4 5; do
+    [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ] || break
+    sleep 1
+done
 how=$(docker inspect -f 'state {{.State.Status}}, exit code {{.State.ExitCode}}, restarted {{.RestartCount}} times' "$name" 2>/dev/null || echo "not created")
 echo "registry-kit: the new $name container ($image) did not become healthy ($how; waited up to ${timeout}s)." >&2
 echo "registry-kit: its last log lines:" >&2
