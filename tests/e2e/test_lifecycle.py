@@ -366,8 +366,9 @@ def test_status_reports_servers_and_clients(site: Site) -> None:
                                    path="/v2/_catalog")[1].split("\n\n", 1)[1])
     for server in SERVERS:
         row = _table_row(run, server)
-        image, state, uptime, v2, days, storage, repos, tags, timer = row[1:10]
+        image, version, state, uptime, v2, days, storage, repos, tags, timer = row[1:11]
         assert (image, state, v2, timer) == ("registry:2.8.2", "running", "401", "inactive")
+        assert version == "2.8.2"  # the binary's own --version (Debian's 2.8.2+ds1)
         assert re.fullmatch(r"(\d+m)?\d+s|\d+h\d+m", uptime), uptime
         served = subprocess.run(
             f"openssl s_client -connect {harness.host_ip(server)}:{PORT} -servername {DOMAIN}"
