@@ -214,6 +214,7 @@ def test_broken_upgrade_fails_and_previous_registry_serves(site: Site,
                                                            pushed: dict[str, str]) -> None:
     before = {server: container(server) for server in SERVERS}
     site.data["registry_image"] = "registry:broken"
+    site.data["registry_version"] = 2  # a custom tag: the kit is told the major version
     site.write()
     run = site.run(timing="failed upgrade with rollback")
     assert run.returncode != 0
@@ -239,6 +240,7 @@ def test_broken_upgrade_fails_and_previous_registry_serves(site: Site,
     assert container(other)["started"] == before[other]["started"]
     client_pull(BUSYBOX)
     site.data["registry_image"] = "registry:2.8.2"
+    del site.data["registry_version"]
     site.write()
     site.run().assert_no_changes()  # the rollback left exactly the deployed state
 
