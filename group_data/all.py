@@ -10,6 +10,7 @@ and validates them once, before any host is touched.
 registry_domain = "registry.example.internal"  # name clients push to; the certificate covers it
 registry_port = 5000  # published TCP port; 443 lets clients use the bare domain
 registry_image = "registry:2"  # registry image reference; pin a tag or a digest
+registry_version = None  # 2 or 3: the registry's major version when registry_image's tag can't tell
 registry_image_archive = None  # control-machine `docker save` tar, loaded on air-gapped servers
 registry_container_name = "registry"  # name of the registry container on servers
 registry_bind_address = None  # publish the port on this server address only; None: every address

@@ -36,6 +36,8 @@ class ContainerState:
     started_at: str
     image_id: str
     restart_policy: str
+    image: str = ""  # the reference it was started with (.Config.Image)
+    version_label: str = ""  # its image's org.opencontainers.image.version, if any
 
 
 @dataclass
@@ -51,6 +53,8 @@ class HostState:
     dirs: dict[str, str] = field(default_factory=dict)  # path -> mode
     container: ContainerState | None = None
     image_id: str | None = None
+    # registry_image's org.opencontainers.image.version label ("" when none or not present).
+    image_version_label: str = ""
     htpasswd: str = ""
     docker_auths: list[str] = field(default_factory=list)
     login_marker: str = ""
@@ -75,6 +79,10 @@ ENGINE_VERSION_QUERY = (
     " | grep -i '^server: *docker/'; }"
     " || docker version --format '{{.Server.Version}}' 2>/dev/null;;"
     " *) dockerd --version 2>/dev/null;; esac; true")
+
+# An image's (or container's) OCI version label, empty when it has none.
+_VERSION_LABEL = ('{{with .Config.Labels}}{{index . "org.opencontainers.image.version"}}'
+                  '{{end}}')
 
 # systemctl is-enabled answers 0 for these unit file states.
 _ENABLED_STATES = {"enabled", "enabled-runtime", "static", "alias", "indirect", "generated"}
@@ -131,13 +139,18 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                      " done; true")
     parts.append(section_command("container"))
     if container:
-        fmt = ('{{index .Config.Labels "registry-kit.spec"}}|{{.State.Running}}|'
-               '{{.State.StartedAt}}|{{.Image}}|{{.HostConfig.RestartPolicy.Name}}')
+        # `with`: `index` on an image or container without any label is a template error,
+        # which would hide the whole line.
+        fmt = ('{{with .Config.Labels}}{{index . "registry-kit.spec"}}{{end}}|'
+               '{{.State.Running}}|{{.State.StartedAt}}|{{.Image}}|'
+               '{{.HostConfig.RestartPolicy.Name}}|{{.Config.Image}}|' + _VERSION_LABEL)
         parts.append(f"docker inspect --type container --format {q(fmt)} {q(container)}"
                      " 2>/dev/null || true")
     parts.append(section_command("image"))
     if image:
-        parts.append(f"docker image inspect --format '{{{{.Id}}}}' {q(image)} 2>/dev/null || true")
+        # The label may tell the registry's version (registry_kit.registry_version).
+        parts.append(f"docker image inspect --format {q('{{.Id}}|' + _VERSION_LABEL)} "
+                     f"{q(image)} 2>/dev/null || true")
     parts.append(section_command("htpasswd"))
     if htpasswd:
         parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
@@ -188,6 +201,11 @@ def split_sections(lines: Iterable[str], marker_text: str = _SECTION) -> dict[st
     return sections
 
 
+def _label_value(text: str) -> str:
+    """A label read through a template: "<no value>" (a map without the key) is none."""
+    return "" if text.strip() == "<no value>" else text.strip()
+
+
 def parse_probe(lines: Iterable[str]) -> HostState:
     sections = split_sections(lines)
     state = HostState()
@@ -214,12 +232,15 @@ def parse_probe(lines: Iterable[str]) -> HostState:
             state.dirs[path] = mode
     container_lines = [line for line in sections.get("container", []) if "|" in line]
     if container_lines:
-        spec, running, started, image_id, policy = (container_lines[0].split("|") + [""] * 5)[:5]
+        spec, running, started, image_id, policy, image, label = \
+            (container_lines[0].split("|") + [""] * 7)[:7]
         state.container = ContainerState(
-            spec_hash="" if spec == "<no value>" else spec, running=running == "true",
-            started_at=started, image_id=image_id, restart_policy=policy)
-    image_id = "".join(sections.get("image", [])).strip()
+            spec_hash=_label_value(spec), running=running == "true", started_at=started,
+            image_id=image_id, restart_policy=policy, image=image,
+            version_label=_label_value(label))
+    image_id, _, label = "".join(sections.get("image", [])).strip().partition("|")
     state.image_id = image_id or None
+    state.image_version_label = _label_value(label)
     state.htpasswd = "".join(line + "\n" for line in sections.get("htpasswd", []))
     state.docker_auths = [line.strip() for line in sections.get("auths", []) if line.strip()]
     state.login_marker = "".join(line + "\n" for line in sections.get("login_marker", []))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, logger
 from pyinfra.api import operation
 
 from registry_kit import (
@@ -26,7 +26,9 @@ from registry_kit import (
 )
 from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
-from registry_kit.facts import RegistryHostState
+from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
+from registry_kit.registry_version import resolve as resolve_version
 from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
 SERVER_GROUP = "registry_servers"
@@ -101,6 +103,27 @@ def servers_ready():
     yield  # an operation is a generator
 
 
+def server_version(settings: Settings, state: HostState) -> RegistryVersion:
+    """The registry version this server will run (registry_kit.registry_version), told by
+    the tag, registry_version or the label of the image already on the server; a run whose
+    version cannot be told stops here, before any host is touched (one line)."""
+    try:
+        version = resolve_version(host.name, settings.registry_image, settings.registry_version,
+                                  state.image_version_label or None)
+    except RegistryVersionError as error:
+        raise SettingsRefused(SettingsError(str(error))) from None
+    running = state.container
+    before = running_major(running.image, running.version_label) if running else None
+    if running is not None and before is not None and before != version.major:
+        # 3 -> 2 is allowed: in the lab, 2.8.3 served everything 3.0.0 had written (image
+        # manifests, OCI index and artifact, same digests and tags; README "Downgrade").
+        what = "an upgrade" if version.major > before else "a downgrade"
+        logger.warning(f"{host.print_prefix}registry {before} -> {version.major} "
+                       f"({running.image} -> {settings.registry_image}): {what}; config.yml "
+                       f"is rendered for registry {version.major} ({version.source})")
+    return version
+
+
 def plan_host() -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
     all_settings = validated_settings()
@@ -120,6 +143,8 @@ def plan_host() -> None:
                 else:
                     probe[key] = value
     state = host.get_fact(RegistryHostState, **probe)
+    # Before anything else is planned: a server whose registry version is unknown is refused.
+    major = server_version(settings, state).major if is_server else None
 
     add, remove = client.insecure_entries(settings) if is_client else ([], [])
     # Load balancer and cache hosts need no Docker engine.
@@ -146,7 +171,7 @@ def plan_host() -> None:
         install_curl(state, name="Install curl (health checks)")
         server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings),
                              cache=scaleout.cache_target(hosts, password),
-                             rotation=hosts.rotation())
+                             rotation=hosts.rotation(), major=major or 2)
         gc.schedule_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

@@ -45,24 +45,49 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _ConfigDumper.add_representer(str, _represent_str)
 
 
-def _storage_section(settings: Settings) -> dict[str, Any]:
+def _storage_section(settings: Settings, major: int) -> dict[str, Any]:
     storage = settings.registry_storage
     params: dict[str, Any] = {}
     for key, value in storage.params.items():
         params[key] = value.reveal() if isinstance(value, Secret) else value
     if storage.driver == "filesystem":
         params.setdefault("rootdirectory", CONTAINER_DATA_DIR)
+    if major >= 3 and storage.driver == "s3" and params.get("regionendpoint"):
+        # 2.8 addressed buckets path-style whenever regionendpoint was set (s3-aws/s3.go:
+        # WithS3ForcePathStyle(true)); 3.0 reads `forcepathstyle` and defaults it to false
+        # (bucket.host names), which a store reached by IP or without wildcard DNS (Ceph
+        # RGW, MinIO) cannot serve. Keep 2.8's behaviour unless the user chose.
+        params.setdefault("forcepathstyle", True)
+    if major >= 3 and storage.driver == "azure" and params.get("accountkey"):
+        # 3.0's azure driver needs credentials.type (azure/auth.go refuses ""): an account
+        # key, which was 2.8's only way, is type shared_key.
+        params.setdefault("credentials", {"type": "shared_key"})
     return {storage.driver: params or None}
 
 
+def _redis_section(cache: CacheTarget, major: int) -> dict[str, Any]:
+    if major >= 3:
+        # 3.0 reads go-redis UniversalOptions (one address: a plain client); it ignores the
+        # 2.x keys addr/pool, and with blobdescriptor: redis then panics at start.
+        return {"addrs": [cache.addr], "password": cache.password, "db": cache.db,
+                "dialtimeout": "1s", "readtimeout": "1s", "writetimeout": "1s",
+                "maxidleconns": 16, "poolsize": 64, "connmaxidletime": "300s"}
+    return {"addr": cache.addr, "password": cache.password, "db": cache.db,
+            "dialtimeout": "1s", "readtimeout": "1s", "writetimeout": "1s",
+            "pool": {"maxidle": 16, "maxactive": 64, "idletimeout": "300s"}}
+
+
 def config_data(settings: Settings, http_secret: str, *, read_only: bool = False,
-                cache: CacheTarget | None = None,
-                drain_timeout: int | None = None) -> dict[str, Any]:
-    """config.yml as data (distribution 2.x schema).
+                cache: CacheTarget | None = None, drain_timeout: int | None = None,
+                major: int = 2) -> dict[str, Any]:
+    """config.yml as data, for registry `major` version 2 or 3 (registry_kit.registry_version;
+    2 is the default image's). What 3.0 reads differently: the redis section, S3 path-style
+    addressing, Azure credentials (README, "Running and upgrading to registry 3"); every
+    other key the kit writes means the same in 2.8 and 3.0, and 2.x output is unchanged.
 
     cache: the shared redis blob-descriptor cache (scale-out); drain_timeout: seconds a
     stopping registry keeps serving open requests (replicas behind a load balancer)."""
-    storage: dict[str, Any] = _storage_section(settings)
+    storage: dict[str, Any] = _storage_section(settings, major)
     if cache is not None:
         storage["cache"] = {"blobdescriptor": "redis"}
     if settings.registry_storage_redirect_disabled:
@@ -104,11 +129,7 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         config["auth"] = {"htpasswd": {"realm": "registry-kit",
                                        "path": f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"}}
     if cache is not None:
-        config["redis"] = {
-            "addr": cache.addr, "password": cache.password, "db": cache.db,
-            "dialtimeout": "1s", "readtimeout": "1s", "writetimeout": "1s",
-            "pool": {"maxidle": 16, "maxactive": 64, "idletimeout": "300s"},
-        }
+        config["redis"] = _redis_section(cache, major)
     return config
 
 
@@ -121,6 +142,7 @@ def dump_config(config: dict[str, Any]) -> str:
 
 
 def render_config(settings: Settings, http_secret: str, *, read_only: bool = False,
-                  cache: CacheTarget | None = None, drain_timeout: int | None = None) -> str:
+                  cache: CacheTarget | None = None, drain_timeout: int | None = None,
+                  major: int = 2) -> str:
     return dump_config(config_data(settings, http_secret, read_only=read_only, cache=cache,
-                                   drain_timeout=drain_timeout))
+                                   drain_timeout=drain_timeout, major=major))

@@ -250,7 +250,9 @@ def curlrc_text(user: User) -> str:
 
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
                   http_secret: str, cache: CacheTarget | None = None,
-                  rotation: Rotation | None = None) -> None:
+                  rotation: Rotation | None = None, major: int = 2) -> None:
+    """`major`: the registry version the image runs (registry_kit.registry_version), which
+    config.yml is rendered for."""
     paths = ServerPaths(settings.registry_config_dir)
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
     for path, setting in owned_folders(settings):
@@ -276,7 +278,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
     config = render_config(settings, http_secret, cache=cache,
-                           drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None).encode()
+                           drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
+                           major=major).encode()
     config_op = remote.managed_file(paths.config, config, "0600",
                                     state.files.get(paths.config),
                                     name="Upload the registry config.yml")

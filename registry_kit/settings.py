@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
 from registry_kit.versions import is_valid_version
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -192,6 +193,9 @@ class Settings:
     registry_cache_password: Secret | None = None
     registry_cache_db: int = 0
     registry_cache_maxmemory: str = "256mb"
+    # The registry's major version when registry_image's tag does not tell it (see
+    # registry_kit.registry_version); None: from the tag or the image's label.
+    registry_version: int | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -519,6 +523,29 @@ def _read_storage(r: _Reader) -> Storage:
     return Storage(driver=driver, params=params, secret_keys=tuple(secret_keys))
 
 
+def _read_registry_version(r: _Reader, image: str) -> int | None:
+    """registry_version: None, or the major version 2 or 3 (an int; "2"/"3" as written in
+    image tags are accepted too). Where the image's tag names a version the two must agree,
+    and a tag naming another major version is refused here, before any host is touched.
+    Whether the version can be told at all is known only after the probe (the image's label
+    may tell it): registry_kit.main checks that."""
+    value = r.raw("registry_version")
+    if value is None:
+        version = None
+    elif (type(value) is int and value in (2, 3)) or value in ("2", "3"):
+        version = int(value)
+    else:
+        raise r.fail("registry_version", value, "None, 2 or 3 (the registry's major version, "
+                     "for an image whose tag does not tell it)")
+    try:
+        # Without a setting and without a version tag, the label may still tell (later).
+        if version is not None or major_from_tag(image) is not None:
+            resolve(r.host, image, version)
+    except RegistryVersionError as error:
+        raise SettingsError(str(error)) from None
+    return version
+
+
 def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
     """None or 127.0.0.1:PORT on a port other than the registry's (debug and stats pages
     that must not be reachable from other hosts)."""
@@ -593,6 +620,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
     if not is_image_reference(image):
         raise r.fail("registry_image", image, "an image reference like registry:2, "
                      "registry:2.8.3 or host:5000/library/registry@sha256:<64 hex>")
+    version = _read_registry_version(r, image)
     tls_mode = r.choice("registry_tls_mode", TLS_MODES)
     cert_file = key_file = ca_file = None
     if tls_mode == "provided":
@@ -725,6 +753,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         registry_gc_delete_untagged=r.boolean("registry_gc_delete_untagged"),
         registry_gc_schedule=gc_schedule,
         docker_remove_on_teardown=remove_docker,
+        registry_version=version,
         **scale_out,
     )
 

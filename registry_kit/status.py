@@ -1,8 +1,9 @@
 """What status.py reports: one read-only fact per host, printed as two tables on the control
 machine once every host has answered. Changes nothing (the run has no operations).
 
-Servers: image, container state and uptime, /v2/ status code (checked on the server, by
-name, through loopback, with the kit's CA), certificate days left, bytes in the data
+Servers: image, registry version (the binary's own `--version`), container state and
+uptime, /v2/ status code (checked on the server, by name, through loopback, with the kit's
+CA), certificate days left, bytes in the data
 folder, repositories and tags on disk (docker/registry/v2/repositories: no credentials
 needed), the GC timer. Clients: engine version, trust file (holds the current CA?), the
 kit's docker login, the kit's /etc/hosts lines.
@@ -25,6 +26,7 @@ from registry_kit import client, control, gc, server, tls
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, split_sections
 from registry_kit.lifecycle import roles, validated_settings
+from registry_kit.registry_version import binary_version
 from registry_kit.settings import Settings, SettingsError
 
 _SECTION = "@@registry-kit-status:"
@@ -47,7 +49,12 @@ def status_command(*, container: str | None = None, health: tuple[str, str, str]
                   section_command("uptime"),
                   f"s=$(docker inspect --type container --format '{{{{.State.StartedAt}}}}' "
                   f"{q(container)} 2>/dev/null) && echo $(( $(date +%s) - $(date -d \"$s\" +%s)"
-                  " )) || true"]
+                  " )) || true",
+                  # The registry binary says its own version (`registry` is on PATH in the
+                  # official 2.x and 3.x images; gc.py runs it the same way). Read-only.
+                  section_command("version"),
+                  f"docker exec {q(container)} registry --version 2>/dev/null | head -n 1"
+                  " || true"]
     if health:
         url, resolve, ca = health
         ca_opt = "" if ca == "-" else f" --cacert {q(ca)}"
@@ -138,6 +145,7 @@ def server_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, 
     return {
         "server": settings.host,
         "image": image or "-",
+        "version": binary_version(_first(sections, "version")) or "-",
         "state": (state + (f" ({restarts} restarts)" if restarts not in ("", "0") else ""))
         if state else "no container",
         "uptime": human_duration(_first(sections, "uptime")) if state == "running" else "-",

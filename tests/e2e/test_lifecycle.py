@@ -214,6 +214,7 @@ def test_broken_upgrade_fails_and_previous_registry_serves(site: Site,
                                                            pushed: dict[str, str]) -> None:
     before = {server: container(server) for server in SERVERS}
     site.data["registry_image"] = "registry:broken"
+    site.data["registry_version"] = 2  # a custom tag: the kit is told the major version
     site.write()
     run = site.run(timing="failed upgrade with rollback")
     assert run.returncode != 0
@@ -239,6 +240,7 @@ def test_broken_upgrade_fails_and_previous_registry_serves(site: Site,
     assert container(other)["started"] == before[other]["started"]
     client_pull(BUSYBOX)
     site.data["registry_image"] = "registry:2.8.2"
+    del site.data["registry_version"]
     site.write()
     site.run().assert_no_changes()  # the rollback left exactly the deployed state
 
@@ -386,8 +388,9 @@ def test_status_reports_servers_and_clients(site: Site) -> None:
                                    path="/v2/_catalog")[1].split("\n\n", 1)[1])
     for server in SERVERS:
         row = _table_row(run, server)
-        image, state, uptime, v2, days, storage, repos, tags, timer = row[1:10]
+        image, version, state, uptime, v2, days, storage, repos, tags, timer = row[1:11]
         assert (image, state, v2, timer) == ("registry:2.8.2", "running", "401", "inactive")
+        assert version == "2.8.2"  # the binary's own --version (Debian's 2.8.2+ds1)
         assert re.fullmatch(r"(\d+m)?\d+s|\d+h\d+m", uptime), uptime
         served = subprocess.run(
             f"openssl s_client -connect {harness.host_ip(server)}:{PORT} -servername {DOMAIN}"

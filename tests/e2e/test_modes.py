@@ -157,6 +157,8 @@ def test_air_gapped_server_loads_the_image_from_an_archive(scenario: dict[str, A
     harness.ssh(SERVER, "docker image rm registry-airgap:2.8.2 >/dev/null 2>&1; true")
     run = deploy_twice(scenario, "airgap", {"registry_port": 5000,
                                             "registry_image": "registry-airgap:2.8.2",
+                                            # a custom repository name: its tag is not read
+                                            "registry_version": 2,
                                             "registry_image_archive": str(archive)})
     assert SERVER in dict(run.changed)["Pull or load registry-airgap:2.8.2"]
     image = harness.ssh(SERVER, "docker inspect -f '{{.Config.Image}}' registry").stdout

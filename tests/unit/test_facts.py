@@ -108,6 +108,25 @@ def test_parse_probe_unit_states(unit: list[str], active: bool, enabled: bool) -
     assert (state.docker_active, state.docker_enabled) == (active, enabled)
 
 
+def test_parse_probe_reads_the_image_and_version_labels() -> None:
+    """The running container's image reference and both OCI version labels (the registry's
+    major version: registry_kit.registry_version); "<no value>" and "" mean none."""
+    lines = [MARK + "container",
+             "abc|true|2024-05-01T10:00:00Z|sha256:c|always|registry:3|<no value>",
+             MARK + "image", "sha256:i|3.0.0"]
+    state = parse_probe(lines)
+    assert state.container is not None
+    assert (state.container.image, state.container.version_label) == ("registry:3", "")
+    assert (state.image_id, state.image_version_label) == ("sha256:i", "3.0.0")
+    lines = [MARK + "container", "abc|true|x|sha256:c|always|reg@sha256:" + "a" * 64 + "|2.8.3",
+             MARK + "image", "sha256:i|<no value>"]
+    state = parse_probe(lines)
+    assert state.container is not None and state.container.version_label == "2.8.3"
+    assert (state.image_id, state.image_version_label) == ("sha256:i", "")
+    # Older probe output (five fields, no label) still reads.
+    assert parse_probe([MARK + "image", "sha256:i"]).image_version_label == ""
+
+
 def test_parse_probe_unlabelled_stopped_container() -> None:
     lines = [MARK + "container", "<no value>|false|0001-01-01T00:00:00Z|sha256:old|no"]
     assert parse_probe(lines).container == ContainerState(
@@ -136,7 +155,8 @@ def test_probe_command_has_every_section_in_order() -> None:
                  else command.index(f"echo {MARK}{name}") for name in SECTIONS]
     assert positions == sorted(positions)
     assert "docker inspect --type container --format" in command
-    assert "docker image inspect --format '{{.Id}}' registry:2" in command
+    assert ("docker image inspect --format '{{.Id}}|{{with .Config.Labels}}{{index . "
+            "\"org.opencontainers.image.version\"}}{{end}}' registry:2") in command
 
 
 def test_probe_command_quotes_paths_with_spaces() -> None:

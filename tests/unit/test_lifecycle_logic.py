@@ -150,6 +150,7 @@ def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> 
         "@@registry-kit-status:docker", "24.0.7",
         "@@registry-kit-status:container", "registry:2.8.2|running|2024-01-01T00:00:00Z|0",
         "@@registry-kit-status:uptime", "90061",
+        "@@registry-kit-status:version", "/bin/registry github.com/docker/distribution 2.8.2+ds1",
         "@@registry-kit-status:health", "401",
         "@@registry-kit-status:cert", *cert.cert_pem.decode().splitlines(),
         "@@registry-kit-status:bytes", "1251680",
@@ -163,6 +164,7 @@ def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> 
     ])
     row = status.server_row(settings, sections)
     assert row["image"] == "registry:2.8.2" and row["state"] == "running"
+    assert row["version"] == "2.8.2"
     assert row["uptime"] == "1d1h" and row["/v2/"] == "401"
     assert 820 <= int(row["cert days"]) <= 825
     assert row["storage"] == "1.3 MB" and (row["repos"], row["tags"]) == ("2", "1")
@@ -176,8 +178,8 @@ def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> 
 def test_status_without_anything(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     row = status.server_row(settings, {})
-    assert (row["state"], row["uptime"], row["/v2/"], row["cert days"]) == \
-        ("no container", "-", "-", "-")
+    assert (row["state"], row["uptime"], row["/v2/"], row["cert days"], row["version"]) == \
+        ("no container", "-", "-", "-", "-")
     crow = status.client_row(settings, {})
     assert (crow["trust"], crow["login"], crow["docker"]) == ("missing", "not asked",
                                                               "not running")
