@@ -4,8 +4,10 @@ single-node Ceph RGW, lab/ceph.py), a redis blob-descriptor cache, one client.
 Order matters (one scenario, step by step): a missing bucket and wrong keys stop the run
 before any host is touched; the first deploy, then a rerun with zero changes; a push
 through the load balancer's domain lands every blob in the bucket; pulls work with either
-replica stopped; one blob upload moves between replicas; a rolling upgrade (registry:2 ->
-registry:2.8.2) under a pull loop loses no pull; throughput with one and two replicas.
+replica stopped; one blob upload moves between replicas; a rolling upgrade
+(registry:2.8.3 -> registry:3, the genuine 3.0.0; -> registry:2.8.2 where the lab has no
+3.x image) under a pull loop loses no pull; on 3.x a new push lands in the bucket and in
+the redis cache; throughput with one and two replicas.
 Everything is checked with curl, skopeo, s3cmd, redis-cli, socat and docker on the hosts,
 never with the kit's own code. Figures go to <lab state dir>/scaleout-figures.json.
 """
@@ -33,6 +35,7 @@ import pytest
 import lab as lab_api
 from lab import ceph
 from lab import state as lab_state
+from lab.images import registry3_available
 from lab.topology import HostSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -52,8 +55,12 @@ SOCKET = "/run/haproxy/admin.sock"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 KEEP_ENV = "REGISTRY_KIT_SCALE_KEEP"  # set: hosts and bucket stay after the run
 LOOP_SECONDS = 240  # the loops' own bound; they are stopped as soon as the upgrade is done
-# The upgrade; a drained replica may take 25 s to see its slow downloads finish.
-UPGRADE = {"registry_image": "registry:2.8.2", "registry_lb_drain_timeout": 60}
+BASE_IMAGE = "registry:2.8.3"
+REGISTRY3, REGISTRY3_MISSING = registry3_available()
+# The upgrade: 2.8.3 -> 3 (the redis section and S3 path style change with the major
+# version); a drained replica may take 25 s to see its slow downloads finish.
+UPGRADE_IMAGE = "registry:3" if REGISTRY3 else "registry:2.8.2"
+UPGRADE = {"registry_image": UPGRADE_IMAGE, "registry_lb_drain_timeout": 60}
 
 
 @dataclass
@@ -63,13 +70,14 @@ class Scale:
     bucket: str
     password: str
     figures: dict[str, Any] = field(default_factory=dict)
+    image: str = BASE_IMAGE  # what the replicas run (the upgrade moves it on)
 
     def inventory(self, name: str, **overrides: Any) -> Path:
         """A scenario inventory with the four groups; overrides apply to every host."""
         state = lab_state.load()
         data = {**harness.lab_site_data(),
                 "registry_domain": DOMAIN, "registry_port": PORT,
-                "registry_image": "registry:2",
+                "registry_image": self.image,
                 "registry_users": [{"name": USER, "password_file": str(self.tmp / "pw")}],
                 "registry_client_login_user": USER,
                 "registry_client_hosts_entries": {DOMAIN: harness.host_ip(LB)},
@@ -453,9 +461,46 @@ def test_rolling_upgrade_loses_no_pull(scale: Scale) -> None:
     assert first != second, log[-3000:]
     for name in (REP1, REP2):
         image = harness.ssh(name, "docker inspect -f '{{.Config.Image}}' registry").stdout
-        assert image.strip() == "registry:2.8.2"
+        assert image.strip() == UPGRADE_IMAGE
     assert _states() == {REP1: "UP", REP2: "UP"}
     harness.run_kit(scale.inventory("upgrade", **UPGRADE)).assert_no_changes()
+    scale.image = UPGRADE_IMAGE
+
+
+@pytest.mark.skipif(not REGISTRY3, reason=REGISTRY3_MISSING or "")
+def test_registry3_replicas_use_the_bucket_and_the_redis_cache(scale: Scale) -> None:
+    """After the rolling upgrade both replicas run 3.0.0: a new image pushed through the
+    load balancer lands in the bucket (3.x reaches Ceph by IP only with path-style
+    requests) and its blobs in redis (3.x reads the go-redis section: with 2.x keys it
+    would panic), and pulls come back through either replica."""
+    assert scale.image == "registry:3", "runs after the rolling upgrade"
+    for name in (REP1, REP2):
+        version = harness.ssh(name, "docker exec registry /bin/registry --version").stdout
+        assert version.split()[-1] == "3.0.0", version
+    image = f"{ADDRESS}/scale/after3:1"
+    image_id = harness.ssh(CLIENT, f"head -c 2000000 /dev/urandom > /tmp/data3 && tar -C /tmp "
+                           f"-c data3 | docker import - {image} && docker push -q {image} "
+                           ">/dev/null").stdout.strip()
+    manifest = _manifest(scale, "scale/after3", "1")
+    digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    listing = _s3cmd(f"ls -r s3://{scale.bucket}/docker/registry/v2/blobs/")
+    for digest in digests:
+        hexa = digest.removeprefix("sha256:")
+        assert f"/blobs/sha256/{hexa[:2]}/{hexa}/data" in listing, (digest, listing)
+    keys = harness.ssh(CACHE, "REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' "
+                       f"/etc/redis/redis.conf)\" redis-cli --no-auth-warning -h "
+                       f"{harness.host_ip(CACHE)} --scan --pattern 'blobs::*'").stdout
+    assert any(d in keys for d in digests), keys  # written by a 3.0.0 replica
+    for stopped in (REP1, REP2):
+        harness.ssh(stopped, "docker stop -t 5 registry >/dev/null")
+        try:
+            pulled = harness.ssh(CLIENT, f"docker rmi -f {image} >/dev/null 2>&1; "
+                                 f"docker pull -q {image} >/dev/null && "
+                                 f"docker image inspect -f '{{{{.Id}}}}' {image}").stdout
+            assert pulled.strip() == image_id
+        finally:
+            harness.ssh(stopped, "docker start registry >/dev/null")
+        _wait_states({REP1: "UP", REP2: "UP"})
 
 
 def _throughput(scale: Scale, label: str, clients: int, size: int) -> dict[str, float]:

@@ -85,6 +85,7 @@ VALID = {
     "registry_lb_mode": ["passthrough"],
     "docker_install_method": ["distro"],
     "registry_state_dir": [".registry-kit"],
+    "registry_version": ["2"],  # the default image is registry:2: a "3" would disagree
 }
 
 
