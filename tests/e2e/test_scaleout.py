@@ -284,36 +284,46 @@ def _manifest(scale: Scale, repo: str, tag: str) -> dict[str, Any]:
     return dict(json.loads(out))
 
 
-def test_push_lands_every_blob_in_the_bucket_and_pulls_survive_a_stopped_replica(
-        scale: Scale) -> None:
-    # A fresh random image, made on the client and pushed through the load balancer.
-    image_id = harness.ssh(CLIENT, f"head -c 3000000 /dev/urandom > /tmp/data && tar -C /tmp "
-                           f"-c data | docker import - {IMAGE} && docker push -q {IMAGE} "
+def _push_random_image(scale: Scale, image: str, size: int) -> tuple[str, list[str]]:
+    """A fresh random image made on the client and pushed through the load balancer:
+    (its image ID, the digests of its config and layers); every blob is in the bucket and
+    some are in the redis blob-descriptor cache."""
+    image_id = harness.ssh(CLIENT, f"head -c {size} /dev/urandom > /tmp/data && tar -C /tmp "
+                           f"-c data | docker import - {image} && docker push -q {image} "
                            ">/dev/null").stdout.strip()
     assert image_id.startswith("sha256:")
-    manifest = _manifest(scale, "scale/random", "1")
+    repository, tag = image.removeprefix(ADDRESS + "/").rsplit(":", 1)
+    manifest = _manifest(scale, repository, tag)
     digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
     listing = _s3cmd(f"ls -r s3://{scale.bucket}/docker/registry/v2/blobs/")
     for digest in digests:
         hexa = digest.removeprefix("sha256:")
         assert f"/blobs/sha256/{hexa[:2]}/{hexa}/data" in listing, (digest, listing)
-    # The redis blob-descriptor cache holds them too.
     keys = harness.ssh(CACHE, "REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' "
                        f"/etc/redis/redis.conf)\" redis-cli --no-auth-warning -h "
                        f"{harness.host_ip(CACHE)} --scan --pattern 'blobs::*'").stdout
     assert any(d in keys for d in digests), keys
+    return image_id, digests
 
+
+def _pulls_survive_either_replica_stopped(image: str, image_id: str) -> None:
     for stopped in (REP1, REP2):
         harness.ssh(stopped, "docker stop -t 5 registry >/dev/null")
         try:
             for _ in range(3):  # round robin would hit the stopped one at least once
-                pulled = harness.ssh(CLIENT, f"docker rmi -f {IMAGE} >/dev/null 2>&1; "
-                                     f"docker pull -q {IMAGE} >/dev/null && "
-                                     f"docker image inspect -f '{{{{.Id}}}}' {IMAGE}").stdout
+                pulled = harness.ssh(CLIENT, f"docker rmi -f {image} >/dev/null 2>&1; "
+                                     f"docker pull -q {image} >/dev/null && "
+                                     f"docker image inspect -f '{{{{.Id}}}}' {image}").stdout
                 assert pulled.strip() == image_id
         finally:
             harness.ssh(stopped, "docker start registry >/dev/null")
         _wait_states({REP1: "UP", REP2: "UP"})
+
+
+def test_push_lands_every_blob_in_the_bucket_and_pulls_survive_a_stopped_replica(
+        scale: Scale) -> None:
+    image_id, _ = _push_random_image(scale, IMAGE, 3_000_000)
+    _pulls_survive_either_replica_stopped(IMAGE, image_id)
 
 
 def test_one_upload_across_both_replicas(scale: Scale, tmp_path: Path) -> None:
@@ -477,30 +487,10 @@ def test_registry3_replicas_use_the_bucket_and_the_redis_cache(scale: Scale) -> 
     for name in (REP1, REP2):
         version = harness.ssh(name, "docker exec registry /bin/registry --version").stdout
         assert version.split()[-1] == "3.0.0", version
+    # A new image: its blobs and cache keys can only come from the 3.0.0 replicas.
     image = f"{ADDRESS}/scale/after3:1"
-    image_id = harness.ssh(CLIENT, f"head -c 2000000 /dev/urandom > /tmp/data3 && tar -C /tmp "
-                           f"-c data3 | docker import - {image} && docker push -q {image} "
-                           ">/dev/null").stdout.strip()
-    manifest = _manifest(scale, "scale/after3", "1")
-    digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
-    listing = _s3cmd(f"ls -r s3://{scale.bucket}/docker/registry/v2/blobs/")
-    for digest in digests:
-        hexa = digest.removeprefix("sha256:")
-        assert f"/blobs/sha256/{hexa[:2]}/{hexa}/data" in listing, (digest, listing)
-    keys = harness.ssh(CACHE, "REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' "
-                       f"/etc/redis/redis.conf)\" redis-cli --no-auth-warning -h "
-                       f"{harness.host_ip(CACHE)} --scan --pattern 'blobs::*'").stdout
-    assert any(d in keys for d in digests), keys  # written by a 3.0.0 replica
-    for stopped in (REP1, REP2):
-        harness.ssh(stopped, "docker stop -t 5 registry >/dev/null")
-        try:
-            pulled = harness.ssh(CLIENT, f"docker rmi -f {image} >/dev/null 2>&1; "
-                                 f"docker pull -q {image} >/dev/null && "
-                                 f"docker image inspect -f '{{{{.Id}}}}' {image}").stdout
-            assert pulled.strip() == image_id
-        finally:
-            harness.ssh(stopped, "docker start registry >/dev/null")
-        _wait_states({REP1: "UP", REP2: "UP"})
+    image_id, _ = _push_random_image(scale, image, 2_000_000)
+    _pulls_survive_either_replica_stopped(image, image_id)
 
 
 def _throughput(scale: Scale, label: str, clients: int, size: int) -> dict[str, float]:
