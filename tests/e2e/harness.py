@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,46 @@ class Run:
     def describe(self) -> str:
         return (f"rc={self.returncode}\nchanged={self.changed}\nerrors={self.errors}\n"
                 f"stderr:\n{self.stderr[-6000:]}")
+
+
+class OwnStateSite:
+    """A scenario with control-machine state of its own (CA, http secret: no other suite
+    shares them): its settings, inventory, one user's password file, the CA its clients
+    trust (for skopeo --cert-dir), and how long named runs took."""
+
+    def __init__(self, directory: Path, *, servers: list[str], clients: list[str],
+                 user: str, password: str, data: dict[str, Any],
+                 times: dict[str, float]) -> None:
+        self.dir = directory
+        self.state_dir = directory / "state"
+        self.certs = directory / "certs"
+        self.inventory = directory / "inventory.py"
+        self.servers, self.clients, self.user = servers, clients, user
+        self.password = password
+        self.data: dict[str, Any] = {**data, "registry_state_dir": str(self.state_dir)}
+        self.times = times
+        self.write()
+
+    def write(self) -> None:
+        users = [{"name": self.user, "password_file": write_secret(
+            self.dir, f"{self.user}.password", self.password)}]
+        write_inventory(self.inventory, servers=self.servers, clients=self.clients,
+                        data={**self.data, "registry_users": users})
+
+    def run(self, script: str = "deploy.py", *extra: str, timing: str | None = None) -> Run:
+        start = time.monotonic()
+        run = run_kit(self.inventory, script, *extra)
+        if timing:
+            self.times[timing] = round(time.monotonic() - start, 1)
+        return run
+
+    @property
+    def ca(self) -> Path:
+        return self.state_dir / "ca" / "ca.crt"
+
+    def refresh_certs(self) -> None:
+        self.certs.mkdir(exist_ok=True)
+        (self.certs / "ca.crt").write_bytes(self.ca.read_bytes())
 
 
 def host_entry(name: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -47,47 +47,21 @@ TIMES: dict[str, float] = {}
 pytestmark = pytest.mark.e2e
 
 
-class Site:
-    """Settings, inventory, password and the module's own control-machine state."""
+class Site(harness.OwnStateSite):
+    """Two servers and a client with the module's own control-machine state."""
 
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.state_dir = directory / "state"
-        self.certs = directory / "certs"  # skopeo --cert-dir: the CA clients trust
-        self.inventory = directory / "inventory.py"
-        self.password = "first-password-1"
-        self.data: dict[str, Any] = {
-            "registry_domain": DOMAIN,
-            "registry_port": PORT,
-            "registry_image": "registry:2",
-            "registry_delete_enabled": True,
-            "registry_client_login_user": USER,
-            "registry_client_hosts_entries": {DOMAIN: harness.host_ip("lab-reg")},
-            "registry_state_dir": str(self.state_dir),
-            "registry_verify_timeout": 30,
-        }
-        self.write()
-
-    def write(self) -> None:
-        users = [{"name": USER, "password_file": harness.write_secret(
-            self.dir, "ci.password", self.password)}]
-        harness.write_inventory(self.inventory, servers=SERVERS, clients=[CLIENT],
-                                data={**self.data, "registry_users": users})
-
-    def run(self, script: str = "deploy.py", *extra: str, timing: str | None = None) -> Run:
-        start = time.monotonic()
-        run = harness.run_kit(self.inventory, script, *extra)
-        if timing:
-            TIMES[timing] = round(time.monotonic() - start, 1)
-        return run
-
-    @property
-    def ca(self) -> Path:
-        return self.state_dir / "ca" / "ca.crt"
-
-    def refresh_certs(self) -> None:
-        self.certs.mkdir(exist_ok=True)
-        shutil.copy(self.ca, self.certs / "ca.crt")
+        super().__init__(directory, servers=SERVERS, clients=[CLIENT], user=USER,
+                         password="first-password-1", times=TIMES, data={
+                             "registry_domain": DOMAIN,
+                             "registry_port": PORT,
+                             "registry_image": "registry:2",
+                             "registry_delete_enabled": True,
+                             "registry_client_login_user": USER,
+                             "registry_client_hosts_entries": {
+                                 DOMAIN: harness.host_ip("lab-reg")},
+                             "registry_verify_timeout": 30,
+                         })
 
     def curl(self, server: str, *, user: str | None = None, password: str | None = None,
              ca: Path | None = None, name: str = DOMAIN, path: str = "/v2/",

@@ -52,29 +52,17 @@ TIMES: dict[str, float] = {}
 pytestmark = pytest.mark.e2e
 
 
-class Site:
+class Site(harness.OwnStateSite):
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.state_dir = directory / "state"
-        self.certs = directory / "certs"
-        self.inventory = directory / "inventory.py"
-        self.password = "registry3-password-1"
-        self.data: dict[str, Any] = {
-            "registry_domain": DOMAIN,
-            "registry_port": PORT,
-            "registry_image": "registry:3",
-            "registry_delete_enabled": True,
-            "registry_client_login_user": USER,
-            "registry_state_dir": str(self.state_dir),
-            "registry_verify_timeout": 30,
-        }
-        self.write()
-
-    def write(self) -> None:
-        users = [{"name": USER, "password_file": harness.write_secret(
-            self.dir, "ci.password", self.password)}]
-        harness.write_inventory(self.inventory, servers=[SERVER], clients=[CLIENT],
-                                data={**self.data, "registry_users": users})
+        super().__init__(directory, servers=[SERVER], clients=[CLIENT], user=USER,
+                         password="registry3-password-1", times=TIMES, data={
+                             "registry_domain": DOMAIN,
+                             "registry_port": PORT,
+                             "registry_image": "registry:3",
+                             "registry_delete_enabled": True,
+                             "registry_client_login_user": USER,
+                             "registry_verify_timeout": 30,
+                         })
 
     def set(self, **data: Any) -> None:
         for key, value in data.items():
@@ -84,22 +72,11 @@ class Site:
                 self.data[key] = value
         self.write()
 
-    def run(self, script: str = "deploy.py", *extra: str, timing: str | None = None) -> Run:
-        start = time.monotonic()
-        run = harness.run_kit(self.inventory, script, *extra)
-        if timing:
-            TIMES[timing] = round(time.monotonic() - start, 1)
-        return run
-
     def twice(self, timing: str) -> Run:
         """Apply, then apply again: the second run must change nothing."""
         first = self.run(timing=timing).assert_ok()
         self.run(timing=f"{timing} (again)").assert_no_changes()
         return first
-
-    def refresh_certs(self) -> None:
-        self.certs.mkdir(exist_ok=True)
-        (self.certs / "ca.crt").write_bytes((self.state_dir / "ca" / "ca.crt").read_bytes())
 
     def skopeo(self, args: list[str]) -> subprocess.CompletedProcess[str]:
         return harness.skopeo(args, hosts={DOMAIN: harness.host_ip(SERVER)},
