@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from registry_kit import client, server
 from registry_kit.commands import OSInfo
 from registry_kit.facts import (
     ContainerState,
@@ -24,6 +23,7 @@ from registry_kit.facts import (
     probe_command,
     probe_summary,
 )
+from registry_kit.operations import client, server
 from registry_kit.settings import Settings
 
 MARK = "@@registry-kit:"  # spelled out: the parser and the command must agree on it

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from registry_kit import main, ownership, server, teardown
+from registry_kit import plan as main
 from registry_kit.facts import FileState, HostState, parse_probe, probe_command
-from registry_kit.ownership import MARKER, FolderPlan, folder_action, owned, plan_folder
+from registry_kit.operations import ownership, server, teardown
+from registry_kit.operations.ownership import MARKER, FolderPlan, folder_action, owned, plan_folder
 from registry_kit.settings import Settings
 
 CONFIG = "/etc/registry-kit"

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from registry_kit import tls
-from registry_kit.tls import (
+from registry_kit.render import tls
+from registry_kit.render.tls import (
     ServerCertificate,
     TLSError,
     certificate_days_left,

@@ -14,9 +14,11 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import htpasswd, remote, textfile, trust
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import trust
+from registry_kit.render import htpasswd, textfile
 from registry_kit.settings import Settings, host_port
 
 CERTS_D = "/etc/docker/certs.d"

@@ -19,9 +19,11 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import packages, remote, textfile
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages
+from registry_kit.render import textfile
 from registry_kit.settings import Settings, host_port
 
 CONFIG = "/etc/redis/redis.conf"

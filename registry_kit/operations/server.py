@@ -19,20 +19,22 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
-from registry_kit import htpasswd, ownership, remote, textfile
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
-from registry_kit.render import render_config
-from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
+from registry_kit.operations import files as remote
+from registry_kit.operations import ownership
+from registry_kit.render import htpasswd, textfile
+from registry_kit.render.config import render_config
+from registry_kit.render.tls import ServerCertificate
 from registry_kit.settings import Settings, User, host_port, url_host
-from registry_kit.tls import ServerCertificate
+from registry_kit.topology import CacheTarget, OutOfRotation, Rotation, server_name
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
 RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
 # A replica behind a load balancer finishes open requests this long after SIGTERM; less
 # than the 10 s `docker stop` waits before it kills.
 REPLICA_DRAIN_SECONDS = 5
-_SCRIPTS = Path(__file__).resolve().parent / "scripts"
+_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @dataclass(frozen=True)

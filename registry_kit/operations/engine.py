@@ -12,7 +12,6 @@ from io import BytesIO
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import daemon_json, remote
 from registry_kit.commands import (
     APT_GET,
     ENABLE_DOCKER,
@@ -20,6 +19,8 @@ from registry_kit.commands import (
     docker_install_commands,
 )
 from registry_kit.facts import EngineVersion, HostState
+from registry_kit.operations import files as remote
+from registry_kit.render import daemon_json
 from registry_kit.settings import Settings
 from registry_kit.versions import meets_minimum
 

@@ -20,10 +20,13 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import pyinfra_patches, remote, server, textfile
+from registry_kit import pyinfra_patches
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import ReportedCommand, roles, validated_settings
+from registry_kit.inventory import ReportedCommand, roles, validated_settings
+from registry_kit.operations import files as remote
+from registry_kit.operations import server
+from registry_kit.render import textfile
 from registry_kit.settings import Settings
 
 SCRIPT = "registry-gc.sh"

@@ -22,11 +22,13 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 
-from registry_kit import client, control, gc, server, tls
+from registry_kit import keystore as control
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, split_sections
-from registry_kit.lifecycle import roles, validated_settings
+from registry_kit.inventory import roles, validated_settings
+from registry_kit.operations import client, gc, server
 from registry_kit.registry_version import binary_version
+from registry_kit.render import tls
 from registry_kit.settings import Settings, SettingsError
 
 _SECTION = "@@registry-kit-status:"

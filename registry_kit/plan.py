@@ -12,21 +12,13 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import operation
 
-from registry_kit import (
-    cache,
-    client,
-    control,
-    gc,
-    loadbalancer,
-    pyinfra_patches,
-    s3check,
-    scaleout,
-    server,
-    trust,
-)
+from registry_kit import keystore as control
+from registry_kit import pyinfra_patches, s3check
 from registry_kit import settings as settings_module
-from registry_kit.engine import engine_deploy, install_curl
+from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.operations import cache, client, gc, loadbalancer, server, trust
+from registry_kit.operations.engine import engine_deploy, install_curl
 from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.registry_version import resolve as resolve_version
 from registry_kit.settings import Settings, SettingsError, SettingsRefused

@@ -23,11 +23,13 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import packages, remote, server, textfile
 from registry_kit.facts import HostState
-from registry_kit.scaleout import BACKEND, LB_SCRIPT, Topology
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages, server
+from registry_kit.render import textfile
+from registry_kit.render.tls import ServerCertificate
 from registry_kit.settings import Settings
-from registry_kit.tls import ServerCertificate
+from registry_kit.topology import BACKEND, LB_SCRIPT, Topology
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/registry-kit"

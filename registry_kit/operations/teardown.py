@@ -20,13 +20,15 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, pyinfra_patches, server
+from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
-from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import merge_probe, roles, validated_settings
-from registry_kit.ownership import MARKER, FolderPlan, owned, plan_folder
-from registry_kit.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
+from registry_kit.inventory import merge_probe, roles, validated_settings
+from registry_kit.operations import client, gc, server
+from registry_kit.operations.engine import configure_daemon, refuse_host
+from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
+from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
+from registry_kit.render import daemon_json
 from registry_kit.settings import Settings
 
 # Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the

@@ -22,8 +22,8 @@ from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
-from registry_kit import remote
 from registry_kit.commands import join
+from registry_kit.operations import files as remote
 from registry_kit.settings import Settings, SettingsError, host_port, is_ip
 
 SERVER_GROUP = "registry_servers"

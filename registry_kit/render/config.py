@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from registry_kit.scaleout import CacheTarget
 from registry_kit.settings import Secret, Settings
+from registry_kit.topology import CacheTarget
 
 # Fixed paths inside the container; the host folders are bind-mounted there, so a changed
 # registry_config_dir on the host does not change the registry's view.

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-from registry_kit import tls
+from registry_kit.render import tls
 from registry_kit.settings import Settings, SettingsError
 
 
