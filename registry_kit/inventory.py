@@ -1,44 +1,82 @@
-"""Shared pieces of the lifecycle runs (teardown.py, gc.py, status.py).
+"""The run as the kit sees it: which inventory groups play which role, every host's settings
+validated once per run, and the pieces the jobs share (probe merge, reported commands).
 
-Settings are validated once for every host, like deploy.py does, but without issuing
-certificates on the control machine: tearing down or inspecting a registry must not
-create a CA. Reports (freed bytes, warnings) are shown in pyinfra's output by running the
-remote command from a FunctionCommand and logging its `registry-kit:` lines.
+"Once per run" is once per pyinfra State: everything a run keeps between its hosts lives in
+`run_cache(...)`, a dict kept on the State itself, so two runs in one process (pyinfra's API,
+tests) never see each other's settings, certificates or status rows.
+Settings are validated for every host before any host is touched; `issue_certificates`
+(deploy) also prepares the CA and checks provided certificate files, while teardown, gc and
+status must not create a CA. Reports (freed bytes, warnings) are shown in pyinfra's output
+by a command that logs its `registry-kit:` lines.
 Reads: nothing itself; settings.load reads host data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from pyinfra import inventory, logger
+from pyinfra import context, logger
 from pyinfra.api import StringCommand
 
 from registry_kit import settings as settings_module
 from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
-SERVER_GROUP = "registry_servers"
-CLIENT_GROUP = "registry_clients"
 REPORT_PREFIX = "registry-kit: "
 
-_validated: dict[str, Settings] | None = None
+
+@dataclass(frozen=True)
+class Groups:
+    """The inventory group names for each role; the API's callers may use their own."""
+    servers: str = "registry_servers"
+    clients: str = "registry_clients"
+    lb: str = "registry_lb"
+    cache: str = "registry_cache"
+
+    @property
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.servers, self.clients, self.lb, self.cache)
 
 
-def validated_settings() -> dict[str, Settings]:
-    """Every host's settings, validated once per run; a bad one stops the run (one line)."""
-    global _validated
-    if _validated is None:
+DEFAULT_GROUPS = Groups()
+_RUN_ATTRIBUTE = "_registry_kit_run"
+
+
+def run_cache(name: str, factory: Callable[[], Any]) -> Any:
+    """A value kept for the current pyinfra run only (on its State), made on first use."""
+    state = context.state
+    store: dict[str, Any] = state.__dict__.setdefault(_RUN_ATTRIBUTE, {})
+    if name not in store:
+        store[name] = factory()
+    return store[name]
+
+
+def validated_settings(groups: Groups = DEFAULT_GROUPS, *,
+                       defaults: Mapping[str, Any] | None = None,
+                       after: Callable[[dict[str, Settings]], None] | None = None,
+                       ) -> dict[str, Settings]:
+    """Every host's settings, validated once per run; a bad one stops the run (one line).
+    `defaults` replace package defaults (host data still wins); `after(all_settings)` adds
+    the caller's checks (deploy's certificates and scale-out), run once with the validation."""
+
+    def load() -> dict[str, Settings]:
         try:
-            _validated = settings_module.load_inventory(inventory)
+            loaded = settings_module.load_inventory(context.inventory, groups=groups.all,
+                                                    server_group=groups.servers,
+                                                    defaults=defaults)
+            if after is not None:
+                after(loaded)
+            return loaded
         except SettingsError as error:
             raise SettingsRefused(error) from None
-    return _validated
+
+    return run_cache(f"settings:{groups}:{sorted((defaults or {}).items())!r}", load)  # type: ignore[no-any-return]
 
 
-def roles(target: Any) -> tuple[bool, bool]:
+def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:
     """(is_server, is_client) of an inventory host."""
-    return SERVER_GROUP in target.groups, CLIENT_GROUP in target.groups
+    return groups.servers in target.groups, groups.clients in target.groups
 
 
 def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ from typing import Any
 from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
 from registry_kit.versions import is_valid_version
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = PROJECT_ROOT / "group_data" / "all.py"
+# The package's defaults (a module of plain literals, read fresh for every run).
+DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.py")
 
 TLS_MODES = ("self-signed", "provided", "none")
 INSTALL_METHODS = ("distro", "docker-ce", "none")
@@ -218,7 +218,7 @@ class Settings:
 
 
 def known_keys() -> dict[str, Any]:
-    """The settings and their defaults, read from group_data/all.py."""
+    """The settings and their defaults, read from the package (registry_kit/defaults.py)."""
     namespace: dict[str, Any] = {}
     exec(compile(DEFAULTS_FILE.read_text(), str(DEFAULTS_FILE), "exec"), namespace)
     return {
@@ -427,11 +427,17 @@ def check_host_path(path: str) -> str | None:
 
 
 def check_unknown_keys(host: str, data: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    """Typos in the kit's own keys: every unknown registry_* key, and a docker_* key only when
+    it is one slip away from one of the kit's (other deploys use docker_* keys of their own)."""
     for key in data:
-        if key.startswith(("registry_", "docker_")) and key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"did you mean {close[0]}?" if close else "see group_data/all.py"
-            raise _fail(host, key, data[key], f"unknown setting; {hint}")
+        if key in known or not key.startswith(("registry_", "docker_")):
+            continue
+        close = difflib.get_close_matches(key, list(known), n=1,
+                                          cutoff=0.6 if key.startswith("registry_") else 0.9)
+        if key.startswith("docker_") and not close:
+            continue
+        hint = f"did you mean {close[0]}?" if close else "see registry_kit/defaults.py"
+        raise _fail(host, key, data[key], f"unknown setting; {hint}")
 
 
 def _read_users(r: _Reader, allow_plain: bool) -> tuple[User, ...]:
@@ -594,11 +600,13 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
     }
 
 
-def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
+def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
          known: Mapping[str, Any] | None = None, server: bool = True) -> Settings:
-    """Validate one host's data (defaults filled from group_data/all.py) into Settings.
+    """Validate one host's data (defaults filled from the package's defaults) into Settings.
     `server`: the host runs a registry (registry_servers), so the open-registry check
-    applies to it."""
+    applies to it. Relative paths (the state folder, password and certificate files) are
+    the user's: they resolve against `base_dir`, by default the current directory."""
+    base_dir = Path.cwd() if base_dir is None else base_dir
     known = known if known is not None else known_keys()
     check_unknown_keys(host, data, known)
     merged = {**known, **{k: v for k, v in data.items() if k in known}}
@@ -778,20 +786,27 @@ def check_group_conflicts(host: str, groups_data: Mapping[str, Mapping[str, Any]
 KIT_GROUPS = ("registry_servers", "registry_clients", "registry_lb", "registry_cache")
 
 
-def load_inventory(inventory: Any, *, check: Any = None) -> dict[str, Settings]:
+def load_inventory(inventory: Any, *, check: Any = None, groups: Sequence[str] = KIT_GROUPS,
+                   server_group: str = "registry_servers",
+                   defaults: Mapping[str, Any] | None = None) -> dict[str, Settings]:
     """Every inventory host's Settings (host data with group data and overrides, as pyinfra
-    merged them), validated; `check(host, settings)` adds checks of the caller's. Raises
-    SettingsError for the first bad value."""
+    merged them), validated; `check(host, settings)` adds checks of the caller's. `groups`:
+    the kit's groups (their data must agree), `server_group` the servers' group; `defaults`
+    replace package defaults (the API's `settings=`). Raises SettingsError for the first bad
+    value."""
     known = known_keys()
+    if defaults:
+        check_unknown_keys("settings", defaults, known)
+        known = {**known, **{key: defaults[key] for key in defaults if key in known}}
     loaded: dict[str, Settings] = {}
     for target in inventory:
-        groups = [group for group in target.groups if group in KIT_GROUPS]
-        if len(groups) > 1:
+        kit_groups = [group for group in target.groups if group in groups]
+        if len(kit_groups) > 1:
             check_group_conflicts(
-                target.name, {group: inventory.get_group_data(group) for group in groups},
+                target.name, {group: inventory.get_group_data(group) for group in kit_groups},
                 {**inventory.get_host_data(target.name), **inventory.get_override_data()})
         loaded[target.name] = load(target.name, target.data.dict(), known=known,
-                                   server="registry_servers" in target.groups)
+                                   server=server_group in target.groups)
         if check is not None:
             check(target, loaded[target.name])
     return loaded

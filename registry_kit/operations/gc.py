@@ -14,6 +14,7 @@ registry_gc_schedule.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
@@ -23,7 +24,13 @@ from pyinfra.api import FunctionCommand, operation
 from registry_kit import pyinfra_patches
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.inventory import ReportedCommand, roles, validated_settings
+from registry_kit.inventory import (
+    DEFAULT_GROUPS,
+    Groups,
+    ReportedCommand,
+    roles,
+    validated_settings,
+)
 from registry_kit.operations import files as remote
 from registry_kit.operations import server
 from registry_kit.render import textfile
@@ -148,10 +155,11 @@ def schedule_deploy(settings: Settings, state: HostState) -> None:
 
 # --- gc.py ---
 
-def plan_host() -> None:
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
-    settings = validated_settings()[host.name]
-    is_server, _ = roles(host)
+    settings = validated_settings(groups, defaults=defaults)[host.name]
+    is_server, _ = roles(host, groups)
     if not is_server:
         return
     paths = server.ServerPaths(settings.registry_config_dir)

@@ -17,12 +17,11 @@ registry_lb_stats, and every replica's registry_internal_address.
 from __future__ import annotations
 
 from io import BytesIO
-from pathlib import Path
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
+from registry_kit import package_data
 from registry_kit.facts import HostState
 from registry_kit.operations import files as remote
 from registry_kit.operations import packages, server
@@ -40,11 +39,7 @@ SERVICE = "haproxy"
 PACKAGES = ("haproxy", "socat")  # socat talks to the admin socket
 COMMANDS = ("haproxy", "socat")
 SCRIPT = "haproxy-server.sh"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+_environment = package_data.ENVIRONMENT
 
 
 def probe_args(settings: Settings) -> dict:

@@ -13,12 +13,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
+from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.operations import files as remote
@@ -34,7 +34,6 @@ RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here fo
 # A replica behind a load balancer finishes open requests this long after SIGTERM; less
 # than the 10 s `docker stop` waits before it kills.
 REPLICA_DRAIN_SECONDS = 5
-_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def script_path(name: str) -> str:
 
 
 def script_content(name: str) -> bytes:
-    return (_SCRIPTS / name).read_bytes()
+    return package_data.script(name)
 
 
 SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh")

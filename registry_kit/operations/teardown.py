@@ -15,6 +15,7 @@ Reads: the same settings as deploy, plus registry_purge_data and docker_remove_o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host, logger
@@ -23,7 +24,7 @@ from pyinfra.api import FunctionCommand, operation
 from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.inventory import merge_probe, roles, validated_settings
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
 from registry_kit.operations import client, gc, server
 from registry_kit.operations.engine import configure_daemon, refuse_host
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
@@ -255,10 +256,11 @@ def engine_teardown(settings: Settings, state: HostState) -> None:
     remove_docker(settings, state, name="Remove the Docker engine (docker_remove_on_teardown)")
 
 
-def plan_host() -> None:
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
-    settings = validated_settings()[host.name]
-    is_server, is_client = roles(host)
+    settings = validated_settings(groups, defaults=defaults)[host.name]
+    is_server, is_client = roles(host, groups)
     if not (is_server or is_client):
         return
     state = host.get_fact(RegistryHostState, **probe_args(settings, is_server, is_client))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api.operation import operation
 
 from registry_kit.commands import q
 from registry_kit.operations import files as remote

@@ -15,7 +15,7 @@ from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
 from registry_kit.inventory import merge_probe
 from registry_kit.operations import gc, status, teardown
-from registry_kit.operations.server import _SCRIPTS
+from registry_kit.package_data import SCRIPTS as _SCRIPTS
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ensure_server_certificate

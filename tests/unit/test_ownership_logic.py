@@ -73,7 +73,7 @@ def test_server_probe_asks_for_every_marker_and_lists_nothing(
     assert "listings" not in probe
     assert [folder for folder, _ in server.owned_folders(settings)] == \
         ["/etc/rk", "/etc/rk/certs", "/etc/rk/auth", "/srv/reg"]
-    assert main.SERVER_GROUP == "registry_servers"  # main merges server.probe_args as is
+    assert main.DEFAULT_GROUPS.servers == "registry_servers"  # the plan merges server.probe_args
 
 
 def _run(command: str) -> subprocess.CompletedProcess[str]:

@@ -426,8 +426,12 @@ def test_is_image_reference(text: object, ok: bool) -> None:
 
 def test_check_unknown_keys_ignores_foreign_keys(known: Mapping[str, Any]) -> None:
     check_unknown_keys(HOST, {"ssh_port": 22, "registry_port": 1}, known)
-    with pytest.raises(SettingsError, match=r"docker_qqqqqqqqqqqq=1 .*see group_data/all\.py"):
-        check_unknown_keys(HOST, {"docker_qqqqqqqqqqqq": 1}, known)
+    # docker_* keys of other deploys are theirs (issue 14); the kit's own are still checked.
+    check_unknown_keys(HOST, {"docker_qqqqqqqqqqqq": 1, "docker_version": "27"}, known)
+    with pytest.raises(SettingsError, match=r"registry_qqqqqqqqqqqq=1 .*see registry_kit/"):
+        check_unknown_keys(HOST, {"registry_qqqqqqqqqqqq": 1}, known)
+    with pytest.raises(SettingsError, match=r"did you mean docker_install_method\?"):
+        check_unknown_keys(HOST, {"docker_instal_method": "distro"}, known)
 
 
 def test_group_conflict_raises() -> None:
@@ -552,3 +556,14 @@ def test_secret_with_a_control_character_is_refused_without_showing_it(
     with pytest.raises(SettingsError) as caught:
         make_settings(registry_http_secret={"env": "REGKIT_ESC"})
     assert "word-9911" not in str(caught.value) and "REGKIT_ESC" in str(caught.value)
+
+
+def test_repo_group_data_is_the_package_defaults() -> None:
+    """group_data/all.py is the documented example: every setting at its package default, so
+    a new setting added to one and not the other fails here."""
+    namespace: dict[str, Any] = {}
+    example = Path(__file__).resolve().parents[2] / "group_data" / "all.py"
+    exec(compile(example.read_text(), str(example), "exec"), namespace)
+    shown = {key: value for key, value in namespace.items()
+             if key.startswith(("registry_", "docker_"))}
+    assert shown == settings_mod.known_keys()
