@@ -19,6 +19,7 @@ from typing import Any
 
 from pyinfra import context, logger
 from pyinfra.api import StringCommand
+from pyinfra.context import ctx_state
 
 from registry_kit import settings as settings_module
 from registry_kit.settings import Settings, SettingsError, SettingsRefused
@@ -43,9 +44,13 @@ DEFAULT_GROUPS = Groups()
 _RUN_ATTRIBUTE = "_registry_kit_run"
 
 
-def run_cache(name: str, factory: Callable[[], Any]) -> Any:
-    """A value kept for the current pyinfra run only (on its State), made on first use."""
-    state = context.state
+def run_cache(name: str, factory: Callable[[], Any], state: Any = None) -> Any:
+    """A value kept for one pyinfra run only (on its State: `state`, else the current one),
+    made on first use; outside a run (unit tests of the pieces), made anew on every call."""
+    if state is None:
+        if not ctx_state.isset():
+            return factory()
+        state = context.state
     store: dict[str, Any] = state.__dict__.setdefault(_RUN_ATTRIBUTE, {})
     if name not in store:
         store[name] = factory()
@@ -91,6 +96,13 @@ def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
             else:
                 merged[key] = value
     return merged
+
+
+def fail_host(state: Any, host: Any, message: str) -> bool:
+    """A FunctionCommand that fails the host with one clean red line (no traceback).
+    FunctionCommand passes state and host only to parameters with exactly these names."""
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
 
 
 class ReportedCommand(StringCommand):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 
 from registry_kit.commands import (
@@ -19,6 +19,7 @@ from registry_kit.commands import (
     docker_install_commands,
 )
 from registry_kit.facts import EngineVersion, HostState
+from registry_kit.inventory import fail_host as _fail_with
 from registry_kit.operations import files as remote
 from registry_kit.render import daemon_json
 from registry_kit.settings import Settings
@@ -68,12 +69,6 @@ def start_docker(state: HostState):
         host.noop("docker.service is enabled and running")
         return
     yield ENABLE_DOCKER
-
-
-def _fail_with(state, host, message: str) -> bool:
-    """A FunctionCommand that fails the host with one clean red line (no traceback)."""
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
 
 
 def _check_engine_version(state, host, minimum: str) -> bool:  # runs on the control side

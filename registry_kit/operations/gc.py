@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 
 from registry_kit import pyinfra_patches
@@ -30,6 +30,9 @@ from registry_kit.inventory import (
     ReportedCommand,
     roles,
     validated_settings,
+)
+from registry_kit.inventory import (
+    fail_host as _fail,
 )
 from registry_kit.operations import files as remote
 from registry_kit.operations import server
@@ -58,12 +61,6 @@ def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     if settings.registry_gc_delete_untagged:
         args.append("--delete-untagged")
     return args
-
-
-def _fail(state: Any, host: Any, message: str) -> bool:
-    # FunctionCommand passes state and host only to parameters with exactly these names.
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
 
 
 @operation()

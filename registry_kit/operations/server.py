@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
@@ -21,6 +22,7 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
+from registry_kit.inventory import run_cache
 from registry_kit.operations import files as remote
 from registry_kit.operations import ownership
 from registry_kit.render import htpasswd, textfile
@@ -166,9 +168,11 @@ def ensure_image(settings: Settings, state: HostState):
     yield f"docker pull {q(settings.registry_image)}"
 
 
-# Servers whose container replacement failed in this run. ensure_container runs one server
-# at a time (_serial), so the servers after a failed one are left as they are.
-_failed_replacements: list[str] = []
+def _failed_replacements(state: Any) -> list[str]:
+    """Servers whose container replacement failed in this run (kept on its State).
+    ensure_container runs one server at a time (_serial), so the servers after a failed
+    one are left as they are."""
+    return run_cache("failed-replacements", list, state)  # type: ignore[no-any-return]
 
 
 class _ReplaceCommand(StringCommand):
@@ -177,7 +181,7 @@ class _ReplaceCommand(StringCommand):
     def execute(self, state, host, connector_arguments):
         status, output = super().execute(state, host, connector_arguments)
         if status is False:
-            _failed_replacements.append(host.name)
+            _failed_replacements(state).append(host.name)
         return status, output
 
 
@@ -201,8 +205,8 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
             return
         yield f"docker start {q(spec.name)}"
         return
-    if _failed_replacements:
-        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements),), {})
+    if _failed_replacements(host.state):
+        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements(host.state)),), {})
         return
     url, resolve, ca = health_target(settings)
     reason = "create" if current is None else f"recreate ({current.spec_hash or 'unlabelled'}"\
