@@ -118,13 +118,8 @@ def refresh_system_trust(family: str):
     yield "systemctl restart docker.service"
 
 
-def client_deploy(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
-    client_trust(settings, state, ca_pem)
-    client_login(settings, state)
-
-
 def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
-    """/etc/hosts and trust: main.plan_host runs these before any server step, so a new CA
+    """/etc/hosts and trust: registry_kit.plan runs these before any server step, so a new CA
     is trusted before a server serves a certificate it signed (registry_kit.trust)."""
     if settings.registry_client_hosts_entries or state.hosts_lines:
         hosts_entries(dict(settings.registry_client_hosts_entries), state,

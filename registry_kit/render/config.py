@@ -21,7 +21,6 @@ from registry_kit.topology import CacheTarget
 # registry_config_dir on the host does not change the registry's view.
 CONTAINER_CONFIG_DIR = "/etc/registry-kit"
 CONTAINER_DATA_DIR = "/var/lib/registry"
-CONTAINER_CONFIG_FILE = f"{CONTAINER_CONFIG_DIR}/config.yml"
 HEADER = ("# Managed by registry-kit (registry_kit/render.py): edits here are replaced on the "
           "next deploy.\n")
 _LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")

@@ -42,7 +42,6 @@ __all__ = [
     "certificate_days_left",
     "ensure_ca",
     "ensure_server_certificate",
-    "fingerprint",
     "load_provided",
 ]
 
@@ -801,10 +800,3 @@ def certificate_days_left(cert_pem: bytes, *, now: datetime | None = None) -> in
         raise TLSError("not a PEM certificate")
     return (cert.not_valid_after_utc - _utc(now)).days
 
-
-def fingerprint(pem: bytes) -> str:
-    """SHA-256 (lowercase hex) of the DER of the first certificate in ``pem``."""
-    cert = _load_first_cert(pem)
-    if cert is None:
-        raise TLSError("not a PEM certificate")
-    return cert.fingerprint(hashes.SHA256()).hex()

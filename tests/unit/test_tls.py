@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import shutil
 import stat
@@ -25,7 +24,6 @@ from registry_kit.render.tls import (
     certificate_days_left,
     ensure_ca,
     ensure_server_certificate,
-    fingerprint,
     load_provided,
 )
 
@@ -589,16 +587,6 @@ def test_certificate_days_left(keys: Keys, ca: x509.Certificate) -> None:
     assert certificate_days_left(_pem(leaf)) in (9, 10)
     with pytest.raises(TLSError):
         certificate_days_left(b"nope")
-
-
-def test_fingerprint(keys: Keys, ca: x509.Certificate) -> None:
-    leaf = _make_leaf(keys.leaf, ca, keys.ca)
-    expected = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
-    assert fingerprint(_pem(leaf)) == expected
-    assert fingerprint(_pem(leaf, ca)) == expected  # first certificate only
-    assert len(expected) == 64
-    with pytest.raises(TLSError):
-        fingerprint(b"nope")
 
 
 # --------------------------------------------------------------------------- name constraints
