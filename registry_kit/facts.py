@@ -18,6 +18,10 @@ from registry_kit.commands import OSInfo, q
 
 _SECTION = "@@registry-kit:"
 HOSTS_MARKER = "# registry-kit"
+# Only the registry names of root's docker logins, never the credentials themselves.
+AUTHS_COMMAND = ("grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
+                 " | cut -d'\"' -f2 || true")
+HOSTS_COMMAND = f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true"
 
 
 @dataclass(frozen=True)
@@ -149,15 +153,11 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
     parts.append(section_command("htpasswd"))
     if htpasswd:
         parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
-    parts.append(section_command("auths"))
-    # Only the registry names of root's docker logins, never the credentials themselves.
-    parts.append("grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
-                 " | cut -d'\"' -f2 || true")
+    parts += [section_command("auths"), AUTHS_COMMAND]
     parts.append(section_command("login_marker"))
     if login_marker:
         parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
-    parts.append(section_command("hosts"))
-    parts.append(f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true")
+    parts += [section_command("hosts"), HOSTS_COMMAND]
     parts.append(section_command("commands"))
     command_list = " ".join(q(name) for name in commands)
     if command_list:

@@ -318,6 +318,15 @@ class _Reader:
             raise self.fail(key, source, "a secret without line breaks or control characters")
         return secret
 
+    def optional_secret(self, key: str, what: str) -> Secret | None:
+        """None, or the secret a {'env': NAME} / {'file': PATH} setting names."""
+        source = self.raw(key)
+        if source is None:
+            return None
+        if not isinstance(source, Mapping):
+            raise self.fail(key, "***", "{'env': NAME} or {'file': PATH}")
+        return self.secret_source(key, source, what)
+
     def secret_source(self, key: str, source: Mapping[str, Any], what: str) -> Secret:
         """Resolve {"env": NAME} / {"file": PATH} (or <what>_env / <what>_file keys)."""
         env = source.get("env", source.get(f"{what}_env"))
@@ -574,15 +583,10 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
         raise r.fail("registry_internal_address", address,
                      "None or a DNS name or IP address other kit hosts reach this host at")
     stats = _read_loopback_address(r, "registry_lb_stats", port)
-    password_value = r.raw("registry_cache_password")
-    password = None
-    if password_value is not None:
-        if not isinstance(password_value, Mapping):
-            raise r.fail("registry_cache_password", "***", "{'env': NAME} or {'file': PATH}")
-        password = r.secret_source("registry_cache_password", password_value, "password")
-        if not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
-            raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
-                         "spaces, quotes or backslashes (it goes into redis.conf)")
+    password = r.optional_secret("registry_cache_password", "password")
+    if password is not None and not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
+        raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
+                     "spaces, quotes or backslashes (it goes into redis.conf)")
     maxmemory = r.raw("registry_cache_maxmemory")
     if not (isinstance(maxmemory, str) and re.fullmatch(r"[1-9][0-9]{0,5}(kb|mb|gb)", maxmemory)):
         raise r.fail("registry_cache_maxmemory", maxmemory, "a size like 64mb or 1gb")
@@ -661,12 +665,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
             raise r.fail("registry_client_login_user", login_user,
                          "a name from registry_users with a password_env or password_file")
 
-    http_secret_value = r.raw("registry_http_secret")
-    http_secret = None
-    if http_secret_value is not None:
-        if not isinstance(http_secret_value, Mapping):
-            raise r.fail("registry_http_secret", "***", "{'env': NAME} or {'file': PATH}")
-        http_secret = r.secret_source("registry_http_secret", http_secret_value, "secret")
+    http_secret = r.optional_secret("registry_http_secret", "secret")
 
     debug_addr = _read_loopback_address(r, "registry_debug_addr", port)
 

@@ -24,7 +24,7 @@ from pyinfra.api import FactBase
 
 from registry_kit import keystore as control
 from registry_kit.commands import q
-from registry_kit.facts import HOSTS_MARKER, split_sections
+from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, roles, run_cache, validated_settings
 from registry_kit.operations import client, gc, server
 from registry_kit.registry_version import binary_version
@@ -76,11 +76,8 @@ def status_command(*, container: str | None = None, health: tuple[str, str, str]
                   f"systemctl is-active {gc.TIMER_NAME} 2>/dev/null || true"]
     if trust_file:
         parts += [section_command("trust"), f"cat {q(trust_file)} 2>/dev/null || true",
-                  section_command("auths"),
-                  "grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
-                  " | cut -d'\"' -f2 || true",
-                  section_command("hosts"),
-                  f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true"]
+                  section_command("auths"), AUTHS_COMMAND,
+                  section_command("hosts"), HOSTS_COMMAND]
     if marker:
         # Only the user name before the ':' (the rest is a bcrypt hash).
         parts += [section_command("marker"), f"cut -d: -f1 {q(marker)} 2>/dev/null || true"]
