@@ -21,7 +21,7 @@ load balancer are up before the replicas, and client logins come after the serve
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pyinfra.api import deploy
 
@@ -33,12 +33,22 @@ from registry_kit.operations import teardown as teardown_job
 from registry_kit.settings import known_keys
 
 DATA_DEFAULTS = known_keys()
+F = TypeVar("F")
+
+
+def _keep_operation_names(function: F) -> F:
+    """pyinfra shows each operation of a @deploy as "DEPLOY NAME | operation name". The
+    kit's operation names already say what they do, and users (and the e2e suites) read
+    and match them as they are, so the kit's deploys keep them unprefixed."""
+    function._inner.deploy_name = ""  # type: ignore[attr-defined]
+    return function
 
 
 def _groups(servers: str, clients: str, lb: str, cache: str) -> Groups:
     return Groups(servers=servers, clients=clients, lb=lb, cache=cache)
 
 
+@_keep_operation_names
 @deploy("registry-kit: registry", data_defaults=DATA_DEFAULTS)
 def registry(servers: str = "registry_servers", clients: str = "registry_clients",
              lb: str = "registry_lb", cache: str = "registry_cache",
@@ -48,6 +58,7 @@ def registry(servers: str = "registry_servers", clients: str = "registry_clients
     plan.plan_host(_groups(servers, clients, lb, cache), settings)
 
 
+@_keep_operation_names
 @deploy("registry-kit: teardown", data_defaults=DATA_DEFAULTS)
 def teardown(servers: str = "registry_servers", clients: str = "registry_clients",
              lb: str = "registry_lb", cache: str = "registry_cache",
@@ -57,6 +68,7 @@ def teardown(servers: str = "registry_servers", clients: str = "registry_clients
     teardown_job.plan_host(_groups(servers, clients, lb, cache), settings)
 
 
+@_keep_operation_names
 @deploy("registry-kit: garbage collection", data_defaults=DATA_DEFAULTS)
 def garbage_collect(servers: str = "registry_servers", clients: str = "registry_clients",
                     lb: str = "registry_lb", cache: str = "registry_cache",
@@ -65,6 +77,7 @@ def garbage_collect(servers: str = "registry_servers", clients: str = "registry_
     gc_job.plan_host(_groups(servers, clients, lb, cache), settings)
 
 
+@_keep_operation_names
 @deploy("registry-kit: status", data_defaults=DATA_DEFAULTS)
 def status(servers: str = "registry_servers", clients: str = "registry_clients",
            lb: str = "registry_lb", cache: str = "registry_cache",
