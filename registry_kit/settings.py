@@ -182,7 +182,7 @@ class Settings:
     registry_gc_delete_untagged: bool = False
     registry_gc_schedule: str | None = None
     docker_remove_on_teardown: bool = False
-    # Scale-out (registry_lb, registry_cache); see registry_kit.scaleout.
+    # Scale-out (registry_lb, registry_cache); see registry_kit.topology.
     registry_internal_address: str = ""
     registry_storage_redirect_disabled: bool = False
     registry_storage_check: bool = True
@@ -543,7 +543,7 @@ def _read_registry_version(r: _Reader, image: str) -> int | None:
     image tags are accepted too). Where the image's tag names a version the two must agree,
     and a tag naming another major version is refused here, before any host is touched.
     Whether the version can be told at all is known only after the probe (the image's label
-    may tell it): registry_kit.main checks that."""
+    may tell it): registry_kit.plan checks that."""
     value = r.raw("registry_version")
     if value is None:
         version = None
@@ -574,7 +574,7 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
 
 
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
-    """Scale-out settings (registry_kit.scaleout checks how hosts fit together)."""
+    """Scale-out settings (registry_kit.topology checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
     if address is None:
         # Where the control machine reaches the host is the best default guess.

@@ -7,7 +7,7 @@ config restarts redis (it has no reload); the replicas fall back to storage whil
 away. Checked after a change: PONG with the password, NOAUTH without, the eviction policy.
 
 Reads: registry_internal_address, registry_cache_port, registry_cache_password (via
-registry_kit.control), registry_cache_maxmemory.
+registry_kit.keystore), registry_cache_maxmemory.
 """
 
 from __future__ import annotations

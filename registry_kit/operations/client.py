@@ -120,7 +120,7 @@ def refresh_system_trust(family: str):
 
 def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
     """/etc/hosts and trust: registry_kit.plan runs these before any server step, so a new CA
-    is trusted before a server serves a certificate it signed (registry_kit.trust)."""
+    is trusted before a server serves a certificate it signed (registry_kit.operations.trust)."""
     if settings.registry_client_hosts_entries or state.hosts_lines:
         hosts_entries(dict(settings.registry_client_hosts_entries), state,
                       name="Write /etc/hosts entries for the registry")

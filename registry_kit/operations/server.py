@@ -4,7 +4,7 @@ health check after any change.
 
 Reads: every registry_* setting except the client ones. Control-machine material (the
 CA, server certificates, the http secret) comes from registry_kit.tls and
-registry_kit.control; the CA private key never leaves the control machine.
+registry_kit.keystore; the CA private key never leaves the control machine.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Clients: the kit's docker login (logout + marker), the OS trust entry, the
 Servers: the GC timer, the registry container, config.yml/certs/htpasswd, the kit's scripts;
 the data folder only with registry_purge_data=True (announced, host and path, first).
 Files go by the names the kit writes; a folder only when the kit created it (its marker,
-registry_kit.ownership) and nothing else is left in it. Folders kept are named, one line
+registry_kit.operations.ownership) and nothing else is left in it. Folders kept are named, one line
 each (host and path), on every teardown.
 Every host: the kit's daemon.json keys (daemon_json.unmerge; others kept; Docker reloaded),
 and the Docker engine itself only with docker_remove_on_teardown=True.
@@ -61,7 +61,7 @@ def log_kept(plans: list[FolderPlan]) -> None:
 @operation()
 def remove_folders(plans: list[FolderPlan]):
     """The kit's files in each folder, then the folders that are left empty (in order:
-    subfolders first); never `rm -rf` (see registry_kit.ownership)."""
+    subfolders first); never `rm -rf` (see registry_kit.operations.ownership)."""
     files = [path for plan in plans for path in plan.files]
     folders = [plan.folder for plan in plans if plan.remove_folder]
     if not files and not folders:

@@ -1,5 +1,5 @@
 """Unit tests for registry_kit.commands (install commands, docker run arguments) and
-registry_kit.server.container_spec (the spec hash that decides a recreate)."""
+registry_kit.operations.server.container_spec (the spec hash that decides a recreate)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Unit tests for registry_kit.daemon_json (merge/unmerge of the kit's keys) and the
-insecure-registries entry registry_kit.client asks for."""
+"""Unit tests for registry_kit.render.daemon_json (merge/unmerge of the kit's keys) and the
+insecure-registries entry registry_kit.operations.client asks for."""
 
 from __future__ import annotations
 

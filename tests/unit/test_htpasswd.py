@@ -1,4 +1,4 @@
-"""Unit tests for registry_kit.htpasswd: bcrypt lines, reused while they still verify."""
+"""Unit tests for registry_kit.render.htpasswd: bcrypt lines, reused while they still verify."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for the ownership markers (registry_kit.ownership) and the teardown decisions
+"""Unit tests for the ownership markers (operations/ownership.py) and the teardown decisions
 built on them: which folders deploy creates and marks, which files and folders teardown
 removes, what a purge does with a folder the kit did not create. Facts in, plan out; the
 probe's folder listing and the create command run in a real shell."""

@@ -1,5 +1,5 @@
 """Unit tests for registry 3 support: the major version (registry_kit.registry_version and
-the registry_version setting) and config.yml per version (registry_kit.render)."""
+the registry_version setting) and config.yml per version (registry_kit.render.config)."""
 
 from __future__ import annotations
 

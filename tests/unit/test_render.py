@@ -1,4 +1,4 @@
-"""Unit tests for registry_kit.render (the registry's config.yml, built as data)."""
+"""Unit tests for registry_kit.render.config (the registry's config.yml, built as data)."""
 
 from __future__ import annotations
 
