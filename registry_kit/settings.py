@@ -785,6 +785,23 @@ def check_group_conflicts(host: str, groups_data: Mapping[str, Mapping[str, Any]
 KIT_GROUPS = ("registry_servers", "registry_clients", "registry_lb", "registry_cache")
 
 
+def _host_data(target: Any) -> dict[str, Any]:
+    """The host's data as pyinfra merges it (overrides, host, groups, all), without the
+    data_defaults of a @deploy: the kit fills its defaults itself, with the API's
+    `settings=` above them, the same way for every host (pyinfra adds deploy data to the
+    current host only)."""
+    datas = getattr(target.data, "datas", None)
+    deploy_data = getattr(target, "get_deploy_data", None)
+    if datas is None or deploy_data is None:
+        return dict(target.data.dict())
+    merged: dict[str, Any] = {}
+    for data in reversed(datas):
+        if data == deploy_data:
+            continue
+        merged.update(data() if callable(data) else data)
+    return merged
+
+
 def load_inventory(inventory: Any, *, check: Any = None, groups: Sequence[str] = KIT_GROUPS,
                    server_group: str = "registry_servers",
                    defaults: Mapping[str, Any] | None = None) -> dict[str, Settings]:
@@ -804,7 +821,7 @@ def load_inventory(inventory: Any, *, check: Any = None, groups: Sequence[str] =
             check_group_conflicts(
                 target.name, {group: inventory.get_group_data(group) for group in kit_groups},
                 {**inventory.get_host_data(target.name), **inventory.get_override_data()})
-        loaded[target.name] = load(target.name, target.data.dict(), known=known,
+        loaded[target.name] = load(target.name, _host_data(target), known=known,
                                    server=server_group in target.groups)
         if check is not None:
             check(target, loaded[target.name])

@@ -567,3 +567,25 @@ def test_repo_group_data_is_the_package_defaults() -> None:
     shown = {key: value for key, value in namespace.items()
              if key.startswith(("registry_", "docker_"))}
     assert shown == settings_mod.known_keys()
+
+
+def test_api_settings_sit_above_deploy_defaults_and_below_host_data(tmp_path: Path,
+                                                                    monkeypatch: Any) -> None:
+    """The API's settings= beat the package defaults pyinfra adds to the current host as the
+    @deploy's data_defaults; the host's own data beats both."""
+    from pyinfra.api import Config, Inventory, State
+
+    monkeypatch.chdir(tmp_path)
+    inventory = Inventory(
+        (["plain", ("own", {"registry_domain": "own.example"})],
+         {"registry_anonymous_acknowledged": True}),
+        hub=(["plain", "own"], {}))
+    State(inventory, Config())
+    plain = inventory.get_host("plain")
+    with plain.deploy("registry-kit", {}, settings_mod.known_keys()):
+        assert plain.data.registry_domain == "registry.example.internal"  # the deploy's default
+        loaded = settings_mod.load_inventory(
+            inventory, groups=("hub",), server_group="hub",
+            defaults={"registry_domain": "from-settings.example"})
+    assert loaded["plain"].registry_domain == "from-settings.example"
+    assert loaded["own"].registry_domain == "own.example"
