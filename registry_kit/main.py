@@ -17,6 +17,7 @@ from registry_kit import (
     client,
     control,
     gc,
+    keepalived,
     loadbalancer,
     pyinfra_patches,
     s3check,
@@ -81,6 +82,7 @@ def _check_scale_out(all_settings: dict[str, Settings]) -> None:
     groups = _groups()
     try:
         scaleout.validate(scaleout.build(all_settings, groups))
+        keepalived.validate(scaleout.build(all_settings, groups))
         s3check.check_storage(all_settings[name] for name in groups[SERVER_GROUP])
     except SettingsError as error:
         raise SettingsRefused(error) from None  # one line, no traceback
@@ -135,7 +137,7 @@ def plan_host() -> None:
         return
     probe: dict[str, Any] = {"files": [], "dirs": []}
     for part, wanted in ((server, is_server), (gc, is_server), (client, is_client),
-                         (loadbalancer, is_lb), (cache, is_cache)):
+                         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)):
         if wanted:
             for key, value in part.probe_args(settings).items():
                 if isinstance(value, list):
@@ -165,6 +167,7 @@ def plan_host() -> None:
         step_done("registry cache", name="Registry cache is set up")
     if is_lb:
         loadbalancer.lb_deploy(settings, state, hosts, cert)
+        keepalived.keepalived_deploy(settings, state, hosts)
     if hosts.lbs:
         step_done("load balancer", name="Load balancer is set up")
     if is_server:
