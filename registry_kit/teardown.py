@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, pyinfra_patches, server
+from registry_kit import client, daemon_json, gc, pyinfra_patches, roles_teardown, server
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
@@ -257,11 +257,19 @@ def plan_host() -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings()[host.name]
     is_server, is_client = roles(host)
-    if not (is_server or is_client):
+    is_lb, is_cache = roles_teardown.roles(host)
+    if not (is_server or is_client or is_lb or is_cache):
         return
-    state = host.get_fact(RegistryHostState, **probe_args(settings, is_server, is_client))
+    state = host.get_fact(RegistryHostState, **merge_probe([
+        probe_args(settings, is_server, is_client),
+        roles_teardown.probe_args(settings, is_lb, is_cache)]))
+    if is_lb:
+        roles_teardown.lb_teardown(settings, state)
+    if is_cache:
+        roles_teardown.cache_teardown(settings, state)
     if is_client:
         client_teardown(settings, state)
     if is_server:
         server_teardown(settings, state)
-    engine_teardown(settings, state)
+    if is_server or is_client:  # load balancer and cache hosts get no Docker engine
+        engine_teardown(settings, state)
