@@ -22,7 +22,7 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 
-from registry_kit import client, control, gc, server, tls
+from registry_kit import client, control, gc, roles_status, roles_teardown, server, tls
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, split_sections
 from registry_kit.lifecycle import roles, validated_settings
@@ -218,6 +218,8 @@ def table(rows: list[dict[str, str]]) -> list[str]:
 class _Collected:
     servers: dict[str, dict[str, str]] = field(default_factory=dict)
     clients: dict[str, dict[str, str]] = field(default_factory=dict)
+    lbs: dict[str, dict[str, str]] = field(default_factory=dict)
+    caches: dict[str, dict[str, str]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     printed: bool = False
 
@@ -227,7 +229,7 @@ _collected = _Collected()
 
 def _print_tables() -> None:
     lines = [f"registry-kit status ({time.strftime('%Y-%m-%d %H:%M:%S %Z')}):"]
-    for rows in (_collected.servers, _collected.clients):
+    for rows in (_collected.servers, _collected.lbs, _collected.caches, _collected.clients):
         if rows:
             lines += ["", *table([rows[name] for name in sorted(rows)])]
     for line in lines:
@@ -255,6 +257,14 @@ def plan_host() -> None:
             _collected.servers[host.name] = server_row(settings, sections)
         if is_client:
             _collected.clients[host.name] = client_row(settings, sections)
+    is_lb, is_cache = roles_teardown.roles(host)
+    if is_lb or is_cache:
+        found = host.get_fact(roles_status.RolesStatus,
+                              **roles_status.fact_args(settings, is_lb, is_cache))
+        if is_lb:
+            _collected.lbs[host.name] = roles_status.lb_row(settings, found)
+        if is_cache:
+            _collected.caches[host.name] = roles_status.cache_row(settings, found)
     _collected.done.add(host.name)
     waiting = {target.name for target in inventory.get_active_hosts()} - _collected.done
     if not waiting and not _collected.printed:
