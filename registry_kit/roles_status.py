@@ -37,7 +37,8 @@ def lb_command(vip: str | None) -> str:
              f"awk -F, -v b={q(BACKEND)} '$1 == b && $2 != \"BACKEND\" && $2 != \"FRONTEND\" "
              "{print $2, $18}' || true"]
     if vip:
-        parts += [_section_command("vip"), f"ip -o -4 addr show to {q(vip + '/32')} 2>/dev/null || true"]
+        parts += [_section_command("vip"),
+                  f"ip -o -4 addr show to {q(vip + '/32')} 2>/dev/null || true"]
     return "; ".join(parts)
 
 

@@ -45,6 +45,8 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
+        if not is_server:  # the login's password file lives in RUNTIME_DIR for seconds
+            parts += [{"dirs": [RUNTIME_DIR], "listings": [RUNTIME_DIR]}]
     return merge_probe(parts)
 
 
@@ -101,7 +103,7 @@ def remove_system_trust(paths: list[str], state: HostState):
         yield "systemctl restart docker.service"
 
 
-def client_teardown(settings: Settings, state: HostState) -> None:
+def client_teardown(settings: Settings, state: HostState, also_server: bool = False) -> None:
     docker_logout(settings, state, name=f"docker logout from {settings.registry_address}")
     remove_system_trust(
         [client.system_ca_path(settings, family) for family in client.SYSTEM_CA_DIRS], state,
@@ -112,6 +114,10 @@ def client_teardown(settings: Settings, state: HostState) -> None:
     log_kept(trust)
     remove_folders(trust, name=f"Remove {client.trust_dir(settings)}")
     client.hosts_entries({}, state, name="Remove the kit's /etc/hosts entries")
+    if not also_server:  # a server's teardown removes RUNTIME_DIR itself
+        runtime = [plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
+        log_kept(runtime)
+        remove_folders(runtime, name=f"Remove {RUNTIME_DIR}")
 
 
 # --- server: the reverse of server.server_deploy ---
@@ -268,7 +274,7 @@ def plan_host() -> None:
     if is_cache:
         roles_teardown.cache_teardown(settings, state)
     if is_client:
-        client_teardown(settings, state)
+        client_teardown(settings, state, also_server=is_server)
     if is_server:
         server_teardown(settings, state)
     if is_server or is_client:  # load balancer and cache hosts get no Docker engine
