@@ -50,6 +50,12 @@ registry_cache_port = 6379  # redis port on the registry_cache host
 registry_cache_password = None  # {"env": NAME} or {"file": PATH}; None: generated once, kept
 registry_cache_db = 0  # redis database number the registry uses (0-15)
 registry_cache_maxmemory = "256mb"  # redis maxmemory; evicts with allkeys-lru (registry docs)
+registry_lb_vip = None  # e.g. "10.0.0.100/24": floating address over registry_lb (keepalived)
+registry_lb_vip_interface = None  # e.g. "eth0"; None: the interface whose network holds the VIP
+registry_lb_vrrp_password = None  # {"env": NAME} or {"file": PATH}, 1-8 chars; None: generated
+registry_lb_vrrp_router_id = 51  # VRRP virtual_router_id (1-255), unique on the network
+registry_lb_vrrp_unicast = False  # True: VRRP to the other LBs' internal addresses, no multicast
+registry_packages_remove_on_teardown = False  # teardown.py: also purge haproxy/keepalived/redis
 
 # --- Client hosts (registry_clients) ---
 registry_client_login_user = None  # `docker login` on clients as this user (with a password)

@@ -110,3 +110,11 @@ def cache_password(settings: Settings) -> str:
     if settings.registry_cache_password is not None:
         return settings.registry_cache_password.reveal()
     return _local_secret(settings, "cache-password")
+
+
+def vrrp_password(settings: Settings) -> str:
+    """registry_lb_vrrp_password if given; else 8 characters (VRRP's limit) of a secret made
+    once and kept locally, so every load balancer of a domain agrees and reruns change nothing."""
+    if settings.registry_lb_vrrp_password is not None:
+        return settings.registry_lb_vrrp_password.reveal()
+    return _local_secret(settings, "vrrp-password")[:8]

@@ -20,7 +20,7 @@ from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
 from registry_kit.inventory import validated_settings as validated_inventory
-from registry_kit.operations import cache, client, gc, loadbalancer, server, trust
+from registry_kit.operations import cache, client, gc, keepalived, loadbalancer, server, trust
 from registry_kit.operations.engine import engine_deploy, install_curl
 from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.registry_version import resolve as resolve_version
@@ -67,6 +67,7 @@ def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
     keys, stop the run here: before the first replica starts, before any host is touched."""
     members = _groups(groups)
     scaleout.validate(scaleout.build(all_settings, members))
+    keepalived.validate(scaleout.build(all_settings, members))
     s3check.check_storage(all_settings[name] for name in members[scaleout.SERVER_GROUP])
 
 
@@ -120,7 +121,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
         (server, is_server), (gc, is_server), (client, is_client),
-        (loadbalancer, is_lb), (cache, is_cache)) if wanted)
+        (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused.
     major = server_version(settings, state).major if is_server else None
@@ -144,6 +145,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         step_done("registry cache", name="Registry cache is set up")
     if is_lb:
         loadbalancer.lb_deploy(settings, state, hosts, cert)
+        keepalived.keepalived_deploy(settings, state, hosts)
     if hosts.lbs:
         step_done("load balancer", name="Load balancer is set up")
     if is_server:

@@ -193,6 +193,13 @@ class Settings:
     registry_cache_password: Secret | None = None
     registry_cache_db: int = 0
     registry_cache_maxmemory: str = "256mb"
+    # A floating address across the registry_lb hosts (keepalived); see registry_kit.keepalived.
+    registry_lb_vip: str | None = None
+    registry_lb_vip_interface: str | None = None
+    registry_lb_vrrp_password: Secret | None = None
+    registry_lb_vrrp_router_id: int = 51
+    registry_lb_vrrp_unicast: bool = False
+    registry_packages_remove_on_teardown: bool = False
     # The registry's major version when registry_image's tag does not tell it (see
     # registry_kit.registry_version); None: from the tag or the image's label.
     registry_version: int | None = None
@@ -230,6 +237,7 @@ def known_keys() -> dict[str, Any]:
 
 def _is_secret_key(key: str) -> bool:
     return key in ("registry_users", "registry_http_secret", "registry_cache_password",
+                   "registry_lb_vrrp_password",
                    "registry_storage")
 
 
@@ -601,6 +609,50 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
         "registry_cache_password": password,
         "registry_cache_db": r.integer("registry_cache_db", 0, 15),
         "registry_cache_maxmemory": maxmemory,
+        **_read_floating_address(r),
+    }
+
+
+_VIP_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?")
+_INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # a Linux interface name (IFNAMSIZ)
+# keepalived.conf reads # ! " ' { } \\ as syntax; VRRP PASS auth is at most 8 characters.
+_VRRP_PASSWORD_RE = re.compile(r"[$-&(-\[\]-z|~]{1,8}")
+
+
+def _read_floating_address(r: _Reader) -> dict[str, Any]:
+    """registry_lb_vip and its VRRP settings (registry_kit.keepalived)."""
+    vip = r.raw("registry_lb_vip")
+    if vip is not None:
+        match = _VIP_RE.fullmatch(vip) if isinstance(vip, str) else None
+        if not (match and is_ip(match[1]) and (match[2] is None or 8 <= int(match[2]) <= 32)):
+            raise r.fail("registry_lb_vip", vip, "None or an IPv4 address, optionally with "
+                         "its prefix length (8-32), like 10.0.0.100 or 10.0.0.100/24")
+        address = ipaddress.ip_address(match[1])
+        if address.is_loopback or address.is_multicast or address.is_unspecified:
+            raise r.fail("registry_lb_vip", vip, "an address clients can reach (not "
+                         "loopback, multicast or 0.0.0.0)")
+    interface = r.raw("registry_lb_vip_interface")
+    if interface is not None and not (isinstance(interface, str) and
+                                      _INTERFACE_RE.fullmatch(interface)):
+        raise r.fail("registry_lb_vip_interface", interface, "None (the interface whose network "
+                     "holds registry_lb_vip) or a network interface name like eth0")
+    password_value = r.raw("registry_lb_vrrp_password")
+    password = None
+    if password_value is not None:
+        if not isinstance(password_value, Mapping):
+            raise r.fail("registry_lb_vrrp_password", "***", "{'env': NAME} or {'file': PATH}")
+        password = r.secret_source("registry_lb_vrrp_password", password_value, "password")
+        if not _VRRP_PASSWORD_RE.fullmatch(password.reveal()):
+            raise r.fail("registry_lb_vrrp_password", "***", "1 to 8 characters (VRRP's "
+                         "limit), printable, without spaces, quotes, backslashes, #, !, { or }")
+    return {
+        "registry_lb_vip": vip,
+        "registry_lb_vip_interface": interface,
+        "registry_lb_vrrp_password": password,
+        "registry_lb_vrrp_router_id": r.integer("registry_lb_vrrp_router_id", 1, 255),
+        "registry_lb_vrrp_unicast": r.boolean("registry_lb_vrrp_unicast"),
+        "registry_packages_remove_on_teardown":
+            r.boolean("registry_packages_remove_on_teardown"),
     }
 
 

@@ -26,7 +26,7 @@ from registry_kit import keystore as control
 from registry_kit.commands import q
 from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, roles, run_cache, validated_settings
-from registry_kit.operations import client, gc, server
+from registry_kit.operations import client, gc, roles_status, roles_teardown, server
 from registry_kit.registry_version import binary_version
 from registry_kit.render import tls
 from registry_kit.settings import Settings, SettingsError
@@ -217,6 +217,8 @@ def table(rows: list[dict[str, str]]) -> list[str]:
 class _Collected:
     servers: dict[str, dict[str, str]] = field(default_factory=dict)
     clients: dict[str, dict[str, str]] = field(default_factory=dict)
+    lbs: dict[str, dict[str, str]] = field(default_factory=dict)
+    caches: dict[str, dict[str, str]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     printed: bool = False
 
@@ -229,7 +231,7 @@ def _collected() -> _Collected:
 
 def _print_tables(collected: _Collected) -> None:
     lines = [f"registry-kit status ({time.strftime('%Y-%m-%d %H:%M:%S %Z')}):"]
-    for rows in (collected.servers, collected.clients):
+    for rows in (collected.servers, collected.lbs, collected.caches, collected.clients):
         if rows:
             lines += ["", *table([rows[name] for name in sorted(rows)])]
     for line in lines:
@@ -258,6 +260,14 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
             collected.servers[host.name] = server_row(settings, sections)
         if is_client:
             collected.clients[host.name] = client_row(settings, sections)
+    is_lb, is_cache = roles_teardown.roles(host, groups)
+    if is_lb or is_cache:
+        found = host.get_fact(roles_status.RolesStatus,
+                              **roles_status.fact_args(settings, is_lb, is_cache))
+        if is_lb:
+            collected.lbs[host.name] = roles_status.lb_row(settings, found)
+        if is_cache:
+            collected.caches[host.name] = roles_status.cache_row(settings, found)
     collected.done.add(host.name)
     waiting = {target.name for target in inventory.get_active_hosts()} - collected.done
     if not waiting and not collected.printed:

@@ -25,7 +25,7 @@ from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
-from registry_kit.operations import client, gc, server
+from registry_kit.operations import client, gc, roles_teardown, server
 from registry_kit.operations.engine import configure_daemon, refuse_host
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
 from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
@@ -48,6 +48,8 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
+        if not is_server:  # the login's password file lives in RUNTIME_DIR for seconds
+            parts += [{"dirs": [RUNTIME_DIR], "listings": [RUNTIME_DIR]}]
     return merge_probe(parts)
 
 
@@ -104,7 +106,7 @@ def remove_system_trust(paths: list[str], state: HostState):
         yield "systemctl restart docker.service"
 
 
-def client_teardown(settings: Settings, state: HostState) -> None:
+def client_teardown(settings: Settings, state: HostState, also_server: bool = False) -> None:
     docker_logout(settings, state, name=f"docker logout from {settings.registry_address}")
     remove_system_trust(
         [client.system_ca_path(settings, family) for family in client.SYSTEM_CA_DIRS], state,
@@ -115,6 +117,10 @@ def client_teardown(settings: Settings, state: HostState) -> None:
     log_kept(trust)
     remove_folders(trust, name=f"Remove {client.trust_dir(settings)}")
     client.hosts_entries({}, state, name="Remove the kit's /etc/hosts entries")
+    if not also_server:  # a server's teardown removes RUNTIME_DIR itself
+        runtime = [plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
+        log_kept(runtime)
+        remove_folders(runtime, name=f"Remove {RUNTIME_DIR}")
 
 
 # --- server: the reverse of server.server_deploy ---
@@ -261,11 +267,19 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, is_client = roles(host, groups)
-    if not (is_server or is_client):
+    is_lb, is_cache = roles_teardown.roles(host, groups)
+    if not (is_server or is_client or is_lb or is_cache):
         return
-    state = host.get_fact(RegistryHostState, **probe_args(settings, is_server, is_client))
+    state = host.get_fact(RegistryHostState, **merge_probe([
+        probe_args(settings, is_server, is_client),
+        roles_teardown.probe_args(settings, is_lb, is_cache)]))
+    if is_lb:
+        roles_teardown.lb_teardown(settings, state)
+    if is_cache:
+        roles_teardown.cache_teardown(settings, state)
     if is_client:
-        client_teardown(settings, state)
+        client_teardown(settings, state, also_server=is_server)
     if is_server:
         server_teardown(settings, state)
-    engine_teardown(settings, state)
+    if is_server or is_client:  # load balancer and cache hosts get no Docker engine
+        engine_teardown(settings, state)

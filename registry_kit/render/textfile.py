@@ -16,6 +16,7 @@ import shlex
 HAPROXY_SYNTAX = "#\\\"'$"  # comment, escape, quotes, environment variable expansion
 REDIS_SYNTAX = "\"'"  # quotes start a quoted argument anywhere in a word (sdssplitargs)
 HOSTS_SYNTAX = "#"  # comment
+KEEPALIVED_SYNTAX = "#!\"'{}\\"  # comments (# and !), quoted strings, blocks, escapes
 # systemd Exec lines: quotes may only wrap a whole word, "\" starts C escapes and line
 # continuations, a ";" word separates commands. "%" and "$" are escaped, not refused.
 SYSTEMD_EXEC_SYNTAX = "\"'\\;"

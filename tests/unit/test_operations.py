@@ -24,9 +24,11 @@ from registry_kit.operations import (
     engine,
     files,
     gc,
+    keepalived,
     loadbalancer,
     ownership,
     packages,
+    roles_teardown,
     server,
     teardown,
     trust,
@@ -320,11 +322,62 @@ def test_owned_dir_creates_and_marks_or_adopts() -> None:
         ([], ["/srv/reg was there before registry-kit: used as it is, never deleted"])
 
 
+# --------------------------------------------------------------------------- keepalived, roles
+
+KEEPALIVED_NEW = f"{keepalived.CONFIG}{NEW}"
+
+
+def test_keepalived_config_is_checked_quietly_before_it_replaces_the_old_one() -> None:
+    assert run(keepalived.keepalived_config, b"vrrp\n", probe()) == ([
+        "install -d -m 0755 -o root -g root /etc/keepalived",
+        f"install -m 0600 -o root -g root /dev/null {KEEPALIVED_NEW}",
+        f"UPLOAD b'vrrp\\n' -> {KEEPALIVED_NEW}",
+        f"keepalived -t -f {KEEPALIVED_NEW} >/dev/null 2>&1 || {{ rm -f {KEEPALIVED_NEW}; echo "
+        "'registry-kit: keepalived rejected the new configuration; "
+        f"{keepalived.CONFIG} was not changed' >&2; exit 1; }}",
+        f"mv -f {KEEPALIVED_NEW} {keepalived.CONFIG}",
+        "systemctl reload-or-restart keepalived"], [])
+    same = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 600 root root {keepalived.CONFIG}"])
+    assert run(keepalived.keepalived_config, b"vrrp\n", same) == \
+        ([], [f"{keepalived.CONFIG} is up to date"])
+    # Same content but readable by others: rewritten 0600 (it holds the VRRP password).
+    loose = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 644 root root {keepalived.CONFIG}"])
+    assert run(keepalived.keepalived_config, b"vrrp\n", loose)[0][1].startswith(
+        "install -m 0600")
+
+
+def test_keepalived_start_and_removal() -> None:
+    assert run(keepalived.start_keepalived, probe()) == (["systemctl enable --now keepalived"], [])
+    assert run(keepalived.start_keepalived, probe(services=["keepalived active enabled"])) == \
+        ([], ["keepalived is enabled and running"])
+    # keepalived without the kit's files is someone else's: left running.
+    assert run(keepalived.remove_keepalived, probe(services=["keepalived active enabled"])) == \
+        ([], ["no floating address (registry_lb_vip=None)"])
+    ours = probe(services=["keepalived active enabled"],
+                 files=[f"{'0' * 64} 600 root root {keepalived.CONFIG}"])
+    assert run(keepalived.remove_keepalived, ours) == ([
+        "systemctl disable --now keepalived", f"rm -f {keepalived.CONFIG}"], [])
+
+
+def test_roles_teardown_stops_and_removes_only_what_is_there() -> None:
+    assert run(roles_teardown.stop_services, ["haproxy", "keepalived"],
+               probe(services=["haproxy active enabled", "keepalived inactive disabled"])) == \
+        (["systemctl disable --now haproxy"], [])
+    assert run(roles_teardown.stop_services, ["redis-server"], probe()) == \
+        ([], ["redis-server: not running, not enabled"])
+    odd = "/etc/haproxy/it's.cfg"
+    assert run(roles_teardown.remove_files, [odd, "/etc/x"],
+               probe(files=[f"{'0' * 64} 644 root root {odd}"])) == \
+        (["rm -f '/etc/haproxy/it'\"'\"'s.cfg'"], [])
+    assert run(roles_teardown.remove_files, ["/etc/x"], probe()) == \
+        ([], ["none of the kit's files left"])
+
+
 def test_every_operation_module_is_exercised_here() -> None:
-    """A new operation module gets its own tests above (status has no operations; the
-    cache's operations are one systemctl line each, covered by the scale-out e2e)."""
+    """A new operation module gets its own tests above (status and roles_status have no
+    operations; the cache's are one systemctl line each, covered by the scale-out e2e)."""
     package = Path(server.__file__).resolve().parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
-              "loadbalancer", "trust", "ownership"}
-    assert {path.stem for path in package.glob("*.py")} == tested | {"cache", "status",
-                                                                     "__init__"}
+              "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown"}
+    assert {path.stem for path in package.glob("*.py")} == tested | {
+        "cache", "status", "roles_status", "__init__"}
