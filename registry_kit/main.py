@@ -22,6 +22,7 @@ from registry_kit import (
     s3check,
     scaleout,
     server,
+    sharedgc,
     trust,
 )
 from registry_kit import settings as settings_module
@@ -81,6 +82,9 @@ def _check_scale_out(all_settings: dict[str, Settings]) -> None:
     groups = _groups()
     try:
         scaleout.validate(scaleout.build(all_settings, groups))
+        schedule = sharedgc.schedule_refusal([all_settings[n] for n in groups[SERVER_GROUP]])
+        if schedule is not None:
+            raise schedule
         s3check.check_storage(all_settings[name] for name in groups[SERVER_GROUP])
     except SettingsError as error:
         raise SettingsRefused(error) from None  # one line, no traceback
@@ -172,7 +176,7 @@ def plan_host() -> None:
         server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings),
                              cache=scaleout.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2)
-        gc.schedule_deploy(settings, state)
+        gc.schedule_deploy(settings, state, hosts.servers)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")
