@@ -20,7 +20,7 @@ from typing import Any
 
 from pyinfra import host, inventory, logger
 from pyinfra import state as pyinfra_state
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from registry_kit import pyinfra_patches, remote, scaleout, server, sharedgc, textfile
 from registry_kit.commands import join, q
@@ -211,7 +211,7 @@ def collect_shared(settings: Settings, group: tuple[Settings, ...], deployed: bo
                                scaleout.server_name(s.host)) for s in group]
     flush = None
     if topology.caches and not settings.registry_gc_dry_run:
-        flush = sharedgc.CacheFlush(topology.caches[0].host,
-                                    sharedgc.cache_flush_command(topology.caches[0]))
+        flush = sharedgc.CacheFlush(topology.caches[0].host, StringCommand(
+            sharedgc.cache_flush_command(topology.caches[0])))
     yield sharedgc.SharedCollection(members, topology.rotation(), flush,
                                     settings.registry_storage, settings.registry_gc_dry_run)

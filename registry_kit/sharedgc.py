@@ -223,13 +223,13 @@ def measurable(storage: Storage) -> bool:
 class Member:
     host: str  # inventory name
     server_name: str  # its name in haproxy's backend
-    commands: Mapping[str, str]  # step -> registry-gc.sh command line
+    commands: Mapping[str, StringCommand]  # step -> registry-gc.sh command line
 
 
 @dataclass(frozen=True)
 class CacheFlush:
     host: str
-    command: str
+    command: StringCommand
 
 
 class SharedCollection(StringCommand):
@@ -246,17 +246,17 @@ class SharedCollection(StringCommand):
         self.storage = storage
         self.dry_run = dry_run
 
-    def _run(self, state: Any, leader: Any, auth: dict[str, Any], name: str, command: str,
-             drained: bool = False) -> tuple[bool, list[str]]:
+    def _run(self, state: Any, leader: Any, auth: dict[str, Any], name: str,
+             command: StringCommand, drained: bool = False) -> tuple[bool, list[str]]:
         target = state.inventory.get_host(name)
         try:
             if drained and self.rotation is not None:
-                wrapped = OutOfRotation(StringCommand(command), self.rotation,
+                wrapped = OutOfRotation(command, self.rotation,
                                         next(m.server_name for m in self.members
                                              if m.host == name))
                 status, output = wrapped.execute(state, target, auth)
             else:
-                status, output = target.run_shell_command(StringCommand(command), **auth)
+                status, output = target.run_shell_command(command, **auth)
         except Exception as error:  # an SSH connection lost mid-way: that step failed
             logger.error(f"{leader.print_prefix}{name}: {error}")
             return False, []
@@ -290,7 +290,7 @@ class SharedCollection(StringCommand):
                 return False, CommandOutput([])
         if self.dry_run:  # nothing is deleted: no replica needs to be read-only
             ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
-            summary = _summary(out, leader.host)
+            summary = _summary(out)
             report(f"registry-kit: dry run on shared storage ({names}; from {leader.host}): "
                    f"{summary}; nothing deleted" if ok else
                    "registry-kit: dry run failed (see above)", ok)
@@ -309,7 +309,7 @@ class SharedCollection(StringCommand):
             if failed is None:
                 before = self._bytes(host)
                 ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
-                summary = _summary(out, leader.host)
+                summary = _summary(out)
                 if not ok:
                     failed = ("collect", leader.host)
             if failed is None and self.cache is not None and \
@@ -341,8 +341,8 @@ class SharedCollection(StringCommand):
         return True, CommandOutput([])
 
 
-def _summary(stdout: Iterable[str], name: str) -> str:
-    prefix = f"registry-kit: collected on {name}: "
+def _summary(stdout: Iterable[str]) -> str:
+    prefix = "registry-kit: collected: "
     for line in stdout:
         if line.startswith(prefix):
             return line.removeprefix(prefix)
@@ -351,4 +351,5 @@ def _summary(stdout: Iterable[str], name: str) -> str:
 
 def member(settings: Settings, gc_arguments: Sequence[str], server_name: str) -> Member:
     return Member(host=settings.host, server_name=server_name,
-                  commands={step: join(step_arguments(gc_arguments, step)) for step in STEPS})
+                  commands={step: StringCommand(join(step_arguments(gc_arguments, step)))
+                            for step in STEPS})

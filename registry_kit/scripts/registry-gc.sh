@@ -129,7 +129,7 @@ collect)
         exit 1
     fi
     if [ "$dry_run" = 1 ]; then collect --dry-run || exit 1; else collect || exit 1; fi
-    echo "registry-kit: collected on $name: $summary"
+    echo "registry-kit: collected: $summary"
     exit 0 ;;
 writable)
     if [ -e "$saved" ]; then

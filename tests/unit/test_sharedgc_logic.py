@@ -109,7 +109,7 @@ def test_step_command_lines(make_settings: Callable[..., Settings]) -> None:
     args = gc.gc_arguments(settings, dry_run=False)
     member = sharedgc.member(settings, args, "rep_1")
     assert set(member.commands) == {"check", "readonly", "collect", "writable"}
-    words = shlex.split(member.commands["readonly"])
+    words = shlex.split(str(member.commands["readonly"]))
     assert words[:3] == ["/usr/local/lib/registry-kit/registry-gc.sh", "--step", "readonly"]
     assert words[3:] == args[1:]
     assert words[5] == "-"  # no data folder to measure on S3
