@@ -104,7 +104,8 @@ def group_of(name: str, groups: Iterable[tuple[Settings, ...]]) -> tuple[Setting
 
 def unreachable_refusal(group: Sequence[Settings], active: Iterable[str]) -> str | None:
     """One line when a replica sharing the storage is not in this run."""
-    missing = [s.host for s in group if s.host not in set(active)]
+    present = set(active)  # once: `active` may be a generator
+    missing = [s.host for s in group if s.host not in present]
     if not missing:
         return None
     names = ", ".join(s.host for s in group)

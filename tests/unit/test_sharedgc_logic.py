@@ -71,6 +71,9 @@ def test_region_counts_only_without_an_endpoint(make_settings: Callable[..., Set
 def test_a_replica_missing_from_the_run_refuses(make_settings: Callable[..., Settings]) -> None:
     group = _hosts(make_settings, [S3, S3, S3])
     assert sharedgc.unreachable_refusal(group, ["rep1", "rep2", "rep3", "lb"]) is None
+    # gc.py passes a generator over pyinfra's active hosts.
+    assert sharedgc.unreachable_refusal(group, (n for n in ("lb", "rep3", "rep2", "rep1"))) \
+        is None
     line = sharedgc.unreachable_refusal(group, ["rep1", "rep3"])
     assert line == ("rep2: gc.py refused: rep2 not reachable (or left out by --limit); a "
                     "collection on shared storage makes every replica read-only first "
