@@ -662,6 +662,12 @@ def test_gc_shared_deploy_then_an_unreachable_replica_refuses(scale: Scale) -> N
     assert limited.returncode != 0
     assert f"{REP2}: gc.py refused: {REP2} not reachable" in limited.stderr
     assert _replica_view() == before  # no restart, no config change on either replica
+    # With both reachable the run goes ahead: a dry run reports once and restarts nothing.
+    dry = harness.run_kit(_gc_inventory(scale), "gc.py", "--data", "registry_gc_dry_run=True")
+    dry.assert_ok()
+    assert len([line for line in dry.stderr.splitlines()
+                if "registry-kit: dry run on shared storage" in line]) == 1, dry.stderr[-3000:]
+    assert _replica_view() == before
 
 
 def test_gc_shared_schedule_is_refused_and_no_replica_keeps_a_timer(scale: Scale) -> None:
