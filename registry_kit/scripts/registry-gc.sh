@@ -77,6 +77,12 @@ collect() {
         [ -n "$summary" ] || summary="garbage-collect printed no summary"
         return 0
     fi
+    # A registry nothing was ever pushed to has no repositories folder (seen on S3:
+    # "failed to mark: s3aws: Path not found: /docker/registry/v2/repositories").
+    if grep -q 'Path not found: .*/docker/registry/v2/repositories$' "$log"; then
+        summary="no repositories yet: nothing to collect"
+        return 0
+    fi
     echo "registry-kit: garbage-collect failed; its last lines:" >&2
     tail -n 20 "$log" | sed 's/^/    /' >&2
     return 1
