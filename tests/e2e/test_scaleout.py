@@ -705,7 +705,7 @@ while [ -e /tmp/gc-loop.run ] && [ $n -lt 300 ]; do
     if out=$(docker push $img 2>&1); then
         echo "ok $img $(echo "$out" | sed -n 's/.*digest: \\(sha256:[0-9a-f]*\\).*/\\1/p')"
     else
-        echo "refused $img $(echo "$out" | tail -n 1)"
+        echo "refused $img $(echo "$out" | tr '\\n' ' ' | tail -c 400)"
     fi >> /tmp/gc-loop.log
     docker rmi $img >/dev/null 2>&1
 done
