@@ -819,11 +819,13 @@ def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale)
     deployed = _replica_view()
     bad = b"not a manifest\n"
     digest = hashlib.sha256(bad).hexdigest()
-    link = (f"s3://{scale.bucket}/docker/registry/v2/repositories/gc/broken/_manifests/"
-            f"revisions/sha256/{digest}/link")
+    # garbage-collect finds a repository by its _layers folder, then reads its manifests.
+    repository = f"s3://{scale.bucket}/docker/registry/v2/repositories/gc/broken"
     harness.ssh(ceph.CEPH_HOST, f"printf 'not a manifest\\n' > /tmp/bad && printf "
                 f"'sha256:{digest}' > /tmp/link && s3cmd put -q /tmp/bad "
-                f"{_blob_key(scale, 'sha256:' + digest)} && s3cmd put -q /tmp/link {link}")
+                f"{_blob_key(scale, 'sha256:' + digest)} && s3cmd put -q /tmp/link "
+                f"{repository}/_manifests/revisions/sha256/{digest}/link && s3cmd put -q "
+                f"/tmp/link {repository}/_layers/sha256/{digest}/link")
     try:
         failed = harness.run_kit(_gc_inventory(scale), "gc.py")
         assert failed.returncode != 0
@@ -833,5 +835,6 @@ def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale)
         assert " freed " not in failed.stderr
         _assert_serving_read_write(scale, deployed)
     finally:
-        _s3cmd(f"del {link} {_blob_key(scale, 'sha256:' + digest)}")
+        _s3cmd(f"del -r {repository}/")
+        _s3cmd(f"del {_blob_key(scale, 'sha256:' + digest)}")
     harness.run_kit(_gc_inventory(scale)).assert_no_changes()
