@@ -66,7 +66,7 @@ registry_client_hosts_entries = {}  # {"registry.example.internal": "10.0.0.5"} 
 registry_purge_data = False  # teardown.py: also delete registry_data_dir if the kit created it
 registry_gc_dry_run = False  # gc.py: only report what garbage collection would delete
 registry_gc_delete_untagged = False  # gc.py: also delete manifests no tag points to (see README)
-registry_gc_schedule = None  # systemd OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC on servers
+registry_gc_schedule = None  # OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC (not: shared storage)
 
 # --- Control machine ---
 registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)

@@ -15,7 +15,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import operation
 
 from registry_kit import keystore as control
-from registry_kit import pyinfra_patches, s3check
+from registry_kit import pyinfra_patches, s3check, sharedgc
 from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
@@ -48,26 +48,22 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS,
     return validated_inventory(groups, defaults=defaults, after=check)
 
 
-def _groups(groups: Groups) -> dict[str, list[str]]:
-    """Role -> host names; the roles are topology's names whatever the user's groups are."""
-    return {role: [target.name for target in inventory.get_group(group, [])]
-            for role, group in ((scaleout.SERVER_GROUP, groups.servers),
-                                (scaleout.LB_GROUP, groups.lb),
-                                (scaleout.CACHE_GROUP, groups.cache))}
-
-
 def topology(groups: Groups = DEFAULT_GROUPS,
              defaults: Mapping[str, Any] | None = None) -> scaleout.Topology:
     """Which hosts are replicas, load balancers and the cache (registry_kit.topology)."""
-    return scaleout.build(validated_settings(groups, defaults), _groups(groups))
+    return scaleout.build(validated_settings(groups, defaults), scaleout.members(inventory, groups))
 
 
 def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
     """Hosts that cannot work together, and an S3 bucket that is missing or refuses the
     keys, stop the run here: before the first replica starts, before any host is touched."""
-    members = _groups(groups)
+    members = scaleout.members(inventory, groups)
     scaleout.validate(scaleout.build(all_settings, members))
     keepalived.validate(scaleout.build(all_settings, members))
+    schedule = sharedgc.schedule_refusal(
+        [all_settings[name] for name in members[scaleout.SERVER_GROUP]])
+    if schedule is not None:
+        raise schedule
     s3check.check_storage(all_settings[name] for name in members[scaleout.SERVER_GROUP])
 
 
@@ -153,7 +149,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings),
                              cache=scaleout.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2)
-        gc.schedule_deploy(settings, state)
+        gc.schedule_deploy(settings, state, hosts.servers)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")

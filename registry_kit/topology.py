@@ -29,6 +29,14 @@ from registry_kit.settings import Settings, SettingsError, host_port, is_ip
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
 CACHE_GROUP = "registry_cache"
+
+
+def members(inventory: Any, groups: Any) -> dict[str, list[str]]:
+    """Role -> host names of pyinfra's inventory for the user's group names
+    (registry_kit.inventory.Groups); the roles are this module's names whatever those are."""
+    return {role: [target.name for target in inventory.get_group(group, [])]
+            for role, group in ((SERVER_GROUP, groups.servers), (LB_GROUP, groups.lb),
+                                (CACHE_GROUP, groups.cache))}
 BACKEND = "registry"  # haproxy backend holding the replicas
 SHARED_STORAGE = ("s3", "azure", "gcs")  # drivers several replicas can share
 

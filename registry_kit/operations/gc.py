@@ -1,12 +1,13 @@
 """Garbage collection of the registry's storage (gc.py) and its optional systemd timer.
 
-gc.py runs scripts/registry-gc.sh on each server, one server at a time: the registry is
+gc.py runs scripts/registry-gc.sh on each server, one server at a time (servers sharing one
+storage: registry_kit.sharedgc, every replica read-only, one collects): the registry is
 restarted in read-only mode (pulls keep working, pushes are refused), `registry
 garbage-collect` runs inside the container (`registry` is on PATH in the official 2.x and
 3.x images and in the lab's), the registry is restarted with its own config.yml again,
 and the bytes freed in the data folder are reported. registry_gc_dry_run=True only reports.
 registry_gc_schedule installs registry-kit-gc.service/.timer on servers (deploy.py; removed
-when unset and by teardown.py) running the same script.
+when unset and by teardown.py) running the same script; refused on shared storage.
 Reads: registry_container_name, registry_config_dir, registry_data_dir, registry_storage,
 registry_verify_timeout, registry_gc_dry_run, registry_gc_delete_untagged,
 registry_gc_schedule.
@@ -18,10 +19,12 @@ from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
-from pyinfra import host
-from pyinfra.api import FunctionCommand, operation
+from pyinfra import host, inventory
+from pyinfra import state as pyinfra_state
+from pyinfra.api import FunctionCommand, StringCommand, operation
 
-from registry_kit import pyinfra_patches
+from registry_kit import pyinfra_patches, sharedgc
+from registry_kit import topology as scaleout
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import (
@@ -37,7 +40,7 @@ from registry_kit.inventory import (
 from registry_kit.operations import files as remote
 from registry_kit.operations import server
 from registry_kit.render import textfile
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
 SCRIPT = "registry-gc.sh"
 TIMER_NAME = "registry-kit-gc.timer"
@@ -142,9 +145,11 @@ def schedule_remove(state: HostState):
     yield "systemctl daemon-reload"
 
 
-def schedule_deploy(settings: Settings, state: HostState) -> None:
-    """deploy.py, servers: the timer when registry_gc_schedule is set, else none."""
-    if settings.registry_gc_schedule is None:
+def schedule_deploy(settings: Settings, state: HostState,
+                    servers: tuple[Settings, ...] = ()) -> None:
+    """deploy.py, servers: the timer when registry_gc_schedule is set, on the first server
+    of each storage (registry_kit.sharedgc), else none."""
+    if not sharedgc.timer_wanted(settings, servers or (settings,)):
         schedule_remove(state, name="Remove the garbage collection timer")
     else:
         install_timer(settings, state, name="Schedule garbage collection (systemd timer)")
@@ -167,7 +172,51 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         # Servers deployed before the script existed get it here.
         remote.managed_file(script, server.script_content(SCRIPT), "0755",
                             state.files.get(script), name=f"Install {script}")
+    topology = scaleout.build(validated_settings(groups, defaults=defaults),
+                              scaleout.members(inventory, groups))
+    shared = _shared_group(settings, topology)
+    if len(shared) > 1:
+        collect_shared(settings, shared, topology, state.container is not None,
+                       name="Collect garbage on shared storage (every replica read-only "
+                       "meanwhile)" if not settings.registry_gc_dry_run else
+                       "Report what garbage collection would delete (dry run, shared storage)")
+        return
     what = "Report what garbage collection would delete (dry run)" \
         if settings.registry_gc_dry_run else "Collect garbage (registry read-only meanwhile)"
     # One server at a time: each is read-only (refusing pushes) while it collects.
     collect_garbage(settings, state, name=what, _serial=True)
+
+
+# --- shared storage (registry_kit.sharedgc) ---
+
+def _shared_group(settings: Settings, topology: scaleout.Topology) -> tuple[Settings, ...]:
+    """The servers sharing this one's storage (itself first if alone); refuses the run,
+    before anything changes, when one of several is not in it."""
+    group = sharedgc.group_of(settings.host, sharedgc.storage_groups(topology.servers))
+    if len(group) > 1:
+        refusal = sharedgc.unreachable_refusal(group, (h.name for h in pyinfra_state.active_hosts))
+        if refusal:
+            raise SettingsRefused(SettingsError(refusal))
+    return group
+
+
+@operation()
+def collect_shared(settings: Settings, group: tuple[Settings, ...],
+                   topology: scaleout.Topology, deployed: bool):
+    leader = group[0]
+    if not deployed:
+        yield FunctionCommand(_fail, (f"{host.name}: no container "
+                                      f"{settings.registry_container_name}: run deploy.py "
+                                      "first",), {})
+        return
+    if host.name != leader.host:
+        host.noop(f"collected from {leader.host} for every replica of this storage")
+        return
+    members = [sharedgc.member(s, gc_arguments(s, dry_run=s.registry_gc_dry_run),
+                               scaleout.server_name(s.host)) for s in group]
+    flush = None
+    if topology.caches and not settings.registry_gc_dry_run:
+        flush = sharedgc.CacheFlush(topology.caches[0].host, StringCommand(
+            sharedgc.cache_flush_command(topology.caches[0])))
+    yield sharedgc.SharedCollection(members, topology.rotation(), flush,
+                                    settings.registry_storage, settings.registry_gc_dry_run)
