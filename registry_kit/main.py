@@ -22,6 +22,7 @@ from registry_kit import (
     s3check,
     scaleout,
     server,
+    token_auth,
     trust,
 )
 from registry_kit import settings as settings_module
@@ -134,7 +135,8 @@ def plan_host() -> None:
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part, wanted in ((server, is_server), (gc, is_server), (client, is_client),
+    for part, wanted in ((server, is_server), (gc, is_server), (token_auth, is_server),
+                         (client, is_client),
                          (loadbalancer, is_lb), (cache, is_cache)):
         if wanted:
             for key, value in part.probe_args(settings).items():

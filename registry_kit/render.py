@@ -16,6 +16,7 @@ import yaml
 
 from registry_kit.scaleout import CacheTarget
 from registry_kit.settings import Secret, Settings
+from registry_kit.token_auth import auth_section as token_auth_section
 
 # Fixed paths inside the container; the host folders are bind-mounted there, so a changed
 # registry_config_dir on the host does not change the registry's view.
@@ -125,7 +126,9 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         "http": http,
         "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
     }
-    if settings.registry_users:
+    if settings.registry_access is not None:
+        config["auth"] = token_auth_section(settings, major)  # access rules: token auth
+    elif settings.registry_users:
         config["auth"] = {"htpasswd": {"realm": "registry-kit",
                                        "path": f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"}}
     if cache is not None:

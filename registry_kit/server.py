@@ -19,7 +19,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
-from registry_kit import htpasswd, ownership, remote, textfile
+from registry_kit import htpasswd, ownership, remote, textfile, token_auth
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.render import render_config
@@ -76,7 +76,7 @@ def script_content(name: str) -> bytes:
     return (_SCRIPTS / name).read_bytes()
 
 
-SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh")
+SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh", "verify-token.sh")
 
 
 def owned_folders(settings: Settings) -> list[tuple[str, str]]:
@@ -231,6 +231,9 @@ def verify_registry(settings: Settings):
     url, resolve, ca = health_target(settings)
     user = _verify_user(settings)
     timeout = settings.registry_verify_timeout
+    if token_auth.enabled(settings):
+        yield from _verify_token(settings, user)
+        return
     if user is None or user.password is None:
         # No user with a known password (none, or hashes only): 401/200 without creds.
         yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
@@ -239,6 +242,24 @@ def verify_registry(settings: Settings):
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
     yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+
+
+def _verify_token(settings: Settings, user: User | None):
+    """Access rules: a Bearer challenge, a token from the kit's token server (as a user
+    with a password, else anonymously), and 200 with it."""
+    url, resolve, ca = health_target(settings)
+    # The token server listens where the registry is published: same address, its port.
+    local = resolve[len(host_port(settings.registry_domain, settings.registry_port)) + 1:]
+    token_resolve = f"{host_port(settings.registry_domain, settings.registry_token_port)}:{local}"
+    args = [script_path("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
+            token_auth.realm(settings), token_resolve, token_auth.service(settings)]
+    if user is None or user.password is None:
+        yield join(args)
+        return
+    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
+    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield join([*args, curlrc])
 
 
 def curlrc_text(user: User) -> str:
@@ -277,6 +298,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     htpasswd_op = remote.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
+    token_ops = [token_auth.token_deploy(settings, state, script_content(
+        token_auth.SCRIPT_NAME), tls_ops=cert_ops)] if token_auth.enabled(settings) else []
     config = render_config(settings, http_secret, cache=cache,
                            drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
                            major=major).encode()
@@ -291,7 +314,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     # Files on disk can differ from what the running container was started with even when
     # its spec label matches (a gc.py killed mid-run leaves a read-only config; a hand
     # edit): the registry reads config and certificates at start only, so restart it.
-    file_ops = [config_op, *cert_ops]
+    file_ops = [config_op, *cert_ops, *token_ops]
     restart_op = restart_registry(
         settings, name="Restart the registry to load its changed files",
         _if=lambda: any(op.did_change() for op in file_ops) and not container_op.did_change())
