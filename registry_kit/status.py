@@ -22,7 +22,7 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 
-from registry_kit import client, control, gc, server, tls
+from registry_kit import access, client, control, gc, server, tls
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, split_sections
 from registry_kit.lifecycle import roles, validated_settings
@@ -220,6 +220,7 @@ class _Collected:
     clients: dict[str, dict[str, str]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     printed: bool = False
+    access: dict[str, list[str]] = field(default_factory=dict)  # server -> rules per user
 
 
 _collected = _Collected()
@@ -230,6 +231,12 @@ def _print_tables() -> None:
     for rows in (_collected.servers, _collected.clients):
         if rows:
             lines += ["", *table([rows[name] for name in sorted(rows)])]
+    # Effective access rules per user (registry_kit.access), once per distinct policy.
+    by_policy: dict[tuple[str, ...], list[str]] = {}
+    for name in sorted(_collected.access):
+        by_policy.setdefault(tuple(_collected.access[name]), []).append(name)
+    for rules, names in by_policy.items():
+        lines += ["", f"access ({', '.join(names)}):", *(f"  {rule}" for rule in rules)]
     for line in lines:
         logger.info(line)
 
@@ -253,6 +260,8 @@ def plan_host() -> None:
         sections = host.get_fact(RegistryStatus, **args)
         if is_server:
             _collected.servers[host.name] = server_row(settings, sections)
+            _collected.access[host.name] = access.describe(
+                settings.registry_access, [user.name for user in settings.registry_users])
         if is_client:
             _collected.clients[host.name] = client_row(settings, sections)
     _collected.done.add(host.name)

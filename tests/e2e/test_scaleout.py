@@ -578,3 +578,69 @@ def test_tls_termination_on_the_load_balancer(scale: Scale) -> None:
     harness.run_kit(back).assert_no_changes()
     assert harness.ssh(LB, "test ! -e /etc/haproxy/registry-kit && echo gone").stdout.strip() \
         == "gone"
+
+
+def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
+    """registry_access_rules on both replicas behind haproxy: clients fetch tokens through
+    the load balancer's token port from either replica's token server (one signing key),
+    and the docker CLI on the client sees the same grants and denials as on one server.
+    Applied twice; a changed rule takes effect without touching either container."""
+    reader_pw = scale.tmp / "reader.pw"
+    reader_pw.write_text("scale-reader-password\n")
+    reader_pw.chmod(0o600)
+    rules = [{"repository": "*", "actions": ["pull", "push", "delete"], "users": [USER]},
+             {"repository": "scale/*", "actions": ["pull"], "groups": ["readers"]},
+             {"repository": "public/*", "actions": ["pull"], "anonymous": True}]
+    users = [{"name": USER, "password_file": str(scale.tmp / "pw")},
+             {"name": "reader", "password_file": str(reader_pw)}]
+    access = {"registry_users": users, "registry_groups": {"readers": ["reader"]},
+              "registry_access_rules": rules, **UPGRADE}
+    inventory = scale.inventory("access", **access)
+    harness.run_kit(inventory).assert_ok()
+    harness.run_kit(inventory).assert_no_changes()
+    assert "frontend registry-token" in harness.ssh(LB, "cat /etc/haproxy/haproxy.cfg").stdout
+
+    def docker(command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return harness.ssh(CLIENT, command, check=False, stdin=stdin)
+
+    denied = "denied: requested access to the resource is denied"
+    # The kit logged the client in as USER (registry_client_login_user): push works.
+    for image in ("scale/app:1", "public/base:1", "team-b/app:1"):
+        proc = docker(f"docker pull -q busybox >/dev/null; docker tag busybox {ADDRESS}/{image}"
+                      f" && docker push {ADDRESS}/{image}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                  stdin="scale-reader-password").returncode == 0
+    for _ in range(4):  # several token requests: both replicas' token servers answer
+        proc = docker(f"docker rmi -f {ADDRESS}/scale/app:1 >/dev/null; "
+                      f"docker pull {ADDRESS}/scale/app:1")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = docker(f"docker push {ADDRESS}/scale/app:1")
+    assert proc.returncode != 0 and denied in proc.stdout + proc.stderr, proc.stderr
+    proc = docker(f"docker pull {ADDRESS}/team-b/app:1")
+    assert proc.returncode != 0 and denied in proc.stdout + proc.stderr, proc.stderr
+    docker(f"docker logout {ADDRESS}")
+    proc = docker(f"docker rmi -f {ADDRESS}/public/base:1 >/dev/null; "
+                  f"docker pull {ADDRESS}/public/base:1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = docker(f"docker pull {ADDRESS}/scale/app:1")
+    assert proc.returncode != 0 and denied in proc.stdout + proc.stderr, proc.stderr
+    served = {name: harness.ssh(name, "journalctl -u registry-kit-token -o cat --no-pager | "
+                                "grep -c 'token user=' || true").stdout.strip()
+              for name in (REP1, REP2)}
+    assert all(int(count) > 0 for count in served.values()), served
+    # A removed grant: the reader's pull is refused after the next run; containers untouched.
+    started = {name: harness.ssh(name, "docker inspect -f '{{.Id}} {{.State.StartedAt}}' "
+                                 "registry").stdout for name in (REP1, REP2)}
+    narrowed = scale.inventory("access-narrowed", **{**access,
+                                                     "registry_access_rules": [rules[0], rules[2]]})
+    harness.run_kit(narrowed).assert_ok()
+    harness.run_kit(narrowed).assert_no_changes()
+    assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                  stdin="scale-reader-password").returncode == 0
+    proc = docker(f"docker rmi -f {ADDRESS}/scale/app:1 >/dev/null; "
+                  f"docker pull {ADDRESS}/scale/app:1")
+    assert proc.returncode != 0 and denied in proc.stdout + proc.stderr, proc.stderr
+    assert {name: harness.ssh(name, "docker inspect -f '{{.Id}} {{.State.StartedAt}}' "
+                              "registry").stdout for name in (REP1, REP2)} == started
+    docker(f"docker logout {ADDRESS}")
