@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, pyinfra_patches, server
+from registry_kit import client, daemon_json, gc, pyinfra_patches, server, token_auth
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
@@ -42,6 +42,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   RUNTIME_DIR]
         # What else each folder holds (entries) decides whether the folder itself can go.
         parts += [server.probe_args(settings), gc.probe_args(settings),
+                  token_auth.teardown_probe_args(settings),
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
@@ -131,12 +132,17 @@ def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
     """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
     included), then each folder the kit created that holds nothing else."""
     paths = ServerPaths(settings.registry_config_dir)
-    certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt"])
+    certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
+                                                 *token_auth.CERT_FILES])
     auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
-    gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth) if plan.remove_folder]
+    # Access rules: the token server's key and policy (a folder the kit names, no marker).
+    token = plan_folder(state, token_auth.TokenPaths(settings.registry_config_dir).token_dir,
+                        token_auth.TOKEN_DIR_FILES, needs_marker=False)
+    gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
+            if plan.remove_folder]
     config = plan_folder(state, settings.registry_config_dir, ["config.yml"],
                          removed_subfolders=gone)
-    return [certs, auth, config]
+    return [certs, auth, *([token] if token.folder in state.dirs else []), config]
 
 
 def _announce(state: Any, host: Any, message: str) -> bool:
@@ -189,11 +195,13 @@ def remove_data(settings: Settings, state: HostState):
 def server_teardown(settings: Settings, state: HostState) -> None:
     gc.schedule_remove(state, name="Remove the garbage collection timer")
     remove_container(settings, state, name="Remove the registry container")
+    token_auth.remove_token_service(state, name="Remove the token server (access rules)")
     plans = config_plans(settings, state)
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False),
+    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*server.SCRIPT_NAMES, token_auth.SCRIPT_NAME],
+                            needs_marker=False),
                 plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
     log_kept(kit_dirs)
     remove_folders(kit_dirs, name="Remove the kit's scripts")

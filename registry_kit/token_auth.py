@@ -223,3 +223,25 @@ def token_deploy(settings: Settings, state: HostState, script: bytes, tls_ops: l
     token_service(state, restart=True, name=f"Restart {SERVICE_NAME} for its changed files",
                   _if=lambda: any(op.did_change() for op in changed))
     return cert_op
+
+
+# --- teardown: the reverse of token_deploy (whatever the settings say now) ---
+
+def teardown_probe_args(settings: Settings) -> dict:
+    token_dir = TokenPaths(settings.registry_config_dir).token_dir
+    return {"files": [UNIT_PATH], "dirs": [token_dir], "listings": [token_dir],
+            "services": [SERVICE_NAME]}
+
+
+@operation()
+def remove_token_service(state: HostState):
+    active, is_enabled = state.services.get(SERVICE_NAME, (False, False))
+    if UNIT_PATH not in state.files and not (active or is_enabled):
+        host.noop(f"no {SERVICE_NAME}")
+        return
+    yield (f"systemctl disable --now {q(SERVICE_NAME)} >/dev/null 2>&1; rm -f {q(UNIT_PATH)} "
+           "&& systemctl daemon-reload")
+
+
+TOKEN_DIR_FILES = ("signing.key", "policy.json")
+CERT_FILES = ("token-signing.crt",)

@@ -258,3 +258,17 @@ def test_e_registry_3(site: Site) -> None:
     assert container() == before
     assert login(site, "reader").returncode == 0
     assert_denied(pull("team-a/app:v3-keep"), "reader on team-a after its grant was removed")
+
+
+def test_f_status_then_teardown_removes_the_token_server(site: Site) -> None:
+    status = harness.run_kit(site.inventory, "status.py").assert_ok()
+    assert "  ci: team-a/*: pull,push; public/*: pull" in status.stderr, status.stderr[-3000:]
+    assert "  admin: *: pull,push,delete; public/*: pull (+catalog)" in status.stderr
+    harness.run_kit(site.inventory, "teardown.py").assert_ok()
+    harness.run_kit(site.inventory, "teardown.py").assert_no_changes()
+    out = harness.ssh(SERVER, "systemctl is-active registry-kit-token; "
+                      "ls /etc/systemd/system/registry-kit-token.service "
+                      "/etc/registry-kit/token /usr/local/lib/registry-kit 2>&1; "
+                      f"ss -ltnH 'sport = :{TOKEN_PORT}'", check=False).stdout
+    assert "inactive" in out and f":{TOKEN_PORT}" not in out, out
+    assert out.count("No such file or directory") == 3, out
