@@ -7,7 +7,9 @@ REGISTRY_KIT_LAB_NAME (brought up if needed):
   tutorial's plain `docker run -p 5001:5000 registry:2` on the same server, as a ratio;
 - what one `docker pull` and one `docker push` cost in token requests and bcrypt checks,
   counted from the token server's own log lines (one per token request, with its bcrypt
-  count), and the same right after the token server restarted (its bcrypt memory empty).
+  count), and the same right after the token server restarted (its bcrypt memory empty);
+- how many HTTP requests one pull and one push make to the registry (its access log): what
+  an authenticating proxy, or the registry's own htpasswd auth, checks with bcrypt each.
 Results: bench/results/<date>-access.json and .md.
 """
 
@@ -100,6 +102,13 @@ def costs(lines: list[str]) -> dict[str, int]:
                                  for m in re.findall(r"bcrypt=(\d+)", line))}
 
 
+def registry_requests(label: str) -> int:
+    """HTTP requests the plain registry has answered so far (its access log lines)."""
+    if label != "plain":
+        return 0
+    return int(ssh(SERVER, "docker logs plain 2>&1 | grep -c 'HTTP/1.1\" ' || true").strip())
+
+
 def make_image(image: str, size_mb: int) -> None:
     ssh(CLIENT, f"rm -rf /tmp/bench && mkdir /tmp/bench && head -c {size_mb}M /dev/urandom "
                 f"> /tmp/bench/blob && tar -C /tmp/bench -c blob | docker import - {image} "
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 "    d['insecure-registries'].append(entry)\n"
                 "json.dump(d, open(p, 'w'), indent=2)\nEOF\nsystemctl reload docker; sleep 1")
     targets = {"access": f"{DOMAIN}:{PORT}", "plain": f"{DOMAIN}:{PLAIN_PORT}"}
+    requests: dict[str, list[int]] = {"push": [], "pull": []}
     timings: dict[str, dict[str, list[float]]] = {k: {"push": [], "pull": []} for k in targets}
     per_op: dict[str, list[dict[str, int]]] = {"push": [], "pull": []}
     _, cursor = token_log_since("")
@@ -141,13 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             say(f"run {attempt + 1}/{args.runs}: {label}")
             make_image(image, args.image_mb)
             _, cursor = token_log_since(cursor)
+            mark = registry_requests(label)
             timings[label]["push"].append(timed(f"docker push {image} >/dev/null"))
             lines, cursor = token_log_since(cursor)
+            if label == "plain":
+                requests["push"].append(registry_requests(label) - mark)
             if label == "access":
                 per_op["push"].append(costs(lines))
             ssh(CLIENT, f"docker rmi {image} >/dev/null")
+            mark = registry_requests(label)
             timings[label]["pull"].append(timed(f"docker pull {image} >/dev/null"))
             lines, cursor = token_log_since(cursor)
+            if label == "plain":
+                requests["pull"].append(registry_requests(label) - mark)
             if label == "access":
                 per_op["pull"].append(costs(lines))
             ssh(CLIENT, f"docker rmi {image} >/dev/null")
@@ -177,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{op}_ratio_access_to_plain"] = round(
             result[f"access_{op}_mb_s"] / result[f"plain_{op}_mb_s"], 2)
         result[f"per_{op}"] = per_op[op]
+    result["registry_requests_per_push"] = requests["push"]
+    result["registry_requests_per_pull"] = requests["pull"]
     result["pull_after_token_server_restart"] = costs(cold_lines)
     result["pull_after_token_server_restart_log"] = cold_lines
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -204,7 +222,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{pull['bcrypt_checks']} bcrypt check(s); right after the token server restarted: "
         f"{cold['token_requests']} token request(s), {cold['bcrypt_checks']} bcrypt check(s). "
         f"One `docker push`: {push['token_requests']} token request(s), "
-        f"{push['bcrypt_checks']} bcrypt check(s).", ""])
+        f"{push['bcrypt_checks']} bcrypt check(s).", "",
+        f"HTTP requests to the registry (plain, from its access log): one pull "
+        f"{r['registry_requests_per_pull']}, one push {r['registry_requests_per_push']}: "
+        "each a bcrypt check under an authenticating proxy or the registry's htpasswd auth.",
+        ""])
 
 
 if __name__ == "__main__":

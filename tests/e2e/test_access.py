@@ -107,9 +107,11 @@ class Site:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         return {"token": token, **claims}
 
-    def registry_get(self, path: str, token: str) -> tuple[int, str]:
+    def registry_get(self, path: str, token: str, *, method: str = "GET",
+                     accept: str = "*/*") -> tuple[int, str]:
         proc = subprocess.run(
-            ["curl", "-s", "-w", "\n%{http_code}", "--max-time", "10", "--cacert",
+            ["curl", "-s", "-X", method, "-H", f"Accept: {accept}",
+             "-w", "\n%{http_code}", "--max-time", "10", "--cacert",
              str(self.certs / "ca.crt"), "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
              "-H", "@-", f"https://{ADDRESS}{path}"],
             input=f"Authorization: Bearer {token}\n", capture_output=True, text=True, timeout=30)
@@ -195,6 +197,16 @@ def core_checks(site: Site, tag: str) -> None:
     ci = site.token("ci", "registry:catalog:*")
     assert ci["access"] == []
     assert site.registry_get("/v2/_catalog", ci["token"])[0] == 401
+    # A cross-repository mount needs pull on the source: ci may not mount team-b's blob.
+    manifest = json.loads(site.registry_get(
+        f"/v2/team-b/app/manifests/{tag}", site.token("admin", "repository:team-b/app:pull")
+        ["token"], accept="application/vnd.docker.distribution.manifest.v2+json")[1])
+    mount = (f"/v2/team-a/app/blobs/uploads/?mount={manifest['layers'][0]['digest']}"
+             "&from=team-b/app")
+    scopes = "repository:team-a/app:pull,push repository:team-b/app:pull"
+    assert site.registry_get(mount, site.token("ci", scopes)["token"], method="POST")[0] == 401
+    assert site.registry_get(mount, site.token("admin", scopes)["token"],
+                             method="POST")[0] == 201
 
 
 def test_a_deploy_with_rules_and_the_core_checks_on_2x(site: Site) -> None:
