@@ -211,3 +211,27 @@ def test_signing_key_is_private_and_the_token_verifies_with_its_certificate(
         cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
     policy = json.loads(token_auth.policy_text(made))
     assert policy["rules"][0]["users"] == ["ci"]
+
+
+def test_haproxy_forwards_the_token_port_only_with_rules(
+        make_settings: Callable[..., Settings]) -> None:
+    import dataclasses
+
+    from registry_kit import loadbalancer, scaleout
+
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    base = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                         registry_storage={"driver": "s3", "bucket": "b", "region": "r"},
+                         registry_storage_check=False)
+
+    def host(name: str, address: str) -> Settings:
+        return dataclasses.replace(base, host=name, registry_internal_address=address)
+
+    topology = scaleout.Topology(servers=(host("rep0", "10.9.0.10"), host("rep1", "fd00::11")),
+                                 lbs=(host("lb0", "10.9.0.20"),), caches=())
+    text = loadbalancer.render(topology.lbs[0], topology)
+    assert "frontend registry-token\n    mode tcp\n    option tcplog\n    bind *:5443\n" in text
+    assert "server rep0 10.9.0.10:5443\n" in text and "server rep1 [fd00::11]:5443\n" in text
+    plain = dataclasses.replace(topology, lbs=(dataclasses.replace(
+        topology.lbs[0], registry_access=None),))
+    assert "registry-token" not in loadbalancer.render(plain.lbs[0], plain)
