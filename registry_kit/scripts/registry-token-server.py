@@ -44,19 +44,28 @@ class Files:
         self.policy: dict = {"rules": [], "catalog_users": []}
         self.lock = threading.Lock()
 
-    def current(self) -> tuple[dict[str, str], dict]:
+    def current(self, *, strict: bool = False) -> tuple[dict[str, str], dict]:
+        """The files' content; one that cannot be read now keeps its last good content
+        (the kit replaces files by rename, so this is a broken hand edit), except at
+        start (`strict`), where systemd shows the error."""
         with self.lock:
             for kind, path in self.paths.items():
-                info = os.stat(path)
-                stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
-                if self.stamps.get(kind) == stamp:
+                try:
+                    info = os.stat(path)
+                    stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+                    if self.stamps.get(kind) == stamp:
+                        continue
+                    with open(path, encoding="utf-8") as handle:
+                        text = handle.read()
+                    if kind == "htpasswd":
+                        self.users = parse_htpasswd(text)
+                    else:
+                        self.policy = json.loads(text)
+                except (OSError, ValueError) as error:
+                    if strict:
+                        raise
+                    log(f"kept the last good {path}: {error}")
                     continue
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-                if kind == "htpasswd":
-                    self.users = parse_htpasswd(text)
-                else:
-                    self.policy = json.loads(text)
                 self.stamps[kind] = stamp
                 log(f"loaded {path}")
             return self.users, self.policy
@@ -239,6 +248,13 @@ class Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
+    def handle_error(self, request, client_address) -> None:
+        # A load balancer's TCP check or a client that hangs up mid-handshake: one line,
+        # not a traceback every two seconds.
+        error = sys.exc_info()[1]
+        if not isinstance(error, ssl.SSLError | ConnectionError | TimeoutError):
+            log(f"request from {client_address[0]} failed: {error!r}")
+
     def finish_request(self, request, client_address) -> None:
         request.settimeout(30)
         if self.context is not None:
@@ -263,7 +279,7 @@ def main() -> int:
     with open(args.signing_cert, "rb") as handle:
         Handler.chain = x5c(handle.read())
     Handler.files = Files(args.htpasswd, args.policy)
-    Handler.files.current()  # a broken file stops the start, where systemd shows it
+    Handler.files.current(strict=True)  # a broken file stops the start (systemd shows it)
     Handler.checker = Checker()
     address, _, port = args.listen.rpartition(":")
     context = None

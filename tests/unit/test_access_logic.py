@@ -235,3 +235,20 @@ def test_haproxy_forwards_the_token_port_only_with_rules(
     plain = dataclasses.replace(topology, lbs=(dataclasses.replace(
         topology.lbs[0], registry_access=None),))
     assert "registry-token" not in loadbalancer.render(plain.lbs[0], plain)
+
+
+def test_token_server_rereads_changed_files_and_keeps_the_last_good(tmp_path: Path) -> None:
+    htpasswd, policy = tmp_path / "htpasswd", tmp_path / "policy.json"
+    htpasswd.write_text("ci:$2y$10$x\n")
+    policy.write_text(json.dumps(_document()))
+    files = server.Files(str(htpasswd), str(policy))
+    users, document = files.current(strict=True)
+    assert users == {"ci": "$2y$10$x"} and document["catalog_users"] == ["admin"]
+    replacement = tmp_path / "new"  # the kit replaces files by rename: a new inode
+    replacement.write_text("ci:$2y$10$y\nops:$2y$10$z\n")
+    replacement.replace(htpasswd)
+    assert files.current()[0] == {"ci": "$2y$10$y", "ops": "$2y$10$z"}
+    policy.write_text("{broken")
+    assert files.current()[1]["catalog_users"] == ["admin"]  # the last good policy
+    with pytest.raises(ValueError):
+        server.Files(str(htpasswd), str(policy)).current(strict=True)
