@@ -252,3 +252,18 @@ def test_token_server_rereads_changed_files_and_keeps_the_last_good(tmp_path: Pa
     assert files.current()[1]["catalog_users"] == ["admin"]  # the last good policy
     with pytest.raises(ValueError):
         server.Files(str(htpasswd), str(policy)).current(strict=True)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(pattern=st.text(min_size=0, max_size=40), name=st.text(min_size=0, max_size=20))
+def test_hostile_patterns_and_names_are_refused_or_plain(pattern: str, name: str) -> None:
+    """Whatever a rule holds reaches policy.json (JSON) and status.py's output: an accepted
+    pattern is plain repository-name text, an accepted group name one word."""
+    rule = {"repository": pattern, "actions": ["pull"], "users": ["ci"]}
+    try:
+        policy = access.parse(HOST, {name: ["ci"]}, [rule], USERS)
+    except access.AccessError as error:
+        assert "\n" not in str(error)  # repr shows a line break escaped
+        return
+    assert policy is not None
+    assert re.fullmatch(r"[a-z0-9._*/-]+", pattern) and re.fullmatch(r"[A-Za-z0-9._-]+", name)
