@@ -300,6 +300,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
     token_ops = [token_auth.token_deploy(settings, state, script_content(
         token_auth.SCRIPT_NAME), tls_ops=cert_ops)] if token_auth.enabled(settings) else []
+    if not token_auth.enabled(settings):
+        token_auth.token_off(settings, state)
     config = render_config(settings, http_secret, cache=cache,
                            drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
                            major=major).encode()

@@ -165,7 +165,8 @@ def unit_text(settings: Settings) -> bytes:
 
 def probe_args(settings: Settings) -> dict:
     if not enabled(settings):
-        return {}
+        # Rules switched off: a token server left from before is stopped (token_off).
+        return teardown_probe_args(settings)
     paths = TokenPaths(settings.registry_config_dir)
     return {"files": [paths.signing_key, paths.policy, paths.signing_cert, UNIT_PATH,
                       SCRIPT_PATH, *MODULE_FILES],
@@ -245,3 +246,22 @@ def remove_token_service(state: HostState):
 
 TOKEN_DIR_FILES = ("signing.key", "policy.json")
 CERT_FILES = ("token-signing.crt",)
+
+
+@operation()
+def remove_token_files(settings: Settings, state: HostState):
+    """Rules switched off: the signing key and policy go too (teardown does the same by
+    folder plans); the signing certificate is public and goes with teardown."""
+    token_dir = TokenPaths(settings.registry_config_dir).token_dir
+    if token_dir not in state.dirs:
+        host.noop(f"no {token_dir}")
+        return
+    files = " ".join(q(f"{token_dir}/{name}") for name in TOKEN_DIR_FILES)
+    yield f"rm -f {files} && rmdir {q(token_dir)}"
+
+
+def token_off(settings: Settings, state: HostState) -> None:
+    """A server without access rules runs no token server (it may have had one)."""
+    remove_token_service(state, name=f"Stop {SERVICE_NAME} (no access rules)")
+    remove_token_files(settings, state, name="Remove the token signing key and policy "
+                       "(no access rules)")

@@ -284,3 +284,20 @@ def test_f_status_then_teardown_removes_the_token_server(site: Site) -> None:
                       f"ss -ltnH 'sport = :{TOKEN_PORT}'", check=False).stdout
     assert "inactive" in out and f":{TOKEN_PORT}" not in out, out
     assert out.count("No such file or directory") == 3, out
+
+
+def test_g_switching_rules_off_stops_the_token_server(site: Site) -> None:
+    site.twice("deploy with rules after teardown")
+    site.data["registry_access_rules"] = None
+    site.data["registry_groups"] = {}
+    site.write()
+    site.twice("rules off")
+    out = harness.ssh(SERVER, "systemctl is-active registry-kit-token; "
+                      "ls /etc/registry-kit/token 2>&1; "
+                      f"ss -ltnH 'sport = :{TOKEN_PORT}'", check=False).stdout
+    assert "inactive" in out and "No such file" in out and f":{TOKEN_PORT}" not in out, out
+    # htpasswd again: every user may do everything, ci pushes team-b.
+    assert login(site, "ci").returncode == 0
+    proc = push("team-b/app:after-rules")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docker(f"docker logout {ADDRESS}")
