@@ -298,9 +298,12 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     htpasswd_op = remote.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
-    token_ops = [token_auth.token_deploy(settings, state, script_content(
-        token_auth.SCRIPT_NAME), tls_ops=cert_ops)] if token_auth.enabled(settings) else []
-    if not token_auth.enabled(settings):
+    # Access rules: the token server beside the registry (registry_kit.token_auth).
+    token_ops = []
+    if token_auth.enabled(settings):
+        token_ops.append(token_auth.token_deploy(
+            settings, state, script_content(token_auth.SCRIPT_NAME), tls_ops=cert_ops))
+    else:
         token_auth.token_off(settings, state)
     config = render_config(settings, http_secret, cache=cache,
                            drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
