@@ -4,6 +4,6 @@ storage, repositories, tags, GC timer; clients: engine, trust, login, /etc/hosts
 Read-only: one remote command per host, no operations.
 """
 
-from registry_kit.status import plan_host
+from registry_kit import api
 
-plan_host()
+api.status()

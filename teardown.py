@@ -7,6 +7,6 @@ data stays unless registry_purge_data=True; Docker stays unless docker_remove_on
 A second teardown changes nothing. Settings: group_data/all.py (README: Teardown).
 """
 
-from registry_kit.teardown import plan_host
+from registry_kit import api
 
-plan_host()
+api.teardown()

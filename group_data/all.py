@@ -1,9 +1,11 @@
-"""registry-kit settings: every knob, with its default and what it means.
+"""registry-kit settings for this project: the documented example of overrides.
 
-Override per group in group_data/<group>.py (registry_servers, registry_clients), per host
-in the inventory, or per run with `--data key=value`. The README's settings table mirrors
-this file; tests check that they agree. Plain literals only: registry_kit.settings reads
-and validates them once, before any host is touched.
+Every setting is shown here at its package default (registry_kit/defaults.py holds the
+defaults; the kit works without this file). Change what this project needs, or override per
+group in group_data/<group>.py (registry_servers, registry_clients), per host in the
+inventory, or per run with `--data key=value`. The README's settings table mirrors the
+defaults; tests check that this file, the defaults and the table agree. Plain literals only:
+registry_kit.settings reads and validates them once, before any host is touched.
 """
 
 # --- Registry service (hosts in registry_servers) ---

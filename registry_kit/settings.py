@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from registry_kit import access
 from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
 from registry_kit.versions import is_valid_version
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = PROJECT_ROOT / "group_data" / "all.py"
+# The package's defaults (a module of plain literals, read fresh for every run).
+DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.py")
 
 TLS_MODES = ("self-signed", "provided", "none")
 INSTALL_METHODS = ("distro", "docker-ce", "none")
@@ -183,7 +183,7 @@ class Settings:
     registry_gc_delete_untagged: bool = False
     registry_gc_schedule: str | None = None
     docker_remove_on_teardown: bool = False
-    # Scale-out (registry_lb, registry_cache); see registry_kit.scaleout.
+    # Scale-out (registry_lb, registry_cache); see registry_kit.topology.
     registry_internal_address: str = ""
     registry_storage_redirect_disabled: bool = False
     registry_storage_check: bool = True
@@ -222,7 +222,7 @@ class Settings:
 
 
 def known_keys() -> dict[str, Any]:
-    """The settings and their defaults, read from group_data/all.py."""
+    """The settings and their defaults, read from the package (registry_kit/defaults.py)."""
     namespace: dict[str, Any] = {}
     exec(compile(DEFAULTS_FILE.read_text(), str(DEFAULTS_FILE), "exec"), namespace)
     return {
@@ -321,6 +321,15 @@ class _Reader:
         if unsafe_character(secret.reveal()) is not None:
             raise self.fail(key, source, "a secret without line breaks or control characters")
         return secret
+
+    def optional_secret(self, key: str, what: str) -> Secret | None:
+        """None, or the secret a {'env': NAME} / {'file': PATH} setting names."""
+        source = self.raw(key)
+        if source is None:
+            return None
+        if not isinstance(source, Mapping):
+            raise self.fail(key, "***", "{'env': NAME} or {'file': PATH}")
+        return self.secret_source(key, source, what)
 
     def secret_source(self, key: str, source: Mapping[str, Any], what: str) -> Secret:
         """Resolve {"env": NAME} / {"file": PATH} (or <what>_env / <what>_file keys)."""
@@ -431,11 +440,17 @@ def check_host_path(path: str) -> str | None:
 
 
 def check_unknown_keys(host: str, data: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    """Typos in the kit's own keys: every unknown registry_* key, and a docker_* key only when
+    it is one slip away from one of the kit's (other deploys use docker_* keys of their own)."""
     for key in data:
-        if key.startswith(("registry_", "docker_")) and key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"did you mean {close[0]}?" if close else "see group_data/all.py"
-            raise _fail(host, key, data[key], f"unknown setting; {hint}")
+        if key in known or not key.startswith(("registry_", "docker_")):
+            continue
+        close = difflib.get_close_matches(key, list(known), n=1,
+                                          cutoff=0.6 if key.startswith("registry_") else 0.9)
+        if key.startswith("docker_") and not close:
+            continue
+        hint = f"did you mean {close[0]}?" if close else "see registry_kit/defaults.py"
+        raise _fail(host, key, data[key], f"unknown setting; {hint}")
 
 
 def _read_users(r: _Reader, allow_plain: bool) -> tuple[User, ...]:
@@ -532,7 +547,7 @@ def _read_registry_version(r: _Reader, image: str) -> int | None:
     image tags are accepted too). Where the image's tag names a version the two must agree,
     and a tag naming another major version is refused here, before any host is touched.
     Whether the version can be told at all is known only after the probe (the image's label
-    may tell it): registry_kit.main checks that."""
+    may tell it): registry_kit.plan checks that."""
     value = r.raw("registry_version")
     if value is None:
         version = None
@@ -563,7 +578,7 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
 
 
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
-    """Scale-out settings (registry_kit.scaleout checks how hosts fit together)."""
+    """Scale-out settings (registry_kit.topology checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
     if address is None:
         # Where the control machine reaches the host is the best default guess.
@@ -572,15 +587,10 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
         raise r.fail("registry_internal_address", address,
                      "None or a DNS name or IP address other kit hosts reach this host at")
     stats = _read_loopback_address(r, "registry_lb_stats", port)
-    password_value = r.raw("registry_cache_password")
-    password = None
-    if password_value is not None:
-        if not isinstance(password_value, Mapping):
-            raise r.fail("registry_cache_password", "***", "{'env': NAME} or {'file': PATH}")
-        password = r.secret_source("registry_cache_password", password_value, "password")
-        if not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
-            raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
-                         "spaces, quotes or backslashes (it goes into redis.conf)")
+    password = r.optional_secret("registry_cache_password", "password")
+    if password is not None and not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
+        raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
+                     "spaces, quotes or backslashes (it goes into redis.conf)")
     maxmemory = r.raw("registry_cache_maxmemory")
     if not (isinstance(maxmemory, str) and re.fullmatch(r"[1-9][0-9]{0,5}(kb|mb|gb)", maxmemory)):
         raise r.fail("registry_cache_maxmemory", maxmemory, "a size like 64mb or 1gb")
@@ -598,11 +608,13 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
     }
 
 
-def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
+def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
          known: Mapping[str, Any] | None = None, server: bool = True) -> Settings:
-    """Validate one host's data (defaults filled from group_data/all.py) into Settings.
+    """Validate one host's data (defaults filled from the package's defaults) into Settings.
     `server`: the host runs a registry (registry_servers), so the open-registry check
-    applies to it."""
+    applies to it. Relative paths (the state folder, password and certificate files) are
+    the user's: they resolve against `base_dir`, by default the current directory."""
+    base_dir = Path.cwd() if base_dir is None else base_dir
     known = known if known is not None else known_keys()
     check_unknown_keys(host, data, known)
     merged = {**known, **{k: v for k, v in data.items() if k in known}}
@@ -666,12 +678,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
             raise r.fail("registry_client_login_user", login_user,
                          "a name from registry_users with a password_env or password_file")
 
-    http_secret_value = r.raw("registry_http_secret")
-    http_secret = None
-    if http_secret_value is not None:
-        if not isinstance(http_secret_value, Mapping):
-            raise r.fail("registry_http_secret", "***", "{'env': NAME} or {'file': PATH}")
-        http_secret = r.secret_source("registry_http_secret", http_secret_value, "secret")
+    http_secret = r.optional_secret("registry_http_secret", "secret")
 
     debug_addr = _read_loopback_address(r, "registry_debug_addr", port)
 
@@ -793,20 +800,44 @@ def check_group_conflicts(host: str, groups_data: Mapping[str, Mapping[str, Any]
 KIT_GROUPS = ("registry_servers", "registry_clients", "registry_lb", "registry_cache")
 
 
-def load_inventory(inventory: Any, *, check: Any = None) -> dict[str, Settings]:
+def _host_data(target: Any) -> dict[str, Any]:
+    """The host's data as pyinfra merges it (overrides, host, groups, all), without the
+    data_defaults of a @deploy: the kit fills its defaults itself, with the API's
+    `settings=` above them, the same way for every host (pyinfra adds deploy data to the
+    current host only)."""
+    datas = getattr(target.data, "datas", None)
+    deploy_data = getattr(target, "get_deploy_data", None)
+    if datas is None or deploy_data is None:
+        return dict(target.data.dict())
+    merged: dict[str, Any] = {}
+    for data in reversed(datas):
+        if data == deploy_data:
+            continue
+        merged.update(data() if callable(data) else data)
+    return merged
+
+
+def load_inventory(inventory: Any, *, check: Any = None, groups: Sequence[str] = KIT_GROUPS,
+                   server_group: str = "registry_servers",
+                   defaults: Mapping[str, Any] | None = None) -> dict[str, Settings]:
     """Every inventory host's Settings (host data with group data and overrides, as pyinfra
-    merged them), validated; `check(host, settings)` adds checks of the caller's. Raises
-    SettingsError for the first bad value."""
+    merged them), validated; `check(host, settings)` adds checks of the caller's. `groups`:
+    the kit's groups (their data must agree), `server_group` the servers' group; `defaults`
+    replace package defaults (the API's `settings=`). Raises SettingsError for the first bad
+    value."""
     known = known_keys()
+    if defaults:
+        check_unknown_keys("settings", defaults, known)
+        known = {**known, **{key: defaults[key] for key in defaults if key in known}}
     loaded: dict[str, Settings] = {}
     for target in inventory:
-        groups = [group for group in target.groups if group in KIT_GROUPS]
-        if len(groups) > 1:
+        kit_groups = [group for group in target.groups if group in groups]
+        if len(kit_groups) > 1:
             check_group_conflicts(
-                target.name, {group: inventory.get_group_data(group) for group in groups},
+                target.name, {group: inventory.get_group_data(group) for group in kit_groups},
                 {**inventory.get_host_data(target.name), **inventory.get_override_data()})
-        loaded[target.name] = load(target.name, target.data.dict(), known=known,
-                                   server="registry_servers" in target.groups)
+        loaded[target.name] = load(target.name, _host_data(target), known=known,
+                                   server=server_group in target.groups)
         if check is not None:
             check(target, loaded[target.name])
     return loaded

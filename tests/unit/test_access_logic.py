@@ -22,12 +22,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_kit import access, token_auth
-from registry_kit.render import render_config
+from registry_kit import access
+from registry_kit.package_data import SCRIPTS
+from registry_kit.render import token_auth
+from registry_kit.render.config import render_config
 from registry_kit.settings import Settings, SettingsError
 
 HOST = "reg-host-1"
-SCRIPT = Path(token_auth.__file__).resolve().parent / "scripts" / token_auth.SCRIPT_NAME
+SCRIPT = Path(str(SCRIPTS / token_auth.SCRIPT_NAME))
 USERS = ["ci", "reader", "admin", "ops"]
 RULES: list[dict[str, Any]] = [
     {"repository": "team-a/*", "actions": ["pull", "push"], "users": ["ci"]},
@@ -217,7 +219,8 @@ def test_haproxy_forwards_the_token_port_only_with_rules(
         make_settings: Callable[..., Settings]) -> None:
     import dataclasses
 
-    from registry_kit import loadbalancer, scaleout
+    from registry_kit import topology as scaleout
+    from registry_kit.operations import loadbalancer
 
     users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
     base = make_settings(registry_users=users, registry_access_rules=[RULES[0]],

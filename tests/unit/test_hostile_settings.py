@@ -25,11 +25,14 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from registry_kit import cache, daemon_json, facts, gc, loadbalancer, scaleout, server, status
-from registry_kit import client as client_mod
+from registry_kit import facts
 from registry_kit import settings as settings_mod
+from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo, docker_install_commands, join
-from registry_kit.render import render_config
+from registry_kit.operations import cache, gc, loadbalancer, server, status
+from registry_kit.operations import client as client_mod
+from registry_kit.render import daemon_json
+from registry_kit.render.config import render_config
 from registry_kit.settings import Settings, SettingsError, unsafe_character
 
 HOST = "hostile-host"

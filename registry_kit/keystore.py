@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
-from functools import cache
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from registry_kit import tls
+from registry_kit.inventory import run_cache
+from registry_kit.render import tls
 from registry_kit.settings import Settings, SettingsError
 
 
@@ -39,16 +39,26 @@ def prepare_ca(serving: Iterable[Settings]) -> None:
         tls.ensure_ca(state_dir, names=sorted(names), ips=sorted(ips))
 
 
-@cache
+def _once_per_run(*key: object, make: Callable[[], tls.ServerCertificate]) \
+        -> tls.ServerCertificate:
+    """Every host of one run gets the same certificate object; the next run reads again."""
+    made: dict[tuple[object, ...], tls.ServerCertificate] = run_cache("certificates", dict)
+    if key not in made:
+        made[key] = make()
+    return made[key]
+
+
 def _self_signed(state_dir: Path, domain: str, names: tuple[str, ...],
                  ips: tuple[str, ...]) -> tls.ServerCertificate:
-    _private_dir(state_dir)
-    return tls.ensure_server_certificate(state_dir, domain, names, ips)
+    def make() -> tls.ServerCertificate:
+        _private_dir(state_dir)
+        return tls.ensure_server_certificate(state_dir, domain, names, ips)
+    return _once_per_run("self-signed", state_dir, domain, names, ips, make=make)
 
 
-@cache
 def _provided(cert: Path, key: Path, ca: Path | None, domain: str) -> tls.ServerCertificate:
-    return tls.load_provided(cert, key, ca, domain)
+    return _once_per_run("provided", cert, key, ca, domain,
+                         make=lambda: tls.load_provided(cert, key, ca, domain))
 
 
 def server_certificate(settings: Settings) -> tls.ServerCertificate | None:

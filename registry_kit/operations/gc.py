@@ -14,16 +14,29 @@ registry_gc_schedule.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import pyinfra_patches, remote, server, textfile
+from registry_kit import pyinfra_patches
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import ReportedCommand, roles, validated_settings
+from registry_kit.inventory import (
+    DEFAULT_GROUPS,
+    Groups,
+    ReportedCommand,
+    roles,
+    validated_settings,
+)
+from registry_kit.inventory import (
+    fail_host as _fail,
+)
+from registry_kit.operations import files as remote
+from registry_kit.operations import server
+from registry_kit.render import textfile
 from registry_kit.settings import Settings
 
 SCRIPT = "registry-gc.sh"
@@ -48,12 +61,6 @@ def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     if settings.registry_gc_delete_untagged:
         args.append("--delete-untagged")
     return args
-
-
-def _fail(state: Any, host: Any, message: str) -> bool:
-    # FunctionCommand passes state and host only to parameters with exactly these names.
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
 
 
 @operation()
@@ -145,10 +152,11 @@ def schedule_deploy(settings: Settings, state: HostState) -> None:
 
 # --- gc.py ---
 
-def plan_host() -> None:
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
-    settings = validated_settings()[host.name]
-    is_server, _ = roles(host)
+    settings = validated_settings(groups, defaults=defaults)[host.name]
+    is_server, _ = roles(host, groups)
     if not is_server:
         return
     paths = server.ServerPaths(settings.registry_config_dir)

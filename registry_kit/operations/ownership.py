@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import remote
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
 
 MARKER = ".registry-kit-owned"
 MARKER_MODE = "0644"

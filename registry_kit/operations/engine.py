@@ -2,17 +2,16 @@
 
 Reads: docker_install_method, docker_ce_repo_url, docker_min_version,
 docker_registry_mirrors, docker_live_restore (and, for clients in plain-HTTP mode, the
-registry address for insecure-registries, passed in by registry_kit.client).
+registry address for insecure-registries, passed in by registry_kit.operations.client).
 """
 
 from __future__ import annotations
 
 from io import BytesIO
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import daemon_json, remote
 from registry_kit.commands import (
     APT_GET,
     ENABLE_DOCKER,
@@ -20,6 +19,9 @@ from registry_kit.commands import (
     docker_install_commands,
 )
 from registry_kit.facts import EngineVersion, HostState
+from registry_kit.inventory import fail_host as _fail_with
+from registry_kit.operations import files as remote
+from registry_kit.render import daemon_json
 from registry_kit.settings import Settings
 from registry_kit.versions import meets_minimum
 
@@ -67,12 +69,6 @@ def start_docker(state: HostState):
         host.noop("docker.service is enabled and running")
         return
     yield ENABLE_DOCKER
-
-
-def _fail_with(state, host, message: str) -> bool:
-    """A FunctionCommand that fails the host with one clean red line (no traceback)."""
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
 
 
 def _check_engine_version(state, host, minimum: str) -> bool:  # runs on the control side

@@ -1,5 +1,6 @@
-"""What deploy.py runs for one host: validate every host's settings once, probe this host
-once, then add the engine, server and client steps for the groups it is in.
+"""What the registry deploy (registry_kit.api.registry, deploy.py) runs for one host:
+validate every host's settings once, probe this host once, then add the engine, server and
+client steps for the groups it is in.
 
 All validation happens while pyinfra loads the deploy (before any operation runs), so a
 bad setting on any host stops the whole run with one line and nothing touched.
@@ -7,84 +8,66 @@ bad setting on any host stops the whole run with one line and nothing touched.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import operation
 
-from registry_kit import (
-    cache,
-    client,
-    control,
-    gc,
-    loadbalancer,
-    pyinfra_patches,
-    s3check,
-    scaleout,
-    server,
-    token_auth,
-    trust,
-)
-from registry_kit import settings as settings_module
-from registry_kit.engine import engine_deploy, install_curl
+from registry_kit import keystore as control
+from registry_kit import pyinfra_patches, s3check
+from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
+from registry_kit.inventory import validated_settings as validated_inventory
+from registry_kit.operations import cache, client, gc, loadbalancer, server, token_auth, trust
+from registry_kit.operations.engine import engine_deploy, install_curl
 from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.registry_version import resolve as resolve_version
 from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
-SERVER_GROUP = "registry_servers"
-CLIENT_GROUP = "registry_clients"
-LB_GROUP, CACHE_GROUP = scaleout.LB_GROUP, scaleout.CACHE_GROUP
 
-_validated: dict[str, Settings] | None = None
+def _serves_tls(target: Any, groups: Groups) -> bool:
+    return groups.servers in target.groups or groups.lb in target.groups
 
 
-def _serves_tls(target: Any) -> bool:
-    return SERVER_GROUP in target.groups or LB_GROUP in target.groups
+def validated_settings(groups: Groups = DEFAULT_GROUPS,
+                       defaults: Mapping[str, Any] | None = None) -> dict[str, Settings]:
+    """Settings of every host in the inventory, validated once per run; the kit's CA and
+    every certificate checked, and the scale-out hosts checked together."""
+
+    def check(loaded: dict[str, Settings]) -> None:
+        # The kit's CA first permits every name the inventory serves, then each host's
+        # certificate is issued (or provided files checked) against it.
+        serving = [target for target in inventory if _serves_tls(target, groups)]
+        control.prepare_ca(loaded[target.name] for target in serving)
+        for target in serving:
+            control.server_certificate(loaded[target.name])  # provided files checked up front
+        _check_scale_out(loaded, groups)
+
+    return validated_inventory(groups, defaults=defaults, after=check)
 
 
-def _check_certificate(target: Any, value: Settings) -> None:
-    if _serves_tls(target):
-        control.server_certificate(value)  # provided files are checked here, up front
+def _groups(groups: Groups) -> dict[str, list[str]]:
+    """Role -> host names; the roles are topology's names whatever the user's groups are."""
+    return {role: [target.name for target in inventory.get_group(group, [])]
+            for role, group in ((scaleout.SERVER_GROUP, groups.servers),
+                                (scaleout.LB_GROUP, groups.lb),
+                                (scaleout.CACHE_GROUP, groups.cache))}
 
 
-def validated_settings() -> dict[str, Settings]:
-    """Settings of every host in the inventory, validated once per run."""
-    global _validated
-    if _validated is None:
-        try:
-            loaded = settings_module.load_inventory(inventory)
-            # The kit's CA first permits every name the inventory serves, then each host's
-            # certificate is issued (or provided files checked) against it.
-            control.prepare_ca(loaded[target.name] for target in inventory if _serves_tls(target))
-            for target in inventory:
-                _check_certificate(target, loaded[target.name])
-            _validated = loaded
-            _check_scale_out(_validated)
-        except SettingsError as error:
-            raise SettingsRefused(error) from None
-    return _validated
+def topology(groups: Groups = DEFAULT_GROUPS,
+             defaults: Mapping[str, Any] | None = None) -> scaleout.Topology:
+    """Which hosts are replicas, load balancers and the cache (registry_kit.topology)."""
+    return scaleout.build(validated_settings(groups, defaults), _groups(groups))
 
 
-def _groups() -> dict[str, list[str]]:
-    return {group: [target.name for target in inventory.get_group(group, [])]
-            for group in (SERVER_GROUP, LB_GROUP, CACHE_GROUP)}
-
-
-def topology() -> scaleout.Topology:
-    """Which hosts are replicas, load balancers and the cache (registry_kit.scaleout)."""
-    return scaleout.build(validated_settings(), _groups())
-
-
-def _check_scale_out(all_settings: dict[str, Settings]) -> None:
+def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
     """Hosts that cannot work together, and an S3 bucket that is missing or refuses the
     keys, stop the run here: before the first replica starts, before any host is touched."""
-    groups = _groups()
-    try:
-        scaleout.validate(scaleout.build(all_settings, groups))
-        s3check.check_storage(all_settings[name] for name in groups[SERVER_GROUP])
-    except SettingsError as error:
-        raise SettingsRefused(error) from None  # one line, no traceback
+    members = _groups(groups)
+    scaleout.validate(scaleout.build(all_settings, members))
+    s3check.check_storage(all_settings[name] for name in members[scaleout.SERVER_GROUP])
 
 
 @operation()
@@ -125,25 +108,19 @@ def server_version(settings: Settings, state: HostState) -> RegistryVersion:
     return version
 
 
-def plan_host() -> None:
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
-    all_settings = validated_settings()
+    all_settings = validated_settings(groups, defaults)
     settings = all_settings[host.name]
-    is_server = SERVER_GROUP in host.groups
-    is_client = CLIENT_GROUP in host.groups
-    is_lb, is_cache = LB_GROUP in host.groups, CACHE_GROUP in host.groups
+    is_server = groups.servers in host.groups
+    is_client = groups.clients in host.groups
+    is_lb, is_cache = groups.lb in host.groups, groups.cache in host.groups
     if not (is_server or is_client or is_lb or is_cache):
         return
-    probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part, wanted in ((server, is_server), (gc, is_server), (token_auth, is_server),
-                         (client, is_client),
-                         (loadbalancer, is_lb), (cache, is_cache)):
-        if wanted:
-            for key, value in part.probe_args(settings).items():
-                if isinstance(value, list):
-                    probe[key] = probe.get(key, []) + value
-                else:
-                    probe[key] = value
+    probe = merge_probe(part.probe_args(settings) for part, wanted in (
+        (server, is_server), (gc, is_server), (token_auth, is_server), (client, is_client),
+        (loadbalancer, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused.
     major = server_version(settings, state).major if is_server else None
@@ -159,7 +136,7 @@ def plan_host() -> None:
         client.client_trust(settings, state, client_ca)
     # Every client trusts a new CA before any server serves a certificate it signed.
     trust.clients_trust_ready(name="Clients trust the registry CA")
-    hosts = topology()
+    hosts = topology(groups, defaults)
     password = control.cache_password(hosts.caches[0]) if hosts.caches else ""
     if is_cache:
         cache.cache_deploy(settings, state, password)

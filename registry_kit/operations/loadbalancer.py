@@ -8,7 +8,7 @@ talks TLS to the replicas, verifying them against the kit's CA. Either way hapro
 each replica's /v2/ (401 or 200 is healthy). A new config is checked with `haproxy -c`
 before it replaces the old one, then applied with a reload (running connections stay).
 The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
-first (registry_kit.scaleout.OutOfRotation).
+first (registry_kit.topology.OutOfRotation).
 
 Reads: registry_domain, registry_port, registry_tls_mode, registry_lb_mode,
 registry_lb_stats, and every replica's registry_internal_address.
@@ -17,17 +17,18 @@ registry_lb_stats, and every replica's registry_internal_address.
 from __future__ import annotations
 
 from io import BytesIO
-from pathlib import Path
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import packages, remote, server, textfile
+from registry_kit import package_data
 from registry_kit.facts import HostState
-from registry_kit.scaleout import BACKEND, LB_SCRIPT, Topology
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages, server
+from registry_kit.render import textfile
+from registry_kit.render.tls import ServerCertificate
 from registry_kit.settings import Settings, host_port
-from registry_kit.tls import ServerCertificate
+from registry_kit.topology import BACKEND, LB_SCRIPT, Topology
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/registry-kit"
@@ -38,11 +39,7 @@ SERVICE = "haproxy"
 PACKAGES = ("haproxy", "socat")  # socat talks to the admin socket
 COMMANDS = ("haproxy", "socat")
 SCRIPT = "haproxy-server.sh"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+_environment = package_data.ENVIRONMENT
 
 
 def probe_args(settings: Settings) -> dict:

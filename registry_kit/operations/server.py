@@ -4,7 +4,7 @@ health check after any change.
 
 Reads: every registry_* setting except the client ones. Control-machine material (the
 CA, server certificates, the http secret) comes from registry_kit.tls and
-registry_kit.control; the CA private key never leaves the control machine.
+registry_kit.keystore; the CA private key never leaves the control machine.
 """
 
 from __future__ import annotations
@@ -13,26 +13,30 @@ import hashlib
 import json
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
+from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.operations.util import any_changed
 
-from registry_kit import htpasswd, ownership, remote, textfile, token_auth
+from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
-from registry_kit.render import render_config
-from registry_kit.scaleout import CacheTarget, OutOfRotation, Rotation, server_name
+from registry_kit.inventory import run_cache
+from registry_kit.operations import files as remote
+from registry_kit.operations import ownership, token_auth
+from registry_kit.render import htpasswd, textfile
+from registry_kit.render import token_auth as token_render
+from registry_kit.render.config import render_config
+from registry_kit.render.tls import ServerCertificate
 from registry_kit.settings import Settings, User, host_port, url_host
-from registry_kit.tls import ServerCertificate
+from registry_kit.topology import CacheTarget, OutOfRotation, Rotation, server_name
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
 RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
 # A replica behind a load balancer finishes open requests this long after SIGTERM; less
 # than the 10 s `docker stop` waits before it kills.
 REPLICA_DRAIN_SECONDS = 5
-_SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def script_path(name: str) -> str:
 
 
 def script_content(name: str) -> bytes:
-    return (_SCRIPTS / name).read_bytes()
+    return package_data.script(name)
 
 
 SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh", "verify-token.sh")
@@ -165,9 +169,11 @@ def ensure_image(settings: Settings, state: HostState):
     yield f"docker pull {q(settings.registry_image)}"
 
 
-# Servers whose container replacement failed in this run. ensure_container runs one server
-# at a time (_serial), so the servers after a failed one are left as they are.
-_failed_replacements: list[str] = []
+def _failed_replacements(state: Any) -> list[str]:
+    """Servers whose container replacement failed in this run (kept on its State).
+    ensure_container runs one server at a time (_serial), so the servers after a failed
+    one are left as they are."""
+    return run_cache("failed-replacements", list, state)  # type: ignore[no-any-return]
 
 
 class _ReplaceCommand(StringCommand):
@@ -176,7 +182,7 @@ class _ReplaceCommand(StringCommand):
     def execute(self, state, host, connector_arguments):
         status, output = super().execute(state, host, connector_arguments)
         if status is False:
-            _failed_replacements.append(host.name)
+            _failed_replacements(state).append(host.name)
         return status, output
 
 
@@ -200,8 +206,8 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
             return
         yield f"docker start {q(spec.name)}"
         return
-    if _failed_replacements:
-        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements),), {})
+    if _failed_replacements(host.state):
+        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements(host.state)),), {})
         return
     url, resolve, ca = health_target(settings)
     reason = "create" if current is None else f"recreate ({current.spec_hash or 'unlabelled'}"\
@@ -231,7 +237,7 @@ def verify_registry(settings: Settings):
     url, resolve, ca = health_target(settings)
     user = _verify_user(settings)
     timeout = settings.registry_verify_timeout
-    if token_auth.enabled(settings):
+    if token_render.enabled(settings):
         yield from _verify_token(settings, user)
         return
     if user is None or user.password is None:
@@ -252,7 +258,7 @@ def _verify_token(settings: Settings, user: User | None):
     local = resolve[len(host_port(settings.registry_domain, settings.registry_port)) + 1:]
     token_resolve = f"{host_port(settings.registry_domain, settings.registry_token_port)}:{local}"
     args = [script_path("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
-            token_auth.realm(settings), token_resolve, token_auth.service(settings)]
+            token_render.realm(settings), token_resolve, token_render.service(settings)]
     if user is None or user.password is None:
         yield join(args)
         return
@@ -298,11 +304,10 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     htpasswd_op = remote.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
-    # Access rules: the token server beside the registry (registry_kit.token_auth).
+    # Access rules: the token server beside the registry (registry_kit.operations.token_auth).
     token_ops = []
-    if token_auth.enabled(settings):
-        token_ops.append(token_auth.token_deploy(
-            settings, state, script_content(token_auth.SCRIPT_NAME), tls_ops=cert_ops))
+    if token_render.enabled(settings):
+        token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops))
     else:
         token_auth.token_off(settings, state)
     config = render_config(settings, http_secret, cache=cache,

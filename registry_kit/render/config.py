@@ -14,15 +14,11 @@ from typing import Any
 
 import yaml
 
-from registry_kit.scaleout import CacheTarget
+from registry_kit.paths import CONTAINER_CERT, CONTAINER_DATA_DIR, CONTAINER_HTPASSWD, CONTAINER_KEY
+from registry_kit.render.token_auth import auth_section as token_auth_section
 from registry_kit.settings import Secret, Settings
-from registry_kit.token_auth import auth_section as token_auth_section
+from registry_kit.topology import CacheTarget
 
-# Fixed paths inside the container; the host folders are bind-mounted there, so a changed
-# registry_config_dir on the host does not change the registry's view.
-CONTAINER_CONFIG_DIR = "/etc/registry-kit"
-CONTAINER_DATA_DIR = "/var/lib/registry"
-CONTAINER_CONFIG_FILE = f"{CONTAINER_CONFIG_DIR}/config.yml"
 HEADER = ("# Managed by registry-kit (registry_kit/render.py): edits here are replaced on the "
           "next deploy.\n")
 _LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")
@@ -112,8 +108,8 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         # On SIGTERM, finish open requests (the load balancer sends no new ones) first.
         http["draintimeout"] = f"{drain_timeout}s"
     if settings.tls_enabled:
-        http["tls"] = {"certificate": f"{CONTAINER_CONFIG_DIR}/certs/server.crt",
-                       "key": f"{CONTAINER_CONFIG_DIR}/certs/server.key",
+        http["tls"] = {"certificate": CONTAINER_CERT,
+                       "key": CONTAINER_KEY,
                        "minimumtls": "tls1.2"}
     if settings.registry_debug_addr is not None:
         # Published on the server's loopback only (see the container's port mapping).
@@ -130,7 +126,7 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         config["auth"] = token_auth_section(settings, major)  # access rules: token auth
     elif settings.registry_users:
         config["auth"] = {"htpasswd": {"realm": "registry-kit",
-                                       "path": f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"}}
+                                       "path": CONTAINER_HTPASSWD}}
     if cache is not None:
         config["redis"] = _redis_section(cache, major)
     return config

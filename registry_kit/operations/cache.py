@@ -7,29 +7,26 @@ config restarts redis (it has no reload); the replicas fall back to storage whil
 away. Checked after a change: PONG with the password, NOAUTH without, the eviction policy.
 
 Reads: registry_internal_address, registry_cache_port, registry_cache_password (via
-registry_kit.control), registry_cache_maxmemory.
+registry_kit.keystore), registry_cache_maxmemory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import packages, remote, textfile
+from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages
+from registry_kit.render import textfile
 from registry_kit.settings import Settings, host_port
 
 CONFIG = "/etc/redis/redis.conf"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+_environment = package_data.ENVIRONMENT
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import contextlib
 import ipaddress
 import itertools
 import os
-import re
 import secrets
 import sys
 import threading
@@ -36,13 +35,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from registry_kit.settings import is_hostname
+
 __all__ = [
     "ServerCertificate",
     "TLSError",
     "certificate_days_left",
     "ensure_ca",
     "ensure_server_certificate",
-    "fingerprint",
     "load_provided",
 ]
 
@@ -58,10 +58,6 @@ _CA_DIR = "ca"
 _SERVERS_DIR = "servers"
 _LOCK_FILE = ".tls.lock"
 
-_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
-# Used with fullmatch: a bare `$` would also accept a trailing newline.
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
-_WILDCARD_RE = re.compile(rf"\*\.{_LABEL}(\.{_LABEL})*")
 
 # Keys the kit can sign with / serve; others (DSA, X25519...) are not usable for TLS here.
 _SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -220,12 +216,18 @@ def _locked(state_dir: Path) -> Iterator[None]:
             os.close(fd)  # closing releases the flock
 
 
+def _key_usage(**wanted: bool) -> x509.KeyUsage:
+    """A KeyUsage with the named bits set and every other bit clear."""
+    bits = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+            "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{bit: wanted.get(bit, False) for bit in bits})
+
+
 def _normalise_dns(name: str, *, what: str, allow_wildcard: bool) -> str:
     # DNS is case-insensitive and a trailing dot is the same name; compare canonical forms.
     norm = name.strip().lower().rstrip(".")
-    if len(norm) <= 253 and (
-        _HOSTNAME_RE.fullmatch(norm) or (allow_wildcard and _WILDCARD_RE.fullmatch(norm))
-    ):
+    # One hostname rule for the whole kit (settings.is_hostname: no `_`, whole string).
+    if is_hostname(norm) or (allow_wildcard and norm.startswith("*.") and is_hostname(norm[2:])):
         return norm
     raise TLSError(
         f"{what} {name!r} is not a valid DNS name (use ASCII/punycode labels, "
@@ -333,7 +335,7 @@ def _ensure_ca_locked(
             # Renewal, or a name the CA may not sign for yet: re-sign with the same key and
             # subject, permitting what it permitted plus the wanted names. Existing server
             # certificates still chain, and clients receive the new certificate through the
-            # CA-rotation path (registry_kit.trust: new + old trusted before any server
+            # CA-rotation path (registry_kit.operations.trust: new + old trusted before any server
             # serves a certificate for the new name). Widening rather than refusing: a changed
             # name list is an ordinary deploy (README "Certificate rotation") and several
             # registries may share one state dir; a refusal would send the operator to replace
@@ -359,17 +361,7 @@ def _ensure_ca_locked(
         # path_length=0: this CA only ever signs server certificates, never other CAs.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(key_cert_sign=True, crl_sign=True),
             critical=True,
         )
         .add_extension(ski, critical=False)
@@ -618,18 +610,9 @@ def _issue_server_cert(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                # RSA key exchange (old TLS) encrypts to the key; harmless for EC keys.
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            # RSA key exchange (old TLS) encrypts to the key; harmless for EC keys.
+            _key_usage(digital_signature=True,
+                       key_encipherment=isinstance(key, rsa.RSAPrivateKey)),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -801,10 +784,3 @@ def certificate_days_left(cert_pem: bytes, *, now: datetime | None = None) -> in
         raise TLSError("not a PEM certificate")
     return (cert.not_valid_after_utc - _utc(now)).days
 
-
-def fingerprint(pem: bytes) -> str:
-    """SHA-256 (lowercase hex) of the DER of the first certificate in ``pem``."""
-    cert = _load_first_cert(pem)
-    if cert is None:
-        raise TLSError("not a PEM certificate")
-    return cert.fingerprint(hashes.SHA256()).hex()

@@ -1,7 +1,7 @@
 """How the hosts of a scale-out inventory fit together, checked once before any change.
 
 Several hosts in `registry_servers` (replicas) sit behind the hosts in `registry_lb`
-(haproxy) and share S3 storage, the http secret (registry_kit.control, keyed by domain)
+(haproxy) and share S3 storage, the http secret (registry_kit.keystore, keyed by domain)
 and, when `registry_cache` has a host, its redis blob-descriptor cache. This module builds
 that picture from every host's Settings and refuses inventories that cannot work, with
 one line naming host, key, value and what is allowed.
@@ -22,8 +22,8 @@ from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
-from registry_kit import remote
 from registry_kit.commands import join
+from registry_kit.operations import files as remote
 from registry_kit.settings import Settings, SettingsError, host_port, is_ip
 
 SERVER_GROUP = "registry_servers"

@@ -14,9 +14,11 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import operation
 
-from registry_kit import htpasswd, remote, textfile, trust
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import trust
+from registry_kit.render import htpasswd, textfile
 from registry_kit.settings import Settings, host_port
 
 CERTS_D = "/etc/docker/certs.d"
@@ -116,14 +118,9 @@ def refresh_system_trust(family: str):
     yield "systemctl restart docker.service"
 
 
-def client_deploy(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
-    client_trust(settings, state, ca_pem)
-    client_login(settings, state)
-
-
 def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
-    """/etc/hosts and trust: main.plan_host runs these before any server step, so a new CA
-    is trusted before a server serves a certificate it signed (registry_kit.trust)."""
+    """/etc/hosts and trust: registry_kit.plan runs these before any server step, so a new CA
+    is trusted before a server serves a certificate it signed (registry_kit.operations.trust)."""
     if settings.registry_client_hosts_entries or state.hosts_lines:
         hosts_entries(dict(settings.registry_client_hosts_entries), state,
                       name="Write /etc/hosts entries for the registry")

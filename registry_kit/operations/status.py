@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 
-from registry_kit import access, client, control, gc, server, tls
+from registry_kit import access
+from registry_kit import keystore as control
 from registry_kit.commands import q
-from registry_kit.facts import HOSTS_MARKER, split_sections
-from registry_kit.lifecycle import roles, validated_settings
+from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, roles, run_cache, validated_settings
+from registry_kit.operations import client, gc, server
 from registry_kit.registry_version import binary_version
+from registry_kit.render import tls
 from registry_kit.settings import Settings, SettingsError
 
 _SECTION = "@@registry-kit-status:"
@@ -74,11 +77,8 @@ def status_command(*, container: str | None = None, health: tuple[str, str, str]
                   f"systemctl is-active {gc.TIMER_NAME} 2>/dev/null || true"]
     if trust_file:
         parts += [section_command("trust"), f"cat {q(trust_file)} 2>/dev/null || true",
-                  section_command("auths"),
-                  "grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
-                  " | cut -d'\"' -f2 || true",
-                  section_command("hosts"),
-                  f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true"]
+                  section_command("auths"), AUTHS_COMMAND,
+                  section_command("hosts"), HOSTS_COMMAND]
     if marker:
         # Only the user name before the ':' (the rest is a bcrypt hash).
         parts += [section_command("marker"), f"cut -d: -f1 {q(marker)} 2>/dev/null || true"]
@@ -223,29 +223,33 @@ class _Collected:
     access: dict[str, list[str]] = field(default_factory=dict)  # server -> rules per user
 
 
-_collected = _Collected()
+def _collected() -> _Collected:
+    """This run's rows (pyinfra runs the deploy file for every host in turn; the rows of all
+    hosts are kept on the run's State until the last one answers)."""
+    return run_cache("status", _Collected)  # type: ignore[no-any-return]
 
 
-def _print_tables() -> None:
+def _print_tables(collected: _Collected) -> None:
     lines = [f"registry-kit status ({time.strftime('%Y-%m-%d %H:%M:%S %Z')}):"]
-    for rows in (_collected.servers, _collected.clients):
+    for rows in (collected.servers, collected.clients):
         if rows:
             lines += ["", *table([rows[name] for name in sorted(rows)])]
     # Effective access rules per user (registry_kit.access), once per distinct policy.
     by_policy: dict[tuple[str, ...], list[str]] = {}
-    for name in sorted(_collected.access):
-        by_policy.setdefault(tuple(_collected.access[name]), []).append(name)
+    for name in sorted(collected.access):
+        by_policy.setdefault(tuple(collected.access[name]), []).append(name)
     for rules, names in by_policy.items():
         lines += ["", f"access ({', '.join(names)}):", *(f"  {rule}" for rule in rules)]
     for line in lines:
         logger.info(line)
 
 
-def plan_host() -> None:
-    """status.py: collect this host's status; the last host to answer prints the tables.
-    (pyinfra runs the deploy file for all hosts concurrently; the module state is shared.)"""
-    settings = validated_settings()[host.name]
-    is_server, is_client = roles(host)
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
+    """status.py: collect this host's status; the last host to answer prints the tables."""
+    collected = _collected()
+    settings = validated_settings(groups, defaults=defaults)[host.name]
+    is_server, is_client = roles(host, groups)
     if is_server or is_client:
         args: dict[str, Any] = {}
         if is_server:
@@ -259,13 +263,13 @@ def plan_host() -> None:
                         marker=client.login_marker_path(settings))
         sections = host.get_fact(RegistryStatus, **args)
         if is_server:
-            _collected.servers[host.name] = server_row(settings, sections)
-            _collected.access[host.name] = access.describe(
+            collected.servers[host.name] = server_row(settings, sections)
+            collected.access[host.name] = access.describe(
                 settings.registry_access, [user.name for user in settings.registry_users])
         if is_client:
-            _collected.clients[host.name] = client_row(settings, sections)
-    _collected.done.add(host.name)
-    waiting = {target.name for target in inventory.get_active_hosts()} - _collected.done
-    if not waiting and not _collected.printed:
-        _collected.printed = True
-        _print_tables()
+            collected.clients[host.name] = client_row(settings, sections)
+    collected.done.add(host.name)
+    waiting = {target.name for target in inventory.get_active_hosts()} - collected.done
+    if not waiting and not collected.printed:
+        collected.printed = True
+        _print_tables(collected)

@@ -6,7 +6,7 @@ Clients: the kit's docker login (logout + marker), the OS trust entry, the
 Servers: the GC timer, the registry container, config.yml/certs/htpasswd, the kit's scripts;
 the data folder only with registry_purge_data=True (announced, host and path, first).
 Files go by the names the kit writes; a folder only when the kit created it (its marker,
-registry_kit.ownership) and nothing else is left in it. Folders kept are named, one line
+registry_kit.operations.ownership) and nothing else is left in it. Folders kept are named, one line
 each (host and path), on every teardown.
 Every host: the kit's daemon.json keys (daemon_json.unmerge; others kept; Docker reloaded),
 and the Docker engine itself only with docker_remove_on_teardown=True.
@@ -15,18 +15,22 @@ Reads: the same settings as deploy, plus registry_purge_data and docker_remove_o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, pyinfra_patches, server, token_auth
+from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
-from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.lifecycle import merge_probe, roles, validated_settings
-from registry_kit.ownership import MARKER, FolderPlan, owned, plan_folder
-from registry_kit.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
+from registry_kit.operations import client, gc, server, token_auth
+from registry_kit.operations.engine import configure_daemon, refuse_host
+from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
+from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
+from registry_kit.render import daemon_json
+from registry_kit.render import token_auth as token_render
 from registry_kit.settings import Settings
 
 # Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
@@ -59,7 +63,7 @@ def log_kept(plans: list[FolderPlan]) -> None:
 @operation()
 def remove_folders(plans: list[FolderPlan]):
     """The kit's files in each folder, then the folders that are left empty (in order:
-    subfolders first); never `rm -rf` (see registry_kit.ownership)."""
+    subfolders first); never `rm -rf` (see registry_kit.operations.ownership)."""
     files = [path for plan in plans for path in plan.files]
     folders = [plan.folder for plan in plans if plan.remove_folder]
     if not files and not folders:
@@ -133,11 +137,11 @@ def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
     included), then each folder the kit created that holds nothing else."""
     paths = ServerPaths(settings.registry_config_dir)
     certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
-                                                 *token_auth.CERT_FILES])
+                                                 *token_render.CERT_FILES])
     auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
     # Access rules: the token server's key and policy (a folder the kit names, no marker).
-    token = plan_folder(state, token_auth.TokenPaths(settings.registry_config_dir).token_dir,
-                        token_auth.TOKEN_DIR_FILES, needs_marker=False)
+    token = plan_folder(state, token_render.TokenPaths(settings.registry_config_dir).token_dir,
+                        token_render.TOKEN_DIR_FILES, needs_marker=False)
     gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
             if plan.remove_folder]
     config = plan_folder(state, settings.registry_config_dir, ["config.yml"],
@@ -200,7 +204,7 @@ def server_teardown(settings: Settings, state: HostState) -> None:
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*server.SCRIPT_NAMES, token_auth.SCRIPT_NAME],
+    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*server.SCRIPT_NAMES, token_render.SCRIPT_NAME],
                             needs_marker=False),
                 plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
     log_kept(kit_dirs)
@@ -261,10 +265,11 @@ def engine_teardown(settings: Settings, state: HostState) -> None:
     remove_docker(settings, state, name="Remove the Docker engine (docker_remove_on_teardown)")
 
 
-def plan_host() -> None:
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
     pyinfra_patches.install()  # cheaper operation calls (see that module)
-    settings = validated_settings()[host.name]
-    is_server, is_client = roles(host)
+    settings = validated_settings(groups, defaults=defaults)[host.name]
+    is_server, is_client = roles(host, groups)
     if not (is_server or is_client):
         return
     state = host.get_fact(RegistryHostState, **probe_args(settings, is_server, is_client))

@@ -19,12 +19,12 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api.operation import operation
 
-from registry_kit import remote
 from registry_kit.commands import q
+from registry_kit.operations import files as remote
+from registry_kit.render.tls import ServerCertificate
 from registry_kit.settings import Settings
-from registry_kit.tls import ServerCertificate
 
 
 def client_ca(settings: Settings, cert: ServerCertificate | None) -> bytes | None:
