@@ -36,6 +36,9 @@ registry_tls_none_acknowledged = False  # must be True to send passwords over pl
 # --- Users (htpasswd, bcrypt) ---
 registry_users = []  # [{"name": "ci", "password_env": VAR}] or password_file / password_hash
 registry_allow_plain_passwords = False  # allow {"password": "..."} in group data (not advised)
+registry_groups = {}  # {"readers": ["alice", "bob"]}: groups of registry_users for rules
+registry_access_rules = None  # None: users may do everything; a list: per-repository rules (README)
+registry_token_port = 5443  # access rules: the token server's port on each server (and the LB)
 registry_anonymous_acknowledged = False  # must be True to run a registry without users (open)
 
 # --- Scale-out: several registry_servers, registry_lb (haproxy), registry_cache (redis) ---

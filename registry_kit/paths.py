@@ -11,3 +11,5 @@ CONTAINER_CONFIG_FILE = f"{CONTAINER_CONFIG_DIR}/config.yml"
 CONTAINER_CERT = f"{CONTAINER_CONFIG_DIR}/certs/server.crt"
 CONTAINER_KEY = f"{CONTAINER_CONFIG_DIR}/certs/server.key"
 CONTAINER_HTPASSWD = f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"
+# Access rules: the token signing certificate the registry checks tokens against.
+CONTAINER_TOKEN_SIGNING_CERT = f"{CONTAINER_CONFIG_DIR}/certs/token-signing.crt"

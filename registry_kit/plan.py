@@ -20,7 +20,16 @@ from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
 from registry_kit.inventory import validated_settings as validated_inventory
-from registry_kit.operations import cache, client, gc, keepalived, loadbalancer, server, trust
+from registry_kit.operations import (
+    cache,
+    client,
+    gc,
+    keepalived,
+    loadbalancer,
+    server,
+    token_auth,
+    trust,
+)
 from registry_kit.operations.engine import engine_deploy, install_curl
 from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.registry_version import resolve as resolve_version
@@ -116,7 +125,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
-        (server, is_server), (gc, is_server), (client, is_client),
+        (server, is_server), (gc, is_server), (token_auth, is_server), (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused.

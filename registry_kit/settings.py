@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry_kit import access
 from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
 from registry_kit.versions import is_valid_version
 
@@ -203,6 +204,9 @@ class Settings:
     # The registry's major version when registry_image's tag does not tell it (see
     # registry_kit.registry_version); None: from the tag or the image's label.
     registry_version: int | None = None
+    # Access control per repository (registry_kit.access); None: every user may do all.
+    registry_access: access.Policy | None = None
+    registry_token_port: int = 5443
 
     @property
     def tls_enabled(self) -> bool:
@@ -696,6 +700,15 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
         key_file = r.optional_local_file("registry_tls_key_file")
         ca_file = r.optional_local_file("registry_tls_ca_file")
     users = _read_users(r, r.boolean("registry_allow_plain_passwords"))
+    try:
+        access_policy = access.parse(host, r.raw("registry_groups"),
+                                     r.raw("registry_access_rules"), [u.name for u in users])
+    except access.AccessError as error:
+        raise SettingsError(str(error)) from None
+    token_port = r.integer("registry_token_port", 1, 65535)
+    if access_policy is not None and token_port == port:
+        raise r.fail("registry_token_port", token_port, "a port other than registry_port "
+                     "(the token server listens beside the registry)")
     anonymous = r.boolean("registry_anonymous_acknowledged")
     if server and not users and not anonymous:
         raise r.fail("registry_users", [], "at least one user: without users anyone who "
@@ -813,6 +826,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
         registry_gc_schedule=gc_schedule,
         docker_remove_on_teardown=remove_docker,
         registry_version=version,
+        registry_access=access_policy,
+        registry_token_port=token_port,
         **scale_out,
     )
 

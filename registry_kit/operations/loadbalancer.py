@@ -27,7 +27,7 @@ from registry_kit.operations import files as remote
 from registry_kit.operations import packages, server
 from registry_kit.render import textfile
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.settings import Settings
+from registry_kit.settings import Settings, host_port
 from registry_kit.topology import BACKEND, LB_SCRIPT, Topology
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
@@ -68,7 +68,12 @@ def render(settings: Settings, topology: Topology) -> str:
         server_opts = " check-ssl verify none"  # only the health check speaks TLS itself
     else:
         server_opts = ""
+    # Access rules: clients fetch tokens through the load balancer too (the realm's host).
+    token_port = settings.registry_token_port if settings.registry_access is not None else None
+    token_servers = [(replica.server_name, host_port(replica.address, token_port))
+                     for replica in topology.replicas] if token_port else []
     return _environment.get_template("haproxy.cfg.j2").render(
+        token_port=token_port, token_servers=token_servers,
         source="templates/haproxy.cfg.j2", socket=SOCKET, terminate=terminate,
         port=checked(settings.registry_port, "registry_port"), pem=PEM, domain=domain,
         backend=BACKEND, replicas=topology.replicas, default_server=server_opts,

@@ -24,8 +24,9 @@ from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
 from registry_kit.inventory import run_cache
 from registry_kit.operations import files as remote
-from registry_kit.operations import ownership
+from registry_kit.operations import ownership, token_auth
 from registry_kit.render import htpasswd, textfile
+from registry_kit.render import token_auth as token_render
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.settings import Settings, User, host_port, url_host
@@ -79,7 +80,7 @@ def script_content(name: str) -> bytes:
     return package_data.script(name)
 
 
-SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh")
+SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh", "verify-token.sh")
 
 
 def owned_folders(settings: Settings) -> list[tuple[str, str]]:
@@ -236,6 +237,9 @@ def verify_registry(settings: Settings):
     url, resolve, ca = health_target(settings)
     user = _verify_user(settings)
     timeout = settings.registry_verify_timeout
+    if token_render.enabled(settings):
+        yield from _verify_token(settings, user)
+        return
     if user is None or user.password is None:
         # No user with a known password (none, or hashes only): 401/200 without creds.
         yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
@@ -244,6 +248,24 @@ def verify_registry(settings: Settings):
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
     yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+
+
+def _verify_token(settings: Settings, user: User | None):
+    """Access rules: a Bearer challenge, a token from the kit's token server (as a user
+    with a password, else anonymously), and 200 with it."""
+    url, resolve, ca = health_target(settings)
+    # The token server listens where the registry is published: same address, its port.
+    local = resolve[len(host_port(settings.registry_domain, settings.registry_port)) + 1:]
+    token_resolve = f"{host_port(settings.registry_domain, settings.registry_token_port)}:{local}"
+    args = [script_path("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
+            token_render.realm(settings), token_resolve, token_render.service(settings)]
+    if user is None or user.password is None:
+        yield join(args)
+        return
+    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
+    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield join([*args, curlrc])
 
 
 def curlrc_text(user: User) -> str:
@@ -282,6 +304,12 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     htpasswd_op = remote.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
+    # Access rules: the token server beside the registry (registry_kit.operations.token_auth).
+    token_ops = []
+    if token_render.enabled(settings):
+        token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops))
+    else:
+        token_auth.token_off(settings, state)
     config = render_config(settings, http_secret, cache=cache,
                            drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
                            major=major).encode()
@@ -296,7 +324,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     # Files on disk can differ from what the running container was started with even when
     # its spec label matches (a gc.py killed mid-run leaves a read-only config; a hand
     # edit): the registry reads config and certificates at start only, so restart it.
-    file_ops = [config_op, *cert_ops]
+    file_ops = [config_op, *cert_ops, *token_ops]
     restart_op = restart_registry(
         settings, name="Restart the registry to load its changed files",
         _if=lambda: any(op.did_change() for op in file_ops) and not container_op.did_change())

@@ -22,6 +22,7 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 
+from registry_kit import access
 from registry_kit import keystore as control
 from registry_kit.commands import q
 from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
@@ -221,6 +222,7 @@ class _Collected:
     caches: dict[str, dict[str, str]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     printed: bool = False
+    access: dict[str, list[str]] = field(default_factory=dict)  # server -> rules per user
 
 
 def _collected() -> _Collected:
@@ -234,6 +236,12 @@ def _print_tables(collected: _Collected) -> None:
     for rows in (collected.servers, collected.lbs, collected.caches, collected.clients):
         if rows:
             lines += ["", *table([rows[name] for name in sorted(rows)])]
+    # Effective access rules per user (registry_kit.access), once per distinct policy.
+    by_policy: dict[tuple[str, ...], list[str]] = {}
+    for name in sorted(collected.access):
+        by_policy.setdefault(tuple(collected.access[name]), []).append(name)
+    for rules, names in by_policy.items():
+        lines += ["", f"access ({', '.join(names)}):", *(f"  {rule}" for rule in rules)]
     for line in lines:
         logger.info(line)
 
@@ -258,6 +266,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         sections = host.get_fact(RegistryStatus, **args)
         if is_server:
             collected.servers[host.name] = server_row(settings, sections)
+            collected.access[host.name] = access.describe(
+                settings.registry_access, [user.name for user in settings.registry_users])
         if is_client:
             collected.clients[host.name] = client_row(settings, sections)
     is_lb, is_cache = roles_teardown.roles(host, groups)

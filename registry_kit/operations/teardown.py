@@ -25,11 +25,12 @@ from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
-from registry_kit.operations import client, gc, roles_teardown, server
+from registry_kit.operations import client, gc, roles_teardown, server, token_auth
 from registry_kit.operations.engine import configure_daemon, refuse_host
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
 from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 from registry_kit.render import daemon_json
+from registry_kit.render import token_auth as token_render
 from registry_kit.settings import Settings
 
 # Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
@@ -45,6 +46,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   RUNTIME_DIR]
         # What else each folder holds (entries) decides whether the folder itself can go.
         parts += [server.probe_args(settings), gc.probe_args(settings),
+                  token_auth.teardown_probe_args(settings),
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
@@ -140,12 +142,17 @@ def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
     """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
     included), then each folder the kit created that holds nothing else."""
     paths = ServerPaths(settings.registry_config_dir)
-    certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt"])
+    certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
+                                                 *token_render.CERT_FILES])
     auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
-    gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth) if plan.remove_folder]
+    # Access rules: the token server's key and policy (a folder the kit names, no marker).
+    token = plan_folder(state, token_render.TokenPaths(settings.registry_config_dir).token_dir,
+                        token_render.TOKEN_DIR_FILES, needs_marker=False)
+    gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
+            if plan.remove_folder]
     config = plan_folder(state, settings.registry_config_dir, ["config.yml"],
                          removed_subfolders=gone)
-    return [certs, auth, config]
+    return [certs, auth, *([token] if token.folder in state.dirs else []), config]
 
 
 def _announce(state: Any, host: Any, message: str) -> bool:
@@ -198,11 +205,13 @@ def remove_data(settings: Settings, state: HostState):
 def server_teardown(settings: Settings, state: HostState) -> None:
     gc.schedule_remove(state, name="Remove the garbage collection timer")
     remove_container(settings, state, name="Remove the registry container")
+    token_auth.remove_token_service(state, name="Remove the token server (access rules)")
     plans = config_plans(settings, state)
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False),
+    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*server.SCRIPT_NAMES, token_render.SCRIPT_NAME],
+                            needs_marker=False),
                 plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
     log_kept(kit_dirs)
     remove_folders(kit_dirs, name="Remove the kit's scripts")

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from registry_kit.paths import CONTAINER_CERT, CONTAINER_DATA_DIR, CONTAINER_HTPASSWD, CONTAINER_KEY
+from registry_kit.render.token_auth import auth_section as token_auth_section
 from registry_kit.settings import Secret, Settings
 from registry_kit.topology import CacheTarget
 
@@ -121,7 +122,9 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         "http": http,
         "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
     }
-    if settings.registry_users:
+    if settings.registry_access is not None:
+        config["auth"] = token_auth_section(settings, major)  # access rules: token auth
+    elif settings.registry_users:
         config["auth"] = {"htpasswd": {"realm": "registry-kit",
                                        "path": CONTAINER_HTPASSWD}}
     if cache is not None:

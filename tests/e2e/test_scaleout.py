@@ -838,3 +838,86 @@ def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale)
         _s3cmd(f"del -r {repository}/")
         _s3cmd(f"del {_blob_key(scale, 'sha256:' + digest)}")
     harness.run_kit(_gc_inventory(scale)).assert_no_changes()
+
+
+def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
+    """registry_access_rules on both replicas behind haproxy, on 2.8.3 and then on 3: clients
+    fetch tokens through the load balancer's token port from either replica's token server
+    (one signing key), and the docker CLI on the client sees the same grants and denials as
+    on one server. Each step applied twice; a changed rule and a changed password take
+    effect without touching either container."""
+    reader_pw = scale.tmp / "reader.pw"
+    reader_pw.write_text("scale-reader-password\n")
+    reader_pw.chmod(0o600)
+    rules = [{"repository": "*", "actions": ["pull", "push", "delete"], "users": [USER]},
+             {"repository": "scale/*", "actions": ["pull"], "groups": ["readers"]},
+             {"repository": "public/*", "actions": ["pull"], "anonymous": True}]
+    users = [{"name": USER, "password_file": str(scale.tmp / "pw")},
+             {"name": "reader", "password_file": str(reader_pw)}]
+    access = {"registry_users": users, "registry_groups": {"readers": ["reader"]},
+              "registry_access_rules": rules}
+    denied = "denied: requested access to the resource is denied"
+
+    def docker(command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return harness.ssh(CLIENT, command, check=False, stdin=stdin)
+
+    def refused(proc: subprocess.CompletedProcess[str]) -> bool:
+        return proc.returncode != 0 and denied in proc.stdout + proc.stderr
+
+    def containers() -> dict[str, str]:
+        return {name: harness.ssh(name, "docker inspect -f '{{.Id}} {{.State.StartedAt}}' "
+                                  "registry").stdout for name in (REP1, REP2)}
+
+    def reader_skopeo(args: list[str], password: str) -> subprocess.CompletedProcess[str]:
+        return harness.skopeo(args, hosts={DOMAIN: harness.host_ip(LB)},
+                              auth={ADDRESS: ("reader", password)})
+
+    for step, image in (("2", {"registry_image": BASE_IMAGE}), ("3", UPGRADE)):
+        inventory = scale.inventory(f"access-{step}", **access, **image)
+        harness.run_kit(inventory).assert_ok()
+        harness.run_kit(inventory).assert_no_changes()
+        assert "frontend registry-token" in harness.ssh(LB, "cat /etc/haproxy/haproxy.cfg").stdout
+        # The kit logged the client in as USER (registry_client_login_user): push works.
+        docker(f"docker login -u {USER} --password-stdin {ADDRESS}", stdin=scale.password)
+        for name in (f"scale/app:{step}", f"public/base:{step}", f"team-b/app:{step}"):
+            proc = docker(f"docker pull -q busybox >/dev/null; docker tag busybox "
+                          f"{ADDRESS}/{name} && docker push {ADDRESS}/{name}")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                      stdin="scale-reader-password").returncode == 0
+        for _ in range(4):  # several token requests: both replicas' token servers answer
+            proc = docker(f"docker rmi -f {ADDRESS}/scale/app:{step} >/dev/null; "
+                          f"docker pull {ADDRESS}/scale/app:{step}")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert refused(docker(f"docker push {ADDRESS}/scale/app:{step}"))
+        assert refused(docker(f"docker pull {ADDRESS}/team-b/app:{step}"))
+        docker(f"docker logout {ADDRESS}")
+        proc = docker(f"docker rmi -f {ADDRESS}/public/base:{step} >/dev/null; "
+                      f"docker pull {ADDRESS}/public/base:{step}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert refused(docker(f"docker pull {ADDRESS}/scale/app:{step}"))
+        # Delete: refused to the reader (no grant), the image stays.
+        target = f"docker://{ADDRESS}/public/base:{step}"
+        no = reader_skopeo(["delete", "--cert-dir", "@CERTS@", target], "scale-reader-password")
+        assert no.returncode != 0, no.stdout
+        kept = scale.skopeo(["inspect", "--cert-dir", "@CERTS@", target])
+        assert kept.returncode == 0, kept.stderr
+    served = {name: harness.ssh(name, "journalctl -u registry-kit-token -o cat --no-pager | "
+                                "grep -c 'token user=' || true").stdout.strip()
+              for name in (REP1, REP2)}
+    assert all(int(count) > 0 for count in served.values()), served
+    # A removed grant and a changed password: refused after the next run; containers kept.
+    started = containers()
+    reader_pw.write_text("scale-reader-password-2\n")
+    narrowed = scale.inventory("access-narrowed", **UPGRADE, **{
+        **access, "registry_access_rules": [rules[0], rules[2]]})
+    harness.run_kit(narrowed).assert_ok()
+    harness.run_kit(narrowed).assert_no_changes()
+    assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                  stdin="scale-reader-password").returncode != 0
+    assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                  stdin="scale-reader-password-2").returncode == 0
+    assert refused(docker(f"docker rmi -f {ADDRESS}/scale/app:3 >/dev/null; "
+                          f"docker pull {ADDRESS}/scale/app:3"))
+    assert containers() == started
+    docker(f"docker logout {ADDRESS}")

@@ -31,6 +31,7 @@ from registry_kit.operations import (
     roles_teardown,
     server,
     teardown,
+    token_auth,
     trust,
 )
 from registry_kit.operations.files import sha256_of
@@ -373,11 +374,52 @@ def test_roles_teardown_stops_and_removes_only_what_is_there() -> None:
         ([], ["none of the kit's files left"])
 
 
+# --------------------------------------------------------------------------- token auth
+
+TOKEN_UNIT = "/etc/systemd/system/registry-kit-token.service"
+TOKEN_DIR = "/etc/registry-kit/token"
+
+
+def test_token_server_packages_installed_once() -> None:
+    modules = [f"{'0' * 64} 644 root root {path}" for path in token_auth.MODULE_FILES]
+    assert run(token_auth.install_python_packages, probe(files=modules)) == \
+        ([], ["python3-jwt, python3-bcrypt and python3-cryptography are installed"])
+    assert run(token_auth.install_python_packages, probe(files=modules[:2])) == ([
+        "DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q --no-install-recommends python3 python3-jwt python3-bcrypt "
+        "python3-cryptography"], [])
+
+
+def test_token_service_started_or_restarted() -> None:
+    running = probe(services=["registry-kit-token.service active enabled"])
+    assert run(token_auth.token_service, running, restart=False) == \
+        ([], ["registry-kit-token.service is running"])
+    assert run(token_auth.token_service, probe(), restart=False) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-token.service"], [])
+    # Changed unit, script, key or TLS files: restarted even when it runs.
+    assert run(token_auth.token_service, running, restart=True) == ([
+        "systemctl daemon-reload && systemctl enable registry-kit-token.service && "
+        "systemctl restart registry-kit-token.service"], [])
+
+
+def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> None:
+    assert run(token_auth.remove_token_service, probe()) == \
+        ([], ["no registry-kit-token.service"])
+    assert run(token_auth.remove_token_service,
+               probe(files=[f"{'0' * 64} 644 root root {TOKEN_UNIT}"])) == ([
+                   "systemctl disable --now registry-kit-token.service >/dev/null 2>&1; "
+                   f"rm -f {TOKEN_UNIT} && systemctl daemon-reload"], [])
+    assert run(token_auth.remove_token_files, defaults, probe()) == ([], [f"no {TOKEN_DIR}"])
+    assert run(token_auth.remove_token_files, defaults, probe(dirs=[f"700 {TOKEN_DIR}"])) == \
+        ([f"rm -f {TOKEN_DIR}/signing.key {TOKEN_DIR}/policy.json && rmdir {TOKEN_DIR}"], [])
+
+
 def test_every_operation_module_is_exercised_here() -> None:
     """A new operation module gets its own tests above (status and roles_status have no
     operations; the cache's are one systemctl line each, covered by the scale-out e2e)."""
     package = Path(server.__file__).resolve().parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
-              "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown"}
+              "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown",
+              "token_auth"}
     assert {path.stem for path in package.glob("*.py")} == tested | {
         "cache", "status", "roles_status", "__init__"}
