@@ -18,6 +18,7 @@ from registry_kit import (
     control,
     gc,
     loadbalancer,
+    pull_through,
     pyinfra_patches,
     s3check,
     scaleout,
@@ -110,8 +111,11 @@ def server_version(settings: Settings, state: HostState) -> RegistryVersion:
     try:
         version = resolve_version(host.name, settings.registry_image, settings.registry_version,
                                   state.image_version_label or None)
+        pull_through.check_version(settings, version.major)
     except RegistryVersionError as error:
         raise SettingsRefused(SettingsError(str(error))) from None
+    except SettingsError as error:
+        raise SettingsRefused(error) from None
     running = state.container
     before = running_major(running.image, running.version_label) if running else None
     if running is not None and before is not None and before != version.major:

@@ -1,0 +1,11 @@
+"""registry-kit: `pyinfra INVENTORY backup.py` backs up each registry server's data.
+
+Filesystem storage only: blobs copied incrementally, the repositories tree whole, an
+index.json per backup, pushes refused for a short read-only window (pulls go on).
+`--data registry_backup_verify=True` re-hashes every blob of the backup instead.
+Settings: group_data/all.py (README: Backup and restore).
+"""
+
+from registry_kit.backup import plan_host
+
+plan_host()
