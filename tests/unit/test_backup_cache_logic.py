@@ -1,0 +1,126 @@
+"""Backup/restore decisions (what is missing, the index from the repositories tree) and the
+pull-through cache settings and config section, without hosts."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from registry_kit import backup, pull_through
+from registry_kit.render import render_config
+from registry_kit.settings import Settings, SettingsError
+
+HEX_A, HEX_B = "a" * 64, "b" * 64
+
+
+def test_parse_blobs_keeps_only_well_formed_lines() -> None:
+    text = f"12 {HEX_A}\n7 {HEX_B}\ngarbage\n5 short\n"
+    assert backup.parse_blobs(text) == {HEX_A: 12, HEX_B: 7}
+    assert backup.parse_blobs(None) == {}
+
+
+def test_missing_blobs_counts_absent_and_cut_short() -> None:
+    have = {HEX_A: 12, HEX_B: 3}
+    want = {HEX_A: 12, HEX_B: 7, "c" * 64: 1}
+    assert backup.missing_blobs(have, want) == [HEX_B, "c" * 64]
+    assert backup.missing_blobs(want, want) == []
+
+
+def test_blob_path_is_the_registry_layout() -> None:
+    assert backup.blob_path(HEX_A) == f"blobs/sha256/aa/{HEX_A}/data"
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_tags_from_the_repositories_tree() -> None:
+    tree = _tar({
+        "repositories/app/svc/_manifests/tags/v1/current/link": f"sha256:{HEX_A}".encode(),
+        "repositories/app/svc/_manifests/tags/v1/index/sha256/x/link": b"sha256:old",
+        "repositories/solo/_manifests/tags/latest/current/link": f"sha256:{HEX_B}".encode(),
+        "repositories/solo/_layers/sha256/ff/link": b"sha256:ff",
+    })
+    assert backup.tags_from_tar(tree) == {"app/svc": {"v1": f"sha256:{HEX_A}"},
+                                          "solo": {"latest": f"sha256:{HEX_B}"}}
+
+
+def test_index_names_tags_digests_sizes(make_settings: Callable[..., Settings]) -> None:
+    index = backup.build_index(make_settings(), {"solo": {"latest": f"sha256:{HEX_B}"}},
+                               {HEX_A: 10, HEX_B: 5}, {"blobs_copied": 2})
+    assert index["repositories"] == {"solo": {"tags": {"latest": {
+        "digest": f"sha256:{HEX_B}", "size": 5}}}}
+    assert index["blob_count"] == 2 and index["blob_bytes"] == 15
+    assert index["tag_count"] == 1
+
+
+def test_object_storage_is_refused_with_its_tools(make_settings: Callable[..., Settings],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AK", "a")
+    monkeypatch.setenv("SK", "s")
+    settings = make_settings(registry_storage={"driver": "s3", "bucket": "b", "region": "r",
+                                               "accesskey_env": "AK", "secretkey_env": "SK"})
+    with pytest.raises(SystemExit) as raised:
+        backup.refuse_unsupported(settings, "backup.py")
+    message = str(raised.value)
+    assert "\n" not in message and "aws s3 sync" in message
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"registry_backup_dir": "backups"}, "registry_backup_dir"),
+    ({"registry_backup_dir": "/a/../etc"}, "registry_backup_dir"),
+    ({"registry_restore_from": "relative/x"}, "registry_restore_from"),
+    ({"registry_backup_host": "a b"}, "registry_backup_host"),
+    ({"registry_mode": "cache"}, "registry_mode"),
+    ({"registry_mode": "pull-through-cache"}, "registry_proxy_remoteurl"),
+    ({"registry_mode": "pull-through-cache", "registry_proxy_remoteurl": "upstream:5000"},
+     "registry_proxy_remoteurl"),
+    ({"registry_proxy_remoteurl": "https://u", "registry_proxy_username": "me"},
+     "registry_proxy_username"),
+    ({"registry_proxy_ttl": "7 days"}, "registry_proxy_ttl"),
+])
+def test_bad_backup_and_cache_settings(make_settings: Callable[..., Settings],
+                                       data: dict[str, Any], key: str) -> None:
+    with pytest.raises(SettingsError, match=f"setting {key}="):
+        make_settings(**data)
+
+
+def _cache(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+           **data: Any) -> Settings:
+    monkeypatch.setenv("UP_PW", "up-secret")
+    return make_settings(registry_mode="pull-through-cache",
+                         registry_proxy_remoteurl="https://upstream.example:5000",
+                         registry_proxy_username="mirror",
+                         registry_proxy_password={"env": "UP_PW"}, **data)
+
+
+def test_proxy_section(make_settings: Callable[..., Settings],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _cache(make_settings, monkeypatch, registry_proxy_ttl="72h")
+    two = yaml.safe_load(render_config(settings, "s", major=2))["proxy"]
+    three = yaml.safe_load(render_config(settings, "s", major=3))["proxy"]
+    assert two == {"remoteurl": "https://upstream.example:5000", "username": "mirror",
+                   "password": "up-secret"}
+    assert three == {**two, "ttl": "72h"}
+    assert "up-secret" not in repr(settings)
+    assert "proxy" not in yaml.safe_load(render_config(make_settings(), "s"))
+
+
+def test_ttl_with_registry_2_is_refused(make_settings: Callable[..., Settings],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _cache(make_settings, monkeypatch, registry_proxy_ttl="72h")
+    with pytest.raises(SettingsError, match="registry_proxy_ttl='72h' is not allowed"):
+        pull_through.check_version(settings, 2)
+    pull_through.check_version(settings, 3)
+    pull_through.check_version(_cache(make_settings, monkeypatch), 2)
