@@ -12,11 +12,13 @@ A backup folder `<registry_backup_dir>/<server>/` mirrors the registry's own lay
   the time, what this backup copied and how long the registry was read-only; each backup's
   index is also kept under `indexes/`.
 
-Consistency: blobs are copied while the registry takes pushes. Then, for a short window,
-the registry is restarted read-only (pushes get its read-only refusal, pulls go on), the
-repositories tree and the blobs pushed since are copied, and the registry is restarted
-with its own config. So every link in the copied tree points to a blob in the backup.
-Nothing to copy (no new blob, an identical repositories tree) means no window at all.
+Consistency without a read-only window (pushes and pulls go on throughout): the registry
+writes a blob's data before any link to it, and a manifest's revision link before the tag's
+current/link (see WRITE ORDER below). So the backup copies, while the registry serves:
+pass 1 the blobs the backup lacks; pass 2 the repositories tree whole; pass 3 every blob
+that exists now and the backup still lacks, which covers every blob a link copied in pass 2
+can name. A link caught half-written is read again; the index lists only tags whose
+manifest blob is in the backup.
 
 Transport: tar over the SSH connection pyinfra already holds (paramiko), piped straight
 into `tar -x` on the control machine or on the backup host: no extra package on the hosts,
@@ -35,27 +37,30 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.server import Command
 
-from registry_kit import pull_through, pyinfra_patches, server
-from registry_kit.commands import join, q
+from registry_kit import pull_through, pyinfra_patches
+from registry_kit.commands import q
 from registry_kit.lifecycle import roles, validated_settings
 from registry_kit.settings import Settings, SettingsError, SettingsRefused
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"
 CHUNK = 1 << 20
-WINDOW_SCRIPT = (Path(__file__).resolve().parent / "scripts" / "registry-window.sh").read_bytes()
+# Blobs the registry may write in place (PutContent: manifests, at most 4 MiB, see WRITE
+# ORDER); bigger ones arrive by rename, whole. Copied ones up to this size are re-hashed.
+IN_PLACE_MAX = 4 << 20
+LINK = re.compile(rb"sha256:[0-9a-f]{64}")
 OBJECT_STORE_TOOLS = {
     "s3": "the object store's own tools (bucket versioning or replication, `aws s3 sync`, "
           "`rclone sync`)",
@@ -77,7 +82,8 @@ def repositories_hash_command(root: str) -> str:
     """sha256 over `sha256  path` of every file in the repositories tree (no _uploads):
     equal on both sides means the same manifests, tags and links."""
     return (f"cd {q(root + '/' + V2)} 2>/dev/null && [ -d repositories ] && "
-            "find repositories -name _uploads -prune -o -type f -print0 | LC_ALL=C sort -z "
+            "find repositories -name _uploads -prune -o -type f ! -name 'link.*.tmp' -print0 "
+            "| LC_ALL=C sort -z "
             "| xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1; true")
 
 
@@ -199,15 +205,111 @@ def copy_blobs(source: Side, sink: Side, digests: list[str]) -> int:
     if not digests:
         return 0
     names = b"".join(blob_path(d).encode() + b"\0" for d in digests)
-    return pipe(source, f"tar -C {q(source.root + '/' + V2)} -cf - --null -T -", names,
+    return pipe(source, tolerant_tar(f"tar -C {q(source.root + '/' + V2)} -cf - --null -T -"),
+                names,
                 sink, f"mkdir -p {q(sink.root + '/' + V2)} && "
                       f"tar -C {q(sink.root + '/' + V2)} -xf -")
+
+
+# WRITE ORDER (distribution v2.8.3 and v3.0.0, filesystem driver), why no window is needed:
+# - a layer's data is renamed into blobs/ whole (blobWriter.Commit: moveBlob, then linkBlob;
+#   driver Move is os.Rename), so it exists before any _layers link names it:
+#   https://github.com/distribution/distribution/blob/v3.0.0/registry/storage/blobwriter.go
+#   https://github.com/distribution/distribution/blob/v3.0.0/registry/storage/driver/filesystem/driver.go
+# - a manifest's blob is written (blobStore.Put -> PutContent) and only then its revision
+#   link (linkedBlobStore.Put: "Place the data in the blob store first"):
+#   https://github.com/distribution/distribution/blob/v3.0.0/registry/storage/linkedblobstore.go
+#   https://github.com/distribution/distribution/blob/v3.0.0/registry/storage/blobstore.go
+# - the manifest PUT handler tags after the manifest is stored (manifests.Put, then
+#   tags.Tag), and Tag writes the tag's index link before overwriting current/link:
+#   https://github.com/distribution/distribution/blob/v3.0.0/registry/handlers/manifests.go
+#   https://github.com/distribution/distribution/blob/v3.0.0/registry/storage/tagstore.go
+# - PutContent (links, manifest blobs) truncates and writes IN PLACE up to v3.0.x, so a
+#   reader can catch a link empty or short: such a link is read again (settle_links), and a
+#   copied blob of PutContent size is re-hashed (check_copied). From v3.1.0 PutContent
+#   writes `<path>.<uuid>.tmp` and renames it; those temp files are left out of the copy:
+#   https://github.com/distribution/distribution/blob/v3.1.0/registry/storage/driver/filesystem/driver.go
+# - `_uploads` holds pushes in progress: never copied (a restored registry has no use for
+#   them, and they change while tar reads).
+# Blobs are only removed by garbage collection, which gc.py runs with the registry stopped.
+TREE_EXCLUDES = "--exclude=_uploads --exclude='link.*.tmp'"
+
+
+def tolerant_tar(create: str) -> str:
+    """`tar -c...` that copes with a registry writing meanwhile: a file that changed or went
+    away while read is not an error (GNU tar exit 1); anything worse still is."""
+    return (f"{create} --ignore-failed-read --warning=no-file-changed "
+            "--warning=no-file-removed; rc=$?; [ $rc -le 1 ]")
 
 
 def repositories_tar(source: Side) -> bytes:
     """The repositories tree as a tar (small: links and tag folders), without _uploads."""
     return source.check(f"cd {q(source.root + '/' + V2)} && "
-                        "tar --exclude=_uploads -cf - repositories")
+                        + tolerant_tar(f"tar {TREE_EXCLUDES} -cf - repositories"))
+
+
+def bad_links(tar_bytes: bytes) -> list[str]:
+    """Members named `link` whose content is not a whole `sha256:<64 hex>` (caught while the
+    registry wrote it in place)."""
+    bad = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+        for member in tar:
+            if member.isfile() and member.name.rsplit("/", 1)[-1] == "link":
+                handle = tar.extractfile(member)
+                if not LINK.fullmatch(handle.read() if handle else b""):
+                    bad.append(member.name)
+    return bad
+
+
+def settle_links(source: Side, tar_bytes: bytes, tries: int = 20) -> tuple[bytes, int]:
+    """The tree with every half-written link read again until whole (a link that went away
+    is left out); (tar, links re-read). A link that stays bad stops the backup."""
+    names = bad_links(tar_bytes)
+    if not names:
+        return tar_bytes, 0
+    fixed: dict[str, bytes | None] = {}
+    for name in names:
+        path = source.root + "/" + V2 + "/" + name
+        for _ in range(tries):
+            code, out, _err = source.run(f"cat {q(path)}")
+            if code != 0 and source.run(f"test -e {q(path)}")[0] != 0:
+                fixed[name] = None
+                break
+            if LINK.fullmatch(out):
+                fixed[name] = out
+                break
+            time.sleep(0.05)
+        else:
+            raise BackupError(f"{source.name}: {path} is not a digest after {tries} reads")
+    out_buffer = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar, \
+            tarfile.open(fileobj=out_buffer, mode="w") as new:
+        for member in tar:
+            if member.name in fixed:
+                data = fixed[member.name]
+                if data is not None:
+                    member.size = len(data)
+                    new.addfile(member, io.BytesIO(data))
+            else:
+                new.addfile(member, tar.extractfile(member) if member.isfile() else None)
+    return out_buffer.getvalue(), len(names)
+
+
+def check_copied(sink: Side, digests: list[str], sizes: dict[str, int]) -> list[str]:
+    """Copied blobs of PutContent size whose content does not hash to their digest (caught
+    mid-write); they are deleted from the backup."""
+    small = [d for d in digests if sizes.get(d, 0) <= IN_PLACE_MAX]
+    if not small:
+        return []
+    names = b"".join(blob_path(d).encode() + b"\0" for d in small)
+    # A blob tar skipped (gone meanwhile) makes sha256sum fail: it counts as bad, no error.
+    _code, out, _err = sink.run(f"cd {q(sink.root + '/' + V2)} && xargs -0 -r sha256sum --",
+                                names)
+    good = {line.split()[0].decode() for line in out.splitlines() if line.strip()}
+    bad = [d for d in small if d not in good]
+    for digest in bad:
+        sink.check(f"rm -f {q(sink.root + '/' + V2 + '/' + blob_path(digest))}")
+    return bad
 
 
 def put_repositories(sink: Side, tar_bytes: bytes) -> None:
@@ -239,11 +341,21 @@ def tags_from_tar(tar_bytes: bytes) -> dict[str, dict[str, str]]:
 
 def build_index(settings: Settings, tags: dict[str, dict[str, str]], blobs: dict[str, int],
                 this_backup: dict[str, Any]) -> dict[str, Any]:
+    """The index; a tag whose manifest blob is not in `blobs` (the backup) is left out and
+    named under `tags_left_out`."""
+    kept: dict[str, dict[str, str]] = {}
+    left_out = []
+    for repository, repo_tags in sorted(tags.items()):
+        for tag, digest in sorted(repo_tags.items()):
+            if digest.removeprefix("sha256:") in blobs:
+                kept.setdefault(repository, {})[tag] = digest
+            else:
+                left_out.append(f"{repository}:{tag}@{digest}")
     repositories = {
         repository: {"tags": {tag: {"digest": digest,
                                     "size": blobs.get(digest.removeprefix("sha256:"))}
-                              for tag, digest in sorted(repo_tags.items())}}
-        for repository, repo_tags in sorted(tags.items())}
+                              for tag, digest in repo_tags.items()}}
+        for repository, repo_tags in kept.items()}
     return {
         "format": 1,
         "server": settings.host,
@@ -251,7 +363,8 @@ def build_index(settings: Settings, tags: dict[str, dict[str, str]], blobs: dict
         "registry_image": settings.registry_image,
         "registry_data_dir": settings.registry_data_dir,
         "repositories": repositories,
-        "tag_count": sum(len(t) for t in tags.values()),
+        "tag_count": sum(len(t) for t in kept.values()),
+        "tags_left_out": left_out,
         "blob_count": len(blobs),
         "blob_bytes": sum(blobs.values()),
         "blobs": {f"sha256:{digest}": size for digest, size in sorted(blobs.items())},
@@ -311,13 +424,6 @@ def refuse_unsupported(settings: Settings, what: str) -> None:
             f"{settings.registry_proxy_remoteurl} and refills itself"))
 
 
-def window(server_side: Side, settings: Settings, mode: str) -> None:
-    url, resolve, ca = server.health_target(settings)
-    server_side.check("sh -s " + join([mode, settings.registry_container_name,
-                                       settings.registry_config_dir, url, resolve, ca,
-                                       settings.registry_verify_timeout]), WINDOW_SCRIPT)
-
-
 def report(target: Any, message: str) -> None:
     target.log_styled(f"registry-kit: {message}", fg="cyan", log_func=logger.info)
 
@@ -338,47 +444,54 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
     source = Side(settings.registry_data_dir, target.name, target.connector.client)
     sink = side_for_store(root, settings)
     sink.check(f"mkdir -p {q(root)} && chmod 0700 {q(root)}")
-    started = time.monotonic()
-    on_server = parse_blobs(source.check(blob_listing_command(source.root)).decode())
+    started, started_at = time.monotonic(), time.time()
     in_backup = parse_blobs(sink.check(blob_listing_command(sink.root)).decode())
+    # Pass 1: the blobs the backup lacks (the registry takes pushes and pulls meanwhile).
+    on_server = parse_blobs(source.check(blob_listing_command(source.root)).decode())
     first = missing_blobs(in_backup, on_server)
     bytes_first = copy_blobs(source, sink, first)
-    # The short read-only window: the tree and the blobs pushed while the first pass ran.
-    window_start = time.time()
-    window(source, settings, "on")
-    try:
-        tree = repositories_tar(source)
-        final = parse_blobs(source.check(blob_listing_command(source.root)).decode())
-        late = missing_blobs({**in_backup, **{d: on_server[d] for d in first}}, final)
-        bytes_late = copy_blobs(source, sink, late)
-    finally:
-        window(source, settings, "off")
-    window_end = time.time()
+    have = {**in_backup, **{d: on_server[d] for d in first}}
+    # Pass 2: the repositories tree; every blob its links name exists from now on.
+    tree, links_reread = settle_links(source, repositories_tar(source))
+    # Pass 3: the blobs pushed since pass 1 began (a superset of those the tree names).
+    final = parse_blobs(source.check(blob_listing_command(source.root)).decode())
+    late = missing_blobs(have, final)
+    bytes_late = copy_blobs(source, sink, late)
+    sizes = {**on_server, **final}
+    bad = check_copied(sink, first + late, sizes)
+    if bad:  # caught while the registry wrote them: once more, now that they are whole
+        bytes_late += copy_blobs(source, sink, bad)
+        bad = check_copied(sink, bad, sizes)
+    blobs = {d: s for d, s in {**have, **final}.items() if d not in bad}
     put_repositories(sink, tree)
     seconds = time.monotonic() - started
-    copied = sum(final[d] for d in first + late if d in final)
+    copied_digests = [d for d in dict.fromkeys(first + late) if d in blobs]
+    copied = sum(blobs[d] for d in copied_digests)
     this_backup = {
-        "blobs_copied": len(first) + len(late),
+        "blobs_copied": len(copied_digests),
         "blob_bytes_copied": copied,
         "tar_bytes_moved": bytes_first + bytes_late,
         "seconds": round(seconds, 2),
         "mb_per_s": round(copied / 1e6 / seconds, 2) if seconds else None,
-        "read_only_seconds": round(window_end - window_start, 2),
-        "read_only_from": round(window_start, 3),
-        "read_only_until": round(window_end, 3),
-        "blobs_copied_in_window": len(late),
+        "started": round(started_at, 3),
+        "blobs_copied_after_tree": len(late),
+        "links_reread": links_reread,
+        "blobs_left_out": [f"sha256:{d}" for d in bad],
     }
-    index = build_index(settings, tags_from_tar(tree), final, this_backup)
+    # Blobs the server no longer lists (none, unless gc.py ran meanwhile) stay in the
+    # backup and the index: a backup only grows.
+    index = build_index(settings, tags_from_tar(tree), blobs, this_backup)
     text = json.dumps(index, indent=1, sort_keys=True).encode() + b"\n"
     stamp = index["time"].replace(":", "")
     sink.check(f"mkdir -p {q(root + '/indexes')} && cat > {q(root + '/' + INDEX + '.new')} && "
                f"cp {q(root + '/' + INDEX + '.new')} {q(root + '/indexes/' + stamp + '.json')} "
                f"&& mv -f {q(root + '/' + INDEX + '.new')} {q(root + '/' + INDEX)}", text)
-    return (f"backup of {target.name} in {sink.name}:{root}: {this_backup['blobs_copied']} "
-            f"blobs copied ({copied} bytes, {len(late)} of them in the window), "
+    return (f"backup of {target.name} in {sink.name}:{root}: {len(copied_digests)} blobs "
+            f"copied ({copied} bytes, {len(late)} of them after the tree), "
             f"{index['tag_count']} tags in {len(index['repositories'])} repositories, "
-            f"{this_backup['seconds']} s ({this_backup['mb_per_s']} MB/s); read-only for "
-            f"{this_backup['read_only_seconds']} s")
+            f"{len(index['tags_left_out'])} tags left out (manifest not in the backup), "
+            f"{this_backup['seconds']} s ({this_backup['mb_per_s']} MB/s); pushes and pulls "
+            "went on throughout")
 
 
 @operation()
@@ -458,7 +571,7 @@ def plan_host() -> None:
         settings.registry_data_dir)) or "")
     backup_blobs = parse_blobs(store_fact(settings, blob_listing_command(root)))
     backup_tree = store_fact(settings, repositories_hash_command(root)).strip()
-    # One server at a time: each is briefly read-only.
+    # One server at a time: each backup reads its server's disk hard.
     back_up(settings, root, server_blobs, server_tree.strip(), backup_blobs, backup_tree,
             name=f"Back up registry data to {root}", _serial=True)
 

@@ -19,16 +19,25 @@ registry_backup_host.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.server import Command
 
-from registry_kit import backup, main
+from registry_kit import backup, main, server
 from registry_kit.backup import INDEX, BackupError, Side
-from registry_kit.commands import q
+from registry_kit.commands import join, q
 from registry_kit.settings import Settings, SettingsError, SettingsRefused
+
+RESTART_SCRIPT = (Path(__file__).resolve().parent / "scripts" / "registry-restart.sh").read_bytes()
+
+
+def restart_and_wait(sink: Side, settings: Settings) -> None:
+    url, resolve, ca = server.health_target(settings)
+    sink.check("sh -s " + join([settings.registry_container_name, url, resolve, ca,
+                                settings.registry_verify_timeout]), RESTART_SCRIPT)
 
 
 def _run_restore(state: Any, host: Any, settings: Settings, root: str,
@@ -39,7 +48,7 @@ def _run_restore(state: Any, host: Any, settings: Settings, root: str,
         sink = Side(settings.registry_data_dir, host.name, host.connector.client)
         moved = backup.copy_blobs(source, sink, missing)
         backup.put_repositories(sink, backup.repositories_tar(source))
-        backup.window(sink, settings, "restart")
+        restart_and_wait(sink, settings)
     except BackupError as error:
         host.log_styled(f"registry-kit: restore failed: {error}", fg="red", log_func=logger.error)
         return False

@@ -3,6 +3,7 @@ pull-through cache settings and config section, without hosts."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from collections.abc import Callable
@@ -124,3 +125,70 @@ def test_ttl_with_registry_2_is_refused(make_settings: Callable[..., Settings],
         pull_through.check_version(settings, 2)
     pull_through.check_version(settings, 3)
     pull_through.check_version(_cache(make_settings, monkeypatch), 2)
+
+
+def test_index_leaves_out_tags_whose_manifest_is_not_in_the_backup(
+        make_settings: Callable[..., Settings]) -> None:
+    index = backup.build_index(make_settings(), {"solo": {"a": f"sha256:{HEX_A}",
+                                                          "b": f"sha256:{HEX_B}"}},
+                               {HEX_A: 10}, {})
+    assert index["repositories"] == {"solo": {"tags": {"a": {"digest": f"sha256:{HEX_A}",
+                                                              "size": 10}}}}
+    assert index["tags_left_out"] == [f"solo:b@sha256:{HEX_B}"] and index["tag_count"] == 1
+
+
+def _tree_on_disk(root: Any, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = root / backup.V2 / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_a_half_written_link_is_read_again(tmp_path: Any) -> None:
+    good = f"sha256:{HEX_A}".encode()
+    current = "repositories/solo/_manifests/tags/latest/current/link"
+    layer = "repositories/solo/_layers/sha256/" + HEX_B + "/link"
+    gone = "repositories/solo/_layers/sha256/" + "c" * 64 + "/link"
+    # The tar as caught mid-write: current/link truncated, a layer link short, one removed.
+    caught = _tar({current: b"", layer: b"sha256:bb", gone: b""})
+    _tree_on_disk(tmp_path, {current: good, layer: f"sha256:{HEX_B}".encode()})
+    side = backup.Side(str(tmp_path), "here")
+    assert backup.bad_links(caught) == [current, layer, gone]
+    settled, reread = backup.settle_links(side, caught, tries=2)
+    assert reread == 3 and backup.bad_links(settled) == []
+    assert backup.tags_from_tar(settled) == {"solo": {"latest": f"sha256:{HEX_A}"}}
+    with tarfile.open(fileobj=io.BytesIO(settled)) as tar:
+        assert sorted(tar.getnames()) == sorted([current, layer])
+    # A link that stays bad stops the backup instead of landing in it.
+    _tree_on_disk(tmp_path, {current: b"sha256:"})
+    with pytest.raises(backup.BackupError, match="not a digest after 2 reads"):
+        backup.settle_links(side, caught, tries=2)
+
+
+def test_repositories_tar_leaves_out_uploads_and_temp_links(tmp_path: Any) -> None:
+    link = f"sha256:{HEX_A}".encode()
+    _tree_on_disk(tmp_path, {
+        "repositories/solo/_manifests/tags/t/current/link": link,
+        "repositories/solo/_manifests/tags/t/current/link.0f1e.tmp": b"sha2",
+        "repositories/solo/_uploads/u1/data": b"partial",
+    })
+    tree = backup.repositories_tar(backup.Side(str(tmp_path), "here"))
+    with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
+        names = tar.getnames()
+    assert "repositories/solo/_manifests/tags/t/current/link" in names
+    assert not [n for n in names if "_uploads" in n or n.endswith(".tmp")], names
+
+
+def test_a_blob_copied_mid_write_is_dropped(tmp_path: Any) -> None:
+    whole, partial = b"{manifest}", b"{mani"
+    whole_hex = hashlib.sha256(whole).hexdigest()
+    partial_hex = hashlib.sha256(b"{manifest2}").hexdigest()
+    big_hex = "d" * 64
+    _tree_on_disk(tmp_path, {backup.blob_path(whole_hex): whole,
+                             backup.blob_path(partial_hex): partial,
+                             backup.blob_path(big_hex): b"x"})
+    side = backup.Side(str(tmp_path), "here")
+    sizes = {whole_hex: len(whole), partial_hex: 5, big_hex: backup.IN_PLACE_MAX + 1}
+    assert backup.check_copied(side, [whole_hex, partial_hex, big_hex], sizes) == [partial_hex]
+    assert not (tmp_path / backup.V2 / backup.blob_path(partial_hex)).exists()
+    assert (tmp_path / backup.V2 / backup.blob_path(whole_hex)).exists()
