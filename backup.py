@@ -1,7 +1,7 @@
 """registry-kit: `pyinfra INVENTORY backup.py` backs up each registry server's data.
 
 Filesystem storage only: blobs copied incrementally, the repositories tree whole, an
-index.json per backup, pushes refused for a short read-only window (pulls go on).
+index.json per backup; no read-only window (pushes and pulls go on throughout).
 `--data registry_backup_verify=True` re-hashes every blob of the backup instead.
 Settings: group_data/all.py (README: Backup and restore).
 """

@@ -15,10 +15,10 @@ A backup folder `<registry_backup_dir>/<server>/` mirrors the registry's own lay
 Consistency without a read-only window (pushes and pulls go on throughout): the registry
 writes a blob's data before any link to it, and a manifest's revision link before the tag's
 current/link (see WRITE ORDER below). So the backup copies, while the registry serves:
-pass 1 the blobs the backup lacks; pass 2 the repositories tree whole; pass 3 every blob
-that exists now and the backup still lacks, which covers every blob a link copied in pass 2
-can name. A link caught half-written is read again; the index lists only tags whose
-manifest blob is in the backup.
+pass 1 the blobs the backup lacks; pass 2 the repositories tree whole (tags first); pass 3
+every blob that exists now and the backup still lacks, which covers every blob a link
+copied in pass 2 can name. A link caught half-written is read again; the index lists only
+tags whose manifest blob is in the backup.
 
 Transport: tar over the SSH connection pyinfra already holds (paramiko), piped straight
 into `tar -x` on the control machine or on the backup host: no extra package on the hosts,
@@ -231,8 +231,8 @@ def copy_blobs(source: Side, sink: Side, digests: list[str]) -> int:
 #   https://github.com/distribution/distribution/blob/v3.1.0/registry/storage/driver/filesystem/driver.go
 # - `_uploads` holds pushes in progress: never copied (a restored registry has no use for
 #   them, and they change while tar reads).
+# - tar reads the tree over time, not at one instant: tree_snapshot reads the tags first.
 # Blobs are only removed by garbage collection, which gc.py runs with the registry stopped.
-TREE_EXCLUDES = "--exclude=_uploads --exclude='link.*.tmp'"
 
 
 def tolerant_tar(create: str) -> str:
@@ -242,10 +242,35 @@ def tolerant_tar(create: str) -> str:
             "--warning=no-file-removed; rc=$?; [ $rc -le 1 ]")
 
 
+CURRENT = "*/_manifests/tags/*/current/link"
+
+
+def _tree_tar(source: Side, find_args: str) -> bytes:
+    return source.check(f"cd {q(source.root + '/' + V2)} && " + tolerant_tar(
+        f"find repositories -name _uploads -prune -o {find_args} -print0 "
+        "| tar --null --no-recursion -T - -cf -"))
+
+
+def tree_snapshot(source: Side) -> tuple[bytes, int]:
+    """The repositories tree as one tar (small: links and tag folders), without _uploads;
+    (tar, links read again). tar is no snapshot, so the order makes it one: every tag's
+    current/link is read (and settled) first, and only then the rest. A tag is written
+    last (after its index link, the manifest's revision link and the layer links the
+    registry checked), so every link it needs exists when the second tar reads."""
+    tags, reread_tags = settle_links(source, _tree_tar(source, f"-path {q(CURRENT)} -type f"))
+    rest, reread_rest = settle_links(source, _tree_tar(
+        source, f"-type f ! -path {q(CURRENT)} ! -name 'link.*.tmp'"))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as merged:
+        for part in (tags, rest):
+            with tarfile.open(fileobj=io.BytesIO(part), mode="r:") as tar:
+                for member in tar:
+                    merged.addfile(member, tar.extractfile(member))
+    return out.getvalue(), reread_tags + reread_rest
+
+
 def repositories_tar(source: Side) -> bytes:
-    """The repositories tree as a tar (small: links and tag folders), without _uploads."""
-    return source.check(f"cd {q(source.root + '/' + V2)} && "
-                        + tolerant_tar(f"tar {TREE_EXCLUDES} -cf - repositories"))
+    return tree_snapshot(source)[0]
 
 
 def bad_links(tar_bytes: bytes) -> list[str]:
@@ -452,7 +477,7 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
     bytes_first = copy_blobs(source, sink, first)
     have = {**in_backup, **{d: on_server[d] for d in first}}
     # Pass 2: the repositories tree; every blob its links name exists from now on.
-    tree, links_reread = settle_links(source, repositories_tar(source))
+    tree, links_reread = tree_snapshot(source)
     # Pass 3: the blobs pushed since pass 1 began (a superset of those the tree names).
     final = parse_blobs(source.check(blob_listing_command(source.root)).decode())
     late = missing_blobs(have, final)

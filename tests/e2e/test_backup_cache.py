@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -179,7 +180,7 @@ def test_b_verify_reports_a_corrupted_blob(site: Site) -> None:
 
 
 def test_c_purge_then_restore_keeps_every_digest(site: Site, images: dict[str, Path]) -> None:
-    before = {ref: site.digest(ref) for ref in images}
+    before = {ref: site.digest(ref) for ref in [*images, "big/one:1"]}
     site.run("teardown.py", "--data", "registry_purge_data=True").assert_ok()
     assert harness.ssh(SERVER, "test -e /var/lib/registry-kit/data", check=False).returncode != 0
     start = time.monotonic()
@@ -242,6 +243,11 @@ def test_e_no_window_pushes_and_pulls_go_on(site: Site, images: dict[str, Path],
             pulls.append((started, time.time(), proc.returncode, proc.stderr.strip()))
             i += 1
 
+    # An 80 MB image the backup lacks: its first pass lasts seconds, so the loops overlap
+    # every pass (the backups before copied everything else).
+    big = tmp_path / "big"
+    write_image(big, [os.urandom(80_000_000)])
+    assert site.push(big, "big/one:1").returncode == 0
     threads = [threading.Thread(target=push_loop), threading.Thread(target=pull_loop)]
     for thread in threads:
         thread.start()
@@ -256,11 +262,12 @@ def test_e_no_window_pushes_and_pulls_go_on(site: Site, images: dict[str, Path],
     this_backup = site.index()["this_backup"]
     started, ended = this_backup["started"], this_backup["started"] + this_backup["seconds"]
     during = [r for r in pushes if r[1] > started and r[0] < ended]
-    assert pushes and pulls and during, (pushes, pulls, this_backup)
+    pulls_during = [r for r in pulls if r[1] > started and r[0] < ended]
+    assert len(during) >= 2 and len(pulls_during) >= 2, (pushes, pulls, this_backup)
     assert [r for r in pushes if r[2] != 0] == [], "a push failed during the backup"
     assert [r for r in pulls if r[2] != 0] == [], "a pull failed during the backup"
     # Every tag pushed before the backup started is in its index with its digest.
-    before = {ref: site.digest(ref) for ref in images}
+    before = {ref: site.digest(ref) for ref in [*images, "big/one:1"]}
     before.update({r[4]: site.digest(r[4]) for r in pushes if r[1] < started})
     index = site.index()
     listed = {f"{repo}:{tag}": entry["digest"]
@@ -270,7 +277,8 @@ def test_e_no_window_pushes_and_pulls_go_on(site: Site, images: dict[str, Path],
     FIGURES["backup_under_load"] = {
         "backup_seconds": this_backup["seconds"], "pushes": len(pushes),
         "pushes_during_backup": len(during), "pulls": len(pulls),
-        "pulls_during_backup": len([r for r in pulls if r[1] > started and r[0] < ended]),
+        "pulls_during_backup": len(pulls_during),
+        "blob_bytes_copied": this_backup["blob_bytes_copied"],
         "failed_pushes": 0, "failed_pulls": 0,
         "blobs_copied_after_tree": this_backup["blobs_copied_after_tree"],
         "links_reread": this_backup["links_reread"],
@@ -331,6 +339,65 @@ def test_f_pull_through_cache(lab: dict[str, Any], tmp_path_factory: pytest.Temp
         os.system(f"docker start {upstream['container']} >/dev/null")
     FIGURES["cache"] = {"upstream_blob_gets_first_pull": after_first - before,
                         "upstream_blob_gets_second_pull": 0, "blobs_in_cache": int(stored)}
+
+
+class AnonymousCache(harness.OwnStateSite):
+    """A cache without users (registry_anonymous_acknowledged: nobody can push to a cache)
+    whose clients use it as their Docker Hub mirror, not by name."""
+
+    def write(self) -> None:
+        mirror = {"docker_registry_mirrors": [f"https://cache.lab:{PORT}"]}
+        harness.write_inventory(self.inventory, servers=self.servers, clients=self.clients,
+                                data={**self.data, "registry_users": []},
+                                per_host={name: mirror for name in self.clients})
+
+
+def test_f2_cache_as_a_docker_hub_mirror(lab: dict[str, Any], extra_host: Any,
+                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    """dockerd consults registry-mirrors for Docker Hub names only: `busybox` (that is
+    docker.io/library/busybox; the lab upstream stands in for Docker Hub) pulled on a
+    client whose only mirror is the cache comes through the cache, never straight from
+    the upstream, and still pulls with the upstream stopped."""
+    extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
+    upstream = lab["upstream"]
+    client = CLIENTS[0]
+    client_ip = harness.host_ip(client)
+    site = AnonymousCache(
+        tmp_path_factory.mktemp("mirror"), servers=[CACHE], clients=[client], user=USER,
+        password="unused-17", times={},
+        data={"registry_domain": "cache.lab", "registry_port": PORT,
+              "registry_mode": "pull-through-cache", "registry_anonymous_acknowledged": True,
+              "registry_proxy_remoteurl": f"http://{upstream['ip']}:5000",
+              "registry_client_hosts_entries": {"cache.lab": harness.host_ip(CACHE)}})
+    site.run().assert_ok()
+    site.run().assert_no_changes()
+    mirrors = harness.ssh(client, "docker info --format '{{json .RegistryConfig.Mirrors}}'")
+    assert [m.rstrip("/") for m in json.loads(mirrors.stdout)] == [f"https://cache.lab:{PORT}"]
+    harness.ssh(client, "docker rmi -f busybox:latest cache.lab:5000/library/busybox:latest "
+                        ">/dev/null 2>&1; true")
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+    harness.ssh(client, "docker pull busybox:latest")
+    logs = os.popen(f"docker logs --since {since} {upstream['container']} 2>&1").read()
+    fetched = [line for line in logs.splitlines() if "/v2/library/busybox/" in line
+               and "response completed" in line]
+    assert fetched, "the cache did not fetch busybox from the upstream"
+    assert not [line for line in fetched if re.search(f'remoteaddr="?{re.escape(client_ip)}:',
+                                                      line)], \
+        "the client went to the upstream itself"
+    # The proxy stores what it served (seen: not yet under the repository's _layers right
+    # after the pull), so count blob files, as test_f does, for up to 10 s.
+    stored = harness.ssh(CACHE, "for i in $(seq 20); do n=$(find /var/lib/registry-kit/data/"
+                                "docker/registry/v2/blobs -name data | wc -l); "
+                                "[ $n -ge 2 ] && break; sleep 0.5; done; echo $n").stdout
+    assert int(stored) >= 2
+    os.system(f"docker stop {upstream['container']} >/dev/null")
+    try:
+        harness.ssh(client, "docker rmi busybox:latest >/dev/null && docker pull busybox:latest")
+    finally:
+        os.system(f"docker start {upstream['container']} >/dev/null")
+    FIGURES["cache_as_mirror"] = {"upstream_requests_from_cache": len(fetched),
+                                  "upstream_requests_from_client": 0,
+                                  "blobs_cached": int(stored)}
 
 
 @pytest.mark.parametrize(("data", "expected"), [

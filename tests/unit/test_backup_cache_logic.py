@@ -192,3 +192,17 @@ def test_a_blob_copied_mid_write_is_dropped(tmp_path: Any) -> None:
     assert backup.check_copied(side, [whole_hex, partial_hex, big_hex], sizes) == [partial_hex]
     assert not (tmp_path / backup.V2 / backup.blob_path(partial_hex)).exists()
     assert (tmp_path / backup.V2 / backup.blob_path(whole_hex)).exists()
+
+
+def test_the_tree_is_read_tags_first(tmp_path: Any) -> None:
+    link = f"sha256:{HEX_A}".encode()
+    tag = "repositories/solo/_manifests/tags/t/current/link"
+    others = ["repositories/solo/_manifests/tags/t/index/sha256/" + HEX_A + "/link",
+              "repositories/solo/_manifests/revisions/sha256/" + HEX_A + "/link",
+              "repositories/solo/_layers/sha256/" + HEX_A + "/link"]
+    _tree_on_disk(tmp_path, {name: link for name in [*others, tag]})
+    tree, reread = backup.tree_snapshot(backup.Side(str(tmp_path), "here"))
+    with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
+        names = tar.getnames()
+    # The tag first: what the rest is read for exists by the time it is read.
+    assert names[0] == tag and sorted(names[1:]) == sorted(others) and reread == 0
