@@ -4,7 +4,7 @@
 
     api.registry()                      # servers, clients, load balancer, cache
     api.registry(servers="docker_hub", clients="builders", settings={"registry_port": 443})
-    api.garbage_collect()  /  api.teardown()  /  api.status()
+    api.garbage_collect()  /  api.teardown()  /  api.status()  /  api.backup()  /  api.restore()
 
 Each function acts on the hosts of the inventory groups named by its arguments (by default
 registry_servers, registry_clients, registry_lb, registry_cache) and on no others. Settings
@@ -27,7 +27,9 @@ from pyinfra.api import deploy
 
 from registry_kit import plan
 from registry_kit.inventory import Groups
+from registry_kit.operations import backup as backup_job
 from registry_kit.operations import gc as gc_job
+from registry_kit.operations import restore as restore_job
 from registry_kit.operations import status as status_job
 from registry_kit.operations import teardown as teardown_job
 from registry_kit.settings import known_keys
@@ -85,3 +87,23 @@ def status(servers: str = "registry_servers", clients: str = "registry_clients",
     """Print the servers' and clients' state as two tables; changes nothing."""
     status_job.plan_host(_groups(servers, clients, lb, cache), settings)
 
+
+
+@_keep_operation_names
+@deploy("registry-kit: backup", data_defaults=DATA_DEFAULTS)
+def backup(servers: str = "registry_servers", clients: str = "registry_clients",
+           lb: str = "registry_lb", cache: str = "registry_cache",
+           settings: Mapping[str, Any] | None = None) -> None:
+    """Copy each server's registry data (filesystem storage) to registry_backup_dir on the
+    control machine or registry_backup_host: new blobs only, the registry serving throughout;
+    with registry_backup_verify=True, re-hash the backup's blobs instead."""
+    backup_job.plan_host(_groups(servers, clients, lb, cache), settings)
+
+
+@_keep_operation_names
+@deploy("registry-kit: restore", data_defaults=DATA_DEFAULTS)
+def restore(servers: str = "registry_servers", clients: str = "registry_clients",
+            lb: str = "registry_lb", cache: str = "registry_cache",
+            settings: Mapping[str, Any] | None = None) -> None:
+    """Deploy as registry() does, then put a backup made by backup() onto each server."""
+    restore_job.plan_host(_groups(servers, clients, lb, cache), settings)

@@ -70,6 +70,19 @@ registry_gc_dry_run = False  # gc.py: only report what garbage collection would 
 registry_gc_delete_untagged = False  # gc.py: also delete manifests no tag points to (see README)
 registry_gc_schedule = None  # OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC (not: shared storage)
 
+# --- Backup and restore (backup.py, restore.py; filesystem storage) ---
+registry_backup_dir = None  # absolute folder for backups; None: <registry_state_dir>/backups
+registry_backup_host = None  # inventory host holding registry_backup_dir; None: control machine
+registry_backup_verify = False  # backup.py: re-hash every blob in the backup, report mismatches
+registry_restore_from = None  # restore.py: backup folder (with index.json); None: latest of host
+
+# --- Pull-through cache (registry_mode = "pull-through-cache") ---
+registry_mode = "registry"  # registry | pull-through-cache (read-only copy of another registry)
+registry_proxy_remoteurl = None  # cache: URL of the registry to cache, e.g. https://upstream:5000
+registry_proxy_username = None  # cache: user at the remote registry (with the password)
+registry_proxy_password = None  # cache: {"env": NAME} or {"file": PATH} for that user
+registry_proxy_ttl = None  # cache: e.g. "72h", registry 3 only (2.8 keeps blobs 168h)
+
 # --- Control machine ---
 registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)
 

@@ -15,7 +15,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import operation
 
 from registry_kit import keystore as control
-from registry_kit import pyinfra_patches, s3check, sharedgc
+from registry_kit import pull_through, pyinfra_patches, s3check, sharedgc
 from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
@@ -100,8 +100,11 @@ def server_version(settings: Settings, state: HostState) -> RegistryVersion:
     try:
         version = resolve_version(host.name, settings.registry_image, settings.registry_version,
                                   state.image_version_label or None)
+        pull_through.check_version(settings, version.major)
     except RegistryVersionError as error:
         raise SettingsRefused(SettingsError(str(error))) from None
+    except SettingsError as error:
+        raise SettingsRefused(error) from None
     running = state.container
     before = running_major(running.image, running.version_label) if running else None
     if running is not None and before is not None and before != version.major:

@@ -207,6 +207,17 @@ class Settings:
     # Access control per repository (registry_kit.access); None: every user may do all.
     registry_access: access.Policy | None = None
     registry_token_port: int = 5443
+    # Backup and restore (registry_kit.backup, registry_kit.restore).
+    registry_backup_dir: str | None = None
+    registry_backup_host: str | None = None
+    registry_backup_verify: bool = False
+    registry_restore_from: str | None = None
+    # A registry or a pull-through cache of another one (registry_kit.pull_through).
+    registry_mode: str = "registry"
+    registry_proxy_remoteurl: str | None = None
+    registry_proxy_username: str | None = None
+    registry_proxy_password: Secret | None = None
+    registry_proxy_ttl: str | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -241,7 +252,7 @@ def known_keys() -> dict[str, Any]:
 
 def _is_secret_key(key: str) -> bool:
     return key in ("registry_users", "registry_http_secret", "registry_cache_password",
-                   "registry_lb_vrrp_password",
+                   "registry_lb_vrrp_password", "registry_proxy_password",
                    "registry_storage")
 
 
@@ -660,6 +671,64 @@ def _read_floating_address(r: _Reader) -> dict[str, Any]:
     }
 
 
+REGISTRY_MODES = ("registry", "pull-through-cache")
+# Backup folders: an absolute path of the characters host paths may hold (it reaches tar
+# commands, quoted, on the control machine or a backup host).
+_BACKUP_PATH_RE = re.compile(r"(/[A-Za-z0-9._@+-]+)+/?")
+_PROXY_TTL_RE = re.compile(r"[1-9][0-9]{0,5}(m|h)")
+_PROXY_USER_RE = re.compile(r"[!#-&(-\[\]-~]{1,128}")  # printable, no space ' " \\
+
+
+def _read_backup_and_mode(r: _Reader) -> dict[str, Any]:
+    """backup.py / restore.py folders, and the pull-through cache settings."""
+    found: dict[str, Any] = {}
+    for key in ("registry_backup_dir", "registry_restore_from"):
+        value = r.raw(key)
+        if value is not None and not (isinstance(value, str) and _BACKUP_PATH_RE.fullmatch(value)
+                                      and "/../" not in value + "/" and value != "/"):
+            raise r.fail(key, value, "None or an absolute folder path (letters, digits, "
+                         "'. _ @ + -' between slashes)")
+        found[key] = value.rstrip("/") if isinstance(value, str) else None
+    backup_host = r.raw("registry_backup_host")
+    if backup_host is not None and not (isinstance(backup_host, str)
+                                        and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}",
+                                                         backup_host)):
+        raise r.fail("registry_backup_host", backup_host, "None (the control machine) or the "
+                     "name of a host in the inventory")
+    found["registry_backup_host"] = backup_host
+    found["registry_backup_verify"] = r.boolean("registry_backup_verify")
+    mode = r.choice("registry_mode", REGISTRY_MODES)
+    remote_url = r.raw("registry_proxy_remoteurl")
+    if remote_url is not None and not is_mirror_url(remote_url):
+        raise r.fail("registry_proxy_remoteurl", remote_url, "None or the URL of the registry "
+                     "to cache, like https://registry.example.com or http://10.0.0.5:5000")
+    if mode == "pull-through-cache" and remote_url is None:
+        raise r.fail("registry_proxy_remoteurl", None, "the URL of the registry to cache "
+                     "when registry_mode='pull-through-cache'")
+    username = r.raw("registry_proxy_username")
+    if username is not None and not (isinstance(username, str)
+                                     and _PROXY_USER_RE.fullmatch(username)):
+        raise r.fail("registry_proxy_username", username, "None or a user name without "
+                     "spaces or quotes")
+    password_value = r.raw("registry_proxy_password")
+    password = None
+    if password_value is not None:
+        if not isinstance(password_value, Mapping):
+            raise r.fail("registry_proxy_password", "***", "{'env': NAME} or {'file': PATH}")
+        password = r.secret_source("registry_proxy_password", password_value, "password")
+    if (username is None) != (password is None):
+        raise r.fail("registry_proxy_username", username, "set together with "
+                     "registry_proxy_password (both or neither)")
+    ttl = r.raw("registry_proxy_ttl")
+    if ttl is not None and not (isinstance(ttl, str) and _PROXY_TTL_RE.fullmatch(ttl)):
+        raise r.fail("registry_proxy_ttl", ttl, "None (the registry's 168h) or a duration "
+                     "like 72h or 90m")
+    found.update(registry_mode=mode, registry_proxy_remoteurl=remote_url,
+                 registry_proxy_username=username, registry_proxy_password=password,
+                 registry_proxy_ttl=ttl)
+    return found
+
+
 def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
          known: Mapping[str, Any] | None = None, server: bool = True) -> Settings:
     """Validate one host's data (defaults filled from the package's defaults) into Settings.
@@ -829,6 +898,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
         registry_access=access_policy,
         registry_token_port=token_port,
         **scale_out,
+        **_read_backup_and_mode(r),
     )
 
 

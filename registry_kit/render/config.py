@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from registry_kit import pull_through
 from registry_kit.paths import CONTAINER_CERT, CONTAINER_DATA_DIR, CONTAINER_HTPASSWD, CONTAINER_KEY
 from registry_kit.render.token_auth import auth_section as token_auth_section
 from registry_kit.settings import Secret, Settings
@@ -129,6 +130,9 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
                                        "path": CONTAINER_HTPASSWD}}
     if cache is not None:
         config["redis"] = _redis_section(cache, major)
+    if pull_through.is_cache(settings):
+        # A read-through cache of another registry; the registry then refuses pushes.
+        config["proxy"] = pull_through.proxy_section(settings, major)
     return config
 
 

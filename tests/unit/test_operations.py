@@ -20,6 +20,7 @@ from pyinfra.context import ctx_host
 
 from registry_kit.facts import FileState, HostState, parse_probe
 from registry_kit.operations import (
+    backup,
     client,
     engine,
     files,
@@ -28,6 +29,7 @@ from registry_kit.operations import (
     loadbalancer,
     ownership,
     packages,
+    restore,
     roles_teardown,
     server,
     teardown,
@@ -414,12 +416,41 @@ def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> Non
         ([f"rm -f {TOKEN_DIR}/signing.key {TOKEN_DIR}/policy.json && rmdir {TOKEN_DIR}"], [])
 
 
+# --------------------------------------------------------------------------- backup, restore
+
+BLOBS = {"a" * 64: 10, "b" * 64: 20}
+
+
+def test_back_up_copies_only_when_blobs_or_the_tree_differ(defaults: Settings) -> None:
+    root = "/backups/reg-host-1"
+    assert run(backup.back_up, defaults, root, BLOBS, "tree1", dict(BLOBS), "tree1") == \
+        ([], [f"backup in {root} is up to date (2 blobs, same repositories tree)"])
+    for backup_blobs, backup_tree in (({"a" * 64: 10}, "tree1"), (dict(BLOBS), "tree0")):
+        (command,), noops = run(backup.back_up, defaults, root, BLOBS, "tree1", backup_blobs,
+                                backup_tree)
+        assert command.startswith("CALL _run_backup(") and noops == []
+    # An empty registry (no tree yet) is still backed up: its index says so.
+    (command,), _ = run(backup.back_up, defaults, root, {}, "", {}, "")
+    assert command.startswith("CALL _run_backup(")
+    (command,), _ = run(backup.verify, defaults, root)
+    assert command.startswith("CALL _run_verify(")
+
+
+def test_restore_copies_only_what_the_server_lacks(defaults: Settings) -> None:
+    root = "/backups/reg-host-1"
+    assert run(restore.restore, defaults, root, [], True) == \
+        ([], [f"{defaults.registry_data_dir} already holds the backup in {root}"])
+    for missing, same_tree in ((["a" * 64], True), ([], False)):
+        (command,), noops = run(restore.restore, defaults, root, missing, same_tree)
+        assert command.startswith("CALL _run_restore(") and noops == []
+
+
 def test_every_operation_module_is_exercised_here() -> None:
     """A new operation module gets its own tests above (status and roles_status have no
     operations; the cache's are one systemctl line each, covered by the scale-out e2e)."""
     package = Path(server.__file__).resolve().parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
               "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown",
-              "token_auth"}
+              "token_auth", "backup", "restore"}
     assert {path.stem for path in package.glob("*.py")} == tested | {
         "cache", "status", "roles_status", "__init__"}

@@ -1,0 +1,427 @@
+"""backup.py, restore.py and the pull-through cache mode on real lab hosts (issue 17).
+
+One server (lab-reg) with 20 then 25 images pushed by skopeo (OCI layouts; groups of
+images share a base layer). Backups go to a folder on the control machine, checked there
+with plain file tools and json; images are checked with skopeo before and after (digests).
+Every apply is run twice and the second run must change nothing. Figures go to
+bench/results/ (backup MB/s first and incremental, restore time, pushes and pulls
+during a backup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import harness
+import pytest
+from oci_images import CONFIG, LAYER, MANIFEST, _blob, _layer
+
+import lab as lab_api
+from lab.topology import HostSpec
+
+DOMAIN, PORT = "registry.lab", 5000
+ADDRESS = f"{DOMAIN}:{PORT}"
+SERVER, SECOND, CACHE = "lab-reg", "lab-reg17b", "lab-cache17"
+CLIENTS = ["lab-client1", "lab-client2"]
+USER = "ci"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+FIGURES: dict[str, Any] = {}
+
+pytestmark = pytest.mark.e2e
+
+
+def write_image(layout: Path, layers: list[bytes]) -> str:
+    """An OCI layout with one image of the given (already gzip-compressed) layers."""
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    descriptors, diff_ids = [], []
+    for payload in layers:
+        layer, diff_id = _layer(payload)
+        descriptors.append({"mediaType": LAYER, "digest": _blob(layout, layer),
+                            "size": len(layer)})
+        diff_ids.append(diff_id)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST,
+                           "config": {"mediaType": CONFIG, "digest": _blob(layout, config),
+                                      "size": len(config)},
+                           "layers": descriptors}).encode()
+    digest = _blob(layout, manifest)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": MANIFEST, "digest": digest, "size": len(manifest)}]}))
+    return digest
+
+
+class Site(harness.OwnStateSite):
+    def __init__(self, directory: Path, servers: list[str], **data: Any) -> None:
+        super().__init__(directory, servers=servers, clients=[], user=USER,
+                         password="backup-password-17", times={}, data={
+                             "registry_domain": DOMAIN, "registry_port": PORT,
+                             "registry_verify_timeout": 30,
+                             "registry_backup_dir": str(directory / "backups"), **data})
+        self.server = servers[0]
+
+    def skopeo(self, args: list[str], timeout: int = 300) -> Any:
+        return harness.skopeo(args, hosts={DOMAIN: harness.host_ip(self.server)},
+                              auth={ADDRESS: (USER, self.password)}, timeout=timeout)
+
+    def push(self, layout: Path, ref: str) -> Any:
+        return self.skopeo(["copy", "--quiet", "--dest-cert-dir", str(self.certs),
+                            f"oci:{layout}", f"docker://{ADDRESS}/{ref}"], timeout=120)
+
+    def digest(self, ref: str) -> str:
+        proc = self.skopeo(["inspect", "--cert-dir", str(self.certs), f"docker://{ADDRESS}/{ref}"])
+        assert proc.returncode == 0, proc.stderr
+        return str(json.loads(proc.stdout)["Digest"])
+
+    def pull(self, ref: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = self.skopeo(["copy", "--quiet", "--src-cert-dir", str(self.certs),
+                                f"docker://{ADDRESS}/{ref}", f"dir:{tmp}/i"])
+        assert proc.returncode == 0, f"pull {ref}: {proc.stderr}"
+
+    def twice(self, script: str = "deploy.py", *extra: str) -> harness.Run:
+        start = time.monotonic()
+        first = self.run(script, *extra).assert_ok()
+        FIGURES.setdefault("runs", {})[f"{script} {' '.join(extra)}".strip()] = round(
+            time.monotonic() - start, 1)
+        self.run(script, *extra).assert_no_changes()
+        return first
+
+    def backup_root(self, server: str = SERVER) -> Path:
+        return self.dir / "backups" / server
+
+    def index(self) -> dict[str, Any]:
+        return dict(json.loads((self.backup_root() / "index.json").read_text()))
+
+
+def backup_blob_files(root: Path) -> set[str]:
+    base = root / "docker/registry/v2/blobs/sha256"
+    return {p.parent.name for p in base.glob("*/*/data")} if base.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    for name in (SERVER, *CLIENTS):
+        lab_api.reset_host(name)
+    site = Site(tmp_path_factory.mktemp("backup"), [SERVER])
+    yield site
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d")
+    (RESULTS / f"{stamp}-backup-restore.json").write_text(json.dumps(FIGURES, indent=1) + "\n")
+
+
+@pytest.fixture(scope="module")
+def images(site: Site, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """25 layouts: 5 groups sharing a 4 MB base layer, each image with a 1 MB layer of its own."""
+    root = tmp_path_factory.mktemp("layouts")
+    bases = [os.urandom(4_000_000) for _ in range(5)]
+    layouts = {}
+    for i in range(25):
+        layout = root / f"img{i}"
+        write_image(layout, [bases[i % 5], os.urandom(1_000_000)])
+        layouts[f"app{i % 7}/svc{i}:v{i % 3}"] = layout
+    return layouts
+
+
+def test_a_backup_is_incremental_and_indexed(site: Site, images: dict[str, Path]) -> None:
+    site.twice()
+    site.refresh_certs()
+    refs = list(images)
+    for ref in refs[:20]:
+        assert site.push(images[ref], ref).returncode == 0
+    first = site.twice("backup.py")
+    assert "registry-kit: backup of" in first.stderr, first.describe()
+    index = site.index()
+    files_after_first = backup_blob_files(site.backup_root())
+    assert index["tag_count"] == 20 and index["this_backup"]["blobs_copied"] == 20 * 3 + 5
+    assert len(files_after_first) == 65
+    for ref in refs[:20]:
+        repo, tag = ref.split(":")
+        assert index["repositories"][repo]["tags"][tag]["digest"] == site.digest(ref)
+    FIGURES["backup_first"] = index["this_backup"]
+    for ref in refs[20:]:
+        assert site.push(images[ref], ref).returncode == 0
+    site.twice("backup.py")
+    index = site.index()
+    new_files = backup_blob_files(site.backup_root()) - files_after_first
+    # 5 new images: a layer, a config and a manifest each; their base layers were there.
+    assert len(new_files) == 15 and index["this_backup"]["blobs_copied"] == 15, index
+    assert index["tag_count"] == 25
+    FIGURES["backup_incremental"] = index["this_backup"]
+    assert len(list((site.backup_root() / "indexes").glob("*.json"))) == 2
+
+
+def test_b_verify_reports_a_corrupted_blob(site: Site) -> None:
+    run = site.run("backup.py", "--data", "registry_backup_verify=True").assert_ok()
+    assert "verify: all 80 blobs" in run.stderr, run.describe()
+    # Corrupt one blob in a copy of the backup (the original stays good for the restore).
+    copy = site.dir / "corrupt"
+    os.system(f"cp -a {site.dir / 'backups'} {copy}")
+    victim = sorted((copy / SERVER / "docker/registry/v2/blobs/sha256").glob("*/*/data"))[3]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    run = site.run("backup.py", "--data", "registry_backup_verify=True", "--data",
+                   f"registry_backup_dir={copy}")
+    assert run.returncode != 0
+    assert f"MISMATCH sha256:{victim.parent.name}" in run.stderr, run.describe()
+    assert hashlib.sha256(bytes(data)).hexdigest() in run.stderr
+    assert "1 mismatched, 0 missing, 79 good" in run.stderr
+
+
+def test_c_purge_then_restore_keeps_every_digest(site: Site, images: dict[str, Path]) -> None:
+    before = {ref: site.digest(ref) for ref in images}
+    site.run("teardown.py", "--data", "registry_purge_data=True").assert_ok()
+    assert harness.ssh(SERVER, "test -e /var/lib/registry-kit/data", check=False).returncode != 0
+    start = time.monotonic()
+    run = site.run("restore.py").assert_ok()
+    FIGURES["restore_after_purge_s"] = round(time.monotonic() - start, 1)
+    assert "registry-kit: restored" in run.stderr, run.describe()
+    site.run("restore.py").assert_no_changes()
+    assert {ref: site.digest(ref) for ref in images} == before
+    for ref in images:
+        site.pull(ref)
+
+
+def test_d_restore_onto_a_second_fresh_server(site: Site, images: dict[str, Path],
+                                              extra_host: Any) -> None:
+    extra_host(HostSpec(SECOND, "bookworm", aliases=("registry17b.lab",)))
+    (site.dir / "second").mkdir()
+    other = Site(site.dir / "second", [SECOND], registry_backup_dir=str(site.dir / "backups"),
+                 registry_restore_from=str(site.backup_root()))
+    other.state_dir = site.state_dir  # the same CA, so certs/ca.crt stays valid
+    other.data["registry_state_dir"] = str(site.state_dir)
+    other.write()
+    other.certs = site.certs
+    start = time.monotonic()
+    other.run("restore.py").assert_ok()
+    FIGURES["restore_fresh_server_s"] = round(time.monotonic() - start, 1)
+    other.run("restore.py").assert_no_changes()
+    for ref in images:
+        assert other.digest(ref) == site.digest(ref)
+        other.pull(ref)
+
+
+def test_e_no_window_pushes_and_pulls_go_on(site: Site, images: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    """A push loop and a pull loop run through a backup: none fails, and every tag pushed
+    before the backup started is in its index and restores with its digest."""
+    pushes: list[tuple[float, float, int, str, str]] = []
+    pulls: list[tuple[float, float, int, str]] = []
+    stop = threading.Event()
+
+    def push_loop() -> None:
+        i = 0
+        while not stop.is_set():
+            layout = tmp_path / f"loop{i}"
+            write_image(layout, [os.urandom(200_000)])
+            started = time.time()
+            proc = site.push(layout, f"loop/img:{i}")
+            pushes.append((started, time.time(), proc.returncode, proc.stderr.strip(),
+                           f"loop/img:{i}"))
+            i += 1
+
+    def pull_loop() -> None:
+        refs = list(images)
+        i = 0
+        while not stop.is_set():
+            ref = refs[i % len(refs)]
+            started = time.time()
+            with tempfile.TemporaryDirectory() as tmp:
+                proc = site.skopeo(["copy", "--quiet", "--src-cert-dir", str(site.certs),
+                                    f"docker://{ADDRESS}/{ref}", f"dir:{tmp}/i"])
+            pulls.append((started, time.time(), proc.returncode, proc.stderr.strip()))
+            i += 1
+
+    # An 80 MB image the backup lacks: its first pass lasts seconds, so the loops overlap
+    # every pass (the backups before copied everything else).
+    big = tmp_path / "big"
+    write_image(big, [os.urandom(80_000_000)])
+    assert site.push(big, "big/one:1").returncode == 0
+    threads = [threading.Thread(target=push_loop), threading.Thread(target=pull_loop)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(5)
+        site.run("backup.py").assert_ok()
+        time.sleep(3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    this_backup = site.index()["this_backup"]
+    started, ended = this_backup["started"], this_backup["started"] + this_backup["seconds"]
+    during = [r for r in pushes if r[1] > started and r[0] < ended]
+    pulls_during = [r for r in pulls if r[1] > started and r[0] < ended]
+    assert len(during) >= 2 and len(pulls_during) >= 2, (pushes, pulls, this_backup)
+    assert [r for r in pushes if r[2] != 0] == [], "a push failed during the backup"
+    assert [r for r in pulls if r[2] != 0] == [], "a pull failed during the backup"
+    # Every tag pushed before the backup started is in its index with its digest.
+    before = {ref: site.digest(ref) for ref in [*images, "big/one:1"]}
+    before.update({r[4]: site.digest(r[4]) for r in pushes if r[1] < started})
+    index = site.index()
+    listed = {f"{repo}:{tag}": entry["digest"]
+              for repo, body in index["repositories"].items()
+              for tag, entry in body["tags"].items()}
+    assert {ref: listed.get(ref) for ref in before} == before
+    FIGURES["backup_under_load"] = {
+        "backup_seconds": this_backup["seconds"], "pushes": len(pushes),
+        "pushes_during_backup": len(during), "pulls": len(pulls),
+        "pulls_during_backup": len(pulls_during),
+        "blob_bytes_copied": this_backup["blob_bytes_copied"],
+        "failed_pushes": 0, "failed_pulls": 0,
+        "blobs_copied_after_tree": this_backup["blobs_copied_after_tree"],
+        "links_reread": this_backup["links_reread"],
+        "tags_left_out": len(index["tags_left_out"])}
+    # That backup restores: purge, restore, every one of those tags has its digest.
+    site.run("teardown.py", "--data", "registry_purge_data=True").assert_ok()
+    site.run("restore.py").assert_ok()
+    site.run("restore.py").assert_no_changes()
+    assert {ref: site.digest(ref) for ref in before} == before
+    for ref in [r for r in before if r.startswith("loop/")][:3]:
+        site.pull(ref)
+
+
+def test_f_pull_through_cache(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+                              extra_host: Any) -> None:
+    extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
+    directory = tmp_path_factory.mktemp("cache")
+    upstream = lab["upstream"]
+    site = harness.OwnStateSite(
+        directory, servers=[CACHE], clients=CLIENTS, user=USER, password="cache-pass-17x",
+        times={}, data={"registry_domain": "cache.lab", "registry_port": PORT,
+                        "registry_mode": "pull-through-cache",
+                        # By IP: the registry container resolves names through the host's
+                        # resolvers, which do not know the lab's (seen: 2.8.2 panics at start,
+                        # "lookup upstream.lab ... no such host").
+                        "registry_proxy_remoteurl": f"http://{upstream['ip']}:5000",
+                        "registry_client_login_user": USER,
+                        "registry_client_hosts_entries": {"cache.lab": harness.host_ip(CACHE)}})
+    site.run().assert_ok()
+    site.run().assert_no_changes()
+    image = "cache.lab:5000/library/busybox:latest"
+    config = harness.ssh(CACHE, "cat /etc/registry-kit/config.yml").stdout
+    assert f"remoteurl: http://{upstream['ip']}:5000" in config
+
+    def upstream_blob_gets() -> int:
+        logs = os.popen(f"docker logs {upstream['container']} 2>&1").read()
+        return sum(1 for line in logs.splitlines()
+                   if "library/busybox/blobs/sha256:" in line and "GET" in line
+                   and "response completed" in line)
+
+    before = upstream_blob_gets()
+    harness.ssh(CLIENTS[0], f"docker pull {image}")
+    after_first = upstream_blob_gets()
+    assert after_first > before, "the first pull should fetch from upstream"
+    stored = harness.ssh(CACHE, "find /var/lib/registry-kit/data/docker/registry/v2/blobs "
+                                "-name data | wc -l").stdout.strip()
+    assert int(stored) >= 2
+    harness.ssh(CLIENTS[1], f"docker pull {image}")
+    assert upstream_blob_gets() == after_first, "the second client's pull came from upstream"
+    pushed = harness.ssh(CLIENTS[0], f"docker tag {image} cache.lab:5000/mine/bb:1 && "
+                                     "docker push cache.lab:5000/mine/bb:1", check=False)
+    assert pushed.returncode != 0
+    FIGURES["cache_push_refusal"] = (pushed.stdout + pushed.stderr).strip()[-200:]
+    os.system(f"docker stop {upstream['container']} >/dev/null")
+    try:
+        harness.ssh(CLIENTS[1], f"docker rmi {image} >/dev/null && docker pull {image}")
+    finally:
+        os.system(f"docker start {upstream['container']} >/dev/null")
+    FIGURES["cache"] = {"upstream_blob_gets_first_pull": after_first - before,
+                        "upstream_blob_gets_second_pull": 0, "blobs_in_cache": int(stored)}
+
+
+class AnonymousCache(harness.OwnStateSite):
+    """A cache without users (registry_anonymous_acknowledged: nobody can push to a cache)
+    whose clients use it as their Docker Hub mirror, not by name."""
+
+    def write(self) -> None:
+        mirror = {"docker_registry_mirrors": [f"https://cache.lab:{PORT}"]}
+        harness.write_inventory(self.inventory, servers=self.servers, clients=self.clients,
+                                data={**self.data, "registry_users": []},
+                                per_host={name: mirror for name in self.clients})
+
+
+def test_f2_cache_as_a_docker_hub_mirror(lab: dict[str, Any], extra_host: Any,
+                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    """dockerd consults registry-mirrors for Docker Hub names only: `busybox` (that is
+    docker.io/library/busybox; the lab upstream stands in for Docker Hub) pulled on a
+    client whose only mirror is the cache comes through the cache, never straight from
+    the upstream, and still pulls with the upstream stopped."""
+    extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
+    upstream = lab["upstream"]
+    client = CLIENTS[0]
+    client_ip = harness.host_ip(client)
+    site = AnonymousCache(
+        tmp_path_factory.mktemp("mirror"), servers=[CACHE], clients=[client], user=USER,
+        password="unused-17", times={},
+        data={"registry_domain": "cache.lab", "registry_port": PORT,
+              "registry_mode": "pull-through-cache", "registry_anonymous_acknowledged": True,
+              "registry_proxy_remoteurl": f"http://{upstream['ip']}:5000",
+              "registry_client_hosts_entries": {"cache.lab": harness.host_ip(CACHE)}})
+    site.run().assert_ok()
+    site.run().assert_no_changes()
+    mirrors = harness.ssh(client, "docker info --format '{{json .RegistryConfig.Mirrors}}'")
+    assert [m.rstrip("/") for m in json.loads(mirrors.stdout)] == [f"https://cache.lab:{PORT}"]
+    harness.ssh(client, "docker rmi -f busybox:latest cache.lab:5000/library/busybox:latest "
+                        ">/dev/null 2>&1; true")
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+    harness.ssh(client, "docker pull busybox:latest")
+    logs = os.popen(f"docker logs --since {since} {upstream['container']} 2>&1").read()
+    fetched = [line for line in logs.splitlines() if "/v2/library/busybox/" in line
+               and "response completed" in line]
+    assert fetched, "the cache did not fetch busybox from the upstream"
+    assert not [line for line in fetched if re.search(f'remoteaddr="?{re.escape(client_ip)}:',
+                                                      line)], \
+        "the client went to the upstream itself"
+    # The proxy stores what it served in the background (seen: a moment after the pull;
+    # the client may hold busybox's layer from an earlier test, then only the manifest and
+    # config come through), so wait up to 10 s for the repository and a blob.
+    stored = harness.ssh(CACHE, "d=/var/lib/registry-kit/data/docker/registry/v2; "
+                                "for i in $(seq 20); do n=$(find $d/blobs -name data | wc -l); "
+                                "[ $n -ge 1 ] && [ -d $d/repositories/library/busybox ] && "
+                                "break; sleep 0.5; done; echo $n").stdout
+    assert int(stored) >= 1
+    os.system(f"docker stop {upstream['container']} >/dev/null")
+    try:
+        harness.ssh(client, "docker rmi busybox:latest >/dev/null && docker pull busybox:latest")
+    finally:
+        os.system(f"docker start {upstream['container']} >/dev/null")
+    FIGURES["cache_as_mirror"] = {"upstream_requests_from_cache": len(fetched),
+                                  "upstream_requests_from_client": 0,
+                                  "blobs_cached": int(stored)}
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"registry_backup_dir": "backups"}, "setting registry_backup_dir='backups' is not allowed"),
+    ({"registry_restore_from": "/nonexistent/backup"},
+     "setting registry_restore_from='/nonexistent/backup' is not allowed: no backup there"),
+    ({"registry_mode": "pull-through-cache", "registry_proxy_remoteurl": "upstream.lab:5000"},
+     "setting registry_proxy_remoteurl='upstream.lab:5000' is not allowed"),
+])
+def test_g_bad_input_one_line_nothing_touched(site: Site, data: dict[str, Any],
+                                              expected: str) -> None:
+    script = "restore.py" if "registry_restore_from" in data else (
+        "deploy.py" if "registry_mode" in data else "backup.py")
+    started = harness.started_at(SERVER)
+    listing = harness.ssh(SERVER, "ls -la --time-style=full-iso /etc/registry-kit "
+                                  "/var/lib/registry-kit/data").stdout
+    extra = [arg for key, value in data.items() for arg in ("--data", f"{key}={value}")]
+    run = site.run(script, *extra)
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith(f"{SERVER}: {expected}"), run.stderr
+    assert not run.results or not run.changed
+    assert harness.started_at(SERVER) == started
+    assert harness.ssh(SERVER, "ls -la --time-style=full-iso /etc/registry-kit "
+                               "/var/lib/registry-kit/data").stdout == listing
