@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gevent import GreenletExit
 from pyinfra import context, logger
 from pyinfra.api import StringCommand
 from pyinfra.context import ctx_state
@@ -50,7 +51,7 @@ def run_cache(name: str, factory: Callable[[], Any], state: Any = None) -> Any:
     if state is None:
         if not ctx_state.isset():
             return factory()
-        state = context.state
+        state = ctx_state.get()  # the run's State itself: `context.state` is a shared proxy
     store: dict[str, Any] = state.__dict__.setdefault(_RUN_ATTRIBUTE, {})
     if name not in store:
         store[name] = factory()
@@ -65,6 +66,9 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS, *,
     `defaults` replace package defaults (host data still wins); `after(all_settings)` adds
     the caller's checks (deploy's certificates and scale-out), run once with the validation."""
 
+    if run_cache("refused", dict):
+        raise GreenletExit()  # another host's refusal ends this run (see refusal())
+
     def load() -> dict[str, Settings]:
         try:
             loaded = settings_module.load_inventory(context.inventory, groups=groups.all,
@@ -74,9 +78,22 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS, *,
                 after(loaded)
             return loaded
         except SettingsError as error:
-            raise SettingsRefused(error) from None
+            raise refusal(error) from None
 
     return run_cache(f"settings:{groups}:{sorted((defaults or {}).items())!r}", load)  # type: ignore[no-any-return]
+
+
+def refusal(error: SettingsError) -> BaseException:
+    """What to raise for a setting refused while planning a host. pyinfra runs the deploy
+    file for every host at once, each in a greenlet: the run's first refusal is a
+    SettingsRefused (a SystemExit: the run ends with its one line); any later one ends its
+    host's greenlet as killed (GreenletExit, which gevent does not report), since a second
+    SystemExit would print a traceback while the run shuts down."""
+    refused: dict[str, SettingsRefused] = run_cache("refused", dict)
+    if refused:
+        return GreenletExit()
+    refused["first"] = SettingsRefused(error)
+    return refused["first"]
 
 
 def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:

@@ -18,7 +18,7 @@ from registry_kit import keystore as control
 from registry_kit import pull_through, pyinfra_patches, s3check, sharedgc
 from registry_kit import topology as scaleout
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
 from registry_kit.inventory import validated_settings as validated_inventory
 from registry_kit.operations import (
     cache,
@@ -33,7 +33,7 @@ from registry_kit.operations import (
 from registry_kit.operations.engine import engine_deploy, install_curl
 from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.registry_version import resolve as resolve_version
-from registry_kit.settings import Settings, SettingsError, SettingsRefused
+from registry_kit.settings import Settings, SettingsError
 
 
 def _serves_tls(target: Any, groups: Groups) -> bool:
@@ -102,9 +102,9 @@ def server_version(settings: Settings, state: HostState) -> RegistryVersion:
                                   state.image_version_label or None)
         pull_through.check_version(settings, version.major)
     except RegistryVersionError as error:
-        raise SettingsRefused(SettingsError(str(error))) from None
+        raise refusal(SettingsError(str(error))) from None
     except SettingsError as error:
-        raise SettingsRefused(error) from None
+        raise refusal(error) from None
     running = state.container
     before = running_major(running.image, running.version_label) if running else None
     if running is not None and before is not None and before != version.major:

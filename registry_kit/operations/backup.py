@@ -51,8 +51,8 @@ from pyinfra.facts.server import Command
 
 from registry_kit import pull_through, pyinfra_patches
 from registry_kit.commands import q
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, roles, validated_settings
-from registry_kit.settings import Settings, SettingsError, SettingsRefused
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
+from registry_kit.settings import Settings, SettingsError
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"
@@ -413,7 +413,7 @@ def store_ssh_host(settings: Settings) -> Any:
         return None
     target = inventory.get_host(name, None)
     if target is None:
-        raise SettingsRefused(SettingsError(
+        raise refusal(SettingsError(
             f"{settings.host}: setting registry_backup_host={name!r} is not allowed: the "
             "name of a host in this inventory (the kit reaches it over pyinfra's SSH)"))
     return target
@@ -438,12 +438,12 @@ def side_for_store(root: str, settings: Settings) -> Side:
 def refuse_unsupported(settings: Settings, what: str) -> None:
     driver = settings.registry_storage.driver
     if driver != "filesystem":
-        raise SettingsRefused(SettingsError(
+        raise refusal(SettingsError(
             f"{settings.host}: setting registry_storage={{'driver': {driver!r}}} is not "
             f"allowed: {what} covers filesystem storage; back up {driver} storage with "
             f"{OBJECT_STORE_TOOLS[driver]}"))
     if pull_through.is_cache(settings) and what == "backup.py":
-        raise SettingsRefused(SettingsError(
+        raise refusal(SettingsError(
             f"{settings.host}: setting registry_mode='pull-through-cache' is not allowed: "
             "backup.py backs up registries; a cache holds copies of "
             f"{settings.registry_proxy_remoteurl} and refills itself"))

@@ -31,6 +31,7 @@ from registry_kit.inventory import (
     DEFAULT_GROUPS,
     Groups,
     ReportedCommand,
+    refusal,
     roles,
     validated_settings,
 )
@@ -40,7 +41,7 @@ from registry_kit.inventory import (
 from registry_kit.operations import files as remote
 from registry_kit.operations import server
 from registry_kit.render import textfile
-from registry_kit.settings import Settings, SettingsError, SettingsRefused
+from registry_kit.settings import Settings, SettingsError
 
 SCRIPT = "registry-gc.sh"
 TIMER_NAME = "registry-kit-gc.timer"
@@ -194,9 +195,9 @@ def _shared_group(settings: Settings, topology: scaleout.Topology) -> tuple[Sett
     before anything changes, when one of several is not in it."""
     group = sharedgc.group_of(settings.host, sharedgc.storage_groups(topology.servers))
     if len(group) > 1:
-        refusal = sharedgc.unreachable_refusal(group, (h.name for h in pyinfra_state.active_hosts))
-        if refusal:
-            raise SettingsRefused(SettingsError(refusal))
+        why = sharedgc.unreachable_refusal(group, (h.name for h in pyinfra_state.active_hosts))
+        if why:
+            raise refusal(SettingsError(why))
     return group
 
 

@@ -28,10 +28,10 @@ from pyinfra.facts.server import Command
 
 from registry_kit import package_data, plan
 from registry_kit.commands import join, q
-from registry_kit.inventory import DEFAULT_GROUPS, Groups
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, refusal
 from registry_kit.operations import backup, server
 from registry_kit.operations.backup import INDEX, BackupError, Side
-from registry_kit.settings import Settings, SettingsError, SettingsRefused
+from registry_kit.settings import Settings, SettingsError
 
 RESTART_SCRIPT = package_data.script("registry-restart.sh")
 
@@ -84,7 +84,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         assert isinstance(index, dict) and "blobs" in index
     except (ValueError, AssertionError):
         where = settings.registry_backup_host or "the control machine"
-        raise SettingsRefused(SettingsError(
+        raise refusal(SettingsError(
             f"{host.name}: setting registry_restore_from={root!r} is not allowed: no "
             f"backup there ({where} has no readable {root}/{INDEX}; make one with "
             "backup.py)")) from None
