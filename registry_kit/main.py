@@ -23,6 +23,7 @@ from registry_kit import (
     scaleout,
     server,
     trust,
+    webui,
 )
 from registry_kit import settings as settings_module
 from registry_kit.engine import engine_deploy, install_curl
@@ -134,7 +135,8 @@ def plan_host() -> None:
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part, wanted in ((server, is_server), (gc, is_server), (client, is_client),
+    for part, wanted in ((server, is_server), (gc, is_server), (webui, is_server),
+                         (client, is_client),
                          (loadbalancer, is_lb), (cache, is_cache)):
         if wanted:
             for key, value in part.probe_args(settings).items():
@@ -173,6 +175,7 @@ def plan_host() -> None:
                              cache=scaleout.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2)
         gc.schedule_deploy(settings, state)
+        webui.webui_deploy(settings, state, cert)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")

@@ -196,6 +196,9 @@ class Settings:
     # The registry's major version when registry_image's tag does not tell it (see
     # registry_kit.registry_version); None: from the tag or the image's label.
     registry_version: int | None = None
+    # The registry web page (registry_kit.webui).
+    registry_webui_enabled: bool = False
+    registry_webui_port: int = 5443
 
     @property
     def tls_enabled(self) -> bool:
@@ -558,6 +561,21 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
     return value
 
 
+def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None) \
+        -> dict[str, Any]:
+    """The web page (registry_kit.webui): its own port, over the registry's TLS only."""
+    enabled = r.boolean("registry_webui_enabled")
+    webui_port = r.integer("registry_webui_port", 1, 65535)
+    taken = {port} | ({int(debug_addr.rsplit(":", 1)[1])} if debug_addr else set())
+    if webui_port in taken:
+        raise r.fail("registry_webui_port", webui_port, "a port other than registry_port and "
+                     "registry_debug_addr's")
+    if enabled and tls_mode == "none":
+        raise r.fail("registry_webui_enabled", True, "False when registry_tls_mode='none' "
+                     "(the page sends passwords: it is served over the registry's TLS only)")
+    return {"registry_webui_enabled": enabled, "registry_webui_port": webui_port}
+
+
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
     """Scale-out settings (registry_kit.scaleout checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
@@ -695,6 +713,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
             gc_schedule)):
         raise r.fail("registry_gc_schedule", gc_schedule, "None or a systemd OnCalendar "
                      "expression like 'Sun *-*-* 03:00:00' or 'weekly'")
+    webui = _read_webui(r, port, tls_mode, debug_addr)
     remove_docker = r.boolean("docker_remove_on_teardown")
     if remove_docker and install_method == "none":
         raise r.fail("docker_remove_on_teardown", True, "False when docker_install_method="
@@ -755,6 +774,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         docker_remove_on_teardown=remove_docker,
         registry_version=version,
         **scale_out,
+        **webui,
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import client, daemon_json, gc, pyinfra_patches, server
+from registry_kit import client, daemon_json, gc, pyinfra_patches, server, webui
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.engine import configure_daemon, refuse_host
 from registry_kit.facts import HostState, RegistryHostState
@@ -42,6 +42,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   RUNTIME_DIR]
         # What else each folder holds (entries) decides whether the folder itself can go.
         parts += [server.probe_args(settings), gc.probe_args(settings),
+                  webui.probe_args(settings),
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
@@ -188,6 +189,7 @@ def remove_data(settings: Settings, state: HostState):
 
 def server_teardown(settings: Settings, state: HostState) -> None:
     gc.schedule_remove(state, name="Remove the garbage collection timer")
+    webui.webui_remove(state)
     remove_container(settings, state, name="Remove the registry container")
     plans = config_plans(settings, state)
     log_kept(plans)
