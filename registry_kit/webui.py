@@ -110,7 +110,7 @@ def render_haproxy(settings: Settings) -> str:
         "    timeout connect 5s",
         "    timeout client 60s",
         "    timeout server 300s",
-        "    timeout http-request 10s",
+        "    timeout http-request 30s",
         "",
         "frontend webui",
         f"    bind {listen} ssl crt {PEM} alpn h2,http/1.1",

@@ -8,7 +8,11 @@
 "use strict";
 
 (() => {
-  const PAGE = 100; // catalog and tag-list page size (n=); the Link header gives the rest
+  // Catalog and tag-list page size (n=), at most the registry's catalog.maxentries
+  // (default 1000); the Link header gives the rest. "?n=50" on the page's URL sets it lower
+  // (the browser test uses that to follow Link through several pages).
+  const PAGE = Math.min(1000, Math.max(1,
+    Number(new URLSearchParams(location.search).get("n")) || 1000));
   const PARALLEL = 6; // manifest requests at once (a browser's per-host connection limit)
   const MANIFEST_TYPES = [
     "application/vnd.oci.image.index.v1+json",
@@ -23,6 +27,9 @@
   let config = {registry: "", deleteEnabled: false};
   let repositories = [];
   let current = null; // {name, tags: [{tag, digest, ...}]}
+  // Image configs by repository and digest: tags often share one, and with htpasswd each
+  // request costs the registry a bcrypt check.
+  let configs = new Map();
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, text, cls) => {
@@ -80,8 +87,16 @@
     // Basic first: with htpasswd that is the whole story; with token auth the registry
     // answers 401 with a Bearer challenge, and the request is repeated with a token.
     headers.Authorization = `Basic ${credentials.basic}`;
-    const response = await fetch(path, {
+    const ask = () => fetch(path, {
       method, headers, credentials: "omit", cache: "no-store", redirect: "follow"});
+    let response;
+    try {
+      response = await ask();
+    } catch (error) {
+      // A connection dropped under load ("Failed to fetch"): a read is asked once more.
+      if (method !== "GET") throw error;
+      response = await ask();
+    }
     if (response.status === 401) {
       const {scheme, params} = challenge(response);
       if (scheme === "bearer" && params.realm) {
@@ -138,13 +153,19 @@
     return {body, type, digest: response.headers.get("Docker-Content-Digest") || ""};
   }
 
-  async function imageConfig(name, digest) {
-    try {
-      const response = await api(`/v2/${repoPath(name)}/blobs/${digest}`);
-      return response.ok ? await response.json() : null;
-    } catch (_) {
-      return null; // e.g. a redirect to object storage, which this page may not fetch
+  function imageConfig(name, digest) {
+    const key = `${name}@${digest}`;
+    if (!configs.has(key)) {
+      configs.set(key, (async () => {
+        try {
+          const response = await api(`/v2/${repoPath(name)}/blobs/${digest}`);
+          return response.ok ? await response.json() : null;
+        } catch (_) {
+          return null; // e.g. a redirect to object storage, which this page may not fetch
+        }
+      })());
     }
+    return configs.get(key);
   }
 
   const layerBytes = (body) => (body.layers || []).reduce((sum, layer) => sum + layer.size, 0);
@@ -316,6 +337,7 @@
     $("tag-count").textContent = "";
     $("tag-rows").replaceChildren();
     delete $("tag-rows").dataset.loadedMs; // set again when this repository is shown
+    delete $("tag-rows").dataset.listedMs;
     $("gc-note").hidden = !config.deleteEnabled;
     $("tags-status").textContent = "Loading…";
     const started = performance.now();
@@ -331,6 +353,7 @@
         return row;
       });
       $("tag-rows").replaceChildren(...rows);
+      $("tag-rows").dataset.listedMs = String(Math.round(performance.now() - started));
       const infos = await parallel(tags, (tag) => describeTag(name, tag), (i, info) => {
         if (current !== opened) return;
         const row = tagRow(info.error ? {tag: tags[i], error: info.error} : info);
@@ -435,6 +458,7 @@
   function logout() {
     credentials = null;
     tokens = new Map();
+    configs = new Map();
     repositories = [];
     current = null;
     $("repo-list").replaceChildren();
