@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-e2e lint lab-up lab-down lab-status bench clean
+.PHONY: venv demo test test-unit test-e2e lint dist lab-up lab-down lab-status bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m lab.demo
 
-## test: unit tests, lint, then the e2e suite against the lab (needs root and Docker)
-test: venv lint
+## test: lint, the wheel and sdist checked, then unit and e2e tests (needs root and Docker)
+test: venv lint dist
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-unit: fast tests only (no lab)
@@ -32,6 +32,12 @@ test-e2e: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+## dist: build the wheel and sdist (python -m build) and check them (twine check)
+dist: venv
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
 
 lab-up: venv
 	$(PY) -m lab up
@@ -46,4 +52,4 @@ bench: venv
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

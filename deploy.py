@@ -5,6 +5,6 @@ hosts in `registry_clients` get the engine and trust for it (and, optionally, a 
 Settings: group_data/all.py (README: Settings). Idempotent: a second run changes nothing.
 """
 
-from registry_kit.main import plan_host
+from registry_kit import api
 
-plan_host()
+api.registry()

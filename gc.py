@@ -7,6 +7,6 @@ bytes freed are reported. `--data registry_gc_dry_run=True` only reports what wo
 Settings: group_data/all.py (README: Garbage collection).
 """
 
-from registry_kit.gc import plan_host
+from registry_kit import api
 
-plan_host()
+api.garbage_collect()

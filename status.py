@@ -1,9 +1,11 @@
 """registry-kit: `pyinfra INVENTORY status.py` prints the state of every registry server and
 client as two tables (servers: image, state, uptime, /v2/ code, certificate days left,
-storage, repositories, tags, GC timer; clients: engine, trust, login, /etc/hosts lines).
+storage, repositories, tags, GC timer; load balancers: each replica as haproxy sees it, who
+holds the floating address; cache: redis memory and keys; clients: engine, trust, login,
+/etc/hosts lines).
 Read-only: one remote command per host, no operations.
 """
 
-from registry_kit.status import plan_host
+from registry_kit import api
 
-plan_host()
+api.status()

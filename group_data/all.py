@@ -1,9 +1,11 @@
-"""registry-kit settings: every knob, with its default and what it means.
+"""registry-kit settings for this project: the documented example of overrides.
 
-Override per group in group_data/<group>.py (registry_servers, registry_clients), per host
-in the inventory, or per run with `--data key=value`. The README's settings table mirrors
-this file; tests check that they agree. Plain literals only: registry_kit.settings reads
-and validates them once, before any host is touched.
+Every setting is shown here at its package default (registry_kit/defaults.py holds the
+defaults; the kit works without this file). Change what this project needs, or override per
+group in group_data/<group>.py (registry_servers, registry_clients), per host in the
+inventory, or per run with `--data key=value`. The README's settings table mirrors the
+defaults; tests check that this file, the defaults and the table agree. Plain literals only:
+registry_kit.settings reads and validates them once, before any host is touched.
 """
 
 # --- Registry service (hosts in registry_servers) ---
@@ -22,7 +24,7 @@ registry_http_secret = None  # {"env": NAME} or {"file": PATH}; None: generated 
 registry_log_level = "info"  # error | warn | info | debug
 registry_debug_addr = None  # e.g. "127.0.0.1:5001": debug and /metrics, localhost only
 registry_webui_enabled = False  # serve the web page (browse, delete) on registry_webui_port
-registry_webui_port = 5443  # the page's HTTPS port on servers: same domain, TLS, users
+registry_webui_port = 5444  # the page's HTTPS port on servers: same domain, TLS, users
 registry_verify_timeout = 60  # seconds to wait for /v2/ after a (re)start before failing
 
 # --- TLS ---
@@ -37,6 +39,9 @@ registry_tls_none_acknowledged = False  # must be True to send passwords over pl
 # --- Users (htpasswd, bcrypt) ---
 registry_users = []  # [{"name": "ci", "password_env": VAR}] or password_file / password_hash
 registry_allow_plain_passwords = False  # allow {"password": "..."} in group data (not advised)
+registry_groups = {}  # {"readers": ["alice", "bob"]}: groups of registry_users for rules
+registry_access_rules = None  # None: users may do everything; a list: per-repository rules (README)
+registry_token_port = 5443  # access rules: the token server's port on each server (and the LB)
 registry_anonymous_acknowledged = False  # must be True to run a registry without users (open)
 
 # --- Scale-out: several registry_servers, registry_lb (haproxy), registry_cache (redis) ---
@@ -50,6 +55,12 @@ registry_cache_port = 6379  # redis port on the registry_cache host
 registry_cache_password = None  # {"env": NAME} or {"file": PATH}; None: generated once, kept
 registry_cache_db = 0  # redis database number the registry uses (0-15)
 registry_cache_maxmemory = "256mb"  # redis maxmemory; evicts with allkeys-lru (registry docs)
+registry_lb_vip = None  # e.g. "10.0.0.100/24": floating address over registry_lb (keepalived)
+registry_lb_vip_interface = None  # e.g. "eth0"; None: the interface whose network holds the VIP
+registry_lb_vrrp_password = None  # {"env": NAME} or {"file": PATH}, 1-8 chars; None: generated
+registry_lb_vrrp_router_id = 51  # VRRP virtual_router_id (1-255), unique on the network
+registry_lb_vrrp_unicast = False  # True: VRRP to the other LBs' internal addresses, no multicast
+registry_packages_remove_on_teardown = False  # teardown.py: also purge haproxy/keepalived/redis
 
 # --- Client hosts (registry_clients) ---
 registry_client_login_user = None  # `docker login` on clients as this user (with a password)
@@ -60,7 +71,7 @@ registry_client_hosts_entries = {}  # {"registry.example.internal": "10.0.0.5"} 
 registry_purge_data = False  # teardown.py: also delete registry_data_dir if the kit created it
 registry_gc_dry_run = False  # gc.py: only report what garbage collection would delete
 registry_gc_delete_untagged = False  # gc.py: also delete manifests no tag points to (see README)
-registry_gc_schedule = None  # systemd OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC on servers
+registry_gc_schedule = None  # OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC (not: shared storage)
 
 # --- Control machine ---
 registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)

@@ -9,7 +9,6 @@ Read-only: the probe never changes anything.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -19,6 +18,10 @@ from registry_kit.commands import OSInfo, q
 
 _SECTION = "@@registry-kit:"
 HOSTS_MARKER = "# registry-kit"
+# Only the registry names of root's docker logins, never the credentials themselves.
+AUTHS_COMMAND = ("grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
+                 " | cut -d'\"' -f2 || true")
+HOSTS_COMMAND = f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true"
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,6 @@ class FileState:
 class ContainerState:
     spec_hash: str
     running: bool
-    started_at: str
-    image_id: str
-    restart_policy: str
     image: str = ""  # the reference it was started with (.Config.Image)
     version_label: str = ""  # its image's org.opencontainers.image.version, if any
 
@@ -142,8 +142,7 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
         # `with`: `index` on an image or container without any label is a template error,
         # which would hide the whole line.
         fmt = ('{{with .Config.Labels}}{{index . "registry-kit.spec"}}{{end}}|'
-               '{{.State.Running}}|{{.State.StartedAt}}|{{.Image}}|'
-               '{{.HostConfig.RestartPolicy.Name}}|{{.Config.Image}}|' + _VERSION_LABEL)
+               '{{.State.Running}}|{{.Config.Image}}|' + _VERSION_LABEL)
         parts.append(f"docker inspect --type container --format {q(fmt)} {q(container)}"
                      " 2>/dev/null || true")
     parts.append(section_command("image"))
@@ -154,15 +153,11 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
     parts.append(section_command("htpasswd"))
     if htpasswd:
         parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
-    parts.append(section_command("auths"))
-    # Only the registry names of root's docker logins, never the credentials themselves.
-    parts.append("grep -o '\"[^\"]*\": *{' /root/.docker/config.json 2>/dev/null"
-                 " | cut -d'\"' -f2 || true")
+    parts += [section_command("auths"), AUTHS_COMMAND]
     parts.append(section_command("login_marker"))
     if login_marker:
         parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
-    parts.append(section_command("hosts"))
-    parts.append(f"grep -e {q(HOSTS_MARKER + '$')} /etc/hosts 2>/dev/null || true")
+    parts += [section_command("hosts"), HOSTS_COMMAND]
     parts.append(section_command("commands"))
     command_list = " ".join(q(name) for name in commands)
     if command_list:
@@ -232,11 +227,9 @@ def parse_probe(lines: Iterable[str]) -> HostState:
             state.dirs[path] = mode
     container_lines = [line for line in sections.get("container", []) if "|" in line]
     if container_lines:
-        spec, running, started, image_id, policy, image, label = \
-            (container_lines[0].split("|") + [""] * 7)[:7]
+        spec, running, image, label = (container_lines[0].split("|") + [""] * 4)[:4]
         state.container = ContainerState(
-            spec_hash=_label_value(spec), running=running == "true", started_at=started,
-            image_id=image_id, restart_policy=policy, image=image,
+            spec_hash=_label_value(spec), running=running == "true", image=image,
             version_label=_label_value(label))
     image_id, _, label = "".join(sections.get("image", [])).strip().partition("|")
     state.image_id = image_id or None
@@ -272,12 +265,6 @@ class RegistryHostState(FactBase):
     @staticmethod
     def default():
         return HostState()
-
-
-def probe_summary(state: HostState) -> str:
-    """A short, secret-free description for logs."""
-    return json.dumps({"docker": state.docker_installed, "version": state.server_version,
-                       "container": bool(state.container)})
 
 
 class EngineVersion(FactBase):

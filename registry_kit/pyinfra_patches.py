@@ -12,7 +12,9 @@ that both give the same order.
 pyinfra also rebuilds the type hints of its global arguments (typing.get_type_hints) for
 every operation call; they are those of one class and never change, so they are kept.
 
-`install()` patches only a pyinfra whose functions are still the ones described here.
+`install()` patches only the exact pyinfra versions in TESTED_VERSIONS (those the
+differential test ran on) whose functions are still the ones described here; on any other
+version the kit runs on pyinfra as it is (slower, same result) and says so once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import pyinfra.api.util
 _operation_module = sys.modules["pyinfra.api.operation"]
 _arguments_module = sys.modules["pyinfra.api.arguments"]
 _util_module = sys.modules["pyinfra.api.util"]
+
+# Add a version only after tests/unit/test_pyinfra_patches.py passed on it.
+TESTED_VERSIONS = frozenset({"3.10.0"})
 
 ORIGINAL_ORDER = _util_module.get_operation_order_from_stack
 ORIGINAL_ARGUMENTS = _arguments_module.all_global_arguments
@@ -70,10 +75,19 @@ def cached_global_arguments() -> list[tuple[str, type]]:
     return list(_global_argument_types())
 
 
-def install() -> bool:
+@functools.cache
+def _say_unpatched(version: str) -> None:
+    pyinfra.logger.warning(f"registry-kit: pyinfra {version} is not a version its speed-ups "
+                           f"were tested on ({', '.join(sorted(TESTED_VERSIONS))}); running "
+                           "without them")
+
+
+def install(version: str | None = None) -> bool:
     """Use frame_order and cached_global_arguments in this process; False (and nothing
-    patched) when pyinfra is not the 3.x these replacements were written for."""
-    if not pyinfra.__version__.startswith("3."):
+    patched) when pyinfra is not a version these replacements were tested on."""
+    version = pyinfra.__version__ if version is None else version
+    if version not in TESTED_VERSIONS:
+        _say_unpatched(version)
         return False
     if _operation_module.get_operation_order_from_stack in (ORIGINAL_ORDER, frame_order) and \
             _arguments_module.all_global_arguments in (ORIGINAL_ARGUMENTS,

@@ -14,16 +14,17 @@ import ipaddress
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry_kit import access
 from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
 from registry_kit.versions import is_valid_version
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = PROJECT_ROOT / "group_data" / "all.py"
+# The package's defaults (a module of plain literals, read fresh for every run).
+DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.py")
 
 TLS_MODES = ("self-signed", "provided", "none")
 INSTALL_METHODS = ("distro", "docker-ce", "none")
@@ -182,7 +183,7 @@ class Settings:
     registry_gc_delete_untagged: bool = False
     registry_gc_schedule: str | None = None
     docker_remove_on_teardown: bool = False
-    # Scale-out (registry_lb, registry_cache); see registry_kit.scaleout.
+    # Scale-out (registry_lb, registry_cache); see registry_kit.topology.
     registry_internal_address: str = ""
     registry_storage_redirect_disabled: bool = False
     registry_storage_check: bool = True
@@ -193,12 +194,22 @@ class Settings:
     registry_cache_password: Secret | None = None
     registry_cache_db: int = 0
     registry_cache_maxmemory: str = "256mb"
+    # A floating address across the registry_lb hosts (keepalived); see registry_kit.keepalived.
+    registry_lb_vip: str | None = None
+    registry_lb_vip_interface: str | None = None
+    registry_lb_vrrp_password: Secret | None = None
+    registry_lb_vrrp_router_id: int = 51
+    registry_lb_vrrp_unicast: bool = False
+    registry_packages_remove_on_teardown: bool = False
     # The registry's major version when registry_image's tag does not tell it (see
     # registry_kit.registry_version); None: from the tag or the image's label.
     registry_version: int | None = None
-    # The registry web page (registry_kit.webui).
+    # Access control per repository (registry_kit.access); None: every user may do all.
+    registry_access: access.Policy | None = None
+    registry_token_port: int = 5443
+    # The registry web page (registry_kit.operations.webui).
     registry_webui_enabled: bool = False
-    registry_webui_port: int = 5443
+    registry_webui_port: int = 5444
 
     @property
     def tls_enabled(self) -> bool:
@@ -221,7 +232,7 @@ class Settings:
 
 
 def known_keys() -> dict[str, Any]:
-    """The settings and their defaults, read from group_data/all.py."""
+    """The settings and their defaults, read from the package (registry_kit/defaults.py)."""
     namespace: dict[str, Any] = {}
     exec(compile(DEFAULTS_FILE.read_text(), str(DEFAULTS_FILE), "exec"), namespace)
     return {
@@ -233,6 +244,7 @@ def known_keys() -> dict[str, Any]:
 
 def _is_secret_key(key: str) -> bool:
     return key in ("registry_users", "registry_http_secret", "registry_cache_password",
+                   "registry_lb_vrrp_password",
                    "registry_storage")
 
 
@@ -320,6 +332,15 @@ class _Reader:
         if unsafe_character(secret.reveal()) is not None:
             raise self.fail(key, source, "a secret without line breaks or control characters")
         return secret
+
+    def optional_secret(self, key: str, what: str) -> Secret | None:
+        """None, or the secret a {'env': NAME} / {'file': PATH} setting names."""
+        source = self.raw(key)
+        if source is None:
+            return None
+        if not isinstance(source, Mapping):
+            raise self.fail(key, "***", "{'env': NAME} or {'file': PATH}")
+        return self.secret_source(key, source, what)
 
     def secret_source(self, key: str, source: Mapping[str, Any], what: str) -> Secret:
         """Resolve {"env": NAME} / {"file": PATH} (or <what>_env / <what>_file keys)."""
@@ -430,11 +451,17 @@ def check_host_path(path: str) -> str | None:
 
 
 def check_unknown_keys(host: str, data: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    """Typos in the kit's own keys: every unknown registry_* key, and a docker_* key only when
+    it is one slip away from one of the kit's (other deploys use docker_* keys of their own)."""
     for key in data:
-        if key.startswith(("registry_", "docker_")) and key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"did you mean {close[0]}?" if close else "see group_data/all.py"
-            raise _fail(host, key, data[key], f"unknown setting; {hint}")
+        if key in known or not key.startswith(("registry_", "docker_")):
+            continue
+        close = difflib.get_close_matches(key, list(known), n=1,
+                                          cutoff=0.6 if key.startswith("registry_") else 0.9)
+        if key.startswith("docker_") and not close:
+            continue
+        hint = f"did you mean {close[0]}?" if close else "see registry_kit/defaults.py"
+        raise _fail(host, key, data[key], f"unknown setting; {hint}")
 
 
 def _read_users(r: _Reader, allow_plain: bool) -> tuple[User, ...]:
@@ -531,7 +558,7 @@ def _read_registry_version(r: _Reader, image: str) -> int | None:
     image tags are accepted too). Where the image's tag names a version the two must agree,
     and a tag naming another major version is refused here, before any host is touched.
     Whether the version can be told at all is known only after the probe (the image's label
-    may tell it): registry_kit.main checks that."""
+    may tell it): registry_kit.plan checks that."""
     value = r.raw("registry_version")
     if value is None:
         version = None
@@ -561,15 +588,18 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
     return value
 
 
-def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None) \
-        -> dict[str, Any]:
-    """The web page (registry_kit.webui): its own port, over the registry's TLS only."""
+def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None,
+                token_port: int | None) -> dict[str, Any]:
+    """The web page (registry_kit.operations.webui): its own port, over the registry's TLS
+    only. token_port: the token server's, when access rules are on."""
     enabled = r.boolean("registry_webui_enabled")
     webui_port = r.integer("registry_webui_port", 1, 65535)
     taken = {port} | ({int(debug_addr.rsplit(":", 1)[1])} if debug_addr else set())
+    if token_port is not None:
+        taken.add(token_port)
     if webui_port in taken:
-        raise r.fail("registry_webui_port", webui_port, "a port other than registry_port and "
-                     "registry_debug_addr's")
+        raise r.fail("registry_webui_port", webui_port, "a port other than registry_port, "
+                     "registry_token_port and registry_debug_addr's")
     if enabled and tls_mode == "none":
         raise r.fail("registry_webui_enabled", True, "False when registry_tls_mode='none' "
                      "(the page sends passwords: it is served over the registry's TLS only)")
@@ -577,7 +607,7 @@ def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None) \
 
 
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
-    """Scale-out settings (registry_kit.scaleout checks how hosts fit together)."""
+    """Scale-out settings (registry_kit.topology checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
     if address is None:
         # Where the control machine reaches the host is the best default guess.
@@ -586,15 +616,10 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
         raise r.fail("registry_internal_address", address,
                      "None or a DNS name or IP address other kit hosts reach this host at")
     stats = _read_loopback_address(r, "registry_lb_stats", port)
-    password_value = r.raw("registry_cache_password")
-    password = None
-    if password_value is not None:
-        if not isinstance(password_value, Mapping):
-            raise r.fail("registry_cache_password", "***", "{'env': NAME} or {'file': PATH}")
-        password = r.secret_source("registry_cache_password", password_value, "password")
-        if not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
-            raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
-                         "spaces, quotes or backslashes (it goes into redis.conf)")
+    password = r.optional_secret("registry_cache_password", "password")
+    if password is not None and not _CACHE_PASSWORD_RE.fullmatch(password.reveal()):
+        raise r.fail("registry_cache_password", "***", "16 to 256 characters, without "
+                     "spaces, quotes or backslashes (it goes into redis.conf)")
     maxmemory = r.raw("registry_cache_maxmemory")
     if not (isinstance(maxmemory, str) and re.fullmatch(r"[1-9][0-9]{0,5}(kb|mb|gb)", maxmemory)):
         raise r.fail("registry_cache_maxmemory", maxmemory, "a size like 64mb or 1gb")
@@ -609,14 +634,60 @@ def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str,
         "registry_cache_password": password,
         "registry_cache_db": r.integer("registry_cache_db", 0, 15),
         "registry_cache_maxmemory": maxmemory,
+        **_read_floating_address(r),
     }
 
 
-def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
+_VIP_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?")
+_INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # a Linux interface name (IFNAMSIZ)
+# keepalived.conf reads # ! " ' { } \\ as syntax; VRRP PASS auth is at most 8 characters.
+_VRRP_PASSWORD_RE = re.compile(r"[$-&(-\[\]-z|~]{1,8}")
+
+
+def _read_floating_address(r: _Reader) -> dict[str, Any]:
+    """registry_lb_vip and its VRRP settings (registry_kit.keepalived)."""
+    vip = r.raw("registry_lb_vip")
+    if vip is not None:
+        match = _VIP_RE.fullmatch(vip) if isinstance(vip, str) else None
+        if not (match and is_ip(match[1]) and (match[2] is None or 8 <= int(match[2]) <= 32)):
+            raise r.fail("registry_lb_vip", vip, "None or an IPv4 address, optionally with "
+                         "its prefix length (8-32), like 10.0.0.100 or 10.0.0.100/24")
+        address = ipaddress.ip_address(match[1])
+        if address.is_loopback or address.is_multicast or address.is_unspecified:
+            raise r.fail("registry_lb_vip", vip, "an address clients can reach (not "
+                         "loopback, multicast or 0.0.0.0)")
+    interface = r.raw("registry_lb_vip_interface")
+    if interface is not None and not (isinstance(interface, str) and
+                                      _INTERFACE_RE.fullmatch(interface)):
+        raise r.fail("registry_lb_vip_interface", interface, "None (the interface whose network "
+                     "holds registry_lb_vip) or a network interface name like eth0")
+    password_value = r.raw("registry_lb_vrrp_password")
+    password = None
+    if password_value is not None:
+        if not isinstance(password_value, Mapping):
+            raise r.fail("registry_lb_vrrp_password", "***", "{'env': NAME} or {'file': PATH}")
+        password = r.secret_source("registry_lb_vrrp_password", password_value, "password")
+        if not _VRRP_PASSWORD_RE.fullmatch(password.reveal()):
+            raise r.fail("registry_lb_vrrp_password", "***", "1 to 8 characters (VRRP's "
+                         "limit), printable, without spaces, quotes, backslashes, #, !, { or }")
+    return {
+        "registry_lb_vip": vip,
+        "registry_lb_vip_interface": interface,
+        "registry_lb_vrrp_password": password,
+        "registry_lb_vrrp_router_id": r.integer("registry_lb_vrrp_router_id", 1, 255),
+        "registry_lb_vrrp_unicast": r.boolean("registry_lb_vrrp_unicast"),
+        "registry_packages_remove_on_teardown":
+            r.boolean("registry_packages_remove_on_teardown"),
+    }
+
+
+def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
          known: Mapping[str, Any] | None = None, server: bool = True) -> Settings:
-    """Validate one host's data (defaults filled from group_data/all.py) into Settings.
+    """Validate one host's data (defaults filled from the package's defaults) into Settings.
     `server`: the host runs a registry (registry_servers), so the open-registry check
-    applies to it."""
+    applies to it. Relative paths (the state folder, password and certificate files) are
+    the user's: they resolve against `base_dir`, by default the current directory."""
+    base_dir = Path.cwd() if base_dir is None else base_dir
     known = known if known is not None else known_keys()
     check_unknown_keys(host, data, known)
     merged = {**known, **{k: v for k, v in data.items() if k in known}}
@@ -650,6 +721,15 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         key_file = r.optional_local_file("registry_tls_key_file")
         ca_file = r.optional_local_file("registry_tls_ca_file")
     users = _read_users(r, r.boolean("registry_allow_plain_passwords"))
+    try:
+        access_policy = access.parse(host, r.raw("registry_groups"),
+                                     r.raw("registry_access_rules"), [u.name for u in users])
+    except access.AccessError as error:
+        raise SettingsError(str(error)) from None
+    token_port = r.integer("registry_token_port", 1, 65535)
+    if access_policy is not None and token_port == port:
+        raise r.fail("registry_token_port", token_port, "a port other than registry_port "
+                     "(the token server listens beside the registry)")
     anonymous = r.boolean("registry_anonymous_acknowledged")
     if server and not users and not anonymous:
         raise r.fail("registry_users", [], "at least one user: without users anyone who "
@@ -671,12 +751,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
             raise r.fail("registry_client_login_user", login_user,
                          "a name from registry_users with a password_env or password_file")
 
-    http_secret_value = r.raw("registry_http_secret")
-    http_secret = None
-    if http_secret_value is not None:
-        if not isinstance(http_secret_value, Mapping):
-            raise r.fail("registry_http_secret", "***", "{'env': NAME} or {'file': PATH}")
-        http_secret = r.secret_source("registry_http_secret", http_secret_value, "secret")
+    http_secret = r.optional_secret("registry_http_secret", "secret")
 
     debug_addr = _read_loopback_address(r, "registry_debug_addr", port)
 
@@ -713,7 +788,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
             gc_schedule)):
         raise r.fail("registry_gc_schedule", gc_schedule, "None or a systemd OnCalendar "
                      "expression like 'Sun *-*-* 03:00:00' or 'weekly'")
-    webui = _read_webui(r, port, tls_mode, debug_addr)
+    webui = _read_webui(r, port, tls_mode, debug_addr,
+                        token_port if access_policy is not None else None)
     remove_docker = r.boolean("docker_remove_on_teardown")
     if remove_docker and install_method == "none":
         raise r.fail("docker_remove_on_teardown", True, "False when docker_install_method="
@@ -773,6 +849,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path = PROJECT_ROOT,
         registry_gc_schedule=gc_schedule,
         docker_remove_on_teardown=remove_docker,
         registry_version=version,
+        registry_access=access_policy,
+        registry_token_port=token_port,
         **scale_out,
         **webui,
     )
@@ -798,20 +876,44 @@ def check_group_conflicts(host: str, groups_data: Mapping[str, Mapping[str, Any]
 KIT_GROUPS = ("registry_servers", "registry_clients", "registry_lb", "registry_cache")
 
 
-def load_inventory(inventory: Any, *, check: Any = None) -> dict[str, Settings]:
+def _host_data(target: Any) -> dict[str, Any]:
+    """The host's data as pyinfra merges it (overrides, host, groups, all), without the
+    data_defaults of a @deploy: the kit fills its defaults itself, with the API's
+    `settings=` above them, the same way for every host (pyinfra adds deploy data to the
+    current host only)."""
+    datas = getattr(target.data, "datas", None)
+    deploy_data = getattr(target, "get_deploy_data", None)
+    if datas is None or deploy_data is None:
+        return dict(target.data.dict())
+    merged: dict[str, Any] = {}
+    for data in reversed(datas):
+        if data == deploy_data:
+            continue
+        merged.update(data() if callable(data) else data)
+    return merged
+
+
+def load_inventory(inventory: Any, *, check: Any = None, groups: Sequence[str] = KIT_GROUPS,
+                   server_group: str = "registry_servers",
+                   defaults: Mapping[str, Any] | None = None) -> dict[str, Settings]:
     """Every inventory host's Settings (host data with group data and overrides, as pyinfra
-    merged them), validated; `check(host, settings)` adds checks of the caller's. Raises
-    SettingsError for the first bad value."""
+    merged them), validated; `check(host, settings)` adds checks of the caller's. `groups`:
+    the kit's groups (their data must agree), `server_group` the servers' group; `defaults`
+    replace package defaults (the API's `settings=`). Raises SettingsError for the first bad
+    value."""
     known = known_keys()
+    if defaults:
+        check_unknown_keys("settings", defaults, known)
+        known = {**known, **{key: defaults[key] for key in defaults if key in known}}
     loaded: dict[str, Settings] = {}
     for target in inventory:
-        groups = [group for group in target.groups if group in KIT_GROUPS]
-        if len(groups) > 1:
+        kit_groups = [group for group in target.groups if group in groups]
+        if len(kit_groups) > 1:
             check_group_conflicts(
-                target.name, {group: inventory.get_group_data(group) for group in groups},
+                target.name, {group: inventory.get_group_data(group) for group in kit_groups},
                 {**inventory.get_host_data(target.name), **inventory.get_override_data()})
-        loaded[target.name] = load(target.name, target.data.dict(), known=known,
-                                   server="registry_servers" in target.groups)
+        loaded[target.name] = load(target.name, _host_data(target), known=known,
+                                   server=server_group in target.groups)
         if check is not None:
             check(target, loaded[target.name])
     return loaded

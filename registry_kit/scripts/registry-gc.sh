@@ -6,6 +6,12 @@
 # Usage: registry-gc.sh NAME CONFIG_DIR DATA_DIR URL RESOLVE CACERT TIMEOUT [--dry-run]
 #                       [--delete-untagged]          (DATA_DIR "-": storage is not a folder)
 #        registry-gc.sh --readonly-config < config.yml > read-only-config.yml
+#        registry-gc.sh --step check|readonly|collect|writable NAME CONFIG_DIR ... (as above)
+#   One step of a collection on shared storage (registry_kit/sharedgc.py runs them in order
+#   on every replica from the control machine): check changes nothing; readonly restarts
+#   the registry read-only (and puts the saved config back if that fails); collect runs
+#   garbage-collect on a registry that is read-only; writable puts the saved config back
+#   and restarts (nothing to do when there is no saved config).
 set -u
 
 readonly_config() {
@@ -19,6 +25,11 @@ if [ "${1:-}" = "--readonly-config" ]; then
     exit 0
 fi
 
+step=""
+if [ "${1:-}" = "--step" ]; then
+    step=$2
+    shift 2
+fi
 name=$1 config_dir=$2 data=$3 url=$4 resolve=$5 cacert=$6 timeout=$7
 shift 7
 dry_run=0 untagged=""
@@ -66,17 +77,81 @@ collect() {
         [ -n "$summary" ] || summary="garbage-collect printed no summary"
         return 0
     fi
+    # A registry nothing was ever pushed to has no repositories folder (seen on S3:
+    # "failed to mark: s3aws: Path not found: /docker/registry/v2/repositories").
+    if grep -q 'Path not found: .*/docker/registry/v2/repositories$' "$log"; then
+        summary="no repositories yet: nothing to collect"
+        return 0
+    fi
     echo "registry-kit: garbage-collect failed; its last lines:" >&2
     tail -n 20 "$log" | sed 's/^/    /' >&2
     return 1
 }
 
-if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]; then
+if [ "$step" != writable ] &&
+       [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]; then
     echo "registry-kit: container $name is not running: run deploy.py first" >&2
     exit 1
 fi
 install -d -m 0700 "$log_dir"
 before=$(used)
+
+case $step in
+"") ;;
+check)
+    if [ -e "$saved" ]; then
+        echo "registry-kit: $saved exists: an earlier collection did not finish. Move it" \
+             "back to $config, restart $name, and run again" >&2
+        exit 1
+    fi
+    if ! grep -A1 '^    readonly:$' "$config" | grep -q 'enabled: false'; then
+        echo "registry-kit: $config has no storage.maintenance.readonly section the kit" \
+             "wrote; run deploy.py first" >&2
+        exit 1
+    fi
+    healthy || { echo "registry-kit: $name does not answer $url/v2/" >&2; exit 1; }
+    echo "registry-kit: $name is ready for a collection"
+    exit 0 ;;
+readonly)
+    [ -e "$saved" ] && { echo "registry-kit: $saved exists already" >&2; exit 1; }
+    cp -p "$config" "$saved"
+    install -m 0600 /dev/null "$config.registry-kit-new"
+    readonly_config <"$saved" >"$config.registry-kit-new"
+    mv -f "$config.registry-kit-new" "$config"
+    docker restart "$name" >/dev/null
+    if ! wait_healthy; then
+        echo "registry-kit: $name in read-only mode does not answer $url/v2/" >&2
+        mv -f "$saved" "$config"
+        docker restart "$name" >/dev/null
+        wait_healthy
+        exit 1
+    fi
+    echo "registry-kit: $name is read-only (pushes refused, pulls served)"
+    exit 0 ;;
+collect)
+    if [ "$dry_run" = 0 ] && ! grep -A1 '^    readonly:$' "$config" | grep -q 'enabled: true'
+    then
+        echo "registry-kit: $name is not read-only: no collection" >&2
+        exit 1
+    fi
+    if [ "$dry_run" = 1 ]; then collect --dry-run || exit 1; else collect || exit 1; fi
+    echo "registry-kit: collected: $summary"
+    exit 0 ;;
+writable)
+    if [ -e "$saved" ]; then
+        mv -f "$saved" "$config"
+        docker restart "$name" >/dev/null
+    elif [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]; then
+        docker start "$name" >/dev/null
+    fi
+    if ! wait_healthy; then
+        echo "registry-kit: $name does not answer $url/v2/ after leaving read-only mode" >&2
+        exit 1
+    fi
+    echo "registry-kit: $name is read-write again"
+    exit 0 ;;
+*) echo "registry-kit: unknown step $step" >&2; exit 2 ;;
+esac
 
 if [ "$dry_run" = 1 ]; then
     collect --dry-run || exit 1

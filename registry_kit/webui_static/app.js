@@ -24,6 +24,7 @@
 
   let credentials = null; // {user, basic}: memory only
   let tokens = new Map(); // bearer tokens by scope (token auth), memory only
+  let tokenService = null; // the registry's token service name, from its first challenge
   let config = {registry: "", deleteEnabled: false};
   let repositories = [];
   let current = null; // {name, tags: [{tag, digest, ...}]}
@@ -59,26 +60,50 @@
     return {scheme, params};
   }
 
-  // Token auth (auth.token): fetch a token for the challenged scope from the realm with
-  // the user's credentials, kept in memory per scope. The realm must be on this origin
-  // (the Content-Security-Policy allows no other).
+  // Token auth (auth.token): fetch a token for the challenged scope with the user's
+  // credentials, kept in memory per scope. The registry's realm names the token server's
+  // own port, another origin the Content-Security-Policy does not allow: the page asks the
+  // same token server through this origin (config.token, served by the page's haproxy).
+  // Resolves to the token, or to the token server's refusal (a Response: 401 = wrong
+  // password).
   async function bearerToken(params) {
     const key = `${params.service || ""} ${params.scope || ""}`;
     if (tokens.has(key)) return tokens.get(key);
-    const url = new URL(params.realm, location.href);
+    const url = new URL(config.token || params.realm, location.href);
     if (url.origin !== location.origin) {
       throw new HttpError(401, `the token service ${url.origin} is not on this page's origin`);
     }
-    if (params.service) url.searchParams.set("service", params.service);
+    if (params.service) {
+      tokenService = params.service;
+      url.searchParams.set("service", params.service);
+    }
     if (params.scope) url.searchParams.set("scope", params.scope);
     const response = await fetch(url, {
       headers: {Authorization: `Basic ${credentials.basic}`},
       credentials: "omit", cache: "no-store"});
-    if (!response.ok) throw new HttpError(response.status, "the token service refused");
+    if (!response.ok) return response;
     const body = await response.json();
     const token = body.token || body.access_token;
     tokens.set(key, token);
     return token;
+  }
+
+  // Whether this user may delete in a repository. With token auth, what a token for the
+  // repository's delete scope grants (its access claim, read, not verified: the registry
+  // verifies and decides; this only hides a button that would be refused).
+  async function mayDelete(name) {
+    if (!config.deleteEnabled) return false;
+    if (!config.token || !tokenService) return true; // htpasswd: every user may
+    const token = await bearerToken({service: tokenService, scope: `repository:${name}:delete`});
+    if (typeof token !== "string") return false;
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const claims = JSON.parse(atob(part));
+      return (claims.access || []).some((entry) => entry.type === "repository" &&
+        entry.name === name && (entry.actions || []).includes("delete"));
+    } catch (_) {
+      return false;
+    }
   }
 
   async function api(path, {method = "GET", accept = null} = {}) {
@@ -101,6 +126,7 @@
       const {scheme, params} = challenge(response);
       if (scheme === "bearer" && params.realm) {
         const token = await bearerToken(params);
+        if (typeof token !== "string") return token; // the token server's refusal
         return fetch(path, {method, credentials: "omit", cache: "no-store",
           headers: {...headers, Authorization: `Bearer ${token}`}});
       }
@@ -319,7 +345,7 @@
     pull.append(code, " ", copy);
     row.append(pull);
     const actions = el("td");
-    if (config.deleteEnabled) {
+    if (current.mayDelete) {
       const remove = el("button", "Delete", "delete danger");
       remove.type = "button";
       remove.dataset.tag = info.tag;
@@ -330,7 +356,7 @@
   }
 
   async function openRepo(name) {
-    current = {name, tags: []};
+    current = {name, tags: [], mayDelete: false};
     show("tags-view");
     message("");
     $("repo-title").textContent = name;
@@ -338,7 +364,7 @@
     $("tag-rows").replaceChildren();
     delete $("tag-rows").dataset.loadedMs; // set again when this repository is shown
     delete $("tag-rows").dataset.listedMs;
-    $("gc-note").hidden = !config.deleteEnabled;
+    $("gc-note").hidden = true;
     $("tags-status").textContent = "Loading…";
     const started = performance.now();
     const opened = current;
@@ -353,6 +379,11 @@
         return row;
       });
       $("tag-rows").replaceChildren(...rows);
+      // After the tag list: with token auth its challenge told the token service's name.
+      const allowed = await mayDelete(name);
+      if (current !== opened) return;
+      current.mayDelete = allowed;
+      $("gc-note").hidden = !allowed;
       $("tag-rows").dataset.listedMs = String(Math.round(performance.now() - started));
       const infos = await parallel(tags, (tag) => describeTag(name, tag), (i, info) => {
         if (current !== opened) return;

@@ -209,6 +209,25 @@ CASES = [
     Case("client-only-bad-version", {}, _msg(CLIENT, "docker_min_version", "'1.x'",
                                              "a version like 1.6.0"),
          client_data={"docker_min_version": "1.x"}),
+    # Access rules (registry_kit.access): unknown user or group, a bad pattern, a push
+    # granted to anonymous clients.
+    *(Case(f"access-{name}", {"registry_access_rules": [rule]},
+           _s("registry_access_rules", repr(rule), why))
+      for name, rule, why in (
+          ("unknown-user", {"repository": "team-a/*", "actions": ["pull"], "users": ["bob"]},
+           "user 'bob' is not in registry_users"),
+          ("unknown-group", {"repository": "team-a/*", "actions": ["pull"], "groups": ["qa"]},
+           "group 'qa' is not in registry_groups"),
+          ("bad-pattern", {"repository": "team-a/**/..", "actions": ["pull"], "users": ["ci"]},
+           "repository pattern 'team-a/**/..': lowercase letters, digits, '.', '_', '-' and "
+           "'*' in '/'-separated parts (like team-a/*, library/*, *)"),
+          ("anonymous-push", {"repository": "public/*", "actions": ["pull", "push"],
+                              "anonymous": True},
+           "anonymous clients may only be granted pull (push and delete need a user)"))),
+    Case("access-group-member", {"registry_groups": {"qa": ["ci", "eve"]},
+                                 "registry_access_rules": []},
+         _s("registry_groups", "{'qa': ['ci', 'eve']}",
+            "group 'qa': user 'eve' is not in registry_users")),
 ]
 
 

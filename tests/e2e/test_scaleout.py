@@ -578,3 +578,346 @@ def test_tls_termination_on_the_load_balancer(scale: Scale) -> None:
     harness.run_kit(back).assert_no_changes()
     assert harness.ssh(LB, "test ! -e /etc/haproxy/registry-kit && echo gone").stdout.strip() \
         == "gone"
+
+
+# --- Garbage collection on the shared bucket (registry_kit/sharedgc.py) ----------------------
+
+# Deletes allowed (a manifest is deleted before the collection); a short drain keeps each
+# replica's read-only and read-write restart quick.
+GC = {"registry_delete_enabled": True, "registry_lb_drain_timeout": 5}
+CONFIG_SHA = "sha256sum /etc/registry-kit/config.yml | cut -d' ' -f1"
+
+
+def _gc_inventory(scale: Scale, name: str = "gc", **overrides: Any) -> Path:
+    return scale.inventory(name, registry_image=scale.image, **GC, **overrides)
+
+
+def _replica_view() -> dict[str, tuple[str, str]]:
+    """Each replica's config.yml checksum and container start time."""
+    return {name: (harness.ssh(name, CONFIG_SHA).stdout.strip(), harness.started_at(name))
+            for name in (REP1, REP2)}
+
+
+def _bucket_objects(scale: Scale) -> dict[str, int]:
+    """Every object under the registry's prefix with its size, read with s3cmd on the Ceph
+    host (not with the kit's listing)."""
+    objects = {}
+    for line in _s3cmd(f"ls -r s3://{scale.bucket}/docker/").splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1].startswith("s3://"):
+            objects[parts[-1]] = int(parts[2])
+    return objects
+
+
+def _blob_key(scale: Scale, digest: str) -> str:
+    hexa = digest.removeprefix("sha256:")
+    return f"s3://{scale.bucket}/docker/registry/v2/blobs/sha256/{hexa[:2]}/{hexa}/data"
+
+
+def _manifest_digest(scale: Scale, repository: str, tag: str) -> str:
+    inspected = scale.skopeo(["inspect", "--cert-dir", "@CERTS@",
+                              f"docker://{ADDRESS}/{repository}:{tag}"])
+    assert inspected.returncode == 0, inspected.stderr
+    return str(json.loads(inspected.stdout)["Digest"])
+
+
+def _upload_code(scale: Scale, replica: str) -> int:
+    """Status of a blob upload start (POST) sent to one replica directly: 202 writable,
+    405 read-only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "curlrc").write_text(f'user = "{USER}:{scale.password}"\n')
+        out = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+             "--cacert", str(harness.CA_CERT), "-K", f"{tmp}/curlrc", "--resolve",
+             f"{DOMAIN}:{PORT}:{harness.host_ip(replica)}", "-X", "POST",
+             f"https://{ADDRESS}/v2/gc/probe/blobs/uploads/"],
+            capture_output=True, text=True, timeout=30).stdout
+    return int(out or 0)
+
+
+def _assert_serving_read_write(scale: Scale, deployed: dict[str, tuple[str, str]]) -> None:
+    for name in (REP1, REP2):
+        assert harness.ssh(name, CONFIG_SHA).stdout.strip() == deployed[name][0], name
+        assert harness.ssh(name, "ls /etc/registry-kit/").stdout.split() == \
+            ["auth", "certs", "config.yml"], name
+        assert _upload_code(scale, name) == 202, name
+    _wait_states({REP1: "UP", REP2: "UP"})
+
+
+def test_gc_shared_deploy_then_an_unreachable_replica_refuses(scale: Scale) -> None:
+    harness.run_kit(_gc_inventory(scale)).assert_ok()
+    harness.run_kit(_gc_inventory(scale)).assert_no_changes()
+    before = _replica_view()
+    inventory = _gc_inventory(scale, "gc-unreachable")
+    port = lab_state.load()["hosts"][REP2]["port"]
+    # rep2's SSH is a closed port: pyinfra cannot reach it.
+    inventory.write_text(inventory.read_text().replace(f"'ssh_port': {port}",
+                                                       "'ssh_port': 9", 1))
+    refused = harness.run_kit(inventory, "gc.py")
+    assert refused.returncode != 0
+    assert (f"{REP2}: gc.py refused: {REP2} not reachable (or left out by --limit); a "
+            "collection on shared storage makes every replica read-only first "
+            f"({REP1}, {REP2}): nothing was changed") in refused.stderr, refused.stderr[-3000:]
+    limited = harness.run_kit(_gc_inventory(scale), "gc.py", "--limit", REP1)
+    assert limited.returncode != 0
+    assert f"{REP2}: gc.py refused: {REP2} not reachable" in limited.stderr
+    assert _replica_view() == before  # no restart, no config change on either replica
+    # With both reachable the run goes ahead: a dry run reports once and restarts nothing.
+    dry = harness.run_kit(_gc_inventory(scale), "gc.py", "--data", "registry_gc_dry_run=True")
+    dry.assert_ok()
+    assert len([line for line in dry.stderr.splitlines()
+                if "registry-kit: dry run on shared storage" in line]) == 1, dry.stderr[-3000:]
+    assert _replica_view() == before
+
+
+def test_gc_shared_schedule_is_refused_and_no_replica_keeps_a_timer(scale: Scale) -> None:
+    units = "/etc/systemd/system/registry-kit-gc.timer /etc/systemd/system/registry-kit-gc" \
+        ".service"
+    before = _replica_view()
+    refused = harness.run_kit(_gc_inventory(scale, "gc-timer",
+                                            registry_gc_schedule="Sun *-*-* 03:00:00"))
+    assert refused.returncode != 0
+    assert (f"{REP1}: setting registry_gc_schedule='Sun *-*-* 03:00:00' is not allowed: None "
+            f"where several registry_servers share one storage ({REP1}, {REP2})"
+            in refused.stderr), refused.stderr[-2000:]
+    assert len([line for line in refused.stderr.splitlines() if "not allowed" in line]) == 1
+    assert _replica_view() == before
+    # Timers an earlier kit installed on every replica (they raced): the deploy removes them.
+    for name in (REP1, REP2):
+        harness.ssh(name, "printf '[Service]\\nType=oneshot\\nExecStart=/bin/true\\n' > "
+                    "/etc/systemd/system/registry-kit-gc.service && printf '[Timer]\\n"
+                    "OnCalendar=Sun *-*-* 03:00:00\\n[Install]\\nWantedBy=timers.target\\n' > "
+                    "/etc/systemd/system/registry-kit-gc.timer && systemctl daemon-reload && "
+                    "systemctl enable --now registry-kit-gc.timer 2>/dev/null")
+    harness.run_kit(_gc_inventory(scale)).assert_ok()
+    harness.run_kit(_gc_inventory(scale)).assert_no_changes()
+    for name in (REP1, REP2):
+        assert harness.ssh(name, f"ls {units} 2>/dev/null; systemctl list-timers --all "
+                           "--no-legend | grep -c registry-kit; true").stdout.split() == ["0"]
+
+
+_PUSH_LOOP = """
+reg=$1; n=0
+: > /tmp/gc-loop.log
+while [ -e /tmp/gc-loop.run ] && [ $n -lt 300 ]; do
+    n=$((n+1)); img=$reg/gc/during-$n:1
+    head -c 200000 /dev/urandom > /tmp/gcd && tar -C /tmp -c gcd | docker import - $img >/dev/null
+    if out=$(docker push $img 2>&1); then
+        echo "ok $img $(echo "$out" | sed -n 's/.*digest: \\(sha256:[0-9a-f]*\\).*/\\1/p')"
+    else
+        echo "refused $img $(echo "$out" | tr '\\n' ' ' | tail -c 400)"
+    fi >> /tmp/gc-loop.log
+    docker rmi $img >/dev/null 2>&1
+done
+echo end >> /tmp/gc-loop.log
+"""
+
+
+def _push_log() -> list[list[str]]:
+    return [line.split(" ", 2) for line in
+            harness.ssh(CLIENT, "cat /tmp/gc-loop.log").stdout.splitlines()]
+
+
+def test_gc_shared_under_pushes_keeps_every_tag_and_frees_the_deleted(scale: Scale) -> None:
+    deployed = _replica_view()
+    kept: dict[str, str] = {}  # image reference -> manifest digest
+    for n in (1, 2):
+        image = f"{ADDRESS}/gc/before-{n}:1"
+        _push_random_image(scale, image, 500_000)
+        kept[image] = _manifest_digest(scale, f"gc/before-{n}", "1")
+    doomed = f"{ADDRESS}/gc/doomed:1"
+    _, blobs = _push_random_image(scale, doomed, 3_000_000)
+    doomed_digest = _manifest_digest(scale, "gc/doomed", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "curlrc").write_text(f'user = "{USER}:{scale.password}"\n')
+        deleted = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+             str(harness.CA_CERT), "-K", f"{tmp}/curlrc", "--resolve",
+             f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", "-X", "DELETE",
+             f"https://{ADDRESS}/v2/gc/doomed/manifests/{doomed_digest}"],
+            capture_output=True, text=True, timeout=30).stdout
+    assert deleted == "202", deleted
+    objects_before = _bucket_objects(scale)
+    unique = [_blob_key(scale, d) for d in (*blobs, doomed_digest)]
+    assert all(key in objects_before for key in unique)
+    unique_bytes = sum(objects_before[key] for key in unique)
+
+    harness.ssh(CLIENT, "cat > /tmp/gc-loop.sh && touch /tmp/gc-loop.run", stdin=_PUSH_LOOP)
+    harness.ssh(CLIENT, f"nohup sh /tmp/gc-loop.sh {ADDRESS} >/dev/null 2>&1 &")
+    try:
+        deadline = time.monotonic() + 60
+        while sum(row[0] == "ok" for row in _push_log()) < 2:  # pushes before the collection
+            assert time.monotonic() < deadline, _push_log()
+            time.sleep(1)
+        started = time.monotonic()
+        run = harness.run_kit(_gc_inventory(scale), "gc.py")
+        scale.figures["gc_shared_seconds"] = round(time.monotonic() - started, 1)
+        done = len(_push_log())
+        deadline = time.monotonic() + 120
+        while sum(row[0] == "ok" for row in _push_log()[done:]) < 2:  # and after it
+            assert time.monotonic() < deadline, _push_log()
+            time.sleep(1)
+    finally:
+        harness.ssh(CLIENT, "rm -f /tmp/gc-loop.run")
+    deadline = time.monotonic() + 150
+    while _push_log()[-1:] != [["end"]]:
+        assert time.monotonic() < deadline, _push_log()
+        time.sleep(1)
+    run.assert_ok()
+    log = run.stderr
+    # The order: both read-only, the collection on rep1 only, both read-write.
+    order = [log.index(f"{REP1}: registry-kit: registry is read-only"),
+             log.index(f"{REP2}: registry-kit: registry is read-only"),
+             log.index(f"{REP1}: registry-kit: collected: "),
+             log.index(f"{REP1}: registry-kit: registry is read-write again"),
+             log.index(f"{REP2}: registry-kit: registry is read-write again")]
+    assert order == sorted(order), log[-4000:]
+    assert log.count("registry-kit: collected: ") == 1
+    assert f"{REP2}: registry-kit: collected: " not in log
+    freed_lines = [line for line in log.splitlines() if " freed " in line]
+    assert len(freed_lines) == 1, freed_lines  # bytes freed reported once
+    freed = int(freed_lines[0].split(" freed ")[1].split()[0])
+    scale.figures["gc_shared_freed_bytes"] = freed
+
+    # Every push succeeded or met the read-only refusal (405).
+    rows = [row for row in _push_log() if row != ["end"]]
+    refused = [row for row in rows if row[0] != "ok"]
+    for row in refused:
+        assert "405" in row[2], row
+    scale.figures["gc_shared_pushes"] = {"ok": len(rows) - len(refused),
+                                         "refused_read_only": len(refused)}
+    assert len(refused) >= 1, rows  # the collection did overlap pushes
+    for _, image, digest in (row for row in rows if row[0] == "ok"):
+        assert digest.startswith("sha256:"), image
+        kept[image] = digest
+    # Every tag pushed before, during and after still pulls, with its digest.
+    for image, digest in kept.items():
+        repository, tag = image.removeprefix(ADDRESS + "/").rsplit(":", 1)
+        assert _manifest_digest(scale, repository, tag) == digest, image
+        pulled = scale.skopeo(["copy", "--src-cert-dir", "@CERTS@", f"docker://{image}",
+                               f"dir:{scale.tmp}/gc-pull"])
+        assert pulled.returncode == 0, (image, pulled.stderr)
+    # The deleted manifest's blobs are gone from the bucket; what the collection freed is at
+    # least them and what vanished from the bucket (pushes only add).
+    objects_after = _bucket_objects(scale)
+    assert not [key for key in unique if key in objects_after]
+    vanished = sum(size for key, size in objects_before.items() if key not in objects_after)
+    assert freed >= max(unique_bytes, vanished), (freed, unique_bytes, vanished)
+    assert freed - vanished < len(refused) * 300_000 + 100_000, (freed, vanished)
+    _assert_serving_read_write(scale, deployed)
+    # The redis cache was emptied: the deleted layer is uploaded again when pushed again.
+    again = harness.ssh(CLIENT, f"docker push {doomed} 2>&1").stdout
+    assert "Pushed" in again and "Layer already exists" not in again, again
+    harness.run_kit(_gc_inventory(scale)).assert_no_changes()
+    second = harness.run_kit(_gc_inventory(scale), "gc.py").assert_ok()
+    assert len([line for line in second.stderr.splitlines() if " freed " in line]) == 1
+
+
+def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale) -> None:
+    """A manifest in the bucket that is not JSON (planted with s3cmd): garbage-collect stops
+    in its mark phase. Every replica must be read-write and serving afterwards."""
+    deployed = _replica_view()
+    bad = b"not a manifest\n"
+    digest = hashlib.sha256(bad).hexdigest()
+    # garbage-collect finds a repository by its _layers folder, then reads its manifests.
+    repository = f"s3://{scale.bucket}/docker/registry/v2/repositories/gc/broken"
+    harness.ssh(ceph.CEPH_HOST, f"printf 'not a manifest\\n' > /tmp/bad && printf "
+                f"'sha256:{digest}' > /tmp/link && s3cmd put -q /tmp/bad "
+                f"{_blob_key(scale, 'sha256:' + digest)} && s3cmd put -q /tmp/link "
+                f"{repository}/_manifests/revisions/sha256/{digest}/link && s3cmd put -q "
+                f"/tmp/link {repository}/_layers/sha256/{digest}/link")
+    try:
+        failed = harness.run_kit(_gc_inventory(scale), "gc.py")
+        assert failed.returncode != 0
+        assert (f"registry-kit: garbage collection on shared storage failed at step 'collect' "
+                f"on {REP1}; every replica is read-write again") in failed.stderr, \
+            failed.stderr[-4000:]
+        assert " freed " not in failed.stderr
+        _assert_serving_read_write(scale, deployed)
+    finally:
+        _s3cmd(f"del -r {repository}/")
+        _s3cmd(f"del {_blob_key(scale, 'sha256:' + digest)}")
+    harness.run_kit(_gc_inventory(scale)).assert_no_changes()
+
+
+def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
+    """registry_access_rules on both replicas behind haproxy, on 2.8.3 and then on 3: clients
+    fetch tokens through the load balancer's token port from either replica's token server
+    (one signing key), and the docker CLI on the client sees the same grants and denials as
+    on one server. Each step applied twice; a changed rule and a changed password take
+    effect without touching either container."""
+    reader_pw = scale.tmp / "reader.pw"
+    reader_pw.write_text("scale-reader-password\n")
+    reader_pw.chmod(0o600)
+    rules = [{"repository": "*", "actions": ["pull", "push", "delete"], "users": [USER]},
+             {"repository": "scale/*", "actions": ["pull"], "groups": ["readers"]},
+             {"repository": "public/*", "actions": ["pull"], "anonymous": True}]
+    users = [{"name": USER, "password_file": str(scale.tmp / "pw")},
+             {"name": "reader", "password_file": str(reader_pw)}]
+    access = {"registry_users": users, "registry_groups": {"readers": ["reader"]},
+              "registry_access_rules": rules}
+    denied = "denied: requested access to the resource is denied"
+
+    def docker(command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return harness.ssh(CLIENT, command, check=False, stdin=stdin)
+
+    def refused(proc: subprocess.CompletedProcess[str]) -> bool:
+        return proc.returncode != 0 and denied in proc.stdout + proc.stderr
+
+    def containers() -> dict[str, str]:
+        return {name: harness.ssh(name, "docker inspect -f '{{.Id}} {{.State.StartedAt}}' "
+                                  "registry").stdout for name in (REP1, REP2)}
+
+    def reader_skopeo(args: list[str], password: str) -> subprocess.CompletedProcess[str]:
+        return harness.skopeo(args, hosts={DOMAIN: harness.host_ip(LB)},
+                              auth={ADDRESS: ("reader", password)})
+
+    for step, image in (("2", {"registry_image": BASE_IMAGE}), ("3", UPGRADE)):
+        inventory = scale.inventory(f"access-{step}", **access, **image)
+        harness.run_kit(inventory).assert_ok()
+        harness.run_kit(inventory).assert_no_changes()
+        assert "frontend registry-token" in harness.ssh(LB, "cat /etc/haproxy/haproxy.cfg").stdout
+        # The kit logged the client in as USER (registry_client_login_user): push works.
+        docker(f"docker login -u {USER} --password-stdin {ADDRESS}", stdin=scale.password)
+        for name in (f"scale/app:{step}", f"public/base:{step}", f"team-b/app:{step}"):
+            proc = docker(f"docker pull -q busybox >/dev/null; docker tag busybox "
+                          f"{ADDRESS}/{name} && docker push {ADDRESS}/{name}")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                      stdin="scale-reader-password").returncode == 0
+        for _ in range(4):  # several token requests: both replicas' token servers answer
+            proc = docker(f"docker rmi -f {ADDRESS}/scale/app:{step} >/dev/null; "
+                          f"docker pull {ADDRESS}/scale/app:{step}")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert refused(docker(f"docker push {ADDRESS}/scale/app:{step}"))
+        assert refused(docker(f"docker pull {ADDRESS}/team-b/app:{step}"))
+        docker(f"docker logout {ADDRESS}")
+        proc = docker(f"docker rmi -f {ADDRESS}/public/base:{step} >/dev/null; "
+                      f"docker pull {ADDRESS}/public/base:{step}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert refused(docker(f"docker pull {ADDRESS}/scale/app:{step}"))
+        # Delete: refused to the reader (no grant), the image stays.
+        target = f"docker://{ADDRESS}/public/base:{step}"
+        no = reader_skopeo(["delete", "--cert-dir", "@CERTS@", target], "scale-reader-password")
+        assert no.returncode != 0, no.stdout
+        kept = scale.skopeo(["inspect", "--cert-dir", "@CERTS@", target])
+        assert kept.returncode == 0, kept.stderr
+    served = {name: harness.ssh(name, "journalctl -u registry-kit-token -o cat --no-pager | "
+                                "grep -c 'token user=' || true").stdout.strip()
+              for name in (REP1, REP2)}
+    assert all(int(count) > 0 for count in served.values()), served
+    # A removed grant and a changed password: refused after the next run; containers kept.
+    started = containers()
+    reader_pw.write_text("scale-reader-password-2\n")
+    narrowed = scale.inventory("access-narrowed", **UPGRADE, **{
+        **access, "registry_access_rules": [rules[0], rules[2]]})
+    harness.run_kit(narrowed).assert_ok()
+    harness.run_kit(narrowed).assert_no_changes()
+    assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                  stdin="scale-reader-password").returncode != 0
+    assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
+                  stdin="scale-reader-password-2").returncode == 0
+    assert refused(docker(f"docker rmi -f {ADDRESS}/scale/app:3 >/dev/null; "
+                          f"docker pull {ADDRESS}/scale/app:3"))
+    assert containers() == started
+    docker(f"docker logout {ADDRESS}")

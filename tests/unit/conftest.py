@@ -37,7 +37,7 @@ def make_settings(known: Mapping[str, Any], tmp_path: Path) -> Callable[..., Set
 @pytest.fixture(autouse=True)
 def _fresh_bcrypt_memo() -> None:
     """htpasswd remembers hashes and checks for one run; each test is a run of its own."""
-    from registry_kit import htpasswd
+    from registry_kit.render import htpasswd
 
     htpasswd.hash_password.cache_clear()
     htpasswd.verifies.cache_clear()

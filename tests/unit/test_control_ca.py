@@ -7,7 +7,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from registry_kit import control, settings, tls
+from registry_kit import keystore as control
+from registry_kit import settings
+from registry_kit.render import tls
 
 
 def _host(name: str, state_dir: Path, **data: object) -> settings.Settings:

@@ -1,5 +1,5 @@
-"""Unit tests for registry_kit.daemon_json (merge/unmerge of the kit's keys) and the
-insecure-registries entry registry_kit.client asks for."""
+"""Unit tests for registry_kit.render.daemon_json (merge/unmerge of the kit's keys) and the
+insecure-registries entry registry_kit.operations.client asks for."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from registry_kit import daemon_json
-from registry_kit.client import insecure_entries
-from registry_kit.daemon_json import DaemonJsonError, merge, needs_restart, unmerge
+from registry_kit.operations.client import insecure_entries
+from registry_kit.render import daemon_json
+from registry_kit.render.daemon_json import DaemonJsonError, merge, needs_restart, unmerge
 from registry_kit.settings import Settings
 
 MIRROR = "https://mirror.example:5000"

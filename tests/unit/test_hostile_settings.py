@@ -13,6 +13,7 @@ no extra key or line. The counts are printed in pytest's summary.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shlex
@@ -25,11 +26,14 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from registry_kit import cache, daemon_json, facts, gc, loadbalancer, scaleout, server, status
-from registry_kit import client as client_mod
+from registry_kit import facts
 from registry_kit import settings as settings_mod
+from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo, docker_install_commands, join
-from registry_kit.render import render_config
+from registry_kit.operations import cache, gc, keepalived, loadbalancer, server, status
+from registry_kit.operations import client as client_mod
+from registry_kit.render import daemon_json
+from registry_kit.render.config import render_config
 from registry_kit.settings import Settings, SettingsError, unsafe_character
 
 HOST = "hostile-host"
@@ -86,6 +90,9 @@ VALID = {
     "docker_install_method": ["distro"],
     "registry_state_dir": [".registry-kit"],
     "registry_version": ["2"],  # the default image is registry:2: a "3" would disagree
+    "registry_lb_vip": ["10.0.0.250", "10.0.0.250/24"],
+    "registry_lb_vip_interface": ["eth0", "ens3.100"],
+    "registry_lb_vrrp_password": ["Ab$%&(~|", "x"],
 }
 
 
@@ -107,7 +114,7 @@ def _data(key: str, value: str) -> dict[str, Any]:
     if key == "registry_users.password":
         return {"registry_users": [{"name": "ci", "password_file": _secret_file("pw", value)}],
                 "registry_client_login_user": "ci"}
-    if key in ("registry_http_secret", "registry_cache_password"):
+    if key in ("registry_http_secret", "registry_cache_password", "registry_lb_vrrp_password"):
         return {**base, key: {"file": _secret_file(key, value)}}
     if key == "registry_client_hosts_entries.name":
         return {**base, "registry_client_hosts_entries": {value: "10.0.0.5"}}
@@ -270,9 +277,32 @@ def _check_files(s: Settings, key: str, value: str) -> None:
     assert _words(exec_line[0].removeprefix("ExecStart=").replace("%%", "%")) == \
         gc.gc_arguments(s, dry_run=False)
 
+    _check_keepalived(s, plain_settings)
+
     for name, ip in s.registry_client_hosts_entries.items():
         line = f"{ip} {name} # registry-kit"
         assert line.split() == [ip, name, "#", "registry-kit"]
+
+
+def _keepalived_conf(s: Settings) -> str:
+    with_vip = dataclasses.replace(s, registry_lb_vip=s.registry_lb_vip or "10.0.0.250")
+    topology = scaleout.Topology(servers=(), lbs=(with_vip,), caches=())
+    password = s.registry_lb_vrrp_password.reveal() if s.registry_lb_vrrp_password else "pw"
+    return keepalived.render(with_vip, topology, s.registry_lb_vip_interface or "eth0",
+                             password)
+
+
+def _check_keepalived(s: Settings, plain_settings: Settings) -> None:
+    """keepalived.conf: the same lines as with a plain value, each value one whole word."""
+    conf = _lines(_keepalived_conf(s))
+    assert len(conf) == len(_lines(_keepalived_conf(plain_settings)))
+    assert sum(line.count("{") - line.count("}") for line in conf) == 0
+    words = [line.split() for line in conf]
+    password = s.registry_lb_vrrp_password.reveal() if s.registry_lb_vrrp_password else "pw"
+    assert ["auth_pass", password] in words
+    interface = s.registry_lb_vip_interface or "eth0"
+    assert ["interface", interface] in words
+    assert [s.registry_lb_vip or "10.0.0.250", "dev", interface] in words
 
 
 def check_value(key: str, value: str) -> bool:

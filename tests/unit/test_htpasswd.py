@@ -1,11 +1,11 @@
-"""Unit tests for registry_kit.htpasswd: bcrypt lines, reused while they still verify."""
+"""Unit tests for registry_kit.render.htpasswd: bcrypt lines, reused while they still verify."""
 
 from __future__ import annotations
 
 import bcrypt
 import pytest
 
-from registry_kit import htpasswd
+from registry_kit.render import htpasswd
 from registry_kit.settings import Secret, User
 
 # A real bcrypt hash (cost 4) of "ops-password", kept verbatim by render().

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry_kit import daemon_json, gc, status, teardown
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
-from registry_kit.lifecycle import merge_probe
-from registry_kit.render import render_config
-from registry_kit.server import _SCRIPTS
+from registry_kit.inventory import merge_probe
+from registry_kit.operations import gc, status, teardown
+from registry_kit.package_data import SCRIPTS as _SCRIPTS
+from registry_kit.render import daemon_json
+from registry_kit.render.config import render_config
+from registry_kit.render.tls import ensure_server_certificate
 from registry_kit.settings import Settings, SettingsError
-from registry_kit.tls import ensure_server_certificate
 
 # --------------------------------------------------------------------------- teardown
 
@@ -196,7 +197,7 @@ def test_function_commands_receive_state_and_host() -> None:
     so; any other names would shift the arguments at run time."""
     import inspect
 
-    from registry_kit import server
+    from registry_kit.operations import server
 
     for function in (teardown._announce, gc._fail, server._stop_rollout):
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function

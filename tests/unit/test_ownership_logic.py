@@ -1,4 +1,4 @@
-"""Unit tests for the ownership markers (registry_kit.ownership) and the teardown decisions
+"""Unit tests for the ownership markers (operations/ownership.py) and the teardown decisions
 built on them: which folders deploy creates and marks, which files and folders teardown
 removes, what a purge does with a folder the kit did not create. Facts in, plan out; the
 probe's folder listing and the create command run in a real shell."""
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from registry_kit import main, ownership, server, teardown
+from registry_kit import plan as main
 from registry_kit.facts import FileState, HostState, parse_probe, probe_command
-from registry_kit.ownership import MARKER, FolderPlan, folder_action, owned, plan_folder
+from registry_kit.operations import ownership, server, teardown
+from registry_kit.operations.ownership import MARKER, FolderPlan, folder_action, owned, plan_folder
 from registry_kit.settings import Settings
 
 CONFIG = "/etc/registry-kit"
@@ -72,7 +73,7 @@ def test_server_probe_asks_for_every_marker_and_lists_nothing(
     assert "listings" not in probe
     assert [folder for folder, _ in server.owned_folders(settings)] == \
         ["/etc/rk", "/etc/rk/certs", "/etc/rk/auth", "/srv/reg"]
-    assert main.SERVER_GROUP == "registry_servers"  # main merges server.probe_args as is
+    assert main.DEFAULT_GROUPS.servers == "registry_servers"  # the plan merges server.probe_args
 
 
 def _run(command: str) -> subprocess.CompletedProcess[str]:

@@ -115,3 +115,19 @@ def test_the_install_dir_check_uses_pyinfras_own_path() -> None:
     install_dir = pyinfra_patches._util_module.PYINFRA_INSTALL_DIR
     assert os.path.isdir(install_dir)
     assert pyinfra.__file__.startswith(install_dir)
+
+
+def test_untested_pyinfra_runs_unpatched_and_says_so_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    operation_module = pyinfra_patches._operation_module
+    monkeypatch.setattr(operation_module, "get_operation_order_from_stack",
+                        pyinfra_patches.ORIGINAL_ORDER)
+    for version in ("3.10.1", "3.9.0", "3.10.1"):
+        assert pyinfra_patches.install(version) is False
+    assert operation_module.get_operation_order_from_stack is pyinfra_patches.ORIGINAL_ORDER
+    said = [r.getMessage() for r in caplog.records if "not a version" in r.getMessage()]
+    assert said == [
+        "registry-kit: pyinfra 3.10.1 is not a version its speed-ups were tested on (3.10.0); "
+        "running without them",
+        "registry-kit: pyinfra 3.9.0 is not a version its speed-ups were tested on (3.10.0); "
+        "running without them"]

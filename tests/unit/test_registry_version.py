@@ -1,5 +1,5 @@
 """Unit tests for registry 3 support: the major version (registry_kit.registry_version and
-the registry_version setting) and config.yml per version (registry_kit.render)."""
+the registry_version setting) and config.yml per version (registry_kit.render.config)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from registry_kit.registry_version import (
     running_major,
     split_reference,
 )
-from registry_kit.render import config_data, render_config
-from registry_kit.scaleout import CacheTarget
+from registry_kit.render.config import config_data, render_config
 from registry_kit.settings import Settings, SettingsError
+from registry_kit.topology import CacheTarget
 
 DIGEST = "sha256:" + "a" * 64
 CACHE = CacheTarget("10.0.0.5:6379", "redis-password-123456", 2)

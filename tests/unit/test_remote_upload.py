@@ -12,9 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from registry_kit import remote
+from registry_kit.operations import files as remote
 
-PACKAGE = Path(remote.__file__).resolve().parent
+PACKAGE = Path(remote.__file__).resolve().parent.parent
 
 
 class RecordingHost:
@@ -103,6 +103,6 @@ def test_a_failed_copy_still_removes_the_folder() -> None:
 
 
 def test_every_upload_of_the_kit_goes_through_remote_upload() -> None:
-    direct = [path.name for path in PACKAGE.glob("*.py")
-              if path.name != "remote.py" and "FileUploadCommand" in path.read_text()]
+    direct = [path.name for path in PACKAGE.rglob("*.py")
+              if path.name != "files.py" and "FileUploadCommand" in path.read_text()]
     assert direct == []

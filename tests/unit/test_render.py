@@ -1,4 +1,4 @@
-"""Unit tests for registry_kit.render (the registry's config.yml, built as data)."""
+"""Unit tests for registry_kit.render.config (the registry's config.yml, built as data)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from registry_kit.render import config_data, dump_config, render_config
-from registry_kit.scaleout import CacheTarget
+from registry_kit.render.config import config_data, dump_config, render_config
 from registry_kit.settings import Secret, Settings, Storage
+from registry_kit.topology import CacheTarget
 
 HTTP_SECRET = "http-secret-0123456789"
 USERS = [{"name": "ci", "password_env": "REGKIT_PW"}]

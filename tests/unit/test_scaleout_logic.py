@@ -11,10 +11,12 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from registry_kit import cache, loadbalancer, s3check, scaleout
+from registry_kit import s3check
+from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
-from registry_kit.render import render_config
+from registry_kit.operations import cache, loadbalancer
+from registry_kit.render.config import render_config
 from registry_kit.settings import Secret, Settings, SettingsError
 
 S3 = {"driver": "s3", "bucket": "registry", "region": "us-east-1",

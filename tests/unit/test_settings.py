@@ -426,8 +426,12 @@ def test_is_image_reference(text: object, ok: bool) -> None:
 
 def test_check_unknown_keys_ignores_foreign_keys(known: Mapping[str, Any]) -> None:
     check_unknown_keys(HOST, {"ssh_port": 22, "registry_port": 1}, known)
-    with pytest.raises(SettingsError, match=r"docker_qqqqqqqqqqqq=1 .*see group_data/all\.py"):
-        check_unknown_keys(HOST, {"docker_qqqqqqqqqqqq": 1}, known)
+    # docker_* keys of other deploys are theirs (issue 14); the kit's own are still checked.
+    check_unknown_keys(HOST, {"docker_qqqqqqqqqqqq": 1, "docker_version": "27"}, known)
+    with pytest.raises(SettingsError, match=r"registry_qqqqqqqqqqqq=1 .*see registry_kit/"):
+        check_unknown_keys(HOST, {"registry_qqqqqqqqqqqq": 1}, known)
+    with pytest.raises(SettingsError, match=r"did you mean docker_install_method\?"):
+        check_unknown_keys(HOST, {"docker_instal_method": "distro"}, known)
 
 
 def test_group_conflict_raises() -> None:
@@ -552,3 +556,36 @@ def test_secret_with_a_control_character_is_refused_without_showing_it(
     with pytest.raises(SettingsError) as caught:
         make_settings(registry_http_secret={"env": "REGKIT_ESC"})
     assert "word-9911" not in str(caught.value) and "REGKIT_ESC" in str(caught.value)
+
+
+def test_repo_group_data_is_the_package_defaults() -> None:
+    """group_data/all.py is the documented example: every setting at its package default, so
+    a new setting added to one and not the other fails here."""
+    namespace: dict[str, Any] = {}
+    example = Path(__file__).resolve().parents[2] / "group_data" / "all.py"
+    exec(compile(example.read_text(), str(example), "exec"), namespace)
+    shown = {key: value for key, value in namespace.items()
+             if key.startswith(("registry_", "docker_"))}
+    assert shown == settings_mod.known_keys()
+
+
+def test_api_settings_sit_above_deploy_defaults_and_below_host_data(tmp_path: Path,
+                                                                    monkeypatch: Any) -> None:
+    """The API's settings= beat the package defaults pyinfra adds to the current host as the
+    @deploy's data_defaults; the host's own data beats both."""
+    from pyinfra.api import Config, Inventory, State
+
+    monkeypatch.chdir(tmp_path)
+    inventory = Inventory(
+        (["plain", ("own", {"registry_domain": "own.example"})],
+         {"registry_anonymous_acknowledged": True}),
+        hub=(["plain", "own"], {}))
+    State(inventory, Config())
+    plain = inventory.get_host("plain")
+    with plain.deploy("registry-kit", {}, settings_mod.known_keys()):
+        assert plain.data.registry_domain == "registry.example.internal"  # the deploy's default
+        loaded = settings_mod.load_inventory(
+            inventory, groups=("hub",), server_group="hub",
+            defaults={"registry_domain": "from-settings.example"})
+    assert loaded["plain"].registry_domain == "from-settings.example"
+    assert loaded["own"].registry_domain == "own.example"

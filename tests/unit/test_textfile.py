@@ -18,9 +18,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from registry_kit import cache, client, gc, loadbalancer, scaleout, server, textfile
+from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HOSTS_MARKER, HostState
+from registry_kit.operations import cache, client, gc, loadbalancer, server
+from registry_kit.render import textfile
 from registry_kit.settings import Secret, Settings, User
 
 S3 = {"driver": "inmemory"}

@@ -1,8 +1,7 @@
-"""Unit tests for registry_kit.tls: the kit's CA, self-signed server certs, provided files."""
+"""Unit tests for registry_kit.render.tls: the kit's CA, self-signed certs, provided files."""
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import shutil
 import stat
@@ -18,14 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from registry_kit import tls
-from registry_kit.tls import (
+from registry_kit.render import tls
+from registry_kit.render.tls import (
     ServerCertificate,
     TLSError,
     certificate_days_left,
     ensure_ca,
     ensure_server_certificate,
-    fingerprint,
     load_provided,
 )
 
@@ -591,16 +589,6 @@ def test_certificate_days_left(keys: Keys, ca: x509.Certificate) -> None:
         certificate_days_left(b"nope")
 
 
-def test_fingerprint(keys: Keys, ca: x509.Certificate) -> None:
-    leaf = _make_leaf(keys.leaf, ca, keys.ca)
-    expected = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
-    assert fingerprint(_pem(leaf)) == expected
-    assert fingerprint(_pem(leaf, ca)) == expected  # first certificate only
-    assert len(expected) == 64
-    with pytest.raises(TLSError):
-        fingerprint(b"nope")
-
-
 # --------------------------------------------------------------------------- name constraints
 
 try:
@@ -758,7 +746,7 @@ def test_new_name_widens_the_ca_with_the_same_key(tmp_path: Path) -> None:
     assert _verify(first.cert_pem, added.ca_pem, DOMAIN) == "ok"
     # The old CA certificate does not vouch for the new name: clients need the new one.
     assert _verify(added.cert_pem, first.ca_pem, "registry-alt.example") != "ok"
-    # During the switch clients hold new + old (registry_kit.trust): the new name verifies.
+    # During the switch clients hold new + old (operations/trust.py): the new name verifies.
     assert _verify(added.cert_pem, added.ca_pem + first.ca_pem, "registry-alt.example") == "ok"
     assert "OK" in _openssl_verify(tmp_path, added.cert_pem, added.ca_pem + first.ca_pem)
 

@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from registry_kit import webui
+from registry_kit.render import webui
 from registry_kit.settings import Settings, SettingsError
 
 
 def test_off_by_default(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     assert settings.registry_webui_enabled is False
-    assert settings.registry_webui_port == 5443
+    assert settings.registry_webui_port == 5444
 
 
 @pytest.mark.parametrize(("data", "words"), [
@@ -44,7 +44,7 @@ def _config(make_settings: Callable[..., Settings], **data: object) -> str:
 def test_haproxy_serves_the_files_and_passes_v2_only(
         make_settings: Callable[..., Settings]) -> None:
     config = _config(make_settings)
-    assert "bind :::5443 v4v6 ssl crt /etc/registry-kit-webui/webui.pem" in config
+    assert "bind :::5444 v4v6 ssl crt /etc/registry-kit-webui/webui.pem" in config
     for name in ("index.html", "app.js", "app.css", "config.json"):
         assert f"file /etc/registry-kit-webui/{name} if" in config
     assert "acl api path /v2 /v2/\n    acl api path_beg /v2/\n" in config
@@ -60,7 +60,7 @@ def test_haproxy_serves_the_files_and_passes_v2_only(
 
 def test_bind_address_is_used_both_ways(make_settings: Callable[..., Settings]) -> None:
     config = _config(make_settings, registry_bind_address="10.0.0.5")
-    assert "bind 10.0.0.5:5443 ssl" in config
+    assert "bind 10.0.0.5:5444 ssl" in config
     assert "server registry 10.0.0.5:5000 ssl" in config
 
 
@@ -103,3 +103,29 @@ def test_unit_checks_the_config_before_start() -> None:
     unit = webui.render_unit()
     assert "ExecStartPre=/usr/sbin/haproxy -c -q -f /etc/registry-kit-webui/haproxy.cfg" in unit
     assert "Type=notify" in unit and "WantedBy=multi-user.target" in unit
+
+
+def test_with_access_rules_the_token_server_is_on_this_origin(
+        make_settings: Callable[..., Settings]) -> None:
+    """The registry's realm names the token port (another origin, which the CSP refuses):
+    the page asks /token here and haproxy passes it to this server's token server."""
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    rules = [{"repository": "team-a/*", "actions": ["pull"], "users": ["ci"]}]
+    settings = make_settings(registry_webui_enabled=True, registry_domain="registry.lab",
+                             registry_users=users, registry_access_rules=rules)
+    config = webui.render_haproxy(settings)
+    assert "    use_backend token if { path /token }" in config
+    assert ("    server token 127.0.0.1:5443 ssl verify required ca-file "
+            "/etc/registry-kit-webui/ca.crt verifyhost registry.lab sni str(registry.lab)"
+            ) in config
+    assert 'string "not found" unless api || { path /token }' in config
+    # The token server's Basic challenge (wrong password) is moved too.
+    assert config.count("http-response del-header WWW-Authenticate") == 2
+    assert json.loads(webui.page_config(settings))["token"] == "/token"
+    # Without rules: no /token (404 like any other path).
+    plain = _config(make_settings)
+    assert "/token" not in plain and "backend token" not in plain
+    # The page's port is not the token server's.
+    with pytest.raises(SettingsError, match="registry_webui_port=5443 is not allowed"):
+        make_settings(registry_webui_port=5443, registry_users=users,
+                      registry_access_rules=rules)

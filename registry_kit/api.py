@@ -1,0 +1,87 @@
+"""registry-kit's API: the @deploy functions a pyinfra project calls.
+
+    from registry_kit import api
+
+    api.registry()                      # servers, clients, load balancer, cache
+    api.registry(servers="docker_hub", clients="builders", settings={"registry_port": 443})
+    api.garbage_collect()  /  api.teardown()  /  api.status()
+
+Each function acts on the hosts of the inventory groups named by its arguments (by default
+registry_servers, registry_clients, registry_lb, registry_cache) and on no others. Settings
+come from the package's defaults (registry_kit/defaults.py, also given to pyinfra as the
+deploy's `data_defaults`), then `settings=` of the call, then group and host data and
+`--data` as pyinfra merges them: host data wins. Every host of the inventory is validated
+before any host is touched; a bad value stops the run with one line.
+
+`registry()` is one deploy, not one per role, because its steps are ordered across hosts:
+clients trust a new CA before any server serves a certificate it signed, the cache and the
+load balancer are up before the replicas, and client logins come after the servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pyinfra.api import deploy
+
+from registry_kit import plan
+from registry_kit.inventory import Groups
+from registry_kit.operations import gc as gc_job
+from registry_kit.operations import status as status_job
+from registry_kit.operations import teardown as teardown_job
+from registry_kit.settings import known_keys
+
+DATA_DEFAULTS = known_keys()
+F = TypeVar("F")
+
+
+def _keep_operation_names(function: F) -> F:
+    """pyinfra shows each operation of a @deploy as "DEPLOY NAME | operation name". The
+    kit's operation names already say what they do, and users (and the e2e suites) read
+    and match them as they are, so the kit's deploys keep them unprefixed."""
+    function._inner.deploy_name = ""  # type: ignore[attr-defined]
+    return function
+
+
+def _groups(servers: str, clients: str, lb: str, cache: str) -> Groups:
+    return Groups(servers=servers, clients=clients, lb=lb, cache=cache)
+
+
+@_keep_operation_names
+@deploy("registry-kit: registry", data_defaults=DATA_DEFAULTS)
+def registry(servers: str = "registry_servers", clients: str = "registry_clients",
+             lb: str = "registry_lb", cache: str = "registry_cache",
+             settings: Mapping[str, Any] | None = None) -> None:
+    """The registry service: Docker and the registry on `servers`, trust (and an optional
+    login) on `clients`, haproxy on `lb` and redis on `cache` (scale-out). Idempotent."""
+    plan.plan_host(_groups(servers, clients, lb, cache), settings)
+
+
+@_keep_operation_names
+@deploy("registry-kit: teardown", data_defaults=DATA_DEFAULTS)
+def teardown(servers: str = "registry_servers", clients: str = "registry_clients",
+             lb: str = "registry_lb", cache: str = "registry_cache",
+             settings: Mapping[str, Any] | None = None) -> None:
+    """Remove what registry() set up (data only with registry_purge_data=True, the engine
+    only with docker_remove_on_teardown=True). A second teardown changes nothing."""
+    teardown_job.plan_host(_groups(servers, clients, lb, cache), settings)
+
+
+@_keep_operation_names
+@deploy("registry-kit: garbage collection", data_defaults=DATA_DEFAULTS)
+def garbage_collect(servers: str = "registry_servers", clients: str = "registry_clients",
+                    lb: str = "registry_lb", cache: str = "registry_cache",
+                    settings: Mapping[str, Any] | None = None) -> None:
+    """Garbage-collect each server's storage, one server at a time (read-only meanwhile)."""
+    gc_job.plan_host(_groups(servers, clients, lb, cache), settings)
+
+
+@_keep_operation_names
+@deploy("registry-kit: status", data_defaults=DATA_DEFAULTS)
+def status(servers: str = "registry_servers", clients: str = "registry_clients",
+           lb: str = "registry_lb", cache: str = "registry_cache",
+           settings: Mapping[str, Any] | None = None) -> None:
+    """Print the servers' and clients' state as two tables; changes nothing."""
+    status_job.plan_host(_groups(servers, clients, lb, cache), settings)
+

@@ -1,0 +1,119 @@
+"""The run as the kit sees it: which inventory groups play which role, every host's settings
+validated once per run, and the pieces the jobs share (probe merge, reported commands).
+
+"Once per run" is once per pyinfra State: everything a run keeps between its hosts lives in
+`run_cache(...)`, a dict kept on the State itself, so two runs in one process (pyinfra's API,
+tests) never see each other's settings, certificates or status rows.
+Settings are validated for every host before any host is touched; `issue_certificates`
+(deploy) also prepares the CA and checks provided certificate files, while teardown, gc and
+status must not create a CA. Reports (freed bytes, warnings) are shown in pyinfra's output
+by a command that logs its `registry-kit:` lines.
+Reads: nothing itself; settings.load reads host data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra import context, logger
+from pyinfra.api import StringCommand
+from pyinfra.context import ctx_state
+
+from registry_kit import settings as settings_module
+from registry_kit.settings import Settings, SettingsError, SettingsRefused
+
+REPORT_PREFIX = "registry-kit: "
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The inventory group names for each role; the API's callers may use their own."""
+    servers: str = "registry_servers"
+    clients: str = "registry_clients"
+    lb: str = "registry_lb"
+    cache: str = "registry_cache"
+
+    @property
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.servers, self.clients, self.lb, self.cache)
+
+
+DEFAULT_GROUPS = Groups()
+_RUN_ATTRIBUTE = "_registry_kit_run"
+
+
+def run_cache(name: str, factory: Callable[[], Any], state: Any = None) -> Any:
+    """A value kept for one pyinfra run only (on its State: `state`, else the current one),
+    made on first use; outside a run (unit tests of the pieces), made anew on every call."""
+    if state is None:
+        if not ctx_state.isset():
+            return factory()
+        state = context.state
+    store: dict[str, Any] = state.__dict__.setdefault(_RUN_ATTRIBUTE, {})
+    if name not in store:
+        store[name] = factory()
+    return store[name]
+
+
+def validated_settings(groups: Groups = DEFAULT_GROUPS, *,
+                       defaults: Mapping[str, Any] | None = None,
+                       after: Callable[[dict[str, Settings]], None] | None = None,
+                       ) -> dict[str, Settings]:
+    """Every host's settings, validated once per run; a bad one stops the run (one line).
+    `defaults` replace package defaults (host data still wins); `after(all_settings)` adds
+    the caller's checks (deploy's certificates and scale-out), run once with the validation."""
+
+    def load() -> dict[str, Settings]:
+        try:
+            loaded = settings_module.load_inventory(context.inventory, groups=groups.all,
+                                                    server_group=groups.servers,
+                                                    defaults=defaults)
+            if after is not None:
+                after(loaded)
+            return loaded
+        except SettingsError as error:
+            raise SettingsRefused(error) from None
+
+    return run_cache(f"settings:{groups}:{sorted((defaults or {}).items())!r}", load)  # type: ignore[no-any-return]
+
+
+def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:
+    """(is_server, is_client) of an inventory host."""
+    return groups.servers in target.groups, groups.clients in target.groups
+
+
+def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Combine probe arguments (registry_kit.facts.RegistryHostState) of several parts:
+    lists are joined (without repeats), single values taken from the last part."""
+    merged: dict[str, Any] = {"files": [], "dirs": []}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list):
+                merged[key] = merged.get(key, []) + [v for v in value
+                                                     if v not in merged.get(key, [])]
+            else:
+                merged[key] = value
+    return merged
+
+
+def fail_host(state: Any, host: Any, message: str) -> bool:
+    """A FunctionCommand that fails the host with one clean red line (no traceback).
+    FunctionCommand passes state and host only to parameters with exactly these names."""
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+class ReportedCommand(StringCommand):
+    """A command whose `registry-kit:` stdout lines are shown (pyinfra shows a successful
+    command's output only with -v; on failure it prints all of it itself). A command, not
+    a FunctionCommand calling host.run_shell_command: that call would drop the operation's
+    connector arguments, --sudo among them."""
+
+    def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
+        status, output = super().execute(state, host, connector_arguments)
+        for line in output.stdout_lines:
+            if line.startswith(REPORT_PREFIX):
+                host.log_styled(line, fg="cyan", log_func=logger.info)
+        return status, output

@@ -1,0 +1,129 @@
+"""The registry's shared blob-descriptor cache on the registry_cache host: redis-server
+from the distro, password set, bound to the host's internal address (and loopback), no
+persistence, `maxmemory-policy allkeys-lru` as the registry's docs ask (it sets no expiry).
+
+The kit owns the whole redis.conf (root:redis 0640: it holds the password). A changed
+config restarts redis (it has no reload); the replicas fall back to storage while it is
+away. Checked after a change: PONG with the password, NOAUTH without, the eviction policy.
+
+Reads: registry_internal_address, registry_cache_port, registry_cache_password (via
+registry_kit.keystore), registry_cache_maxmemory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from registry_kit import package_data
+from registry_kit.commands import q
+from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages
+from registry_kit.render import textfile
+from registry_kit.settings import Settings, host_port
+
+CONFIG = "/etc/redis/redis.conf"
+_environment = package_data.ENVIRONMENT
+
+
+@dataclass(frozen=True)
+class RedisFamily:
+    """What differs between OS families: data, not if-ladders."""
+
+    package: str
+    service: str
+    pidfile: str
+    logfile: str
+
+
+FAMILIES = {
+    "debian": RedisFamily("redis-server", "redis-server", "/run/redis/redis-server.pid",
+                          "/var/log/redis/redis-server.log"),
+    "rhel": RedisFamily("redis", "redis", "/run/redis/redis.pid", "/var/log/redis/redis.log"),
+}
+COMMANDS = ("redis-server", "redis-cli")
+
+
+def family(state: HostState) -> RedisFamily:
+    return FAMILIES.get(state.os.family, FAMILIES["debian"])
+
+
+def probe_args(settings: Settings) -> dict:
+    return {"files": [CONFIG], "commands": list(COMMANDS),
+            "services": sorted({f.service for f in FAMILIES.values()})}
+
+
+def render(settings: Settings, password: str, redis: RedisFamily) -> str:
+    """redis.conf. Every value that is not a literal here is checked to be one redis word
+    (textfile.word): no value can add a line or an argument. The password is written as
+    is, unquoted: verify_command reads it back with sed."""
+
+    def checked(value: object, field: str, secret: bool = False) -> str:
+        return textfile.word(value, file=CONFIG, field=field,
+                             forbidden=textfile.REDIS_SYNTAX, secret=secret)
+
+    address = checked(settings.registry_internal_address, "registry_internal_address")
+    bind = address if address == "127.0.0.1" else f"{address} 127.0.0.1"
+    return _environment.get_template("redis.conf.j2").render(
+        source="templates/redis.conf.j2", bind=bind,
+        port=checked(settings.registry_cache_port, "registry_cache_port"),
+        pidfile=redis.pidfile, logfile=redis.logfile,
+        password=checked(password, "registry_cache_password", secret=True),
+        maxmemory=checked(settings.registry_cache_maxmemory, "registry_cache_maxmemory"))
+
+
+@operation()
+def restart_redis(redis: RedisFamily):
+    yield f"systemctl restart {q(redis.service)}"
+
+
+@operation()
+def start_redis(redis: RedisFamily, state: HostState):
+    active, enabled = state.services.get(redis.service, (False, False))
+    if active and enabled:
+        host.noop(f"{redis.service} is enabled and running")
+        return
+    yield f"systemctl enable --now {q(redis.service)}"
+
+
+def verify_command(settings: Settings) -> str:
+    """PONG with the password (read from redis.conf into REDISCLI_AUTH, never argv), NOAUTH
+    without it, allkeys-lru: what the replicas rely on."""
+    address, port = settings.registry_internal_address, settings.registry_cache_port
+    where = host_port(address, port)
+    cli = f"redis-cli --no-auth-warning -h {q(address)} -p {q(port)}"
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(CONFIG)})\""
+    return (
+        f"i=0; while [ $i -lt 30 ]; do a=$({auth} {cli} ping 2>&1); [ \"$a\" = PONG ] && "
+        "break; i=$((i+1)); sleep 1; done; "
+        f"[ \"$a\" = PONG ] || {{ echo {q('registry-kit: redis on ' + where)}\" does not "
+        "answer PONG with its password: $a\" >&2; exit 1; }; "
+        f"case \"$({cli} ping 2>&1)\" in *NOAUTH*) ;; *) echo 'registry-kit: redis answers "
+        "without the password' >&2; exit 1;; esac; "
+        f"p=$({auth} {cli} config get maxmemory-policy | tail -n 1); "
+        "[ \"$p\" = allkeys-lru ] || { echo \"registry-kit: redis maxmemory-policy is $p\" >&2;"
+        " exit 1; }; "
+        f"echo {q('registry-kit: redis answers on ' + where + ' (password, allkeys-lru)')}"
+    )
+
+
+@operation()
+def verify_redis(settings: Settings):
+    yield verify_command(settings)
+
+
+def cache_deploy(settings: Settings, state: HostState, password: str) -> None:
+    redis = family(state)
+    packages.install_packages((redis.package,), COMMANDS, state,
+                              name=f"Install {redis.package} from the distro")
+    config_op = remote.managed_file(
+        CONFIG, render(settings, password, redis).encode(), "0640", state.files.get(CONFIG),
+        group="redis", name="Upload redis.conf (password, bind, allkeys-lru)")
+    restart_op = restart_redis(redis, name=f"Restart {redis.service} (config changed)",
+                               _if=config_op.did_change)
+    start_redis(redis, state, name=f"Enable and start {redis.service}")
+    verify_redis(settings, name="Check redis: PONG with, NOAUTH without the password",
+                 _if=restart_op.did_change)

@@ -1,0 +1,159 @@
+"""Client hosts (registry_clients) trust the registry and can log in to it.
+
+TLS modes: the CA at /etc/docker/certs.d/ADDRESS/ca.crt, ADDRESS exactly as clients type
+it (no ":443"); no Docker restart is needed. Optionally the OS trust store as well
+(registry_client_system_trust), which needs one Docker restart when the CA changed.
+Mode none: ADDRESS in daemon.json insecure-registries (engine.configure_daemon, reload).
+Reads: registry_domain, registry_port, registry_tls_mode, registry_client_*.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from registry_kit.commands import q
+from registry_kit.facts import HOSTS_MARKER, HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import trust
+from registry_kit.render import htpasswd, textfile
+from registry_kit.settings import Settings, host_port
+
+CERTS_D = "/etc/docker/certs.d"
+CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
+RUNTIME_DIR = "/run/registry-kit"
+SYSTEM_CA_DIRS = {"debian": "/usr/local/share/ca-certificates",
+                  "rhel": "/etc/pki/ca-trust/source/anchors"}
+SYSTEM_CA_UPDATE = {"debian": "update-ca-certificates", "rhel": "update-ca-trust"}
+
+
+def trust_dir(settings: Settings) -> str:
+    return f"{CERTS_D}/{settings.registry_address}"
+
+
+def login_marker_path(settings: Settings) -> str:
+    return f"{CLIENT_STATE_DIR}/login-{settings.registry_address.replace(':', '_')}"
+
+
+def system_ca_path(settings: Settings, family: str) -> str:
+    return f"{SYSTEM_CA_DIRS.get(family, SYSTEM_CA_DIRS['debian'])}/" \
+           f"registry-kit-{settings.registry_domain}.crt"
+
+
+def probe_args(settings: Settings) -> dict:
+    files = [f"{trust_dir(settings)}/ca.crt"]
+    files += [system_ca_path(settings, family) for family in SYSTEM_CA_DIRS]
+    return {"files": files, "dirs": [CERTS_D, trust_dir(settings), CLIENT_STATE_DIR],
+            "login_marker": login_marker_path(settings)}
+
+
+def insecure_entries(settings: Settings) -> tuple[list[str], list[str]]:
+    """(add, remove) for daemon.json insecure-registries: no scheme, Docker ignores it."""
+    address = host_port(settings.registry_domain, settings.registry_port)
+    return ([address], []) if not settings.tls_enabled else ([], [address])
+
+
+def hosts_lines(wanted: dict[str, str]) -> list[str]:
+    """/etc/hosts lines "IP NAME # registry-kit": IP and NAME each one word without "#", so
+    a line cannot hold more names, lose its marker or become two lines."""
+
+    def checked(value: str, field: str) -> str:
+        return textfile.word(value, file="/etc/hosts", field=field,
+                             forbidden=textfile.HOSTS_SYNTAX)
+
+    return [f"{checked(ip, f'registry_client_hosts_entries[{name!r}]')} "
+            f"{checked(name, 'registry_client_hosts_entries key')} {HOSTS_MARKER}"
+            for name, ip in sorted(wanted.items())]
+
+
+@operation()
+def hosts_entries(wanted: dict[str, str], state: HostState):
+    lines = hosts_lines(wanted)
+    if lines == state.hosts_lines:
+        host.noop("/etc/hosts entries are in place")
+        return
+    # Rewrite in place (not by rename): /etc/hosts may be a bind mount (containers).
+    keep = f"grep -v -e {q(HOSTS_MARKER + '$')} /etc/hosts > /etc/hosts.registry-kit-new"
+    add = "".join(f"; echo {q(line)} >> /etc/hosts.registry-kit-new" for line in lines)
+    yield (f"{keep}{add}; cat /etc/hosts.registry-kit-new > /etc/hosts; "
+           "rm -f /etc/hosts.registry-kit-new")
+
+
+@operation()
+def docker_login(settings: Settings, state: HostState):
+    """`docker login` with the password on stdin, again only when the password changed.
+
+    pyinfra's docker.login only checks that an entry exists, so a rotated password would
+    never reach the clients. The kit keeps a bcrypt hash of the password it logged in with
+    (a marker file, root only) and compares the configured password with it."""
+    user = settings.user(settings.registry_client_login_user or "")
+    assert user is not None and user.password is not None, "validated in settings"
+    password = user.password.reveal()
+    name, _, hashed = state.login_marker.strip().partition(":")
+    logged_in = settings.registry_address in state.docker_auths
+    if logged_in and name == user.name and htpasswd.verifies(password, hashed):
+        host.noop(f"logged in to {settings.registry_address} as {user.name}")
+        return
+    secret_file = f"{RUNTIME_DIR}/login.pw"
+    marker = login_marker_path(settings)
+    yield (f"install -d -m 0700 {RUNTIME_DIR} {CLIENT_STATE_DIR} && "
+           f"install -m 0600 /dev/null {q(secret_file)}")
+    yield remote.upload(BytesIO(password.encode()), secret_file)
+    yield (f"docker login --username {q(user.name)} --password-stdin "
+           f"{q(settings.registry_address)} < {q(secret_file)} >/dev/null; "
+           f"status=$?; rm -f {q(secret_file)}; exit $status")
+    staging = f"{marker}.registry-kit-new"
+    yield f"install -m 0600 /dev/null {q(staging)}"
+    marker_line = f"{user.name}:{htpasswd.hash_password(password)}\n"
+    yield remote.upload(BytesIO(marker_line.encode()), staging)
+    yield f"mv -f {q(staging)} {q(marker)}"
+
+
+@operation()
+def refresh_system_trust(family: str):
+    yield SYSTEM_CA_UPDATE.get(family, SYSTEM_CA_UPDATE["debian"])
+    # The engine reads the OS trust store at start only.
+    yield "systemctl restart docker.service"
+
+
+def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
+    """/etc/hosts and trust: registry_kit.plan runs these before any server step, so a new CA
+    is trusted before a server serves a certificate it signed (registry_kit.operations.trust)."""
+    if settings.registry_client_hosts_entries or state.hosts_lines:
+        hosts_entries(dict(settings.registry_client_hosts_entries), state,
+                      name="Write /etc/hosts entries for the registry")
+    if settings.tls_enabled and ca_pem is not None:
+        remote.managed_dir(CERTS_D, "0755", state.dirs.get(CERTS_D), name=f"Create {CERTS_D}")
+        directory = trust_dir(settings)
+        remote.managed_dir(directory, "0755", state.dirs.get(directory),
+                           name=f"Create {directory}")
+        ca_file = f"{directory}/ca.crt"
+        current = state.files.get(ca_file)
+        if current is not None and current.sha256 != remote.sha256_of(ca_pem):
+            # A new CA: trust it next to the old one until the servers switch (trust.py).
+            trust.bridge_ca(ca_file, ca_pem, name="Trust the new registry CA next to the old")
+        else:
+            remote.managed_file(ca_file, ca_pem, "0644", current,
+                                name="Trust the registry CA for Docker")
+        if settings.registry_client_system_trust:
+            path = system_ca_path(settings, state.os.family)
+            ca_op = remote.managed_file(path, ca_pem, "0644", state.files.get(path),
+                                        name="Add the registry CA to the OS trust store")
+            refresh_system_trust(state.os.family, name="Refresh the OS trust store",
+                                 _if=ca_op.did_change)
+
+
+def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = None) -> None:
+    """After the servers are up (main.plan_host: servers_ready): drop an old CA that
+    client_trust kept for the switch, then log in."""
+    ca_file = f"{trust_dir(settings)}/ca.crt"
+    current = state.files.get(ca_file)
+    if settings.tls_enabled and ca_pem is not None and current is not None and \
+            current.sha256 != remote.sha256_of(ca_pem):
+        remote.managed_file(ca_file, ca_pem, "0644", current,
+                            name="Trust only the new registry CA",
+                            _if=trust.no_host_failed)
+    if settings.registry_client_login_user:
+        docker_login(settings, state, name=f"docker login to {settings.registry_address}")

@@ -1,0 +1,227 @@
+"""A floating address across the registry_lb hosts: keepalived (VRRP) from the distro.
+
+With registry_lb_vip set, every registry_lb host runs keepalived; the clients' domain
+resolves to that address. The LB with the highest priority whose haproxy is healthy holds
+it: priorities follow inventory order (the first registry_lb host 200, the next 190, ...),
+and haproxy's health is its admin socket answering (scripts/haproxy-alive.sh, two failed
+checks one second apart give the address away). Every LB starts as BACKUP with a preempt
+delay, so a returning LB takes the address back once, when its haproxy is healthy, and
+does not grab it at boot. VRRP goes by multicast, or with registry_lb_vrrp_unicast to the
+other LBs' registry_internal_address.
+
+keepalived.conf is root 0600 (it holds the VRRP password, from env/file or generated once
+on the control machine), built from checked words (textfile.word), checked with
+`keepalived -t` before it replaces the old one, then applied with a reload. Without
+registry_lb_vip, keepalived is stopped and the kit's config removed.
+
+Reads: registry_lb_vip, registry_lb_vip_interface, registry_lb_vrrp_password,
+registry_lb_vrrp_router_id, registry_lb_vrrp_unicast, registry_internal_address and
+registry_domain (the generated password's key) of the registry_lb hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+
+from registry_kit import keystore as control
+from registry_kit import package_data
+from registry_kit.commands import q
+from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages, server
+from registry_kit.render import textfile
+from registry_kit.settings import Settings, SettingsError, is_ip
+from registry_kit.topology import Topology
+
+CONFIG = "/etc/keepalived/keepalived.conf"
+SERVICE = "keepalived"
+PACKAGES = ("keepalived",)
+COMMANDS = ("keepalived",)
+CHECK_SCRIPT = "haproxy-alive.sh"
+CHECK = f"{server.SCRIPTS_DIR}/{CHECK_SCRIPT}"
+TOP_PRIORITY, PRIORITY_STEP, MAX_LBS = 200, 10, 20
+PREEMPT_DELAY = 5  # seconds a returning LB waits (healthy) before it takes the address back
+
+
+def probe_args(settings: Settings) -> dict:
+    # Probed with or without a VIP: a VIP removed from the settings removes keepalived's config.
+    return {"files": [CONFIG, CHECK], "commands": list(COMMANDS), "services": [SERVICE]}
+
+
+def _fail(settings: Settings, key: str, value: object, allowed: str) -> SettingsError:
+    return SettingsError(f"{settings.host}: setting {key}={value!r} is not allowed: {allowed}")
+
+
+def vip_address(settings: Settings) -> str:
+    assert settings.registry_lb_vip is not None
+    return settings.registry_lb_vip.split("/", 1)[0]
+
+
+def validate(topology: Topology) -> None:
+    """The registry_lb hosts agree on the floating address and can run VRRP together."""
+    lbs = topology.lbs
+    if not lbs or all(lb.registry_lb_vip is None for lb in lbs):
+        return
+    first = lbs[0]
+    for lb in lbs[1:]:
+        for key in ("registry_lb_vip", "registry_lb_vrrp_router_id", "registry_lb_vrrp_unicast"):
+            if getattr(lb, key) != getattr(first, key):
+                raise _fail(lb, key, getattr(lb, key), f"the same value on every registry_lb "
+                            f"host ({first.host} has {getattr(first, key)!r})")
+        if lb.registry_lb_vrrp_password != first.registry_lb_vrrp_password:
+            raise _fail(lb, "registry_lb_vrrp_password", "***", "the same password on every "
+                        f"registry_lb host (it differs from {first.host}'s)")
+    if len(lbs) > MAX_LBS:
+        raise _fail(lbs[MAX_LBS], "registry_lb_vip", first.registry_lb_vip,
+                    f"at most {MAX_LBS} registry_lb hosts (VRRP priorities from inventory order)")
+    vip = vip_address(first)
+    for other in (*topology.servers, *lbs, *topology.caches):
+        if other.registry_internal_address == vip:
+            raise _fail(first, "registry_lb_vip", first.registry_lb_vip,
+                        f"an address no host has ({other.host}'s registry_internal_address)")
+    if first.registry_lb_vrrp_unicast:
+        for lb in lbs:
+            address = lb.registry_internal_address
+            if not (is_ip(address) and ipaddress.ip_address(address).version == 4):
+                raise _fail(lb, "registry_internal_address", address, "an IPv4 address of "
+                            "the LB (registry_lb_vrrp_unicast sends VRRP to it)")
+
+
+def priority(topology: Topology, name: str) -> int:
+    index = [lb.host for lb in topology.lbs].index(name)
+    return TOP_PRIORITY - PRIORITY_STEP * index
+
+
+def password(settings: Settings) -> str:
+    return control.vrrp_password(settings)
+
+
+def derive_interface(lines: Iterable[str], vip: str) -> str | None:
+    """From `ip -o -4 addr show`: the interface whose network holds the VIP (the VIP's
+    own /32 or secondary entry does not count: it moves)."""
+    wanted = ipaddress.ip_address(vip)
+    for line in lines:
+        words = line.split()
+        if len(words) < 4 or words[2] != "inet":
+            continue
+        try:
+            network = ipaddress.ip_interface(words[3])
+        except ValueError:
+            continue
+        if network.ip != wanted and wanted in network.network and network.network.prefixlen < 32:
+            return words[1].split("@", 1)[0]
+    return None
+
+
+class Interfaces(FactBase):
+    """This host's IPv4 addresses (`ip -o -4 addr show`), read only when
+    registry_lb_vip_interface is None."""
+
+    def command(self):
+        return "ip -o -4 addr show"
+
+    def process(self, output):
+        return list(output)
+
+    @staticmethod
+    def default():
+        return []
+
+
+def interface(settings: Settings) -> str:
+    if settings.registry_lb_vip_interface is not None:
+        return settings.registry_lb_vip_interface
+    found = derive_interface(host.get_fact(Interfaces), vip_address(settings))
+    if found is None:
+        raise _fail(settings, "registry_lb_vip_interface", None, "the name of the interface to "
+                    f"put {settings.registry_lb_vip} on: no interface of {settings.host} is in "
+                    "a network that holds it")
+    return found
+
+
+def render(settings: Settings, topology: Topology, interface_name: str, secret: str) -> str:
+    """keepalived.conf. Every value that is not a literal here is checked to be one
+    keepalived word (textfile.word): no value can add a line, a block or a comment."""
+
+    def checked(value: object, field: str, secret: bool = False) -> str:
+        return textfile.word(value, file=CONFIG, field=field,
+                             forbidden=textfile.KEEPALIVED_SYNTAX, secret=secret)
+
+    peers: list[str] = []
+    if settings.registry_lb_vrrp_unicast:
+        peers = [checked(lb.registry_internal_address, f"{lb.host}: registry_internal_address")
+                 for lb in topology.lbs if lb.host != settings.host]
+    return package_data.ENVIRONMENT.get_template("keepalived.conf.j2").render(
+        source="templates/keepalived.conf.j2", check=CHECK, preempt_delay=PREEMPT_DELAY,
+        vip=checked(settings.registry_lb_vip, "registry_lb_vip"),
+        router_name=checked(settings.host.replace(" ", "_"), "host name"),
+        interface=checked(interface_name, "registry_lb_vip_interface"),
+        router_id=checked(settings.registry_lb_vrrp_router_id, "registry_lb_vrrp_router_id"),
+        priority=priority(topology, settings.host),
+        password=checked(secret, "registry_lb_vrrp_password", secret=True),
+        peers=peers, source_ip=checked(settings.registry_internal_address,
+                                       "registry_internal_address"))
+
+
+@operation()
+def keepalived_config(content: bytes, state: HostState):
+    """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
+    reload. The file travels over SFTP, never in a command or in output."""
+    current = state.files.get(CONFIG)
+    if current is not None and current.sha256 == remote.sha256_of(content) and \
+            (current.mode, current.owner, current.group) == ("600", "root", "root"):
+        host.noop(f"{CONFIG} is up to date")
+        return
+    staging = f"{CONFIG}.registry-kit-new"
+    yield "install -d -m 0755 -o root -g root /etc/keepalived"
+    yield f"install -m 0600 -o root -g root /dev/null {staging}"
+    yield remote.upload(BytesIO(content), staging)
+    # Its output may quote lines of the file (the password): never shown.
+    yield (f"keepalived -t -f {staging} >/dev/null 2>&1 || {{ rm -f {staging}; echo "
+           f"'registry-kit: keepalived rejected the new configuration; {CONFIG} was not "
+           "changed' >&2; exit 1; }")
+    yield f"mv -f {staging} {CONFIG}"
+    yield f"systemctl reload-or-restart {SERVICE}"
+
+
+@operation()
+def start_keepalived(state: HostState):
+    active, enabled = state.services.get(SERVICE, (False, False))
+    if active and enabled:
+        host.noop(f"{SERVICE} is enabled and running")
+        return
+    yield f"systemctl enable --now {SERVICE}"
+
+
+@operation()
+def remove_keepalived(state: HostState):
+    """No registry_lb_vip (any more): stop keepalived (the address goes) and remove the
+    kit's config and check script; the package stays."""
+    active, enabled = state.services.get(SERVICE, (False, False))
+    present = [path for path in (CONFIG, CHECK) if path in state.files]
+    if not present:  # keepalived without the kit's config is not the kit's to stop
+        host.noop("no floating address (registry_lb_vip=None)")
+        return
+    if active or enabled:
+        yield f"systemctl disable --now {SERVICE}"
+    yield "rm -f " + " ".join(q(path) for path in present)
+
+
+def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) -> None:
+    """After loadbalancer.lb_deploy on a registry_lb host (its scripts folder and haproxy)."""
+    if settings.registry_lb_vip is None:
+        remove_keepalived(state, name="Remove keepalived's config (no registry_lb_vip)")
+        return
+    config = render(settings, topology, interface(settings), password(settings)).encode()
+    packages.install_packages(PACKAGES, COMMANDS, state,
+                              name="Install keepalived from the distro")
+    remote.managed_file(CHECK, server.script_content(CHECK_SCRIPT), "0755",
+                        state.files.get(CHECK), name=f"Install {CHECK}")
+    keepalived_config(config, state,
+                      name="Check and apply keepalived.conf (keepalived -t, then reload)")
+    start_keepalived(state, name=f"Enable and start {SERVICE}")

@@ -1,0 +1,132 @@
+"""The load balancer on hosts in registry_lb: haproxy from the distro in front of the
+registry_servers replicas, on the domain and port clients use.
+
+passthrough (default): TCP; clients' TLS goes through to the replicas, which all serve the
+certificate for the domain. terminate: haproxy serves that certificate, sets
+X-Forwarded-Proto/For (Host passes unchanged) as the registry's deployment docs ask, and
+talks TLS to the replicas, verifying them against the kit's CA. Either way haproxy checks
+each replica's /v2/ (401 or 200 is healthy). A new config is checked with `haproxy -c`
+before it replaces the old one, then applied with a reload (running connections stay).
+The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
+first (registry_kit.topology.OutOfRotation).
+
+Reads: registry_domain, registry_port, registry_tls_mode, registry_lb_mode,
+registry_lb_stats, and every replica's registry_internal_address.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from registry_kit import package_data
+from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages, server
+from registry_kit.render import textfile
+from registry_kit.render.tls import ServerCertificate
+from registry_kit.settings import Settings, host_port
+from registry_kit.topology import BACKEND, LB_SCRIPT, Topology
+
+CONFIG = "/etc/haproxy/haproxy.cfg"
+CERT_DIR = "/etc/haproxy/registry-kit"
+PEM = f"{CERT_DIR}/registry.pem"  # terminate: certificate (+ chain) and key, root only
+CA = f"{CERT_DIR}/ca.crt"  # terminate: what the replicas' certificates are checked against
+SOCKET = "/run/haproxy/admin.sock"
+SERVICE = "haproxy"
+PACKAGES = ("haproxy", "socat")  # socat talks to the admin socket
+COMMANDS = ("haproxy", "socat")
+SCRIPT = "haproxy-server.sh"
+_environment = package_data.ENVIRONMENT
+
+
+def probe_args(settings: Settings) -> dict:
+    return {"files": [CONFIG, PEM, CA, LB_SCRIPT], "dirs": [CERT_DIR, server.SCRIPTS_DIR],
+            "commands": list(COMMANDS), "services": [SERVICE]}
+
+
+def render(settings: Settings, topology: Topology) -> str:
+    """haproxy.cfg. Every value that is not a literal here is checked to be one haproxy
+    word (textfile.word): no value can add a line, an argument or a comment."""
+
+    def checked(value: object, field: str) -> str:
+        return textfile.word(value, file=CONFIG, field=field,
+                             forbidden=textfile.HAPROXY_SYNTAX)
+
+    domain = checked(settings.registry_domain, "registry_domain")
+    for replica in topology.replicas:
+        checked(replica.server_name, f"{replica.host}: server name")
+        checked(replica.address, f"{replica.host}: registry_internal_address")
+        checked(replica.port, f"{replica.host}: registry_port")
+    terminate = settings.registry_lb_mode == "terminate"
+    if terminate:
+        # Re-encrypted to the replicas, checked against the CA and the domain.
+        server_opts = f" ssl verify required ca-file {CA} verifyhost {domain}"
+    elif settings.tls_enabled:
+        server_opts = " check-ssl verify none"  # only the health check speaks TLS itself
+    else:
+        server_opts = ""
+    # Access rules: clients fetch tokens through the load balancer too (the realm's host).
+    token_port = settings.registry_token_port if settings.registry_access is not None else None
+    token_servers = [(replica.server_name, host_port(replica.address, token_port))
+                     for replica in topology.replicas] if token_port else []
+    return _environment.get_template("haproxy.cfg.j2").render(
+        token_port=token_port, token_servers=token_servers,
+        source="templates/haproxy.cfg.j2", socket=SOCKET, terminate=terminate,
+        port=checked(settings.registry_port, "registry_port"), pem=PEM, domain=domain,
+        backend=BACKEND, replicas=topology.replicas, default_server=server_opts,
+        stats=None if settings.registry_lb_stats is None else
+        checked(settings.registry_lb_stats, "registry_lb_stats"))
+
+
+@operation()
+def haproxy_config(content: bytes, state: HostState):
+    """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload."""
+    current = state.files.get(CONFIG)
+    if current is not None and current.sha256 == remote.sha256_of(content) and \
+            current.mode == "644":
+        host.noop(f"{CONFIG} is up to date")
+        return
+    staging = f"{CONFIG}.registry-kit-new"
+    yield f"install -m 0644 -o root -g root /dev/null {staging}"
+    yield remote.upload(BytesIO(content), staging)
+    yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
+           f"haproxy rejected the new configuration; {CONFIG} was not changed' >&2; exit 1; }}")
+    yield f"mv -f {staging} {CONFIG}"
+    # reload-or-restart: a reload when haproxy runs (connections stay), a start otherwise.
+    yield f"systemctl reload-or-restart {SERVICE}"
+
+
+@operation()
+def start_haproxy(state: HostState):
+    active, enabled = state.services.get(SERVICE, (False, False))
+    if active and enabled:
+        host.noop(f"{SERVICE} is enabled and running")
+        return
+    yield f"systemctl enable --now {SERVICE}"
+
+
+def lb_deploy(settings: Settings, state: HostState, topology: Topology,
+              cert: ServerCertificate | None) -> None:
+    packages.install_packages(PACKAGES, COMMANDS, state,
+                              name="Install haproxy and socat from the distro")
+    remote.managed_dir(server.SCRIPTS_DIR, "0755", state.dirs.get(server.SCRIPTS_DIR),
+                       name=f"Create {server.SCRIPTS_DIR}")
+    remote.managed_file(LB_SCRIPT, server.script_content(SCRIPT), "0755",
+                        state.files.get(LB_SCRIPT), name=f"Install {LB_SCRIPT}")
+    if settings.registry_lb_mode == "terminate" and cert is not None:
+        remote.managed_dir(CERT_DIR, "0700", state.dirs.get(CERT_DIR),
+                           name=f"Create {CERT_DIR}")
+        remote.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
+                            "0600", state.files.get(PEM),
+                            name="Upload the load balancer's certificate and key")
+        remote.managed_file(CA, cert.ca_pem, "0644", state.files.get(CA),
+                            name="Upload the CA the replicas are checked against")
+    else:
+        remote.absent_paths([CERT_DIR], list(state.dirs),
+                            name="Remove the load balancer's certificate (passthrough)")
+    haproxy_config(render(settings, topology).encode(), state,
+                   name="Check and apply haproxy.cfg (haproxy -c, then reload)")
+    start_haproxy(state, name=f"Enable and start {SERVICE}")

@@ -1,0 +1,332 @@
+"""The registry service on hosts in registry_servers: folders, certificates, htpasswd,
+config.yml, the image, the container (recreated exactly when its inputs change) and a
+health check after any change.
+
+Reads: every registry_* setting except the client ones. Control-machine material (the
+CA, server certificates, the http secret) comes from registry_kit.tls and
+registry_kit.keystore; the CA private key never leaves the control machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.operations.util import any_changed
+
+from registry_kit import package_data
+from registry_kit.commands import ContainerSpec, join, q
+from registry_kit.facts import HostState
+from registry_kit.inventory import run_cache
+from registry_kit.operations import files as remote
+from registry_kit.operations import ownership, token_auth
+from registry_kit.render import htpasswd, textfile
+from registry_kit.render import token_auth as token_render
+from registry_kit.render.config import render_config
+from registry_kit.render.tls import ServerCertificate
+from registry_kit.settings import Settings, User, host_port, url_host
+from registry_kit.topology import CacheTarget, OutOfRotation, Rotation, server_name
+
+SCRIPTS_DIR = "/usr/local/lib/registry-kit"
+RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
+# A replica behind a load balancer finishes open requests this long after SIGTERM; less
+# than the 10 s `docker stop` waits before it kills.
+REPLICA_DRAIN_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    config_dir: str
+
+    @property
+    def config(self) -> str:
+        return f"{self.config_dir}/config.yml"
+
+    @property
+    def certs_dir(self) -> str:
+        return f"{self.config_dir}/certs"
+
+    @property
+    def auth_dir(self) -> str:
+        return f"{self.config_dir}/auth"
+
+    @property
+    def cert(self) -> str:
+        return f"{self.certs_dir}/server.crt"
+
+    @property
+    def key(self) -> str:
+        return f"{self.certs_dir}/server.key"
+
+    @property
+    def ca(self) -> str:
+        return f"{self.certs_dir}/ca.crt"
+
+    @property
+    def htpasswd(self) -> str:
+        return f"{self.auth_dir}/htpasswd"
+
+
+def script_path(name: str) -> str:
+    return f"{SCRIPTS_DIR}/{name}"
+
+
+def script_content(name: str) -> bytes:
+    return package_data.script(name)
+
+
+SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh", "verify-token.sh")
+
+
+def owned_folders(settings: Settings) -> list[tuple[str, str]]:
+    """(folder, what it is) for each server folder the kit may create, parents first."""
+    paths = ServerPaths(settings.registry_config_dir)
+    return [(settings.registry_config_dir, "registry_config_dir"),
+            (paths.certs_dir, "registry_config_dir/certs"),
+            (paths.auth_dir, "registry_config_dir/auth"),
+            (settings.registry_data_dir, "registry_data_dir")]
+
+
+def probe_args(settings: Settings) -> dict:
+    """What the server part asks of the probe (registry_kit.facts)."""
+    paths = ServerPaths(settings.registry_config_dir)
+    return {
+        "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
+                  *(script_path(name) for name in SCRIPT_NAMES),
+                  *(ownership.marker_path(folder) for folder, _ in owned_folders(settings))],
+        "dirs": [settings.registry_config_dir, paths.certs_dir, paths.auth_dir,
+                 settings.registry_data_dir, SCRIPTS_DIR],
+        "container": settings.registry_container_name,
+        "image": settings.registry_image,
+        "htpasswd": paths.htpasswd,
+    }
+
+
+def served_certificate(settings: Settings, cert: ServerCertificate) -> bytes:
+    """A provided certificate is served with the chain above it, so clients that trust
+    only the root (or the OS store) can build the path."""
+    return cert.cert_pem + (cert.ca_pem if settings.registry_tls_mode == "provided" else b"")
+
+
+def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | None) -> \
+        ContainerSpec:
+    """The container's spec, labelled with a hash of everything that needs a recreate:
+    run arguments, image, config and certificates (not htpasswd: the registry re-reads
+    it by itself). pyinfra 3.10's docker.container never recreates on change (upstream
+    issue 1561), so the kit compares this label instead."""
+    debug_port = int(settings.registry_debug_addr.rsplit(":", 1)[1]) \
+        if settings.registry_debug_addr else None
+    spec = ContainerSpec(
+        name=settings.registry_container_name, image=settings.registry_image,
+        port=settings.registry_port, config_dir=settings.registry_config_dir,
+        data_dir=settings.registry_data_dir
+        if settings.registry_storage.driver == "filesystem" else None,
+        debug_port=debug_port, bind_address=settings.registry_bind_address)
+    inputs = {
+        "run": spec.run_args(),
+        "config": remote.sha256_of(config),
+        "cert": remote.sha256_of(served_certificate(settings, cert) + cert.key_pem)
+        if cert else None,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    return ContainerSpec(**{**spec.__dict__, "spec_hash": digest})
+
+
+def health_target(settings: Settings) -> tuple[str, str, str]:
+    """(url, curl --resolve value, CA path) to check the registry from the server itself,
+    by its real name but through the loopback interface."""
+    paths = ServerPaths(settings.registry_config_dir)
+    url = settings.registry_url
+    # Where the port is published: loopback, or the one address of registry_bind_address.
+    bind = settings.registry_bind_address
+    local = "127.0.0.1" if bind in (None, "0.0.0.0", "::") else url_host(str(bind))
+    # curl --resolve HOST:PORT:ADDRESS, HOST as in the URL (IPv6 in brackets).
+    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:{local}"
+    return url, resolve, paths.ca if settings.tls_enabled else "-"
+
+
+@operation()
+def ensure_image(settings: Settings, state: HostState):
+    """Pull (through the engine, so registry-mirrors apply) or load the pinned image,
+    before the running container is touched."""
+    if state.image_id:
+        host.noop(f"image {settings.registry_image} is present")
+        return
+    if settings.registry_image_archive is not None:
+        staging = "/var/tmp/registry-kit-image.tar"
+        yield remote.upload(str(settings.registry_image_archive), staging)
+        yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
+        missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
+                   f"{settings.registry_image}")
+        yield (f"docker image inspect {q(settings.registry_image)} >/dev/null || "
+               f"{{ echo {q(missing)} >&2; exit 1; }}")
+        return
+    yield f"docker pull {q(settings.registry_image)}"
+
+
+def _failed_replacements(state: Any) -> list[str]:
+    """Servers whose container replacement failed in this run (kept on its State).
+    ensure_container runs one server at a time (_serial), so the servers after a failed
+    one are left as they are."""
+    return run_cache("failed-replacements", list, state)  # type: ignore[no-any-return]
+
+
+class _ReplaceCommand(StringCommand):
+    """The replace-container.sh call; remembers a failure for the servers still to come."""
+
+    def execute(self, state, host, connector_arguments):
+        status, output = super().execute(state, host, connector_arguments)
+        if status is False:
+            _failed_replacements(state).append(host.name)
+        return status, output
+
+
+def _stop_rollout(state, host, failed: str) -> bool:
+    host.log_styled(f"{host.name}: registry container not replaced: the replacement failed "
+                    f"on {failed} earlier in this run (servers are changed one at a time; "
+                    "fix that first and run again)", fg="red", log_func=logger.error)
+    return False
+
+
+@operation()
+def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
+                     rotation: Rotation | None = None):
+    """Create or replace the container (replace-container.sh rolls back on failure). Called
+    with _serial=True: one server at a time, and none after a server whose new container
+    failed. The op body runs at execution time (pyinfra -y), so the check sees this run."""
+    current = state.container
+    if current and current.spec_hash == spec.spec_hash:
+        if current.running:
+            host.noop(f"container {spec.name} is up to date ({spec.spec_hash})")
+            return
+        yield f"docker start {q(spec.name)}"
+        return
+    if _failed_replacements(host.state):
+        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements(host.state)),), {})
+        return
+    url, resolve, ca = health_target(settings)
+    reason = "create" if current is None else f"recreate ({current.spec_hash or 'unlabelled'}"\
+        f" -> {spec.spec_hash})"
+    # Say why, so a recreate is never a surprise in the run's output.
+    logger.info(f"{host.print_prefix}{reason} container {spec.name}")
+    replace = _ReplaceCommand(join([script_path("replace-container.sh"), spec.name, url,
+                                    resolve, ca, settings.registry_verify_timeout, "--",
+                                    *spec.run_args(state.server_version)]))
+    # Behind a load balancer: out of rotation while replaced, back in (and UP) before the
+    # next server's turn.
+    yield OutOfRotation(replace, rotation, server_name(host.name)) if rotation else replace
+
+
+@operation()
+def restart_registry(settings: Settings):
+    yield f"docker restart {q(settings.registry_container_name)}"
+
+
+def _verify_user(settings: Settings):
+    return next((user for user in settings.registry_users if user.password is not None), None)
+
+
+@operation()
+def verify_registry(settings: Settings):
+    """401 without credentials and 200 with a configured user, checked on the server."""
+    url, resolve, ca = health_target(settings)
+    user = _verify_user(settings)
+    timeout = settings.registry_verify_timeout
+    if token_render.enabled(settings):
+        yield from _verify_token(settings, user)
+        return
+    if user is None or user.password is None:
+        # No user with a known password (none, or hashes only): 401/200 without creds.
+        yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
+        return
+    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
+    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+
+
+def _verify_token(settings: Settings, user: User | None):
+    """Access rules: a Bearer challenge, a token from the kit's token server (as a user
+    with a password, else anonymously), and 200 with it."""
+    url, resolve, ca = health_target(settings)
+    # The token server listens where the registry is published: same address, its port.
+    local = resolve[len(host_port(settings.registry_domain, settings.registry_port)) + 1:]
+    token_resolve = f"{host_port(settings.registry_domain, settings.registry_token_port)}:{local}"
+    args = [script_path("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
+            token_render.realm(settings), token_resolve, token_render.service(settings)]
+    if user is None or user.password is None:
+        yield join(args)
+        return
+    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
+    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield join([*args, curlrc])
+
+
+def curlrc_text(user: User) -> str:
+    """The check's curl config: one quoted `user` line (escaped: textfile)."""
+    assert user.password is not None
+    credentials = f"{user.name}:{user.password.reveal()}"
+    return f'user = "{textfile.curl_config_string(credentials, field="user")}"\n'
+
+
+def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
+                  http_secret: str, cache: CacheTarget | None = None,
+                  rotation: Rotation | None = None, major: int = 2) -> None:
+    """`major`: the registry version the image runs (registry_kit.registry_version), which
+    config.yml is rendered for."""
+    paths = ServerPaths(settings.registry_config_dir)
+    # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
+    for path, setting in owned_folders(settings):
+        ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
+    remote.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
+                       name=f"Create {SCRIPTS_DIR}")
+    for script in SCRIPT_NAMES:
+        remote.managed_file(script_path(script), script_content(script), "0755",
+                            state.files.get(script_path(script)),
+                            name=f"Install {script_path(script)}")
+    cert_ops = []
+    if cert is not None:
+        cert_ops.append(remote.managed_file(paths.cert, served_certificate(settings, cert),
+                                            "0644", state.files.get(paths.cert),
+                                            name="Upload the server certificate"))
+        cert_ops.append(remote.managed_file(paths.key, cert.key_pem, "0600",
+                                            state.files.get(paths.key),
+                                            name="Upload the server private key"))
+        remote.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
+                            name="Upload the CA certificate")
+    # htpasswd before the first start: a registry that finds none invents a user.
+    htpasswd_op = remote.managed_file(
+        paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
+        "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
+    # Access rules: the token server beside the registry (registry_kit.operations.token_auth).
+    token_ops = []
+    if token_render.enabled(settings):
+        token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops))
+    else:
+        token_auth.token_off(settings, state)
+    config = render_config(settings, http_secret, cache=cache,
+                           drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
+                           major=major).encode()
+    config_op = remote.managed_file(paths.config, config, "0600",
+                                    state.files.get(paths.config),
+                                    name="Upload the registry config.yml")
+    ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
+    spec = container_spec(settings, config, cert)
+    container_op = ensure_container(settings, spec, state, rotation,
+                                    name="Start or replace the registry container",
+                                    _serial=True)
+    # Files on disk can differ from what the running container was started with even when
+    # its spec label matches (a gc.py killed mid-run leaves a read-only config; a hand
+    # edit): the registry reads config and certificates at start only, so restart it.
+    file_ops = [config_op, *cert_ops, *token_ops]
+    restart_op = restart_registry(
+        settings, name="Restart the registry to load its changed files",
+        _if=lambda: any(op.did_change() for op in file_ops) and not container_op.did_change())
+    verify_registry(settings, name="Check /v2/: 401 without, 200 with credentials",
+                    _if=any_changed(container_op, htpasswd_op, restart_op))

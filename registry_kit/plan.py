@@ -1,0 +1,169 @@
+"""What the registry deploy (registry_kit.api.registry, deploy.py) runs for one host:
+validate every host's settings once, probe this host once, then add the engine, server and
+client steps for the groups it is in.
+
+All validation happens while pyinfra loads the deploy (before any operation runs), so a
+bad setting on any host stops the whole run with one line and nothing touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pyinfra import host, inventory, logger
+from pyinfra.api import operation
+
+from registry_kit import keystore as control
+from registry_kit import pyinfra_patches, s3check, sharedgc
+from registry_kit import topology as scaleout
+from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
+from registry_kit.inventory import validated_settings as validated_inventory
+from registry_kit.operations import (
+    cache,
+    client,
+    gc,
+    keepalived,
+    loadbalancer,
+    server,
+    token_auth,
+    trust,
+    webui,
+)
+from registry_kit.operations.engine import engine_deploy, install_curl
+from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
+from registry_kit.registry_version import resolve as resolve_version
+from registry_kit.settings import Settings, SettingsError, SettingsRefused
+
+
+def _serves_tls(target: Any, groups: Groups) -> bool:
+    return groups.servers in target.groups or groups.lb in target.groups
+
+
+def validated_settings(groups: Groups = DEFAULT_GROUPS,
+                       defaults: Mapping[str, Any] | None = None) -> dict[str, Settings]:
+    """Settings of every host in the inventory, validated once per run; the kit's CA and
+    every certificate checked, and the scale-out hosts checked together."""
+
+    def check(loaded: dict[str, Settings]) -> None:
+        # The kit's CA first permits every name the inventory serves, then each host's
+        # certificate is issued (or provided files checked) against it.
+        serving = [target for target in inventory if _serves_tls(target, groups)]
+        control.prepare_ca(loaded[target.name] for target in serving)
+        for target in serving:
+            control.server_certificate(loaded[target.name])  # provided files checked up front
+        _check_scale_out(loaded, groups)
+
+    return validated_inventory(groups, defaults=defaults, after=check)
+
+
+def topology(groups: Groups = DEFAULT_GROUPS,
+             defaults: Mapping[str, Any] | None = None) -> scaleout.Topology:
+    """Which hosts are replicas, load balancers and the cache (registry_kit.topology)."""
+    return scaleout.build(validated_settings(groups, defaults), scaleout.members(inventory, groups))
+
+
+def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
+    """Hosts that cannot work together, and an S3 bucket that is missing or refuses the
+    keys, stop the run here: before the first replica starts, before any host is touched."""
+    members = scaleout.members(inventory, groups)
+    scaleout.validate(scaleout.build(all_settings, members))
+    keepalived.validate(scaleout.build(all_settings, members))
+    schedule = sharedgc.schedule_refusal(
+        [all_settings[name] for name in members[scaleout.SERVER_GROUP]])
+    if schedule is not None:
+        raise schedule
+    s3check.check_storage(all_settings[name] for name in members[scaleout.SERVER_GROUP])
+
+
+@operation()
+def step_done(what: str):
+    """A step every host shares: what comes before it on any host runs before what comes
+    after it on any host (cache before the load balancer before the replicas)."""
+    host.noop(f"ordering point: {what}")
+    return
+    yield  # an operation is a generator
+
+
+@operation()
+def servers_ready():
+    """A step every host shares: it orders all server steps before all client steps."""
+    host.noop("ordering point between server and client steps")
+    return
+    yield  # an operation is a generator
+
+
+def server_version(settings: Settings, state: HostState) -> RegistryVersion:
+    """The registry version this server will run (registry_kit.registry_version), told by
+    the tag, registry_version or the label of the image already on the server; a run whose
+    version cannot be told stops here, before any host is touched (one line)."""
+    try:
+        version = resolve_version(host.name, settings.registry_image, settings.registry_version,
+                                  state.image_version_label or None)
+    except RegistryVersionError as error:
+        raise SettingsRefused(SettingsError(str(error))) from None
+    running = state.container
+    before = running_major(running.image, running.version_label) if running else None
+    if running is not None and before is not None and before != version.major:
+        # 3 -> 2 is allowed: in the lab, 2.8.3 served everything 3.0.0 had written (image
+        # manifests, OCI index and artifact, same digests and tags; README "Downgrade").
+        what = "an upgrade" if version.major > before else "a downgrade"
+        logger.warning(f"{host.print_prefix}registry {before} -> {version.major} "
+                       f"({running.image} -> {settings.registry_image}): {what}; config.yml "
+                       f"is rendered for registry {version.major} ({version.source})")
+    return version
+
+
+def plan_host(groups: Groups = DEFAULT_GROUPS,
+              defaults: Mapping[str, Any] | None = None) -> None:
+    pyinfra_patches.install()  # cheaper operation calls (see that module)
+    all_settings = validated_settings(groups, defaults)
+    settings = all_settings[host.name]
+    is_server = groups.servers in host.groups
+    is_client = groups.clients in host.groups
+    is_lb, is_cache = groups.lb in host.groups, groups.cache in host.groups
+    if not (is_server or is_client or is_lb or is_cache):
+        return
+    probe = merge_probe(part.probe_args(settings) for part, wanted in (
+        (server, is_server), (gc, is_server), (token_auth, is_server), (webui, is_server),
+        (client, is_client),
+        (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
+    state = host.get_fact(RegistryHostState, **probe)
+    # Before anything else is planned: a server whose registry version is unknown is refused.
+    major = server_version(settings, state).major if is_server else None
+
+    add, remove = client.insecure_entries(settings) if is_client else ([], [])
+    # Load balancer and cache hosts need no Docker engine.
+    if (is_server or is_client) and not engine_deploy(settings, state, insecure_add=add,
+                                                      insecure_remove=remove):
+        return
+    cert = control.server_certificate(settings)
+    if is_client:
+        client_ca = trust.client_ca(settings, cert)
+        client.client_trust(settings, state, client_ca)
+    # Every client trusts a new CA before any server serves a certificate it signed.
+    trust.clients_trust_ready(name="Clients trust the registry CA")
+    hosts = topology(groups, defaults)
+    password = control.cache_password(hosts.caches[0]) if hosts.caches else ""
+    if is_cache:
+        cache.cache_deploy(settings, state, password)
+    if hosts.caches:
+        step_done("registry cache", name="Registry cache is set up")
+    if is_lb:
+        loadbalancer.lb_deploy(settings, state, hosts, cert)
+        keepalived.keepalived_deploy(settings, state, hosts)
+    if hosts.lbs:
+        step_done("load balancer", name="Load balancer is set up")
+    if is_server:
+        install_curl(state, name="Install curl (health checks)")
+        server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings),
+                             cache=scaleout.cache_target(hosts, password),
+                             rotation=hosts.rotation(), major=major or 2)
+        gc.schedule_deploy(settings, state, hosts.servers)
+        webui.webui_deploy(settings, state, cert)
+    # pyinfra orders operations by merging each host's sequence, so without an operation
+    # that every host shares, client steps (a login) could run before the servers' steps.
+    servers_ready(name="Registry servers are set up")
+    if is_client:
+        client.client_login(settings, state, client_ca)

@@ -1,0 +1,159 @@
+"""Token auth's files and config, rendered from settings: the registry's `auth.token`
+section, the token server's policy.json and systemd unit, and its signing key and
+certificate (made once per domain on the control machine). No host access; the steps that
+put these on servers are registry_kit.operations.token_auth.
+
+Used when `registry_access_rules` is set (registry_kit.access). The registry's config.yml
+then has `auth.token` (realm: this server's https://DOMAIN:registry_token_port/token,
+rootcertbundle: the signing certificate) instead of `auth.htpasswd`; the token server
+(scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json.
+
+Control machine: the signing key (EC P-256, made with cryptography, 0600) and its
+self-signed certificate live in registry_state_dir/token/, one per domain, so every replica
+behind a load balancer signs with the same key.
+Reads: registry_access_rules (through Settings.registry_access), registry_token_port,
+registry_domain, registry_port, registry_bind_address, registry_config_dir, registry_users.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from registry_kit import access
+from registry_kit.paths import CONTAINER_TOKEN_SIGNING_CERT
+from registry_kit.settings import Settings, host_port, url_host
+
+ISSUER = "registry-kit token server"
+SERVICE_NAME = "registry-kit-token.service"
+UNIT_PATH = f"/etc/systemd/system/{SERVICE_NAME}"
+SCRIPT_NAME = "registry-token-server.py"
+SCRIPT_PATH = f"/usr/local/lib/registry-kit/{SCRIPT_NAME}"  # operations.server.SCRIPTS_DIR
+TOKEN_DIR_FILES = ("signing.key", "policy.json")
+CERT_FILES = ("token-signing.crt",)
+
+
+@dataclass(frozen=True)
+class TokenPaths:
+    config_dir: str
+
+    @property
+    def token_dir(self) -> str:
+        return f"{self.config_dir}/token"
+
+    @property
+    def signing_key(self) -> str:
+        return f"{self.token_dir}/signing.key"
+
+    @property
+    def policy(self) -> str:
+        return f"{self.token_dir}/policy.json"
+
+    @property
+    def signing_cert(self) -> str:
+        # In certs/, which the registry container sees as registry_kit.paths' certs/.
+        return f"{self.config_dir}/certs/token-signing.crt"
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.registry_access is not None
+
+
+def realm(settings: Settings) -> str:
+    scheme = "https" if settings.tls_enabled else "http"
+    return f"{scheme}://{host_port(settings.registry_domain, settings.registry_token_port)}/token"
+
+
+def service(settings: Settings) -> str:
+    """The token's audience: what clients call the registry (Docker sends it back)."""
+    return settings.registry_address
+
+
+def auth_section(settings: Settings, major: int) -> dict:
+    """config.yml's `auth` for token auth. Both 2.8 and 3.0 verify the x5c chain in the
+    token's header against rootcertbundle (3.0 also reads `jwks`, which the kit does not
+    need). 3.0 accepts every algorithm by default; the kit pins the one it signs with."""
+    token: dict = {"realm": realm(settings), "service": service(settings), "issuer": ISSUER,
+                   "rootcertbundle": CONTAINER_TOKEN_SIGNING_CERT}
+    if major >= 3:
+        token["signingalgorithms"] = ["ES256"]
+    return {"token": token}
+
+
+def signing_material(settings: Settings) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM), made once per domain on the control machine and kept."""
+    folder = settings.registry_state_dir / "token"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path = folder / f"signing-{settings.registry_domain}.key"
+    cert_path = folder / f"signing-{settings.registry_domain}.crt"
+    if key_path.exists() and cert_path.exists():
+        return key_path.read_bytes(), cert_path.read_bytes()
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                         f"registry-kit token signing {settings.registry_domain}")])
+    now = datetime.datetime.now(datetime.UTC)
+    # No extended key usage: the registry verifies the chain for any usage (3.0 asks
+    # ExtKeyUsageAny; 2.8's default ServerAuth passes a certificate that names none).
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    _write_private(key_path, key_pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_pem, cert_path.read_bytes()
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.unlink(missing_ok=True)
+    with open(temp, "xb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+        f.write(content)
+    temp.replace(path)
+
+
+def policy_text(settings: Settings) -> bytes:
+    assert settings.registry_access is not None
+    document = access.policy_document(settings.registry_access,
+                                      [user.name for user in settings.registry_users],
+                                      service=service(settings), issuer=ISSUER)
+    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
+
+
+def listen_address(settings: Settings) -> str:
+    bind = settings.registry_bind_address
+    address = "0.0.0.0" if bind is None else url_host(str(bind))
+    return f"{address}:{settings.registry_token_port}"
+
+
+def unit_text(settings: Settings) -> bytes:
+    """The systemd unit; every value in it is a checked path or address (no spaces)."""
+    paths = TokenPaths(settings.registry_config_dir)
+    certs = f"{settings.registry_config_dir}/certs"
+    argv = ["/usr/bin/python3", SCRIPT_PATH,
+            "--listen", listen_address(settings),
+            "--signing-key", paths.signing_key, "--signing-cert", paths.signing_cert,
+            "--htpasswd", f"{settings.registry_config_dir}/auth/htpasswd",
+            "--policy", paths.policy]
+    if settings.tls_enabled:
+        argv += ["--tls-cert", f"{certs}/server.crt", "--tls-key", f"{certs}/server.key"]
+    return ("# Managed by registry-kit (registry_kit/render/token_auth.py)\n"
+            "[Unit]\nDescription=registry-kit token server for the registry's token auth\n"
+            "After=network-online.target\nWants=network-online.target\n\n"
+            "[Service]\n"
+            f"ExecStart={' '.join(argv)}\n"
+            "Restart=always\nRestartSec=2\n"
+            "NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\n"
+            "PrivateDevices=yes\nProtectKernelTunables=yes\nProtectControlGroups=yes\n"
+            "\n[Install]\nWantedBy=multi-user.target\n").encode()

@@ -1,0 +1,297 @@
+#!/usr/bin/python3
+# Managed by registry-kit: the token server for the registry's `auth.token` (Docker registry
+# token specification). GET /token with HTTP basic credentials (or none: anonymous) and
+# scope=TYPE:NAME:ACTIONS parameters answers a JWT (ES256, the signing certificate in its
+# x5c header, which registry 2.8 and 3.0 both verify against `rootcertbundle`) granting
+# the requested actions the policy allows. Users come from the registry's htpasswd (bcrypt),
+# rules from the kit's policy.json; both are re-read when they change on disk, so a deploy
+# that changes users or rules needs no restart of this server or of the registry.
+#
+# Runs with Debian's python3-jwt, python3-bcrypt and python3-cryptography (no pip).
+# Logs one line per token request (user, scopes asked and granted, bcrypt checks made):
+# never a password or a token.
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOKEN_SECONDS = 300
+ACTIONS = ("pull", "push", "delete")
+
+
+class Files:
+    """htpasswd and policy.json, re-read when their (inode, size, mtime) change."""
+
+    def __init__(self, htpasswd: str, policy: str) -> None:
+        self.paths = {"htpasswd": htpasswd, "policy": policy}
+        self.stamps: dict[str, tuple[int, int, int]] = {}
+        self.users: dict[str, str] = {}
+        self.policy: dict = {"rules": [], "catalog_users": []}
+        self.lock = threading.Lock()
+
+    def current(self, *, strict: bool = False) -> tuple[dict[str, str], dict]:
+        """The files' content; one that cannot be read now keeps its last good content
+        (the kit replaces files by rename, so this is a broken hand edit), except at
+        start (`strict`), where systemd shows the error."""
+        with self.lock:
+            for kind, path in self.paths.items():
+                try:
+                    info = os.stat(path)
+                    stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+                    if self.stamps.get(kind) == stamp:
+                        continue
+                    with open(path, encoding="utf-8") as handle:
+                        text = handle.read()
+                    if kind == "htpasswd":
+                        self.users = parse_htpasswd(text)
+                    else:
+                        self.policy = json.loads(text)
+                except (OSError, ValueError) as error:
+                    if strict:
+                        raise
+                    log(f"kept the last good {path}: {error}")
+                    continue
+                self.stamps[kind] = stamp
+                log(f"loaded {path}")
+            return self.users, self.policy
+
+
+def parse_htpasswd(text: str) -> dict[str, str]:
+    users = {}
+    for line in text.splitlines():
+        name, sep, hashed = line.strip().partition(":")
+        if sep and name and not name.startswith("#"):
+            users[name] = hashed
+    return users
+
+
+def parse_scope(scope: str) -> tuple[str, str, list[str]] | None:
+    """TYPE:NAME:ACTIONS; the name may hold ':' (a registry host with a port)."""
+    kind, _, rest = scope.partition(":")
+    name, _, actions = rest.rpartition(":")
+    if not kind or not name:
+        return None
+    return kind, name, [a for a in actions.split(",") if a]
+
+
+def allowed_actions(policy: dict, user: str | None, name: str) -> set[str]:
+    granted: set[str] = set()
+    for rule in policy["rules"]:
+        if (rule["anonymous"] or (user is not None and user in rule["users"])) and \
+                re.fullmatch(rule["regex"], name):
+            granted.update(rule["actions"])
+    return granted
+
+
+def grant(policy: dict, user: str | None, scope: str) -> dict | None:
+    """The access entry a scope earns (None: nothing)."""
+    parsed = parse_scope(scope)
+    if parsed is None:
+        return None
+    kind, name, wanted = parsed
+    if kind == "registry" and name == "catalog":
+        ok = user is not None and user in policy["catalog_users"]
+        return {"type": "registry", "name": "catalog", "actions": ["*"]} if ok else None
+    if kind != "repository":
+        return None
+    allowed = allowed_actions(policy, user, name)
+    # "*" asks for every action: give what is allowed, "*" itself only with all of them.
+    actions = [a for a in ACTIONS if a in allowed and (a in wanted or "*" in wanted)]
+    if "*" in wanted and allowed >= set(ACTIONS):
+        actions.append("*")
+    return {"type": "repository", "name": name, "actions": actions} if actions else None
+
+
+class Checker:
+    """bcrypt checks, remembered per (user, hash, password) for the process's life: a pull
+    asks one token per repository, and bcrypt at cost 10 is ~60 ms. The memory holds an
+    HMAC of the password under a random per-process key, never the password; a changed
+    hash in htpasswd (password rotation) misses it and is checked again."""
+
+    def __init__(self) -> None:
+        self.key = secrets.token_bytes(32)
+        self.known: set[bytes] = set()
+        self.lock = threading.Lock()
+
+    def check(self, user: str, password: str, hashed: str) -> tuple[bool, int]:
+        import bcrypt  # imported late: the server starts even while apt installs it
+
+        mark = hmac.new(self.key, f"{user}\0{hashed}\0{password}".encode(),
+                        hashlib.sha256).digest()
+        with self.lock:
+            if mark in self.known:
+                return True, 0
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            return False, 0
+        try:
+            ok = bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
+        except ValueError:
+            ok = False
+        if ok:
+            with self.lock:
+                self.known.add(mark)
+        return ok, 1
+
+
+def x5c(cert_pem: bytes) -> list[str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return [base64.b64encode(cert.public_bytes(Encoding.DER)).decode()]
+
+
+def log(message: str) -> None:
+    print(f"registry-token-server: {message}", file=sys.stderr, flush=True)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "registry-kit-token"
+    sys_version = ""
+    files: Files
+    checker: Checker
+    signing_key: Any
+    chain: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per token request instead, without the query string
+
+    def reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def credentials(self) -> tuple[str, str] | None:
+        header = self.headers.get("Authorization", "")
+        kind, _, value = header.partition(" ")
+        if kind.lower() != "basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return ("", "")
+        return (user, password) if sep else ("", "")
+
+    def refuse(self, why: str) -> None:
+        log(f"refused: {why}")
+        self.reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication "
+                                     "required", "detail": None}]},
+                   {"WWW-Authenticate": 'Basic realm="registry-kit"'})
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/token":
+            self.reply(404, {"errors": [{"code": "NOT_FOUND", "message": "not found"}]})
+            return
+        query = urllib.parse.parse_qs(url.query)
+        users, policy = self.files.current()
+        if query.get("service", [policy["service"]])[0] != policy["service"]:
+            self.reply(400, {"errors": [{"code": "UNSUPPORTED", "message": "unknown service"}]})
+            return
+        given = self.credentials()
+        user: str | None = None
+        checks = 0
+        if given is not None:
+            name, password = given
+            hashed = users.get(name)
+            ok, checks = self.checker.check(name, password, hashed) if hashed else (False, 0)
+            if not ok:
+                self.refuse(f"user {name!r}: unknown user or wrong password (bcrypt={checks})")
+                return
+            user = name
+        scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
+        access = [entry for entry in (grant(policy, user, s) for s in scopes) if entry]
+        now = int(time.time())
+        claims = {"iss": policy["issuer"], "sub": user or "", "aud": policy["service"],
+                  "iat": now, "nbf": now - 10, "exp": now + TOKEN_SECONDS,
+                  "jti": secrets.token_hex(16), "access": access}
+        import jwt
+
+        token = jwt.encode(claims, self.signing_key, algorithm="ES256",
+                           headers={"x5c": self.chain})
+        shown = ", ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access)
+        log(f"token user={user or '(anonymous)'} asked={' '.join(scopes) or '-'} "
+            f"granted={shown or '-'} bcrypt={checks}")
+        self.reply(200, {"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
+                         "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
+
+
+class Server(ThreadingHTTPServer):
+    """TLS handshakes happen in each connection's thread (a slow client cannot hold up the
+    accept loop), with a timeout so a silent one does not keep a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, context) -> None:
+        self.context = context
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def handle_error(self, request, client_address) -> None:
+        # A load balancer's TCP check or a client that hangs up mid-handshake: one line,
+        # not a traceback every two seconds.
+        error = sys.exc_info()[1]
+        if not isinstance(error, ssl.SSLError | ConnectionError | TimeoutError):
+            log(f"request from {client_address[0]} failed: {error!r}")
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(30)
+        if self.context is not None:
+            request = self.context.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--signing-key", required=True)
+    parser.add_argument("--signing-cert", required=True)
+    parser.add_argument("--htpasswd", required=True)
+    parser.add_argument("--policy", required=True)
+    args = parser.parse_args()
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    with open(args.signing_key, "rb") as handle:
+        Handler.signing_key = load_pem_private_key(handle.read(), password=None)
+    with open(args.signing_cert, "rb") as handle:
+        Handler.chain = x5c(handle.read())
+    Handler.files = Files(args.htpasswd, args.policy)
+    Handler.files.current(strict=True)  # a broken file stops the start (systemd shows it)
+    Handler.checker = Checker()
+    address, _, port = args.listen.rpartition(":")
+    context = None
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    server = Server((address.strip("[]"), int(port)), Handler, context)
+    log(f"listening on {args.listen} ({'TLS' if args.tls_cert else 'plain HTTP'})")
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

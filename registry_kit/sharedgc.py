@@ -1,0 +1,357 @@
+"""Garbage collection when several registry replicas share one storage (gc.py, scale-out).
+
+Which replicas share storage: those whose `registry_storage` has the same driver and the
+same location (s3: endpoint or region, bucket, rootdirectory; azure: account, container,
+realm/serviceurl, rootdirectory; gcs: bucket, rootdirectory). Credentials do not matter:
+two key pairs on one bucket still share it. filesystem and inmemory storage are each
+server's own (a filesystem folder on NFS is not detected: the kit cannot see that), so
+those servers keep the one-server-at-a-time collection of registry_kit.gc.
+
+The registry's docs require every writer to be read-only for the whole collection (mark
+and sweep): a blob pushed through a writable replica during the mark phase is swept. So a
+shared-storage collection is: every replica read-only, collection on one replica only,
+every replica read-write again, in that order, the last step whatever happened.
+
+Why one control-side operation and not three operation stages: pyinfra runs an operation
+on every host and waits before the next, but drops a host whose step failed from every
+later operation. With stages "read-only on all / collect on one / read-write on all", a
+replica whose read-only restart failed (or the collecting one, when the collection failed)
+would never get the read-write stage. So the whole collection is one operation on the
+group's first replica (inventory order); its command runs each step from the control
+machine over the other replicas' own connections (as scaleout.OutOfRotation does with the
+load balancers), in order, with the read-write steps in a `finally`. Each read-only or
+read-write restart happens while that replica is drained out of every load balancer, so
+requests in flight finish instead of being cut. After the collection the redis
+blob-descriptor cache is emptied while still read-only: garbage-collect does not evict it
+(distribution/distribution#2945, #4269), and a stale entry makes a later push of a deleted
+layer "already exist" without its data.
+
+Before anything changes: every replica of the group must be in this run (an unreachable
+one, or one left out by --limit, refuses the run at planning time) and pass a check step.
+
+The timer (registry_gc_schedule) cannot do this: it runs on one replica, which has no way
+to make the others read-only (the control machine does that over SSH here). So on shared
+storage the setting is refused; run gc.py from the control machine on a schedule instead.
+Servers that share nothing keep their own timer.
+
+Reads: registry_storage, registry_gc_schedule, registry_gc_dry_run (through gc.py), the
+rotation of registry_kit.scaleout, registry_cache_* of the cache host.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pyinfra import logger
+from pyinfra.api import StringCommand
+from pyinfra.connectors.util import CommandOutput
+
+from registry_kit import s3check
+from registry_kit.commands import join, q
+from registry_kit.operations import files as remote
+from registry_kit.settings import Secret, Settings, SettingsError, Storage
+from registry_kit.topology import OutOfRotation, Rotation
+
+# The keys that say where a driver keeps its data (not how it authenticates or tunes).
+LOCATION_KEYS: Mapping[str, tuple[str, ...]] = {
+    "s3": ("regionendpoint", "region", "bucket", "rootdirectory"),
+    "azure": ("accountname", "container", "realm", "serviceurl", "rootdirectory"),
+    "gcs": ("bucket", "rootdirectory"),
+}
+STEPS = ("check", "readonly", "collect", "writable")
+REDIS_CONFIG = "/etc/redis/redis.conf"  # registry_kit.cache writes it (requirepass line)
+
+
+def storage_location(storage: Storage) -> tuple[Any, ...] | None:
+    """What identifies the place a storage keeps its data; None: this server's own."""
+    keys = LOCATION_KEYS.get(storage.driver)
+    if keys is None:
+        return None
+    params = dict(storage.params)
+    if storage.driver == "s3" and params.get("regionendpoint"):
+        params.pop("region", None)  # the endpoint names the store; region only signs
+        params["regionendpoint"] = str(params["regionendpoint"]).rstrip("/")
+    if "rootdirectory" in params:
+        params["rootdirectory"] = str(params["rootdirectory"]).strip("/")
+    return (storage.driver, *((key, str(params[key])) for key in keys
+                               if params.get(key) not in (None, "")))
+
+
+def storage_groups(servers: Sequence[Settings]) -> tuple[tuple[Settings, ...], ...]:
+    """Servers (inventory order) grouped by the storage they share; a server sharing
+    nothing is a group of one. Groups in the order of their first server."""
+    groups: dict[Any, list[Settings]] = {}
+    for settings in servers:
+        location = storage_location(settings.registry_storage)
+        key = ("own", settings.host) if location is None else location
+        groups.setdefault(key, []).append(settings)
+    return tuple(tuple(group) for group in groups.values())
+
+
+def group_of(name: str, groups: Iterable[tuple[Settings, ...]]) -> tuple[Settings, ...]:
+    for group in groups:
+        if any(settings.host == name for settings in group):
+            return group
+    raise KeyError(name)
+
+
+def unreachable_refusal(group: Sequence[Settings], active: Iterable[str]) -> str | None:
+    """One line when a replica sharing the storage is not in this run."""
+    present = set(active)  # once: `active` may be a generator
+    missing = [s.host for s in group if s.host not in present]
+    if not missing:
+        return None
+    names = ", ".join(s.host for s in group)
+    return (f"{missing[0]}: gc.py refused: {', '.join(missing)} not reachable (or left out "
+            f"by --limit); a collection on shared storage makes every replica read-only "
+            f"first ({names}): nothing was changed")
+
+
+def schedule_refusal(servers: Sequence[Settings]) -> SettingsError | None:
+    """registry_gc_schedule is refused where several servers share one storage."""
+    for group in storage_groups(servers):
+        if len(group) < 2:
+            continue
+        for settings in group:
+            if settings.registry_gc_schedule is not None:
+                names = ", ".join(s.host for s in group)
+                return SettingsError(
+                    f"{settings.host}: setting registry_gc_schedule="
+                    f"{settings.registry_gc_schedule!r} is not allowed: None where several "
+                    f"registry_servers share one storage ({names}): a timer runs on one "
+                    "replica and cannot make the others read-only; schedule gc.py on the "
+                    "control machine instead")
+    return None
+
+
+def timer_wanted(settings: Settings, servers: Sequence[Settings]) -> bool:
+    """The GC timer goes on the first server of its storage group only (a group of one
+    with schedule_refusal in force); every other server has it removed."""
+    if settings.registry_gc_schedule is None:
+        return False
+    return group_of(settings.host, storage_groups(servers))[0].host == settings.host
+
+
+def step_arguments(gc_arguments: Sequence[str], step: str) -> list[str]:
+    """registry-gc.sh's arguments for one step: `--step STEP` after the script path."""
+    if step not in STEPS:
+        raise ValueError(step)
+    return [gc_arguments[0], "--step", step, *gc_arguments[1:]]
+
+
+def cache_flush_command(cache: Settings) -> str:
+    """Empty the registry's redis database, password read from redis.conf into
+    REDISCLI_AUTH on the cache host (never in argv)."""
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(REDIS_CONFIG)})\""
+    cli = (f"redis-cli --no-auth-warning -h {q(cache.registry_internal_address)} -p "
+           f"{q(cache.registry_cache_port)} -n {q(cache.registry_cache_db)}")
+    return (f"a=$({auth} {cli} flushdb 2>&1); [ \"$a\" = OK ] && echo 'registry-kit: redis "
+            f"blob-descriptor cache emptied' || {{ echo \"registry-kit: redis flushdb: $a\" "
+            ">&2; exit 1; }")
+
+
+# --- Bytes in an S3 bucket (ListObjectsV2, signed like s3check's HEAD) -----------------------
+
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def s3_prefix(params: Mapping[str, Any]) -> str:
+    root = str(params.get("rootdirectory") or "").strip("/")
+    return f"{root}/docker/" if root else "docker/"
+
+
+def parse_listing(xml: bytes) -> tuple[int, str | None]:
+    """(bytes of the objects in one ListObjectsV2 page, continuation token or None)."""
+    root = ElementTree.fromstring(xml)
+
+    def find(element: Any, name: str) -> Any:
+        found = element.find(_S3_NS + name)
+        return found if found is not None else element.find(name)
+
+    total = 0
+    for item in list(root.iter(_S3_NS + "Contents")) + list(root.iter("Contents")):
+        size = find(item, "Size")
+        total += int(size.text) if size is not None and size.text else 0
+    truncated = find(root, "IsTruncated")
+    token = find(root, "NextContinuationToken")
+    if truncated is not None and truncated.text == "true" and token is not None:
+        return total, token.text
+    return total, None
+
+
+def bucket_bytes(params: Mapping[str, Any], opener: Callable[..., Any] | None = None) -> int:
+    """Bytes under the registry's prefix in the bucket, listed from the control machine."""
+    base = s3check.bucket_url(params)
+    access, secret = params["accesskey"], params["secretkey"]
+    assert isinstance(access, Secret) and isinstance(secret, Secret)
+    context = ssl._create_unverified_context() \
+        if params.get("skipverify") is True and base.startswith("https:") else None
+    total, token = 0, None
+    while True:
+        query = {"list-type": "2", "prefix": s3_prefix(params)}
+        if token:
+            query["continuation-token"] = token
+        url = base.rstrip("/") + ("/" if base.endswith("/") else "") + "?" + \
+            urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+        amz_date = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        headers = s3check.sign(method="GET", url=url,
+                               headers={"x-amz-content-sha256": s3check.EMPTY_SHA256},
+                               access_key=access.reveal(), secret_key=secret.reveal(),
+                               region=str(params["region"]), service="s3", amz_date=amz_date)
+        request = urllib.request.Request(url, method="GET", headers=headers)
+        with (opener or urllib.request.urlopen)(request, timeout=30, context=context) as answer:
+            page, token = parse_listing(answer.read())
+        total += page
+        if token is None:
+            return total
+
+
+def measurable(storage: Storage) -> bool:
+    return storage.driver == "s3" and "accesskey" in storage.params and \
+        "secretkey" in storage.params
+
+
+# --- The collection ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Member:
+    host: str  # inventory name
+    server_name: str  # its name in haproxy's backend
+    commands: Mapping[str, StringCommand]  # step -> registry-gc.sh command line
+
+
+@dataclass(frozen=True)
+class CacheFlush:
+    host: str
+    command: StringCommand
+
+
+class SharedCollection(StringCommand):
+    """The whole collection of one shared storage, run from the group's first replica's
+    operation (see the module docstring for the order and why)."""
+
+    def __init__(self, members: Sequence[Member], rotation: Rotation | None,
+                 cache: CacheFlush | None, storage: Storage, dry_run: bool) -> None:
+        super().__init__("registry-gc.sh", "--step", "...",
+                         "(every replica of the shared storage, from the control machine)")
+        self.members = tuple(members)
+        self.rotation = rotation
+        self.cache = cache
+        self.storage = storage
+        self.dry_run = dry_run
+
+    def _run(self, state: Any, leader: Any, auth: dict[str, Any], name: str,
+             command: StringCommand, drained: bool = False) -> tuple[bool, list[str]]:
+        target = state.inventory.get_host(name)
+        try:
+            if drained and self.rotation is not None:
+                wrapped = OutOfRotation(command, self.rotation,
+                                        next(m.server_name for m in self.members
+                                             if m.host == name))
+                status, output = wrapped.execute(state, target, auth)
+            else:
+                status, output = target.run_shell_command(command, **auth)
+        except Exception as error:  # an SSH connection lost mid-way: that step failed
+            logger.error(f"{leader.print_prefix}{name}: {error}")
+            return False, []
+        for line in output:
+            if line.line.startswith("registry-kit: ") or not status:
+                log = logger.error if line.buffer_name == "stderr" else logger.info
+                log(f"{leader.print_prefix}{name}: {line.line}")
+        return bool(status), list(output.stdout_lines)
+
+    def _bytes(self, leader: Any) -> int | None:
+        if not measurable(self.storage):
+            return None
+        try:
+            return bucket_bytes(self.storage.params)
+        except (urllib.error.URLError, OSError, ElementTree.ParseError) as error:
+            logger.warning(f"{leader.print_prefix}cannot list the bucket to measure: {error}")
+            return None
+
+    def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
+        auth = remote.auth_arguments({**connector_arguments, **self.connector_arguments})
+        leader, names = self.members[0], ", ".join(m.host for m in self.members)
+
+        def report(line: str, ok: bool = True) -> None:
+            host.log_styled(line, fg="cyan" if ok else "red",
+                            log_func=logger.info if ok else logger.error)
+
+        for member in self.members:  # nothing changes until every replica passed
+            if not self._run(state, host, auth, member.host, member.commands["check"])[0]:
+                report(f"registry-kit: garbage collection refused: the check failed on "
+                       f"{member.host}; nothing was changed", ok=False)
+                return False, CommandOutput([])
+        if self.dry_run:  # nothing is deleted: no replica needs to be read-only
+            ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
+            summary = _summary(out)
+            report(f"registry-kit: dry run on shared storage ({names}; from {leader.host}): "
+                   f"{summary}; nothing deleted" if ok else
+                   "registry-kit: dry run failed (see above)", ok)
+            return ok, CommandOutput([])
+        failed: tuple[str, str] | None = None
+        touched: list[Member] = []
+        before = after = None
+        summary = ""
+        try:
+            for member in self.members:
+                touched.append(member)  # a failed step may have half run: writable undoes it
+                if not self._run(state, host, auth, member.host, member.commands["readonly"],
+                                 drained=True)[0]:
+                    failed = ("read-only", member.host)
+                    break
+            if failed is None:
+                before = self._bytes(host)
+                ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
+                summary = _summary(out)
+                if not ok:
+                    failed = ("collect", leader.host)
+            if failed is None and self.cache is not None and \
+                    not self._run(state, host, auth, self.cache.host, self.cache.command)[0]:
+                failed = ("cache flush", self.cache.host)
+            if failed is None:
+                after = self._bytes(host)
+        finally:
+            not_back = [m.host for m in touched
+                        if not self._run(state, host, auth, m.host, m.commands["writable"],
+                                         drained=True)[0]]
+        back = "every replica is read-write again" if not not_back else \
+            f"NOT read-write again: {', '.join(not_back)} (see above; deploy.py restores it)"
+        if failed is not None:
+            report(f"registry-kit: garbage collection on shared storage failed at step "
+                   f"'{failed[0]}' on {failed[1]}; {back}", ok=False)
+            return False, CommandOutput([])
+        if not_back:
+            report(f"registry-kit: garbage collection on shared storage done ({summary}), "
+                   f"but {back}", ok=False)
+            return False, CommandOutput([])
+        where = f"s3://{self.storage.params.get('bucket')}"
+        freed = f"freed {before - after} bytes ({before} -> {after} bytes in {where}; " \
+            if before is not None and after is not None else \
+            f"freed an unmeasured number of bytes ({self.storage.driver} storage is not " \
+            "measured; "
+        report(f"registry-kit: garbage collection on shared storage ({names}; collected on "
+               f"{leader.host}) {freed}{summary})")
+        return True, CommandOutput([])
+
+
+def _summary(stdout: Iterable[str]) -> str:
+    prefix = "registry-kit: collected: "
+    for line in stdout:
+        if line.startswith(prefix):
+            return line.removeprefix(prefix)
+    return "garbage-collect printed no summary"
+
+
+def member(settings: Settings, gc_arguments: Sequence[str], server_name: str) -> Member:
+    return Member(host=settings.host, server_name=server_name,
+                  commands={step: StringCommand(join(step_arguments(gc_arguments, step)))
+                            for step in STEPS})

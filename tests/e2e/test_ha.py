@@ -1,0 +1,372 @@
+"""High availability in the lab: the scale-out layout (two replicas on a real Ceph RGW, a
+redis cache, one client) with two load balancers sharing a floating address (keepalived,
+VRRP on the lab's docker network); the client's domain resolves to that address.
+
+One scenario, step by step: a VRRP password longer than 8 characters is refused before any
+host is touched; deploy, then a rerun with zero changes; the first LB in inventory order
+holds the address; status shows haproxy's view of each replica, who holds the address and
+redis' memory and keys. Then failover under a bounded pull loop on the client: haproxy
+stopped on the LB holding the address, haproxy back, the whole LB host stopped, the host
+back; the address moves each time and settles on the first LB without flapping; the time
+until /v2/ answers again through the domain and the failed pulls are measured. Finally a
+teardown over every role (twice: the second changes nothing) leaves no kit file, unit or
+config on any host, and a deploy afterwards serves the old image again.
+Checked with curl, docker, ip, systemctl, journalctl and stat on the hosts, never with the
+kit's own code. Figures go to <lab state dir>/ha-figures.json.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import harness
+import pytest
+
+import lab as lab_api
+from lab import ceph
+from lab import state as lab_state
+from lab.topology import HostSpec
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REP1, REP2, LB1, LB2, CACHE, CLIENT = ("lab-rep1", "lab-rep2", "lab-lb", "lab-lb2",
+                                       "lab-cache", "lab-sclient")
+SPECS = [HostSpec(REP1, "bookworm", groups=("registry_servers",)),
+         HostSpec(REP2, "bookworm", groups=("registry_servers",)),
+         HostSpec(LB1, "bookworm", groups=("registry_lb",)),
+         HostSpec(LB2, "bookworm", groups=("registry_lb",)),
+         HostSpec(CACHE, "bookworm", groups=("registry_cache",)),
+         HostSpec(CLIENT, "bookworm", groups=("registry_clients",))]
+KIT_HOSTS = [spec.name for spec in SPECS]
+DOMAIN = "registry.ha.lab"
+PORT = 5000
+ADDRESS = f"{DOMAIN}:{PORT}"
+USER = "ha"
+IMAGE = f"{ADDRESS}/ha/random:1"
+VRRP_PASSWORD = "Vr7-k2Qz"  # 8 characters, VRRP's limit
+LOOP_SECONDS = 420  # the pull loop's own bound; stopped as soon as the failover steps end
+KEEP_ENV = "REGISTRY_KIT_HA_KEEP"
+
+
+@dataclass
+class Ha:
+    tmp: Path
+    ceph: dict[str, Any]
+    bucket: str
+    password: str
+    vip: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def inventory(self, name: str, **overrides: Any) -> Path:
+        state = lab_state.load()
+        data = {**harness.lab_site_data(),
+                "registry_domain": DOMAIN, "registry_port": PORT,
+                "registry_image": "registry:2.8.3",
+                "registry_users": [{"name": USER, "password_file": str(self.tmp / "pw")}],
+                "registry_client_login_user": USER,
+                "registry_client_hosts_entries": {DOMAIN: self.vip},
+                "registry_storage": {"driver": "s3", "bucket": self.bucket,
+                                     "region": self.ceph["region"],
+                                     "regionendpoint": self.ceph["endpoint"],
+                                     "accesskey_file": self.ceph["access_key_file"],
+                                     "secretkey_file": self.ceph["secret_key_file"]},
+                "registry_storage_redirect_disabled": True,
+                "registry_lb_stats": "127.0.0.1:8404",
+                "registry_lb_vip": f"{self.vip}/24",
+                "registry_lb_vrrp_password": {"file": str(self.tmp / "vrrp")},
+                **overrides}
+
+        def entries(*names: str) -> list[Any]:
+            return [harness.host_entry(n, {**data, "registry_internal_address":
+                                           state["hosts"][n]["ip"]}) for n in names]
+
+        path = self.tmp / f"{name}.py"
+        path.write_text("# Written by tests/e2e/test_ha.py.\n"
+                        f"registry_servers = {entries(REP1, REP2)!r}\n"
+                        f"registry_lb = {entries(LB1, LB2)!r}\n"
+                        f"registry_cache = {entries(CACHE)!r}\n"
+                        f"registry_clients = {entries(CLIENT)!r}\n")
+        return path
+
+
+def _s3cmd(command: str) -> str:
+    return harness.ssh(ceph.CEPH_HOST, f"s3cmd {command}").stdout
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ha]:
+    info = ceph.ceph_up()
+    for spec in SPECS:
+        lab_api.remove_host(spec.name)
+    lab_api.up(SPECS)
+    bucket = f"ha-{secrets.token_hex(4)}"
+    _s3cmd(f"mb s3://{bucket}")
+    tmp = tmp_path_factory.mktemp("ha")
+    password = f"ha-{secrets.token_hex(8)}"
+    harness.write_secret(tmp, "pw", password)
+    harness.write_secret(tmp, "vrrp", VRRP_PASSWORD)
+    # A free address of the lab's network: hosts get .11 upwards, the upstream .2.
+    subnet = ipaddress.ip_network(lab_api.get_config().subnet)
+    vip = str(subnet.network_address + 250)
+    run = Ha(tmp=tmp, ceph=info, bucket=bucket, password=password, vip=vip)
+    yield run
+    out = lab_api.get_config().state_dir / "ha-figures.json"
+    out.write_text(json.dumps(run.figures, indent=2) + "\n")
+    print(f"\nHA figures ({out}):\n{json.dumps(run.figures, indent=2)}")
+    if os.environ.get(KEEP_ENV):
+        return
+    _s3cmd(f"rb --recursive s3://{bucket}")
+    for spec in SPECS:
+        lab_api.remove_host(spec.name)
+
+
+def _holder(vip: str, lbs: tuple[str, ...] = (LB1, LB2)) -> list[str]:
+    """The LBs that have the address on an interface now (ip, on each host)."""
+    return [name for name in lbs
+            if harness.ssh(name, f"ip -o -4 addr show to {vip}/32", check=False).stdout.strip()]
+
+
+def _wait_holder(vip: str, wanted: str, timeout: float = 40,
+                 lbs: tuple[str, ...] = (LB1, LB2)) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if _holder(vip, lbs) == [wanted]:
+            return time.monotonic() - started
+        time.sleep(0.3)
+    raise AssertionError(f"{vip} is on {_holder(vip, lbs)}, not on {wanted}")
+
+
+def test_a_long_vrrp_password_is_refused_before_any_change(ha: Ha) -> None:
+    long_password = harness.write_secret(ha.tmp, "vrrp-long", "nine-char")
+    refused = harness.run_kit(ha.inventory("long", registry_lb_vrrp_password={
+        "file": long_password}))
+    assert refused.returncode != 0
+    line = (f"{REP1}: setting registry_lb_vrrp_password='***' is not allowed: 1 to 8 "
+            "characters (VRRP's limit)")
+    assert line in refused.stderr, refused.stderr[-2000:]
+    assert "nine-char" not in refused.stdout + refused.stderr
+    untouched = harness.ssh(LB1, "command -v haproxy keepalived; ls /etc/keepalived "
+                            "2>/dev/null; true").stdout
+    assert untouched == ""
+
+
+def test_deploy_then_rerun_changes_nothing(ha: Ha) -> None:
+    started = time.monotonic()
+    first = harness.run_kit(ha.inventory("deploy")).assert_ok()
+    ha.figures["first_deploy_seconds"] = round(time.monotonic() - started, 1)
+    assert first.changed
+    assert VRRP_PASSWORD not in first.stdout + first.stderr
+    started = time.monotonic()
+    again = harness.run_kit(ha.inventory("deploy")).assert_no_changes()
+    ha.figures["rerun_seconds"] = round(time.monotonic() - started, 1)
+    assert VRRP_PASSWORD not in again.stdout + again.stderr
+    # The first LB in inventory order holds the address; the domain answers through it.
+    ha.figures["vip"] = ha.vip
+    _wait_holder(ha.vip, LB1)
+    assert harness.curl_status(DOMAIN, ha.vip, PORT) == 401
+    assert harness.curl_status(DOMAIN, ha.vip, PORT, user=USER, password=ha.password) == 200
+    for name, priority in ((LB1, 200), (LB2, 190)):
+        out = harness.ssh(name, "stat -c '%a %U %G' /etc/keepalived/keepalived.conf; "
+                          "grep -E '^ *(priority|auth_pass|interface) ' "
+                          "/etc/keepalived/keepalived.conf; systemctl is-active keepalived "
+                          "haproxy").stdout.split("\n")
+        assert out[0] == "600 root root", out
+        assert f"priority {priority}" in [line.strip() for line in out], out
+        assert f"auth_pass {VRRP_PASSWORD}" in [line.strip() for line in out], out
+        assert "interface eth0" in [line.strip() for line in out], out
+        assert out[-3:-1] == ["active", "active"], out
+    # The client's domain is the floating address.
+    assert f"{ha.vip} {DOMAIN}" in harness.ssh(CLIENT, "cat /etc/hosts").stdout
+
+
+def test_status_shows_every_role(ha: Ha) -> None:
+    image_id = harness.ssh(CLIENT, f"head -c 3000000 /dev/urandom > /tmp/data && tar -C /tmp "
+                           f"-c data | docker import - {IMAGE} && docker push -q {IMAGE} "
+                           ">/dev/null").stdout.strip()
+    assert image_id.startswith("sha256:")
+    ha.figures["image_id"] = image_id
+    run = harness.run_kit(ha.inventory("deploy"), "status.py").assert_no_changes()
+    text = run.stderr + run.stdout
+    lines = {line.split()[0] if line.split() else "": line
+             for line in (raw.split("]", 1)[-1].strip() for raw in text.splitlines())}
+    assert f"{REP1} UP, {REP2} UP" in lines[LB1] and f"{REP1} UP" in lines[LB2], text[-3000:]
+    assert f"holds {ha.vip}" in lines[LB1] and "backup" in lines[LB2], text[-3000:]
+    # The push put blob descriptors into redis: a key count above zero and memory in use.
+    cache_words = lines[CACHE].split()
+    assert cache_words[1] == "active" and int(cache_words[-1]) > 0, lines[CACHE]
+    assert cache_words[2].endswith(("K", "M")), lines[CACHE]
+
+
+_LOOP = """
+img=$1; bound=$2
+ok=0 fail=0 i=0 end=$(( $(date +%s) + bound ))
+: > /tmp/ha-loop.err
+while [ -e /tmp/ha-loop.run ] && [ $i -lt 2000 ] && [ "$(date +%s)" -lt "$end" ]; do
+    docker rmi -f "$img" >/dev/null 2>&1
+    if docker pull -q "$img" >/dev/null 2>>/tmp/ha-loop.err; then ok=$((ok+1));
+    else fail=$((fail+1)); echo "$(date +%s.%N) failed" >> /tmp/ha-loop.err; fi
+    i=$((i+1))
+done
+echo "$ok $fail" > /tmp/ha-loop.result
+"""
+
+# /v2/ through the domain every 0.1 s: a timestamp and the status code (000: no answer).
+_PROBE = """
+bound=$1; ca=/etc/docker/certs.d/registry.ha.lab:5000/ca.crt
+end=$(( $(date +%s) + bound )); : > /tmp/ha-probe.log
+while [ -e /tmp/ha-loop.run ] && [ "$(date +%s)" -lt "$end" ]; do
+    c=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 1 --max-time 2 \
+        --cacert $ca https://registry.ha.lab:5000/v2/)
+    echo "$(date +%s.%N) $c" >> /tmp/ha-probe.log
+    sleep 0.1
+done
+"""
+
+
+def _outage(since: float, until: float) -> dict[str, Any]:
+    """From the client's probe log: seconds from `since` until /v2/ answered again after
+    the last failed probe in [since, until], and how many probes failed."""
+    samples = [(float(t), code) for t, code in (line.split() for line in harness.ssh(
+        CLIENT, "cat /tmp/ha-probe.log").stdout.splitlines() if len(line.split()) == 2)]
+    window = [(t, code) for t, code in samples if since <= t <= until]
+    failed = [t for t, code in window if code != "401"]
+    if not failed:
+        return {"seconds_until_v2_answers": 0.0, "failed_probes": 0, "probes": len(window)}
+    back = next((t for t, code in window if t > failed[-1] and code == "401"), None)
+    assert back is not None, window[-10:]
+    return {"seconds_until_v2_answers": round(back - since, 2), "failed_probes": len(failed),
+            "probes": len(window)}
+
+
+def _transitions(name: str, since: float) -> list[str]:
+    out = harness.ssh(name, f"journalctl -u keepalived --since @{int(since)} -o cat "
+                      "--no-pager | grep -o 'Entering [A-Z]* STATE' || true").stdout
+    return out.split("\n")[:-1] if out else []
+
+
+def _container(name: str) -> str:
+    return lab_api.get_config().container(name)
+
+
+def _wait_ssh(name: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if harness.ssh(name, "systemctl is-system-running --wait >/dev/null 2>&1; true",
+                       check=False, timeout=60).returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name} did not come back")
+
+
+def test_failover_under_a_pull_loop(ha: Ha) -> None:
+    figures: dict[str, Any] = {}
+    harness.ssh(CLIENT, "cat > /tmp/ha-loop.sh && rm -f /tmp/ha-loop.result && "
+                "touch /tmp/ha-loop.run", stdin=_LOOP)
+    harness.ssh(CLIENT, "cat > /tmp/ha-probe.sh", stdin=_PROBE)
+    harness.ssh(CLIENT, f"nohup sh /tmp/ha-loop.sh {IMAGE} {LOOP_SECONDS} >/dev/null 2>&1 &")
+    harness.ssh(CLIENT, f"nohup sh /tmp/ha-probe.sh {LOOP_SECONDS} >/dev/null 2>&1 &")
+    try:
+        time.sleep(4)
+        # 1. haproxy stopped on the LB holding the address: keepalived's check fails there.
+        assert _holder(ha.vip) == [LB1]
+        t0 = time.time()
+        harness.ssh(LB1, "systemctl stop haproxy")
+        figures["haproxy_stopped_address_moved_seconds"] = round(_wait_holder(ha.vip, LB2), 2)
+        time.sleep(6)
+        figures["haproxy_stopped"] = _outage(t0, time.time())
+        # 2. haproxy back: the first LB takes the address back (priority), once.
+        t1 = time.time()
+        harness.ssh(LB1, "systemctl start haproxy")
+        figures["haproxy_back_address_returned_seconds"] = round(
+            _wait_holder(ha.vip, LB1), 2)
+        time.sleep(6)
+        figures["haproxy_back"] = _outage(t1, time.time())
+        # 3. The whole LB host stopped (its kernel's addresses and ARP answers go with it).
+        t2 = time.time()
+        subprocess.run(["docker", "stop", "-t", "10", _container(LB1)], check=True,
+                       capture_output=True, timeout=60)
+        figures["host_stop_command_seconds"] = round(time.time() - t2, 2)
+        figures["host_stopped_address_moved_seconds"] = round(
+            time.time() - t2 + _wait_holder(ha.vip, LB2, lbs=(LB2,)), 2)
+        time.sleep(6)
+        figures["host_stopped"] = _outage(t2, time.time())
+        # 4. The host back: boots, haproxy and keepalived start, the address returns once.
+        t3 = time.time()
+        subprocess.run(["docker", "start", _container(LB1)], check=True,
+                       capture_output=True, timeout=60)
+        _wait_ssh(LB1)
+        figures["host_back_address_returned_seconds"] = round(
+            time.time() - t3 + _wait_holder(ha.vip, LB1, timeout=60), 2)
+        time.sleep(20)  # long enough for any flapping to show
+        figures["host_back"] = _outage(t3, time.time())
+    finally:
+        harness.ssh(CLIENT, "rm -f /tmp/ha-loop.run")
+    deadline = time.monotonic() + 120
+    result = ""
+    while time.monotonic() < deadline and not result:
+        result = harness.ssh(CLIENT, "cat /tmp/ha-loop.result 2>/dev/null || true").stdout
+        time.sleep(0.5)
+    ok, failed = (int(word) for word in result.split())
+    figures["pulls"] = {"ok": ok, "failed": failed,
+                        "errors": harness.ssh(CLIENT, "cat /tmp/ha-loop.err").stdout[-1500:]}
+    # No flapping: after the host came back, LB2 gave the address up once and LB1 took it
+    # once (LB1's journal starts at its boot), and it stayed there.
+    figures["transitions_after_return"] = {LB1: _transitions(LB1, t3), LB2: _transitions(LB2, t3)}
+    ha.figures["failover"] = figures
+    assert _holder(ha.vip) == [LB1]
+    assert figures["transitions_after_return"][LB2] == ["Entering BACKUP STATE"], figures
+    assert figures["transitions_after_return"][LB1].count("Entering MASTER STATE") == 1, figures
+    assert ok >= 10, figures
+    assert harness.curl_status(DOMAIN, ha.vip, PORT) == 401
+
+
+_KIT_PATHS = ("/etc/registry-kit /usr/local/lib/registry-kit /run/registry-kit "
+              "/etc/haproxy/haproxy.cfg /etc/haproxy/registry-kit "
+              "/etc/keepalived/keepalived.conf /etc/redis/redis.conf "
+              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client")
+
+
+def _leftovers(name: str) -> str:
+    """Any kit file, unit or config on a host, and any of the services still running."""
+    return harness.ssh(name, f"for p in {_KIT_PATHS}; do [ -e \"$p\" ] && echo \"$p\"; done; "
+                       "ls /etc/systemd/system | grep -i registry; "
+                       "grep -l registry-kit /etc/hosts /etc/docker/daemon.json 2>/dev/null; "
+                       "for s in haproxy keepalived redis-server; do systemctl is-active -q $s "
+                       "&& echo \"$s active\"; systemctl is-enabled -q $s 2>/dev/null && "
+                       "echo \"$s enabled\"; done; docker ps -aq 2>/dev/null; true").stdout
+
+
+def test_teardown_over_every_role_then_deploy_serves_the_old_image(ha: Ha) -> None:
+    first = harness.run_kit(ha.inventory("deploy"), "teardown.py").assert_ok()
+    assert first.changed
+    harness.run_kit(ha.inventory("deploy"), "teardown.py").assert_no_changes()
+    left = {name: _leftovers(name) for name in KIT_HOSTS}
+    assert left == {name: "" for name in KIT_HOSTS}, left
+    assert _holder(ha.vip) == []
+    # The image stayed in the bucket: a new deploy serves it again.
+    harness.run_kit(ha.inventory("deploy")).assert_ok()
+    harness.run_kit(ha.inventory("deploy")).assert_no_changes()
+    _wait_holder(ha.vip, LB1)
+    pulled = harness.ssh(CLIENT, f"docker rmi -f {IMAGE} >/dev/null 2>&1; docker pull -q "
+                         f"{IMAGE} >/dev/null && docker image inspect -f '{{{{.Id}}}}' "
+                         f"{IMAGE}").stdout.strip()
+    assert pulled == ha.figures["image_id"]
+    # With registry_packages_remove_on_teardown the packages go too; twice changes nothing.
+    purge = ha.inventory("purge", registry_packages_remove_on_teardown=True)
+    harness.run_kit(purge, "teardown.py").assert_ok()
+    harness.run_kit(purge, "teardown.py").assert_no_changes()
+    for name in (LB1, LB2, CACHE):
+        assert harness.ssh(name, "command -v haproxy keepalived socat redis-server; "
+                           "dpkg -l haproxy keepalived redis-server 2>/dev/null | grep ^ii; "
+                           "true").stdout == ""
+    left = {name: _leftovers(name) for name in KIT_HOSTS}
+    assert left == {name: "" for name in KIT_HOSTS}, left

@@ -1,0 +1,272 @@
+"""Access control per repository: the model and its validation (registry_kit.access), the
+token server's grants and tokens (scripts/registry-token-server.py, imported from its
+file), and what config.yml and haproxy.cfg get for it. The lab proves the behaviour end to
+end (tests/e2e/test_access.py); these pin the decisions."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import jwt
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registry_kit import access
+from registry_kit.package_data import SCRIPTS
+from registry_kit.render import token_auth
+from registry_kit.render.config import render_config
+from registry_kit.settings import Settings, SettingsError
+
+HOST = "reg-host-1"
+SCRIPT = Path(str(SCRIPTS / token_auth.SCRIPT_NAME))
+USERS = ["ci", "reader", "admin", "ops"]
+RULES: list[dict[str, Any]] = [
+    {"repository": "team-a/*", "actions": ["pull", "push"], "users": ["ci"]},
+    {"repository": "team-a/*", "actions": ["pull"], "groups": ["readers"]},
+    {"repository": "*", "actions": ["pull", "push", "delete"], "users": ["admin"]},
+    {"repository": "public/*", "actions": ["pull"], "anonymous": True},
+]
+GROUPS = {"readers": ["reader", "ops"]}
+
+
+def _script() -> Any:
+    spec = importlib.util.spec_from_file_location("registry_token_server", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+server = _script()
+
+
+def _policy() -> access.Policy:
+    policy = access.parse(HOST, GROUPS, RULES, USERS)
+    assert policy is not None
+    return policy
+
+
+def test_patterns_match_whole_names() -> None:
+    regex = access.pattern_regex("team-a/*")
+    assert re.fullmatch(regex, "team-a/app") and re.fullmatch(regex, "team-a/x/app")
+    assert not re.fullmatch(regex, "team-ab/app") and not re.fullmatch(regex, "team-a")
+    assert re.fullmatch(access.pattern_regex("*"), "anything/at/all")
+    assert not re.fullmatch(access.pattern_regex("lib.x"), "libyx")  # "." is literal
+
+
+def test_effective_rules_per_user() -> None:
+    policy = _policy()
+    assert policy.allowed("ci", "team-a/app") == {"pull", "push"}
+    assert policy.allowed("ci", "team-b/app") == set()
+    assert policy.allowed("ci", "public/base") == {"pull"}  # anonymous grants apply to all
+    assert policy.allowed("reader", "team-a/app") == {"pull"}
+    assert policy.allowed("admin", "team-b/app") == {"pull", "push", "delete"}
+    assert policy.allowed(None, "public/base") == {"pull"}
+    assert policy.allowed(None, "team-a/app") == set()
+    assert policy.catalog_users(USERS) == ["admin"]
+    lines = access.describe(policy, USERS)
+    assert lines[0] == "ci: team-a/*: pull,push; public/*: pull"
+    assert "admin: *: pull,push,delete; public/*: pull (+catalog)" in lines
+    assert lines[-1] == "(anonymous): public/*: pull"
+    assert access.describe(None, USERS) == [
+        "access control off: every user may pull, push and delete everything"]
+
+
+@pytest.mark.parametrize(("groups", "rules", "wanted"), [
+    ({}, [{**RULES[0], "users": ["bob"]}], "user 'bob' is not in registry_users"),
+    ({}, [RULES[1]], "group 'readers' is not in registry_groups"),
+    ({"readers": ["carol"]}, [], "group 'readers': user 'carol' is not in registry_users"),
+    ({}, [{**RULES[0], "repository": "Team-A/*"}], "repository pattern 'Team-A/*'"),
+    ({}, [{**RULES[0], "repository": "team-a//x"}], "repository pattern 'team-a//x'"),
+    ({}, [{**RULES[0], "repository": "/team"}], "repository pattern '/team'"),
+    ({}, [{**RULES[3], "actions": ["pull", "push"]}], "anonymous clients may only be "
+     "granted pull"),
+    ({}, [{**RULES[3], "actions": ["delete"]}], "anonymous clients may only be granted pull"),
+    ({}, [{**RULES[0], "actions": ["write"]}], "actions: one or more of pull, push, delete"),
+    ({}, [{**RULES[0], "actions": []}], "actions: one or more of pull, push, delete"),
+    ({}, [{**RULES[0], "user": ["ci"]}], "no other keys"),
+    ({}, [{"repository": "x", "actions": ["pull"]}], "grants to users, groups or anonymous"),
+    ({}, "team-a", "None or a list of rules"),
+])
+def test_bad_access_settings_are_one_line(groups: dict, rules: Any, wanted: str) -> None:
+    with pytest.raises(access.AccessError) as caught:
+        access.parse(HOST, groups, rules, USERS)
+    message = str(caught.value)
+    assert "\n" not in message and wanted in message
+    assert re.match(rf"{HOST}: setting registry_(access_rules|groups)=.* is not allowed: ",
+                    message)
+
+
+def test_groups_without_rules_are_refused() -> None:
+    with pytest.raises(access.AccessError, match="groups only take effect in rules"):
+        access.parse(HOST, GROUPS, None, USERS)
+    assert access.parse(HOST, {}, None, USERS) is None
+
+
+def test_settings_refuse_before_any_host(make_settings: Callable[..., Settings],
+                                         tmp_path: Path) -> None:
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    with pytest.raises(SettingsError) as caught:
+        make_settings(registry_users=users, registry_access_rules=[
+            {"repository": "public/*", "actions": ["push"], "anonymous": True}])
+    assert str(caught.value).startswith(f"{HOST}: setting registry_access_rules=")
+    with pytest.raises(SettingsError, match="registry_token_port=5000 is not allowed"):
+        make_settings(registry_users=users, registry_token_port=5000,
+                      registry_access_rules=[RULES[0]])
+    made = make_settings(registry_users=users, registry_access_rules=[RULES[0]])
+    assert made.registry_access is not None and made.registry_token_port == 5443
+
+
+def test_config_yml_token_section_for_2_and_3(make_settings: Callable[..., Settings]) -> None:
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    made = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                         registry_domain="registry.lab")
+    two = yaml.safe_load(render_config(made, "s", major=2))["auth"]
+    three = yaml.safe_load(render_config(made, "s", major=3))["auth"]
+    assert two == {"token": {"realm": "https://registry.lab:5443/token",
+                             "service": "registry.lab:5000", "issuer": token_auth.ISSUER,
+                             "rootcertbundle": "/etc/registry-kit/certs/token-signing.crt"}}
+    assert three == {"token": {**two["token"], "signingalgorithms": ["ES256"]}}
+    plain = make_settings(registry_users=users)
+    assert "htpasswd" in yaml.safe_load(render_config(plain, "s"))["auth"]
+
+
+def _document() -> dict[str, Any]:
+    return access.policy_document(_policy(), USERS, service="registry.lab:5000",
+                                  issuer=token_auth.ISSUER)
+
+
+def test_token_server_grants_what_the_policy_allows() -> None:
+    document = _document()
+    grant = server.grant
+    assert grant(document, "ci", "repository:team-a/app:pull,push") == {
+        "type": "repository", "name": "team-a/app", "actions": ["pull", "push"]}
+    assert grant(document, "ci", "repository:team-b/app:pull,push") is None
+    assert grant(document, "reader", "repository:team-a/app:push,pull")["actions"] == ["pull"]
+    assert grant(document, None, "repository:public/x:pull,push")["actions"] == ["pull"]
+    assert grant(document, "ci", "repository:team-a/app:*")["actions"] == ["pull", "push"]
+    assert grant(document, "admin", "repository:x:*")["actions"] == [
+        "pull", "push", "delete", "*"]
+    assert grant(document, "admin", "registry:catalog:*")["actions"] == ["*"]
+    assert grant(document, "ci", "registry:catalog:*") is None
+    assert grant(document, None, "registry:catalog:*") is None
+    assert grant(document, "admin", "repository(plugin):x:pull") is None
+    assert grant(document, "admin", "nonsense") is None
+
+
+names = st.from_regex(r"[a-z0-9]{1,6}(-[a-z]{1,3})?(/[a-z0-9]{1,5}){0,2}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.sampled_from([*USERS, None]), name=st.one_of(
+    names, names.map(lambda n: f"team-a/{n}"), names.map(lambda n: f"public/{n}")))
+def test_token_server_and_model_agree(user: str | None, name: str) -> None:
+    """One meaning of a rule: the server's grants equal the model's (status.py's view)."""
+    entry = server.grant(_document(), user, f"repository:{name}:pull,push,delete")
+    assert set(entry["actions"] if entry else []) == _policy().allowed(user, name)
+
+
+def test_bcrypt_is_checked_once_per_password_and_again_after_a_change() -> None:
+    checker = server.Checker()
+    hashed = "$2y$" + bcrypt.hashpw(b"pw-1", bcrypt.gensalt(rounds=4)).decode()[4:]
+    assert checker.check("ci", "pw-1", hashed) == (True, 1)
+    assert checker.check("ci", "pw-1", hashed) == (True, 0)  # remembered
+    assert checker.check("ci", "wrong", hashed) == (False, 1)
+    assert checker.check("ci", "wrong", hashed) == (False, 1)  # failures are not remembered
+    rotated = "$2y$" + bcrypt.hashpw(b"pw-2", bcrypt.gensalt(rounds=4)).decode()[4:]
+    assert checker.check("ci", "pw-1", rotated) == (False, 1)
+    assert checker.check("ci", "pw-1", "plain") == (False, 0)
+
+
+def test_signing_key_is_private_and_the_token_verifies_with_its_certificate(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    made = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                         registry_state_dir=str(tmp_path / "state"))
+    key_pem, cert_pem = token_auth.signing_material(made)
+    assert token_auth.signing_material(made) == (key_pem, cert_pem)  # made once, kept
+    key_file = tmp_path / "state" / "token" / f"signing-{made.registry_domain}.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    chain = server.x5c(cert_pem)
+    assert base64.b64decode(chain[0]) == cert.public_bytes(Encoding.DER)
+    token = jwt.encode({"iss": token_auth.ISSUER, "aud": "registry.lab:5000", "access": []},
+                       load_pem_private_key(key_pem, None), algorithm="ES256",
+                       headers={"x5c": chain})
+    assert jwt.get_unverified_header(token)["x5c"] == chain
+    claims = jwt.decode(token, cert.public_key(), algorithms=["ES256"],
+                        audience="registry.lab:5000")
+    assert claims["iss"] == token_auth.ISSUER
+    # No extended key usage: 2.8's chain check (default usage ServerAuth) passes it.
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    policy = json.loads(token_auth.policy_text(made))
+    assert policy["rules"][0]["users"] == ["ci"]
+
+
+def test_haproxy_forwards_the_token_port_only_with_rules(
+        make_settings: Callable[..., Settings]) -> None:
+    import dataclasses
+
+    from registry_kit import topology as scaleout
+    from registry_kit.operations import loadbalancer
+
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    base = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                         registry_storage={"driver": "s3", "bucket": "b", "region": "r"},
+                         registry_storage_check=False)
+
+    def host(name: str, address: str) -> Settings:
+        return dataclasses.replace(base, host=name, registry_internal_address=address)
+
+    topology = scaleout.Topology(servers=(host("rep0", "10.9.0.10"), host("rep1", "fd00::11")),
+                                 lbs=(host("lb0", "10.9.0.20"),), caches=())
+    text = loadbalancer.render(topology.lbs[0], topology)
+    assert "frontend registry-token\n    mode tcp\n    option tcplog\n    bind *:5443\n" in text
+    assert "server rep0 10.9.0.10:5443\n" in text and "server rep1 [fd00::11]:5443\n" in text
+    plain = dataclasses.replace(topology, lbs=(dataclasses.replace(
+        topology.lbs[0], registry_access=None),))
+    assert "registry-token" not in loadbalancer.render(plain.lbs[0], plain)
+
+
+def test_token_server_rereads_changed_files_and_keeps_the_last_good(tmp_path: Path) -> None:
+    htpasswd, policy = tmp_path / "htpasswd", tmp_path / "policy.json"
+    htpasswd.write_text("ci:$2y$10$x\n")
+    policy.write_text(json.dumps(_document()))
+    files = server.Files(str(htpasswd), str(policy))
+    users, document = files.current(strict=True)
+    assert users == {"ci": "$2y$10$x"} and document["catalog_users"] == ["admin"]
+    replacement = tmp_path / "new"  # the kit replaces files by rename: a new inode
+    replacement.write_text("ci:$2y$10$y\nops:$2y$10$z\n")
+    replacement.replace(htpasswd)
+    assert files.current()[0] == {"ci": "$2y$10$y", "ops": "$2y$10$z"}
+    policy.write_text("{broken")
+    assert files.current()[1]["catalog_users"] == ["admin"]  # the last good policy
+    with pytest.raises(ValueError):
+        server.Files(str(htpasswd), str(policy)).current(strict=True)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(pattern=st.text(min_size=0, max_size=40), name=st.text(min_size=0, max_size=20))
+def test_hostile_patterns_and_names_are_refused_or_plain(pattern: str, name: str) -> None:
+    """Whatever a rule holds reaches policy.json (JSON) and status.py's output: an accepted
+    pattern is plain repository-name text, an accepted group name one word."""
+    rule = {"repository": pattern, "actions": ["pull"], "users": ["ci"]}
+    try:
+        policy = access.parse(HOST, {name: ["ci"]}, [rule], USERS)
+    except access.AccessError as error:
+        assert "\n" not in str(error)  # repr shows a line break escaped
+        return
+    assert policy is not None
+    assert re.fullmatch(r"[a-z0-9._*/-]+", pattern) and re.fullmatch(r"[A-Za-z0-9._-]+", name)

@@ -1,0 +1,140 @@
+"""Unit tests for the floating address (registry_kit.keepalived) and the status rows of
+the load balancer and cache hosts (registry_kit.roles_status)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from registry_kit import settings as settings_mod
+from registry_kit import topology as scaleout
+from registry_kit.operations import keepalived, roles_status
+from registry_kit.settings import Settings, SettingsError
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RK_VRRP", "abc12345")
+    monkeypatch.setenv("RK_VRRP2", "other")
+
+
+def lb(name: str, ip: str, **data: Any) -> Settings:
+    return settings_mod.load(name, {"registry_anonymous_acknowledged": True,
+                                    "registry_internal_address": ip,
+                                    "registry_lb_vip": "10.0.0.250/24",
+                                    "registry_lb_vrrp_password": {"env": "RK_VRRP"}, **data},
+                             server=False)
+
+
+def topology(*lbs: Settings, servers: tuple[Settings, ...] = ()) -> scaleout.Topology:
+    return scaleout.Topology(servers=servers, lbs=lbs, caches=())
+
+
+def refusal(topo: scaleout.Topology) -> str:
+    with pytest.raises(SettingsError) as error:
+        keepalived.validate(topo)
+    return str(error.value)
+
+
+def test_priorities_follow_inventory_order() -> None:
+    topo = topology(lb("lb1", "10.0.0.11"), lb("lb2", "10.0.0.12"), lb("lb3", "10.0.0.13"))
+    keepalived.validate(topo)
+    assert [keepalived.priority(topo, name) for name in ("lb1", "lb2", "lb3")] == [200, 190, 180]
+    conf = keepalived.render(topo.lbs[2], topo, "eth0", "abc12345")
+    assert "    priority 180\n" in conf and "    state BACKUP\n" in conf
+    assert "unicast_peer" not in conf  # multicast by default
+
+
+def test_unicast_peers_are_the_other_lbs() -> None:
+    topo = topology(*(lb(n, ip, registry_lb_vrrp_unicast=True)
+                      for n, ip in (("lb1", "10.0.0.11"), ("lb2", "10.0.0.12"))))
+    keepalived.validate(topo)
+    lines = [line.strip() for line in keepalived.render(topo.lbs[0], topo, "eth0",
+                                                        "abc12345").splitlines()]
+    assert "unicast_src_ip 10.0.0.11" in lines
+    start = lines.index("unicast_peer {")
+    assert lines[start + 1:start + 3] == ["10.0.0.12", "}"]
+
+
+@pytest.mark.parametrize(("second", "expected"), [
+    ({"registry_lb_vip": "10.0.0.251/24"}, "lb2: setting registry_lb_vip='10.0.0.251/24' is "
+     "not allowed: the same value on every registry_lb host (lb1 has '10.0.0.250/24')"),
+    ({"registry_lb_vrrp_router_id": 52}, "lb2: setting registry_lb_vrrp_router_id=52 is not "
+     "allowed: the same value on every registry_lb host (lb1 has 51)"),
+    ({"registry_lb_vrrp_password": {"env": "RK_VRRP2"}}, "lb2: setting "
+     "registry_lb_vrrp_password='***' is not allowed: the same password on every "
+     "registry_lb host (it differs from lb1's)"),
+])
+def test_lbs_must_agree(second: dict[str, Any], expected: str) -> None:
+    assert refusal(topology(lb("lb1", "10.0.0.11"), lb("lb2", "10.0.0.12", **second))) == \
+        expected
+
+
+def test_the_vip_is_no_hosts_address_and_unicast_needs_ipv4() -> None:
+    assert "an address no host has (lb2's registry_internal_address)" in refusal(
+        topology(lb("lb1", "10.0.0.11"), lb("lb2", "10.0.0.250")))
+    assert refusal(topology(lb("lb1", "10.0.0.11", registry_lb_vrrp_unicast=True),
+                            lb("lb2", "lb2.internal", registry_lb_vrrp_unicast=True))) == (
+        "lb2: setting registry_internal_address='lb2.internal' is not allowed: an IPv4 "
+        "address of the LB (registry_lb_vrrp_unicast sends VRRP to it)")
+
+
+def test_no_vip_no_keepalived_checks() -> None:
+    plain = [settings_mod.load(n, {"registry_anonymous_acknowledged": True,
+                                   "registry_internal_address": ip}, server=False)
+             for n, ip in (("lb1", "10.0.0.11"), ("lb2", "10.0.0.12"))]
+    keepalived.validate(topology(*plain))
+
+
+@pytest.mark.parametrize(("data", "allowed"), [
+    ({"registry_lb_vip": "10.0.0.250/33"}, "None or an IPv4 address"),
+    ({"registry_lb_vip": "fd00::250"}, "None or an IPv4 address"),
+    ({"registry_lb_vip": "127.0.0.5"}, "not loopback"),
+    ({"registry_lb_vip_interface": "eth0;id"}, "a network interface name"),
+    ({"registry_lb_vip_interface": "a-very-long-interface"}, "a network interface name"),
+    ({"registry_lb_vrrp_router_id": 256}, "a whole number from 1 to 255"),
+    ({"registry_lb_vrrp_password": "plain"}, "{'env': NAME} or {'file': PATH}"),
+])
+def test_bad_values_are_refused_with_one_line(data: dict[str, Any], allowed: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        lb("lb1", "10.0.0.11", **data)
+    assert allowed in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("password", ["123456789", "has space", "quo'te", "br{ace", "ex!"])
+def test_vrrp_passwords_keepalived_cannot_hold_are_refused(
+        monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    monkeypatch.setenv("RK_VRRP", password)
+    with pytest.raises(SettingsError) as error:
+        lb("lb1", "10.0.0.11")
+    assert str(error.value).startswith("lb1: setting registry_lb_vrrp_password='***' is not "
+                                       "allowed: 1 to 8 characters (VRRP's limit)")
+    assert password not in str(error.value)
+
+
+def test_interface_from_the_network_holding_the_vip() -> None:
+    lines = ["1: lo    inet 127.0.0.1/8 scope host lo",
+             "5: eth1@if9    inet 192.168.5.3/24 brd 192.168.5.255 scope global eth1",
+             "7: eth0@if12    inet 10.0.0.11/24 brd 10.0.0.255 scope global eth0",
+             "7: eth0@if12    inet 10.0.0.250/24 scope global secondary eth0"]
+    assert keepalived.derive_interface(lines, "10.0.0.250") == "eth0"
+    assert keepalived.derive_interface(lines, "192.168.5.250") == "eth1"
+    # Only the VIP itself (a /32 that moves) matches: not a network that holds it.
+    assert keepalived.derive_interface(["2: eth0 inet 10.9.0.250/32 scope global eth0"],
+                                       "10.9.0.250") is None
+
+
+def test_status_rows() -> None:
+    settings = lb("lb1", "10.0.0.11")
+    row = roles_status.lb_row(settings, {"haproxy": ["active"], "keepalived": ["active"],
+                                         "servers": ["rep1 UP", "rep2 MAINT"],
+                                         "vip": ["7: eth0 inet 10.0.0.250/24 ..."]})
+    assert row["floating address"] == "holds 10.0.0.250"
+    assert row["replicas (haproxy's view)"] == "rep1 UP, rep2 MAINT"
+    assert roles_status.lb_row(settings, {"vip": []})["floating address"] == "backup"
+    cache = roles_status.cache_row(settings, {"redis": ["active"], "memory": ["1.02M"],
+                                              "keys": ["17"]})
+    assert (cache["memory"], cache["keys"]) == ("1.02M", "17")
+    # The address and the VIP reach the shell quoted.
+    assert "show to 10.0.0.250/32" in roles_status.lb_command("10.0.0.250")

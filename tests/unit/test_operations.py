@@ -1,0 +1,449 @@
+"""Operation-level tests, as pyinfra tests its own operations: each operation gets a probe
+snapshot (registry_kit.facts.parse_probe of the probe's output, or a HostState) and the test
+pins the exact commands it yields, or its no-op. The decision logic is tested here without
+a lab; the e2e suites check the same operations against real hosts.
+
+Commands are shown as text: a plain command as it is, an upload as `UPLOAD <bytes> -> DEST`,
+a function as `CALL name(args)`, a command object as `<Class>: <text>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.context import ctx_host
+
+from registry_kit.facts import FileState, HostState, parse_probe
+from registry_kit.operations import (
+    client,
+    engine,
+    files,
+    gc,
+    keepalived,
+    loadbalancer,
+    ownership,
+    packages,
+    roles_teardown,
+    server,
+    teardown,
+    token_auth,
+    trust,
+    webui,
+)
+from registry_kit.operations.files import sha256_of
+from registry_kit.settings import Settings
+
+MARK = "@@registry-kit:"
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
+NEW = ".registry-kit-new"
+
+
+class FakeHost:
+    """What an operation body touches of pyinfra's host: name, noop, its run's State."""
+
+    def __init__(self, state: Any = None, name: str = "reg-host-1") -> None:
+        self.name = name
+        self.print_prefix = f"[{name}] "
+        self.noops: list[str] = []
+        self.state = state if state is not None else SimpleNamespace(failed_hosts=set())
+
+    def noop(self, text: str) -> None:
+        self.noops.append(text)
+
+
+def shown(command: Any) -> str:
+    if isinstance(command, str):
+        return command
+    if isinstance(command, FileUploadCommand):
+        return f"UPLOAD {command.src.getvalue()!r} -> {command.dest}"
+    if isinstance(command, FunctionCommand):
+        return f"CALL {command.function.__name__}{tuple(command.args)!r}"
+    if isinstance(command, StringCommand):
+        return f"{type(command).__name__}: {command.get_raw_value()}"
+    raise AssertionError(f"unexpected command {command!r}")
+
+
+def run(op: Any, *args: Any, host: FakeHost | None = None, **kwargs: Any) \
+        -> tuple[list[str], list[str]]:
+    """(commands, no-op messages) of one operation call."""
+    fake = host or FakeHost()
+    with ctx_host.use(fake):
+        commands = [shown(command) for command in op._inner(*args, **kwargs)]
+    return commands, fake.noops
+
+
+def probe(**sections: list[str]) -> HostState:
+    """A probe snapshot, through the real parser, from its sections' lines."""
+    lines: list[str] = []
+    for name, body in sections.items():
+        lines += [MARK + name, *body]
+    return parse_probe(lines)
+
+
+DEBIAN = ["debian", "", "bookworm"]
+RUNNING_ENGINE = ["docker", "curl", "ActiveState=active", "UnitFileState=enabled"]
+
+
+@pytest.fixture
+def defaults(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+# --------------------------------------------------------------------------- engine
+
+def test_install_docker_noop_when_installed(defaults: Settings) -> None:
+    assert run(engine.install_docker, defaults, probe(os=DEBIAN, tools=["docker"])) == \
+        ([], ["Docker is installed"])
+
+
+def test_install_docker_on_debian(defaults: Settings) -> None:
+    assert run(engine.install_docker, defaults, probe(os=DEBIAN)) == (
+        [f"{APT} update -q", f"{APT} install -y -q docker.io"], [])
+
+
+def test_install_docker_refused_when_method_none(make_settings: Callable[..., Settings]) \
+        -> None:
+    commands, _ = run(engine.install_docker, make_settings(docker_install_method="none"),
+                      probe(os=DEBIAN))
+    assert commands == ["CALL fail_host(\"reg-host-1: Docker is not installed and "
+                        "docker_install_method='none'\",)"]
+
+
+def test_install_curl() -> None:
+    assert run(engine.install_curl, probe(os=DEBIAN)) == ([f"{APT} install -y -q curl"], [])
+    assert run(engine.install_curl, probe(os=["rocky", "rhel centos fedora", ""])) == \
+        (["dnf -y install curl"], [])
+    assert run(engine.install_curl, probe(tools=["curl"])) == ([], ["curl is installed"])
+
+
+def test_start_docker() -> None:
+    stopped = probe(tools=["docker", "ActiveState=inactive", "UnitFileState=disabled"])
+    assert run(engine.start_docker, stopped) == (["systemctl enable --now docker.service"], [])
+    assert run(engine.start_docker, probe(tools=RUNNING_ENGINE)) == \
+        ([], ["docker.service is enabled and running"])
+
+
+DAEMON_WRITE = [
+    f"install -d -m 0755 /etc/docker && install -m 0644 /dev/null /etc/docker/daemon.json{NEW}",
+    "UPLOAD b'{\\n  \"registry-mirrors\": [\\n    \"https://m.example\"\\n  ]\\n}\\n' -> "
+    f"/etc/docker/daemon.json{NEW}",
+    "if dockerd --help 2>/dev/null | grep -q -- --validate; then dockerd --validate "
+    f"--config-file /etc/docker/daemon.json{NEW} >/dev/null || {{ rm -f "
+    f"/etc/docker/daemon.json{NEW}; echo 'registry-kit: daemon.json rejected' >&2; exit 1; }}; fi",
+    f"mv -f /etc/docker/daemon.json{NEW} /etc/docker/daemon.json",
+]
+MIRRORS = {"registry-mirrors": ["https://m.example"]}
+
+
+def test_configure_daemon() -> None:
+    assert run(engine.configure_daemon, MIRRORS, dict(MIRRORS), probe(tools=RUNNING_ENGINE)) \
+        == ([], ["daemon.json is as wanted"])
+    # Engine not running: written, nothing to reload.
+    assert run(engine.configure_daemon, {}, MIRRORS, probe(os=DEBIAN)) == (DAEMON_WRITE, [])
+    # Running: registry-mirrors applies with a reload (containers keep running).
+    assert run(engine.configure_daemon, {}, MIRRORS, probe(tools=RUNNING_ENGINE)) == \
+        ([*DAEMON_WRITE, "systemctl reload docker.service"], [])
+
+
+# --------------------------------------------------------------------------- files
+
+def test_managed_file() -> None:
+    same = FileState(sha256_of(b"hi\n"), "600", "root", "root")
+    assert run(files.managed_file, "/etc/x", b"hi\n", "0600", same) == \
+        ([], ["/etc/x is up to date"])
+    loose = FileState(sha256_of(b"hi\n"), "644", "root", "root")
+    assert run(files.managed_file, "/etc/x", b"hi\n", "0600", loose) == \
+        (["chown root:root /etc/x && chmod 0600 /etc/x"], [])
+    # New or changed content: the staging file has its final mode before any byte arrives.
+    assert run(files.managed_file, "/etc/my x", b"hi\n", "0600", None) == ([
+        f"install -m 0600 -o root -g root /dev/null '/etc/my x{NEW}'",
+        f"UPLOAD b'hi\\n' -> /etc/my x{NEW}",
+        f"mv -f '/etc/my x{NEW}' '/etc/my x'"], [])
+
+
+def test_managed_dir_and_absent_paths() -> None:
+    assert run(files.managed_dir, "/etc/x", "0700", None) == \
+        (["install -d -m 0700 -o root -g root /etc/x"], [])
+    assert run(files.managed_dir, "/etc/x", "0700", "700") == ([], ["/etc/x exists"])
+    assert run(files.absent_paths, ["/a", "/b c"], ["/b c"]) == (["rm -rf '/b c'"], [])
+    assert run(files.absent_paths, ["/a"], []) == ([], ["nothing to remove"])
+
+
+# --------------------------------------------------------------------------- server
+
+def test_ensure_image(defaults: Settings) -> None:
+    assert run(server.ensure_image, defaults, probe(image=["sha256:abc"])) == \
+        ([], ["image registry:2 is present"])
+    assert run(server.ensure_image, defaults, probe()) == (["docker pull registry:2"], [])
+
+
+@pytest.fixture
+def spec(defaults: Settings) -> Any:
+    return server.container_spec(defaults, b"config", None)
+
+
+def test_ensure_container_up_to_date_or_stopped(defaults: Settings, spec: Any) -> None:
+    running = probe(container=[f"{spec.spec_hash}|true|registry:2|"])
+    assert run(server.ensure_container, defaults, spec, running) == \
+        ([], [f"container registry is up to date ({spec.spec_hash})"])
+    stopped = probe(container=[f"{spec.spec_hash}|false|registry:2|"])
+    assert run(server.ensure_container, defaults, spec, stopped) == (["docker start registry"], [])
+
+
+def test_ensure_container_replaces_a_changed_spec(defaults: Settings, spec: Any) -> None:
+    old = probe(container=["0000|true|registry:2|"],
+                server_version=["Server: Docker/26.1.5 (linux)"])
+    assert run(server.ensure_container, defaults, spec, old) == ([
+        "_ReplaceCommand: /usr/local/lib/registry-kit/replace-container.sh registry "
+        "https://registry.example.internal:5000 registry.example.internal:5000:127.0.0.1 "
+        "/etc/registry-kit/certs/ca.crt 60 -- -d --name registry --restart=always "
+        "-p 5000:5000 --mount type=bind,source=/etc/registry-kit,target=/etc/registry-kit,"
+        "readonly --mount type=bind,source=/var/lib/registry-kit/data,target=/var/lib/registry"
+        f" --label registry-kit.managed=true --label registry-kit.spec={spec.spec_hash} "
+        "registry:2 serve /etc/registry-kit/config.yml"], [])
+
+
+def test_a_failed_replacement_stops_the_rollout_of_its_run_only(defaults: Settings,
+                                                                 spec: Any) -> None:
+    old = probe(container=["0000|true|registry:2|"])
+    this_run, next_run = SimpleNamespace(failed_hosts=set()), SimpleNamespace(failed_hosts=set())
+    server._failed_replacements(this_run).append("reg-host-0")
+    assert run(server.ensure_container, defaults, spec, old, host=FakeHost(this_run)) == \
+        (["CALL _stop_rollout('reg-host-0',)"], [])
+    commands, _ = run(server.ensure_container, defaults, spec, old, host=FakeHost(next_run))
+    assert commands[0].startswith("_ReplaceCommand: ")
+
+
+# --------------------------------------------------------------------------- clients
+
+HOSTS_WRITE = ("grep -v -e '# registry-kit$' /etc/hosts > /etc/hosts.registry-kit-new; "
+               "echo '10.0.0.5 registry.lab # registry-kit' >> /etc/hosts.registry-kit-new; "
+               "cat /etc/hosts.registry-kit-new > /etc/hosts; rm -f /etc/hosts.registry-kit-new")
+
+
+def test_hosts_entries() -> None:
+    wanted = {"registry.lab": "10.0.0.5"}
+    assert run(client.hosts_entries, wanted, probe(os=DEBIAN)) == ([HOSTS_WRITE], [])
+    assert run(client.hosts_entries, wanted,
+               probe(hosts=["10.0.0.5 registry.lab # registry-kit"])) == \
+        ([], ["/etc/hosts entries are in place"])
+
+
+# --------------------------------------------------------------------------- packages, gc
+
+def test_install_packages() -> None:
+    assert run(packages.install_packages, ["haproxy", "socat"], ["haproxy", "socat"],
+               probe(os=DEBIAN)) == ([
+                   "DEBIAN_FRONTEND=noninteractive apt-get update -q && "
+                   "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                   "--no-install-recommends haproxy socat"], [])
+
+
+def test_schedule_remove_noop_without_timer() -> None:
+    assert run(gc.schedule_remove, probe()) == ([], ["no garbage collection timer"])
+
+
+def test_install_timer_checks_the_calendar_first(make_settings: Callable[..., Settings]) \
+        -> None:
+    commands, noops = run(gc.install_timer, make_settings(registry_gc_schedule="weekly"),
+                          probe())
+    assert noops == []
+    assert commands[0].startswith("systemd-analyze calendar weekly >/dev/null 2>&1 || ")
+    assert commands[-1] == ("systemctl daemon-reload && systemctl enable registry-kit-gc.timer "
+                            ">/dev/null 2>&1 && systemctl restart registry-kit-gc.timer")
+    uploads = [c for c in commands if c.startswith("UPLOAD ")]
+    assert [u.rsplit(" -> ", 1)[1] for u in uploads] == [
+        f"/etc/systemd/system/registry-kit-gc.service{NEW}",
+        f"/etc/systemd/system/registry-kit-gc.timer{NEW}"]
+    assert "OnCalendar=weekly\\n" in uploads[1]
+
+
+# --------------------------------------------------------------------------- teardown
+
+def test_remove_container(defaults: Settings) -> None:
+    assert run(teardown.remove_container, defaults, probe(container=["abc|true|registry:2|"])) \
+        == (["docker rm -f registry >/dev/null; docker rm -f registry-previous >/dev/null 2>&1; "
+             "true"], [])
+    assert run(teardown.remove_container, defaults, probe()) == ([], ["no container registry"])
+
+
+def test_remove_docker(make_settings: Callable[..., Settings], defaults: Settings) -> None:
+    assert run(teardown.remove_docker, make_settings(docker_remove_on_teardown=True),
+               probe(os=DEBIAN, tools=["docker"])) == \
+        (["DEBIAN_FRONTEND=noninteractive apt-get purge -y -q docker.io"], [])
+    assert run(teardown.remove_docker, defaults, probe(tools=["docker"])) == \
+        ([], ["Docker stays (docker_remove_on_teardown=False)"])
+
+
+# --------------------------------------------------------------------------- load balancer
+
+HAPROXY_NEW = f"/etc/haproxy/haproxy.cfg{NEW}"
+
+
+def test_haproxy_config_is_checked_before_it_replaces_the_old_one() -> None:
+    assert run(loadbalancer.haproxy_config, b"cfg\n", probe()) == ([
+        f"install -m 0644 -o root -g root /dev/null {HAPROXY_NEW}",
+        f"UPLOAD b'cfg\\n' -> {HAPROXY_NEW}",
+        f"haproxy -c -f {HAPROXY_NEW} >/dev/null || {{ rm -f {HAPROXY_NEW}; echo 'registry-kit: "
+        "haproxy rejected the new configuration; /etc/haproxy/haproxy.cfg was not changed' "
+        ">&2; exit 1; }",
+        f"mv -f {HAPROXY_NEW} /etc/haproxy/haproxy.cfg",
+        "systemctl reload-or-restart haproxy"], [])
+    same = probe(files=[f"{sha256_of(b'cfg' + bytes([10]))} 644 root root "
+                        "/etc/haproxy/haproxy.cfg"])
+    assert run(loadbalancer.haproxy_config, b"cfg\n", same) == \
+        ([], ["/etc/haproxy/haproxy.cfg is up to date"])
+    assert run(loadbalancer.start_haproxy, probe()) == (["systemctl enable --now haproxy"], [])
+
+
+# --------------------------------------------------------------------------- trust, ownership
+
+def test_bridge_ca_appends_the_old_ca_on_the_host() -> None:
+    path = "/etc/docker/certs.d/r:5000/ca.crt"
+    assert run(trust.bridge_ca, path, b"NEWCA") == ([
+        f"install -m 0644 -o root -g root /dev/null {path}{NEW}",
+        f"UPLOAD b'NEWCA\\n' -> {path}{NEW}",
+        f"cat {path} >> {path}{NEW} && mv -f {path}{NEW} {path}"], [])
+
+
+def test_owned_dir_creates_and_marks_or_adopts() -> None:
+    (create,), noops = run(ownership.owned_dir, "/srv/reg", "0700", "registry_data_dir",
+                           probe())
+    assert noops == []
+    assert create.startswith(f"mkdir -p /srv && rm -rf /srv/reg{NEW} && install -d -m 0700 "
+                             f"-o root -g root /srv/reg{NEW} && printf %s ")
+    assert create.endswith(f" > /srv/reg{NEW}/.registry-kit-owned && chmod 0644 "
+                           f"/srv/reg{NEW}/.registry-kit-owned && mv -T /srv/reg{NEW} /srv/reg")
+    assert run(ownership.owned_dir, "/srv/reg", "0700", "registry_data_dir",
+               probe(dirs=["755 /srv/reg"])) == \
+        ([], ["/srv/reg was there before registry-kit: used as it is, never deleted"])
+
+
+# --------------------------------------------------------------------------- keepalived, roles
+
+KEEPALIVED_NEW = f"{keepalived.CONFIG}{NEW}"
+
+
+def test_keepalived_config_is_checked_quietly_before_it_replaces_the_old_one() -> None:
+    assert run(keepalived.keepalived_config, b"vrrp\n", probe()) == ([
+        "install -d -m 0755 -o root -g root /etc/keepalived",
+        f"install -m 0600 -o root -g root /dev/null {KEEPALIVED_NEW}",
+        f"UPLOAD b'vrrp\\n' -> {KEEPALIVED_NEW}",
+        f"keepalived -t -f {KEEPALIVED_NEW} >/dev/null 2>&1 || {{ rm -f {KEEPALIVED_NEW}; echo "
+        "'registry-kit: keepalived rejected the new configuration; "
+        f"{keepalived.CONFIG} was not changed' >&2; exit 1; }}",
+        f"mv -f {KEEPALIVED_NEW} {keepalived.CONFIG}",
+        "systemctl reload-or-restart keepalived"], [])
+    same = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 600 root root {keepalived.CONFIG}"])
+    assert run(keepalived.keepalived_config, b"vrrp\n", same) == \
+        ([], [f"{keepalived.CONFIG} is up to date"])
+    # Same content but readable by others: rewritten 0600 (it holds the VRRP password).
+    loose = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 644 root root {keepalived.CONFIG}"])
+    assert run(keepalived.keepalived_config, b"vrrp\n", loose)[0][1].startswith(
+        "install -m 0600")
+
+
+def test_keepalived_start_and_removal() -> None:
+    assert run(keepalived.start_keepalived, probe()) == (["systemctl enable --now keepalived"], [])
+    assert run(keepalived.start_keepalived, probe(services=["keepalived active enabled"])) == \
+        ([], ["keepalived is enabled and running"])
+    # keepalived without the kit's files is someone else's: left running.
+    assert run(keepalived.remove_keepalived, probe(services=["keepalived active enabled"])) == \
+        ([], ["no floating address (registry_lb_vip=None)"])
+    ours = probe(services=["keepalived active enabled"],
+                 files=[f"{'0' * 64} 600 root root {keepalived.CONFIG}"])
+    assert run(keepalived.remove_keepalived, ours) == ([
+        "systemctl disable --now keepalived", f"rm -f {keepalived.CONFIG}"], [])
+
+
+def test_roles_teardown_stops_and_removes_only_what_is_there() -> None:
+    assert run(roles_teardown.stop_services, ["haproxy", "keepalived"],
+               probe(services=["haproxy active enabled", "keepalived inactive disabled"])) == \
+        (["systemctl disable --now haproxy"], [])
+    assert run(roles_teardown.stop_services, ["redis-server"], probe()) == \
+        ([], ["redis-server: not running, not enabled"])
+    odd = "/etc/haproxy/it's.cfg"
+    assert run(roles_teardown.remove_files, [odd, "/etc/x"],
+               probe(files=[f"{'0' * 64} 644 root root {odd}"])) == \
+        (["rm -f '/etc/haproxy/it'\"'\"'s.cfg'"], [])
+    assert run(roles_teardown.remove_files, ["/etc/x"], probe()) == \
+        ([], ["none of the kit's files left"])
+
+
+# --------------------------------------------------------------------------- token auth
+
+TOKEN_UNIT = "/etc/systemd/system/registry-kit-token.service"
+TOKEN_DIR = "/etc/registry-kit/token"
+
+
+def test_token_server_packages_installed_once() -> None:
+    modules = [f"{'0' * 64} 644 root root {path}" for path in token_auth.MODULE_FILES]
+    assert run(token_auth.install_python_packages, probe(files=modules)) == \
+        ([], ["python3-jwt, python3-bcrypt and python3-cryptography are installed"])
+    assert run(token_auth.install_python_packages, probe(files=modules[:2])) == ([
+        "DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q --no-install-recommends python3 python3-jwt python3-bcrypt "
+        "python3-cryptography"], [])
+
+
+def test_token_service_started_or_restarted() -> None:
+    running = probe(services=["registry-kit-token.service active enabled"])
+    assert run(token_auth.token_service, running, restart=False) == \
+        ([], ["registry-kit-token.service is running"])
+    assert run(token_auth.token_service, probe(), restart=False) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-token.service"], [])
+    # Changed unit, script, key or TLS files: restarted even when it runs.
+    assert run(token_auth.token_service, running, restart=True) == ([
+        "systemctl daemon-reload && systemctl enable registry-kit-token.service && "
+        "systemctl restart registry-kit-token.service"], [])
+
+
+def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> None:
+    assert run(token_auth.remove_token_service, probe()) == \
+        ([], ["no registry-kit-token.service"])
+    assert run(token_auth.remove_token_service,
+               probe(files=[f"{'0' * 64} 644 root root {TOKEN_UNIT}"])) == ([
+                   "systemctl disable --now registry-kit-token.service >/dev/null 2>&1; "
+                   f"rm -f {TOKEN_UNIT} && systemctl daemon-reload"], [])
+    assert run(token_auth.remove_token_files, defaults, probe()) == ([], [f"no {TOKEN_DIR}"])
+    assert run(token_auth.remove_token_files, defaults, probe(dirs=[f"700 {TOKEN_DIR}"])) == \
+        ([f"rm -f {TOKEN_DIR}/signing.key {TOKEN_DIR}/policy.json && rmdir {TOKEN_DIR}"], [])
+
+
+def test_webui_restart_checks_the_config_first() -> None:
+    assert run(webui.restart_webui) == ([
+        "haproxy -c -q -f /etc/registry-kit-webui/haproxy.cfg && systemctl daemon-reload && "
+        "systemctl restart registry-kit-webui"], [])
+
+
+def test_webui_enabled_once() -> None:
+    assert run(webui.enable_webui, probe(services=["registry-kit-webui active enabled"])) == \
+        ([], ["registry-kit-webui is enabled and running"])
+    assert run(webui.enable_webui, probe(services=["registry-kit-webui inactive enabled"])) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-webui"], [])
+    assert run(webui.enable_webui, probe()) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-webui"], [])
+
+
+def test_webui_disabled_only_where_it_is() -> None:
+    assert run(webui.disable_webui, probe()) == ([], ["no registry-kit-webui"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {webui.UNIT}"])
+    for state in (stopped_unit, probe(services=["registry-kit-webui active disabled"])):
+        assert run(webui.disable_webui, state) == \
+            (["systemctl disable --now registry-kit-webui 2>/dev/null; true"], [])
+
+
+def test_every_operation_module_is_exercised_here() -> None:
+    """A new operation module gets its own tests above (status and roles_status have no
+    operations; the cache's are one systemctl line each, covered by the scale-out e2e)."""
+    package = Path(server.__file__).resolve().parent
+    tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
+              "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown",
+              "token_auth", "webui"}
+    assert {path.stem for path in package.glob("*.py")} == tested | {
+        "cache", "status", "roles_status", "__init__"}
