@@ -135,8 +135,9 @@ def render_haproxy(settings: Settings) -> str:
         lines += [
             f"backend {backend}",
             # The browser must not open its own login dialog on a 401 (Basic challenge):
-            # the page reads the challenge from this header instead.
-            "    http-response set-header X-Registry-Authenticate %[res.hdr(WWW-Authenticate)]"
+            # the page reads the challenge from this header instead. fhdr: the whole value
+            # (hdr splits at commas and would keep only a Bearer challenge's last part).
+            "    http-response set-header X-Registry-Authenticate %[res.fhdr(WWW-Authenticate)]"
             " if { res.hdr(WWW-Authenticate) -m found }",
             "    http-response del-header WWW-Authenticate",
             f"    server {backend} {address} ssl verify required ca-file {CA}"

@@ -119,6 +119,9 @@ def test_with_access_rules_the_token_server_is_on_this_origin(
             "/etc/registry-kit-webui/ca.crt verifyhost registry.lab sni str(registry.lab)"
             ) in config
     assert 'string "not found" unless api || { path /token }' in config
+    # The whole challenge: res.hdr would split Bearer realm="..",service="..",scope=".." at
+    # its commas and keep the last part (seen in the lab before this was fhdr).
+    assert config.count("X-Registry-Authenticate %[res.fhdr(WWW-Authenticate)]") == 2
     # The token server's Basic challenge (wrong password) is moved too.
     assert config.count("http-response del-header WWW-Authenticate") == 2
     assert json.loads(webui.page_config(settings))["token"] == "/token"
