@@ -78,9 +78,15 @@
       url.searchParams.set("service", params.service);
     }
     if (params.scope) url.searchParams.set("scope", params.scope);
-    const response = await fetch(url, {
+    const ask = () => fetch(url, {
       headers: {Authorization: `Basic ${credentials.basic}`},
       credentials: "omit", cache: "no-store"});
+    let response;
+    try {
+      response = await ask();
+    } catch (_) {
+      response = await ask(); // a dropped connection, as in api(): asked once more
+    }
     if (!response.ok) return response;
     const body = await response.json();
     const token = body.token || body.access_token;
