@@ -22,6 +22,8 @@ registry_delete_enabled = False  # allow DELETE of manifests (needed before garb
 registry_http_secret = None  # {"env": NAME} or {"file": PATH}; None: generated once, kept locally
 registry_log_level = "info"  # error | warn | info | debug
 registry_debug_addr = None  # e.g. "127.0.0.1:5001": debug and /metrics, localhost only
+registry_webui_enabled = False  # serve the web page (browse, delete) on registry_webui_port
+registry_webui_port = 5444  # the page's HTTPS port on servers: same domain, TLS, users
 registry_verify_timeout = 60  # seconds to wait for /v2/ after a (re)start before failing
 
 # --- TLS ---

@@ -21,3 +21,8 @@ ENVIRONMENT = jinja2.Environment(
 def script(name: str) -> bytes:
     """The bytes of scripts/NAME, as uploaded to hosts."""
     return (SCRIPTS / name).read_bytes()
+
+
+def webui_static(name: str) -> bytes:
+    """The bytes of webui_static/NAME, the web page's files (registry_kit.render.webui)."""
+    return (resources.files("registry_kit") / "webui_static" / name).read_bytes()

@@ -29,6 +29,7 @@ from registry_kit.operations import (
     server,
     token_auth,
     trust,
+    webui,
 )
 from registry_kit.operations.engine import engine_deploy, install_curl
 from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
@@ -128,7 +129,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
-        (server, is_server), (gc, is_server), (token_auth, is_server), (client, is_client),
+        (server, is_server), (gc, is_server), (token_auth, is_server), (webui, is_server),
+        (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused.
@@ -162,6 +164,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
                              cache=scaleout.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2)
         gc.schedule_deploy(settings, state, hosts.servers)
+        webui.webui_deploy(settings, state, cert)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")

@@ -218,6 +218,9 @@ class Settings:
     registry_proxy_username: str | None = None
     registry_proxy_password: Secret | None = None
     registry_proxy_ttl: str | None = None
+    # The registry web page (registry_kit.operations.webui).
+    registry_webui_enabled: bool = False
+    registry_webui_port: int = 5444
 
     @property
     def tls_enabled(self) -> bool:
@@ -596,6 +599,24 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
     return value
 
 
+def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None,
+                token_port: int | None) -> dict[str, Any]:
+    """The web page (registry_kit.operations.webui): its own port, over the registry's TLS
+    only. token_port: the token server's, when access rules are on."""
+    enabled = r.boolean("registry_webui_enabled")
+    webui_port = r.integer("registry_webui_port", 1, 65535)
+    taken = {port} | ({int(debug_addr.rsplit(":", 1)[1])} if debug_addr else set())
+    if token_port is not None:
+        taken.add(token_port)
+    if webui_port in taken:
+        raise r.fail("registry_webui_port", webui_port, "a port other than registry_port, "
+                     "registry_token_port and registry_debug_addr's")
+    if enabled and tls_mode == "none":
+        raise r.fail("registry_webui_enabled", True, "False when registry_tls_mode='none' "
+                     "(the page sends passwords: it is served over the registry's TLS only)")
+    return {"registry_webui_enabled": enabled, "registry_webui_port": webui_port}
+
+
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
     """Scale-out settings (registry_kit.topology checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
@@ -836,6 +857,8 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
             gc_schedule)):
         raise r.fail("registry_gc_schedule", gc_schedule, "None or a systemd OnCalendar "
                      "expression like 'Sun *-*-* 03:00:00' or 'weekly'")
+    webui = _read_webui(r, port, tls_mode, debug_addr,
+                        token_port if access_policy is not None else None)
     remove_docker = r.boolean("docker_remove_on_teardown")
     if remove_docker and install_method == "none":
         raise r.fail("docker_remove_on_teardown", True, "False when docker_install_method="
@@ -899,6 +922,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
         registry_token_port=token_port,
         **scale_out,
         **_read_backup_and_mode(r),
+        **webui,
     )
 
 

@@ -25,7 +25,7 @@ from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
-from registry_kit.operations import client, gc, roles_teardown, server, token_auth
+from registry_kit.operations import client, gc, roles_teardown, server, token_auth, webui
 from registry_kit.operations.engine import configure_daemon, refuse_host
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
 from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
@@ -46,7 +46,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   RUNTIME_DIR]
         # What else each folder holds (entries) decides whether the folder itself can go.
         parts += [server.probe_args(settings), gc.probe_args(settings),
-                  token_auth.teardown_probe_args(settings),
+                  token_auth.teardown_probe_args(settings), webui.probe_args(settings),
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
@@ -204,6 +204,7 @@ def remove_data(settings: Settings, state: HostState):
 
 def server_teardown(settings: Settings, state: HostState) -> None:
     gc.schedule_remove(state, name="Remove the garbage collection timer")
+    webui.webui_remove(state)
     remove_container(settings, state, name="Remove the registry container")
     token_auth.remove_token_service(state, name="Remove the token server (access rules)")
     plans = config_plans(settings, state)

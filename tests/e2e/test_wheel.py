@@ -87,6 +87,8 @@ def test_wheel_holds_the_kit_and_its_data_only(wheel: Path) -> None:
                  "registry_kit/scripts/registry-token-server.py",
                  "registry_kit/scripts/verify-token.sh",
                  "registry_kit/templates/haproxy.cfg.j2", "registry_kit/templates/redis.conf.j2",
+                 "registry_kit/webui_static/index.html", "registry_kit/webui_static/app.js",
+                 "registry_kit/webui_static/app.css",
                  "registry_kit/defaults.py", "registry_kit/api.py", "registry_kit/py.typed"):
         assert data in names, data
 

@@ -35,6 +35,7 @@ from registry_kit.operations import (
     teardown,
     token_auth,
     trust,
+    webui,
 )
 from registry_kit.operations.files import sha256_of
 from registry_kit.settings import Settings
@@ -445,12 +446,35 @@ def test_restore_copies_only_what_the_server_lacks(defaults: Settings) -> None:
         assert command.startswith("CALL _run_restore(") and noops == []
 
 
+def test_webui_restart_checks_the_config_first() -> None:
+    assert run(webui.restart_webui) == ([
+        "haproxy -c -q -f /etc/registry-kit-webui/haproxy.cfg && systemctl daemon-reload && "
+        "systemctl restart registry-kit-webui"], [])
+
+
+def test_webui_enabled_once() -> None:
+    assert run(webui.enable_webui, probe(services=["registry-kit-webui active enabled"])) == \
+        ([], ["registry-kit-webui is enabled and running"])
+    assert run(webui.enable_webui, probe(services=["registry-kit-webui inactive enabled"])) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-webui"], [])
+    assert run(webui.enable_webui, probe()) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-webui"], [])
+
+
+def test_webui_disabled_only_where_it_is() -> None:
+    assert run(webui.disable_webui, probe()) == ([], ["no registry-kit-webui"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {webui.UNIT}"])
+    for state in (stopped_unit, probe(services=["registry-kit-webui active disabled"])):
+        assert run(webui.disable_webui, state) == \
+            (["systemctl disable --now registry-kit-webui 2>/dev/null; true"], [])
+
+
 def test_every_operation_module_is_exercised_here() -> None:
     """A new operation module gets its own tests above (status and roles_status have no
     operations; the cache's are one systemctl line each, covered by the scale-out e2e)."""
     package = Path(server.__file__).resolve().parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
               "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown",
-              "token_auth", "backup", "restore"}
+              "token_auth", "backup", "restore", "webui"}
     assert {path.stem for path in package.glob("*.py")} == tested | {
         "cache", "status", "roles_status", "__init__"}

@@ -1,0 +1,109 @@
+"""The registry web page on hosts in registry_servers (registry_webui_enabled): browse
+repositories and tags, copy the `docker pull` line, delete where registry_delete_enabled.
+
+A static page (registry_kit/webui_static: HTML, JS, CSS; no outside assets) served by a
+haproxy instance of its own, `registry-kit-webui.service`, on registry_webui_port of the
+server, with the registry's certificate. The same haproxy passes /v2/ to the registry on
+the server's loopback (TLS, checked against the CA), so page and API share one origin: no
+CORS, and a Content-Security-Policy that allows this origin only. The page asks the
+registry with the logged-in user's credentials and shows what the registry answers; it
+holds no data of its own, so a visitor who is not logged in gets the empty page only.
+haproxy moves the registry's `WWW-Authenticate` to `X-Registry-Authenticate` on the way
+out, so the browser never opens its own Basic login dialog (the page reads the moved
+header, which also carries a token server's Bearer challenge, see README "The web page").
+
+Reads: registry_webui_enabled, registry_webui_port, registry_domain, registry_port,
+registry_address, registry_bind_address, registry_delete_enabled, registry_tls_mode.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.operations.util import any_changed
+
+from registry_kit.commands import q
+from registry_kit.facts import HostState
+from registry_kit.operations import files as remote
+from registry_kit.operations import packages, server
+from registry_kit.render.tls import ServerCertificate
+from registry_kit.render.webui import (
+    CONFIG_DIR,
+    FILE_NAMES,
+    HAPROXY_CFG,
+    PAGE_CONFIG,
+    PEM,
+    SERVICE,
+    STATIC,
+    UNIT,
+    page_config,
+    render_haproxy,
+    render_unit,
+    static_content,
+)
+from registry_kit.settings import Settings
+
+PACKAGES = ("haproxy",)
+COMMANDS = ("haproxy",)
+
+
+def probe_args(settings: Settings) -> dict:
+    return {"files": [f"{CONFIG_DIR}/{name}" for name in FILE_NAMES] + [UNIT],
+            "dirs": [CONFIG_DIR], "commands": list(COMMANDS), "services": [SERVICE]}
+
+
+@operation()
+def restart_webui():
+    """Check the config, then restart: haproxy reads the page's files at start only."""
+    yield (f"haproxy -c -q -f {q(HAPROXY_CFG)} && systemctl daemon-reload && "
+           f"systemctl restart {q(SERVICE)}")
+
+
+@operation()
+def enable_webui(state: HostState):
+    active, enabled = state.services.get(SERVICE, (False, False))
+    if active and enabled:
+        host.noop(f"{SERVICE} is enabled and running")
+        return
+    yield f"systemctl daemon-reload && systemctl enable --now {q(SERVICE)}"
+
+
+@operation()
+def disable_webui(state: HostState):
+    active, enabled = state.services.get(SERVICE, (False, False))
+    if not (active or enabled or UNIT in state.files):
+        host.noop(f"no {SERVICE}")
+        return
+    yield f"systemctl disable --now {q(SERVICE)} 2>/dev/null; true"
+
+
+def webui_deploy(settings: Settings, state: HostState, cert: ServerCertificate | None) -> None:
+    if not settings.registry_webui_enabled or cert is None:
+        webui_remove(state)
+        return
+    packages.install_packages(PACKAGES, COMMANDS, state, name="Install haproxy (web page)")
+    remote.managed_dir(CONFIG_DIR, "0700", state.dirs.get(CONFIG_DIR),
+                       name=f"Create {CONFIG_DIR}")
+    files = {name: static_content(name) for name in STATIC}
+    files[PAGE_CONFIG] = page_config(settings)
+    files["haproxy.cfg"] = render_haproxy(settings).encode()
+    files["ca.crt"] = cert.ca_pem
+    ops = [remote.managed_file(f"{CONFIG_DIR}/{name}", content, "0644",
+                               state.files.get(f"{CONFIG_DIR}/{name}"),
+                               name=f"Upload the web page's {name}")
+           for name, content in files.items()]
+    ops.append(remote.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
+                                   "0600", state.files.get(PEM),
+                                   name="Upload the web page's certificate and key"))
+    ops.append(remote.managed_file(UNIT, render_unit().encode(), "0644", state.files.get(UNIT),
+                                   name=f"Install {SERVICE}.service"))
+    restart_webui(name=f"Check and restart {SERVICE}", _if=any_changed(*ops))
+    enable_webui(state, name=f"Enable and start {SERVICE}")
+
+
+def webui_remove(state: HostState) -> None:
+    """The reverse of webui_deploy (teardown, or registry_webui_enabled=False). haproxy
+    stays installed: other software (or the kit's load balancer) may use it."""
+    disable_webui(state, name=f"Stop and disable {SERVICE}")
+    remote.absent_paths([UNIT, CONFIG_DIR], [*state.files, *state.dirs],
+                        name="Remove the web page's files")

@@ -1,0 +1,143 @@
+"""Helpers for the web page's e2e test and benchmark: Debian's chromium driven by selenium
+(chromium-driver), and cheap pushes through the registry's HTTP API.
+
+The browser reaches the lab by name (`--host-resolver-rules`), and trusts exactly the
+certificate the server presents after Python's ssl has checked it against the kit's CA
+(its public key pinned with `--ignore-certificate-errors-spki-list`): no blanket
+`--ignore-certificate-errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import shutil
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def missing_browser() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if not CHROMIUM or not CHROMEDRIVER:
+        return ("Debian's chromium and chromium-driver are not installed "
+                "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    return None
+
+
+def verified_spki(domain: str, ip: str, port: int, ca: Path) -> str:
+    """base64 sha256 of the public key of the certificate served at ip:port, after it was
+    checked against `ca` for `domain`."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection((ip, port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=domain) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@contextmanager
+def chromium(domain: str, ip: str, spki: str, *, width: int = 1400,
+             height: int = 1000) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    with tempfile.TemporaryDirectory() as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                         f"--window-size={width},{height}",
+                         f"--host-resolver-rules=MAP {domain} {ip}",
+                         f"--ignore-certificate-errors-spki-list={spki}"):
+            options.add_argument(argument)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+class RegistryApi:
+    """The registry's HTTP API from the control machine: one TLS connection to `ip`,
+    checked against the CA for `domain`, Basic auth."""
+
+    def __init__(self, domain: str, ip: str, port: int, ca: Path, user: str,
+                 password: str) -> None:
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        context = ssl.create_default_context(cafile=str(ca))
+        self.conn = http.client.HTTPSConnection(domain, port, context=context, timeout=30)
+        # Connect to the lab address, check the certificate for the domain.
+        self.conn._create_connection = (  # type: ignore[attr-defined]
+            lambda _address, timeout=30, source=None: socket.create_connection(
+                (ip, port), timeout))
+
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        self.conn.request(method, path, body=body or None,
+                          headers={"Authorization": self.auth, **(headers or {})})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def mount(self, name: str, digest: str, source: str) -> None:
+        """Cross-repository blob mount: the blob is stored once."""
+        status, _, body = self.request(
+            "POST", f"/v2/{name}/blobs/uploads/?mount={digest}&from={source}")
+        assert status == 201, (status, body[:300])
+
+    def put_manifest(self, name: str, tag: str, manifest: bytes, media_type: str) -> str:
+        status, headers, body = self.request(
+            "PUT", f"/v2/{name}/manifests/{tag}", manifest, {"Content-Type": media_type})
+        assert status == 201, (status, body[:300])
+        return headers["docker-content-digest"]
+
+    def manifest(self, name: str, reference: str, accept: str) -> dict[str, Any]:
+        status, _, body = self.request("GET", f"/v2/{name}/manifests/{reference}",
+                                       headers={"Accept": accept})
+        assert status == 200, (status, body[:300])
+        return dict(json.loads(body))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def variant(manifest: dict[str, Any], label: str) -> tuple[bytes, str]:
+    """The same image under another manifest digest (an annotation differs): many tags
+    and repositories for the price of one blob set."""
+    changed = {**manifest, "annotations": {**manifest.get("annotations", {}),
+                                           "org.example.variant": label}}
+    return json.dumps(changed, sort_keys=True).encode(), str(manifest["mediaType"])
+
+
+def push_blob(api: RegistryApi, name: str, data: bytes) -> str:
+    """A monolithic blob upload (POST, then PUT with the digest)."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    status, headers, body = api.request("POST", f"/v2/{name}/blobs/uploads/")
+    assert status == 202, (status, body[:300])
+    location = headers["location"]
+    path = location.split("://", 1)[-1]
+    path = path[path.index("/"):] if "://" in location else location
+    separator = "&" if "?" in path else "?"
+    status, _, body = api.request("PUT", f"{path}{separator}digest={digest}", data,
+                                  {"Content-Type": "application/octet-stream"})
+    assert status == 201, (status, body[:300])
+    return digest
