@@ -90,7 +90,7 @@ class Ha:
                                            state["hosts"][n]["ip"]}) for n in names]
 
         path = self.tmp / f"{name}.py"
-        path.write_text("# Written by tests/e2e/test_ha.py.\n"
+        path.write_text("# Written by tests/e2e/test_scaleout_ha.py.\n"
                         f"registry_servers = {entries(REP1, REP2)!r}\n"
                         f"registry_lb = {entries(LB1, LB2)!r}\n"
                         f"registry_cache = {entries(CACHE)!r}\n"
