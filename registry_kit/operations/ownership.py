@@ -132,3 +132,19 @@ def owned_dir(folder: str, mode: str, setting: str, state: HostState):
     yield from remote.managed_dir._inner(folder, mode, state.dirs.get(folder))
     yield from remote.managed_file._inner(marker_path(folder), marker_content(setting),
                                           MARKER_MODE, state.files.get(marker_path(folder)))
+
+
+@operation()
+def remove_folders(plans: list[FolderPlan]):
+    """The kit's files in each folder, then the folders that are left empty (in order:
+    subfolders first); never `rm -rf` (see this module's docstring)."""
+    files = [path for plan in plans for path in plan.files]
+    folders = [plan.folder for plan in plans if plan.remove_folder]
+    if not files and not folders:
+        kept = [plan.folder for plan in plans if plan.kept]
+        host.noop("nothing of the kit's left" + (f" (kept: {', '.join(kept)})" if kept else ""))
+        return
+    if files:
+        yield "rm -f " + " ".join(q(path) for path in files)
+    if folders:
+        yield "rmdir " + " ".join(q(path) for path in folders)

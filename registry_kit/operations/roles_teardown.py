@@ -24,7 +24,7 @@ from registry_kit.commands import join, q
 from registry_kit.facts import HostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
 from registry_kit.operations import cache, keepalived, loadbalancer, server
-from registry_kit.operations.ownership import FolderPlan, plan_folder
+from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.settings import Settings
 
 LB_SCRIPTS = (loadbalancer.SCRIPT, keepalived.CHECK_SCRIPT)
@@ -66,19 +66,6 @@ def remove_files(paths: list[str], state: HostState):
         host.noop("none of the kit's files left")
         return
     yield "rm -f " + " ".join(q(path) for path in present)
-
-
-@operation()
-def remove_folders(plans: list[FolderPlan]):
-    files = [path for plan in plans for path in plan.files]
-    folders = [plan.folder for plan in plans if plan.remove_folder]
-    if not files and not folders:
-        host.noop("nothing of the kit's left")
-        return
-    if files:
-        yield "rm -f " + " ".join(q(path) for path in files)
-    if folders:
-        yield "rmdir " + " ".join(q(path) for path in folders)
 
 
 @operation()

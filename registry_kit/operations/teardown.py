@@ -27,7 +27,13 @@ from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
 from registry_kit.operations import client, gc, roles_teardown, server, token_auth, webui
 from registry_kit.operations.engine import configure_daemon, refuse_host
-from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder
+from registry_kit.operations.ownership import (
+    MARKER,
+    FolderPlan,
+    owned,
+    plan_folder,
+    remove_folders,
+)
 from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 from registry_kit.render import daemon_json
 from registry_kit.render import token_auth as token_render
@@ -60,22 +66,6 @@ def log_kept(plans: list[FolderPlan]) -> None:
     for plan in plans:
         if plan.kept:
             logger.warning(f"{host.name}: {plan.kept}")
-
-
-@operation()
-def remove_folders(plans: list[FolderPlan]):
-    """The kit's files in each folder, then the folders that are left empty (in order:
-    subfolders first); never `rm -rf` (see registry_kit.operations.ownership)."""
-    files = [path for plan in plans for path in plan.files]
-    folders = [plan.folder for plan in plans if plan.remove_folder]
-    if not files and not folders:
-        kept = [plan.folder for plan in plans if plan.kept]
-        host.noop("nothing of the kit's left" + (f" (kept: {', '.join(kept)})" if kept else ""))
-        return
-    if files:
-        yield "rm -f " + " ".join(q(path) for path in files)
-    if folders:
-        yield "rmdir " + " ".join(q(path) for path in folders)
 
 
 # --- client: the reverse of client.client_deploy ---
