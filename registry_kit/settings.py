@@ -672,15 +672,10 @@ def _read_floating_address(r: _Reader) -> dict[str, Any]:
                                       _INTERFACE_RE.fullmatch(interface)):
         raise r.fail("registry_lb_vip_interface", interface, "None (the interface whose network "
                      "holds registry_lb_vip) or a network interface name like eth0")
-    password_value = r.raw("registry_lb_vrrp_password")
-    password = None
-    if password_value is not None:
-        if not isinstance(password_value, Mapping):
-            raise r.fail("registry_lb_vrrp_password", "***", "{'env': NAME} or {'file': PATH}")
-        password = r.secret_source("registry_lb_vrrp_password", password_value, "password")
-        if not _VRRP_PASSWORD_RE.fullmatch(password.reveal()):
-            raise r.fail("registry_lb_vrrp_password", "***", "1 to 8 characters (VRRP's "
-                         "limit), printable, without spaces, quotes, backslashes, #, !, { or }")
+    password = r.optional_secret("registry_lb_vrrp_password", "password")
+    if password is not None and not _VRRP_PASSWORD_RE.fullmatch(password.reveal()):
+        raise r.fail("registry_lb_vrrp_password", "***", "1 to 8 characters (VRRP's "
+                     "limit), printable, without spaces, quotes, backslashes, #, !, { or }")
     return {
         "registry_lb_vip": vip,
         "registry_lb_vip_interface": interface,
@@ -731,12 +726,7 @@ def _read_backup_and_mode(r: _Reader) -> dict[str, Any]:
                                      and _PROXY_USER_RE.fullmatch(username)):
         raise r.fail("registry_proxy_username", username, "None or a user name without "
                      "spaces or quotes")
-    password_value = r.raw("registry_proxy_password")
-    password = None
-    if password_value is not None:
-        if not isinstance(password_value, Mapping):
-            raise r.fail("registry_proxy_password", "***", "{'env': NAME} or {'file': PATH}")
-        password = r.secret_source("registry_proxy_password", password_value, "password")
+    password = r.optional_secret("registry_proxy_password", "password")
     if (username is None) != (password is None):
         raise r.fail("registry_proxy_username", username, "set together with "
                      "registry_proxy_password (both or neither)")
