@@ -152,12 +152,19 @@ def locked(cfg: LabConfig) -> Iterator[None]:
     The lock lives in the temp dir, not in .lab/, because every checkout on this machine
     shares the same engine objects.
     """
-    path = Path(tempfile.gettempdir()) / f"{cfg.name}.lock"
+    with file_lock(f"{cfg.name}.lock", "another lab command"):
+        yield
+
+
+@contextmanager
+def file_lock(name: str, holder: str) -> Iterator[None]:
+    """An exclusive flock on <tempdir>/NAME, saying once that it waits for HOLDER."""
+    path = Path(tempfile.gettempdir()) / name
     with path.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for another lab command ({path})")
+            say(f"waiting for {holder} ({path})")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.config import LABEL, PROJECT_ROOT, LabError, say
+from lab.config import LABEL, PROJECT_ROOT, LabError, file_lock, say
 from lab.engine import docker, docker_inspect, run
 
 # Bump when the way an image is made changes, so cached images are rebuilt.
@@ -586,7 +586,10 @@ def build_images(releases: set[str]) -> tuple[dict[str, Image], dict[str, Image]
     include `registry_trixie` (2.8.3) and, when its binary is there, `registry3`.
     """
     needed = set(releases) | {"trixie"}  # the 2.8.3 image is made from trixie's own files
-    with ThreadPoolExecutor(max_workers=len(needed) + 2) as pool:
+    # Every namespace shares the images: parallel test lanes that start together must build
+    # each one once, so builds are serialised machine-wide (the namespace lock is not).
+    with file_lock("registry-kit-lab-images.lock", "another lab's image build"), \
+            ThreadPoolExecutor(max_workers=len(needed) + 2) as pool:
         small = pool.submit(build_small_images)
         hosts = {r: pool.submit(build_host_image, r) for r in sorted(needed)}
         trixie_registry = pool.submit(
