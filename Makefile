@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Parallel lanes of `make test` (pytest-xdist workers, each with a lab namespace of its own);
+# LANES=0 runs everything in one process, in file order.
+LANES ?= 2
+# The developers' fast lane: unit tests (without the 2.5-minute property test) and one e2e
+# smoke test: a fresh deploy, a client's docker login/push/pull, and a rerun that changes nothing.
+QUICK_E2E := tests/e2e/test_deploy.py::test_first_deploy_installs_docker_and_serves_tls_with_auth \
+	tests/e2e/test_deploy.py::test_second_run_changes_nothing \
+	tests/e2e/test_deploy.py::test_seed_flow_on_client_with_ca_trust_only
 
-.PHONY: venv demo test test-unit test-e2e lint dist lab-up lab-down lab-status bench clean
+.PHONY: venv demo test test-quick durations test-unit test-e2e lint dist lab-up lab-down lab-status bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +26,19 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m lab.demo
 
-## test: lint, the wheel and sdist checked, then unit and e2e tests (needs root and Docker)
+## test: lint, the wheel and sdist checked, then unit and e2e tests in $(LANES) parallel lanes
+## (needs root and Docker); ends with the time of every module
 test: venv lint dist
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(LANES) $(PYTEST_ARGS)
+
+## test-quick: unit tests and one e2e smoke test (deploy, push, pull, no-op rerun), a few minutes
+test-quick: venv
+	$(PY) -m pytest tests/unit --ignore=tests/unit/test_hostile_settings.py \
+		$(QUICK_E2E) $(PYTEST_ARGS)
+
+## durations: keep the last full run's time per module (orders the lanes, longest first)
+durations:
+	cp .test-output/durations.json tests/durations.json
 
 ## test-unit: fast tests only (no lab)
 test-unit: venv

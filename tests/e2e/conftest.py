@@ -7,6 +7,7 @@ test and removes it afterwards.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lab as lab_api  # noqa: E402  (imported as lab_api: `lab` is the fixture's name)
+from lab.config import NAME_ENV  # noqa: E402
 from lab.topology import HostSpec  # noqa: E402
+
+# A parallel run (pytest-xdist): the first worker uses the lab it was given (the main lab, or
+# $REGISTRY_KIT_LAB_NAME), every other worker a namespace of its own, e.g. lane-gw1, so two
+# lanes never share a host. Set before any test runs: the lab, the inventories and the pyinfra
+# processes the tests start all read it from the environment.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if _WORKER != "gw0":
+    os.environ[NAME_ENV] = f"{os.environ.get(NAME_ENV) or 'lane'}-{_WORKER}"
 
 E2E_DIR = Path(__file__).resolve().parent
 

@@ -114,8 +114,9 @@ def test_render_refuses_names_that_change_lines(name: str) -> None:
         htpasswd.render([User(name=name, password=None, password_hash=OPS_HASH_2Y)])
 
 
+# ids: the hash has a random salt, and parallel workers must collect the same test names.
 @pytest.mark.parametrize("hashed", [OPS_HASH_2Y + "\nevil:" + OPS_HASH_2Y, OPS_HASH_2Y + " x",
-                                    ""])
+                                    ""], ids=["newline", "space", "empty"])
 def test_render_refuses_hashes_that_change_lines(hashed: str) -> None:
     with pytest.raises(ValueError, match=r"htpasswd: user 'ops': password_hash=\(secret\)"):
         htpasswd.render([User(name="ops", password=None, password_hash=hashed)])
