@@ -7,7 +7,7 @@ through the load balancer's domain lands every blob in the bucket; pulls work wi
 replica stopped; one blob upload moves between replicas; a rolling upgrade
 (registry:2.8.3 -> registry:3, the genuine 3.0.0; -> registry:2.8.2 where the lab has no
 3.x image) under a pull loop loses no pull; on 3.x a new push lands in the bucket and in
-the redis cache; throughput with one and two replicas.
+the redis cache. (Throughput with one and two replicas is a benchmark: bench/scaleout.py.)
 Everything is checked with curl, skopeo, s3cmd, redis-cli, socat and docker on the hosts,
 never with the kit's own code. Figures go to <lab state dir>/scaleout-figures.json.
 """
@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,10 @@ def _s3cmd(command: str) -> str:
     return harness.ssh(ceph.CEPH_HOST, f"s3cmd {command}").stdout
 
 
-@pytest.fixture(scope="module")
-def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
+@contextmanager
+def scale_site(tmp: Path) -> Iterator[Scale]:
+    """Ceph (reused when up), fresh kit hosts and a bucket of this run's own; the hosts and
+    the bucket are removed afterwards (bench/scaleout.py uses it too)."""
     started = time.monotonic()
     info = ceph.ceph_up()
     # Fresh machines for the kit (no Docker, haproxy or redis yet); lab-ceph is reused.
@@ -144,7 +146,6 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
     lab_api.up(SPECS)
     bucket = f"scale-{secrets.token_hex(4)}"  # this run's blobs only
     _s3cmd(f"mb s3://{bucket}")
-    tmp = tmp_path_factory.mktemp("scale")
     password = f"scale-{secrets.token_hex(8)}"
     (tmp / "pw").write_text(password + "\n")
     (tmp / "pw").chmod(0o600)
@@ -153,14 +154,20 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
     run.figures["ceph_cold_setup"] = info["cold"]
     run.figures["lab_ready_seconds"] = round(time.monotonic() - started, 1)
     yield run
-    out = lab_api.get_config().state_dir / "scaleout-figures.json"
-    out.write_text(json.dumps(run.figures, indent=2) + "\n")
-    print(f"\nscale-out figures ({out}):\n{json.dumps(run.figures, indent=2)}")
     if os.environ.get(KEEP_ENV):
         return  # left running to look at; the next run starts from fresh hosts anyway
     _s3cmd(f"rb --recursive s3://{bucket}")
     for spec in SPECS:  # the Ceph host stays for the next run (python -m lab down removes it)
         lab_api.remove_host(spec.name)
+
+
+@pytest.fixture(scope="module")
+def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
+    with scale_site(tmp_path_factory.mktemp("scale")) as run:
+        yield run
+        out = lab_api.get_config().state_dir / "scaleout-figures.json"
+        out.write_text(json.dumps(run.figures, indent=2) + "\n")
+        print(f"\nscale-out figures ({out}):\n{json.dumps(run.figures, indent=2)}")
 
 
 def _untouched() -> dict[str, str]:
@@ -491,57 +498,6 @@ def test_registry3_replicas_use_the_bucket_and_the_redis_cache(scale: Scale) -> 
     image = f"{ADDRESS}/scale/after3:1"
     image_id, _ = _push_random_image(scale, image, 2_000_000)
     _pulls_survive_either_replica_stopped(image, image_id)
-
-
-def _throughput(scale: Scale, label: str, clients: int, size: int) -> dict[str, float]:
-    layouts = []
-    for index in range(clients):
-        layout = scale.tmp / f"{label}-{index}"
-        _random_image(layout, size)
-        layouts.append(layout)
-
-    def push(index: int) -> None:
-        proc = scale.skopeo(["copy", "--dest-cert-dir", "@CERTS@", f"oci:{layouts[index]}",
-                             f"docker://{ADDRESS}/bench/{label}-{index}:1"])
-        assert proc.returncode == 0, proc.stderr
-
-    def pull(index: int) -> None:
-        proc = scale.skopeo(["copy", "--src-cert-dir", "@CERTS@",
-                             f"docker://{ADDRESS}/bench/{label}-{index}:1",
-                             f"dir:{scale.tmp}/{label}-out-{index}"])
-        assert proc.returncode == 0, proc.stderr
-
-    figures = {}
-    for verb, action in (("push", push), ("pull", pull)):
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=clients) as pool:
-            list(pool.map(action, range(clients)))
-        seconds = time.monotonic() - started
-        figures[f"{verb}_MBps"] = round(clients * size / seconds / 1e6, 1)
-        figures[f"{verb}_seconds"] = round(seconds, 2)
-    return figures
-
-
-def test_throughput_with_one_and_two_replicas(scale: Scale) -> None:
-    """Concurrent skopeo clients push, then pull, fresh random images through the load
-    balancer; one replica = the other in haproxy maintenance. Rounds alternate (one, two,
-    one, two) so that a busy moment on this shared machine does not favour one side."""
-    clients, size = 4, 16_000_000
-    rounds: dict[str, list[dict[str, float]]] = {"one_replica": [], "two_replicas": []}
-    for round_number in range(2):
-        _haproxy(f"set server registry/{REP2} state maint")
-        try:
-            _wait_states({REP1: "UP", REP2: "MAINT"})
-            rounds["one_replica"].append(
-                _throughput(scale, f"one{round_number}", clients, size))
-        finally:
-            _haproxy(f"set server registry/{REP2} state ready")
-        _wait_states({REP1: "UP", REP2: "UP"})
-        rounds["two_replicas"].append(_throughput(scale, f"two{round_number}", clients, size))
-    scale.figures["throughput"] = {
-        "clients": clients, "bytes_per_client": size, **rounds,
-        **{f"{side}_mean_{key}": round(sum(r[key] for r in runs) / len(runs), 1)
-           for side, runs in rounds.items() for key in ("push_MBps", "pull_MBps")}}
 
 
 def test_tls_termination_on_the_load_balancer(scale: Scale) -> None:
