@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -223,6 +224,28 @@ def test_b_token_grants_what_the_rules_say(site: Site) -> None:
     assert site.token(None, "repository:public/x:pull,push")["access"] == [
         {"type": "repository", "name": "public/x", "actions": ["pull"]}]
     assert site.token(None, "repository:team-a/app:pull")["access"] == []
+
+
+def test_b1_token_server_runs_as_a_sandboxed_dynamic_user(site: Site) -> None:
+    """systemd's own view: `systemd-analyze security` scores the unit at most 3.0, the
+    service has a dynamic user, its process is not root, and the files it reads stay
+    root-only on disk."""
+    start = time.monotonic()
+    unit = "registry-kit-token.service"
+    out = harness.ssh(SERVER, f"systemd-analyze security --no-pager {unit} | tail -n 1; "
+                      f"systemctl show -p User -p DynamicUser {unit}; echo \"process user=$("
+                      f"ps -o user= -p $(systemctl show -p MainPID --value {unit}))\"; "
+                      "stat -c '%U %a %n' /etc/registry-kit/token/signing.key "
+                      "/etc/registry-kit/token/policy.json /etc/registry-kit/auth/htpasswd").stdout
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)[1])
+    TIMES["systemd-analyze security score"] = score
+    print(f"\nsystemd-analyze security registry-kit-token.service: {score}")
+    assert score <= 3.0, out
+    assert "DynamicUser=yes" in out and "User=registry-kit-token" in out, out
+    user = re.search(r"process user=(\S*)", out)[1]
+    assert user and user != "root", out
+    assert out.count("root 600 ") == 3, out
+    TIMES["sandbox checks"] = round(time.monotonic() - start, 1)
 
 
 def test_c_removed_grant_stops_working_without_touching_the_registry(site: Site) -> None:

@@ -270,3 +270,34 @@ def test_hostile_patterns_and_names_are_refused_or_plain(pattern: str, name: str
         return
     assert policy is not None
     assert re.fullmatch(r"[a-z0-9._*/-]+", pattern) and re.fullmatch(r"[A-Za-z0-9._-]+", name)
+
+
+def test_token_server_unit_runs_sandboxed_on_copies_of_its_files(
+        make_settings: Callable[..., Settings]) -> None:
+    """A dynamic user without capabilities, every cheap systemd sandbox option, and the
+    files it needs copied at start by a privileged ExecStartPre into its own runtime
+    directory: it never opens the root-only originals under registry_config_dir."""
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    made = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                         registry_tls_mode="self-signed")
+    lines = token_auth.unit_text(made).decode().splitlines()
+    for setting in ("DynamicUser=yes", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+                    "ProtectSystem=strict", "PrivateTmp=yes",
+                    "RestrictAddressFamilies=AF_INET AF_INET6",
+                    "SystemCallFilter=@system-service", "MemoryDenyWriteExecute=yes",
+                    "UMask=0077", "ProtectProc=invisible", "ProcSubset=pid"):
+        assert setting in lines, setting
+    assert not any(line.startswith(("User=", "Group=", "AmbientCapabilities=CAP"))
+                   for line in lines)
+    start = next(line for line in lines if line.startswith("ExecStart=")).split()
+    copied = {arg for arg in start if arg.startswith("/run/")}
+    assert not any(made.registry_config_dir in arg for arg in start)
+    copy = next(line for line in lines if line.startswith("ExecStartPre=+/bin/cp ")).split()
+    sources, target = copy[1:-1], copy[-1]
+    assert target == f"{token_auth.RUNTIME_DIR}/"
+    assert all(source.startswith(made.registry_config_dir + "/") for source in sources)
+    # Each copy keeps its file name: the server's arguments name exactly the copies.
+    assert copied == {target + source.rsplit("/", 1)[1] for source in sources}
+    assert len(copied) == 6  # signing key and certificate, htpasswd, policy, TLS pair
+    assert (f"ExecStartPre=+/bin/chown -R --reference={token_auth.RUNTIME_DIR} "
+            f"{token_auth.RUNTIME_DIR}") in lines
