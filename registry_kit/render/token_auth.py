@@ -158,6 +158,15 @@ SANDBOX = (
 )
 
 
+def trusted_proxies(settings: Settings) -> list[str]:
+    """Where the web page's haproxy connects from (webui.local_target): the only peers
+    whose X-Forwarded-For the server believes, for its per-address login limits."""
+    bind = settings.registry_bind_address
+    local = [] if bind in (None, "0.0.0.0", "::") else [str(bind)]
+    return ["127.0.0.1", "::1", *(address for address in local if address not in
+                                  ("127.0.0.1", "::1"))]
+
+
 def unit_text(settings: Settings) -> bytes:
     """The systemd unit; every value in it is a checked path or address (no spaces).
 
@@ -181,6 +190,8 @@ def unit_text(settings: Settings) -> bytes:
             "--htpasswd", copy["htpasswd"], "--policy", copy["policy.json"]]
     if settings.tls_enabled:
         argv += ["--tls-cert", copy["server.crt"], "--tls-key", copy["server.key"]]
+    for address in trusted_proxies(settings):
+        argv += ["--trusted-proxy", address]
     service = [
         f"RuntimeDirectory={RUNTIME_DIR.removeprefix('/run/')}", "RuntimeDirectoryMode=0700",
         f"ExecStartPre=+/bin/cp {' '.join(sources.values())} {RUNTIME_DIR}/",

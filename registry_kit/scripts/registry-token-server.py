@@ -4,8 +4,12 @@
 # scope=TYPE:NAME:ACTIONS parameters answers a JWT (ES256, the signing certificate in its
 # x5c header, which registry 2.8 and 3.0 both verify against `rootcertbundle`) granting
 # the requested actions the policy allows. Users come from the registry's htpasswd (bcrypt),
-# rules from the kit's policy.json; both are re-read when they change on disk, so a deploy
-# that changes users or rules needs no restart of this server or of the registry.
+# rules from the kit's policy.json. Under the kit's unit it runs as a sandboxed dynamic user
+# and reads copies of both made at start (the kit restarts it when they change); it also
+# re-reads a file that changes on disk.
+#
+# Failed logins are limited per client address and per user name (LoginLimits): a guesser
+# gets 429 with Retry-After, and an unknown user costs the same bcrypt as a known one.
 #
 # Runs with Debian's python3-jwt, python3-bcrypt and python3-cryptography (no pip).
 # Logs one line per token request (user, scopes asked and granted, bcrypt checks made):
@@ -17,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -27,11 +32,19 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TOKEN_SECONDS = 300
 ACTIONS = ("pull", "push", "delete")
+# Failed logins: per client address 10 a minute (1,000 guesses take 99 minutes); per user
+# name 30 a minute, enforced only on addresses that failed themselves (see LoginLimits).
+ADDRESS_FAILURES_PER_MINUTE = 10
+USER_FAILURES_PER_MINUTE = 30
+LIMIT_KEYS = 50_000  # addresses or names remembered at most (memory stays bounded)
+DEFAULT_BCRYPT_COST = 10  # registry_kit.render.htpasswd.BCRYPT_ROUNDS
 
 
 class Files:
@@ -117,6 +130,79 @@ def grant(policy: dict, user: str | None, scope: str) -> dict | None:
     return {"type": "repository", "name": name, "actions": actions} if actions else None
 
 
+class Bucket:
+    """Failures allowed per key: a token bucket of `burst` refilled at `per_minute`.
+    `clock` is injected so tests can step through minutes."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = LIMIT_KEYS) -> None:
+        self.burst = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self.max_keys = max_keys
+        self.keys: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key: (level, at)
+
+    def level(self, key: str) -> float:
+        """Failures still allowed now (fractional)."""
+        level, at = self.keys.get(key, (self.burst, 0.0))
+        return min(self.burst, level + (self.clock() - at) * self.rate)
+
+    def wait(self, key: str) -> float:
+        """Seconds until the next failure is allowed (0: now)."""
+        level = self.level(key)
+        return 0.0 if level >= 1 else (1 - level) / self.rate
+
+    def take(self, key: str, amount: float = 1.0) -> None:
+        """One failure (negative: give one back)."""
+        level = min(self.burst, self.level(key) - amount)
+        self.keys[key] = (level, self.clock())
+        self.keys.move_to_end(key)
+        while len(self.keys) > self.max_keys:  # the least recently used key goes first
+            self.keys.popitem(last=False)
+
+    def clean(self, key: str) -> bool:
+        """No failure counted against `key` any more."""
+        return self.level(key) >= self.burst
+
+
+class LoginLimits:
+    """Failed logins limited per client address and per user name.
+
+    - Per address (10 a minute): a guesser from one address gets 429 with Retry-After once
+      it spent its failures, whatever user it tries.
+    - Per user name (30 a minute, over all addresses): slows guessing one user from many
+      addresses. It refuses only addresses that have failures of their own: a per-user
+      limit enforced everywhere would let anyone lock a user out, and the real user, from
+      an address without failures, still logs in at once.
+    An attempt is counted before bcrypt runs and given back when it succeeds, so concurrent
+    guesses cannot overrun a limit and a refused guess costs no bcrypt."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 per_address: int = ADDRESS_FAILURES_PER_MINUTE,
+                 per_user: int = USER_FAILURES_PER_MINUTE) -> None:
+        self.addresses = Bucket(per_address, clock=clock)
+        self.users = Bucket(per_user, clock=clock)
+        self.lock = threading.Lock()
+
+    def begin(self, address: str, user: str) -> int:
+        """Before a password check: 0 (go on; counted as a failure until `succeeded`) or
+        the seconds to wait (refused, nothing counted)."""
+        with self.lock:
+            wait = self.addresses.wait(address)
+            if not wait and not self.addresses.clean(address):
+                wait = self.users.wait(user)
+            if wait:
+                return max(1, int(wait + 0.999))
+            self.addresses.take(address)
+            self.users.take(user)
+            return 0
+
+    def succeeded(self, address: str, user: str) -> None:
+        with self.lock:
+            self.addresses.take(address, -1)
+            self.users.take(user, -1)
+
+
 class Checker:
     """bcrypt checks, remembered per (user, hash, password) for the process's life: a pull
     asks one token per repository, and bcrypt at cost 10 is ~60 ms. The memory holds an
@@ -126,18 +212,36 @@ class Checker:
     def __init__(self) -> None:
         self.key = secrets.token_bytes(32)
         self.known: set[bytes] = set()
+        self.dummies: dict[bytes, bytes] = {}
         self.lock = threading.Lock()
 
-    def check(self, user: str, password: str, hashed: str) -> tuple[bool, int]:
+    def dummy(self, cost: bytes) -> bytes:
+        """A hash of a random password at `cost` ("10"), made once per cost."""
+        import bcrypt
+
+        with self.lock:
+            if cost not in self.dummies:
+                salt = bcrypt.gensalt(rounds=int(cost))
+                self.dummies[cost] = bcrypt.hashpw(secrets.token_bytes(16), salt)
+            return self.dummies[cost]
+
+    def check(self, user: str, password: str, hashed: str | None,
+              cost: bytes = b"%d" % DEFAULT_BCRYPT_COST) -> tuple[bool, int]:
+        """(right password, bcrypt checks made). An unknown user (`hashed` None) or an
+        unusable hash costs one bcrypt at `cost` too (the users' own cost): the time of an
+        answer does not tell whether a user exists."""
         import bcrypt  # imported late: the server starts even while apt installs it
 
+        usable = hashed is not None and re.fullmatch(r"\$2[aby]\$\d\d\$.{53}", hashed)
+        if not usable:
+            bcrypt.checkpw(password.encode(), self.dummy(cost))
+            return False, 1
+        assert hashed is not None
         mark = hmac.new(self.key, f"{user}\0{hashed}\0{password}".encode(),
                         hashlib.sha256).digest()
         with self.lock:
             if mark in self.known:
                 return True, 0
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            return False, 0
         try:
             ok = bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
         except ValueError:
@@ -146,6 +250,34 @@ class Checker:
             with self.lock:
                 self.known.add(mark)
         return ok, 1
+
+
+def users_cost(users: dict[str, str]) -> bytes:
+    """The bcrypt cost of the users' hashes (the highest), for an unknown user's check."""
+    costs = [hashed[4:6] for hashed in users.values()
+             if re.fullmatch(r"\$2[aby]\$\d\d\$.{53}", hashed)]
+    return max(costs, default=str(DEFAULT_BCRYPT_COST)).encode()
+
+
+def client_address(peer: str, forwarded: str | None, trusted: frozenset[str]) -> str:
+    """The client's address: the peer's, or from a trusted proxy (the web page's haproxy
+    on this server, which sets the header itself) the X-Forwarded-For it sent. Anyone
+    else's header is ignored: a client could name any address."""
+    address = normal_address(peer)
+    if forwarded is not None and address in trusted:
+        claimed = forwarded.rpartition(",")[2].strip()
+        try:
+            return normal_address(claimed)
+        except ValueError:
+            return address
+    return address
+
+
+def normal_address(text: str) -> str:
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def x5c(cert_pem: bytes) -> list[str]:
@@ -165,6 +297,8 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     files: Files
     checker: Checker
+    limits: LoginLimits
+    trusted_proxies: frozenset[str] = frozenset()
     signing_key: Any
     chain: list[str]
 
@@ -213,11 +347,21 @@ class Handler(BaseHTTPRequestHandler):
         checks = 0
         if given is not None:
             name, password = given
-            hashed = users.get(name)
-            ok, checks = self.checker.check(name, password, hashed) if hashed else (False, 0)
-            if not ok:
-                self.refuse(f"user {name!r}: unknown user or wrong password (bcrypt={checks})")
+            address = client_address(self.client_address[0],
+                                     self.headers.get("X-Forwarded-For"), self.trusted_proxies)
+            wait = self.limits.begin(address, name)
+            if wait:
+                log(f"too many failed logins: user {name!r} from {address} (retry in {wait} s)")
+                self.reply(429, {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many "
+                                             "failed logins", "detail": None}]},
+                           {"Retry-After": str(wait)})
                 return
+            ok, checks = self.checker.check(name, password, users.get(name), users_cost(users))
+            if not ok:
+                self.refuse(f"user {name!r} from {address}: unknown user or wrong password "
+                            f"(bcrypt={checks})")
+                return
+            self.limits.succeeded(address, name)
             user = name
         scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
         access = [entry for entry in (grant(policy, user, s) for s in scopes) if entry]
@@ -271,6 +415,8 @@ def main() -> int:
     parser.add_argument("--signing-cert", required=True)
     parser.add_argument("--htpasswd", required=True)
     parser.add_argument("--policy", required=True)
+    parser.add_argument("--trusted-proxy", action="append", default=[],
+                        help="an address whose X-Forwarded-For names the client (repeat)")
     args = parser.parse_args()
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -281,6 +427,8 @@ def main() -> int:
     Handler.files = Files(args.htpasswd, args.policy)
     Handler.files.current(strict=True)  # a broken file stops the start (systemd shows it)
     Handler.checker = Checker()
+    Handler.limits = LoginLimits()
+    Handler.trusted_proxies = frozenset(normal_address(a) for a in args.trusted_proxy)
     address, _, port = args.listen.rpartition(":")
     context = None
     if args.tls_cert:

@@ -30,6 +30,7 @@ TOKEN_PORT = 5443
 ADDRESS = f"{DOMAIN}:{PORT}"
 SERVER = "lab-reg"
 CLIENT = "lab-client1"
+ATTACKER = "lab-client2"  # brute force and floods come from here (not a kit client)
 DENIED = "denied: requested access to the resource is denied"
 PASSWORDS = {"ci": "ci-password-0001", "reader": "reader-password-01",
              "admin": "admin-password-001"}
@@ -246,6 +247,30 @@ def test_b1_token_server_runs_as_a_sandboxed_dynamic_user(site: Site) -> None:
     assert user and user != "root", out
     assert out.count("root 600 ") == 3, out
     TIMES["sandbox checks"] = round(time.monotonic() - start, 1)
+
+
+def test_b2_failed_logins_are_limited_per_address_not_for_the_user_elsewhere(
+        site: Site) -> None:
+    """30 wrong passwords for ci from one lab host as fast as curl goes: 10 are checked
+    (401), the rest refused with 429 and a Retry-After; ci's right password from another
+    lab host works at once (docker login and a pull)."""
+    start = time.monotonic()
+    url = f"https://{DOMAIN}:{TOKEN_PORT}/token?service={ADDRESS}&scope=repository:team-a/app:pull"
+    out = harness.ssh(ATTACKER, "for i in $(seq 30); do curl -sk -o /dev/null --max-time 10 "
+                      "-u ci:wrong-password-$i -w '%{http_code} %header{retry-after}\\n' "
+                      f"'{url}'; done").stdout
+    answers = [line.split() for line in out.splitlines()]
+    assert len(answers) == 30, out
+    assert [answer[0] for answer in answers[:10]] == ["401"] * 10, out
+    limited = [answer for answer in answers[10:] if answer[0] == "429"]
+    assert len(limited) >= 15 and all(a[0] in ("401", "429") for a in answers), out
+    assert all(1 <= int(answer[1]) <= 6 for answer in limited), out
+    TIMES["30 wrong passwords from one host"] = round(time.monotonic() - start, 1)
+    print(f"\n30 wrong passwords from {ATTACKER}: {[' '.join(a) for a in answers]}")
+    assert login(site, "ci").returncode == 0  # the real user, from another host
+    proc = pull("team-a/app:v2-keep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    TIMES["brute-force check"] = round(time.monotonic() - start, 1)
 
 
 def test_c_removed_grant_stops_working_without_touching_the_registry(site: Site) -> None:

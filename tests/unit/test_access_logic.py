@@ -186,7 +186,7 @@ def test_bcrypt_is_checked_once_per_password_and_again_after_a_change() -> None:
     assert checker.check("ci", "wrong", hashed) == (False, 1)  # failures are not remembered
     rotated = "$2y$" + bcrypt.hashpw(b"pw-2", bcrypt.gensalt(rounds=4)).decode()[4:]
     assert checker.check("ci", "pw-1", rotated) == (False, 1)
-    assert checker.check("ci", "pw-1", "plain") == (False, 0)
+    assert checker.check("ci", "pw-1", "plain") == (False, 1)  # a dummy check: same cost
 
 
 def test_signing_key_is_private_and_the_token_verifies_with_its_certificate(
@@ -299,5 +299,95 @@ def test_token_server_unit_runs_sandboxed_on_copies_of_its_files(
     # Each copy keeps its file name: the server's arguments name exactly the copies.
     assert copied == {target + source.rsplit("/", 1)[1] for source in sources}
     assert len(copied) == 6  # signing key and certificate, htpasswd, policy, TLS pair
+    # The web page's haproxy (webui.local_target) is the one proxy whose header counts.
+    assert " --trusted-proxy 127.0.0.1 --trusted-proxy ::1" in " ".join(start)
+    bound = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                          registry_bind_address="10.1.2.3")
+    assert token_auth.trusted_proxies(bound) == ["127.0.0.1", "::1", "10.1.2.3"]
     assert (f"ExecStartPre=+/bin/chown -R --reference={token_auth.RUNTIME_DIR} "
             f"{token_auth.RUNTIME_DIR}") in lines
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_thousand_wrong_passwords_from_one_address_take_over_ten_minutes() -> None:
+    """A guesser that waits exactly as long as each 429's Retry-After says."""
+    clock = Clock()
+    limits = server.LoginLimits(clock=clock)
+    failures = refusals = 0
+    while failures < 1000:
+        wait = limits.begin("198.51.100.7", f"user{failures % 7}")
+        if wait:
+            refusals += 1
+            clock.now += wait
+            continue
+        failures += 1  # a wrong password: nothing given back
+    elapsed = clock.now - 1000.0
+    assert elapsed >= 600, elapsed
+    assert 5900 <= elapsed <= 6000  # 10 at once, then one every 6 s: 99 minutes
+
+
+def test_a_locked_address_does_not_lock_the_user_out_elsewhere() -> None:
+    clock = Clock()
+    limits = server.LoginLimits(clock=clock)
+    for _ in range(10):
+        assert limits.begin("198.51.100.7", "ci") == 0
+    wait = limits.begin("198.51.100.7", "ci")
+    assert wait == 6  # Retry-After: the next failure is allowed in 6 s
+    assert limits.begin("198.51.100.7", "reader") == 6  # per address, whatever the user
+    # The ten above were counted before any check (as concurrent guesses are).
+    assert limits.begin("198.51.100.8", "reader") == 0
+    # Many addresses guessing ci spend ci's own bucket (30 a minute over all addresses).
+    for index in range(20):
+        assert limits.begin(f"203.0.113.{index}", "ci") == 0
+    assert limits.begin("203.0.113.1", "ci") > 0  # an address that failed: refused
+    assert limits.begin("203.0.113.1", "ops") == 0  # other users are not affected
+    # The real user from an address without failures gets in at once, and is not counted.
+    for _ in range(50):
+        assert limits.begin("192.0.2.10", "ci") == 0
+        limits.succeeded("192.0.2.10", "ci")
+    clock.now += 60
+    assert limits.begin("198.51.100.7", "ci") == 0  # a minute later: allowed again
+
+
+def test_limits_remember_a_bounded_number_of_keys() -> None:
+    clock = Clock()
+    bucket = server.Bucket(10, clock=clock, max_keys=100)
+    for index in range(1000):
+        bucket.take(f"user-{index}")
+    assert len(bucket.keys) == 100 and "user-999" in bucket.keys
+
+
+def test_client_address_from_forwarded_only_behind_the_own_proxy() -> None:
+    trusted = frozenset({"127.0.0.1", "::1"})
+    address = server.client_address
+    assert address("198.51.100.7", "10.0.0.1", trusted) == "198.51.100.7"  # spoof ignored
+    assert address("127.0.0.1", "198.51.100.7", trusted) == "198.51.100.7"
+    assert address("::ffff:127.0.0.1", "spoof, 2001:db8::1", trusted) == "2001:db8::1"
+    assert address("127.0.0.1", "not-an-address", trusted) == "127.0.0.1"
+    assert address("127.0.0.1", None, trusted) == "127.0.0.1"
+
+
+def test_unknown_user_costs_one_bcrypt_at_the_users_cost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same work for an unknown user as for a wrong password: one bcrypt check against
+    a hash of the users' cost (the time of a 401 does not tell whether the user exists)."""
+    checker = server.Checker()
+    hashed = "$2y$" + bcrypt.hashpw(b"pw-1", bcrypt.gensalt(rounds=5)).decode()[4:]
+    cost = server.users_cost({"ci": hashed, "old": "plain"})
+    assert cost == b"05" and server.users_cost({}) == b"10"
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw",
+                        lambda password, stored: checked.append(stored[:7]) or real(password,
+                                                                                     stored))
+    assert checker.check("ci", "guess", hashed, cost) == (False, 1)
+    assert checker.check("nobody", "guess", None, cost) == (False, 1)
+    assert checker.check("old", "guess", "plain", cost) == (False, 1)
+    assert checked == [b"$2b$05$"] * 3
