@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -44,6 +45,14 @@ ACTIONS = ("pull", "push", "delete")
 ADDRESS_FAILURES_PER_MINUTE = 10
 USER_FAILURES_PER_MINUTE = 30
 LIMIT_KEYS = 50_000  # addresses or names remembered at most (memory stays bounded)
+# Floods: open connections (one thread each) at most; more wait in the kernel's listen
+# queue. Each connection lives at most CONNECTION_SECONDS (TLS handshake, request and
+# answer; a slowloris trickling a byte at a time is cut too). bcrypt runs on at most
+# one thread per core.
+MAX_CONNECTIONS = 1024
+CONNECTION_SECONDS = 10.0
+LISTEN_QUEUE = 1024
+THREAD_STACK = 512 * 1024
 DEFAULT_BCRYPT_COST = 10  # registry_kit.render.htpasswd.BCRYPT_ROUNDS
 
 
@@ -209,11 +218,12 @@ class Checker:
     HMAC of the password under a random per-process key, never the password; a changed
     hash in htpasswd (password rotation) misses it and is checked again."""
 
-    def __init__(self) -> None:
+    def __init__(self, checks_at_once: int = os.cpu_count() or 2) -> None:
         self.key = secrets.token_bytes(32)
         self.known: set[bytes] = set()
         self.dummies: dict[bytes, bytes] = {}
         self.lock = threading.Lock()
+        self.checking = threading.BoundedSemaphore(checks_at_once)
 
     def dummy(self, cost: bytes) -> bytes:
         """A hash of a random password at `cost` ("10"), made once per cost."""
@@ -234,7 +244,9 @@ class Checker:
 
         usable = hashed is not None and re.fullmatch(r"\$2[aby]\$\d\d\$.{53}", hashed)
         if not usable:
-            bcrypt.checkpw(password.encode(), self.dummy(cost))
+            dummy = self.dummy(cost)
+            with self.checking:
+                bcrypt.checkpw(password.encode(), dummy)
             return False, 1
         assert hashed is not None
         mark = hmac.new(self.key, f"{user}\0{hashed}\0{password}".encode(),
@@ -243,7 +255,8 @@ class Checker:
             if mark in self.known:
                 return True, 0
         try:
-            ok = bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
+            with self.checking:
+                ok = bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
         except ValueError:
             ok = False
         if ok:
@@ -381,26 +394,85 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
-    """TLS handshakes happen in each connection's thread (a slow client cannot hold up the
-    accept loop), with a timeout so a silent one does not keep a thread."""
+    """One thread per connection, at most `max_connections` at once: when all are taken,
+    the accept loop waits and further connections queue in the kernel. A connection lives
+    at most `seconds` from its accept, whatever it sends: a reaper thread shuts down the
+    ones over time (a per-read timeout alone lets a client trickle a byte at a time).
+    TLS handshakes happen in each connection's thread (a slow client cannot hold up the
+    accept loop)."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_QUEUE
 
-    def __init__(self, address: tuple[str, int], handler: type, context) -> None:
+    def __init__(self, address: tuple[str, int], handler: type, context, *,
+                 max_connections: int = MAX_CONNECTIONS,
+                 seconds: float = CONNECTION_SECONDS) -> None:
         self.context = context
+        self.seconds = seconds
+        self.slots = threading.BoundedSemaphore(max_connections)
+        # id(accepted socket) -> (a duplicate to shut the connection down with, deadline)
+        self.connections: dict[int, tuple[socket.socket, float]] = {}
+        self.connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+        threading.Thread(target=self.reap_forever, name="reaper", daemon=True).start()
+
+    def process_request(self, request, client_address) -> None:
+        self.slots.acquire()
+        try:
+            request.settimeout(self.seconds)
+            with self.connections_lock:
+                self.connections[id(request)] = (request.dup(),
+                                                 time.monotonic() + self.seconds)
+            super().process_request(request, client_address)
+        except BaseException:
+            self.forget(request)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.forget(request)
+
+    def forget(self, request) -> None:
+        with self.connections_lock:
+            entry = self.connections.pop(id(request), None)
+        if entry is not None:
+            entry[0].close()
+        self.slots.release()
+
+    def reap_forever(self, interval: float = 0.25) -> None:
+        while True:
+            time.sleep(interval)
+            self.reap()
+
+    def reap(self) -> int:
+        """Shut down the connections over their time; how many."""
+        now = time.monotonic()
+        with self.connections_lock:
+            late = [(key, duplicate) for key, (duplicate, deadline)
+                    in self.connections.items() if deadline <= now]
+            for key, duplicate in late:
+                self.connections[key] = (duplicate, float("inf"))  # once
+        for _, duplicate in late:
+            with contextlib.suppress(OSError):
+                duplicate.shutdown(socket.SHUT_RDWR)  # the thread's reads end at once
+        return len(late)
+
+    def open_connections(self) -> int:
+        with self.connections_lock:
+            return len(self.connections)
 
     def handle_error(self, request, client_address) -> None:
-        # A load balancer's TCP check or a client that hangs up mid-handshake: one line,
-        # not a traceback every two seconds.
+        # A load balancer's TCP check, a client that hangs up mid-handshake or a connection
+        # cut at its deadline: one line at most, not a traceback every two seconds.
         error = sys.exc_info()[1]
-        if not isinstance(error, ssl.SSLError | ConnectionError | TimeoutError):
+        if not isinstance(error, ssl.SSLError | ConnectionError | TimeoutError | OSError):
             log(f"request from {client_address[0]} failed: {error!r}")
 
     def finish_request(self, request, client_address) -> None:
-        request.settimeout(30)
         if self.context is not None:
             request = self.context.wrap_socket(request, server_side=True)
         super().finish_request(request, client_address)
@@ -435,6 +507,7 @@ def main() -> int:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(args.tls_cert, args.tls_key)
+    threading.stack_size(THREAD_STACK)  # up to MAX_CONNECTIONS threads: small stacks
     server = Server((address.strip("[]"), int(port)), Handler, context)
     log(f"listening on {args.listen} ({'TLS' if args.tls_cert else 'plain HTTP'})")
     server.serve_forever()

@@ -6,10 +6,16 @@ end (tests/e2e/test_access.py); these pin the decisions."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import importlib.util
 import json
 import re
-from collections.abc import Callable
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +397,134 @@ def test_unknown_user_costs_one_bcrypt_at_the_users_cost(
     assert checker.check("nobody", "guess", None, cost) == (False, 1)
     assert checker.check("old", "guess", "plain", cost) == (False, 1)
     assert checked == [b"$2b$05$"] * 3
+
+
+# --------------------------------------------------------------- the server over HTTP
+RIGHT = "right-password-1"
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """start(**Server options) -> the real server (plain HTTP) on 127.0.0.1, in a thread,
+    with user ci (password RIGHT) and the test rules; 127.0.0.1 is its trusted proxy, so a
+    test names client addresses with X-Forwarded-For."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    started: list[Any] = []
+
+    def start(**options: Any) -> Any:
+        htpasswd, policy = tmp_path / "htpasswd", tmp_path / "policy.json"
+        hashed = bcrypt.hashpw(RIGHT.encode(), bcrypt.gensalt(rounds=4)).decode()
+        htpasswd.write_text(f"ci:$2y${hashed[4:]}\n")
+        policy.write_text(json.dumps(_document()))
+        files = server.Files(str(htpasswd), str(policy))
+        files.current(strict=True)
+        handler = type("Handler", (server.Handler,), {
+            "files": files, "checker": server.Checker(), "limits": server.LoginLimits(),
+            "trusted_proxies": frozenset({"127.0.0.1"}), "chain": [],
+            "signing_key": ec.generate_private_key(ec.SECP256R1())})
+        running = server.Server(("127.0.0.1", 0), handler, None, **options)
+        threading.Thread(target=running.serve_forever, daemon=True).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.shutdown()
+        running.server_close()
+
+
+def ask(running: Any, *, user: str | None = "ci", password: str = RIGHT,
+        client: str | None = None, scope: str = "repository:team-a/app:pull",
+        timeout: float = 10) -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection(*running.server_address, timeout=timeout)
+    headers = {"X-Forwarded-For": client} if client else {}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode()
+    query = urllib.parse.urlencode({"service": "registry.lab:5000", "scope": scope})
+    connection.request("GET", f"/token?{query}", headers=headers)
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    return answer.status, dict(answer.headers)
+
+
+def test_guessing_gets_429_and_the_user_still_logs_in_from_elsewhere(
+        token_server: Callable[..., Any]) -> None:
+    running = token_server()
+    assert [ask(running, password=f"guess-{i}", client="198.51.100.7")[0]
+            for i in range(10)] == [401] * 10
+    status, headers = ask(running, client="198.51.100.7")  # even the right password
+    assert status == 429 and headers["Retry-After"] == "6"
+    assert ask(running, client="192.0.2.10")[0] == 200  # the user, from elsewhere
+    assert ask(running, user="nobody", client="198.51.100.7")[0] == 429
+    assert ask(running, user=None, client="198.51.100.7")[0] == 200  # anonymous: no check
+
+
+def closed_after(connection: socket.socket, limit: float) -> float:
+    """Seconds until the server closes `connection` (reads until EOF or reset)."""
+    start = time.monotonic()
+    connection.settimeout(limit)
+    try:
+        while connection.recv(1024):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+def test_idle_and_trickling_connections_are_cut_and_bounded(
+        token_server: Callable[..., Any]) -> None:
+    """Slowloris: 8 idle connections against a server of 4 connections of 1 s each. None
+    lives past its second, no more than 4 are open at once, and a real request that queued
+    behind them is answered once their time is up."""
+    running = token_server(max_connections=4, seconds=1.0)
+    idle = [socket.create_connection(running.server_address) for _ in range(8)]
+    time.sleep(0.3)
+    assert running.open_connections() == 4  # the other 4 wait in the listen queue
+    start = time.monotonic()
+    assert ask(running)[0] == 200
+    waited = time.monotonic() - start
+    assert 0.5 < waited < 4, waited  # behind two rounds of idle connections
+    assert all(closed_after(connection, 3) < 3 for connection in idle)
+    for connection in idle:
+        connection.close()
+    # Trickling a byte every 0.2 s (each read within any per-read timeout): cut at 1 s.
+    trickler = socket.create_connection(running.server_address)
+    start = time.monotonic()
+    with contextlib.suppress(OSError):
+        for byte in b"GET /token HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            trickler.send(bytes([byte]))
+            time.sleep(0.2)
+    assert time.monotonic() - start < 2.5
+    trickler.close()
+
+
+def test_bcrypt_runs_on_few_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 concurrent wrong passwords do not run 200 bcrypts at once."""
+    checker = server.Checker(checks_at_once=2)
+    running = peak = 0
+    lock = threading.Lock()
+    real = bcrypt.checkpw
+
+    def counted(password: bytes, stored: bytes) -> bool:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(password, stored)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(bcrypt, "checkpw", counted)
+    hashed = "$2y$" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()[4:]
+    threads = [threading.Thread(target=checker.check, args=("ci", f"guess{i}", hashed))
+               for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 2
