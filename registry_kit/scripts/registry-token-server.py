@@ -301,8 +301,18 @@ def x5c(cert_pem: bytes) -> list[str]:
     return [base64.b64encode(cert.public_bytes(Encoding.DER)).decode()]
 
 
+def escaped(value: str) -> str:
+    """A value from a request, for a log line: backslash escapes for every control
+    character, backslash and non-ASCII character ("a\\nb" for a line break): a user name
+    or scope cannot end a journal line, add one or send terminal escapes."""
+    return value.encode("unicode_escape").decode("ascii")
+
+
 def log(message: str) -> None:
-    print(f"registry-token-server: {message}", file=sys.stderr, flush=True)
+    """One journal line. Values from requests are `escaped` where they are formatted in;
+    anything unprintable left is escaped here too."""
+    line = "".join(char if char.isprintable() else escaped(char) for char in message)
+    print(f"registry-token-server: {line}", file=sys.stderr, flush=True)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -364,15 +374,16 @@ class Handler(BaseHTTPRequestHandler):
                                      self.headers.get("X-Forwarded-For"), self.trusted_proxies)
             wait = self.limits.begin(address, name)
             if wait:
-                log(f"too many failed logins: user {name!r} from {address} (retry in {wait} s)")
+                log(f"too many failed logins: user '{escaped(name)}' from {escaped(address)} "
+                    f"(retry in {wait} s)")
                 self.reply(429, {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many "
                                              "failed logins", "detail": None}]},
                            {"Retry-After": str(wait)})
                 return
             ok, checks = self.checker.check(name, password, users.get(name), users_cost(users))
             if not ok:
-                self.refuse(f"user {name!r} from {address}: unknown user or wrong password "
-                            f"(bcrypt={checks})")
+                self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
+                            f"wrong password (bcrypt={checks})")
                 return
             self.limits.succeeded(address, name)
             user = name
@@ -387,8 +398,9 @@ class Handler(BaseHTTPRequestHandler):
         token = jwt.encode(claims, self.signing_key, algorithm="ES256",
                            headers={"x5c": self.chain})
         shown = ", ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access)
-        log(f"token user={user or '(anonymous)'} asked={' '.join(scopes) or '-'} "
-            f"granted={shown or '-'} bcrypt={checks}")
+        log(f"token user={escaped(user) if user else '(anonymous)'} "
+            f"asked={escaped(' '.join(scopes)) or '-'} granted={escaped(shown) or '-'} "
+            f"bcrypt={checks}")
         self.reply(200, {"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
                          "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
 
@@ -470,7 +482,7 @@ class Server(ThreadingHTTPServer):
         # cut at its deadline: one line at most, not a traceback every two seconds.
         error = sys.exc_info()[1]
         if not isinstance(error, ssl.SSLError | ConnectionError | TimeoutError | OSError):
-            log(f"request from {client_address[0]} failed: {error!r}")
+            log(f"request from {escaped(str(client_address[0]))} failed: {error!r}")
 
     def finish_request(self, request, client_address) -> None:
         if self.context is not None:

@@ -373,6 +373,20 @@ def test_b3_a_pull_succeeds_during_a_connection_flood(site: Site) -> None:
     TIMES["flood check"] = round(time.monotonic() - start, 1)
 
 
+def test_b4_a_line_break_in_a_scope_stays_on_its_journal_line(site: Site) -> None:
+    """journald splits a service's output at line breaks: a scope holding one must reach
+    the journal escaped, on the token line it belongs to (no forged entry)."""
+    start = time.monotonic()
+    marker = f"forged-{time.time_ns()}"
+    site.token("ci", f"repository:team-a/app\nregistry-token-server: {marker}\x1b[2K:pull")
+    out = harness.ssh(SERVER, "journalctl -u registry-kit-token.service -o cat --since -5min "
+                      f"| grep -a {marker}").stdout
+    assert len(out.splitlines()) == 1, out
+    assert out.startswith("registry-token-server: token user=ci asked=repository:team-a/app"
+                          f"\\nregistry-token-server: {marker}\\x1b[2K:pull"), out
+    TIMES["journal check"] = round(time.monotonic() - start, 1)
+
+
 def test_c_removed_grant_stops_working_without_touching_the_registry(site: Site) -> None:
     before = container()
     assert login(site, "reader").returncode == 0

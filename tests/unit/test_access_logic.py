@@ -528,3 +528,26 @@ def test_bcrypt_runs_on_few_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> 
     for thread in threads:
         thread.join()
     assert peak == 2
+
+
+def test_values_from_requests_are_escaped_in_the_log(
+        token_server: Callable[..., Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A scope or user name holding a line break or a terminal escape stays on its log
+    line, visibly escaped: no forged journal line, no escape sequence reaches a terminal."""
+    running = token_server()
+    capsys.readouterr()
+    hostile = "repository:team-a/app\nregistry-token-server: token user=admin\x1b[2K:pull"
+    assert ask(running, scope=hostile)[0] == 200
+    assert ask(running, user="ci\nregistry-token-server forged\x1b[2K", client="192.0.2.5",
+               password="wrong")[0] == 401
+    assert ask(running, user="é\u2028x", client="192.0.2.5", password="wrong")[0] == 401
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert all(line.startswith("registry-token-server: ") for line in lines)
+    assert "\x1b" not in err and "\u2028" not in err and err.count("\n") == 3
+    assert "asked=repository:team-a/app\\nregistry-token-server: token user=admin\\x1b[2K:pull" \
+        in lines[0]
+    assert "user 'ci\\nregistry-token-server forged\\x1b[2K' from 192.0.2.5" in lines[1]
+    assert "user '\\xe9\\u2028x'" in lines[2]
+    assert server.escaped("a\\b") == "a\\\\b"  # a backslash itself is escaped: unambiguous
