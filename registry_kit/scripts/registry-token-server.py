@@ -44,6 +44,7 @@ ACTIONS = ("pull", "push", "delete")
 # name 30 a minute, enforced only on addresses that failed themselves (see LoginLimits).
 ADDRESS_FAILURES_PER_MINUTE = 10
 USER_FAILURES_PER_MINUTE = 30
+FAILED_ADDRESS_SECONDS = 900  # an address with a failure this recent counts as a guesser
 LIMIT_KEYS = 50_000  # addresses or names remembered at most (memory stays bounded)
 # Floods: open connections (one thread each) at most; more wait in the kernel's listen
 # queue. Each connection lives at most CONNECTION_SECONDS (TLS handshake, request and
@@ -169,9 +170,6 @@ class Bucket:
         while len(self.keys) > self.max_keys:  # the least recently used key goes first
             self.keys.popitem(last=False)
 
-    def clean(self, key: str) -> bool:
-        """No failure counted against `key` any more."""
-        return self.level(key) >= self.burst
 
 
 class LoginLimits:
@@ -180,25 +178,35 @@ class LoginLimits:
     - Per address (10 a minute): a guesser from one address gets 429 with Retry-After once
       it spent its failures, whatever user it tries.
     - Per user name (30 a minute, over all addresses): slows guessing one user from many
-      addresses. It refuses only addresses that have failures of their own: a per-user
-      limit enforced everywhere would let anyone lock a user out, and the real user, from
-      an address without failures, still logs in at once.
+      addresses. It refuses only addresses with a failure in the last 15 minutes: a
+      per-user limit enforced everywhere would let anyone lock a user out, and the real
+      user, from an address without recent failures, still logs in at once. (So each
+      address of a distributed guesser gets one guess per 15 minutes at a user whose
+      bucket is spent.)
     An attempt is counted before bcrypt runs and given back when it succeeds, so concurrent
     guesses cannot overrun a limit and a refused guess costs no bcrypt."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  per_address: int = ADDRESS_FAILURES_PER_MINUTE,
-                 per_user: int = USER_FAILURES_PER_MINUTE) -> None:
-        self.addresses = Bucket(per_address, clock=clock)
-        self.users = Bucket(per_user, clock=clock)
+                 per_user: int = USER_FAILURES_PER_MINUTE,
+                 max_keys: int = LIMIT_KEYS) -> None:
+        self.clock = clock
+        self.addresses = Bucket(per_address, clock=clock, max_keys=max_keys)
+        self.users = Bucket(per_user, clock=clock, max_keys=max_keys)
+        self.max_keys = max_keys
+        self.failed_at: OrderedDict[str, float] = OrderedDict()  # address: last failure
         self.lock = threading.Lock()
+
+    def recently_failed(self, address: str) -> bool:
+        at = self.failed_at.get(address)
+        return at is not None and self.clock() - at < FAILED_ADDRESS_SECONDS
 
     def begin(self, address: str, user: str) -> int:
         """Before a password check: 0 (go on; counted as a failure until `succeeded`) or
         the seconds to wait (refused, nothing counted)."""
         with self.lock:
             wait = self.addresses.wait(address)
-            if not wait and not self.addresses.clean(address):
+            if not wait and self.recently_failed(address):
                 wait = self.users.wait(user)
             if wait:
                 return max(1, int(wait + 0.999))
@@ -210,6 +218,13 @@ class LoginLimits:
         with self.lock:
             self.addresses.take(address, -1)
             self.users.take(user, -1)
+
+    def failed(self, address: str) -> None:
+        with self.lock:
+            self.failed_at[address] = self.clock()
+            self.failed_at.move_to_end(address)
+            while len(self.failed_at) > self.max_keys:
+                self.failed_at.popitem(last=False)
 
 
 class Checker:
@@ -382,6 +397,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             ok, checks = self.checker.check(name, password, users.get(name), users_cost(users))
             if not ok:
+                self.limits.failed(address)
                 self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
                             f"wrong password (bcrypt={checks})")
                 return

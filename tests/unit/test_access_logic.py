@@ -334,6 +334,7 @@ def test_thousand_wrong_passwords_from_one_address_take_over_ten_minutes() -> No
             clock.now += wait
             continue
         failures += 1  # a wrong password: nothing given back
+        limits.failed("198.51.100.7")
     elapsed = clock.now - 1000.0
     assert elapsed >= 600, elapsed
     assert 5900 <= elapsed <= 6000  # 10 at once, then one every 6 s: 99 minutes
@@ -352,8 +353,17 @@ def test_a_locked_address_does_not_lock_the_user_out_elsewhere() -> None:
     # Many addresses guessing ci spend ci's own bucket (30 a minute over all addresses).
     for index in range(20):
         assert limits.begin(f"203.0.113.{index}", "ci") == 0
+        limits.failed(f"203.0.113.{index}")
     assert limits.begin("203.0.113.1", "ci") > 0  # an address that failed: refused
     assert limits.begin("203.0.113.1", "ops") == 0  # other users are not affected
+    # 13 s on, its own bucket is full again but the address failed recently: while others
+    # keep ci's bucket spent, it gets no second guess at ci (for 15 minutes).
+    clock.now += 13
+    assert limits.addresses.level("203.0.113.1") == 10
+    for index in range(20, 27):
+        assert limits.begin(f"203.0.113.{index}", "ci") == 0
+        limits.failed(f"203.0.113.{index}")
+    assert limits.begin("203.0.113.1", "ci") > 0
     # The real user from an address without failures gets in at once, and is not counted.
     for _ in range(50):
         assert limits.begin("192.0.2.10", "ci") == 0
