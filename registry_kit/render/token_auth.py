@@ -6,7 +6,8 @@ put these on servers are registry_kit.operations.token_auth.
 Used when `registry_access_rules` is set (registry_kit.access). The registry's config.yml
 then has `auth.token` (realm: this server's https://DOMAIN:registry_token_port/token,
 rootcertbundle: the signing certificate) instead of `auth.htpasswd`; the token server
-(scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json.
+(scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json
+(copies made at its start: see unit_text).
 
 Control machine: the signing key (EC P-256, made with cryptography, 0600) and its
 self-signed certificate live in registry_state_dir/token/, one per domain, so every replica
