@@ -307,7 +307,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     # Access rules: the token server beside the registry (registry_kit.operations.token_auth).
     token_ops = []
     if token_render.enabled(settings):
-        token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops))
+        token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops,
+                                                   htpasswd_op=htpasswd_op))
     else:
         token_auth.token_off(settings, state)
     config = render_config(settings, http_secret, cache=cache,

@@ -2,9 +2,10 @@
 as a systemd service beside the registry, its signing key, and the policy it enforces.
 
 Used when `registry_access_rules` is set (registry_kit.access); what the files hold is
-registry_kit.render.token_auth. The token server reads the registry's htpasswd and the
-kit's policy.json, and re-reads both when they change, so a run that changes users, groups
-or rules restarts nothing.
+registry_kit.render.token_auth. The token server reads copies of the registry's htpasswd
+and the kit's policy.json made when it starts (it runs as a dynamic user that cannot read
+the originals), so a run that changes users, groups or rules restarts it (a second or so);
+the registry itself is not touched.
 Reads: registry_access_rules (through Settings.registry_access), registry_config_dir and
 what registry_kit.render.token_auth reads.
 """
@@ -59,8 +60,8 @@ def install_python_packages(state: HostState):
 
 @operation()
 def token_service(state: HostState, restart: bool):
-    """Started and enabled; restarted when its unit, script, key or TLS files changed
-    (never for htpasswd or the policy: the server re-reads those itself)."""
+    """Started and enabled; restarted when its unit, script or any file it copies at start
+    (key, certificates, htpasswd, policy) changed."""
     active, is_enabled = state.services.get(SERVICE_NAME, (False, False))
     if restart:
         yield (f"systemctl daemon-reload && systemctl enable {q(SERVICE_NAME)} && "
@@ -72,9 +73,10 @@ def token_service(state: HostState, restart: bool):
     yield f"systemctl daemon-reload && systemctl enable --now {q(SERVICE_NAME)}"
 
 
-def token_deploy(settings: Settings, state: HostState, tls_ops: list):
+def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_op):
     """Files and the service, on a server with access rules. Returns the signing
-    certificate's upload (a changed certificate needs a registry restart)."""
+    certificate's upload (a changed certificate needs a registry restart). `tls_ops` and
+    `htpasswd_op`: the uploads of the other files the server copies at start."""
     paths = TokenPaths(settings.registry_config_dir)
     key_pem, cert_pem = signing_material(settings)
     install_python_packages(state, name="Install the token server's Python packages")
@@ -86,15 +88,15 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list):
     cert_op = remote.managed_file(paths.signing_cert, cert_pem, "0644",
                                   state.files.get(paths.signing_cert),
                                   name="Upload the token signing certificate")
-    remote.managed_file(paths.policy, policy_text(settings), "0600",
-                        state.files.get(paths.policy),
-                        name="Upload the access policy (re-read by the token server)")
+    policy_op = remote.managed_file(paths.policy, policy_text(settings), "0600",
+                                    state.files.get(paths.policy),
+                                    name="Upload the access policy")
     script_op = remote.managed_file(SCRIPT_PATH, package_data.script(SCRIPT_NAME), "0755",
                                     state.files.get(SCRIPT_PATH),
                                     name=f"Install {SCRIPT_PATH}")
     unit_op = remote.managed_file(UNIT_PATH, unit_text(settings), "0644",
                                   state.files.get(UNIT_PATH), name=f"Install {UNIT_PATH}")
-    changed = [key_op, cert_op, script_op, unit_op, *tls_ops]
+    changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops]
     token_service(state, restart=False, name=f"Start {SERVICE_NAME}",
                   _if=lambda: not any(op.did_change() for op in changed))
     token_service(state, restart=True, name=f"Restart {SERVICE_NAME} for its changed files",

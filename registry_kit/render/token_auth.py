@@ -6,7 +6,8 @@ put these on servers are registry_kit.operations.token_auth.
 Used when `registry_access_rules` is set (registry_kit.access). The registry's config.yml
 then has `auth.token` (realm: this server's https://DOMAIN:registry_token_port/token,
 rootcertbundle: the signing certificate) instead of `auth.htpasswd`; the token server
-(scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json.
+(scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json
+(copies made at its start: see unit_text).
 
 Control machine: the signing key (EC P-256, made with cryptography, 0600) and its
 self-signed certificate live in registry_state_dir/token/, one per domain, so every replica
@@ -137,23 +138,70 @@ def listen_address(settings: Settings) -> str:
     return f"{address}:{settings.registry_token_port}"
 
 
+# The server's own copies of its files, made at each start (see unit_text).
+RUNTIME_DIR = "/run/registry-kit-token"
+# Every systemd sandboxing option the server works under (systemd 252, Debian 12): it only
+# reads its copied files and answers on one TCP port. MemoryDenyWriteExecute holds with
+# Debian's python3, bcrypt and cryptography (seen in the lab).
+SANDBOX = (
+    "DynamicUser=yes", "UMask=0077", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+    "AmbientCapabilities=", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+    "PrivateDevices=yes", "DevicePolicy=closed", "PrivateIPC=yes", "ProtectHostname=yes",
+    "ProtectClock=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes", "ProtectControlGroups=yes", "ProtectProc=invisible",
+    "ProcSubset=pid", "RestrictAddressFamilies=AF_INET AF_INET6", "RestrictNamespaces=yes",
+    "RestrictRealtime=yes", "RestrictSUIDSGID=yes", "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes", "RemoveIPC=yes", "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged @resources",
+    "SystemCallErrorNumber=EPERM",
+    # Connections are bounded in the server (two descriptors each): room for them.
+    "LimitNOFILE=4096",
+)
+
+
+def trusted_proxies(settings: Settings) -> list[str]:
+    """Where the web page's haproxy connects from (webui.local_target): the only peers
+    whose X-Forwarded-For the server believes, for its per-address login limits."""
+    bind = settings.registry_bind_address
+    local = [] if bind in (None, "0.0.0.0", "::") else [str(bind)]
+    return ["127.0.0.1", "::1", *(address for address in local if address not in
+                                  ("127.0.0.1", "::1"))]
+
+
 def unit_text(settings: Settings) -> bytes:
-    """The systemd unit; every value in it is a checked path or address (no spaces)."""
+    """The systemd unit; every value in it is a checked path or address (no spaces).
+
+    The server runs as a dynamic user with no capabilities. Its files stay root 0600 on
+    disk: a privileged ExecStartPre ("+") copies them into its runtime directory (fresh at
+    each start, the dynamic user's, 0700) and hands them over. LoadCredential= would do the
+    same, but its ramfs needs shared mount propagation, which systemd does not set up in a
+    container host (the credentials came out empty in the lab). The copies are made at
+    start, so the deploy restarts the service when htpasswd or the policy change."""
     paths = TokenPaths(settings.registry_config_dir)
     certs = f"{settings.registry_config_dir}/certs"
+    sources = {"signing.key": paths.signing_key, "token-signing.crt": paths.signing_cert,
+               "htpasswd": f"{settings.registry_config_dir}/auth/htpasswd",
+               "policy.json": paths.policy}
+    if settings.tls_enabled:
+        sources |= {"server.crt": f"{certs}/server.crt", "server.key": f"{certs}/server.key"}
+    copy = {name: f"{RUNTIME_DIR}/{name}" for name in sources}
     argv = ["/usr/bin/python3", SCRIPT_PATH,
             "--listen", listen_address(settings),
-            "--signing-key", paths.signing_key, "--signing-cert", paths.signing_cert,
-            "--htpasswd", f"{settings.registry_config_dir}/auth/htpasswd",
-            "--policy", paths.policy]
+            "--signing-key", copy["signing.key"], "--signing-cert", copy["token-signing.crt"],
+            "--htpasswd", copy["htpasswd"], "--policy", copy["policy.json"]]
     if settings.tls_enabled:
-        argv += ["--tls-cert", f"{certs}/server.crt", "--tls-key", f"{certs}/server.key"]
+        argv += ["--tls-cert", copy["server.crt"], "--tls-key", copy["server.key"]]
+    for address in trusted_proxies(settings):
+        argv += ["--trusted-proxy", address]
+    service = [
+        f"RuntimeDirectory={RUNTIME_DIR.removeprefix('/run/')}", "RuntimeDirectoryMode=0700",
+        f"ExecStartPre=+/bin/cp {' '.join(sources.values())} {RUNTIME_DIR}/",
+        f"ExecStartPre=+/bin/chown -R --reference={RUNTIME_DIR} {RUNTIME_DIR}",
+        f"ExecStart={' '.join(argv)}",
+        "Restart=always", "RestartSec=2", *SANDBOX,
+    ]
     return ("# Managed by registry-kit (registry_kit/render/token_auth.py)\n"
             "[Unit]\nDescription=registry-kit token server for the registry's token auth\n"
             "After=network-online.target\nWants=network-online.target\n\n"
-            "[Service]\n"
-            f"ExecStart={' '.join(argv)}\n"
-            "Restart=always\nRestartSec=2\n"
-            "NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\n"
-            "PrivateDevices=yes\nProtectKernelTunables=yes\nProtectControlGroups=yes\n"
+            "[Service]\n" + "".join(f"{line}\n" for line in service) +
             "\n[Install]\nWantedBy=multi-user.target\n").encode()

@@ -140,6 +140,10 @@ def render_haproxy(settings: Settings) -> str:
             "    http-response set-header X-Registry-Authenticate %[res.fhdr(WWW-Authenticate)]"
             " if { res.hdr(WWW-Authenticate) -m found }",
             "    http-response del-header WWW-Authenticate",
+            # The token server limits failed logins per client address and trusts this
+            # header from here only: set (a client's own value is dropped), not appended.
+            *(["    http-request set-header X-Forwarded-For %[src]"] if backend == "token"
+              else []),
             f"    server {backend} {address} ssl verify required ca-file {CA}"
             f" verifyhost {domain} sni str({domain})",
             "",

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ TOKEN_PORT = 5443
 ADDRESS = f"{DOMAIN}:{PORT}"
 SERVER = "lab-reg"
 CLIENT = "lab-client1"
+ATTACKER = "lab-client2"  # brute force and floods come from here (not a kit client)
 DENIED = "denied: requested access to the resource is denied"
 PASSWORDS = {"ci": "ci-password-0001", "reader": "reader-password-01",
              "admin": "admin-password-001"}
@@ -223,6 +226,165 @@ def test_b_token_grants_what_the_rules_say(site: Site) -> None:
     assert site.token(None, "repository:public/x:pull,push")["access"] == [
         {"type": "repository", "name": "public/x", "actions": ["pull"]}]
     assert site.token(None, "repository:team-a/app:pull")["access"] == []
+
+
+def test_b1_token_server_runs_as_a_sandboxed_dynamic_user(site: Site) -> None:
+    """systemd's own view: `systemd-analyze security` scores the unit at most 3.0, the
+    service has a dynamic user, its process is not root, and the files it reads stay
+    root-only on disk."""
+    start = time.monotonic()
+    unit = "registry-kit-token.service"
+    out = harness.ssh(SERVER, f"systemd-analyze security --no-pager {unit} | tail -n 1; "
+                      f"systemctl show -p User -p DynamicUser {unit}; echo \"process user=$("
+                      f"ps -o user= -p $(systemctl show -p MainPID --value {unit}))\"; "
+                      "stat -c '%U %a %n' /etc/registry-kit/token/signing.key "
+                      "/etc/registry-kit/token/policy.json /etc/registry-kit/auth/htpasswd").stdout
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)[1])
+    TIMES["systemd-analyze security score"] = score
+    print(f"\nsystemd-analyze security registry-kit-token.service: {score}")
+    assert score <= 3.0, out
+    assert "DynamicUser=yes" in out and "User=registry-kit-token" in out, out
+    user = re.search(r"process user=(\S*)", out)[1]
+    assert user and user != "root", out
+    assert out.count("root 600 ") == 3, out
+    TIMES["sandbox checks"] = round(time.monotonic() - start, 1)
+
+
+def test_b2_failed_logins_are_limited_per_address_not_for_the_user_elsewhere(
+        site: Site) -> None:
+    """30 wrong passwords for ci from one lab host as fast as curl goes: 10 are checked
+    (401), the rest refused with 429 and a Retry-After; ci's right password from another
+    lab host works at once (docker login and a pull)."""
+    start = time.monotonic()
+    url = f"https://{DOMAIN}:{TOKEN_PORT}/token?service={ADDRESS}&scope=repository:team-a/app:pull"
+    out = harness.ssh(ATTACKER, "for i in $(seq 30); do curl -sk -o /dev/null --max-time 10 "
+                      "-u ci:wrong-password-$i -w '%{http_code} %header{retry-after}\\n' "
+                      f"'{url}'; done").stdout
+    answers = [line.split() for line in out.splitlines()]
+    assert len(answers) == 30, out
+    assert [answer[0] for answer in answers[:10]] == ["401"] * 10, out
+    limited = [answer for answer in answers[10:] if answer[0] == "429"]
+    assert len(limited) >= 15 and all(a[0] in ("401", "429") for a in answers), out
+    assert all(1 <= int(answer[1]) <= 6 for answer in limited), out
+    TIMES["30 wrong passwords from one host"] = round(time.monotonic() - start, 1)
+    print(f"\n30 wrong passwords from {ATTACKER}: {[' '.join(a) for a in answers]}")
+    assert login(site, "ci").returncode == 0  # the real user, from another host
+    proc = pull("team-a/app:v2-keep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    TIMES["brute-force check"] = round(time.monotonic() - start, 1)
+
+
+# Run on the attacking lab host (python3 there), against the lab server's token port only,
+# bounded in time (argv) and count: IDLE connections held open and reopened when cut (a
+# slowloris), WRONG threads asking tokens with wrong passwords, at most 40 requests each.
+FLOOD = """
+import base64, json, socket, ssl, sys, threading, time
+host, port, service, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+IDLE, WRONG, PER_THREAD = 500, 200, 40
+threading.stack_size(256 * 1024)
+end = time.monotonic() + seconds
+lock = threading.Lock()
+stats = {"idle_opened": 0, "idle_cut_by_server": 0, "idle_open_max": 0, "answers": {}}
+now_open = [0]
+
+def idle():
+    while time.monotonic() < end:
+        try:
+            conn = socket.create_connection((host, port), timeout=5)
+        except OSError:
+            time.sleep(0.5)
+            continue
+        with lock:
+            stats["idle_opened"] += 1
+            now_open[0] += 1
+            stats["idle_open_max"] = max(stats["idle_open_max"], now_open[0])
+        conn.settimeout(max(0.1, end - time.monotonic()))
+        try:
+            cut = not conn.recv(1)
+        except socket.timeout:
+            cut = False
+        except OSError:
+            cut = True
+        conn.close()
+        with lock:
+            now_open[0] -= 1
+            stats["idle_cut_by_server"] += cut
+
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+
+def wrong(index):
+    for n in range(PER_THREAD):
+        if time.monotonic() >= end:
+            return
+        auth = base64.b64encode(f"ci:wrong-{index}-{n}".encode()).decode()
+        try:
+            with context.wrap_socket(socket.create_connection((host, port), timeout=15),
+                                     server_hostname=host) as conn:
+                conn.sendall(f"GET /token?service={service}&scope=repository:team-a/app:pull"
+                             f" HTTP/1.0\\r\\nHost: {host}\\r\\nAuthorization: Basic {auth}"
+                             "\\r\\n\\r\\n".encode())
+                status = conn.recv(64).split(b" ")[1].decode()
+        except (OSError, IndexError) as error:
+            status = type(error).__name__
+        with lock:
+            stats["answers"][status] = stats["answers"].get(status, 0) + 1
+        time.sleep(0.5)
+
+threads = [threading.Thread(target=idle) for _ in range(IDLE)]
+threads += [threading.Thread(target=wrong, args=(i,)) for i in range(WRONG)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(stats))
+"""
+
+
+def test_b3_a_pull_succeeds_during_a_connection_flood(site: Site) -> None:
+    """500 idle connections (reopened when the server cuts them) and 200 threads of
+    wrong-password token requests from one lab host for 20 s; meanwhile a docker pull
+    through the access rules on the client host succeeds, in a stated time."""
+    start = time.monotonic()
+    quiet_start = time.monotonic()
+    proc = pull("team-a/app:v2-keep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    quiet = time.monotonic() - quiet_start
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    flood = threading.Thread(target=lambda: result.update(flood=harness.ssh(
+        ATTACKER, f"python3 - {DOMAIN} {TOKEN_PORT} {ADDRESS} 20", stdin=FLOOD, timeout=60)))
+    flood.start()
+    time.sleep(5)  # the idle connections are open, the guesses running
+    during_start = time.monotonic()
+    proc = pull("team-a/app:v2-keep")
+    during = time.monotonic() - during_start
+    flood.join()
+    stats = json.loads(result["flood"].stdout)
+    TIMES["pull without flood"] = round(quiet, 1)
+    TIMES["pull during flood"] = round(during, 1)
+    print(f"\nflood from {ATTACKER}: {json.dumps(stats)}\npull: {quiet:.1f} s without, "
+          f"{during:.1f} s during the flood")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert during < 20, during
+    assert stats["idle_open_max"] >= 450, stats  # the flood really held the connections
+    assert stats["idle_cut_by_server"] >= 400, stats  # and the server cut them
+    assert stats["answers"].get("429", 0) > 100, stats
+    TIMES["flood check"] = round(time.monotonic() - start, 1)
+
+
+def test_b4_a_line_break_in_a_scope_stays_on_its_journal_line(site: Site) -> None:
+    """journald splits a service's output at line breaks: a scope holding one must reach
+    the journal escaped, on the token line it belongs to (no forged entry)."""
+    start = time.monotonic()
+    marker = f"forged-{time.time_ns()}"
+    site.token("ci", f"repository:team-a/app\nregistry-token-server: {marker}\x1b[2K:pull")
+    out = harness.ssh(SERVER, "journalctl -u registry-kit-token.service -o cat --since -5min "
+                      f"| grep -a {marker}").stdout
+    assert len(out.splitlines()) == 1, out
+    assert out.startswith("registry-token-server: token user=ci asked=repository:team-a/app"
+                          f"\\nregistry-token-server: {marker}\\x1b[2K:pull"), out
+    TIMES["journal check"] = round(time.monotonic() - start, 1)
 
 
 def test_c_removed_grant_stops_working_without_touching_the_registry(site: Site) -> None:

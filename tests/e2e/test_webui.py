@@ -474,6 +474,11 @@ def test_rules_page_passes_token_requests_to_the_token_server(with_rules: Site) 
     status, headers, _ = curl(f"/token?service={ADDRESS}", user=LIMITED, password="wrong",
                               ip=site.ip)
     assert status == 401 and "www-authenticate" not in headers
+    # The token server limits failed logins per client address: through the page it names
+    # the client (X-Forwarded-For, set by haproxy), not haproxy's own 127.0.0.1.
+    line = harness.ssh(SERVER, "journalctl -u registry-kit-token.service -o cat -n 200 | "
+                       f"grep -a \"refused: user '{LIMITED}' from\" | tail -n 1").stdout
+    assert " from " in line and " from 127.0.0.1:" not in line, line
 
 
 def test_rules_wrong_password_at_the_token_server(browser: Any, with_rules: Site) -> None:

@@ -6,10 +6,16 @@ end (tests/e2e/test_access.py); these pin the decisions."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import importlib.util
 import json
 import re
-from collections.abc import Callable
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +192,7 @@ def test_bcrypt_is_checked_once_per_password_and_again_after_a_change() -> None:
     assert checker.check("ci", "wrong", hashed) == (False, 1)  # failures are not remembered
     rotated = "$2y$" + bcrypt.hashpw(b"pw-2", bcrypt.gensalt(rounds=4)).decode()[4:]
     assert checker.check("ci", "pw-1", rotated) == (False, 1)
-    assert checker.check("ci", "pw-1", "plain") == (False, 0)
+    assert checker.check("ci", "pw-1", "plain") == (False, 1)  # a dummy check: same cost
 
 
 def test_signing_key_is_private_and_the_token_verifies_with_its_certificate(
@@ -270,3 +276,288 @@ def test_hostile_patterns_and_names_are_refused_or_plain(pattern: str, name: str
         return
     assert policy is not None
     assert re.fullmatch(r"[a-z0-9._*/-]+", pattern) and re.fullmatch(r"[A-Za-z0-9._-]+", name)
+
+
+def test_token_server_unit_runs_sandboxed_on_copies_of_its_files(
+        make_settings: Callable[..., Settings]) -> None:
+    """A dynamic user without capabilities, every cheap systemd sandbox option, and the
+    files it needs copied at start by a privileged ExecStartPre into its own runtime
+    directory: it never opens the root-only originals under registry_config_dir."""
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    made = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                         registry_tls_mode="self-signed")
+    lines = token_auth.unit_text(made).decode().splitlines()
+    for setting in ("DynamicUser=yes", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+                    "ProtectSystem=strict", "PrivateTmp=yes",
+                    "RestrictAddressFamilies=AF_INET AF_INET6",
+                    "SystemCallFilter=@system-service", "MemoryDenyWriteExecute=yes",
+                    "UMask=0077", "ProtectProc=invisible", "ProcSubset=pid"):
+        assert setting in lines, setting
+    assert not any(line.startswith(("User=", "Group=", "AmbientCapabilities=CAP"))
+                   for line in lines)
+    start = next(line for line in lines if line.startswith("ExecStart=")).split()
+    copied = {arg for arg in start if arg.startswith("/run/")}
+    assert not any(made.registry_config_dir in arg for arg in start)
+    copy = next(line for line in lines if line.startswith("ExecStartPre=+/bin/cp ")).split()
+    sources, target = copy[1:-1], copy[-1]
+    assert target == f"{token_auth.RUNTIME_DIR}/"
+    assert all(source.startswith(made.registry_config_dir + "/") for source in sources)
+    # Each copy keeps its file name: the server's arguments name exactly the copies.
+    assert copied == {target + source.rsplit("/", 1)[1] for source in sources}
+    assert len(copied) == 6  # signing key and certificate, htpasswd, policy, TLS pair
+    # The web page's haproxy (webui.local_target) is the one proxy whose header counts.
+    assert " --trusted-proxy 127.0.0.1 --trusted-proxy ::1" in " ".join(start)
+    bound = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
+                          registry_bind_address="10.1.2.3")
+    assert token_auth.trusted_proxies(bound) == ["127.0.0.1", "::1", "10.1.2.3"]
+    assert (f"ExecStartPre=+/bin/chown -R --reference={token_auth.RUNTIME_DIR} "
+            f"{token_auth.RUNTIME_DIR}") in lines
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_thousand_wrong_passwords_from_one_address_take_over_ten_minutes() -> None:
+    """A guesser that waits exactly as long as each 429's Retry-After says."""
+    clock = Clock()
+    limits = server.LoginLimits(clock=clock)
+    failures = refusals = 0
+    while failures < 1000:
+        wait = limits.begin("198.51.100.7", f"user{failures % 7}")
+        if wait:
+            refusals += 1
+            clock.now += wait
+            continue
+        failures += 1  # a wrong password: nothing given back
+        limits.failed("198.51.100.7")
+    elapsed = clock.now - 1000.0
+    assert elapsed >= 600, elapsed
+    assert 5900 <= elapsed <= 6000  # 10 at once, then one every 6 s: 99 minutes
+
+
+def test_a_locked_address_does_not_lock_the_user_out_elsewhere() -> None:
+    clock = Clock()
+    limits = server.LoginLimits(clock=clock)
+    for _ in range(10):
+        assert limits.begin("198.51.100.7", "ci") == 0
+    wait = limits.begin("198.51.100.7", "ci")
+    assert wait == 6  # Retry-After: the next failure is allowed in 6 s
+    assert limits.begin("198.51.100.7", "reader") == 6  # per address, whatever the user
+    # The ten above were counted before any check (as concurrent guesses are).
+    assert limits.begin("198.51.100.8", "reader") == 0
+    # Many addresses guessing ci spend ci's own bucket (30 a minute over all addresses).
+    for index in range(20):
+        assert limits.begin(f"203.0.113.{index}", "ci") == 0
+        limits.failed(f"203.0.113.{index}")
+    assert limits.begin("203.0.113.1", "ci") > 0  # an address that failed: refused
+    assert limits.begin("203.0.113.1", "ops") == 0  # other users are not affected
+    # 13 s on, its own bucket is full again but the address failed recently: while others
+    # keep ci's bucket spent, it gets no second guess at ci (for 15 minutes).
+    clock.now += 13
+    assert limits.addresses.level("203.0.113.1") == 10
+    for index in range(20, 27):
+        assert limits.begin(f"203.0.113.{index}", "ci") == 0
+        limits.failed(f"203.0.113.{index}")
+    assert limits.begin("203.0.113.1", "ci") > 0
+    # The real user from an address without failures gets in at once, and is not counted.
+    for _ in range(50):
+        assert limits.begin("192.0.2.10", "ci") == 0
+        limits.succeeded("192.0.2.10", "ci")
+    clock.now += 60
+    assert limits.begin("198.51.100.7", "ci") == 0  # a minute later: allowed again
+
+
+def test_limits_remember_a_bounded_number_of_keys() -> None:
+    clock = Clock()
+    bucket = server.Bucket(10, clock=clock, max_keys=100)
+    for index in range(1000):
+        bucket.take(f"user-{index}")
+    assert len(bucket.keys) == 100 and "user-999" in bucket.keys
+
+
+def test_client_address_from_forwarded_only_behind_the_own_proxy() -> None:
+    trusted = frozenset({"127.0.0.1", "::1"})
+    address = server.client_address
+    assert address("198.51.100.7", "10.0.0.1", trusted) == "198.51.100.7"  # spoof ignored
+    assert address("127.0.0.1", "198.51.100.7", trusted) == "198.51.100.7"
+    assert address("::ffff:127.0.0.1", "spoof, 2001:db8::1", trusted) == "2001:db8::1"
+    assert address("127.0.0.1", "not-an-address", trusted) == "127.0.0.1"
+    assert address("127.0.0.1", None, trusted) == "127.0.0.1"
+
+
+def test_unknown_user_costs_one_bcrypt_at_the_users_cost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same work for an unknown user as for a wrong password: one bcrypt check against
+    a hash of the users' cost (the time of a 401 does not tell whether the user exists)."""
+    checker = server.Checker()
+    hashed = "$2y$" + bcrypt.hashpw(b"pw-1", bcrypt.gensalt(rounds=5)).decode()[4:]
+    cost = server.users_cost({"ci": hashed, "old": "plain"})
+    assert cost == b"05" and server.users_cost({}) == b"10"
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw",
+                        lambda password, stored: checked.append(stored[:7]) or real(password,
+                                                                                     stored))
+    assert checker.check("ci", "guess", hashed, cost) == (False, 1)
+    assert checker.check("nobody", "guess", None, cost) == (False, 1)
+    assert checker.check("old", "guess", "plain", cost) == (False, 1)
+    assert checked == [b"$2b$05$"] * 3
+
+
+# --------------------------------------------------------------- the server over HTTP
+RIGHT = "right-password-1"
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """start(**Server options) -> the real server (plain HTTP) on 127.0.0.1, in a thread,
+    with user ci (password RIGHT) and the test rules; 127.0.0.1 is its trusted proxy, so a
+    test names client addresses with X-Forwarded-For."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    started: list[Any] = []
+
+    def start(**options: Any) -> Any:
+        htpasswd, policy = tmp_path / "htpasswd", tmp_path / "policy.json"
+        hashed = bcrypt.hashpw(RIGHT.encode(), bcrypt.gensalt(rounds=4)).decode()
+        htpasswd.write_text(f"ci:$2y${hashed[4:]}\n")
+        policy.write_text(json.dumps(_document()))
+        files = server.Files(str(htpasswd), str(policy))
+        files.current(strict=True)
+        handler = type("Handler", (server.Handler,), {
+            "files": files, "checker": server.Checker(), "limits": server.LoginLimits(),
+            "trusted_proxies": frozenset({"127.0.0.1"}), "chain": [],
+            "signing_key": ec.generate_private_key(ec.SECP256R1())})
+        running = server.Server(("127.0.0.1", 0), handler, None, **options)
+        threading.Thread(target=running.serve_forever, daemon=True).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.shutdown()
+        running.server_close()
+
+
+def ask(running: Any, *, user: str | None = "ci", password: str = RIGHT,
+        client: str | None = None, scope: str = "repository:team-a/app:pull",
+        timeout: float = 10) -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection(*running.server_address, timeout=timeout)
+    headers = {"X-Forwarded-For": client} if client else {}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode()
+    query = urllib.parse.urlencode({"service": "registry.lab:5000", "scope": scope})
+    connection.request("GET", f"/token?{query}", headers=headers)
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    return answer.status, dict(answer.headers)
+
+
+def test_guessing_gets_429_and_the_user_still_logs_in_from_elsewhere(
+        token_server: Callable[..., Any]) -> None:
+    running = token_server()
+    assert [ask(running, password=f"guess-{i}", client="198.51.100.7")[0]
+            for i in range(10)] == [401] * 10
+    status, headers = ask(running, client="198.51.100.7")  # even the right password
+    assert status == 429 and headers["Retry-After"] == "6"
+    assert ask(running, client="192.0.2.10")[0] == 200  # the user, from elsewhere
+    assert ask(running, user="nobody", client="198.51.100.7")[0] == 429
+    assert ask(running, user=None, client="198.51.100.7")[0] == 200  # anonymous: no check
+
+
+def closed_after(connection: socket.socket, limit: float) -> float:
+    """Seconds until the server closes `connection` (reads until EOF or reset)."""
+    start = time.monotonic()
+    connection.settimeout(limit)
+    try:
+        while connection.recv(1024):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+def test_idle_and_trickling_connections_are_cut_and_bounded(
+        token_server: Callable[..., Any]) -> None:
+    """Slowloris: 8 idle connections against a server of 4 connections of 1 s each. None
+    lives past its second, no more than 4 are open at once, and a real request that queued
+    behind them is answered once their time is up."""
+    running = token_server(max_connections=4, seconds=1.0)
+    idle = [socket.create_connection(running.server_address) for _ in range(8)]
+    time.sleep(0.3)
+    assert running.open_connections() == 4  # the other 4 wait in the listen queue
+    start = time.monotonic()
+    assert ask(running)[0] == 200
+    waited = time.monotonic() - start
+    assert 0.5 < waited < 4, waited  # behind two rounds of idle connections
+    assert all(closed_after(connection, 3) < 3 for connection in idle)
+    for connection in idle:
+        connection.close()
+    # Trickling a byte every 0.2 s (each read within any per-read timeout): cut at 1 s.
+    trickler = socket.create_connection(running.server_address)
+    start = time.monotonic()
+    with contextlib.suppress(OSError):
+        for byte in b"GET /token HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            trickler.send(bytes([byte]))
+            time.sleep(0.2)
+    assert time.monotonic() - start < 2.5
+    trickler.close()
+
+
+def test_bcrypt_runs_on_few_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 concurrent wrong passwords do not run 200 bcrypts at once."""
+    checker = server.Checker(checks_at_once=2)
+    running = peak = 0
+    lock = threading.Lock()
+    real = bcrypt.checkpw
+
+    def counted(password: bytes, stored: bytes) -> bool:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(password, stored)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(bcrypt, "checkpw", counted)
+    hashed = "$2y$" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()[4:]
+    threads = [threading.Thread(target=checker.check, args=("ci", f"guess{i}", hashed))
+               for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 2
+
+
+def test_values_from_requests_are_escaped_in_the_log(
+        token_server: Callable[..., Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """A scope or user name holding a line break or a terminal escape stays on its log
+    line, visibly escaped: no forged journal line, no escape sequence reaches a terminal."""
+    running = token_server()
+    capsys.readouterr()
+    hostile = "repository:team-a/app\nregistry-token-server: token user=admin\x1b[2K:pull"
+    assert ask(running, scope=hostile)[0] == 200
+    assert ask(running, user="ci\nregistry-token-server forged\x1b[2K", client="192.0.2.5",
+               password="wrong")[0] == 401
+    assert ask(running, user="é\u2028x", client="192.0.2.5", password="wrong")[0] == 401
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert all(line.startswith("registry-token-server: ") for line in lines)
+    assert "\x1b" not in err and "\u2028" not in err and err.count("\n") == 3
+    assert "asked=repository:team-a/app\\nregistry-token-server: token user=admin\\x1b[2K:pull" \
+        in lines[0]
+    assert "user 'ci\\nregistry-token-server forged\\x1b[2K' from 192.0.2.5" in lines[1]
+    assert "user '\\xe9\\u2028x'" in lines[2]
+    assert server.escaped("a\\b") == "a\\\\b"  # a backslash itself is escaped: unambiguous

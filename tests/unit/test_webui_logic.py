@@ -119,6 +119,11 @@ def test_with_access_rules_the_token_server_is_on_this_origin(
             "/etc/registry-kit-webui/ca.crt verifyhost registry.lab sni str(registry.lab)"
             ) in config
     assert 'string "not found" unless api || { path /token }' in config
+    # The token server limits failed logins per client address: haproxy names the client
+    # (set: a client's own X-Forwarded-For does not pass), for the token backend only.
+    token_backend = config.split("backend token\n")[1]
+    assert "    http-request set-header X-Forwarded-For %[src]\n" in token_backend
+    assert config.count("X-Forwarded-For") == 1
     # The whole challenge: res.hdr would split Bearer realm="..",service="..",scope=".." at
     # its commas and keep the last part (seen in the lab before this was fhdr).
     assert config.count("X-Registry-Authenticate %[res.fhdr(WWW-Authenticate)]") == 2
