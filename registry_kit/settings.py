@@ -9,15 +9,16 @@ machine and wrapped in Secret so they never show in a repr or a log line.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from registry_kit import access
 from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
@@ -128,6 +129,28 @@ class Secret:
         return hash(self._value)
 
 
+_T = TypeVar("_T")
+
+
+def masked_repr(*names: str) -> Callable[[type[_T]], type[_T]]:
+    """A class decorator, above @dataclass: its repr shows *** for the named fields (which
+    hold a secret or something derived from one) when they are set."""
+    def decorate(cls: type[_T]) -> type[_T]:
+        def __repr__(self: Any) -> str:
+            shown = []
+            for item in dataclasses.fields(self):
+                value = getattr(self, item.name)
+                if item.name in names:
+                    shown.append(f"{item.name}=***" if value else f"{item.name}={value!r}")
+                elif item.repr:
+                    shown.append(f"{item.name}={value!r}")
+            return f"{type(self).__qualname__}({', '.join(shown)})"
+        cls.__repr__ = __repr__  # type: ignore[method-assign]
+        return cls
+    return decorate
+
+
+@masked_repr("password_hash")
 @dataclass(frozen=True)
 class User:
     name: str
