@@ -241,6 +241,8 @@ class Settings:
     registry_proxy_username: str | None = None
     registry_proxy_password: Secret | None = None
     registry_proxy_ttl: str | None = None
+    registry_proxy_anonymous_acknowledged: bool = False
+    registry_proxy_plaintext_acknowledged: bool = False
     # The registry web page (registry_kit.operations.webui).
     registry_webui_enabled: bool = False
     registry_webui_port: int = 5444
@@ -718,7 +720,7 @@ _PROXY_TTL_RE = re.compile(r"[1-9][0-9]{0,5}(m|h)")
 _PROXY_USER_RE = re.compile(r"[!#-&(-\[\]-~]{1,128}")  # printable, no space ' " \\
 
 
-def _read_backup_and_mode(r: _Reader) -> dict[str, Any]:
+def _read_backup_and_mode(r: _Reader, users: Sequence[User], server: bool) -> dict[str, Any]:
     """backup.py / restore.py folders, and the pull-through cache settings."""
     found: dict[str, Any] = {}
     for key in ("registry_backup_dir", "registry_restore_from"):
@@ -757,9 +759,25 @@ def _read_backup_and_mode(r: _Reader) -> dict[str, Any]:
     if ttl is not None and not (isinstance(ttl, str) and _PROXY_TTL_RE.fullmatch(ttl)):
         raise r.fail("registry_proxy_ttl", ttl, "None (the registry's 168h) or a duration "
                      "like 72h or 90m")
+    anonymous = r.boolean("registry_proxy_anonymous_acknowledged")
+    plaintext = r.boolean("registry_proxy_plaintext_acknowledged")
+    if mode == "pull-through-cache" and username is not None:
+        # The cache pulls with these credentials for whoever asks it: without users of its
+        # own, anyone who reaches it reads the private upstream.
+        if server and not users and not anonymous:
+            raise r.fail("registry_proxy_username", username, "None on a cache without "
+                         "registry_users: anyone who reaches the cache could pull the private "
+                         "upstream's images with these credentials; add registry_users or set "
+                         "registry_proxy_anonymous_acknowledged=True")
+        if str(remote_url).lower().startswith("http://") and not plaintext:
+            raise r.fail("registry_proxy_remoteurl", remote_url, "an https:// URL when "
+                         "registry_proxy_username is set: the upstream password would cross "
+                         "the network in clear; use https or set "
+                         "registry_proxy_plaintext_acknowledged=True")
     found.update(registry_mode=mode, registry_proxy_remoteurl=remote_url,
                  registry_proxy_username=username, registry_proxy_password=password,
-                 registry_proxy_ttl=ttl)
+                 registry_proxy_ttl=ttl, registry_proxy_anonymous_acknowledged=anonymous,
+                 registry_proxy_plaintext_acknowledged=plaintext)
     return found
 
 
@@ -934,7 +952,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
         registry_access=access_policy,
         registry_token_port=token_port,
         **scale_out,
-        **_read_backup_and_mode(r),
+        **_read_backup_and_mode(r, users, server),
         **webui,
     )
 
