@@ -84,6 +84,8 @@ registry_proxy_remoteurl = None  # cache: URL of the registry to cache, e.g. htt
 registry_proxy_username = None  # cache: user at the remote registry (with the password)
 registry_proxy_password = None  # cache: {"env": NAME} or {"file": PATH} for that user
 registry_proxy_ttl = None  # cache: e.g. "72h", registry 3 only (2.8 keeps blobs 168h)
+registry_proxy_anonymous_acknowledged = False  # cache: True: no users though it logs in upstream
+registry_proxy_plaintext_acknowledged = False  # cache: True to send the upstream login over http://
 
 # --- Control machine ---
 registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from registry_kit.commands import OSInfo, q
+from registry_kit.settings import masked_repr
 
 _SECTION = "@@registry-kit:"
 HOSTS_MARKER = "# registry-kit"
@@ -40,6 +41,8 @@ class ContainerState:
     version_label: str = ""  # its image's org.opencontainers.image.version, if any
 
 
+# The htpasswd hashes and the login marker (a hash of the client password) are secrets.
+@masked_repr("htpasswd", "login_marker")
 @dataclass
 class HostState:
     os: OSInfo = field(default_factory=lambda: OSInfo(id="unknown"))

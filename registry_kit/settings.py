@@ -9,15 +9,16 @@ machine and wrapped in Secret so they never show in a repr or a log line.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from registry_kit import access
 from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
@@ -128,6 +129,28 @@ class Secret:
         return hash(self._value)
 
 
+_T = TypeVar("_T")
+
+
+def masked_repr(*names: str) -> Callable[[type[_T]], type[_T]]:
+    """A class decorator, above @dataclass: its repr shows *** for the named fields (which
+    hold a secret or something derived from one) when they are set."""
+    def decorate(cls: type[_T]) -> type[_T]:
+        def __repr__(self: Any) -> str:
+            shown = []
+            for item in dataclasses.fields(self):
+                value = getattr(self, item.name)
+                if item.name in names:
+                    shown.append(f"{item.name}=***" if value else f"{item.name}={value!r}")
+                elif item.repr:
+                    shown.append(f"{item.name}={value!r}")
+            return f"{type(self).__qualname__}({', '.join(shown)})"
+        cls.__repr__ = __repr__  # type: ignore[method-assign]
+        return cls
+    return decorate
+
+
+@masked_repr("password_hash")
 @dataclass(frozen=True)
 class User:
     name: str
@@ -218,6 +241,8 @@ class Settings:
     registry_proxy_username: str | None = None
     registry_proxy_password: Secret | None = None
     registry_proxy_ttl: str | None = None
+    registry_proxy_anonymous_acknowledged: bool = False
+    registry_proxy_plaintext_acknowledged: bool = False
     # The registry web page (registry_kit.operations.webui).
     registry_webui_enabled: bool = False
     registry_webui_port: int = 5444
@@ -695,7 +720,7 @@ _PROXY_TTL_RE = re.compile(r"[1-9][0-9]{0,5}(m|h)")
 _PROXY_USER_RE = re.compile(r"[!#-&(-\[\]-~]{1,128}")  # printable, no space ' " \\
 
 
-def _read_backup_and_mode(r: _Reader) -> dict[str, Any]:
+def _read_backup_and_mode(r: _Reader, users: Sequence[User], server: bool) -> dict[str, Any]:
     """backup.py / restore.py folders, and the pull-through cache settings."""
     found: dict[str, Any] = {}
     for key in ("registry_backup_dir", "registry_restore_from"):
@@ -734,9 +759,25 @@ def _read_backup_and_mode(r: _Reader) -> dict[str, Any]:
     if ttl is not None and not (isinstance(ttl, str) and _PROXY_TTL_RE.fullmatch(ttl)):
         raise r.fail("registry_proxy_ttl", ttl, "None (the registry's 168h) or a duration "
                      "like 72h or 90m")
+    anonymous = r.boolean("registry_proxy_anonymous_acknowledged")
+    plaintext = r.boolean("registry_proxy_plaintext_acknowledged")
+    if mode == "pull-through-cache" and username is not None:
+        # The cache pulls with these credentials for whoever asks it: without users of its
+        # own, anyone who reaches it reads the private upstream.
+        if server and not users and not anonymous:
+            raise r.fail("registry_proxy_username", username, "None on a cache without "
+                         "registry_users: anyone who reaches the cache could pull the private "
+                         "upstream's images with these credentials; add registry_users or set "
+                         "registry_proxy_anonymous_acknowledged=True")
+        if str(remote_url).lower().startswith("http://") and not plaintext:
+            raise r.fail("registry_proxy_remoteurl", remote_url, "an https:// URL when "
+                         "registry_proxy_username is set: the upstream password would cross "
+                         "the network in clear; use https or set "
+                         "registry_proxy_plaintext_acknowledged=True")
     found.update(registry_mode=mode, registry_proxy_remoteurl=remote_url,
                  registry_proxy_username=username, registry_proxy_password=password,
-                 registry_proxy_ttl=ttl)
+                 registry_proxy_ttl=ttl, registry_proxy_anonymous_acknowledged=anonymous,
+                 registry_proxy_plaintext_acknowledged=plaintext)
     return found
 
 
@@ -911,7 +952,7 @@ def load(host: str, data: Mapping[str, Any], *, base_dir: Path | None = None,
         registry_access=access_policy,
         registry_token_port=token_port,
         **scale_out,
-        **_read_backup_and_mode(r),
+        **_read_backup_and_mode(r, users, server),
         **webui,
     )
 

@@ -1,11 +1,13 @@
 """Garbage collection when several registry replicas share one storage (gc.py, scale-out).
 
 Which replicas share storage: those whose `registry_storage` has the same driver and the
-same location (s3: endpoint or region, bucket, rootdirectory; azure: account, container,
-realm/serviceurl, rootdirectory; gcs: bucket, rootdirectory). Credentials do not matter:
-two key pairs on one bucket still share it. filesystem and inmemory storage are each
-server's own (a filesystem folder on NFS is not detected: the kit cannot see that), so
-those servers keep the one-server-at-a-time collection of registry_kit.gc.
+same location (s3: bucket, rootdirectory and the endpoint, normalised and compared by the
+addresses it resolves to on the control machine, any doubt counting as shared; azure:
+account, container, realm/serviceurl, rootdirectory; gcs: bucket, rootdirectory).
+Credentials do not matter: two key pairs on one bucket still share it. filesystem and
+inmemory storage are each server's own (a filesystem folder on NFS is not detected: the
+kit cannot see that), so those servers keep the one-server-at-a-time collection of
+registry_kit.gc.
 
 The registry's docs require every writer to be read-only for the whole collection (mark
 and sweep): a blob pushed through a writable replica during the mark phase is swept. So a
@@ -40,6 +42,10 @@ rotation of registry_kit.scaleout, registry_cache_* of the cache host.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import posixpath
+import socket
 import ssl
 import urllib.error
 import urllib.parse
@@ -71,29 +77,136 @@ REDIS_CONFIG = "/etc/redis/redis.conf"  # registry_kit.cache writes it (requirep
 
 
 def storage_location(storage: Storage) -> tuple[Any, ...] | None:
-    """What identifies the place a storage keeps its data; None: this server's own."""
+    """What identifies the place a storage keeps its data; None: this server's own. For s3
+    the endpoint is normalised (s3_endpoint) but not resolved: may_share compares that."""
     keys = LOCATION_KEYS.get(storage.driver)
     if keys is None:
         return None
     params = dict(storage.params)
-    if storage.driver == "s3" and params.get("regionendpoint"):
+    if storage.driver == "s3":
         params.pop("region", None)  # the endpoint names the store; region only signs
-        params["regionendpoint"] = str(params["regionendpoint"]).rstrip("/")
+        params.pop("regionendpoint", None)
+        params["bucket"] = str(params.get("bucket", "")).lower()
+        endpoint = s3_endpoint(storage.params)
+        return ("s3", ("endpoint", f"{endpoint.host}:{endpoint.port}"),
+                ("bucket", params["bucket"]), ("rootdirectory", _root(params)))
     if "rootdirectory" in params:
-        params["rootdirectory"] = str(params["rootdirectory"]).strip("/")
+        params["rootdirectory"] = _root(params)
     return (storage.driver, *((key, str(params[key])) for key in keys
                                if params.get(key) not in (None, "")))
 
 
-def storage_groups(servers: Sequence[Settings]) -> tuple[tuple[Settings, ...], ...]:
-    """Servers (inventory order) grouped by the storage they share; a server sharing
-    nothing is a group of one. Groups in the order of their first server."""
-    groups: dict[Any, list[Settings]] = {}
-    for settings in servers:
-        location = storage_location(settings.registry_storage)
-        key = ("own", settings.host) if location is None else location
-        groups.setdefault(key, []).append(settings)
-    return tuple(tuple(group) for group in groups.values())
+def _root(params: Mapping[str, Any]) -> str:
+    root = str(params.get("rootdirectory") or "")
+    return posixpath.normpath("/" + root).strip("/") if root.strip("/") else ""
+
+
+# --- Which S3 endpoints are the same store -----------------------------------------------
+# The same store can be spelled many ways: MINIO.lab or minio.lab, with or without the
+# default port or a trailing slash, the bucket in the path or in the host name, a name or
+# its address. A per-server collection on a storage that is in fact shared sweeps blobs the
+# other replicas are writing, so every doubt counts as shared (the shared collection is
+# safe on storages that turn out to be distinct: it only makes them read-only a while).
+
+AWS = "amazonaws.com"  # bucket names are global there: a region does not tell buckets apart
+Resolver = Callable[[str, int], "frozenset[str] | None"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str  # lower case, no trailing dot, an IP address in its canonical form
+    port: int
+
+
+def s3_endpoint(params: Mapping[str, Any]) -> Endpoint:
+    """The S3 service a storage talks to: scheme and default port folded into the port,
+    case, trailing dot and slash, path and a virtual-host bucket prefix dropped; without
+    regionendpoint, AWS (whatever the region)."""
+    raw = str(params.get("regionendpoint") or "").strip()
+    if not raw:
+        return Endpoint(AWS, 443)
+    if "://" not in raw:
+        raw = ("https://" if params.get("secure", True) is not False else "http://") + raw
+    parts = urllib.parse.urlsplit(raw)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")  # urlsplit lowercases it, drops [ ]
+    try:
+        port = parts.port
+    except ValueError:  # settings validation rejects it; never crash on it here
+        port = None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    bucket = str(params.get("bucket", "")).lower()
+    if bucket and host.startswith(bucket + "."):  # virtual-host style
+        host = host[len(bucket) + 1:]
+    if host == AWS or host.endswith("." + AWS):
+        host = AWS
+    return Endpoint(_canonical_ip(host) or host, port)
+
+
+def _canonical_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+@functools.cache
+def resolve_addresses(host: str, port: int) -> frozenset[str] | None:
+    """The addresses the control machine resolves a name to; None when it does not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    found = {_canonical_ip(str(info[4][0])) for info in infos}
+    return frozenset(address for address in found if address) or None
+
+
+def same_endpoint(a: Endpoint, b: Endpoint, resolve: Resolver = resolve_addresses) -> bool:
+    """Equal once normalised, or resolving to a common address, or in doubt (one name
+    resolves and the other does not). Two names that do not resolve compare by name."""
+    if a == b:
+        return True
+    if a.port != b.port or AWS in (a.host, b.host):
+        return False
+
+    def addresses(endpoint: Endpoint) -> frozenset[str] | None:
+        literal = _canonical_ip(endpoint.host)
+        return frozenset({literal}) if literal else resolve(endpoint.host, endpoint.port)
+
+    mine, theirs = addresses(a), addresses(b)
+    if mine is None and theirs is None:
+        return False  # different names (a == b failed), neither resolves
+    if mine is None or theirs is None:
+        return True  # in doubt
+    return bool(mine & theirs)
+
+
+def may_share(a: Storage, b: Storage, resolve: Resolver = resolve_addresses) -> bool:
+    """Whether two storages are, or may be, the same place."""
+    first, second = storage_location(a), storage_location(b)
+    if first is None or second is None or a.driver != b.driver:
+        return False
+    if a.driver != "s3":
+        return first == second
+    return first[2:] == second[2:] and \
+        same_endpoint(s3_endpoint(a.params), s3_endpoint(b.params), resolve)
+
+
+def storage_groups(servers: Sequence[Settings],
+                   resolve: Resolver = resolve_addresses) -> tuple[tuple[Settings, ...], ...]:
+    """Servers (inventory order) grouped by the storage they share or may share (linked
+    through any member); a server sharing nothing is a group of one. Groups in the order
+    of their first server."""
+    groups: list[list[int]] = []  # positions in servers
+    for index, settings in enumerate(servers):
+        linked = [group for group in groups
+                  if any(may_share(settings.registry_storage, servers[other].registry_storage,
+                                   resolve) for other in group)]
+        groups = [group for group in groups if group not in linked]
+        groups.append(sorted([other for group in linked for other in group] + [index]))
+    groups.sort(key=lambda group: group[0])
+    return tuple(tuple(servers[index] for index in group) for group in groups)
 
 
 def group_of(name: str, groups: Iterable[tuple[Settings, ...]]) -> tuple[Settings, ...]:

@@ -24,7 +24,7 @@ from pyinfra.connectors.util import CommandOutput
 
 from registry_kit.commands import join
 from registry_kit.operations import files as remote
-from registry_kit.settings import Settings, SettingsError, host_port, is_ip
+from registry_kit.settings import Settings, SettingsError, host_port, is_ip, masked_repr
 
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
@@ -54,6 +54,7 @@ class Replica:
         return host_port(self.address, self.port)
 
 
+@masked_repr("password")
 @dataclass(frozen=True)
 class CacheTarget:
     """What a replica's config.yml needs to reach the redis cache."""

@@ -24,7 +24,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from registry_kit.settings import is_hostname
+from registry_kit.settings import is_hostname, masked_repr
 
 __all__ = [
     "ServerCertificate",
@@ -73,12 +73,13 @@ class TLSError(Exception):
     """TLS material is missing or unusable; the message is one human-readable line."""
 
 
+@masked_repr("key_pem")
 @dataclass(frozen=True)
 class ServerCertificate:
     """What the deploy code installs on registry servers and clients."""
 
     cert_pem: bytes  # server certificate (leaf) PEM
-    key_pem: bytes = field(repr=False)  # PKCS8, unencrypted; kept out of repr so logs stay clean
+    key_pem: bytes  # PKCS8, unencrypted; *** in repr so logs stay clean
     ca_pem: bytes  # what clients must trust: the CA, or the whole chain above a provided leaf
     reissued: bool  # True when this call created a new server certificate
 

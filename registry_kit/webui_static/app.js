@@ -23,7 +23,11 @@
   const INDEX_TYPES = new Set([MANIFEST_TYPES.split(", ")[0], MANIFEST_TYPES.split(", ")[1]]);
 
   let credentials = null; // {user, basic}: memory only
-  let tokens = new Map(); // bearer tokens by scope (token auth), memory only
+  let session = false; // a login succeeded and no logout since: the header shows "Log out"
+  // Bearer tokens by scope (token auth), memory only: {token, renewAt}. A token is renewed
+  // before it expires (the token server's expires_in, on this browser's clock) and when
+  // the registry refuses it anyway (401: expired by the registry's clock, or revoked).
+  let tokens = new Map();
   let tokenService = null; // the registry's token service name, from its first challenge
   let config = {registry: "", deleteEnabled: false};
   let repositories = [];
@@ -66,9 +70,10 @@
   // same token server through this origin (config.token, served by the page's haproxy).
   // Resolves to the token, or to the token server's refusal (a Response: 401 = wrong
   // password).
-  async function bearerToken(params) {
+  async function bearerToken(params, {renew = false} = {}) {
     const key = `${params.service || ""} ${params.scope || ""}`;
-    if (tokens.has(key)) return tokens.get(key);
+    const cached = tokens.get(key);
+    if (cached && !renew && Date.now() < cached.renewAt) return cached.token;
     const url = new URL(config.token || params.realm, location.href);
     if (url.origin !== location.origin) {
       throw new HttpError(401, `the token service ${url.origin} is not on this page's origin`);
@@ -90,7 +95,10 @@
     if (!response.ok) return response;
     const body = await response.json();
     const token = body.token || body.access_token;
-    tokens.set(key, token);
+    // The spec's default lifetime is 60 s; renew a tenth early (at most 30 s).
+    const seconds = Number(body.expires_in) > 0 ? Number(body.expires_in) : 60;
+    tokens.set(key, {token, renewAt: Date.now() + 1000 * (seconds - Math.min(30, seconds / 10))});
+    if (cached) deleteRightsChanged(); // a renewed token may grant other rights
     return token;
   }
 
@@ -101,6 +109,10 @@
     if (!config.deleteEnabled) return false;
     if (!config.token || !tokenService) return true; // htpasswd: every user may
     const token = await bearerToken({service: tokenService, scope: `repository:${name}:delete`});
+    return grantsDelete(token, name);
+  }
+
+  function grantsDelete(token, name) {
     if (typeof token !== "string") return false;
     try {
       const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -110,6 +122,37 @@
     } catch (_) {
       return false;
     }
+  }
+
+  // A token was renewed: the open repository's delete buttons follow the rights of the
+  // current token, not of the one the page had when it was opened.
+  let rightsCheck = null;
+  let checkAgain = false; // a token was renewed while a check ran: check once more after
+  function deleteRightsChanged() {
+    if (!current) return;
+    if (rightsCheck) {
+      checkAgain = true;
+      return;
+    }
+    const opened = current;
+    rightsCheck = (async () => {
+      try {
+        const allowed = await mayDelete(opened.name);
+        if (current === opened && allowed !== opened.mayDelete) {
+          opened.mayDelete = allowed;
+          $("gc-note").hidden = !allowed;
+          for (const cell of $("tag-rows").querySelectorAll("td.actions")) {
+            cell.replaceChildren(...deleteButtons(cell.parentElement.dataset.tag));
+          }
+        }
+      } finally {
+        rightsCheck = null;
+        if (checkAgain) {
+          checkAgain = false;
+          deleteRightsChanged();
+        }
+      }
+    })();
   }
 
   async function api(path, {method = "GET", accept = null} = {}) {
@@ -131,10 +174,20 @@
     if (response.status === 401) {
       const {scheme, params} = challenge(response);
       if (scheme === "bearer" && params.realm) {
-        const token = await bearerToken(params);
+        const withToken = (token) => fetch(path, {method, credentials: "omit",
+          cache: "no-store", headers: {...headers, Authorization: `Bearer ${token}`}});
+        let token = await bearerToken(params);
         if (typeof token !== "string") return token; // the token server's refusal
-        return fetch(path, {method, credentials: "omit", cache: "no-store",
-          headers: {...headers, Authorization: `Bearer ${token}`}});
+        const answer = await withToken(token);
+        if (answer.status !== 401 || challenge(answer).params.error === "insufficient_scope") {
+          return answer; // served, or refused for want of rights: a new token changes nothing
+        }
+        // The registry refused the token itself (invalid_token: expired by its clock, or
+        // no longer valid): a new one, asked once with the credentials in memory, and the
+        // request once more.
+        token = await bearerToken(params, {renew: true});
+        if (typeof token !== "string") return token;
+        return withToken(token);
       }
     }
     return response;
@@ -251,7 +304,7 @@
 
   function show(view) {
     for (const id of ["login-view", "repos-view", "tags-view"]) $(id).hidden = id !== view;
-    $("session").hidden = view === "login-view";
+    $("session").hidden = !session || view === "login-view";
   }
 
   function message(text, kind) {
@@ -350,15 +403,18 @@
     copy.dataset.pull = pullLine;
     pull.append(code, " ", copy);
     row.append(pull);
-    const actions = el("td");
-    if (current.mayDelete) {
-      const remove = el("button", "Delete", "delete danger");
-      remove.type = "button";
-      remove.dataset.tag = info.tag;
-      actions.append(remove);
-    }
+    const actions = el("td", null, "actions");
+    actions.append(...deleteButtons(info.tag));
     row.append(actions);
     return row;
+  }
+
+  function deleteButtons(tag) {
+    if (!current || !current.mayDelete) return [];
+    const remove = el("button", "Delete", "delete danger");
+    remove.type = "button";
+    remove.dataset.tag = tag;
+    return [remove];
   }
 
   async function openRepo(name) {
@@ -475,6 +531,7 @@
     try {
       const response = await api("/v2/");
       if (response.status === 200) {
+        session = true;
         $("session-user").textContent = user;
         await loadRepos();
         return;
@@ -494,6 +551,7 @@
 
   function logout() {
     credentials = null;
+    session = false;
     tokens = new Map();
     configs = new Map();
     repositories = [];

@@ -208,9 +208,13 @@ def shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(OUTPUT / f"{name}.png"))
 
 
-def log_in(driver: Any, user: str, password: str, page: str = "") -> None:
+def log_in(driver: Any, user: str, password: str, page: str = "", *,
+           before: str | None = None) -> None:
+    """Log in on a freshly loaded page; `before`: a script run in it first."""
     driver.get(PAGE_URL + page)
     wait_for(driver, lambda d: by_id(d, "login-user").is_displayed())
+    if before is not None:
+        driver.execute_script(before)
     by_id(driver, "login-user").clear()
     by_id(driver, "login-user").send_keys(user)
     by_id(driver, "login-password").send_keys(password)
@@ -262,6 +266,7 @@ def test_wrong_password_shows_a_clear_message(browser: Any, seeded: dict) -> Non
     wait_for(browser, lambda d: by_id(d, "login-error").is_displayed())
     assert "Wrong user name or password" in by_id(browser, "login-error").text
     assert by_id(browser, "login-view").is_displayed()
+    assert not by_id(browser, "logout").is_displayed()  # nobody is logged in
     assert not by_id(browser, "repos-view").is_displayed()
     assert by_css(browser, "button.repo") == []
     shot(browser, "login-wrong-password")
@@ -275,6 +280,7 @@ def test_login_lists_the_catalog_and_filters(site: Site, browser: Any, seeded: d
     expected = catalog(site)
     assert len(expected) > 100  # the page followed Link through three pages of 50
     assert shown == expected
+    assert by_id(browser, "logout").is_displayed() and by_id(browser, "session-user").text == USER
     assert by_id(browser, "repo-count").text == str(len(expected))
     shot(browser, "repositories")
     by_id(browser, "repo-filter").send_keys("team/")
@@ -485,6 +491,7 @@ def test_rules_wrong_password_at_the_token_server(browser: Any, with_rules: Site
     log_in(browser, LIMITED, "not-the-password")
     wait_for(browser, lambda d: by_id(d, "login-error").is_displayed())
     assert "Wrong user name or password" in by_id(browser, "login-error").text
+    assert not by_id(browser, "logout").is_displayed()
 
 
 def test_rules_full_user_lists_the_catalog_through_tokens(browser: Any,
@@ -565,6 +572,101 @@ def test_rules_user_without_rights_sees_neither_repository_nor_delete(
     gone = site.skopeo("inspect", "--cert-dir", "@CERTS@", f"docker://{ADDRESS}/team/app:1.1")
     assert gone.returncode != 0 and "manifest unknown" in gone.stderr, gone.stderr
     by_id(browser, "logout").click()
+
+# Installed in the page before the login: counts the token requests and the Bearer
+# requests the registry refuses; mode "expired-first" answers the first token request of
+# each scope with that token made expired (exp in the past, so its signature no longer
+# matches either: the registry refuses it, as it refuses a token past its lifetime);
+# __tokens.asUser sends later token requests as another user (other rights); __shift moves
+# the page's clock (Date.now) forward, as if that many milliseconds had passed.
+TOKEN_SPY = """
+const state = window.__tokens = {asked: 0, expired: 0, refused: 0, mode: "expired-first",
+                                 asUser: null};
+const realFetch = window.fetch.bind(window);
+const realNow = Date.now.bind(Date);
+const seen = new Set();
+window.__shift = 0;
+Date.now = () => realNow() + window.__shift;
+const b64url = (text) => btoa(text).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
+window.fetch = async (input, init = {}) => {
+  const url = new URL(String(input), location.href);
+  const headers = {...(init.headers || {})};
+  if (url.pathname === "/token") {
+    state.asked++;
+    if (state.asUser) headers.Authorization = `Basic ${state.asUser}`;
+    const response = await realFetch(input, {...init, headers});
+    const scope = url.searchParams.get("scope") || "";
+    if (state.mode !== "expired-first" || !response.ok || seen.has(scope)) return response;
+    seen.add(scope);
+    const body = await response.json();
+    const [head, payload, signature] = body.token.split(".");
+    const claims = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
+    claims.exp = Math.floor(realNow() / 1000) - 60;
+    const expired = [head, b64url(JSON.stringify(claims)), signature].join(".");
+    state.expired++;
+    return new Response(JSON.stringify({...body, token: expired, access_token: expired}),
+                        {status: 200, headers: {"Content-Type": "application/json"}});
+  }
+  const response = await realFetch(input, init);
+  if (response.status === 401 && String(headers.Authorization || "").startsWith("Bearer ")) {
+    state.refused++;
+  }
+  return response;
+};
+"""
+
+
+def test_rules_page_renews_expired_tokens_and_follows_their_rights(
+        browser: Any, with_rules: Site) -> None:
+    """Tokens live TOKEN_SECONDS (300 s): the page renews a token the registry refuses
+    (asked once more with the credentials in memory) and one past its expires_in on the
+    page's clock, and the delete buttons follow the renewed token's rights."""
+    site = with_rules
+    log_in(browser, USER, site.password, before=TOKEN_SPY)
+    wait_for(browser, lambda d: d.find_element("id", "repo-list").get_attribute(
+        "data-loaded-ms") or by_id(d, "login-error").is_displayed())
+    assert not by_id(browser, "login-error").is_displayed(), by_id(browser, "login-error").text
+    spy = browser.execute_script("return window.__tokens")
+    # /v2/ and the catalog each got an expired token first, refused by the registry.
+    assert spy["expired"] >= 2 and spy["refused"] >= spy["expired"], spy
+    status, _, body = token_from(site, USER, "registry:catalog:*", port=TOKEN_PORT)
+    assert status == 200
+    status, _, listed = curl("/v2/_catalog?n=1000", port=PORT, ip=site.ip,
+                             bearer=json.loads(body)["token"])
+    assert status == 200
+    assert [b.get_attribute("data-repo") for b in by_css(browser, "button.repo")] == \
+        json.loads(listed)["repositories"]
+    found = open_repo(browser, "team/multi")
+    assert sorted(found) == ["1.0", "amd64-only", "arm64-only"]
+    assert len(by_css(browser, "button.delete")) == 3
+    # 301 s later on the page's clock, every token is past its expires_in; the token server
+    # now answers as LIMITED (team/multi: pull only), as after a change of the rules.
+    asked = browser.execute_script(
+        "window.__tokens.mode = 'real'; window.__tokens.asUser = arguments[0];"
+        "window.__shift = 301000; return window.__tokens.asked;",
+        base64.b64encode(f"{LIMITED}:{site.users[LIMITED]}".encode()).decode())
+    row = next(r for r in by_css(browser, "#tag-rows tr")
+               if r.get_attribute("data-tag") == "arm64-only")
+    row.find_element("css selector", "button.delete").click()
+    wait_for(browser, lambda d: by_id(d, "confirm-delete").is_displayed())
+    by_id(browser, "confirm-ok").click()
+    wait_for(browser, lambda d: by_id(d, "message").is_displayed())
+    assert "You may not delete team/multi:arm64-only" in by_id(browser, "message").text
+    # The renewed delete token grants no delete here: the buttons went with it.
+    wait_for(browser, lambda d: by_css(d, "button.delete") == [], timeout=10)
+    assert not by_id(browser, "gc-note").is_displayed()
+    assert browser.execute_script("return window.__tokens.asked") > asked
+    kept = site.skopeo("inspect", "--cert-dir", "@CERTS@",
+                       f"docker://{ADDRESS}/team/multi:arm64-only")
+    assert kept.returncode == 0, kept.stderr
+    # Reopened: listed with the renewed (pull) token, still without delete buttons.
+    by_id(browser, "back").click()
+    found = open_repo(browser, "team/multi")
+    assert sorted(found) == ["1.0", "amd64-only", "arm64-only"]
+    assert by_css(browser, "button.delete") == []
+    by_id(browser, "logout").click()
+    assert not by_id(browser, "logout").is_displayed()
+
 
 # --- off, and teardown ---
 

@@ -101,10 +101,51 @@ def test_bad_backup_and_cache_settings(make_settings: Callable[..., Settings],
 def _cache(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
            **data: Any) -> Settings:
     monkeypatch.setenv("UP_PW", "up-secret")
-    return make_settings(registry_mode="pull-through-cache",
-                         registry_proxy_remoteurl="https://upstream.example:5000",
-                         registry_proxy_username="mirror",
-                         registry_proxy_password={"env": "UP_PW"}, **data)
+    monkeypatch.setenv("CACHE_USER_PW", "cache-user-pw")
+    return make_settings(**{"registry_mode": "pull-through-cache",
+                            "registry_proxy_remoteurl": "https://upstream.example:5000",
+                            "registry_proxy_username": "mirror",
+                            "registry_proxy_password": {"env": "UP_PW"},
+                            "registry_users": [{"name": "puller",
+                                                "password_env": "CACHE_USER_PW"}], **data})
+
+
+def test_cache_lending_its_upstream_login_to_anyone_is_refused(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError) as refused:
+        _cache(make_settings, monkeypatch, registry_users=[])
+    line = str(refused.value)
+    assert line == ("reg-host-1: setting registry_proxy_username='mirror' is not allowed: None "
+                    "on a cache without registry_users: anyone who reaches the cache could "
+                    "pull the private upstream's images with these credentials; add "
+                    "registry_users or set registry_proxy_anonymous_acknowledged=True")
+    assert "up-secret" not in line
+    assert _cache(make_settings, monkeypatch, registry_users=[],
+                  registry_proxy_anonymous_acknowledged=True).registry_proxy_username == "mirror"
+    # With users of its own, or without upstream credentials (a public upstream): allowed.
+    assert _cache(make_settings, monkeypatch).registry_users
+    assert _cache(make_settings, monkeypatch, registry_users=[], registry_proxy_username=None,
+                  registry_proxy_password=None).registry_proxy_username is None
+
+
+@pytest.mark.parametrize("url", ["http://upstream.example:5000", "http://10.0.0.5:5000"])
+def test_upstream_login_over_plain_http_is_refused(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+        url: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        _cache(make_settings, monkeypatch, registry_proxy_remoteurl=url)
+    assert str(refused.value) == (
+        f"reg-host-1: setting registry_proxy_remoteurl={url!r} is not allowed: an https:// "
+        "URL when registry_proxy_username is set: the upstream password would cross the "
+        "network in clear; use https or set registry_proxy_plaintext_acknowledged=True")
+    # Acknowledging the other risk does not do: each names its own.
+    with pytest.raises(SettingsError, match="registry_proxy_plaintext_acknowledged"):
+        _cache(make_settings, monkeypatch, registry_proxy_remoteurl=url,
+               registry_proxy_anonymous_acknowledged=True)
+    assert _cache(make_settings, monkeypatch, registry_proxy_remoteurl=url,
+                  registry_proxy_plaintext_acknowledged=True).registry_proxy_remoteurl == url
+    assert _cache(make_settings, monkeypatch, registry_proxy_remoteurl=url,
+                  registry_proxy_username=None, registry_proxy_password=None)
 
 
 def test_proxy_section(make_settings: Callable[..., Settings],

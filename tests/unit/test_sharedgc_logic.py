@@ -61,12 +61,100 @@ def test_filesystem_and_inmemory_are_each_servers_own(
     assert sharedgc.storage_location(servers[0].registry_storage) is None
 
 
-def test_region_counts_only_without_an_endpoint(make_settings: Callable[..., Settings]) -> None:
+def test_region_counts_only_with_an_endpoint(make_settings: Callable[..., Settings]) -> None:
     aws = {k: v for k, v in S3.items() if k != "regionendpoint"}
+    # On AWS a bucket name is global: another region names the same bucket (in doubt:
+    # shared); with an endpoint the region only signs.
     servers = _hosts(make_settings, [aws, {**aws, "region": "eu-west-1"},
-                                     S3, {**S3, "region": "eu-west-1"}])
+                                     S3, {**S3, "region": "eu-west-1"},
+                                     {**aws, "regionendpoint": "https://s3.eu-west-1."
+                                      "amazonaws.com"}])
     assert [[s.host for s in g] for g in sharedgc.storage_groups(servers)] == \
-        [["rep1"], ["rep2"], ["rep3", "rep4"]]
+        [["rep1", "rep2", "rep5"], ["rep3", "rep4"]]
+
+
+def _fake_dns(table: dict[str, frozenset[str]]) -> sharedgc.Resolver:
+    def resolve(host: str, port: int) -> frozenset[str] | None:
+        return table.get(host)
+    return resolve
+
+
+def _shared(make: Callable[..., Settings], endpoints: list[Any],
+            resolve: sharedgc.Resolver | None = None, **extra: Any) -> list[list[str]]:
+    storages = [{**S3, "regionendpoint": e, **extra} if isinstance(e, str) else {**S3, **e}
+                for e in endpoints]
+    groups = sharedgc.storage_groups(_hosts(make, storages),
+                                     *(() if resolve is None else (resolve,)))
+    return [[s.host for s in g] for g in groups]
+
+
+def test_one_endpoint_however_it_is_spelled(make_settings: Callable[..., Settings]) -> None:
+    nowhere = _fake_dns({})
+    # Case and a trailing slash (main compared the strings: two storages, GC per server).
+    assert _shared(make_settings, ["https://MINIO.lab:9000", "https://minio.lab:9000/"],
+                   nowhere) == [["rep1", "rep2"]]
+    # Default ports by scheme, a scheme in capitals, a trailing dot, a path.
+    assert _shared(make_settings, ["https://minio.lab", "HTTPS://minio.lab:443/",
+                                   "https://minio.lab.:443/registry", "http://minio.lab:80",
+                                   "minio.lab", {"regionendpoint": "minio.lab:80",
+                                                 "secure": False}], nowhere) == \
+        [["rep1", "rep2", "rep3", "rep5"], ["rep4", "rep6"]]
+    # The bucket in the host name (virtual-host style) or in the path.
+    assert _shared(make_settings, ["https://registry.minio.lab:9000",
+                                   "https://minio.lab:9000/registry/"], nowhere) == \
+        [["rep1", "rep2"]]
+    # IPv6 literals, however written; another port is another service.
+    assert _shared(make_settings, ["http://[FD00::5]:7480", "http://[fd00:0::5]:7480/",
+                                   "http://[fd00::5]:7481"], nowhere) == \
+        [["rep1", "rep2"], ["rep3"]]
+
+
+def test_a_name_and_its_address_are_one_endpoint(
+        make_settings: Callable[..., Settings]) -> None:
+    # The control machine's own resolver: localhost is 127.0.0.1 (and maybe ::1).
+    assert _shared(make_settings, ["http://localhost:7480", "http://127.0.0.1:7480/"]) == \
+        [["rep1", "rep2"]]
+    dns = _fake_dns({"minio.lab": frozenset({"10.9.0.5"}),
+                     "s3.lab": frozenset({"10.9.0.5", "fd00::5"}),
+                     "other.lab": frozenset({"10.9.0.6"})})
+    assert _shared(make_settings, ["http://10.9.0.5:7480", "http://minio.lab:7480",
+                                   "http://s3.lab:7480", "http://[fd00::5]:7480",
+                                   "http://other.lab:7480", "http://10.9.0.6:7481"], dns) == \
+        [["rep1", "rep2", "rep3", "rep4"], ["rep5"], ["rep6"]]
+
+
+def test_doubt_counts_as_shared(make_settings: Callable[..., Settings]) -> None:
+    dns = _fake_dns({"minio.lab": frozenset({"10.9.0.5"})})
+    # One side resolves, the other does not: maybe the same store.
+    assert _shared(make_settings, ["http://minio.lab:7480", "http://minio.internal:7480"],
+                   dns) == [["rep1", "rep2"]]
+    assert _shared(make_settings, ["http://10.9.0.7:7480", "http://minio.internal:7480"],
+                   dns) == [["rep1", "rep2"]]
+    # Two names that do not resolve compare by name; another bucket is another store.
+    assert _shared(make_settings, ["http://a.internal:7480", "http://b.internal:7480"],
+                   dns) == [["rep1"], ["rep2"]]
+    assert _shared(make_settings, ["http://minio.lab:7480", {"bucket": "other",
+                                    "regionendpoint": "http://minio.internal:7480"}],
+                   dns) == [["rep1"], ["rep2"]]
+    # Linked through a third spelling: one group, in inventory order.
+    assert _shared(make_settings, ["http://a.internal:7480", "http://b.internal:7480",
+                                   "http://10.9.0.5:7480", "http://minio.lab:7480/"],
+                   _fake_dns({"a.internal": frozenset({"10.9.0.5"})})) == \
+        [["rep1", "rep2", "rep3", "rep4"]]
+
+
+def test_spelled_differently_refuses_a_timer_and_a_partial_run(
+        make_settings: Callable[..., Settings]) -> None:
+    when = "Sun *-*-* 03:00:00"
+    servers = _hosts(make_settings, [{**S3, "regionendpoint": "https://MINIO.lab:9000"},
+                                     {**S3, "regionendpoint": "https://minio.lab:9000/"}],
+                     registry_gc_schedule=when)
+    error = sharedgc.schedule_refusal(servers)
+    assert error is not None and "\n" not in str(error) and \
+        "share one storage (rep1, rep2)" in str(error)
+    group = sharedgc.group_of("rep1", sharedgc.storage_groups(servers))
+    line = sharedgc.unreachable_refusal(group, ["rep1"])
+    assert line is not None and line.startswith("rep2: gc.py refused: rep2 not reachable")
 
 
 def test_a_replica_missing_from_the_run_refuses(make_settings: Callable[..., Settings]) -> None:
