@@ -21,7 +21,14 @@ from lab import state as lab_state
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(os.sys.executable).parent / "pyinfra")  # type: ignore[attr-defined]
-CA_CERT = ROOT / ".registry-kit" / "ca" / "ca.crt"
+# The kit's control-machine state (CA, secrets) for inventories that do not name their own:
+# the default folder, except in a second parallel lane (pytest-xdist worker), which keeps its
+# own. The CA widens its name constraints for each lab's addresses, and another lane would see
+# that as a CA rotation in the middle of its scenario.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+STATE_DIR = ROOT / ".registry-kit" if _WORKER == "gw0" \
+    else ROOT / ".test-output" / "lanes" / _WORKER / "registry-kit"
+CA_CERT = STATE_DIR / "ca" / "ca.crt"
 
 
 @dataclass
@@ -105,9 +112,11 @@ def host_entry(name: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def lab_site_data() -> dict[str, Any]:
-    """What every lab deploy needs: the upstream as Docker Hub mirror."""
+    """What every lab deploy needs: the upstream as Docker Hub mirror, and this lane's
+    state folder (an inventory's own registry_state_dir wins)."""
     state = lab_state.load()
-    return {"docker_registry_mirrors": [state["upstream"]["url"]]}
+    return {"docker_registry_mirrors": [state["upstream"]["url"]],
+            "registry_state_dir": str(STATE_DIR)}
 
 
 def write_inventory(path: Path, *, servers: list[str], clients: list[str],

@@ -37,7 +37,7 @@ CLIENT = "lab-client1"
 DOMAIN = "registry.lab"
 PORT = 5000
 CONFIG_DIR = "/etc/registry-kit"
-STATE_DIR = harness.ROOT / ".registry-kit"
+STATE_DIR = harness.STATE_DIR
 # Where a leaked secret could land on a host (the list plus the kit's own folders).
 SEARCHED = "/etc /root /run /var/lib/registry-kit /tmp /var/tmp /usr/local /home"
 SAMPLES_MAX = 4000  # bounds the sampler: at most ~4000 x 50 ms per host

@@ -21,6 +21,8 @@ import harness
 import pytest
 from harness import Run
 
+import lab as lab_api
+
 pytestmark = pytest.mark.e2e
 
 SERVER, CLIENT = "lab-reg", "lab-client1"
@@ -61,7 +63,10 @@ def _run(venv: Path, project: Path, script: str) -> Run:
 
 
 def _inventory(project: Path) -> None:
-    data: dict[str, Any] = {**harness.lab_site_data(), "registry_users": [
+    # The foreign project keeps its state where the kit puts it by default (checked below),
+    # not in the suite's state folder.
+    lab_data = {k: v for k, v in harness.lab_site_data().items() if k != "registry_state_dir"}
+    data: dict[str, Any] = {**lab_data, "registry_users": [
         # A relative path: the kit resolves it against the project (the current directory).
         {"name": USER, "password_file": "secrets/builder.password"}]}
     hub = [harness.host_entry(SERVER, data)]
@@ -95,6 +100,9 @@ def test_wheel_holds_the_kit_and_its_data_only(wheel: Path) -> None:
 
 def test_foreign_project_deploys_and_tears_down(wheel: Path, lab: dict[str, Any],
                                                tmp_path: Path) -> None:
+    # A fresh server: another module's registry may still hold port 5000 there (the lanes of
+    # a parallel run take modules in any order), and this one names its container hub-registry.
+    lab_api.reset_host(SERVER)
     venv, project = tmp_path / "venv", tmp_path / "project"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
