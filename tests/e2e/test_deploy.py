@@ -69,8 +69,10 @@ class Site:
 def prepare_client_with_own_docker(name: str) -> None:
     """A client that already runs Docker with keys of its own and a container, as a
     team's build host would; kit state from earlier runs is cleared."""
-    harness.ssh(name, "command -v dockerd >/dev/null || "
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null")
+    # apt-get update first: a fresh lab host has no package lists (this module may be the
+    # first of its lane to use the host).
+    harness.ssh(name, "command -v dockerd >/dev/null || { apt-get update -qq && "
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null; }")
     harness.ssh(name, "rm -rf /etc/docker/certs.d /etc/registry-kit-client /root/.docker; "
                 "docker rm -f sleeper >/dev/null 2>&1; true")
     harness.ssh(name, "cat > /etc/docker/daemon.json && systemctl restart docker",
