@@ -993,6 +993,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     try:
         if settings.registry_backup_verify:
             ok, lines = run_verify(settings, root)
+            if ok:  # said once here: the operation's body runs twice, and noops need -v
+                report(host, lines[0])
             verify_report(ok, lines, name=f"Verify every blob of the backup in {root}")
             return
         server_blobs = parse_blobs(host.get_fact(Command, blob_listing_command(
