@@ -1,16 +1,22 @@
 """backup.py: copy each registry server's data (filesystem storage) into a backup folder
 on the control machine or on a backup host, incrementally, with an index.
 
-A backup folder `<registry_backup_dir>/<server>/` mirrors the registry's own layout
-(`docker/registry/v2/blobs`, `.../repositories`), so restore.py puts it back as it is:
+A backup folder `<registry_backup_dir>/<server>/` holds one blob store in the registry's
+own layout (`docker/registry/v2/blobs`) and one folder per generation,
+`generations/<UTC time>/` with its `repositories` tree and its `index.json`:
 
 - blobs are content-addressed and never change: only blobs the backup lacks (or holds
-  with another size, e.g. cut short by an interrupted copy) are copied;
-- the repositories tree (manifest revisions, tags, layer links) is copied whole each time,
-  without `_uploads` (unfinished pushes);
-- `index.json`: repositories, tags and their digests and sizes, every blob with its size,
-  the time, what this backup copied and how long the registry was read-only; each backup's
-  index is also kept under `indexes/`.
+  with another size, e.g. cut short by an interrupted copy) are copied, once, and shared
+  by every generation;
+- each backup that finds a change writes a new generation: the repositories tree
+  (manifest revisions, tags, layer links, without `_uploads`) whole, extracted into a
+  fresh folder and checked before it gets its name; the newest `registry_backup_keep` are
+  kept, then every blob no kept generation's index names is removed. A backup from
+  before generations (tree in `docker/registry/v2/repositories`, index.json at the root)
+  becomes the oldest generation on the next backup that finds a change;
+- `index.json` (in the generation, copied to the root): repositories, tags and their
+  digests and sizes, every blob the server listed and the backup holds with its size, the
+  tree's sha256, the time, what this backup copied.
 
 Consistency without a read-only window (pushes and pulls go on throughout): the registry
 writes a blob's data before any link to it, and a manifest's revision link before the tag's
@@ -20,17 +26,23 @@ every blob that exists now and the backup still lacks, which covers every blob a
 copied in pass 2 can name. A link caught half-written is read again; the index lists only
 tags whose manifest blob is in the backup.
 
-Transport: tar over the SSH connection pyinfra already holds (paramiko), piped straight
-into `tar -x` on the control machine or on the backup host: no extra package on the hosts,
-no second login or key, and the kit decides what is missing from the blob names (which are
-their digests) instead of rsync comparing every file. Only paths reach the commands.
+Transport: tar over the SSH connection pyinfra already holds (paramiko): no extra package
+on the hosts, no second login or key, and the kit decides what is missing from the blob
+names (which are their digests) instead of rsync comparing every file. Only paths reach
+the commands. The other side (a server, or the backup host during a restore) may be broken
+into: its tar is read here and re-packed into a tar the kit writes itself, with only
+regular files named exactly as asked (check_blob_member, check_tree_member); anything else
+(a symlink, a device, `../`, a blob not asked for, a digest that is not 64 hex, data after
+the tar, a tree over registry_backup_tree_max_bytes) stops the copy with one line. So the
+`tar -x` that receives it never meets a link the other side made.
 
 `registry_backup_verify=True` re-hashes every blob of the backup against its digest and
-checks that every digest the index names is there; it copies nothing.
+checks that every digest each generation's index names is there; it copies nothing, runs
+while planning and counts as no change.
 
 Reads: registry_storage, registry_data_dir, registry_config_dir, registry_container_name,
 registry_verify_timeout, registry_backup_dir, registry_backup_host, registry_backup_verify,
-registry_state_dir, registry_mode.
+registry_backup_keep, registry_backup_tree_max_bytes, registry_state_dir, registry_mode.
 """
 
 from __future__ import annotations
