@@ -445,6 +445,7 @@ case "$mode" in
                 exec /usr/bin/tar "$@";;
   bogus) exec /usr/bin/tar "$@";;
 esac
+cat > /dev/null  # the name list: read, so the find feeding it ends well
 n=$(cat /root/hostile/pass 2>/dev/null || echo 0); echo $((n + 1)) > /root/hostile/pass
 if [ -e "/root/hostile/$mode.$n.tar" ]; then cat "/root/hostile/$mode.$n.tar"
 else cat "/root/hostile/$mode.tar"; fi
@@ -565,3 +566,128 @@ def test_h_a_broken_into_server_gains_nothing(site: Site, images: dict[str, Path
     # Clean again: the next backup is a new generation holding the new tag.
     site.twice("backup.py")
     assert "hostile/new" in site.index()["repositories"]
+
+
+class BackupHostSite(Site):
+    """The same server, its backups on another inventory host (a group of its own, which
+    deploy.py and backup.py leave alone)."""
+
+    def __init__(self, directory: Path, backup_host: str, **data: Any) -> None:
+        self.backup_host = backup_host
+        super().__init__(directory, [SERVER], registry_backup_host=backup_host, **data)
+
+    def write(self) -> None:
+        super().write()
+        entry = harness.host_entry(self.backup_host, {})
+        with self.inventory.open("a") as inventory:
+            inventory.write(f"registry_backup_hosts = {[entry]!r}\n")
+
+
+def test_i_a_backup_host_other_than_the_control_machine(site: Site, images: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """Backups on lab-client1 (through the control machine, no key between the hosts);
+    a restore refuses a generation whose tree lost a tag its index names, and a broken-into
+    backup host sending a symlink during a restore writes nothing on the server."""
+    store, folder = CLIENTS[0], "/srv/registry-backups"
+    other = BackupHostSite(tmp_path, store, registry_backup_dir=folder)
+    other.state_dir = site.state_dir  # the same CA and secrets: the same deployed server
+    other.data["registry_state_dir"] = str(site.state_dir)
+    other.password = site.password
+    other.write()
+    harness.ssh(store, f"rm -rf {folder}")
+    start = time.monotonic()
+    other.twice("backup.py")
+    FIGURES["backup_to_backup_host_s"] = round(time.monotonic() - start, 1)
+    root = f"{folder}/{SERVER}"
+    on_store = harness.ssh(store, f"cd {root}/docker/registry/v2/blobs/sha256 && "
+                                  f"find . -name data -type f | wc -l; find {root} ! -type f "
+                                  "! -type d | wc -l").stdout.split()
+    on_server = harness.ssh(SERVER, "find /var/lib/registry-kit/data/docker/registry/v2/blobs "
+                                    "-name data -type f | wc -l").stdout.strip()
+    assert on_store == [on_server, "0"], on_store
+    index = json.loads(harness.ssh(store, f"cat {root}/index.json").stdout)
+    assert index["tag_count"] == site.index()["tag_count"] and index["generation"]
+    newest = f"{root}/generations/{index['generation']}"
+    # A tree that lost a tag its index names: refused in one line, the server untouched.
+    victim = next(iter(index["repositories"]))
+    tag = next(iter(index["repositories"][victim]["tags"]))
+    link = f"{newest}/repositories/{victim}/_manifests/tags/{tag}/current/link"
+    saved = harness.ssh(store, f"cat {link} && rm {link}").stdout
+    started = harness.started_at(SERVER)
+    run = other.run("restore.py")
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"{SERVER}: setting registry_restore_from='{root}' is not allowed: the repositories "
+        f"tree in {newest} does not match"), run.describe()
+    assert harness.started_at(SERVER) == started
+    harness.ssh(store, f"printf %s {saved} > {link}")
+    # The backup host broken into: its tar sends a symlink into the server's /root/.ssh.
+    harness.ssh(store, f"cat > {WRAPPERS}/tar && chmod 755 {WRAPPERS}/tar && mkdir -p "
+                       "/root/hostile && echo symlink > /root/hostile/mode", stdin=HOSTILE_TAR)
+    import base64
+    payload = _hostile_tars(Path("/root/.ssh"))["symlink.0.tar"]
+    harness.ssh(store, f"echo {base64.b64encode(payload).decode()} | base64 -d > "
+                       "/root/hostile/symlink.tar")
+    ssh_before = harness.ssh(SERVER, "ls -la --time-style=full-iso /root/.ssh; "
+                                     "sha256sum /root/.ssh/*").stdout
+    later = tmp_path / "later"
+    write_image(later, [os.urandom(30_000)])
+    assert site.push(later, "after/backup:1").returncode == 0  # the trees now differ
+    try:
+        run = other.run("restore.py")
+    finally:
+        harness.ssh(store, f"rm -rf {WRAPPERS}/tar /root/hostile")
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "restore failed" in line]
+    assert len(errors) == 1, run.describe()
+    assert f"restore failed: {store}: sent symlink 'blobs/sha256/zz' in the repositories " \
+        "tree" in errors[0], run.describe()
+    assert harness.ssh(SERVER, "ls -la --time-style=full-iso /root/.ssh; "
+                               "sha256sum /root/.ssh/*").stdout == ssh_before
+    assert harness.ssh(SERVER, "find /var/lib/registry-kit/data ! -type f ! -type d | "
+                               "wc -l").stdout.strip() == "0"
+    assert site.digest("after/backup:1")  # the server's tree was not touched
+    # Clean again: the restore from the backup host puts its newest generation back.
+    other.run("restore.py").assert_ok()
+    other.run("restore.py").assert_no_changes()
+    assert site.skopeo(["inspect", "--cert-dir", str(site.certs),
+                        f"docker://{ADDRESS}/after/backup:1"]).returncode != 0
+    for ref in list(images)[:3]:
+        site.pull(ref)
+
+
+def test_j_backup_and_restore_of_a_registry_3_server(lab: dict[str, Any], site: Site,
+                                                      tmp_path: Path) -> None:
+    """lab-reg upgraded to the genuine registry 3.0.0: an image pushed under 3 is backed
+    up (a new generation), lost on the server (its repository and blobs removed), and
+    restored with its digest."""
+    from lab.images import registry3_available
+    available, reason = registry3_available()
+    if not available or not lab["upstream"].get("registry3", {}).get("available"):
+        pytest.skip(reason)
+    site.data["registry_image"] = "registry:3"
+    site.write()
+    site.twice()
+    assert "registry:3" in harness.ssh(SERVER, "docker inspect --format '{{.Config.Image}}' "
+                                               "registry").stdout
+    layout = tmp_path / "three"
+    write_image(layout, [os.urandom(100_000)])
+    assert site.push(layout, "three/only:1").returncode == 0
+    digest = site.digest("three/only:1")
+    site.twice("backup.py")
+    index = site.index()
+    assert index["repositories"]["three/only"]["tags"]["1"]["digest"] == digest
+    data = "/var/lib/registry-kit/data/docker/registry/v2"
+    harness.ssh(SERVER, f"rm -rf {data}/repositories/three")
+    layer = json.loads(harness.ssh(SERVER, f"cat {data}/blobs/sha256/{digest[7:9]}/"
+                                           f"{digest[7:]}/data").stdout)["layers"][0]["digest"]
+    # The manifest and its own layer lost too (the config may be shared, so it stays).
+    harness.ssh(SERVER, f"rm -rf {data}/blobs/sha256/{layer[7:9]}/{layer[7:]} "
+                        f"{data}/blobs/sha256/{digest[7:9]}/{digest[7:]}")
+    start = time.monotonic()
+    run = site.run("restore.py").assert_ok()
+    FIGURES["registry3_restore_s"] = round(time.monotonic() - start, 1)
+    assert "registry-kit: restored" in run.stderr, run.describe()
+    site.run("restore.py").assert_no_changes()
+    assert site.digest("three/only:1") == digest
+    site.pull("three/only:1")
