@@ -871,10 +871,14 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
     # The generation names what the server listed and the backup now holds, whole.
     in_store = parse_blobs(sink.check(blob_listing_command(sink.root)).decode(), sink.name)
     blobs = {d: s for d, s in sizes.items() if in_store.get(d) == s and d not in bad}
+    # A new generation: extracted into a fresh folder and checked; it gets its name (and
+    # the generations before it are touched) only once its index is in it.
+    name = generation_name(started_at)
+    partial = f"{root}/{GENERATIONS}/.{name}.partial"
+    extract_checked(sink, partial, tree)
     seconds = time.monotonic() - started
     copied_digests = [d for d in dict.fromkeys(copied_now) if d in blobs]
     copied = sum(blobs[d] for d in copied_digests)
-    name = generation_name(started_at)
     this_backup = {
         "blobs_copied": len(copied_digests),
         "blob_bytes_copied": copied,
@@ -888,10 +892,6 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
     }
     index = build_index(settings, tags_from_tar(tree), blobs, this_backup, name, tree_hash(tree))
     text = json.dumps(index, indent=1, sort_keys=True).encode() + b"\n"
-    # A new generation: extracted into a fresh folder, checked, and only then given its
-    # name; the generations before it are not touched until it is complete.
-    partial = f"{root}/{GENERATIONS}/.{name}.partial"
-    extract_checked(sink, partial, tree)
     sink.check(f"cat > {q(partial + '/' + INDEX)} && mv {q(partial)} "
                f"{q(generation_base(root, name))}", text)
     sink.check(f"cat > {q(root + '/' + INDEX + '.new')} && "
