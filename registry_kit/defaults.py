@@ -76,7 +76,10 @@ registry_gc_schedule = None  # OnCalendar, e.g. "Sun *-*-* 03:00:00": timed GC (
 registry_backup_dir = None  # absolute folder for backups; None: <registry_state_dir>/backups
 registry_backup_host = None  # inventory host holding registry_backup_dir; None: control machine
 registry_backup_verify = False  # backup.py: re-hash every blob in the backup, report mismatches
+registry_backup_keep = 7  # backup.py: generations (tree + index) kept; blobs shared by digest
+registry_backup_tree_max_bytes = 4 << 30  # backup/restore: stop a repositories tar past this size
 registry_restore_from = None  # restore.py: backup folder (with index.json); None: latest of host
+registry_restore_generation = None  # restore.py: generation folder name; None: the newest
 
 # --- Pull-through cache (registry_mode = "pull-through-cache") ---
 registry_mode = "registry"  # registry | pull-through-cache (read-only copy of another registry)

@@ -234,7 +234,10 @@ class Settings:
     registry_backup_dir: str | None = None
     registry_backup_host: str | None = None
     registry_backup_verify: bool = False
+    registry_backup_keep: int = 7
+    registry_backup_tree_max_bytes: int = 4 << 30
     registry_restore_from: str | None = None
+    registry_restore_generation: str | None = None
     # A registry or a pull-through cache of another one (registry_kit.pull_through).
     registry_mode: str = "registry"
     registry_proxy_remoteurl: str | None = None
@@ -716,6 +719,8 @@ REGISTRY_MODES = ("registry", "pull-through-cache")
 # Backup folders: an absolute path of the characters host paths may hold (it reaches tar
 # commands, quoted, on the control machine or a backup host).
 _BACKUP_PATH_RE = re.compile(r"(/[A-Za-z0-9._@+-]+)+/?")
+# A backup generation's folder name: its UTC time to the millisecond (sorts by age).
+BACKUP_GENERATION_RE = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{3}Z")
 _PROXY_TTL_RE = re.compile(r"[1-9][0-9]{0,5}(m|h)")
 _PROXY_USER_RE = re.compile(r"[!#-&(-\[\]-~]{1,128}")  # printable, no space ' " \\
 
@@ -738,6 +743,15 @@ def _read_backup_and_mode(r: _Reader, users: Sequence[User], server: bool) -> di
                      "name of a host in the inventory")
     found["registry_backup_host"] = backup_host
     found["registry_backup_verify"] = r.boolean("registry_backup_verify")
+    found["registry_backup_keep"] = r.integer("registry_backup_keep", 1, 1000)
+    found["registry_backup_tree_max_bytes"] = r.integer("registry_backup_tree_max_bytes",
+                                                        1 << 20, 1 << 40)
+    generation = r.raw("registry_restore_generation")
+    if generation is not None and not (isinstance(generation, str)
+                                       and BACKUP_GENERATION_RE.fullmatch(generation)):
+        raise r.fail("registry_restore_generation", generation, "None (the newest) or the "
+                     "name of a generation folder, like 20260101T120000.000Z")
+    found["registry_restore_generation"] = generation
     mode = r.choice("registry_mode", REGISTRY_MODES)
     remote_url = r.raw("registry_proxy_remoteurl")
     if remote_url is not None and not is_mirror_url(remote_url):

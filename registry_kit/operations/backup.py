@@ -1,16 +1,22 @@
 """backup.py: copy each registry server's data (filesystem storage) into a backup folder
 on the control machine or on a backup host, incrementally, with an index.
 
-A backup folder `<registry_backup_dir>/<server>/` mirrors the registry's own layout
-(`docker/registry/v2/blobs`, `.../repositories`), so restore.py puts it back as it is:
+A backup folder `<registry_backup_dir>/<server>/` holds one blob store in the registry's
+own layout (`docker/registry/v2/blobs`) and one folder per generation,
+`generations/<UTC time>/` with its `repositories` tree and its `index.json`:
 
 - blobs are content-addressed and never change: only blobs the backup lacks (or holds
-  with another size, e.g. cut short by an interrupted copy) are copied;
-- the repositories tree (manifest revisions, tags, layer links) is copied whole each time,
-  without `_uploads` (unfinished pushes);
-- `index.json`: repositories, tags and their digests and sizes, every blob with its size,
-  the time, what this backup copied and how long the registry was read-only; each backup's
-  index is also kept under `indexes/`.
+  with another size, e.g. cut short by an interrupted copy) are copied, once, and shared
+  by every generation;
+- each backup that finds a change writes a new generation: the repositories tree
+  (manifest revisions, tags, layer links, without `_uploads`) whole, extracted into a
+  fresh folder and checked before it gets its name; the newest `registry_backup_keep` are
+  kept, then every blob no kept generation's index names is removed. A backup from
+  before generations (tree in `docker/registry/v2/repositories`, index.json at the root)
+  becomes the oldest generation on the next backup that finds a change;
+- `index.json` (in the generation, copied to the root): repositories, tags and their
+  digests and sizes, every blob the server listed and the backup holds with its size, the
+  tree's sha256, the time, what this backup copied.
 
 Consistency without a read-only window (pushes and pulls go on throughout): the registry
 writes a blob's data before any link to it, and a manifest's revision link before the tag's
@@ -20,28 +26,38 @@ every blob that exists now and the backup still lacks, which covers every blob a
 copied in pass 2 can name. A link caught half-written is read again; the index lists only
 tags whose manifest blob is in the backup.
 
-Transport: tar over the SSH connection pyinfra already holds (paramiko), piped straight
-into `tar -x` on the control machine or on the backup host: no extra package on the hosts,
-no second login or key, and the kit decides what is missing from the blob names (which are
-their digests) instead of rsync comparing every file. Only paths reach the commands.
+Transport: tar over the SSH connection pyinfra already holds (paramiko): no extra package
+on the hosts, no second login or key, and the kit decides what is missing from the blob
+names (which are their digests) instead of rsync comparing every file. Only paths reach
+the commands. The other side (a server, or the backup host during a restore) may be broken
+into: its tar is read here and re-packed into a tar the kit writes itself, with only
+regular files named exactly as asked (check_blob_member, check_tree_member); anything else
+(a symlink, a device, `../`, a blob not asked for, a digest that is not 64 hex, data after
+the tar, a tree over registry_backup_tree_max_bytes) stops the copy with one line. So the
+`tar -x` that receives it never meets a link the other side made.
 
 `registry_backup_verify=True` re-hashes every blob of the backup against its digest and
-checks that every digest the index names is there; it copies nothing.
+checks that every digest each generation's index names is there; it copies nothing, runs
+while planning and counts as no change.
 
 Reads: registry_storage, registry_data_dir, registry_config_dir, registry_container_name,
 registry_verify_timeout, registry_backup_dir, registry_backup_host, registry_backup_verify,
-registry_state_dir, registry_mode.
+registry_backup_keep, registry_backup_tree_max_bytes, registry_state_dir, registry_mode.
 """
 
 from __future__ import annotations
 
+import calendar
+import hashlib
 import io
 import json
 import re
 import subprocess
 import tarfile
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,15 +68,30 @@ from pyinfra.facts.server import Command
 from registry_kit import pull_through, pyinfra_patches
 from registry_kit.commands import q
 from registry_kit.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.settings import BACKUP_GENERATION_RE, Settings, SettingsError
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"
+GENERATIONS = "generations"
 CHUNK = 1 << 20
 # Blobs the registry may write in place (PutContent: manifests, at most 4 MiB, see WRITE
 # ORDER); bigger ones arrive by rename, whole. Copied ones up to this size are re-hashed.
 IN_PLACE_MAX = 4 << 20
 LINK = re.compile(rb"sha256:[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+# What the other side may send (it may be broken into): regular files under exactly these
+# names, nothing else. Blobs: the registry's layout. The tree: `link` files under a
+# repository's _layers or _manifests, each folder name starting with a letter, digit or
+# `_` (so never `.` or `..`); tag names and repository paths fit (distribution's grammar).
+BLOB_MEMBER = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data")
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}"
+TREE_MEMBER = re.compile(rf"repositories(?:/{_PART})+/(?:_layers|_manifests)(?:/{_PART})*/link")
+TREE_NAME_MAX = 4096
+LINK_FILE_MAX = 1024  # a link holds `sha256:<64 hex>` (71 bytes)
+# GNU tar pads its archive to a 10 KiB record; more than this after the end is refused.
+TRAILING_MAX = 1 << 20
+LISTING_LINE = re.compile(r"([0-9]{1,20}) \./([0-9a-f]{2})/([0-9a-f]{64})")
 OBJECT_STORE_TOOLS = {
     "s3": "the object store's own tools (bucket versioning or replication, `aws s3 sync`, "
           "`rclone sync`)",
@@ -70,30 +101,53 @@ OBJECT_STORE_TOOLS = {
 }
 
 
+class BackupError(RuntimeError):
+    pass
+
+
 def blob_listing_command(root: str) -> str:
-    """`SIZE HEX` per blob under ROOT (a registry data folder or a backup); nothing when
-    the folder is missing."""
-    return (f"cd {q(root + '/' + V2 + '/blobs/sha256')} 2>/dev/null && "
-            "find . -mindepth 3 -maxdepth 3 -name data -type f -printf '%s %h\\n' "
-            "| sed 's|^\\([0-9]*\\) \\./../|\\1 |'; true")
+    """`SIZE ./xx/HEX` per blob under ROOT (a registry data folder or a backup); nothing
+    when the folder is missing. A find that fails fails the command."""
+    return (f"cd {q(root + '/' + V2 + '/blobs/sha256')} 2>/dev/null || exit 0; "
+            "find . -ignore_readdir_race -mindepth 3 -maxdepth 3 -name data -type f "
+            "-printf '%s %h\\n'")
 
 
-def repositories_hash_command(root: str) -> str:
-    """sha256 over `sha256  path` of every file in the repositories tree (no _uploads):
-    equal on both sides means the same manifests, tags and links."""
-    return (f"cd {q(root + '/' + V2)} 2>/dev/null && [ -d repositories ] && "
+def tree_hash_command(base: str) -> str:
+    """sha256 over `sha256  path` of every file in BASE/repositories (no _uploads): equal
+    on both sides means the same manifests, tags and links (tree_hash computes it too)."""
+    return (f"cd {q(base)} 2>/dev/null && [ -d repositories ] && "
             "find repositories -name _uploads -prune -o -type f ! -name 'link.*.tmp' -print0 "
             "| LC_ALL=C sort -z "
             "| xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1; true")
 
 
-def parse_blobs(text: str | None) -> dict[str, int]:
+def repositories_hash_command(root: str) -> str:
+    return tree_hash_command(root + "/" + V2)
+
+
+def parse_blobs(text: str | None, where: str = "") -> dict[str, int]:
+    """{hex digest: size} from a blob listing; a line of any other shape (a server that
+    lies, a name with a newline) stops the backup: digests become paths and commands."""
     blobs: dict[str, int] = {}
     for line in (text or "").splitlines():
-        size, _, digest = line.strip().partition(" ")
-        if size.isdigit() and len(digest) == 64:
-            blobs[digest] = int(size)
+        if not line.strip():
+            continue
+        match = LISTING_LINE.fullmatch(line.strip())
+        if not match or match[3][:2] != match[2]:
+            raise BackupError(f"{where}: blob listing line {line.strip()[:120]!r} is not "
+                              "'SIZE ./xx/<64 hex digest>'")
+        blobs[match[3]] = int(match[1])
     return blobs
+
+
+def digest_hex(value: object, where: str) -> str:
+    """The 64 hex of `sha256:<64 hex>` or of a bare `<64 hex>`; anything else stops."""
+    text = value if isinstance(value, str) else ""
+    match = DIGEST.fullmatch(text) or HEX64.fullmatch(text)
+    if not match:
+        raise BackupError(f"{where}: {str(value)[:120]!r} is not a sha256 digest")
+    return match[1] if match.re is DIGEST else match[0]
 
 
 def missing_blobs(have: dict[str, int], want: dict[str, int]) -> list[str]:
@@ -102,10 +156,147 @@ def missing_blobs(have: dict[str, int], want: dict[str, int]) -> list[str]:
 
 
 def blob_path(digest: str) -> str:
+    assert HEX64.fullmatch(digest), digest
     return f"blobs/sha256/{digest[:2]}/{digest}/data"
 
 
+def tree_hash(tree: bytes) -> str:
+    """tree_hash_command's result for a tree tar (our own, checked): what the folder it
+    extracts to must hash to."""
+    lines = [(member.name.encode(), hashlib.sha256(data).hexdigest().encode())
+             for member, data in tar_members(tree)]
+    listing = b"".join(digest + b"  " + name + b"\n" for name, digest in sorted(lines))
+    return hashlib.sha256(listing).hexdigest()
+
+
+def check_blob_member(member: tarfile.TarInfo, wanted: dict[str, int], where: str) -> str:
+    """The digest of a blob member the other side sent; BackupError unless it is a regular
+    file named as a blob we asked for, of a size that blob can have."""
+    match = BLOB_MEMBER.fullmatch(member.name)
+    kind = _kind(member)
+    if kind != "file" or not match or match[1] != match[2][:2] or match[2] not in wanted:
+        raise BackupError(f"{where}: sent {kind} {member.name[:200]!r}, which is not a blob "
+                          "asked for; nothing of it was written")
+    if member.size > max(wanted[match[2]], IN_PLACE_MAX):
+        raise BackupError(f"{where}: sent {member.name!r} with {member.size} bytes, more than "
+                          f"the {wanted[match[2]]} it listed")
+    return match[2]
+
+
+def check_tree_member(member: tarfile.TarInfo, where: str) -> None:
+    kind = _kind(member)
+    if kind != "file" or len(member.name) > TREE_NAME_MAX or not TREE_MEMBER.fullmatch(
+            member.name) or member.size > LINK_FILE_MAX:
+        raise BackupError(f"{where}: sent {kind} {member.name[:200]!r} in the repositories "
+                          "tree (only `link` files under repositories/<name>/_layers or "
+                          "_manifests are taken); nothing of it was written")
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        return "file"
+    return {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE:
+            "directory", tarfile.CHRTYPE: "device", tarfile.BLKTYPE: "device",
+            tarfile.FIFOTYPE: "fifo"}.get(member.type, f"member of type {member.type!r}")
+
+
+def clean_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A fresh header for a checked member: a regular file, root's, 0644; nothing else of
+    what the other side sent (owner, mode, pax keys) is passed on."""
+    info = tarfile.TarInfo(member.name)
+    info.size, info.mode, info.mtime = member.size, 0o644, int(member.mtime)
+    return info
+
+
 # --- where a backup lives: the control machine or a backup host ---
+
+class _Source:
+    """A command's stdout as a stream (local process or SSH channel); stdin is written by
+    a thread so a long name list cannot deadlock against the output."""
+
+    def __init__(self, side: Side, command: str, stdin: bytes = b"") -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: Any = None
+        self.moved = 0
+        if side.ssh is None:
+            # stderr to a file: a pipe left unread could stall the command.
+            self.err_file = tempfile.TemporaryFile()  # noqa: SIM115  # closed with self
+            self.proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self.err_file)
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            stdin_stream: Any = self.proc.stdin
+            self.out: Any = self.proc.stdout
+        else:
+            stdin_stream, self.out, self.err = side.ssh.exec_command(command)
+            self.channel = self.out.channel
+        self.writer = threading.Thread(target=_feed, args=(stdin_stream, stdin), daemon=True)
+        self.writer.start()
+
+    def read(self, size: int = CHUNK) -> bytes:
+        chunk: bytes = self.out.read(min(size, CHUNK) if size > 0 else CHUNK)
+        self.moved += len(chunk)
+        return chunk
+
+    def finish(self) -> tuple[int, str]:
+        self.writer.join()
+        if self.proc is not None:
+            code = self.proc.wait()
+            self.err_file.seek(0)
+            return code, self.err_file.read()[-4000:].decode(errors="replace")
+        return int(self.channel.recv_exit_status()), self.err.read()[-4000:].decode(
+            errors="replace")
+
+    def abort(self) -> None:
+        """Stop reading: the other side may send forever."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        else:
+            self.channel.close()
+
+
+def _feed(stream: Any, data: bytes) -> None:
+    try:
+        if data:
+            stream.write(data)
+    except OSError:
+        pass  # the command ended (or was stopped) before reading all of it
+    finally:
+        try:
+            if hasattr(stream, "channel"):
+                stream.channel.shutdown_write()
+            else:
+                stream.close()
+        except OSError:
+            pass
+
+
+class _Sink:
+    """A command's stdin as a stream; `write` is what tarfile's 'w|' mode calls."""
+
+    def __init__(self, side: Side, command: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if side.ssh is None:
+            self.proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+            self.stdin: Any = self.proc.stdin
+        else:
+            self.stdin, _out, self.err = side.ssh.exec_command(command)
+
+    def write(self, data: bytes) -> int:
+        self.stdin.write(data)
+        return len(data)
+
+    def finish(self) -> tuple[int, str]:
+        if self.proc is not None:
+            assert self.proc.stderr is not None
+            self.stdin.close()
+            code = self.proc.wait()
+            return code, self.proc.stderr.read()[-4000:].decode(errors="replace")
+        self.stdin.channel.shutdown_write()
+        code = int(self.stdin.channel.recv_exit_status())
+        return code, self.err.read()[-4000:].decode(errors="replace")
+
 
 @dataclass
 class Side:
@@ -136,79 +327,78 @@ class Side:
                               f"{err.strip()[-500:]}")
         return out
 
+    def check_bounded(self, command: str, limit: int, what: str) -> bytes:
+        """check(), reading the output in chunks and stopping past `limit` bytes (the
+        other side may send without end)."""
+        return read_bounded(_Source(self, command), limit, f"{self.name}: {what}")
 
-class BackupError(RuntimeError):
-    pass
 
-
-def pipe(source: Side, source_cmd: str, source_stdin: bytes, sink: Side, sink_cmd: str) -> int:
-    """Run source_cmd on one side and pipe its stdout into sink_cmd on the other; bytes moved."""
-    moved = 0
-    if sink.ssh is None:
-        local = subprocess.Popen(["sh", "-c", sink_cmd], stdin=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
-        assert local.stdin is not None
-        writer: Callable[[bytes], Any] = local.stdin.write
-    else:
-        sink_in, _sink_out, sink_err = sink.ssh.exec_command(sink_cmd)
-        writer = sink_in.write
-    src_in, src_out, src_err = source.ssh.exec_command(source_cmd) if source.ssh is not None \
-        else _local_streams(source_cmd)
-    src_in.write(source_stdin)
-    _close_write(src_in)
+def read_bounded(source: Any, limit: int, what: str) -> bytes:
+    """All of `source` (read/finish/abort) if it ends within `limit` bytes and succeeds."""
+    chunks, total = [], 0
     while True:
-        chunk = src_out.read(CHUNK)
+        chunk = source.read(CHUNK)
         if not chunk:
             break
-        writer(chunk)
-        moved += len(chunk)
-    source_code = _exit_code(src_out)
-    source_err = src_err.read().decode(errors="replace")
-    if sink.ssh is None:
-        assert local.stdin is not None and local.stderr is not None
-        local.stdin.close()
-        sink_code = local.wait()
-        sink_message = local.stderr.read().decode(errors="replace")
-    else:
-        sink_in.channel.shutdown_write()
-        sink_code = sink_in.channel.recv_exit_status()
-        sink_message = sink_err.read().decode(errors="replace")
+        total += len(chunk)
+        if total > limit:
+            source.abort()
+            raise BackupError(f"{what} is larger than {limit} bytes "
+                              "(registry_backup_tree_max_bytes); stopped reading it")
+        chunks.append(chunk)
+    code, err = source.finish()
+    if code != 0:
+        raise BackupError(f"{what} failed ({code}): {err.strip()[-500:]}")
+    return b"".join(chunks)
+
+
+def copy_blobs(source: Side, sink: Side, digests: list[str],
+               sizes: Mapping[str, int]) -> tuple[int, set[str]]:
+    """The blobs from source into sink (same layout) through a tar the kit writes itself:
+    the source's tar is read here and only blobs asked for, as regular files, go on.
+    (bytes of tar read, digests received)."""
+    if not digests:
+        return 0, set()
+    wanted = {d: sizes.get(d, 0) for d in digests}
+    names = b"".join(blob_path(d).encode() + b"\0" for d in digests)
+    sink_v2 = sink.root + "/" + V2
+    reader: Any = _Source(source, tolerant_tar(
+        f"tar -C {q(source.root + '/' + V2)} -cf - --null -T -"), names)
+    writer: Any = _Sink(sink, f"mkdir -p {q(sink_v2)} && tar -C {q(sink_v2)} -xf - "
+                         "--no-same-owner --no-same-permissions")
+    received: set[str] = set()
+    current = ""
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar_in, \
+                tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tar_out:
+            for member in tar_in:
+                digest = check_blob_member(member, wanted, source.name)
+                if digest in received:
+                    raise BackupError(f"{source.name}: sent {member.name!r} twice")
+                current = member.name
+                tar_out.addfile(clean_member(member), tar_in.extractfile(member))
+                received.add(digest)
+                current = ""
+        rest = 0
+        while chunk := reader.read(CHUNK):
+            rest += len(chunk)
+            if rest > TRAILING_MAX:
+                raise BackupError(f"{source.name}: sent more than {TRAILING_MAX} bytes after "
+                                  "the end of its tar; stopped reading")
+    except (BackupError, tarfile.TarError, OSError, EOFError) as error:
+        reader.abort()
+        writer.finish()
+        if current:  # cut short in the middle: not left in the backup as if whole
+            sink.run(f"rm -f {q(sink_v2 + '/' + current)}")
+        message = str(error) if isinstance(error, BackupError) else \
+            f"{source.name}: its tar of blobs is broken ({error})"
+        raise BackupError(message) from None
+    source_code, source_err = reader.finish()
+    sink_code, sink_err = writer.finish()
     if source_code != 0 or sink_code != 0:
         raise BackupError(f"copy {source.name} -> {sink.name} failed ({source_code}/"
-                          f"{sink_code}): {(source_err + sink_message).strip()[-500:]}")
-    return moved
-
-
-def _local_streams(command: str) -> tuple[Any, Any, Any]:
-    proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin and proc.stdout and proc.stderr
-    proc.stdout.proc = proc  # type: ignore[attr-defined]  # for _exit_code
-    return proc.stdin, proc.stdout, proc.stderr
-
-
-def _close_write(stream: Any) -> None:
-    if hasattr(stream, "channel"):
-        stream.channel.shutdown_write()
-    else:
-        stream.close()
-
-
-def _exit_code(stream: Any) -> int:
-    if hasattr(stream, "channel"):
-        return int(stream.channel.recv_exit_status())
-    return int(stream.proc.wait())
-
-
-def copy_blobs(source: Side, sink: Side, digests: list[str]) -> int:
-    """tar the blobs from source into sink (same layout); bytes of tar stream moved."""
-    if not digests:
-        return 0
-    names = b"".join(blob_path(d).encode() + b"\0" for d in digests)
-    return pipe(source, tolerant_tar(f"tar -C {q(source.root + '/' + V2)} -cf - --null -T -"),
-                names,
-                sink, f"mkdir -p {q(sink.root + '/' + V2)} && "
-                      f"tar -C {q(sink.root + '/' + V2)} -xf -")
+                          f"{sink_code}): {(source_err + sink_err).strip()[-500:]}")
+    return reader.moved, received
 
 
 # WRITE ORDER (distribution v2.8.3 and v3.0.0, filesystem driver), why no window is needed:
@@ -245,56 +435,99 @@ def tolerant_tar(create: str) -> str:
 CURRENT = "*/_manifests/tags/*/current/link"
 
 
-def _tree_tar(source: Side, find_args: str) -> bytes:
-    return source.check(f"cd {q(source.root + '/' + V2)} && " + tolerant_tar(
-        f"find repositories -name _uploads -prune -o {find_args} -print0 "
-        "| tar --null --no-recursion -T - -cf -"))
+def tree_tar_command(base: str, tags: bool) -> str:
+    """A tar of BASE/repositories' tag links (`tags`) or of its other files, run by bash: it
+    fails when find fails (sh has no pipefail, and a tar cut short by a find error would
+    look like an empty registry); no repositories folder (nothing pushed yet) is an empty
+    tar."""
+    find_args = (f"-path {q(CURRENT)} -type f" if tags
+                 else f"-type f ! -path {q(CURRENT)} ! -name 'link.*.tmp'")
+    script = (f"cd {q(base)} || exit 1; if [ ! -d repositories ]; then "
+              "exec tar --null --no-recursion -T /dev/null -cf -; fi; "
+              "find repositories -ignore_readdir_race -name _uploads -prune -o "
+              f"{find_args} -print0 | tar --null --no-recursion -T - -cf - "
+              "--ignore-failed-read --warning=no-file-changed --warning=no-file-removed; "
+              's=("${PIPESTATUS[@]}"); [ "${s[0]}" = 0 ] && [ "${s[1]}" -le 1 ]')
+    return f"bash -c {q(script)}"
 
 
-def tree_snapshot(source: Side) -> tuple[bytes, int]:
-    """The repositories tree as one tar (small: links and tag folders), without _uploads;
-    (tar, links read again). tar is no snapshot, so the order makes it one: every tag's
-    current/link is read (and settled) first, and only then the rest. A tag is written
-    last (after its index link, the manifest's revision link and the layer links the
-    registry checked), so every link it needs exists when the second tar reads."""
-    tags, reread_tags = settle_links(source, _tree_tar(source, f"-path {q(CURRENT)} -type f"))
-    rest, reread_rest = settle_links(source, _tree_tar(
-        source, f"-type f ! -path {q(CURRENT)} ! -name 'link.*.tmp'"))
+def tar_members(tar_bytes: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """(member, content) of a tar held in memory; an empty archive (all zeros) has none."""
+    if not tar_bytes.strip(b"\0"):
+        return []
+    found = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+        for member in tar:
+            handle = tar.extractfile(member) if member.isfile() else None
+            found.append((member, handle.read() if handle else b""))
+    return found
+
+
+def checked_tree(tar_bytes: bytes, where: str) -> None:
+    """BackupError unless every member is a `link` file of the repositories tree, once."""
+    seen: set[str] = set()
+    try:
+        for member, _data in tar_members(tar_bytes):
+            check_tree_member(member, where)
+            if member.name in seen:
+                raise BackupError(f"{where}: sent {member.name!r} twice")
+            seen.add(member.name)
+    except tarfile.TarError as error:
+        raise BackupError(f"{where}: its repositories tar is broken ({error})") from None
+
+
+def _tree_part(source: Side, base: str, tags: bool, limit: int) -> bytes:
+    raw = source.check_bounded(tree_tar_command(base, tags), limit, "repositories tar")
+    checked_tree(raw, source.name)
+    return raw
+
+
+def tree_snapshot(source: Side, base: str | None = None,
+                  limit: int = 4 << 30) -> tuple[bytes, int]:
+    """The repositories tree under BASE (default: the source's registry data) as one tar
+    the kit writes itself (checked members, fresh headers), without _uploads; (tar, links
+    read again). tar is no snapshot, so the order makes it one: every tag's current/link
+    is read (and settled) first, and only then the rest. A tag is written last (after its
+    index link, the manifest's revision link and the layer links the registry checked), so
+    every link it needs exists when the second tar reads."""
+    base = base or source.root + "/" + V2
+    tags, reread_tags = settle_links(source, _tree_part(source, base, True, limit), base=base)
+    rest, reread_rest = settle_links(source, _tree_part(source, base, False, limit), base=base)
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as merged:
+    seen: set[str] = set()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as merged:
         for part in (tags, rest):
-            with tarfile.open(fileobj=io.BytesIO(part), mode="r:") as tar:
-                for member in tar:
-                    merged.addfile(member, tar.extractfile(member))
+            for member, data in tar_members(part):
+                if member.name in seen:
+                    raise BackupError(f"{source.name}: sent {member.name!r} twice")
+                seen.add(member.name)
+                merged.addfile(clean_member(member), io.BytesIO(data))
     return out.getvalue(), reread_tags + reread_rest
 
 
-def repositories_tar(source: Side) -> bytes:
-    return tree_snapshot(source)[0]
+def repositories_tar(source: Side, base: str | None = None, limit: int = 4 << 30) -> bytes:
+    return tree_snapshot(source, base, limit)[0]
 
 
 def bad_links(tar_bytes: bytes) -> list[str]:
     """Members named `link` whose content is not a whole `sha256:<64 hex>` (caught while the
     registry wrote it in place)."""
-    bad = []
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
-        for member in tar:
-            if member.isfile() and member.name.rsplit("/", 1)[-1] == "link":
-                handle = tar.extractfile(member)
-                if not LINK.fullmatch(handle.read() if handle else b""):
-                    bad.append(member.name)
-    return bad
+    return [member.name for member, data in tar_members(tar_bytes)
+            if member.isfile() and member.name.rsplit("/", 1)[-1] == "link"
+            and not LINK.fullmatch(data)]
 
 
-def settle_links(source: Side, tar_bytes: bytes, tries: int = 20) -> tuple[bytes, int]:
+def settle_links(source: Side, tar_bytes: bytes, tries: int = 20,
+                 base: str | None = None) -> tuple[bytes, int]:
     """The tree with every half-written link read again until whole (a link that went away
     is left out); (tar, links re-read). A link that stays bad stops the backup."""
     names = bad_links(tar_bytes)
     if not names:
         return tar_bytes, 0
+    base = base or source.root + "/" + V2
     fixed: dict[str, bytes | None] = {}
     for name in names:
-        path = source.root + "/" + V2 + "/" + name
+        path = base + "/" + name
         for _ in range(tries):
             code, out, _err = source.run(f"cat {q(path)}")
             if code != 0 and source.run(f"test -e {q(path)}")[0] != 0:
@@ -307,16 +540,15 @@ def settle_links(source: Side, tar_bytes: bytes, tries: int = 20) -> tuple[bytes
         else:
             raise BackupError(f"{source.name}: {path} is not a digest after {tries} reads")
     out_buffer = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar, \
-            tarfile.open(fileobj=out_buffer, mode="w") as new:
-        for member in tar:
+    with tarfile.open(fileobj=out_buffer, mode="w", format=tarfile.GNU_FORMAT) as new:
+        for member, data in tar_members(tar_bytes):
             if member.name in fixed:
-                data = fixed[member.name]
-                if data is not None:
-                    member.size = len(data)
-                    new.addfile(member, io.BytesIO(data))
-            else:
-                new.addfile(member, tar.extractfile(member) if member.isfile() else None)
+                data = fixed[member.name]  # type: ignore[assignment]
+                if data is None:
+                    continue
+            info = clean_member(member)
+            info.size = len(data)
+            new.addfile(info, io.BytesIO(data))
     return out_buffer.getvalue(), len(names)
 
 
@@ -337,35 +569,50 @@ def check_copied(sink: Side, digests: list[str], sizes: dict[str, int]) -> list[
     return bad
 
 
+EXTRACT = "tar -xf - --no-same-owner --no-same-permissions"
+
+
+def extract_checked(sink: Side, folder: str, tree: bytes) -> None:
+    """The tree tar (the kit's own) into a fresh FOLDER, then FOLDER/repositories must hash
+    as the tar does: a tree cut short never replaces or becomes a good one."""
+    sink.check(f"rm -rf {q(folder)} && mkdir -p {q(folder)} && cd {q(folder)} && {EXTRACT} "
+               "&& mkdir -p repositories", tree)
+    got = sink.check(tree_hash_command(folder)).decode().strip()
+    if got != tree_hash(tree):
+        raise BackupError(f"{sink.name}: the repositories tree extracted into {folder} hashes "
+                          f"to {got or 'nothing'}, not {tree_hash(tree)}; left as it was")
+
+
 def put_repositories(sink: Side, tar_bytes: bytes) -> None:
-    """Replace the sink's repositories tree with the tar's, in one swap."""
+    """Replace the sink's repositories tree with the tar's, in one swap, once the new tree
+    is extracted and checked."""
     v2 = sink.root + "/" + V2
     new, old = f"{v2}/.repositories-new", f"{v2}/.repositories-old"
-    sink.check(f"mkdir -p {q(v2)} && rm -rf {q(new)} {q(old)} && mkdir {q(new)} && "
-               f"tar -C {q(new)} -xf - && {{ [ ! -e {q(v2 + '/repositories')} ] || "
+    sink.check(f"mkdir -p {q(v2)} && rm -rf {q(old)}")
+    extract_checked(sink, new, tar_bytes)
+    sink.check(f"{{ [ ! -e {q(v2 + '/repositories')} ] || "
                f"mv {q(v2 + '/repositories')} {q(old)}; }} && "
                f"mv {q(new + '/repositories')} {q(v2 + '/repositories')} && "
-               f"rm -rf {q(new)} {q(old)}", tar_bytes)
+               f"rm -rf {q(new)} {q(old)}")
 
 
 def tags_from_tar(tar_bytes: bytes) -> dict[str, dict[str, str]]:
     """{repository: {tag: digest}} from the repositories tree's tag links."""
     found: dict[str, dict[str, str]] = {}
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not (member.isfile() and len(parts) > 6 and parts[-1] == "link"
-                    and parts[-2] == "current" and parts[-5:-3] == ["_manifests", "tags"]):
-                continue
-            repository = "/".join(parts[1:-5])
-            handle = tar.extractfile(member)
-            digest = handle.read().decode(errors="replace").strip() if handle else ""
-            found.setdefault(repository, {})[parts[-3]] = digest
+    for member, data in tar_members(tar_bytes):
+        parts = member.name.split("/")
+        if not (member.isfile() and len(parts) > 6 and parts[-1] == "link"
+                and parts[-2] == "current" and parts[-5:-3] == ["_manifests", "tags"]):
+            continue
+        digest = data.decode(errors="replace").strip()
+        digest_hex(digest, member.name)
+        found.setdefault("/".join(parts[1:-5]), {})[parts[-3]] = digest
     return found
 
 
 def build_index(settings: Settings, tags: dict[str, dict[str, str]], blobs: dict[str, int],
-                this_backup: dict[str, Any]) -> dict[str, Any]:
+                this_backup: dict[str, Any], generation: str = "",
+                tree_sha256: str = "") -> dict[str, Any]:
     """The index; a tag whose manifest blob is not in `blobs` (the backup) is left out and
     named under `tags_left_out`."""
     kept: dict[str, dict[str, str]] = {}
@@ -382,8 +629,10 @@ def build_index(settings: Settings, tags: dict[str, dict[str, str]], blobs: dict
                               for tag, digest in repo_tags.items()}}
         for repository, repo_tags in kept.items()}
     return {
-        "format": 1,
+        "format": 2,
         "server": settings.host,
+        "generation": generation,
+        "tree_sha256": tree_sha256,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "registry_image": settings.registry_image,
         "registry_data_dir": settings.registry_data_dir,
@@ -395,6 +644,132 @@ def build_index(settings: Settings, tags: dict[str, dict[str, str]], blobs: dict
         "blobs": {f"sha256:{digest}": size for digest, size in sorted(blobs.items())},
         "this_backup": this_backup,
     }
+
+
+# --- generations: <root>/generations/<UTC time>/{repositories,index.json}, blobs shared ---
+
+def generation_name(when: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
+
+
+def generations_command(root: str) -> str:
+    return f"ls -1 {q(root + '/' + GENERATIONS)} 2>/dev/null; true"
+
+
+def parse_generations(text: str | None) -> list[str]:
+    """Complete generations, oldest first (a folder being written is `.<name>.partial`)."""
+    return sorted(n for n in (text or "").split() if BACKUP_GENERATION_RE.fullmatch(n))
+
+
+def generation_base(root: str, name: str | None) -> str:
+    """The folder holding a generation's repositories and index.json; None: a backup in
+    the layout before generations (the tree in the registry layout, index.json at root)."""
+    return f"{root}/{GENERATIONS}/{name}" if name else f"{root}/{V2}"
+
+
+def generation_index(root: str, name: str | None) -> str:
+    return f"{generation_base(root, name)}/{INDEX}" if name else f"{root}/{INDEX}"
+
+
+def index_blobs(index: Any, where: str) -> dict[str, int]:
+    """{hex: size} of the blobs an index names, every digest checked."""
+    if not isinstance(index, dict) or not isinstance(index.get("blobs"), dict):
+        raise BackupError(f"{where}: not a backup index (no blobs)")
+    blobs = {}
+    for digest, size in index["blobs"].items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BackupError(f"{where}: blob {digest!r} has size {size!r}")
+        blobs[digest_hex(digest, where)] = size
+    return blobs
+
+
+def index_tags(index: Any, where: str) -> dict[str, dict[str, str]]:
+    """{repository: {tag: digest}} an index names, each digest checked."""
+    found: dict[str, dict[str, str]] = {}
+    repositories = index.get("repositories", {}) if isinstance(index, dict) else None
+    if not isinstance(repositories, dict):
+        raise BackupError(f"{where}: not a backup index (repositories)")
+    for repository, body in repositories.items():
+        for tag, entry in (body.get("tags", {}) if isinstance(body, dict) else {}).items():
+            digest = entry.get("digest") if isinstance(entry, dict) else None
+            digest_hex(digest, where)
+            found.setdefault(str(repository), {})[str(tag)] = str(digest)
+    return found
+
+
+def tree_matches_index(tree: bytes, index: dict[str, Any], where: str) -> None:
+    """BackupError unless the tree holds every tag the index names with its digest (and,
+    for an index that records it, hashes as the index says)."""
+    tags = tags_from_tar(tree)
+    wrong = [f"{repo}:{tag}" for repo, repo_tags in index_tags(index, where).items()
+             for tag, digest in repo_tags.items() if tags.get(repo, {}).get(tag) != digest]
+    if wrong:
+        raise BackupError(f"{where}: its repositories tree lacks {len(wrong)} tags its "
+                          f"{INDEX} names (first: {wrong[0]}); not restoring it")
+    if index.get("tree_sha256") and tree_hash(tree) != index["tree_sha256"]:
+        raise BackupError(f"{where}: its repositories tree does not hash to the tree_sha256 "
+                          f"of its {INDEX}; not restoring it")
+
+
+def prune_plan(generations: list[str], keep: int, needs: Mapping[str, set[str] | None],
+               in_store: set[str]) -> tuple[list[str], list[str]]:
+    """(generations to remove: all but the newest `keep`, blobs to remove: those no kept
+    generation needs). A kept generation whose needs are unknown (its index unreadable)
+    keeps every blob."""
+    ordered = sorted(generations)
+    dropped = ordered[:max(0, len(ordered) - keep)]
+    kept = ordered[len(dropped):]
+    known = [needs.get(name) for name in kept]
+    if any(need is None for need in known):
+        return dropped, []
+    needed: set[str] = set().union(*[need for need in known if need is not None])
+    return dropped, sorted(in_store - needed)
+
+
+def read_index(side: Side, path: str, limit: int) -> Any:
+    try:
+        return json.loads(side.check_bounded(f"cat {q(path)}", limit, path))
+    except ValueError:
+        raise BackupError(f"{side.name}: {path} is not JSON") from None
+
+
+def prune(sink: Side, root: str, keep: int, newest: str, newest_blobs: set[str],
+          limit: int) -> tuple[list[str], int]:
+    names = parse_generations(sink.check(generations_command(root)).decode())
+    needs: dict[str, set[str] | None] = {newest: newest_blobs}
+    for name in names[max(0, len(names) - keep):]:
+        if name != newest:
+            try:
+                needs[name] = set(index_blobs(read_index(
+                    sink, generation_index(root, name), limit), name))
+            except BackupError:
+                needs[name] = None
+    in_store = set(parse_blobs(sink.check(blob_listing_command(root)).decode(), sink.name))
+    dropped, blobs = prune_plan(names, keep, needs, in_store)
+    if dropped:
+        sink.check("rm -rf " + " ".join(q(generation_base(root, name)) for name in dropped))
+    if blobs:
+        sink.check(f"cd {q(root + '/' + V2 + '/blobs/sha256')} && xargs -0 -r rm -rf --",
+                   b"".join(f"{d[:2]}/{d}".encode() + b"\0" for d in blobs))
+    return dropped, len(blobs)
+
+
+def migrate_layout(sink: Side, root: str) -> str | None:
+    """A backup from before generations (its tree in the registry layout, index.json at
+    root) becomes the oldest generation, named by its index's time; its name or None."""
+    v2 = root + "/" + V2
+    if sink.run(f"test -d {q(v2 + '/repositories')}")[0] != 0:
+        return None
+    _code, raw, _err = sink.run(f"cat {q(root + '/' + INDEX)}")
+    try:
+        when = float(calendar.timegm(time.strptime(json.loads(raw)["time"],
+                                                   "%Y-%m-%dT%H:%M:%SZ")))
+    except (ValueError, KeyError, TypeError):
+        when, raw = 0.0, json.dumps({"blobs": {}, "repositories": {}}).encode()
+    target = generation_base(root, generation_name(when))
+    sink.check(f"mkdir -p {q(target)} && cat > {q(target + '/' + INDEX)} && "
+               f"mv {q(v2 + '/repositories')} {q(target)}", raw)
+    return generation_name(when)
 
 
 # --- settings to sides ---
@@ -466,31 +841,43 @@ def _run_backup(state: Any, host: Any, settings: Settings, root: str) -> bool:
 
 
 def run_backup(target: Any, settings: Settings, root: str) -> str:
+    limit = settings.registry_backup_tree_max_bytes
     source = Side(settings.registry_data_dir, target.name, target.connector.client)
     sink = side_for_store(root, settings)
     sink.check(f"mkdir -p {q(root)} && chmod 0700 {q(root)}")
+    migrated = migrate_layout(sink, root)
     started, started_at = time.monotonic(), time.time()
-    in_backup = parse_blobs(sink.check(blob_listing_command(sink.root)).decode())
+    in_backup = parse_blobs(sink.check(blob_listing_command(sink.root)).decode(), sink.name)
     # Pass 1: the blobs the backup lacks (the registry takes pushes and pulls meanwhile).
-    on_server = parse_blobs(source.check(blob_listing_command(source.root)).decode())
+    on_server = parse_blobs(source.check(blob_listing_command(source.root)).decode(),
+                            source.name)
     first = missing_blobs(in_backup, on_server)
-    bytes_first = copy_blobs(source, sink, first)
-    have = {**in_backup, **{d: on_server[d] for d in first}}
+    bytes_first, got_first = copy_blobs(source, sink, first, on_server)
+    have = {**in_backup, **{d: on_server[d] for d in got_first}}
     # Pass 2: the repositories tree; every blob its links name exists from now on.
-    tree, links_reread = tree_snapshot(source)
+    tree, links_reread = tree_snapshot(source, None, limit)
     # Pass 3: the blobs pushed since pass 1 began (a superset of those the tree names).
-    final = parse_blobs(source.check(blob_listing_command(source.root)).decode())
+    final = parse_blobs(source.check(blob_listing_command(source.root)).decode(), source.name)
     late = missing_blobs(have, final)
-    bytes_late = copy_blobs(source, sink, late)
+    bytes_late, got_late = copy_blobs(source, sink, late, final)
     sizes = {**on_server, **final}
-    bad = check_copied(sink, first + late, sizes)
+    copied_now = [d for d in first if d in got_first] + [d for d in late if d in got_late]
+    bad = check_copied(sink, copied_now, sizes)
     if bad:  # caught while the registry wrote them: once more, now that they are whole
-        bytes_late += copy_blobs(source, sink, bad)
-        bad = check_copied(sink, bad, sizes)
-    blobs = {d: s for d, s in {**have, **final}.items() if d not in bad}
-    put_repositories(sink, tree)
+        moved, got_again = copy_blobs(source, sink, bad, sizes)
+        bytes_late += moved
+        bad = check_copied(sink, [d for d in bad if d in got_again], sizes) + [
+            d for d in bad if d not in got_again]
+    # The generation names what the server listed and the backup now holds, whole.
+    in_store = parse_blobs(sink.check(blob_listing_command(sink.root)).decode(), sink.name)
+    blobs = {d: s for d, s in sizes.items() if in_store.get(d) == s and d not in bad}
+    # A new generation: extracted into a fresh folder and checked; it gets its name (and
+    # the generations before it are touched) only once its index is in it.
+    name = generation_name(started_at)
+    partial = f"{root}/{GENERATIONS}/.{name}.partial"
+    extract_checked(sink, partial, tree)
     seconds = time.monotonic() - started
-    copied_digests = [d for d in dict.fromkeys(first + late) if d in blobs]
+    copied_digests = [d for d in dict.fromkeys(copied_now) if d in blobs]
     copied = sum(blobs[d] for d in copied_digests)
     this_backup = {
         "blobs_copied": len(copied_digests),
@@ -503,20 +890,23 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
         "links_reread": links_reread,
         "blobs_left_out": [f"sha256:{d}" for d in bad],
     }
-    # Blobs the server no longer lists (none, unless gc.py ran meanwhile) stay in the
-    # backup and the index: a backup only grows.
-    index = build_index(settings, tags_from_tar(tree), blobs, this_backup)
+    index = build_index(settings, tags_from_tar(tree), blobs, this_backup, name, tree_hash(tree))
     text = json.dumps(index, indent=1, sort_keys=True).encode() + b"\n"
-    stamp = index["time"].replace(":", "")
-    sink.check(f"mkdir -p {q(root + '/indexes')} && cat > {q(root + '/' + INDEX + '.new')} && "
-               f"cp {q(root + '/' + INDEX + '.new')} {q(root + '/indexes/' + stamp + '.json')} "
-               f"&& mv -f {q(root + '/' + INDEX + '.new')} {q(root + '/' + INDEX)}", text)
-    return (f"backup of {target.name} in {sink.name}:{root}: {len(copied_digests)} blobs "
-            f"copied ({copied} bytes, {len(late)} of them after the tree), "
-            f"{index['tag_count']} tags in {len(index['repositories'])} repositories, "
-            f"{len(index['tags_left_out'])} tags left out (manifest not in the backup), "
-            f"{this_backup['seconds']} s ({this_backup['mb_per_s']} MB/s); pushes and pulls "
-            "went on throughout")
+    sink.check(f"cat > {q(partial + '/' + INDEX)} && mv {q(partial)} "
+               f"{q(generation_base(root, name))}", text)
+    sink.check(f"cat > {q(root + '/' + INDEX + '.new')} && "
+               f"mv -f {q(root + '/' + INDEX + '.new')} {q(root + '/' + INDEX)}", text)
+    dropped, pruned_blobs = prune(sink, root, settings.registry_backup_keep, name,
+                                  set(blobs), limit)
+    return (f"backup of {target.name} in {sink.name}:{root}: generation {name}, "
+            f"{len(copied_digests)} blobs copied ({copied} bytes, {len(late)} of them after "
+            f"the tree), {index['tag_count']} tags in {len(index['repositories'])} "
+            f"repositories, {len(index['tags_left_out'])} tags left out (manifest not in the "
+            f"backup), {this_backup['seconds']} s ({this_backup['mb_per_s']} MB/s); pushes and "
+            f"pulls went on throughout; {len(dropped)} old generations and {pruned_blobs} "
+            f"blobs no kept generation needs removed (keep {settings.registry_backup_keep})"
+            + (f"; the backup before generations became generation {migrated}"
+               if migrated else ""))
 
 
 @operation()
@@ -524,13 +914,13 @@ def back_up(settings: Settings, root: str, server_blobs: dict[str, int], server_
             backup_blobs: dict[str, int], backup_tree: str):
     missing = missing_blobs(backup_blobs, server_blobs)
     if not missing and server_tree == backup_tree and server_tree:
-        host.noop(f"backup in {root} is up to date ({len(server_blobs)} blobs, same "
-                  "repositories tree)")
+        host.noop(f"backup in {root} is up to date ({len(server_blobs)} blobs, its newest "
+                  "generation has the same repositories tree)")
         return
     yield FunctionCommand(_run_backup, (settings, root), {})
 
 
-# --- verify ---
+# --- verify (read-only: it runs while planning and reports without changing anything) ---
 
 def verify_command(root: str) -> str:
     """`OK|BAD HEX` per blob of a backup: its sha256 against the digest in its path."""
@@ -541,40 +931,64 @@ def verify_command(root: str) -> str:
             "if [ \"$s\" = \"$d\" ]; then echo \"OK $d\"; else echo \"BAD $d $s\"; fi; done")
 
 
-def _run_verify(state: Any, host: Any, settings: Settings, root: str) -> bool:
+VERIFY_LINE = re.compile(r"OK ([0-9a-f]{64})|BAD ([0-9a-f]{64}) ([0-9a-f]{64})")
+
+
+def run_verify(settings: Settings, root: str) -> tuple[bool, list[str]]:
+    """(all good, report lines): every blob re-hashed against its digest, and every blob
+    each generation's index names present."""
     sink = side_for_store(root, settings)
-    code, raw_index, _ = sink.run(f"cat {q(root + '/' + INDEX)}")
-    if code != 0:
-        host.log_styled(f"registry-kit: verify: no {INDEX} in {sink.name}:{root}", fg="red",
-                        log_func=logger.error)
-        return False
-    index = json.loads(raw_index)
+    names: list[str | None] = list(parse_generations(
+        sink.check(generations_command(root)).decode()))
+    if not names and sink.run(f"test -e {q(root + '/' + INDEX)}")[0] == 0:
+        names = [None]  # the layout before generations
+    if not names:
+        return False, [f"verify: no backup (no {INDEX}) in {sink.name}:{root}"]
+    named: dict[str, str] = {}
+    for name in names:
+        where = generation_index(root, name)
+        for digest in index_blobs(read_index(sink, where, settings.registry_backup_tree_max_bytes),
+                                  where):
+            named.setdefault(digest, where)
     code, out, err = sink.run(verify_command(root))
-    lines = out.decode().splitlines()
-    good = {line.split()[1] for line in lines if line.startswith("OK ")}
-    bad = [line.split()[1:] for line in lines if line.startswith("BAD ")]
-    absent = sorted(d for d in index.get("blobs", {})
-                    if d.removeprefix("sha256:") not in good
-                    and d.removeprefix("sha256:") not in {b[0] for b in bad})
-    for digest, actual in bad:
-        host.log_styled(f"registry-kit: verify: MISMATCH sha256:{digest} in {sink.name}:{root}: "
-                        f"content hashes to sha256:{actual}", fg="red", log_func=logger.error)
-    for digest in absent:
-        host.log_styled(f"registry-kit: verify: MISSING {digest} (named in {INDEX})",
-                        fg="red", log_func=logger.error)
+    good, bad = set(), []
+    for line in out.decode(errors="replace").splitlines():
+        match = VERIFY_LINE.fullmatch(line.strip())
+        if match and match[1]:
+            good.add(match[1])
+        elif match:
+            bad.append((match[2], match[3]))
+    lines = [f"verify: MISMATCH sha256:{digest} in {sink.name}:{root}: content hashes to "
+             f"sha256:{actual}" for digest, actual in bad]
+    bad_set = {digest for digest, _ in bad}
+    absent = sorted(d for d in named if d not in good and d not in bad_set)
+    lines += [f"verify: MISSING sha256:{d} (named in {named[d]})" for d in absent]
     if code != 0 or bad or absent:
-        host.log_styled(f"registry-kit: verify: {len(bad)} mismatched, {len(absent)} missing, "
-                        f"{len(good)} good blobs in {sink.name}:{root} {err.strip()[-200:]}",
-                        fg="red", log_func=logger.error)
-        return False
-    report(host, f"verify: all {len(good)} blobs in {sink.name}:{root} match their digests "
-                 f"(index of {index.get('time')})")
-    return True
+        return False, [*lines, f"verify: {len(bad)} mismatched, {len(absent)} missing, "
+                               f"{len(good)} good blobs in {sink.name}:{root} "
+                               f"{err.strip()[-200:]}"]
+    return True, [f"verify: all {len(good)} blobs in {sink.name}:{root} match their digests "
+                  f"({len(names)} generations, each with every blob its index names)"]
+
+
+def _log_failure(state: Any, host: Any, lines: list[str]) -> bool:
+    for line in lines:
+        host.log_styled(f"registry-kit: {line}", fg="red", log_func=logger.error)
+    return False
 
 
 @operation()
-def verify(settings: Settings, root: str):
-    yield FunctionCommand(_run_verify, (settings, root), {})
+def verify_report(ok: bool, lines: list[str]):
+    if ok:
+        host.noop("registry-kit: " + " ".join(lines))
+        return
+    yield FunctionCommand(_log_failure, (lines,), {})
+
+
+def store_refusal(error: BackupError) -> BaseException:
+    """What a backup's other side sent while planning (a listing, an index) stops the run
+    with one line, before anything is copied."""
+    return refusal(SettingsError(str(error)))
 
 
 # --- backup.py ---
@@ -588,16 +1002,25 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         return
     refuse_unsupported(settings, "backup.py")
     root = f"{backup_base(settings)}/{host.name}"
-    if settings.registry_backup_verify:
-        verify(settings, root, name=f"Verify every blob of the backup in {root}")
-        return
-    server_blobs = parse_blobs(host.get_fact(Command, blob_listing_command(
-        settings.registry_data_dir)))
+    try:
+        if settings.registry_backup_verify:
+            ok, lines = run_verify(settings, root)
+            if ok:  # said once here: the operation's body runs twice, and noops need -v
+                report(host, lines[0])
+            verify_report(ok, lines, name=f"Verify every blob of the backup in {root}")
+            return
+        server_blobs = parse_blobs(host.get_fact(Command, blob_listing_command(
+            settings.registry_data_dir)), host.name)
+        backup_blobs = parse_blobs(store_fact(settings, blob_listing_command(root)),
+                                   settings.registry_backup_host or "control machine")
+    except BackupError as error:
+        raise store_refusal(error) from None
     server_tree = str(host.get_fact(Command, repositories_hash_command(
         settings.registry_data_dir)) or "")
-    backup_blobs = parse_blobs(store_fact(settings, blob_listing_command(root)))
-    backup_tree = store_fact(settings, repositories_hash_command(root)).strip()
+    generations = parse_generations(store_fact(settings, generations_command(root)))
+    # The newest generation, or a backup made before generations (migrated on its next run).
+    newest = generations[-1] if generations else None
+    backup_tree = store_fact(settings, tree_hash_command(generation_base(root, newest))).strip()
     # One server at a time: each backup reads its server's disk hard.
     back_up(settings, root, server_blobs, server_tree.strip(), backup_blobs, backup_tree,
             name=f"Back up registry data to {root}", _serial=True)
-

@@ -158,11 +158,16 @@ def test_a_backup_is_incremental_and_indexed(site: Site, images: dict[str, Path]
     assert len(new_files) == 15 and index["this_backup"]["blobs_copied"] == 15, index
     assert index["tag_count"] == 25
     FIGURES["backup_incremental"] = index["this_backup"]
-    assert len(list((site.backup_root() / "indexes").glob("*.json"))) == 2
+    # Two generations (each backup that found a change), the blobs shared between them.
+    generations = sorted((site.backup_root() / "generations").iterdir())
+    assert [g.name for g in generations] == sorted(index["generation"] for index in [
+        json.loads((g / "index.json").read_text()) for g in generations]), generations
+    assert len(generations) == 2 and generations[-1].name == index["generation"]
 
 
 def test_b_verify_reports_a_corrupted_blob(site: Site) -> None:
-    run = site.run("backup.py", "--data", "registry_backup_verify=True").assert_ok()
+    # Read-only: reported, and counted as no change.
+    run = site.run("backup.py", "--data", "registry_backup_verify=True").assert_no_changes()
     assert "verify: all 80 blobs" in run.stderr, run.describe()
     # Corrupt one blob in a copy of the backup (the original stays good for the restore).
     copy = site.dir / "corrupt"
@@ -425,3 +430,264 @@ def test_g_bad_input_one_line_nothing_touched(site: Site, data: dict[str, Any],
     assert harness.started_at(SERVER) == started
     assert harness.ssh(SERVER, "ls -la --time-style=full-iso /etc/registry-kit "
                                "/var/lib/registry-kit/data").stdout == listing
+
+
+# --- issue 22: a broken-into server gains nothing through backup.py ---
+
+WRAPPERS = "/usr/local/sbin"  # first in the PATH of the kit's SSH commands on the server
+HOSTILE_TAR = r"""#!/bin/sh
+# The server's tar, broken into: `tar -c` sends /root/hostile/<mode>[.<pass>].tar.
+mode=$(cat /root/hostile/mode)
+case " $* " in *' -cf '*) ;; *) exec /usr/bin/tar "$@";; esac
+case "$mode" in
+  endless) exec cat /dev/zero;;
+  endless-tree) case " $* " in *' --no-recursion '*) exec cat /dev/zero;; esac
+                exec /usr/bin/tar "$@";;
+  bogus) exec /usr/bin/tar "$@";;
+esac
+cat > /dev/null  # the name list: read, so the find feeding it ends well
+n=$(cat /root/hostile/pass 2>/dev/null || echo 0); echo $((n + 1)) > /root/hostile/pass
+if [ -e "/root/hostile/$mode.$n.tar" ]; then cat "/root/hostile/$mode.$n.tar"
+else cat "/root/hostile/$mode.tar"; fi
+"""
+HOSTILE_FIND = r"""#!/bin/sh
+# The server's find, broken into: its blob listing names a digest that is a path.
+case "$(cat /root/hostile/mode) $*" in
+  bogus*-printf*) echo "5 ./../../../../../../../../../../root/.ssh/authorized_keys/xx"
+                  echo "7 ./aa/$(printf 'a%.0s' $(seq 61))/.."; exit 0;;
+esac
+exec /usr/bin/find "$@"
+"""
+
+
+def _hostile_tars(canary: Path) -> dict[str, bytes]:
+    """The members a broken-into server sends: built here with tarfile, any type and name."""
+    import io
+    import tarfile
+
+    def tar(*members: tuple[str, bytes, bytes, str]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as out:
+            for name, kind, data, link in members:
+                info = tarfile.TarInfo(name)
+                info.type, info.size, info.linkname = kind, len(data), link
+                if kind == tarfile.CHRTYPE:
+                    info.devmajor, info.devminor = 1, 3
+                out.addfile(info, io.BytesIO(data) if data else None)
+        return buffer.getvalue()
+
+    key = b"ssh-ed25519 AAAAC3Nza attacker\n"
+    blob = "blobs/sha256/" + "ab" + "/" + "ab" * 32 + "/data"
+    return {
+        # Pass 0 plants blobs/sha256/zz -> the canary; pass 1 writes a file through it.
+        "symlink.0.tar": tar(("blobs/sha256/zz", tarfile.SYMTYPE, b"", str(canary))),
+        "symlink.1.tar": tar(("blobs/sha256/zz/authorized_keys", tarfile.REGTYPE, key, "")),
+        "dotdot.tar": tar((f"../../../../../..{canary}/escaped", tarfile.REGTYPE, key, "")),
+        "device.tar": tar((blob, tarfile.CHRTYPE, b"", "")),
+    }
+
+
+def _state_of(folder: Path) -> dict[str, str]:
+    """path -> sha256 (or `-> target` for a symlink) of everything under folder."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            found[str(path)] = "-> " + os.readlink(path)
+        elif path.is_file():
+            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def test_h_a_broken_into_server_gains_nothing(site: Site, images: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    """lab-reg's tar and find replaced (for the kit's SSH commands) by scripts sending a
+    symlink then a file through it, a `../` name, a device node, bogus digests in the
+    blob listing, and endless streams: each backup run fails with one line naming the
+    server and what it sent; nothing changes on the control machine outside the backup
+    folder (a canary folder the symlink points at stays empty); the backup's generations
+    stay as they were; once the server is clean again the next backup works."""
+    canary = tmp_path / "canary-ssh"
+    canary.mkdir()
+    small = tmp_path / "small"
+    write_image(small, [os.urandom(50_000)])
+    assert site.push(small, "hostile/new:1").returncode == 0  # a blob for pass 1 to ask for
+    root = site.backup_root()
+    generations_before = _state_of(root / "generations")
+    index_before = (root / "index.json").read_bytes()
+    blobs_before = backup_blob_files(root)
+    dot_ssh_before = _state_of(Path("/root/.ssh")) if Path("/root/.ssh").exists() else {}
+    import base64
+    tars = _hostile_tars(canary)
+    setup = "mkdir -p /root/hostile && " + " && ".join(
+        f"echo {base64.b64encode(data).decode()} | base64 -d > /root/hostile/{name}"
+        for name, data in tars.items())
+    harness.ssh(SERVER, setup)
+    harness.ssh(SERVER, f"cat > {WRAPPERS}/tar && chmod 755 {WRAPPERS}/tar", stdin=HOSTILE_TAR)
+    harness.ssh(SERVER, f"cat > {WRAPPERS}/find && chmod 755 {WRAPPERS}/find",
+                stdin=HOSTILE_FIND)
+    cases = [
+        ("symlink", [], "backup failed: lab-reg: sent symlink 'blobs/sha256/zz', which is not "
+                        "a blob asked for"),
+        ("symlink", [], "backup failed: lab-reg: sent file 'blobs/sha256/zz/authorized_keys', "
+                        "which is not a blob asked for"),
+        ("dotdot", [], "backup failed: lab-reg: sent file '../../../../../.."),
+        ("device", [], "backup failed: lab-reg: sent device 'blobs/sha256/ab/"),
+        ("bogus", [], "lab-reg: blob listing line '5 ./../../../../../../../../../../root/.ssh"),
+        ("endless", [], "backup failed: lab-reg: sent more than 1048576 bytes after the end "
+                        "of its tar; stopped reading"),
+        ("endless-tree", ["--data", "registry_backup_tree_max_bytes=1048576"],
+         "backup failed: lab-reg: repositories tar is larger than 1048576 bytes"),
+    ]
+    seconds = {}
+    try:
+        for mode, extra, expected in cases:
+            harness.ssh(SERVER, f"echo {mode} > /root/hostile/mode")
+            start = time.monotonic()
+            run = site.run("backup.py", *extra)
+            seconds[mode] = round(time.monotonic() - start, 1)
+            assert run.returncode != 0, run.describe()
+            errors = [line for line in run.stderr.splitlines()
+                      if "backup failed" in line or "blob listing line" in line]
+            assert len(errors) == 1 and expected in errors[0], (mode, run.describe())
+            assert list(canary.iterdir()) == [], mode
+    finally:
+        harness.ssh(SERVER, f"rm -rf {WRAPPERS}/tar {WRAPPERS}/find /root/hostile")
+    FIGURES["hostile_server_runs_s"] = seconds
+    # The control machine: nothing outside the backup folder, no link inside it.
+    assert list(canary.iterdir()) == []
+    assert (_state_of(Path("/root/.ssh")) if Path("/root/.ssh").exists() else {}) == \
+        dot_ssh_before
+    assert not [p for p in root.rglob("*") if p.is_symlink()]
+    assert not [p for p in root.rglob("*") if not (p.is_file() or p.is_dir())]
+    # Earlier generations as they were (the endless-tree run copied the new blobs only).
+    assert _state_of(root / "generations") == generations_before
+    assert (root / "index.json").read_bytes() == index_before
+    assert blobs_before <= backup_blob_files(root)
+    # Clean again: the next backup is a new generation holding the new tag.
+    site.twice("backup.py")
+    assert "hostile/new" in site.index()["repositories"]
+
+
+class BackupHostSite(Site):
+    """The same server, its backups on another inventory host (a group of its own, which
+    deploy.py and backup.py leave alone)."""
+
+    def __init__(self, directory: Path, backup_host: str, **data: Any) -> None:
+        self.backup_host = backup_host
+        super().__init__(directory, [SERVER], registry_backup_host=backup_host, **data)
+
+    def write(self) -> None:
+        super().write()
+        entry = harness.host_entry(self.backup_host, {})
+        with self.inventory.open("a") as inventory:
+            inventory.write(f"registry_backup_hosts = {[entry]!r}\n")
+
+
+def test_i_a_backup_host_other_than_the_control_machine(site: Site, images: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """Backups on lab-client1 (through the control machine, no key between the hosts);
+    a restore refuses a generation whose tree lost a tag its index names, and a broken-into
+    backup host sending a symlink during a restore writes nothing on the server."""
+    store, folder = CLIENTS[0], "/srv/registry-backups"
+    other = BackupHostSite(tmp_path, store, registry_backup_dir=folder)
+    other.state_dir = site.state_dir  # the same CA and secrets: the same deployed server
+    other.data["registry_state_dir"] = str(site.state_dir)
+    other.password = site.password
+    other.write()
+    harness.ssh(store, f"rm -rf {folder}")
+    start = time.monotonic()
+    other.twice("backup.py")
+    FIGURES["backup_to_backup_host_s"] = round(time.monotonic() - start, 1)
+    root = f"{folder}/{SERVER}"
+    on_store = harness.ssh(store, f"cd {root}/docker/registry/v2/blobs/sha256 && "
+                                  f"find . -name data -type f | wc -l; find {root} ! -type f "
+                                  "! -type d | wc -l").stdout.split()
+    on_server = harness.ssh(SERVER, "find /var/lib/registry-kit/data/docker/registry/v2/blobs "
+                                    "-name data -type f | wc -l").stdout.strip()
+    assert on_store == [on_server, "0"], on_store
+    index = json.loads(harness.ssh(store, f"cat {root}/index.json").stdout)
+    assert index["tag_count"] == site.index()["tag_count"] and index["generation"]
+    newest = f"{root}/generations/{index['generation']}"
+    # A tree that lost a tag its index names: refused in one line, the server untouched.
+    victim = next(iter(index["repositories"]))
+    tag = next(iter(index["repositories"][victim]["tags"]))
+    link = f"{newest}/repositories/{victim}/_manifests/tags/{tag}/current/link"
+    saved = harness.ssh(store, f"cat {link} && rm {link}").stdout
+    started = harness.started_at(SERVER)
+    run = other.run("restore.py")
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"{SERVER}: setting registry_restore_from='{root}' is not allowed: the repositories "
+        f"tree in {newest} does not match"), run.describe()
+    assert harness.started_at(SERVER) == started
+    harness.ssh(store, f"printf %s {saved} > {link}")
+    # The backup host broken into: its tar sends a symlink into the server's /root/.ssh.
+    harness.ssh(store, f"cat > {WRAPPERS}/tar && chmod 755 {WRAPPERS}/tar && mkdir -p "
+                       "/root/hostile && echo symlink > /root/hostile/mode", stdin=HOSTILE_TAR)
+    import base64
+    payload = _hostile_tars(Path("/root/.ssh"))["symlink.0.tar"]
+    harness.ssh(store, f"echo {base64.b64encode(payload).decode()} | base64 -d > "
+                       "/root/hostile/symlink.tar")
+    ssh_before = harness.ssh(SERVER, "ls -la --time-style=full-iso /root/.ssh; "
+                                     "sha256sum /root/.ssh/*").stdout
+    later = tmp_path / "later"
+    write_image(later, [os.urandom(30_000)])
+    assert site.push(later, "after/backup:1").returncode == 0  # the trees now differ
+    try:
+        run = other.run("restore.py")
+    finally:
+        harness.ssh(store, f"rm -rf {WRAPPERS}/tar /root/hostile")
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "restore failed" in line]
+    assert len(errors) == 1, run.describe()
+    assert f"restore failed: {store}: sent symlink 'blobs/sha256/zz' in the repositories " \
+        "tree" in errors[0], run.describe()
+    assert harness.ssh(SERVER, "ls -la --time-style=full-iso /root/.ssh; "
+                               "sha256sum /root/.ssh/*").stdout == ssh_before
+    assert harness.ssh(SERVER, "find /var/lib/registry-kit/data ! -type f ! -type d | "
+                               "wc -l").stdout.strip() == "0"
+    assert site.digest("after/backup:1")  # the server's tree was not touched
+    # Clean again: the restore from the backup host puts its newest generation back.
+    other.run("restore.py").assert_ok()
+    other.run("restore.py").assert_no_changes()
+    assert site.skopeo(["inspect", "--cert-dir", str(site.certs),
+                        f"docker://{ADDRESS}/after/backup:1"]).returncode != 0
+    for ref in list(images)[:3]:
+        site.pull(ref)
+
+
+def test_j_backup_and_restore_of_a_registry_3_server(lab: dict[str, Any], site: Site,
+                                                      tmp_path: Path) -> None:
+    """lab-reg upgraded to the genuine registry 3.0.0: an image pushed under 3 is backed
+    up (a new generation), lost on the server (its repository and blobs removed), and
+    restored with its digest."""
+    from lab.images import registry3_available
+    available, reason = registry3_available()
+    if not available or not lab["upstream"].get("registry3", {}).get("available"):
+        pytest.skip(reason)
+    site.data["registry_image"] = "registry:3"
+    site.write()
+    site.twice()
+    assert "registry:3" in harness.ssh(SERVER, "docker inspect --format '{{.Config.Image}}' "
+                                               "registry").stdout
+    layout = tmp_path / "three"
+    write_image(layout, [os.urandom(100_000)])
+    assert site.push(layout, "three/only:1").returncode == 0
+    digest = site.digest("three/only:1")
+    site.twice("backup.py")
+    index = site.index()
+    assert index["repositories"]["three/only"]["tags"]["1"]["digest"] == digest
+    data = "/var/lib/registry-kit/data/docker/registry/v2"
+    harness.ssh(SERVER, f"rm -rf {data}/repositories/three")
+    layer = json.loads(harness.ssh(SERVER, f"cat {data}/blobs/sha256/{digest[7:9]}/"
+                                           f"{digest[7:]}/data").stdout)["layers"][0]["digest"]
+    # The manifest and its own layer lost too (the config may be shared, so it stays).
+    harness.ssh(SERVER, f"rm -rf {data}/blobs/sha256/{layer[7:9]}/{layer[7:]} "
+                        f"{data}/blobs/sha256/{digest[7:9]}/{digest[7:]}")
+    start = time.monotonic()
+    run = site.run("restore.py").assert_ok()
+    FIGURES["registry3_restore_s"] = round(time.monotonic() - start, 1)
+    assert "registry-kit: restored" in run.stderr, run.describe()
+    site.run("restore.py").assert_no_changes()
+    assert site.digest("three/only:1") == digest
+    site.pull("three/only:1")

@@ -425,7 +425,8 @@ BLOBS = {"a" * 64: 10, "b" * 64: 20}
 def test_back_up_copies_only_when_blobs_or_the_tree_differ(defaults: Settings) -> None:
     root = "/backups/reg-host-1"
     assert run(backup.back_up, defaults, root, BLOBS, "tree1", dict(BLOBS), "tree1") == \
-        ([], [f"backup in {root} is up to date (2 blobs, same repositories tree)"])
+        ([], [f"backup in {root} is up to date (2 blobs, its newest generation has the same "
+              "repositories tree)"])
     for backup_blobs, backup_tree in (({"a" * 64: 10}, "tree1"), (dict(BLOBS), "tree0")):
         (command,), noops = run(backup.back_up, defaults, root, BLOBS, "tree1", backup_blobs,
                                 backup_tree)
@@ -433,16 +434,20 @@ def test_back_up_copies_only_when_blobs_or_the_tree_differ(defaults: Settings) -
     # An empty registry (no tree yet) is still backed up: its index says so.
     (command,), _ = run(backup.back_up, defaults, root, {}, "", {}, "")
     assert command.startswith("CALL _run_backup(")
-    (command,), _ = run(backup.verify, defaults, root)
-    assert command.startswith("CALL _run_verify(")
+    # verify is read-only: it runs while planning; a good one is a no-op, a bad one fails.
+    assert run(backup.verify_report, True, ["verify: all 3 blobs"]) == (
+        [], ["registry-kit: verify: all 3 blobs"])
+    (command,), noops = run(backup.verify_report, False, ["verify: MISMATCH x"])
+    assert command.startswith("CALL _log_failure(") and noops == []
 
 
 def test_restore_copies_only_what_the_server_lacks(defaults: Settings) -> None:
     root = "/backups/reg-host-1"
-    assert run(restore.restore, defaults, root, [], True) == \
+    gen = "20260101T000000.000Z"
+    assert run(restore.restore, defaults, root, gen, [], {}, {}, True) == \
         ([], [f"{defaults.registry_data_dir} already holds the backup in {root}"])
     for missing, same_tree in ((["a" * 64], True), ([], False)):
-        (command,), noops = run(restore.restore, defaults, root, missing, same_tree)
+        (command,), noops = run(restore.restore, defaults, root, gen, missing, {}, {}, same_tree)
         assert command.startswith("CALL _run_restore(") and noops == []
 
 
