@@ -268,7 +268,9 @@ def test_e_no_window_pushes_and_pulls_go_on(site: Site, images: dict[str, Path],
     started, ended = this_backup["started"], this_backup["started"] + this_backup["seconds"]
     during = [r for r in pushes if r[1] > started and r[0] < ended]
     pulls_during = [r for r in pulls if r[1] > started and r[0] < ended]
-    assert len(during) >= 2 and len(pulls_during) >= 2, (pushes, pulls, this_backup)
+    # One of each overlapping the backup is the proof (a read-only window would fail it,
+    # checked next); more depends on how busy the machine is (a 200 kB push took 1-8 s).
+    assert len(during) >= 1 and len(pulls_during) >= 1, (pushes, pulls, this_backup)
     assert [r for r in pushes if r[2] != 0] == [], "a push failed during the backup"
     assert [r for r in pulls if r[2] != 0] == [], "a pull failed during the backup"
     # Every tag pushed before the backup started is in its index with its digest.
