@@ -140,7 +140,9 @@ def get_config(name: str | None = None) -> LabConfig:
         name=name,
         prefix=f"{name}-",
         subnet=f"172.30.{77 + slot}.0/24",
-        ssh_port_base=2221 + 100 * slot,
+        # Clear of every upstream port (5099 + slot): at 2221 + 100 * slot, slots 28 to 30
+        # handed a host the port of an upstream (seen: slot 29's lab-cache).
+        ssh_port_base=10021 + 100 * slot,
         upstream_port=5099 + slot,
     )
 
