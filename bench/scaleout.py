@@ -82,7 +82,7 @@ def measure(scale: scaleout.Scale, rounds: int, clients: int, size: int) -> dict
         sides["two_replicas"].append(throughput(scale, f"two{number}", clients, size))
         say(f"round {number + 1}/{rounds}: one {sides['one_replica'][-1]}, "
             f"two {sides['two_replicas'][-1]}")
-    medians = {f"{side}_median_{key}": statistics.median(r[key] for r in runs)
+    medians = {f"{side}_median_{key}": round(statistics.median(r[key] for r in runs), 1)
                for side, runs in sides.items() for key in ("push_MBps", "pull_MBps")}
     return {"clients": clients, "bytes_per_client": size, "rounds": sides, **medians}
 
