@@ -564,3 +564,21 @@ def test_a_backup_before_generations_becomes_the_oldest(
     old = root / "generations/20250504T030201.000Z"
     assert (old / TAG).read_bytes() == f"sha256:{HEX_A}".encode()
     assert not (root / backup.V2 / "repositories").exists()
+
+
+# The new settings of issue 22 against a reviewer's hostile values: one line naming the key.
+@pytest.mark.parametrize("value", ["$(id)", "20261206T120000.000Z\nx", "../..", "/etc",
+                                   "20261206T120000.000Z'", "%s,a", "fe80::1%eth0", ""])
+def test_hostile_restore_generation_is_refused(make_settings: Any, value: str) -> None:
+    with pytest.raises(SettingsError, match="registry_restore_generation"):
+        make_settings(registry_restore_generation=value)
+
+
+@pytest.mark.parametrize("key", ["registry_proxy_anonymous_acknowledged",
+                                 "registry_proxy_plaintext_acknowledged",
+                                 "registry_backup_keep", "registry_backup_tree_max_bytes"])
+@pytest.mark.parametrize("value", ["yes", "$(id)", "1,2", -1])
+def test_hostile_new_flags_and_counts_are_refused(make_settings: Any, key: str,
+                                                   value: object) -> None:
+    with pytest.raises(SettingsError, match=key):
+        make_settings(**{key: value})
