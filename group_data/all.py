@@ -5,7 +5,7 @@ defaults; the kit works without this file). Change what this project needs, or o
 group in group_data/<group>.py (registry_servers, registry_clients), per host in the
 inventory, or per run with `--data key=value`. The README's settings table mirrors the
 defaults; tests check that this file, the defaults and the table agree. Plain literals only:
-registry_kit.settings reads and validates them once, before any host is touched.
+registry_kit.model.settings reads and validates them once, before any host is touched.
 """
 
 # --- Registry service (hosts in registry_servers) ---

@@ -25,14 +25,14 @@ from typing import Any, TypeVar
 
 from pyinfra.api import deploy
 
-from registry_kit import plan
-from registry_kit.inventory import Groups
-from registry_kit.operations import backup as backup_job
-from registry_kit.operations import gc as gc_job
-from registry_kit.operations import restore as restore_job
-from registry_kit.operations import status as status_job
-from registry_kit.operations import teardown as teardown_job
-from registry_kit.settings import known_keys
+from registry_kit.jobs import backup as backup_job
+from registry_kit.jobs import deploy as plan
+from registry_kit.jobs import gc as gc_job
+from registry_kit.jobs import restore as restore_job
+from registry_kit.jobs import status as status_job
+from registry_kit.jobs import teardown as teardown_job
+from registry_kit.model.inventory import Groups
+from registry_kit.model.settings import known_keys
 
 DATA_DEFAULTS = known_keys()
 F = TypeVar("F")

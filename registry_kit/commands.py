@@ -10,9 +10,9 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from registry_kit import paths
-from registry_kit.settings import host_port
-from registry_kit.versions import parse_version
+from registry_kit.model import layout as paths
+from registry_kit.model.settings import host_port
+from registry_kit.model.versions import parse_version
 
 DEBIAN_FAMILY = ("debian", "ubuntu")
 RHEL_FAMILY = ("rhel", "rocky", "almalinux", "centos", "fedora")

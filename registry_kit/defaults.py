@@ -1,5 +1,5 @@
 """registry-kit's settings and their package defaults: every knob, its default and what it
-means. The kit reads this module (registry_kit.settings.known_keys); a project needs no
+means. The kit reads this module (registry_kit.model.settings.known_keys); a project needs no
 group_data of its own. Override per group in group_data/<group>.py, per host in the
 inventory, per run with `--data key=value`, or for one call of the API
 (`registry_kit.api.registry(settings={...})`). Plain literals only. The README's settings

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from registry_kit.commands import OSInfo, q
-from registry_kit.settings import masked_repr
+from registry_kit.model.settings import masked_repr
 
 _SECTION = "@@registry-kit:"
 HOSTS_MARKER = "# registry-kit"
@@ -150,7 +150,7 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                      " 2>/dev/null || true")
     parts.append(section_command("image"))
     if image:
-        # The label may tell the registry's version (registry_kit.registry_version).
+        # The label may tell the registry's version (registry_kit.model.registry_version).
         parts.append(f"docker image inspect --format {q('{{.Id}}|' + _VERSION_LABEL)} "
                      f"{q(image)} 2>/dev/null || true")
     parts.append(section_command("htpasswd"))

@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from registry_kit.settings import Secret, Settings, SettingsError
+from registry_kit.model.settings import Secret, Settings, SettingsError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 ALGORITHM = "AWS4-HMAC-SHA256"

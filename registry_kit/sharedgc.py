@@ -62,9 +62,9 @@ from pyinfra.connectors.util import CommandOutput
 
 from registry_kit import s3check
 from registry_kit.commands import join, q
+from registry_kit.model.settings import Secret, Settings, SettingsError, Storage
+from registry_kit.model.topology import OutOfRotation, Rotation
 from registry_kit.operations import files as remote
-from registry_kit.settings import Secret, Settings, SettingsError, Storage
-from registry_kit.topology import OutOfRotation, Rotation
 
 # The keys that say where a driver keeps its data (not how it authenticates or tunes).
 LOCATION_KEYS: Mapping[str, tuple[str, ...]] = {

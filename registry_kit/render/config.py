@@ -14,11 +14,16 @@ from typing import Any
 
 import yaml
 
-from registry_kit import pull_through
-from registry_kit.paths import CONTAINER_CERT, CONTAINER_DATA_DIR, CONTAINER_HTPASSWD, CONTAINER_KEY
+from registry_kit.model import pull_through
+from registry_kit.model.layout import (
+    CONTAINER_CERT,
+    CONTAINER_DATA_DIR,
+    CONTAINER_HTPASSWD,
+    CONTAINER_KEY,
+)
+from registry_kit.model.settings import Secret, Settings
+from registry_kit.model.topology import CacheTarget
 from registry_kit.render.token_auth import auth_section as token_auth_section
-from registry_kit.settings import Secret, Settings
-from registry_kit.topology import CacheTarget
 
 HEADER = ("# Managed by registry-kit (registry_kit/render.py): edits here are replaced on the "
           "next deploy.\n")
@@ -78,7 +83,7 @@ def _redis_section(cache: CacheTarget, major: int) -> dict[str, Any]:
 def config_data(settings: Settings, http_secret: str, *, read_only: bool = False,
                 cache: CacheTarget | None = None, drain_timeout: int | None = None,
                 major: int = 2) -> dict[str, Any]:
-    """config.yml as data, for registry `major` version 2 or 3 (registry_kit.registry_version;
+    """config.yml as data, for registry `major` version 2 or 3 (registry_kit.model.registry_version;
     2 is the default image's). What 3.0 reads differently: the redis section, S3 path-style
     addressing, Azure credentials (README, "Running and upgrading to registry 3"); every
     other key the kit writes means the same in 2.8 and 3.0, and 2.x output is unchanged.

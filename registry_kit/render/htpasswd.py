@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import bcrypt
 
+from registry_kit.model.settings import User
 from registry_kit.render import textfile
-from registry_kit.settings import User
 
 BCRYPT_ROUNDS = 10  # the registry checks a hash on every request: keep it affordable
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from registry_kit.settings import is_hostname, masked_repr
+from registry_kit.model.settings import is_hostname, masked_repr
 
 __all__ = [
     "ServerCertificate",
@@ -336,7 +336,7 @@ def _ensure_ca_locked(
             # Renewal, or a name the CA may not sign for yet: re-sign with the same key and
             # subject, permitting what it permitted plus the wanted names. Existing server
             # certificates still chain, and clients receive the new certificate through the
-            # CA-rotation path (registry_kit.operations.trust: new + old trusted before any server
+            # CA-rotation path (registry_kit.roles.trust: new + old trusted before any server
             # serves a certificate for the new name). Widening rather than refusing: a changed
             # name list is an ordinary deploy (README "Certificate rotation") and several
             # registries may share one state dir; a refusal would send the operator to replace

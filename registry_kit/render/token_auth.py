@@ -1,9 +1,9 @@
 """Token auth's files and config, rendered from settings: the registry's `auth.token`
 section, the token server's policy.json and systemd unit, and its signing key and
 certificate (made once per domain on the control machine). No host access; the steps that
-put these on servers are registry_kit.operations.token_auth.
+put these on servers are registry_kit.roles.token_server.
 
-Used when `registry_access_rules` is set (registry_kit.access). The registry's config.yml
+Used when `registry_access_rules` is set (registry_kit.model.access). The registry's config.yml
 then has `auth.token` (realm: this server's https://DOMAIN:registry_token_port/token,
 rootcertbundle: the signing certificate) instead of `auth.htpasswd`; the token server
 (scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json
@@ -29,15 +29,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from registry_kit import access
-from registry_kit.paths import CONTAINER_TOKEN_SIGNING_CERT
-from registry_kit.settings import Settings, host_port, url_host
+from registry_kit.model import access
+from registry_kit.model.layout import CONTAINER_TOKEN_SIGNING_CERT
+from registry_kit.model.settings import Settings, host_port, url_host
 
 ISSUER = "registry-kit token server"
 SERVICE_NAME = "registry-kit-token.service"
 UNIT_PATH = f"/etc/systemd/system/{SERVICE_NAME}"
 SCRIPT_NAME = "registry-token-server.py"
-SCRIPT_PATH = f"/usr/local/lib/registry-kit/{SCRIPT_NAME}"  # operations.server.SCRIPTS_DIR
+SCRIPT_PATH = f"/usr/local/lib/registry-kit/{SCRIPT_NAME}"  # roles.server.SCRIPTS_DIR
 TOKEN_DIR_FILES = ("signing.key", "policy.json")
 CERT_FILES = ("token-signing.crt",)
 
@@ -60,7 +60,7 @@ class TokenPaths:
 
     @property
     def signing_cert(self) -> str:
-        # In certs/, which the registry container sees as registry_kit.paths' certs/.
+        # In certs/, which the registry container sees as registry_kit.model.layout' certs/.
         return f"{self.config_dir}/certs/token-signing.crt"
 
 

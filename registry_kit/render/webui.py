@@ -1,7 +1,7 @@
 """The registry web page's files, rendered from settings: its haproxy config (the page's
 files, /v2/ to the registry, /token to the token server when access rules are on), its
 systemd unit, and config.json (what the page needs to know). No host access; the steps that
-put these on servers are registry_kit.operations.webui.
+put these on servers are registry_kit.roles.webui.
 
 Reads: registry_webui_port, registry_domain, registry_port, registry_address,
 registry_bind_address, registry_delete_enabled, registry_token_port and
@@ -14,9 +14,9 @@ import json
 
 from registry_kit import package_data
 from registry_kit.commands import q
+from registry_kit.model.settings import Settings
 from registry_kit.render import textfile
 from registry_kit.render import token_auth as token_render
-from registry_kit.settings import Settings
 
 SERVICE = "registry-kit-webui"
 UNIT = f"/etc/systemd/system/{SERVICE}.service"

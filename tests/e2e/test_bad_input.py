@@ -209,7 +209,7 @@ CASES = [
     Case("client-only-bad-version", {}, _msg(CLIENT, "docker_min_version", "'1.x'",
                                              "a version like 1.6.0"),
          client_data={"docker_min_version": "1.x"}),
-    # Access rules (registry_kit.access): unknown user or group, a bad pattern, a push
+    # Access rules (registry_kit.model.access): unknown user or group, a bad pattern, a push
     # granted to anonymous clients.
     *(Case(f"access-{name}", {"registry_access_rules": [rule]},
            _s("registry_access_rules", repr(rule), why))

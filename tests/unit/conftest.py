@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from registry_kit import settings as settings_mod
-from registry_kit.settings import Settings
+from registry_kit.model import settings as settings_mod
+from registry_kit.model.settings import Settings
 
 HOST = "reg-host-1"
 

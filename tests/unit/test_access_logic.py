@@ -1,4 +1,4 @@
-"""Access control per repository: the model and its validation (registry_kit.access), the
+"""Access control per repository: the model and its validation (registry_kit.model.access), the
 token server's grants and tokens (scripts/registry-token-server.py, imported from its
 file), and what config.yml and haproxy.cfg get for it. The lab proves the behaviour end to
 end (tests/e2e/test_access.py); these pin the decisions."""
@@ -28,11 +28,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_kit import access
+from registry_kit.model import access
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
 from registry_kit.render import token_auth
 from registry_kit.render.config import render_config
-from registry_kit.settings import Settings, SettingsError
 
 HOST = "reg-host-1"
 SCRIPT = Path(str(SCRIPTS / token_auth.SCRIPT_NAME))
@@ -225,8 +225,8 @@ def test_haproxy_forwards_the_token_port_only_with_rules(
         make_settings: Callable[..., Settings]) -> None:
     import dataclasses
 
-    from registry_kit import topology as scaleout
-    from registry_kit.operations import loadbalancer
+    from registry_kit.model import topology as scaleout
+    from registry_kit.roles import loadbalancer
 
     users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
     base = make_settings(registry_users=users, registry_access_rules=[RULES[0]],

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from registry_kit import pull_through
-from registry_kit.operations import backup
+from registry_kit.jobs import backup
+from registry_kit.model import pull_through
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.render.config import render_config
-from registry_kit.settings import Settings, SettingsError
 
 HEX_A, HEX_B = "a" * 64, "b" * 64
 

@@ -1,5 +1,5 @@
 """Unit tests for registry_kit.commands (install commands, docker run arguments) and
-registry_kit.operations.server.container_spec (the spec hash that decides a recreate)."""
+registry_kit.roles.server.container_spec (the spec hash that decides a recreate)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from registry_kit.commands import ContainerSpec, OSInfo, UnsupportedOS, docker_install_commands
-from registry_kit.operations.server import ServerPaths, container_spec
+from registry_kit.model.settings import Settings
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.settings import Settings
+from registry_kit.roles.server import ServerPaths, container_spec
 
 REPO = "https://packages.example/linux"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from registry_kit import keystore as control
-from registry_kit import settings
+from registry_kit.model import keystore as control
+from registry_kit.model import settings
 from registry_kit.render import tls
 
 

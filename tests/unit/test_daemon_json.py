@@ -1,5 +1,5 @@
 """Unit tests for registry_kit.render.daemon_json (merge/unmerge of the kit's keys) and the
-insecure-registries entry registry_kit.operations.client asks for."""
+insecure-registries entry registry_kit.roles.client asks for."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from registry_kit.operations.client import insecure_entries
+from registry_kit.model.settings import Settings
 from registry_kit.render import daemon_json
 from registry_kit.render.daemon_json import DaemonJsonError, merge, needs_restart, unmerge
-from registry_kit.settings import Settings
+from registry_kit.roles.client import insecure_entries
 
 MIRROR = "https://mirror.example:5000"
 KIT = "reg.example:5000"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_kit import settings
+from registry_kit.model import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*/all.py"))

@@ -22,8 +22,8 @@ from registry_kit.facts import (
     parse_probe,
     probe_command,
 )
-from registry_kit.operations import client, server
-from registry_kit.settings import Settings
+from registry_kit.model.settings import Settings
+from registry_kit.roles import client, server
 
 MARK = "@@registry-kit:"  # spelled out: the parser and the command must agree on it
 SECTIONS = ["os", "tools", "server_version", "daemon_json", "files", "dirs", "container",
@@ -107,7 +107,7 @@ def test_parse_probe_unit_states(unit: list[str], active: bool, enabled: bool) -
 
 def test_parse_probe_reads_the_image_and_version_labels() -> None:
     """The running container's image reference and both OCI version labels (the registry's
-    major version: registry_kit.registry_version); "<no value>" and "" mean none."""
+    major version: registry_kit.model.registry_version); "<no value>" and "" mean none."""
     lines = [MARK + "container",
              "abc|true|registry:3|<no value>",
              MARK + "image", "sha256:i|3.0.0"]

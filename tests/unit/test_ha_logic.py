@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from registry_kit import settings as settings_mod
-from registry_kit import topology as scaleout
-from registry_kit.operations import keepalived, roles_status
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.model import settings as settings_mod
+from registry_kit.model import topology as scaleout
+from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.roles import keepalived, roles_status
 
 
 @pytest.fixture(autouse=True)

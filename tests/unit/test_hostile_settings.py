@@ -27,14 +27,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from registry_kit import facts
-from registry_kit import settings as settings_mod
-from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo, docker_install_commands, join
-from registry_kit.operations import cache, gc, keepalived, loadbalancer, server, status
-from registry_kit.operations import client as client_mod
+from registry_kit.jobs import gc, status
+from registry_kit.model import settings as settings_mod
+from registry_kit.model import topology as scaleout
+from registry_kit.model.settings import Settings, SettingsError, unsafe_character
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
-from registry_kit.settings import Settings, SettingsError, unsafe_character
+from registry_kit.roles import cache, keepalived, loadbalancer, server
+from registry_kit.roles import client as client_mod
 
 HOST = "hostile-host"
 EXAMPLES = 2000

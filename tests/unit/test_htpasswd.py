@@ -5,8 +5,8 @@ from __future__ import annotations
 import bcrypt
 import pytest
 
+from registry_kit.model.settings import Secret, User
 from registry_kit.render import htpasswd
-from registry_kit.settings import Secret, User
 
 # A real bcrypt hash (cost 4) of "ops-password", kept verbatim by render().
 OPS_HASH = bcrypt.hashpw(b"ops-password", bcrypt.gensalt(rounds=4)).decode()

@@ -13,13 +13,13 @@ import yaml
 
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
-from registry_kit.inventory import merge_probe
-from registry_kit.operations import gc, status, teardown
+from registry_kit.jobs import gc, status, teardown
+from registry_kit.model.inventory import merge_probe
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS as _SCRIPTS
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ensure_server_certificate
-from registry_kit.settings import Settings, SettingsError
 
 # --------------------------------------------------------------------------- teardown
 
@@ -197,7 +197,7 @@ def test_function_commands_receive_state_and_host() -> None:
     so; any other names would shift the arguments at run time."""
     import inspect
 
-    from registry_kit.operations import server
+    from registry_kit.roles import server
 
     for function in (teardown._announce, gc._fail, server._stop_rollout):
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function
@@ -212,8 +212,8 @@ def test_only_the_first_refusal_of_a_run_is_a_system_exit() -> None:
     from gevent import GreenletExit
     from pyinfra.context import ctx_state
 
-    from registry_kit.inventory import refusal, validated_settings
-    from registry_kit.settings import SettingsError, SettingsRefused
+    from registry_kit.model.inventory import refusal, validated_settings
+    from registry_kit.model.settings import SettingsError, SettingsRefused
 
     with ctx_state.use(SimpleNamespace()):
         first = refusal(SettingsError("h1: setting x=1 is not allowed: y"))

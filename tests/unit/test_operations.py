@@ -19,26 +19,21 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host
 
 from registry_kit.facts import FileState, HostState, parse_probe
-from registry_kit.operations import (
-    backup,
+from registry_kit.jobs import backup, gc, restore, teardown
+from registry_kit.model.settings import Settings
+from registry_kit.operations import files, ownership, packages
+from registry_kit.operations.files import sha256_of
+from registry_kit.roles import (
     client,
     engine,
-    files,
-    gc,
     keepalived,
     loadbalancer,
-    ownership,
-    packages,
-    restore,
     roles_teardown,
     server,
-    teardown,
-    token_auth,
     trust,
     webui,
 )
-from registry_kit.operations.files import sha256_of
-from registry_kit.settings import Settings
+from registry_kit.roles import token_server as token_auth
 
 MARK = "@@registry-kit:"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
@@ -475,11 +470,13 @@ def test_webui_disabled_only_where_it_is() -> None:
 
 
 def test_every_operation_module_is_exercised_here() -> None:
-    """A new operation module gets its own tests above (status and roles_status have no
-    operations; the cache's are one systemctl line each, covered by the scale-out e2e)."""
-    package = Path(server.__file__).resolve().parent
+    """A new role, job or operation module gets its own tests above (status and roles_status
+    have no operations; the cache's are one systemctl line each, covered by the scale-out
+    e2e)."""
+    kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
               "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown",
-              "token_auth", "backup", "restore", "webui"}
-    assert {path.stem for path in package.glob("*.py")} == tested | {
-        "cache", "status", "roles_status", "__init__"}
+              "token_server", "backup", "restore", "webui"}
+    found = {path.stem for folder in ("roles", "jobs", "operations")
+             for path in (kit / folder).glob("*.py")}
+    assert found == tested | {"cache", "status", "roles_status", "deploy", "__init__"}

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from registry_kit import plan as main
 from registry_kit.facts import FileState, HostState, parse_probe, probe_command
-from registry_kit.operations import ownership, server, teardown
+from registry_kit.jobs import deploy as main
+from registry_kit.jobs import teardown
+from registry_kit.model.settings import Settings
+from registry_kit.operations import ownership
 from registry_kit.operations.ownership import MARKER, FolderPlan, folder_action, owned, plan_folder
-from registry_kit.settings import Settings
+from registry_kit.roles import server
 
 CONFIG = "/etc/registry-kit"
 CERTS, AUTH = f"{CONFIG}/certs", f"{CONFIG}/auth"

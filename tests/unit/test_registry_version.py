@@ -1,4 +1,4 @@
-"""Unit tests for registry 3 support: the major version (registry_kit.registry_version and
+"""Unit tests for registry 3 support: the major version (registry_kit.model.registry_version and
 the registry_version setting) and config.yml per version (registry_kit.render.config)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from registry_kit.registry_version import (
+from registry_kit.model.registry_version import (
     RegistryVersionError,
     binary_version,
     major_from_tag,
@@ -18,9 +18,9 @@ from registry_kit.registry_version import (
     running_major,
     split_reference,
 )
+from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.model.topology import CacheTarget
 from registry_kit.render.config import config_data, render_config
-from registry_kit.settings import Settings, SettingsError
-from registry_kit.topology import CacheTarget
 
 DIGEST = "sha256:" + "a" * 64
 CACHE = CacheTarget("10.0.0.5:6379", "redis-password-123456", 2)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from registry_kit.model.settings import Secret, Settings, Storage
+from registry_kit.model.topology import CacheTarget
 from registry_kit.render.config import config_data, dump_config, render_config
-from registry_kit.settings import Secret, Settings, Storage
-from registry_kit.topology import CacheTarget
 
 HTTP_SECRET = "http-secret-0123456789"
 USERS = [{"name": "ci", "password_env": "REGKIT_PW"}]

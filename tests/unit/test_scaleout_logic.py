@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from registry_kit import s3check
-from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState
-from registry_kit.operations import cache, loadbalancer
+from registry_kit.model import topology as scaleout
+from registry_kit.model.settings import Secret, Settings, SettingsError
 from registry_kit.render.config import render_config
-from registry_kit.settings import Secret, Settings, SettingsError
+from registry_kit.roles import cache, loadbalancer
 
 S3 = {"driver": "s3", "bucket": "registry", "region": "us-east-1",
       "regionendpoint": "http://10.9.0.5:7480", "accesskey_env": "RK_AK",
@@ -182,7 +182,7 @@ def test_cache_password_rules(make_settings: Callable[..., Settings],
 
 
 def test_internal_address_defaults_to_ssh_hostname(known: Any) -> None:
-    from registry_kit import settings as settings_mod
+    from registry_kit.model import settings as settings_mod
     loaded = settings_mod.load("reg-2", {"ssh_hostname": "10.1.2.3"}, known=known, server=False)
     assert loaded.registry_internal_address == "10.1.2.3"
     loaded = settings_mod.load("reg-2", {}, known=known, server=False)

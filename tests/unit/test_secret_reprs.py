@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import registry_kit
-from registry_kit.settings import Secret
+from registry_kit.model.settings import Secret
 
 PLANTED = "planted-S3CR3T-value"
 # password, passphrase, passwd, *_secret, token (not a port or a folder), key (material, not a
@@ -71,8 +71,8 @@ def test_every_dataclass_with_a_secret_field_hides_it() -> None:
 
 
 def test_masked_fields_still_show_when_unset() -> None:
-    from registry_kit.topology import CacheTarget
+    from registry_kit.model.topology import CacheTarget
 
     shown = repr(CacheTarget(addr="10.0.0.5:6379", password="redis-pass-123456", db=2))
     assert shown == "CacheTarget(addr='10.0.0.5:6379', password=***, db=2)"
-    assert "password_hash=None" in repr(registry_kit.settings.User("u", None, None))
+    assert "password_hash=None" in repr(registry_kit.model.settings.User("u", None, None))

@@ -1,4 +1,4 @@
-"""Unit tests for registry_kit.settings: validation, one-line errors, defaults, secrets."""
+"""Unit tests for registry_kit.model.settings: validation, one-line errors, defaults, secrets."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from registry_kit import settings as settings_mod
-from registry_kit.settings import (
+from registry_kit.model import settings as settings_mod
+from registry_kit.model.settings import (
     DEFAULTS_FILE,
     Secret,
     Settings,

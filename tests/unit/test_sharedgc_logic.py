@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import pytest
 
 from registry_kit import sharedgc
-from registry_kit.operations import gc
-from registry_kit.settings import Settings
+from registry_kit.jobs import gc
+from registry_kit.model.settings import Settings
 
 S3 = {"driver": "s3", "bucket": "registry", "region": "us-east-1",
       "regionendpoint": "http://10.9.0.5:7480", "accesskey_env": "RK_AK",

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from registry_kit import topology as scaleout
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HOSTS_MARKER, HostState
-from registry_kit.operations import cache, client, gc, loadbalancer, server
+from registry_kit.jobs import gc
+from registry_kit.model import topology as scaleout
+from registry_kit.model.settings import Secret, Settings, User
 from registry_kit.render import textfile
-from registry_kit.settings import Secret, Settings, User
+from registry_kit.roles import cache, client, loadbalancer, server
 
 S3 = {"driver": "inmemory"}
 # Strings that would change a line-based file's structure if pasted in as they are.

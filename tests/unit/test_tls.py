@@ -746,7 +746,7 @@ def test_new_name_widens_the_ca_with_the_same_key(tmp_path: Path) -> None:
     assert _verify(first.cert_pem, added.ca_pem, DOMAIN) == "ok"
     # The old CA certificate does not vouch for the new name: clients need the new one.
     assert _verify(added.cert_pem, first.ca_pem, "registry-alt.example") != "ok"
-    # During the switch clients hold new + old (operations/trust.py): the new name verifies.
+    # During the switch clients hold new + old (roles/trust.py): the new name verifies.
     assert _verify(added.cert_pem, added.ca_pem + first.ca_pem, "registry-alt.example") == "ok"
     assert "OK" in _openssl_verify(tmp_path, added.cert_pem, added.ca_pem + first.ca_pem)
 

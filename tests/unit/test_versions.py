@@ -1,10 +1,10 @@
-"""Unit tests for registry_kit.versions: engine version parsing and the minimum gate."""
+"""Unit tests for registry_kit.model.versions: engine version parsing and the minimum gate."""
 
 from __future__ import annotations
 
 import pytest
 
-from registry_kit.versions import VersionError, is_valid_version, meets_minimum, parse_version
+from registry_kit.model.versions import VersionError, is_valid_version, meets_minimum, parse_version
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.render import webui
-from registry_kit.settings import Settings, SettingsError
 
 
 def test_off_by_default(make_settings: Callable[..., Settings]) -> None:

@@ -22,10 +22,10 @@ from pyinfra.api import operation
 
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe
-from registry_kit.operations import cache, keepalived, loadbalancer, server
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe
+from registry_kit.model.settings import Settings
 from registry_kit.operations.ownership import plan_folder, remove_folders
-from registry_kit.settings import Settings
+from registry_kit.roles import cache, keepalived, loadbalancer, server
 
 LB_SCRIPTS = (loadbalancer.SCRIPT, keepalived.CHECK_SCRIPT)
 LB_PACKAGES = (*loadbalancer.PACKAGES, *keepalived.PACKAGES)

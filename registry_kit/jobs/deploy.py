@@ -14,27 +14,20 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import operation
 
-from registry_kit import keystore as control
-from registry_kit import pull_through, pyinfra_patches, s3check, sharedgc
-from registry_kit import topology as scaleout
+from registry_kit import pyinfra_patches, s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
-from registry_kit.inventory import validated_settings as validated_inventory
-from registry_kit.operations import (
-    cache,
-    client,
-    gc,
-    keepalived,
-    loadbalancer,
-    server,
-    token_auth,
-    trust,
-    webui,
-)
-from registry_kit.operations.engine import engine_deploy, install_curl
-from registry_kit.registry_version import RegistryVersion, RegistryVersionError, running_major
-from registry_kit.registry_version import resolve as resolve_version
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.jobs import gc
+from registry_kit.model import keystore as control
+from registry_kit.model import pull_through
+from registry_kit.model import topology as scaleout
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
+from registry_kit.model.inventory import validated_settings as validated_inventory
+from registry_kit.model.registry_version import RegistryVersion, RegistryVersionError, running_major
+from registry_kit.model.registry_version import resolve as resolve_version
+from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.roles import cache, client, keepalived, loadbalancer, server, trust, webui
+from registry_kit.roles import token_server as token_auth
+from registry_kit.roles.engine import engine_deploy, install_curl
 
 
 def _serves_tls(target: Any, groups: Groups) -> bool:
@@ -60,7 +53,7 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS,
 
 def topology(groups: Groups = DEFAULT_GROUPS,
              defaults: Mapping[str, Any] | None = None) -> scaleout.Topology:
-    """Which hosts are replicas, load balancers and the cache (registry_kit.topology)."""
+    """Which hosts are replicas, load balancers and the cache (registry_kit.model.topology)."""
     return scaleout.build(validated_settings(groups, defaults), scaleout.members(inventory, groups))
 
 
@@ -95,7 +88,7 @@ def servers_ready():
 
 
 def server_version(settings: Settings, state: HostState) -> RegistryVersion:
-    """The registry version this server will run (registry_kit.registry_version), told by
+    """The registry version this server will run (registry_kit.model.registry_version), told by
     the tag, registry_version or the label of the image already on the server; a run whose
     version cannot be told stops here, before any host is touched (one line)."""
     try:

@@ -12,9 +12,9 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from registry_kit.inventory import run_cache
+from registry_kit.model.inventory import run_cache
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.render import tls
-from registry_kit.settings import Settings, SettingsError
 
 
 def _private_dir(path: Path) -> Path:

@@ -24,8 +24,9 @@ from pyinfra.operations.util import any_changed
 
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.model.settings import Settings
 from registry_kit.operations import files as remote
-from registry_kit.operations import packages, server
+from registry_kit.operations import packages
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.render.webui import (
     CONFIG_DIR,
@@ -41,7 +42,7 @@ from registry_kit.render.webui import (
     render_unit,
     static_content,
 )
-from registry_kit.settings import Settings
+from registry_kit.roles import server
 
 PACKAGES = ("haproxy",)
 COMMANDS = ("haproxy",)

@@ -22,8 +22,8 @@ from pyinfra import context, logger
 from pyinfra.api import StringCommand
 from pyinfra.context import ctx_state
 
-from registry_kit import settings as settings_module
-from registry_kit.settings import Settings, SettingsError, SettingsRefused
+from registry_kit.model import settings as settings_module
+from registry_kit.model.settings import Settings, SettingsError, SettingsRefused
 
 REPORT_PREFIX = "registry-kit: "
 

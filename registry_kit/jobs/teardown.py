@@ -24,9 +24,15 @@ from pyinfra.api import FunctionCommand, operation
 from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, merge_probe, roles, validated_settings
-from registry_kit.operations import client, gc, roles_teardown, server, token_auth, webui
-from registry_kit.operations.engine import configure_daemon, refuse_host
+from registry_kit.jobs import gc
+from registry_kit.model.inventory import (
+    DEFAULT_GROUPS,
+    Groups,
+    merge_probe,
+    roles,
+    validated_settings,
+)
+from registry_kit.model.settings import Settings
 from registry_kit.operations.ownership import (
     MARKER,
     FolderPlan,
@@ -34,10 +40,12 @@ from registry_kit.operations.ownership import (
     plan_folder,
     remove_folders,
 )
-from registry_kit.operations.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 from registry_kit.render import daemon_json
 from registry_kit.render import token_auth as token_render
-from registry_kit.settings import Settings
+from registry_kit.roles import client, roles_teardown, server, webui
+from registry_kit.roles import token_server as token_auth
+from registry_kit.roles.engine import configure_daemon, refuse_host
+from registry_kit.roles.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 
 # Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
 # login's password file (client) and the GC log; the first two live there for seconds.

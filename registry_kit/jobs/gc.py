@@ -24,10 +24,10 @@ from pyinfra import state as pyinfra_state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from registry_kit import pyinfra_patches, sharedgc
-from registry_kit import topology as scaleout
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.inventory import (
+from registry_kit.model import topology as scaleout
+from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
     ReportedCommand,
@@ -35,13 +35,13 @@ from registry_kit.inventory import (
     roles,
     validated_settings,
 )
-from registry_kit.inventory import (
+from registry_kit.model.inventory import (
     fail_host as _fail,
 )
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations import files as remote
-from registry_kit.operations import server
 from registry_kit.render import textfile
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.roles import server
 
 SCRIPT = "registry-gc.sh"
 TIMER_NAME = "registry-kit-gc.timer"

@@ -65,10 +65,11 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.server import Command
 
-from registry_kit import pull_through, pyinfra_patches
+from registry_kit import pyinfra_patches
 from registry_kit.commands import q
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
-from registry_kit.settings import BACKUP_GENERATION_RE, Settings, SettingsError
+from registry_kit.model import pull_through
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
+from registry_kit.model.settings import BACKUP_GENERATION_RE, Settings, SettingsError
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"

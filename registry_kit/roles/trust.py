@@ -3,7 +3,7 @@
 When the CA changes (`.registry-kit/ca` replaced, a provided CA file changed), a client's
 ca.crt differs from the new CA. In that run:
 
-* before any server step (main.plan_host orders client trust first), the client gets a
+* before any server step (jobs.deploy.plan_host orders client trust first), the client gets a
   bundle of the new CA followed by the CA it trusted until now (concatenated on the host:
   the old file is never read back to the control machine);
 * after every server serves its new certificate (the servers_ready step), the client's
@@ -22,9 +22,9 @@ from pyinfra import host
 from pyinfra.api.operation import operation
 
 from registry_kit.commands import q
+from registry_kit.model.settings import Settings
 from registry_kit.operations import files as remote
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.settings import Settings
 
 
 def client_ca(settings: Settings, cert: ServerCertificate | None) -> bytes | None:

@@ -29,12 +29,14 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.server import Command
 
-from registry_kit import package_data, plan
+from registry_kit import package_data
 from registry_kit.commands import join, q
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, refusal
-from registry_kit.operations import backup, server
-from registry_kit.operations.backup import BackupError, Side
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.jobs import backup
+from registry_kit.jobs import deploy as plan
+from registry_kit.jobs.backup import BackupError, Side
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal
+from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.roles import server
 
 RESTART_SCRIPT = package_data.script("registry-restart.sh")
 

@@ -8,7 +8,7 @@ talks TLS to the replicas, verifying them against the kit's CA. Either way hapro
 each replica's /v2/ (401 or 200 is healthy). A new config is checked with `haproxy -c`
 before it replaces the old one, then applied with a reload (running connections stay).
 The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
-first (registry_kit.topology.OutOfRotation).
+first (registry_kit.model.topology.OutOfRotation).
 
 Reads: registry_domain, registry_port, registry_tls_mode, registry_lb_mode,
 registry_lb_stats, and every replica's registry_internal_address.
@@ -23,12 +23,13 @@ from pyinfra.api import operation
 
 from registry_kit import package_data
 from registry_kit.facts import HostState
+from registry_kit.model.settings import Settings, host_port
+from registry_kit.model.topology import BACKEND, LB_SCRIPT, Topology
 from registry_kit.operations import files as remote
-from registry_kit.operations import packages, server
+from registry_kit.operations import packages
 from registry_kit.render import textfile
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.settings import Settings, host_port
-from registry_kit.topology import BACKEND, LB_SCRIPT, Topology
+from registry_kit.roles import server
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/registry-kit"

@@ -1,7 +1,7 @@
 """How the hosts of a scale-out inventory fit together, checked once before any change.
 
 Several hosts in `registry_servers` (replicas) sit behind the hosts in `registry_lb`
-(haproxy) and share S3 storage, the http secret (registry_kit.keystore, keyed by domain)
+(haproxy) and share S3 storage, the http secret (registry_kit.model.keystore, keyed by domain)
 and, when `registry_cache` has a host, its redis blob-descriptor cache. This module builds
 that picture from every host's Settings and refuses inventories that cannot work, with
 one line naming host, key, value and what is allowed.
@@ -23,8 +23,8 @@ from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
 from registry_kit.commands import join
+from registry_kit.model.settings import Settings, SettingsError, host_port, is_ip, masked_repr
 from registry_kit.operations import files as remote
-from registry_kit.settings import Settings, SettingsError, host_port, is_ip, masked_repr
 
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
@@ -33,7 +33,7 @@ CACHE_GROUP = "registry_cache"
 
 def members(inventory: Any, groups: Any) -> dict[str, list[str]]:
     """Role -> host names of pyinfra's inventory for the user's group names
-    (registry_kit.inventory.Groups); the roles are this module's names whatever those are."""
+    (registry_kit.model.inventory.Groups); the roles are this module's names whatever those are."""
     return {role: [target.name for target in inventory.get_group(group, [])]
             for role, group in ((SERVER_GROUP, groups.servers), (LB_GROUP, groups.lb),
                                 (CACHE_GROUP, groups.cache))}

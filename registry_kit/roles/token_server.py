@@ -1,7 +1,7 @@
 """Token auth on registry servers: the kit's token server (scripts/registry-token-server.py)
 as a systemd service beside the registry, its signing key, and the policy it enforces.
 
-Used when `registry_access_rules` is set (registry_kit.access); what the files hold is
+Used when `registry_access_rules` is set (registry_kit.model.access); what the files hold is
 registry_kit.render.token_auth. The token server reads copies of the registry's htpasswd
 and the kit's policy.json made when it starts (it runs as a dynamic user that cannot read
 the originals), so a run that changes users, groups or rules restarts it (a second or so);
@@ -18,6 +18,7 @@ from pyinfra.api import operation
 from registry_kit import package_data
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
+from registry_kit.model.settings import Settings
 from registry_kit.operations import files as remote
 from registry_kit.render.token_auth import (
     SCRIPT_NAME,
@@ -31,7 +32,6 @@ from registry_kit.render.token_auth import (
     signing_material,
     unit_text,
 )
-from registry_kit.settings import Settings
 
 # Debian's packages; the probe looks for their files (python3 itself comes with them).
 PACKAGES = ("python3", "python3-jwt", "python3-bcrypt", "python3-cryptography")

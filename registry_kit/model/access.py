@@ -15,7 +15,7 @@ it per user, so the token server grants it only to users who may pull `*`.
 
 Pure data and checks: nothing here touches a host. Errors are one line in the house format
 (`host: setting KEY=VALUE is not allowed: WHAT IS`), raised as AccessError, which
-registry_kit.settings turns into its SettingsError.
+registry_kit.model.settings turns into its SettingsError.
 """
 
 from __future__ import annotations

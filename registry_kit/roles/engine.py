@@ -2,7 +2,7 @@
 
 Reads: docker_install_method, docker_ce_repo_url, docker_min_version,
 docker_registry_mirrors, docker_live_restore (and, for clients in plain-HTTP mode, the
-registry address for insecure-registries, passed in by registry_kit.operations.client).
+registry address for insecure-registries, passed in by registry_kit.roles.client).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from registry_kit.commands import (
     docker_install_commands,
 )
 from registry_kit.facts import EngineVersion, HostState
-from registry_kit.inventory import fail_host as _fail_with
+from registry_kit.model.inventory import fail_host as _fail_with
+from registry_kit.model.settings import Settings
+from registry_kit.model.versions import meets_minimum
 from registry_kit.operations import files as remote
 from registry_kit.render import daemon_json
-from registry_kit.settings import Settings
-from registry_kit.versions import meets_minimum
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 
@@ -83,7 +83,7 @@ def _check_engine_version(state, host, minimum: str) -> bool:  # runs on the con
 
 @operation()
 def gate_new_engine(settings: Settings, state: HostState):
-    """Engines found at the start were gated before anything ran (see main.plan_host);
+    """Engines found at the start were gated before anything ran (see jobs.deploy.plan_host);
     an engine installed by this run is checked here, before any registry change."""
     if state.server_version:
         host.noop(f"engine {state.server_version} was checked before the run")

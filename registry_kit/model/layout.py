@@ -2,7 +2,7 @@
 folders (registry_config_dir, registry_data_dir) are bind-mounted here, so a changed host
 folder does not change the registry's view. config.yml (registry_kit.render.config), the
 `docker run` arguments (registry_kit.commands) and scripts/registry-gc.sh (`inner=`) use
-these; the folders on the host are registry_kit.operations.server.ServerPaths.
+these; the folders on the host are registry_kit.roles.server.ServerPaths.
 """
 
 CONTAINER_CONFIG_DIR = "/etc/registry-kit"

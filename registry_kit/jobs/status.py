@@ -22,15 +22,22 @@ from typing import Any
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 
-from registry_kit import access
-from registry_kit import keystore as control
 from registry_kit.commands import q
 from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
-from registry_kit.inventory import DEFAULT_GROUPS, Groups, roles, run_cache, validated_settings
-from registry_kit.operations import client, gc, roles_status, roles_teardown, server
-from registry_kit.registry_version import binary_version
+from registry_kit.jobs import gc
+from registry_kit.model import access
+from registry_kit.model import keystore as control
+from registry_kit.model.inventory import (
+    DEFAULT_GROUPS,
+    Groups,
+    roles,
+    run_cache,
+    validated_settings,
+)
+from registry_kit.model.registry_version import binary_version
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.render import tls
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.roles import client, roles_status, roles_teardown, server
 
 _SECTION = "@@registry-kit-status:"
 REPOSITORIES = "docker/registry/v2/repositories"
@@ -236,7 +243,7 @@ def _print_tables(collected: _Collected) -> None:
     for rows in (collected.servers, collected.lbs, collected.caches, collected.clients):
         if rows:
             lines += ["", *table([rows[name] for name in sorted(rows)])]
-    # Effective access rules per user (registry_kit.access), once per distinct policy.
+    # Effective access rules per user (registry_kit.model.access), once per distinct policy.
     by_policy: dict[tuple[str, ...], list[str]] = {}
     for name in sorted(collected.access):
         by_policy.setdefault(tuple(collected.access[name]), []).append(name)

@@ -16,10 +16,10 @@ from pyinfra.api import operation
 
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
+from registry_kit.model.settings import Settings, host_port
 from registry_kit.operations import files as remote
-from registry_kit.operations import trust
 from registry_kit.render import htpasswd, textfile
-from registry_kit.settings import Settings, host_port
+from registry_kit.roles import trust
 
 CERTS_D = "/etc/docker/certs.d"
 CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
@@ -119,8 +119,8 @@ def refresh_system_trust(family: str):
 
 
 def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> None:
-    """/etc/hosts and trust: registry_kit.plan runs these before any server step, so a new CA
-    is trusted before a server serves a certificate it signed (registry_kit.operations.trust)."""
+    """/etc/hosts and trust: registry_kit.jobs.deploy runs these before any server step, so a new CA
+    is trusted before a server serves a certificate it signed (registry_kit.roles.trust)."""
     if settings.registry_client_hosts_entries or state.hosts_lines:
         hosts_entries(dict(settings.registry_client_hosts_entries), state,
                       name="Write /etc/hosts entries for the registry")
@@ -146,7 +146,7 @@ def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> 
 
 
 def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = None) -> None:
-    """After the servers are up (main.plan_host: servers_ready): drop an old CA that
+    """After the servers are up (jobs.deploy.plan_host: servers_ready): drop an old CA that
     client_trust kept for the switch, then log in."""
     ca_file = f"{trust_dir(settings)}/ca.crt"
     current = state.files.get(ca_file)

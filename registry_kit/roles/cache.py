@@ -7,7 +7,7 @@ config restarts redis (it has no reload); the replicas fall back to storage whil
 away. Checked after a change: PONG with the password, NOAUTH without, the eviction policy.
 
 Reads: registry_internal_address, registry_cache_port, registry_cache_password (via
-registry_kit.keystore), registry_cache_maxmemory.
+registry_kit.model.keystore), registry_cache_maxmemory.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pyinfra.api import operation
 from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.model.settings import Settings, host_port
 from registry_kit.operations import files as remote
 from registry_kit.operations import packages
 from registry_kit.render import textfile
-from registry_kit.settings import Settings, host_port
 
 CONFIG = "/etc/redis/redis.conf"
 _environment = package_data.ENVIRONMENT

@@ -28,15 +28,16 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 
-from registry_kit import keystore as control
 from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.model import keystore as control
+from registry_kit.model.settings import Settings, SettingsError, is_ip
+from registry_kit.model.topology import Topology
 from registry_kit.operations import files as remote
-from registry_kit.operations import packages, server
+from registry_kit.operations import packages
 from registry_kit.render import textfile
-from registry_kit.settings import Settings, SettingsError, is_ip
-from registry_kit.topology import Topology
+from registry_kit.roles import server
 
 CONFIG = "/etc/keepalived/keepalived.conf"
 SERVICE = "keepalived"

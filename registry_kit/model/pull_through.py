@@ -10,7 +10,7 @@ so clients cannot write into a cache. Cached content expires after the TTL: fixe
 in 2.8 (its `proxy.ttl` is not read), `registry_proxy_ttl` in 3.x.
 
 Upstream credentials on a cache without users, or over http://, are refused in
-registry_kit.settings unless acknowledged (registry_proxy_anonymous_acknowledged,
+registry_kit.model.settings unless acknowledged (registry_proxy_anonymous_acknowledged,
 registry_proxy_plaintext_acknowledged).
 
 Reads: registry_mode, registry_proxy_remoteurl, registry_proxy_username,
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry_kit.settings import Settings, SettingsError
+from registry_kit.model.settings import Settings, SettingsError
 
 MODE = "pull-through-cache"
 

@@ -4,7 +4,7 @@ health check after any change.
 
 Reads: every registry_* setting except the client ones. Control-machine material (the
 CA, server certificates, the http secret) comes from registry_kit.tls and
-registry_kit.keystore; the CA private key never leaves the control machine.
+registry_kit.model.keystore; the CA private key never leaves the control machine.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
-from registry_kit.inventory import run_cache
+from registry_kit.model.inventory import run_cache
+from registry_kit.model.settings import Settings, User, host_port, url_host
+from registry_kit.model.topology import CacheTarget, OutOfRotation, Rotation, server_name
 from registry_kit.operations import files as remote
-from registry_kit.operations import ownership, token_auth
+from registry_kit.operations import ownership
 from registry_kit.render import htpasswd, textfile
 from registry_kit.render import token_auth as token_render
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.settings import Settings, User, host_port, url_host
-from registry_kit.topology import CacheTarget, OutOfRotation, Rotation, server_name
+from registry_kit.roles import token_server as token_auth
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
 RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
@@ -278,7 +279,7 @@ def curlrc_text(user: User) -> str:
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
                   http_secret: str, cache: CacheTarget | None = None,
                   rotation: Rotation | None = None, major: int = 2) -> None:
-    """`major`: the registry version the image runs (registry_kit.registry_version), which
+    """`major`: the registry version the image runs (registry_kit.model.registry_version), which
     config.yml is rendered for."""
     paths = ServerPaths(settings.registry_config_dir)
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
@@ -304,7 +305,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     htpasswd_op = remote.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
-    # Access rules: the token server beside the registry (registry_kit.operations.token_auth).
+    # Access rules: the token server beside the registry (registry_kit.roles.token_server).
     token_ops = []
     if token_render.enabled(settings):
         token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops,

@@ -17,9 +17,9 @@ from pyinfra.api import FactBase
 
 from registry_kit.commands import q
 from registry_kit.facts import split_sections
-from registry_kit.operations import cache, keepalived, loadbalancer
-from registry_kit.settings import Settings
-from registry_kit.topology import BACKEND
+from registry_kit.model.settings import Settings
+from registry_kit.model.topology import BACKEND
+from registry_kit.roles import cache, keepalived, loadbalancer
 
 _SECTION = "@@registry-kit-roles:"
 

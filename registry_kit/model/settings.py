@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry_kit import access
-from registry_kit.registry_version import RegistryVersionError, major_from_tag, resolve
-from registry_kit.versions import is_valid_version
+from registry_kit.model import access
+from registry_kit.model.registry_version import RegistryVersionError, major_from_tag, resolve
+from registry_kit.model.versions import is_valid_version
 
 # The package's defaults (a module of plain literals, read fresh for every run).
-DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.py")
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "defaults.py"
 
 TLS_MODES = ("self-signed", "provided", "none")
 INSTALL_METHODS = ("distro", "docker-ce", "none")
@@ -206,7 +206,7 @@ class Settings:
     registry_gc_delete_untagged: bool = False
     registry_gc_schedule: str | None = None
     docker_remove_on_teardown: bool = False
-    # Scale-out (registry_lb, registry_cache); see registry_kit.topology.
+    # Scale-out (registry_lb, registry_cache); see registry_kit.model.topology.
     registry_internal_address: str = ""
     registry_storage_redirect_disabled: bool = False
     registry_storage_check: bool = True
@@ -225,9 +225,9 @@ class Settings:
     registry_lb_vrrp_unicast: bool = False
     registry_packages_remove_on_teardown: bool = False
     # The registry's major version when registry_image's tag does not tell it (see
-    # registry_kit.registry_version); None: from the tag or the image's label.
+    # registry_kit.model.registry_version); None: from the tag or the image's label.
     registry_version: int | None = None
-    # Access control per repository (registry_kit.access); None: every user may do all.
+    # Access control per repository (registry_kit.model.access); None: every user may do all.
     registry_access: access.Policy | None = None
     registry_token_port: int = 5443
     # Backup and restore (registry_kit.backup, registry_kit.restore).
@@ -238,7 +238,7 @@ class Settings:
     registry_backup_tree_max_bytes: int = 4 << 30
     registry_restore_from: str | None = None
     registry_restore_generation: str | None = None
-    # A registry or a pull-through cache of another one (registry_kit.pull_through).
+    # A registry or a pull-through cache of another one (registry_kit.model.pull_through).
     registry_mode: str = "registry"
     registry_proxy_remoteurl: str | None = None
     registry_proxy_username: str | None = None
@@ -246,7 +246,7 @@ class Settings:
     registry_proxy_ttl: str | None = None
     registry_proxy_anonymous_acknowledged: bool = False
     registry_proxy_plaintext_acknowledged: bool = False
-    # The registry web page (registry_kit.operations.webui).
+    # The registry web page (registry_kit.roles.webui).
     registry_webui_enabled: bool = False
     registry_webui_port: int = 5444
 
@@ -597,7 +597,7 @@ def _read_registry_version(r: _Reader, image: str) -> int | None:
     image tags are accepted too). Where the image's tag names a version the two must agree,
     and a tag naming another major version is refused here, before any host is touched.
     Whether the version can be told at all is known only after the probe (the image's label
-    may tell it): registry_kit.plan checks that."""
+    may tell it): registry_kit.jobs.deploy checks that."""
     value = r.raw("registry_version")
     if value is None:
         version = None
@@ -629,7 +629,7 @@ def _read_loopback_address(r: _Reader, key: str, port: int) -> str | None:
 
 def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None,
                 token_port: int | None) -> dict[str, Any]:
-    """The web page (registry_kit.operations.webui): its own port, over the registry's TLS
+    """The web page (registry_kit.roles.webui): its own port, over the registry's TLS
     only. token_port: the token server's, when access rules are on."""
     enabled = r.boolean("registry_webui_enabled")
     webui_port = r.integer("registry_webui_port", 1, 65535)
@@ -646,7 +646,7 @@ def _read_webui(r: _Reader, port: int, tls_mode: str, debug_addr: str | None,
 
 
 def _read_scale_out(r: _Reader, data: Mapping[str, Any], port: int) -> dict[str, Any]:
-    """Scale-out settings (registry_kit.topology checks how hosts fit together)."""
+    """Scale-out settings (registry_kit.model.topology checks how hosts fit together)."""
     address = r.raw("registry_internal_address")
     if address is None:
         # Where the control machine reaches the host is the best default guess.
