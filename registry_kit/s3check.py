@@ -11,9 +11,6 @@ memory (nothing to upload, no config file on a server); and it does not depend o
 servers' curl (--aws-sigv4 needs curl 7.75; RHEL 8 ships 7.61). The price: the endpoint
 must be reachable from the control machine. When it is not, the error says so and
 `registry_storage_check = False` skips the check.
-
-Reads: registry_storage (s3: bucket, region, regionendpoint, accesskey, secretkey,
-skipverify), registry_storage_check.
 """
 
 from __future__ import annotations

@@ -35,9 +35,6 @@ The timer (registry_gc_schedule) cannot do this: it runs on one replica, which h
 to make the others read-only (the control machine does that over SSH here). So on shared
 storage the setting is refused; run gc.py from the control machine on a schedule instead.
 Servers that share nothing keep their own timer.
-
-Reads: registry_storage, registry_gc_schedule, registry_gc_dry_run (through gc.py), the
-rotation of registry_kit.scaleout, registry_cache_* of the cache host.
 """
 
 from __future__ import annotations

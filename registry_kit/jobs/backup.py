@@ -39,10 +39,6 @@ the tar, a tree over registry_backup_tree_max_bytes) stops the copy with one lin
 `registry_backup_verify=True` re-hashes every blob of the backup against its digest and
 checks that every digest each generation's index names is there; it copies nothing, runs
 while planning and counts as no change.
-
-Reads: registry_storage, registry_data_dir, registry_config_dir, registry_container_name,
-registry_verify_timeout, registry_backup_dir, registry_backup_host, registry_backup_verify,
-registry_backup_keep, registry_backup_tree_max_bytes, registry_state_dir, registry_mode.
 """
 
 from __future__ import annotations

@@ -8,9 +8,6 @@ garbage-collect` runs inside the container (`registry` is on PATH in the officia
 and the bytes freed in the data folder are reported. registry_gc_dry_run=True only reports.
 registry_gc_schedule installs registry-kit-gc.service/.timer on servers (deploy.py; removed
 when unset and by teardown.py) running the same script; refused on shared storage.
-Reads: registry_container_name, registry_config_dir, registry_data_dir, registry_storage,
-registry_verify_timeout, registry_gc_dry_run, registry_gc_delete_untagged,
-registry_gc_schedule.
 """
 
 from __future__ import annotations

@@ -14,9 +14,6 @@ generations is one generation). Before any host is touched, one line stops the r
 there is no index.json, when the generation's tree does not match its index, or when the
 backup lacks a blob the index names. The backup's side may be broken into: what it sends
 is checked as in backup.py (only the blobs asked for and `link` files, as regular files).
-
-Reads: what deploy.py reads, and registry_restore_from, registry_restore_generation,
-registry_backup_dir, registry_backup_host, registry_backup_tree_max_bytes.
 """
 
 from __future__ import annotations

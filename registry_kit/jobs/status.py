@@ -7,8 +7,6 @@ CA), certificate days left, bytes in the data
 folder, repositories and tags on disk (docker/registry/v2/repositories: no credentials
 needed), the GC timer. Clients: engine version, trust file (holds the current CA?), the
 kit's docker login, the kit's /etc/hosts lines.
-Reads: registry_container_name, registry_config_dir, registry_data_dir, registry_storage,
-registry_domain, registry_port, registry_tls_mode, registry_client_login_user.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ registry_kit.operations.ownership) and nothing else is left in it. Folders kept 
 each (host and path), on every teardown.
 Every host: the kit's daemon.json keys (daemon_json.unmerge; others kept; Docker reloaded),
 and the Docker engine itself only with docker_remove_on_teardown=True.
-Reads: the same settings as deploy, plus registry_purge_data and docker_remove_on_teardown.
 """
 
 from __future__ import annotations

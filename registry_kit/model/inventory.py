@@ -8,7 +8,6 @@ Settings are validated for every host before any host is touched; `issue_certifi
 (deploy) also prepares the CA and checks provided certificate files, while teardown, gc and
 status must not create a CA. Reports (freed bytes, warnings) are shown in pyinfra's output
 by a command that logs its `registry-kit:` lines.
-Reads: nothing itself; settings.load reads host data.
 """
 
 from __future__ import annotations

@@ -12,9 +12,6 @@ in 2.8 (its `proxy.ttl` is not read), `registry_proxy_ttl` in 3.x.
 Upstream credentials on a cache without users, or over http://, are refused in
 registry_kit.model.settings unless acknowledged (registry_proxy_anonymous_acknowledged,
 registry_proxy_plaintext_acknowledged).
-
-Reads: registry_mode, registry_proxy_remoteurl, registry_proxy_username,
-registry_proxy_password, registry_proxy_ttl.
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ Several hosts in `registry_servers` (replicas) sit behind the hosts in `registry
 and, when `registry_cache` has a host, its redis blob-descriptor cache. This module builds
 that picture from every host's Settings and refuses inventories that cannot work, with
 one line naming host, key, value and what is allowed.
-
-Reads: registry_domain, registry_port, registry_tls_mode, registry_storage,
-registry_internal_address, registry_lb_*, registry_cache_* of the hosts concerned.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distro packages on the load balancer and cache hosts (haproxy, socat, redis).
 
 One operation: install the packages whose commands the probe did not find, with the OS
-family's package manager. Reads: nothing (callers pass packages and their commands).
+family's package manager.
 """
 
 from __future__ import annotations

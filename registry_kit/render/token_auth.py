@@ -12,8 +12,6 @@ rootcertbundle: the signing certificate) instead of `auth.htpasswd`; the token s
 Control machine: the signing key (EC P-256, made with cryptography, 0600) and its
 self-signed certificate live in registry_state_dir/token/, one per domain, so every replica
 behind a load balancer signs with the same key.
-Reads: registry_access_rules (through Settings.registry_access), registry_token_port,
-registry_domain, registry_port, registry_bind_address, registry_config_dir, registry_users.
 """
 
 from __future__ import annotations

@@ -2,10 +2,6 @@
 files, /v2/ to the registry, /token to the token server when access rules are on), its
 systemd unit, and config.json (what the page needs to know). No host access; the steps that
 put these on servers are registry_kit.roles.webui.
-
-Reads: registry_webui_port, registry_domain, registry_port, registry_address,
-registry_bind_address, registry_delete_enabled, registry_token_port and
-registry_access_rules (through Settings.registry_access).
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ persistence, `maxmemory-policy allkeys-lru` as the registry's docs ask (it sets 
 The kit owns the whole redis.conf (root:redis 0640: it holds the password). A changed
 config restarts redis (it has no reload); the replicas fall back to storage while it is
 away. Checked after a change: PONG with the password, NOAUTH without, the eviction policy.
-
-Reads: registry_internal_address, registry_cache_port, registry_cache_password (via
-registry_kit.model.keystore), registry_cache_maxmemory.
 """
 
 from __future__ import annotations

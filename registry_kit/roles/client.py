@@ -4,7 +4,6 @@ TLS modes: the CA at /etc/docker/certs.d/ADDRESS/ca.crt, ADDRESS exactly as clie
 it (no ":443"); no Docker restart is needed. Optionally the OS trust store as well
 (registry_client_system_trust), which needs one Docker restart when the CA changed.
 Mode none: ADDRESS in daemon.json insecure-registries (engine.configure_daemon, reload).
-Reads: registry_domain, registry_port, registry_tls_mode, registry_client_*.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
 """The Docker engine on every managed host: install, daemon.json, service, version gate.
-
-Reads: docker_install_method, docker_ce_repo_url, docker_min_version,
-docker_registry_mirrors, docker_live_restore (and, for clients in plain-HTTP mode, the
-registry address for insecure-registries, passed in by registry_kit.roles.client).
 """
 
 from __future__ import annotations

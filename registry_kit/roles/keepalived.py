@@ -13,10 +13,6 @@ keepalived.conf is root 0600 (it holds the VRRP password, from env/file or gener
 on the control machine), built from checked words (textfile.word), checked with
 `keepalived -t` before it replaces the old one, then applied with a reload. Without
 registry_lb_vip, keepalived is stopped and the kit's config removed.
-
-Reads: registry_lb_vip, registry_lb_vip_interface, registry_lb_vrrp_password,
-registry_lb_vrrp_router_id, registry_lb_vrrp_unicast, registry_internal_address and
-registry_domain (the generated password's key) of the registry_lb hosts.
 """
 
 from __future__ import annotations

@@ -9,9 +9,6 @@ each replica's /v2/ (401 or 200 is healthy). A new config is checked with `hapro
 before it replaces the old one, then applied with a reload (running connections stay).
 The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
 first (registry_kit.model.topology.OutOfRotation).
-
-Reads: registry_domain, registry_port, registry_tls_mode, registry_lb_mode,
-registry_lb_stats, and every replica's registry_internal_address.
 """
 
 from __future__ import annotations

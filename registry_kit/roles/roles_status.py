@@ -5,7 +5,6 @@ Load balancers: haproxy and keepalived running, each replica's state as haproxy 
 floating address (registry_lb_vip) now. Cache: redis running, its memory in use and key
 count (`INFO memory`, `DBSIZE`; the password read from redis.conf into REDISCLI_AUTH on the
 host, never in argv or output).
-Reads: registry_lb_vip, registry_cache_port.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ no`), so stopping it is its purge: there is no cache data to keep (registry_purg
 changes nothing there; the images live in the replicas' storage). The distro packages
 stay unless registry_packages_remove_on_teardown=True (purged by name, like
 docker_remove_on_teardown). A second teardown finds nothing and changes nothing.
-Reads: registry_packages_remove_on_teardown.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """The registry service on hosts in registry_servers: folders, certificates, htpasswd,
 config.yml, the image, the container (recreated exactly when its inputs change) and a
 health check after any change.
-
-Reads: every registry_* setting except the client ones. Control-machine material (the
-CA, server certificates, the http secret) comes from registry_kit.tls and
-registry_kit.model.keystore; the CA private key never leaves the control machine.
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ registry_kit.render.token_auth. The token server reads copies of the registry's 
 and the kit's policy.json made when it starts (it runs as a dynamic user that cannot read
 the originals), so a run that changes users, groups or rules restarts it (a second or so);
 the registry itself is not touched.
-Reads: registry_access_rules (through Settings.registry_access), registry_config_dir and
-what registry_kit.render.token_auth reads.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ ca.crt differs from the new CA. In that run:
   and the next run finishes the switch.
 
 So clients never face a certificate they do not trust, and a second run changes nothing.
-Reads: registry_domain, registry_port, registry_tls_mode (through client.trust_dir).
 """
 
 from __future__ import annotations

@@ -11,9 +11,6 @@ holds no data of its own, so a visitor who is not logged in gets the empty page 
 haproxy moves the registry's `WWW-Authenticate` to `X-Registry-Authenticate` on the way
 out, so the browser never opens its own Basic login dialog (the page reads the moved
 header, which also carries a token server's Bearer challenge, see README "The web page").
-
-Reads: registry_webui_enabled, registry_webui_port, registry_domain, registry_port,
-registry_address, registry_bind_address, registry_delete_enabled, registry_tls_mode.
 """
 
 from __future__ import annotations
