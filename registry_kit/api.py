@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from pyinfra.api import deploy
 
 from registry_kit.jobs import backup as backup_job
-from registry_kit.jobs import deploy as plan
+from registry_kit.jobs import deploy as deploy_job
 from registry_kit.jobs import gc as gc_job
 from registry_kit.jobs import restore as restore_job
 from registry_kit.jobs import status as status_job
@@ -57,7 +57,7 @@ def registry(servers: str = "registry_servers", clients: str = "registry_clients
              settings: Mapping[str, Any] | None = None) -> None:
     """The registry service: Docker and the registry on `servers`, trust (and an optional
     login) on `clients`, haproxy on `lb` and redis on `cache` (scale-out). Idempotent."""
-    plan.plan_host(_groups(servers, clients, lb, cache), settings)
+    deploy_job.plan_host(_groups(servers, clients, lb, cache), settings)
 
 
 @_keep_operation_names

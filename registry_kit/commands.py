@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from registry_kit.model import layout as paths
+from registry_kit.model import layout
 from registry_kit.model.settings import host_port
 from registry_kit.model.versions import parse_version
 
@@ -132,9 +132,9 @@ class ContainerSpec:
         args = ["-d", "--name", self.name, "--restart=always", "-p", published]
         if self.debug_port:
             args += ["-p", f"127.0.0.1:{self.debug_port}:5001"]
-        mounts = [(self.config_dir, paths.CONTAINER_CONFIG_DIR, True)]
+        mounts = [(self.config_dir, layout.CONTAINER_CONFIG_DIR, True)]
         if self.data_dir:
-            mounts.append((self.data_dir, paths.CONTAINER_DATA_DIR, False))
+            mounts.append((self.data_dir, layout.CONTAINER_DATA_DIR, False))
         for source, target, readonly in mounts:
             if use_mount:  # --mount: a missing source is an error, not a new empty folder
                 args += ["--mount", f"type=bind,source={source},target={target}"
@@ -146,5 +146,5 @@ class ContainerSpec:
         # `serve FILE` an upgrade across the major version runs the kit's config unchanged.
         args += ["--label", "registry-kit.managed=true",
                  "--label", f"registry-kit.spec={self.spec_hash}",
-                 self.image, "serve", paths.CONTAINER_CONFIG_FILE]
+                 self.image, "serve", layout.CONTAINER_CONFIG_FILE]
         return args

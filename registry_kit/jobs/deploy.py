@@ -17,16 +17,22 @@ from pyinfra.api import operation
 from registry_kit import pyinfra_patches, s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.jobs import gc
-from registry_kit.model import keystore as control
-from registry_kit.model import pull_through
-from registry_kit.model import topology as scaleout
+from registry_kit.model import keystore, pull_through, topology
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
 from registry_kit.model.inventory import validated_settings as validated_inventory
 from registry_kit.model.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.model.registry_version import resolve as resolve_version
 from registry_kit.model.settings import Settings, SettingsError
-from registry_kit.roles import cache, client, keepalived, loadbalancer, server, trust, webui
-from registry_kit.roles import token_server as token_auth
+from registry_kit.roles import (
+    cache,
+    client,
+    keepalived,
+    loadbalancer,
+    server,
+    token_server,
+    trust,
+    webui,
+)
 from registry_kit.roles.engine import engine_deploy, install_curl
 
 
@@ -43,31 +49,31 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS,
         # The kit's CA first permits every name the inventory serves, then each host's
         # certificate is issued (or provided files checked) against it.
         serving = [target for target in inventory if _serves_tls(target, groups)]
-        control.prepare_ca(loaded[target.name] for target in serving)
+        keystore.prepare_ca(loaded[target.name] for target in serving)
         for target in serving:
-            control.server_certificate(loaded[target.name])  # provided files checked up front
+            keystore.server_certificate(loaded[target.name])  # provided files checked up front
         _check_scale_out(loaded, groups)
 
     return validated_inventory(groups, defaults=defaults, after=check)
 
 
-def topology(groups: Groups = DEFAULT_GROUPS,
-             defaults: Mapping[str, Any] | None = None) -> scaleout.Topology:
+def hosts_by_role(groups: Groups = DEFAULT_GROUPS,
+                  defaults: Mapping[str, Any] | None = None) -> topology.Topology:
     """Which hosts are replicas, load balancers and the cache (registry_kit.model.topology)."""
-    return scaleout.build(validated_settings(groups, defaults), scaleout.members(inventory, groups))
+    return topology.build(validated_settings(groups, defaults), topology.members(inventory, groups))
 
 
 def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
     """Hosts that cannot work together, and an S3 bucket that is missing or refuses the
     keys, stop the run here: before the first replica starts, before any host is touched."""
-    members = scaleout.members(inventory, groups)
-    scaleout.validate(scaleout.build(all_settings, members))
-    keepalived.validate(scaleout.build(all_settings, members))
+    members = topology.members(inventory, groups)
+    topology.validate(topology.build(all_settings, members))
+    keepalived.validate(topology.build(all_settings, members))
     schedule = sharedgc.schedule_refusal(
-        [all_settings[name] for name in members[scaleout.SERVER_GROUP]])
+        [all_settings[name] for name in members[topology.SERVER_GROUP]])
     if schedule is not None:
         raise schedule
-    s3check.check_storage(all_settings[name] for name in members[scaleout.SERVER_GROUP])
+    s3check.check_storage(all_settings[name] for name in members[topology.SERVER_GROUP])
 
 
 @operation()
@@ -122,7 +128,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
-        (server, is_server), (gc, is_server), (token_auth, is_server), (webui, is_server),
+        (server, is_server), (gc, is_server), (token_server, is_server), (webui, is_server),
         (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
@@ -134,14 +140,14 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if (is_server or is_client) and not engine_deploy(settings, state, insecure_add=add,
                                                       insecure_remove=remove):
         return
-    cert = control.server_certificate(settings)
+    cert = keystore.server_certificate(settings)
     if is_client:
         client_ca = trust.client_ca(settings, cert)
         client.client_trust(settings, state, client_ca)
     # Every client trusts a new CA before any server serves a certificate it signed.
     trust.clients_trust_ready(name="Clients trust the registry CA")
-    hosts = topology(groups, defaults)
-    password = control.cache_password(hosts.caches[0]) if hosts.caches else ""
+    hosts = hosts_by_role(groups, defaults)
+    password = keystore.cache_password(hosts.caches[0]) if hosts.caches else ""
     if is_cache:
         cache.cache_deploy(settings, state, password)
     if hosts.caches:
@@ -153,8 +159,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         step_done("load balancer", name="Load balancer is set up")
     if is_server:
         install_curl(state, name="Install curl (health checks)")
-        server.server_deploy(settings, state, cert=cert, http_secret=control.http_secret(settings),
-                             cache=scaleout.cache_target(hosts, password),
+        server.server_deploy(settings, state, cert=cert, http_secret=keystore.http_secret(settings),
+                             cache=topology.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2)
         gc.schedule_deploy(settings, state, hosts.servers)
         webui.webui_deploy(settings, state, cert)

@@ -23,7 +23,7 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 from registry_kit import pyinfra_patches, sharedgc
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.model import topology as scaleout
+from registry_kit.model import topology
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
@@ -36,7 +36,7 @@ from registry_kit.model.inventory import (
     fail_host as _fail,
 )
 from registry_kit.model.settings import Settings, SettingsError
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 from registry_kit.render import textfile
 from registry_kit.roles import server
 
@@ -114,7 +114,7 @@ def install_timer(settings: Settings, state: HostState):
     """Check the OnCalendar expression on the host (systemd-analyze) before any unit is
     written, so a bad schedule never lands; then enable and (re)start the timer."""
     units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
-    if all(path in state.files and state.files[path].sha256 == remote.sha256_of(content)
+    if all(path in state.files and state.files[path].sha256 == files.sha256_of(content)
            for path, content in units.items()):
         host.noop(f"{TIMER_NAME} runs on {settings.registry_gc_schedule!r}")
         return
@@ -126,7 +126,7 @@ def install_timer(settings: Settings, state: HostState):
     for path, content in units.items():
         staging = f"{path}.registry-kit-new"
         yield f"install -m 0644 /dev/null {q(staging)}"
-        yield remote.upload(BytesIO(content), staging)
+        yield files.upload(BytesIO(content), staging)
         yield f"mv -f {q(staging)} {q(path)}"
     yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
           f"systemctl restart {TIMER_NAME}"
@@ -168,13 +168,13 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
                           container=settings.registry_container_name)
     if state.container is not None:
         # Servers deployed before the script existed get it here.
-        remote.managed_file(script, server.script_content(SCRIPT), "0755",
-                            state.files.get(script), name=f"Install {script}")
-    topology = scaleout.build(validated_settings(groups, defaults=defaults),
-                              scaleout.members(inventory, groups))
-    shared = _shared_group(settings, topology)
+        files.managed_file(script, server.script_content(SCRIPT), "0755",
+                           state.files.get(script), name=f"Install {script}")
+    hosts = topology.build(validated_settings(groups, defaults=defaults),
+                           topology.members(inventory, groups))
+    shared = _shared_group(settings, hosts)
     if len(shared) > 1:
-        collect_shared(settings, shared, topology, state.container is not None,
+        collect_shared(settings, shared, hosts, state.container is not None,
                        name="Collect garbage on shared storage (every replica read-only "
                        "meanwhile)" if not settings.registry_gc_dry_run else
                        "Report what garbage collection would delete (dry run, shared storage)")
@@ -187,10 +187,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
 
 # --- shared storage (registry_kit.sharedgc) ---
 
-def _shared_group(settings: Settings, topology: scaleout.Topology) -> tuple[Settings, ...]:
+def _shared_group(settings: Settings, hosts: topology.Topology) -> tuple[Settings, ...]:
     """The servers sharing this one's storage (itself first if alone); refuses the run,
     before anything changes, when one of several is not in it."""
-    group = sharedgc.group_of(settings.host, sharedgc.storage_groups(topology.servers))
+    group = sharedgc.group_of(settings.host, sharedgc.storage_groups(hosts.servers))
     if len(group) > 1:
         why = sharedgc.unreachable_refusal(group, (h.name for h in pyinfra_state.active_hosts))
         if why:
@@ -200,7 +200,7 @@ def _shared_group(settings: Settings, topology: scaleout.Topology) -> tuple[Sett
 
 @operation()
 def collect_shared(settings: Settings, group: tuple[Settings, ...],
-                   topology: scaleout.Topology, deployed: bool):
+                   hosts: topology.Topology, deployed: bool):
     leader = group[0]
     if not deployed:
         yield FunctionCommand(_fail, (f"{host.name}: no container "
@@ -211,10 +211,10 @@ def collect_shared(settings: Settings, group: tuple[Settings, ...],
         host.noop(f"collected from {leader.host} for every replica of this storage")
         return
     members = [sharedgc.member(s, gc_arguments(s, dry_run=s.registry_gc_dry_run),
-                               scaleout.server_name(s.host)) for s in group]
+                               topology.server_name(s.host)) for s in group]
     flush = None
-    if topology.caches and not settings.registry_gc_dry_run:
-        flush = sharedgc.CacheFlush(topology.caches[0].host, StringCommand(
-            sharedgc.cache_flush_command(topology.caches[0])))
-    yield sharedgc.SharedCollection(members, topology.rotation(), flush,
+    if hosts.caches and not settings.registry_gc_dry_run:
+        flush = sharedgc.CacheFlush(hosts.caches[0].host, StringCommand(
+            sharedgc.cache_flush_command(hosts.caches[0])))
+    yield sharedgc.SharedCollection(members, hosts.rotation(), flush,
                                     settings.registry_storage, settings.registry_gc_dry_run)

@@ -28,8 +28,7 @@ from pyinfra.facts.server import Command
 
 from registry_kit import package_data
 from registry_kit.commands import join, q
-from registry_kit.jobs import backup
-from registry_kit.jobs import deploy as plan
+from registry_kit.jobs import backup, deploy
 from registry_kit.jobs.backup import BackupError, Side
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal
 from registry_kit.model.settings import Settings, SettingsError
@@ -101,10 +100,10 @@ def choose_generation(settings: Settings, root: str) -> str | None:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    all_settings = plan.validated_settings(groups, defaults)
+    all_settings = deploy.validated_settings(groups, defaults)
     settings = all_settings[host.name]
     if groups.servers not in host.groups:
-        plan.plan_host(groups, defaults)
+        deploy.plan_host(groups, defaults)
         return
     backup.refuse_unsupported(settings, "restore.py")
     root = settings.registry_restore_from or f"{backup.backup_base(settings)}/{host.name}"
@@ -148,7 +147,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         raise backup.store_refusal(error) from None
     server_tree = str(host.get_fact(Command, backup.repositories_hash_command(
         settings.registry_data_dir)) or "").strip()
-    plan.plan_host(groups, defaults)  # the registry itself, as deploy.py sets it up
+    deploy.plan_host(groups, defaults)  # the registry itself, as deploy.py sets it up
     restore(settings, root, generation, backup.missing_blobs(on_server, needed), needed, index,
             bool(backup_tree) and server_tree == backup_tree,
             name=f"Restore registry data from {root}", _serial=True)

@@ -23,8 +23,7 @@ from pyinfra.api import FactBase
 from registry_kit.commands import q
 from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
 from registry_kit.jobs import gc
-from registry_kit.model import access
-from registry_kit.model import keystore as control
+from registry_kit.model import access, keystore
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
@@ -172,7 +171,7 @@ def _current_ca(settings: Settings) -> bytes | None:
         path = settings.registry_state_dir / "ca" / "ca.crt"
         return path.read_bytes() if path.is_file() else None
     try:
-        cert = control.server_certificate(settings)
+        cert = keystore.server_certificate(settings)
     except SettingsError:
         return None
     return cert.ca_pem if cert else None

@@ -41,8 +41,7 @@ from registry_kit.operations.ownership import (
 )
 from registry_kit.render import daemon_json
 from registry_kit.render import token_auth as token_render
-from registry_kit.roles import client, roles_teardown, server, webui
-from registry_kit.roles import token_server as token_auth
+from registry_kit.roles import client, roles_teardown, server, token_server, webui
 from registry_kit.roles.engine import configure_daemon, refuse_host
 from registry_kit.roles.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 
@@ -59,7 +58,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str
                   RUNTIME_DIR]
         # What else each folder holds (entries) decides whether the folder itself can go.
         parts += [server.probe_args(settings), gc.probe_args(settings),
-                  token_auth.teardown_probe_args(settings), webui.probe_args(settings),
+                  token_server.teardown_probe_args(settings), webui.probe_args(settings),
                   {"dirs": listed, "listings": listed}]
     if is_client:
         parts += [client.probe_args(settings), {"listings": [client.trust_dir(settings)]}]
@@ -203,7 +202,7 @@ def server_teardown(settings: Settings, state: HostState) -> None:
     gc.schedule_remove(state, name="Remove the garbage collection timer")
     webui.webui_remove(state)
     remove_container(settings, state, name="Remove the registry container")
-    token_auth.remove_token_service(state, name="Remove the token server (access rules)")
+    token_server.remove_token_service(state, name="Remove the token server (access rules)")
     plans = config_plans(settings, state)
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")

@@ -21,7 +21,7 @@ from pyinfra.connectors.util import CommandOutput
 
 from registry_kit.commands import join
 from registry_kit.model.settings import Settings, SettingsError, host_port, is_ip, masked_repr
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
@@ -229,7 +229,7 @@ class OutOfRotation(StringCommand):
 
     def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
         # The LB hosts' commands run with this step's --sudo & co. (a run's are the same).
-        auth = remote.auth_arguments({**connector_arguments, **self.connector_arguments})
+        auth = files.auth_arguments({**connector_arguments, **self.connector_arguments})
         if not self._balancers(state, host, "drain", self.rotation.drain_timeout, auth):
             # Never stop a replica that may still get traffic.
             self._balancers(state, host, "ready", self.rotation.up_timeout, auth)

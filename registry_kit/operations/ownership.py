@@ -25,11 +25,11 @@ from pyinfra.api import operation
 
 from registry_kit.commands import q
 from registry_kit.facts import HostState
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 
 MARKER = ".registry-kit-owned"
 MARKER_MODE = "0644"
-# Suffixes of the kit's temporary files next to a file it writes (remote.managed_file,
+# Suffixes of the kit's temporary files next to a file it writes (files.managed_file,
 # scripts/registry-gc.sh): left behind only by a run that was interrupted.
 STAGING_SUFFIXES = (".registry-kit-new", ".registry-kit-saved")
 
@@ -129,8 +129,8 @@ def owned_dir(folder: str, mode: str, setting: str, state: HostState):
     if action == "adopt":
         host.noop(f"{folder} was there before registry-kit: used as it is, never deleted")
         return
-    yield from remote.managed_dir._inner(folder, mode, state.dirs.get(folder))
-    yield from remote.managed_file._inner(marker_path(folder), marker_content(setting),
+    yield from files.managed_dir._inner(folder, mode, state.dirs.get(folder))
+    yield from files.managed_file._inner(marker_path(folder), marker_content(setting),
                                           MARKER_MODE, state.files.get(marker_path(folder)))
 
 

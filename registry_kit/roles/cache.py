@@ -18,8 +18,7 @@ from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.model.settings import Settings, host_port
-from registry_kit.operations import files as remote
-from registry_kit.operations import packages
+from registry_kit.operations import files, packages
 from registry_kit.render import textfile
 
 CONFIG = "/etc/redis/redis.conf"
@@ -116,7 +115,7 @@ def cache_deploy(settings: Settings, state: HostState, password: str) -> None:
     redis = family(state)
     packages.install_packages((redis.package,), COMMANDS, state,
                               name=f"Install {redis.package} from the distro")
-    config_op = remote.managed_file(
+    config_op = files.managed_file(
         CONFIG, render(settings, password, redis).encode(), "0640", state.files.get(CONFIG),
         group="redis", name="Upload redis.conf (password, bind, allkeys-lru)")
     restart_op = restart_redis(redis, name=f"Restart {redis.service} (config changed)",

@@ -16,7 +16,7 @@ from pyinfra.api import operation
 from registry_kit.commands import q
 from registry_kit.facts import HOSTS_MARKER, HostState
 from registry_kit.model.settings import Settings, host_port
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 from registry_kit.render import htpasswd, textfile
 from registry_kit.roles import trust
 
@@ -99,14 +99,14 @@ def docker_login(settings: Settings, state: HostState):
     marker = login_marker_path(settings)
     yield (f"install -d -m 0700 {RUNTIME_DIR} {CLIENT_STATE_DIR} && "
            f"install -m 0600 /dev/null {q(secret_file)}")
-    yield remote.upload(BytesIO(password.encode()), secret_file)
+    yield files.upload(BytesIO(password.encode()), secret_file)
     yield (f"docker login --username {q(user.name)} --password-stdin "
            f"{q(settings.registry_address)} < {q(secret_file)} >/dev/null; "
            f"status=$?; rm -f {q(secret_file)}; exit $status")
     staging = f"{marker}.registry-kit-new"
     yield f"install -m 0600 /dev/null {q(staging)}"
     marker_line = f"{user.name}:{htpasswd.hash_password(password)}\n"
-    yield remote.upload(BytesIO(marker_line.encode()), staging)
+    yield files.upload(BytesIO(marker_line.encode()), staging)
     yield f"mv -f {q(staging)} {q(marker)}"
 
 
@@ -124,22 +124,22 @@ def client_trust(settings: Settings, state: HostState, ca_pem: bytes | None) -> 
         hosts_entries(dict(settings.registry_client_hosts_entries), state,
                       name="Write /etc/hosts entries for the registry")
     if settings.tls_enabled and ca_pem is not None:
-        remote.managed_dir(CERTS_D, "0755", state.dirs.get(CERTS_D), name=f"Create {CERTS_D}")
+        files.managed_dir(CERTS_D, "0755", state.dirs.get(CERTS_D), name=f"Create {CERTS_D}")
         directory = trust_dir(settings)
-        remote.managed_dir(directory, "0755", state.dirs.get(directory),
-                           name=f"Create {directory}")
+        files.managed_dir(directory, "0755", state.dirs.get(directory),
+                          name=f"Create {directory}")
         ca_file = f"{directory}/ca.crt"
         current = state.files.get(ca_file)
-        if current is not None and current.sha256 != remote.sha256_of(ca_pem):
+        if current is not None and current.sha256 != files.sha256_of(ca_pem):
             # A new CA: trust it next to the old one until the servers switch (trust.py).
             trust.bridge_ca(ca_file, ca_pem, name="Trust the new registry CA next to the old")
         else:
-            remote.managed_file(ca_file, ca_pem, "0644", current,
-                                name="Trust the registry CA for Docker")
+            files.managed_file(ca_file, ca_pem, "0644", current,
+                               name="Trust the registry CA for Docker")
         if settings.registry_client_system_trust:
             path = system_ca_path(settings, state.os.family)
-            ca_op = remote.managed_file(path, ca_pem, "0644", state.files.get(path),
-                                        name="Add the registry CA to the OS trust store")
+            ca_op = files.managed_file(path, ca_pem, "0644", state.files.get(path),
+                                       name="Add the registry CA to the OS trust store")
             refresh_system_trust(state.os.family, name="Refresh the OS trust store",
                                  _if=ca_op.did_change)
 
@@ -150,9 +150,9 @@ def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = No
     ca_file = f"{trust_dir(settings)}/ca.crt"
     current = state.files.get(ca_file)
     if settings.tls_enabled and ca_pem is not None and current is not None and \
-            current.sha256 != remote.sha256_of(ca_pem):
-        remote.managed_file(ca_file, ca_pem, "0644", current,
-                            name="Trust only the new registry CA",
-                            _if=trust.no_host_failed)
+            current.sha256 != files.sha256_of(ca_pem):
+        files.managed_file(ca_file, ca_pem, "0644", current,
+                           name="Trust only the new registry CA",
+                           _if=trust.no_host_failed)
     if settings.registry_client_login_user:
         docker_login(settings, state, name=f"docker login to {settings.registry_address}")

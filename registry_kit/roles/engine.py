@@ -18,7 +18,7 @@ from registry_kit.facts import EngineVersion, HostState
 from registry_kit.model.inventory import fail_host as _fail_with
 from registry_kit.model.settings import Settings
 from registry_kit.model.versions import meets_minimum
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 from registry_kit.render import daemon_json
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -111,7 +111,7 @@ def _write_daemon_json(data: dict):
         return
     staging = f"{DAEMON_JSON}.registry-kit-new"
     yield f"install -d -m 0755 /etc/docker && install -m 0644 /dev/null {staging}"
-    yield remote.upload(BytesIO(daemon_json.render(data).encode()), staging)
+    yield files.upload(BytesIO(daemon_json.render(data).encode()), staging)
     # Engines from 23.0 check a config file; asked here, when a file is written, rather
     # than in every run's probe (`dockerd --help` is the probe's most expensive command).
     yield (f"if dockerd --help 2>/dev/null | grep -q -- --validate; then "

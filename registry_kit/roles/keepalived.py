@@ -27,11 +27,10 @@ from pyinfra.api import FactBase, operation
 from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState
-from registry_kit.model import keystore as control
+from registry_kit.model import keystore
 from registry_kit.model.settings import Settings, SettingsError, is_ip
 from registry_kit.model.topology import Topology
-from registry_kit.operations import files as remote
-from registry_kit.operations import packages
+from registry_kit.operations import files, packages
 from registry_kit.render import textfile
 from registry_kit.roles import server
 
@@ -95,7 +94,7 @@ def priority(topology: Topology, name: str) -> int:
 
 
 def password(settings: Settings) -> str:
-    return control.vrrp_password(settings)
+    return keystore.vrrp_password(settings)
 
 
 def derive_interface(lines: Iterable[str], vip: str) -> str | None:
@@ -170,14 +169,14 @@ def keepalived_config(content: bytes, state: HostState):
     """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
     reload. The file travels over SFTP, never in a command or in output."""
     current = state.files.get(CONFIG)
-    if current is not None and current.sha256 == remote.sha256_of(content) and \
+    if current is not None and current.sha256 == files.sha256_of(content) and \
             (current.mode, current.owner, current.group) == ("600", "root", "root"):
         host.noop(f"{CONFIG} is up to date")
         return
     staging = f"{CONFIG}.registry-kit-new"
     yield "install -d -m 0755 -o root -g root /etc/keepalived"
     yield f"install -m 0600 -o root -g root /dev/null {staging}"
-    yield remote.upload(BytesIO(content), staging)
+    yield files.upload(BytesIO(content), staging)
     # Its output may quote lines of the file (the password): never shown.
     yield (f"keepalived -t -f {staging} >/dev/null 2>&1 || {{ rm -f {staging}; echo "
            f"'registry-kit: keepalived rejected the new configuration; {CONFIG} was not "
@@ -217,8 +216,8 @@ def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) 
     config = render(settings, topology, interface(settings), password(settings)).encode()
     packages.install_packages(PACKAGES, COMMANDS, state,
                               name="Install keepalived from the distro")
-    remote.managed_file(CHECK, server.script_content(CHECK_SCRIPT), "0755",
-                        state.files.get(CHECK), name=f"Install {CHECK}")
+    files.managed_file(CHECK, server.script_content(CHECK_SCRIPT), "0755",
+                       state.files.get(CHECK), name=f"Install {CHECK}")
     keepalived_config(config, state,
                       name="Check and apply keepalived.conf (keepalived -t, then reload)")
     start_keepalived(state, name=f"Enable and start {SERVICE}")

@@ -22,8 +22,7 @@ from registry_kit import package_data
 from registry_kit.facts import HostState
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.model.topology import BACKEND, LB_SCRIPT, Topology
-from registry_kit.operations import files as remote
-from registry_kit.operations import packages
+from registry_kit.operations import files, packages
 from registry_kit.render import textfile
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.roles import server
@@ -83,13 +82,13 @@ def render(settings: Settings, topology: Topology) -> str:
 def haproxy_config(content: bytes, state: HostState):
     """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload."""
     current = state.files.get(CONFIG)
-    if current is not None and current.sha256 == remote.sha256_of(content) and \
+    if current is not None and current.sha256 == files.sha256_of(content) and \
             current.mode == "644":
         host.noop(f"{CONFIG} is up to date")
         return
     staging = f"{CONFIG}.registry-kit-new"
     yield f"install -m 0644 -o root -g root /dev/null {staging}"
-    yield remote.upload(BytesIO(content), staging)
+    yield files.upload(BytesIO(content), staging)
     yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
            f"haproxy rejected the new configuration; {CONFIG} was not changed' >&2; exit 1; }}")
     yield f"mv -f {staging} {CONFIG}"
@@ -110,21 +109,21 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
               cert: ServerCertificate | None) -> None:
     packages.install_packages(PACKAGES, COMMANDS, state,
                               name="Install haproxy and socat from the distro")
-    remote.managed_dir(server.SCRIPTS_DIR, "0755", state.dirs.get(server.SCRIPTS_DIR),
-                       name=f"Create {server.SCRIPTS_DIR}")
-    remote.managed_file(LB_SCRIPT, server.script_content(SCRIPT), "0755",
-                        state.files.get(LB_SCRIPT), name=f"Install {LB_SCRIPT}")
+    files.managed_dir(server.SCRIPTS_DIR, "0755", state.dirs.get(server.SCRIPTS_DIR),
+                      name=f"Create {server.SCRIPTS_DIR}")
+    files.managed_file(LB_SCRIPT, server.script_content(SCRIPT), "0755",
+                       state.files.get(LB_SCRIPT), name=f"Install {LB_SCRIPT}")
     if settings.registry_lb_mode == "terminate" and cert is not None:
-        remote.managed_dir(CERT_DIR, "0700", state.dirs.get(CERT_DIR),
-                           name=f"Create {CERT_DIR}")
-        remote.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
-                            "0600", state.files.get(PEM),
-                            name="Upload the load balancer's certificate and key")
-        remote.managed_file(CA, cert.ca_pem, "0644", state.files.get(CA),
-                            name="Upload the CA the replicas are checked against")
+        files.managed_dir(CERT_DIR, "0700", state.dirs.get(CERT_DIR),
+                          name=f"Create {CERT_DIR}")
+        files.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
+                           "0600", state.files.get(PEM),
+                           name="Upload the load balancer's certificate and key")
+        files.managed_file(CA, cert.ca_pem, "0644", state.files.get(CA),
+                           name="Upload the CA the replicas are checked against")
     else:
-        remote.absent_paths([CERT_DIR], list(state.dirs),
-                            name="Remove the load balancer's certificate (passthrough)")
+        files.absent_paths([CERT_DIR], list(state.dirs),
+                           name="Remove the load balancer's certificate (passthrough)")
     haproxy_config(render(settings, topology).encode(), state,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
     start_haproxy(state, name=f"Enable and start {SERVICE}")

@@ -21,13 +21,12 @@ from registry_kit.facts import HostState
 from registry_kit.model.inventory import run_cache
 from registry_kit.model.settings import Settings, User, host_port, url_host
 from registry_kit.model.topology import CacheTarget, OutOfRotation, Rotation, server_name
-from registry_kit.operations import files as remote
-from registry_kit.operations import ownership
+from registry_kit.operations import files, ownership
 from registry_kit.render import htpasswd, textfile
 from registry_kit.render import token_auth as token_render
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.roles import token_server as token_auth
+from registry_kit.roles import token_server
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
 RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
@@ -126,8 +125,8 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
         debug_port=debug_port, bind_address=settings.registry_bind_address)
     inputs = {
         "run": spec.run_args(),
-        "config": remote.sha256_of(config),
-        "cert": remote.sha256_of(served_certificate(settings, cert) + cert.key_pem)
+        "config": files.sha256_of(config),
+        "cert": files.sha256_of(served_certificate(settings, cert) + cert.key_pem)
         if cert else None,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -156,7 +155,7 @@ def ensure_image(settings: Settings, state: HostState):
         return
     if settings.registry_image_archive is not None:
         staging = "/var/tmp/registry-kit-image.tar"
-        yield remote.upload(str(settings.registry_image_archive), staging)
+        yield files.upload(str(settings.registry_image_archive), staging)
         yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
         missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
                    f"{settings.registry_image}")
@@ -243,7 +242,7 @@ def verify_registry(settings: Settings):
         return
     curlrc = f"{RUNTIME_DIR}/verify.curlrc"
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield files.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
 
 
@@ -261,7 +260,7 @@ def _verify_token(settings: Settings, user: User | None):
         return
     curlrc = f"{RUNTIME_DIR}/verify.curlrc"
     yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield remote.upload(BytesIO(curlrc_text(user).encode()), curlrc)
+    yield files.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([*args, curlrc])
 
 
@@ -281,39 +280,39 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
     for path, setting in owned_folders(settings):
         ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
-    remote.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
-                       name=f"Create {SCRIPTS_DIR}")
+    files.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
+                      name=f"Create {SCRIPTS_DIR}")
     for script in SCRIPT_NAMES:
-        remote.managed_file(script_path(script), script_content(script), "0755",
-                            state.files.get(script_path(script)),
-                            name=f"Install {script_path(script)}")
+        files.managed_file(script_path(script), script_content(script), "0755",
+                           state.files.get(script_path(script)),
+                           name=f"Install {script_path(script)}")
     cert_ops = []
     if cert is not None:
-        cert_ops.append(remote.managed_file(paths.cert, served_certificate(settings, cert),
-                                            "0644", state.files.get(paths.cert),
-                                            name="Upload the server certificate"))
-        cert_ops.append(remote.managed_file(paths.key, cert.key_pem, "0600",
-                                            state.files.get(paths.key),
-                                            name="Upload the server private key"))
-        remote.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
-                            name="Upload the CA certificate")
+        cert_ops.append(files.managed_file(paths.cert, served_certificate(settings, cert),
+                                           "0644", state.files.get(paths.cert),
+                                           name="Upload the server certificate"))
+        cert_ops.append(files.managed_file(paths.key, cert.key_pem, "0600",
+                                           state.files.get(paths.key),
+                                           name="Upload the server private key"))
+        files.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
+                           name="Upload the CA certificate")
     # htpasswd before the first start: a registry that finds none invents a user.
-    htpasswd_op = remote.managed_file(
+    htpasswd_op = files.managed_file(
         paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
     # Access rules: the token server beside the registry (registry_kit.roles.token_server).
     token_ops = []
     if token_render.enabled(settings):
-        token_ops.append(token_auth.token_deploy(settings, state, tls_ops=cert_ops,
+        token_ops.append(token_server.token_deploy(settings, state, tls_ops=cert_ops,
                                                    htpasswd_op=htpasswd_op))
     else:
-        token_auth.token_off(settings, state)
+        token_server.token_off(settings, state)
     config = render_config(settings, http_secret, cache=cache,
                            drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
                            major=major).encode()
-    config_op = remote.managed_file(paths.config, config, "0600",
-                                    state.files.get(paths.config),
-                                    name="Upload the registry config.yml")
+    config_op = files.managed_file(paths.config, config, "0600",
+                                   state.files.get(paths.config),
+                                   name="Upload the registry config.yml")
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
     spec = container_spec(settings, config, cert)
     container_op = ensure_container(settings, spec, state, rotation,

@@ -17,7 +17,7 @@ from registry_kit import package_data
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 from registry_kit.render.token_auth import (
     SCRIPT_NAME,
     SCRIPT_PATH,
@@ -78,22 +78,22 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
     paths = TokenPaths(settings.registry_config_dir)
     key_pem, cert_pem = signing_material(settings)
     install_python_packages(state, name="Install the token server's Python packages")
-    remote.managed_dir(paths.token_dir, "0700", state.dirs.get(paths.token_dir),
-                       name=f"Create {paths.token_dir}")
-    key_op = remote.managed_file(paths.signing_key, key_pem, "0600",
-                                 state.files.get(paths.signing_key),
-                                 name="Upload the token signing key")
-    cert_op = remote.managed_file(paths.signing_cert, cert_pem, "0644",
-                                  state.files.get(paths.signing_cert),
-                                  name="Upload the token signing certificate")
-    policy_op = remote.managed_file(paths.policy, policy_text(settings), "0600",
-                                    state.files.get(paths.policy),
-                                    name="Upload the access policy")
-    script_op = remote.managed_file(SCRIPT_PATH, package_data.script(SCRIPT_NAME), "0755",
-                                    state.files.get(SCRIPT_PATH),
-                                    name=f"Install {SCRIPT_PATH}")
-    unit_op = remote.managed_file(UNIT_PATH, unit_text(settings), "0644",
-                                  state.files.get(UNIT_PATH), name=f"Install {UNIT_PATH}")
+    files.managed_dir(paths.token_dir, "0700", state.dirs.get(paths.token_dir),
+                      name=f"Create {paths.token_dir}")
+    key_op = files.managed_file(paths.signing_key, key_pem, "0600",
+                                state.files.get(paths.signing_key),
+                                name="Upload the token signing key")
+    cert_op = files.managed_file(paths.signing_cert, cert_pem, "0644",
+                                 state.files.get(paths.signing_cert),
+                                 name="Upload the token signing certificate")
+    policy_op = files.managed_file(paths.policy, policy_text(settings), "0600",
+                                   state.files.get(paths.policy),
+                                   name="Upload the access policy")
+    script_op = files.managed_file(SCRIPT_PATH, package_data.script(SCRIPT_NAME), "0755",
+                                   state.files.get(SCRIPT_PATH),
+                                   name=f"Install {SCRIPT_PATH}")
+    unit_op = files.managed_file(UNIT_PATH, unit_text(settings), "0644",
+                                 state.files.get(UNIT_PATH), name=f"Install {UNIT_PATH}")
     changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops]
     token_service(state, restart=False, name=f"Start {SERVICE_NAME}",
                   _if=lambda: not any(op.did_change() for op in changed))

@@ -22,7 +22,7 @@ from pyinfra.api.operation import operation
 
 from registry_kit.commands import q
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files as remote
+from registry_kit.operations import files
 from registry_kit.render.tls import ServerCertificate
 
 
@@ -36,8 +36,8 @@ def bridge_ca(path: str, new_ca: bytes):
     """Trust the new CA next to the one trusted until now (both, for this run)."""
     staging = f"{path}.registry-kit-new"
     yield f"install -m 0644 -o root -g root /dev/null {q(staging)}"
-    yield remote.upload(BytesIO(new_ca if new_ca.endswith(b"\n") else new_ca + b"\n"),
-                        staging)
+    yield files.upload(BytesIO(new_ca if new_ca.endswith(b"\n") else new_ca + b"\n"),
+                       staging)
     yield f"cat {q(path)} >> {q(staging)} && mv -f {q(staging)} {q(path)}"
 
 

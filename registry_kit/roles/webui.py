@@ -22,8 +22,7 @@ from pyinfra.operations.util import any_changed
 from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files as remote
-from registry_kit.operations import packages
+from registry_kit.operations import files, packages
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.render.webui import (
     CONFIG_DIR,
@@ -80,21 +79,21 @@ def webui_deploy(settings: Settings, state: HostState, cert: ServerCertificate |
         webui_remove(state)
         return
     packages.install_packages(PACKAGES, COMMANDS, state, name="Install haproxy (web page)")
-    remote.managed_dir(CONFIG_DIR, "0700", state.dirs.get(CONFIG_DIR),
-                       name=f"Create {CONFIG_DIR}")
-    files = {name: static_content(name) for name in STATIC}
-    files[PAGE_CONFIG] = page_config(settings)
-    files["haproxy.cfg"] = render_haproxy(settings).encode()
-    files["ca.crt"] = cert.ca_pem
-    ops = [remote.managed_file(f"{CONFIG_DIR}/{name}", content, "0644",
-                               state.files.get(f"{CONFIG_DIR}/{name}"),
-                               name=f"Upload the web page's {name}")
-           for name, content in files.items()]
-    ops.append(remote.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
-                                   "0600", state.files.get(PEM),
-                                   name="Upload the web page's certificate and key"))
-    ops.append(remote.managed_file(UNIT, render_unit().encode(), "0644", state.files.get(UNIT),
-                                   name=f"Install {SERVICE}.service"))
+    files.managed_dir(CONFIG_DIR, "0700", state.dirs.get(CONFIG_DIR),
+                      name=f"Create {CONFIG_DIR}")
+    contents = {name: static_content(name) for name in STATIC}
+    contents[PAGE_CONFIG] = page_config(settings)
+    contents["haproxy.cfg"] = render_haproxy(settings).encode()
+    contents["ca.crt"] = cert.ca_pem
+    ops = [files.managed_file(f"{CONFIG_DIR}/{name}", content, "0644",
+                              state.files.get(f"{CONFIG_DIR}/{name}"),
+                              name=f"Upload the web page's {name}")
+           for name, content in contents.items()]
+    ops.append(files.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
+                                  "0600", state.files.get(PEM),
+                                  name="Upload the web page's certificate and key"))
+    ops.append(files.managed_file(UNIT, render_unit().encode(), "0644", state.files.get(UNIT),
+                                  name=f"Install {SERVICE}.service"))
     restart_webui(name=f"Check and restart {SERVICE}", _if=any_changed(*ops))
     enable_webui(state, name=f"Enable and start {SERVICE}")
 
@@ -103,5 +102,5 @@ def webui_remove(state: HostState) -> None:
     """The reverse of webui_deploy (teardown, or registry_webui_enabled=False). haproxy
     stays installed: other software (or the kit's load balancer) may use it."""
     disable_webui(state, name=f"Stop and disable {SERVICE}")
-    remote.absent_paths([UNIT, CONFIG_DIR], [*state.files, *state.dirs],
-                        name="Remove the web page's files")
+    files.absent_paths([UNIT, CONFIG_DIR], [*state.files, *state.dirs],
+                       name="Remove the web page's files")
