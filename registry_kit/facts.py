@@ -278,3 +278,22 @@ class EngineVersion(FactBase):
 
     def process(self, output):
         return "".join(output).strip() or None
+
+
+# --- status.py: each role's read-only status command (its sections), run as one command ---
+
+STATUS_SECTION = "@@registry-kit-status:"
+
+
+def section_command(name: str) -> str:
+    """The marker before a status section's output (roles' status_command)."""
+    return f"echo {q(STATUS_SECTION + name)}"
+
+
+def parse_status(lines: Iterable[str]) -> dict[str, list[str]]:
+    return split_sections(lines, STATUS_SECTION)
+
+
+def first_line(sections: dict[str, list[str]], name: str) -> str:
+    """A status section's output as one stripped string."""
+    return "".join(sections.get(name, [])).strip()

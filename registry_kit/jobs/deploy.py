@@ -16,7 +16,6 @@ from pyinfra.api import operation
 
 from registry_kit import pyinfra_patches, s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.jobs import gc
 from registry_kit.model import keystore, pull_through, topology
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
 from registry_kit.model.inventory import validated_settings as validated_inventory
@@ -26,6 +25,7 @@ from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.roles import (
     cache,
     client,
+    gc_timer,
     keepalived,
     loadbalancer,
     server,
@@ -128,7 +128,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
-        (server, is_server), (gc, is_server), (token_server, is_server), (webui, is_server),
+        (server, is_server), (gc_timer, is_server), (token_server, is_server), (webui, is_server),
         (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
@@ -162,7 +162,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         server.server_deploy(settings, state, cert=cert, http_secret=keystore.http_secret(settings),
                              cache=topology.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2)
-        gc.schedule_deploy(settings, state, hosts.servers)
+        gc_timer.schedule_deploy(settings, state, hosts.servers)
         webui.webui_deploy(settings, state, cert)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

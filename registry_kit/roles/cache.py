@@ -16,9 +16,10 @@ from pyinfra.api import operation
 
 from registry_kit import package_data
 from registry_kit.commands import q
-from registry_kit.facts import HostState
+from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.operations import files, packages
+from registry_kit.operations.removal import purge_packages, remove_files, stop_services
 from registry_kit.render import textfile
 
 CONFIG = "/etc/redis/redis.conf"
@@ -123,3 +124,50 @@ def cache_deploy(settings: Settings, state: HostState, password: str) -> None:
     start_redis(redis, state, name=f"Enable and start {redis.service}")
     verify_redis(settings, name="Check redis: PONG with, NOAUTH without the password",
                  _if=restart_op.did_change)
+
+
+# --- teardown: the reverse of cache_deploy ---
+
+# redis-cli comes from redis-tools on Debian (a dependency of redis-server).
+PURGE_PACKAGES = {"debian": ("redis-server", "redis-tools"), "rhel": ("redis",)}
+
+
+def teardown_probe_args(settings: Settings) -> dict:
+    return probe_args(settings)
+
+
+def cache_remove(settings: Settings, state: HostState) -> None:
+    """redis stopped and disabled, the kit's redis.conf removed. The cache keeps nothing on
+    disk (no RDB or AOF: redis.conf sets `save ""` and `appendonly no`), so stopping it is
+    its purge (registry_purge_data changes nothing here; the images live in the replicas'
+    storage). The packages go only with registry_packages_remove_on_teardown=True."""
+    redis = family(state)
+    stop_services([redis.service], state, name=f"Stop and disable {redis.service}")
+    remove_files([CONFIG], state, name="Remove the kit's redis.conf")
+    names = PURGE_PACKAGES.get(state.os.family, PURGE_PACKAGES["debian"])
+    purge_packages(names, COMMANDS, settings, state,
+                   name=f"Remove {', '.join(names)} (registry_packages_remove_on_teardown)")
+
+
+# --- status.py: redis running, its memory in use and key count ---
+
+def status_command(settings: Settings) -> str:
+    # The password read from redis.conf into REDISCLI_AUTH on the host, never in argv.
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(CONFIG)} 2>/dev/null)\""
+    cli = f"{auth} redis-cli --no-auth-warning -h 127.0.0.1 -p {q(settings.registry_cache_port)}"
+    return "; ".join([
+        # Debian's unit, then the RHEL family's.
+        section_command("redis"), "systemctl is-active redis-server redis 2>/dev/null | "
+        "grep -m1 -x active || echo inactive",
+        section_command("memory"), f"{cli} info memory 2>/dev/null | "
+        "sed -n 's/^used_memory_human:\\([^\\r]*\\).*/\\1/p' || true",
+        section_command("keys"), f"{cli} dbsize 2>/dev/null || true"])
+
+
+def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
+    return {
+        "cache": settings.host,
+        "redis": first_line(sections, "redis") or "-",
+        "memory": first_line(sections, "memory") or "-",
+        "keys": first_line(sections, "keys") or "-",
+    }

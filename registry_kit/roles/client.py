@@ -14,9 +14,20 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from registry_kit.commands import q
-from registry_kit.facts import HOSTS_MARKER, HostState
-from registry_kit.model.settings import Settings, host_port
+from registry_kit.facts import (
+    AUTHS_COMMAND,
+    HOSTS_COMMAND,
+    HOSTS_MARKER,
+    HostState,
+    first_line,
+    section_command,
+)
+from registry_kit.model import keystore
+from registry_kit.model.inventory import merge_probe
+from registry_kit.model.settings import Settings, SettingsError, host_port
 from registry_kit.operations import files
+from registry_kit.operations.ownership import plan_folder, remove_folders
+from registry_kit.operations.removal import log_kept
 from registry_kit.render import htpasswd, textfile
 from registry_kit.roles import trust
 
@@ -156,3 +167,119 @@ def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = No
                            _if=trust.no_host_failed)
     if settings.registry_client_login_user:
         docker_login(settings, state, name=f"docker login to {settings.registry_address}")
+
+
+# --- teardown: the reverse of client_trust and client_login ---
+
+# Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
+# login's password file (client) and the GC log; the first two live there for seconds.
+RUNTIME_FILES = ("verify.curlrc", "login.pw", "gc.log")
+
+
+def teardown_probe_args(settings: Settings, also_server: bool = False) -> dict:
+    parts = [probe_args(settings), {"listings": [trust_dir(settings)]}]
+    if not also_server:  # the login's password file lives in RUNTIME_DIR for seconds
+        parts.append({"dirs": [RUNTIME_DIR], "listings": [RUNTIME_DIR]})
+    return merge_probe(parts)
+
+
+@operation()
+def docker_logout(settings: Settings, state: HostState):
+    """Log out where the kit logged in: its marker says so (or the login user is set)."""
+    address = settings.registry_address
+    logged_in = address in state.docker_auths
+    marker = bool(state.login_marker.strip())
+    if not (marker or (logged_in and settings.registry_client_login_user)):
+        host.noop(f"no docker login of the kit to {address}")
+        return
+    if logged_in and state.docker_installed:
+        yield f"docker logout {q(address)} >/dev/null"
+    yield (f"rm -f {q(login_marker_path(settings))}; "
+           f"rmdir {q(CLIENT_STATE_DIR)} 2>/dev/null; true")
+
+
+@operation()
+def remove_system_trust(paths: list[str], state: HostState):
+    present = [path for path in paths if path in state.files]
+    if not present:
+        host.noop("the OS trust store holds no registry-kit CA")
+        return
+    yield "rm -f " + " ".join(q(path) for path in present)
+    yield SYSTEM_CA_UPDATE.get(state.os.family, SYSTEM_CA_UPDATE["debian"])
+    if state.docker_active:
+        # The engine reads the OS trust store at start only (as on deploy).
+        yield "systemctl restart docker.service"
+
+
+def client_remove(settings: Settings, state: HostState, also_server: bool = False) -> None:
+    docker_logout(settings, state, name=f"docker logout from {settings.registry_address}")
+    remove_system_trust(
+        [system_ca_path(settings, family) for family in SYSTEM_CA_DIRS], state,
+        name="Remove the registry CA from the OS trust store")
+    # Docker's trust folder for this address: the kit's ca.crt goes; the folder too unless
+    # it holds files of others (client certificates, put there by hand).
+    trust_plans = [plan_folder(state, trust_dir(settings), ["ca.crt"], needs_marker=False)]
+    log_kept(trust_plans)
+    remove_folders(trust_plans, name=f"Remove {trust_dir(settings)}")
+    hosts_entries({}, state, name="Remove the kit's /etc/hosts entries")
+    if not also_server:  # a server's teardown removes RUNTIME_DIR itself
+        runtime = [plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
+        log_kept(runtime)
+        remove_folders(runtime, name=f"Remove {RUNTIME_DIR}")
+
+
+# --- status.py: trust, login and /etc/hosts as this client has them ---
+
+def status_command(settings: Settings) -> str:
+    return "; ".join([
+        section_command("docker"), "docker info --format '{{.ServerVersion}}' 2>/dev/null || true",
+        section_command("trust"), f"cat {q(trust_dir(settings) + '/ca.crt')} 2>/dev/null || true",
+        section_command("auths"), AUTHS_COMMAND, section_command("hosts"), HOSTS_COMMAND,
+        # Only the user name before the ':' (the rest is a bcrypt hash).
+        section_command("marker"),
+        f"cut -d: -f1 {q(login_marker_path(settings))} 2>/dev/null || true"])
+
+
+def _current_ca(settings: Settings) -> bytes | None:
+    """The CA clients should trust, read from the control machine; never creates one."""
+    if not settings.tls_enabled:
+        return None
+    if settings.registry_tls_mode == "self-signed":
+        path = settings.registry_state_dir / "ca" / "ca.crt"
+        return path.read_bytes() if path.is_file() else None
+    try:
+        cert = keystore.server_certificate(settings)
+    except SettingsError:
+        return None
+    return cert.ca_pem if cert else None
+
+
+def _trust_status(settings: Settings, trusted: str) -> str:
+    if not settings.tls_enabled:
+        return "insecure (plain HTTP)"
+    if not trusted:
+        return "missing"
+    ca = _current_ca(settings)
+    if ca is None:
+        return "present"
+    if ca.decode().strip() not in trusted:
+        return "stale CA"
+    old = trusted.count("BEGIN CERTIFICATE") > ca.count(b"BEGIN CERTIFICATE")
+    return "ok (+old CA)" if old else "ok"
+
+
+def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
+    user = first_line(sections, "marker")
+    logged_in = settings.registry_address in [line.strip() for line in sections.get("auths", [])]
+    login = (f"yes ({user})" if user else "yes") if logged_in else "no"
+    if settings.registry_client_login_user is None and not logged_in:
+        login = "not asked"
+    hosts = [line for line in sections.get("hosts", []) if line.strip()]
+    return {
+        "client": settings.host,
+        "docker": first_line(sections, "docker") or "not running",
+        "registry": settings.registry_address,
+        "trust": _trust_status(settings, "\n".join(sections.get("trust", [])).strip()),
+        "login": login,
+        "hosts entries": str(len(hosts)),
+    }

@@ -10,6 +10,7 @@ from pyinfra.api import FunctionCommand, operation
 
 from registry_kit.commands import (
     APT_GET,
+    DOCKER_CE_PACKAGES,
     ENABLE_DOCKER,
     UnsupportedOS,
     docker_install_commands,
@@ -171,3 +172,52 @@ def engine_deploy(settings: Settings, state: HostState, *, insecure_add=(),
     gate_new_engine(settings, state, name="Check the new engine against docker_min_version")
     return True
 
+
+
+# --- teardown: the reverse of engine_deploy ---
+
+@operation()
+def unmerge_daemon(current: dict, wanted: dict, state: HostState):
+    """Remove the kit's daemon.json keys (others stay), applied by reload, not restart."""
+    if current == wanted:
+        host.noop("daemon.json holds none of the kit's keys")
+        return
+    yield from configure_daemon._inner(current, wanted, state)
+
+
+def remove_docker_commands(settings: Settings, state: HostState) -> list[str]:
+    """The reverse of commands.docker_install_commands (packages and Docker's repository)."""
+    if state.os.family == "rhel":
+        return ["dnf -y remove " + " ".join(DOCKER_CE_PACKAGES),
+                "rm -f /etc/yum.repos.d/docker-ce.repo"]
+    apt = "DEBIAN_FRONTEND=noninteractive apt-get"
+    if settings.docker_install_method == "docker-ce":
+        return [f"{apt} purge -y -q " + " ".join(DOCKER_CE_PACKAGES),
+                "rm -f /etc/apt/sources.list.d/docker.list /etc/apt/keyrings/docker.asc"]
+    return [f"{apt} purge -y -q docker.io"]
+
+
+@operation()
+def remove_docker(settings: Settings, state: HostState):
+    """Only with docker_remove_on_teardown=True. Images and volumes in /var/lib/docker stay."""
+    if not settings.docker_remove_on_teardown:
+        host.noop("Docker stays (docker_remove_on_teardown=False)")
+        return
+    if not state.docker_installed:
+        host.noop("Docker is not installed")
+        return
+    yield from remove_docker_commands(settings, state)
+
+
+def engine_remove(settings: Settings, state: HostState, insecure: list[str]) -> None:
+    """The kit's daemon.json keys (`insecure`: every insecure-registries entry the kit may
+    have added), then the engine itself only with docker_remove_on_teardown=True."""
+    try:
+        current = daemon_json.parse(state.daemon_json)
+    except daemon_json.DaemonJsonError as error:
+        refuse_host(f"{host.name}: {error}", name="Refuse a broken daemon.json")
+        return
+    wanted = daemon_json.unmerge(current, mirrors=settings.docker_registry_mirrors,
+                                 live_restore=settings.docker_live_restore, insecure=insecure)
+    unmerge_daemon(current, wanted, state, name="Remove the kit's keys from daemon.json")
+    remove_docker(settings, state, name="Remove the Docker engine (docker_remove_on_teardown)")

@@ -13,19 +13,24 @@ first (registry_kit.model.topology.OutOfRotation).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import operation
 
 from registry_kit import package_data
-from registry_kit.facts import HostState
+from registry_kit.commands import q
+from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model.inventory import merge_probe
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.model.topology import BACKEND, LB_SCRIPT, Topology
 from registry_kit.operations import files, packages
+from registry_kit.operations.ownership import plan_folder, remove_folders
+from registry_kit.operations.removal import log_kept, purge_packages, remove_files, stop_services
 from registry_kit.render import textfile
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.roles import server
+from registry_kit.roles import keepalived, server
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 CERT_DIR = "/etc/haproxy/registry-kit"
@@ -127,3 +132,73 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
     haproxy_config(render(settings, topology).encode(), state,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
     start_haproxy(state, name=f"Enable and start {SERVICE}")
+
+
+# --- teardown: the reverse of lb_deploy and keepalived.keepalived_deploy ---
+
+LB_SCRIPTS = (SCRIPT, keepalived.CHECK_SCRIPT)
+LB_PACKAGES = (*PACKAGES, *keepalived.PACKAGES)
+
+
+def teardown_probe_args(settings: Settings) -> dict:
+    listed = [server.SCRIPTS_DIR, CERT_DIR]
+    return merge_probe([probe_args(settings), keepalived.probe_args(settings),
+                        {"dirs": listed, "listings": listed}])
+
+
+def lb_remove(settings: Settings, state: HostState) -> None:
+    """keepalived and haproxy stopped and disabled (the floating address goes with
+    keepalived), then the kit's files: keepalived.conf, haproxy.cfg (the kit wrote the whole
+    file), the terminate-mode certificate folder, the kit's scripts (their folder when
+    nothing else is in it); the packages only with registry_packages_remove_on_teardown.
+    A registry_lb host is never a registry_servers host (topology.validate)."""
+    stop_services([keepalived.SERVICE, SERVICE], state,
+                  name="Stop and disable keepalived and haproxy")
+    remove_files([keepalived.CONFIG, CONFIG], state,
+                 name="Remove keepalived.conf and haproxy.cfg")
+    plans = [plan_folder(state, CERT_DIR, ["registry.pem", "ca.crt"], needs_marker=False),
+             plan_folder(state, server.SCRIPTS_DIR, LB_SCRIPTS, needs_marker=False)]
+    log_kept(plans)
+    remove_folders(plans, name="Remove the LB's certificate folder and scripts")
+    purge_packages(LB_PACKAGES, (*COMMANDS, *keepalived.COMMANDS), settings,
+                   state, name="Remove haproxy, socat, keepalived "
+                   "(registry_packages_remove_on_teardown)")
+
+
+# --- status.py: haproxy, keepalived, each replica as haproxy sees it, the floating address ---
+
+def status_command(settings: Settings) -> str:
+    parts = [section_command("haproxy"), f"systemctl is-active {q(SERVICE)} || true",
+             section_command("keepalived"),
+             f"systemctl is-active {q(keepalived.SERVICE)} || true",
+             # Columns 1, 2 and 18 of haproxy's CSV (its admin socket's `show stat`): proxy,
+             # server, status (UP, DOWN, MAINT, DRAIN...).
+             section_command("servers"),
+             f"echo 'show stat' | socat -t 2 stdio {q(SOCKET)} 2>/dev/null | "
+             f"awk -F, -v b={q(BACKEND)} '$1 == b && $2 != \"BACKEND\" && $2 != \"FRONTEND\" "
+             "{print $2, $18}' || true"]
+    if settings.registry_lb_vip:  # whether this LB holds the floating address now
+        vip = keepalived.vip_address(settings)
+        parts += [section_command("vip"),
+                  f"ip -o -4 addr show to {q(vip + '/32')} 2>/dev/null || true"]
+    return "; ".join(parts)
+
+
+def replica_states(lines: Iterable[str]) -> str:
+    states = [" ".join(line.split()[:2]) for line in lines if line.strip()]
+    return ", ".join(states) or "-"
+
+
+def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
+    vip = settings.registry_lb_vip
+    holds = "-"
+    if vip:
+        holds = "holds " + keepalived.vip_address(settings) if first_line(sections, "vip") \
+            else "backup"
+    return {
+        "load balancer": settings.host,
+        "haproxy": first_line(sections, "haproxy") or "-",
+        "keepalived": first_line(sections, "keepalived") or "-" if vip else "not used",
+        "floating address": holds,
+        "replicas (haproxy's view)": replica_states(sections.get("servers", [])),
+    }

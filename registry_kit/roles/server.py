@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -17,16 +18,19 @@ from pyinfra.operations.util import any_changed
 
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
-from registry_kit.facts import HostState
-from registry_kit.model.inventory import run_cache
+from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model.inventory import merge_probe, run_cache
+from registry_kit.model.registry_version import binary_version
 from registry_kit.model.settings import Settings, User, host_port, url_host
 from registry_kit.model.topology import CacheTarget, OutOfRotation, Rotation, server_name
 from registry_kit.operations import files, ownership
-from registry_kit.render import htpasswd, textfile
+from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder, remove_folders
+from registry_kit.operations.removal import log_kept
+from registry_kit.render import htpasswd, textfile, tls
 from registry_kit.render import token_auth as token_render
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.roles import token_server
+from registry_kit.roles import client, token_server
 
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"
 RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
@@ -327,3 +331,199 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
         _if=lambda: any(op.did_change() for op in file_ops) and not container_op.did_change())
     verify_registry(settings, name="Check /v2/: 401 without, 200 with credentials",
                     _if=any_changed(container_op, htpasswd_op, restart_op))
+
+
+# --- teardown: the reverse of server_deploy (the GC timer and the web page go first, by
+# their own modules) ---
+
+def teardown_probe_args(settings: Settings) -> dict:
+    paths = ServerPaths(settings.registry_config_dir)
+    listed = [paths.certs_dir, paths.auth_dir, settings.registry_config_dir, SCRIPTS_DIR,
+              RUNTIME_DIR]
+    # What else each folder holds (entries) decides whether the folder itself can go.
+    return merge_probe([probe_args(settings), token_server.teardown_probe_args(settings),
+                        {"dirs": listed, "listings": listed}])
+
+
+@operation()
+def remove_container(settings: Settings, state: HostState):
+    name = settings.registry_container_name
+    if state.container is None:
+        host.noop(f"no container {name}")
+        return
+    # -previous: left by a replacement that was interrupted half way (replace-container.sh).
+    yield f"docker rm -f {q(name)} >/dev/null; docker rm -f {q(name + '-previous')} " \
+          ">/dev/null 2>&1; true"
+
+
+def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
+    """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
+    included), then each folder the kit created that holds nothing else."""
+    paths = ServerPaths(settings.registry_config_dir)
+    certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
+                                                 *token_render.CERT_FILES])
+    auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
+    # Access rules: the token server's key and policy (a folder the kit names, no marker).
+    token = plan_folder(state, token_render.TokenPaths(settings.registry_config_dir).token_dir,
+                        token_render.TOKEN_DIR_FILES, needs_marker=False)
+    gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
+            if plan.remove_folder]
+    config = plan_folder(state, settings.registry_config_dir, ["config.yml"],
+                         removed_subfolders=gone)
+    return [certs, auth, *([token] if token.folder in state.dirs else []), config]
+
+
+def _announce(state: Any, host: Any, message: str) -> bool:
+    # FunctionCommand passes state and host only to parameters with exactly these names.
+    host.log_styled(message, fg="yellow", log_func=logger.warning)
+    return True
+
+
+def purge_warning(settings: Settings) -> str:
+    return (f"{settings.host}: registry_purge_data=True: DELETING the registry data in "
+            f"{settings.registry_data_dir} (every image stored there)")
+
+
+def purge_refusal(settings: Settings) -> str:
+    return (f"{settings.host}: registry_purge_data=True: KEPT {settings.registry_data_dir}: "
+            f"registry-kit did not create it (no {MARKER} in it); delete it by hand if the "
+            "images in it are no longer needed")
+
+
+def data_action(settings: Settings, state: HostState) -> str:
+    """"absent", "keep" (no purge asked), "refuse" (purge asked, folder not the kit's) or
+    "purge"."""
+    path = settings.registry_data_dir
+    if path not in state.dirs:
+        return "absent"
+    if not settings.registry_purge_data:
+        return "keep"
+    # A refused purge keeps the folder and the run goes on (exit 0): the folder is not the
+    # kit's to delete, and no later run makes it so (it never gets a marker), so failing
+    # would make every teardown of this host fail and stop the rest of it (container,
+    # config, clients) for good. purge_refusal, printed before the run, names host and path.
+    return "purge" if owned(state, path) else "refuse"
+
+
+@operation()
+def remove_data(settings: Settings, state: HostState):
+    path = settings.registry_data_dir
+    action = data_action(settings, state)
+    if action == "absent":
+        host.noop(f"no registry data in {path}")
+    elif action == "keep":
+        host.noop(f"kept the registry data in {path} (registry_purge_data=True deletes it)")
+    elif action == "refuse":
+        host.noop(purge_refusal(settings))
+    else:
+        yield FunctionCommand(_announce, (purge_warning(settings),), {})
+        yield f"rm -rf {q(path)}"
+
+
+def server_remove(settings: Settings, state: HostState) -> None:
+    """The container, config.yml/certs/htpasswd, the token server, the kit's scripts; the
+    data folder only with registry_purge_data=True (announced, host and path, first)."""
+    remove_container(settings, state, name="Remove the registry container")
+    token_server.remove_token_service(state, name="Remove the token server (access rules)")
+    plans = config_plans(settings, state)
+    log_kept(plans)
+    remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
+    # Folders named after the kit itself: its files go, the folder when nothing else is in it.
+    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*SCRIPT_NAMES, token_render.SCRIPT_NAME],
+                            needs_marker=False),
+                plan_folder(state, RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False)]
+    log_kept(kit_dirs)
+    remove_folders(kit_dirs, name="Remove the kit's scripts")
+    remove_data(settings, state, name="Remove the registry data (registry_purge_data)")
+    action = data_action(settings, state)
+    if action in ("purge", "refuse"):
+        # Before any operation runs: the whole run's output starts with this line.
+        logger.warning(purge_warning(settings) if action == "purge" else purge_refusal(settings))
+
+
+# --- status.py: the container, /v2/, the certificate and the storage, read-only ---
+
+REPOSITORIES = "docker/registry/v2/repositories"
+
+
+def status_command(settings: Settings) -> str:
+    container = q(settings.registry_container_name)
+    fmt = "{{.Config.Image}}|{{.State.Status}}|{{.State.StartedAt}}|{{.RestartCount}}"
+    url, resolve, ca = health_target(settings)
+    ca_opt = "" if ca == "-" else f" --cacert {q(ca)}"
+    parts = [
+        section_command("container"),
+        f"docker inspect --type container --format {q(fmt)} {container} 2>/dev/null || true",
+        section_command("uptime"),
+        f"s=$(docker inspect --type container --format '{{{{.State.StartedAt}}}}' "
+        f"{container} 2>/dev/null) && echo $(( $(date +%s) - $(date -d \"$s\" +%s)"
+        " )) || true",
+        # The registry binary says its own version (`registry` is on PATH in the official
+        # 2.x and 3.x images; gc.py runs it the same way). Read-only.
+        section_command("version"),
+        f"docker exec {container} registry --version 2>/dev/null | head -n 1 || true",
+        section_command("health"),
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {q(resolve)}"
+        f"{ca_opt} {q(url + '/v2/')} 2>/dev/null; echo"]
+    if settings.tls_enabled:
+        cert = ServerPaths(settings.registry_config_dir).cert
+        parts += [section_command("cert"), f"cat {q(cert)} 2>/dev/null || true"]
+    data_dir = settings.registry_data_dir
+    repos = posixpath.join(data_dir, REPOSITORIES)
+    parts += [section_command("bytes"), f"du -sb {q(data_dir)} 2>/dev/null | cut -f1",
+              section_command("repos"),
+              f"find {q(repos)} -type d -name _manifests 2>/dev/null | wc -l",
+              section_command("tags"),
+              f"find {q(repos)} -path '*/_manifests/tags/*/current/link' 2>/dev/null | wc -l"]
+    return "; ".join(parts)
+
+
+def human_bytes(value: str) -> str:
+    if not value.isdigit():
+        return "-"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return value
+
+
+def human_duration(seconds: str) -> str:
+    if not seconds.lstrip("-").isdigit():
+        return "-"
+    left = max(int(seconds), 0)
+    days, left = divmod(left, 86400)
+    hours, left = divmod(left, 3600)
+    minutes, secs = divmod(left, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
+    """The server table's columns; the GC timer's (gc_timer.status_row) follows."""
+    image, state, _, restarts = ([*first_line(sections, "container").split("|"),
+                                  "", "", "", ""])[:4]
+    cert_pem = "\n".join(sections.get("cert", [])).encode()
+    try:
+        days = f"{tls.certificate_days_left(cert_pem)}" if cert_pem.strip() else "-"
+    except (tls.TLSError, ValueError):  # a garbled file is a status to show, not a crash
+        days = "unreadable"
+    filesystem = settings.registry_storage.driver == "filesystem"
+    return {
+        "server": settings.host,
+        "image": image or "-",
+        "version": binary_version(first_line(sections, "version")) or "-",
+        "state": (state + (f" ({restarts} restarts)" if restarts not in ("", "0") else ""))
+        if state else "no container",
+        "uptime": human_duration(first_line(sections, "uptime")) if state == "running" else "-",
+        "/v2/": first_line(sections, "health") or "-",
+        "cert days": days if settings.tls_enabled else "no TLS",
+        "storage": human_bytes(first_line(sections, "bytes")) if filesystem else
+        settings.registry_storage.driver,
+        "repos": first_line(sections, "repos") if filesystem else "-",
+        "tags": first_line(sections, "tags") if filesystem else "-",
+    }

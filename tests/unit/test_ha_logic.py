@@ -1,5 +1,5 @@
 """Unit tests for the floating address (registry_kit.keepalived) and the status rows of
-the load balancer and cache hosts (registry_kit.roles_status)."""
+the load balancer and cache hosts (registry_kit.roles.loadbalancer and cache)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as scaleout
 from registry_kit.model.settings import Settings, SettingsError
-from registry_kit.roles import keepalived, roles_status
+from registry_kit.roles import cache, keepalived, loadbalancer
 
 
 @pytest.fixture(autouse=True)
@@ -127,14 +127,14 @@ def test_interface_from_the_network_holding_the_vip() -> None:
 
 def test_status_rows() -> None:
     settings = lb("lb1", "10.0.0.11")
-    row = roles_status.lb_row(settings, {"haproxy": ["active"], "keepalived": ["active"],
-                                         "servers": ["rep1 UP", "rep2 MAINT"],
-                                         "vip": ["7: eth0 inet 10.0.0.250/24 ..."]})
+    row = loadbalancer.status_row(settings, {"haproxy": ["active"], "keepalived": ["active"],
+                                             "servers": ["rep1 UP", "rep2 MAINT"],
+                                             "vip": ["7: eth0 inet 10.0.0.250/24 ..."]})
     assert row["floating address"] == "holds 10.0.0.250"
     assert row["replicas (haproxy's view)"] == "rep1 UP, rep2 MAINT"
-    assert roles_status.lb_row(settings, {"vip": []})["floating address"] == "backup"
-    cache = roles_status.cache_row(settings, {"redis": ["active"], "memory": ["1.02M"],
-                                              "keys": ["17"]})
-    assert (cache["memory"], cache["keys"]) == ("1.02M", "17")
+    assert loadbalancer.status_row(settings, {"vip": []})["floating address"] == "backup"
+    found = cache.status_row(settings, {"redis": ["active"], "memory": ["1.02M"],
+                                        "keys": ["17"]})
+    assert (found["memory"], found["keys"]) == ("1.02M", "17")
     # The address and the VIP reach the shell quoted.
-    assert "show to 10.0.0.250/32" in roles_status.lb_command("10.0.0.250")
+    assert "show to 10.0.0.250/32" in loadbalancer.status_command(settings)

@@ -28,13 +28,12 @@ from hypothesis import strategies as st
 
 from registry_kit import facts
 from registry_kit.commands import OSInfo, docker_install_commands, join
-from registry_kit.jobs import gc, status
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as scaleout
 from registry_kit.model.settings import Settings, SettingsError, unsafe_character
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
-from registry_kit.roles import cache, keepalived, loadbalancer, server
+from registry_kit.roles import cache, gc_timer, keepalived, loadbalancer, server
 from registry_kit.roles import client as client_mod
 
 HOST = "hostile-host"
@@ -172,7 +171,7 @@ def _yaml(text: str) -> Any:
 
 def _check_commands(s: Settings) -> None:
     probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part in (server.probe_args(s), gc.probe_args(s), client_mod.probe_args(s)):
+    for part in (server.probe_args(s), gc_timer.probe_args(s), client_mod.probe_args(s)):
         for key, value in part.items():
             probe[key] = probe.get(key, []) + value if isinstance(value, list) else value
     words = _tokens(facts.probe_command(**probe))
@@ -193,7 +192,7 @@ def _check_commands(s: Settings) -> None:
     assert argv[argv.index("--name") + 1] == s.registry_container_name
     assert argv[-3:] == [s.registry_image, "serve", "/etc/registry-kit/config.yml"]
 
-    args = gc.gc_arguments(s, dry_run=True)
+    args = gc_timer.gc_arguments(s, dry_run=True)
     assert _words(join(args)) == args
 
     if s.docker_install_method == "docker-ce" and s.docker_ce_repo_url:
@@ -202,10 +201,10 @@ def _check_commands(s: Settings) -> None:
         source = _words(commands[6])
         assert s.docker_ce_repo_url.rstrip("/") + "/debian" in source
 
-    url, resolve, ca = server.health_target(s)
-    words = _tokens(status.status_command(container=s.registry_container_name,
-                                         health=(url, resolve, ca), data_dir=s.registry_data_dir))
+    _, resolve, _ = server.health_target(s)
+    words = _tokens(server.status_command(s))
     assert s.registry_container_name in words and s.registry_data_dir in words
+    assert resolve in words
     words = _tokens(cache.verify_command(s))
     assert s.registry_internal_address in words
 
@@ -266,17 +265,17 @@ def _check_files(s: Settings, key: str, value: str) -> None:
         [s.registry_cache_maxmemory]
 
     if s.registry_gc_schedule is not None:
-        timer = gc.timer_unit(s).decode()
-        assert len(_lines(timer)) == len(_lines(gc.timer_unit(
+        timer = gc_timer.timer_unit(s).decode()
+        assert len(_lines(timer)) == len(_lines(gc_timer.timer_unit(
             settings_mod.load(HOST, _data("registry_gc_schedule", "weekly"),
                               known=_KNOWN)).decode()))
         assert f"OnCalendar={s.registry_gc_schedule}" in _lines(timer)
-    service = gc.service_unit(s).decode()
+    service = gc_timer.service_unit(s).decode()
     exec_line = [line for line in _lines(service) if line.startswith("ExecStart=")]
     assert len(exec_line) == 1
     # systemd unescapes %% to %; then its quoting is a shell's for these words.
     assert _words(exec_line[0].removeprefix("ExecStart=").replace("%%", "%")) == \
-        gc.gc_arguments(s, dry_run=False)
+        gc_timer.gc_arguments(s, dry_run=False)
 
     _check_keepalived(s, plain_settings)
 

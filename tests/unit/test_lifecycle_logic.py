@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from registry_kit.commands import OSInfo
-from registry_kit.facts import HostState
+from registry_kit.facts import HostState, parse_status
 from registry_kit.jobs import gc, status, teardown
 from registry_kit.model.inventory import merge_probe
 from registry_kit.model.settings import Settings, SettingsError
@@ -20,6 +20,7 @@ from registry_kit.package_data import SCRIPTS as _SCRIPTS
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ensure_server_certificate
+from registry_kit.roles import client, engine, gc_timer, server
 
 # --------------------------------------------------------------------------- teardown
 
@@ -44,7 +45,7 @@ def test_remove_docker_commands(make_settings: Callable[..., Settings], os_info:
     if method == "docker-ce":
         data["docker_ce_repo_url"] = "https://download.example/linux"
     state = HostState(os=os_info)
-    commands = teardown.remove_docker_commands(make_settings(**data), state)
+    commands = engine.remove_docker_commands(make_settings(**data), state)
     assert expected in commands[0]
 
 
@@ -53,7 +54,7 @@ def test_teardown_probe_covers_server_and_client(make_settings: Callable[..., Se
     probe = teardown.probe_args(settings, True, True)
     assert settings.registry_data_dir in probe["dirs"]
     assert "/etc/docker/certs.d/registry.example.internal:5000" in probe["dirs"]
-    assert gc.TIMER in probe["files"] and gc.SERVICE in probe["files"]
+    assert gc_timer.TIMER in probe["files"] and gc_timer.SERVICE in probe["files"]
     assert probe["container"] == "registry"
     assert len(probe["dirs"]) == len(set(probe["dirs"]))
 
@@ -64,7 +65,7 @@ def test_merge_probe_joins_lists_without_repeats() -> None:
 
 
 def test_purge_warning_names_host_and_path(make_settings: Callable[..., Settings]) -> None:
-    line = teardown.purge_warning(make_settings(registry_data_dir="/srv/reg"))
+    line = server.purge_warning(make_settings(registry_data_dir="/srv/reg"))
     assert line.startswith("reg-host-1: ") and "/srv/reg" in line and "DELETING" in line
 
 
@@ -82,7 +83,7 @@ def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Setting
     normal = render_config(settings, secret)
     wanted = render_config(settings, secret, read_only=True)
     assert normal != wanted
-    derived = subprocess.run(["sh", str(_SCRIPTS / gc.SCRIPT), "--readonly-config"],
+    derived = subprocess.run(["sh", str(_SCRIPTS / gc_timer.SCRIPT), "--readonly-config"],
                              input=normal, capture_output=True, text=True, check=True).stdout
     assert derived == wanted
     assert yaml.safe_load(derived)["storage"]["maintenance"]["readonly"] == {"enabled": True}
@@ -90,23 +91,23 @@ def test_readonly_config_from_the_gc_script(make_settings: Callable[..., Setting
 
 def test_gc_arguments(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(registry_gc_delete_untagged=True)
-    args = gc.gc_arguments(settings, dry_run=True)
+    args = gc_timer.gc_arguments(settings, dry_run=True)
     assert args[:4] == ["/usr/local/lib/registry-kit/registry-gc.sh", "registry",
                         "/etc/registry-kit", "/var/lib/registry-kit/data"]
     assert args[-2:] == ["--dry-run", "--delete-untagged"]
-    assert "--dry-run" not in gc.gc_arguments(make_settings(), dry_run=False)
+    assert "--dry-run" not in gc_timer.gc_arguments(make_settings(), dry_run=False)
     s3 = make_settings(registry_storage={"driver": "inmemory"})
-    assert gc.gc_arguments(s3, dry_run=False)[3] == "-"  # no folder to measure
+    assert gc_timer.gc_arguments(s3, dry_run=False)[3] == "-"  # no folder to measure
 
 
 def test_timer_units(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(registry_gc_schedule="Sun *-*-* 03:00:00")
-    timer = gc.timer_unit(settings).decode()
+    timer = gc_timer.timer_unit(settings).decode()
     assert "OnCalendar=Sun *-*-* 03:00:00\n" in timer and "WantedBy=timers.target" in timer
-    service = gc.service_unit(settings).decode()
+    service = gc_timer.service_unit(settings).decode()
     assert "ExecStart=/usr/local/lib/registry-kit/registry-gc.sh registry " in service
     assert "%" not in service  # systemd would read it as a specifier
-    assert gc.service_unit(settings) == gc.service_unit(settings)  # deterministic
+    assert gc_timer.service_unit(settings) == gc_timer.service_unit(settings)  # deterministic
 
 
 # --------------------------------------------------------------------------- settings
@@ -147,7 +148,7 @@ def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> 
     settings = make_settings(registry_state_dir=str(tmp_path),
                              registry_users=[{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}],
                              registry_client_login_user=None)
-    sections = status.parse_status([
+    sections = parse_status([
         "@@registry-kit-status:docker", "24.0.7",
         "@@registry-kit-status:container", "registry:2.8.2|running|2024-01-01T00:00:00Z|0",
         "@@registry-kit-status:uptime", "90061",
@@ -163,13 +164,13 @@ def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> 
         "@@registry-kit-status:hosts", "10.0.0.5 registry.example.internal # registry-kit",
         "@@registry-kit-status:marker", "ci",
     ])
-    row = status.server_row(settings, sections)
+    row = server.status_row(settings, sections) | gc_timer.status_row(settings, sections)
     assert row["image"] == "registry:2.8.2" and row["state"] == "running"
     assert row["version"] == "2.8.2"
     assert row["uptime"] == "1d1h" and row["/v2/"] == "401"
     assert 820 <= int(row["cert days"]) <= 825
     assert row["storage"] == "1.3 MB" and (row["repos"], row["tags"]) == ("2", "1")
-    crow = status.client_row(settings, sections)
+    crow = client.status_row(settings, sections)
     assert crow["trust"] == "ok" and crow["login"] == "yes (ci)"
     assert crow["hosts entries"] == "1" and crow["docker"] == "24.0.7"
     lines = status.table([row])
@@ -178,10 +179,10 @@ def test_status_rows(make_settings: Callable[..., Settings], tmp_path: Path) -> 
 
 def test_status_without_anything(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    row = status.server_row(settings, {})
+    row = server.status_row(settings, {})
     assert (row["state"], row["uptime"], row["/v2/"], row["cert days"], row["version"]) == \
         ("no container", "-", "-", "-", "-")
-    crow = status.client_row(settings, {})
+    crow = client.status_row(settings, {})
     assert (crow["trust"], crow["login"], crow["docker"]) == ("missing", "not asked",
                                                               "not running")
 
@@ -189,7 +190,7 @@ def test_status_without_anything(make_settings: Callable[..., Settings]) -> None
 @pytest.mark.parametrize(("seconds", "text"), [("5", "5s"), ("65", "1m5s"), ("3700", "1h1m"),
                                                ("x", "-")])
 def test_human_duration(seconds: str, text: str) -> None:
-    assert status.human_duration(seconds) == text
+    assert server.human_duration(seconds) == text
 
 
 def test_function_commands_receive_state_and_host() -> None:
@@ -199,7 +200,7 @@ def test_function_commands_receive_state_and_host() -> None:
 
     from registry_kit.roles import server
 
-    for function in (teardown._announce, gc._fail, server._stop_rollout):
+    for function in (server._announce, gc._fail, server._stop_rollout):
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function
 
 

@@ -19,16 +19,16 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host
 
 from registry_kit.facts import FileState, HostState, parse_probe
-from registry_kit.jobs import backup, gc, restore, teardown
+from registry_kit.jobs import backup, restore
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files, ownership, packages
+from registry_kit.operations import files, ownership, packages, removal
 from registry_kit.operations.files import sha256_of
 from registry_kit.roles import (
     client,
     engine,
+    gc_timer,
     keepalived,
     loadbalancer,
-    roles_teardown,
     server,
     trust,
     webui,
@@ -242,12 +242,12 @@ def test_install_packages() -> None:
 
 
 def test_schedule_remove_noop_without_timer() -> None:
-    assert run(gc.schedule_remove, probe()) == ([], ["no garbage collection timer"])
+    assert run(gc_timer.schedule_remove, probe()) == ([], ["no garbage collection timer"])
 
 
 def test_install_timer_checks_the_calendar_first(make_settings: Callable[..., Settings]) \
         -> None:
-    commands, noops = run(gc.install_timer, make_settings(registry_gc_schedule="weekly"),
+    commands, noops = run(gc_timer.install_timer, make_settings(registry_gc_schedule="weekly"),
                           probe())
     assert noops == []
     assert commands[0].startswith("systemd-analyze calendar weekly >/dev/null 2>&1 || ")
@@ -263,17 +263,17 @@ def test_install_timer_checks_the_calendar_first(make_settings: Callable[..., Se
 # --------------------------------------------------------------------------- teardown
 
 def test_remove_container(defaults: Settings) -> None:
-    assert run(teardown.remove_container, defaults, probe(container=["abc|true|registry:2|"])) \
+    assert run(server.remove_container, defaults, probe(container=["abc|true|registry:2|"])) \
         == (["docker rm -f registry >/dev/null; docker rm -f registry-previous >/dev/null 2>&1; "
              "true"], [])
-    assert run(teardown.remove_container, defaults, probe()) == ([], ["no container registry"])
+    assert run(server.remove_container, defaults, probe()) == ([], ["no container registry"])
 
 
 def test_remove_docker(make_settings: Callable[..., Settings], defaults: Settings) -> None:
-    assert run(teardown.remove_docker, make_settings(docker_remove_on_teardown=True),
+    assert run(engine.remove_docker, make_settings(docker_remove_on_teardown=True),
                probe(os=DEBIAN, tools=["docker"])) == \
         (["DEBIAN_FRONTEND=noninteractive apt-get purge -y -q docker.io"], [])
-    assert run(teardown.remove_docker, defaults, probe(tools=["docker"])) == \
+    assert run(engine.remove_docker, defaults, probe(tools=["docker"])) == \
         ([], ["Docker stays (docker_remove_on_teardown=False)"])
 
 
@@ -358,17 +358,17 @@ def test_keepalived_start_and_removal() -> None:
         "systemctl disable --now keepalived", f"rm -f {keepalived.CONFIG}"], [])
 
 
-def test_roles_teardown_stops_and_removes_only_what_is_there() -> None:
-    assert run(roles_teardown.stop_services, ["haproxy", "keepalived"],
+def test_removal_stops_and_removes_only_what_is_there() -> None:
+    assert run(removal.stop_services, ["haproxy", "keepalived"],
                probe(services=["haproxy active enabled", "keepalived inactive disabled"])) == \
         (["systemctl disable --now haproxy"], [])
-    assert run(roles_teardown.stop_services, ["redis-server"], probe()) == \
+    assert run(removal.stop_services, ["redis-server"], probe()) == \
         ([], ["redis-server: not running, not enabled"])
     odd = "/etc/haproxy/it's.cfg"
-    assert run(roles_teardown.remove_files, [odd, "/etc/x"],
+    assert run(removal.remove_files, [odd, "/etc/x"],
                probe(files=[f"{'0' * 64} 644 root root {odd}"])) == \
         (["rm -f '/etc/haproxy/it'\"'\"'s.cfg'"], [])
-    assert run(roles_teardown.remove_files, ["/etc/x"], probe()) == \
+    assert run(removal.remove_files, ["/etc/x"], probe()) == \
         ([], ["none of the kit's files left"])
 
 
@@ -470,13 +470,13 @@ def test_webui_disabled_only_where_it_is() -> None:
 
 
 def test_every_operation_module_is_exercised_here() -> None:
-    """A new role, job or operation module gets its own tests above (status and roles_status
-    have no operations; the cache's are one systemctl line each, covered by the scale-out
-    e2e)."""
+    """A new role, job or operation module gets its own tests above (the status, deploy and
+    teardown jobs have no operations of their own: they arrange the roles'; the cache's are
+    one systemctl line each, covered by the scale-out e2e)."""
     kit = Path(server.__file__).resolve().parent.parent
-    tested = {"engine", "files", "server", "client", "packages", "gc", "teardown",
-              "loadbalancer", "trust", "ownership", "keepalived", "roles_teardown",
+    tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer",
+              "loadbalancer", "trust", "ownership", "keepalived", "removal",
               "token_server", "backup", "restore", "webui"}
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
-    assert found == tested | {"cache", "status", "roles_status", "deploy", "__init__"}
+    assert found == tested | {"cache", "status", "teardown", "deploy", "__init__"}

@@ -155,13 +155,13 @@ def test_config_plans_remove_subfolders_before_the_folder(
     state = host_state({CONFIG: {"config.yml", "certs", "auth"},
                         CERTS: {"server.crt", "server.key", "ca.crt"}, AUTH: {"htpasswd"}},
                        marked={CONFIG, CERTS, AUTH})
-    plans = teardown.config_plans(settings, state)
+    plans = server.config_plans(settings, state)
     assert [(plan.folder, plan.remove_folder, plan.kept) for plan in plans] == \
         [(CERTS, True, None), (AUTH, True, None), (CONFIG, True, None)]
     # certs/ not the kit's (a deploy before markers): it stays, and so does its parent.
     state.files.pop(f"{CERTS}/{MARKER}")
     state.entries[CERTS].discard(MARKER)
-    plans = teardown.config_plans(settings, state)
+    plans = server.config_plans(settings, state)
     assert [(plan.folder, plan.remove_folder) for plan in plans] == \
         [(CERTS, False), (AUTH, True), (CONFIG, False)]
     assert plans[2].kept == f"kept {CONFIG}: it holds other files (certs)"
@@ -190,9 +190,9 @@ def test_second_teardown_changes_nothing(make_settings: Callable[..., Settings],
     state = host_state({CONFIG: {"config.yml", "certs", "auth", "mine.txt"},
                         CERTS: {"server.crt", "server.key", "ca.crt"}, AUTH: {"htpasswd"}},
                        marked=marked)
-    first = teardown.config_plans(settings, state)
+    first = server.config_plans(settings, state)
     assert any(plan.changes for plan in first)
-    second = teardown.config_plans(settings, _after(state, first))
+    second = server.config_plans(settings, _after(state, first))
     assert not any(plan.changes for plan in second)
     assert [plan.kept for plan in first if plan.folder == CONFIG] == \
         [plan.kept for plan in second if plan.folder == CONFIG]
@@ -209,11 +209,11 @@ def test_data_action(make_settings: Callable[..., Settings], purge: bool, marked
     settings = make_settings(registry_data_dir="/srv/registry", registry_purge_data=purge)
     state = host_state({"/srv/registry": {"docker"}} if present else {},
                        marked={"/srv/registry"} if marked and present else set())
-    assert teardown.data_action(settings, state) == action
+    assert server.data_action(settings, state) == action
 
 
 def test_purge_refusal_names_host_and_path(make_settings: Callable[..., Settings]) -> None:
-    line = teardown.purge_refusal(make_settings(registry_data_dir="/srv/registry"))
+    line = server.purge_refusal(make_settings(registry_data_dir="/srv/registry"))
     assert line.startswith("reg-host-1: registry_purge_data=True: KEPT /srv/registry: ")
     assert "\n" not in line and MARKER in line
 

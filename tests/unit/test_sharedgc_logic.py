@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import pytest
 
 from registry_kit import sharedgc
-from registry_kit.jobs import gc
 from registry_kit.model.settings import Settings
+from registry_kit.roles import gc_timer
 
 S3 = {"driver": "s3", "bucket": "registry", "region": "us-east-1",
       "regionendpoint": "http://10.9.0.5:7480", "accesskey_env": "RK_AK",
@@ -198,7 +198,7 @@ def test_timer_on_the_first_server_of_each_storage(
 
 def test_step_command_lines(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(registry_storage=S3, registry_gc_delete_untagged=True)
-    args = gc.gc_arguments(settings, dry_run=False)
+    args = gc_timer.gc_arguments(settings, dry_run=False)
     member = sharedgc.member(settings, args, "rep_1")
     assert set(member.commands) == {"check", "readonly", "collect", "writable"}
     words = shlex.split(str(member.commands["readonly"]))

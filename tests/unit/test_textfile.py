@@ -20,11 +20,10 @@ import pytest
 
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HOSTS_MARKER, HostState
-from registry_kit.jobs import gc
 from registry_kit.model import topology as scaleout
 from registry_kit.model.settings import Secret, Settings, User
 from registry_kit.render import textfile
-from registry_kit.roles import cache, client, loadbalancer, server
+from registry_kit.roles import cache, client, gc_timer, loadbalancer, server
 
 S3 = {"driver": "inmemory"}
 # Strings that would change a line-based file's structure if pasted in as they are.
@@ -178,10 +177,10 @@ def test_service_unit_escapes_percent_and_dollar(make_settings: Callable[..., Se
                                                  value: str) -> None:
     settings = dataclasses.replace(make_settings(registry_gc_schedule="daily"),
                                    registry_config_dir=value)
-    unit = gc.service_unit(settings)
-    reference = gc.service_unit(make_settings(registry_gc_schedule="daily"))
+    unit = gc_timer.service_unit(settings)
+    reference = gc_timer.service_unit(make_settings(registry_gc_schedule="daily"))
     assert len(unit.splitlines()) == len(reference.splitlines())
-    assert _systemd_words(_exec_start(unit)) == gc.gc_arguments(settings, dry_run=False)
+    assert _systemd_words(_exec_start(unit)) == gc_timer.gc_arguments(settings, dry_run=False)
 
 
 @pytest.mark.parametrize("value", [*STRUCTURAL, '"quoted"', "it's", "back\\slash", ";",
@@ -191,13 +190,13 @@ def test_service_unit_refuses_hostile_arguments(make_settings: Callable[..., Set
     settings = dataclasses.replace(make_settings(registry_gc_schedule="daily"),
                                    registry_container_name=value)
     with pytest.raises(ValueError, match=r"registry-kit-gc\.service: ExecStart argument 1="):
-        gc.service_unit(settings)
+        gc_timer.service_unit(settings)
 
 
 def test_timer_unit_escapes_percent(make_settings: Callable[..., Settings]) -> None:
     settings = dataclasses.replace(make_settings(registry_gc_schedule="daily"),
                                    registry_gc_schedule="Sun *-*-* 03:00:00 %H")
-    timer = gc.timer_unit(settings).decode()
+    timer = gc_timer.timer_unit(settings).decode()
     assert "OnCalendar=Sun *-*-* 03:00:00 %%H\n" in timer
 
 
@@ -208,7 +207,7 @@ def test_timer_unit_refuses_hostile_schedule(make_settings: Callable[..., Settin
     settings = dataclasses.replace(make_settings(registry_gc_schedule="daily"),
                                    registry_gc_schedule=value)
     with pytest.raises(ValueError, match=r"registry-kit-gc\.timer: registry_gc_schedule="):
-        gc.timer_unit(settings)
+        gc_timer.timer_unit(settings)
 
 
 # --- /etc/hosts --------------------------------------------------------------------------------

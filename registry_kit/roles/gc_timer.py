@@ -1,0 +1,130 @@
+"""The garbage collection timer on registry servers (registry_gc_schedule): a systemd
+service and timer running scripts/registry-gc.sh as gc.py does (registry_kit.jobs.gc), on
+the first server of each storage (registry_kit.sharedgc); removed when unset and by
+teardown.py. Also the script's arguments, which gc.py runs by hand.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from registry_kit import sharedgc
+from registry_kit.commands import q
+from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model.settings import Settings
+from registry_kit.operations import files
+from registry_kit.render import textfile
+from registry_kit.roles import server
+
+SCRIPT = "registry-gc.sh"
+TIMER_NAME = "registry-kit-gc.timer"
+SERVICE = "/etc/systemd/system/registry-kit-gc.service"
+TIMER = f"/etc/systemd/system/{TIMER_NAME}"
+
+
+def probe_args(settings: Settings) -> dict[str, Any]:
+    return {"files": [SERVICE, TIMER, server.script_path(SCRIPT)]}
+
+
+def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
+    url, resolve, ca = server.health_target(settings)
+    data = settings.registry_data_dir if settings.registry_storage.driver == "filesystem" \
+        else "-"
+    args = [server.script_path(SCRIPT), settings.registry_container_name,
+            settings.registry_config_dir, data, url, resolve, ca,
+            str(settings.registry_verify_timeout)]
+    if dry_run:
+        args.append("--dry-run")
+    if settings.registry_gc_delete_untagged:
+        args.append("--delete-untagged")
+    return args
+
+
+def service_unit(settings: Settings) -> bytes:
+    # Arguments checked, quoted and %/$-escaped for systemd (textfile.systemd_exec_args).
+    exec_start = textfile.systemd_exec_args(gc_arguments(settings, dry_run=False),
+                                            file=SERVICE, field="ExecStart")
+    return (
+        "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
+        "[Unit]\n"
+        "Description=registry-kit: garbage-collect the registry (read-only while it runs)\n"
+        "Requires=docker.service\n"
+        "After=docker.service\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"ExecStart={exec_start}\n"
+    ).encode()
+
+
+def timer_unit(settings: Settings) -> bytes:
+    # Calendar expressions hold spaces ("Sun *-*-* 03:00:00"): one line, no backslash (a
+    # line continuation), "%" escaped. Whether systemd accepts it is checked on the host.
+    schedule = textfile.rest_of_line(settings.registry_gc_schedule, file=TIMER,
+                                     field="registry_gc_schedule", forbidden="\\")
+    return (
+        "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
+        "[Unit]\n"
+        "Description=registry-kit: scheduled registry garbage collection\n\n"
+        "[Timer]\n"
+        f"OnCalendar={textfile.systemd_specifiers(schedule)}\n"
+        "Persistent=true\n\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    ).encode()
+
+
+@operation()
+def install_timer(settings: Settings, state: HostState):
+    """Check the OnCalendar expression on the host (systemd-analyze) before any unit is
+    written, so a bad schedule never lands; then enable and (re)start the timer."""
+    units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
+    if all(path in state.files and state.files[path].sha256 == files.sha256_of(content)
+           for path, content in units.items()):
+        host.noop(f"{TIMER_NAME} runs on {settings.registry_gc_schedule!r}")
+        return
+    schedule = str(settings.registry_gc_schedule)
+    refusal = f"registry-kit: {host.name}: registry_gc_schedule={schedule!r} is not a " \
+        "systemd OnCalendar expression (see: systemd-analyze calendar)"
+    yield (f"systemd-analyze calendar {q(schedule)} >/dev/null 2>&1 || "
+           f"{{ echo {q(refusal)} >&2; exit 1; }}")
+    for path, content in units.items():
+        staging = f"{path}.registry-kit-new"
+        yield f"install -m 0644 /dev/null {q(staging)}"
+        yield files.upload(BytesIO(content), staging)
+        yield f"mv -f {q(staging)} {q(path)}"
+    yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
+          f"systemctl restart {TIMER_NAME}"
+
+
+@operation()
+def schedule_remove(state: HostState):
+    present = [path for path in (TIMER, SERVICE) if path in state.files]
+    if not present:
+        host.noop("no garbage collection timer")
+        return
+    yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
+    yield "rm -f " + " ".join(q(path) for path in present)
+    yield "systemctl daemon-reload"
+
+
+def schedule_deploy(settings: Settings, state: HostState,
+                    servers: tuple[Settings, ...] = ()) -> None:
+    """deploy.py, servers: the timer when registry_gc_schedule is set, on the first server
+    of each storage (registry_kit.sharedgc), else none."""
+    if not sharedgc.timer_wanted(settings, servers or (settings,)):
+        schedule_remove(state, name="Remove the garbage collection timer")
+    else:
+        install_timer(settings, state, name="Schedule garbage collection (systemd timer)")
+
+
+def status_command(settings: Settings) -> str:
+    return f"{section_command('timer')}; systemctl is-active {TIMER_NAME} 2>/dev/null || true"
+
+
+def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
+    """The server table's last column (status.py puts it after server.status_row's)."""
+    return {"gc timer": first_line(sections, "timer") or "-"}
