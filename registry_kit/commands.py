@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from registry_kit.model import layout
 from registry_kit.model.settings import host_port
@@ -23,6 +24,16 @@ RHEL_CONFLICTS = ("docker", "docker-client", "docker-common", "docker-latest", "
                   "podman-docker", "runc")
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
 MOUNT_FLAG_SINCE = (17, 6, 0)  # `docker run --mount` appeared in Docker 17.06
+# pyinfra's "auth" connector arguments (pyinfra.api.arguments.ConnectorArguments).
+AUTH_ARGUMENTS = ("_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password",
+                  "_preserve_sudo_env", "_su_user", "_use_su_login", "_preserve_su_env",
+                  "_su_shell", "_su_password", "_doas", "_doas_user", "_dzdo", "_dzdo_user")
+
+
+def auth_arguments(connector_arguments: dict[str, Any]) -> dict[str, Any]:
+    """The elevation (--sudo & co.) of an operation, for commands it runs by hand."""
+    return {key: value for key, value in connector_arguments.items()
+            if key in AUTH_ARGUMENTS}
 
 
 class UnsupportedOS(ValueError):

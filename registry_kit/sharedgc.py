@@ -58,10 +58,9 @@ from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
 from registry_kit import s3check
-from registry_kit.commands import join, q
+from registry_kit.commands import auth_arguments, join, q
 from registry_kit.model.settings import Secret, Settings, SettingsError, Storage
 from registry_kit.model.topology import OutOfRotation, Rotation
-from registry_kit.operations import files
 
 # The keys that say where a driver keeps its data (not how it authenticates or tunes).
 LOCATION_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -388,7 +387,7 @@ class SharedCollection(StringCommand):
             return None
 
     def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
-        auth = files.auth_arguments({**connector_arguments, **self.connector_arguments})
+        auth = auth_arguments({**connector_arguments, **self.connector_arguments})
         leader, names = self.members[0], ", ".join(m.host for m in self.members)
 
         def report(line: str, ok: bool = True) -> None:

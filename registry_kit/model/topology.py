@@ -19,9 +19,9 @@ from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
-from registry_kit.commands import join
-from registry_kit.model.settings import Settings, SettingsError, host_port, is_ip, masked_repr
-from registry_kit.operations import files
+from registry_kit.commands import auth_arguments, join
+from registry_kit.model.settings import Settings, SettingsError, host_port, is_ip
+from registry_kit.render.config import CacheTarget
 
 SERVER_GROUP = "registry_servers"
 LB_GROUP = "registry_lb"
@@ -49,16 +49,6 @@ class Replica:
     def endpoint(self) -> str:
         """ADDRESS:PORT for haproxy's server line (IPv6 in brackets)."""
         return host_port(self.address, self.port)
-
-
-@masked_repr("password")
-@dataclass(frozen=True)
-class CacheTarget:
-    """What a replica's config.yml needs to reach the redis cache."""
-
-    addr: str  # host:port
-    password: str
-    db: int
 
 
 @dataclass(frozen=True)
@@ -229,7 +219,7 @@ class OutOfRotation(StringCommand):
 
     def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
         # The LB hosts' commands run with this step's --sudo & co. (a run's are the same).
-        auth = files.auth_arguments({**connector_arguments, **self.connector_arguments})
+        auth = auth_arguments({**connector_arguments, **self.connector_arguments})
         if not self._balancers(state, host, "drain", self.rotation.drain_timeout, auth):
             # Never stop a replica that may still get traffic.
             self._balancers(state, host, "ready", self.rotation.up_timeout, auth)

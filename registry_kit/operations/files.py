@@ -34,18 +34,6 @@ _TARGET_USERS = ("_su_user", "_sudo_user", "_doas_user", "_dzdo_user")
 _AS_LOGIN_USER: dict[str, Any] = {
     "_sudo": False, "_sudo_user": None, "_doas": False, "_doas_user": None,
     "_dzdo": False, "_dzdo_user": None, "_su_user": None}
-# pyinfra's "auth" connector arguments (pyinfra.api.arguments.ConnectorArguments).
-AUTH_ARGUMENTS = ("_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password",
-                  "_preserve_sudo_env", "_su_user", "_use_su_login", "_preserve_su_env",
-                  "_su_shell", "_su_password", "_doas", "_doas_user", "_dzdo", "_dzdo_user")
-
-
-def auth_arguments(connector_arguments: dict[str, Any]) -> dict[str, Any]:
-    """The elevation (--sudo & co.) of an operation, for commands it runs by hand."""
-    return {key: value for key, value in connector_arguments.items()
-            if key in AUTH_ARGUMENTS}
-
-
 class _PrivateUpload(FileUploadCommand):
     """A FileUploadCommand whose temporary file (under --sudo & co.) no one else can read.
 

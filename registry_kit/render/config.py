@@ -10,6 +10,7 @@ settings give the same bytes and an unchanged deploy uploads and recreates nothi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -21,13 +22,22 @@ from registry_kit.model.layout import (
     CONTAINER_HTPASSWD,
     CONTAINER_KEY,
 )
-from registry_kit.model.settings import Secret, Settings
-from registry_kit.model.topology import CacheTarget
+from registry_kit.model.settings import Secret, Settings, masked_repr
 from registry_kit.render.token_auth import auth_section as token_auth_section
 
 HEADER = ("# Managed by registry-kit (registry_kit/render.py): edits here are replaced on the "
           "next deploy.\n")
 _LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")
+
+
+@masked_repr("password")
+@dataclass(frozen=True)
+class CacheTarget:
+    """What a replica's config.yml needs to reach the redis cache (model.topology)."""
+
+    addr: str  # host:port
+    password: str
+    db: int
 
 
 class _ConfigDumper(yaml.SafeDumper):

@@ -1,29 +1,25 @@
-"""TLS material for the registry, managed on the control machine.
+"""TLS material for the registry, built and checked: values in, certificates out. The
+files they live in are registry_kit.model.keystore's, which reads and writes them.
 
 Two modes feed the deploy code a :class:`ServerCertificate`:
 
-* self-signed: the kit keeps its own CA under ``<state_dir>/ca/`` (``ca.key``, ``ca.crt``)
-  and a server certificate per domain under ``<state_dir>/servers/<domain>/``
-  (``server.key``, ``server.crt``). Existing files are reused unchanged unless they no
-  longer fit (names changed, close to expiry, CA replaced), so reruns are idempotent and
-  return byte-identical PEM. The CA carries a critical NameConstraints extension that permits
-  only the names its server certificates need (see :func:`_name_constraints`).
-* provided: the operator's certificate, key and CA files are read and checked here, so a
-  bad file fails the run with one clear line before any host is touched.
+* self-signed: the kit's own CA (:func:`ca_key`, :func:`ca_certificate`) and a server
+  certificate per domain (:func:`server_certificate`). A stored certificate is reused
+  unchanged unless it no longer fits (names changed, close to expiry, CA replaced), so
+  reruns are idempotent and return byte-identical PEM. The CA carries a critical
+  NameConstraints extension that permits only the names its server certificates need (see
+  :func:`_name_constraints`).
+* provided: the operator's certificate, key and CA are checked (:func:`check_provided`),
+  so a bad file fails the run with one clear line before any host is touched.
 
 Only the ``cryptography`` package is used; nothing shells out to openssl.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import itertools
-import os
-import secrets
-import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,10 +36,11 @@ from registry_kit.model.settings import is_hostname, masked_repr
 __all__ = [
     "ServerCertificate",
     "TLSError",
+    "ca_certificate",
+    "ca_key",
     "certificate_days_left",
-    "ensure_ca",
-    "ensure_server_certificate",
-    "load_provided",
+    "check_provided",
+    "server_certificate",
 ]
 
 CA_VALID_DAYS = 3650
@@ -54,19 +51,14 @@ CA_RENEW_DAYS = 90
 # reject a certificate issued seconds ago.
 CLOCK_SKEW = timedelta(hours=1)
 
-_CA_DIR = "ca"
-_SERVERS_DIR = "servers"
-_LOCK_FILE = ".tls.lock"
 
 
 # Keys the kit can sign with / serve; others (DSA, X25519...) are not usable for TLS here.
-_SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ALL_IPS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
-# One process may call in from several greenlets/threads; the file lock covers other processes.
-_process_lock = threading.Lock()
 
 
 class TLSError(Exception):
@@ -87,7 +79,7 @@ class ServerCertificate:
 # --------------------------------------------------------------------------- helpers
 
 
-def _utc(now: datetime | None) -> datetime:
+def utc(now: datetime | None) -> datetime:
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
@@ -111,11 +103,11 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
+def cert_to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: _SigningKey) -> bytes:
+def key_to_pem(key: SigningKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -123,12 +115,12 @@ def _key_pem(key: _SigningKey) -> bytes:
     )
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
+def new_key() -> ec.EllipticCurvePrivateKey:
     # P-256: fast to generate, universally supported by Docker/Go TLS clients.
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _load_key(data: bytes) -> _SigningKey | None:
+def load_key(data: bytes) -> SigningKey | None:
     """Parse an unencrypted PEM key the kit can use, or return None."""
     if not data:
         return None
@@ -139,7 +131,7 @@ def _load_key(data: bytes) -> _SigningKey | None:
     return key if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
 
 
-def _load_first_cert(data: bytes) -> x509.Certificate | None:
+def load_first_cert(data: bytes) -> x509.Certificate | None:
     if not data:
         return None
     try:
@@ -167,54 +159,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         return False
     return bc.ca
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + rename so readers never see a half-written key or cert."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL on a fresh random name: never follows a planted symlink; mode applies at creation
-    # so a key is never world-readable, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _tighten(path: Path, mode: int) -> None:
-    # mkdir/open modes are ignored for existing paths (and masked by umask): enforce them.
-    if path.stat().st_mode & 0o777 != mode:
-        path.chmod(mode)
-
-
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _tighten(path, 0o700)
-    return path
-
-
-@contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    """Serialise issuance: two callers must not mint two different CAs or certificates."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _process_lock:
-        if sys.platform == "win32":  # no flock; the in-process lock is the best we can do
-            yield
-            return
-        import fcntl
-
-        fd = os.open(state_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
 
 def _key_usage(**wanted: bool) -> x509.KeyUsage:
@@ -246,36 +190,7 @@ def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 # --------------------------------------------------------------------------- CA
 
 
-def ensure_ca(
-    state_dir: Path,
-    common_name: str = "registry-kit CA",
-    *,
-    names: Sequence[str] = (),
-    ips: Sequence[str] = (),
-) -> tuple[Path, Path]:
-    """Create the kit's CA once under ``state_dir/ca`` and return ``(cert_path, key_path)``.
-
-    A new CA may sign only for ``names`` (DNS, ``*.`` allowed) and ``ips``: a critical
-    NameConstraints extension permits those and nothing else. An existing, valid CA that
-    covers them is reused untouched; one whose constraints do not is re-signed with the same
-    key to permit them too (:func:`_ensure_ca_locked`). A CA without constraints (made by an
-    older kit) is left as it is. A missing certificate, or one within
-    ``CA_RENEW_DAYS`` of expiry, is re-signed with the existing key and subject, so server
-    certificates it signed stay valid. An existing CA key is never replaced: an unreadable
-    key, or a certificate that does not belong to it, raises TLSError; removing the ``ca``
-    directory is the deliberate way to start a new CA.
-    """
-    if not 1 <= len(common_name) <= 64:
-        raise TLSError(f"CA common name {common_name!r} must be 1 to 64 characters")
-    state_dir = Path(state_dir)
-    want_dns, want_ips = _wanted_names(names, ips)
-    with _locked(state_dir):
-        _ensure_ca_locked(state_dir, common_name, _utc(None), CA_RENEW_DAYS, want_dns, want_ips)
-    ca_dir = state_dir / _CA_DIR
-    return ca_dir / "ca.crt", ca_dir / "ca.key"
-
-
-def _ca_problem(cert: x509.Certificate, key: _SigningKey) -> str | None:
+def _ca_problem(cert: x509.Certificate, key: SigningKey) -> str | None:
     """Why ``cert`` cannot be the CA certificate for ``key`` (dates aside), or None."""
     if _spki(cert.public_key()) != _spki(key.public_key()):
         return "certificate does not match ca.key"
@@ -288,68 +203,76 @@ def _ca_problem(cert: x509.Certificate, key: _SigningKey) -> str | None:
     return None if ku.key_cert_sign else "certificate may not sign certificates (keyCertSign)"
 
 
-def _ensure_ca_locked(
-    state_dir: Path,
+def ca_key(data: bytes, key_path: Path, ca_dir: Path) -> SigningKey:
+    """The kit's CA key from ca.key's bytes. Never replaced when unreadable: it may be the
+    operator's, or encrypted."""
+    loaded = load_key(data)
+    if loaded is None:
+        raise TLSError(
+            f"{key_path}: not an unencrypted PEM EC/RSA private key; "
+            f"fix it or remove {ca_dir} to create a new CA"
+        )
+    return loaded
+
+
+def ca_certificate(
+    ca_key: SigningKey,
+    old_pem: bytes | None,
+    *,
     common_name: str,
     now: datetime,
     min_days_left: int,
     want_dns: set[str],
     want_ips: set[_IP],
-) -> tuple[x509.Certificate, _SigningKey]:
-    ca_dir = _private_dir(state_dir / _CA_DIR)
-    key_path, cert_path = ca_dir / "ca.key", ca_dir / "ca.crt"
+    cert_path: Path,
+    ca_dir: Path,
+) -> tuple[x509.Certificate, bool]:
+    """(the CA certificate, whether it is new): the stored one (`old_pem`) while it is valid
+    for `min_days_left` more days and permits the wanted names, else one signed anew."""
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "registry-kit"),
         ]
     )
-
-    ca_key: _SigningKey
     wanted = ({_dns_subtree(n) for n in want_dns}, {ipaddress.ip_network(ip) for ip in want_ips})
-    # What the CA certificate written below may sign for; None keeps an older kit's
+    # What the CA certificate signed below may sign for; None keeps an older kit's
     # unconstrained CA unconstrained when it is renewed (no surprise change on upgrade).
     permitted: tuple[set[str], set[_Net]] | None = wanted
-    if key_path.exists():
-        loaded = _load_key(key_path.read_bytes())
-        if loaded is None:
-            # Never clobber a CA key we cannot read: it may be the operator's, or encrypted.
-            raise TLSError(
-                f"{key_path}: not an unencrypted PEM EC/RSA private key; "
-                f"fix it or remove {ca_dir} to create a new CA"
-            )
-        ca_key = loaded
-        _tighten(key_path, 0o600)
-        if cert_path.exists():
-            old = _load_first_cert(cert_path.read_bytes())
-            problem = "not a PEM certificate" if old is None else _ca_problem(old, ca_key)
-            if old is None or problem is not None:
-                raise TLSError(f"{cert_path}: {problem}; fix it or remove {ca_dir} for a new CA")
-            had = _permitted(old)
-            covers = had is None or _covers(had, want_dns, want_ips)
-            if (
-                covers
-                and old.not_valid_before_utc <= now
-                and old.not_valid_after_utc - now >= timedelta(days=min_days_left)
-            ):
-                return old, ca_key
-            # Renewal, or a name the CA may not sign for yet: re-sign with the same key and
-            # subject, permitting what it permitted plus the wanted names. Existing server
-            # certificates still chain, and clients receive the new certificate through the
-            # CA-rotation path (registry_kit.roles.trust: new + old trusted before any server
-            # serves a certificate for the new name). Widening rather than refusing: a changed
-            # name list is an ordinary deploy (README "Certificate rotation") and several
-            # registries may share one state dir; a refusal would send the operator to replace
-            # the CA by hand, which invalidates every copy of ca.crt handed out (the key
-            # changes), where this keeps every certificate for the old names valid under the
-            # old ca.crt. Only clients that should reach a new name need the new ca.crt.
-            subject = old.subject
-            permitted = None if had is None else (had[0] | wanted[0], had[1] | wanted[1])
-    else:
-        ca_key = _new_key()
-        # Key first: a crash before the cert is written leaves a key the next run completes.
-        _write_atomic(key_path, _key_pem(ca_key), 0o600)
+    if old_pem is not None:
+        old = load_first_cert(old_pem)
+        problem = "not a PEM certificate" if old is None else _ca_problem(old, ca_key)
+        if old is None or problem is not None:
+            raise TLSError(f"{cert_path}: {problem}; fix it or remove {ca_dir} for a new CA")
+        had = _permitted(old)
+        covers = had is None or _covers(had, want_dns, want_ips)
+        if (
+            covers
+            and old.not_valid_before_utc <= now
+            and old.not_valid_after_utc - now >= timedelta(days=min_days_left)
+        ):
+            return old, False
+        # Renewal, or a name the CA may not sign for yet: re-sign with the same key and
+        # subject, permitting what it permitted plus the wanted names. Existing server
+        # certificates still chain, and clients receive the new certificate through the
+        # CA-rotation path (registry_kit.roles.trust: new + old trusted before any server
+        # serves a certificate for the new name). Widening rather than refusing: a changed
+        # name list is an ordinary deploy (README "Certificate rotation") and several
+        # registries may share one state dir; a refusal would send the operator to replace
+        # the CA by hand, which invalidates every copy of ca.crt handed out (the key
+        # changes), where this keeps every certificate for the old names valid under the
+        # old ca.crt. Only clients that should reach a new name need the new ca.crt.
+        subject = old.subject
+        permitted = None if had is None else (had[0] | wanted[0], had[1] | wanted[1])
+    return _sign_ca(ca_key, subject, permitted, now), True
 
+
+def _sign_ca(
+    ca_key: SigningKey,
+    subject: x509.Name,
+    permitted: tuple[set[str], set[_Net]] | None,
+    now: datetime,
+) -> x509.Certificate:
     ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -371,9 +294,7 @@ def _ensure_ca_locked(
         # Critical, as RFC 5280 4.2.1.10 requires: a client that cannot apply the constraints
         # must reject the CA rather than trust it for every name.
         cert = cert.add_extension(_name_constraints(*permitted), critical=True)
-    signed = cert.sign(ca_key, hashes.SHA256())
-    _write_atomic(cert_path, _cert_pem(signed), 0o644)
-    return signed, ca_key
+    return cert.sign(ca_key, hashes.SHA256())
 
 
 # --------------------------------------------------------------------------- name constraints
@@ -428,7 +349,7 @@ def _covers(permitted: tuple[set[str], set[_Net]], dns: set[str], ips: set[_IP])
 # --------------------------------------------------------------------------- self-signed
 
 
-def _wanted_sans(
+def wanted_sans(
     domain: str, extra_names: Sequence[str], extra_ips: Sequence[str]
 ) -> tuple[str, set[str], set[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
     """Return (canonical domain, DNS names, IPs) the server certificate must carry."""
@@ -451,7 +372,7 @@ def _wanted_sans(
     return canonical, dns, ips
 
 
-def _wanted_names(names: Sequence[str], ips: Sequence[str]) -> tuple[set[str], set[_IP]]:
+def wanted_names(names: Sequence[str], ips: Sequence[str]) -> tuple[set[str], set[_IP]]:
     """DNS names (an IP among ``names`` counts as an IP, like an IP domain) and IPs."""
     dns: set[str] = set()
     addresses: set[_IP] = set()
@@ -494,70 +415,30 @@ def _has_server_auth(cert: x509.Certificate) -> bool:
     )
 
 
-def ensure_server_certificate(
-    state_dir: Path,
-    domain: str,
-    extra_names: Sequence[str],
-    extra_ips: Sequence[str],
-    *,
-    now: datetime | None = None,
-    renew_days: int = 30,
-    valid_days: int = 825,
-) -> ServerCertificate:
-    """Return the kit-CA-signed server certificate for ``domain``, issuing it when needed.
-
-    The stored certificate and key are returned byte-for-byte unless the certificate is
-    missing or unreadable, its SANs differ from ``{domain} ∪ extra_names ∪ extra_ips``, it
-    is within ``renew_days`` of expiry (or not yet valid), it lacks serverAuth, it does not
-    match the key, or it was not signed by the current CA. On reissue the existing server
-    key is kept when usable, so only the certificate changes.
-    """
-    if not 1 <= valid_days <= CA_VALID_DAYS:
-        raise ValueError(f"valid_days must be between 1 and {CA_VALID_DAYS}")
-    if not 0 <= renew_days < valid_days:
-        # Otherwise every fresh certificate would already be "due" and each run would reissue.
-        raise ValueError("renew_days must be >= 0 and smaller than valid_days")
-    state_dir = Path(state_dir)
-    at = _utc(now)
-    canonical, want_dns, want_ips = _wanted_sans(domain, extra_names, extra_ips)
-
-    with _locked(state_dir):
-        # The CA must outlive the renewal window, or a clamped server cert would be "due" forever.
-        ca_cert, ca_key = _ensure_ca_locked(
-            state_dir, "registry-kit CA", at, max(CA_RENEW_DAYS, renew_days + 1), want_dns, want_ips
-        )
-        ca_pem = (state_dir / _CA_DIR / "ca.crt").read_bytes()
-        srv_dir = _private_dir(state_dir / _SERVERS_DIR / canonical)
-        key_path, cert_path = srv_dir / "server.key", srv_dir / "server.crt"
-
-        key_bytes = key_path.read_bytes() if key_path.exists() else b""
-        key = _load_key(key_bytes)
-        if key is None:
-            # Our own key, absent or unusable: replacing it loses nothing.
-            key = _new_key()
-            key_bytes = _key_pem(key)
-            _write_atomic(key_path, key_bytes, 0o600)
-        else:
-            _tighten(key_path, 0o600)
-
-        cert_bytes = cert_path.read_bytes() if cert_path.exists() else b""
-        cert = _load_first_cert(cert_bytes)
-        if cert is not None and _server_cert_ok(
-            cert, key, ca_cert, want_dns, want_ips, at, renew_days
-        ):
-            return ServerCertificate(cert_bytes, key_bytes, ca_pem, reissued=False)
-
-        new_cert = _issue_server_cert(
-            canonical, want_dns, want_ips, key, ca_cert, ca_key, at, valid_days
-        )
-        cert_bytes = _cert_pem(new_cert)
-        _write_atomic(cert_path, cert_bytes, 0o644)
-        return ServerCertificate(cert_bytes, key_bytes, ca_pem, reissued=True)
+def server_certificate(
+    stored: bytes,
+    key: SigningKey,
+    ca_cert: x509.Certificate,
+    ca_key: SigningKey,
+    names: tuple[str, set[str], set[_IP]],
+    now: datetime,
+    renew_days: int,
+    valid_days: int,
+) -> x509.Certificate | None:
+    """None while the `stored` certificate still fits (names, key, dates, serverAuth, signed
+    by the current CA), else a new one for `names` (wanted_sans) signed by the CA."""
+    canonical, want_dns, want_ips = names
+    cert = load_first_cert(stored)
+    if cert is not None and _server_cert_ok(
+        cert, key, ca_cert, want_dns, want_ips, now, renew_days
+    ):
+        return None
+    return _issue_server_cert(canonical, want_dns, want_ips, key, ca_cert, ca_key, now, valid_days)
 
 
 def _server_cert_ok(
     cert: x509.Certificate,
-    key: _SigningKey,
+    key: SigningKey,
     ca_cert: x509.Certificate,
     want_dns: set[str],
     want_ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address],
@@ -579,9 +460,9 @@ def _issue_server_cert(
     canonical: str,
     dns: set[str],
     ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address],
-    key: _SigningKey,
+    key: SigningKey,
     ca_cert: x509.Certificate,
-    ca_key: _SigningKey,
+    ca_key: SigningKey,
     now: datetime,
     valid_days: int,
 ) -> x509.Certificate:
@@ -627,19 +508,7 @@ def _issue_server_cert(
 # --------------------------------------------------------------------------- provided
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TLSError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise TLSError(f"{path}: {what} file is a directory") from None
-    except OSError as exc:
-        raise TLSError(f"{path}: cannot read {what} file: {exc.strerror or exc}") from None
-
-
-def _read_certs(path: Path, what: str) -> list[x509.Certificate]:
-    data = _read(path, what)
+def pem_certificates(data: bytes, path: Path, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -686,38 +555,28 @@ def _check_covers(cert: x509.Certificate, path: Path, domain: str) -> None:
         raise TLSError(f"{path}: certificate names ({listed}) do not cover '{domain}'")
 
 
-def load_provided(
+def check_provided(
+    chain: list[x509.Certificate],
+    key_data: bytes,
+    cas: list[x509.Certificate],
+    *,
     cert_file: Path,
     key_file: Path,
     ca_file: Path | None,
     domain: str,
-    *,
     now: datetime | None = None,
 ) -> ServerCertificate:
-    """Read and check operator-provided TLS files; every failure is one TLSError line.
+    """Check operator-provided TLS material (registry_kit.model.keystore.load_provided reads
+    it); every failure is one TLSError line.
 
-    ``cert_file`` holds the leaf, optionally followed by intermediates. Each link must be
-    signed by the next, and the last one by a certificate in ``ca_file`` (or be one of
-    them). Without ``ca_file`` the leaf must be self-signed, or the chain's last
-    certificate is taken as the CA. ``ca_pem`` is everything above the leaf; ``key_pem``
-    is re-encoded as unencrypted PKCS8.
+    ``chain`` is the leaf, optionally followed by intermediates. Each link must be signed by
+    the next, and the last one by a certificate in ``cas`` (or be one of them). Without
+    ``ca_file`` the leaf must be self-signed, or the chain's last certificate is taken as
+    the CA. ``ca_pem`` is everything above the leaf; ``key_pem`` is re-encoded as
+    unencrypted PKCS8.
     """
-    at = _utc(now)
-    cert_file, key_file = Path(cert_file), Path(key_file)
-
-    chain = _read_certs(cert_file, "certificate")
-    key_data = _read(key_file, "private key")
-    cas = _read_certs(Path(ca_file), "CA") if ca_file is not None else []
-
-    try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except TypeError:
-        raise TLSError(f"{key_file}: private key is encrypted; provide it unencrypted") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise TLSError(f"{key_file}: not a PEM private key (BEGIN ... PRIVATE KEY)") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise TLSError(f"{key_file}: unsupported key type {type(key).__name__}; use RSA or EC")
-
+    at = utc(now)
+    key = _provided_key(key_data, key_file)
     leaf = chain[0]
     if _spki(key.public_key()) != _spki(leaf.public_key()):
         raise TLSError(f"{key_file}: private key does not match the certificate in {cert_file}")
@@ -736,43 +595,56 @@ def load_provided(
             raise TLSError(f"{cert_file}: {label} is not a CA (basicConstraints CA:TRUE missing)")
         _check_dates(parent, cert_file, label, at)
 
-    top = chain[-1]
+    return ServerCertificate(
+        cert_pem=cert_to_pem(leaf),
+        key_pem=key_to_pem(key),
+        ca_pem=b"".join(cert_to_pem(c) for c in _above_leaf(chain, cas, cert_file, ca_file, at)),
+        reissued=False,
+    )
+
+
+def _provided_key(key_data: bytes, key_file: Path) -> SigningKey:
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise TLSError(f"{key_file}: private key is encrypted; provide it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSError(f"{key_file}: not a PEM private key (BEGIN ... PRIVATE KEY)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise TLSError(f"{key_file}: unsupported key type {type(key).__name__}; use RSA or EC")
+    return key
+
+
+def _above_leaf(chain: list[x509.Certificate], cas: list[x509.Certificate], cert_file: Path,
+                ca_file: Path | None, at: datetime) -> list[x509.Certificate]:
+    """What clients must trust: the chain above the leaf, anchored in the CA file."""
+    leaf, top = chain[0], chain[-1]
     if ca_file is None:
         if len(chain) == 1:
             if _signed_by(leaf, leaf) is not None:
                 raise TLSError(
                     f"{cert_file}: certificate is not self-signed and no CA file was given"
                 )
-            above = [leaf]  # clients trust the self-signed leaf itself
-        else:
-            above = chain[1:]
-    else:
-        ca_path = Path(ca_file)
-        top_der = top.public_bytes(serialization.Encoding.DER)
-        if any(c.public_bytes(serialization.Encoding.DER) == top_der for c in cas):
-            anchor = None  # the chain already ends in a certificate from the CA file
-        else:
-            reasons = [(c, _signed_by(top, c)) for c in cas]
-            anchor = next((c for c, why in reasons if why is None), None)
-            if anchor is None:
-                raise TLSError(
-                    f"{cert_file}: chain does not verify against {ca_path}: "
-                    f"'{_name(top)}' {reasons[0][1]}"
-                )
-            if not _is_ca(anchor):
-                raise TLSError(f"{ca_path}: '{_name(anchor)}' is not a CA (CA:TRUE missing)")
-            _check_dates(anchor, ca_path, "CA certificate", at)
-        # Intermediates from cert_file (minus any that repeat the CA file), then the CA file.
-        ca_ders = {c.public_bytes(serialization.Encoding.DER) for c in cas}
-        above = [c for c in chain[1:] if c.public_bytes(serialization.Encoding.DER) not in ca_ders]
-        above += cas
-
-    return ServerCertificate(
-        cert_pem=_cert_pem(leaf),
-        key_pem=_key_pem(key),
-        ca_pem=b"".join(_cert_pem(c) for c in above),
-        reissued=False,
-    )
+            return [leaf]  # clients trust the self-signed leaf itself
+        return chain[1:]
+    ca_path = Path(ca_file)
+    top_der = top.public_bytes(serialization.Encoding.DER)
+    if not any(c.public_bytes(serialization.Encoding.DER) == top_der for c in cas):
+        # The chain does not already end in a certificate from the CA file.
+        reasons = [(c, _signed_by(top, c)) for c in cas]
+        anchor = next((c for c, why in reasons if why is None), None)
+        if anchor is None:
+            raise TLSError(
+                f"{cert_file}: chain does not verify against {ca_path}: "
+                f"'{_name(top)}' {reasons[0][1]}"
+            )
+        if not _is_ca(anchor):
+            raise TLSError(f"{ca_path}: '{_name(anchor)}' is not a CA (CA:TRUE missing)")
+        _check_dates(anchor, ca_path, "CA certificate", at)
+    # Intermediates from cert_file (minus any that repeat the CA file), then the CA file.
+    ca_ders = {c.public_bytes(serialization.Encoding.DER) for c in cas}
+    above = [c for c in chain[1:] if c.public_bytes(serialization.Encoding.DER) not in ca_ders]
+    return above + cas
 
 
 # --------------------------------------------------------------------------- inspection
@@ -780,8 +652,8 @@ def load_provided(
 
 def certificate_days_left(cert_pem: bytes, *, now: datetime | None = None) -> int:
     """Whole days until the first certificate in ``cert_pem`` expires (negative if expired)."""
-    cert = _load_first_cert(cert_pem)
+    cert = load_first_cert(cert_pem)
     if cert is None:
         raise TLSError("not a PEM certificate")
-    return (cert.not_valid_after_utc - _utc(now)).days
+    return (cert.not_valid_after_utc - utc(now)).days
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -87,19 +85,14 @@ def auth_section(settings: Settings, major: int) -> dict:
     return {"token": token}
 
 
-def signing_material(settings: Settings) -> tuple[bytes, bytes]:
-    """(key PEM, certificate PEM), made once per domain on the control machine and kept."""
-    folder = settings.registry_state_dir / "token"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key_path = folder / f"signing-{settings.registry_domain}.key"
-    cert_path = folder / f"signing-{settings.registry_domain}.crt"
-    if key_path.exists() and cert_path.exists():
-        return key_path.read_bytes(), cert_path.read_bytes()
+def new_signing_material(domain: str) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM) of a new token signing key for `domain`; kept by
+    registry_kit.model.keystore.token_signing_material."""
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                         f"registry-kit token signing {settings.registry_domain}")])
+                                         f"registry-kit token signing {domain}")])
     now = datetime.datetime.now(datetime.UTC)
     # No extended key usage: the registry verifies the chain for any usage (3.0 asks
     # ExtKeyUsageAny; 2.8's default ServerAuth passes a certificate that names none).
@@ -109,17 +102,7 @@ def signing_material(settings: Settings) -> tuple[bytes, bytes]:
             .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    _write_private(key_path, key_pem)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_pem, cert_path.read_bytes()
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    temp = path.with_suffix(".tmp")
-    temp.unlink(missing_ok=True)
-    with open(temp, "xb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
-        f.write(content)
-    temp.replace(path)
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
 
 
 def policy_text(settings: Settings) -> bytes:

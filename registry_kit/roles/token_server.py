@@ -16,6 +16,7 @@ from pyinfra.api import operation
 from registry_kit import package_data
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
+from registry_kit.model import keystore
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files
 from registry_kit.render.token_auth import (
@@ -27,7 +28,6 @@ from registry_kit.render.token_auth import (
     TokenPaths,
     enabled,
     policy_text,
-    signing_material,
     unit_text,
 )
 
@@ -76,7 +76,7 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
     certificate's upload (a changed certificate needs a registry restart). `tls_ops` and
     `htpasswd_op`: the uploads of the other files the server copies at start."""
     paths = TokenPaths(settings.registry_config_dir)
-    key_pem, cert_pem = signing_material(settings)
+    key_pem, cert_pem = keystore.token_signing_material(settings)
     install_python_packages(state, name="Install the token server's Python packages")
     files.managed_dir(paths.token_dir, "0700", state.dirs.get(paths.token_dir),
                       name=f"Create {paths.token_dir}")

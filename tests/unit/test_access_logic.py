@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_kit.model import access
+from registry_kit.model import access, keystore
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
 from registry_kit.render import token_auth
@@ -200,8 +200,8 @@ def test_signing_key_is_private_and_the_token_verifies_with_its_certificate(
     users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
     made = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
                          registry_state_dir=str(tmp_path / "state"))
-    key_pem, cert_pem = token_auth.signing_material(made)
-    assert token_auth.signing_material(made) == (key_pem, cert_pem)  # made once, kept
+    key_pem, cert_pem = keystore.token_signing_material(made)
+    assert keystore.token_signing_material(made) == (key_pem, cert_pem)  # made once, kept
     key_file = tmp_path / "state" / "token" / f"signing-{made.registry_domain}.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     cert = x509.load_pem_x509_certificate(cert_pem)

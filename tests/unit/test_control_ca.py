@@ -9,7 +9,6 @@ from cryptography import x509
 
 from registry_kit.model import keystore as control
 from registry_kit.model import settings
-from registry_kit.render import tls
 
 
 def _host(name: str, state_dir: Path, **data: object) -> settings.Settings:
@@ -37,8 +36,8 @@ def test_one_ca_permits_every_served_name_before_any_certificate(tmp_path: Path)
         x509.IPAddress(ipaddress.ip_network("10.0.0.8/32")),
     }
     # Each host's certificate is then issued under that CA, which stays as it is.
-    one = tls.ensure_server_certificate(state, "registry.one.example", ["alt.one.example"], [])
-    two = tls.ensure_server_certificate(state, "10.0.0.7", [], ["10.0.0.8"])
+    one = control.ensure_server_certificate(state, "registry.one.example", ["alt.one.example"], [])
+    two = control.ensure_server_certificate(state, "10.0.0.7", [], ["10.0.0.8"])
     assert one.ca_pem == two.ca_pem == ca_pem
     control.prepare_ca(hosts)  # a second run changes nothing
     assert (state / "ca" / "ca.crt").read_bytes() == ca_pem

@@ -15,11 +15,11 @@ from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState, parse_status
 from registry_kit.jobs import gc, status, teardown
 from registry_kit.model.inventory import merge_probe
+from registry_kit.model.keystore import ensure_server_certificate
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS as _SCRIPTS
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
-from registry_kit.render.tls import ensure_server_certificate
 from registry_kit.roles import client, engine, gc_timer, server
 
 # --------------------------------------------------------------------------- teardown

@@ -19,8 +19,7 @@ from registry_kit.model.registry_version import (
     split_reference,
 )
 from registry_kit.model.settings import Settings, SettingsError
-from registry_kit.model.topology import CacheTarget
-from registry_kit.render.config import config_data, render_config
+from registry_kit.render.config import CacheTarget, config_data, render_config
 
 DIGEST = "sha256:" + "a" * 64
 CACHE = CacheTarget("10.0.0.5:6379", "redis-password-123456", 2)

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from registry_kit.model.settings import Secret, Settings, Storage
-from registry_kit.model.topology import CacheTarget
-from registry_kit.render.config import config_data, dump_config, render_config
+from registry_kit.render.config import CacheTarget, config_data, dump_config, render_config
 
 HTTP_SECRET = "http-secret-0123456789"
 USERS = [{"name": "ci", "password_env": "REGKIT_PW"}]

@@ -71,7 +71,7 @@ def test_every_dataclass_with_a_secret_field_hides_it() -> None:
 
 
 def test_masked_fields_still_show_when_unset() -> None:
-    from registry_kit.model.topology import CacheTarget
+    from registry_kit.render.config import CacheTarget
 
     shown = repr(CacheTarget(addr="10.0.0.5:6379", password="redis-pass-123456", db=2))
     assert shown == "CacheTarget(addr='10.0.0.5:6379', password=***, db=2)"

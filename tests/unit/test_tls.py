@@ -1,4 +1,5 @@
-"""Unit tests for registry_kit.render.tls: the kit's CA, self-signed certs, provided files."""
+"""Unit tests for registry_kit.render.tls and the files registry_kit.model.keystore keeps: the
+kit's CA, self-signed certs, provided files."""
 
 from __future__ import annotations
 
@@ -17,15 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from registry_kit.model.keystore import ensure_ca, ensure_server_certificate, load_provided
 from registry_kit.render import tls
-from registry_kit.render.tls import (
-    ServerCertificate,
-    TLSError,
-    certificate_days_left,
-    ensure_ca,
-    ensure_server_certificate,
-    load_provided,
-)
+from registry_kit.render.tls import ServerCertificate, TLSError, certificate_days_left
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DOMAIN = "registry.example.internal"
