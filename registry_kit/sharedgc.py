@@ -7,7 +7,7 @@ account, container, realm/serviceurl, rootdirectory; gcs: bucket, rootdirectory)
 Credentials do not matter: two key pairs on one bucket still share it. filesystem and
 inmemory storage are each server's own (a filesystem folder on NFS is not detected: the
 kit cannot see that), so those servers keep the one-server-at-a-time collection of
-registry_kit.gc.
+registry_kit.jobs.gc.
 
 The registry's docs require every writer to be read-only for the whole collection (mark
 and sweep): a blob pushed through a writable replica during the mark phase is swept. So a
@@ -20,7 +20,7 @@ later operation. With stages "read-only on all / collect on one / read-write on 
 replica whose read-only restart failed (or the collecting one, when the collection failed)
 would never get the read-write stage. So the whole collection is one operation on the
 group's first replica (inventory order); its command runs each step from the control
-machine over the other replicas' own connections (as scaleout.OutOfRotation does with the
+machine over the other replicas' own connections (as topology.OutOfRotation does with the
 load balancers), in order, with the read-write steps in a `finally`. Each read-only or
 read-write restart happens while that replica is drained out of every load balancer, so
 requests in flight finish instead of being cut. After the collection the redis
@@ -69,7 +69,7 @@ LOCATION_KEYS: Mapping[str, tuple[str, ...]] = {
     "gcs": ("bucket", "rootdirectory"),
 }
 STEPS = ("check", "readonly", "collect", "writable")
-REDIS_CONFIG = "/etc/redis/redis.conf"  # registry_kit.cache writes it (requirepass line)
+REDIS_CONFIG = "/etc/redis/redis.conf"  # registry_kit.roles.cache writes it (requirepass line)
 
 
 def storage_location(storage: Storage) -> tuple[Any, ...] | None:

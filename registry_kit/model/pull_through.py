@@ -1,6 +1,6 @@
 """registry_mode = "pull-through-cache": a registry server that serves another registry's
 images read-through (distribution's `proxy` section). Not to be confused with
-registry_kit.cache, the redis blob-descriptor cache of the scale-out replicas.
+registry_kit.roles.cache, the redis blob-descriptor cache of the scale-out replicas.
 
 The first pull of an image fetches it from `registry_proxy_remoteurl` and keeps its blobs
 and manifests in the server's storage; later pulls are served from there (the tag is
