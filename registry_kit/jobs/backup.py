@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyinfra import host, inventory, logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand
 from pyinfra.facts.server import Command
 
 from registry_kit import pyinfra_patches
@@ -66,6 +66,7 @@ from registry_kit.commands import q
 from registry_kit.model import pull_through
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
 from registry_kit.model.settings import BACKUP_GENERATION_RE, Settings, SettingsError
+from registry_kit.operations.typed import operation
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"

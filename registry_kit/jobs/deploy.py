@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host, inventory, logger
-from pyinfra.api import operation
 
 from registry_kit import pyinfra_patches, s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
@@ -22,6 +21,7 @@ from registry_kit.model.inventory import validated_settings as validated_invento
 from registry_kit.model.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.model.registry_version import resolve as resolve_version
 from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.operations.typed import operation
 from registry_kit.roles import (
     cache,
     client,

@@ -16,7 +16,7 @@ from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra import state as pyinfra_state
-from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand
 
 from registry_kit import pyinfra_patches, sharedgc
 from registry_kit.commands import join
@@ -35,6 +35,7 @@ from registry_kit.model.inventory import (
 )
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations import files
+from registry_kit.operations.typed import operation
 from registry_kit.roles import server
 from registry_kit.roles.gc_timer import SCRIPT, gc_arguments
 

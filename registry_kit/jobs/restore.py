@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand
 from pyinfra.facts.server import Command
 
 from registry_kit import package_data
@@ -32,6 +32,7 @@ from registry_kit.jobs import backup, deploy
 from registry_kit.jobs.backup import BackupError, Side
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal
 from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.operations.typed import operation
 from registry_kit.roles import server
 
 RESTART_SCRIPT = package_data.script("registry-restart.sh")

@@ -16,10 +16,11 @@ from io import BytesIO
 from typing import IO, Any
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, StringCommand
 
 from registry_kit.commands import q
 from registry_kit.facts import FileState
+from registry_kit.operations.typed import operation
 
 
 def sha256_of(content: bytes) -> str:

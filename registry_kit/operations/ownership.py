@@ -21,11 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.operations import files
+from registry_kit.operations.typed import operation
 
 MARKER = ".registry-kit-owned"
 MARKER_MODE = "0644"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit.commands import join
 from registry_kit.facts import HostState
+from registry_kit.operations.typed import operation
 
 _INSTALL = {
     # Fresh hosts have no package lists yet; update first.

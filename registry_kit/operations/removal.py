@@ -8,12 +8,12 @@ second teardown finds nothing and changes nothing.
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import operation
 
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
 from registry_kit.model.settings import Settings
 from registry_kit.operations.ownership import FolderPlan
+from registry_kit.operations.typed import operation
 
 
 def log_kept(plans: list[FolderPlan]) -> None:

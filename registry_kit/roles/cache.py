@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit import package_data
 from registry_kit.commands import q
@@ -20,6 +19,7 @@ from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.operations import files, packages
 from registry_kit.operations.removal import purge_packages, remove_files, stop_services
+from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 
 CONFIG = "/etc/redis/redis.conf"

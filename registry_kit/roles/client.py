@@ -11,7 +11,6 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit.commands import q
 from registry_kit.facts import (
@@ -28,6 +27,7 @@ from registry_kit.model.settings import Settings, SettingsError, host_port
 from registry_kit.operations import files
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept
+from registry_kit.operations.typed import operation
 from registry_kit.render import htpasswd, textfile
 from registry_kit.roles import trust
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand
 
 from registry_kit.commands import (
     APT_GET,
@@ -20,6 +20,7 @@ from registry_kit.model.inventory import fail_host as _fail_with
 from registry_kit.model.settings import Settings
 from registry_kit.model.versions import meets_minimum
 from registry_kit.operations import files
+from registry_kit.operations.typed import operation
 from registry_kit.render import daemon_json
 
 DAEMON_JSON = "/etc/docker/daemon.json"

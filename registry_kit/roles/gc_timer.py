@@ -10,13 +10,13 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit import sharedgc
 from registry_kit.commands import q
 from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files
+from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FactBase, operation
+from pyinfra.api import FactBase
 
 from registry_kit import package_data
 from registry_kit.commands import q
@@ -31,6 +31,7 @@ from registry_kit.model import keystore
 from registry_kit.model.settings import Settings, SettingsError, is_ip
 from registry_kit.model.topology import Topology
 from registry_kit.operations import files, packages
+from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
 

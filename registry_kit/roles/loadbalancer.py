@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit import package_data
 from registry_kit.commands import q
@@ -28,6 +27,7 @@ from registry_kit.model.topology import BACKEND, LB_SCRIPT, Topology
 from registry_kit.operations import files, packages
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept, purge_packages, remove_files, stop_services
+from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.roles import keepalived, server

@@ -13,7 +13,7 @@ from io import BytesIO
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand
 from pyinfra.operations.util import any_changed
 
 from registry_kit import package_data
@@ -26,6 +26,7 @@ from registry_kit.model.topology import CacheTarget, OutOfRotation, Rotation, se
 from registry_kit.operations import files, ownership
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept
+from registry_kit.operations.typed import operation
 from registry_kit.render import htpasswd, textfile, tls
 from registry_kit.render import token_auth as token_render
 from registry_kit.render.config import render_config

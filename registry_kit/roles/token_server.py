@@ -11,7 +11,6 @@ the registry itself is not touched.
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from registry_kit import package_data
 from registry_kit.commands import join, q
@@ -19,6 +18,7 @@ from registry_kit.facts import HostState
 from registry_kit.model import keystore
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files
+from registry_kit.operations.typed import operation
 from registry_kit.render.token_auth import (
     SCRIPT_NAME,
     SCRIPT_PATH,

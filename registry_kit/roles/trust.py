@@ -18,11 +18,11 @@ from __future__ import annotations
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api.operation import operation
 
 from registry_kit.commands import q
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files
+from registry_kit.operations.typed import operation
 from registry_kit.render.tls import ServerCertificate
 
 

@@ -16,13 +16,13 @@ header, which also carries a token server's Bearer challenge, see README "The we
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import operation
 from pyinfra.operations.util import any_changed
 
 from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, packages
+from registry_kit.operations.typed import operation
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.render.webui import (
     CONFIG_DIR,
