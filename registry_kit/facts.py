@@ -106,41 +106,59 @@ def parse_engine_version(lines: Iterable[str]) -> str | None:
     return None
 
 
-def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
-                  container: str | None = None, image: str | None = None,
-                  htpasswd: str | None = None, login_marker: str | None = None,
-                  commands: Iterable[str] = (), services: Iterable[str] = (),
-                  listings: Iterable[str] = ()) -> str:
-    def section_command(name: str) -> str:
-        return f"echo {q(_SECTION + name)}"
+def probe_section_command(name: str) -> str:
+    return f"echo {q(_SECTION + name)}"
 
-    parts = [
-        section_command("os"),
-        "( . /etc/os-release 2>/dev/null; echo \"${ID:-unknown}\"; echo \"${ID_LIKE:-}\";"
-        " echo \"${VERSION_CODENAME:-}\" )",
-        section_command("tools"),
-        "command -v docker >/dev/null 2>&1 && echo docker;"
-        " command -v curl >/dev/null 2>&1 && echo curl;"
-        # One systemctl call for both states; its output gates the engine query below.
-        " unit=$(systemctl show --property=ActiveState --property=UnitFileState"
-        " docker.service 2>/dev/null); echo \"$unit\"",
-        section_command("server_version"),
-        ENGINE_VERSION_QUERY,
-        section_command("daemon_json"),
-        "cat /etc/docker/daemon.json 2>/dev/null || true",
-        section_command("files"),
-    ]
+
+# The engine and the OS, on every probe.
+_ENGINE_COMMANDS = [
+    probe_section_command("os"),
+    "( . /etc/os-release 2>/dev/null; echo \"${ID:-unknown}\"; echo \"${ID_LIKE:-}\";"
+    " echo \"${VERSION_CODENAME:-}\" )",
+    probe_section_command("tools"),
+    "command -v docker >/dev/null 2>&1 && echo docker;"
+    " command -v curl >/dev/null 2>&1 && echo curl;"
+    # One systemctl call for both states; its output gates the engine query below.
+    " unit=$(systemctl show --property=ActiveState --property=UnitFileState"
+    " docker.service 2>/dev/null); echo \"$unit\"",
+    probe_section_command("server_version"),
+    ENGINE_VERSION_QUERY,
+    probe_section_command("daemon_json"),
+    "cat /etc/docker/daemon.json 2>/dev/null || true",
+]
+
+
+def path_commands(files: Iterable[str], dirs: Iterable[str]) -> list[str]:
+    """Checksum, mode and owner of each file; mode of each folder."""
+    parts = [probe_section_command("files")]
     file_list = " ".join(q(path) for path in files)
     if file_list:
         parts.append(f"for f in {file_list}; do [ -f \"$f\" ] && "
                      "echo \"$(sha256sum < \"$f\" | cut -d' ' -f1) $(stat -c '%a %U %G' \"$f\")"
                      " $f\"; done; true")
-    parts.append(section_command("dirs"))
+    parts.append(probe_section_command("dirs"))
     dir_list = " ".join(q(path) for path in dirs)
     if dir_list:
         parts.append(f"for d in {dir_list}; do [ -d \"$d\" ] && echo \"$(stat -c '%a' \"$d\") $d\";"
                      " done; true")
-    parts.append(section_command("container"))
+    return parts
+
+
+def entries_commands(listings: Iterable[str]) -> list[str]:
+    """What each listed folder holds."""
+    entries = [probe_section_command("entries")]
+    listing_list = " ".join(q(path) for path in listings)
+    if listing_list:
+        # Full paths, dot files included (a glob that matches nothing stays literal: -e/-L
+        # drop it); no ls, whose output format differs between implementations.
+        entries.append(f"for d in {listing_list}; do [ -d \"$d\" ] && for e in \"$d\"/* "
+                       "\"$d\"/.[!.]* \"$d\"/..?*; do { [ -e \"$e\" ] || [ -L \"$e\" ]; } && "
+                       "echo \"$e\"; done; done; true")
+    return entries
+
+
+def docker_commands(container: str | None, image: str | None) -> list[str]:
+    parts = [probe_section_command("container")]
     if container:
         # `with`: `index` on an image or container without any label is a template error,
         # which would hide the whole line.
@@ -148,38 +166,44 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                '{{.State.Running}}|{{.Config.Image}}|' + _VERSION_LABEL)
         parts.append(f"docker inspect --type container --format {q(fmt)} {q(container)}"
                      " 2>/dev/null || true")
-    parts.append(section_command("image"))
+    parts.append(probe_section_command("image"))
     if image:
         # The label may tell the registry's version (registry_kit.model.registry_version).
         parts.append(f"docker image inspect --format {q('{{.Id}}|' + _VERSION_LABEL)} "
                      f"{q(image)} 2>/dev/null || true")
-    parts.append(section_command("htpasswd"))
-    if htpasswd:
-        parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
-    parts += [section_command("auths"), AUTHS_COMMAND]
-    parts.append(section_command("login_marker"))
-    if login_marker:
-        parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
-    parts += [section_command("hosts"), HOSTS_COMMAND]
-    parts.append(section_command("commands"))
+    return parts
+
+
+def service_commands(commands: Iterable[str], services: Iterable[str]) -> list[str]:
+    parts = [probe_section_command("commands")]
     command_list = " ".join(q(name) for name in commands)
     if command_list:
         parts.append(f"for c in {command_list}; do command -v \"$c\" >/dev/null 2>&1 && "
                      "echo \"$c\"; done; true")
-    parts.append(section_command("services"))
+    parts.append(probe_section_command("services"))
     service_list = " ".join(q(name) for name in services)
     if service_list:
         parts.append(f"for s in {service_list}; do echo \"$s"
                      " $(systemctl is-active \"$s\" 2>/dev/null)"
                      " $(systemctl is-enabled \"$s\" 2>/dev/null)\"; done; true")
-    parts.append(section_command("entries"))
-    listing_list = " ".join(q(path) for path in listings)
-    if listing_list:
-        # Full paths, dot files included (a glob that matches nothing stays literal: -e/-L
-        # drop it); no ls, whose output format differs between implementations.
-        parts.append(f"for d in {listing_list}; do [ -d \"$d\" ] && for e in \"$d\"/* "
-                     "\"$d\"/.[!.]* \"$d\"/..?*; do { [ -e \"$e\" ] || [ -L \"$e\" ]; } && "
-                     "echo \"$e\"; done; done; true")
+    return parts
+
+
+def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
+                  container: str | None = None, image: str | None = None,
+                  htpasswd: str | None = None, login_marker: str | None = None,
+                  commands: Iterable[str] = (), services: Iterable[str] = (),
+                  listings: Iterable[str] = ()) -> str:
+    parts = _ENGINE_COMMANDS + path_commands(files, dirs) + docker_commands(container, image)
+    parts.append(probe_section_command("htpasswd"))
+    if htpasswd:
+        parts.append(f"cat {q(htpasswd)} 2>/dev/null || true")
+    parts += [probe_section_command("auths"), AUTHS_COMMAND,
+              probe_section_command("login_marker")]
+    if login_marker:
+        parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
+    parts += [probe_section_command("hosts"), HOSTS_COMMAND]
+    parts += service_commands(commands, services) + entries_commands(listings)
     return "; ".join(parts)
 
 

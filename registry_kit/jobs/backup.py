@@ -838,6 +838,26 @@ def _run_backup(state: Any, host: Any, settings: Settings, root: str) -> bool:
         return False
 
 
+def _copy_again_if_torn(source: Side, sink: Side, bad: list[str],
+                        sizes: dict[str, int]) -> tuple[int, list[str]]:
+    """(tar bytes moved, blobs still bad): blobs caught while the registry wrote them are
+    copied once more, now that they are whole."""
+    if not bad:
+        return 0, []
+    moved, got_again = copy_blobs(source, sink, bad, sizes)
+    return moved, check_copied(sink, [d for d in bad if d in got_again], sizes) + [
+        d for d in bad if d not in got_again]
+
+
+def _publish(sink: Side, root: str, name: str, partial: str, index: dict[str, Any]) -> None:
+    """The generation gets its name once its index is in it; then the top index.json."""
+    text = json.dumps(index, indent=1, sort_keys=True).encode() + b"\n"
+    sink.check(f"cat > {q(partial + '/' + INDEX)} && mv {q(partial)} "
+               f"{q(generation_base(root, name))}", text)
+    sink.check(f"cat > {q(root + '/' + INDEX + '.new')} && "
+               f"mv -f {q(root + '/' + INDEX + '.new')} {q(root + '/' + INDEX)}", text)
+
+
 def run_backup(target: Any, settings: Settings, root: str) -> str:
     limit = settings.registry_backup_tree_max_bytes
     source = Side(settings.registry_data_dir, target.name, target.connector.client)
@@ -860,12 +880,8 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
     bytes_late, got_late = copy_blobs(source, sink, late, final)
     sizes = {**on_server, **final}
     copied_now = [d for d in first if d in got_first] + [d for d in late if d in got_late]
-    bad = check_copied(sink, copied_now, sizes)
-    if bad:  # caught while the registry wrote them: once more, now that they are whole
-        moved, got_again = copy_blobs(source, sink, bad, sizes)
-        bytes_late += moved
-        bad = check_copied(sink, [d for d in bad if d in got_again], sizes) + [
-            d for d in bad if d not in got_again]
+    moved, bad = _copy_again_if_torn(source, sink, check_copied(sink, copied_now, sizes), sizes)
+    bytes_late += moved
     # The generation names what the server listed and the backup now holds, whole.
     in_store = parse_blobs(sink.check(blob_listing_command(sink.root)).decode(), sink.name)
     blobs = {d: s for d, s in sizes.items() if in_store.get(d) == s and d not in bad}
@@ -889,11 +905,7 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
         "blobs_left_out": [f"sha256:{d}" for d in bad],
     }
     index = build_index(settings, tags_from_tar(tree), blobs, this_backup, name, tree_hash(tree))
-    text = json.dumps(index, indent=1, sort_keys=True).encode() + b"\n"
-    sink.check(f"cat > {q(partial + '/' + INDEX)} && mv {q(partial)} "
-               f"{q(generation_base(root, name))}", text)
-    sink.check(f"cat > {q(root + '/' + INDEX + '.new')} && "
-               f"mv -f {q(root + '/' + INDEX + '.new')} {q(root + '/' + INDEX)}", text)
+    _publish(sink, root, name, partial, index)
     dropped, pruned_blobs = prune(sink, root, settings.registry_backup_keep, name,
                                   set(blobs), limit)
     return (f"backup of {target.name} in {sink.name}:{root}: generation {name}, "
