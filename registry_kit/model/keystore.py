@@ -211,13 +211,8 @@ def _locked(state_dir: Path) -> Iterator[None]:
             os.close(fd)  # closing releases the flock
 
 
-def ensure_ca(
-    state_dir: Path,
-    common_name: str = "registry-kit CA",
-    *,
-    names: Sequence[str] = (),
-    ips: Sequence[str] = (),
-) -> tuple[Path, Path]:
+def ensure_ca(state_dir: Path, common_name: str = "registry-kit CA", *,
+              names: Sequence[str] = (), ips: Sequence[str] = ()) -> tuple[Path, Path]:
     """Create the kit's CA once under ``state_dir/ca`` and return ``(cert_path, key_path)``.
 
     A new CA may sign only for ``names`` (DNS, ``*.`` allowed) and ``ips``: a critical
@@ -263,16 +258,10 @@ def _ensure_ca_locked(state_dir: Path, common_name: str, now: datetime, min_days
     return cert, ca_key
 
 
-def ensure_server_certificate(
-    state_dir: Path,
-    domain: str,
-    extra_names: Sequence[str],
-    extra_ips: Sequence[str],
-    *,
-    now: datetime | None = None,
-    renew_days: int = 30,
-    valid_days: int = 825,
-) -> tls.ServerCertificate:
+def ensure_server_certificate(state_dir: Path, domain: str, extra_names: Sequence[str],
+                              extra_ips: Sequence[str], *, now: datetime | None = None,
+                              renew_days: int = 30, valid_days: int = 825) \
+        -> tls.ServerCertificate:
     """Return the kit-CA-signed server certificate for ``domain``, issuing it when needed.
 
     The stored certificate and key are returned byte-for-byte unless the certificate is

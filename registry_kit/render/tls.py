@@ -215,18 +215,9 @@ def ca_key(data: bytes, key_path: Path, ca_dir: Path) -> SigningKey:
     return loaded
 
 
-def ca_certificate(
-    ca_key: SigningKey,
-    old_pem: bytes | None,
-    *,
-    common_name: str,
-    now: datetime,
-    min_days_left: int,
-    want_dns: set[str],
-    want_ips: set[_IP],
-    cert_path: Path,
-    ca_dir: Path,
-) -> tuple[x509.Certificate, bool]:
+def ca_certificate(ca_key: SigningKey, old_pem: bytes | None, *, common_name: str,
+                   now: datetime, min_days_left: int, want_dns: set[str], want_ips: set[_IP],
+                   cert_path: Path, ca_dir: Path) -> tuple[x509.Certificate, bool]:
     """(the CA certificate, whether it is new): the stored one (`old_pem`) while it is valid
     for `min_days_left` more days and permits the wanted names, else one signed anew."""
     subject = x509.Name(
@@ -267,12 +258,8 @@ def ca_certificate(
     return _sign_ca(ca_key, subject, permitted, now), True
 
 
-def _sign_ca(
-    ca_key: SigningKey,
-    subject: x509.Name,
-    permitted: tuple[set[str], set[_Net]] | None,
-    now: datetime,
-) -> x509.Certificate:
+def _sign_ca(ca_key: SigningKey, subject: x509.Name,
+             permitted: tuple[set[str], set[_Net]] | None, now: datetime) -> x509.Certificate:
     ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -415,23 +402,15 @@ def _has_server_auth(cert: x509.Certificate) -> bool:
     )
 
 
-def server_certificate(
-    stored: bytes,
-    key: SigningKey,
-    ca_cert: x509.Certificate,
-    ca_key: SigningKey,
-    names: tuple[str, set[str], set[_IP]],
-    now: datetime,
-    renew_days: int,
-    valid_days: int,
-) -> x509.Certificate | None:
+def server_certificate(stored: bytes, key: SigningKey, ca_cert: x509.Certificate,
+                       ca_key: SigningKey, names: tuple[str, set[str], set[_IP]], now: datetime,
+                       renew_days: int, valid_days: int) -> x509.Certificate | None:
     """None while the `stored` certificate still fits (names, key, dates, serverAuth, signed
     by the current CA), else a new one for `names` (wanted_sans) signed by the CA."""
     canonical, want_dns, want_ips = names
     cert = load_first_cert(stored)
-    if cert is not None and _server_cert_ok(
-        cert, key, ca_cert, want_dns, want_ips, now, renew_days
-    ):
+    if cert is not None and _server_cert_ok(cert, key, ca_cert, want_dns, want_ips, now,
+                                            renew_days):
         return None
     return _issue_server_cert(canonical, want_dns, want_ips, key, ca_cert, ca_key, now, valid_days)
 
@@ -555,17 +534,9 @@ def _check_covers(cert: x509.Certificate, path: Path, domain: str) -> None:
         raise TLSError(f"{path}: certificate names ({listed}) do not cover '{domain}'")
 
 
-def check_provided(
-    chain: list[x509.Certificate],
-    key_data: bytes,
-    cas: list[x509.Certificate],
-    *,
-    cert_file: Path,
-    key_file: Path,
-    ca_file: Path | None,
-    domain: str,
-    now: datetime | None = None,
-) -> ServerCertificate:
+def check_provided(chain: list[x509.Certificate], key_data: bytes, cas: list[x509.Certificate],
+                   *, cert_file: Path, key_file: Path, ca_file: Path | None, domain: str,
+                   now: datetime | None = None) -> ServerCertificate:
     """Check operator-provided TLS material (registry_kit.model.keystore.load_provided reads
     it); every failure is one TLSError line.
 
