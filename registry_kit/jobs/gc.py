@@ -23,7 +23,7 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 from registry_kit import pyinfra_patches, sharedgc
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.model import topology
+from registry_kit.model import layout, topology
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
@@ -41,22 +41,23 @@ from registry_kit.render import textfile
 from registry_kit.roles import server
 
 SCRIPT = "registry-gc.sh"
-TIMER_NAME = "registry-kit-gc.timer"
-SERVICE = "/etc/systemd/system/registry-kit-gc.service"
-TIMER = f"/etc/systemd/system/{TIMER_NAME}"
+TIMER_NAME = layout.GC_TIMER_NAME
+SERVICE = layout.GC_SERVICE_UNIT
+TIMER = layout.GC_TIMER_UNIT
 
 
 def probe_args(settings: Settings) -> dict[str, Any]:
-    return {"files": [SERVICE, TIMER, server.script_path(SCRIPT)]}
+    return {"files": [SERVICE, TIMER, layout.script(SCRIPT)]}
 
 
 def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     url, resolve, ca = server.health_target(settings)
     data = settings.registry_data_dir if settings.registry_storage.driver == "filesystem" \
         else "-"
-    args = [server.script_path(SCRIPT), settings.registry_container_name,
+    args = [layout.script(SCRIPT), settings.registry_container_name,
             settings.registry_config_dir, data, url, resolve, ca,
-            str(settings.registry_verify_timeout)]
+            str(settings.registry_verify_timeout), layout.CONTAINER_CONFIG_FILE,
+            layout.RUNTIME_DIR]
     if dry_run:
         args.append("--dry-run")
     if settings.registry_gc_delete_untagged:
@@ -162,14 +163,14 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     is_server, _ = roles(host, groups)
     if not is_server:
         return
-    paths = server.ServerPaths(settings.registry_config_dir)
-    script = server.script_path(SCRIPT)
-    state = host.get_fact(RegistryHostState, files=[script, paths.config],
+    paths = layout.ServerLayout.of(settings)
+    scripts = ["lib.sh", SCRIPT]  # registry-gc.sh sources lib.sh
+    state = host.get_fact(RegistryHostState, files=[*map(layout.script, scripts), paths.config],
+                          dirs=[layout.SCRIPTS_DIR],
                           container=settings.registry_container_name)
     if state.container is not None:
         # Servers deployed before the script existed get it here.
-        files.managed_file(script, server.script_content(SCRIPT), "0755",
-                           state.files.get(script), name=f"Install {script}")
+        server.install_scripts(scripts, state)
     hosts = topology.build(validated_settings(groups, defaults=defaults),
                            topology.members(inventory, groups))
     shared = _shared_group(settings, hosts)

@@ -23,7 +23,7 @@ from pyinfra.api import FactBase
 from registry_kit.commands import q
 from registry_kit.facts import AUTHS_COMMAND, HOSTS_COMMAND, split_sections
 from registry_kit.jobs import gc
-from registry_kit.model import access, keystore
+from registry_kit.model import access, keystore, layout
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
@@ -259,7 +259,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if is_server or is_client:
         args: dict[str, Any] = {}
         if is_server:
-            paths = server.ServerPaths(settings.registry_config_dir)
+            paths = layout.ServerLayout.of(settings)
             args.update(container=settings.registry_container_name,
                         health=server.health_target(settings),
                         cert=paths.cert if settings.tls_enabled else None,

@@ -24,6 +24,7 @@ from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.jobs import gc
+from registry_kit.model import layout
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
@@ -31,6 +32,7 @@ from registry_kit.model.inventory import (
     roles,
     validated_settings,
 )
+from registry_kit.model.layout import RUNTIME_DIR, SCRIPTS_DIR, ServerLayout
 from registry_kit.model.settings import Settings
 from registry_kit.operations.ownership import (
     MARKER,
@@ -43,9 +45,8 @@ from registry_kit.render import daemon_json
 from registry_kit.render import token_auth as token_render
 from registry_kit.roles import client, roles_teardown, server, token_server, webui
 from registry_kit.roles.engine import configure_daemon, refuse_host
-from registry_kit.roles.server import RUNTIME_DIR, SCRIPTS_DIR, ServerPaths
 
-# Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
+# Files the kit writes in RUNTIME_DIR (tmpfs): the check's curl config (server), the
 # login's password file (client) and the GC log; the first two live there for seconds.
 RUNTIME_FILES = ("verify.curlrc", "login.pw", "gc.log")
 
@@ -53,7 +54,7 @@ RUNTIME_FILES = ("verify.curlrc", "login.pw", "gc.log")
 def probe_args(settings: Settings, is_server: bool, is_client: bool) -> dict[str, Any]:
     parts = []
     if is_server:
-        paths = ServerPaths(settings.registry_config_dir)
+        paths = ServerLayout.of(settings)
         listed = [paths.certs_dir, paths.auth_dir, settings.registry_config_dir, SCRIPTS_DIR,
                   RUNTIME_DIR]
         # What else each folder holds (entries) decides whether the folder itself can go.
@@ -88,7 +89,7 @@ def docker_logout(settings: Settings, state: HostState):
     if logged_in and state.docker_installed:
         yield f"docker logout {q(address)} >/dev/null"
     yield (f"rm -f {q(client.login_marker_path(settings))}; "
-           f"rmdir {q(client.CLIENT_STATE_DIR)} 2>/dev/null; true")
+           f"rmdir {q(layout.CLIENT_STATE_DIR)} 2>/dev/null; true")
 
 
 @operation()
@@ -107,7 +108,7 @@ def remove_system_trust(paths: list[str], state: HostState):
 def client_teardown(settings: Settings, state: HostState, also_server: bool = False) -> None:
     docker_logout(settings, state, name=f"docker logout from {settings.registry_address}")
     remove_system_trust(
-        [client.system_ca_path(settings, family) for family in client.SYSTEM_CA_DIRS], state,
+        [client.system_ca_path(settings, family) for family in layout.SYSTEM_CA_DIRS], state,
         name="Remove the registry CA from the OS trust store")
     # Docker's trust folder for this address: the kit's ca.crt goes; the folder too unless
     # it holds files of others (client certificates, put there by hand).
@@ -137,12 +138,12 @@ def remove_container(settings: Settings, state: HostState):
 def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
     """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
     included), then each folder the kit created that holds nothing else."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
                                                  *token_render.CERT_FILES])
     auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
     # Access rules: the token server's key and policy (a folder the kit names, no marker).
-    token = plan_folder(state, token_render.TokenPaths(settings.registry_config_dir).token_dir,
+    token = plan_folder(state, paths.token_dir,
                         token_render.TOKEN_DIR_FILES, needs_marker=False)
     gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
             if plan.remove_folder]
@@ -207,7 +208,7 @@ def server_teardown(settings: Settings, state: HostState) -> None:
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*server.SCRIPT_NAMES, token_render.SCRIPT_NAME],
+    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*server.SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME],
                             needs_marker=False),
                 plan_folder(state, RUNTIME_DIR, RUNTIME_FILES, needs_marker=False)]
     log_kept(kit_dirs)

@@ -16,9 +16,10 @@ from pyinfra.api import FactBase
 
 from registry_kit.commands import q
 from registry_kit.facts import split_sections
+from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.model.topology import BACKEND
-from registry_kit.roles import cache, keepalived, loadbalancer
+from registry_kit.roles import keepalived, loadbalancer
 
 _SECTION = "@@registry-kit-roles:"
 
@@ -32,7 +33,7 @@ def lb_command(vip: str | None) -> str:
              _section_command("keepalived"), f"systemctl is-active {q(keepalived.SERVICE)} || true",
              # Columns 1, 2 and 18 of haproxy's CSV: proxy, server, status.
              _section_command("servers"),
-             f"echo 'show stat' | socat -t 2 stdio {q(loadbalancer.SOCKET)} 2>/dev/null | "
+             f"echo 'show stat' | socat -t 2 stdio {q(layout.HAPROXY_SOCKET)} 2>/dev/null | "
              f"awk -F, -v b={q(BACKEND)} '$1 == b && $2 != \"BACKEND\" && $2 != \"FRONTEND\" "
              "{print $2, $18}' || true"]
     if vip:
@@ -42,7 +43,7 @@ def lb_command(vip: str | None) -> str:
 
 
 def cache_command(port: int) -> str:
-    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(cache.CONFIG)} 2>/dev/null)\""
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(layout.REDIS_CONF)} 2>/dev/null)\""
     cli = f"{auth} redis-cli --no-auth-warning -h 127.0.0.1 -p {q(port)}"
     return "; ".join([
         # Debian's unit, then the RHEL family's.

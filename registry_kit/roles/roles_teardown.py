@@ -21,10 +21,11 @@ from pyinfra.api import operation
 
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
+from registry_kit.model import layout
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe
 from registry_kit.model.settings import Settings
 from registry_kit.operations.ownership import plan_folder, remove_folders
-from registry_kit.roles import cache, keepalived, loadbalancer, server
+from registry_kit.roles import cache, keepalived, loadbalancer
 
 LB_SCRIPTS = (loadbalancer.SCRIPT, keepalived.CHECK_SCRIPT)
 LB_PACKAGES = (*loadbalancer.PACKAGES, *keepalived.PACKAGES)
@@ -40,7 +41,7 @@ def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:
 def probe_args(settings: Settings, is_lb: bool, is_cache: bool) -> dict[str, Any]:
     parts: list[dict[str, Any]] = []
     if is_lb:
-        listed = [server.SCRIPTS_DIR, loadbalancer.CERT_DIR]
+        listed = [layout.SCRIPTS_DIR, layout.LB_CERT_DIR]
         parts += [loadbalancer.probe_args(settings), keepalived.probe_args(settings),
                   {"dirs": listed, "listings": listed}]
     if is_cache:
@@ -87,11 +88,11 @@ def lb_teardown(settings: Settings, state: HostState) -> None:
     """A registry_lb host is never a registry_servers host (scaleout.validate)."""
     stop_services([keepalived.SERVICE, loadbalancer.SERVICE], state,
                   name="Stop and disable keepalived and haproxy")
-    remove_files([keepalived.CONFIG, loadbalancer.CONFIG], state,
+    remove_files([layout.KEEPALIVED_CONF, layout.HAPROXY_CFG], state,
                  name="Remove keepalived.conf and haproxy.cfg")
-    plans = [plan_folder(state, loadbalancer.CERT_DIR, ["registry.pem", "ca.crt"],
+    plans = [plan_folder(state, layout.LB_CERT_DIR, ["registry.pem", "ca.crt"],
                          needs_marker=False),
-             plan_folder(state, server.SCRIPTS_DIR, LB_SCRIPTS, needs_marker=False)]
+             plan_folder(state, layout.SCRIPTS_DIR, LB_SCRIPTS, needs_marker=False)]
     for plan in plans:
         if plan.kept:
             logger.warning(f"{host.name}: {plan.kept}")
@@ -104,7 +105,7 @@ def lb_teardown(settings: Settings, state: HostState) -> None:
 def cache_teardown(settings: Settings, state: HostState) -> None:
     redis = cache.family(state)
     stop_services([redis.service], state, name=f"Stop and disable {redis.service}")
-    remove_files([cache.CONFIG], state, name="Remove the kit's redis.conf")
+    remove_files([layout.REDIS_CONF], state, name="Remove the kit's redis.conf")
     names = CACHE_PACKAGES.get(state.os.family, CACHE_PACKAGES["debian"])
     purge_packages(names, cache.COMMANDS, settings, state,
                    name=f"Remove {', '.join(names)} (registry_packages_remove_on_teardown)")

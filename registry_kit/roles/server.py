@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from io import BytesIO
 from typing import Any
 
@@ -18,8 +18,10 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState
+from registry_kit.model import layout
 from registry_kit.model.inventory import run_cache
-from registry_kit.model.settings import Settings, User, host_port, url_host
+from registry_kit.model.layout import Endpoints, ServerLayout
+from registry_kit.model.settings import Settings, User
 from registry_kit.model.topology import CacheTarget, OutOfRotation, Rotation, server_name
 from registry_kit.operations import files, ownership
 from registry_kit.render import htpasswd, textfile
@@ -28,60 +30,29 @@ from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.roles import token_server
 
-SCRIPTS_DIR = "/usr/local/lib/registry-kit"
-RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
 # A replica behind a load balancer finishes open requests this long after SIGTERM; less
 # than the 10 s `docker stop` waits before it kills.
 REPLICA_DRAIN_SECONDS = 5
 
 
-@dataclass(frozen=True)
-class ServerPaths:
-    config_dir: str
-
-    @property
-    def config(self) -> str:
-        return f"{self.config_dir}/config.yml"
-
-    @property
-    def certs_dir(self) -> str:
-        return f"{self.config_dir}/certs"
-
-    @property
-    def auth_dir(self) -> str:
-        return f"{self.config_dir}/auth"
-
-    @property
-    def cert(self) -> str:
-        return f"{self.certs_dir}/server.crt"
-
-    @property
-    def key(self) -> str:
-        return f"{self.certs_dir}/server.key"
-
-    @property
-    def ca(self) -> str:
-        return f"{self.certs_dir}/ca.crt"
-
-    @property
-    def htpasswd(self) -> str:
-        return f"{self.auth_dir}/htpasswd"
+# lib.sh: what the others share, sourced from their own folder.
+SCRIPT_NAMES = ("lib.sh", "replace-container.sh", "verify-auth.sh", "registry-gc.sh",
+                "verify-token.sh")
 
 
-def script_path(name: str) -> str:
-    return f"{SCRIPTS_DIR}/{name}"
-
-
-def script_content(name: str) -> bytes:
-    return package_data.script(name)
-
-
-SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh", "verify-token.sh")
+def install_scripts(names: Sequence[str], state: HostState) -> None:
+    """scripts/NAME for each name into the kit's scripts folder (root's, 0755)."""
+    files.managed_dir(layout.SCRIPTS_DIR, "0755", state.dirs.get(layout.SCRIPTS_DIR),
+                      name=f"Create {layout.SCRIPTS_DIR}")
+    for name in names:
+        path = layout.script(name)
+        files.managed_file(path, package_data.script(name), "0755", state.files.get(path),
+                           name=f"Install {path}")
 
 
 def owned_folders(settings: Settings) -> list[tuple[str, str]]:
     """(folder, what it is) for each server folder the kit may create, parents first."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     return [(settings.registry_config_dir, "registry_config_dir"),
             (paths.certs_dir, "registry_config_dir/certs"),
             (paths.auth_dir, "registry_config_dir/auth"),
@@ -90,13 +61,13 @@ def owned_folders(settings: Settings) -> list[tuple[str, str]]:
 
 def probe_args(settings: Settings) -> dict:
     """What the server part asks of the probe (registry_kit.facts)."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     return {
         "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
-                  *(script_path(name) for name in SCRIPT_NAMES),
+                  *(layout.script(name) for name in SCRIPT_NAMES),
                   *(ownership.marker_path(folder) for folder, _ in owned_folders(settings))],
         "dirs": [settings.registry_config_dir, paths.certs_dir, paths.auth_dir,
-                 settings.registry_data_dir, SCRIPTS_DIR],
+                 settings.registry_data_dir, layout.SCRIPTS_DIR],
         "container": settings.registry_container_name,
         "image": settings.registry_image,
         "htpasswd": paths.htpasswd,
@@ -135,15 +106,10 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
 
 def health_target(settings: Settings) -> tuple[str, str, str]:
     """(url, curl --resolve value, CA path) to check the registry from the server itself,
-    by its real name but through the loopback interface."""
-    paths = ServerPaths(settings.registry_config_dir)
-    url = settings.registry_url
-    # Where the port is published: loopback, or the one address of registry_bind_address.
-    bind = settings.registry_bind_address
-    local = "127.0.0.1" if bind in (None, "0.0.0.0", "::") else url_host(str(bind))
-    # curl --resolve HOST:PORT:ADDRESS, HOST as in the URL (IPv6 in brackets).
-    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:{local}"
-    return url, resolve, paths.ca if settings.tls_enabled else "-"
+    by its real name but through the local address (layout.Endpoints)."""
+    endpoints = Endpoints.of(settings)
+    ca = ServerLayout.of(settings).ca if settings.tls_enabled else "-"
+    return endpoints.url, endpoints.resolve, ca
 
 
 @operation()
@@ -154,7 +120,7 @@ def ensure_image(settings: Settings, state: HostState):
         host.noop(f"image {settings.registry_image} is present")
         return
     if settings.registry_image_archive is not None:
-        staging = "/var/tmp/registry-kit-image.tar"
+        staging = layout.IMAGE_STAGING
         yield files.upload(str(settings.registry_image_archive), staging)
         yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
         missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
@@ -210,8 +176,9 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
         f" -> {spec.spec_hash})"
     # Say why, so a recreate is never a surprise in the run's output.
     logger.info(f"{host.print_prefix}{reason} container {spec.name}")
-    replace = _ReplaceCommand(join([script_path("replace-container.sh"), spec.name, url,
-                                    resolve, ca, settings.registry_verify_timeout, "--",
+    replace = _ReplaceCommand(join([layout.script("replace-container.sh"), spec.name, url,
+                                    resolve, ca, settings.registry_verify_timeout,
+                                    layout.replace_lock(spec.name), "--",
                                     *spec.run_args(state.server_version)]))
     # Behind a load balancer: out of rotation while replaced, back in (and UP) before the
     # next server's turn.
@@ -238,28 +205,30 @@ def verify_registry(settings: Settings):
         return
     if user is None or user.password is None:
         # No user with a known password (none, or hashes only): 401/200 without creds.
-        yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
+        yield join([layout.script("verify-auth.sh"), url, resolve, ca, timeout])
         return
-    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
-    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield files.upload(BytesIO(curlrc_text(user).encode()), curlrc)
-    yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+    yield from _with_curlrc([layout.script("verify-auth.sh"), url, resolve, ca, timeout], user)
 
 
 def _verify_token(settings: Settings, user: User | None):
     """Access rules: a Bearer challenge, a token from the kit's token server (as a user
     with a password, else anonymously), and 200 with it."""
     url, resolve, ca = health_target(settings)
-    # The token server listens where the registry is published: same address, its port.
-    local = resolve[len(host_port(settings.registry_domain, settings.registry_port)) + 1:]
-    token_resolve = f"{host_port(settings.registry_domain, settings.registry_token_port)}:{local}"
-    args = [script_path("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
-            token_render.realm(settings), token_resolve, token_render.service(settings)]
+    endpoints = Endpoints.of(settings)
+    args = [layout.script("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
+            endpoints.realm, endpoints.realm_resolve, token_render.service(settings)]
     if user is None or user.password is None:
         yield join(args)
         return
-    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
-    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield from _with_curlrc(args, user)
+
+
+def _with_curlrc(args: list[Any], user: User):
+    """The check's command with the user's credentials in a curl config file on tmpfs
+    (0600), never on its command line; the script removes the file."""
+    curlrc = f"{layout.RUNTIME_DIR}/verify.curlrc"
+    yield (f"install -d -m 0700 {q(layout.RUNTIME_DIR)} && "
+           f"install -m 0600 /dev/null {q(curlrc)}")
     yield files.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([*args, curlrc])
 
@@ -276,16 +245,11 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                   rotation: Rotation | None = None, major: int = 2) -> None:
     """`major`: the registry version the image runs (registry_kit.model.registry_version), which
     config.yml is rendered for."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
     for path, setting in owned_folders(settings):
         ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
-    files.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
-                      name=f"Create {SCRIPTS_DIR}")
-    for script in SCRIPT_NAMES:
-        files.managed_file(script_path(script), script_content(script), "0755",
-                           state.files.get(script_path(script)),
-                           name=f"Install {script_path(script)}")
+    install_scripts(SCRIPT_NAMES, state)
     cert_ops = []
     if cert is not None:
         cert_ops.append(files.managed_file(paths.cert, served_certificate(settings, cert),
