@@ -138,11 +138,11 @@ class ContainerSpec:
         """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
         single files: a file replaced by rename keeps its old inode inside the container."""
         use_mount = engine_version is None or parse_version(engine_version) >= MOUNT_FLAG_SINCE
-        published = f"{self.port}:5000" if self.bind_address is None else \
-            f"{host_port(self.bind_address, self.port)}:5000"
+        published = f"{self.port}:{layout.CONTAINER_PORT}" if self.bind_address is None \
+            else f"{host_port(self.bind_address, self.port)}:{layout.CONTAINER_PORT}"
         args = ["-d", "--name", self.name, "--restart=always", "-p", published]
         if self.debug_port:
-            args += ["-p", f"127.0.0.1:{self.debug_port}:5001"]
+            args += ["-p", f"127.0.0.1:{self.debug_port}:{layout.CONTAINER_DEBUG_PORT}"]
         mounts = [(self.config_dir, layout.CONTAINER_CONFIG_DIR, True)]
         if self.data_dir:
             mounts.append((self.data_dir, layout.CONTAINER_DATA_DIR, False))

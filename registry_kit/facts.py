@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from registry_kit.commands import OSInfo, q
+from registry_kit.model.layout import DAEMON_JSON
 from registry_kit.model.settings import masked_repr
 
 _SECTION = "@@registry-kit:"
@@ -124,7 +125,7 @@ _ENGINE_COMMANDS = [
     probe_section_command("server_version"),
     ENGINE_VERSION_QUERY,
     probe_section_command("daemon_json"),
-    "cat /etc/docker/daemon.json 2>/dev/null || true",
+    f"cat {q(DAEMON_JSON)} 2>/dev/null || true",
 ]
 
 

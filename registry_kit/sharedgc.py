@@ -59,6 +59,7 @@ from pyinfra.connectors.util import CommandOutput
 
 from registry_kit import s3check
 from registry_kit.commands import auth_arguments, join, q
+from registry_kit.model import layout
 from registry_kit.model.settings import Secret, Settings, SettingsError, Storage
 from registry_kit.model.topology import OutOfRotation, Rotation
 
@@ -69,7 +70,6 @@ LOCATION_KEYS: Mapping[str, tuple[str, ...]] = {
     "gcs": ("bucket", "rootdirectory"),
 }
 STEPS = ("check", "readonly", "collect", "writable")
-REDIS_CONFIG = "/etc/redis/redis.conf"  # registry_kit.roles.cache writes it (requirepass line)
 
 
 def storage_location(storage: Storage) -> tuple[Any, ...] | None:
@@ -259,7 +259,7 @@ def step_arguments(gc_arguments: Sequence[str], step: str) -> list[str]:
 def cache_flush_command(cache: Settings) -> str:
     """Empty the registry's redis database, password read from redis.conf into
     REDISCLI_AUTH on the cache host (never in argv)."""
-    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(REDIS_CONFIG)})\""
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(layout.REDIS_CONF)})\""
     cli = (f"redis-cli --no-auth-warning -h {q(cache.registry_internal_address)} -p "
            f"{q(cache.registry_cache_port)} -n {q(cache.registry_cache_db)}")
     return (f"a=$({auth} {cli} flushdb 2>&1); [ \"$a\" = OK ] && echo 'registry-kit: redis "

@@ -21,7 +21,7 @@ from pyinfra.api import FunctionCommand, StringCommand
 from registry_kit import pyinfra_patches, sharedgc
 from registry_kit.commands import join
 from registry_kit.facts import HostState, RegistryHostState
-from registry_kit.model import topology
+from registry_kit.model import layout, topology
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
@@ -34,7 +34,6 @@ from registry_kit.model.inventory import (
     fail_host as _fail,
 )
 from registry_kit.model.settings import Settings, SettingsError
-from registry_kit.operations import files
 from registry_kit.operations.typed import operation
 from registry_kit.roles import server
 from registry_kit.roles.gc_timer import SCRIPT, gc_arguments
@@ -57,14 +56,14 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     is_server, _ = roles(host, groups)
     if not is_server:
         return
-    paths = server.ServerPaths(settings.registry_config_dir)
-    script = server.script_path(SCRIPT)
-    state = host.get_fact(RegistryHostState, files=[script, paths.config],
+    paths = layout.ServerLayout.of(settings)
+    scripts = ["lib.sh", SCRIPT]  # registry-gc.sh sources lib.sh
+    state = host.get_fact(RegistryHostState, files=[*map(layout.script, scripts), paths.config],
+                          dirs=[layout.SCRIPTS_DIR],
                           container=settings.registry_container_name)
     if state.container is not None:
         # Servers deployed before the script existed get it here.
-        files.managed_file(script, server.script_content(SCRIPT), "0755",
-                           state.files.get(script), name=f"Install {script}")
+        server.install_scripts(scripts, state)
     hosts = topology.build(validated_settings(groups, defaults=defaults),
                            topology.members(inventory, groups))
     shared = _shared_group(settings, hosts)

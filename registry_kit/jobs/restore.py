@@ -35,7 +35,8 @@ from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations.typed import operation
 from registry_kit.roles import server
 
-RESTART_SCRIPT = package_data.script("registry-restart.sh")
+# Sent on stdin after lib.sh, which it cannot source from a folder.
+RESTART_SCRIPT = package_data.script("lib.sh") + package_data.script("registry-restart.sh")
 
 
 def restart_and_wait(sink: Side, settings: Settings) -> None:

@@ -21,8 +21,19 @@ from pyinfra.facts.server import Command
 
 from registry_kit.facts import parse_status
 from registry_kit.model import access
-from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, run_cache, validated_settings
-from registry_kit.roles import cache, client, gc_timer, loadbalancer, server
+from registry_kit.model.inventory import (
+    DEFAULT_GROUPS,
+    Groups,
+    run_cache,
+    validated_settings,
+)
+from registry_kit.roles import (
+    cache,
+    client,
+    gc_timer,
+    loadbalancer,
+    server,
+)
 
 # (role, its hosts' group in Groups, its table): the tables print in this order; a role
 # that adds columns to another role's table (the GC timer) follows that role.

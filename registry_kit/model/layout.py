@@ -1,10 +1,18 @@
-"""One path layout for the registry container: where it sees its files. Fixed: the host
-folders (registry_config_dir, registry_data_dir) are bind-mounted here, so a changed host
-folder does not change the registry's view. config.yml (registry_kit.render.config), the
-`docker run` arguments (registry_kit.commands) and scripts/registry-gc.sh (`inner=`) use
-these; the folders on the host are registry_kit.roles.server.ServerPaths.
+"""Where everything is: every path on a host, every path inside the registry container and
+every endpoint, each written once here. Fixed paths are constants; what depends on settings
+is computed by ServerLayout (the folders a setting names) and Endpoints (addresses and URLs).
+Modules and scripts take their paths from here (scripts as arguments), so changing a path
+or a port is one edit; a unit test fails when one of these paths is written elsewhere.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from registry_kit.model.settings import Settings, host_port, url_host
+
+# --- Inside the registry container: fixed, the host folders are bind-mounted here, so a
+# changed host folder does not change the registry's view.
 CONTAINER_CONFIG_DIR = "/etc/registry-kit"
 CONTAINER_DATA_DIR = "/var/lib/registry"
 CONTAINER_CONFIG_FILE = f"{CONTAINER_CONFIG_DIR}/config.yml"
@@ -13,3 +21,175 @@ CONTAINER_KEY = f"{CONTAINER_CONFIG_DIR}/certs/server.key"
 CONTAINER_HTPASSWD = f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"
 # Access rules: the token signing certificate the registry checks tokens against.
 CONTAINER_TOKEN_SIGNING_CERT = f"{CONTAINER_CONFIG_DIR}/certs/token-signing.crt"
+CONTAINER_PORT = 5000  # what the registry listens on; published on registry_port
+CONTAINER_DEBUG_PORT = 5001  # registry_debug_addr: debug and /metrics
+
+# --- The kit's own folders on every host type.
+SCRIPTS_DIR = "/usr/local/lib/registry-kit"  # servers and load balancers
+RUNTIME_DIR = "/run/registry-kit"  # tmpfs: a check's or a login's secret, for seconds
+LOCK_DIR = "/run/lock"
+IMAGE_STAGING = "/var/tmp/registry-kit-image.tar"  # registry_image_archive, before docker load
+SYSTEMD_DIR = "/etc/systemd/system"
+
+
+def script(name: str) -> str:
+    """Where scripts/NAME is installed."""
+    return f"{SCRIPTS_DIR}/{name}"
+
+
+def replace_lock(container: str) -> str:
+    """replace-container.sh's lock: one swap of CONTAINER at a time."""
+    return f"{LOCK_DIR}/registry-kit-{container}.lock"
+
+
+def unit(name: str) -> str:
+    """Where the systemd unit NAME (with its suffix) is written."""
+    return f"{SYSTEMD_DIR}/{name}"
+
+
+# --- Docker engine and clients.
+DAEMON_JSON = "/etc/docker/daemon.json"
+CERTS_D = "/etc/docker/certs.d"  # Docker's trust folders, one per registry address
+CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
+SYSTEM_CA_DIRS = {"debian": "/usr/local/share/ca-certificates",
+                  "rhel": "/etc/pki/ca-trust/source/anchors"}
+
+# --- Load balancer (haproxy, keepalived) and cache (redis).
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"
+HAPROXY_CHROOT = "/var/lib/haproxy"
+LB_SCRIPT_NAME = "haproxy-server.sh"  # drains a replica through the admin socket
+LB_CERT_DIR = "/etc/haproxy/registry-kit"
+LB_PEM = f"{LB_CERT_DIR}/registry.pem"  # terminate: certificate (+ chain) and key, root only
+LB_CA = f"{LB_CERT_DIR}/ca.crt"  # terminate: what the replicas' certificates are checked against
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+REDIS_CONF = "/etc/redis/redis.conf"
+# Per OS family (the distro's own names): (pid file, log file).
+REDIS_RUNTIME = {"debian": ("/run/redis/redis-server.pid", "/var/log/redis/redis-server.log"),
+                 "rhel": ("/run/redis/redis.pid", "/var/log/redis/redis.log")}
+
+# --- Token server (access rules).
+TOKEN_SERVICE = "registry-kit-token.service"
+TOKEN_UNIT = unit(TOKEN_SERVICE)
+TOKEN_SCRIPT_NAME = "registry-token-server.py"
+TOKEN_SCRIPT = script(TOKEN_SCRIPT_NAME)
+TOKEN_RUNTIME_DIR = "/run/registry-kit-token"  # its copies of its files, made at each start
+PYTHON = "/usr/bin/python3"
+PYTHON_MODULES_DIR = "/usr/lib/python3/dist-packages"  # Debian's python3-* packages
+TOKEN_PATH = "/token"  # the URL path registry-token-server.py serves (realm, web page)
+
+# --- Web page (its own haproxy).
+WEBUI_SERVICE = "registry-kit-webui"
+WEBUI_UNIT = unit(f"{WEBUI_SERVICE}.service")
+WEBUI_DIR = "/etc/registry-kit-webui"  # root only: haproxy reads it as root, then drops
+WEBUI_HAPROXY_CFG = f"{WEBUI_DIR}/haproxy.cfg"
+WEBUI_PEM = f"{WEBUI_DIR}/webui.pem"  # certificate (+ chain) and key, 0600
+WEBUI_CA = f"{WEBUI_DIR}/ca.crt"  # what the registry's certificate is checked against
+WEBUI_PIDFILE = f"/run/{WEBUI_SERVICE}.pid"
+
+# --- Garbage collection timer.
+GC_TIMER_NAME = "registry-kit-gc.timer"
+GC_SERVICE_UNIT = unit("registry-kit-gc.service")
+GC_TIMER_UNIT = unit(GC_TIMER_NAME)
+
+
+@dataclass(frozen=True)
+class ServerLayout:
+    """A server's folders and files under registry_config_dir and registry_data_dir."""
+
+    config_dir: str
+    data_dir: str = ""
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServerLayout:
+        return cls(settings.registry_config_dir, settings.registry_data_dir)
+
+    @property
+    def config(self) -> str:
+        return f"{self.config_dir}/config.yml"
+
+    @property
+    def certs_dir(self) -> str:
+        return f"{self.config_dir}/certs"
+
+    @property
+    def auth_dir(self) -> str:
+        return f"{self.config_dir}/auth"
+
+    @property
+    def cert(self) -> str:
+        return f"{self.certs_dir}/server.crt"
+
+    @property
+    def key(self) -> str:
+        return f"{self.certs_dir}/server.key"
+
+    @property
+    def ca(self) -> str:
+        return f"{self.certs_dir}/ca.crt"
+
+    @property
+    def htpasswd(self) -> str:
+        return f"{self.auth_dir}/htpasswd"
+
+    @property
+    def token_dir(self) -> str:
+        return f"{self.config_dir}/token"
+
+    @property
+    def signing_key(self) -> str:
+        return f"{self.token_dir}/signing.key"
+
+    @property
+    def policy(self) -> str:
+        return f"{self.token_dir}/policy.json"
+
+    @property
+    def signing_cert(self) -> str:
+        # In certs/, which the container sees as CONTAINER_TOKEN_SIGNING_CERT.
+        return f"{self.certs_dir}/token-signing.crt"
+
+
+def _local_ip(settings: Settings) -> str:
+    """Where this server's published ports are reached from the server itself: loopback,
+    or the one address of registry_bind_address."""
+    bind = settings.registry_bind_address
+    return "127.0.0.1" if bind in (None, "0.0.0.0", "::") else str(bind)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The registry's addresses as clients, checks and proxies use them. In URLs and
+    HOST:PORT forms an IPv6 address is bracketed."""
+
+    address: str  # what clients type before the image name: no ":443" on TLS's port
+    authority: str  # DOMAIN:PORT, the port always written
+    url: str  # scheme://DOMAIN:PORT
+    public_url: str  # config.yml's http.host: as url, no ":443" on TLS's port
+    resolve: str  # curl --resolve DOMAIN:PORT:LOCAL, the registry by name over LOCAL
+    local_ip: str  # the server's own address for its published ports, as an IP
+    # Access rules: the token server, on registry_token_port of the same addresses.
+    realm: str  # scheme://DOMAIN:TOKEN_PORT/token
+    realm_resolve: str  # curl --resolve for the realm, over the same LOCAL
+    realm_listen: str  # where the token server listens (ADDRESS:PORT)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Endpoints:
+        domain, tls = settings.registry_domain, settings.tls_enabled
+        scheme = "https" if tls else "http"
+        authority = host_port(domain, settings.registry_port)
+        bare = url_host(domain) if tls and settings.registry_port == 443 else authority
+        local = _local_ip(settings)
+        realm = host_port(domain, settings.registry_token_port)
+        bind = settings.registry_bind_address
+        return cls(
+            address=bare, authority=authority, url=f"{scheme}://{authority}",
+            public_url=f"{scheme}://{bare}", resolve=f"{authority}:{url_host(local)}",
+            local_ip=local, realm=f"{scheme}://{realm}{TOKEN_PATH}",
+            realm_resolve=f"{realm}:{url_host(local)}",
+            realm_listen=host_port("0.0.0.0" if bind is None else str(bind),
+                                   settings.registry_token_port))
+
+    def local(self, port: int) -> str:
+        """LOCAL:PORT where a port of this server is reached from the server itself."""
+        return host_port(self.local_ip, port)

@@ -20,6 +20,7 @@ from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
 from registry_kit.commands import auth_arguments, join
+from registry_kit.model import layout
 from registry_kit.model.settings import Settings, SettingsError, host_port, is_ip
 from registry_kit.render.config import CacheTarget
 
@@ -180,7 +181,7 @@ def cache_target(topology: Topology, password: str) -> CacheTarget | None:
 
 # --- Rolling replacement ---------------------------------------------------------------------
 
-LB_SCRIPT = "/usr/local/lib/registry-kit/haproxy-server.sh"  # installed by loadbalancer.py
+LB_SCRIPT = layout.script(layout.LB_SCRIPT_NAME)  # installed by loadbalancer.py
 
 
 class OutOfRotation(StringCommand):
@@ -202,7 +203,7 @@ class OutOfRotation(StringCommand):
         ok = True
         for name in self.rotation.lb_hosts:
             command = StringCommand(join([LB_SCRIPT, action, self.rotation.backend,
-                                          self.server, timeout]))
+                                          self.server, timeout, layout.HAPROXY_SOCKET]))
             try:
                 status, output = state.inventory.get_host(name).run_shell_command(command,
                                                                                   **auth)

@@ -19,8 +19,11 @@ from registry_kit.model import pull_through
 from registry_kit.model.layout import (
     CONTAINER_CERT,
     CONTAINER_DATA_DIR,
+    CONTAINER_DEBUG_PORT,
     CONTAINER_HTPASSWD,
     CONTAINER_KEY,
+    CONTAINER_PORT,
+    Endpoints,
 )
 from registry_kit.model.settings import Secret, Settings, masked_repr
 from registry_kit.render.token_auth import auth_section as token_auth_section
@@ -112,11 +115,9 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         # registry-gc.sh flips this to true while it collects (gc.py).
         "readonly": {"enabled": read_only},
     }
-    public_url = settings.registry_url.removesuffix(":443") if settings.tls_enabled else \
-        settings.registry_url
     http: dict[str, Any] = {
-        "addr": ":5000",
-        "host": public_url,
+        "addr": f":{CONTAINER_PORT}",
+        "host": Endpoints.of(settings).public_url,
         "secret": http_secret,
         "headers": {"X-Content-Type-Options": ["nosniff"]},
     }
@@ -129,7 +130,7 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
                        "minimumtls": "tls1.2"}
     if settings.registry_debug_addr is not None:
         # Published on the server's loopback only (see the container's port mapping).
-        http["debug"] = {"addr": ":5001",
+        http["debug"] = {"addr": f":{CONTAINER_DEBUG_PORT}",
                          "prometheus": {"enabled": True, "path": "/metrics"}}
     config: dict[str, Any] = {
         "version": 0.1,

@@ -1,4 +1,4 @@
-"""Merging the kit's keys into /etc/docker/daemon.json, keeping every key it does not own.
+"""Merging the kit's keys into Docker's daemon.json, keeping every key it does not own.
 
 Owned by the kit: "registry-mirrors" and "live-restore" when their settings are given,
 and its own entry in "insecure-registries" (other entries stay). All three are keys that
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+
+from registry_kit.model.layout import DAEMON_JSON
 
 RELOADABLE_KEYS = frozenset({"registry-mirrors", "insecure-registries", "live-restore"})
 
@@ -24,9 +26,9 @@ def parse(text: str | None) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DaemonJsonError(f"/etc/docker/daemon.json is not valid JSON ({error})") from None
+        raise DaemonJsonError(f"{DAEMON_JSON} is not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise DaemonJsonError("/etc/docker/daemon.json is not a JSON object")
+        raise DaemonJsonError(f"{DAEMON_JSON} is not a JSON object")
     return data
 
 

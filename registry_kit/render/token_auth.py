@@ -18,46 +18,24 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from registry_kit.model import access
-from registry_kit.model.layout import CONTAINER_TOKEN_SIGNING_CERT
-from registry_kit.model.settings import Settings, host_port, url_host
+from registry_kit.model import access, layout
+from registry_kit.model.layout import (
+    CONTAINER_TOKEN_SIGNING_CERT,
+    TOKEN_RUNTIME_DIR,
+    Endpoints,
+    ServerLayout,
+)
+from registry_kit.model.settings import Settings
 
 ISSUER = "registry-kit token server"
-SERVICE_NAME = "registry-kit-token.service"
-UNIT_PATH = f"/etc/systemd/system/{SERVICE_NAME}"
-SCRIPT_NAME = "registry-token-server.py"
-SCRIPT_PATH = f"/usr/local/lib/registry-kit/{SCRIPT_NAME}"  # roles.server.SCRIPTS_DIR
 TOKEN_DIR_FILES = ("signing.key", "policy.json")
 CERT_FILES = ("token-signing.crt",)
-
-
-@dataclass(frozen=True)
-class TokenPaths:
-    config_dir: str
-
-    @property
-    def token_dir(self) -> str:
-        return f"{self.config_dir}/token"
-
-    @property
-    def signing_key(self) -> str:
-        return f"{self.token_dir}/signing.key"
-
-    @property
-    def policy(self) -> str:
-        return f"{self.token_dir}/policy.json"
-
-    @property
-    def signing_cert(self) -> str:
-        # In certs/, which the registry container sees as registry_kit.model.layout' certs/.
-        return f"{self.config_dir}/certs/token-signing.crt"
 
 
 def enabled(settings: Settings) -> bool:
@@ -65,13 +43,12 @@ def enabled(settings: Settings) -> bool:
 
 
 def realm(settings: Settings) -> str:
-    scheme = "https" if settings.tls_enabled else "http"
-    return f"{scheme}://{host_port(settings.registry_domain, settings.registry_token_port)}/token"
+    return Endpoints.of(settings).realm
 
 
 def service(settings: Settings) -> str:
     """The token's audience: what clients call the registry (Docker sends it back)."""
-    return settings.registry_address
+    return Endpoints.of(settings).address
 
 
 def auth_section(settings: Settings, major: int) -> dict:
@@ -113,14 +90,6 @@ def policy_text(settings: Settings) -> bytes:
     return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
 
 
-def listen_address(settings: Settings) -> str:
-    bind = settings.registry_bind_address
-    address = "0.0.0.0" if bind is None else url_host(str(bind))
-    return f"{address}:{settings.registry_token_port}"
-
-
-# The server's own copies of its files, made at each start (see unit_text).
-RUNTIME_DIR = "/run/registry-kit-token"
 # Every systemd sandboxing option the server works under (systemd 252, Debian 12): it only
 # reads its copied files and answers on one TCP port. MemoryDenyWriteExecute holds with
 # Debian's python3, bcrypt and cryptography (seen in the lab).
@@ -141,12 +110,10 @@ SANDBOX = (
 
 
 def trusted_proxies(settings: Settings) -> list[str]:
-    """Where the web page's haproxy connects from (webui.local_target): the only peers
-    whose X-Forwarded-For the server believes, for its per-address login limits."""
-    bind = settings.registry_bind_address
-    local = [] if bind in (None, "0.0.0.0", "::") else [str(bind)]
-    return ["127.0.0.1", "::1", *(address for address in local if address not in
-                                  ("127.0.0.1", "::1"))]
+    """Where the web page's haproxy connects from (Endpoints.local): the only peers whose
+    X-Forwarded-For the server believes, for its per-address login limits."""
+    local = Endpoints.of(settings).local_ip
+    return ["127.0.0.1", "::1", *([local] if local not in ("127.0.0.1", "::1") else [])]
 
 
 def unit_text(settings: Settings) -> bytes:
@@ -158,16 +125,14 @@ def unit_text(settings: Settings) -> bytes:
     same, but its ramfs needs shared mount propagation, which systemd does not set up in a
     container host (the credentials came out empty in the lab). The copies are made at
     start, so the deploy restarts the service when htpasswd or the policy change."""
-    paths = TokenPaths(settings.registry_config_dir)
-    certs = f"{settings.registry_config_dir}/certs"
+    paths = ServerLayout.of(settings)
     sources = {"signing.key": paths.signing_key, "token-signing.crt": paths.signing_cert,
-               "htpasswd": f"{settings.registry_config_dir}/auth/htpasswd",
-               "policy.json": paths.policy}
+               "htpasswd": paths.htpasswd, "policy.json": paths.policy}
     if settings.tls_enabled:
-        sources |= {"server.crt": f"{certs}/server.crt", "server.key": f"{certs}/server.key"}
-    copy = {name: f"{RUNTIME_DIR}/{name}" for name in sources}
-    argv = ["/usr/bin/python3", SCRIPT_PATH,
-            "--listen", listen_address(settings),
+        sources |= {"server.crt": paths.cert, "server.key": paths.key}
+    copy = {name: f"{TOKEN_RUNTIME_DIR}/{name}" for name in sources}
+    argv = [layout.PYTHON, layout.TOKEN_SCRIPT,
+            "--listen", Endpoints.of(settings).realm_listen,
             "--signing-key", copy["signing.key"], "--signing-cert", copy["token-signing.crt"],
             "--htpasswd", copy["htpasswd"], "--policy", copy["policy.json"]]
     if settings.tls_enabled:
@@ -175,9 +140,11 @@ def unit_text(settings: Settings) -> bytes:
     for address in trusted_proxies(settings):
         argv += ["--trusted-proxy", address]
     service = [
-        f"RuntimeDirectory={RUNTIME_DIR.removeprefix('/run/')}", "RuntimeDirectoryMode=0700",
-        f"ExecStartPre=+/bin/cp {' '.join(sources.values())} {RUNTIME_DIR}/",
-        f"ExecStartPre=+/bin/chown -R --reference={RUNTIME_DIR} {RUNTIME_DIR}",
+        # RuntimeDirectory= is relative to /run.
+        f"RuntimeDirectory={TOKEN_RUNTIME_DIR.removeprefix('/run/')}",
+        "RuntimeDirectoryMode=0700",
+        f"ExecStartPre=+/bin/cp {' '.join(sources.values())} {TOKEN_RUNTIME_DIR}/",
+        f"ExecStartPre=+/bin/chown -R --reference={TOKEN_RUNTIME_DIR} {TOKEN_RUNTIME_DIR}",
         f"ExecStart={' '.join(argv)}",
         "Restart=always", "RestartSec=2", *SANDBOX,
     ]

@@ -10,20 +10,22 @@ import json
 
 from registry_kit import package_data
 from registry_kit.commands import q
-from registry_kit.model.settings import Settings
-from registry_kit.render import textfile
+from registry_kit.model import layout
+from registry_kit.model.layout import (
+    TOKEN_PATH,
+    WEBUI_CA,
+    WEBUI_DIR,
+    WEBUI_HAPROXY_CFG,
+    WEBUI_PEM,
+    Endpoints,
+)
+from registry_kit.model.settings import Settings, host_port
+from registry_kit.render import haproxy
 from registry_kit.render import token_auth as token_render
 
-SERVICE = "registry-kit-webui"
-UNIT = f"/etc/systemd/system/{SERVICE}.service"
-CONFIG_DIR = "/etc/registry-kit-webui"  # root only: haproxy reads it as root, then drops
-HAPROXY_CFG = f"{CONFIG_DIR}/haproxy.cfg"
-PEM = f"{CONFIG_DIR}/webui.pem"  # certificate (+ chain) and key, 0600
-CA = f"{CONFIG_DIR}/ca.crt"  # what the registry's certificate is checked against
 PAGE_CONFIG = "config.json"
 STATIC = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
 FILE_NAMES = ("haproxy.cfg", "webui.pem", "ca.crt", PAGE_CONFIG, *STATIC)
-TOKEN_PATH = "/token"  # the token server's path, on the page's origin too
 # haproxy serves a file from one buffer: each must fit in tune.bufsize with its headers.
 BUFSIZE = 65536
 MAX_FILE = BUFSIZE - 4096
@@ -46,109 +48,80 @@ def page_config(settings: Settings) -> bytes:
     whether the registry accepts DELETE, and where this origin serves the token server
     (access rules on: the registry's realm names the token port, another origin, which the
     CSP does not allow). Nothing about the registry's contents."""
-    document: dict = {"registry": settings.registry_address,
+    document: dict = {"registry": Endpoints.of(settings).address,
                       "deleteEnabled": settings.registry_delete_enabled}
     if token_render.enabled(settings):
         document["token"] = TOKEN_PATH
     return (json.dumps(document, sort_keys=True) + "\n").encode()
 
 
-def local_target(settings: Settings, port: int) -> str:
-    """address:port where a port of this server is reached from the server itself."""
-    bind = settings.registry_bind_address
-    local = "127.0.0.1" if bind in (None, "0.0.0.0", "::") else str(bind)
-    return f"{local}:{port}"  # haproxy splits at the last colon (IPv6 too)
-
-
-def registry_target(settings: Settings) -> str:
-    """address:port where the registry's port is published on this server."""
-    return local_target(settings, settings.registry_port)
-
-
 def render_haproxy(settings: Settings) -> str:
-    """haproxy.cfg. Values that are not literals here are checked to be one haproxy word
-    (textfile.word): none can add a line, an argument or a comment."""
+    """haproxy.cfg (registry_kit.render.haproxy): the page's files, /v2/ to the registry and
+    /token to the token server, both on this server's local address."""
 
     def checked(value: object, field: str) -> str:
-        return textfile.word(value, file=HAPROXY_CFG, field=field,
-                             forbidden=textfile.HAPROXY_SYNTAX)
+        return haproxy.word(value, file=WEBUI_HAPROXY_CFG, field=field)
 
     domain = checked(settings.registry_domain, "registry_domain")
-    target = checked(registry_target(settings), "registry_bind_address")
+    endpoints = Endpoints.of(settings)
     port = settings.registry_webui_port
     bind = settings.registry_bind_address
     if bind in (None, "0.0.0.0", "::"):
         listen = f":::{port} v4v6"  # every address, IPv4 and IPv6
     else:
-        listen = checked(f"{bind}:{port}", "registry_bind_address")
-    lines = [
-        "# managed by registry-kit (registry_kit/render/webui.py): the registry web page",
-        "global",
-        "    user haproxy",
-        "    group haproxy",
-        "    chroot /var/lib/haproxy",  # files and certificates are read before the chroot
-        f"    tune.bufsize {BUFSIZE}",
-        "    ssl-default-bind-options ssl-min-ver TLSv1.2",
-        "",
-        "defaults",
-        "    mode http",
-        "    timeout connect 5s",
-        "    timeout client 60s",
-        "    timeout server 300s",
-        "    timeout http-request 30s",
-        "",
-        "frontend webui",
-        f"    bind {listen} ssl crt {PEM} alpn h2,http/1.1",
-        # http-after-response: also on the answers haproxy makes itself (the page's files).
-        f'    http-after-response set-header Content-Security-Policy "{CSP}"',
-        "    http-after-response set-header X-Content-Type-Options nosniff",
-        "    http-after-response set-header Referrer-Policy no-referrer",
-        "    http-after-response set-header X-Frame-Options DENY",
-        "    http-after-response set-header Cache-Control no-store",
-        "    acl api path /v2 /v2/",
-        "    acl api path_beg /v2/",
-        "    use_backend registry if api",
-    ]
+        listen = checked(host_port(str(bind), port), "registry_bind_address")
     tokens = token_render.enabled(settings)
-    if tokens:
-        lines.append(f"    use_backend token if {{ path {TOKEN_PATH} }}")
-    for name, path in (("index.html", "/"), ("index.html", "/index.html"),
-                       *((name, f"/{name}") for name in (*STATIC, PAGE_CONFIG)
-                         if name != "index.html")):
-        kind = STATIC.get(name, "application/json")
-        lines.append(f'    http-request return status 200 content-type "{kind}; charset=utf-8" '
-                     f"file {CONFIG_DIR}/{name} if {{ path {path} }} METH_GET")
-    lines += [
-        '    http-request return status 404 content-type "text/plain" string "not found"'
-        " unless api" + (f" || {{ path {TOKEN_PATH} }}" if tokens else ""),
-        "",
+    files = [("index.html", "/"), ("index.html", "/index.html"),
+             *((name, f"/{name}") for name in (*STATIC, PAGE_CONFIG) if name != "index.html")]
+    frontend = [
+        f"bind {listen} ssl crt {WEBUI_PEM} alpn h2,http/1.1",
+        # http-after-response: also on the answers haproxy makes itself (the page's files).
+        f'http-after-response set-header Content-Security-Policy "{CSP}"',
+        "http-after-response set-header X-Content-Type-Options nosniff",
+        "http-after-response set-header Referrer-Policy no-referrer",
+        "http-after-response set-header X-Frame-Options DENY",
+        "http-after-response set-header Cache-Control no-store",
+        "acl api path /v2 /v2/",
+        "acl api path_beg /v2/",
+        "use_backend registry if api",
+        *([f"use_backend token if {{ path {TOKEN_PATH} }}"] if tokens else []),
+        *(f'http-request return status 200 content-type "{STATIC.get(name, "application/json")}'
+          f'; charset=utf-8" file {WEBUI_DIR}/{name} if {{ path {path} }} METH_GET'
+          for name, path in files),
+        'http-request return status 404 content-type "text/plain" string "not found" unless api'
+        + (f" || {{ path {TOKEN_PATH} }}" if tokens else ""),
     ]
-    backends = [("registry", target)]
+    backends = [("registry", settings.registry_port)]
     if tokens:
-        backends.append(("token", checked(local_target(settings, settings.registry_token_port),
-                                          "registry_bind_address")))
-    for backend, address in backends:
-        lines += [
-            f"backend {backend}",
+        backends.append(("token", settings.registry_token_port))
+    return haproxy.text("managed by registry-kit (registry_kit/render/webui.py): the registry "
+                        "web page", [
+        # Files and certificates are read before the chroot.
+        haproxy.Section("global", ["user haproxy", "group haproxy",
+                                   f"chroot {layout.HAPROXY_CHROOT}", f"tune.bufsize {BUFSIZE}",
+                                   haproxy.TLS_FLOOR]),
+        haproxy.Section("defaults", ["mode http", "timeout connect 5s", "timeout client 60s",
+                                     "timeout server 300s", "timeout http-request 30s"]),
+        haproxy.Section("frontend webui", frontend),
+        *(haproxy.Section(f"backend {backend}", [
             # The browser must not open its own login dialog on a 401 (Basic challenge):
             # the page reads the challenge from this header instead. fhdr: the whole value
             # (hdr splits at commas and would keep only a Bearer challenge's last part).
-            "    http-response set-header X-Registry-Authenticate %[res.fhdr(WWW-Authenticate)]"
+            "http-response set-header X-Registry-Authenticate %[res.fhdr(WWW-Authenticate)]"
             " if { res.hdr(WWW-Authenticate) -m found }",
-            "    http-response del-header WWW-Authenticate",
+            "http-response del-header WWW-Authenticate",
             # The token server limits failed logins per client address and trusts this
             # header from here only: set (a client's own value is dropped), not appended.
-            *(["    http-request set-header X-Forwarded-For %[src]"] if backend == "token"
+            *(["http-request set-header X-Forwarded-For %[src]"] if backend == "token"
               else []),
-            f"    server {backend} {address} ssl verify required ca-file {CA}"
-            f" verifyhost {domain} sni str({domain})",
-            "",
-        ]
-    return "\n".join(lines)
+            f"server {backend} {checked(endpoints.local(target), 'registry_bind_address')}"
+            f" ssl verify required ca-file {WEBUI_CA} verifyhost {domain} sni str({domain})",
+        ]) for backend, target in backends),
+    ])
 
 
 def render_unit() -> str:
-    config = q(HAPROXY_CFG)
+    config = q(WEBUI_HAPROXY_CFG)
     return "\n".join([
         "# managed by registry-kit (registry_kit/render/webui.py)",
         "[Unit]",
@@ -158,7 +131,7 @@ def render_unit() -> str:
         "",
         "[Service]",
         f"ExecStartPre=/usr/sbin/haproxy -c -q -f {config}",
-        f"ExecStart=/usr/sbin/haproxy -Ws -f {config} -p /run/{SERVICE}.pid",
+        f"ExecStart=/usr/sbin/haproxy -Ws -f {config} -p {layout.WEBUI_PIDFILE}",
         f"ExecReload=/usr/sbin/haproxy -c -q -f {config}",
         "ExecReload=/bin/kill -USR2 $MAINPID",
         "Type=notify",

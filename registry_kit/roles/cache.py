@@ -16,13 +16,13 @@ from pyinfra import host
 from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model.layout import REDIS_CONF, REDIS_RUNTIME
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.operations import files, packages
 from registry_kit.operations.removal import purge_packages, remove_files, stop_services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 
-CONFIG = "/etc/redis/redis.conf"
 _environment = package_data.ENVIRONMENT
 
 
@@ -37,9 +37,8 @@ class RedisFamily:
 
 
 FAMILIES = {
-    "debian": RedisFamily("redis-server", "redis-server", "/run/redis/redis-server.pid",
-                          "/var/log/redis/redis-server.log"),
-    "rhel": RedisFamily("redis", "redis", "/run/redis/redis.pid", "/var/log/redis/redis.log"),
+    "debian": RedisFamily("redis-server", "redis-server", *REDIS_RUNTIME["debian"]),
+    "rhel": RedisFamily("redis", "redis", *REDIS_RUNTIME["rhel"]),
 }
 COMMANDS = ("redis-server", "redis-cli")
 
@@ -49,7 +48,7 @@ def family(state: HostState) -> RedisFamily:
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [CONFIG], "commands": list(COMMANDS),
+    return {"files": [REDIS_CONF], "commands": list(COMMANDS),
             "services": sorted({f.service for f in FAMILIES.values()})}
 
 
@@ -59,7 +58,7 @@ def render(settings: Settings, password: str, redis: RedisFamily) -> str:
     is, unquoted: verify_command reads it back with sed."""
 
     def checked(value: object, field: str, secret: bool = False) -> str:
-        return textfile.word(value, file=CONFIG, field=field,
+        return textfile.word(value, file=REDIS_CONF, field=field,
                              forbidden=textfile.REDIS_SYNTAX, secret=secret)
 
     address = checked(settings.registry_internal_address, "registry_internal_address")
@@ -92,7 +91,7 @@ def verify_command(settings: Settings) -> str:
     address, port = settings.registry_internal_address, settings.registry_cache_port
     where = host_port(address, port)
     cli = f"redis-cli --no-auth-warning -h {q(address)} -p {q(port)}"
-    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(CONFIG)})\""
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(REDIS_CONF)})\""
     return (
         f"i=0; while [ $i -lt 30 ]; do a=$({auth} {cli} ping 2>&1); [ \"$a\" = PONG ] && "
         "break; i=$((i+1)); sleep 1; done; "
@@ -117,7 +116,8 @@ def cache_deploy(settings: Settings, state: HostState, password: str) -> None:
     packages.install_packages((redis.package,), COMMANDS, state,
                               name=f"Install {redis.package} from the distro")
     config_op = files.managed_file(
-        CONFIG, render(settings, password, redis).encode(), "0640", state.files.get(CONFIG),
+        REDIS_CONF, render(settings, password, redis).encode(), "0640",
+        state.files.get(REDIS_CONF),
         group="redis", name="Upload redis.conf (password, bind, allkeys-lru)")
     restart_op = restart_redis(redis, name=f"Restart {redis.service} (config changed)",
                                _if=config_op.did_change)
@@ -143,7 +143,7 @@ def cache_remove(settings: Settings, state: HostState) -> None:
     storage). The packages go only with registry_packages_remove_on_teardown=True."""
     redis = family(state)
     stop_services([redis.service], state, name=f"Stop and disable {redis.service}")
-    remove_files([CONFIG], state, name="Remove the kit's redis.conf")
+    remove_files([REDIS_CONF], state, name="Remove the kit's redis.conf")
     names = PURGE_PACKAGES.get(state.os.family, PURGE_PACKAGES["debian"])
     purge_packages(names, COMMANDS, settings, state,
                    name=f"Remove {', '.join(names)} (registry_packages_remove_on_teardown)")
@@ -153,7 +153,7 @@ def cache_remove(settings: Settings, state: HostState) -> None:
 
 def status_command(settings: Settings) -> str:
     # The password read from redis.conf into REDISCLI_AUTH on the host, never in argv.
-    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(CONFIG)} 2>/dev/null)\""
+    auth = f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {q(REDIS_CONF)} 2>/dev/null)\""
     cli = f"{auth} redis-cli --no-auth-warning -h 127.0.0.1 -p {q(settings.registry_cache_port)}"
     return "; ".join([
         # Debian's unit, then the RHEL family's.

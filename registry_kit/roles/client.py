@@ -1,8 +1,9 @@
 """Client hosts (registry_clients) trust the registry and can log in to it.
 
-TLS modes: the CA at /etc/docker/certs.d/ADDRESS/ca.crt, ADDRESS exactly as clients type
-it (no ":443"); no Docker restart is needed. Optionally the OS trust store as well
-(registry_client_system_trust), which needs one Docker restart when the CA changed.
+TLS modes: the CA in Docker's trust folder for the registry's address (layout.CERTS_D),
+the address exactly as clients type it (no ":443"); no Docker restart is needed.
+Optionally the OS trust store as well (registry_client_system_trust), which needs one
+Docker restart when the CA changed.
 Mode none: ADDRESS in daemon.json insecure-registries (engine.configure_daemon, reload).
 """
 
@@ -21,9 +22,10 @@ from registry_kit.facts import (
     first_line,
     section_command,
 )
-from registry_kit.model import keystore
+from registry_kit.model import keystore, layout
 from registry_kit.model.inventory import merge_probe
-from registry_kit.model.settings import Settings, SettingsError, host_port
+from registry_kit.model.layout import CERTS_D, CLIENT_STATE_DIR, RUNTIME_DIR, Endpoints
+from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations import files
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept
@@ -31,37 +33,32 @@ from registry_kit.operations.typed import operation
 from registry_kit.render import htpasswd, textfile
 from registry_kit.roles import trust
 
-CERTS_D = "/etc/docker/certs.d"
-CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
-RUNTIME_DIR = "/run/registry-kit"
-SYSTEM_CA_DIRS = {"debian": "/usr/local/share/ca-certificates",
-                  "rhel": "/etc/pki/ca-trust/source/anchors"}
 SYSTEM_CA_UPDATE = {"debian": "update-ca-certificates", "rhel": "update-ca-trust"}
 
 
 def trust_dir(settings: Settings) -> str:
-    return f"{CERTS_D}/{settings.registry_address}"
+    return f"{CERTS_D}/{Endpoints.of(settings).address}"
 
 
 def login_marker_path(settings: Settings) -> str:
-    return f"{CLIENT_STATE_DIR}/login-{settings.registry_address.replace(':', '_')}"
+    return f"{CLIENT_STATE_DIR}/login-{Endpoints.of(settings).address.replace(':', '_')}"
 
 
 def system_ca_path(settings: Settings, family: str) -> str:
-    return f"{SYSTEM_CA_DIRS.get(family, SYSTEM_CA_DIRS['debian'])}/" \
+    return f"{layout.SYSTEM_CA_DIRS.get(family, layout.SYSTEM_CA_DIRS['debian'])}/" \
            f"registry-kit-{settings.registry_domain}.crt"
 
 
 def probe_args(settings: Settings) -> dict:
     files = [f"{trust_dir(settings)}/ca.crt"]
-    files += [system_ca_path(settings, family) for family in SYSTEM_CA_DIRS]
+    files += [system_ca_path(settings, family) for family in layout.SYSTEM_CA_DIRS]
     return {"files": files, "dirs": [CERTS_D, trust_dir(settings), CLIENT_STATE_DIR],
             "login_marker": login_marker_path(settings)}
 
 
 def insecure_entries(settings: Settings) -> tuple[list[str], list[str]]:
     """(add, remove) for daemon.json insecure-registries: no scheme, Docker ignores it."""
-    address = host_port(settings.registry_domain, settings.registry_port)
+    address = Endpoints.of(settings).authority  # with the port, even 443
     return ([address], []) if not settings.tls_enabled else ([], [address])
 
 
@@ -102,9 +99,10 @@ def docker_login(settings: Settings, state: HostState):
     assert user is not None and user.password is not None, "validated in settings"
     password = user.password.reveal()
     name, _, hashed = state.login_marker.strip().partition(":")
-    logged_in = settings.registry_address in state.docker_auths
+    address = Endpoints.of(settings).address
+    logged_in = address in state.docker_auths
     if logged_in and name == user.name and htpasswd.verifies(password, hashed):
-        host.noop(f"logged in to {settings.registry_address} as {user.name}")
+        host.noop(f"logged in to {address} as {user.name}")
         return
     secret_file = f"{RUNTIME_DIR}/login.pw"
     marker = login_marker_path(settings)
@@ -112,7 +110,7 @@ def docker_login(settings: Settings, state: HostState):
            f"install -m 0600 /dev/null {q(secret_file)}")
     yield files.upload(BytesIO(password.encode()), secret_file)
     yield (f"docker login --username {q(user.name)} --password-stdin "
-           f"{q(settings.registry_address)} < {q(secret_file)} >/dev/null; "
+           f"{q(address)} < {q(secret_file)} >/dev/null; "
            f"status=$?; rm -f {q(secret_file)}; exit $status")
     staging = f"{marker}.registry-kit-new"
     yield f"install -m 0600 /dev/null {q(staging)}"
@@ -214,7 +212,7 @@ def remove_system_trust(paths: list[str], state: HostState):
 def client_remove(settings: Settings, state: HostState, also_server: bool = False) -> None:
     docker_logout(settings, state, name=f"docker logout from {settings.registry_address}")
     remove_system_trust(
-        [system_ca_path(settings, family) for family in SYSTEM_CA_DIRS], state,
+        [system_ca_path(settings, family) for family in layout.SYSTEM_CA_DIRS], state,
         name="Remove the registry CA from the OS trust store")
     # Docker's trust folder for this address: the kit's ca.crt goes; the folder too unless
     # it holds files of others (client certificates, put there by hand).

@@ -17,13 +17,12 @@ from registry_kit.commands import (
 )
 from registry_kit.facts import EngineVersion, HostState
 from registry_kit.model.inventory import fail_host as _fail_with
+from registry_kit.model.layout import DAEMON_JSON
 from registry_kit.model.settings import Settings
 from registry_kit.model.versions import meets_minimum
 from registry_kit.operations import files
 from registry_kit.operations.typed import operation
 from registry_kit.render import daemon_json
-
-DAEMON_JSON = "/etc/docker/daemon.json"
 
 
 def refusal(host_name: str, found: str, needed: str) -> str:

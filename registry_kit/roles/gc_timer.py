@@ -14,6 +14,7 @@ from pyinfra import host
 from registry_kit import sharedgc
 from registry_kit.commands import q
 from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files
 from registry_kit.operations.typed import operation
@@ -21,22 +22,23 @@ from registry_kit.render import textfile
 from registry_kit.roles import server
 
 SCRIPT = "registry-gc.sh"
-TIMER_NAME = "registry-kit-gc.timer"
-SERVICE = "/etc/systemd/system/registry-kit-gc.service"
-TIMER = f"/etc/systemd/system/{TIMER_NAME}"
+TIMER_NAME = layout.GC_TIMER_NAME
+SERVICE = layout.GC_SERVICE_UNIT
+TIMER = layout.GC_TIMER_UNIT
 
 
 def probe_args(settings: Settings) -> dict[str, Any]:
-    return {"files": [SERVICE, TIMER, server.script_path(SCRIPT)]}
+    return {"files": [SERVICE, TIMER, layout.script(SCRIPT)]}
 
 
 def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     url, resolve, ca = server.health_target(settings)
     data = settings.registry_data_dir if settings.registry_storage.driver == "filesystem" \
         else "-"
-    args = [server.script_path(SCRIPT), settings.registry_container_name,
+    args = [layout.script(SCRIPT), settings.registry_container_name,
             settings.registry_config_dir, data, url, resolve, ca,
-            str(settings.registry_verify_timeout)]
+            str(settings.registry_verify_timeout), layout.CONTAINER_CONFIG_FILE,
+            layout.RUNTIME_DIR]
     if dry_run:
         args.append("--dry-run")
     if settings.registry_gc_delete_untagged:

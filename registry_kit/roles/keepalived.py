@@ -27,27 +27,26 @@ from pyinfra.api import FactBase
 from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState
-from registry_kit.model import keystore
+from registry_kit.model import keystore, layout
+from registry_kit.model.layout import KEEPALIVED_CONF
 from registry_kit.model.settings import Settings, SettingsError, is_ip
 from registry_kit.model.topology import Topology
 from registry_kit.operations import files, packages
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
-from registry_kit.roles import server
 
-CONFIG = "/etc/keepalived/keepalived.conf"
 SERVICE = "keepalived"
 PACKAGES = ("keepalived",)
 COMMANDS = ("keepalived",)
 CHECK_SCRIPT = "haproxy-alive.sh"
-CHECK = f"{server.SCRIPTS_DIR}/{CHECK_SCRIPT}"
+CHECK = layout.script(CHECK_SCRIPT)
 TOP_PRIORITY, PRIORITY_STEP, MAX_LBS = 200, 10, 20
 PREEMPT_DELAY = 5  # seconds a returning LB waits (healthy) before it takes the address back
 
 
 def probe_args(settings: Settings) -> dict:
     # Probed with or without a VIP: a VIP removed from the settings removes keepalived's config.
-    return {"files": [CONFIG, CHECK], "commands": list(COMMANDS), "services": [SERVICE]}
+    return {"files": [KEEPALIVED_CONF, CHECK], "commands": list(COMMANDS), "services": [SERVICE]}
 
 
 def _fail(settings: Settings, key: str, value: object, allowed: str) -> SettingsError:
@@ -146,7 +145,7 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
     keepalived word (textfile.word): no value can add a line, a block or a comment."""
 
     def checked(value: object, field: str, secret: bool = False) -> str:
-        return textfile.word(value, file=CONFIG, field=field,
+        return textfile.word(value, file=KEEPALIVED_CONF, field=field,
                              forbidden=textfile.KEEPALIVED_SYNTAX, secret=secret)
 
     peers: list[str] = []
@@ -154,7 +153,8 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
         peers = [checked(lb.registry_internal_address, f"{lb.host}: registry_internal_address")
                  for lb in topology.lbs if lb.host != settings.host]
     return package_data.ENVIRONMENT.get_template("keepalived.conf.j2").render(
-        source="templates/keepalived.conf.j2", check=CHECK, preempt_delay=PREEMPT_DELAY,
+        source="templates/keepalived.conf.j2", check=f"{CHECK} {layout.HAPROXY_SOCKET}",
+        preempt_delay=PREEMPT_DELAY,
         vip=checked(settings.registry_lb_vip, "registry_lb_vip"),
         router_name=checked(settings.host.replace(" ", "_"), "host name"),
         interface=checked(interface_name, "registry_lb_vip_interface"),
@@ -169,20 +169,20 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
 def keepalived_config(content: bytes, state: HostState):
     """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
     reload. The file travels over SFTP, never in a command or in output."""
-    current = state.files.get(CONFIG)
+    current = state.files.get(KEEPALIVED_CONF)
     if current is not None and current.sha256 == files.sha256_of(content) and \
             (current.mode, current.owner, current.group) == ("600", "root", "root"):
-        host.noop(f"{CONFIG} is up to date")
+        host.noop(f"{KEEPALIVED_CONF} is up to date")
         return
-    staging = f"{CONFIG}.registry-kit-new"
+    staging = f"{KEEPALIVED_CONF}.registry-kit-new"
     yield "install -d -m 0755 -o root -g root /etc/keepalived"
     yield f"install -m 0600 -o root -g root /dev/null {staging}"
     yield files.upload(BytesIO(content), staging)
     # Its output may quote lines of the file (the password): never shown.
     yield (f"keepalived -t -f {staging} >/dev/null 2>&1 || {{ rm -f {staging}; echo "
-           f"'registry-kit: keepalived rejected the new configuration; {CONFIG} was not "
+           f"'registry-kit: keepalived rejected the new configuration; {KEEPALIVED_CONF} was not "
            "changed' >&2; exit 1; }")
-    yield f"mv -f {staging} {CONFIG}"
+    yield f"mv -f {staging} {KEEPALIVED_CONF}"
     yield f"systemctl reload-or-restart {SERVICE}"
 
 
@@ -200,7 +200,7 @@ def remove_keepalived(state: HostState):
     """No registry_lb_vip (any more): stop keepalived (the address goes) and remove the
     kit's config and check script; the package stays."""
     active, enabled = state.services.get(SERVICE, (False, False))
-    present = [path for path in (CONFIG, CHECK) if path in state.files]
+    present = [path for path in (KEEPALIVED_CONF, CHECK) if path in state.files]
     if not present:  # keepalived without the kit's config is not the kit's to stop
         host.noop("no floating address (registry_lb_vip=None)")
         return
@@ -217,7 +217,7 @@ def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) 
     config = render(settings, topology, interface(settings), password(settings)).encode()
     packages.install_packages(PACKAGES, COMMANDS, state,
                               name="Install keepalived from the distro")
-    files.managed_file(CHECK, server.script_content(CHECK_SCRIPT), "0755",
+    files.managed_file(CHECK, package_data.script(CHECK_SCRIPT), "0755",
                        state.files.get(CHECK), name=f"Install {CHECK}")
     keepalived_config(config, state,
                       name="Check and apply keepalived.conf (keepalived -t, then reload)")

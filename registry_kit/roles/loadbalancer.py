@@ -18,44 +18,38 @@ from io import BytesIO
 
 from pyinfra import host
 
-from registry_kit import package_data
 from registry_kit.commands import q
 from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model import layout
 from registry_kit.model.inventory import merge_probe
+from registry_kit.model.layout import HAPROXY_CFG, LB_CA, LB_CERT_DIR, LB_PEM
 from registry_kit.model.settings import Settings, host_port
-from registry_kit.model.topology import BACKEND, LB_SCRIPT, Topology
+from registry_kit.model.topology import BACKEND, Topology
 from registry_kit.operations import files, packages
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept, purge_packages, remove_files, stop_services
 from registry_kit.operations.typed import operation
-from registry_kit.render import textfile
+from registry_kit.render import haproxy
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.roles import keepalived, server
 
-CONFIG = "/etc/haproxy/haproxy.cfg"
-CERT_DIR = "/etc/haproxy/registry-kit"
-PEM = f"{CERT_DIR}/registry.pem"  # terminate: certificate (+ chain) and key, root only
-CA = f"{CERT_DIR}/ca.crt"  # terminate: what the replicas' certificates are checked against
-SOCKET = "/run/haproxy/admin.sock"
 SERVICE = "haproxy"
 PACKAGES = ("haproxy", "socat")  # socat talks to the admin socket
 COMMANDS = ("haproxy", "socat")
-SCRIPT = "haproxy-server.sh"
-_environment = package_data.ENVIRONMENT
+SCRIPT = layout.LB_SCRIPT_NAME
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [CONFIG, PEM, CA, LB_SCRIPT], "dirs": [CERT_DIR, server.SCRIPTS_DIR],
+    return {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT)],
+            "dirs": [LB_CERT_DIR, layout.SCRIPTS_DIR],
             "commands": list(COMMANDS), "services": [SERVICE]}
 
 
 def render(settings: Settings, topology: Topology) -> str:
-    """haproxy.cfg. Every value that is not a literal here is checked to be one haproxy
-    word (textfile.word): no value can add a line, an argument or a comment."""
+    """haproxy.cfg (registry_kit.render.haproxy), every value checked to be one word."""
 
     def checked(value: object, field: str) -> str:
-        return textfile.word(value, file=CONFIG, field=field,
-                             forbidden=textfile.HAPROXY_SYNTAX)
+        return haproxy.word(value, file=HAPROXY_CFG, field=field)
 
     domain = checked(settings.registry_domain, "registry_domain")
     for replica in topology.replicas:
@@ -65,38 +59,41 @@ def render(settings: Settings, topology: Topology) -> str:
     terminate = settings.registry_lb_mode == "terminate"
     if terminate:
         # Re-encrypted to the replicas, checked against the CA and the domain.
-        server_opts = f" ssl verify required ca-file {CA} verifyhost {domain}"
+        server_opts = f" ssl verify required ca-file {LB_CA} verifyhost {domain}"
     elif settings.tls_enabled:
         server_opts = " check-ssl verify none"  # only the health check speaks TLS itself
     else:
         server_opts = ""
     # Access rules: clients fetch tokens through the load balancer too (the realm's host).
     token_port = settings.registry_token_port if settings.registry_access is not None else None
-    token_servers = [(replica.server_name, host_port(replica.address, token_port))
+    realm_servers = [(replica.server_name, host_port(replica.address, token_port))
                      for replica in topology.replicas] if token_port else []
-    return _environment.get_template("haproxy.cfg.j2").render(
-        token_port=token_port, token_servers=token_servers,
-        source="templates/haproxy.cfg.j2", socket=SOCKET, terminate=terminate,
-        port=checked(settings.registry_port, "registry_port"), pem=PEM, domain=domain,
-        backend=BACKEND, replicas=topology.replicas, default_server=server_opts,
+    return haproxy.load_balancer(haproxy.LoadBalancer(
+        port=checked(settings.registry_port, "registry_port"), domain=domain, backend=BACKEND,
+        replicas=[(replica.server_name, replica.endpoint) for replica in topology.replicas],
+        terminate=terminate, server_options=server_opts, token_port=token_port,
+        realm_servers=realm_servers,
         stats=None if settings.registry_lb_stats is None else
-        checked(settings.registry_lb_stats, "registry_lb_stats"))
+        checked(settings.registry_lb_stats, "registry_lb_stats")),
+        header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
+               "next deploy.")
 
 
 @operation()
 def haproxy_config(content: bytes, state: HostState):
     """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload."""
-    current = state.files.get(CONFIG)
+    current = state.files.get(HAPROXY_CFG)
     if current is not None and current.sha256 == files.sha256_of(content) and \
             current.mode == "644":
-        host.noop(f"{CONFIG} is up to date")
+        host.noop(f"{HAPROXY_CFG} is up to date")
         return
-    staging = f"{CONFIG}.registry-kit-new"
+    staging = f"{HAPROXY_CFG}.registry-kit-new"
     yield f"install -m 0644 -o root -g root /dev/null {staging}"
     yield files.upload(BytesIO(content), staging)
     yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
-           f"haproxy rejected the new configuration; {CONFIG} was not changed' >&2; exit 1; }}")
-    yield f"mv -f {staging} {CONFIG}"
+           f"haproxy rejected the new configuration; {HAPROXY_CFG} was not changed' >&2; "
+           "exit 1; }")
+    yield f"mv -f {staging} {HAPROXY_CFG}"
     # reload-or-restart: a reload when haproxy runs (connections stay), a start otherwise.
     yield f"systemctl reload-or-restart {SERVICE}"
 
@@ -114,20 +111,17 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
               cert: ServerCertificate | None) -> None:
     packages.install_packages(PACKAGES, COMMANDS, state,
                               name="Install haproxy and socat from the distro")
-    files.managed_dir(server.SCRIPTS_DIR, "0755", state.dirs.get(server.SCRIPTS_DIR),
-                      name=f"Create {server.SCRIPTS_DIR}")
-    files.managed_file(LB_SCRIPT, server.script_content(SCRIPT), "0755",
-                       state.files.get(LB_SCRIPT), name=f"Install {LB_SCRIPT}")
+    server.install_scripts([SCRIPT], state)
     if settings.registry_lb_mode == "terminate" and cert is not None:
-        files.managed_dir(CERT_DIR, "0700", state.dirs.get(CERT_DIR),
-                          name=f"Create {CERT_DIR}")
-        files.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
-                           "0600", state.files.get(PEM),
+        files.managed_dir(LB_CERT_DIR, "0700", state.dirs.get(LB_CERT_DIR),
+                          name=f"Create {LB_CERT_DIR}")
+        files.managed_file(LB_PEM, server.served_certificate(settings, cert) + cert.key_pem,
+                           "0600", state.files.get(LB_PEM),
                            name="Upload the load balancer's certificate and key")
-        files.managed_file(CA, cert.ca_pem, "0644", state.files.get(CA),
+        files.managed_file(LB_CA, cert.ca_pem, "0644", state.files.get(LB_CA),
                            name="Upload the CA the replicas are checked against")
     else:
-        files.absent_paths([CERT_DIR], list(state.dirs),
+        files.absent_paths([LB_CERT_DIR], list(state.dirs),
                            name="Remove the load balancer's certificate (passthrough)")
     haproxy_config(render(settings, topology).encode(), state,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
@@ -141,7 +135,7 @@ LB_PACKAGES = (*PACKAGES, *keepalived.PACKAGES)
 
 
 def teardown_probe_args(settings: Settings) -> dict:
-    listed = [server.SCRIPTS_DIR, CERT_DIR]
+    listed = [layout.SCRIPTS_DIR, LB_CERT_DIR]
     return merge_probe([probe_args(settings), keepalived.probe_args(settings),
                         {"dirs": listed, "listings": listed}])
 
@@ -154,10 +148,10 @@ def lb_remove(settings: Settings, state: HostState) -> None:
     A registry_lb host is never a registry_servers host (topology.validate)."""
     stop_services([keepalived.SERVICE, SERVICE], state,
                   name="Stop and disable keepalived and haproxy")
-    remove_files([keepalived.CONFIG, CONFIG], state,
+    remove_files([layout.KEEPALIVED_CONF, HAPROXY_CFG], state,
                  name="Remove keepalived.conf and haproxy.cfg")
-    plans = [plan_folder(state, CERT_DIR, ["registry.pem", "ca.crt"], needs_marker=False),
-             plan_folder(state, server.SCRIPTS_DIR, LB_SCRIPTS, needs_marker=False)]
+    plans = [plan_folder(state, LB_CERT_DIR, ["registry.pem", "ca.crt"], needs_marker=False),
+             plan_folder(state, layout.SCRIPTS_DIR, LB_SCRIPTS, needs_marker=False)]
     log_kept(plans)
     remove_folders(plans, name="Remove the LB's certificate folder and scripts")
     purge_packages(LB_PACKAGES, (*COMMANDS, *keepalived.COMMANDS), settings,
@@ -174,7 +168,7 @@ def status_command(settings: Settings) -> str:
              # Columns 1, 2 and 18 of haproxy's CSV (its admin socket's `show stat`): proxy,
              # server, status (UP, DOWN, MAINT, DRAIN...).
              section_command("servers"),
-             f"echo 'show stat' | socat -t 2 stdio {q(SOCKET)} 2>/dev/null | "
+             f"echo 'show stat' | socat -t 2 stdio {q(layout.HAPROXY_SOCKET)} 2>/dev/null | "
              f"awk -F, -v b={q(BACKEND)} '$1 == b && $2 != \"BACKEND\" && $2 != \"FRONTEND\" "
              "{print $2, $18}' || true"]
     if settings.registry_lb_vip:  # whether this LB holds the floating address now

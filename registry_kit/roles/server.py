@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import dataclass
+from collections.abc import Sequence
 from io import BytesIO
 from typing import Any
 
@@ -19,9 +19,11 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.model import layout
 from registry_kit.model.inventory import merge_probe, run_cache
+from registry_kit.model.layout import Endpoints, ServerLayout
 from registry_kit.model.registry_version import binary_version
-from registry_kit.model.settings import Settings, User, host_port, url_host
+from registry_kit.model.settings import Settings, User
 from registry_kit.model.topology import CacheTarget, OutOfRotation, Rotation, server_name
 from registry_kit.operations import files, ownership
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder, remove_folders
@@ -33,60 +35,29 @@ from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.roles import client, token_server
 
-SCRIPTS_DIR = "/usr/local/lib/registry-kit"
-RUNTIME_DIR = "/run/registry-kit"  # tmpfs: credentials for a check live here for seconds
 # A replica behind a load balancer finishes open requests this long after SIGTERM; less
 # than the 10 s `docker stop` waits before it kills.
 REPLICA_DRAIN_SECONDS = 5
 
 
-@dataclass(frozen=True)
-class ServerPaths:
-    config_dir: str
-
-    @property
-    def config(self) -> str:
-        return f"{self.config_dir}/config.yml"
-
-    @property
-    def certs_dir(self) -> str:
-        return f"{self.config_dir}/certs"
-
-    @property
-    def auth_dir(self) -> str:
-        return f"{self.config_dir}/auth"
-
-    @property
-    def cert(self) -> str:
-        return f"{self.certs_dir}/server.crt"
-
-    @property
-    def key(self) -> str:
-        return f"{self.certs_dir}/server.key"
-
-    @property
-    def ca(self) -> str:
-        return f"{self.certs_dir}/ca.crt"
-
-    @property
-    def htpasswd(self) -> str:
-        return f"{self.auth_dir}/htpasswd"
+# lib.sh: what the others share, sourced from their own folder.
+SCRIPT_NAMES = ("lib.sh", "replace-container.sh", "verify-auth.sh", "registry-gc.sh",
+                "verify-token.sh")
 
 
-def script_path(name: str) -> str:
-    return f"{SCRIPTS_DIR}/{name}"
-
-
-def script_content(name: str) -> bytes:
-    return package_data.script(name)
-
-
-SCRIPT_NAMES = ("replace-container.sh", "verify-auth.sh", "registry-gc.sh", "verify-token.sh")
+def install_scripts(names: Sequence[str], state: HostState) -> None:
+    """scripts/NAME for each name into the kit's scripts folder (root's, 0755)."""
+    files.managed_dir(layout.SCRIPTS_DIR, "0755", state.dirs.get(layout.SCRIPTS_DIR),
+                      name=f"Create {layout.SCRIPTS_DIR}")
+    for name in names:
+        path = layout.script(name)
+        files.managed_file(path, package_data.script(name), "0755", state.files.get(path),
+                           name=f"Install {path}")
 
 
 def owned_folders(settings: Settings) -> list[tuple[str, str]]:
     """(folder, what it is) for each server folder the kit may create, parents first."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     return [(settings.registry_config_dir, "registry_config_dir"),
             (paths.certs_dir, "registry_config_dir/certs"),
             (paths.auth_dir, "registry_config_dir/auth"),
@@ -95,13 +66,13 @@ def owned_folders(settings: Settings) -> list[tuple[str, str]]:
 
 def probe_args(settings: Settings) -> dict:
     """What the server part asks of the probe (registry_kit.facts)."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     return {
         "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
-                  *(script_path(name) for name in SCRIPT_NAMES),
+                  *(layout.script(name) for name in SCRIPT_NAMES),
                   *(ownership.marker_path(folder) for folder, _ in owned_folders(settings))],
         "dirs": [settings.registry_config_dir, paths.certs_dir, paths.auth_dir,
-                 settings.registry_data_dir, SCRIPTS_DIR],
+                 settings.registry_data_dir, layout.SCRIPTS_DIR],
         "container": settings.registry_container_name,
         "image": settings.registry_image,
         "htpasswd": paths.htpasswd,
@@ -140,15 +111,10 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
 
 def health_target(settings: Settings) -> tuple[str, str, str]:
     """(url, curl --resolve value, CA path) to check the registry from the server itself,
-    by its real name but through the loopback interface."""
-    paths = ServerPaths(settings.registry_config_dir)
-    url = settings.registry_url
-    # Where the port is published: loopback, or the one address of registry_bind_address.
-    bind = settings.registry_bind_address
-    local = "127.0.0.1" if bind in (None, "0.0.0.0", "::") else url_host(str(bind))
-    # curl --resolve HOST:PORT:ADDRESS, HOST as in the URL (IPv6 in brackets).
-    resolve = f"{host_port(settings.registry_domain, settings.registry_port)}:{local}"
-    return url, resolve, paths.ca if settings.tls_enabled else "-"
+    by its real name but through the local address (layout.Endpoints)."""
+    endpoints = Endpoints.of(settings)
+    ca = ServerLayout.of(settings).ca if settings.tls_enabled else "-"
+    return endpoints.url, endpoints.resolve, ca
 
 
 @operation()
@@ -159,7 +125,7 @@ def ensure_image(settings: Settings, state: HostState):
         host.noop(f"image {settings.registry_image} is present")
         return
     if settings.registry_image_archive is not None:
-        staging = "/var/tmp/registry-kit-image.tar"
+        staging = layout.IMAGE_STAGING
         yield files.upload(str(settings.registry_image_archive), staging)
         yield f"docker load -i {q(staging)} && rm -f {q(staging)}"
         missing = (f"registry-kit: {settings.registry_image_archive.name} does not hold "
@@ -215,8 +181,9 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
         f" -> {spec.spec_hash})"
     # Say why, so a recreate is never a surprise in the run's output.
     logger.info(f"{host.print_prefix}{reason} container {spec.name}")
-    replace = _ReplaceCommand(join([script_path("replace-container.sh"), spec.name, url,
-                                    resolve, ca, settings.registry_verify_timeout, "--",
+    replace = _ReplaceCommand(join([layout.script("replace-container.sh"), spec.name, url,
+                                    resolve, ca, settings.registry_verify_timeout,
+                                    layout.replace_lock(spec.name), "--",
                                     *spec.run_args(state.server_version)]))
     # Behind a load balancer: out of rotation while replaced, back in (and UP) before the
     # next server's turn.
@@ -243,28 +210,30 @@ def verify_registry(settings: Settings):
         return
     if user is None or user.password is None:
         # No user with a known password (none, or hashes only): 401/200 without creds.
-        yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout])
+        yield join([layout.script("verify-auth.sh"), url, resolve, ca, timeout])
         return
-    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
-    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
-    yield files.upload(BytesIO(curlrc_text(user).encode()), curlrc)
-    yield join([script_path("verify-auth.sh"), url, resolve, ca, timeout, curlrc])
+    yield from _with_curlrc([layout.script("verify-auth.sh"), url, resolve, ca, timeout], user)
 
 
 def _verify_token(settings: Settings, user: User | None):
     """Access rules: a Bearer challenge, a token from the kit's token server (as a user
     with a password, else anonymously), and 200 with it."""
     url, resolve, ca = health_target(settings)
-    # The token server listens where the registry is published: same address, its port.
-    local = resolve[len(host_port(settings.registry_domain, settings.registry_port)) + 1:]
-    token_resolve = f"{host_port(settings.registry_domain, settings.registry_token_port)}:{local}"
-    args = [script_path("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
-            token_render.realm(settings), token_resolve, token_render.service(settings)]
+    endpoints = Endpoints.of(settings)
+    args = [layout.script("verify-token.sh"), url, resolve, ca, settings.registry_verify_timeout,
+            endpoints.realm, endpoints.realm_resolve, token_render.service(settings)]
     if user is None or user.password is None:
         yield join(args)
         return
-    curlrc = f"{RUNTIME_DIR}/verify.curlrc"
-    yield f"install -d -m 0700 {RUNTIME_DIR} && install -m 0600 /dev/null {curlrc}"
+    yield from _with_curlrc(args, user)
+
+
+def _with_curlrc(args: list[Any], user: User):
+    """The check's command with the user's credentials in a curl config file on tmpfs
+    (0600), never on its command line; the script removes the file."""
+    curlrc = f"{layout.RUNTIME_DIR}/verify.curlrc"
+    yield (f"install -d -m 0700 {q(layout.RUNTIME_DIR)} && "
+           f"install -m 0600 /dev/null {q(curlrc)}")
     yield files.upload(BytesIO(curlrc_text(user).encode()), curlrc)
     yield join([*args, curlrc])
 
@@ -281,16 +250,11 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                   rotation: Rotation | None = None, major: int = 2) -> None:
     """`major`: the registry version the image runs (registry_kit.model.registry_version), which
     config.yml is rendered for."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
     for path, setting in owned_folders(settings):
         ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
-    files.managed_dir(SCRIPTS_DIR, "0755", state.dirs.get(SCRIPTS_DIR),
-                      name=f"Create {SCRIPTS_DIR}")
-    for script in SCRIPT_NAMES:
-        files.managed_file(script_path(script), script_content(script), "0755",
-                           state.files.get(script_path(script)),
-                           name=f"Install {script_path(script)}")
+    install_scripts(SCRIPT_NAMES, state)
     cert_ops = []
     if cert is not None:
         cert_ops.append(files.managed_file(paths.cert, served_certificate(settings, cert),
@@ -338,9 +302,9 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
 # their own modules) ---
 
 def teardown_probe_args(settings: Settings) -> dict:
-    paths = ServerPaths(settings.registry_config_dir)
-    listed = [paths.certs_dir, paths.auth_dir, settings.registry_config_dir, SCRIPTS_DIR,
-              RUNTIME_DIR]
+    paths = ServerLayout.of(settings)
+    listed = [paths.certs_dir, paths.auth_dir, settings.registry_config_dir, layout.SCRIPTS_DIR,
+              layout.RUNTIME_DIR]
     # What else each folder holds (entries) decides whether the folder itself can go.
     return merge_probe([probe_args(settings), token_server.teardown_probe_args(settings),
                         {"dirs": listed, "listings": listed}])
@@ -360,12 +324,12 @@ def remove_container(settings: Settings, state: HostState):
 def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
     """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
     included), then each folder the kit created that holds nothing else."""
-    paths = ServerPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
                                                  *token_render.CERT_FILES])
     auth = plan_folder(state, paths.auth_dir, ["htpasswd"])
     # Access rules: the token server's key and policy (a folder the kit names, no marker).
-    token = plan_folder(state, token_render.TokenPaths(settings.registry_config_dir).token_dir,
+    token = plan_folder(state, paths.token_dir,
                         token_render.TOKEN_DIR_FILES, needs_marker=False)
     gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
             if plan.remove_folder]
@@ -430,9 +394,9 @@ def server_remove(settings: Settings, state: HostState) -> None:
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, SCRIPTS_DIR, [*SCRIPT_NAMES, token_render.SCRIPT_NAME],
+    kit_dirs = [plan_folder(state, layout.SCRIPTS_DIR, [*SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME],
                             needs_marker=False),
-                plan_folder(state, RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False)]
+                plan_folder(state, layout.RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False)]
     log_kept(kit_dirs)
     remove_folders(kit_dirs, name="Remove the kit's scripts")
     remove_data(settings, state, name="Remove the registry data (registry_purge_data)")
@@ -467,7 +431,7 @@ def status_command(settings: Settings) -> str:
         f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {q(resolve)}"
         f"{ca_opt} {q(url + '/v2/')} 2>/dev/null; echo"]
     if settings.tls_enabled:
-        cert = ServerPaths(settings.registry_config_dir).cert
+        cert = ServerLayout.of(settings).cert
         parts += [section_command("cert"), f"cat {q(cert)} 2>/dev/null || true"]
     data_dir = settings.registry_data_dir
     repos = posixpath.join(data_dir, REPOSITORIES)

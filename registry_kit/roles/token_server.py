@@ -15,17 +15,13 @@ from pyinfra import host
 from registry_kit import package_data
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState
-from registry_kit.model import keystore
+from registry_kit.model import keystore, layout
+from registry_kit.model.layout import TOKEN_SCRIPT, TOKEN_SERVICE, TOKEN_UNIT, ServerLayout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files
 from registry_kit.operations.typed import operation
 from registry_kit.render.token_auth import (
-    SCRIPT_NAME,
-    SCRIPT_PATH,
-    SERVICE_NAME,
     TOKEN_DIR_FILES,
-    UNIT_PATH,
-    TokenPaths,
     enabled,
     policy_text,
     unit_text,
@@ -33,7 +29,7 @@ from registry_kit.render.token_auth import (
 
 # Debian's packages; the probe looks for their files (python3 itself comes with them).
 PACKAGES = ("python3", "python3-jwt", "python3-bcrypt", "python3-cryptography")
-MODULE_FILES = tuple(f"/usr/lib/python3/dist-packages/{name}/__init__.py"
+MODULE_FILES = tuple(f"{layout.PYTHON_MODULES_DIR}/{name}/__init__.py"
                      for name in ("jwt", "bcrypt", "cryptography"))
 
 
@@ -41,10 +37,10 @@ def probe_args(settings: Settings) -> dict:
     if not enabled(settings):
         # Rules switched off: a token server left from before is stopped (token_off).
         return teardown_probe_args(settings)
-    paths = TokenPaths(settings.registry_config_dir)
-    return {"files": [paths.signing_key, paths.policy, paths.signing_cert, UNIT_PATH,
-                      SCRIPT_PATH, *MODULE_FILES],
-            "dirs": [paths.token_dir], "services": [SERVICE_NAME]}
+    paths = ServerLayout.of(settings)
+    return {"files": [paths.signing_key, paths.policy, paths.signing_cert, TOKEN_UNIT,
+                      TOKEN_SCRIPT, *MODULE_FILES],
+            "dirs": [paths.token_dir], "services": [TOKEN_SERVICE]}
 
 
 @operation()
@@ -60,22 +56,22 @@ def install_python_packages(state: HostState):
 def token_service(state: HostState, restart: bool):
     """Started and enabled; restarted when its unit, script or any file it copies at start
     (key, certificates, htpasswd, policy) changed."""
-    active, is_enabled = state.services.get(SERVICE_NAME, (False, False))
+    active, is_enabled = state.services.get(TOKEN_SERVICE, (False, False))
     if restart:
-        yield (f"systemctl daemon-reload && systemctl enable {q(SERVICE_NAME)} && "
-               f"systemctl restart {q(SERVICE_NAME)}")
+        yield (f"systemctl daemon-reload && systemctl enable {q(TOKEN_SERVICE)} && "
+               f"systemctl restart {q(TOKEN_SERVICE)}")
         return
     if active and is_enabled:
-        host.noop(f"{SERVICE_NAME} is running")
+        host.noop(f"{TOKEN_SERVICE} is running")
         return
-    yield f"systemctl daemon-reload && systemctl enable --now {q(SERVICE_NAME)}"
+    yield f"systemctl daemon-reload && systemctl enable --now {q(TOKEN_SERVICE)}"
 
 
 def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_op):
     """Files and the service, on a server with access rules. Returns the signing
     certificate's upload (a changed certificate needs a registry restart). `tls_ops` and
     `htpasswd_op`: the uploads of the other files the server copies at start."""
-    paths = TokenPaths(settings.registry_config_dir)
+    paths = ServerLayout.of(settings)
     key_pem, cert_pem = keystore.token_signing_material(settings)
     install_python_packages(state, name="Install the token server's Python packages")
     files.managed_dir(paths.token_dir, "0700", state.dirs.get(paths.token_dir),
@@ -89,15 +85,15 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
     policy_op = files.managed_file(paths.policy, policy_text(settings), "0600",
                                    state.files.get(paths.policy),
                                    name="Upload the access policy")
-    script_op = files.managed_file(SCRIPT_PATH, package_data.script(SCRIPT_NAME), "0755",
-                                   state.files.get(SCRIPT_PATH),
-                                   name=f"Install {SCRIPT_PATH}")
-    unit_op = files.managed_file(UNIT_PATH, unit_text(settings), "0644",
-                                 state.files.get(UNIT_PATH), name=f"Install {UNIT_PATH}")
+    script_op = files.managed_file(TOKEN_SCRIPT, package_data.script(layout.TOKEN_SCRIPT_NAME),
+                                   "0755", state.files.get(TOKEN_SCRIPT),
+                                   name=f"Install {TOKEN_SCRIPT}")
+    unit_op = files.managed_file(TOKEN_UNIT, unit_text(settings), "0644",
+                                 state.files.get(TOKEN_UNIT), name=f"Install {TOKEN_UNIT}")
     changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops]
-    token_service(state, restart=False, name=f"Start {SERVICE_NAME}",
+    token_service(state, restart=False, name=f"Start {TOKEN_SERVICE}",
                   _if=lambda: not any(op.did_change() for op in changed))
-    token_service(state, restart=True, name=f"Restart {SERVICE_NAME} for its changed files",
+    token_service(state, restart=True, name=f"Restart {TOKEN_SERVICE} for its changed files",
                   _if=lambda: any(op.did_change() for op in changed))
     return cert_op
 
@@ -105,26 +101,26 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
 # --- teardown: the reverse of token_deploy (whatever the settings say now) ---
 
 def teardown_probe_args(settings: Settings) -> dict:
-    token_dir = TokenPaths(settings.registry_config_dir).token_dir
-    return {"files": [UNIT_PATH], "dirs": [token_dir], "listings": [token_dir],
-            "services": [SERVICE_NAME]}
+    token_dir = ServerLayout.of(settings).token_dir
+    return {"files": [TOKEN_UNIT], "dirs": [token_dir], "listings": [token_dir],
+            "services": [TOKEN_SERVICE]}
 
 
 @operation()
 def remove_token_service(state: HostState):
-    active, is_enabled = state.services.get(SERVICE_NAME, (False, False))
-    if UNIT_PATH not in state.files and not (active or is_enabled):
-        host.noop(f"no {SERVICE_NAME}")
+    active, is_enabled = state.services.get(TOKEN_SERVICE, (False, False))
+    if TOKEN_UNIT not in state.files and not (active or is_enabled):
+        host.noop(f"no {TOKEN_SERVICE}")
         return
-    yield (f"systemctl disable --now {q(SERVICE_NAME)} >/dev/null 2>&1; rm -f {q(UNIT_PATH)} "
-           "&& systemctl daemon-reload")
+    yield (f"systemctl disable --now {q(TOKEN_SERVICE)} >/dev/null 2>&1; "
+           f"rm -f {q(TOKEN_UNIT)} && systemctl daemon-reload")
 
 
 @operation()
 def remove_token_files(settings: Settings, state: HostState):
     """Rules switched off: the signing key and policy go too (teardown does the same by
     folder plans); the signing certificate is public and goes with teardown."""
-    token_dir = TokenPaths(settings.registry_config_dir).token_dir
+    token_dir = ServerLayout.of(settings).token_dir
     if token_dir not in state.dirs:
         host.noop(f"no {token_dir}")
         return
@@ -134,6 +130,6 @@ def remove_token_files(settings: Settings, state: HostState):
 
 def token_off(settings: Settings, state: HostState) -> None:
     """A server without access rules runs no token server (it may have had one)."""
-    remove_token_service(state, name=f"Stop {SERVICE_NAME} (no access rules)")
+    remove_token_service(state, name=f"Stop {TOKEN_SERVICE} (no access rules)")
     remove_token_files(settings, state, name="Remove the token signing key and policy "
                        "(no access rules)")

@@ -20,19 +20,21 @@ from pyinfra.operations.util import any_changed
 
 from registry_kit.commands import q
 from registry_kit.facts import HostState
+from registry_kit.model.layout import (
+    WEBUI_DIR,
+    WEBUI_HAPROXY_CFG,
+    WEBUI_PEM,
+    WEBUI_SERVICE,
+    WEBUI_UNIT,
+)
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, packages
 from registry_kit.operations.typed import operation
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.render.webui import (
-    CONFIG_DIR,
     FILE_NAMES,
-    HAPROXY_CFG,
     PAGE_CONFIG,
-    PEM,
-    SERVICE,
     STATIC,
-    UNIT,
     page_config,
     render_haproxy,
     render_unit,
@@ -45,33 +47,33 @@ COMMANDS = ("haproxy",)
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [f"{CONFIG_DIR}/{name}" for name in FILE_NAMES] + [UNIT],
-            "dirs": [CONFIG_DIR], "commands": list(COMMANDS), "services": [SERVICE]}
+    return {"files": [f"{WEBUI_DIR}/{name}" for name in FILE_NAMES] + [WEBUI_UNIT],
+            "dirs": [WEBUI_DIR], "commands": list(COMMANDS), "services": [WEBUI_SERVICE]}
 
 
 @operation()
 def restart_webui():
     """Check the config, then restart: haproxy reads the page's files at start only."""
-    yield (f"haproxy -c -q -f {q(HAPROXY_CFG)} && systemctl daemon-reload && "
-           f"systemctl restart {q(SERVICE)}")
+    yield (f"haproxy -c -q -f {q(WEBUI_HAPROXY_CFG)} && systemctl daemon-reload && "
+           f"systemctl restart {q(WEBUI_SERVICE)}")
 
 
 @operation()
 def enable_webui(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
+    active, enabled = state.services.get(WEBUI_SERVICE, (False, False))
     if active and enabled:
-        host.noop(f"{SERVICE} is enabled and running")
+        host.noop(f"{WEBUI_SERVICE} is enabled and running")
         return
-    yield f"systemctl daemon-reload && systemctl enable --now {q(SERVICE)}"
+    yield f"systemctl daemon-reload && systemctl enable --now {q(WEBUI_SERVICE)}"
 
 
 @operation()
 def disable_webui(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if not (active or enabled or UNIT in state.files):
-        host.noop(f"no {SERVICE}")
+    active, enabled = state.services.get(WEBUI_SERVICE, (False, False))
+    if not (active or enabled or WEBUI_UNIT in state.files):
+        host.noop(f"no {WEBUI_SERVICE}")
         return
-    yield f"systemctl disable --now {q(SERVICE)} 2>/dev/null; true"
+    yield f"systemctl disable --now {q(WEBUI_SERVICE)} 2>/dev/null; true"
 
 
 def webui_deploy(settings: Settings, state: HostState, cert: ServerCertificate | None) -> None:
@@ -79,28 +81,29 @@ def webui_deploy(settings: Settings, state: HostState, cert: ServerCertificate |
         webui_remove(state)
         return
     packages.install_packages(PACKAGES, COMMANDS, state, name="Install haproxy (web page)")
-    files.managed_dir(CONFIG_DIR, "0700", state.dirs.get(CONFIG_DIR),
-                      name=f"Create {CONFIG_DIR}")
+    files.managed_dir(WEBUI_DIR, "0700", state.dirs.get(WEBUI_DIR),
+                      name=f"Create {WEBUI_DIR}")
     contents = {name: static_content(name) for name in STATIC}
     contents[PAGE_CONFIG] = page_config(settings)
     contents["haproxy.cfg"] = render_haproxy(settings).encode()
     contents["ca.crt"] = cert.ca_pem
-    ops = [files.managed_file(f"{CONFIG_DIR}/{name}", content, "0644",
-                              state.files.get(f"{CONFIG_DIR}/{name}"),
+    ops = [files.managed_file(f"{WEBUI_DIR}/{name}", content, "0644",
+                              state.files.get(f"{WEBUI_DIR}/{name}"),
                               name=f"Upload the web page's {name}")
            for name, content in contents.items()]
-    ops.append(files.managed_file(PEM, server.served_certificate(settings, cert) + cert.key_pem,
-                                  "0600", state.files.get(PEM),
+    pem = server.served_certificate(settings, cert) + cert.key_pem
+    ops.append(files.managed_file(WEBUI_PEM, pem, "0600", state.files.get(WEBUI_PEM),
                                   name="Upload the web page's certificate and key"))
-    ops.append(files.managed_file(UNIT, render_unit().encode(), "0644", state.files.get(UNIT),
-                                  name=f"Install {SERVICE}.service"))
-    restart_webui(name=f"Check and restart {SERVICE}", _if=any_changed(*ops))
-    enable_webui(state, name=f"Enable and start {SERVICE}")
+    ops.append(files.managed_file(WEBUI_UNIT, render_unit().encode(), "0644",
+                                  state.files.get(WEBUI_UNIT),
+                                  name=f"Install {WEBUI_SERVICE}.service"))
+    restart_webui(name=f"Check and restart {WEBUI_SERVICE}", _if=any_changed(*ops))
+    enable_webui(state, name=f"Enable and start {WEBUI_SERVICE}")
 
 
 def webui_remove(state: HostState) -> None:
     """The reverse of webui_deploy (teardown, or registry_webui_enabled=False). haproxy
     stays installed: other software (or the kit's load balancer) may use it."""
-    disable_webui(state, name=f"Stop and disable {SERVICE}")
-    files.absent_paths([UNIT, CONFIG_DIR], [*state.files, *state.dirs],
+    disable_webui(state, name=f"Stop and disable {WEBUI_SERVICE}")
+    files.absent_paths([WEBUI_UNIT, WEBUI_DIR], [*state.files, *state.dirs],
                        name="Remove the web page's files")

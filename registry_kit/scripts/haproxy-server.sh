@@ -1,13 +1,12 @@
 #!/bin/sh
 # Managed by registry-kit: take a replica out of haproxy's rotation before it is replaced,
 # and put it back afterwards, through haproxy's admin socket.
-# Usage: haproxy-server.sh drain|ready BACKEND SERVER TIMEOUT
+# Usage: haproxy-server.sh drain|ready BACKEND SERVER TIMEOUT SOCKET
 #   drain: no new connections, wait (up to TIMEOUT s) for its connections to end, then
 #          maintenance. ready: back in rotation, wait (up to TIMEOUT s) until its health
-#          check says UP; exit 1 if it does not.
+#          check says UP; exit 1 if it does not. SOCKET: haproxy's admin socket.
 set -u
-action=$1 backend=$2 server=$3 timeout=$4
-sock=/run/haproxy/admin.sock
+action=$1 backend=$2 server=$3 timeout=$4 sock=$5
 
 cli() { printf '%s\n' "$1" | socat -t 5 stdio "unix-connect:$sock"; }
 # One column of this server's line in `show stat` (5 = current sessions, 18 = status).
@@ -44,7 +43,7 @@ ready)
     echo "registry-kit: $server is back in haproxy backend $backend (UP)"
     ;;
 *)
-    echo "usage: $0 drain|ready BACKEND SERVER TIMEOUT" >&2
+    echo "usage: $0 drain|ready BACKEND SERVER TIMEOUT SOCKET" >&2
     exit 2
     ;;
 esac

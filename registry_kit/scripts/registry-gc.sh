@@ -3,8 +3,10 @@
 # the registry is restarted in read-only mode (pulls keep working, pushes get 405) and
 # afterwards restarted with its own config.yml again, whatever happened. --dry-run only
 # reports what would be deleted. Prints one "registry-kit:" summary line with the freed bytes.
-# Usage: registry-gc.sh NAME CONFIG_DIR DATA_DIR URL RESOLVE CACERT TIMEOUT [--dry-run]
-#                       [--delete-untagged]          (DATA_DIR "-": storage is not a folder)
+# Usage: registry-gc.sh NAME CONFIG_DIR DATA_DIR URL RESOLVE CACERT TIMEOUT INNER LOG_DIR
+#                       [--dry-run] [--delete-untagged]
+#   DATA_DIR "-": storage is not a folder. INNER: CONFIG_DIR/config.yml as the container
+#   sees it. LOG_DIR: where garbage-collect's output goes (gc.log).
 #        registry-gc.sh --readonly-config < config.yml > read-only-config.yml
 #        registry-gc.sh --step check|readonly|collect|writable NAME CONFIG_DIR ... (as above)
 #   One step of a collection on shared storage (registry_kit/sharedgc.py runs them in order
@@ -13,6 +15,8 @@
 #   garbage-collect on a registry that is read-only; writable puts the saved config back
 #   and restarts (nothing to do when there is no saved config).
 set -u
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 readonly_config() {
     # registry_kit/render.py writes "readonly:" with "enabled: false" on the next line, and
@@ -30,8 +34,8 @@ if [ "${1:-}" = "--step" ]; then
     step=$2
     shift 2
 fi
-name=$1 config_dir=$2 data=$3 url=$4 resolve=$5 cacert=$6 timeout=$7
-shift 7
+name=$1 config_dir=$2 data=$3 url=$4 resolve=$5 cacert=$6 timeout=$7 inner=$8 log_dir=$9
+shift 9
 dry_run=0 untagged=""
 for arg in "$@"; do
     case $arg in
@@ -42,19 +46,8 @@ for arg in "$@"; do
 done
 config=$config_dir/config.yml
 saved=$config_dir/config.yml.registry-kit-saved
-inner=/etc/registry-kit/config.yml  # the same file, as the container sees it
-log_dir=/run/registry-kit
 log=$log_dir/gc.log
-
-curl_opts=""
-[ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
-[ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"
-
-healthy() {
-    # shellcheck disable=SC2086
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 $curl_opts "$url/v2/")
-    [ "$code" = 200 ] || [ "$code" = 401 ]
-}
+set_curl_opts "$resolve" "$cacert"
 
 wait_healthy() {
     deadline=$(( $(date +%s) + timeout ))

@@ -1,21 +1,18 @@
 #!/bin/sh
-# Managed by registry-kit (restore.py): sent on stdin (`sh -s`), never installed.
+# Managed by registry-kit (restore.py): sent on stdin (`sh -s`) after lib.sh, never
+# installed.
 # Restart the registry on its own config (it forgets what it cached about the old storage)
 # and wait until it answers /v2/ (200 or 401).
 # Usage: sh -s NAME URL RESOLVE CACERT TIMEOUT < registry-restart.sh
 set -u
 name=$1 url=$2 resolve=$3 cacert=$4 timeout=$5
 
-curl_opts=""
-[ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
-[ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"
+set_curl_opts "$resolve" "$cacert"
 
 docker restart "$name" >/dev/null || exit 1
 deadline=$(( $(date +%s) + timeout ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
-    # shellcheck disable=SC2086
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 $curl_opts "$url/v2/")
-    { [ "$code" = 200 ] || [ "$code" = 401 ]; } && exit 0
+    healthy && exit 0
     sleep 0.1
 done
 echo "registry-kit: $name does not answer $url/v2/ after a restart" >&2

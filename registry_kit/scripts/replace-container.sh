@@ -1,32 +1,25 @@
 #!/bin/sh
 # Managed by registry-kit: replace the registry container; if the new one does not become
 # healthy, put the previous container (same image, same data) back and fail.
-# Usage: replace-container.sh NAME URL RESOLVE CACERT TIMEOUT -- DOCKER-RUN-ARGS...
+# Usage: replace-container.sh NAME URL RESOLVE CACERT TIMEOUT LOCK -- DOCKER-RUN-ARGS...
 set -u
-name=$1 url=$2 resolve=$3 cacert=$4 timeout=$5
-shift 5
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+name=$1 url=$2 resolve=$3 cacert=$4 timeout=$5 lock=$6
+shift 6
 [ "${1:-}" = "--" ] && shift
 previous="$name-previous"
 
 # One swap at a time: a deploy killed mid-swap leaves this script running here, and a
 # rerun's swap interleaving with it (rename, run, rollback) can leave no registry at all.
-mkdir -p /run/lock
-exec 9>"/run/lock/registry-kit-$name.lock"
+mkdir -p "$(dirname "$lock")"
+exec 9>"$lock"
 if ! flock -w $(( timeout * 2 + 60 )) 9; then
     echo "registry-kit: another replacement of $name is still running" >&2
     exit 1
 fi
 
-curl_opts=""
-[ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
-[ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"
-
-healthy() {
-    # 401 (auth on) or 200 (auth off) from /v2/ means the registry serves requests.
-    # shellcheck disable=SC2086
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 $curl_opts "$url/v2/")
-    [ "$code" = 200 ] || [ "$code" = 401 ]
-}
+set_curl_opts "$resolve" "$cacert"
 
 docker rm -f "$previous" >/dev/null 2>&1
 had_previous=0

@@ -4,26 +4,21 @@
 # tmpfs), never on a command line; the file is removed whatever the result.
 # Usage: verify-auth.sh URL RESOLVE CACERT TIMEOUT [CURLRC]
 set -u
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 url=$1 resolve=$2 cacert=$3 timeout=$4 curlrc=${5:--}
 trap '[ "$curlrc" != "-" ] && rm -f "$curlrc"' EXIT
 
-curl_opts=""
-[ "$resolve" != "-" ] && curl_opts="$curl_opts --resolve $resolve"
-[ "$cacert" != "-" ] && curl_opts="$curl_opts --cacert $cacert"
-
-status() {
-    # shellcheck disable=SC2086
-    curl -s -o /dev/null -w '%{http_code}' --max-time 3 $curl_opts "$@" "$url/v2/"
-}
+set_curl_opts "$resolve" "$cacert"
 
 deadline=$(( $(date +%s) + timeout ))
 anonymous="" user=""
 while [ "$(date +%s)" -lt "$deadline" ]; do
-    anonymous=$(status)
+    anonymous=$(v2_status)
     if [ "$curlrc" = "-" ]; then
         [ "$anonymous" = 200 ] && { echo "registry-kit: $url/v2/ answers 200"; exit 0; }
     else
-        user=$(status -K "$curlrc")
+        user=$(v2_status -K "$curlrc")
         if [ "$anonymous" = 401 ] && [ "$user" = 200 ]; then
             echo "registry-kit: $url/v2/ answers 401 without and 200 with credentials"
             exit 0

@@ -90,8 +90,9 @@ def test_wheel_holds_the_kit_and_its_data_only(wheel: Path) -> None:
     assert {t for t in top if not t.endswith(".dist-info")} == {"registry_kit"}, top
     for data in ("registry_kit/scripts/registry-gc.sh", "registry_kit/scripts/replace-container.sh",
                  "registry_kit/scripts/registry-token-server.py",
-                 "registry_kit/scripts/verify-token.sh",
-                 "registry_kit/templates/haproxy.cfg.j2", "registry_kit/templates/redis.conf.j2",
+                 "registry_kit/scripts/verify-token.sh", "registry_kit/scripts/lib.sh",
+                 "registry_kit/templates/keepalived.conf.j2",
+                 "registry_kit/templates/redis.conf.j2",
                  "registry_kit/webui_static/index.html", "registry_kit/webui_static/app.js",
                  "registry_kit/webui_static/app.css",
                  "registry_kit/defaults.py", "registry_kit/api.py", "registry_kit/py.typed"):

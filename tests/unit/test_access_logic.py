@@ -28,14 +28,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_kit.model import access, keystore
+from registry_kit.model import access, keystore, layout
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
 from registry_kit.render import token_auth
 from registry_kit.render.config import render_config
 
 HOST = "reg-host-1"
-SCRIPT = Path(str(SCRIPTS / token_auth.SCRIPT_NAME))
+SCRIPT = Path(str(SCRIPTS / layout.TOKEN_SCRIPT_NAME))
 USERS = ["ci", "reader", "admin", "ops"]
 RULES: list[dict[str, Any]] = [
     {"repository": "team-a/*", "actions": ["pull", "push"], "users": ["ci"]},
@@ -300,18 +300,18 @@ def test_token_server_unit_runs_sandboxed_on_copies_of_its_files(
     assert not any(made.registry_config_dir in arg for arg in start)
     copy = next(line for line in lines if line.startswith("ExecStartPre=+/bin/cp ")).split()
     sources, target = copy[1:-1], copy[-1]
-    assert target == f"{token_auth.RUNTIME_DIR}/"
+    assert target == f"{layout.TOKEN_RUNTIME_DIR}/"
     assert all(source.startswith(made.registry_config_dir + "/") for source in sources)
     # Each copy keeps its file name: the server's arguments name exactly the copies.
     assert copied == {target + source.rsplit("/", 1)[1] for source in sources}
     assert len(copied) == 6  # signing key and certificate, htpasswd, policy, TLS pair
-    # The web page's haproxy (webui.local_target) is the one proxy whose header counts.
+    # The web page's haproxy (layout.Endpoints.local) is the one proxy whose header counts.
     assert " --trusted-proxy 127.0.0.1 --trusted-proxy ::1" in " ".join(start)
     bound = make_settings(registry_users=users, registry_access_rules=[RULES[0]],
                           registry_bind_address="10.1.2.3")
     assert token_auth.trusted_proxies(bound) == ["127.0.0.1", "::1", "10.1.2.3"]
-    assert (f"ExecStartPre=+/bin/chown -R --reference={token_auth.RUNTIME_DIR} "
-            f"{token_auth.RUNTIME_DIR}") in lines
+    assert (f"ExecStartPre=+/bin/chown -R --reference={layout.TOKEN_RUNTIME_DIR} "
+            f"{layout.TOKEN_RUNTIME_DIR}") in lines
 
 
 class Clock:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from registry_kit.commands import ContainerSpec, OSInfo, UnsupportedOS, docker_install_commands
+from registry_kit.model.layout import ServerLayout
 from registry_kit.model.settings import Settings
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.roles.server import ServerPaths, container_spec
+from registry_kit.roles.server import container_spec
 
 REPO = "https://packages.example/linux"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
@@ -177,7 +178,7 @@ def _cert(cert: bytes = b"CERT", key: bytes = b"KEY", ca: bytes = b"CA") -> Serv
 
 
 def test_server_paths() -> None:
-    paths = ServerPaths("/etc/rk")
+    paths = ServerLayout("/etc/rk")
     assert (paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd) == (
         "/etc/rk/config.yml", "/etc/rk/certs/server.crt", "/etc/rk/certs/server.key",
         "/etc/rk/certs/ca.crt", "/etc/rk/auth/htpasswd")

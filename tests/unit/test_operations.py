@@ -20,6 +20,7 @@ from pyinfra.context import ctx_host
 
 from registry_kit.facts import FileState, HostState, parse_probe
 from registry_kit.jobs import backup, restore
+from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, ownership, packages, removal
 from registry_kit.operations.files import sha256_of
@@ -198,9 +199,10 @@ def test_ensure_container_replaces_a_changed_spec(defaults: Settings, spec: Any)
     assert run(server.ensure_container, defaults, spec, old) == ([
         "_ReplaceCommand: /usr/local/lib/registry-kit/replace-container.sh registry "
         "https://registry.example.internal:5000 registry.example.internal:5000:127.0.0.1 "
-        "/etc/registry-kit/certs/ca.crt 60 -- -d --name registry --restart=always "
-        "-p 5000:5000 --mount type=bind,source=/etc/registry-kit,target=/etc/registry-kit,"
-        "readonly --mount type=bind,source=/var/lib/registry-kit/data,target=/var/lib/registry"
+        "/etc/registry-kit/certs/ca.crt 60 /run/lock/registry-kit-registry.lock -- -d --name "
+        "registry --restart=always -p 5000:5000 "
+        "--mount type=bind,source=/etc/registry-kit,target=/etc/registry-kit,readonly "
+        "--mount type=bind,source=/var/lib/registry-kit/data,target=/var/lib/registry"
         f" --label registry-kit.managed=true --label registry-kit.spec={spec.spec_hash} "
         "registry:2 serve /etc/registry-kit/config.yml"], [])
 
@@ -323,7 +325,7 @@ def test_owned_dir_creates_and_marks_or_adopts() -> None:
 
 # --------------------------------------------------------------------------- keepalived, roles
 
-KEEPALIVED_NEW = f"{keepalived.CONFIG}{NEW}"
+KEEPALIVED_NEW = f"{layout.KEEPALIVED_CONF}{NEW}"
 
 
 def test_keepalived_config_is_checked_quietly_before_it_replaces_the_old_one() -> None:
@@ -333,14 +335,15 @@ def test_keepalived_config_is_checked_quietly_before_it_replaces_the_old_one() -
         f"UPLOAD b'vrrp\\n' -> {KEEPALIVED_NEW}",
         f"keepalived -t -f {KEEPALIVED_NEW} >/dev/null 2>&1 || {{ rm -f {KEEPALIVED_NEW}; echo "
         "'registry-kit: keepalived rejected the new configuration; "
-        f"{keepalived.CONFIG} was not changed' >&2; exit 1; }}",
-        f"mv -f {KEEPALIVED_NEW} {keepalived.CONFIG}",
+        f"{layout.KEEPALIVED_CONF} was not changed' >&2; exit 1; }}",
+        f"mv -f {KEEPALIVED_NEW} {layout.KEEPALIVED_CONF}",
         "systemctl reload-or-restart keepalived"], [])
-    same = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 600 root root {keepalived.CONFIG}"])
+    conf = layout.KEEPALIVED_CONF
+    same = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 600 root root {conf}"])
     assert run(keepalived.keepalived_config, b"vrrp\n", same) == \
-        ([], [f"{keepalived.CONFIG} is up to date"])
+        ([], [f"{layout.KEEPALIVED_CONF} is up to date"])
     # Same content but readable by others: rewritten 0600 (it holds the VRRP password).
-    loose = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 644 root root {keepalived.CONFIG}"])
+    loose = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 644 root root {conf}"])
     assert run(keepalived.keepalived_config, b"vrrp\n", loose)[0][1].startswith(
         "install -m 0600")
 
@@ -353,9 +356,9 @@ def test_keepalived_start_and_removal() -> None:
     assert run(keepalived.remove_keepalived, probe(services=["keepalived active enabled"])) == \
         ([], ["no floating address (registry_lb_vip=None)"])
     ours = probe(services=["keepalived active enabled"],
-                 files=[f"{'0' * 64} 600 root root {keepalived.CONFIG}"])
+                 files=[f"{'0' * 64} 600 root root {layout.KEEPALIVED_CONF}"])
     assert run(keepalived.remove_keepalived, ours) == ([
-        "systemctl disable --now keepalived", f"rm -f {keepalived.CONFIG}"], [])
+        "systemctl disable --now keepalived", f"rm -f {layout.KEEPALIVED_CONF}"], [])
 
 
 def test_removal_stops_and_removes_only_what_is_there() -> None:
@@ -463,7 +466,7 @@ def test_webui_enabled_once() -> None:
 
 def test_webui_disabled_only_where_it_is() -> None:
     assert run(webui.disable_webui, probe()) == ([], ["no registry-kit-webui"])
-    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {webui.UNIT}"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.WEBUI_UNIT}"])
     for state in (stopped_unit, probe(services=["registry-kit-webui active disabled"])):
         assert run(webui.disable_webui, state) == \
             (["systemctl disable --now registry-kit-webui 2>/dev/null; true"], [])

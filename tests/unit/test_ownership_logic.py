@@ -16,6 +16,7 @@ import pytest
 from registry_kit.facts import FileState, HostState, parse_probe, probe_command
 from registry_kit.jobs import deploy as main
 from registry_kit.jobs import teardown
+from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import ownership
 from registry_kit.operations.ownership import MARKER, FolderPlan, folder_action, owned, plan_folder
@@ -137,11 +138,11 @@ def test_empty_folder_without_marker_is_kept_too() -> None:
 
 
 def test_kit_named_folders_need_no_marker() -> None:
-    state = host_state({server.SCRIPTS_DIR: set(server.SCRIPT_NAMES)})
-    plan = plan_folder(state, server.SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False)
+    state = host_state({layout.SCRIPTS_DIR: set(server.SCRIPT_NAMES)})
+    plan = plan_folder(state, layout.SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False)
     assert plan.remove_folder and len(plan.files) == len(server.SCRIPT_NAMES)
-    plan = plan_folder(host_state({server.SCRIPTS_DIR: {"local-hook.sh"}}),
-                       server.SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False)
+    plan = plan_folder(host_state({layout.SCRIPTS_DIR: {"local-hook.sh"}}),
+                       layout.SCRIPTS_DIR, server.SCRIPT_NAMES, needs_marker=False)
     assert not plan.changes and plan.kept and "local-hook.sh" in plan.kept
 
 
@@ -222,8 +223,8 @@ def test_teardown_probe_lists_the_folders_it_may_remove(
         make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(registry_config_dir="/etc/rk")
     probe = teardown.probe_args(settings, True, True)
-    for folder in ("/etc/rk", "/etc/rk/certs", "/etc/rk/auth", server.SCRIPTS_DIR,
-                   server.RUNTIME_DIR, "/etc/docker/certs.d/registry.example.internal:5000"):
+    for folder in ("/etc/rk", "/etc/rk/certs", "/etc/rk/auth", layout.SCRIPTS_DIR,
+                   layout.RUNTIME_DIR, "/etc/docker/certs.d/registry.example.internal:5000"):
         assert folder in probe["listings"] and folder in probe["dirs"]
     assert settings.registry_data_dir not in probe["listings"]  # rm -rf or kept: no listing
 

@@ -1,0 +1,138 @@
+"""haproxy configurations: the load balancer's (registry_kit.roles.loadbalancer) and the web
+page's (registry_kit.render.webui), both made here from values. A config is a header line
+and sections (`global`, `defaults`, `frontend NAME`, `backend NAME`), each a head line and
+its lines indented by four spaces, one blank line between sections.
+
+Callers check every value that is not a literal of this module with word() (one haproxy
+word, textfile.word): none can add a line, an argument or a comment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from registry_kit.model import layout
+from registry_kit.render import textfile
+
+# The replicas' and the registry's health: /v2/ answers 401 (auth on) or 200 (auth off).
+HEALTHY = "^(200|401)$"
+TLS_FLOOR = "ssl-default-bind-options ssl-min-ver TLSv1.2"
+
+
+@dataclass(frozen=True)
+class Section:
+    head: str  # "global", "frontend registry", ...
+    lines: Sequence[str]  # the body, unindented; "# ..." lines are comments
+    comment: Sequence[str] = ()  # comment lines above the head
+
+
+def text(header: str, sections: Sequence[Section]) -> str:
+    """The whole file: `# header`, then the sections."""
+    out = [f"# {header}"]
+    for index, section in enumerate(sections):
+        if index:
+            out.append("")
+        out += [f"# {line}" for line in section.comment]
+        out.append(section.head)
+        out += [f"    {line}" for line in section.lines]
+    return "\n".join(out) + "\n"
+
+
+def word(value: object, *, file: str, field: str) -> str:
+    """value as one haproxy word of `file`, or ValueError naming file and field."""
+    return textfile.word(value, file=file, field=field, forbidden=textfile.HAPROXY_SYNTAX)
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    """What the load balancer's haproxy.cfg is made of (words checked by the caller)."""
+
+    port: str
+    domain: str
+    backend: str
+    replicas: Sequence[tuple[str, str]]  # (server name, ADDRESS:PORT)
+    terminate: bool  # TLS ends here (pem), re-encrypted to the replicas
+    server_options: str  # after `default-server check ...`: TLS towards the replicas
+    token_port: int | None = None  # access rules: the replicas' token servers
+    realm_servers: Sequence[tuple[str, str]] = ()
+    stats: str | None = None  # ADDRESS:PORT of the stats page
+
+
+def load_balancer(lb: LoadBalancer, header: str) -> str:
+    """haproxy.cfg of a registry_lb host: the replicas behind registry_port, drained
+    through the admin socket during a rolling replacement."""
+    terminate = lb.terminate
+    sections = [
+        Section("global", [
+            "log /dev/log local0",
+            f"chroot {layout.HAPROXY_CHROOT}",
+            "# Admin socket: registry-kit drains a replica here before replacing it.",
+            f"stats socket {layout.HAPROXY_SOCKET} mode 660 level admin",
+            "stats timeout 30s",
+            "user haproxy",
+            "group haproxy",
+            "daemon",
+            *([TLS_FLOOR] if terminate else []),
+        ]),
+        Section("defaults", [
+            "log global",
+            f"mode {'http' if terminate else 'tcp'}",
+            f"option {'httplog' if terminate else 'tcplog'}",
+            "option dontlognull",
+            "# A replica that refuses the connection: try again on another one.",
+            "option redispatch",
+            "retries 3",
+            "timeout connect 5s",
+            "# Inactivity limits, not transfer limits: a large layer may take long but keeps "
+            "moving.",
+            "timeout client 10m",
+            "timeout server 10m",
+            *(["timeout http-request 30s", "timeout http-keep-alive 30s"] if terminate
+              else []),
+        ]),
+        Section("frontend registry", [
+            *([f"bind *:{lb.port} ssl crt {layout.LB_PEM} alpn http/1.1",
+               "# What the registry's deployment docs ask of a TLS-terminating proxy. haproxy "
+               "sets",
+               "# no request body limit unless told to, so layer uploads of any size pass.",
+               "option forwardfor",
+               "http-request set-header X-Forwarded-Proto https"] if terminate else
+              [f"# TLS passthrough: the replicas terminate TLS with the certificate for "
+               f"{lb.domain}.",
+               f"bind *:{lb.port}"]),
+            f"default_backend {lb.backend}",
+        ]),
+        Section(f"backend {lb.backend}", [
+            "balance leastconn",
+            "# Healthy = /v2/ answers 401 (auth on) or 200 (auth off).",
+            "option httpchk",
+            f"http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host {lb.domain}",
+            f"http-check expect rstatus {HEALTHY}",
+            "# Fast while a replica changes state, calm otherwise: each check is a log line "
+            "there.",
+            "default-server check inter 2s fastinter 500ms downinter 500ms fall 2 rise 2"
+            f"{lb.server_options}",
+            *(f"server {name} {endpoint}" for name, endpoint in lb.replicas),
+        ]),
+    ]
+    if lb.token_port:
+        sections += [
+            Section("frontend registry-token", [
+                "mode tcp", "option tcplog", f"bind *:{lb.token_port}",
+                "default_backend registry-token",
+            ], comment=[
+                "Access rules: the replicas' token servers (TLS passthrough; they serve the "
+                "domain's",
+                "certificate). Any replica's token is good on every replica: one signing key.",
+            ]),
+            Section("backend registry-token", [
+                "mode tcp", "balance roundrobin", "default-server check inter 2s fall 2 rise 2",
+                *(f"server {name} {endpoint}" for name, endpoint in lb.realm_servers),
+            ]),
+        ]
+    if lb.stats:
+        sections.append(Section("frontend stats", [
+            "mode http", f"bind {lb.stats}", "stats enable", "stats uri /", "stats refresh 5s",
+        ]))
+    return text(header, sections)
