@@ -169,7 +169,7 @@ def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = No
 
 # --- teardown: the reverse of client_trust and client_login ---
 
-# Files the kit writes in /run/registry-kit (tmpfs): the check's curl config (server), the
+# Files the kit writes in layout.RUNTIME_DIR (tmpfs): the check's curl config (server), the
 # login's password file (client) and the GC log; the first two live there for seconds.
 RUNTIME_FILES = ("verify.curlrc", "login.pw", "gc.log")
 
