@@ -1,4 +1,5 @@
-"""registry-kit: `pyinfra INVENTORY gc.py` garbage-collects each registry server's storage.
+"""registry-kit: `pyinfra INVENTORY garbage_collect.py` garbage-collects each registry
+server's storage (named so it does not shadow the standard library's `gc`).
 
 One server at a time: the registry is restarted read-only (pulls work, pushes are refused),
 `registry garbage-collect` runs, the registry is restarted with its normal config, and the
