@@ -9,5 +9,9 @@ Settings: group_data/all.py (README: Garbage collection).
 """
 
 from registry_kit import api
+from registry_kit.errors import RegistryKitError
 
-api.garbage_collect()
+try:
+    api.garbage_collect()
+except RegistryKitError as error:  # a refused setting: exit code 1 and its one line
+    raise SystemExit(str(error)) from None

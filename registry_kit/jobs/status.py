@@ -27,6 +27,7 @@ from registry_kit.model import access, keystore
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
+    in_groups,
     roles,
     run_cache,
     validated_settings,
@@ -283,7 +284,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         if is_cache:
             collected.caches[host.name] = roles_status.cache_row(settings, found)
     collected.done.add(host.name)
-    waiting = {target.name for target in inventory.get_active_hosts()} - collected.done
+    waiting = {t.name for t in inventory.get_active_hosts() if in_groups(t, groups)}
+    waiting -= collected.done
     if not waiting and not collected.printed:
         collected.printed = True
         _print_tables(collected)
