@@ -61,7 +61,6 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.server import Command
 
-from registry_kit import pyinfra_patches
 from registry_kit.commands import q
 from registry_kit.model import pull_through
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
@@ -992,7 +991,6 @@ def store_refusal(error: BackupError) -> BaseException:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, _ = roles(host, groups)
     if not is_server:

@@ -20,7 +20,7 @@ from pyinfra import host, inventory
 from pyinfra import state as pyinfra_state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
-from registry_kit import pyinfra_patches, sharedgc
+from registry_kit import sharedgc
 from registry_kit.commands import join, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.model import topology
@@ -157,7 +157,6 @@ def schedule_deploy(settings: Settings, state: HostState,
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, _ = roles(host, groups)
     if not is_server:

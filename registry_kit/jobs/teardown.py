@@ -20,7 +20,6 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from registry_kit import pyinfra_patches
 from registry_kit.commands import DOCKER_CE_PACKAGES, q
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.jobs import gc
@@ -270,7 +269,6 @@ def engine_teardown(settings: Settings, state: HostState) -> None:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, is_client = roles(host, groups)
     is_lb, is_cache = roles_teardown.roles(host, groups)

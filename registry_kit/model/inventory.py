@@ -22,6 +22,7 @@ from pyinfra import context, logger
 from pyinfra.api import StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
+from registry_kit import pyinfra_patches
 from registry_kit.errors import SettingsError
 from registry_kit.model import settings as settings_module
 from registry_kit.model.settings import Settings
@@ -82,6 +83,8 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS, *,
                 after(loaded)
         except SettingsError as error:
             raise refusal(error) from None
+        # Process-wide, so one switch for the run: any host may turn them off.
+        pyinfra_patches.use(all(s.registry_pyinfra_patches for s in loaded.values()))
         return loaded
 
     key = f"settings:{groups}:{sorted(deploy_data.items())!r}"
