@@ -12,7 +12,7 @@ QUICK_E2E := tests/e2e/test_deploy.py::test_first_deploy_installs_docker_and_ser
 	tests/e2e/test_deploy.py::test_second_run_changes_nothing \
 	tests/e2e/test_deploy.py::test_seed_flow_on_client_with_ca_trust_only
 
-.PHONY: venv demo test test-quick durations test-unit test-e2e lint dist lab-up lab-down lab-status bench clean
+.PHONY: venv demo test test-quick durations test-unit test-e2e lint dist settings-docs lab-up lab-down lab-status bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-e2e: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+## settings-docs: regenerate the README's settings table and group_data/all.py from the
+## declarations in registry_kit/model/settings.py (a unit test fails while either is stale)
+settings-docs: venv
+	$(PY) -m registry_kit.model.settings_doc --write
 
 ## dist: build the wheel and sdist (python -m build) and check them (twine check)
 dist: venv

@@ -7,5 +7,9 @@ Settings: group_data/all.py (README: Backup and restore).
 """
 
 from registry_kit import api
+from registry_kit.errors import RegistryKitError
 
-api.backup()
+try:
+    api.backup()
+except RegistryKitError as error:  # a refused setting: exit code 1 and its one line
+    raise SystemExit(str(error)) from None

@@ -6,5 +6,9 @@ Settings: group_data/all.py (README: Settings). Idempotent: a second run changes
 """
 
 from registry_kit import api
+from registry_kit.errors import RegistryKitError
 
-api.registry()
+try:
+    api.registry()
+except RegistryKitError as error:  # a refused setting: exit code 1 and its one line
+    raise SystemExit(str(error)) from None

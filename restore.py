@@ -7,5 +7,9 @@ restore).
 """
 
 from registry_kit import api
+from registry_kit.errors import RegistryKitError
 
-api.restore()
+try:
+    api.restore()
+except RegistryKitError as error:  # a refused setting: exit code 1 and its one line
+    raise SystemExit(str(error)) from None

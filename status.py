@@ -7,5 +7,9 @@ Read-only: one remote command per host, no operations.
 """
 
 from registry_kit import api
+from registry_kit.errors import RegistryKitError
 
-api.status()
+try:
+    api.status()
+except RegistryKitError as error:  # a refused setting: exit code 1 and its one line
+    raise SystemExit(str(error)) from None

@@ -7,11 +7,16 @@
     api.garbage_collect()  /  api.teardown()  /  api.status()  /  api.backup()  /  api.restore()
 
 Each function acts on the hosts of the inventory groups named by its arguments (by default
-registry_servers, registry_clients, registry_lb, registry_cache) and on no others. Settings
-come from the package's defaults (registry_kit/defaults.py, also given to pyinfra as the
-deploy's `data_defaults`), then `settings=` of the call, then group and host data and
-`--data` as pyinfra merges them: host data wins. Every host of the inventory is validated
-before any host is touched; a bad value stops the run with one line.
+registry_servers, registry_clients, registry_lb, registry_cache) and on no others: a host
+in none of them is neither validated nor touched. Settings, in pyinfra's order (lowest
+first): the deploy's `data_defaults` (the declared defaults, registry_kit.model.settings),
+then `settings=` of the call, then group data (group_data/all.py, then the host's groups),
+host data and `--data`: host data wins. The kit applies the same order to every host (pyinfra
+adds deploy data to the host being planned only). Every named host is validated before any
+host is touched; a bad value raises registry_kit.errors.SettingsError (a RegistryKitError)
+whose str() is one line, e.g. "reg1: setting registry_verify_timeout=1 is not allowed: a
+whole number from 5 to 600". The repo's entry scripts (deploy.py, ...) turn it into exit code 1
+with that line; in pyinfra's CLI, later hosts of a refused run end quietly.
 
 `registry()` is one deploy, not one per role, because its steps are ordered across hosts:
 clients trust a new CA before any server serves a certificate it signed, the cache and the
@@ -23,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from pyinfra import host
 from pyinfra.api import deploy
 
 from registry_kit.jobs import backup as backup_job
@@ -31,7 +37,7 @@ from registry_kit.jobs import gc as gc_job
 from registry_kit.jobs import restore as restore_job
 from registry_kit.jobs import status as status_job
 from registry_kit.jobs import teardown as teardown_job
-from registry_kit.model.inventory import Groups
+from registry_kit.model.inventory import Groups, in_groups
 from registry_kit.model.settings import known_keys
 
 DATA_DEFAULTS = known_keys()
@@ -46,8 +52,12 @@ def _keep_operation_names(function: F) -> F:
     return function
 
 
-def _groups(servers: str, clients: str, lb: str, cache: str) -> Groups:
-    return Groups(servers=servers, clients=clients, lb=lb, cache=cache)
+def _plan(job: Any, servers: str, clients: str, lb: str, cache: str,
+          settings: Mapping[str, Any] | None) -> None:
+    """Plan `job` for the current host when it is in one of the named groups."""
+    groups = Groups(servers=servers, clients=clients, lb=lb, cache=cache)
+    if in_groups(host, groups):
+        job.plan_host(groups, settings)
 
 
 @_keep_operation_names
@@ -57,7 +67,7 @@ def registry(servers: str = "registry_servers", clients: str = "registry_clients
              settings: Mapping[str, Any] | None = None) -> None:
     """The registry service: Docker and the registry on `servers`, trust (and an optional
     login) on `clients`, haproxy on `lb` and redis on `cache` (scale-out). Idempotent."""
-    deploy_job.plan_host(_groups(servers, clients, lb, cache), settings)
+    _plan(deploy_job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -67,7 +77,7 @@ def teardown(servers: str = "registry_servers", clients: str = "registry_clients
              settings: Mapping[str, Any] | None = None) -> None:
     """Remove what registry() set up (data only with registry_purge_data=True, the engine
     only with docker_remove_on_teardown=True). A second teardown changes nothing."""
-    teardown_job.plan_host(_groups(servers, clients, lb, cache), settings)
+    _plan(teardown_job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -76,7 +86,7 @@ def garbage_collect(servers: str = "registry_servers", clients: str = "registry_
                     lb: str = "registry_lb", cache: str = "registry_cache",
                     settings: Mapping[str, Any] | None = None) -> None:
     """Garbage-collect each server's storage, one server at a time (read-only meanwhile)."""
-    gc_job.plan_host(_groups(servers, clients, lb, cache), settings)
+    _plan(gc_job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -85,8 +95,7 @@ def status(servers: str = "registry_servers", clients: str = "registry_clients",
            lb: str = "registry_lb", cache: str = "registry_cache",
            settings: Mapping[str, Any] | None = None) -> None:
     """Print the servers' and clients' state as two tables; changes nothing."""
-    status_job.plan_host(_groups(servers, clients, lb, cache), settings)
-
+    _plan(status_job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -97,7 +106,7 @@ def backup(servers: str = "registry_servers", clients: str = "registry_clients",
     """Copy each server's registry data (filesystem storage) to registry_backup_dir on the
     control machine or registry_backup_host: new blobs only, the registry serving throughout;
     with registry_backup_verify=True, re-hash the backup's blobs instead."""
-    backup_job.plan_host(_groups(servers, clients, lb, cache), settings)
+    _plan(backup_job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -106,4 +115,4 @@ def restore(servers: str = "registry_servers", clients: str = "registry_clients"
             lb: str = "registry_lb", cache: str = "registry_cache",
             settings: Mapping[str, Any] | None = None) -> None:
     """Deploy as registry() does, then put a backup made by backup() onto each server."""
-    restore_job.plan_host(_groups(servers, clients, lb, cache), settings)
+    _plan(restore_job, servers, clients, lb, cache, settings)

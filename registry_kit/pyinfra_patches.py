@@ -15,6 +15,12 @@ every operation call; they are those of one class and never change, so they are 
 `install()` patches only the exact pyinfra versions in TESTED_VERSIONS (those the
 differential test ran on) whose functions are still the ones described here; on any other
 version the kit runs on pyinfra as it is (slower, same result) and says so once.
+
+The patches are process-wide (they replace two pyinfra module functions): the kit switches
+them with `use()` once per run, when the settings are validated
+(registry_kit.model.inventory), on unless a host of the run sets
+`registry_pyinfra_patches = False`; they are installed once per process, and taken out
+again by a run that turns them off.
 """
 
 from __future__ import annotations
@@ -95,4 +101,21 @@ def install(version: str | None = None) -> bool:
         setattr(_operation_module, "get_operation_order_from_stack", frame_order)  # noqa: B010
         setattr(_arguments_module, "all_global_arguments", cached_global_arguments)  # noqa: B010
         return True
+    return False
+
+
+def uninstall() -> None:
+    """Give pyinfra back its own functions (where these replacements are in place)."""
+    if _operation_module.get_operation_order_from_stack is frame_order:
+        setattr(_operation_module, "get_operation_order_from_stack", ORIGINAL_ORDER)  # noqa: B010
+    if _arguments_module.all_global_arguments is cached_global_arguments:
+        setattr(_arguments_module, "all_global_arguments", ORIGINAL_ARGUMENTS)  # noqa: B010
+
+
+def use(enabled: bool) -> bool:
+    """The speed-ups on (where pyinfra's version allows) or off for this process; True when
+    they are on afterwards. Cheap when nothing changes: called once per run."""
+    if enabled:
+        return install()
+    uninstall()
     return False

@@ -1,4 +1,5 @@
-"""Garbage collection when several registry replicas share one storage (gc.py, scale-out).
+"""Garbage collection when several registry replicas share one storage (garbage_collect.py,
+scale-out).
 
 Which replicas share storage: those whose `registry_storage` has the same driver and the
 same location (s3: bucket, rootdirectory and the endpoint, normalised and compared by the
@@ -33,7 +34,8 @@ one, or one left out by --limit, refuses the run at planning time) and pass a ch
 
 The timer (registry_gc_schedule) cannot do this: it runs on one replica, which has no way
 to make the others read-only (the control machine does that over SSH here). So on shared
-storage the setting is refused; run gc.py from the control machine on a schedule instead.
+storage the setting is refused; run garbage_collect.py from the control machine on a
+schedule instead.
 Servers that share nothing keep their own timer.
 """
 
@@ -219,9 +221,9 @@ def unreachable_refusal(group: Sequence[Settings], active: Iterable[str]) -> str
     if not missing:
         return None
     names = ", ".join(s.host for s in group)
-    return (f"{missing[0]}: gc.py refused: {', '.join(missing)} not reachable (or left out "
-            f"by --limit); a collection on shared storage makes every replica read-only "
-            f"first ({names}): nothing was changed")
+    return (f"{missing[0]}: garbage_collect.py refused: {', '.join(missing)} not reachable "
+            f"(or left out by --limit); a collection on shared storage makes every replica "
+            f"read-only first ({names}): nothing was changed")
 
 
 def schedule_refusal(servers: Sequence[Settings]) -> SettingsError | None:
@@ -236,8 +238,8 @@ def schedule_refusal(servers: Sequence[Settings]) -> SettingsError | None:
                     f"{settings.host}: setting registry_gc_schedule="
                     f"{settings.registry_gc_schedule!r} is not allowed: None where several "
                     f"registry_servers share one storage ({names}): a timer runs on one "
-                    "replica and cannot make the others read-only; schedule gc.py on the "
-                    "control machine instead")
+                    "replica and cannot make the others read-only; schedule "
+                    "garbage_collect.py on the control machine instead")
     return None
 
 

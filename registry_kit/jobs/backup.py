@@ -61,7 +61,6 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import FunctionCommand
 from pyinfra.facts.server import Command
 
-from registry_kit import pyinfra_patches
 from registry_kit.commands import q
 from registry_kit.model import pull_through
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
@@ -420,7 +419,8 @@ def copy_blobs(source: Side, sink: Side, digests: list[str],
 # - `_uploads` holds pushes in progress: never copied (a restored registry has no use for
 #   them, and they change while tar reads).
 # - tar reads the tree over time, not at one instant: tree_snapshot reads the tags first.
-# Blobs are only removed by garbage collection, which gc.py runs with the registry stopped.
+# Blobs are only removed by garbage collection, which garbage_collect.py runs with the
+# registry stopped.
 
 
 def tolerant_tar(create: str) -> str:
@@ -1005,7 +1005,6 @@ def store_refusal(error: BackupError) -> BaseException:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, _ = roles(host, groups)
     if not is_server:

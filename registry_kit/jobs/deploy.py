@@ -13,7 +13,7 @@ from typing import Any
 
 from pyinfra import host, inventory, logger
 
-from registry_kit import pyinfra_patches, s3check, sharedgc
+from registry_kit import s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.model import keystore, pull_through, topology
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
@@ -119,7 +119,6 @@ def server_version(settings: Settings, state: HostState) -> RegistryVersion:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     all_settings = validated_settings(groups, defaults)
     settings = all_settings[host.name]
     is_server = groups.servers in host.groups

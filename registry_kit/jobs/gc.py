@@ -18,7 +18,7 @@ from pyinfra import host, inventory
 from pyinfra import state as pyinfra_state
 from pyinfra.api import FunctionCommand, StringCommand
 
-from registry_kit import pyinfra_patches, sharedgc
+from registry_kit import sharedgc
 from registry_kit.commands import join
 from registry_kit.facts import HostState, RegistryHostState
 from registry_kit.model import layout, topology
@@ -51,7 +51,6 @@ def collect_garbage(settings: Settings, state: HostState):
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, _ = roles(host, groups)
     if not is_server:

@@ -24,6 +24,7 @@ from registry_kit.model import access
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
+    in_groups,
     run_cache,
     validated_settings,
 )
@@ -102,7 +103,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         collected.access[host.name] = access.describe(
             settings.registry_access, [user.name for user in settings.registry_users])
     collected.done.add(host.name)
-    waiting = {target.name for target in inventory.get_active_hosts()} - collected.done
+    waiting = {t.name for t in inventory.get_active_hosts() if in_groups(t, groups)}
+    waiting -= collected.done
     if not waiting and not collected.printed:
         collected.printed = True
         _print_tables(collected)

@@ -15,7 +15,6 @@ from typing import Any
 
 from pyinfra import host
 
-from registry_kit import pyinfra_patches
 from registry_kit.facts import RegistryHostState
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
@@ -50,7 +49,6 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    pyinfra_patches.install()  # cheaper operation calls (see that module)
     settings = validated_settings(groups, defaults=defaults)[host.name]
     is_server, is_client = roles(host, groups)
     is_lb, is_cache = groups.lb in host.groups, groups.cache in host.groups

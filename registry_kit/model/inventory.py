@@ -4,7 +4,8 @@ validated once per run, and the pieces the jobs share (probe merge, reported com
 "Once per run" is once per pyinfra State: everything a run keeps between its hosts lives in
 `run_cache(...)`, a dict kept on the State itself, so two runs in one process (pyinfra's API,
 tests) never see each other's settings, certificates or status rows.
-Settings are validated for every host before any host is touched; `issue_certificates`
+Settings are validated for every host of the groups a call names (no other host is read)
+before any host is touched; `issue_certificates`
 (deploy) also prepares the CA and checks provided certificate files, while teardown, gc and
 status must not create a CA. Reports (freed bytes, warnings) are shown in pyinfra's output
 by a command that logs its `registry-kit:` lines.
@@ -19,10 +20,12 @@ from typing import Any
 from gevent import GreenletExit
 from pyinfra import context, logger
 from pyinfra.api import StringCommand
-from pyinfra.context import ctx_state
+from pyinfra.context import ctx_host, ctx_state
 
+from registry_kit import pyinfra_patches
+from registry_kit.errors import SettingsError
 from registry_kit.model import settings as settings_module
-from registry_kit.model.settings import Settings, SettingsError, SettingsRefused
+from registry_kit.model.settings import Settings
 
 REPORT_PREFIX = "registry-kit: "
 
@@ -61,38 +64,50 @@ def validated_settings(groups: Groups = DEFAULT_GROUPS, *,
                        defaults: Mapping[str, Any] | None = None,
                        after: Callable[[dict[str, Settings]], None] | None = None,
                        ) -> dict[str, Settings]:
-    """Every host's settings, validated once per run; a bad one stops the run (one line).
-    `defaults` replace package defaults (host data still wins); `after(all_settings)` adds
-    the caller's checks (deploy's certificates and scale-out), run once with the validation."""
+    """The settings of every host in `groups`, validated once per run; a bad one stops the
+    run (one line). `defaults`: the API call's settings=, above the deploy's data_defaults
+    and below group and host data; `after(all_settings)` adds the caller's checks (deploy's
+    certificates and scale-out), run once with the validation."""
 
     if run_cache("refused", dict):
         raise GreenletExit()  # another host's refusal ends this run (see refusal())
+    deploy_data = {**(context.host.get_deploy_data() if ctx_host.isset() else {}),
+                   **(defaults or {})}
 
     def load() -> dict[str, Settings]:
         try:
             loaded = settings_module.load_inventory(context.inventory, groups=groups.all,
                                                     server_group=groups.servers,
-                                                    defaults=defaults)
+                                                    deploy_data=deploy_data)
             if after is not None:
                 after(loaded)
-            return loaded
         except SettingsError as error:
             raise refusal(error) from None
+        # Process-wide, so one switch for the run: any host may turn them off.
+        pyinfra_patches.use(all(s.registry_pyinfra_patches for s in loaded.values()))
+        return loaded
 
-    return run_cache(f"settings:{groups}:{sorted((defaults or {}).items())!r}", load)  # type: ignore[no-any-return]
+    key = f"settings:{groups}:{sorted(deploy_data.items())!r}"
+    return run_cache(key, load)  # type: ignore[no-any-return]
 
 
 def refusal(error: SettingsError) -> BaseException:
-    """What to raise for a setting refused while planning a host. pyinfra runs the deploy
-    file for every host at once, each in a greenlet: the run's first refusal is a
-    SettingsRefused (a SystemExit: the run ends with its one line); any later one ends its
-    host's greenlet as killed (GreenletExit, which gevent does not report), since a second
-    SystemExit would print a traceback while the run shuts down."""
-    refused: dict[str, SettingsRefused] = run_cache("refused", dict)
+    """What to raise for a setting refused while planning a host: the run's first refusal is
+    the SettingsError itself (a RegistryKitError: the entry scripts turn it into exit code 1
+    and its one line). pyinfra's CLI plans every host at once, each in a greenlet: any later
+    refusal ends its host's greenlet as killed (GreenletExit, which gevent does not report),
+    so the run shows one line, not one per host (and a second SystemExit from an entry
+    script would print a traceback while the run shuts down)."""
+    refused: dict[str, SettingsError] = run_cache("refused", dict)
     if refused:
         return GreenletExit()
-    refused["first"] = SettingsRefused(error)
-    return refused["first"]
+    refused["first"] = error
+    return error
+
+
+def in_groups(target: Any, groups: Groups) -> bool:
+    """Whether a host is in one of the groups a call names: no other host is read or touched."""
+    return any(group in target.groups for group in groups.all)
 
 
 def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:

@@ -112,7 +112,7 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
     storage["delete"] = {"enabled": settings.registry_delete_enabled}
     storage["maintenance"] = {
         "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
-        # registry-gc.sh flips this to true while it collects (gc.py).
+        # registry-gc.sh flips this to true while it collects (garbage_collect.py).
         "readonly": {"enabled": read_only},
     }
     http: dict[str, Any] = {

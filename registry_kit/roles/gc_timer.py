@@ -1,7 +1,7 @@
 """The garbage collection timer on registry servers (registry_gc_schedule): a systemd
-service and timer running scripts/registry-gc.sh as gc.py does (registry_kit.jobs.gc), on
-the first server of each storage (registry_kit.sharedgc); removed when unset and by
-teardown.py. Also the script's arguments, which gc.py runs by hand.
+service and timer running scripts/registry-gc.sh as garbage_collect.py does
+(registry_kit.jobs.gc), on the first server of each storage (registry_kit.sharedgc); removed
+when unset and by teardown.py. Also the script's arguments, which garbage_collect.py runs by hand.
 """
 
 from __future__ import annotations

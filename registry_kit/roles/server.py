@@ -288,7 +288,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                                     name="Start or replace the registry container",
                                     _serial=True)
     # Files on disk can differ from what the running container was started with even when
-    # its spec label matches (a gc.py killed mid-run leaves a read-only config; a hand
+    # its spec label matches (a garbage_collect.py killed mid-run leaves a read-only config; a hand
     # edit): the registry reads config and certificates at start only, so restart it.
     file_ops = [config_op, *cert_ops, *token_ops]
     restart_op = restart_registry(
@@ -322,7 +322,7 @@ def remove_container(settings: Settings, state: HostState):
 
 
 def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
-    """config.yml, certs/ and auth/ (the files gc.py's script stages next to config.yml
+    """config.yml, certs/ and auth/ (the files garbage_collect.py's script stages next to config.yml
     included), then each folder the kit created that holds nothing else."""
     paths = ServerLayout.of(settings)
     certs = plan_folder(state, paths.certs_dir, ["server.crt", "server.key", "ca.crt",
@@ -424,7 +424,7 @@ def status_command(settings: Settings) -> str:
         f"{container} 2>/dev/null) && echo $(( $(date +%s) - $(date -d \"$s\" +%s)"
         " )) || true",
         # The registry binary says its own version (`registry` is on PATH in the official
-        # 2.x and 3.x images; gc.py runs it the same way). Read-only.
+        # 2.x and 3.x images; garbage_collect.py runs it the same way). Read-only.
         section_command("version"),
         f"docker exec {container} registry --version 2>/dev/null | head -n 1 || true",
         section_command("health"),

@@ -501,7 +501,7 @@
     if (response.status === 202) {
       await openRepo(name);
       message(`Deleted ${name}:${tags.join(", ")} (${digest}). The space is freed when ` +
-        "garbage collection runs (pyinfra INVENTORY gc.py).", "ok");
+        "garbage collection runs (pyinfra INVENTORY garbage_collect.py).", "ok");
     } else if (response.status === 401 || response.status === 403) {
       message(`You may not delete ${name}:${tags.join(", ")}.`, "error");
     } else if (response.status === 405) {

@@ -286,8 +286,8 @@ def test_env_password_source(site: Site, first_run: dict) -> None:
 
 
 def test_config_changed_on_disk_is_restored_and_loaded(site: Site, first_run: dict) -> None:
-    """A config.yml changed behind the kit's back (a hand edit, a gc.py killed while the
-    registry was read-only) is put back and the registry restarted to load it."""
+    """A config.yml changed behind the kit's back (a hand edit, a garbage_collect.py killed
+    while the registry was read-only) is put back and the registry restarted to load it."""
     before = harness.started_at(SERVER)
     harness.ssh(SERVER, "sed -i 's/enabled: false/enabled: true/' /etc/registry-kit/config.yml")
     run = site.deploy().assert_ok()

@@ -315,13 +315,13 @@ def test_gc_after_deleting_a_tag_frees_bytes_and_keeps_other_images(site: Site) 
     used_before = int(harness.ssh("lab-reg", du).stdout)
     sha_before = harness.ssh("lab-reg", config_sha).stdout
 
-    dry = site.run("gc.py", "--data", "registry_gc_dry_run=True").assert_ok()
+    dry = site.run("garbage_collect.py", "--data", "registry_gc_dry_run=True").assert_ok()
     stderr_position(dry, "[lab-reg]     registry-kit: dry run:")
     assert re.search(r"[1-9]\d* blobs and \d+ manifests eligible for deletion", dry.stderr)
     assert int(harness.ssh("lab-reg", du).stdout) == used_before
 
     since = harness.ssh("lab-reg", "date +%s").stdout.strip()
-    run = site.run("gc.py", timing="gc (2 servers, read-only meanwhile)").assert_ok()
+    run = site.run("garbage_collect.py", timing="gc (2 servers, read-only meanwhile)").assert_ok()
     freed = {name: int(n) for name, n in re.findall(
         r"\[([\w-]+)\]\s+registry-kit: garbage collection freed (\d+) bytes", run.stderr)}
     used_after = int(harness.ssh("lab-reg", du).stdout)
@@ -343,7 +343,7 @@ def test_gc_after_deleting_a_tag_frees_bytes_and_keeps_other_images(site: Site) 
     client_pull(BUSYBOX)
     site.push("library/busybox:latest", f"{ADDRESS}/lc/after-gc:1", "lab-reg")  # writable
     site.run().assert_no_changes()
-    again = site.run("gc.py").assert_ok()
+    again = site.run("garbage_collect.py").assert_ok()
     stderr_position(again, "[lab-reg]     registry-kit: garbage collection freed 0 bytes")
 
 
@@ -453,7 +453,7 @@ def test_teardown_with_purge_announces_and_deletes_data(site: Site) -> None:
     site.run("teardown.py", "--data", "registry_purge_data=True").assert_no_changes()
     assert json.loads(harness.ssh(CLIENT, "cat /etc/docker/daemon.json").stdout) == \
         FOREIGN_DAEMON_JSON
-    gc = site.run("gc.py")
+    gc = site.run("garbage_collect.py")
     assert gc.returncode != 0
     stderr_position(gc, "lab-reg: no container registry: run deploy.py first")
 

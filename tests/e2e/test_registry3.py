@@ -265,7 +265,8 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
     used_before = int(harness.ssh(SERVER, du).stdout)
     sha_before = harness.ssh(SERVER, config_sha).stdout
 
-    # A push attempt (start of a blob upload) every 0.2 s on the server while gc.py runs.
+    # A push attempt (start of a blob upload) every 0.2 s on the server while
+    # garbage_collect.py runs.
     harness.ssh(SERVER, "install -d -m 0700 /run/r3test && install -m 0600 /dev/null "
                 "/run/r3test/curlrc && cat > /run/r3test/curlrc",
                 stdin=f'user = "{USER}:{site.password}"\n')
@@ -277,7 +278,7 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
                               ">> /run/r3test/codes; sleep 0.2; done")
                 + " >/dev/null 2>&1 &")
     time.sleep(1)
-    run = site.run("gc.py", timing="gc on registry 3").assert_ok()
+    run = site.run("garbage_collect.py", timing="gc on registry 3").assert_ok()
     time.sleep(1)
     harness.ssh(SERVER, "touch /run/r3test/stop; sleep 1")
     codes = harness.ssh(SERVER, "cat /run/r3test/codes; rm -rf /run/r3test").stdout.split()
@@ -294,7 +295,7 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
                      .stdout)
     TIMES["gc freed bytes"] = freed
     assert freed > 1_000_000  # registry:2's layers
-    # gc.py measures while the probe adds a few uploads in its writable moments.
+    # garbage_collect.py measures while the probe adds a few uploads in its writable moments.
     assert 0 <= (used_before - used_after) - freed < 100_000
     assert harness.ssh(SERVER, config_sha).stdout == sha_before  # back to the deployed file
     assert site.curl(f"/v2/r3/reg/manifests/{digest}")[0] == 404
@@ -302,7 +303,7 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
         if reference != "r3/reg:1":
             assert site.digest(reference) == pushed[reference]
             site.pull(reference)
-    again = site.run("gc.py", timing="gc on registry 3 (again)").assert_ok()
+    again = site.run("garbage_collect.py", timing="gc on registry 3 (again)").assert_ok()
     stderr_position(again, "[lab-reg]     registry-kit: garbage collection freed 0 bytes")
     site.run().assert_no_changes()
 

@@ -609,17 +609,18 @@ def test_gc_shared_deploy_then_an_unreachable_replica_refuses(scale: Scale) -> N
     # rep2's SSH is a closed port: pyinfra cannot reach it.
     inventory.write_text(inventory.read_text().replace(f"'ssh_port': {port}",
                                                        "'ssh_port': 9", 1))
-    refused = harness.run_kit(inventory, "gc.py")
+    refused = harness.run_kit(inventory, "garbage_collect.py")
     assert refused.returncode != 0
-    assert (f"{REP2}: gc.py refused: {REP2} not reachable (or left out by --limit); a "
-            "collection on shared storage makes every replica read-only first "
+    assert (f"{REP2}: garbage_collect.py refused: {REP2} not reachable (or left out by "
+            "--limit); a collection on shared storage makes every replica read-only first "
             f"({REP1}, {REP2}): nothing was changed") in refused.stderr, refused.stderr[-3000:]
-    limited = harness.run_kit(_gc_inventory(scale), "gc.py", "--limit", REP1)
+    limited = harness.run_kit(_gc_inventory(scale), "garbage_collect.py", "--limit", REP1)
     assert limited.returncode != 0
-    assert f"{REP2}: gc.py refused: {REP2} not reachable" in limited.stderr
+    assert f"{REP2}: garbage_collect.py refused: {REP2} not reachable" in limited.stderr
     assert _replica_view() == before  # no restart, no config change on either replica
     # With both reachable the run goes ahead: a dry run reports once and restarts nothing.
-    dry = harness.run_kit(_gc_inventory(scale), "gc.py", "--data", "registry_gc_dry_run=True")
+    dry = harness.run_kit(_gc_inventory(scale), "garbage_collect.py", "--data",
+                          "registry_gc_dry_run=True")
     dry.assert_ok()
     assert len([line for line in dry.stderr.splitlines()
                 if "registry-kit: dry run on shared storage" in line]) == 1, dry.stderr[-3000:]
@@ -706,7 +707,7 @@ def test_gc_shared_under_pushes_keeps_every_tag_and_frees_the_deleted(scale: Sca
             assert time.monotonic() < deadline, _push_log()
             time.sleep(1)
         started = time.monotonic()
-        run = harness.run_kit(_gc_inventory(scale), "gc.py")
+        run = harness.run_kit(_gc_inventory(scale), "garbage_collect.py")
         scale.figures["gc_shared_seconds"] = round(time.monotonic() - started, 1)
         done = len(_push_log())
         deadline = time.monotonic() + 120
@@ -765,7 +766,7 @@ def test_gc_shared_under_pushes_keeps_every_tag_and_frees_the_deleted(scale: Sca
     again = harness.ssh(CLIENT, f"docker push {doomed} 2>&1").stdout
     assert "Pushed" in again and "Layer already exists" not in again, again
     harness.run_kit(_gc_inventory(scale)).assert_no_changes()
-    second = harness.run_kit(_gc_inventory(scale), "gc.py").assert_ok()
+    second = harness.run_kit(_gc_inventory(scale), "garbage_collect.py").assert_ok()
     assert len([line for line in second.stderr.splitlines() if " freed " in line]) == 1
 
 
@@ -783,7 +784,7 @@ def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale)
                 f"{repository}/_manifests/revisions/sha256/{digest}/link && s3cmd put -q "
                 f"/tmp/link {repository}/_layers/sha256/{digest}/link")
     try:
-        failed = harness.run_kit(_gc_inventory(scale), "gc.py")
+        failed = harness.run_kit(_gc_inventory(scale), "garbage_collect.py")
         assert failed.returncode != 0
         assert (f"registry-kit: garbage collection on shared storage failed at step 'collect' "
                 f"on {REP1}; every replica is read-write again") in failed.stderr, \

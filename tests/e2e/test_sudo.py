@@ -300,10 +300,10 @@ def test_a_no_op_is_one_remote_command_per_host_with_and_without_sudo(
 
 
 def test_gc_runs_as_root_under_sudo(runs: dict[str, Any]) -> None:
-    # gc.py's command once ran through host.run_shell_command without the operation's
+    # garbage_collect.py's command once ran through host.run_shell_command without the operation's
     # arguments, so --sudo was lost and the script failed as the login user.
     harness.ssh(CLIENT, f"docker pull -q busybox >/dev/null && docker tag busybox "
                 f"{DOMAIN}:{PORT}/sudo/busybox:1 && docker push -q {DOMAIN}:{PORT}/sudo/busybox:1")
-    run = harness.run_kit(runs["site"].sudo_inventory, "gc.py", "--sudo").assert_ok()
+    run = harness.run_kit(runs["site"].sudo_inventory, "garbage_collect.py", "--sudo").assert_ok()
     assert re.search(r"\[lab-reg\]\s+registry-kit: garbage collection freed \d+ bytes",
                      run.stderr), run.describe()

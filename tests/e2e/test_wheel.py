@@ -25,7 +25,7 @@ import lab as lab_api
 
 pytestmark = pytest.mark.e2e
 
-SERVER, CLIENT = "lab-reg", "lab-client1"
+SERVER, CLIENT, OUTSIDER = "lab-reg", "lab-client1", "lab-client2"
 DOMAIN, PORT = "registry.lab", 5000
 USER, PASSWORD = "builder", "wheel-test-password-1"
 
@@ -71,7 +71,11 @@ def _inventory(project: Path) -> None:
         {"name": USER, "password_file": "secrets/builder.password"}]}
     hub = [harness.host_entry(SERVER, data)]
     builders = [harness.host_entry(CLIENT, {**data, "registry_client_login_user": USER})]
-    (project / "inventory.py").write_text(f"hub = {hub!r}\nbuilders = {builders!r}\n")
+    # A host in no group the calls name: with a value the kit would refuse, it must be
+    # neither validated nor touched.
+    others = [harness.host_entry(OUTSIDER, {**lab_data, "registry_port": 0})]
+    (project / "inventory.py").write_text(
+        f"hub = {hub!r}\nbuilders = {builders!r}\nothers = {others!r}\n")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +99,8 @@ def test_wheel_holds_the_kit_and_its_data_only(wheel: Path) -> None:
                  "registry_kit/templates/redis.conf.j2",
                  "registry_kit/webui_static/index.html", "registry_kit/webui_static/app.js",
                  "registry_kit/webui_static/app.css",
-                 "registry_kit/defaults.py", "registry_kit/api.py", "registry_kit/py.typed"):
+                 "registry_kit/model/settings.py", "registry_kit/errors.py", "registry_kit/api.py",
+                 "registry_kit/py.typed"):
         assert data in names, data
 
 
@@ -117,8 +122,10 @@ def test_foreign_project_deploys_and_tears_down(wheel: Path, lab: dict[str, Any]
     (project / "teardown.py").write_text(TEARDOWN)
     assert len(DEPLOY.splitlines()) <= 10
 
-    _run(venv, project, "deploy.py").assert_ok()
+    first = _run(venv, project, "deploy.py").assert_ok()
     _run(venv, project, "deploy.py").assert_no_changes()
+    assert first.results and first.results["operations"]
+    assert not [op for op in first.results["operations"] if OUTSIDER in json.dumps(op)]
 
     # The state folder is the project's (current directory), not the package's.
     ca = project / ".registry-kit" / "ca" / "ca.crt"

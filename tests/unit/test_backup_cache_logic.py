@@ -99,7 +99,7 @@ def test_object_storage_is_refused_with_its_tools(make_settings: Callable[..., S
     monkeypatch.setenv("SK", "s")
     settings = make_settings(registry_storage={"driver": "s3", "bucket": "b", "region": "r",
                                                "accesskey_env": "AK", "secretkey_env": "SK"})
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(SettingsError) as raised:  # a RegistryKitError, not a SystemExit
         backup.refuse_unsupported(settings, "backup.py")
     message = str(raised.value)
     assert "\n" not in message and "aws s3 sync" in message

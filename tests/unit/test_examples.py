@@ -1,8 +1,8 @@
-"""The shipped examples and the README stay true to the settings."""
+"""The shipped examples stay true to the settings (the README's table and group_data/all.py
+are generated: tests/unit/test_settings_doc.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -37,12 +37,6 @@ def test_example_group_data_validates(example: Path, tmp_path: Path,
             path.write_text("placeholder")
     loaded = settings.load("example-host", data, base_dir=tmp_path)
     assert loaded.registry_domain == data["registry_domain"]
-
-
-def test_readme_settings_table_matches_group_data() -> None:
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `((?:registry|docker)_[a-z0-9_]+)` \|", readme, re.M))
-    assert documented == set(settings.known_keys())
 
 
 def test_example_addresses_without_port_on_443(tmp_path: Path) -> None:

@@ -2,14 +2,15 @@
 
     4 jobs    registry_kit.jobs (deploy, teardown, status, gc, backup, restore) and api.py:
               they arrange the roles of a host, in order
-    3 roles   registry_kit.roles, registry_kit.operations, facts.py, sharedgc.py and
-              pyinfra_patches.py: pyinfra operations and facts, they yield commands
-    2 model   registry_kit.model (settings, topology, layout, access, versions,
-              registry_version, pull_through, inventory, keystore), s3check.py, defaults.py:
-              what the run is (settings, hosts and their roles) and the control machine's
-              key store
-    1 pure    registry_kit.render, commands.py (quoting), package_data.py: values in, text
-              or data out; no files written, no host access (no pyinfra)
+    3 roles   registry_kit.roles, registry_kit.operations, facts.py, sharedgc.py: pyinfra
+              operations and facts, they yield commands
+    2 model   registry_kit.model (settings and checks, settings_doc, topology, layout,
+              access, versions, registry_version, pull_through, inventory, keystore),
+              s3check.py, pyinfra_patches.py (how pyinfra plans this run, switched once
+              per run by the inventory's settings): what the run is (settings, hosts and
+              their roles) and the control machine's key store
+    1 pure    registry_kit.render, commands.py (quoting), package_data.py, errors.py:
+              values in, text or data out; no files written, no host access (no pyinfra)
 
 A module imports its own layer and those below. The one exception, checked here: the
 model's value objects (VALUES: settings and the modules it is made of, layout,
@@ -40,17 +41,17 @@ LAYERS = {
     "registry_kit.operations": ROLES,
     "registry_kit.facts": ROLES,
     "registry_kit.sharedgc": ROLES,
-    "registry_kit.pyinfra_patches": ROLES,
     "registry_kit.model": MODEL,
     "registry_kit.s3check": MODEL,
-    "registry_kit.defaults": MODEL,
+    "registry_kit.pyinfra_patches": MODEL,
     "registry_kit.render": PURE,
     "registry_kit.commands": PURE,
     "registry_kit.package_data": PURE,
+    "registry_kit.errors": PURE,
     "registry_kit": PURE,  # the package's __init__
     "registry_kit.scripts": HOST,
 }
-VALUES = {"registry_kit.model.settings", "registry_kit.model.access",
+VALUES = {"registry_kit.model.settings", "registry_kit.model.checks", "registry_kit.model.access",
           "registry_kit.model.versions", "registry_kit.model.registry_version",
           "registry_kit.model.layout", "registry_kit.model.pull_through"}
 NAMES = {PURE: "pure", MODEL: "model", ROLES: "roles", JOBS: "jobs", HOST: "host"}
@@ -154,10 +155,6 @@ OLD_NAMES = re.compile(r"\b(plan\.plan_host|main\.plan_host|operations\.(server|
                        r"teardown|status|gc|backup|restore|token_auth|webui|engine|cache|"
                        r"loadbalancer|keepalived|trust)|roles_teardown|roles_status|"
                        r"(scaleout|control|remote)\.[A-Za-z_]|paths\.py)")
-# model/settings.py is being rewritten for issue 24 (item 1); these go with that rewrite.
-KNOWN_STALE = {("registry_kit.model.settings", "registry_kit.keepalived"),
-               ("registry_kit.model.settings", "registry_kit.backup"),
-               ("registry_kit.model.settings", "registry_kit.restore")}
 
 
 def _resolves(dotted: str) -> bool:
@@ -180,5 +177,5 @@ def test_no_stale_module_names(module: str) -> None:
     text = MODULES[module].read_text()
     stale = [match.group(0) for match in OLD_NAMES.finditer(text)]
     stale += [name for name in re.findall(r"\bregistry_kit(?:\.\w+)+", text)
-              if (module, name) not in KNOWN_STALE and not _resolves(name)]
+              if not _resolves(name)]
     assert stale == []

@@ -204,25 +204,26 @@ def test_function_commands_receive_state_and_host() -> None:
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function
 
 
-def test_only_the_first_refusal_of_a_run_is_a_system_exit() -> None:
-    """pyinfra plans every host at once in greenlets: a second SystemExit would print a
-    traceback after the one line (seen in the scale-out e2e), so later refusals end their
-    greenlet quietly."""
+def test_only_the_first_refusal_of_a_run_is_raised() -> None:
+    """pyinfra plans every host at once in greenlets: the first refusal is the SettingsError
+    itself (the entry scripts turn it into exit code 1 and its line; a second SystemExit
+    would print a traceback after the one line, seen in the scale-out e2e), so later
+    refusals end their greenlet quietly. No SystemExit from inside the kit."""
     from types import SimpleNamespace
 
     from gevent import GreenletExit
     from pyinfra.context import ctx_state
 
     from registry_kit.model.inventory import refusal, validated_settings
-    from registry_kit.model.settings import SettingsError, SettingsRefused
+    from registry_kit.model.settings import SettingsError
 
     with ctx_state.use(SimpleNamespace()):
-        first = refusal(SettingsError("h1: setting x=1 is not allowed: y"))
-        assert isinstance(first, SettingsRefused) and str(first) == \
-            "h1: setting x=1 is not allowed: y"
+        error = SettingsError("h1: setting x=1 is not allowed: y")
+        first = refusal(error)
+        assert first is error and not isinstance(first, SystemExit)
         assert isinstance(refusal(SettingsError("h2: setting x=1 is not allowed: y")),
                           GreenletExit)
         with pytest.raises(GreenletExit):
             validated_settings()
     with ctx_state.use(SimpleNamespace()):  # a new run starts clean
-        assert isinstance(refusal(SettingsError("h1: x")), SettingsRefused)
+        assert isinstance(refusal(SettingsError("h1: x")), SettingsError)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pyinfra
 import pytest
@@ -131,3 +132,35 @@ def test_untested_pyinfra_runs_unpatched_and_says_so_once(
         "running without them",
         "registry-kit: pyinfra 3.9.0 is not a version its speed-ups were tested on (3.10.0); "
         "running without them"]
+
+
+def test_one_setting_switches_the_patches_for_the_process(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """registry_pyinfra_patches: applied with the run's validation (once per run, installed
+    once per process); False on a host of the run puts pyinfra's own functions back."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_inventory, ctx_state
+
+    from registry_kit.model.inventory import validated_settings
+
+    operation_module = pyinfra_patches._operation_module
+    arguments_module = pyinfra_patches._arguments_module
+    monkeypatch.setattr(operation_module, "get_operation_order_from_stack",
+                        pyinfra_patches.ORIGINAL_ORDER)
+    monkeypatch.setattr(arguments_module, "all_global_arguments",
+                        pyinfra_patches.ORIGINAL_ARGUMENTS)
+    monkeypatch.setattr(pyinfra, "__version__", "3.10.0")
+    monkeypatch.chdir(tmp_path)
+    for wanted in (True, True, False, True):
+        inventory = Inventory((["h1", "h2"], {"registry_anonymous_acknowledged": True}),
+                              registry_servers=(["h1", "h2"], {}))
+        inventory.host_data["h2"] = {"registry_pyinfra_patches": wanted}
+        state = State(inventory, Config())
+        with ctx_state.use(state), ctx_inventory.use(inventory):
+            validated_settings()
+        patched = operation_module.get_operation_order_from_stack is pyinfra_patches.frame_order
+        assert patched is wanted
+        assert (arguments_module.all_global_arguments is
+                pyinfra_patches.cached_global_arguments) is wanted
+    assert pyinfra_patches.use(False) is False
+    assert operation_module.get_operation_order_from_stack is pyinfra_patches.ORIGINAL_ORDER

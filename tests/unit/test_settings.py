@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from registry_kit.model import checks
 from registry_kit.model import settings as settings_mod
+from registry_kit.model.checks import is_image_reference
 from registry_kit.model.settings import (
-    DEFAULTS_FILE,
+    DECLARATIONS,
+    SECTIONS,
     Secret,
     Settings,
     SettingsError,
     Storage,
     check_group_conflicts,
     check_unknown_keys,
-    is_image_reference,
 )
 
 HOST = "reg-host-1"  # the host name conftest.make_settings uses
@@ -457,35 +458,32 @@ def test_group_agreement_and_foreign_keys_are_fine() -> None:
     check_group_conflicts(HOST, groups, {})
 
 
-# --------------------------------------------------------------------------- group_data/all.py
+# --------------------------------------------------------------------------- declarations
 
 
-def _defaults_assignments() -> list[tuple[str, int]]:
-    tree = ast.parse(DEFAULTS_FILE.read_text())
-    names = []
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                assert isinstance(target, ast.Name)
-                names.append((target.id, node.lineno))
-        elif isinstance(node, ast.AnnAssign):
-            assert isinstance(node.target, ast.Name)
-            names.append((node.target.id, node.lineno))
-    return names
+def test_every_setting_is_declared_once_with_a_doc_and_a_section(
+        known: Mapping[str, Any]) -> None:
+    """The Settings class is the one declaration: every key prefixed, with a one-line doc,
+    in exactly one section; known_keys() is exactly the declared keys and defaults."""
+    assert len(DECLARATIONS) >= 70
+    assert sorted(known) == sorted(DECLARATIONS)
+    in_sections = [key for block in SECTIONS for key in block.keys]
+    assert sorted(in_sections) == sorted(DECLARATIONS)
+    for key, item in DECLARATIONS.items():
+        assert key.startswith(("registry_", "docker_")), key
+        assert item.doc and "\n" not in item.doc, key
+        assert known[key] == item.default
+    assert len(SECTIONS) == 14 and all(block.reads.startswith("registry_kit/")
+                                       for block in SECTIONS)
 
 
-def test_defaults_file_keys_are_prefixed_and_commented(known: Mapping[str, Any]) -> None:
-    lines = DEFAULTS_FILE.read_text().splitlines()
-    assignments = _defaults_assignments()
-    assert len(assignments) >= 30
-    for name, lineno in assignments:
-        assert name.startswith(("registry_", "docker_")), name
-        line = lines[lineno - 1]
-        assert "#" in line.partition("=")[2], f"{name} has no comment: {line!r}"
-        comment = line.rsplit("#", 1)[1].strip()
-        assert comment, f"{name} has an empty comment"
-    # every assignment is a setting known_keys() returns (none is silently dropped)
-    assert sorted(known) == sorted(name for name, _ in assignments)
+def test_known_keys_are_fresh_copies() -> None:
+    first = settings_mod.known_keys()
+    first["registry_storage"]["driver"] = "s3"
+    first["registry_users"].append({"name": "x"})
+    again = settings_mod.known_keys()
+    assert again["registry_storage"] == {"driver": "filesystem"}
+    assert again["registry_users"] == []
 
 
 # --------------------------------------------------------------------------- hardening
@@ -514,7 +512,7 @@ def test_dedicated_folders_are_fine(make_settings: Callable[..., Settings], path
     assert make_settings(registry_data_dir=path + "/").registry_data_dir == path
 
 
-@pytest.mark.parametrize("path", sorted(settings_mod.SYSTEM_DIRS))
+@pytest.mark.parametrize("path", sorted(checks.SYSTEM_DIRS))
 def test_every_system_folder_is_refused(make_settings: Callable[..., Settings],
                                         path: str) -> None:
     with pytest.raises(SettingsError, match="registry_config_dir"):
@@ -558,34 +556,57 @@ def test_secret_with_a_control_character_is_refused_without_showing_it(
     assert "word-9911" not in str(caught.value) and "REGKIT_ESC" in str(caught.value)
 
 
-def test_repo_group_data_is_the_package_defaults() -> None:
-    """group_data/all.py is the documented example: every setting at its package default, so
-    a new setting added to one and not the other fails here."""
-    namespace: dict[str, Any] = {}
-    example = Path(__file__).resolve().parents[2] / "group_data" / "all.py"
-    exec(compile(example.read_text(), str(example), "exec"), namespace)
-    shown = {key: value for key, value in namespace.items()
-             if key.startswith(("registry_", "docker_"))}
-    assert shown == settings_mod.known_keys()
+def _api_inventory() -> Any:
+    from pyinfra.api import Config, Inventory, State
+
+    inventory = Inventory(
+        (["plain", ("own", {"registry_domain": "own.example"}), "outsider"],
+         {"registry_anonymous_acknowledged": True}),
+        hub=(["plain", "own"], {}), other=(["outsider"], {"registry_port": 0}))
+    State(inventory, Config())
+    return inventory
 
 
 def test_api_settings_sit_above_deploy_defaults_and_below_host_data(tmp_path: Path,
                                                                     monkeypatch: Any) -> None:
-    """The API's settings= beat the package defaults pyinfra adds to the current host as the
-    @deploy's data_defaults; the host's own data beats both."""
-    from pyinfra.api import Config, Inventory, State
-
+    """pyinfra's order: the @deploy's data_defaults, then the API's settings=, then group and
+    host data (host wins): the same for every host, though pyinfra adds deploy data to the
+    host being planned only."""
     monkeypatch.chdir(tmp_path)
-    inventory = Inventory(
-        (["plain", ("own", {"registry_domain": "own.example"})],
-         {"registry_anonymous_acknowledged": True}),
-        hub=(["plain", "own"], {}))
-    State(inventory, Config())
+    inventory = _api_inventory()
     plain = inventory.get_host("plain")
-    with plain.deploy("registry-kit", {}, settings_mod.known_keys()):
+    deploy_data = {**settings_mod.known_keys(), "registry_port": 443}
+    with plain.deploy("registry-kit", {}, deploy_data):
         assert plain.data.registry_domain == "registry.example.internal"  # the deploy's default
         loaded = settings_mod.load_inventory(
             inventory, groups=("hub",), server_group="hub",
-            defaults={"registry_domain": "from-settings.example"})
+            deploy_data={**plain.get_deploy_data(),
+                         "registry_domain": "from-settings.example"})
     assert loaded["plain"].registry_domain == "from-settings.example"
     assert loaded["own"].registry_domain == "own.example"
+    # data_defaults are honoured, for the host being planned and for the others alike.
+    assert loaded["plain"].registry_port == loaded["own"].registry_port == 443
+
+
+def test_only_the_named_groups_are_validated(tmp_path: Path, monkeypatch: Any) -> None:
+    """"outsider" (in another group, with a bad port) is neither read nor refused."""
+    monkeypatch.chdir(tmp_path)
+    inventory = _api_inventory()
+    loaded = settings_mod.load_inventory(inventory, groups=("hub",), server_group="hub")
+    assert sorted(loaded) == ["own", "plain"]
+    with pytest.raises(SettingsError, match=r"^outsider: setting registry_port=0 "):
+        settings_mod.load_inventory(inventory, groups=("hub", "other"), server_group="hub")
+
+
+def test_unknown_key_in_api_settings_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=r"^settings: setting registry_prot=1 .*registry_port"):
+        settings_mod.load_inventory(_api_inventory(), groups=("hub",), server_group="hub",
+                                    deploy_data={"registry_prot": 1})
+
+
+def test_a_refused_setting_is_a_registry_kit_error() -> None:
+    from registry_kit.errors import RegistryKitError
+
+    assert issubclass(SettingsError, RegistryKitError)
+    assert not issubclass(SettingsError, SystemExit)

@@ -154,18 +154,19 @@ def test_spelled_differently_refuses_a_timer_and_a_partial_run(
         "share one storage (rep1, rep2)" in str(error)
     group = sharedgc.group_of("rep1", sharedgc.storage_groups(servers))
     line = sharedgc.unreachable_refusal(group, ["rep1"])
-    assert line is not None and line.startswith("rep2: gc.py refused: rep2 not reachable")
+    assert line is not None and line.startswith(
+        "rep2: garbage_collect.py refused: rep2 not reachable")
 
 
 def test_a_replica_missing_from_the_run_refuses(make_settings: Callable[..., Settings]) -> None:
     group = _hosts(make_settings, [S3, S3, S3])
     assert sharedgc.unreachable_refusal(group, ["rep1", "rep2", "rep3", "lb"]) is None
-    # gc.py passes a generator over pyinfra's active hosts.
+    # garbage_collect.py passes a generator over pyinfra's active hosts.
     assert sharedgc.unreachable_refusal(group, (n for n in ("lb", "rep3", "rep2", "rep1"))) \
         is None
     line = sharedgc.unreachable_refusal(group, ["rep1", "rep3"])
-    assert line == ("rep2: gc.py refused: rep2 not reachable (or left out by --limit); a "
-                    "collection on shared storage makes every replica read-only first "
+    assert line == ("rep2: garbage_collect.py refused: rep2 not reachable (or left out by "
+                    "--limit); a collection on shared storage makes every replica read-only first "
                     "(rep1, rep2, rep3): nothing was changed")
     assert "\n" not in line
 
