@@ -388,6 +388,15 @@ class SharedCollection(StringCommand):
             logger.warning(f"{leader.print_prefix}cannot list the bucket to measure: {error}")
             return None
 
+    def _dry_run(self, state: Any, host: Any, auth: Any, report: Any) -> bool:
+        """Collect with --dry-run on the first replica: every replica stays writable."""
+        leader, names = self.members[0], ", ".join(m.host for m in self.members)
+        ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
+        report(f"registry-kit: dry run on shared storage ({names}; from {leader.host}): "
+               f"{_summary(out)}; nothing deleted" if ok else
+               "registry-kit: dry run failed (see above)", ok)
+        return ok
+
     def execute(self, state: Any, host: Any, connector_arguments: Any) -> Any:
         auth = auth_arguments({**connector_arguments, **self.connector_arguments})
         leader, names = self.members[0], ", ".join(m.host for m in self.members)
@@ -402,12 +411,7 @@ class SharedCollection(StringCommand):
                        f"{member.host}; nothing was changed", ok=False)
                 return False, CommandOutput([])
         if self.dry_run:  # nothing is deleted: no replica needs to be read-only
-            ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
-            summary = _summary(out)
-            report(f"registry-kit: dry run on shared storage ({names}; from {leader.host}): "
-                   f"{summary}; nothing deleted" if ok else
-                   "registry-kit: dry run failed (see above)", ok)
-            return ok, CommandOutput([])
+            return self._dry_run(state, host, auth, report), CommandOutput([])
         failed: tuple[str, str] | None = None
         touched: list[Member] = []
         before = after = None

@@ -62,8 +62,13 @@ class LoadBalancer:
 def load_balancer(lb: LoadBalancer, header: str) -> str:
     """haproxy.cfg of a registry_lb host: the replicas behind registry_port, drained
     through the admin socket during a rolling replacement."""
+    return text(header, [*_lb_base(lb), *_lb_registry(lb), *_lb_extras(lb)])
+
+
+def _lb_base(lb: LoadBalancer) -> list[Section]:
+    """global and defaults: TCP for passthrough, HTTP when TLS ends here."""
     terminate = lb.terminate
-    sections = [
+    return [
         Section("global", [
             "log /dev/log local0",
             f"chroot {layout.HAPROXY_CHROOT}",
@@ -91,6 +96,13 @@ def load_balancer(lb: LoadBalancer, header: str) -> str:
             *(["timeout http-request 30s", "timeout http-keep-alive 30s"] if terminate
               else []),
         ]),
+    ]
+
+
+def _lb_registry(lb: LoadBalancer) -> list[Section]:
+    """The registry's frontend and the replicas' backend, checked on /v2/."""
+    terminate = lb.terminate
+    return [
         Section("frontend registry", [
             *([f"bind *:{lb.port} ssl crt {layout.LB_PEM} alpn http/1.1",
                "# What the registry's deployment docs ask of a TLS-terminating proxy. haproxy "
@@ -116,6 +128,11 @@ def load_balancer(lb: LoadBalancer, header: str) -> str:
             *(f"server {name} {endpoint}" for name, endpoint in lb.replicas),
         ]),
     ]
+
+
+def _lb_extras(lb: LoadBalancer) -> list[Section]:
+    """The token servers (access rules) and the stats page, each only when asked for."""
+    sections: list[Section] = []
     if lb.token_port:
         sections += [
             Section("frontend registry-token", [
@@ -135,4 +152,4 @@ def load_balancer(lb: LoadBalancer, header: str) -> str:
         sections.append(Section("frontend stats", [
             "mode http", f"bind {lb.stats}", "stats enable", "stats uri /", "stats refresh 5s",
         ]))
-    return text(header, sections)
+    return sections

@@ -55,25 +55,12 @@ def page_config(settings: Settings) -> bytes:
     return (json.dumps(document, sort_keys=True) + "\n").encode()
 
 
-def render_haproxy(settings: Settings) -> str:
-    """haproxy.cfg (registry_kit.render.haproxy): the page's files, /v2/ to the registry and
-    /token to the token server, both on this server's local address."""
-
-    def checked(value: object, field: str) -> str:
-        return haproxy.word(value, file=WEBUI_HAPROXY_CFG, field=field)
-
-    domain = checked(settings.registry_domain, "registry_domain")
-    endpoints = Endpoints.of(settings)
-    port = settings.registry_webui_port
-    bind = settings.registry_bind_address
-    if bind in (None, "0.0.0.0", "::"):
-        listen = f":::{port} v4v6"  # every address, IPv4 and IPv6
-    else:
-        listen = checked(host_port(str(bind), port), "registry_bind_address")
-    tokens = token_render.enabled(settings)
+def _frontend(listen: str, tokens: bool) -> list[str]:
+    """The page's frontend: security headers, /v2/ (and /token) to the backends, the page's
+    own files answered by haproxy itself, 404 for the rest."""
     files = [("index.html", "/"), ("index.html", "/index.html"),
              *((name, f"/{name}") for name in (*STATIC, PAGE_CONFIG) if name != "index.html")]
-    frontend = [
+    return [
         f"bind {listen} ssl crt {WEBUI_PEM} alpn h2,http/1.1",
         # http-after-response: also on the answers haproxy makes itself (the page's files).
         f'http-after-response set-header Content-Security-Policy "{CSP}"',
@@ -91,6 +78,25 @@ def render_haproxy(settings: Settings) -> str:
         'http-request return status 404 content-type "text/plain" string "not found" unless api'
         + (f" || {{ path {TOKEN_PATH} }}" if tokens else ""),
     ]
+
+
+def render_haproxy(settings: Settings) -> str:
+    """haproxy.cfg (registry_kit.render.haproxy): the page's files, /v2/ to the registry and
+    /token to the token server, both on this server's local address."""
+
+    def checked(value: object, field: str) -> str:
+        return haproxy.word(value, file=WEBUI_HAPROXY_CFG, field=field)
+
+    domain = checked(settings.registry_domain, "registry_domain")
+    endpoints = Endpoints.of(settings)
+    port = settings.registry_webui_port
+    bind = settings.registry_bind_address
+    if bind in (None, "0.0.0.0", "::"):
+        listen = f":::{port} v4v6"  # every address, IPv4 and IPv6
+    else:
+        listen = checked(host_port(str(bind), port), "registry_bind_address")
+    tokens = token_render.enabled(settings)
+    frontend = _frontend(listen, tokens)
     backends = [("registry", settings.registry_port)]
     if tokens:
         backends.append(("token", settings.registry_token_port))

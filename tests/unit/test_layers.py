@@ -179,3 +179,18 @@ def test_no_stale_module_names(module: str) -> None:
     stale += [name for name in re.findall(r"\bregistry_kit(?:\.\w+)+", text)
               if not _resolves(name)]
     assert stale == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_over_60_lines() -> None:
+    """Issue 24: a function a reader can hold at once; a longer one is split by what it does."""
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
