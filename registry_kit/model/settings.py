@@ -548,18 +548,6 @@ class Settings:
     def tls_enabled(self) -> bool:
         return self.registry_tls_mode != "none"
 
-    @property
-    def registry_address(self) -> str:
-        """What clients type before the image name: no ":443" on the TLS default port."""
-        if self.tls_enabled and self.registry_port == 443:
-            return url_host(self.registry_domain)
-        return host_port(self.registry_domain, self.registry_port)
-
-    @property
-    def registry_url(self) -> str:
-        scheme = "https" if self.tls_enabled else "http"
-        return f"{scheme}://{host_port(self.registry_domain, self.registry_port)}"
-
     def user(self, name: str) -> User | None:
         return next((user for user in self.registry_users if user.name == name), None)
 

@@ -164,7 +164,7 @@ def client_login(settings: Settings, state: HostState, ca_pem: bytes | None = No
                            name="Trust only the new registry CA",
                            _if=trust.no_host_failed)
     if settings.registry_client_login_user:
-        docker_login(settings, state, name=f"docker login to {settings.registry_address}")
+        docker_login(settings, state, name=f"docker login to {Endpoints.of(settings).address}")
 
 
 # --- teardown: the reverse of client_trust and client_login ---
@@ -184,7 +184,7 @@ def teardown_probe_args(settings: Settings, also_server: bool = False) -> dict:
 @operation()
 def docker_logout(settings: Settings, state: HostState):
     """Log out where the kit logged in: its marker says so (or the login user is set)."""
-    address = settings.registry_address
+    address = Endpoints.of(settings).address
     logged_in = address in state.docker_auths
     marker = bool(state.login_marker.strip())
     if not (marker or (logged_in and settings.registry_client_login_user)):
@@ -210,7 +210,7 @@ def remove_system_trust(paths: list[str], state: HostState):
 
 
 def client_remove(settings: Settings, state: HostState, also_server: bool = False) -> None:
-    docker_logout(settings, state, name=f"docker logout from {settings.registry_address}")
+    docker_logout(settings, state, name=f"docker logout from {Endpoints.of(settings).address}")
     remove_system_trust(
         [system_ca_path(settings, family) for family in layout.SYSTEM_CA_DIRS], state,
         name="Remove the registry CA from the OS trust store")
@@ -268,7 +268,8 @@ def _trust_status(settings: Settings, trusted: str) -> str:
 
 def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
     user = first_line(sections, "marker")
-    logged_in = settings.registry_address in [line.strip() for line in sections.get("auths", [])]
+    address = Endpoints.of(settings).address
+    logged_in = address in [line.strip() for line in sections.get("auths", [])]
     login = (f"yes ({user})" if user else "yes") if logged_in else "no"
     if settings.registry_client_login_user is None and not logged_in:
         login = "not asked"
@@ -276,7 +277,7 @@ def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, 
     return {
         "client": settings.host,
         "docker": first_line(sections, "docker") or "not running",
-        "registry": settings.registry_address,
+        "registry": address,
         "trust": _trust_status(settings, "\n".join(sections.get("trust", [])).strip()),
         "login": login,
         "hosts entries": str(len(hosts)),

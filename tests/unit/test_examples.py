@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from registry_kit.model import settings
+from registry_kit.model.layout import Endpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*/all.py"))
@@ -45,5 +46,5 @@ def test_example_addresses_without_port_on_443(tmp_path: Path) -> None:
         (tmp_path / data[key]).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / data[key]).write_text("x")
     (tmp_path / "secrets" / "ci.password").write_text("pw")
-    assert settings.load("h", data, base_dir=tmp_path).registry_address == \
+    assert Endpoints.of(settings.load("h", data, base_dir=tmp_path)).address == \
         "registry.example.com"

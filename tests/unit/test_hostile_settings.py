@@ -30,6 +30,7 @@ from registry_kit import facts
 from registry_kit.commands import OSInfo, docker_install_commands, join
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as scaleout
+from registry_kit.model.layout import Endpoints
 from registry_kit.model.settings import Settings, SettingsError, unsafe_character
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
@@ -233,7 +234,7 @@ def _check_files(s: Settings, key: str, value: str) -> None:
     assert set(config["http"]) == set(plain["http"])
     assert config["http"]["secret"] == http_secret
     assert config["redis"]["password"] == cache_password
-    assert config["http"]["host"] == s.registry_url.removesuffix(":443")
+    assert config["http"]["host"] == Endpoints.of(s).url.removesuffix(":443")
     storage = config["storage"][s.registry_storage.driver] or {}
     for name, param in s.registry_storage.params.items():
         assert storage[name] == (param.reveal() if hasattr(param, "reveal") else param)

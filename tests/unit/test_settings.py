@@ -11,6 +11,7 @@ import pytest
 from registry_kit.model import checks
 from registry_kit.model import settings as settings_mod
 from registry_kit.model.checks import is_image_reference
+from registry_kit.model.layout import Endpoints
 from registry_kit.model.settings import (
     DECLARATIONS,
     SECTIONS,
@@ -258,8 +259,8 @@ def test_defaults_load(make_settings: Callable[..., Settings], tmp_path: Path) -
     assert s.docker_min_version == "1.6.0"
     assert s.docker_registry_mirrors == ()
     assert s.docker_live_restore is None
-    assert s.registry_address == "registry.example.internal:5000"
-    assert s.registry_url == "https://registry.example.internal:5000"
+    assert Endpoints.of(s).address == "registry.example.internal:5000"
+    assert Endpoints.of(s).url == "https://registry.example.internal:5000"
 
 
 def test_load_without_known_reads_group_data(tmp_path: Path) -> None:
@@ -280,13 +281,13 @@ def test_load_without_known_reads_group_data(tmp_path: Path) -> None:
 def test_registry_address(make_settings: Callable[..., Settings], data: dict[str, Any],
                           address: str, url: str) -> None:
     s = make_settings(registry_domain="reg.example", **data)
-    assert s.registry_address == address
-    assert s.registry_url == url
+    assert Endpoints.of(s).address == address
+    assert Endpoints.of(s).url == url
 
 
 def test_domain_is_lowercased_and_ip_allowed(make_settings: Callable[..., Settings]) -> None:
     assert make_settings(registry_domain="Reg.Example").registry_domain == "reg.example"
-    assert make_settings(registry_domain="10.1.2.3").registry_address == "10.1.2.3:5000"
+    assert Endpoints.of(make_settings(registry_domain="10.1.2.3")).address == "10.1.2.3:5000"
 
 
 def test_foreign_keys_are_ignored(make_settings: Callable[..., Settings]) -> None:
@@ -522,9 +523,9 @@ def test_every_system_folder_is_refused(make_settings: Callable[..., Settings],
 def test_ipv6_addresses_are_bracketed_in_addresses_and_urls(
         make_settings: Callable[..., Settings]) -> None:
     s = make_settings(registry_domain="fd00::5", registry_port=5000)
-    assert s.registry_address == "[fd00::5]:5000"
-    assert s.registry_url == "https://[fd00::5]:5000"
-    assert make_settings(registry_domain="fd00::5", registry_port=443).registry_address == \
+    assert Endpoints.of(s).address == "[fd00::5]:5000"
+    assert Endpoints.of(s).url == "https://[fd00::5]:5000"
+    assert Endpoints.of(make_settings(registry_domain="fd00::5", registry_port=443)).address == \
         "[fd00::5]"
     assert settings_mod.host_port("10.0.0.1", 80) == "10.0.0.1:80"
 
