@@ -47,6 +47,8 @@ done
 config=$config_dir/config.yml
 saved=$config_dir/config.yml.registry-kit-saved
 log=$log_dir/gc.log
+# The log is read here and its summary reported; nothing of it stays in the runtime folder.
+trap 'rm -f "$log"' EXIT
 set_curl_opts "$resolve" "$cacert"
 
 wait_healthy() {
