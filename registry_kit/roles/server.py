@@ -248,9 +248,11 @@ def curlrc_text(user: User) -> str:
 
 def registry_reads(settings: Settings, config: bytes, cert: ServerCertificate | None,
                    users: bytes) -> dict[str, bytes]:
-    """The files the registry reads at start (htpasswd again when it changes), by path: a
-    change to any of them is proven on a candidate first. The CA is not read by the
-    registry, but the candidate's check trusts the new one."""
+    """The files the registry reads, by path: a change to any but htpasswd is proven on a
+    candidate first, which then gets them all. htpasswd alone is not: the registry parses
+    it at the first request after it changes, not at start (distribution's
+    auth/htpasswd/access.go), so a candidate's /v2/ check would prove nothing about it.
+    The CA is not read by the registry, but the candidate's check trusts the new one."""
     paths = ServerLayout.of(settings)
     wanted = {paths.config: config, paths.htpasswd: users}
     if cert is not None:
@@ -273,9 +275,11 @@ def prove_files(settings: Settings, spec: ContainerSpec, wanted: dict[str, bytes
     config_dir = settings.registry_config_dir
     changed = [path for path, content in wanted.items()
                if getattr(state.files.get(path), "sha256", None) != files.sha256_of(content)]
-    if state.container is None or not changed:
-        host.noop("nothing to prove: " + ("no registry container yet" if changed
-                                          else "the registry's files are unchanged"))
+    if state.container is None or changed in ([], [ServerLayout.of(settings).htpasswd]):
+        host.noop("nothing to prove: " + (
+            "no registry container yet" if state.container is None and changed else
+            "only htpasswd changed (read at its first use)" if changed else
+            "the registry's files are unchanged"))
         return
     if _failed_replacements(host.state):
         yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements(host.state)),), {})

@@ -234,6 +234,9 @@ def test_prove_files_costs_nothing_when_nothing_the_registry_reads_changed(
     spec, wanted, state = _proof_inputs(defaults)
     assert run(server.prove_files, defaults, spec, wanted, b"ro", state) == \
         ([], ["nothing to prove: the registry's files are unchanged"])
+    users = {**wanted, "/etc/registry-kit/auth/htpasswd": b"other users"}
+    assert run(server.prove_files, defaults, spec, users, b"ro", state) == \
+        ([], ["nothing to prove: only htpasswd changed (read at its first use)"])
     # A first deploy: nothing runs yet that a refusal could take down.
     assert run(server.prove_files, defaults, spec, {**wanted, "/etc/registry-kit/config.yml":
                                                     b"other"}, b"ro", probe()) == \
@@ -245,11 +248,13 @@ def test_prove_files_stages_the_changed_files_and_proves_them_on_a_candidate(
     spec, wanted, state = _proof_inputs(defaults)
     staged = "/run/registry-kit/registry-candidate"
     changed = {**wanted, "/etc/registry-kit/config.yml": b"changed",
+               "/etc/registry-kit/auth/htpasswd": b"other users",
                "/etc/registry-kit/certs/server.crt": b"cert"}
     assert run(server.prove_files, defaults, spec, changed, b"read-only", state) == ([
         f"docker rm -f registry-candidate >/dev/null 2>&1; rm -rf {staged} && "
         f"install -d -m 0700 /run/registry-kit {staged} && cp -a /etc/registry-kit/. {staged}",
         # Only what changed goes over the copy; config.yml is always the read-only variant.
+        f"UPLOAD b'other users' -> {staged}/auth/htpasswd",
         f"UPLOAD b'cert' -> {staged}/certs/server.crt",
         f"UPLOAD b'read-only' -> {staged}/config.yml",
         "_ReplaceCommand: /usr/local/lib/registry-kit/prove-config.sh registry-candidate "
