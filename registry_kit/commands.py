@@ -137,25 +137,42 @@ class ContainerSpec:
     def run_args(self, engine_version: str | None = None) -> list[str]:
         """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
         single files: a file replaced by rename keeps its old inode inside the container."""
-        use_mount = engine_version is None or parse_version(engine_version) >= MOUNT_FLAG_SINCE
         published = f"{self.port}:{layout.CONTAINER_PORT}" if self.bind_address is None \
             else f"{host_port(self.bind_address, self.port)}:{layout.CONTAINER_PORT}"
         args = ["-d", "--name", self.name, "--restart=always", "-p", published]
         if self.debug_port:
             args += ["-p", f"127.0.0.1:{self.debug_port}:{layout.CONTAINER_DEBUG_PORT}"]
-        mounts = [(self.config_dir, layout.CONTAINER_CONFIG_DIR, True)]
-        if self.data_dir:
-            mounts.append((self.data_dir, layout.CONTAINER_DATA_DIR, False))
-        for source, target, readonly in mounts:
-            if use_mount:  # --mount: a missing source is an error, not a new empty folder
-                args += ["--mount", f"type=bind,source={source},target={target}"
-                         + (",readonly" if readonly else "")]
-            else:
-                args += ["-v", f"{source}:{target}" + (":ro" if readonly else "")]
+        args += self._mounts(self.config_dir, False, engine_version)
         # The config file is named explicitly: registry 2.x images default to
         # /etc/docker/registry/config.yml and 3.x to /etc/distribution/config.yml, so with
         # `serve FILE` an upgrade across the major version runs the kit's config unchanged.
         args += ["--label", "registry-kit.managed=true",
                  "--label", f"registry-kit.spec={self.spec_hash}",
                  self.image, "serve", layout.CONTAINER_CONFIG_FILE]
+        return args
+
+    def candidate_args(self, staged_dir: str, engine_version: str | None = None) -> list[str]:
+        """`docker run` arguments of the candidate that proves new files (server.prove_files):
+        the same image and data, the staged folder where the config folder goes, on a port
+        the engine picks on loopback only, no restart policy (a refusal exits and stays
+        down), the data folder read-only."""
+        args = ["-d", "--name", layout.candidate(self.name),
+                "-p", f"127.0.0.1::{layout.CONTAINER_PORT}"]
+        args += self._mounts(staged_dir, True, engine_version)
+        return [*args, "--label", "registry-kit.candidate=true",
+                self.image, "serve", layout.CONTAINER_CONFIG_FILE]
+
+    def _mounts(self, config_dir: str, data_readonly: bool,
+                engine_version: str | None) -> list[str]:
+        use_mount = engine_version is None or parse_version(engine_version) >= MOUNT_FLAG_SINCE
+        mounts = [(config_dir, layout.CONTAINER_CONFIG_DIR, True)]
+        if self.data_dir:
+            mounts.append((self.data_dir, layout.CONTAINER_DATA_DIR, data_readonly))
+        args: list[str] = []
+        for source, target, readonly in mounts:
+            if use_mount:  # --mount: a missing source is an error, not a new empty folder
+                args += ["--mount", f"type=bind,source={source},target={target}"
+                         + (",readonly" if readonly else "")]
+            else:
+                args += ["-v", f"{source}:{target}" + (":ro" if readonly else "")]
         return args

@@ -42,6 +42,17 @@ def replace_lock(container: str) -> str:
     return f"{LOCK_DIR}/registry-kit-{container}.lock"
 
 
+def candidate(container: str) -> str:
+    """The container that proves new files before CONTAINER's are replaced."""
+    return f"{container}-candidate"
+
+
+def candidate_dir(container: str) -> str:
+    """Where the files a candidate of CONTAINER proves are staged: on tmpfs (config.yml
+    holds secrets), root only, removed after each proof."""
+    return f"{RUNTIME_DIR}/{candidate(container)}"
+
+
 def unit(name: str) -> str:
     """Where the systemd unit NAME (with its suffix) is written."""
     return f"{SYSTEMD_DIR}/{name}"
@@ -172,6 +183,9 @@ class Endpoints:
     realm: str  # scheme://DOMAIN:TOKEN_PORT/token
     realm_resolve: str  # curl --resolve for the realm, over the same LOCAL
     realm_listen: str  # where the token server listens (ADDRESS:PORT)
+    # A candidate's check (server.prove_files): scheme://NAME and NAME, its port added there.
+    origin: str
+    name: str
 
     @classmethod
     def of(cls, settings: Settings) -> Endpoints:
@@ -188,7 +202,8 @@ class Endpoints:
             local_ip=local, realm=f"{scheme}://{realm}{TOKEN_PATH}",
             realm_resolve=f"{realm}:{url_host(local)}",
             realm_listen=host_port("0.0.0.0" if bind is None else str(bind),
-                                   settings.registry_token_port))
+                                   settings.registry_token_port),
+            origin=f"{scheme}://{url_host(domain)}", name=url_host(domain))
 
     def local(self, port: int) -> str:
         """LOCAL:PORT where a port of this server is reached from the server itself."""

@@ -19,7 +19,7 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState, first_line, section_command
-from registry_kit.model import layout
+from registry_kit.model import keystore, layout
 from registry_kit.model.inventory import merge_probe, run_cache
 from registry_kit.model.layout import Endpoints, ServerLayout
 from registry_kit.model.registry_version import binary_version
@@ -42,7 +42,7 @@ REPLICA_DRAIN_SECONDS = 5
 
 # lib.sh: what the others share, sourced from their own folder.
 SCRIPT_NAMES = ("lib.sh", "replace-container.sh", "verify-auth.sh", "registry-gc.sh",
-                "verify-token.sh")
+                "verify-token.sh", "prove-config.sh")
 
 
 def install_scripts(names: Sequence[str], state: HostState) -> None:
@@ -144,7 +144,8 @@ def _failed_replacements(state: Any) -> list[str]:
 
 
 class _ReplaceCommand(StringCommand):
-    """The replace-container.sh call; remembers a failure for the servers still to come."""
+    """The replace-container.sh (or prove-config.sh) call; remembers a failure for the
+    servers still to come."""
 
     def execute(self, state, host, connector_arguments):
         status, output = super().execute(state, host, connector_arguments)
@@ -245,6 +246,79 @@ def curlrc_text(user: User) -> str:
     return f'user = "{textfile.curl_config_string(credentials, field="user")}"\n'
 
 
+def registry_reads(settings: Settings, config: bytes, cert: ServerCertificate | None,
+                   users: bytes) -> dict[str, bytes]:
+    """The files the registry reads, by path: a change to any but htpasswd is proven on a
+    candidate first, which then gets them all. htpasswd alone is not: the registry parses
+    it at the first request after it changes, not at start (distribution's
+    auth/htpasswd/access.go), so a candidate's /v2/ check would prove nothing about it.
+    The CA is not read by the registry, but the candidate's check trusts the new one."""
+    paths = ServerLayout.of(settings)
+    wanted = {paths.config: config, paths.htpasswd: users}
+    if cert is not None:
+        wanted.update({paths.cert: served_certificate(settings, cert),
+                       paths.key: cert.key_pem, paths.ca: cert.ca_pem})
+    if token_render.enabled(settings):
+        wanted[paths.signing_cert] = keystore.token_signing_material(settings)[1]
+    return wanted
+
+
+@operation()
+def prove_files(settings: Settings, spec: ContainerSpec, wanted: dict[str, bytes],
+                candidate_config: bytes, state: HostState):
+    """Before any file the running registry reads is replaced: the new files (`wanted`,
+    path -> content; config.yml as `candidate_config`, read-only storage) staged in a
+    root-only folder on tmpfs and proven on a candidate container (scripts/prove-config.sh).
+    A refusal fails the run here, so the uploads and the container swap after it never
+    happen. Nothing to prove: no changed file, or no registry running yet to protect (a
+    first deploy's replace-container.sh reports a refusal with the registry's log)."""
+    config_dir = settings.registry_config_dir
+    changed = [path for path, content in wanted.items()
+               if getattr(state.files.get(path), "sha256", None) != files.sha256_of(content)]
+    if state.container is None or changed in ([], [ServerLayout.of(settings).htpasswd]):
+        host.noop("nothing to prove: " + (
+            "no registry container yet" if state.container is None and changed else
+            "only htpasswd changed (read at its first use)" if changed else
+            "the registry's files are unchanged"))
+        return
+    if _failed_replacements(host.state):
+        yield FunctionCommand(_stop_rollout, (", ".join(_failed_replacements(host.state)),), {})
+        return
+    candidate, staged = layout.candidate(spec.name), layout.candidate_dir(spec.name)
+    # The current folder first, the changed files over it: what the swap will leave there.
+    yield (f"docker rm -f {q(candidate)} >/dev/null 2>&1; rm -rf {q(staged)} && "
+           f"install -d -m 0700 {q(layout.RUNTIME_DIR)} {q(staged)} && "
+           f"cp -a {q(config_dir + '/.')} {q(staged)}")
+    staged_layout = ServerLayout(staged)
+    for path in changed:
+        if path != ServerLayout.of(settings).config:
+            yield files.upload(BytesIO(wanted[path]), staged + path[len(config_dir):])
+    yield files.upload(BytesIO(candidate_config), staged_layout.config)
+    endpoints = Endpoints.of(settings)
+    # A refusal stops the rollout like a failed replacement (_ReplaceCommand records it).
+    yield _ReplaceCommand(join([
+        layout.script("prove-config.sh"), candidate, staged, endpoints.origin, endpoints.name,
+        staged_layout.ca if settings.tls_enabled else "-", settings.registry_verify_timeout,
+        layout.CONTAINER_PORT, "--", *spec.candidate_args(staged, state.server_version)]))
+
+
+def _upload_certificates(settings: Settings, state: HostState,
+                         cert: ServerCertificate | None) -> list:
+    """The server certificate and key (returned: a change needs a registry restart) and
+    the CA."""
+    if cert is None:
+        return []
+    paths = ServerLayout.of(settings)
+    cert_ops = [files.managed_file(paths.cert, served_certificate(settings, cert), "0644",
+                                   state.files.get(paths.cert),
+                                   name="Upload the server certificate"),
+                files.managed_file(paths.key, cert.key_pem, "0600", state.files.get(paths.key),
+                                   name="Upload the server private key")]
+    files.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
+                       name="Upload the CA certificate")
+    return cert_ops
+
+
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
                   http_secret: str, cache: CacheTarget | None = None,
                   rotation: Rotation | None = None, major: int = 2) -> None:
@@ -255,20 +329,25 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     for path, setting in owned_folders(settings):
         ownership.owned_dir(path, "0700", setting, state, name=f"Create {path}")
     install_scripts(SCRIPT_NAMES, state)
-    cert_ops = []
-    if cert is not None:
-        cert_ops.append(files.managed_file(paths.cert, served_certificate(settings, cert),
-                                           "0644", state.files.get(paths.cert),
-                                           name="Upload the server certificate"))
-        cert_ops.append(files.managed_file(paths.key, cert.key_pem, "0600",
-                                           state.files.get(paths.key),
-                                           name="Upload the server private key"))
-        files.managed_file(paths.ca, cert.ca_pem, "0644", state.files.get(paths.ca),
-                           name="Upload the CA certificate")
+
+    def config_for(read_only: bool) -> bytes:
+        return render_config(settings, http_secret, read_only=read_only, cache=cache,
+                             drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
+                             major=major).encode()
+
+    config = config_for(read_only=False)
+    users = htpasswd.render(settings.registry_users, state.htpasswd).encode()
+    # The image first: the candidate runs the one the new container will.
+    ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
+    spec = container_spec(settings, config, cert)
+    prove_files(settings, spec, registry_reads(settings, config, cert, users),
+                config_for(read_only=True), state, _serial=True,
+                name="Prove the registry's new files on a candidate container")
+    cert_ops = _upload_certificates(settings, state, cert)
     # htpasswd before the first start: a registry that finds none invents a user.
-    htpasswd_op = files.managed_file(
-        paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
-        "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
+    htpasswd_op = files.managed_file(paths.htpasswd, users, "0600",
+                                     state.files.get(paths.htpasswd),
+                                     name="Upload htpasswd (bcrypt)")
     # Access rules: the token server beside the registry (registry_kit.roles.token_server).
     token_ops = []
     if token_render.enabled(settings):
@@ -276,14 +355,9 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                                                    htpasswd_op=htpasswd_op))
     else:
         token_server.token_off(settings, state)
-    config = render_config(settings, http_secret, cache=cache,
-                           drain_timeout=REPLICA_DRAIN_SECONDS if rotation else None,
-                           major=major).encode()
     config_op = files.managed_file(paths.config, config, "0600",
                                    state.files.get(paths.config),
                                    name="Upload the registry config.yml")
-    ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
-    spec = container_spec(settings, config, cert)
     container_op = ensure_container(settings, spec, state, rotation,
                                     name="Start or replace the registry container",
                                     _serial=True)
@@ -316,9 +390,11 @@ def remove_container(settings: Settings, state: HostState):
     if state.container is None:
         host.noop(f"no container {name}")
         return
-    # -previous: left by a replacement that was interrupted half way (replace-container.sh).
+    # -previous: left by a replacement that was interrupted half way (replace-container.sh);
+    # the candidate and its staged files: by a proof killed hard (prove-config.sh).
     yield f"docker rm -f {q(name)} >/dev/null; docker rm -f {q(name + '-previous')} " \
-          ">/dev/null 2>&1; true"
+          f"{q(layout.candidate(name))} >/dev/null 2>&1; " \
+          f"rm -rf {q(layout.candidate_dir(name))}; true"
 
 
 def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
@@ -396,7 +472,8 @@ def server_remove(settings: Settings, state: HostState) -> None:
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
     kit_dirs = [plan_folder(state, layout.SCRIPTS_DIR, [*SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME],
                             needs_marker=False),
-                plan_folder(state, layout.RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False)]
+                plan_folder(state, layout.RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False,
+                            removed_subfolders=[layout.candidate(settings.registry_container_name)])]
     log_kept(kit_dirs)
     remove_folders(kit_dirs, name="Remove the kit's scripts")
     remove_data(settings, state, name="Remove the registry data (registry_purge_data)")

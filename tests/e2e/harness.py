@@ -12,7 +12,9 @@ import os
 import shlex
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,3 +239,83 @@ def write_secret(directory: Path, name: str, value: str) -> str:
     path.write_text(value + "\n")
     path.chmod(0o600)
     return str(path)
+
+
+class PullLoop:
+    """Pulls back to back in a thread while the `with` block runs (a client during an
+    operation): how many were made and how many failed."""
+
+    def __init__(self, pull: Callable[[], bool]) -> None:
+        self.pull = pull
+        self.pulls = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ok = self.pull()
+            except (AssertionError, subprocess.SubprocessError):
+                ok = False
+            self.pulls += 1
+            self.failed += 0 if ok else 1
+
+    def __enter__(self) -> PullLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+# Changes the registry refuses at start, 2.8 and 3.0 alike (seen with both binaries), with
+# the words of its refusal. The token service is not among them: the kit derives it from
+# registry_domain and registry_port, and the registry only compares it with a token's
+# audience (both versions start even with an empty one).
+REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
+    # The filesystem driver parses maxthreads at start: a panic, not a default.
+    "storage parameter": ({"registry_storage": {"driver": "filesystem", "maxthreads": "many"}},
+                          "maxthreads config error: parameter must be an integer, 'many'"),
+    # Cache mode asks the remote for its auth at start: a name that does not resolve panics.
+    "proxy remote": ({"registry_mode": "pull-through-cache",
+                      "registry_proxy_remoteurl": "http://nosuch-remote.invalid:5000"},
+                     'Get "http://nosuch-remote.invalid:5000/v2/": dial tcp: lookup '
+                     "nosuch-remote.invalid"),
+}
+PROVE_OPERATION = "Prove the registry's new files on a candidate container"
+REFUSED = "registry-kit: the registry refused the new files"
+CANDIDATE_LEFTOVERS = ("docker ps -a --format '{{.Names}}' | grep -c -- '-candidate$'; "
+                       "ls /run/registry-kit 2>/dev/null | grep -c -- '-candidate$'; true")
+
+
+def server_files(server: str) -> tuple[str, str]:
+    """(sha256 of config.yml, the running registry container's id), read on the host."""
+    sha = ssh(server, "sha256sum /etc/registry-kit/config.yml").stdout.split()[0]
+    running = ssh(server, "docker inspect -f '{{.Id}} {{.State.Running}}' registry").stdout
+    return sha, running.strip()
+
+
+def assert_refused_and_kept(server: str, deploy: Callable[[], Run], pull: Callable[[], bool],
+                            registry_error: str, secrets: list[str]) -> Run:
+    """A deploy of a change the registry refuses, while a client pulls back to back: the
+    run fails at the proof with one line quoting the registry's error (and no secret), no
+    pull fails, and config.yml and the running container are the ones from before."""
+    before = server_files(server)
+    with PullLoop(pull) as loop:
+        run = deploy()
+    # The proof is the first error (pyinfra lists every operation after it as failed too),
+    # and nothing changed on the server.
+    assert run.returncode != 0 and run.errors[0] == (PROVE_OPERATION, [server]), \
+        run.describe()
+    assert not any(server in hosts for _, hosts in run.changed), run.describe()
+    lines = [line for line in run.stderr.splitlines() if REFUSED in line]
+    assert len(lines) == 1 and registry_error in lines[0], run.describe()
+    assert not any(secret in run.stderr for secret in secrets)
+    assert loop.pulls >= 1 and loop.failed == 0, \
+        f"{loop.failed} of {loop.pulls} pulls failed during the refused deploy"
+    assert server_files(server) == before and before[1].endswith(" true")
+    assert ssh(server, CANDIDATE_LEFTOVERS).stdout.split() == ["0", "0"]
+    print(f"\nrefused: {lines[0].strip()}\n  {loop.pulls} pulls during the run, "
+          f"{loop.failed} failed")
+    return run

@@ -12,6 +12,7 @@ no registry 3.0.0 (its binary file is missing).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -24,6 +25,7 @@ from typing import Any
 
 import harness
 import pytest
+import yaml
 from harness import Run
 
 import lab as lab_api
@@ -325,8 +327,7 @@ def _assert_rolled_back(run: Run, before: dict[str, str], new_image: str) -> Non
 def test_d_broken_3x_rollouts_roll_back(site: Site, pushed: dict[str, str]) -> None:
     before = container()
     # The lab's image that cannot start; its custom tag needs registry_version. (A config.yml
-    # the new registry refuses is not a case the kit can roll back yet: the previous
-    # container restarts on the new file. See the README.)
+    # the registry refuses never gets this far: the next scenario.)
     site.set(registry_image="registry:broken", registry_version=3)
     for attempt in ("", " (again)"):
         run = site.run(timing=f"broken image rollout{attempt}")
@@ -339,6 +340,28 @@ def test_d_broken_3x_rollouts_roll_back(site: Site, pushed: dict[str, str]) -> N
     site.set(registry_image="registry:3", registry_version=None)
     site.run().assert_no_changes()
     assert container()["id"] == before["id"]
+
+
+def test_d_changes_registry3_refuses_never_take_it_down(site: Site,
+                                                        pushed: dict[str, str]) -> None:
+    """harness.REFUSALS on 3.0.0, a client pulling back to back (skopeo, every blob):
+    refused by the proof with 3.0.0's own words, 0 failed pulls, config.yml and container
+    unchanged; the deployed settings again change nothing."""
+    config = yaml.safe_load(harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout)
+    secrets = [config["http"]["secret"], site.password]
+
+    def pull() -> bool:
+        site.pull("r3/bb3:1")  # asserts skopeo's success
+        return True
+
+    for name, (bad, registry_error) in harness.REFUSALS.items():
+        site.set(**bad)
+        harness.assert_refused_and_kept(
+            SERVER, functools.partial(site.run, timing=f"refused {name}"), pull,
+            registry_error, secrets)
+        site.set(**{key: None for key in bad})
+        site.run().assert_no_changes()
+    assert site.digest("r3/bb3:1") == pushed["r3/bb3:1"]
 
 
 def test_e_version_from_the_image_label_or_refused(site: Site) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 import harness
 import oci_images
 import pytest
+import yaml
+from harness import PROVE_OPERATION
 from registry_site import ADDRESS, SERVER, Site
 
 import lab as lab_api
@@ -304,6 +306,37 @@ def test_ssh_connection_drops_mid_run(site: Site) -> None:
     assert {host for _, hosts in rerun.changed for host in hosts} == {DROPPED}, rerun.changed
     harness.run_kit(site.inventory).assert_no_changes()
     assert staging_leftovers() == {}
+
+
+def test_a_change_the_registry_refuses_never_takes_it_down(site: Site, tmp_path: Path) -> None:
+    """Each change of harness.REFUSALS, deployed while a client pulls back to back: refused
+    by the proof with the registry's own words, 0 failed pulls, config.yml and container
+    unchanged; the deployed settings again change nothing. Then a change the registry
+    accepts is proven and swapped in, and a rerun changes nothing."""
+    config = yaml.safe_load(harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout)
+    secrets = [config["http"]["secret"], site.passwords["alice"]]
+    deployed = dict(site.data)
+
+    def pull() -> bool:
+        layout = tmp_path / f"pulled-{time.monotonic_ns()}"
+        return site.pull(REFERENCE, layout) == site.reference  # type: ignore[attr-defined]
+
+    for bad, registry_error in harness.REFUSALS.values():
+        site.write(**bad)
+        harness.assert_refused_and_kept(SERVER, site.deploy, pull, registry_error, secrets)
+        site.data = dict(deployed)
+        site.write()
+        site.deploy().assert_no_changes()
+    level = "warn" if site.data["registry_log_level"] == "info" else "info"
+    site.write(registry_log_level=level)
+    started = time.monotonic()
+    run = site.deploy().assert_ok()
+    print(f"\naccepted change (proven, then swapped in): {time.monotonic() - started:.1f}s")
+    assert {PROVE_OPERATION, "Start or replace the registry container"} <= \
+        {name for name, _ in run.changed}
+    site.deploy().assert_no_changes()
+    assert_registry_intact(site, tmp_path)
+    assert harness.ssh(SERVER, harness.CANDIDATE_LEFTOVERS).stdout.split() == ["0", "0"]
 
 
 def test_data_dir_full(site: Site, tmp_path: Path) -> None:

@@ -218,6 +218,73 @@ def test_a_failed_replacement_stops_the_rollout_of_its_run_only(defaults: Settin
     assert commands[0].startswith("_ReplaceCommand: ")
 
 
+def _proof_inputs(settings: Settings) -> tuple[Any, dict[str, bytes], HostState]:
+    """A running registry whose files on disk are the wanted ones but config.yml."""
+    wanted = {"/etc/registry-kit/config.yml": b"new config",
+              "/etc/registry-kit/auth/htpasswd": b"users"}
+    state = probe(container=["0000|true|registry:2|"],
+                  server_version=["Server: Docker/26.1.5 (linux)"])
+    state.files = {path: FileState(sha256_of(content), "600", "root", "root")
+                   for path, content in wanted.items()}
+    return server.container_spec(settings, b"new config", None), wanted, state
+
+
+def test_prove_files_costs_nothing_when_nothing_the_registry_reads_changed(
+        defaults: Settings) -> None:
+    spec, wanted, state = _proof_inputs(defaults)
+    assert run(server.prove_files, defaults, spec, wanted, b"ro", state) == \
+        ([], ["nothing to prove: the registry's files are unchanged"])
+    users = {**wanted, "/etc/registry-kit/auth/htpasswd": b"other users"}
+    assert run(server.prove_files, defaults, spec, users, b"ro", state) == \
+        ([], ["nothing to prove: only htpasswd changed (read at its first use)"])
+    # A first deploy: nothing runs yet that a refusal could take down.
+    assert run(server.prove_files, defaults, spec, {**wanted, "/etc/registry-kit/config.yml":
+                                                    b"other"}, b"ro", probe()) == \
+        ([], ["nothing to prove: no registry container yet"])
+
+
+def test_prove_files_stages_the_changed_files_and_proves_them_on_a_candidate(
+        defaults: Settings) -> None:
+    spec, wanted, state = _proof_inputs(defaults)
+    staged = "/run/registry-kit/registry-candidate"
+    changed = {**wanted, "/etc/registry-kit/config.yml": b"changed",
+               "/etc/registry-kit/auth/htpasswd": b"other users",
+               "/etc/registry-kit/certs/server.crt": b"cert"}
+    assert run(server.prove_files, defaults, spec, changed, b"read-only", state) == ([
+        f"docker rm -f registry-candidate >/dev/null 2>&1; rm -rf {staged} && "
+        f"install -d -m 0700 /run/registry-kit {staged} && cp -a /etc/registry-kit/. {staged}",
+        # Only what changed goes over the copy; config.yml is always the read-only variant.
+        f"UPLOAD b'other users' -> {staged}/auth/htpasswd",
+        f"UPLOAD b'cert' -> {staged}/certs/server.crt",
+        f"UPLOAD b'read-only' -> {staged}/config.yml",
+        "_ReplaceCommand: /usr/local/lib/registry-kit/prove-config.sh registry-candidate "
+        f"{staged} https://registry.example.internal registry.example.internal "
+        f"{staged}/certs/ca.crt 60 5000 -- -d --name registry-candidate "
+        "-p 127.0.0.1::5000 "
+        f"--mount type=bind,source={staged},target=/etc/registry-kit,readonly "
+        "--mount type=bind,source=/var/lib/registry-kit/data,target=/var/lib/registry,readonly "
+        "--label registry-kit.candidate=true registry:2 serve /etc/registry-kit/config.yml"], [])
+
+
+def test_a_refused_proof_stops_the_rollout(defaults: Settings) -> None:
+    spec, wanted, state = _proof_inputs(defaults)
+    this_run = SimpleNamespace(failed_hosts=set())
+    server._failed_replacements(this_run).append("reg-host-0")
+    changed = {**wanted, "/etc/registry-kit/config.yml": b"changed"}
+    assert run(server.prove_files, defaults, spec, changed, b"ro", state,
+               host=FakeHost(this_run)) == (["CALL _stop_rollout('reg-host-0',)"], [])
+
+
+def test_candidate_args_on_an_old_engine(defaults: Settings) -> None:
+    spec = server.container_spec(defaults, b"config", None)
+    assert spec.candidate_args("/run/x", "17.03.2") == [
+        "-d", "--name", "registry-candidate", "-p", "127.0.0.1::5000",
+        "-v", "/run/x:/etc/registry-kit:ro",
+        "-v", "/var/lib/registry-kit/data:/var/lib/registry:ro",
+        "--label", "registry-kit.candidate=true", "registry:2", "serve",
+        "/etc/registry-kit/config.yml"]
+
+
 # --------------------------------------------------------------------------- clients
 
 HOSTS_WRITE = ("grep -v -e '# registry-kit$' /etc/hosts > /etc/hosts.registry-kit-new; "
@@ -266,7 +333,8 @@ def test_install_timer_checks_the_calendar_first(make_settings: Callable[..., Se
 
 def test_remove_container(defaults: Settings) -> None:
     assert run(server.remove_container, defaults, probe(container=["abc|true|registry:2|"])) \
-        == (["docker rm -f registry >/dev/null; docker rm -f registry-previous >/dev/null 2>&1; "
+        == (["docker rm -f registry >/dev/null; docker rm -f registry-previous "
+             "registry-candidate >/dev/null 2>&1; rm -rf /run/registry-kit/registry-candidate; "
              "true"], [])
     assert run(server.remove_container, defaults, probe()) == ([], ["no container registry"])
 
