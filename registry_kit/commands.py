@@ -133,6 +133,9 @@ class ContainerSpec:
     debug_port: int | None = None
     spec_hash: str = ""
     bind_address: str | None = None  # publish on this address only (None: every address)
+    # (name, address) the container resolves as its host does (a cache's remote): Docker
+    # gives it neither the host's /etc/hosts nor loopback nameservers.
+    extra_hosts: tuple[tuple[str, str], ...] = ()
 
     def run_args(self, engine_version: str | None = None) -> list[str]:
         """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
@@ -141,6 +144,10 @@ class ContainerSpec:
         published = f"{self.port}:{layout.CONTAINER_PORT}" if self.bind_address is None \
             else f"{host_port(self.bind_address, self.port)}:{layout.CONTAINER_PORT}"
         args = ["-d", "--name", self.name, "--restart=always", "-p", published]
+        for name, address in self.extra_hosts:
+            # NAME:ADDRESS split at the first colon: Docker 20.10 takes IPv6 bare, not in
+            # brackets (those came with 25), and later engines still take it bare.
+            args += ["--add-host", f"{name}:{address}"]
         if self.debug_port:
             args += ["-p", f"127.0.0.1:{self.debug_port}:{layout.CONTAINER_DEBUG_PORT}"]
         mounts = [(self.config_dir, layout.CONTAINER_CONFIG_DIR, True)]
