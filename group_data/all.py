@@ -94,7 +94,8 @@ registry_lb_vrrp_router_id = 51
 registry_lb_vrrp_unicast = False
 
 # --- Pull-through cache (registry_mode = "pull-through-cache") ---
-# registry / pull-through-cache (a read-only cache of `registry_proxy_remoteurl`, see below)
+# registry / pull-through-cache (a read-only cache of `registry_proxy_remoteurl`, registry 3 only,
+# see below)
 registry_mode = "registry"
 # cache: URL of the registry it caches, e.g. `https://upstream.example:5000`
 registry_proxy_remoteurl = None

@@ -133,13 +133,17 @@ class ContainerSpec:
     debug_port: int | None = None
     spec_hash: str = ""
     bind_address: str | None = None  # publish on this address only (None: every address)
+    # (name, address) the container resolves as its host does (a cache's remote): Docker
+    # gives it neither the host's /etc/hosts nor loopback nameservers.
+    extra_hosts: tuple[tuple[str, str], ...] = ()
 
     def run_args(self, engine_version: str | None = None) -> list[str]:
         """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
         single files: a file replaced by rename keeps its old inode inside the container."""
         published = f"{self.port}:{layout.CONTAINER_PORT}" if self.bind_address is None \
             else f"{host_port(self.bind_address, self.port)}:{layout.CONTAINER_PORT}"
-        args = ["-d", "--name", self.name, "--restart=always", "-p", published]
+        args = ["-d", "--name", self.name, "--restart=always", "-p", published,
+                *self._host_args()]
         if self.debug_port:
             args += ["-p", f"127.0.0.1:{self.debug_port}:{layout.CONTAINER_DEBUG_PORT}"]
         args += self._mounts(self.config_dir, False, engine_version)
@@ -157,10 +161,18 @@ class ContainerSpec:
         the engine picks on loopback only, no restart policy (a refusal exits and stays
         down), the data folder read-only."""
         args = ["-d", "--name", layout.candidate(self.name),
-                "-p", f"127.0.0.1::{layout.CONTAINER_PORT}"]
+                "-p", f"127.0.0.1::{layout.CONTAINER_PORT}", *self._host_args()]
         args += self._mounts(staged_dir, True, engine_version)
         return [*args, "--label", "registry-kit.candidate=true",
                 self.image, "serve", layout.CONTAINER_CONFIG_FILE]
+
+    def _host_args(self) -> list[str]:
+        """--add-host for each name the container must resolve as its host does; the
+        candidate too, or a cache's change would be refused for a name only the host knows.
+        NAME:ADDRESS splits at the first colon: Docker 20.10 takes IPv6 bare, not in
+        brackets (those came with 25), and later engines still take it bare."""
+        return [arg for name, address in self.extra_hosts
+                for arg in ("--add-host", f"{name}:{address}")]
 
     def _mounts(self, config_dir: str, data_readonly: bool,
                 engine_version: str | None) -> list[str]:

@@ -67,6 +67,8 @@ class HostState:
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # (active, enabled)
     # Names in each asked-for folder that exists (teardown: what else a folder holds).
     entries: dict[str, set[str]] = field(default_factory=dict)
+    # Asked-for names -> their addresses on the host, in getent's order (a cache's remote).
+    resolved: dict[str, list[str]] = field(default_factory=dict)
 
 
 # The engine's version. A running engine is asked (the Server header of its /_ping through
@@ -190,11 +192,22 @@ def service_commands(commands: Iterable[str], services: Iterable[str]) -> list[s
     return parts
 
 
+def resolve_commands(names: Iterable[str]) -> list[str]:
+    """Each name's addresses as the host resolves it (DNS, /etc/hosts: nsswitch), one
+    `NAME ADDRESS` line each; a name that resolves nowhere prints nothing."""
+    parts = [probe_section_command("resolve")]
+    name_list = " ".join(q(name) for name in names)
+    if name_list:
+        parts.append(f"for n in {name_list}; do getent ahosts \"$n\" 2>/dev/null | "
+                     "while read -r a _; do echo \"$n $a\"; done; done; true")
+    return parts
+
+
 def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
                   container: str | None = None, image: str | None = None,
                   htpasswd: str | None = None, login_marker: str | None = None,
                   commands: Iterable[str] = (), services: Iterable[str] = (),
-                  listings: Iterable[str] = ()) -> str:
+                  listings: Iterable[str] = (), resolve: Iterable[str] = ()) -> str:
     parts = _ENGINE_COMMANDS + path_commands(files, dirs) + docker_commands(container, image)
     parts.append(probe_section_command("htpasswd"))
     if htpasswd:
@@ -205,7 +218,8 @@ def probe_command(*, files: Iterable[str] = (), dirs: Iterable[str] = (),
         parts.append(f"cat {q(login_marker)} 2>/dev/null || true")
     parts += [probe_section_command("hosts"), HOSTS_COMMAND]
     parts += service_commands(commands, services) + entries_commands(listings)
-    return "; ".join(parts)
+    resolve = list(resolve)
+    return "; ".join(parts + (resolve_commands(resolve) if resolve else []))
 
 
 def split_sections(lines: Iterable[str], marker_text: str = _SECTION) -> dict[str, list[str]]:
@@ -275,6 +289,11 @@ def parse_probe(lines: Iterable[str]) -> HostState:
         folder, _, name = line.rpartition("/")
         if folder and name:
             state.entries.setdefault(folder, set()).add(name)
+    for line in sections.get("resolve", []):
+        name, _, address = line.strip().partition(" ")
+        known = state.resolved.setdefault(name, []) if name and address else []
+        if address and address not in known:
+            known.append(address)
     return state
 
 
@@ -282,10 +301,10 @@ class RegistryHostState(FactBase):
     """Snapshot of everything registry-kit manages on a host (see module docstring)."""
 
     def command(self, files=(), dirs=(), container=None, image=None, htpasswd=None,
-                login_marker=None, commands=(), services=(), listings=()):
+                login_marker=None, commands=(), services=(), listings=(), resolve=()):
         return probe_command(files=files, dirs=dirs, container=container, image=image,
                              htpasswd=htpasswd, login_marker=login_marker, commands=commands,
-                             services=services, listings=listings)
+                             services=services, listings=listings, resolve=resolve)
 
     def process(self, output):
         return parse_probe(output)

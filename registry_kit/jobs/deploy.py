@@ -117,6 +117,15 @@ def server_version(settings: Settings, state: HostState) -> RegistryVersion:
     return version
 
 
+def remote_hosts(settings: Settings, state: HostState) -> tuple[tuple[str, str], ...]:
+    """A cache's remote as the server resolves it, for the container's --add-host
+    (registry_kit.model.pull_through); one line and nothing touched when it does not."""
+    try:
+        return pull_through.extra_hosts(settings, state.resolved)
+    except SettingsError as error:
+        raise refusal(error) from None
+
+
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
     all_settings = validated_settings(groups, defaults)
@@ -131,8 +140,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
-    # Before anything else is planned: a server whose registry version is unknown is refused.
+    # Before anything else is planned: a server whose registry version is unknown is refused,
+    # and so is a cache whose remote's name the server does not resolve.
     major = server_version(settings, state).major if is_server else None
+    extra_hosts = remote_hosts(settings, state) if is_server else ()
 
     add, remove = client.insecure_entries(settings) if is_client else ([], [])
     # Load balancer and cache hosts need no Docker engine.
@@ -160,7 +171,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         install_curl(state, name="Install curl (health checks)")
         server.server_deploy(settings, state, cert=cert, http_secret=keystore.http_secret(settings),
                              cache=topology.cache_target(hosts, password),
-                             rotation=hosts.rotation(), major=major or 2)
+                             rotation=hosts.rotation(), major=major or 2,
+                             extra_hosts=extra_hosts)
         gc_timer.schedule_deploy(settings, state, hosts.servers)
         webui.webui_deploy(settings, state, cert)
     # pyinfra orders operations by merging each host's sequence, so without an operation

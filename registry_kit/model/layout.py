@@ -23,6 +23,11 @@ CONTAINER_HTPASSWD = f"{CONTAINER_CONFIG_DIR}/auth/htpasswd"
 CONTAINER_TOKEN_SIGNING_CERT = f"{CONTAINER_CONFIG_DIR}/certs/token-signing.crt"
 CONTAINER_PORT = 5000  # what the registry listens on; published on registry_port
 CONTAINER_DEBUG_PORT = 5001  # registry_debug_addr: debug and /metrics
+# A pull-through cache on registry 3 without upstream credentials names this as its
+# credential helper (`proxy.exec`), which 3.0 runs only when the remote asks for
+# credentials; the kit never creates it, so it fails and the request goes on anonymously
+# (registry_kit.model.pull_through says why).
+CONTAINER_NO_CREDENTIAL_HELPER = f"{CONTAINER_CONFIG_DIR}/no-credential-helper"
 
 # --- The kit's own folders on every host type.
 SCRIPTS_DIR = "/usr/local/lib/registry-kit"  # servers and load balancers

@@ -380,7 +380,8 @@ class Settings:
             "registry_kit/model/pull_through.py")
     registry_mode: str = setting(
         "registry", "registry / pull-through-cache (a read-only cache of "
-        "`registry_proxy_remoteurl`, see below)", check=one_of("registry", "pull-through-cache"))
+        "`registry_proxy_remoteurl`, registry 3 only, see below)",
+        check=one_of("registry", "pull-through-cache"))
     registry_proxy_remoteurl: str | None = setting(
         None, "cache: URL of the registry it caches, e.g. `https://upstream.example:5000`",
         check=_remote_url)

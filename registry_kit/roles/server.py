@@ -19,7 +19,7 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState, first_line, section_command
-from registry_kit.model import keystore, layout
+from registry_kit.model import keystore, layout, pull_through
 from registry_kit.model.inventory import merge_probe, run_cache
 from registry_kit.model.layout import Endpoints, ServerLayout
 from registry_kit.model.registry_version import binary_version
@@ -67,7 +67,10 @@ def owned_folders(settings: Settings) -> list[tuple[str, str]]:
 def probe_args(settings: Settings) -> dict:
     """What the server part asks of the probe (registry_kit.facts)."""
     paths = ServerLayout.of(settings)
+    remote = pull_through.remote_name(settings)
     return {
+        # Resolved again every run, so the container follows a changed address.
+        **({"resolve": [remote]} if remote else {}),
         "files": [paths.config, paths.cert, paths.key, paths.ca, paths.htpasswd,
                   *(layout.script(name) for name in SCRIPT_NAMES),
                   *(ownership.marker_path(folder) for folder, _ in owned_folders(settings))],
@@ -85,8 +88,8 @@ def served_certificate(settings: Settings, cert: ServerCertificate) -> bytes:
     return cert.cert_pem + (cert.ca_pem if settings.registry_tls_mode == "provided" else b"")
 
 
-def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | None) -> \
-        ContainerSpec:
+def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | None,
+                   extra_hosts: tuple[tuple[str, str], ...] = ()) -> ContainerSpec:
     """The container's spec, labelled with a hash of everything that needs a recreate:
     run arguments, image, config and certificates (not htpasswd: the registry re-reads
     it by itself). pyinfra 3.10's docker.container never recreates on change (upstream
@@ -98,7 +101,8 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
         port=settings.registry_port, config_dir=settings.registry_config_dir,
         data_dir=settings.registry_data_dir
         if settings.registry_storage.driver == "filesystem" else None,
-        debug_port=debug_port, bind_address=settings.registry_bind_address)
+        debug_port=debug_port, bind_address=settings.registry_bind_address,
+        extra_hosts=extra_hosts)
     inputs = {
         "run": spec.run_args(),
         "config": files.sha256_of(config),
@@ -321,9 +325,11 @@ def _upload_certificates(settings: Settings, state: HostState,
 
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
                   http_secret: str, cache: CacheTarget | None = None,
-                  rotation: Rotation | None = None, major: int = 2) -> None:
+                  rotation: Rotation | None = None, major: int = 2,
+                  extra_hosts: tuple[tuple[str, str], ...] = ()) -> None:
     """`major`: the registry version the image runs (registry_kit.model.registry_version), which
-    config.yml is rendered for."""
+    config.yml is rendered for; `extra_hosts`: the container's --add-host
+    (pull_through.extra_hosts)."""
     paths = ServerLayout.of(settings)
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
     for path, setting in owned_folders(settings):
@@ -339,7 +345,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     users = htpasswd.render(settings.registry_users, state.htpasswd).encode()
     # The image first: the candidate runs the one the new container will.
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
-    spec = container_spec(settings, config, cert)
+    spec = container_spec(settings, config, cert, extra_hosts)
     prove_files(settings, spec, registry_reads(settings, config, cert, users),
                 config_for(read_only=True), state, _serial=True,
                 name="Prove the registry's new files on a candidate container")

@@ -299,26 +299,89 @@ def test_e_no_window_pushes_and_pulls_go_on(site: Site, images: dict[str, Path],
         site.pull(ref)
 
 
+def _need_registry3(lab: dict[str, Any]) -> None:
+    """A cache runs registry 3 (2.8 is refused: it does not start while its remote is
+    down, registry_kit.model.pull_through)."""
+    from lab.images import registry3_available
+    available, reason = registry3_available()
+    if not available or not lab["upstream"].get("registry3", {}).get("available"):
+        pytest.skip(reason)
+
+
+# Known only to the cache host's /etc/hosts: not to the lab's DNS, nor inside a container.
+REMOTE_NAME = "upstream25.hosts-only"
+
+
+def _cache_ready(client: str, timeout: float = 30) -> float:
+    """Seconds until the cache answers /v2/ (401: it has users) to a client, by name."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        code = harness.ssh(client, "curl -s -o /dev/null -w '%{http_code}' --max-time 3 "
+                                   f"--cacert /etc/docker/certs.d/cache.lab:{PORT}/ca.crt "
+                                   f"https://cache.lab:{PORT}/v2/", check=False).stdout
+        if code.strip() == "401":
+            return round(time.monotonic() - start, 1)
+        time.sleep(0.3)
+    raise AssertionError(f"the cache did not answer within {timeout} s")
+
+
+def _serves_with_upstream_down(upstream: dict[str, Any], image: str) -> float:
+    """With the upstream stopped the cache serves what it holds, restarted included (no
+    start-up request to the remote, no restart loop); with the upstream back, an image it
+    never had pulls through. Returns the seconds the restarted cache took to answer."""
+    os.system(f"docker stop {upstream['container']} >/dev/null")
+    try:
+        harness.ssh(CLIENTS[1], f"docker rmi {image} >/dev/null && docker pull {image}")
+        # Restarted with the upstream down: it starts (no start-up request to the remote)
+        # and serves what it holds, without a restart loop.
+        harness.ssh(CACHE, "docker restart registry >/dev/null")
+        ready_s = _cache_ready(CLIENTS[0])
+        harness.ssh(CLIENTS[0], f"docker rmi {image} >/dev/null && docker pull {image}")
+        state = harness.ssh(CACHE, "docker inspect --format "
+                                   "'{{.State.Status}} {{.RestartCount}}' registry").stdout.split()
+        assert state == ["running", "0"], state
+    finally:
+        os.system(f"docker start {upstream['container']} >/dev/null")
+    # The upstream back: an image the cache never had pulls through it.
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+    harness.ssh(CLIENTS[0], "docker rmi cache.lab:5000/library/registry:broken >/dev/null "
+                            "2>&1; docker pull cache.lab:5000/library/registry:broken")
+    logs = os.popen(f"docker logs --since {since} {upstream['container']} 2>&1").read()
+    assert [line for line in logs.splitlines() if "/v2/library/registry/manifests/" in line
+            and "response completed" in line], "the new image did not come from upstream"
+    return ready_s
+
+
 def test_f_pull_through_cache(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
                               extra_host: Any) -> None:
+    """A registry 3 cache of the lab's upstream, named only in the cache host's /etc/hosts
+    (issue 25: the container gets it as --add-host); pulled through by two clients; pushes
+    refused; cached images pull with the upstream stopped, the cache restarted included;
+    with the upstream back new images pull through and a rerun changes nothing."""
+    _need_registry3(lab)
     extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
     directory = tmp_path_factory.mktemp("cache")
     upstream = lab["upstream"]
+    # In place, not by rename (sed -i): Docker bind-mounts the lab host's /etc/hosts.
+    harness.ssh(CACHE, f"grep -v ' {REMOTE_NAME}$' /etc/hosts > /tmp/hosts; "
+                       f"echo '{upstream['ip']} {REMOTE_NAME}' >> /tmp/hosts && "
+                       "cat /tmp/hosts > /etc/hosts && rm /tmp/hosts")
+    remote = f"http://{REMOTE_NAME}:5000"
     site = harness.OwnStateSite(
         directory, servers=[CACHE], clients=CLIENTS, user=USER, password="cache-pass-17x",
         times={}, data={"registry_domain": "cache.lab", "registry_port": PORT,
-                        "registry_mode": "pull-through-cache",
-                        # By IP: the registry container resolves names through the host's
-                        # resolvers, which do not know the lab's (seen: 2.8.2 panics at start,
-                        # "lookup upstream.lab ... no such host").
-                        "registry_proxy_remoteurl": f"http://{upstream['ip']}:5000",
+                        "registry_mode": "pull-through-cache", "registry_image": "registry:3",
+                        "registry_proxy_remoteurl": remote,
                         "registry_client_login_user": USER,
                         "registry_client_hosts_entries": {"cache.lab": harness.host_ip(CACHE)}})
     site.run().assert_ok()
     site.run().assert_no_changes()
     image = "cache.lab:5000/library/busybox:latest"
     config = harness.ssh(CACHE, "cat /etc/registry-kit/config.yml").stdout
-    assert f"remoteurl: http://{upstream['ip']}:5000" in config
+    assert f"remoteurl: {remote}" in config and "no-credential-helper" in config, config
+    extra_hosts = harness.ssh(CACHE, "docker inspect --format '{{json .HostConfig.ExtraHosts}}' "
+                                     "registry").stdout
+    assert json.loads(extra_hosts) == [f"{REMOTE_NAME}:{upstream['ip']}"]
 
     def upstream_blob_gets() -> int:
         logs = os.popen(f"docker logs {upstream['container']} 2>&1").read()
@@ -327,25 +390,29 @@ def test_f_pull_through_cache(lab: dict[str, Any], tmp_path_factory: pytest.Temp
                    and "response completed" in line)
 
     before = upstream_blob_gets()
-    harness.ssh(CLIENTS[0], f"docker pull {image}")
+    harness.ssh(CLIENTS[0], f"docker rmi {image} >/dev/null 2>&1; docker pull {image}")
     after_first = upstream_blob_gets()
     assert after_first > before, "the first pull should fetch from upstream"
     stored = harness.ssh(CACHE, "find /var/lib/registry-kit/data/docker/registry/v2/blobs "
                                 "-name data | wc -l").stdout.strip()
     assert int(stored) >= 2
-    harness.ssh(CLIENTS[1], f"docker pull {image}")
+    harness.ssh(CLIENTS[1], f"docker rmi {image} >/dev/null 2>&1; docker pull {image}")
     assert upstream_blob_gets() == after_first, "the second client's pull came from upstream"
     pushed = harness.ssh(CLIENTS[0], f"docker tag {image} cache.lab:5000/mine/bb:1 && "
                                      "docker push cache.lab:5000/mine/bb:1", check=False)
     assert pushed.returncode != 0
     FIGURES["cache_push_refusal"] = (pushed.stdout + pushed.stderr).strip()[-200:]
-    os.system(f"docker stop {upstream['container']} >/dev/null")
-    try:
-        harness.ssh(CLIENTS[1], f"docker rmi {image} >/dev/null && docker pull {image}")
-    finally:
-        os.system(f"docker start {upstream['container']} >/dev/null")
+    start = time.monotonic()
+    ready_s = _serves_with_upstream_down(upstream, image)
+    down_s = round(time.monotonic() - start, 1)
+    # Resolved again: the same address, nothing changes.
+    start = time.monotonic()
+    site.run().assert_no_changes()
     FIGURES["cache"] = {"upstream_blob_gets_first_pull": after_first - before,
-                        "upstream_blob_gets_second_pull": 0, "blobs_in_cache": int(stored)}
+                        "upstream_blob_gets_second_pull": 0, "blobs_in_cache": int(stored),
+                        "ready_after_restart_with_upstream_down_s": ready_s,
+                        "upstream_down_and_back_s": down_s,
+                        "rerun_s": round(time.monotonic() - start, 1)}
 
 
 class AnonymousCache(harness.OwnStateSite):
@@ -365,6 +432,7 @@ def test_f2_cache_as_a_docker_hub_mirror(lab: dict[str, Any], extra_host: Any,
     docker.io/library/busybox; the lab upstream stands in for Docker Hub) pulled on a
     client whose only mirror is the cache comes through the cache, never straight from
     the upstream, and still pulls with the upstream stopped."""
+    _need_registry3(lab)
     extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
     upstream = lab["upstream"]
     client = CLIENTS[0]
@@ -374,6 +442,7 @@ def test_f2_cache_as_a_docker_hub_mirror(lab: dict[str, Any], extra_host: Any,
         password="unused-17", times={},
         data={"registry_domain": "cache.lab", "registry_port": PORT,
               "registry_mode": "pull-through-cache", "registry_anonymous_acknowledged": True,
+              "registry_image": "registry:3",
               "registry_proxy_remoteurl": f"http://{upstream['ip']}:5000",
               "registry_client_hosts_entries": {"cache.lab": harness.host_ip(CACHE)}})
     site.run().assert_ok()
@@ -415,6 +484,16 @@ def test_f2_cache_as_a_docker_hub_mirror(lab: dict[str, Any], extra_host: Any,
      "setting registry_restore_from='/nonexistent/backup' is not allowed: no backup there"),
     ({"registry_mode": "pull-through-cache", "registry_proxy_remoteurl": "upstream.lab:5000"},
      "setting registry_proxy_remoteurl='upstream.lab:5000' is not allowed"),
+    # Issue 25: 2.8 does not start while its remote is down; a name the server does not
+    # resolve would not resolve inside the container either.
+    ({"registry_mode": "pull-through-cache",
+      "registry_proxy_remoteurl": "http://upstream.lab:5000"},
+     "setting registry_image='registry:2' is not allowed: registry 2.8 as a pull-through "
+     "cache does not start while its remote is down"),
+    ({"registry_mode": "pull-through-cache", "registry_image": "registry:3",
+      "registry_proxy_remoteurl": "http://nowhere.invalid:5000"},
+     "setting registry_proxy_remoteurl='http://nowhere.invalid:5000' is not allowed: "
+     "nowhere.invalid does not resolve on lab-reg (getent ahosts)"),
 ])
 def test_g_bad_input_one_line_nothing_touched(site: Site, data: dict[str, Any],
                                               expected: str) -> None:
