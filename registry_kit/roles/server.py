@@ -19,7 +19,7 @@ from pyinfra.operations.util import any_changed
 from registry_kit import package_data
 from registry_kit.commands import ContainerSpec, join, q
 from registry_kit.facts import HostState, first_line, section_command
-from registry_kit.model import layout
+from registry_kit.model import keystore, layout
 from registry_kit.model.inventory import merge_probe, run_cache
 from registry_kit.model.layout import Endpoints, ServerLayout
 from registry_kit.model.registry_version import binary_version
@@ -267,7 +267,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                            name="Upload the CA certificate")
     # htpasswd before the first start: a registry that finds none invents a user.
     htpasswd_op = files.managed_file(
-        paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd).encode(),
+        paths.htpasswd, htpasswd.render(settings.registry_users, state.htpasswd,
+                                        keystore.password_check(settings)).encode(),
         "0600", state.files.get(paths.htpasswd), name="Upload htpasswd (bcrypt)")
     # Access rules: the token server beside the registry (registry_kit.roles.token_server).
     token_ops = []
