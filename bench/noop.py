@@ -103,8 +103,8 @@ def markdown(report: dict[str, Any]) -> str:
              "| run | wall median | CPU median | wall / floor | CPU / floor |",
              "| --- | --- | --- | --- | --- |"]
     for label, row in report["summary"].items():
-        name = {"floor": "floor: `exec -- true`"}.get(
-            label, f"{label}: `deploy.py` ({report['revisions'][label]})")
+        name = "floor: `exec -- true`" if label == "floor" else \
+            f"{label}: `deploy.py` ({report['revisions'][label]})"
         ratios = (f"{row['wall_ratio']:.2f}x | {row['cpu_ratio']:.2f}x" if label != "floor"
                   else "1.00x | 1.00x")
         lines.append(f"| {name} | {row['wall_median_s']:.2f} s | {row['cpu_median_s']:.2f} s "
