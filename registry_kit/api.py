@@ -31,15 +31,11 @@ from typing import Any, TypeVar
 from pyinfra import host
 from pyinfra.api import deploy
 
-from registry_kit.jobs import backup as backup_job
-from registry_kit.jobs import deploy as deploy_job
-from registry_kit.jobs import gc as gc_job
-from registry_kit.jobs import restore as restore_job
-from registry_kit.jobs import status as status_job
-from registry_kit.jobs import teardown as teardown_job
 from registry_kit.model.inventory import Groups, in_groups
 from registry_kit.model.settings import known_keys
 
+# Each function below imports its own job when called: a run loads the job it runs and not
+# the five others (a deploy need not import backup's thousand lines; issue 29).
 DATA_DEFAULTS = known_keys()
 F = TypeVar("F")
 
@@ -67,7 +63,9 @@ def registry(servers: str = "registry_servers", clients: str = "registry_clients
              settings: Mapping[str, Any] | None = None) -> None:
     """The registry service: Docker and the registry on `servers`, trust (and an optional
     login) on `clients`, haproxy on `lb` and redis on `cache` (scale-out). Idempotent."""
-    _plan(deploy_job, servers, clients, lb, cache, settings)
+    from registry_kit.jobs import deploy as job
+
+    _plan(job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -77,7 +75,9 @@ def teardown(servers: str = "registry_servers", clients: str = "registry_clients
              settings: Mapping[str, Any] | None = None) -> None:
     """Remove what registry() set up (data only with registry_purge_data=True, the engine
     only with docker_remove_on_teardown=True). A second teardown changes nothing."""
-    _plan(teardown_job, servers, clients, lb, cache, settings)
+    from registry_kit.jobs import teardown as job
+
+    _plan(job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -86,7 +86,9 @@ def garbage_collect(servers: str = "registry_servers", clients: str = "registry_
                     lb: str = "registry_lb", cache: str = "registry_cache",
                     settings: Mapping[str, Any] | None = None) -> None:
     """Garbage-collect each server's storage, one server at a time (read-only meanwhile)."""
-    _plan(gc_job, servers, clients, lb, cache, settings)
+    from registry_kit.jobs import gc as job
+
+    _plan(job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -95,7 +97,9 @@ def status(servers: str = "registry_servers", clients: str = "registry_clients",
            lb: str = "registry_lb", cache: str = "registry_cache",
            settings: Mapping[str, Any] | None = None) -> None:
     """Print the servers' and clients' state as two tables; changes nothing."""
-    _plan(status_job, servers, clients, lb, cache, settings)
+    from registry_kit.jobs import status as job
+
+    _plan(job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -106,7 +110,9 @@ def backup(servers: str = "registry_servers", clients: str = "registry_clients",
     """Copy each server's registry data (filesystem storage) to registry_backup_dir on the
     control machine or registry_backup_host: new blobs only, the registry serving throughout;
     with registry_backup_verify=True, re-hash the backup's blobs instead."""
-    _plan(backup_job, servers, clients, lb, cache, settings)
+    from registry_kit.jobs import backup as job
+
+    _plan(job, servers, clients, lb, cache, settings)
 
 
 @_keep_operation_names
@@ -115,4 +121,6 @@ def restore(servers: str = "registry_servers", clients: str = "registry_clients"
             lb: str = "registry_lb", cache: str = "registry_cache",
             settings: Mapping[str, Any] | None = None) -> None:
     """Deploy as registry() does, then put a backup made by backup() onto each server."""
-    _plan(restore_job, servers, clients, lb, cache, settings)
+    from registry_kit.jobs import restore as job
+
+    _plan(job, servers, clients, lb, cache, settings)

@@ -8,7 +8,7 @@ its hash still verifies the configured password; only new or changed users get a
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import bcrypt
 
@@ -48,8 +48,10 @@ def hash_password(password: str) -> str:
     return "$2y$" + hashed[4:]  # the spelling Apache's htpasswd writes
 
 
-def render(users: Sequence[User], existing_text: str = "") -> str:
-    """The htpasswd file for `users`, reusing every existing hash that still verifies."""
+def render(users: Sequence[User], existing_text: str = "",
+           verify: Callable[[str, str], bool] = verifies) -> str:
+    """The htpasswd file for `users`, reusing every existing hash that still verifies
+    (`verify(password, hash)`: this module's check, or one that remembers its answers)."""
     existing = parse(existing_text)
     lines = []
     for user in users:
@@ -66,7 +68,7 @@ def render(users: Sequence[User], existing_text: str = "") -> str:
         else:
             current = existing.get(user.name)
             password = user.password.reveal()
-            hashed = current if current and verifies(password, current) else \
+            hashed = current if current and verify(password, current) else \
                 hash_password(password)
         lines.append(f"{user.name}:{hashed}\n")
     return "".join(lines)

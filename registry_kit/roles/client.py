@@ -101,7 +101,7 @@ def docker_login(settings: Settings, state: HostState):
     name, _, hashed = state.login_marker.strip().partition(":")
     address = Endpoints.of(settings).address
     logged_in = address in state.docker_auths
-    if logged_in and name == user.name and htpasswd.verifies(password, hashed):
+    if logged_in and name == user.name and keystore.password_check(settings)(password, hashed):
         host.noop(f"logged in to {address} as {user.name}")
         return
     secret_file = f"{RUNTIME_DIR}/login.pw"

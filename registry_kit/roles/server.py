@@ -342,7 +342,8 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                              major=major).encode()
 
     config = config_for(read_only=False)
-    users = htpasswd.render(settings.registry_users, state.htpasswd).encode()
+    users = htpasswd.render(settings.registry_users, state.htpasswd,
+                            keystore.password_check(settings)).encode()
     # The image first: the candidate runs the one the new container will.
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
     spec = container_spec(settings, config, cert, extra_hosts)

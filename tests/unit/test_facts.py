@@ -26,8 +26,8 @@ from registry_kit.model.settings import Settings
 from registry_kit.roles import client, server
 
 MARK = "@@registry-kit:"  # spelled out: the parser and the command must agree on it
-SECTIONS = ["os", "tools", "server_version", "daemon_json", "files", "dirs", "container",
-            "image", "htpasswd", "auths", "login_marker", "hosts"]
+SECTIONS = ["os", "tools", "server_version", "daemon_json", "files", "modes", "dirs",
+            "container", "image", "htpasswd", "auths", "login_marker", "hosts"]
 SHA = "a" * 64
 HTPASSWD_LINE = "ci:$2y$10$" + "x" * 53
 DAEMON_JSON = ['{', '  "log-driver": "journald",', '  "live-restore": true', '}']
@@ -39,8 +39,11 @@ def _synthetic_output() -> list[str]:
         "tools": ["docker", "curl", "ActiveState=active", "UnitFileState=enabled"],
         "server_version": ["Server: Docker/26.1.5 (linux)\r"],
         "daemon_json": DAEMON_JSON,
-        "files": [f"{SHA} 600 root root /etc/registry-kit/config.yml",
-                  f"{'b' * 64} 644 root docker /etc/my certs/server 1.crt"],
+        # sha256sum's lines, then stat's, in the same order (path_commands)
+        "files": [f"{SHA}  /etc/registry-kit/config.yml",
+                  f"{'b' * 64}  /etc/my certs/server 1.crt"],
+        "modes": ["600 root root /etc/registry-kit/config.yml",
+                  "644 root docker /etc/my certs/server 1.crt"],
         "dirs": ["700 /etc/registry-kit", "755 /srv/with space"],
         "container": ["0123456789abcdef|true"],
         "image": ["sha256:abc"],
@@ -289,6 +292,27 @@ def test_probe_runs_in_a_real_shell(tmp_path: Path) -> None:
     assert "c2VjcmV0" not in repr(state)
     assert state.login_marker == ""
     assert state.hosts_lines == ["10.0.0.5 reg.example # registry-kit"]
+
+
+def test_probe_reads_several_files_and_folders_in_a_real_shell(tmp_path: Path) -> None:
+    """One sha256sum and one stat for all files (issue 29): each regular file by its own path,
+    folders, missing paths and a file asked for as a folder left out."""
+    folder, managed, htpasswd = _managed_tree(tmp_path)
+    other = tmp_path / "other dir"
+    other.mkdir(mode=0o701)
+    other.chmod(0o701)
+    command = probe_command(files=[str(managed), str(folder), str(tmp_path / "gone"),
+                                   str(htpasswd)],
+                            dirs=[str(other), str(managed), str(tmp_path / "none"), str(folder)])
+    state = _run_probe(tmp_path, command, {})
+    owner, group = _owner(managed)
+    assert state.files == {
+        str(managed): FileState(sha256=hashlib.sha256(b"certificate\n").hexdigest(),
+                                mode="640", owner=owner, group=group),
+        str(htpasswd): FileState(
+            sha256=hashlib.sha256(HTPASSWD_LINE.encode() + b"\n").hexdigest(),
+            mode=f"{htpasswd.stat().st_mode & 0o777:o}", owner=owner, group=group)}
+    assert state.dirs == {str(other): "701", str(folder): f"{folder.stat().st_mode & 0o777:o}"}
 
 
 def test_probe_daemon_json_without_final_newline(tmp_path: Path) -> None:

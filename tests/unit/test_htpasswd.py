@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import bcrypt
 import pytest
 
-from registry_kit.model.settings import Secret, User
+from registry_kit.model import keystore
+from registry_kit.model.settings import Secret, Settings, User
 from registry_kit.render import htpasswd
 
 # A real bcrypt hash (cost 4) of "ops-password", kept verbatim by render().
@@ -127,3 +130,41 @@ def test_render_odd_names_stay_one_entry(name: str) -> None:
     text = htpasswd.render([User(name=name, password=None, password_hash=OPS_HASH_2Y)])
     assert len(text.splitlines()) == 1
     assert htpasswd.parse(text) == {name: OPS_HASH_2Y}
+
+
+def test_password_check_remembers_verified_pairs_between_runs(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """keystore.password_check: a pair that verified once is not bcrypt-checked again, in
+    this run or the next (each call outside a run reads the memo again); the memo holds
+    neither the password nor the hash, 0600; a wrong password is still bcrypt's to refuse."""
+    settings = make_settings()
+    keystore.password_check(settings)("ops-password", OPS_HASH_2Y)  # bcrypt, then kept
+    memo = settings.registry_state_dir / "secrets" / f"verified-{settings.registry_domain}"
+    text = memo.read_text()
+    assert len(text.split()) == 1 and "ops-password" not in text and OPS_HASH[7:] not in text
+    assert memo.stat().st_mode & 0o777 == 0o600
+    checked: list[str] = []
+
+    def counting(password: str, hashed: str) -> bool:
+        checked.append(password)
+        return False
+
+    monkeypatch.setattr(htpasswd, "verifies", counting)
+    check = keystore.password_check(settings)
+    assert check("ops-password", OPS_HASH_2Y) is True
+    assert check("wrong", OPS_HASH_2Y) is False
+    assert check("ops-password", OPS_HASH) is False  # another hash: bcrypt decides
+    assert checked == ["wrong", "ops-password"]
+    assert memo.read_text() == text
+
+
+def test_render_asks_the_check_it_is_given(first_render: str) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def check(password: str, hashed: str) -> bool:
+        asked.append((password, hashed))
+        return True  # a remembered answer: no bcrypt check, the line is kept
+
+    users = [_user("alice", "not-checked-by-bcrypt"), _user("bob", "bob-pw")]
+    assert htpasswd.render(users, first_render, check) == first_render
+    assert [password for password, _ in asked] == ["not-checked-by-bcrypt", "bob-pw"]

@@ -76,7 +76,12 @@ def run(op: Any, *args: Any, host: FakeHost | None = None, **kwargs: Any) \
 
 
 def probe(**sections: list[str]) -> HostState:
-    """A probe snapshot, through the real parser, from its sections' lines."""
+    """A probe snapshot, through the real parser, from its sections' lines. `files` lines are
+    "SHA MODE OWNER GROUP PATH", given to the parser as the probe prints them: sha256sum's
+    lines, then stat's (registry_kit.facts.path_commands)."""
+    files = [line.split(" ", 4) for line in sections.pop("files", [])]
+    sections = {"files": [f"{sha}  {path}" for sha, *_, path in files],
+                "modes": [" ".join(rest) for _, *rest in files], **sections}
     lines: list[str] = []
     for name, body in sections.items():
         lines += [MARK + name, *body]
