@@ -277,12 +277,12 @@ REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
     # The filesystem driver parses maxthreads at start: a panic, not a default.
     "storage parameter": ({"registry_storage": {"driver": "filesystem", "maxthreads": "many"}},
                           "maxthreads config error: parameter must be an integer, 'many'"),
-    # Cache mode asks the remote for its auth at start: a name that does not resolve panics.
-    "proxy remote": ({"registry_mode": "pull-through-cache",
-                      "registry_proxy_remoteurl": "http://nosuch-remote.invalid:5000"},
-                     'Get "http://nosuch-remote.invalid:5000/v2/": dial tcp: lookup '
-                     "nosuch-remote.invalid"),
 }
+# A cache whose remote resolves nowhere would panic at start; the kit refuses it before any
+# host is touched (registry_kit.model.pull_through: 2.x as a cache, a name the server
+# cannot resolve), so no candidate is even needed.
+UNRESOLVABLE_REMOTE = {"registry_mode": "pull-through-cache",
+                       "registry_proxy_remoteurl": "http://nosuch-remote.invalid:5000"}
 PROVE_OPERATION = "Prove the registry's new files on a candidate container"
 REFUSED = "registry-kit: the registry refused the new files"
 CANDIDATE_LEFTOVERS = ("docker ps -a --format '{{.Names}}' | grep -c -- '-candidate$'; "
@@ -294,6 +294,19 @@ def server_files(server: str) -> tuple[str, str]:
     sha = ssh(server, "sha256sum /etc/registry-kit/config.yml").stdout.split()[0]
     running = ssh(server, "docker inspect -f '{{.Id}} {{.State.Running}}' registry").stdout
     return sha, running.strip()
+
+
+def assert_refused_before_any_change(server: str, deploy: Callable[[], Run],
+                                     expected: str) -> Run:
+    """A deploy the kit refuses while planning: one line with `expected`, nothing changed,
+    config.yml and the running container the ones from before."""
+    before = server_files(server)
+    run = deploy()
+    assert run.returncode != 0 and not run.changed, run.describe()
+    assert expected in run.stderr, run.describe()
+    assert server_files(server) == before and before[1].endswith(" true")
+    print(f"\nrefused before any change: {expected}")
+    return run
 
 
 def assert_refused_and_kept(server: str, deploy: Callable[[], Run], pull: Callable[[], bool],

@@ -356,11 +356,20 @@ def test_d_changes_registry3_refuses_never_take_it_down(site: Site,
 
     for name, (bad, registry_error) in harness.REFUSALS.items():
         site.set(**bad)
-        harness.assert_refused_and_kept(
-            SERVER, functools.partial(site.run, timing=f"refused {name}"), pull,
-            registry_error, secrets)
-        site.set(**{key: None for key in bad})
+        try:
+            harness.assert_refused_and_kept(
+                SERVER, functools.partial(site.run, timing=f"refused {name}"), pull,
+                registry_error, secrets)
+        finally:  # the later tests of this module share the site
+            site.set(**{key: None for key in bad})
         site.run().assert_no_changes()
+    site.set(**harness.UNRESOLVABLE_REMOTE)
+    try:
+        harness.assert_refused_before_any_change(
+            SERVER, site.run, "nosuch-remote.invalid does not resolve on")
+    finally:
+        site.set(**{key: None for key in harness.UNRESOLVABLE_REMOTE})
+    site.run().assert_no_changes()
     assert site.digest("r3/bb3:1") == pushed["r3/bb3:1"]
 
 

@@ -323,10 +323,20 @@ def test_a_change_the_registry_refuses_never_takes_it_down(site: Site, tmp_path:
 
     for bad, registry_error in harness.REFUSALS.values():
         site.write(**bad)
-        harness.assert_refused_and_kept(SERVER, site.deploy, pull, registry_error, secrets)
+        try:
+            harness.assert_refused_and_kept(SERVER, site.deploy, pull, registry_error, secrets)
+        finally:  # the later tests of this module share the site
+            site.data = dict(deployed)
+            site.write()
+        site.deploy().assert_no_changes()
+    site.write(**harness.UNRESOLVABLE_REMOTE)
+    try:
+        harness.assert_refused_before_any_change(
+            SERVER, site.deploy, "registry 2.8 as a pull-through cache does not start")
+    finally:
         site.data = dict(deployed)
         site.write()
-        site.deploy().assert_no_changes()
+    site.deploy().assert_no_changes()
     level = "warn" if site.data["registry_log_level"] == "info" else "info"
     site.write(registry_log_level=level)
     started = time.monotonic()
