@@ -101,6 +101,8 @@ def pick_address(addresses: Sequence[str]) -> str | None:
     answer (Docker's default bridge has no IPv6 unless configured), else its first IPv6."""
     for family in (4, 6):
         for address in addresses:
+            if "%" in address:  # a scope: Python accepts any text after the '%'
+                continue
             try:
                 if ipaddress.ip_address(address).version == family:
                     return address

@@ -76,6 +76,8 @@ def test_remote_name(make_settings: Callable[..., Settings], url: str,
     (["fd00::5", "fd00::6"], "fd00::5"),
     ([], None),
     (["garbage"], None),
+    # What a server's getent answers is not trusted: a scoped address carries any text.
+    (["fe80::1%$(touch /x)", "fd00::7"], "fd00::7"),
 ])
 def test_pick_address(addresses: list[str], picked: str | None) -> None:
     assert pull_through.pick_address(addresses) == picked
