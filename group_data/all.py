@@ -159,6 +159,14 @@ registry_restore_from = None
 # `20260101T120000.000Z`); None: the newest
 registry_restore_generation = None
 
+# --- Disk guard (filesystem storage) ---
+# servers on filesystem storage: the registry turns read-only when its data filesystem is this full
+# (percent, 50 to 99); None: no guard
+registry_disk_readonly_percent = 90
+# the guard makes it writable again below this (percent, 1 to 98, under
+# registry_disk_readonly_percent)
+registry_disk_writable_percent = 85
+
 # --- Control machine ---
 registry_state_dir = ".registry-kit"  # CA key, issued certificates, http secret (git-ignored)
 # use the kit's two pyinfra speed-ups (same result, less CPU; only on the pyinfra versions they were

@@ -25,6 +25,7 @@ from registry_kit.operations.typed import operation
 from registry_kit.roles import (
     cache,
     client,
+    disk_guard,
     gc_timer,
     keepalived,
     loadbalancer,
@@ -136,7 +137,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
-        (server, is_server), (gc_timer, is_server), (token_server, is_server), (webui, is_server),
+        (server, is_server), (gc_timer, is_server), (disk_guard, is_server),
+        (token_server, is_server), (webui, is_server),
         (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
@@ -172,8 +174,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         server.server_deploy(settings, state, cert=cert, http_secret=keystore.http_secret(settings),
                              cache=topology.cache_target(hosts, password),
                              rotation=hosts.rotation(), major=major or 2,
-                             extra_hosts=extra_hosts)
+                             extra_hosts=extra_hosts,
+                             read_only=disk_guard.holds_read_only(settings, state))
         gc_timer.schedule_deploy(settings, state, hosts.servers)
+        disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

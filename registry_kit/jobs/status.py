@@ -31,6 +31,7 @@ from registry_kit.model.inventory import (
 from registry_kit.roles import (
     cache,
     client,
+    disk_guard,
     gc_timer,
     loadbalancer,
     server,
@@ -39,6 +40,7 @@ from registry_kit.roles import (
 # (role, its hosts' group in Groups, its table): the tables print in this order; a role
 # that adds columns to another role's table (the GC timer) follows that role.
 ROLES = ((server, "servers", "servers"), (gc_timer, "servers", "servers"),
+         (disk_guard, "servers", "servers"),
          (loadbalancer, "lb", "lbs"), (cache, "cache", "caches"),
          (client, "clients", "clients"))
 

@@ -27,6 +27,7 @@ from registry_kit.model.settings import Settings
 from registry_kit.roles import (
     cache,
     client,
+    disk_guard,
     engine,
     gc_timer,
     loadbalancer,
@@ -41,6 +42,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
     return merge_probe(part for part, wanted in (
         (server.teardown_probe_args(settings), is_server),
         (gc_timer.probe_args(settings), is_server),
+        (disk_guard.probe_args(settings), is_server),
         (webui.probe_args(settings), is_server),
         (client.teardown_probe_args(settings, also_server=is_server), is_client),
         (loadbalancer.teardown_probe_args(settings), is_lb),
@@ -65,6 +67,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         client.client_remove(settings, state, also_server=is_server)
     if is_server:
         gc_timer.schedule_remove(state, name="Remove the garbage collection timer")
+        disk_guard.guard_remove(settings, state, name="Remove the disk guard")
         webui.webui_remove(state)
         server.server_remove(settings, state)
     if is_server or is_client:  # load balancer and cache hosts get no Docker engine

@@ -108,6 +108,14 @@ GC_TIMER_NAME = "registry-kit-gc.timer"
 GC_SERVICE_UNIT = unit("registry-kit-gc.service")
 GC_TIMER_UNIT = unit(GC_TIMER_NAME)
 
+# --- Disk guard (registry_disk_readonly_percent).
+DISK_GUARD_TIMER_NAME = "registry-kit-disk-guard.timer"
+DISK_GUARD_SERVICE_UNIT = unit("registry-kit-disk-guard.service")
+DISK_GUARD_TIMER_UNIT = unit(DISK_GUARD_TIMER_NAME)
+# In registry_config_dir: present while the guard holds the registry read-only, holding
+# the UTC time it switched (the deploy reads it: a run then keeps config.yml read-only).
+DISK_GUARD_FLAG_NAME = "disk-guard-readonly"
+
 
 @dataclass(frozen=True)
 class ServerLayout:
@@ -147,6 +155,10 @@ class ServerLayout:
     @property
     def htpasswd(self) -> str:
         return f"{self.auth_dir}/htpasswd"
+
+    @property
+    def disk_guard_flag(self) -> str:
+        return f"{self.config_dir}/{DISK_GUARD_FLAG_NAME}"
 
     @property
     def token_dir(self) -> str:

@@ -143,6 +143,15 @@ def _remote_url(r: Reader, key: str, value: Any) -> str | None:
     return value
 
 
+def _percent_or_none(r: Reader, key: str, value: Any) -> int | None:
+    # Below 50% a guard would make most registries read-only at once: a typo, not a choice.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 50 <= value <= 99:
+        raise r.fail(key, value, "None (no guard) or a whole number from 50 to 99")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """One host's settings, validated. Built only by load(): every field is required."""
@@ -534,6 +543,22 @@ class Settings:
         "like `20260101T120000.000Z`); None: the newest",
         check=matching(BACKUP_GENERATION_RE.pattern, "None (the newest) or the name of a "
                        "generation folder, like 20260101T120000.000Z", optional=True))
+
+    # --- Disk guard (filesystem storage): registry_kit/roles/disk_guard.py ---
+    section("Disk guard (filesystem storage)", "registry_kit/roles/disk_guard.py")
+    registry_disk_readonly_percent: int | None = setting(
+        90, "servers on filesystem storage: the registry turns read-only when its data "
+        "filesystem is this full (percent, 50 to 99); None: no guard", check=_percent_or_none)
+    registry_disk_writable_percent: int = setting(
+        85, "the guard makes it writable again below this (percent, 1 to 98, under "
+        "registry_disk_readonly_percent)", check=whole(1, 98))
+
+    @cross_check
+    def _disk_guard(r: Reader, s: dict[str, Any]) -> None:
+        high, low = s["registry_disk_readonly_percent"], s["registry_disk_writable_percent"]
+        if high is not None and low >= high:
+            raise r.fail("registry_disk_writable_percent", low, "a whole number below "
+                         f"registry_disk_readonly_percent ({high})")
 
     # --- Control machine: registry_kit/model/keystore.py, registry_kit/pyinfra_patches.py ---
     section("Control machine", "registry_kit/model/keystore.py, registry_kit/pyinfra_patches.py")

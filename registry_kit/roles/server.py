@@ -42,7 +42,7 @@ REPLICA_DRAIN_SECONDS = 5
 
 # lib.sh: what the others share, sourced from their own folder.
 SCRIPT_NAMES = ("lib.sh", "replace-container.sh", "verify-auth.sh", "registry-gc.sh",
-                "verify-token.sh", "prove-config.sh")
+                "verify-token.sh", "prove-config.sh", "registry-disk-guard.sh")
 
 
 def install_scripts(names: Sequence[str], state: HostState) -> None:
@@ -326,10 +326,11 @@ def _upload_certificates(settings: Settings, state: HostState,
 def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertificate | None,
                   http_secret: str, cache: CacheTarget | None = None,
                   rotation: Rotation | None = None, major: int = 2,
-                  extra_hosts: tuple[tuple[str, str], ...] = ()) -> None:
+                  extra_hosts: tuple[tuple[str, str], ...] = (), read_only: bool = False) -> None:
     """`major`: the registry version the image runs (registry_kit.model.registry_version), which
     config.yml is rendered for; `extra_hosts`: the container's --add-host
-    (pull_through.extra_hosts)."""
+    (pull_through.extra_hosts); `read_only`: the disk guard holds it read-only
+    (roles.disk_guard), so config.yml stays so (the container's label does not change)."""
     paths = ServerLayout.of(settings)
     # Folders a setting names: created and marked by the kit, or adopted (ownership.py).
     for path, setting in owned_folders(settings):
@@ -342,12 +343,13 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                              major=major).encode()
 
     config = config_for(read_only=False)
+    on_disk = config_for(read_only=True) if read_only else config
     users = htpasswd.render(settings.registry_users, state.htpasswd,
                             keystore.password_check(settings)).encode()
     # The image first: the candidate runs the one the new container will.
     ensure_image(settings, state, name=f"Pull or load {settings.registry_image}")
     spec = container_spec(settings, config, cert, extra_hosts)
-    prove_files(settings, spec, registry_reads(settings, config, cert, users),
+    prove_files(settings, spec, registry_reads(settings, on_disk, cert, users),
                 config_for(read_only=True), state, _serial=True,
                 name="Prove the registry's new files on a candidate container")
     cert_ops = _upload_certificates(settings, state, cert)
@@ -362,7 +364,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
                                                    htpasswd_op=htpasswd_op))
     else:
         token_server.token_off(settings, state)
-    config_op = files.managed_file(paths.config, config, "0600",
+    config_op = files.managed_file(paths.config, on_disk, "0600",
                                    state.files.get(paths.config),
                                    name="Upload the registry config.yml")
     container_op = ensure_container(settings, spec, state, rotation,
@@ -416,7 +418,8 @@ def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
                         token_render.TOKEN_DIR_FILES, needs_marker=False)
     gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
             if plan.remove_folder]
-    config = plan_folder(state, settings.registry_config_dir, ["config.yml"],
+    config = plan_folder(state, settings.registry_config_dir,
+                         ["config.yml", layout.DISK_GUARD_FLAG_NAME],
                          removed_subfolders=gone)
     return [certs, auth, *([token] if token.folder in state.dirs else []), config]
 

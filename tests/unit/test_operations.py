@@ -26,6 +26,7 @@ from registry_kit.operations import files, ownership, packages, removal
 from registry_kit.operations.files import sha256_of
 from registry_kit.roles import (
     client,
+    disk_guard,
     engine,
     gc_timer,
     keepalived,
@@ -315,6 +316,34 @@ def test_install_packages() -> None:
                    "--no-install-recommends haproxy socat"], [])
 
 
+def test_disk_guard_installed_then_left_alone(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    commands, noops = run(disk_guard.install_guard, settings, probe())
+    assert noops == []
+    assert commands[-1] == ("systemctl daemon-reload && systemctl enable "
+                            "registry-kit-disk-guard.timer >/dev/null 2>&1 && "
+                            "systemctl restart registry-kit-disk-guard.timer")
+    uploads = [c.rsplit(" -> ", 1)[1] for c in commands if c.startswith("UPLOAD ")]
+    assert uploads == [f"/etc/systemd/system/registry-kit-disk-guard.service{NEW}",
+                       f"/etc/systemd/system/registry-kit-disk-guard.timer{NEW}"]
+    installed = probe(files=[
+        f"{sha256_of(disk_guard.service_unit(settings))} 644 root root {disk_guard.SERVICE}",
+        f"{sha256_of(disk_guard.timer_unit(settings))} 644 root root {disk_guard.TIMER}"])
+    assert run(disk_guard.install_guard, settings, installed) == \
+        ([], ["registry-kit-disk-guard.timer guards /var/lib/registry-kit/data (90%)"])
+
+
+def test_disk_guard_removed_with_its_flag(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    assert run(disk_guard.guard_remove, settings, probe()) == ([], ["no disk guard"])
+    flag = "/etc/registry-kit/disk-guard-readonly"
+    state = probe(files=[f"{'0' * 64} 644 root root {disk_guard.TIMER}",
+                         f"{'0' * 64} 600 root root {flag}"])
+    assert run(disk_guard.guard_remove, settings, state) == ([
+        "systemctl disable --now registry-kit-disk-guard.timer >/dev/null 2>&1; true",
+        f"rm -f {disk_guard.TIMER} {flag}", "systemctl daemon-reload"], [])
+
+
 def test_schedule_remove_noop_without_timer() -> None:
     assert run(gc_timer.schedule_remove, probe()) == ([], ["no garbage collection timer"])
 
@@ -551,7 +580,7 @@ def test_every_operation_module_is_exercised_here() -> None:
     decorator itself; the cache's are one systemctl line each, covered by the scale-out
     e2e)."""
     kit = Path(server.__file__).resolve().parent.parent
-    tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer",
+    tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
               "token_server", "backup", "restore", "webui"}
     found = {path.stem for folder in ("roles", "jobs", "operations")

@@ -1,0 +1,142 @@
+"""The disk guard: its settings, units and status columns, and its script run against a
+config.yml the kit renders, with df, docker and curl replaced by stubs (the e2e test runs it
+for real on a small filesystem in the lab)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from registry_kit.facts import FileState, HostState
+from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.package_data import SCRIPTS
+from registry_kit.render.config import render_config
+from registry_kit.roles import disk_guard
+
+STUBS = {
+    # df -P DIR: blocks from $USED and $AVAIL.
+    "df": 'echo "Filesystem 1024-blocks Used Available Capacity Mounted"\n'
+          'echo "tmpfs $((USED + AVAIL)) $USED $AVAIL x% /data"\n',
+    "docker": 'echo "docker $*" >>"$CALLS"\n'
+              '[ "$1" = inspect ] && echo "${RUNNING:-true}"\ntrue\n',
+    "curl": "printf 401\n",
+}
+
+
+@pytest.fixture
+def guard(tmp_path: Path, make_settings: Callable[..., Settings]) -> Callable[..., str]:
+    """Run the guard script once at USED of 100 blocks; returns what it printed."""
+    bin_dir, config_dir = tmp_path / "bin", tmp_path / "config"
+    bin_dir.mkdir()
+    config_dir.mkdir()
+    for name, body in STUBS.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    (config_dir / "config.yml").write_text(render_config(make_settings(), "s"))
+
+    def run(used: int, *, running: bool = True) -> str:
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "USED": str(used),
+               "AVAIL": str(100 - used), "CALLS": str(tmp_path / "calls"),
+               "RUNNING": "true" if running else "false"}
+        args = ["sh", str(SCRIPTS / disk_guard.SCRIPT), "registry", str(config_dir),
+                str(tmp_path), "90", "85", "https://r:5000", "-", "-", "5",
+                str(tmp_path / "lock"), str(config_dir / "disk-guard-readonly")]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+        return done.stdout
+    return run
+
+
+def _calls(tmp_path: Path) -> list[str]:
+    path = tmp_path / "calls"
+    calls = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    return [call for call in calls if not call.startswith("docker inspect")]
+
+
+def test_script_switches_at_the_marks_and_only_then(
+        guard: Callable[..., str], tmp_path: Path, make_settings: Callable[..., Settings]) \
+        -> None:
+    config, flag = tmp_path / "config" / "config.yml", tmp_path / "config" / "disk-guard-readonly"
+    writable = render_config(make_settings(), "s")
+    assert guard(89) == "" and _calls(tmp_path) == [] and not flag.exists()
+    said = guard(90)
+    assert said.startswith("<4>registry-kit: ") and "90% full (mark 90%)" in said
+    # Byte for byte what the deploy renders read-only, so a deploy now changes nothing.
+    assert config.read_text() == render_config(make_settings(), "s", read_only=True)
+    assert flag.read_text().endswith("Z\n") and _calls(tmp_path) == ["docker restart registry"]
+    # Between the marks, and at the mark again: read-only stays, no restart, no log line.
+    assert guard(87) == guard(95) == "" and _calls(tmp_path) == []
+    said = guard(84)
+    assert said.startswith("<5>registry-kit: ") and "made writable again" in said
+    assert config.read_text() == writable and not flag.exists()
+    assert _calls(tmp_path) == ["docker restart registry"]
+    assert guard(88) == "" and _calls(tmp_path) == []
+
+
+def test_script_leaves_a_stopped_registry_and_a_collection_alone(
+        guard: Callable[..., str], tmp_path: Path) -> None:
+    guard(99, running=False)
+    assert _calls(tmp_path) == []  # config switched, the registry reads it when it starts
+    saved = tmp_path / "config" / "config.yml.registry-kit-saved"
+    saved.write_text("x")  # garbage collection at work: it restores the config itself
+    assert guard(10) == "" and (tmp_path / "config" / "disk-guard-readonly").exists()
+
+
+def test_percent_is_dfs_rounded_up(tmp_path: Path) -> None:
+    done = subprocess.run(["sh", str(SCRIPTS / disk_guard.SCRIPT), "--percent", str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    assert 0 <= int(done.stdout) <= 100
+
+
+def test_settings(make_settings: Callable[..., Settings]) -> None:
+    assert make_settings().registry_disk_readonly_percent == 90
+    assert make_settings().registry_disk_writable_percent == 85
+    assert make_settings(registry_disk_readonly_percent=None).registry_disk_readonly_percent \
+        is None
+    for bad in (100, 49, "90", True, 90.5):
+        with pytest.raises(SettingsError, match=r"registry_disk_readonly_percent=.*None"):
+            make_settings(registry_disk_readonly_percent=bad)
+    with pytest.raises(SettingsError, match=r"registry_disk_writable_percent=90 .*below "
+                       r"registry_disk_readonly_percent \(90\)"):
+        make_settings(registry_disk_writable_percent=90)
+
+
+def test_guard_only_on_filesystem_storage(make_settings: Callable[..., Settings]) -> None:
+    flag = FileState("0" * 64, "644", "root", "root")
+    state = HostState(files={"/etc/registry-kit/disk-guard-readonly": flag})
+    assert disk_guard.holds_read_only(make_settings(), state)
+    assert not disk_guard.holds_read_only(make_settings(), HostState())
+    off = make_settings(registry_disk_readonly_percent=None)
+    memory = make_settings(registry_storage={"driver": "inmemory"})
+    assert not disk_guard.holds_read_only(off, state)
+    assert not disk_guard.wanted(off) and not disk_guard.wanted(memory)
+
+
+def test_units(make_settings: Callable[..., Settings]) -> None:
+    service = disk_guard.service_unit(make_settings()).decode()
+    assert ("ExecStart=/usr/local/lib/registry-kit/registry-disk-guard.sh registry "
+            "/etc/registry-kit /var/lib/registry-kit/data 90 85 ") in service
+    assert "LogLevelMax=notice\n" in service and "%" not in service
+    assert "OnUnitActiveSec=5s\n" in disk_guard.timer_unit(make_settings()).decode()
+
+
+def test_status_columns(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    sections = {"disk": ["tmpfs 268435456 241591910 26843546 91% /data"],
+                "guard": ["active"], "guard-since": ["2026-12-07T03:00:00Z"]}
+    assert disk_guard.status_row(settings, sections) == {
+        "disk size": "268.4 MB", "disk used": "241.6 MB (90%)", "disk free": "26.8 MB",
+        "disk guard": "read-only since 2026-12-07T03:00:00Z"}
+    again = {**sections, "guard-since": [], "guard-writable": ["2026-12-07T03:10:00+00:00"]}
+    assert disk_guard.status_row(settings, again)["disk guard"] == \
+        "writable since 2026-12-07T03:10:00+00:00"
+    assert disk_guard.status_row(settings, {"guard": ["inactive"]})["disk guard"] == \
+        "not running"
+    s3 = make_settings(registry_storage={"driver": "inmemory"})
+    assert disk_guard.status_row(s3, {})["disk guard"] == "- (inmemory)"
