@@ -3,10 +3,11 @@ its roles), printed as tables on the control machine once every host has answere
 Changes nothing (the run has no operations).
 
 Servers: image, registry version, container state and uptime, /v2/, certificate days left,
-storage, repositories and tags, the GC timer (registry_kit.roles.server, gc_timer). Load
-balancers: haproxy, keepalived, the replicas as haproxy sees them, the floating address
-(roles.loadbalancer). Cache: redis, memory, keys (roles.cache). Clients: engine version,
-trust, the kit's docker login and /etc/hosts lines (roles.client).
+storage, repositories and tags, the GC timer, the data filesystem and the disk guard, the
+last GC and retention run, the largest repositories (roles.server, gc_timer, disk_guard,
+usage). Load balancers: haproxy, keepalived, the replicas as haproxy sees them, the floating
+address (roles.loadbalancer). Cache: redis, memory, keys (roles.cache). Clients: engine
+version, trust, the kit's docker login and /etc/hosts lines (roles.client).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from registry_kit.roles import (
     gc_timer,
     loadbalancer,
     server,
+    usage,
 )
 
 # (role, its hosts' group in Groups, its table): the tables print in this order; a role
 # that adds columns to another role's table (the GC timer) follows that role.
 ROLES = ((server, "servers", "servers"), (gc_timer, "servers", "servers"),
-         (disk_guard, "servers", "servers"),
+         (disk_guard, "servers", "servers"), (usage, "servers", "servers"),
          (loadbalancer, "lb", "lbs"), (cache, "cache", "caches"),
          (client, "clients", "clients"))
 
@@ -63,6 +65,7 @@ class _Collected:
     done: set[str] = field(default_factory=set)
     printed: bool = False
     access: dict[str, list[str]] = field(default_factory=dict)  # server -> rules per user
+    blocks: dict[str, list[str]] = field(default_factory=dict)  # host -> lines (usage)
 
 
 def _collected() -> _Collected:
@@ -82,6 +85,9 @@ def _print_tables(collected: _Collected) -> None:
         by_policy.setdefault(tuple(collected.access[name]), []).append(name)
     for rules, names in by_policy.items():
         lines += ["", f"access ({', '.join(names)}):", *(f"  {rule}" for rule in rules)]
+    for name in sorted(collected.blocks):
+        if collected.blocks[name]:
+            lines += ["", *collected.blocks[name]]
     for line in lines:
         logger.info(line)
 
@@ -101,6 +107,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         for role, name in mine:
             collected.tables[name].setdefault(host.name, {}).update(
                 role.status_row(settings, sections))
+            # A role with more to say than a row (usage: the largest repositories).
+            lines = getattr(role, "status_lines", None)
+            if lines is not None:
+                collected.blocks.setdefault(host.name, []).extend(lines(settings, sections))
     if groups.servers in host.groups:
         collected.access[host.name] = access.describe(
             settings.registry_access, [user.name for user in settings.registry_users])

@@ -115,6 +115,10 @@ DISK_GUARD_TIMER_UNIT = unit(DISK_GUARD_TIMER_NAME)
 # In registry_config_dir: present while the guard holds the registry read-only, holding
 # the UTC time it switched (the deploy reads it: a run then keeps config.yml read-only).
 DISK_GUARD_FLAG_NAME = "disk-guard-readonly"
+# In registry_config_dir: one line, "UTC-TIME what it did", left by the last garbage
+# collection (scripts/registry-gc.sh) and the last retention run; status.py shows them.
+GC_RECORD_NAME = "last-gc"
+RETENTION_RECORD_NAME = "last-retention"
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,14 @@ class ServerLayout:
     @property
     def disk_guard_flag(self) -> str:
         return f"{self.config_dir}/{DISK_GUARD_FLAG_NAME}"
+
+    @property
+    def gc_record(self) -> str:
+        return f"{self.config_dir}/{GC_RECORD_NAME}"
+
+    @property
+    def retention_record(self) -> str:
+        return f"{self.config_dir}/{RETENTION_RECORD_NAME}"
 
     @property
     def token_dir(self) -> str:

@@ -419,7 +419,8 @@ def config_plans(settings: Settings, state: HostState) -> list[FolderPlan]:
     gone = [plan.folder.rsplit("/", 1)[1] for plan in (certs, auth, token)
             if plan.remove_folder]
     config = plan_folder(state, settings.registry_config_dir,
-                         ["config.yml", layout.DISK_GUARD_FLAG_NAME],
+                         ["config.yml", layout.DISK_GUARD_FLAG_NAME, layout.GC_RECORD_NAME,
+                          layout.RETENTION_RECORD_NAME],
                          removed_subfolders=gone)
     return [certs, auth, *([token] if token.folder in state.dirs else []), config]
 

@@ -46,6 +46,8 @@ for arg in "$@"; do
 done
 config=$config_dir/config.yml
 saved=$config_dir/config.yml.registry-kit-saved
+# One line, "UTC-TIME what was done", for status.py (layout.GC_RECORD_NAME).
+record=$config_dir/last-gc
 log=$log_dir/gc.log
 # The log is read here and its summary reported; nothing of it stays in the runtime folder.
 trap 'rm -f "$log"' EXIT
@@ -58,6 +60,10 @@ wait_healthy() {
         sleep 1
     done
     return 1
+}
+
+write_record() {
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $1" >"$record.new" && mv -f "$record.new" "$record"
 }
 
 used() {
@@ -130,6 +136,7 @@ collect)
         exit 1
     fi
     if [ "$dry_run" = 1 ]; then collect --dry-run || exit 1; else collect || exit 1; fi
+    [ "$dry_run" = 1 ] || write_record "collected on shared storage: $summary"
     echo "registry-kit: collected: $summary"
     exit 0 ;;
 writable)
@@ -193,5 +200,6 @@ trap - HUP INT TERM
 restore || exit 1
 [ "$ok" = 1 ] || exit 1
 after=$(used)
+write_record "freed $((before - after)) bytes ($summary)"
 echo "registry-kit: garbage collection freed $((before - after)) bytes" \
      "($before -> $after bytes in ${data}; $summary)"

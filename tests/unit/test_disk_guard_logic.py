@@ -1,6 +1,7 @@
 """The disk guard: its settings, units and status columns, and its script run against a
 config.yml the kit renders, with df, docker and curl replaced by stubs (the e2e test runs it
-for real on a small filesystem in the lab)."""
+for real on a small filesystem in the lab). Storage usage: the status walk run on a storage
+tree made here."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from registry_kit.facts import FileState, HostState
+from registry_kit.facts import FileState, HostState, parse_status
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
 from registry_kit.render.config import render_config
-from registry_kit.roles import disk_guard
+from registry_kit.roles import disk_guard, usage
 
 STUBS = {
     # df -P DIR: blocks from $USED and $AVAIL.
@@ -140,3 +141,62 @@ def test_status_columns(make_settings: Callable[..., Settings]) -> None:
         "not running"
     s3 = make_settings(registry_storage={"driver": "inmemory"})
     assert disk_guard.status_row(s3, {})["disk guard"] == "- (inmemory)"
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def _tree(root: Path, blobs: dict[str, int], links: dict[str, list[str]]) -> None:
+    """A registry storage: blobs (digest -> size) and per repository the digests its
+    layer links name (the first one also as a manifest revision)."""
+    v2 = root / "docker" / "registry" / "v2"
+    for digest, size in blobs.items():
+        folder = v2 / "blobs" / "sha256" / digest[:2] / digest
+        folder.mkdir(parents=True)
+        (folder / "data").write_bytes(b"x" * size)
+    for repo, digests in links.items():
+        for index, digest in enumerate(digests):
+            kinds = ["_layers"] + (["_manifests/revisions", "_manifests/tags/v1/index"]
+                                   if index == 0 else [])
+            for kind in kinds:
+                folder = v2 / "repositories" / repo / kind / "sha256" / digest
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "link").write_text(f"sha256:{digest}")
+
+
+def test_usage_walk_counts_unique_shared_and_unlinked(
+        tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    digests = {name: name * 64 for name in "abcdef"}
+    _tree(tmp_path, {digests["a"]: 1000, digests["b"]: 200, digests["c"]: 30,
+                     digests["d"]: 4, digests["e"]: 5000},
+          {"team/app": [digests["a"], digests["b"]], "base": [digests["c"], digests["b"]],
+           "other": [digests["d"]], "lonely": [digests["f"]]})  # f: a link to no blob
+    settings = make_settings()
+    # The status command as it is, on this tree instead of registry_data_dir.
+    command = usage.status_command(settings).replace(settings.registry_data_dir,
+                                                     str(tmp_path))
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                            check=True).stdout
+    sections = parse_status(output.splitlines())
+    assert sections["usage"] == ["R 1000 team/app", "R 30 base", "R 4 other", "R 0 lonely",
+                                 "T 4 200 5000 6234"]
+    lines = usage.status_lines(settings, sections)
+    assert lines[0] == (f"usage ({settings.host}): 4 repositories, blobs 6.2 KB, shared between "
+                        "repositories 200 B, linked by none (a GC frees) 5.0 KB")
+    assert lines[1:3] == ["  largest 4 by unique bytes:", "  team/app  1.0 KB"]
+    assert usage.status_row(settings, sections) == {"last gc": "never",
+                                                    "last retention": "never"}
+    record = {"last-gc": ["2026-12-07T03:00:00Z freed 5 bytes (x)"]}
+    assert usage.status_row(settings, record)["last gc"] == "2026-12-07T03:00:00Z"
+
+
+def test_usage_keeps_the_twenty_largest(tmp_path: Path,
+                                        make_settings: Callable[..., Settings]) -> None:
+    blobs = {f"{n:064x}": n + 1 for n in range(30)}
+    _tree(tmp_path, blobs, {f"repo{n:02d}": [digest] for n, digest in enumerate(blobs)})
+    output = subprocess.run(["sh", "-c", usage.walk_command(str(tmp_path))],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(output) == 21 and output[0] == "R 30 repo29" and output[19] == "R 11 repo10"
+    assert output[20] == f"T 30 0 0 {sum(blobs.values())}"
+    s3 = make_settings(registry_storage={"driver": "inmemory"})
+    assert "find" not in usage.status_command(s3) and usage.status_lines(s3, {}) == []
