@@ -3,8 +3,9 @@
 # seconds. When the registry's data filesystem is HIGH percent full or more, restart the
 # registry with storage.maintenance.readonly on (pulls served, pushes get the registry's 405)
 # and leave FLAG (the UTC time of the switch); below LOW percent, turn it off again and remove
-# FLAG. Between the marks nothing changes. Each switch is one journal line (priority warning
-# or notice); a check that changes nothing logs nothing.
+# FLAG. Between the marks nothing changes. A registry made read-only by anything else (no
+# FLAG) is left as it is. Each switch is one journal line (priority warning or notice); a
+# check that changes nothing logs nothing.
 # Usage: registry-disk-guard.sh NAME CONFIG_DIR DATA_DIR HIGH LOW URL RESOLVE CACERT TIMEOUT
 #                               LOCK FLAG
 #        registry-disk-guard.sh --percent DATA_DIR   (how full, as the guard counts it)
@@ -38,30 +39,33 @@ flock -n 9 || exit 0
 
 used=$(percent "$data") || exit 1
 [ -n "$used" ] || exit 1
+mine=false
+[ -e "$flag" ] && mine=true
 if [ "$used" -ge "$high" ]; then
     want=true
 elif [ "$used" -lt "$low" ]; then
     want=false
-elif [ -e "$flag" ]; then
-    want=true
 else
-    want=false
+    want=$mine  # between the marks: as it is (read-only again after a deploy's race)
 fi
 
 # registry_kit/render/config.py writes "readonly:" with "enabled: ..." on the next line and
 # every value on one line (registry-gc.sh edits the same line).
 now=$(grep -A1 '^    readonly:$' "$config" | sed -n 's/^      enabled: \(true\|false\)$/\1/p')
-if [ "$want" = true ] && [ ! -e "$flag" ]; then
+[ -n "$now" ] || { echo "<3>registry-kit: $config has no readonly line the kit wrote"; exit 1; }
+# Read-only without the flag is someone else's (a hand edit, an interrupted collection):
+# the guard neither takes it over nor ends it.
+[ "$mine" = false ] && [ "$now" = true ] && exit 0
+if [ "$want" = true ] && [ "$mine" = false ]; then
     date -u +%Y-%m-%dT%H:%M:%SZ >"$flag.new" && mv -f "$flag.new" "$flag"
 elif [ "$want" = false ]; then
     rm -f "$flag"
 fi
 [ "$now" = "$want" ] && exit 0
-[ -n "$now" ] || { echo "<3>registry-kit: $config has no readonly line the kit wrote"; exit 1; }
 
+install -m 0600 /dev/null "$config.registry-kit-guard"  # it holds secrets
 sed "/^    readonly:\$/{n;s/^      enabled: $now\$/      enabled: $want/;}" "$config" \
     >"$config.registry-kit-guard"
-chmod 0600 "$config.registry-kit-guard"
 mv -f "$config.registry-kit-guard" "$config"
 if [ "$want" = true ]; then
     echo "<4>registry-kit: $data is $used% full (mark $high%): $name made read-only" \

@@ -46,7 +46,8 @@ for arg in "$@"; do
 done
 config=$config_dir/config.yml
 saved=$config_dir/config.yml.registry-kit-saved
-# One line, "UTC-TIME what was done", for status.py (layout.GC_RECORD_NAME).
+# One line, "UTC-TIME what was done", for status.py (layout.GC_RECORD_NAME); written by a
+# whole collection of a server's own storage (not yet by the steps on shared storage).
 record=$config_dir/last-gc
 log=$log_dir/gc.log
 # The log is read here and its summary reported; nothing of it stays in the runtime folder.
@@ -136,7 +137,6 @@ collect)
         exit 1
     fi
     if [ "$dry_run" = 1 ]; then collect --dry-run || exit 1; else collect || exit 1; fi
-    [ "$dry_run" = 1 ] || write_record "collected on shared storage: $summary"
     echo "registry-kit: collected: $summary"
     exit 0 ;;
 writable)

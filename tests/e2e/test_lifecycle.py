@@ -336,8 +336,9 @@ def test_gc_after_deleting_a_tag_frees_bytes_and_keeps_other_images(site: Site) 
                          "--format '{{.Action}}'").stdout.split()
     assert events == ["restart", "restart"]
     assert harness.ssh("lab-reg", config_sha).stdout == sha_before
+    # last-gc: the collection's record for status.py (registry_kit.roles.usage).
     assert harness.ssh("lab-reg", "ls /etc/registry-kit").stdout.split() == \
-        ["auth", "certs", "config.yml"]
+        ["auth", "certs", "config.yml", "last-gc"]
     assert site.curl("lab-reg", user=USER, password=site.password,
                      path=f"/v2/lc/reg/manifests/{digest}")[0] == 404
     client_pull(BUSYBOX)

@@ -78,15 +78,29 @@ def test_script_switches_at_the_marks_and_only_then(
     assert config.read_text() == writable and not flag.exists()
     assert _calls(tmp_path) == ["docker restart registry"]
     assert guard(88) == "" and _calls(tmp_path) == []
+    # The flag with a writable config (a deploy planned before a switch wrote it): read-only
+    # again at the next check, between the marks too.
+    flag.write_text("2026-12-07T03:00:00Z\n")
+    assert guard(87).startswith("<4>registry-kit: ") and "enabled: true" in config.read_text()
+    assert flag.read_text() == "2026-12-07T03:00:00Z\n"  # since the first switch
 
 
 def test_script_leaves_a_stopped_registry_and_a_collection_alone(
         guard: Callable[..., str], tmp_path: Path) -> None:
     guard(99, running=False)
     assert _calls(tmp_path) == []  # config switched, the registry reads it when it starts
+    # Read-only without the guard's flag (a hand edit): neither ended nor taken over.
+    (tmp_path / "config" / "disk-guard-readonly").unlink()
+    config = tmp_path / "config" / "config.yml"
+    before = config.read_text()
+    assert "enabled: true" in before and guard(10) == guard(99) == "" and \
+        config.read_text() == before and _calls(tmp_path) == []
+    assert not (tmp_path / "config" / "disk-guard-readonly").exists()
+    (tmp_path / "config" / "disk-guard-readonly").write_text("2026-12-07T03:00:00Z\n")
     saved = tmp_path / "config" / "config.yml.registry-kit-saved"
     saved.write_text("x")  # garbage collection at work: it restores the config itself
     assert guard(10) == "" and (tmp_path / "config" / "disk-guard-readonly").exists()
+    assert config.read_text() == before
 
 
 def test_percent_is_dfs_rounded_up(tmp_path: Path) -> None:
