@@ -214,3 +214,23 @@ def test_usage_keeps_the_twenty_largest(tmp_path: Path,
     assert output[20] == f"T 30 0 0 {sum(blobs.values())}"
     s3 = make_settings(registry_storage={"driver": "inmemory"})
     assert "find" not in usage.status_command(s3) and usage.status_lines(s3, {}) == []
+
+
+@pytest.mark.parametrize("major", [2, 3])
+def test_script_switch_gives_the_deploys_file_on_2_and_3(
+        tmp_path: Path, make_settings: Callable[..., Settings], major: int) -> None:
+    """The guard's edit of config.yml is byte for byte what the deploy renders read-only
+    (and back), for registry 2 and 3 and with a secret that looks like the edited lines."""
+    settings = make_settings(registry_delete_enabled=True)
+    secret = "x\n    readonly:\n      enabled: false\n"
+    writable = render_config(settings, secret, major=major)
+    read_only = render_config(settings, secret, read_only=True, major=major)
+    for now, want, source, wanted in (("false", "true", writable, read_only),
+                                      ("true", "false", read_only, writable)):
+        edit = f"/^    readonly:$/{{n;s/^      enabled: {now}$/      enabled: {want}/;}}"
+        # The script's line, with $now and $want in place of the values above.
+        line = 'sed "/^    readonly:\\$/{n;s/^      enabled: $now\\$/      enabled: $want/;}"'
+        assert line in (SCRIPTS / disk_guard.SCRIPT).read_text()
+        done = subprocess.run(["sed", edit], input=source, capture_output=True, text=True,
+                              check=True).stdout
+        assert done == wanted
