@@ -26,7 +26,7 @@ from registry_kit.model import layout
 from registry_kit.model.inventory import merge_probe
 from registry_kit.model.layout import HAPROXY_CFG, LB_CA, LB_CERT_DIR, LB_PEM
 from registry_kit.model.settings import Settings, host_port
-from registry_kit.model.topology import BACKEND, Topology
+from registry_kit.model.topology import BACKEND, Topology, server_name
 from registry_kit.operations import files, packages
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept, purge_packages, remove_files
@@ -70,11 +70,18 @@ def render(settings: Settings, topology: Topology) -> str:
     token_port = settings.registry_token_port if settings.registry_access is not None else None
     realm_servers = [(replica.server_name, host_port(replica.address, token_port))
                      for replica in topology.replicas] if token_port else []
+    # The web page: every replica that serves it, on the port the first one serves it on.
+    pages = [server for server in topology.servers if server.registry_webui_enabled]
+    webui_servers = [(server_name(page.host), checked(host_port(
+        page.registry_internal_address, page.registry_webui_port), f"{page.host}: "
+        "registry_webui_port")) for page in pages]
     return haproxy.load_balancer(haproxy.LoadBalancer(
         port=checked(settings.registry_port, "registry_port"), domain=domain, backend=BACKEND,
         replicas=[(replica.server_name, replica.endpoint) for replica in topology.replicas],
         terminate=terminate, server_options=server_opts, token_port=token_port,
         realm_servers=realm_servers,
+        webui_port=str(pages[0].registry_webui_port) if pages else None,
+        webui_servers=webui_servers,
         stats=None if settings.registry_lb_stats is None else
         checked(settings.registry_lb_stats, "registry_lb_stats")),
         header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
