@@ -42,7 +42,8 @@ SCRIPT = layout.LB_SCRIPT_NAME
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT)],
+    return {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT),
+                      layout.script(keepalived.HANDOVER_SCRIPT)],
             "dirs": [LB_CERT_DIR, layout.SCRIPTS_DIR],
             "commands": list(COMMANDS), "services": [SERVICE]}
 
