@@ -105,15 +105,21 @@ def teardown_handover(settings: Settings, others_stay: bool) -> Handover | None:
     return Handover(vip=vip_address(settings), port=settings.registry_port, preferred=False)
 
 
+HANDOVER_PAUSE = 1  # s a stopping haproxy keeps serving while the address moves away
+
+
 def haproxy_dropin() -> bytes:
     """haproxy.service's drop-in: the file keepalived follows says at once when haproxy
-    stopped, crashed or was killed (ExecStopPost runs on every end, before any restart)."""
+    crashed or was killed (ExecStopPost runs on every end, before any restart), and before
+    a stop or restart (ExecStop) haproxy serves on for HANDOVER_PAUSE while the address
+    moves, so a `systemctl stop haproxy` refuses no connection on the address."""
     down = layout.HAPROXY_DOWN_FILE
     return "\n".join([
         "# Managed by registry-kit (registry_kit/roles/keepalived.py): keepalived follows",
         f"# {down} (track_file) and hands the floating address over when haproxy ends.",
         "[Service]",
         f"ExecStartPost=/bin/sh -c {q('echo 0 > ' + down)}",
+        f"ExecStop=/bin/sh -c {q(f'echo 1 > {down}; sleep {HANDOVER_PAUSE}')}",
         f"ExecStopPost=/bin/sh -c {q('echo 1 > ' + down)}",
         ""]).encode()
 

@@ -166,4 +166,5 @@ def test_keepalived_follows_haproxys_end_through_a_file() -> None:
     assert keepalived.haproxy_dropin().decode().splitlines()[2:] == [
         "[Service]",
         "ExecStartPost=/bin/sh -c 'echo 0 > /run/registry-kit-haproxy-down'",
+        "ExecStop=/bin/sh -c 'echo 1 > /run/registry-kit-haproxy-down; sleep 1'",
         "ExecStopPost=/bin/sh -c 'echo 1 > /run/registry-kit-haproxy-down'"]
