@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, inventory
+from pyinfra import state as run_state
 
 from registry_kit.facts import RegistryHostState
 from registry_kit.model.inventory import (
@@ -60,7 +61,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
                           **probe_args(settings, is_server, is_client, is_lb, is_cache))
     # pyinfra orders operations across hosts by the line that calls them: one line per role.
     if is_lb:
-        loadbalancer.lb_remove(settings, state)
+        # LBs outside this run (pyinfra --limit) stay: the floating address moves to one.
+        others_stay = any(not run_state.is_host_in_limit(other)
+                          for other in inventory.get_group(groups.lb, []))
+        loadbalancer.lb_remove(settings, state, others_stay)
     if is_cache:
         cache.cache_remove(settings, state)
     if is_client:

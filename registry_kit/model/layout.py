@@ -79,6 +79,13 @@ LB_CERT_DIR = "/etc/haproxy/registry-kit"
 LB_PEM = f"{LB_CERT_DIR}/registry.pem"  # terminate: certificate (+ chain) and key, root only
 LB_CA = f"{LB_CERT_DIR}/ca.crt"  # terminate: what the replicas' certificates are checked against
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+LB_HANDOVER_SCRIPT_NAME = "lb-handover.sh"  # moves the floating address away before a change
+LB_HANDOVER_MARK = "/run/registry-kit-lb-handover"  # lb-handover.sh stopped keepalived here
+# 1 while haproxy is down, 0 while it runs: written by haproxy's unit (the drop-in below),
+# followed by keepalived (track_file), which gives the address away the moment it reads 1.
+HAPROXY_DOWN_FILE = "/run/registry-kit-haproxy-down"
+HAPROXY_DROPIN_DIR = f"{SYSTEMD_DIR}/haproxy.service.d"
+HAPROXY_DROPIN = f"{HAPROXY_DROPIN_DIR}/registry-kit.conf"
 REDIS_CONF = "/etc/redis/redis.conf"
 # Per OS family (the distro's own names): (pid file, log file).
 REDIS_RUNTIME = {"debian": ("/run/redis/redis-server.pid", "/var/log/redis/redis-server.log"),

@@ -57,6 +57,8 @@ class LoadBalancer:
     token_port: int | None = None  # access rules: the replicas' token servers
     realm_servers: Sequence[tuple[str, str]] = ()
     stats: str | None = None  # ADDRESS:PORT of the stats page
+    webui_port: str | None = None  # the replicas' web page, on the same domain and address
+    webui_servers: Sequence[tuple[str, str]] = ()  # (server name, ADDRESS:WEBUI_PORT)
 
 
 def load_balancer(lb: LoadBalancer, header: str) -> str:
@@ -148,8 +150,31 @@ def _lb_extras(lb: LoadBalancer) -> list[Section]:
                 *(f"server {name} {endpoint}" for name, endpoint in lb.realm_servers),
             ]),
         ]
+    if lb.webui_port:
+        sections += _lb_webui(lb)
     if lb.stats:
         sections.append(Section("frontend stats", [
             "mode http", f"bind {lb.stats}", "stats enable", "stats uri /", "stats refresh 5s",
         ]))
     return sections
+
+
+def _lb_webui(lb: LoadBalancer) -> list[Section]:
+    """The replicas' web page behind the same domain and address: TLS passthrough (each
+    replica's page serves the domain's certificate), any replica (the page keeps nothing:
+    each request carries the user's credentials). Healthy = /v2/ through the page answers
+    401 or 200, so a replica whose registry is down is out of rotation too."""
+    return [
+        Section("frontend webui", [
+            "mode tcp", "option tcplog", f"bind *:{lb.webui_port}", "default_backend webui",
+        ], comment=["The web page (registry_webui_enabled on the replicas)."]),
+        Section("backend webui", [
+            "mode tcp", "balance leastconn",
+            "option httpchk",
+            f"http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host {lb.domain}",
+            f"http-check expect rstatus {HEALTHY}",
+            "default-server check check-ssl verify none inter 2s fastinter 500ms "
+            "downinter 500ms fall 2 rise 2",
+            *(f"server {name} {endpoint}" for name, endpoint in lb.webui_servers),
+        ]),
+    ]

@@ -3,11 +3,19 @@
 With registry_lb_vip set, every registry_lb host runs keepalived; the clients' domain
 resolves to that address. The LB with the highest priority whose haproxy is healthy holds
 it: priorities follow inventory order (the first registry_lb host 200, the next 190, ...),
-and haproxy's health is its admin socket answering (scripts/haproxy-alive.sh, two failed
-checks one second apart give the address away). Every LB starts as BACKUP with a preempt
-delay, so a returning LB takes the address back once, when its haproxy is healthy, and
-does not grab it at boot. VRRP goes by multicast, or with registry_lb_vrrp_unicast to the
-other LBs' registry_internal_address.
+and haproxy's health is followed two ways: haproxy's unit writes 1 to a file the moment
+haproxy ends for any reason (a drop-in's ExecStopPost), which keepalived follows
+(track_file, read on change): that LB goes to FAULT at once and its priority-0 advert hands
+the address over; and the admin socket answering (scripts/haproxy-alive.sh, two failed
+checks one second apart) catches a haproxy that runs but hangs. Every LB starts as BACKUP
+with a preempt delay, so a returning LB takes the address back once, when its haproxy is
+healthy, and does not grab it at boot.
+
+Planned changes (Handover): a run that reconfigures or restarts haproxy or keepalived on an
+LB first stops keepalived there and, on the LB that held the address, waits until another
+LB answers on it (scripts/lb-handover.sh), one LB at a time; then keepalived starts again
+and the address comes back where the priorities say. VRRP goes by multicast, or with
+registry_lb_vrrp_unicast to the other LBs' registry_internal_address.
 
 keepalived.conf is root 0600 (it holds the VRRP password, from env/file or generated once
 on the control machine), built from checked words (textfile.word), checked with
@@ -19,13 +27,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import FactBase
 
 from registry_kit import package_data
-from registry_kit.commands import q
+from registry_kit.commands import join, q
 from registry_kit.facts import HostState
 from registry_kit.model import keystore, layout
 from registry_kit.model.layout import KEEPALIVED_CONF
@@ -42,11 +51,77 @@ CHECK_SCRIPT = "haproxy-alive.sh"
 CHECK = layout.script(CHECK_SCRIPT)
 TOP_PRIORITY, PRIORITY_STEP, MAX_LBS = 200, 10, 20
 PREEMPT_DELAY = 5  # seconds a returning LB waits (healthy) before it takes the address back
+HANDOVER_SCRIPT = layout.LB_HANDOVER_SCRIPT_NAME
+# Another LB takes the address within a fraction of a second of a priority-0 advert: 10 s
+# is a dead or unreachable peer. The way back: rise 2 (2 s), three missed adverts or a
+# lower one heard (about 3 s), preempt_delay, and room for a loaded host.
+AWAY_TIMEOUT = 10
+BACK_TIMEOUT = 3 * PREEMPT_DELAY + 15
+RUNTIME_FILES = (layout.HAPROXY_DOWN_FILE, layout.LB_HANDOVER_MARK)
 
 
 def probe_args(settings: Settings) -> dict:
     # Probed with or without a VIP: a VIP removed from the settings removes keepalived's config.
-    return {"files": [KEEPALIVED_CONF, CHECK], "commands": list(COMMANDS), "services": [SERVICE]}
+    return {"files": [KEEPALIVED_CONF, CHECK, layout.HAPROXY_DROPIN, *RUNTIME_FILES],
+            "dirs": [layout.HAPROXY_DROPIN_DIR], "commands": list(COMMANDS),
+            "services": [SERVICE]}
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Planned maintenance on an LB that may hold the floating address: `away_command` before
+    haproxy or keepalived is restarted or reconfigured there, `back_command` after
+    (scripts/lb-handover.sh). Run one LB at a time (_serial): two LBs away at once would
+    leave nobody to hold the address."""
+
+    vip: str
+    port: int
+    preferred: bool  # the top priority: the address comes back here when it is healthy
+
+    def _command(self, action: str, timeout: int) -> str:
+        return join([layout.script(HANDOVER_SCRIPT), action, self.vip, str(self.port),
+                     str(timeout), "1" if self.preferred else "0", layout.LB_HANDOVER_MARK])
+
+    def away_command(self) -> str:
+        return self._command("away", AWAY_TIMEOUT)
+
+    def back_command(self) -> str:
+        return self._command("back", BACK_TIMEOUT)
+
+
+def handover(settings: Settings, topology: Topology) -> Handover | None:
+    """None without a floating address or with a single LB: nobody to hand it to (haproxy's
+    reload keeps its connections; a keepalived change is applied in place)."""
+    if settings.registry_lb_vip is None or len(topology.lbs) < 2:
+        return None
+    return Handover(vip=vip_address(settings), port=settings.registry_port,
+                    preferred=priority(topology, settings.host) == TOP_PRIORITY)
+
+
+def teardown_handover(settings: Settings, others_stay: bool) -> Handover | None:
+    """Teardown of some LBs only (pyinfra --limit): the address goes to one that stays."""
+    if settings.registry_lb_vip is None or not others_stay:
+        return None
+    return Handover(vip=vip_address(settings), port=settings.registry_port, preferred=False)
+
+
+HANDOVER_PAUSE = 1  # s a stopping haproxy keeps serving while the address moves away
+
+
+def haproxy_dropin() -> bytes:
+    """haproxy.service's drop-in: the file keepalived follows says at once when haproxy
+    crashed or was killed (ExecStopPost runs on every end, before any restart), and before
+    a stop or restart (ExecStop) haproxy serves on for HANDOVER_PAUSE while the address
+    moves, so a `systemctl stop haproxy` refuses no connection on the address."""
+    down = layout.HAPROXY_DOWN_FILE
+    return "\n".join([
+        "# Managed by registry-kit (registry_kit/roles/keepalived.py): keepalived follows",
+        f"# {down} (track_file) and hands the floating address over when haproxy ends.",
+        "[Service]",
+        f"ExecStartPost=/bin/sh -c {q('echo 0 > ' + down)}",
+        f"ExecStop=/bin/sh -c {q(f'echo 1 > {down}; sleep {HANDOVER_PAUSE}')}",
+        f"ExecStopPost=/bin/sh -c {q('echo 1 > ' + down)}",
+        ""]).encode()
 
 
 def _fail(settings: Settings, key: str, value: object, allowed: str) -> SettingsError:
@@ -154,6 +229,7 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
                  for lb in topology.lbs if lb.host != settings.host]
     return package_data.ENVIRONMENT.get_template("keepalived.conf.j2").render(
         source="templates/keepalived.conf.j2", check=f"{CHECK} {layout.HAPROXY_SOCKET}",
+        down_file=layout.HAPROXY_DOWN_FILE,
         preempt_delay=PREEMPT_DELAY,
         vip=checked(settings.registry_lb_vip, "registry_lb_vip"),
         router_name=checked(settings.host.replace(" ", "_"), "host name"),
@@ -166,9 +242,10 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
 
 
 @operation()
-def keepalived_config(content: bytes, state: HostState):
+def keepalived_config(content: bytes, state: HostState, handover: Handover | None = None):
     """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
-    reload. The file travels over SFTP, never in a command or in output."""
+    reload; with a handover, the address moves away first (keepalived stopped) and keepalived
+    starts on the new file. The file travels over SFTP, never in a command or in output."""
     current = state.files.get(KEEPALIVED_CONF)
     if current is not None and current.sha256 == files.sha256_of(content) and \
             (current.mode, current.owner, current.group) == ("600", "root", "root"):
@@ -182,8 +259,12 @@ def keepalived_config(content: bytes, state: HostState):
     yield (f"keepalived -t -f {staging} >/dev/null 2>&1 || {{ rm -f {staging}; echo "
            f"'registry-kit: keepalived rejected the new configuration; {KEEPALIVED_CONF} was not "
            "changed' >&2; exit 1; }")
+    if handover is not None:
+        yield handover.away_command()
     yield f"mv -f {staging} {KEEPALIVED_CONF}"
     yield f"systemctl reload-or-restart {SERVICE}"
+    if handover is not None:
+        yield handover.back_command()
 
 
 @operation()
@@ -200,13 +281,21 @@ def remove_keepalived(state: HostState):
     """No registry_lb_vip (any more): stop keepalived (the address goes) and remove the
     kit's config and check script; the package stays."""
     active, enabled = state.services.get(SERVICE, (False, False))
-    present = [path for path in (KEEPALIVED_CONF, CHECK) if path in state.files]
+    present = [path for path in (KEEPALIVED_CONF, CHECK, layout.HAPROXY_DROPIN, *RUNTIME_FILES)
+               if path in state.files]
     if not present:  # keepalived without the kit's config is not the kit's to stop
         host.noop("no floating address (registry_lb_vip=None)")
         return
     if active or enabled:
         yield f"systemctl disable --now {SERVICE}"
     yield "rm -f " + " ".join(q(path) for path in present)
+    if layout.HAPROXY_DROPIN in present:
+        yield f"rmdir {q(layout.HAPROXY_DROPIN_DIR)} 2>/dev/null; systemctl daemon-reload"
+
+
+@operation()
+def reload_units():
+    yield "systemctl daemon-reload"
 
 
 def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) -> None:
@@ -219,6 +308,13 @@ def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) 
                               name="Install keepalived from the distro")
     files.managed_file(CHECK, package_data.script(CHECK_SCRIPT), "0755",
                        state.files.get(CHECK), name=f"Install {CHECK}")
-    keepalived_config(config, state,
+    files.managed_dir(layout.HAPROXY_DROPIN_DIR, "0755", state.dirs.get(layout.HAPROXY_DROPIN_DIR),
+                      name=f"Create {layout.HAPROXY_DROPIN_DIR}")
+    dropin = files.managed_file(layout.HAPROXY_DROPIN, haproxy_dropin(), "0644",
+                                state.files.get(layout.HAPROXY_DROPIN),
+                                name="Tell keepalived when haproxy ends (haproxy's drop-in)")
+    reload_units(name="Reload systemd's units (haproxy's drop-in)", _if=dropin.did_change)
+    moving = handover(settings, topology)
+    keepalived_config(config, state, moving, _serial=moving is not None,
                       name="Check and apply keepalived.conf (keepalived -t, then reload)")
     start_keepalived(state, name=f"Enable and start {SERVICE}")

@@ -6,7 +6,9 @@ certificate for the domain. terminate: haproxy serves that certificate, sets
 X-Forwarded-Proto/For (Host passes unchanged) as the registry's deployment docs ask, and
 talks TLS to the replicas, verifying them against the kit's CA. Either way haproxy checks
 each replica's /v2/ (401 or 200 is healthy). A new config is checked with `haproxy -c`
-before it replaces the old one, then applied with a reload (running connections stay).
+before it replaces the old one, then applied with a reload (running connections stay); with
+a floating address over several LBs, the address first moves to another LB
+(keepalived.Handover), one LB at a time.
 The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
 first (registry_kit.model.topology.OutOfRotation).
 """
@@ -24,10 +26,10 @@ from registry_kit.model import layout
 from registry_kit.model.inventory import merge_probe
 from registry_kit.model.layout import HAPROXY_CFG, LB_CA, LB_CERT_DIR, LB_PEM
 from registry_kit.model.settings import Settings, host_port
-from registry_kit.model.topology import BACKEND, Topology
+from registry_kit.model.topology import BACKEND, Topology, server_name
 from registry_kit.operations import files, packages
 from registry_kit.operations.ownership import plan_folder, remove_folders
-from registry_kit.operations.removal import log_kept, purge_packages, remove_files, stop_services
+from registry_kit.operations.removal import log_kept, purge_packages, remove_files
 from registry_kit.operations.typed import operation
 from registry_kit.render import haproxy
 from registry_kit.render.tls import ServerCertificate
@@ -40,7 +42,8 @@ SCRIPT = layout.LB_SCRIPT_NAME
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT)],
+    return {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT),
+                      layout.script(keepalived.HANDOVER_SCRIPT)],
             "dirs": [LB_CERT_DIR, layout.SCRIPTS_DIR],
             "commands": list(COMMANDS), "services": [SERVICE]}
 
@@ -68,11 +71,18 @@ def render(settings: Settings, topology: Topology) -> str:
     token_port = settings.registry_token_port if settings.registry_access is not None else None
     realm_servers = [(replica.server_name, host_port(replica.address, token_port))
                      for replica in topology.replicas] if token_port else []
+    # The web page: every replica that serves it, on the port the first one serves it on.
+    pages = [server for server in topology.servers if server.registry_webui_enabled]
+    webui_servers = [(server_name(page.host), checked(host_port(
+        page.registry_internal_address, page.registry_webui_port), f"{page.host}: "
+        "registry_webui_port")) for page in pages]
     return haproxy.load_balancer(haproxy.LoadBalancer(
         port=checked(settings.registry_port, "registry_port"), domain=domain, backend=BACKEND,
         replicas=[(replica.server_name, replica.endpoint) for replica in topology.replicas],
         terminate=terminate, server_options=server_opts, token_port=token_port,
         realm_servers=realm_servers,
+        webui_port=str(pages[0].registry_webui_port) if pages else None,
+        webui_servers=webui_servers,
         stats=None if settings.registry_lb_stats is None else
         checked(settings.registry_lb_stats, "registry_lb_stats")),
         header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
@@ -80,8 +90,9 @@ def render(settings: Settings, topology: Topology) -> str:
 
 
 @operation()
-def haproxy_config(content: bytes, state: HostState):
-    """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload."""
+def haproxy_config(content: bytes, state: HostState, handover: keepalived.Handover | None = None):
+    """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload; with a
+    handover, the floating address moves to another LB first and comes back after."""
     current = state.files.get(HAPROXY_CFG)
     if current is not None and current.sha256 == files.sha256_of(content) and \
             current.mode == "644":
@@ -93,9 +104,13 @@ def haproxy_config(content: bytes, state: HostState):
     yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
            f"haproxy rejected the new configuration; {HAPROXY_CFG} was not changed' >&2; "
            "exit 1; }")
+    if handover is not None:
+        yield handover.away_command()
     yield f"mv -f {staging} {HAPROXY_CFG}"
     # reload-or-restart: a reload when haproxy runs (connections stay), a start otherwise.
     yield f"systemctl reload-or-restart {SERVICE}"
+    if handover is not None:
+        yield handover.back_command()
 
 
 @operation()
@@ -111,7 +126,7 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
               cert: ServerCertificate | None) -> None:
     packages.install_packages(PACKAGES, COMMANDS, state,
                               name="Install haproxy and socat from the distro")
-    server.install_scripts([SCRIPT], state)
+    server.install_scripts([SCRIPT, keepalived.HANDOVER_SCRIPT], state)
     if settings.registry_lb_mode == "terminate" and cert is not None:
         files.managed_dir(LB_CERT_DIR, "0700", state.dirs.get(LB_CERT_DIR),
                           name=f"Create {LB_CERT_DIR}")
@@ -123,37 +138,61 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
     else:
         files.absent_paths([LB_CERT_DIR], list(state.dirs),
                            name="Remove the load balancer's certificate (passthrough)")
-    haproxy_config(render(settings, topology).encode(), state,
+    moving = keepalived.handover(settings, topology)
+    haproxy_config(render(settings, topology).encode(), state, moving, _serial=moving is not None,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
     start_haproxy(state, name=f"Enable and start {SERVICE}")
 
 
 # --- teardown: the reverse of lb_deploy and keepalived.keepalived_deploy ---
 
-LB_SCRIPTS = (SCRIPT, keepalived.CHECK_SCRIPT)
+LB_SCRIPTS = (SCRIPT, keepalived.CHECK_SCRIPT, keepalived.HANDOVER_SCRIPT)
 LB_PACKAGES = (*PACKAGES, *keepalived.PACKAGES)
 
 
 def teardown_probe_args(settings: Settings) -> dict:
-    listed = [layout.SCRIPTS_DIR, LB_CERT_DIR]
+    listed = [layout.SCRIPTS_DIR, LB_CERT_DIR, layout.HAPROXY_DROPIN_DIR]
     return merge_probe([probe_args(settings), keepalived.probe_args(settings),
                         {"dirs": listed, "listings": listed}])
 
 
-def lb_remove(settings: Settings, state: HostState) -> None:
+@operation()
+def stop_lb(state: HostState, handover: keepalived.Handover | None):
+    """keepalived first (a MASTER's priority-0 advert hands the address over; with LBs that
+    stay, wait until one answers on it), then haproxy; then the runtime files both leave."""
+    running = [name for name in (keepalived.SERVICE, SERVICE)
+               if any(state.services.get(name, (False, False)))]
+    if not running:
+        host.noop(f"{keepalived.SERVICE}, {SERVICE}: not running, not enabled")
+        return
+    if handover is not None and keepalived.SERVICE in running:
+        yield handover.away_command()
+    for name in running:
+        yield f"systemctl disable --now {q(name)}"
+    yield "rm -f " + " ".join(q(path) for path in keepalived.RUNTIME_FILES)
+
+
+def lb_remove(settings: Settings, state: HostState, others_stay: bool = False) -> None:
     """keepalived and haproxy stopped and disabled (the floating address goes with
-    keepalived), then the kit's files: keepalived.conf, haproxy.cfg (the kit wrote the whole
-    file), the terminate-mode certificate folder, the kit's scripts (their folder when
-    nothing else is in it); the packages only with registry_packages_remove_on_teardown.
+    keepalived, to an LB that stays when there is one), then the kit's files:
+    keepalived.conf, haproxy.cfg (the kit wrote the whole file), haproxy's drop-in, the
+    terminate-mode certificate folder, the kit's scripts (their folder when nothing else is
+    in it); the packages only with registry_packages_remove_on_teardown.
     A registry_lb host is never a registry_servers host (topology.validate)."""
-    stop_services([keepalived.SERVICE, SERVICE], state,
-                  name="Stop and disable keepalived and haproxy")
-    remove_files([layout.KEEPALIVED_CONF, HAPROXY_CFG], state,
-                 name="Remove keepalived.conf and haproxy.cfg")
+    moving = keepalived.teardown_handover(settings, others_stay)
+    stop_lb(state, moving, _serial=moving is not None,
+            name="Stop and disable keepalived, then haproxy")
+    removed = remove_files([layout.KEEPALIVED_CONF, HAPROXY_CFG, layout.HAPROXY_DROPIN,
+                            *keepalived.RUNTIME_FILES], state,
+                           name="Remove keepalived.conf, haproxy.cfg and haproxy's drop-in")
+    keepalived.reload_units(name="Reload systemd's units (haproxy's drop-in)",
+                            _if=removed.did_change)
     plans = [plan_folder(state, LB_CERT_DIR, ["registry.pem", "ca.crt"], needs_marker=False),
+             plan_folder(state, layout.HAPROXY_DROPIN_DIR, ["registry-kit.conf"],
+                         needs_marker=False),
              plan_folder(state, layout.SCRIPTS_DIR, LB_SCRIPTS, needs_marker=False)]
     log_kept(plans)
-    remove_folders(plans, name="Remove the LB's certificate folder and scripts")
+    remove_folders(plans, name="Remove the LB's certificate folder, drop-in folder and scripts")
     purge_packages(LB_PACKAGES, (*COMMANDS, *keepalived.COMMANDS), settings,
                    state, name="Remove haproxy, socat, keepalived "
                    "(registry_packages_remove_on_teardown)")

@@ -5,10 +5,13 @@ VRRP on the lab's docker network); the client's domain resolves to that address.
 One scenario, step by step: a VRRP password longer than 8 characters is refused before any
 host is touched; deploy, then a rerun with zero changes; the first LB in inventory order
 holds the address; status shows haproxy's view of each replica, who holds the address and
-redis' memory and keys. Then failover under a bounded pull loop on the client: haproxy
-stopped on the LB holding the address, haproxy back, the whole LB host stopped, the host
-back; the address moves each time and settles on the first LB without flapping; the time
-until /v2/ answers again through the domain and the failed pulls are measured. Finally a
+redis' memory and keys. A planned haproxy change (registry_lb_stats moved) under a
+back-to-back pull loop: the holder hands the address over first, no pull fails. The web
+page through the domain and the address, with each replica host stopped in turn. Then
+failover under the pull loop: haproxy stopped on the LB holding the address, haproxy back,
+haproxy killed, the whole LB host killed, the host back; the address moves each time and
+settles on the first LB without flapping; failed pulls, the longest gap between pulls and
+the time until /v2/ answers again through the domain are measured per event. Finally a
 teardown over every role (twice: the second changes nothing) leaves no kit file, unit or
 config on any host, and a deploy afterwards serves the old image again.
 Checked with curl, docker, ip, systemctl, journalctl and stat on the hosts, never with the
@@ -18,6 +21,7 @@ kit's own code. Figures go to <lab state dir>/ha-figures.json.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import secrets
@@ -49,6 +53,7 @@ SPECS = [HostSpec(REP1, "bookworm", groups=("registry_servers",)),
 KIT_HOSTS = [spec.name for spec in SPECS]
 DOMAIN = "registry.ha.lab"
 PORT = 5000
+WEBUI_PORT = 5444
 ADDRESS = f"{DOMAIN}:{PORT}"
 USER = "ha"
 IMAGE = f"{ADDRESS}/ha/random:1"
@@ -81,6 +86,7 @@ class Ha:
                                      "secretkey_file": self.ceph["secret_key_file"]},
                 "registry_storage_redirect_disabled": True,
                 "registry_lb_stats": "127.0.0.1:8404",
+                "registry_webui_enabled": True,
                 "registry_lb_vip": f"{self.vip}/24",
                 "registry_lb_vrrp_password": {"file": str(self.tmp / "vrrp")},
                 **overrides}
@@ -206,14 +212,17 @@ def test_status_shows_every_role(ha: Ha) -> None:
     assert cache_words[2].endswith(("K", "M")), lines[CACHE]
 
 
+# Back-to-back pulls; /tmp/ha-pulls.log: one line per pull, "START END ok|failed".
 _LOOP = """
 img=$1; bound=$2
 ok=0 fail=0 i=0 end=$(( $(date +%s) + bound ))
-: > /tmp/ha-loop.err
+: > /tmp/ha-loop.err; : > /tmp/ha-pulls.log
 while [ -e /tmp/ha-loop.run ] && [ $i -lt 2000 ] && [ "$(date +%s)" -lt "$end" ]; do
     docker rmi -f "$img" >/dev/null 2>&1
-    if docker pull -q "$img" >/dev/null 2>>/tmp/ha-loop.err; then ok=$((ok+1));
-    else fail=$((fail+1)); echo "$(date +%s.%N) failed" >> /tmp/ha-loop.err; fi
+    start=$(date +%s.%N)
+    if docker pull -q "$img" >/dev/null 2>>/tmp/ha-loop.err; then ok=$((ok+1)); r=ok;
+    else fail=$((fail+1)); r=failed; echo "$(date +%s.%N) failed" >> /tmp/ha-loop.err; fi
+    echo "$start $(date +%s.%N) $r" >> /tmp/ha-pulls.log
     i=$((i+1))
 done
 echo "$ok $fail" > /tmp/ha-loop.result
@@ -267,39 +276,167 @@ def _wait_ssh(name: str, timeout: float = 90) -> None:
     raise AssertionError(f"{name} did not come back")
 
 
-def test_failover_under_a_pull_loop(ha: Ha) -> None:
-    figures: dict[str, Any] = {}
+def _start_loop() -> None:
     harness.ssh(CLIENT, "cat > /tmp/ha-loop.sh && rm -f /tmp/ha-loop.result && "
                 "touch /tmp/ha-loop.run", stdin=_LOOP)
     harness.ssh(CLIENT, "cat > /tmp/ha-probe.sh", stdin=_PROBE)
     harness.ssh(CLIENT, f"nohup sh /tmp/ha-loop.sh {IMAGE} {LOOP_SECONDS} >/dev/null 2>&1 &")
     harness.ssh(CLIENT, f"nohup sh /tmp/ha-probe.sh {LOOP_SECONDS} >/dev/null 2>&1 &")
+
+
+def _stop_loop() -> dict[str, Any]:
+    """Stop the loop; its totals and the end of its error output."""
+    harness.ssh(CLIENT, "rm -f /tmp/ha-loop.run")
+    deadline = time.monotonic() + 120
+    result = ""
+    while time.monotonic() < deadline and not result:
+        result = harness.ssh(CLIENT, "cat /tmp/ha-loop.result 2>/dev/null || true").stdout
+        time.sleep(0.5)
+    ok, failed = (int(word) for word in result.split())
+    return {"ok": ok, "failed": failed,
+            "errors": harness.ssh(CLIENT, "cat /tmp/ha-loop.err").stdout[-1500:]}
+
+
+def _pulls(since: float, until: float) -> dict[str, Any]:
+    """From the client's pull log: the pulls that ended in [since, until], how many failed,
+    and the longest time between two successful pulls' ends around that span."""
+    rows = [(float(a), float(b), r) for a, b, r in (line.split() for line in harness.ssh(
+        CLIENT, "cat /tmp/ha-pulls.log").stdout.splitlines() if len(line.split()) == 3)]
+    inside = [row for row in rows if since <= row[1] <= until]
+    ends = sorted(end for _, end, result in rows if result == "ok")
+    gaps = [b - a for a, b in itertools.pairwise(ends) if b >= since and a <= until]
+    return {"pulls": len(inside), "failed": sum(1 for row in inside if row[2] != "ok"),
+            "longest_gap_seconds": round(max(gaps, default=0.0), 2)}
+
+
+def _entered(name: str, state: str, since: float) -> float | None:
+    """When NAME's keepalived entered STATE first after `since` (its journal, unix time)."""
+    out = harness.ssh(name, f"journalctl -u keepalived --since @{int(since)} -o short-unix "
+                      f"--no-pager | grep 'Entering {state} STATE' || true").stdout
+    times = [float(line.split()[0]) for line in out.splitlines() if line.strip()]
+    later = [t for t in times if t >= since]
+    return later[0] if later else None
+
+
+def _event(since: float, until: float) -> dict[str, Any]:
+    return {"pulls": _pulls(since, until), "probe": _outage(since, until)}
+
+
+def test_a_planned_haproxy_change_on_the_holder_fails_no_pull(ha: Ha) -> None:
+    """registry_lb_stats moved: haproxy.cfg changes on both LBs. The holder hands the
+    address to the other LB before its haproxy is touched and takes it back after (it has
+    the top priority), one LB at a time; a back-to-back pull loop sees no failure."""
+    _wait_holder(ha.vip, LB1)
+    moved = ha.inventory("stats", registry_lb_stats="127.0.0.1:8405")
+    _start_loop()
     try:
         time.sleep(4)
-        # 1. haproxy stopped on the LB holding the address: keepalived's check fails there.
+        t0 = time.time()
+        run = harness.run_kit(moved).assert_ok()
+        t1 = time.time()
+        time.sleep(4)
+    finally:
+        totals = _stop_loop()
+    figures = {"kit_run_seconds": round(t1 - t0, 1), **_event(t0, time.time()),
+               "totals": totals}
+    away, back = _entered(LB2, "MASTER", t0), _entered(LB1, "MASTER", t0)
+    figures["address_on_lb2_after_seconds"] = away and round(away - t0, 2)
+    figures["address_back_on_lb1_after_seconds"] = back and round(back - t0, 2)
+    ha.figures["planned_haproxy_change"] = figures
+    assert ("Check and apply haproxy.cfg (haproxy -c, then reload)", [LB1, LB2]) in \
+        run.changed, run.describe()
+    assert "bind 127.0.0.1:8405" in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+    assert away is not None and back is not None and away < back, figures
+    assert _holder(ha.vip) == [LB1]
+    assert figures["pulls"]["failed"] == 0 and totals["failed"] == 0, figures
+    assert figures["pulls"]["pulls"] >= 3, figures
+    harness.run_kit(moved).assert_no_changes()
+
+
+def _wait_lb_view(backend: str, server: str, status: str, timeout: float = 120) -> None:
+    """Until the first LB's haproxy reports SERVER of BACKEND as STATUS (its admin socket)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = harness.ssh(LB1, "echo 'show stat' | socat -t 2 stdio /run/haproxy/admin.sock "
+                           f"| awk -F, '$1 == \"{backend}\" && $2 == \"{server}\" "
+                           "{print $18}'", check=False).stdout.strip()
+        if seen.startswith(status):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{backend}/{server} is {seen!r} on {LB1}, not {status}")
+
+
+def _page_answers(ha: Ha) -> dict[str, int]:
+    """The web page through the domain and the floating address: its file, its config and
+    the registry's API behind it, with and without the user's password."""
+    return {"page": harness.curl_status(DOMAIN, ha.vip, WEBUI_PORT, path="/"),
+            "config": harness.curl_status(DOMAIN, ha.vip, WEBUI_PORT, path="/config.json"),
+            "v2": harness.curl_status(DOMAIN, ha.vip, WEBUI_PORT),
+            "catalog": harness.curl_status(DOMAIN, ha.vip, WEBUI_PORT, user=USER,
+                                           password=ha.password, path="/v2/_catalog")}
+
+
+def test_the_web_page_through_the_address_with_either_replica_stopped(ha: Ha) -> None:
+    served = {"page": 200, "config": 200, "v2": 401, "catalog": 200}
+    assert _page_answers(ha) == served
+    started = time.monotonic()
+    for stopped, other in ((REP1, REP2), (REP2, REP1)):
+        subprocess.run(["docker", "stop", "-t", "10", _container(stopped)], check=True,
+                       capture_output=True, timeout=60)
+        _wait_lb_view("webui", stopped, "DOWN")
+        assert _page_answers(ha) == served, stopped
+        subprocess.run(["docker", "start", _container(stopped)], check=True,
+                       capture_output=True, timeout=60)
+        _wait_ssh(stopped)
+        for backend in ("webui", "registry"):
+            _wait_lb_view(backend, stopped, "UP")
+        _wait_lb_view("webui", other, "UP")
+    ha.figures["web_page_replica_stops_seconds"] = round(time.monotonic() - started, 1)
+    assert _page_answers(ha) == served
+
+
+def test_failover_under_a_pull_loop(ha: Ha) -> None:
+    figures: dict[str, Any] = {}
+    _wait_holder(ha.vip, LB1)
+    _start_loop()
+    try:
+        time.sleep(4)
+        # 1. haproxy stopped on the LB holding the address: its unit tells keepalived.
         assert _holder(ha.vip) == [LB1]
         t0 = time.time()
         harness.ssh(LB1, "systemctl stop haproxy")
         figures["haproxy_stopped_address_moved_seconds"] = round(_wait_holder(ha.vip, LB2), 2)
         time.sleep(6)
-        figures["haproxy_stopped"] = _outage(t0, time.time())
+        figures["haproxy_stopped"] = _event(t0, time.time())
         # 2. haproxy back: the first LB takes the address back (priority), once.
         t1 = time.time()
         harness.ssh(LB1, "systemctl start haproxy")
         figures["haproxy_back_address_returned_seconds"] = round(
             _wait_holder(ha.vip, LB1), 2)
         time.sleep(6)
-        figures["haproxy_back"] = _outage(t1, time.time())
-        # 3. The whole LB host stopped (its kernel's addresses and ARP answers go with it).
+        figures["haproxy_back"] = _event(t1, time.time())
+        # 3. haproxy killed (SIGKILL, every process of its unit) on the holder: systemd
+        # restarts it at once; the address moves meanwhile and comes back after.
+        killed = float(harness.ssh(LB1, "date +%s.%N; systemctl kill -s KILL haproxy")
+                       .stdout.split()[0])
+        time.sleep(2)
+        moved = _entered(LB2, "MASTER", killed)
+        figures["haproxy_killed_address_moved_seconds"] = moved and round(moved - killed, 2)
+        _wait_holder(ha.vip, LB1)
+        time.sleep(4)
+        figures["haproxy_killed"] = _event(killed, time.time())
+        # 4. The whole LB host killed (docker kill: no goodbye advert, like a power loss).
         t2 = time.time()
-        subprocess.run(["docker", "stop", "-t", "10", _container(LB1)], check=True,
+        subprocess.run(["docker", "kill", _container(LB1)], check=True,
                        capture_output=True, timeout=60)
-        figures["host_stop_command_seconds"] = round(time.time() - t2, 2)
-        figures["host_stopped_address_moved_seconds"] = round(
+        figures["host_killed_address_moved_seconds"] = round(
             time.time() - t2 + _wait_holder(ha.vip, LB2, lbs=(LB2,)), 2)
         time.sleep(6)
-        figures["host_stopped"] = _outage(t2, time.time())
-        # 4. The host back: boots, haproxy and keepalived start, the address returns once.
+        moved = _entered(LB2, "MASTER", t2)
+        figures["host_killed_lb2_master_after_seconds"] = moved and round(moved - t2, 2)
+        figures["host_killed"] = _event(t2, time.time())
+        # 5. The host back: boots, haproxy and keepalived start, the address returns once.
         t3 = time.time()
         subprocess.run(["docker", "start", _container(LB1)], check=True,
                        capture_output=True, timeout=60)
@@ -307,40 +444,41 @@ def test_failover_under_a_pull_loop(ha: Ha) -> None:
         figures["host_back_address_returned_seconds"] = round(
             time.time() - t3 + _wait_holder(ha.vip, LB1, timeout=60), 2)
         time.sleep(20)  # long enough for any flapping to show
-        figures["host_back"] = _outage(t3, time.time())
+        figures["host_back"] = _event(t3, time.time())
     finally:
-        harness.ssh(CLIENT, "rm -f /tmp/ha-loop.run")
-    deadline = time.monotonic() + 120
-    result = ""
-    while time.monotonic() < deadline and not result:
-        result = harness.ssh(CLIENT, "cat /tmp/ha-loop.result 2>/dev/null || true").stdout
-        time.sleep(0.5)
-    ok, failed = (int(word) for word in result.split())
-    figures["pulls"] = {"ok": ok, "failed": failed,
-                        "errors": harness.ssh(CLIENT, "cat /tmp/ha-loop.err").stdout[-1500:]}
+        figures["pulls"] = _stop_loop()
     # No flapping: after the host came back, LB2 gave the address up once and LB1 took it
     # once (LB1's journal starts at its boot), and it stayed there.
     figures["transitions_after_return"] = {LB1: _transitions(LB1, t3), LB2: _transitions(LB2, t3)}
     ha.figures["failover"] = figures
+    assert figures["haproxy_killed_address_moved_seconds"] is not None, figures
     assert _holder(ha.vip) == [LB1]
     assert figures["transitions_after_return"][LB2] == ["Entering BACKUP STATE"], figures
     assert figures["transitions_after_return"][LB1].count("Entering MASTER STATE") == 1, figures
-    assert ok >= 10, figures
+    assert figures["pulls"]["ok"] >= 10, figures
     assert harness.curl_status(DOMAIN, ha.vip, PORT) == 401
 
 
 _KIT_PATHS = ("/etc/registry-kit /usr/local/lib/registry-kit /run/registry-kit "
-              "/etc/haproxy/haproxy.cfg /etc/haproxy/registry-kit "
-              "/etc/keepalived/keepalived.conf /etc/redis/redis.conf "
-              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client")
+              "/etc/haproxy/registry-kit /etc/keepalived/keepalived.conf "
+              "/etc/redis/redis.conf /etc/systemd/system/haproxy.service.d "
+              "/run/registry-kit-haproxy-down /run/registry-kit-lb-handover "
+              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client /etc/registry-kit-webui")
 
 
 def _leftovers(name: str) -> str:
-    """Any kit file, unit or config on a host, and any of the services still running."""
-    return harness.ssh(name, f"for p in {_KIT_PATHS}; do [ -e \"$p\" ] && echo \"$p\"; done; "
+    """Any kit file, unit or config on a host, and any of the services still running. The
+    replicas' web page installs Debian's haproxy, whose package (its own haproxy.cfg and
+    service) stays like every package unless purged: there, haproxy.cfg counts only if the
+    kit wrote it, and haproxy's service does not count."""
+    replica = name in (REP1, REP2)
+    services = "keepalived redis-server" + ("" if replica else " haproxy")
+    paths = _KIT_PATHS + ("" if replica else " /etc/haproxy/haproxy.cfg")
+    return harness.ssh(name, f"for p in {paths}; do [ -e \"$p\" ] && echo \"$p\"; done; "
+                       "grep -l registry-kit /etc/haproxy/haproxy.cfg 2>/dev/null; "
                        "ls /etc/systemd/system | grep -i registry; "
                        "grep -l registry-kit /etc/hosts /etc/docker/daemon.json 2>/dev/null; "
-                       "for s in haproxy keepalived redis-server; do systemctl is-active -q $s "
+                       f"for s in {services}; do systemctl is-active -q $s "
                        "&& echo \"$s active\"; systemctl is-enabled -q $s 2>/dev/null && "
                        "echo \"$s enabled\"; done; docker ps -aq 2>/dev/null; true").stdout
 

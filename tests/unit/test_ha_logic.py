@@ -138,3 +138,33 @@ def test_status_rows() -> None:
     assert (found["memory"], found["keys"]) == ("1.02M", "17")
     # The address and the VIP reach the shell quoted.
     assert "show to 10.0.0.250/32" in loadbalancer.status_command(settings)
+
+
+def test_a_handover_needs_a_floating_address_and_another_lb() -> None:
+    topo = topology(lb("lb1", "10.0.0.11"), lb("lb2", "10.0.0.12"))
+    assert keepalived.handover(topo.lbs[0], topo) == keepalived.Handover(
+        vip="10.0.0.250", port=5000, preferred=True)
+    assert keepalived.handover(topo.lbs[1], topo) == keepalived.Handover(
+        vip="10.0.0.250", port=5000, preferred=False)
+    alone = topology(lb("lb1", "10.0.0.11"))
+    assert keepalived.handover(alone.lbs[0], alone) is None  # nobody to hand it to
+    plain = lb("lb1", "10.0.0.11", registry_lb_vip=None)
+    assert keepalived.handover(plain, topology(plain, lb("lb2", "10.0.0.12"))) is None
+    assert keepalived.teardown_handover(topo.lbs[0], others_stay=False) is None
+    assert keepalived.teardown_handover(topo.lbs[0], others_stay=True) == keepalived.Handover(
+        vip="10.0.0.250", port=5000, preferred=False)
+
+
+def test_keepalived_follows_haproxys_end_through_a_file() -> None:
+    """haproxy's unit writes the file keepalived follows (track_file, weight 0: 1 is FAULT)."""
+    topo = topology(lb("lb1", "10.0.0.11"), lb("lb2", "10.0.0.12"))
+    conf = keepalived.render(topo.lbs[0], topo, "eth0", "abc12345")
+    block = conf[conf.index("track_file registry_kit_haproxy_down {"):]
+    assert block.split("}")[0].split("\n")[1:4] == [
+        '    file "/run/registry-kit-haproxy-down"', "    weight 0", "    init_file 0"]
+    assert "    track_file {\n        registry_kit_haproxy_down weight 0\n    }" in conf
+    assert keepalived.haproxy_dropin().decode().splitlines()[2:] == [
+        "[Service]",
+        "ExecStartPost=/bin/sh -c 'echo 0 > /run/registry-kit-haproxy-down'",
+        "ExecStop=/bin/sh -c 'echo 1 > /run/registry-kit-haproxy-down; sleep 1'",
+        "ExecStopPost=/bin/sh -c 'echo 1 > /run/registry-kit-haproxy-down'"]

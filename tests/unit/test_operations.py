@@ -402,6 +402,41 @@ def test_haproxy_config_is_checked_before_it_replaces_the_old_one() -> None:
     assert run(loadbalancer.start_haproxy, probe()) == (["systemctl enable --now haproxy"], [])
 
 
+HANDOVER = keepalived.Handover(vip="10.0.0.250", port=5000, preferred=True)
+HANDOVER_SH = "/usr/local/lib/registry-kit/lb-handover.sh"
+
+
+def test_haproxy_config_moves_the_floating_address_away_first() -> None:
+    """Planned maintenance: checked first (a refused config moves nothing), then the address
+    goes to another LB, then the change, then it comes back (the top priority waits for it)."""
+    commands, _ = run(loadbalancer.haproxy_config, b"cfg\n", probe(), HANDOVER)
+    assert commands[2].startswith(f"haproxy -c -f {HAPROXY_NEW}")
+    assert commands[3:] == [
+        f"{HANDOVER_SH} away 10.0.0.250 5000 10 1 /run/registry-kit-lb-handover",
+        f"mv -f {HAPROXY_NEW} /etc/haproxy/haproxy.cfg",
+        "systemctl reload-or-restart haproxy",
+        f"{HANDOVER_SH} back 10.0.0.250 5000 30 1 /run/registry-kit-lb-handover"]
+    same = probe(files=[f"{sha256_of(b'cfg' + bytes([10]))} 644 root root "
+                        "/etc/haproxy/haproxy.cfg"])
+    assert run(loadbalancer.haproxy_config, b"cfg\n", same, HANDOVER) == \
+        ([], ["/etc/haproxy/haproxy.cfg is up to date"])
+
+
+def test_lb_teardown_stops_keepalived_before_haproxy() -> None:
+    running = probe(services=["keepalived active enabled", "haproxy active enabled"])
+    rm = "rm -f /run/registry-kit-haproxy-down /run/registry-kit-lb-handover"
+    assert run(loadbalancer.stop_lb, running, None) == (
+        ["systemctl disable --now keepalived", "systemctl disable --now haproxy", rm], [])
+    # Some LBs stay (pyinfra --limit): the address goes to one of them first.
+    staying = keepalived.Handover(vip="10.0.0.250", port=5000, preferred=False)
+    assert run(loadbalancer.stop_lb, running, staying)[0][0] == \
+        f"{HANDOVER_SH} away 10.0.0.250 5000 10 0 /run/registry-kit-lb-handover"
+    assert run(loadbalancer.stop_lb, probe(services=["haproxy active enabled"]), staying) == (
+        ["systemctl disable --now haproxy", rm], [])
+    assert run(loadbalancer.stop_lb, probe(), staying) == \
+        ([], ["keepalived, haproxy: not running, not enabled"])
+
+
 # --------------------------------------------------------------------------- trust, ownership
 
 def test_bridge_ca_appends_the_old_ca_on_the_host() -> None:
@@ -448,6 +483,15 @@ def test_keepalived_config_is_checked_quietly_before_it_replaces_the_old_one() -
     loose = probe(files=[f"{sha256_of(b'vrrp' + bytes([10]))} 644 root root {conf}"])
     assert run(keepalived.keepalived_config, b"vrrp\n", loose)[0][1].startswith(
         "install -m 0600")
+
+
+def test_keepalived_config_with_a_handover_restarts_keepalived_elsewhere_first() -> None:
+    commands, _ = run(keepalived.keepalived_config, b"vrrp\n", probe(), HANDOVER)
+    assert commands[4:] == [
+        f"{HANDOVER_SH} away 10.0.0.250 5000 10 1 /run/registry-kit-lb-handover",
+        f"mv -f {KEEPALIVED_NEW} {layout.KEEPALIVED_CONF}",
+        "systemctl reload-or-restart keepalived",
+        f"{HANDOVER_SH} back 10.0.0.250 5000 30 1 /run/registry-kit-lb-handover"]
 
 
 def test_keepalived_start_and_removal() -> None:

@@ -272,6 +272,27 @@ def test_haproxy_passthrough(make_settings: Callable[..., Settings]) -> None:
     assert loadbalancer.render(topology.lbs[0], topology) == text  # deterministic
 
 
+def test_haproxy_serves_the_replicas_web_page(make_settings: Callable[..., Settings]) -> None:
+    """The web page on the LB's domain and address: TLS passthrough to every replica's page,
+    each checked on /v2/ through the page (its registry down takes it out too)."""
+    plain = _topology(make_settings)
+    assert "webui" not in loadbalancer.render(plain.lbs[0], plain)
+    for mode in ("passthrough", "terminate"):
+        topology = _topology(make_settings, registry_webui_enabled=True, registry_lb_mode=mode)
+        text = loadbalancer.render(topology.lbs[0], topology)
+        frontend = text[text.index("frontend webui"):].split("\n\n")[0].splitlines()
+        assert frontend == ["frontend webui", "    mode tcp", "    option tcplog",
+                            "    bind *:5444", "    default_backend webui"]
+        backend = text[text.index("\nbackend webui") + 1:].split("\n\n")[0].splitlines()
+        assert backend[1:3] == ["    mode tcp", "    balance leastconn"]
+        assert "    http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host " \
+            "registry.example.internal" in backend
+        assert backend[-3:] == [
+            "    default-server check check-ssl verify none inter 2s fastinter 500ms "
+            "downinter 500ms fall 2 rise 2",
+            "    server rep0 10.9.0.10:5444", "    server rep1 10.9.0.11:5444"]
+
+
 def test_haproxy_terminate(make_settings: Callable[..., Settings]) -> None:
     topology = _topology(make_settings, registry_lb_mode="terminate")
     text = loadbalancer.render(topology.lbs[0], topology)
