@@ -25,8 +25,8 @@ raised as RetentionError, which registry_kit.model.settings turns into its Setti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from registry_kit.model.access import is_pattern, pattern_regex
@@ -145,3 +145,240 @@ def parse(host: str, value: Any) -> tuple[Rule, ...]:
         raise _fail(host, value, "a list of rules like {'repository': 'ci/*', 'keep_last': "
                     "10, 'keep_always': ['latest']}")
     return tuple(parse_rule(host, entry) for entry in value)
+
+
+# --- What a storage holds (gathered on the server by retention.py) ----------
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    digest: str
+    pushed: float  # the storage's time for the tag's current link (push time), epoch seconds
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    size: int  # of the manifest blob itself
+    media_type: str = ""
+    children: tuple[str, ...] = ()  # an index's manifests
+    subject: str | None = None  # an artifact's subject (signatures, SBOMs)
+    blobs: tuple[tuple[str, int], ...] = ()  # config and layers: (digest, size)
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    tags: tuple[Tag, ...]
+    manifests: Mapping[str, Manifest]  # digest -> manifest: every revision of the repository
+
+
+def manifest_from_document(digest: str, size: int, document: Any) -> Manifest:
+    """A Manifest from its parsed JSON (anything unexpected is read as no references)."""
+    doc = document if isinstance(document, Mapping) else {}
+
+    def descriptors(key: str) -> list[Mapping[str, Any]]:
+        value = doc.get(key)
+        items = value if isinstance(value, list) else [value] if isinstance(value, Mapping) \
+            else []
+        return [d for d in items if isinstance(d, Mapping) and isinstance(d.get("digest"), str)]
+
+    def size_of(d: Mapping[str, Any]) -> int:
+        return d["size"] if isinstance(d.get("size"), int) and d["size"] >= 0 else 0
+
+    subject = descriptors("subject")
+    return Manifest(
+        digest=digest, size=size, media_type=str(doc.get("mediaType") or ""),
+        children=tuple(d["digest"] for d in descriptors("manifests")),
+        subject=subject[0]["digest"] if subject else None,
+        blobs=tuple((d["digest"], size_of(d)) for d in descriptors("config") +
+                    descriptors("layers") + descriptors("blobs")))
+
+
+# --- The plan --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TagDecision:
+    tag: Tag
+    keep: bool
+    reason: str
+    tag_only: bool = False  # deleted, but its manifest stays (something kept holds it)
+
+
+@dataclass(frozen=True)
+class RepositoryPlan:
+    name: str
+    tags: tuple[TagDecision, ...]
+    delete_manifests: tuple[tuple[str, str], ...]  # (digest, reason)
+
+    @property
+    def deleted_tags(self) -> tuple[TagDecision, ...]:
+        return tuple(d for d in self.tags if not d.keep)
+
+    @property
+    def empty(self) -> bool:
+        return not self.deleted_tags and not self.delete_manifests
+
+
+@dataclass(frozen=True)
+class Plan:
+    repositories: tuple[RepositoryPlan, ...]
+    freed_bytes: int  # blobs referenced only by deleted manifests: what GC then frees
+    rules: tuple[Rule, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return all(r.empty for r in self.repositories)
+
+
+def _age(now: float, pushed: float) -> str:
+    return f"{max(0.0, now - pushed) / DAY:.1f} days ago"
+
+
+def _rule_keeps(rule: Rule, number: int, tags: Sequence[Tag], now: float) -> dict[str, str]:
+    """tag name -> why rule `number` keeps it, for the tags it covers."""
+    kept: dict[str, str] = {}
+    newest = sorted(tags, key=lambda t: (t.pushed, t.name), reverse=True)
+    for tag in newest:
+        if _matches(rule.keep_always, tag.name):
+            pattern = next(p for p in rule.keep_always if re.fullmatch(pattern_regex(p),
+                                                                        tag.name))
+            kept.setdefault(tag.name, f"keep_always {pattern!r} (rule {number})")
+    for rank, tag in enumerate(newest[:rule.keep_last or 0], start=1):
+        kept.setdefault(tag.name, f"#{rank} of the last {rule.keep_last} pushed (rule "
+                        f"{number})")
+    if rule.keep_days:
+        for tag in tags:
+            if tag.pushed >= now - rule.keep_days * DAY:
+                kept.setdefault(tag.name, f"pushed {_age(now, tag.pushed)}, within "
+                                f"{rule.keep_days} days (rule {number})")
+    return kept
+
+
+def _why_deleted(rule: Rule, number: int, tag: Tag, now: float) -> str:
+    parts = []
+    if rule.keep_last is not None:
+        parts.append(f"not among the last {rule.keep_last} pushed")
+    if rule.keep_days is not None:
+        parts.append(f"pushed {_age(now, tag.pushed)} (over {rule.keep_days} days)")
+    if rule.keep_always:
+        parts.append(f"matches no keep_always {list(rule.keep_always)}")
+    return f"rule {number}: " + ", ".join(parts)
+
+
+def judge_tags(repository: Repository, rules: Sequence[Rule], now: float) \
+        -> dict[str, tuple[bool, str]]:
+    """tag name -> (keep, reason) from the rules alone (before manifests are considered)."""
+    judging = [(n, rule) for n, rule in enumerate(rules, start=1)
+               if rule.judges_tags and rule.covers_repository(repository.name)]
+    keeps: dict[str, str] = {}
+    for number, rule in judging:
+        covered = [t for t in repository.tags if rule.covers_tag(t.name)]
+        for name, why in _rule_keeps(rule, number, covered, now).items():
+            keeps.setdefault(name, why)
+    decided: dict[str, tuple[bool, str]] = {}
+    for tag in repository.tags:
+        first = next(((n, r) for n, r in judging if r.covers_tag(tag.name)), None)
+        if tag.name in keeps:
+            decided[tag.name] = (True, keeps[tag.name])
+        elif first is None:
+            decided[tag.name] = (True, "no rule covers it")
+        else:
+            decided[tag.name] = (False, _why_deleted(first[1], first[0], tag, now))
+    return decided
+
+
+def _closure(start: Iterable[str], manifests: Mapping[str, Manifest]) -> set[str]:
+    """`start` and what it holds: an index's children, and artifacts whose subject is in."""
+    held = set(start)
+    referrers: dict[str, list[str]] = {}
+    for manifest in manifests.values():
+        if manifest.subject is not None:
+            referrers.setdefault(manifest.subject, []).append(manifest.digest)
+    todo = list(held)
+    while todo:
+        digest = todo.pop()
+        found = list(manifests[digest].children) if digest in manifests else []
+        found += referrers.get(digest, [])
+        for other in found:
+            if other not in held:
+                held.add(other)
+                todo.append(other)
+    return held
+
+
+def plan_repository(repository: Repository, rules: Sequence[Rule], now: float) \
+        -> RepositoryPlan:
+    judged = judge_tags(repository, rules, now)
+    manifests = repository.manifests
+    # Artifacts follow their subject: a tagged signature of a kept image keeps its tag.
+    kept = _closure((t.digest for t in repository.tags if judged[t.name][0]), manifests)
+    for tag in repository.tags:
+        subject = manifests[tag.digest].subject if tag.digest in manifests else None
+        if not judged[tag.name][0] and subject is not None and subject in kept:
+            judged[tag.name] = (True, f"artifact of kept {subject[:19]}")
+    decisions = []
+    for tag in repository.tags:
+        keep, reason = judged[tag.name]
+        shared = not keep and tag.digest in kept
+        if shared:
+            reason += "; tag only: its manifest stays (held by a kept tag, index or subject)"
+        decisions.append(TagDecision(tag, keep, reason, tag_only=shared))
+    tagged = {t.digest for t in repository.tags}
+    dropped = {d.tag.digest for d in decisions if not d.keep and not d.tag_only}
+    untagged = set()
+    if any(r.untagged_delete and r.covers_repository(repository.name) for r in rules):
+        # Not the subject of anything that stays: a kept signature keeps its image.
+        subjects = {manifests[d].subject for d in kept if d in manifests}
+        untagged = {d for d in manifests if d not in tagged | kept | subjects}
+    reasons: dict[str, str] = {}
+    for digest in sorted(dropped):
+        reasons[digest] = "every tag of it deleted"
+    for digest in sorted(_closure(dropped, manifests) - dropped - kept - tagged):
+        reasons.setdefault(digest, "child or artifact of a deleted manifest")
+    for digest in sorted(untagged):
+        reasons.setdefault(digest, "untagged (untagged: delete)")
+    deleted = tuple((d, reasons[d]) for d in sorted(reasons) if d in manifests)
+    return RepositoryPlan(repository.name, tuple(sorted(decisions, key=lambda d: d.tag.name)),
+                          deleted)
+
+
+def freed_bytes(repositories: Sequence[Repository], plans: Sequence[RepositoryPlan]) -> int:
+    """Bytes of the blobs only deleted manifests reference (manifest blobs included): what a
+    garbage collection frees once they are gone, blobs being shared across repositories."""
+    gone = {(p.name, digest) for p in plans for digest, _ in p.delete_manifests}
+    sizes: dict[str, int] = {}
+    kept: set[str] = set()
+    dropped: set[str] = set()
+    for repository in repositories:
+        for digest, manifest in repository.manifests.items():
+            refs = {digest: manifest.size, **dict(manifest.blobs),
+                    **dict.fromkeys(manifest.children, 0)}
+            for blob, size in refs.items():
+                sizes[blob] = max(sizes.get(blob, 0), size)
+            (dropped if (repository.name, digest) in gone else kept).update(refs)
+    return sum(sizes[blob] for blob in dropped - kept)
+
+
+def plan(repositories: Sequence[Repository], rules: Sequence[Rule], now: float) -> Plan:
+    """What retention does to a storage: per repository, tags kept and deleted (with the
+    reason) and manifests deleted; and the bytes a garbage collection then frees."""
+    plans = tuple(plan_repository(r, rules, now) for r in sorted(repositories,
+                                                                  key=lambda r: r.name))
+    return Plan(plans, freed_bytes(repositories, plans), tuple(rules))
+
+
+def report_lines(result: Plan) -> list[str]:
+    """The report, one line per repository and per tag deleted or kept."""
+    lines = []
+    for repo in result.repositories:
+        kept = [d for d in repo.tags if d.keep]
+        lines.append(f"{repo.name}: {len(kept)} tags kept, {len(repo.deleted_tags)} deleted, "
+                     f"{len(repo.delete_manifests)} manifests deleted")
+        for decision in repo.tags:
+            verb = "keep" if decision.keep else "delete tag" if decision.tag_only else "delete"
+            lines.append(f"  {verb} {repo.name}:{decision.tag.name} "
+                         f"({decision.tag.digest[:19]}): {decision.reason}")
+        for digest, reason in repo.delete_manifests:
+            lines.append(f"  delete manifest {repo.name}@{digest}: {reason}")
+    return lines
