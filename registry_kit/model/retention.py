@@ -24,6 +24,7 @@ raised as RetentionError, which registry_kit.model.settings turns into its Setti
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -382,3 +383,72 @@ def report_lines(result: Plan) -> list[str]:
         for digest, reason in repo.delete_manifests:
             lines.append(f"  delete manifest {repo.name}@{digest}: {reason}")
     return lines
+
+
+# --- Reading what retention.py's one command on the server printed -----------------------
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO = rf"{_COMPONENT}(?:/{_COMPONENT})*"
+_TAG_LINK = re.compile(rf"repositories/({_REPO})/_manifests/tags/({_TAG.pattern})/current/link")
+_REVISION = re.compile(rf"repositories/({_REPO})/_manifests/revisions/sha256/([0-9a-f]{{64}})/link")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Listing:
+    now: float  # the server's clock when it listed
+    fingerprint: str  # of the tag and revision links with their times: unchanged = no push
+    repositories: tuple[Repository, ...]
+
+
+def _line_fields(lines: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(kind, first field, the rest) of each line."""
+    fields = []
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        first, _, second = rest.partition(" ")
+        fields.append((kind, first, second))
+    return fields
+
+
+def read_listing(lines: Iterable[str]) -> Listing:
+    """The storage as listed on the server: `N now`, `F fingerprint`, `P mtime path` per tag
+    and revision link, `L path digest` per tag link, `M hex size json` per manifest. Paths
+    are matched against the registry's grammar; anything else is ignored."""
+    now, fingerprint = 0.0, ""
+    pushed: dict[tuple[str, str], float] = {}
+    points: dict[tuple[str, str], str] = {}
+    revisions: dict[str, set[str]] = {}
+    documents: dict[str, Manifest] = {}
+    for kind, first, second in _line_fields(lines):
+        tag, revision = _TAG_LINK.fullmatch(second), _REVISION.fullmatch(second)
+        if kind == "N" and first.isdigit():
+            now = float(first)
+        elif kind == "F":
+            fingerprint = first
+        elif kind == "P" and tag:
+            pushed[(tag[1], tag[2])] = float(first)
+        elif kind == "P" and revision:
+            revisions.setdefault(revision[1], set()).add(f"sha256:{revision[2]}")
+        elif kind == "L" and _TAG_LINK.fullmatch(first) and _DIGEST.fullmatch(second):
+            found = _TAG_LINK.fullmatch(first)
+            assert found is not None
+            points[(found[1], found[2])] = second
+        elif kind == "M" and re.fullmatch("[0-9a-f]{64}", first):
+            size, _, text = second.partition(" ")
+            documents[f"sha256:{first}"] = _document(f"sha256:{first}", size, text)
+    names = sorted(set(revisions) | {repo for repo, _ in points})
+    repositories = tuple(Repository(
+        name, tuple(Tag(tag, points[(repo, tag)], pushed.get((repo, tag), 0.0))
+                    for repo, tag in sorted(points) if repo == name),
+        {d: documents.get(d, Manifest(d, 0)) for d in sorted(revisions.get(name, ()))})
+        for name in names)
+    return Listing(now, fingerprint, repositories)
+
+
+def _document(digest: str, size: str, text: str) -> Manifest:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    return manifest_from_document(digest, int(size) if size.isdigit() else 0, document)

@@ -281,3 +281,86 @@ def test_report_lines_say_what_and_why() -> None:
     assert lines[0] == "app: 4 tags kept, 1 deleted, 1 manifests deleted"
     assert any(line.startswith("  delete app:t5 (sha256:") for line in lines)
     assert lines[-1].startswith(f"  delete manifest app@{digest('mt5')}:")
+
+
+# --- what the server lists, and the commands (registry_kit.jobs.retention) -------------------
+
+HEX = {name: name.encode().hex().ljust(64, "0")[:64] for name in ("a", "b", "i", "c")}
+
+
+def listing_lines() -> list[str]:
+    manifest_a = ('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+                  '"config":{"digest":"sha256:' + "1" * 64 + '","size":10},"layers":[{"digest":'
+                  '"sha256:' + "2" * 64 + '","size":2000}]}')
+    index_i = ('{"mediaType":"' + retention.INDEX_TYPES[0] + '","manifests":[{"digest":"sha256:'
+               + HEX["c"] + '","size":5}]}')
+    tags = "repositories/team/app/_manifests/tags"
+    revs = "repositories/team/app/_manifests/revisions/sha256"
+    return [
+        "N 1800000000",
+        "F " + "f" * 64,
+        f"P 1799990000.5 {tags}/v1/current/link",
+        f"P 1799000000.0 {tags}/old/current/link",
+        f"P 1.0 {revs}/{HEX['a']}/link", f"P 1.0 {revs}/{HEX['b']}/link",
+        f"P 1.0 {revs}/{HEX['i']}/link", f"P 1.0 {revs}/{HEX['c']}/link",
+        f"L {tags}/v1/current/link sha256:{HEX['a']}",
+        f"L {tags}/old/current/link sha256:{HEX['b']}",
+        f"L repositories/Bad/_manifests/tags/x/current/link sha256:{HEX['a']}",  # not a name
+        "P 1.0 repositories/x/../../etc/_manifests/tags/t/current/link",
+        f"M {HEX['a']} 321 {manifest_a}",
+        f"M {HEX['i']} 99 {index_i}",
+        f"M {HEX['b']} 50 not json",
+        "garbage line",
+    ]
+
+
+def test_the_listing_is_read_and_anything_odd_ignored() -> None:
+    listing = retention.read_listing(listing_lines())
+    assert listing.now == 1_800_000_000 and listing.fingerprint == "f" * 64
+    [repository] = listing.repositories
+    assert repository.name == "team/app"
+    assert repository.tags == (Tag("old", f"sha256:{HEX['b']}", 1799000000.0),
+                               Tag("v1", f"sha256:{HEX['a']}", 1799990000.5))
+    a = repository.manifests[f"sha256:{HEX['a']}"]
+    assert a.size == 321 and a.blobs == (("sha256:" + "1" * 64, 10), ("sha256:" + "2" * 64, 2000))
+    assert repository.manifests[f"sha256:{HEX['i']}"].children == (f"sha256:{HEX['c']}",)
+    assert repository.manifests[f"sha256:{HEX['b']}"] == Manifest(f"sha256:{HEX['b']}", 50)
+    assert repository.manifests[f"sha256:{HEX['c']}"] == Manifest(f"sha256:{HEX['c']}", 0)
+    assert retention.read_listing([]).repositories == ()
+
+
+def test_apply_command_quotes_every_path_and_guards_with_the_fingerprint(
+        make_settings: Callable[..., Settings]) -> None:
+    from registry_kit.jobs import retention as job
+
+    settings = make_settings(registry_data_dir="/srv/reg", registry_gc_delete_untagged=True)
+    listing = retention.read_listing(listing_lines())
+    plan = retention.plan(listing.repositories, rules({"repository": "team/*",
+                                                       "keep_last": 1}), listing.now)
+    paths = job.delete_paths(plan)
+    assert paths == ["repositories/team/app/_manifests/tags/old",
+                     f"repositories/team/app/_manifests/revisions/sha256/{HEX['b']}"]
+    command = job.apply_command(settings, plan, listing.fingerprint)
+    assert "cd /srv/reg/docker/registry/v2 &&" in command
+    assert f"!= {'f' * 64} ]; then" in command and "rm -rf -- " + " ".join(paths) in command
+    assert "--delete-untagged" not in command  # only what the rules selected goes
+    steps = [re.search(rf"--step {s} ", command) for s in ("check", "readonly", "collect",
+                                                             "writable")]
+    assert all(steps) and [m.start() for m in steps if m] == sorted(m.start() for m in steps
+                                                                     if m)
+    assert command.endswith("|| ok=1; exit $ok")
+    listed = job.listing_command(settings)
+    assert listed.startswith("echo \"N $(date +%s)\"; cd /srv/reg/docker/registry/v2")
+    assert job.LISTING in listed and job.LISTING in command
+
+
+def test_the_summary_line() -> None:
+    from registry_kit.jobs import retention as job
+
+    plan = retention.plan([five()], rules({"repository": "app", "keep_last": 4}), NOW)
+    assert job.summary(plan, False) == (
+        "retention (report only: nothing deleted) 4 tags kept, 1 deleted (0 tag only), 1 "
+        "manifests deleted; a garbage collection then frees 1600 bytes")
+    assert job.summary(plan, True).startswith("retention (deleting) ")
+    assert job.summary(retention.plan([five()], (), NOW), True).startswith(
+        "retention (nothing to delete) 5 tags kept, 0 deleted")
