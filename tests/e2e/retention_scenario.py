@@ -134,11 +134,20 @@ def reported(run: harness.Run, server: str) -> re.Match[str]:
 
 def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
                  times: dict[str, float]) -> None:
+    clock = [time.monotonic()]
+
+    def phase(name: str) -> None:  # where the scenario's time goes, in the module's timings
+        now = time.monotonic()
+        times[f"retention {prefix}: {name}"] = round(now - clock[0], 1)
+        clock[0] = now
+
     with tempfile.TemporaryDirectory() as tmp:
         digests = push_all(site, address, prefix, Path(tmp))
     set_push_times(server, prefix)
+    phase("build and push 30 tags")
     site.set(registry_retention_rules=rules(prefix))
     site.run("garbage_collect.py").assert_ok()  # earlier scenarios' garbage is not ours
+    phase("garbage_collect.py first")
     before = {repo: site.tags(f"{prefix}/{repo}") for repo in AGES}
     assert sum(map(len, before.values())) == 30
     used = blobs_bytes(server)
@@ -157,6 +166,7 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == before
     assert blobs_bytes(server) == used
     planned = int(found[6])
+    phase("report run and its checks")
 
     start = time.monotonic()
     applied = site.run("retention.py", "--data", "registry_retention_apply=True").assert_ok()
@@ -178,10 +188,12 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
         pulled = dict(zip(pulls, pool.map(lambda item: _pull(site, item[0]), pulls),
                           strict=True))
     assert all(digest == expected for (_, expected), digest in pulled.items()), pulled
+    phase("apply run, 14 pulls")
 
     again = site.run("retention.py", "--data", "registry_retention_apply=True")
     again.assert_no_changes()
     assert reported(again, server).group(3, 4, 5) == ("0", "0", "0")
+    phase("second apply run")
 
 
 def _pull(site: RetentionSite, reference: str) -> str:

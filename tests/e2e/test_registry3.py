@@ -317,7 +317,7 @@ def test_c2_retention_on_3(site: Site) -> None:
     retention_scenario.run_scenario(site, server=SERVER, address=ADDRESS, prefix="rt3",
                                     times=TIMES)
     site.set(registry_retention_rules=None)
-    site.run().assert_no_changes()
+    site.run(timing="deploy after retention (rt3)").assert_no_changes()
 
 
 def _assert_rolled_back(run: Run, before: dict[str, str], new_image: str) -> None:
