@@ -138,6 +138,13 @@ docker_remove_on_teardown = False  # teardown.py: also remove the Docker engine 
 # teardown.py: also purge haproxy, socat, keepalived (LBs) and redis (cache)
 registry_packages_remove_on_teardown = False
 
+# --- Retention (retention.py) ---
+# retention.py: which tags and manifests go, a list of rules like {'repository': 'ci/*',
+# 'keep_last': 10, 'keep_always': ['latest']} (see "Retention")
+registry_retention_rules = []
+# retention.py: delete what the rules select, then collect garbage; False: only report
+registry_retention_apply = False
+
 # --- Backup and restore (backup.py, restore.py; filesystem storage) ---
 # backup.py: absolute folder for backups (one subfolder per server); None:
 # `<registry_state_dir>/backups` on the control machine

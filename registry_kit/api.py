@@ -4,7 +4,8 @@
 
     api.registry()                      # servers, clients, load balancer, cache
     api.registry(servers="docker_hub", clients="builders", settings={"registry_port": 443})
-    api.garbage_collect()  /  api.teardown()  /  api.status()  /  api.backup()  /  api.restore()
+    api.garbage_collect()  /  api.retention()  /  api.teardown()  /  api.status()
+    api.backup()  /  api.restore()
 
 Each function acts on the hosts of the inventory groups named by its arguments (by default
 registry_servers, registry_clients, registry_lb, registry_cache) and on no others: a host
@@ -87,6 +88,20 @@ def garbage_collect(servers: str = "registry_servers", clients: str = "registry_
                     settings: Mapping[str, Any] | None = None) -> None:
     """Garbage-collect each server's storage, one server at a time (read-only meanwhile)."""
     from registry_kit.jobs import gc as job
+
+    _plan(job, servers, clients, lb, cache, settings)
+
+
+@_keep_operation_names
+@deploy("registry-kit: retention", data_defaults=DATA_DEFAULTS)
+def retention(servers: str = "registry_servers", clients: str = "registry_clients",
+              lb: str = "registry_lb", cache: str = "registry_cache",
+              settings: Mapping[str, Any] | None = None) -> None:
+    """Apply registry_retention_rules on each server (filesystem storage): report the tags
+    and manifests they delete and the bytes a GC then frees; with
+    registry_retention_apply=True, delete them and collect garbage, one server at a time
+    (read-only meanwhile)."""
+    from registry_kit.jobs import retention as job
 
     _plan(job, servers, clients, lb, cache, settings)
 

@@ -196,6 +196,11 @@ class ServerLayout:
         # In certs/, which the container sees as CONTAINER_TOKEN_SIGNING_CERT.
         return f"{self.certs_dir}/token-signing.crt"
 
+    @property
+    def storage_v2(self) -> str:
+        # filesystem storage: the registry's own tree (repositories/, blobs/) under the data dir
+        return f"{self.data_dir}/docker/registry/v2"
+
 
 def _local_ip(settings: Settings) -> str:
     """Where this server's published ports are reached from the server itself: loopback,

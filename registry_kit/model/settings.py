@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from registry_kit.errors import SettingsError
-from registry_kit.model import access
+from registry_kit.model import access, retention
 from registry_kit.model.checks import (
     BACKUP_GENERATION_RE,
     LOOPBACK_RULE,
@@ -150,6 +150,13 @@ def _percent_or_none(r: Reader, key: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 50 <= value <= 99:
         raise r.fail(key, value, "None (no guard) or a whole number from 50 to 99")
     return value
+
+
+def _retention_rules(r: Reader, key: str, value: Any) -> tuple[retention.Rule, ...]:
+    try:
+        return retention.parse(r.host, value)
+    except retention.RetentionError as error:
+        raise SettingsError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -513,6 +520,17 @@ class Settings:
         if s["docker_remove_on_teardown"] and s["docker_install_method"] == "none":
             raise r.fail("docker_remove_on_teardown", True, "False when docker_install_method="
                          "'none' (the kit did not install the engine)")
+
+    # --- Retention: registry_kit/model/retention.py, registry_kit/jobs/retention.py ---
+    section("Retention (retention.py)",
+            "registry_kit/model/retention.py, registry_kit/jobs/retention.py")
+    registry_retention_rules: tuple[retention.Rule, ...] = setting(
+        [], "retention.py: which tags and manifests go, a list of rules like {'repository': "
+        "'ci/*', 'keep_last': 10, 'keep_always': ['latest']} (see \"Retention\")",
+        check=_retention_rules)
+    registry_retention_apply: bool = setting(
+        False, "retention.py: delete what the rules select, then collect garbage; False: "
+        "only report", check=boolean)
 
     # --- Backup and restore (filesystem storage): registry_kit/jobs/backup.py, restore.py ---
     section("Backup and restore (backup.py, restore.py; filesystem storage)",

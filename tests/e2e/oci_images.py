@@ -65,3 +65,54 @@ def layout_digest(layout: Path) -> str:
     """The manifest digest of the (single) image in an OCI layout, e.g. one skopeo pulled."""
     index = json.loads((layout / "index.json").read_text())
     return str(index["manifests"][0]["digest"])
+
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def _image_blobs(layout: Path, payload: bytes, arch: str, subject: dict | None) -> bytes:
+    """Write one image's layer and config; return its manifest (not yet a blob)."""
+    layer, diff_id = _layer(payload)
+    config = json.dumps({"architecture": arch, "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}},
+                        sort_keys=True).encode()
+    document: dict = {
+        "schemaVersion": 2, "mediaType": MANIFEST,
+        "config": {"mediaType": CONFIG, "digest": _blob(layout, config), "size": len(config)},
+        "layers": [{"mediaType": LAYER, "digest": _blob(layout, layer), "size": len(layer)}]}
+    if subject is not None:
+        document["subject"] = subject
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def _write_top(layout: Path, media_type: str, manifest: bytes) -> str:
+    digest = _blob(layout, manifest)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": media_type, "digest": digest, "size": len(manifest)}]}))
+    return digest
+
+
+def write_index(layout: Path, payloads: dict[str, bytes]) -> tuple[str, dict[str, str]]:
+    """An OCI layout holding a multi-arch index of one image per architecture (payloads:
+    arch -> layer payload); return (index digest, {arch: child manifest digest})."""
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    children, entries = {}, []
+    for arch, payload in payloads.items():
+        manifest = _image_blobs(layout, payload, arch, None)
+        children[arch] = _blob(layout, manifest)
+        entries.append({"mediaType": MANIFEST, "digest": children[arch], "size": len(manifest),
+                        "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries},
+                       sort_keys=True).encode()
+    return _write_top(layout, INDEX, index), children
+
+
+def write_artifact(layout: Path, payload: bytes, subject: str, subject_size: int,
+                   subject_type: str = INDEX) -> str:
+    """An OCI layout holding an image manifest whose `subject` is another manifest (how
+    OCI 1.1 signatures and SBOMs point at what they describe); return its digest."""
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    manifest = _image_blobs(layout, payload, "amd64", {
+        "mediaType": subject_type, "digest": subject, "size": subject_size})
+    return _write_top(layout, MANIFEST, manifest)

@@ -25,6 +25,7 @@ from typing import Any
 
 import harness
 import pytest
+import retention_scenario
 import yaml
 from harness import Run
 
@@ -310,6 +311,15 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
     site.run().assert_no_changes()
 
 
+def test_c2_retention_on_3(site: Site) -> None:
+    """retention.py on 3.0.0, filesystem storage (tests/e2e/retention_scenario.py)."""
+    assert container()["image"] == "registry:3"
+    retention_scenario.run_scenario(site, server=SERVER, address=ADDRESS, prefix="rt3",
+                                    times=TIMES)
+    site.set(registry_retention_rules=None)
+    site.run(timing="deploy after retention (rt3)").assert_no_changes()
+
+
 def _assert_rolled_back(run: Run, before: dict[str, str], new_image: str) -> None:
     assert run.returncode != 0
     assert dict(run.errors)["Start or replace the registry container"] == [SERVER]
@@ -423,3 +433,13 @@ def test_f_downgrade_3_to_2_is_allowed_and_serves_everything(site: Site,
     status = site.run("status.py").assert_no_changes()
     assert status_row(status)[1:4] == ["registry:2.8.3", "2.8.3", "running"]
     harness.ssh(SERVER, f"docker rmi {LABELLED} {UNLABELLED} >/dev/null")
+
+
+def test_g_retention_on_2_8(site: Site) -> None:
+    """retention.py on 2.8.3 (after the downgrade), filesystem storage: the same scenario
+    (tests/e2e/retention_scenario.py), beside what registry 3 left."""
+    assert container()["image"] == "registry:2.8.3"
+    retention_scenario.run_scenario(site, server=SERVER, address=ADDRESS, prefix="rt2",
+                                    times=TIMES)
+    site.set(registry_retention_rules=None)
+    site.run().assert_no_changes()

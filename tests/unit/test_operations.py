@@ -20,7 +20,8 @@ from pyinfra.context import ctx_host
 
 from registry_kit.facts import FileState, HostState, parse_probe
 from registry_kit.jobs import backup, restore
-from registry_kit.model import layout
+from registry_kit.jobs import retention as retention_job
+from registry_kit.model import layout, retention
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, ownership, packages, removal
 from registry_kit.operations.files import sha256_of
@@ -618,6 +619,29 @@ def test_webui_disabled_only_where_it_is() -> None:
             (["systemctl disable --now registry-kit-webui 2>/dev/null; true"], [])
 
 
+def test_retention_deletes_only_when_planned_and_deployed(defaults: Settings) -> None:
+    def tag(name: str, digest: str, pushed: float) -> retention.Tag:
+        return retention.Tag(name, "sha256:" + digest * 64, pushed)
+
+    manifests = {f"sha256:{d * 64}": retention.Manifest(f"sha256:{d * 64}", 10) for d in "ab"}
+    repository = retention.Repository("app", (tag("new", "a", 2.0), tag("old", "b", 1.0)),
+                                      manifests)
+    rules = retention.parse("h", [{"repository": "app", "keep_last": 1}])
+    plan = retention.plan([repository], rules, 3.0)
+    running = probe(container=["0000|true|registry:2|"])
+    commands, noops = run(retention_job.apply_retention, defaults, running, plan, "f" * 64)
+    assert commands == ["ReportedCommand: " + retention_job.apply_command(defaults, plan,
+                                                                          "f" * 64)] and not noops
+    assert "rm -rf -- repositories/app/_manifests/tags/old repositories/app/_manifests/" \
+        f"revisions/sha256/{'b' * 64} &&" in commands[0]
+    nothing = retention.plan([repository], (), 3.0)
+    assert run(retention_job.apply_retention, defaults, running, nothing, "f" * 64) == \
+        ([], ["retention: nothing to delete"])
+    commands, _ = run(retention_job.apply_retention, defaults, probe(), plan, "f" * 64)
+    assert commands == ["CALL fail_host('reg-host-1: no container registry: run deploy.py "
+                        "first',)"]
+
+
 def test_every_operation_module_is_exercised_here() -> None:
     """A new role, job or operation module gets its own tests above (the status, deploy and
     teardown jobs have no operations of their own: they arrange the roles'; typed is the
@@ -626,7 +650,7 @@ def test_every_operation_module_is_exercised_here() -> None:
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
-              "token_server", "backup", "restore", "webui"}
+              "token_server", "backup", "restore", "webui", "retention"}
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",

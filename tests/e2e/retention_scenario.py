@@ -1,0 +1,207 @@
+"""Retention (retention.py) on a running registry with filesystem storage, shared by the
+modules that run it (test_registry3.py: on 3.0.0, and on 2.8.3 after its downgrade).
+
+30 tags across 3 repositories under PREFIX, each tag's push time set on the server
+(`touch -d` on the tag's current link, which is what the kit reads as push time), among
+them a multi-arch index, a tag on one of its children, and a signature artifact whose
+`subject` is the index. The report run must delete nothing; the apply run must leave
+exactly the expected tags, which pull (skopeo checks every blob's digest) with the digests
+they were pushed with, the kept index with both children and the artifact still pulling
+after the garbage collection; the bytes the report announced must match the blobs folder's
+own count (du) within 5%; a second run deletes nothing. Checked with curl, skopeo and du
+over SSH, never with the kit's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import harness
+import oci_images
+
+DAY = 86400
+LAYER_BYTES = 1 << 20  # random, so gzip keeps it whole: GC's freed bytes are mostly layers
+PARALLEL = 4  # skopeo copies at once
+DATA_DIR = "/var/lib/registry-kit/data"
+V2 = f"{DATA_DIR}/docker/registry/v2"
+
+
+class RetentionSite(Protocol):
+    certs: Path
+
+    def set(self, **data: Any) -> None: ...
+    def run(self, script: str = ..., *extra: str, timing: str | None = ...) -> harness.Run: ...
+    def skopeo(self, args: list[str]) -> Any: ...
+    def tags(self, repository: str) -> list[str]: ...
+
+
+def rules(prefix: str) -> list[dict[str, Any]]:
+    return [
+        {"repository": f"{prefix}/app", "keep_last": 3, "keep_always": ["stable"]},
+        {"repository": f"{prefix}/web", "keep_days": 10, "exclude": ["release-*"]},
+        {"repository": f"{prefix}/multi", "keep_last": 2, "untagged": "delete"},
+    ]
+
+
+# repository -> tag -> age in days; `stable` shares a11's manifest, `c1` is a child of idx.
+AGES = {
+    "app": {**{f"a{n}": n for n in range(1, 12)}, "stable": 100},
+    "web": {**{f"w{n}": 3 * n for n in range(1, 9)}, "release-1": 50, "release-2": 51},
+    "multi": {"idx": 1, "m1": 5, "c1": 40, "sig": 60, **{f"m{n}": 48 + n for n in range(2, 6)}},
+}
+EXPECTED = {
+    "app": ["a1", "a2", "a3", "stable"],
+    "web": ["release-1", "release-2", "w1", "w2", "w3"],
+    "multi": ["idx", "m1", "sig"],
+}
+DELETED_MANIFESTS = {"app": 7, "web": 5, "multi": 4}  # a4-a10; w4-w8; m2-m5
+
+
+def _push_layout(site: RetentionSite, layout: Path, reference: str, *all_: str) -> None:
+    proc = site.skopeo(["copy", *all_, "--dest-cert-dir", str(site.certs), f"oci:{layout}",
+                        f"docker://{reference}"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def push_all(site: RetentionSite, address: str, prefix: str, tmp: Path) -> dict[str, str]:
+    """Push the 30 tags; return reference -> digest (and 'child:<arch>' -> child digest)."""
+    digests: dict[str, str] = {}
+    plain = [(repo, tag) for repo, ages in AGES.items() for tag in ages
+             if (repo, tag) not in (("app", "stable"), ("multi", "c1"), ("multi", "sig"),
+                                    ("multi", "idx"))]
+    for repo, tag in plain:
+        digests[f"{repo}:{tag}"] = oci_images.random_image(tmp / f"{repo}-{tag}", LAYER_BYTES)
+    with ThreadPoolExecutor(PARALLEL) as pool:  # the push order does not matter: mtimes are set
+        list(pool.map(lambda item: _push_layout(site, tmp / f"{item[0]}-{item[1]}",
+                                                f"{address}/{prefix}/{item[0]}:{item[1]}"),
+                      plain))
+    _push_layout(site, tmp / "app-a11", f"{address}/{prefix}/app:stable")
+    digests["app:stable"] = digests["app:a11"]
+    index, children = oci_images.write_index(tmp / "idx", {
+        "amd64": os.urandom(LAYER_BYTES),
+        "arm64": os.urandom(LAYER_BYTES)})
+    _push_layout(site, tmp / "idx", f"{address}/{prefix}/multi:idx", "--all")
+    digests["multi:idx"] = index
+    digests.update({f"child:{arch}": d for arch, d in children.items()})
+    # A tag on the amd64 child: its manifest is the index's own, already pushed.
+    child = _child_layout(tmp / "idx", tmp / "c1", children["amd64"])
+    _push_layout(site, child, f"{address}/{prefix}/multi:c1")
+    digests["multi:c1"] = children["amd64"]
+    size = (tmp / "idx" / "blobs" / "sha256" / index.removeprefix("sha256:")).stat().st_size
+    digests["multi:sig"] = oci_images.write_artifact(tmp / "sig", b"signature", index, size)
+    _push_layout(site, tmp / "sig", f"{address}/{prefix}/multi:sig")
+    return digests
+
+
+def _child_layout(index_layout: Path, layout: Path, child: str) -> Path:
+    """An OCI layout whose one image is `child` of `index_layout` (same blobs)."""
+    shutil.copytree(index_layout, layout)
+    manifest = layout / "blobs" / "sha256" / child.removeprefix("sha256:")
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": oci_images.MANIFEST, "digest": child,
+         "size": manifest.stat().st_size}]}))
+    return layout
+
+
+def set_push_times(server: str, prefix: str) -> None:
+    now = int(harness.ssh(server, "date +%s").stdout)
+    commands = [f"touch -d @{now - age * DAY + 60} "
+                f"{V2}/repositories/{prefix}/{repo}/_manifests/tags/{tag}/current/link"
+                for repo, ages in AGES.items() for tag, age in ages.items()]
+    harness.ssh(server, " && ".join(commands))
+
+
+def blobs_bytes(server: str) -> int:
+    return int(harness.ssh(server, f"du -sb {V2}/blobs | cut -f1").stdout)
+
+
+def reported(run: harness.Run, server: str) -> re.Match[str]:
+    found = re.search(rf"\[{server}\]\s+registry-kit: retention \(([^)]*)\) (\d+) tags kept, "
+                      r"(\d+) deleted \((\d+) tag only\), (\d+) manifests deleted; a garbage "
+                      r"collection then frees (\d+) bytes", run.stderr)
+    assert found, run.describe()
+    return found
+
+
+def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
+                 times: dict[str, float]) -> None:
+    clock = [time.monotonic()]
+
+    def phase(name: str) -> None:  # where the scenario's time goes, in the module's timings
+        now = time.monotonic()
+        times[f"retention {prefix}: {name}"] = round(now - clock[0], 1)
+        clock[0] = now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        digests = push_all(site, address, prefix, Path(tmp))
+    set_push_times(server, prefix)
+    phase("build and push 30 tags")
+    site.set(registry_retention_rules=rules(prefix))
+    site.run("garbage_collect.py").assert_ok()  # earlier scenarios' garbage is not ours
+    phase("garbage_collect.py first")
+    before = {repo: site.tags(f"{prefix}/{repo}") for repo in AGES}
+    assert sum(map(len, before.values())) == 30
+    used = blobs_bytes(server)
+
+    report = site.run("retention.py", timing=f"retention report ({prefix})").assert_no_changes()
+    found = reported(report, server)
+    assert found[1] == "report only: nothing deleted"
+    # Only this scenario's repositories are covered: every other tag is kept.
+    assert (int(found[3]), int(found[4]), int(found[5])) == (18, 2, 16)
+    assert re.search(rf"delete tag {prefix}/app:a11 \(sha256:\w+\): rule 1: not among the "
+                     r"last 3 pushed, matches no keep_always \['stable'\]; tag only",
+                     report.stderr), report.stderr
+    assert re.search(rf"keep {prefix}/multi:sig \(sha256:\w+\): artifact of kept", report.stderr)
+    assert re.search(rf"delete tag {prefix}/multi:c1 \(sha256:\w+\): .*; tag only",
+                     report.stderr)
+    assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == before
+    assert blobs_bytes(server) == used
+    planned = int(found[6])
+    phase("report run and its checks")
+
+    start = time.monotonic()
+    applied = site.run("retention.py", "--data", "registry_retention_apply=True").assert_ok()
+    times[f"retention apply ({prefix})"] = round(time.monotonic() - start, 1)
+    assert reported(applied, server)[1] == "deleting"
+    assert applied.changed, applied.describe()
+    freed = used - blobs_bytes(server)
+    times[f"retention planned/freed bytes ({prefix})"] = planned  # type: ignore[assignment]
+    assert abs(freed - planned) <= 0.05 * freed, (planned, freed)
+    assert freed > DELETED_MANIFESTS["app"] * LAYER_BYTES
+    times[f"retention freed bytes, du of blobs ({prefix})"] = freed  # type: ignore[assignment]
+    assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == EXPECTED
+    pulls = [(f"{address}/{prefix}/{repo}:{tag}", digests[f"{repo}:{tag}"])
+             for repo, tags in EXPECTED.items() for tag in tags]
+    # The kept index's children, by digest.
+    pulls += [(f"{address}/{prefix}/multi@{digests[f'child:{arch}']}", digests[f"child:{arch}"])
+              for arch in ("amd64", "arm64")]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        pulled = dict(zip(pulls, pool.map(lambda item: _pull(site, item[0]), pulls),
+                          strict=True))
+    assert all(digest == expected for (_, expected), digest in pulled.items()), pulled
+    phase("apply run, 14 pulls")
+
+    again = site.run("retention.py", "--data", "registry_retention_apply=True")
+    again.assert_no_changes()
+    assert reported(again, server).group(3, 4, 5) == ("0", "0", "0")
+    phase("second apply run")
+
+
+def _pull(site: RetentionSite, reference: str) -> str:
+    """Pull every blob (skopeo checks each against its digest); return the digest of the
+    manifest as served (an index with every child: --all)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = site.skopeo(["copy", "--all", "--src-cert-dir", str(site.certs),
+                            f"docker://{reference}", f"dir:{tmp}/image"])
+        assert proc.returncode == 0, (reference, proc.stderr)
+        return "sha256:" + hashlib.sha256((Path(tmp) / "image" / "manifest.json")
+                                          .read_bytes()).hexdigest()
