@@ -102,6 +102,13 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
         f"manifest folders' && {collect} && after=$(du -sb blobs | cut -f1) && "
         "echo \"registry-kit: retention: garbage collection freed $((before - after)) bytes "
         f"of blobs (planned {q(plan.freed_bytes)})\"")
+    # The run's record: status.py shows its time (roles/usage.py), the journal keeps them all.
+    record = layout.ServerLayout.of(settings).retention_record
+    work += (" && msg=$(printf 'retention: %s tag and manifest folders deleted, %s bytes of "
+             f"blobs freed' {q(len(paths))} \"$((before - after))\") && "
+             f"echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $msg\" >{q(record + '.new')} && "
+             f"mv -f {q(record + '.new')} {q(record)} && "
+             "{ logger -t registry-kit \"$msg\" 2>/dev/null || true; }")
     return (f"{check} && {readonly} || exit 1; ( {work} ); ok=$?; "
             f"{writable} || ok=1; exit $ok")
 

@@ -179,6 +179,13 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     assert freed > DELETED_MANIFESTS["app"] * LAYER_BYTES
     times[f"retention freed bytes, du of blobs ({prefix})"] = freed  # type: ignore[assignment]
     assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == EXPECTED
+    # The run's record (status.py's "last retention") and its journal line, with the bytes.
+    record = harness.ssh(server, "cat /etc/registry-kit/last-retention").stdout.split()
+    assert record[1:] == ["retention:", str(int(found[3]) + int(found[5])), "tag", "and",
+                          "manifest", "folders", "deleted,", str(freed), "bytes", "of", "blobs",
+                          "freed"], record
+    assert f"{freed} bytes of blobs freed" in harness.ssh(
+        server, "journalctl -t registry-kit --no-pager -q | grep 'retention:' | tail -n 1").stdout
     pulls = [(f"{address}/{prefix}/{repo}:{tag}", digests[f"{repo}:{tag}"])
              for repo, tags in EXPECTED.items() for tag in tags]
     # The kept index's children, by digest.
