@@ -118,6 +118,10 @@ registry_webui_enabled = False
 # `registry_token_port`)
 registry_webui_port = 5444
 
+# --- Observability (status.py, metrics) ---
+# status.py: print one JSON document on stdout instead of the tables (schema: "Status as JSON")
+registry_status_json = False
+
 # --- Docker engine (every managed host) ---
 docker_install_method = "distro"  # distro (docker.io) / docker-ce (Docker's repository) / none
 docker_ce_repo_url = None  # docker-ce: base URL of Docker's package repository for your OS family

@@ -452,6 +452,13 @@ class Settings:
                          "(the page sends passwords: it is served over the registry's TLS "
                          "only)")
 
+    # --- Observability: registry_kit/jobs/status.py, registry_kit/roles/status_json.py ---
+    section("Observability (status.py, metrics)",
+            "registry_kit/jobs/status.py, registry_kit/roles/status_json.py")
+    registry_status_json: bool = setting(
+        False, "status.py: print one JSON document on stdout instead of the tables (schema: "
+        '"Status as JSON")', check=boolean)
+
     # --- Docker engine (every managed host): registry_kit/roles/engine.py ---
     section("Docker engine (every managed host)", "registry_kit/roles/engine.py")
     docker_install_method: str = setting(

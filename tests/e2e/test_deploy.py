@@ -9,8 +9,11 @@ machine, the docker CLI and systemctl on the hosts.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +139,65 @@ def test_skopeo_copies_in_and_out_and_catalog_lists_it(site: Site, first_run: di
                                            "/v2/_catalog", user="alice",
                                            password=site.passwords["alice"]))
     assert "tests/busybox" in catalog["repositories"]
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+def test_status_json_matches_the_lab(site: Site, first_run: dict) -> None:
+    """status --json: one JSON document on stdout (pyinfra's own lines go to stderr),
+    each field checked against the hosts with docker, curl, openssl and du."""
+    started = time.monotonic()
+    proc = subprocess.run([harness.PYINFRA, "-y", "--data", "registry_status_json=True",
+                           str(site.inventory), "status.py"], cwd=harness.ROOT,
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == 1 and abs(_epoch(doc["time"]) - time.time()) < 120
+    facts = doc["servers"][SERVER]
+    image, state, restarts, since = harness.ssh(SERVER, "docker inspect --format '{{.Config."
+                                                "Image}} {{.State.Status}} {{.RestartCount}} "
+                                                "{{.State.StartedAt}}' registry").stdout.split()
+    assert (facts["image"], facts["state"], str(facts["restarts"])) == (image, state, restarts)
+    assert facts["started_at"] == since
+    assert abs(time.time() - _epoch(since) - facts["uptime_seconds"]) < seconds + 5
+    assert facts["version"] == "2.8.2"  # the lab's registry:2 is Debian bookworm's 2.8.2
+    assert facts["url"] == f"https://{ADDRESS}"
+    assert facts["v2_status"] == site.status() == 401 and facts["healthy"] is True
+    end = subprocess.run(f"openssl s_client -connect {harness.host_ip(SERVER)}:{PORT} "
+                         f"-servername {DOMAIN} </dev/null 2>/dev/null | openssl x509 -noout "
+                         "-enddate -dateopt iso_8601", shell=True, capture_output=True,
+                         text=True, check=True).stdout  # notAfter=2028-03-11 02:40:00Z
+    not_after = end.strip().split("=", 1)[1].replace(" ", "T")
+    assert facts["certificate"]["not_after"] == not_after, end
+    left = (_epoch(not_after) - time.time()) / 86400
+    # Whole days, rounded down (a second between the two readings may cross a day).
+    assert 0 <= left - facts["certificate"]["days_left"] < 1.01, (left, facts)
+    assert facts["certificate"]["error"] is None
+    used = harness.ssh(SERVER, "du -sb /var/lib/registry-kit/data | cut -f1").stdout.strip()
+    catalog = json.loads(harness.curl_body(DOMAIN, harness.host_ip(SERVER), PORT,
+                                           "/v2/_catalog", user="alice",
+                                           password=site.passwords["alice"]))["repositories"]
+    tags = sum(len(json.loads(harness.curl_body(
+        DOMAIN, harness.host_ip(SERVER), PORT, f"/v2/{name}/tags/list", user="alice",
+        password=site.passwords["alice"]))["tags"] or []) for name in catalog)
+    assert facts["storage"] == {"driver": "filesystem", "bytes": int(used),
+                                "repositories": len(catalog), "tags": tags}
+    assert facts["gc"] == {"timer": None, "last_run": None, "last_result": None}  # no schedule
+    index = harness.STATE_DIR / "backups" / SERVER / "index.json"
+    assert facts["backup"] == {"where": "control machine", "time": json.loads(
+        index.read_text())["time"] if index.is_file() else None}
+    for name in CLIENTS:
+        engine = harness.ssh(name, "docker info --format '{{.ServerVersion}}'").stdout.strip()
+        assert doc["clients"][name]["docker"] == engine
+        assert doc["clients"][name]["login"] == "yes (alice)"
+        assert doc["clients"][name]["trust"] == "ok"
+        lines = harness.ssh(name, "grep -c '# registry-kit$' /etc/hosts || true").stdout
+        assert doc["clients"][name]["hosts_entries"] == int(lines.strip() or 0)
+    assert (doc["load_balancers"], doc["caches"], doc["address_holders"]) == ({}, {}, None)
+    assert doc["access"][SERVER], doc["access"]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
