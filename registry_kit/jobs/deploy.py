@@ -28,6 +28,7 @@ from registry_kit.roles import (
     gc_timer,
     keepalived,
     loadbalancer,
+    metrics,
     server,
     token_server,
     trust,
@@ -69,6 +70,7 @@ def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
     members = topology.members(inventory, groups)
     topology.validate(topology.build(all_settings, members))
     keepalived.validate(topology.build(all_settings, members))
+    topology.validate_metrics(topology.build(all_settings, members))
     schedule = sharedgc.schedule_refusal(
         [all_settings[name] for name in members[topology.SERVER_GROUP]])
     if schedule is not None:
@@ -137,7 +139,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
         (server, is_server), (gc_timer, is_server), (token_server, is_server), (webui, is_server),
-        (client, is_client),
+        (metrics, is_server), (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused,
@@ -175,6 +177,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
                              extra_hosts=extra_hosts)
         gc_timer.schedule_deploy(settings, state, hosts.servers)
         webui.webui_deploy(settings, state, cert)
+        metrics.metrics_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")

@@ -68,13 +68,17 @@ def render(settings: Settings, topology: Topology) -> str:
     token_port = settings.registry_token_port if settings.registry_access is not None else None
     realm_servers = [(replica.server_name, host_port(replica.address, token_port))
                      for replica in topology.replicas] if token_port else []
+    metrics = layout.metrics_listen(settings)
     return haproxy.load_balancer(haproxy.LoadBalancer(
         port=checked(settings.registry_port, "registry_port"), domain=domain, backend=BACKEND,
         replicas=[(replica.server_name, replica.endpoint) for replica in topology.replicas],
         terminate=terminate, server_options=server_opts, token_port=token_port,
         realm_servers=realm_servers,
         stats=None if settings.registry_lb_stats is None else
-        checked(settings.registry_lb_stats, "registry_lb_stats")),
+        checked(settings.registry_lb_stats, "registry_lb_stats"),
+        metrics=None if metrics is None else checked(metrics, "registry_metrics_bind"),
+        metrics_allow=[checked(net, "registry_metrics_allow")
+                       for net in settings.registry_metrics_allow]),
         header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
                "next deploy.")
 

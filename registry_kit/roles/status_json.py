@@ -93,6 +93,7 @@ def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
         "certificate": _certificate(settings, sections),
         "storage": _storage(settings, sections),
         "gc": _gc(sections),
+        "metrics": layout.metrics_url(settings),  # the filtered /metrics, or null
     }
 
 
@@ -109,6 +110,7 @@ def load_balancer_facts(settings: Settings, sections: Sections) -> dict[str, Any
         "address": vip,
         "holds_address": bool(first_line(sections, "vip")) if vip else None,
         "replicas": replicas,  # server name -> haproxy's status (UP, DOWN, MAINT, ...)
+        "metrics": layout.metrics_url(settings),  # haproxy's exporter, or null
     }
 
 

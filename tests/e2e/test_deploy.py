@@ -360,3 +360,52 @@ def test_config_changed_on_disk_is_restored_and_loaded(site: Site, first_run: di
     assert harness.started_at(SERVER) != before
     assert site.status("alice") == 200
     site.deploy().assert_no_changes()
+
+
+METRICS_PORT = 9195
+SCRAPE = "rm -f /tmp/scrape; curl -sS -o /tmp/scrape -w '%{http_code}' --max-time 5 "
+
+
+def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
+                                                             first_run: dict) -> None:
+    """registry_metrics: the registry's /metrics on the server's own lab address, scraped
+    from an allowed client, refused to another, absent on the public port; turned off, its
+    filter is gone. Checked with curl on the clients and ss on the server."""
+    reg, allowed = harness.host_ip(SERVER), harness.host_ip(CLIENTS[0])
+    site.data.update({"registry_metrics": True, "registry_metrics_bind": reg,
+                      "registry_metrics_allow": [f"{allowed}/32"]})
+    site.write()
+    try:
+        changed = dict(site.deploy().assert_ok().changed)
+        assert changed["Enable and start registry-kit-metrics"] == [SERVER]
+        site.deploy().assert_no_changes()
+        # Some traffic first, so the registry has HTTP counters to show.
+        assert site.status("alice") == 200
+        url = f"http://{reg}:{METRICS_PORT}/metrics"
+        assert harness.ssh(CLIENTS[0], SCRAPE + url).stdout == "200"
+        body = harness.ssh(CLIENTS[0], "cat /tmp/scrape").stdout
+        assert "# TYPE registry_http_requests_total counter" in body, body[:2000]
+        assert 'registry_http_requests_total{code="200",handler="base",method="get"}' in body
+        # The debug server's other pages stay private, even for the allowed address.
+        pprof = f"http://{reg}:{METRICS_PORT}/debug/pprof/"
+        assert harness.ssh(CLIENTS[0], SCRAPE + pprof).stdout == "403"
+        refused = harness.ssh(CLIENTS[1], SCRAPE + url, check=False)
+        assert refused.returncode != 0 and refused.stdout in ("", "000"), refused
+        for port in (5001, PORT):  # the debug port is loopback only; the public port, no
+            out = harness.ssh(CLIENTS[0], SCRAPE + f"-k https://{reg}:{port}/metrics; "
+                              "cat /tmp/scrape 2>/dev/null | grep -c '^# TYPE'", check=False).stdout
+            assert not out.startswith("200") and out.endswith("0\n"), (port, out)
+        listening = harness.ssh(SERVER, "ss -Htln").stdout.split()
+        assert f"{reg}:{METRICS_PORT}" in listening and f"0.0.0.0:{METRICS_PORT}" not in \
+            listening and "127.0.0.1:5001" in listening and "0.0.0.0:5001" not in listening
+    finally:
+        for key in ("registry_metrics", "registry_metrics_bind", "registry_metrics_allow"):
+            site.data.pop(key, None)
+        site.write()
+    site.deploy().assert_ok()
+    assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
+        .strip() == "0"
+    assert harness.ssh(SERVER, "ls /etc/registry-kit-metrics /etc/systemd/system/"
+                       "registry-kit-metrics.service 2>&1 || true").stdout.count(
+                           "No such file") == 2
+    site.deploy().assert_no_changes()

@@ -30,6 +30,7 @@ from registry_kit.roles import (
     gc_timer,
     keepalived,
     loadbalancer,
+    metrics,
     server,
     trust,
     webui,
@@ -545,6 +546,20 @@ def test_webui_disabled_only_where_it_is() -> None:
             (["systemctl disable --now registry-kit-webui 2>/dev/null; true"], [])
 
 
+def test_metrics_filter_restarts_after_a_check_and_goes_only_where_it_is() -> None:
+    assert run(metrics.restart_metrics) == ([
+        "haproxy -c -q -f /etc/registry-kit-metrics/haproxy.cfg && systemctl daemon-reload && "
+        "systemctl restart registry-kit-metrics"], [])
+    assert run(metrics.enable_metrics, probe(services=["registry-kit-metrics active enabled"])) \
+        == ([], ["registry-kit-metrics is enabled and running"])
+    assert run(metrics.enable_metrics, probe()) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-metrics"], [])
+    assert run(metrics.disable_metrics, probe()) == ([], ["no registry-kit-metrics"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.METRICS_UNIT}"])
+    assert run(metrics.disable_metrics, stopped_unit) == \
+        (["systemctl disable --now registry-kit-metrics 2>/dev/null; true"], [])
+
+
 def test_every_operation_module_is_exercised_here() -> None:
     """A new role, job or operation module gets its own tests above (the status, deploy and
     teardown jobs have no operations of their own: they arrange the roles'; typed is the
@@ -553,7 +568,7 @@ def test_every_operation_module_is_exercised_here() -> None:
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
-              "token_server", "backup", "restore", "webui"}
+              "token_server", "backup", "restore", "webui", "metrics"}
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",

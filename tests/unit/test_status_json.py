@@ -92,7 +92,8 @@ def test_document_names_every_address_holder(make_settings: Callable[..., Settin
         f"{MARK}servers", "rep1 UP", "rep2 MAINT",
         f"{MARK}vip", "7: eth0 inet 10.0.0.250/24 scope global secondary eth0"]))
     assert holding == {"haproxy": "active", "keepalived": "active", "address": "10.0.0.250",
-                       "holds_address": True, "replicas": {"rep1": "UP", "rep2": "MAINT"}}
+                       "holds_address": True, "replicas": {"rep1": "UP", "rep2": "MAINT"},
+                       "metrics": None}
     backup = status_json.load_balancer_facts(settings, {"haproxy": ["active"]})
     assert backup["holds_address"] is False
     cache = status_json.cache_facts(settings, {"redis": ["active"], "memory": ["1.02M"],
