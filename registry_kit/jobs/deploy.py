@@ -15,8 +15,9 @@ from pyinfra import host, inventory, logger
 
 from registry_kit import s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.jobs import prometheus
 from registry_kit.model import keystore, pull_through, topology
-from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal, run_cache
 from registry_kit.model.inventory import validated_settings as validated_inventory
 from registry_kit.model.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.model.registry_version import resolve as resolve_version
@@ -159,6 +160,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     # Every client trusts a new CA before any server serves a certificate it signed.
     trust.clients_trust_ready(name="Clients trust the registry CA")
     hosts = hosts_by_role(groups, defaults)
+    run_cache("prometheus", lambda: prometheus.write_folder(hosts))  # once per run
     password = keystore.cache_password(hosts.caches[0]) if hosts.caches else ""
     if is_cache:
         cache.cache_deploy(settings, state, password)

@@ -19,6 +19,7 @@ from typing import Any
 
 import harness
 import pytest
+import yaml
 from harness import Run
 
 import lab as lab_api
@@ -363,6 +364,7 @@ def test_config_changed_on_disk_is_restored_and_loaded(site: Site, first_run: di
 
 
 METRICS_PORT = 9195
+PROMETHEUS_DIR = harness.STATE_DIR / "prometheus"
 SCRAPE = "rm -f /tmp/scrape; curl -sS -o /tmp/scrape -w '%{http_code}' --max-time 5 "
 
 
@@ -379,6 +381,10 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
         changed = dict(site.deploy().assert_ok().changed)
         assert changed["Enable and start registry-kit-metrics"] == [SERVER]
         site.deploy().assert_no_changes()
+        # The control machine's scrape config lists the endpoint (promtool: unit tests).
+        scrape = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        assert scrape["scrape_configs"][0]["static_configs"] == [
+            {"targets": [f"{reg}:{METRICS_PORT}"], "labels": {"host": SERVER}}]
         # Some traffic first, so the registry has HTTP counters to show.
         assert site.status("alice") == 200
         url = f"http://{reg}:{METRICS_PORT}/metrics"
@@ -403,6 +409,7 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
             site.data.pop(key, None)
         site.write()
     site.deploy().assert_ok()
+    assert not (PROMETHEUS_DIR / "prometheus.yml").exists()
     assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
         .strip() == "0"
     assert harness.ssh(SERVER, "ls /etc/registry-kit-metrics /etc/systemd/system/"

@@ -564,7 +564,8 @@ def test_every_operation_module_is_exercised_here() -> None:
     """A new role, job or operation module gets its own tests above (the status, deploy and
     teardown jobs have no operations of their own: they arrange the roles'; typed is the
     decorator itself; the cache's are one systemctl line each, covered by the scale-out
-    e2e; status_json has none, it reads status sections: test_status_json.py)."""
+    e2e; status_json has none, it reads status sections: test_status_json.py; the
+    prometheus job writes the control machine's folder only: test_prometheus.py)."""
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
@@ -572,4 +573,4 @@ def test_every_operation_module_is_exercised_here() -> None:
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",
-                              "status_json"}
+                              "status_json", "prometheus"}
