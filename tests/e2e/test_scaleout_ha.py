@@ -277,10 +277,13 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
         assert code != "200" and "# TYPE" not in body, (code, body[:500])
     finally:
         harness.run_kit(ha.inventory("deploy")).assert_ok()
-        # Debian's haproxy package enabled its stock haproxy.service on the replicas (the
-        # kit's filter is a unit of its own); the teardown check below counts services.
+        # The replicas had no haproxy before: the kit installed Debian's package for its
+        # filter (a unit of its own), which also enabled the stock haproxy.service with its
+        # /etc/haproxy/haproxy.cfg. Teardown keeps packages; the module's teardown check
+        # below wants the replicas as they were, so the package goes here.
         for name in (REP1, REP2):
-            harness.ssh(name, "systemctl disable --now haproxy 2>/dev/null; true")
+            harness.ssh(name, "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q haproxy "
+                        ">/dev/null")
     for name in (LB1, REP1):
         assert harness.ssh(name, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
             .strip() == "0", name
