@@ -4,6 +4,7 @@ storage, repositories, tags, GC timer; load balancers: each replica as haproxy s
 holds the floating address; cache: redis memory and keys; clients: engine, trust, login,
 /etc/hosts lines).
 Read-only: one remote command per host, no operations.
+`--data registry_status_json=True`: the same facts as one JSON document on stdout.
 """
 
 from registry_kit import api

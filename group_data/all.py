@@ -118,6 +118,18 @@ registry_webui_enabled = False
 # `registry_token_port`)
 registry_webui_port = 5444
 
+# --- Observability (status.py, metrics) ---
+# status.py: print one JSON document on stdout instead of the tables (schema: "Status as JSON")
+registry_status_json = False
+# serve Prometheus metrics on the host's internal address: the registry's (servers), haproxy's (load
+# balancers); see "Metrics"
+registry_metrics = False
+registry_metrics_port = 9195  # metrics: the endpoint's TCP port on servers and load balancers
+# metrics: the IP address the endpoint listens on; None: `registry_internal_address` (then an IP)
+registry_metrics_bind = None
+# metrics: networks allowed to scrape, e.g. `["10.0.0.5/32"]`; the host refuses every other address
+registry_metrics_allow = []
+
 # --- Docker engine (every managed host) ---
 docker_install_method = "distro"  # distro (docker.io) / docker-ce (Docker's repository) / none
 docker_ce_repo_url = None  # docker-ce: base URL of Docker's package repository for your OS family

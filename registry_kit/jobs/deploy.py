@@ -15,8 +15,9 @@ from pyinfra import host, inventory, logger
 
 from registry_kit import s3check, sharedgc
 from registry_kit.facts import HostState, RegistryHostState
+from registry_kit.jobs import prometheus
 from registry_kit.model import keystore, pull_through, topology
-from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, merge_probe, refusal, run_cache
 from registry_kit.model.inventory import validated_settings as validated_inventory
 from registry_kit.model.registry_version import RegistryVersion, RegistryVersionError, running_major
 from registry_kit.model.registry_version import resolve as resolve_version
@@ -29,6 +30,7 @@ from registry_kit.roles import (
     gc_timer,
     keepalived,
     loadbalancer,
+    metrics,
     server,
     token_server,
     trust,
@@ -70,6 +72,7 @@ def _check_scale_out(all_settings: dict[str, Settings], groups: Groups) -> None:
     members = topology.members(inventory, groups)
     topology.validate(topology.build(all_settings, members))
     keepalived.validate(topology.build(all_settings, members))
+    topology.validate_metrics(topology.build(all_settings, members))
     schedule = sharedgc.schedule_refusal(
         [all_settings[name] for name in members[topology.SERVER_GROUP]])
     if schedule is not None:
@@ -138,7 +141,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
         (server, is_server), (gc_timer, is_server), (disk_guard, is_server),
-        (token_server, is_server), (webui, is_server),
+        (token_server, is_server), (webui, is_server), (metrics, is_server),
         (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
@@ -159,6 +162,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     # Every client trusts a new CA before any server serves a certificate it signed.
     trust.clients_trust_ready(name="Clients trust the registry CA")
     hosts = hosts_by_role(groups, defaults)
+    run_cache("prometheus", lambda: prometheus.write_folder(hosts))  # once per run
     password = keystore.cache_password(hosts.caches[0]) if hosts.caches else ""
     if is_cache:
         cache.cache_deploy(settings, state, password)
@@ -179,6 +183,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         gc_timer.schedule_deploy(settings, state, hosts.servers)
         disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
+        metrics.metrics_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")

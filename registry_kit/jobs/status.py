@@ -8,10 +8,14 @@ last GC and retention run, the largest repositories (roles.server, gc_timer, dis
 usage). Load balancers: haproxy, keepalived, the replicas as haproxy sees them, the floating
 address (roles.loadbalancer). Cache: redis, memory, keys (roles.cache). Clients: engine
 version, trust, the kit's docker login and /etc/hosts lines (roles.client).
+With registry_status_json the same facts print as one JSON document on stdout instead
+(roles.status_json, built from the same sections: no second probe).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.facts.server import Command
 
 from registry_kit.facts import parse_status
+from registry_kit.jobs.backup import backup_base
 from registry_kit.model import access
 from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
@@ -36,6 +41,7 @@ from registry_kit.roles import (
     gc_timer,
     loadbalancer,
     server,
+    status_json,
     usage,
 )
 
@@ -66,6 +72,9 @@ class _Collected:
     printed: bool = False
     access: dict[str, list[str]] = field(default_factory=dict)  # server -> rules per user
     blocks: dict[str, list[str]] = field(default_factory=dict)  # host -> lines (usage)
+    # status --json: table -> host -> typed facts, from the same sections as the rows.
+    facts: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    json: bool = False
 
 
 def _collected() -> _Collected:
@@ -92,6 +101,31 @@ def _print_tables(collected: _Collected) -> None:
         logger.info(line)
 
 
+# The facts of each table for status --json (registry_kit.roles.status_json).
+FACTS = {"servers": status_json.server_facts, "lbs": status_json.load_balancer_facts,
+         "caches": status_json.cache_facts}
+
+
+def _keep_facts(collected: _Collected, settings: Any, sections: dict[str, list[str]],
+                tables: list[str]) -> None:
+    for name in tables:
+        if name in FACTS:
+            collected.facts.setdefault(name, {})[host.name] = FACTS[name](settings, sections)
+    if "servers" in tables:
+        collected.facts["servers"][host.name]["backup"] = status_json.last_backup(
+            settings, f"{backup_base(settings)}/{host.name}")
+
+
+def _print_json(collected: _Collected) -> None:
+    facts = collected.facts
+    document = status_json.document(
+        facts.get("servers", {}), facts.get("lbs", {}), facts.get("caches", {}),
+        collected.tables["clients"], collected.access)
+    # stdout holds the document alone: pyinfra's own output goes to stderr.
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
     """status.py: collect this host's status; the last host to answer prints the tables."""
@@ -111,6 +145,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
             lines = getattr(role, "status_lines", None)
             if lines is not None:
                 collected.blocks.setdefault(host.name, []).extend(lines(settings, sections))
+        _keep_facts(collected, settings, sections, sorted({name for _, name in mine}))
+    collected.json = collected.json or settings.registry_status_json
     if groups.servers in host.groups:
         collected.access[host.name] = access.describe(
             settings.registry_access, [user.name for user in settings.registry_users])
@@ -119,4 +155,4 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     waiting -= collected.done
     if not waiting and not collected.printed:
         collected.printed = True
-        _print_tables(collected)
+        (_print_json if collected.json else _print_tables)(collected)

@@ -32,6 +32,7 @@ from registry_kit.roles import (
     engine,
     gc_timer,
     loadbalancer,
+    metrics,
     server,
     webui,
 )
@@ -45,6 +46,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
         (gc_timer.probe_args(settings), is_server),
         (disk_guard.probe_args(settings), is_server),
         (webui.probe_args(settings), is_server),
+        (metrics.probe_args(settings), is_server),
         (client.teardown_probe_args(settings, also_server=is_server), is_client),
         (loadbalancer.teardown_probe_args(settings), is_lb),
         (cache.teardown_probe_args(settings), is_cache)) if wanted)
@@ -73,6 +75,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         gc_timer.schedule_remove(state, name="Remove the garbage collection timer")
         disk_guard.guard_remove(settings, state, name="Remove the disk guard")
         webui.webui_remove(state)
+        metrics.metrics_remove(state)
         server.server_remove(settings, state)
     if is_server or is_client:  # load balancer and cache hosts get no Docker engine
         add, remove = client.insecure_entries(settings)

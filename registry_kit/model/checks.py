@@ -461,6 +461,23 @@ def secret(what: str, pattern: str | None = None, allowed: str = "") -> Check:
     return check
 
 
+def networks(r: Reader, key: str, value: Any) -> tuple[str, ...]:
+    """A list of IPv4/IPv6 networks (CIDR; a bare address is its /32 or /128), written
+    back in ipaddress' own spelling (host bits cleared), so a file holds only that."""
+    allowed = "a list of networks like 10.0.0.0/24, 10.0.0.5/32 or fd00::/64"
+    if not isinstance(value, list | tuple):
+        raise r.fail(key, value, allowed)
+    found = []
+    for item in value:
+        if not isinstance(item, str) or "%" in item or not item.strip() == item:
+            raise r.fail(key, item, allowed)
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise r.fail(key, item, allowed) from None
+    return tuple(found)
+
+
 def vip(r: Reader, key: str, value: Any) -> str | None:
     if value is None:
         return None

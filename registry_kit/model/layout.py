@@ -8,6 +8,7 @@ or a port is one edit; a unit test fails when one of these paths is written else
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from registry_kit.model.settings import Settings, host_port, url_host
 
@@ -109,6 +110,15 @@ WEBUI_HAPROXY_CFG = f"{WEBUI_DIR}/haproxy.cfg"
 WEBUI_PEM = f"{WEBUI_DIR}/webui.pem"  # certificate (+ chain) and key, 0600
 WEBUI_CA = f"{WEBUI_DIR}/ca.crt"  # what the registry's certificate is checked against
 WEBUI_PIDFILE = f"/run/{WEBUI_SERVICE}.pid"
+
+# --- Metrics (registry_metrics): the registry's, filtered by a haproxy of the kit's own.
+METRICS_PATH = "/metrics"
+METRICS_SERVICE = "registry-kit-metrics"
+METRICS_UNIT = unit(f"{METRICS_SERVICE}.service")
+METRICS_DIR = "/etc/registry-kit-metrics"
+METRICS_HAPROXY_CFG = f"{METRICS_DIR}/haproxy.cfg"
+METRICS_PIDFILE = f"/run/{METRICS_SERVICE}.pid"
+PROMETHEUS_DIR_NAME = "prometheus"  # under registry_state_dir: scrape config, alert rules
 
 # --- Garbage collection timer.
 GC_TIMER_NAME = "registry-kit-gc.timer"
@@ -249,3 +259,21 @@ class Endpoints:
     def local(self, port: int) -> str:
         """LOCAL:PORT where a port of this server is reached from the server itself."""
         return host_port(self.local_ip, port)
+
+
+def metrics_listen(settings: Settings) -> str | None:
+    """ADDRESS:PORT where this host serves its metrics (registry_metrics), or None."""
+    if not settings.registry_metrics:
+        return None
+    address = settings.registry_metrics_bind or settings.registry_internal_address
+    return host_port(address, settings.registry_metrics_port)
+
+
+def metrics_url(settings: Settings) -> str | None:
+    listen = metrics_listen(settings)
+    return f"http://{listen}{METRICS_PATH}" if listen else None
+
+
+def prometheus_dir(settings: Settings) -> Path:
+    """The control machine's folder for Prometheus: the scrape config and alert rules."""
+    return settings.registry_state_dir / PROMETHEUS_DIR_NAME

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from registry_kit.model.checks import (
     masked_repr,
     matching,
     min_version,
+    networks,
     one_of,
     optional_boolean,
     registry_major,
@@ -134,6 +136,17 @@ _VRRP_PASSWORD = r"[$-&(-\[\]-z|~]{1,8}"
 
 def _port_of(loopback: str | None) -> int | None:
     return int(loopback.rsplit(":", 1)[1]) if loopback else None
+
+
+def check_metrics_bind(host: str, s: Mapping[str, Any]) -> None:
+    """A host serving metrics listens on one IP address of its own: never every address,
+    where the public side could reach it."""
+    bind = s["registry_metrics_bind"] or s["registry_internal_address"]
+    if not is_ip(bind) or ipaddress.ip_address(bind).is_unspecified:
+        key = "registry_metrics_bind"
+        raise fail(host, key, s[key], "one IP address of the host for the metrics endpoint "
+                   f"(registry_internal_address {s['registry_internal_address']!r} is not "
+                   "one)")
 
 
 def _remote_url(r: Reader, key: str, value: Any) -> str | None:
@@ -467,6 +480,54 @@ class Settings:
             raise r.fail("registry_webui_enabled", True, "False when registry_tls_mode='none' "
                          "(the page sends passwords: it is served over the registry's TLS "
                          "only)")
+
+    # --- Observability: registry_kit/jobs/status.py, registry_kit/roles/status_json.py ---
+    section("Observability (status.py, metrics)",
+            "registry_kit/jobs/status.py, registry_kit/roles/status_json.py")
+    registry_status_json: bool = setting(
+        False, "status.py: print one JSON document on stdout instead of the tables (schema: "
+        '"Status as JSON")', check=boolean)
+    registry_metrics: bool = setting(
+        False, "serve Prometheus metrics on the host's internal address: the registry's "
+        '(servers), haproxy\'s (load balancers); see "Metrics"', check=boolean)
+    registry_metrics_port: int = setting(
+        9195, "metrics: the endpoint's TCP port on servers and load balancers",
+        check=whole(1, 65535))
+    registry_metrics_bind: str | None = setting(
+        None, "metrics: the IP address the endpoint listens on; None: "
+        "`registry_internal_address` (then an IP)",
+        check=ip_address("None (registry_internal_address) or one IP address of the host"))
+    registry_metrics_allow: tuple[str, ...] = setting(
+        [], 'metrics: networks allowed to scrape, e.g. `["10.0.0.5/32"]`; the host refuses '
+        "every other address", check=networks)
+
+    @cross_check
+    def _metrics(r: Reader, s: dict[str, Any]) -> None:
+        if not s["registry_metrics"]:
+            return
+        if not s["registry_metrics_allow"]:
+            raise r.fail("registry_metrics_allow", [], "at least one network (your "
+                         "Prometheus servers') when registry_metrics=True")
+        if r.server:  # load balancers: registry_kit.model.topology.validate
+            check_metrics_bind(r.host, s)
+        # The registry's debug server (its /metrics) on the server's loopback, behind the
+        # kit's filter (registry_kit/roles/metrics.py); 5001 as the registry's docs use.
+        if s["registry_debug_addr"] is None:
+            s["registry_debug_addr"] = "127.0.0.1:5001"
+        debug = _port_of(s["registry_debug_addr"])
+        taken = {s["registry_port"]: "registry_port", debug: "registry_debug_addr's",
+                 _port_of(s["registry_lb_stats"]): "registry_lb_stats'"}
+        if s["registry_webui_enabled"]:
+            taken[s["registry_webui_port"]] = "registry_webui_port"
+        if s["registry_access"] is not None:
+            taken[s["registry_token_port"]] = "registry_token_port"
+        if debug == s["registry_port"]:
+            raise r.fail("registry_debug_addr", s["registry_debug_addr"], "127.0.0.1:PORT, "
+                         "a port other than registry_port (registry_metrics puts the "
+                         "registry's debug server there)")
+        if s["registry_metrics_port"] in taken:
+            raise r.fail("registry_metrics_port", s["registry_metrics_port"], "a port other "
+                         f"than {taken[s['registry_metrics_port']]}")
 
     # --- Docker engine (every managed host): registry_kit/roles/engine.py ---
     section("Docker engine (every managed host)", "registry_kit/roles/engine.py")

@@ -21,7 +21,13 @@ from pyinfra.connectors.util import CommandOutput
 
 from registry_kit.commands import auth_arguments, join
 from registry_kit.model import layout
-from registry_kit.model.settings import Settings, SettingsError, host_port, is_ip
+from registry_kit.model.settings import (
+    Settings,
+    SettingsError,
+    check_metrics_bind,
+    host_port,
+    is_ip,
+)
 from registry_kit.render.config import CacheTarget
 
 SERVER_GROUP = "registry_servers"
@@ -108,6 +114,13 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def validate_metrics(topology: Topology) -> None:
+    """A load balancer's metrics address (servers': checked with their settings)."""
+    for lb in topology.lbs:
+        if lb.registry_metrics:
+            check_metrics_bind(lb.host, lb.__dict__)
 
 
 def validate(topology: Topology) -> None:

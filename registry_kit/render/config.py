@@ -23,6 +23,7 @@ from registry_kit.model.layout import (
     CONTAINER_HTPASSWD,
     CONTAINER_KEY,
     CONTAINER_PORT,
+    METRICS_PATH,
     Endpoints,
 )
 from registry_kit.model.settings import Secret, Settings, masked_repr
@@ -131,7 +132,7 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
     if settings.registry_debug_addr is not None:
         # Published on the server's loopback only (see the container's port mapping).
         http["debug"] = {"addr": f":{CONTAINER_DEBUG_PORT}",
-                         "prometheus": {"enabled": True, "path": "/metrics"}}
+                         "prometheus": {"enabled": True, "path": METRICS_PATH}}
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": settings.registry_log_level, "fields": {"service": "registry"}},

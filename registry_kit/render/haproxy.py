@@ -59,6 +59,8 @@ class LoadBalancer:
     stats: str | None = None  # ADDRESS:PORT of the stats page
     webui_port: str | None = None  # the replicas' web page, on the same domain and address
     webui_servers: Sequence[tuple[str, str]] = ()  # (server name, ADDRESS:WEBUI_PORT)
+    metrics: str | None = None  # ADDRESS:PORT of haproxy's Prometheus exporter
+    metrics_allow: Sequence[str] = ()  # the networks that may scrape it
 
 
 def load_balancer(lb: LoadBalancer, header: str) -> str:
@@ -156,6 +158,13 @@ def _lb_extras(lb: LoadBalancer) -> list[Section]:
         sections.append(Section("frontend stats", [
             "mode http", f"bind {lb.stats}", "stats enable", "stats uri /", "stats refresh 5s",
         ]))
+    if lb.metrics:
+        sections.append(Section("frontend metrics", [
+            *metrics_frontend(lb.metrics, lb.metrics_allow),
+            # haproxy's own exporter (Debian builds haproxy with it: `haproxy -vv`).
+            f"http-request use-service prometheus-exporter if {{ path {layout.METRICS_PATH} }}",
+            "http-request deny",
+        ]))
     return sections
 
 
@@ -178,3 +187,25 @@ def _lb_webui(lb: LoadBalancer) -> list[Section]:
             *(f"server {name} {endpoint}" for name, endpoint in lb.webui_servers),
         ]),
     ]
+def metrics_frontend(listen: str, allow: Sequence[str]) -> list[str]:
+    """A metrics endpoint's first lines: HTTP on one address, every other network cut at
+    the connection (registry_metrics_allow; haproxy enforces it on the host itself, so the
+    kit owns no firewall rule that another tool could reorder or flush)."""
+    return ["mode http", f"bind {listen}", "timeout http-request 10s",
+            f"tcp-request connection reject unless {{ src {' '.join(allow)} }}"]
+
+
+def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str) -> str:
+    """The haproxy.cfg in front of a server's registry debug server (on loopback): only
+    GET /metrics passes; /debug/pprof and /debug/vars, which the same server answers
+    (distribution v2.8.2 and v3.0.0 import net/http/pprof and expvar), stay private."""
+    return text(header, [
+        Section("global", ["user haproxy", "group haproxy", f"chroot {layout.HAPROXY_CHROOT}"]),
+        Section("defaults", ["timeout connect 5s", "timeout client 30s",
+                             "timeout server 30s"]),
+        Section("frontend metrics", [
+            *metrics_frontend(listen, allow),
+            f"http-request deny unless {{ path {layout.METRICS_PATH} }} {{ method GET }}",
+            "default_backend registry"]),
+        Section("backend registry", ["mode http", f"server registry {debug}"]),
+    ])

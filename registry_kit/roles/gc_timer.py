@@ -6,6 +6,7 @@ when unset and by teardown.py. Also the script's arguments, which garbage_collec
 
 from __future__ import annotations
 
+import posixpath
 from io import BytesIO
 from typing import Any
 
@@ -124,7 +125,16 @@ def schedule_deploy(settings: Settings, state: HostState,
 
 
 def status_command(settings: Settings) -> str:
-    return f"{section_command('timer')}; systemctl is-active {TIMER_NAME} 2>/dev/null || true"
+    # gc-last (status --json): the service's load state, its last result and when it last
+    # ended, in UTC (systemd prints the host's local time).
+    service = q(posixpath.basename(SERVICE))
+    return "; ".join([
+        section_command("timer"), f"systemctl is-active {TIMER_NAME} 2>/dev/null || true",
+        section_command("gc-last"),
+        f"systemctl show -p LoadState --value {service} 2>/dev/null || echo",
+        f"systemctl show -p Result --value {service} 2>/dev/null || echo",
+        f"t=$(systemctl show -p ExecMainExitTimestamp --value {service} 2>/dev/null); "
+        "[ -z \"$t\" ] || date -u -d \"$t\" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || true"])
 
 
 def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:

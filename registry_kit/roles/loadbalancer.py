@@ -76,6 +76,7 @@ def render(settings: Settings, topology: Topology) -> str:
     webui_servers = [(server_name(page.host), checked(host_port(
         page.registry_internal_address, page.registry_webui_port), f"{page.host}: "
         "registry_webui_port")) for page in pages]
+    metrics = layout.metrics_listen(settings)
     return haproxy.load_balancer(haproxy.LoadBalancer(
         port=checked(settings.registry_port, "registry_port"), domain=domain, backend=BACKEND,
         replicas=[(replica.server_name, replica.endpoint) for replica in topology.replicas],
@@ -84,7 +85,10 @@ def render(settings: Settings, topology: Topology) -> str:
         webui_port=str(pages[0].registry_webui_port) if pages else None,
         webui_servers=webui_servers,
         stats=None if settings.registry_lb_stats is None else
-        checked(settings.registry_lb_stats, "registry_lb_stats")),
+        checked(settings.registry_lb_stats, "registry_lb_stats"),
+        metrics=None if metrics is None else checked(metrics, "registry_metrics_bind"),
+        metrics_allow=[checked(net, "registry_metrics_allow")
+                       for net in settings.registry_metrics_allow]),
         header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
                "next deploy.")
 

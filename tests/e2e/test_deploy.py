@@ -9,13 +9,17 @@ machine, the docker CLI and systemctl on the hosts.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import harness
 import pytest
+import yaml
 from harness import Run
 
 import lab as lab_api
@@ -136,6 +140,65 @@ def test_skopeo_copies_in_and_out_and_catalog_lists_it(site: Site, first_run: di
                                            "/v2/_catalog", user="alice",
                                            password=site.passwords["alice"]))
     assert "tests/busybox" in catalog["repositories"]
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+def test_status_json_matches_the_lab(site: Site, first_run: dict) -> None:
+    """status --json: one JSON document on stdout (pyinfra's own lines go to stderr),
+    each field checked against the hosts with docker, curl, openssl and du."""
+    started = time.monotonic()
+    proc = subprocess.run([harness.PYINFRA, "-y", "--data", "registry_status_json=True",
+                           str(site.inventory), "status.py"], cwd=harness.ROOT,
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == 1 and abs(_epoch(doc["time"]) - time.time()) < 120
+    facts = doc["servers"][SERVER]
+    image, state, restarts, since = harness.ssh(SERVER, "docker inspect --format '{{.Config."
+                                                "Image}} {{.State.Status}} {{.RestartCount}} "
+                                                "{{.State.StartedAt}}' registry").stdout.split()
+    assert (facts["image"], facts["state"], str(facts["restarts"])) == (image, state, restarts)
+    assert facts["started_at"] == since
+    assert abs(time.time() - _epoch(since) - facts["uptime_seconds"]) < seconds + 5
+    assert facts["version"] == "2.8.2"  # the lab's registry:2 is Debian bookworm's 2.8.2
+    assert facts["url"] == f"https://{ADDRESS}"
+    assert facts["v2_status"] == site.status() == 401 and facts["healthy"] is True
+    end = subprocess.run(f"openssl s_client -connect {harness.host_ip(SERVER)}:{PORT} "
+                         f"-servername {DOMAIN} </dev/null 2>/dev/null | openssl x509 -noout "
+                         "-enddate -dateopt iso_8601", shell=True, capture_output=True,
+                         text=True, check=True).stdout  # notAfter=2028-03-11 02:40:00Z
+    not_after = end.strip().split("=", 1)[1].replace(" ", "T")
+    assert facts["certificate"]["not_after"] == not_after, end
+    left = (_epoch(not_after) - time.time()) / 86400
+    # Whole days, rounded down (a second between the two readings may cross a day).
+    assert 0 <= left - facts["certificate"]["days_left"] < 1.01, (left, facts)
+    assert facts["certificate"]["error"] is None
+    used = harness.ssh(SERVER, "du -sb /var/lib/registry-kit/data | cut -f1").stdout.strip()
+    catalog = json.loads(harness.curl_body(DOMAIN, harness.host_ip(SERVER), PORT,
+                                           "/v2/_catalog", user="alice",
+                                           password=site.passwords["alice"]))["repositories"]
+    tags = sum(len(json.loads(harness.curl_body(
+        DOMAIN, harness.host_ip(SERVER), PORT, f"/v2/{name}/tags/list", user="alice",
+        password=site.passwords["alice"]))["tags"] or []) for name in catalog)
+    assert facts["storage"] == {"driver": "filesystem", "bytes": int(used),
+                                "repositories": len(catalog), "tags": tags}
+    assert facts["gc"] == {"timer": None, "last_run": None, "last_result": None}  # no schedule
+    index = harness.STATE_DIR / "backups" / SERVER / "index.json"
+    assert facts["backup"] == {"where": "control machine", "time": json.loads(
+        index.read_text())["time"] if index.is_file() else None}
+    for name in CLIENTS:
+        engine = harness.ssh(name, "docker info --format '{{.ServerVersion}}'").stdout.strip()
+        assert doc["clients"][name]["docker"] == engine
+        assert doc["clients"][name]["login"] == "yes (alice)"
+        assert doc["clients"][name]["trust"] == "ok"
+        lines = harness.ssh(name, "grep -c '# registry-kit$' /etc/hosts || true").stdout
+        assert doc["clients"][name]["hosts_entries"] == int(lines.strip() or 0)
+    assert (doc["load_balancers"], doc["caches"], doc["address_holders"]) == ({}, {}, None)
+    assert doc["access"][SERVER], doc["access"]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -297,4 +360,59 @@ def test_config_changed_on_disk_is_restored_and_loaded(site: Site, first_run: di
     assert "Start or replace the registry container" not in changed
     assert harness.started_at(SERVER) != before
     assert site.status("alice") == 200
+    site.deploy().assert_no_changes()
+
+
+METRICS_PORT = 9195
+PROMETHEUS_DIR = harness.STATE_DIR / "prometheus"
+SCRAPE = "rm -f /tmp/scrape; curl -sS -o /tmp/scrape -w '%{http_code}' --max-time 5 "
+
+
+def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
+                                                             first_run: dict) -> None:
+    """registry_metrics: the registry's /metrics on the server's own lab address, scraped
+    from an allowed client, refused to another, absent on the public port; turned off, its
+    filter is gone. Checked with curl on the clients and ss on the server."""
+    reg, allowed = harness.host_ip(SERVER), harness.host_ip(CLIENTS[0])
+    site.data.update({"registry_metrics": True, "registry_metrics_bind": reg,
+                      "registry_metrics_allow": [f"{allowed}/32"]})
+    site.write()
+    try:
+        changed = dict(site.deploy().assert_ok().changed)
+        assert changed["Enable and start registry-kit-metrics"] == [SERVER]
+        site.deploy().assert_no_changes()
+        # The control machine's scrape config lists the endpoint (promtool: unit tests).
+        scrape = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        assert scrape["scrape_configs"][0]["static_configs"] == [
+            {"targets": [f"{reg}:{METRICS_PORT}"], "labels": {"host": SERVER}}]
+        # Some traffic first, so the registry has HTTP counters to show.
+        assert site.status("alice") == 200
+        url = f"http://{reg}:{METRICS_PORT}/metrics"
+        assert harness.ssh(CLIENTS[0], SCRAPE + url).stdout == "200"
+        body = harness.ssh(CLIENTS[0], "cat /tmp/scrape").stdout
+        assert "# TYPE registry_http_requests_total counter" in body, body[:2000]
+        assert 'registry_http_requests_total{code="200",handler="base",method="get"}' in body
+        # The debug server's other pages stay private, even for the allowed address.
+        pprof = f"http://{reg}:{METRICS_PORT}/debug/pprof/"
+        assert harness.ssh(CLIENTS[0], SCRAPE + pprof).stdout == "403"
+        refused = harness.ssh(CLIENTS[1], SCRAPE + url, check=False)
+        assert refused.returncode != 0 and refused.stdout in ("", "000"), refused
+        for port in (5001, PORT):  # the debug port is loopback only; the public port, no
+            out = harness.ssh(CLIENTS[0], SCRAPE + f"-k https://{reg}:{port}/metrics; "
+                              "cat /tmp/scrape 2>/dev/null | grep -c '^# TYPE'", check=False).stdout
+            assert not out.startswith("200") and out.endswith("0\n"), (port, out)
+        listening = harness.ssh(SERVER, "ss -Htln").stdout.split()
+        assert f"{reg}:{METRICS_PORT}" in listening and f"0.0.0.0:{METRICS_PORT}" not in \
+            listening and "127.0.0.1:5001" in listening and "0.0.0.0:5001" not in listening
+    finally:
+        for key in ("registry_metrics", "registry_metrics_bind", "registry_metrics_allow"):
+            site.data.pop(key, None)
+        site.write()
+    site.deploy().assert_ok()
+    assert not (PROMETHEUS_DIR / "prometheus.yml").exists()
+    assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
+        .strip() == "0"
+    assert harness.ssh(SERVER, "ls /etc/registry-kit-metrics /etc/systemd/system/"
+                       "registry-kit-metrics.service 2>&1 || true").stdout.count(
+                           "No such file") == 2
     site.deploy().assert_no_changes()

@@ -224,6 +224,29 @@ def test_a_fresh_registry3_deploy_tls_htpasswd_and_the_tutorial(site: Site) -> N
     assert row[1:4] == ["registry:3", "3.0.0", "running"], row
 
 
+def test_a2_metrics_of_registry3(site: Site) -> None:
+    """registry_metrics on 3.0: the same http.debug.prometheus keys as 2.8 (config.yml),
+    scraped through the kit's filter from the allowed client; the control machine, not in
+    registry_metrics_allow, is cut off."""
+    reg, port = harness.host_ip(SERVER), 9195
+    site.set(registry_metrics=True, registry_metrics_bind=reg,
+             registry_metrics_allow=[f"{harness.host_ip(CLIENT)}/32"])
+    try:
+        site.twice("metrics on")
+        assert site.curl("/v2/")[0] == 200
+        url = f"http://{reg}:{port}/metrics"
+        out = harness.ssh(CLIENT, f"curl -sS --max-time 5 {url}").stdout
+        assert 'registry_http_requests_total{code="200",handler="base",method="get"}' in out, \
+            out[:2000]
+        denied = subprocess.run(["curl", "-sS", "--max-time", "5", url], capture_output=True,
+                                text=True, timeout=30)
+        assert denied.returncode != 0 and "# TYPE" not in denied.stdout, denied
+    finally:
+        site.set(registry_metrics=None, registry_metrics_bind=None, registry_metrics_allow=None)
+    site.twice("metrics off")
+    assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{port} ' || true").stdout.strip() == "0"
+
+
 def test_b_upgrade_2_8_3_to_3_keeps_images_and_digests(site: Site,
                                                         pushed: dict[str, str]) -> None:
     # Start over as a 2.8.3 registry: the kit's teardown with purge, then deploy 2.8.3.

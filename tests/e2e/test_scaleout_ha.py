@@ -212,6 +212,83 @@ def test_status_shows_every_role(ha: Ha) -> None:
     assert cache_words[2].endswith(("K", "M")), lines[CACHE]
 
 
+METRICS_PORT = 9195
+SCRAPE = "rm -f /tmp/scrape; curl -sS -o /tmp/scrape -w '%{http_code}' --max-time 5 "
+
+
+def _scrape(name: str, url: str) -> tuple[str, str]:
+    """(HTTP code, body) of a GET from a lab host ('000' or '': no answer)."""
+    code = harness.ssh(name, SCRAPE + url, check=False).stdout
+    return code, harness.ssh(name, "cat /tmp/scrape 2>/dev/null; true").stdout
+
+
+def _status_json(inventory: Path) -> dict[str, Any]:
+    proc = subprocess.run([harness.PYINFRA, "-y", "--data", "registry_status_json=True",
+                           str(inventory), "status.py"], cwd=harness.ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _check_status_json(ha: Ha, doc: dict[str, Any]) -> None:
+    """Every role's facts against the hosts: ip, systemctl, redis-cli, haproxy's metrics."""
+    holders = _holder(ha.vip)
+    assert doc["address_holders"] == holders == [LB1], doc["address_holders"]
+    for name in (LB1, LB2):
+        facts = doc["load_balancers"][name]
+        active = harness.ssh(name, "systemctl is-active haproxy keepalived; true").stdout
+        assert [facts["haproxy"], facts["keepalived"]] == active.split(), (facts, active)
+        assert facts["address"] == ha.vip and facts["holds_address"] == (name in holders)
+        assert facts["replicas"] == {REP1: "UP", REP2: "UP"}, facts
+        ip = harness.host_ip(name)
+        assert facts["metrics"] == f"http://{ip}:{METRICS_PORT}/metrics"
+        code, body = _scrape(CLIENT, facts["metrics"])
+        assert code == "200", code
+        for rep in (REP1, REP2):  # haproxy's own view, through its exporter
+            assert f'haproxy_server_status{{proxy="registry",server="{rep}",state="UP"}} 1' \
+                in body, body[:3000]
+    redis = harness.ssh(CACHE, "systemctl is-active redis-server; REDISCLI_AUTH=\"$(sed -n "
+                        "'s/^requirepass //p' /etc/redis/redis.conf)\" redis-cli "
+                        "--no-auth-warning dbsize").stdout.split()
+    cache = doc["caches"][CACHE]
+    assert [cache["redis"], str(cache["keys"])] == redis and cache["memory"], (cache, redis)
+    for name in (REP1, REP2):
+        facts = doc["servers"][name]
+        state = harness.ssh(name, "docker inspect -f '{{.State.Status}}' registry").stdout
+        assert facts["state"] == state.strip() and facts["healthy"] is True, facts
+        assert facts["storage"] == {"driver": "s3", "bytes": None, "repositories": None,
+                                    "tags": None}
+        assert facts["metrics"] == f"http://{harness.host_ip(name)}:{METRICS_PORT}/metrics"
+    assert doc["clients"][CLIENT]["login"] == f"yes ({USER})"
+
+
+def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
+    """registry_metrics on every role, applied twice; status --json checked against the
+    hosts; metrics scraped from the allowed client, refused to another host, absent on the
+    public address; turned off again, nothing listens."""
+    allowed = harness.host_ip(CLIENT)
+    inventory = ha.inventory("metrics", registry_metrics=True,
+                             registry_metrics_allow=[f"{allowed}/32"])
+    harness.run_kit(inventory).assert_ok()
+    try:
+        harness.run_kit(inventory).assert_no_changes()
+        _check_status_json(ha, _status_json(inventory))
+        code, body = _scrape(CLIENT, f"http://{harness.host_ip(REP1)}:{METRICS_PORT}/metrics")
+        assert code == "200" and "registry_http_requests_total" in body, (code, body[:2000])
+        for target in (LB1, REP1):  # another lab host is cut off
+            url = f"http://{harness.host_ip(target)}:{METRICS_PORT}/metrics"
+            assert _scrape(LB2, url) == ("000", ""), target
+        # The public address (passthrough to a replica) has no metrics.
+        code, body = _scrape(CLIENT, f"-k https://{ha.vip}:{PORT}/metrics")
+        assert code != "200" and "# TYPE" not in body, (code, body[:500])
+    finally:
+        harness.run_kit(ha.inventory("deploy")).assert_ok()
+    for name in (LB1, REP1):
+        assert harness.ssh(name, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
+            .strip() == "0", name
+    assert "frontend metrics" not in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+
+
 # Back-to-back pulls; /tmp/ha-pulls.log: one line per pull, "START END ok|failed".
 _LOOP = """
 img=$1; bound=$2

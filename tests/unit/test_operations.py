@@ -32,6 +32,7 @@ from registry_kit.roles import (
     gc_timer,
     keepalived,
     loadbalancer,
+    metrics,
     server,
     trust,
     webui,
@@ -640,18 +641,32 @@ def test_retention_deletes_only_when_planned_and_deployed(defaults: Settings) ->
     commands, _ = run(retention_job.apply_retention, defaults, probe(), plan, "f" * 64)
     assert commands == ["CALL fail_host('reg-host-1: no container registry: run deploy.py "
                         "first',)"]
+def test_metrics_filter_restarts_after_a_check_and_goes_only_where_it_is() -> None:
+    assert run(metrics.restart_metrics) == ([
+        "haproxy -c -q -f /etc/registry-kit-metrics/haproxy.cfg && systemctl daemon-reload && "
+        "systemctl restart registry-kit-metrics"], [])
+    assert run(metrics.enable_metrics, probe(services=["registry-kit-metrics active enabled"])) \
+        == ([], ["registry-kit-metrics is enabled and running"])
+    assert run(metrics.enable_metrics, probe()) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-metrics"], [])
+    assert run(metrics.disable_metrics, probe()) == ([], ["no registry-kit-metrics"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.METRICS_UNIT}"])
+    assert run(metrics.disable_metrics, stopped_unit) == \
+        (["systemctl disable --now registry-kit-metrics 2>/dev/null; true"], [])
 
 
 def test_every_operation_module_is_exercised_here() -> None:
     """A new role, job or operation module gets its own tests above (the status, deploy and
     teardown jobs have no operations of their own: they arrange the roles'; typed is the
     decorator itself; the cache's are one systemctl line each, covered by the scale-out
-    e2e; usage has none, only its status)."""
+    e2e; usage has none, only its status: test_disk_guard_logic; status_json has none, it
+    reads status sections: test_status_json.py; the prometheus job writes the control
+    machine's folder only: test_prometheus.py)."""
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
-              "token_server", "backup", "restore", "webui", "retention"}
+              "token_server", "backup", "restore", "webui", "retention", "metrics"}
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",
-                              "usage"}  # usage: status only, tested in test_disk_guard_logic
+                              "usage", "status_json", "prometheus"}

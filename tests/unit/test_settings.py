@@ -474,7 +474,7 @@ def test_every_setting_is_declared_once_with_a_doc_and_a_section(
         assert key.startswith(("registry_", "docker_")), key
         assert item.doc and "\n" not in item.doc, key
         assert known[key] == item.default
-    assert len(SECTIONS) == 16 and all(block.reads.startswith("registry_kit/")
+    assert len(SECTIONS) == 17 and all(block.reads.startswith("registry_kit/")
                                        for block in SECTIONS)
 
 

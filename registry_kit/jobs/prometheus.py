@@ -1,0 +1,52 @@
+"""The control machine's Prometheus folder, `<registry_state_dir>/prometheus/`
+(registry_kit.model.layout.prometheus_dir): the scrape config and the alert rules
+(registry_kit.render.prometheus) for every metrics endpoint of the inventory, written by
+each deploy once its settings are validated, and only when they changed. Without any
+host serving metrics the kit's two files are removed (the folder and anything else in it
+stay).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra import logger
+
+from registry_kit.model import layout
+from registry_kit.model.topology import BACKEND, Topology
+from registry_kit.render import prometheus
+
+
+def _write(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.chmod(0o644)
+    temporary.replace(path)  # a reader (Prometheus' reload) never sees half a file
+    return True
+
+
+def write_folder(hosts: Topology) -> Path | None:
+    """Write (or clear) the folder; its path, or None when nothing serves metrics. The
+    first host serving metrics names the state folder (one per inventory, in practice)."""
+    registries = [(s.host, listen) for s in hosts.servers
+                  if (listen := layout.metrics_listen(s)) is not None]
+    lbs = [(s.host, listen) for s in hosts.lbs
+           if (listen := layout.metrics_listen(s)) is not None]
+    anyone = [s for s in (*hosts.servers, *hosts.lbs) if s.registry_metrics]
+    everyone = (*hosts.servers, *hosts.lbs, *hosts.caches)
+    if not anyone:
+        for settings in everyone[:1]:
+            for name in (prometheus.CONFIG_FILE, prometheus.RULES_FILE):
+                (layout.prometheus_dir(settings) / name).unlink(missing_ok=True)
+        return None
+    folder = layout.prometheus_dir(anyone[0])
+    files = {prometheus.CONFIG_FILE: prometheus.scrape_config(registries, lbs,
+                                                              layout.METRICS_PATH),
+             prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs))}
+    for name, text in files.items():
+        if _write(folder / name, text):
+            logger.info(f"registry-kit: wrote {folder / name}")
+    return folder

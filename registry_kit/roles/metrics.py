@@ -1,0 +1,120 @@
+"""The registry's Prometheus metrics on hosts in registry_servers (registry_metrics).
+
+The registry serves `/metrics` on its debug server (`http.debug.prometheus`, the same keys
+in 2.8 and 3.0; registry_kit.render.config), which the container publishes on the
+server's loopback only (registry_debug_addr, 127.0.0.1:5001 unless set). That server also
+answers /debug/pprof and /debug/vars, so it is never published further: a haproxy of the
+kit's own, `registry-kit-metrics.service`, listens on the server's internal address
+(registry_metrics_bind / registry_internal_address, registry_metrics_port), refuses every
+connection from outside registry_metrics_allow and passes GET /metrics only
+(registry_kit.render.haproxy.metrics_filter). The public port (registry_port) never
+serves metrics. Load balancers serve haproxy's own exporter from their haproxy.cfg
+(registry_kit.roles.loadbalancer).
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.operations.util import any_changed
+
+from registry_kit.commands import q
+from registry_kit.facts import HostState
+from registry_kit.model import layout
+from registry_kit.model.settings import Settings
+from registry_kit.operations import files, packages
+from registry_kit.operations.typed import operation
+from registry_kit.render import haproxy
+
+SERVICE = layout.METRICS_SERVICE
+PACKAGES = ("haproxy",)
+COMMANDS = ("haproxy",)
+
+
+def probe_args(settings: Settings) -> dict:
+    return {"files": [layout.METRICS_HAPROXY_CFG, layout.METRICS_UNIT],
+            "dirs": [layout.METRICS_DIR], "commands": list(COMMANDS), "services": [SERVICE]}
+
+
+def render(settings: Settings) -> str:
+    def checked(value: object, field: str) -> str:
+        return haproxy.word(value, file=layout.METRICS_HAPROXY_CFG, field=field)
+
+    listen = layout.metrics_listen(settings)
+    assert listen is not None and settings.registry_debug_addr is not None
+    return haproxy.metrics_filter(
+        checked(listen, "registry_metrics_bind"),
+        [checked(net, "registry_metrics_allow") for net in settings.registry_metrics_allow],
+        checked(settings.registry_debug_addr, "registry_debug_addr"),
+        header="managed by registry-kit (registry_kit/roles/metrics.py): the registry's "
+               "metrics, for registry_metrics_allow only")
+
+
+def render_unit() -> str:
+    config = q(layout.METRICS_HAPROXY_CFG)
+    return "\n".join([
+        "# managed by registry-kit (registry_kit/roles/metrics.py)",
+        "[Unit]",
+        "Description=registry-kit metrics (haproxy: the registry's metrics, filtered)",
+        "After=network-online.target docker.service",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        f"ExecStartPre=/usr/sbin/haproxy -c -q -f {config}",
+        f"ExecStart=/usr/sbin/haproxy -Ws -f {config} -p {q(layout.METRICS_PIDFILE)}",
+        "Type=notify",
+        "KillMode=mixed",
+        "Restart=always",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+
+
+@operation()
+def restart_metrics():
+    yield (f"haproxy -c -q -f {q(layout.METRICS_HAPROXY_CFG)} && systemctl daemon-reload && "
+           f"systemctl restart {q(SERVICE)}")
+
+
+@operation()
+def enable_metrics(state: HostState):
+    active, enabled = state.services.get(SERVICE, (False, False))
+    if active and enabled:
+        host.noop(f"{SERVICE} is enabled and running")
+        return
+    yield f"systemctl daemon-reload && systemctl enable --now {q(SERVICE)}"
+
+
+@operation()
+def disable_metrics(state: HostState):
+    active, enabled = state.services.get(SERVICE, (False, False))
+    if not (active or enabled or layout.METRICS_UNIT in state.files):
+        host.noop(f"no {SERVICE}")
+        return
+    yield f"systemctl disable --now {q(SERVICE)} 2>/dev/null; true"
+
+
+def metrics_deploy(settings: Settings, state: HostState) -> None:
+    if not settings.registry_metrics:
+        metrics_remove(state)
+        return
+    packages.install_packages(PACKAGES, COMMANDS, state, name="Install haproxy (metrics)")
+    files.managed_dir(layout.METRICS_DIR, "0700", state.dirs.get(layout.METRICS_DIR),
+                      name=f"Create {layout.METRICS_DIR}")
+    config = files.managed_file(layout.METRICS_HAPROXY_CFG, render(settings).encode(), "0644",
+                                state.files.get(layout.METRICS_HAPROXY_CFG),
+                                name="Upload the metrics filter's haproxy.cfg")
+    unit = files.managed_file(layout.METRICS_UNIT, render_unit().encode(), "0644",
+                              state.files.get(layout.METRICS_UNIT),
+                              name=f"Install {SERVICE}.service")
+    restart_metrics(name=f"Check and restart {SERVICE}", _if=any_changed(config, unit))
+    enable_metrics(state, name=f"Enable and start {SERVICE}")
+
+
+def metrics_remove(state: HostState) -> None:
+    """The reverse of metrics_deploy (teardown, or registry_metrics=False). haproxy stays
+    installed: other software (the web page, a load balancer) may use it."""
+    disable_metrics(state, name=f"Stop and disable {SERVICE}")
+    files.absent_paths([layout.METRICS_UNIT, layout.METRICS_DIR], [*state.files, *state.dirs],
+                       name="Remove the metrics filter's files")

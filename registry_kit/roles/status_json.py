@@ -1,0 +1,147 @@
+"""status.py's JSON document (`--data registry_status_json=True`): the facts of the text
+tables as typed values, for a monitoring script or a CI job. Built from the same status
+sections the tables are (each role's status_command, one probe per host): no host is asked
+anything more. The schema is the README's "Status as JSON"; SCHEMA goes up when a field
+changes meaning or goes away (new fields keep it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from registry_kit.facts import first_line
+from registry_kit.model import layout
+from registry_kit.model.registry_version import binary_version
+from registry_kit.model.settings import Settings
+from registry_kit.render import tls
+from registry_kit.roles import keepalived
+
+SCHEMA = 1
+Sections = dict[str, list[str]]
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def _certificate(settings: Settings, sections: Sections) -> dict[str, Any] | None:
+    """None without TLS; else days left and the end date, or why neither is known."""
+    if not settings.tls_enabled:
+        return None
+    pem = "\n".join(sections.get("cert", [])).encode()
+    cert = tls.load_first_cert(pem) if pem.strip() else None
+    if cert is None:
+        return {"days_left": None, "not_after": None,
+                "error": "unreadable" if pem.strip() else "missing"}
+    return {"days_left": tls.certificate_days_left(pem),
+            "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "error": None}
+
+
+def _storage(settings: Settings, sections: Sections) -> dict[str, Any]:
+    # Sizes and counts are read from the data folder: filesystem storage only.
+    own = settings.registry_storage.driver == "filesystem"
+    return {"driver": settings.registry_storage.driver,
+            "bytes": _int(first_line(sections, "bytes")) if own else None,
+            "repositories": _int(first_line(sections, "repos")) if own else None,
+            "tags": _int(first_line(sections, "tags")) if own else None}
+
+
+def last_backup(settings: Settings, root: str) -> dict[str, Any]:
+    """The newest backup's time from its index.json on the control machine (`root`: the
+    server's backup folder). Backups on a backup host are not read: that would be another
+    host's probe."""
+    if settings.registry_backup_host is not None:
+        return {"where": settings.registry_backup_host, "time": None}
+    index = Path(root) / "index.json"
+    try:
+        when = json.loads(index.read_text()).get("time")
+    except (OSError, ValueError, AttributeError):
+        when = None
+    return {"where": "control machine", "time": when if isinstance(when, str) else None}
+
+
+def _gc(sections: Sections) -> dict[str, Any]:
+    """The GC timer and its service's last run (gc_timer.status_command's sections)."""
+    load, result, finished = ([*sections.get("gc-last", []), "", "", ""])[:3]
+    scheduled = load.strip() == "loaded"
+    return {"timer": first_line(sections, "timer") or None if scheduled else None,
+            "last_run": finished.strip() or None if scheduled else None,
+            "last_result": result.strip() or None if scheduled and finished.strip() else None}
+
+
+def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
+    image, state, started, restarts = ([*first_line(sections, "container").split("|"),
+                                        "", "", "", ""])[:4]
+    code = _int(first_line(sections, "health"))
+    return {
+        "image": image or None,
+        "version": binary_version(first_line(sections, "version")),
+        "state": state or None,  # Docker's word (running, exited, ...); None: no container
+        "restarts": _int(restarts),
+        "started_at": started or None,
+        "uptime_seconds": _int(first_line(sections, "uptime")) if state == "running" else None,
+        "url": layout.Endpoints.of(settings).url,
+        "v2_status": code,  # /v2/ asked on the server itself; 0: no answer
+        # 401 is a healthy registry asking for credentials.
+        "healthy": state == "running" and code in (200, 401),
+        "certificate": _certificate(settings, sections),
+        "storage": _storage(settings, sections),
+        "gc": _gc(sections),
+        "metrics": layout.metrics_url(settings),  # the filtered /metrics, or null
+    }
+
+
+def load_balancer_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
+    replicas = {}
+    for line in sections.get("servers", []):
+        words = line.split()
+        if len(words) >= 2:
+            replicas[words[0]] = words[1]
+    vip = keepalived.vip_address(settings) if settings.registry_lb_vip else None
+    return {
+        "haproxy": first_line(sections, "haproxy") or None,
+        "keepalived": first_line(sections, "keepalived") or None if vip else None,
+        "address": vip,
+        "holds_address": bool(first_line(sections, "vip")) if vip else None,
+        "replicas": replicas,  # server name -> haproxy's status (UP, DOWN, MAINT, ...)
+        "metrics": layout.metrics_url(settings),  # haproxy's exporter, or null
+    }
+
+
+def cache_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
+    return {"redis": first_line(sections, "redis") or None,
+            "memory": first_line(sections, "memory") or None,
+            "keys": _int(first_line(sections, "keys"))}
+
+
+def client_facts(row: Mapping[str, str]) -> dict[str, Any]:
+    """A client's text row (client.status_row: trust and login are words, not measures)."""
+    hosts = row.get("hosts entries", "")
+    return {"docker": row.get("docker") if row.get("docker") != "not running" else None,
+            "registry": row.get("registry"), "trust": row.get("trust"),
+            "login": row.get("login"), "hosts_entries": _int(hosts)}
+
+
+def document(servers: Mapping[str, dict[str, Any]], lbs: Mapping[str, dict[str, Any]],
+             caches: Mapping[str, dict[str, Any]], clients: Mapping[str, dict[str, str]],
+             access: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The whole document: every host's facts, and who holds the floating address."""
+    holders = sorted(name for name, lb in lbs.items() if lb["holds_address"])
+    return {
+        "schema": SCHEMA,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "servers": dict(sorted(servers.items())),
+        "load_balancers": dict(sorted(lbs.items())),
+        # Every LB holding the floating address: one is right, none or two is an outage.
+        "address_holders": holders if any(lb["address"] for lb in lbs.values()) else None,
+        "caches": dict(sorted(caches.items())),
+        "clients": {name: client_facts(row) for name, row in sorted(clients.items())},
+        "access": dict(sorted(access.items())),
+    }
+

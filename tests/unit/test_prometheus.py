@@ -1,0 +1,133 @@
+"""The Prometheus folder (registry_kit.render.prometheus, registry_kit.jobs.prometheus):
+Prometheus' own promtool checks the scrape config and the rules, and `promtool test rules`
+proves each rule fires on the series it is written for (and stays quiet otherwise)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from registry_kit.jobs import prometheus as folder
+from registry_kit.model import settings as settings_mod
+from registry_kit.model import topology as topo
+from registry_kit.render import prometheus
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian's prometheus "
+                                    "package; .ci/run installs it) is not installed")
+ON = {"registry_anonymous_acknowledged": True, "registry_metrics": True,
+      "registry_metrics_allow": ["10.0.0.5/32"]}
+
+
+def _hosts(tmp_path: Path, **data: Any) -> topo.Topology:
+    common = {**ON, "registry_state_dir": str(tmp_path / "state"), **data}
+
+    def load(name: str, address: str, server: bool = True) -> settings_mod.Settings:
+        return settings_mod.load(name, {**common, "registry_internal_address": address},
+                                 server=server)
+
+    return topo.Topology(servers=(load("rep1", "10.0.0.21"), load("rep2", "10.0.0.22")),
+                         lbs=(load("lb1", "10.0.0.11", server=False),), caches=())
+
+
+def _promtool(*args: str) -> str:
+    assert PROMTOOL is not None
+    proc = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_scrape_config_lists_every_endpoint(tmp_path: Path) -> None:
+    written = folder.write_folder(_hosts(tmp_path))
+    assert written == tmp_path / "state" / "prometheus"
+    config = yaml.safe_load((written / prometheus.CONFIG_FILE).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert [c["targets"] for c in jobs[prometheus.REGISTRY_JOB]["static_configs"]] == \
+        [["10.0.0.21:9195"], ["10.0.0.22:9195"]]
+    assert jobs[prometheus.HAPROXY_JOB]["static_configs"] == \
+        [{"targets": ["10.0.0.11:9195"], "labels": {"host": "lb1"}}]
+    assert config["rule_files"] == [prometheus.RULES_FILE]
+
+
+def test_written_once_and_removed_when_metrics_go(tmp_path: Path) -> None:
+    written = folder.write_folder(_hosts(tmp_path))
+    assert written is not None
+    before = {p.name: p.stat().st_mtime_ns for p in written.iterdir()}
+    folder.write_folder(_hosts(tmp_path))
+    assert {p.name: p.stat().st_mtime_ns for p in written.iterdir()} == before
+    (written / "mine.yml").write_text("kept")
+    assert folder.write_folder(_hosts(tmp_path, registry_metrics=False)) is None
+    assert sorted(p.name for p in written.iterdir()) == ["mine.yml"]
+
+
+@needs_promtool
+def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
+    written = folder.write_folder(_hosts(tmp_path))
+    assert written is not None
+    assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
+    assert "SUCCESS: 5 rules found" in _promtool("check", "rules",
+                                                 str(written / prometheus.RULES_FILE))
+    # A single server without load balancers: the registry's two rules only.
+    single = tmp_path / "single.yml"
+    single.write_text(prometheus.alert_rules(topo.BACKEND, with_lbs=False))
+    assert "SUCCESS: 2 rules found" in _promtool("check", "rules", str(single))
+
+
+def _alert(name: str, at: str, labels: dict[str, str], summary: str) -> dict[str, Any]:
+    return {"eval_time": at, "alertname": name,
+            "exp_alerts": [{"exp_labels": labels, "exp_annotations": {"summary": summary}}]}
+
+
+@needs_promtool
+def test_each_rule_fires_on_its_series(tmp_path: Path) -> None:
+    """promtool test rules: series sampled every minute; an alert fires after its `for:`."""
+    rules = tmp_path / prometheus.RULES_FILE
+    rules.write_text(prometheus.alert_rules(topo.BACKEND, with_lbs=True))
+    reg, lb = prometheus.REGISTRY_JOB, prometheus.HAPROXY_JOB
+    backend = topo.BACKEND
+    tests = {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'up{{job="{reg}",host="rep1"}}', "values": "1 1 0 0 0 0"},
+            {"series": f'up{{job="{reg}",host="rep2"}}', "values": "1 1 1 1 1 1"},
+            {"series": f'registry_http_requests_total{{job="{reg}",host="rep2",code="200"}}',
+             "values": "0+100x20"},
+            {"series": f'registry_http_requests_total{{job="{reg}",host="rep2",code="503"}}',
+             "values": "0+20x20"},
+            {"series": f'haproxy_server_status{{job="{lb}",host="lb1",proxy="{backend}",'
+                       'server="rep1",state="UP"}', "values": "1 0x15"},
+            {"series": f'haproxy_backend_active_servers{{job="{lb}",host="lb1",'
+                       f'proxy="{backend}"}}', "values": "2 1 0 0 0"},
+            {"series": f'up{{job="{lb}",host="lb1"}}', "values": "1x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "RegistryDown", "exp_alerts": []},
+            _alert("RegistryDown", "4m", {"severity": "critical", "job": reg, "host": "rep1"},
+                   "registry on rep1 does not answer its metrics (down, or its filter is)"),
+            _alert("Registry5xxRate", "15m", {"severity": "warning", "host": "rep2"},
+                   "over 5% of requests to rep2 answer 5xx"),
+            {"eval_time": "5m", "alertname": "ReplicaOutOfRotation", "exp_alerts": []},
+            _alert("ReplicaOutOfRotation", "12m", {
+                "severity": "warning", "job": lb, "host": "lb1", "proxy": backend,
+                "server": "rep1", "state": "UP"}, "replica rep1 is out of rotation on lb1"),
+            _alert("RegistryDownThroughLoadBalancer", "4m", {
+                "severity": "critical", "job": lb, "host": "lb1", "proxy": backend},
+                "lb1 has no replica in rotation: the registry's address serves nothing there"),
+            {"eval_time": "10m", "alertname": "LoadBalancerDown", "exp_alerts": []},
+        ]}]}
+    test_file = tmp_path / "tests.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert "SUCCESS" in _promtool("test", "rules", str(test_file))
+
+
+def test_rules_not_written_are_named() -> None:
+    text = prometheus.alert_rules(topo.BACKEND, with_lbs=True)
+    written = {rule["alert"] for rule in yaml.safe_load(text)["groups"][0]["rules"]}
+    assert written == {"RegistryDown", "Registry5xxRate", "LoadBalancerDown",
+                       "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation"}
+    assert len(prometheus.RULES_NOT_YET) == 6
