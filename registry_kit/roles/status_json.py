@@ -18,7 +18,7 @@ from registry_kit.model import layout
 from registry_kit.model.registry_version import binary_version
 from registry_kit.model.settings import Settings
 from registry_kit.render import tls
-from registry_kit.roles import keepalived
+from registry_kit.roles import disk_guard, keepalived, usage
 
 SCHEMA = 1
 Sections = dict[str, list[str]]
@@ -75,6 +75,20 @@ def _gc(sections: Sections) -> dict[str, Any]:
             "last_result": result.strip() or None if scheduled and finished.strip() else None}
 
 
+def _disk(settings: Settings, sections: Sections) -> dict[str, Any]:
+    """The data filesystem (`df -P -B1`, filesystem storage), the disk guard's word and the
+    GC and retention records' times (roles.disk_guard and roles.usage read the same lines)."""
+    fields = first_line(sections, "disk").split()
+    numbers = [int(v) for v in fields[1:4]] if len(fields) >= 4 and all(
+        v.isdigit() for v in fields[1:4]) else [None, None, None]
+    records = usage.status_row(settings, sections)
+    return {"size": numbers[0], "used": numbers[1], "free": numbers[2],
+            "guard": disk_guard.guard_state(settings, sections),
+            "last_gc": None if records["last gc"] == "never" else records["last gc"],
+            "last_retention": None if records["last retention"] == "never"
+            else records["last retention"]}
+
+
 def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
     image, state, started, restarts = ([*first_line(sections, "container").split("|"),
                                         "", "", "", ""])[:4]
@@ -93,6 +107,7 @@ def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
         "certificate": _certificate(settings, sections),
         "storage": _storage(settings, sections),
         "gc": _gc(sections),
+        "disk": _disk(settings, sections),
         "metrics": layout.metrics_url(settings),  # the filtered /metrics, or null
     }
 

@@ -187,6 +187,16 @@ def test_status_json_matches_the_lab(site: Site, first_run: dict) -> None:
     assert facts["storage"] == {"driver": "filesystem", "bytes": int(used),
                                 "repositories": len(catalog), "tags": tags}
     assert facts["gc"] == {"timer": None, "last_run": None, "last_result": None}  # no schedule
+    size, df_used = harness.ssh(SERVER, "df -P -B1 /var/lib/registry-kit/data | awk 'NR==2 "
+                                "{print $2, $3}'").stdout.split()
+    assert facts["disk"]["size"] == int(size)  # the lab host's disk: other writes move `used`
+    assert abs(facts["disk"]["used"] - int(df_used)) < 200 << 20, (facts["disk"], df_used)
+    assert facts["disk"]["guard"].startswith("writable"), facts["disk"]  # 90% by default
+    records = harness.ssh(SERVER, "for f in last-gc last-retention; do head -n1 "
+                          "/etc/registry-kit/$f 2>/dev/null | cut -d' ' -f1 | grep . || echo -; "
+                          "done").stdout.split()
+    assert [facts["disk"]["last_gc"], facts["disk"]["last_retention"]] == \
+        [None if word == "-" else word for word in records], (facts["disk"], records)
     index = harness.STATE_DIR / "backups" / SERVER / "index.json"
     assert facts["backup"] == {"where": "control machine", "time": json.loads(
         index.read_text())["time"] if index.is_file() else None}

@@ -27,6 +27,9 @@ def _server_sections(cert_pem: str) -> dict[str, list[str]]:
         f"{MARK}bytes", "1251680", f"{MARK}repos", "2", f"{MARK}tags", "1",
         f"{MARK}timer", "active",
         f"{MARK}gc-last", "loaded", "success", "2026-12-07T03:00:02Z",
+        f"{MARK}disk", "/dev/loop0 1000 900 100 90% /var/lib/registry-kit/data",
+        f"{MARK}guard", "active", f"{MARK}guard-since", "2026-12-07T03:10:00Z",
+        f"{MARK}last-gc", "2026-12-07T03:20:00Z collected", f"{MARK}last-retention",
     ])
 
 
@@ -44,6 +47,9 @@ def test_server_facts_are_typed(make_settings: Callable[..., Settings], tmp_path
                                 "tags": 1}
     assert facts["gc"] == {"timer": "active", "last_run": "2026-12-07T03:00:02Z",
                            "last_result": "success"}
+    assert facts["disk"] == {"size": 1000, "used": 900, "free": 100,
+                             "guard": "read-only since 2026-12-07T03:10:00Z",
+                             "last_gc": "2026-12-07T03:20:00Z", "last_retention": None}
 
 
 def test_nothing_known_is_null_not_a_guess(make_settings: Callable[..., Settings]) -> None:
@@ -57,6 +63,8 @@ def test_nothing_known_is_null_not_a_guess(make_settings: Callable[..., Settings
     assert facts["certificate"] == {"days_left": None, "not_after": None,
                                     "error": "unreadable"}
     assert facts["gc"] == {"timer": None, "last_run": None, "last_result": None}
+    assert facts["disk"] == {"size": None, "used": None, "free": None, "guard": "not running",
+                             "last_gc": None, "last_retention": None}
     plain = make_settings(registry_tls_mode="none", registry_tls_none_acknowledged=True)
     assert status_json.server_facts(plain, {})["certificate"] is None
 
