@@ -229,6 +229,36 @@ def _curl_authenticated(url_host: str, ip: str, port: int, path: str, *, user: s
     return _curl([*base, "-H", "@-", url], stdin=f"Authorization: Bearer {token}\n")[:2]
 
 
+def curl_docker(args: list[str], *, user: str, password: str, ip: str,
+                ca: Path | None = CA_CERT, timeout: int = 30) -> subprocess.CompletedProcess[str]:
+    """`curl ARGS` (the registry URL last, output options as the caller wants) with the
+    user's credentials as Docker uses them: basic auth (a -K file), and on a 401 with a
+    Bearer challenge (token auth) a token from the challenge's realm (its host resolved to
+    `ip`), then the same request again with the token (also a -K file). A refused token
+    request is returned as it came (`-w` output included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        basic, headers = Path(tmp) / "basic", Path(tmp) / "headers"
+        basic.write_text(f'user = "{user}:{password}"\n')
+        proc = subprocess.run(["curl", "-D", str(headers), "-K", str(basic), *args],
+                              capture_output=True, text=True, timeout=timeout)
+        blocks = (headers.read_text().lower() if headers.exists() else "").split("\n\n")
+        last = [block for block in blocks if block.strip()][-1:] or [""]  # after a 100
+        challenge = bearer_challenge(last[0]) if " 401" in last[0].split("\n", 1)[0] else None
+        if challenge is None:
+            return proc
+        realm = urllib.parse.urlsplit(challenge["realm"])
+        query = {key: challenge[key] for key in ("service", "scope") if key in challenge}
+        status, body, _ = _curl(["--resolve", f"{realm.hostname}:{realm.port}:{ip}",
+                                 *(["--cacert", str(ca)] if ca else []), "-K", str(basic),
+                                 f"{challenge['realm']}?{urllib.parse.urlencode(query)}"])
+        if status != 200:
+            return proc
+        bearer = Path(tmp) / "bearer"
+        bearer.write_text(f'header = "Authorization: Bearer {json.loads(body)["token"]}"\n')
+        return subprocess.run(["curl", "-K", str(bearer), *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+
 def skopeo(args: list[str], *, hosts: dict[str, str], auth: dict[str, tuple[str, str]]
            | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """skopeo on the control machine, resolving lab names through a private /etc/hosts

@@ -105,18 +105,18 @@ class Site(harness.OwnStateSite):
 
     def curl(self, path: str, *, method: str = "GET", user: bool = True,
              headers: tuple[str, ...] = ()) -> tuple[int, str]:
-        with tempfile.TemporaryDirectory() as tmp:
-            args = ["curl", "-s", "-i", "-w", "\n%{http_code}", "--max-time", "10", "-X", method,
-                    "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
-                    "--cacert", str(self.certs / "ca.crt")]
-            for header in headers:
-                args += ["-H", header]
-            if user:
-                config = Path(tmp) / "curlrc"
-                config.write_text(f'user = "{USER}:{self.password}"\n')
-                args += ["-K", str(config)]
-            out = subprocess.run([*args, f"https://{ADDRESS}{path}"], capture_output=True,
-                                 text=True, timeout=30).stdout
+        args = ["-s", "-i", "-w", "\n%{http_code}", "--max-time", "10", "-X", method,
+                "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
+                "--cacert", str(self.certs / "ca.crt")]
+        for header in headers:
+            args += ["-H", header]
+        args.append(f"https://{ADDRESS}{path}")
+        if user:  # basic credentials, or a token for them under token auth
+            out = harness.curl_docker(args, user=USER, password=self.password,
+                                      ip=harness.host_ip(SERVER), ca=self.certs / "ca.crt").stdout
+        else:
+            out = subprocess.run(["curl", *args], capture_output=True, text=True,
+                                 timeout=30).stdout
         body, _, code = out.rpartition("\n")
         return int(code or 0), body
 
@@ -199,6 +199,9 @@ def test_a_fresh_registry3_deploy_tls_htpasswd_and_the_tutorial(site: Site) -> N
     site.password = "not-the-password"
     assert site.curl("/v2/")[0] == 401
     site.password = right
+    # Users, no rules: token auth (registry_auth_mode "auto"), 3.x pinned to ES256.
+    config = harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout
+    assert "realm: https://registry.lab:5443/token" in config and "- ES256" in config, config
     # TLS: the certificate the server presents is the kit CA's, for the domain.
     served = subprocess.run(
         f"openssl s_client -connect {harness.host_ip(SERVER)}:{PORT} -servername {DOMAIN} "
