@@ -239,12 +239,17 @@ def test_b_upgrade_2_8_3_to_3_keeps_images_and_digests(site: Site,
     before = snapshot(site, list(BEFORE))
     pushed.update({ref: before[ref] for ref in BEFORE})
     old = container()
+    config_before = yaml.safe_load(harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout)
 
     site.set(registry_image="registry:3")
     run = site.twice("upgrade 2.8.3 -> 3")
     stderr_position(run, "registry 2 -> 3 (registry:2.8.3 -> registry:3): an upgrade")
     assert sorted(dict(run.changed)["Start or replace the registry container"]) == [SERVER]
-    assert "Upload the registry config.yml" not in dict(run.changed)  # same file for 3.x
+    # Token auth (users): 3.x's config.yml also pins the signing algorithm, nothing else.
+    assert dict(run.changed)["Upload the registry config.yml"] == [SERVER]
+    config = yaml.safe_load(harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout)
+    assert config["auth"]["token"].pop("signingalgorithms") == ["ES256"]
+    assert config == config_before
     new = container()
     assert new["id"] != old["id"] and (new["image"], new["state"]) == ("registry:3", "running")
     assert registry_binary_version() == "3.0.0"
@@ -275,9 +280,17 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
     harness.ssh(SERVER, "install -d -m 0700 /run/r3test && install -m 0600 /dev/null "
                 "/run/r3test/curlrc && cat > /run/r3test/curlrc",
                 stdin=f'user = "{USER}:{site.password}"\n')
-    probe = (f"curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 2 -X POST "
-             f"--resolve {DOMAIN}:{PORT}:127.0.0.1 --cacert /etc/registry-kit/certs/ca.crt "
-             f"-K /run/r3test/curlrc https://{ADDRESS}/v2/r3/gc-probe/blobs/uploads/")
+    # Token auth (users): a token for the probe's repository from the token server (its
+    # password from the curlrc), as Docker asks one, then the upload start with it.
+    ca = "/etc/registry-kit/certs/ca.crt"
+    token = (f"curl -s --max-time 2 --resolve {DOMAIN}:5443:127.0.0.1 --cacert {ca} "
+             f"-K /run/r3test/curlrc 'https://{DOMAIN}:5443/token?service={ADDRESS}"
+             "&scope=repository:r3/gc-probe:pull,push' | "
+             "sed -n 's/.*\"token\": *\"\\([^\"]*\\)\".*/\\1/p'")
+    probe = (f"printf 'Authorization: Bearer %s\\n' \"$({token})\" | "
+             f"curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 2 -X POST -H @- "
+             f"--resolve {DOMAIN}:{PORT}:127.0.0.1 --cacert {ca} "
+             f"https://{ADDRESS}/v2/r3/gc-probe/blobs/uploads/")
     harness.ssh(SERVER, "rm -f /run/r3test/stop /run/r3test/codes; nohup sh -c "
                 + shlex.quote(f"while [ ! -e /run/r3test/stop ]; do {probe} "
                               ">> /run/r3test/codes; sleep 0.2; done")
