@@ -1,16 +1,21 @@
-"""`python -m bench.access`: what access control (token auth, registry_access_rules) costs.
+"""`python -m bench.access`: what the kit's auth (token auth, with or without
+registry_access_rules, or htpasswd) costs against the tutorial's plain registry.
 
 In one run, on the lab's server (lab-reg) and a client (lab-client1) of the lab named by
-REGISTRY_KIT_LAB_NAME (brought up if needed):
+REGISTRY_KIT_LAB_NAME (brought up if needed), for each of --modes (`users`: users and no
+rules, the default token auth; `rules`: access rules; `htpasswd`: registry_auth_mode
+"htpasswd"), the kit deployed in that mode:
 - push and pull throughput of distinct random (incompressible) images of --image-mb MB with
-  the docker CLI: the kit's registry with access rules (TLS + token auth) against the
-  tutorial's plain `docker run -p 5001:5000 registry:2` on the same server, as a ratio;
+  the docker CLI: the kit's registry (TLS + its auth) against the tutorial's plain
+  `docker run -p 5001:5000 registry:2` on the same server, as a ratio, runs alternating;
+- `docker login` plus the first pull of a 1-layer image (1 MB, not on the client yet), the
+  same command against both registries (the plain one accepts any login);
 - what one `docker pull` and one `docker push` cost in token requests and bcrypt checks,
   counted from the token server's own log lines (one per token request, with its bcrypt
   count), and the same right after the token server restarted (its bcrypt memory empty);
 - how many HTTP requests one pull and one push make to the registry (its access log): what
   an authenticating proxy, or the registry's own htpasswd auth, checks with bcrypt each.
-Results: bench/results/<date>-access.json and .md.
+Results: bench/results/<date>-access-<modes>.json and .md.
 """
 
 from __future__ import annotations
@@ -57,8 +62,16 @@ def ssh(name: str, command: str, *, stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def deploy(work: Path) -> str:
-    """The kit's registry with access rules on lab-reg; lab-client1 trusts it."""
+MODES: dict[str, dict[str, Any]] = {
+    "users": {},
+    "rules": {"registry_access_rules": [{"repository": "bench/*",
+                                         "actions": ["pull", "push"], "users": [USER]}]},
+    "htpasswd": {"registry_auth_mode": "htpasswd"},
+}
+
+
+def deploy(work: Path, mode: str) -> str:
+    """The kit's registry in `mode` (MODES) on lab-reg; lab-client1 trusts it."""
     state = lab_state.load()
     password = "bench-password-0001"
     secret = work / "bench.password"
@@ -67,9 +80,7 @@ def deploy(work: Path) -> str:
     data = {"registry_domain": DOMAIN, "registry_port": PORT,
             "registry_state_dir": str(work / "state"),
             "docker_registry_mirrors": [state["upstream"]["url"]],
-            "registry_users": [{"name": USER, "password_file": str(secret)}],
-            "registry_access_rules": [{"repository": "bench/*", "actions": ["pull", "push"],
-                                       "users": [USER]}]}
+            "registry_users": [{"name": USER, "password_file": str(secret)}], **MODES[mode]}
 
     def entry(name: str) -> tuple[str, dict[str, Any]]:
         host_name, host_data = lab_state.pyinfra_host(name, state)
@@ -115,24 +126,14 @@ def make_image(image: str, size_mb: int) -> None:
                 ">/dev/null && rm -rf /tmp/bench")
 
 
-def timed(command: str) -> float:
+def timed(command: str, *, stdin: str | None = None) -> float:
     started = time.monotonic()
-    ssh(CLIENT, command)
+    ssh(CLIENT, command, stdin=stdin)
     return time.monotonic() - started
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.access", description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--image-mb", type=int, default=200)
-    args = parser.parse_args(argv)
-    work = ROOT / ".lab" / "bench-access"
-    work.mkdir(parents=True, exist_ok=True)
-    lab.up()
-    say("deploying the registry with access rules")
-    password = deploy(work)
-    ssh(CLIENT, f"docker login -u {USER} --password-stdin {DOMAIN}:{PORT} >/dev/null",
-        stdin=password)
+def start_plain() -> None:
+    """The tutorial's registry on lab-reg (port 5001); lab-client1 allows it over HTTP."""
     ssh(SERVER, f"docker rm -f plain >/dev/null 2>&1; docker run -d --name plain -p "
                 f"{PLAIN_PORT}:5000 registry:2 >/dev/null")
     ssh(CLIENT, "python3 - <<'EOF'\nimport json\np='/etc/docker/daemon.json'\n"
@@ -140,93 +141,160 @@ def main(argv: list[str] | None = None) -> int:
                 "if entry not in d.setdefault('insecure-registries', []):\n"
                 "    d['insecure-registries'].append(entry)\n"
                 "json.dump(d, open(p, 'w'), indent=2)\nEOF\nsystemctl reload docker; sleep 1")
-    targets = {"access": f"{DOMAIN}:{PORT}", "plain": f"{DOMAIN}:{PLAIN_PORT}"}
-    requests: dict[str, list[int]] = {"push": [], "pull": []}
-    timings: dict[str, dict[str, list[float]]] = {k: {"push": [], "pull": []} for k in targets}
-    per_op: dict[str, list[dict[str, int]]] = {"push": [], "pull": []}
-    _, cursor = token_log_since("")
-    for attempt in range(args.runs):
-        for label, address in targets.items():
-            image = f"{address}/bench/random:{label}-{attempt}-{time.time_ns()}"
-            say(f"run {attempt + 1}/{args.runs}: {label}")
-            make_image(image, args.image_mb)
-            _, cursor = token_log_since(cursor)
-            mark = registry_requests(label)
-            timings[label]["push"].append(timed(f"docker push {image} >/dev/null"))
-            lines, cursor = token_log_since(cursor)
-            if label == "plain":
-                requests["push"].append(registry_requests(label) - mark)
-            if label == "access":
-                per_op["push"].append(costs(lines))
-            ssh(CLIENT, f"docker rmi {image} >/dev/null")
-            mark = registry_requests(label)
-            timings[label]["pull"].append(timed(f"docker pull {image} >/dev/null"))
-            lines, cursor = token_log_since(cursor)
-            if label == "plain":
-                requests["pull"].append(registry_requests(label) - mark)
-            if label == "access":
-                per_op["pull"].append(costs(lines))
-            ssh(CLIENT, f"docker rmi {image} >/dev/null")
-    # A pull right after the token server restarted: its bcrypt memory is empty.
+
+
+TARGETS = {"kit": f"{DOMAIN}:{PORT}", "plain": f"{DOMAIN}:{PLAIN_PORT}"}
+
+
+def login_and_first_pull(address: str, password: str, tag: str) -> float:
+    """`docker login` plus the first pull of a 1-layer image (1 MB) the client has not got."""
+    image = f"{address}/bench/one:{tag}"
+    make_image(image, 1)
+    ssh(CLIENT, f"docker push {image} >/dev/null && docker rmi {image} >/dev/null && "
+                f"docker logout {address} >/dev/null")
+    seconds = timed(f"docker login -u {USER} --password-stdin {address} >/dev/null && "
+                    f"docker pull {image} >/dev/null", stdin=password)
+    ssh(CLIENT, f"docker rmi {image} >/dev/null")
+    return seconds
+
+
+def one_round(label: str, tag: str, image_mb: int, password: str, cursor: str,
+              out: dict[str, Any]) -> str:
+    """Push, pull, login + first pull against one registry; appends to `out`."""
+    address = TARGETS[label]
+    image = f"{address}/bench/random:{tag}"
+    make_image(image, image_mb)
+    _, cursor = token_log_since(cursor)
+    for op, command in (("push", f"docker push {image} >/dev/null"),
+                        ("pull", f"docker pull {image} >/dev/null")):
+        mark = registry_requests(label)
+        out[label][op].append(timed(command))
+        lines, cursor = token_log_since(cursor)
+        if label == "plain":
+            out["requests"][op].append(registry_requests(label) - mark)
+        else:
+            out["per_op"][op].append(costs(lines))
+        ssh(CLIENT, f"docker rmi {image} >/dev/null")
+    out[label]["login_pull"].append(login_and_first_pull(address, password, tag))
+    _, cursor = token_log_since(cursor)
+    return cursor
+
+
+def cold_pull(cursor: str) -> list[str]:
+    """A pull right after the token server restarted (its bcrypt memory empty): its log."""
     ssh(SERVER, "systemctl restart registry-kit-token && sleep 1")
-    image = f"{targets['access']}/bench/random:cold-{time.time_ns()}"
+    image = f"{TARGETS['kit']}/bench/random:cold-{time.time_ns()}"
     make_image(image, 1)
     ssh(CLIENT, f"docker push {image} >/dev/null && docker rmi {image} >/dev/null")
     ssh(SERVER, "systemctl restart registry-kit-token && sleep 1")
     _, cursor = token_log_since(cursor)
     ssh(CLIENT, f"docker pull {image} >/dev/null && docker rmi {image} >/dev/null")
-    cold_lines, cursor = token_log_since(cursor)
-    ssh(SERVER, "docker rm -f plain >/dev/null")
+    return token_log_since(cursor)[0]
 
+
+def measure_mode(mode: str, work: Path, runs: int, image_mb: int) -> dict[str, Any]:
+    say(f"deploying the registry: {mode}")
+    password = deploy(work, mode)
+    tokens = mode != "htpasswd"
+    ssh(CLIENT, f"docker login -u {USER} --password-stdin {TARGETS['kit']} >/dev/null",
+        stdin=password)
+    out: dict[str, Any] = {label: {"push": [], "pull": [], "login_pull": []}
+                           for label in TARGETS}
+    out |= {"requests": {"push": [], "pull": []}, "per_op": {"push": [], "pull": []}}
+    cursor = token_log_since("")[1] if tokens else ""
+    for attempt in range(runs):
+        for label in (TARGETS if attempt % 2 == 0 else reversed(TARGETS)):
+            say(f"{mode}: run {attempt + 1}/{runs}: {label}")
+            cursor = one_round(label, f"{mode}-{label}-{attempt}-{time.time_ns()}", image_mb,
+                               password, cursor if tokens else "", out)
+    result: dict[str, Any] = {}
+    for label in TARGETS:
+        for op in ("push", "pull"):
+            seconds = statistics.median(out[label][op])
+            result[f"{label}_{op}_s"] = [round(v, 3) for v in out[label][op]]
+            result[f"{label}_{op}_mb_s"] = round(image_mb / seconds, 1)
+        result[f"{label}_login_pull_s"] = [round(v, 3) for v in out[label]["login_pull"]]
+        result[f"{label}_login_pull_median_s"] = round(
+            statistics.median(out[label]["login_pull"]), 3)
+    for op in ("push", "pull"):
+        result[f"{op}_ratio_kit_to_plain"] = round(
+            result[f"kit_{op}_mb_s"] / result[f"plain_{op}_mb_s"], 2)
+        result[f"per_{op}"] = out["per_op"][op] if tokens else None
+        result[f"registry_requests_per_{op}"] = out["requests"][op]
+    result["login_pull_ratio_kit_to_plain"] = round(
+        result["kit_login_pull_median_s"] / result["plain_login_pull_median_s"], 2)
+    if tokens:
+        cold = cold_pull(cursor)
+        result["pull_after_token_server_restart"] = costs(cold)
+        result["pull_after_token_server_restart_log"] = cold
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.access", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--image-mb", type=int, default=200)
+    parser.add_argument("--modes", default="users,htpasswd",
+                        help="comma-separated, from " + ", ".join(MODES))
+    args = parser.parse_args(argv)
+    modes = args.modes.split(",")
+    if set(modes) - set(MODES):
+        parser.error(f"--modes: each one of {', '.join(MODES)}")
+    work = ROOT / ".lab" / "bench-access"
+    work.mkdir(parents=True, exist_ok=True)
+    lab.up()
+    start_plain()
     result: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
+        "command": "python -m bench.access " + " ".join(argv if argv is not None
+                                                       else sys.argv[1:]),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "runs": args.runs, "image_mb": args.image_mb,
+        "load_average": os.getloadavg()[0], "runs": args.runs, "image_mb": args.image_mb,
         "registry_image": "registry:2", "client": "docker CLI on lab-client1 (bookworm)",
+        "modes": {mode: measure_mode(mode, work, args.runs, args.image_mb) for mode in modes},
     }
-    for label in targets:
-        for op in ("push", "pull"):
-            seconds = round(statistics.median(timings[label][op]), 3)
-            result[f"{label}_{op}_s"] = seconds
-            result[f"{label}_{op}_mb_s"] = round(args.image_mb / seconds, 1)
-    for op in ("push", "pull"):
-        result[f"{op}_ratio_access_to_plain"] = round(
-            result[f"access_{op}_mb_s"] / result[f"plain_{op}_mb_s"], 2)
-        result[f"per_{op}"] = per_op[op]
-    result["registry_requests_per_push"] = requests["push"]
-    result["registry_requests_per_pull"] = requests["pull"]
-    result["pull_after_token_server_restart"] = costs(cold_lines)
-    result["pull_after_token_server_restart_log"] = cold_lines
+    ssh(SERVER, "docker rm -f plain >/dev/null")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{result['date']}-access"
+    stem = RESULTS / f"{result['date']}-access-{'-'.join(modes)}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
 
+LABELS = {"users": "kit, TLS + users, token auth (no rules)",
+          "rules": "kit, TLS + access rules (token auth)",
+          "htpasswd": "kit, TLS + htpasswd auth"}
+
+
 def markdown(r: dict[str, Any]) -> str:
-    pull, push = r["per_pull"][0], r["per_push"][0]
-    cold = r["pull_after_token_server_restart"]
-    return "\n".join([
-        f"Access control cost, {r['date']} on {r['machine']} (medians of {r['runs']} runs; "
-        f"{r['image_mb']} MB random image, {r['client']})", "",
-        "| registry on lab-reg | push MB/s | pull MB/s |", "| --- | --- | --- |",
-        f"| kit, TLS + access rules (token auth) | {r['access_push_mb_s']} | "
-        f"{r['access_pull_mb_s']} |",
-        f"| plain `registry:2` (HTTP, no auth) | {r['plain_push_mb_s']} | "
-        f"{r['plain_pull_mb_s']} |",
-        f"| ratio | {r['push_ratio_access_to_plain']} | {r['pull_ratio_access_to_plain']} |",
-        "",
-        f"One `docker pull`: {pull['token_requests']} token request(s), "
-        f"{pull['bcrypt_checks']} bcrypt check(s); right after the token server restarted: "
-        f"{cold['token_requests']} token request(s), {cold['bcrypt_checks']} bcrypt check(s). "
-        f"One `docker push`: {push['token_requests']} token request(s), "
-        f"{push['bcrypt_checks']} bcrypt check(s).", "",
-        f"HTTP requests to the registry (plain, from its access log): one pull "
-        f"{r['registry_requests_per_pull']}, one push {r['registry_requests_per_push']}: "
-        "each a bcrypt check under an authenticating proxy or the registry's htpasswd auth.",
-        ""])
+    lines = [f"Auth cost against the plain registry, {r['date']} on {r['machine']} (medians of "
+             f"{r['runs']} runs; {r['image_mb']} MB random image, {r['client']}; "
+             f"`{r['command']}`)", "",
+             "| registry on lab-reg | push MB/s | pull MB/s | push ratio | pull ratio | "
+             "login + first pull (1 layer) | ratio |", "| --- " * 7 + "|"]
+    for mode, m in r["modes"].items():
+        lines += [f"| {LABELS[mode]} | {m['kit_push_mb_s']} | {m['kit_pull_mb_s']} | "
+                  f"{m['push_ratio_kit_to_plain']} | {m['pull_ratio_kit_to_plain']} | "
+                  f"{m['kit_login_pull_median_s']} s | {m['login_pull_ratio_kit_to_plain']} |",
+                  f"| plain `registry:2` (HTTP, no auth), same rounds | {m['plain_push_mb_s']} | "
+                  f"{m['plain_pull_mb_s']} | | | {m['plain_login_pull_median_s']} s | |"]
+    lines.append("")
+    for mode, m in r["modes"].items():
+        if m.get("per_pull"):
+            pull, push = m["per_pull"][0], m["per_push"][0]
+            cold = m["pull_after_token_server_restart"]
+            lines += [f"{LABELS[mode]}: one `docker pull`: {pull['token_requests']} token "
+                      f"request(s), {pull['bcrypt_checks']} bcrypt check(s); right after the "
+                      f"token server restarted: {cold['token_requests']} token request(s), "
+                      f"{cold['bcrypt_checks']} bcrypt check(s). One `docker push`: "
+                      f"{push['token_requests']} token request(s), {push['bcrypt_checks']} "
+                      "bcrypt check(s).", ""]
+        lines += [f"{LABELS[mode]}: HTTP requests to the plain registry (its access log): one "
+                  f"pull {m['registry_requests_per_pull']}, one push "
+                  f"{m['registry_requests_per_push']}: each a bcrypt check under htpasswd "
+                  "auth.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 Not a test (reported, never asserted; seeding alone takes about 7 minutes, so the e2e suite
 does not run it). In the lab named by REGISTRY_KIT_LAB_NAME (brought up if needed): the kit
-deploys lab-reg with the page (tests/e2e/test_webui.py's site, htpasswd users), seeds that
+deploys lab-reg with the page (tests/e2e/test_webui.py's site and users), seeds that
 test's repositories, fills the registry up to --repositories, one of them (big/fifty) with
 --tags tags, each with its own image config (blobs mounted from team/app, one small manifest
 per tag, four connections), then in Debian's chromium (tests/e2e/webui_browser.py), --runs
 times: login to the full list, the catalog request by the page's own timer, the filter down
-to one name, opening big/fifty to its tag names and to all rows with their details.
-Results: bench/results/<date>-webui.json (medians and each run); screenshots in
-.test-output/webui/.
+to one name, opening big/fifty to its tag names and to all rows with their details. With
+--auth-modes auto,htpasswd (the default) the same seeded registry is measured under token
+auth (the kit's default for users) and then, redeployed, under htpasswd auth (a bcrypt
+check per request), in one run.
+Results: bench/results/<date>-webui.json (medians and each run, per auth mode);
+screenshots in .test-output/webui/.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -139,6 +143,8 @@ def main() -> int:
     parser.add_argument("--repositories", type=int, default=1000)
     parser.add_argument("--tags", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--auth-modes", default="auto,htpasswd",
+                        help="registry_auth_mode values to measure, in order")
     args = parser.parse_args()
     missing = wb.missing_browser()
     if missing is not None:
@@ -156,15 +162,25 @@ def main() -> int:
     say(f"seed up to {args.repositories} repositories, {args.tags} tags in big/fifty")
     repos = seed_bench(site, args.repositories, args.tags)
     seed_s = time.monotonic() - started
-    spki = wb.verified_spki(page.DOMAIN, site.ip, page.WEBUI_PORT, harness.CA_CERT)
-    with wb.chromium(page.DOMAIN, site.ip, spki) as driver:
-        runs = measure(site, driver, repos, args.tags, args.runs)
+    modes: dict[str, Any] = {}
+    for mode in args.auth_modes.split(","):
+        if site.data.get("registry_auth_mode", "auto") != mode:
+            say(f"redeploy with registry_auth_mode={mode}")
+            site.data["registry_auth_mode"] = mode
+            site.write()
+            site.run().assert_ok()
+        spki = wb.verified_spki(page.DOMAIN, site.ip, page.WEBUI_PORT, harness.CA_CERT)
+        with wb.chromium(page.DOMAIN, site.ip, spki) as driver:
+            runs = measure(site, driver, repos, args.tags, args.runs)
+        modes[mode] = {
+            **{key: [round(v, 3) for v in values] for key, values in runs.items()},
+            **{f"median_{key}": round(statistics.median(values), 3)
+               for key, values in runs.items()}}
     result = {
-        "date": datetime.date.today().isoformat(), "repositories": repos,
-        "tags_in_one": args.tags, "seed_s": round(seed_s, 1), "runs": args.runs,
-        **{key: [round(v, 3) for v in values] for key, values in runs.items()},
-        **{f"median_{key}": round(statistics.median(values), 3)
-           for key, values in runs.items()},
+        "date": datetime.date.today().isoformat(),
+        "command": "python -m bench.webui " + " ".join(sys.argv[1:]),
+        "repositories": repos, "tags_in_one": args.tags, "seed_s": round(seed_s, 1),
+        "runs": args.runs, "load_average": os.getloadavg()[0], "auth_modes": modes,
         "browser": "Debian chromium (headless), selenium; lab registry on this machine",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

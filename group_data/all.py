@@ -53,7 +53,10 @@ registry_groups = {}  # {"readers": ["alice", "bob"]}: groups of registry_users,
 # None: every user may do everything; a list of rules: per-repository access control (see "Access
 # control per repository")
 registry_access_rules = None
-# access rules: the token server's TLS port on each server (and on the load balancer)
+# auto: token auth (the kit's token server) whenever there are users, so a request costs a signature
+# check, not a bcrypt check; htpasswd: the registry checks bcrypt per request (no access rules)
+registry_auth_mode = "auto"
+# token auth: the token server's TLS port on each server (and on the load balancer)
 registry_token_port = 5443
 
 # --- Client hosts (registry_clients) ---

@@ -2,8 +2,11 @@
 server reads (registry_kit/scripts/registry-token-server.py).
 
 Settings: `registry_groups` ({"readers": ["alice", "bob"]}) and `registry_access_rules`
-(None: every user may do everything, htpasswd as before; a list: token auth, and only what
-a rule grants is allowed). A rule:
+(None: every user may do everything; a list: only what a rule grants is allowed). Both go
+through token auth; without rules and with `registry_auth_mode = "auto"` the policy is
+`all_rights()`: every user may pull, push and delete everything and list the catalog,
+exactly what htpasswd auth grants, so the registry checks a token's signature per request
+instead of a bcrypt hash. A rule:
 
     {"repository": "team-a/*", "actions": ["pull", "push"], "users": ["ci"],
      "groups": ["readers"], "anonymous": False}
@@ -54,6 +57,7 @@ class Rule:
 class Policy:
     groups: Mapping[str, tuple[str, ...]]
     rules: tuple[Rule, ...]
+    implicit: bool = False  # all_rights(): no rules were given
 
     def members(self, rule: Rule) -> frozenset[str]:
         names = set(rule.users)
@@ -178,6 +182,13 @@ def parse(host: str, groups_value: Any, rules_value: Any, users: Iterable[str]) 
     return Policy(groups=groups, rules=parse_rules(host, rules_value, names, groups))
 
 
+def all_rights(users: Iterable[str]) -> Policy:
+    """The policy without rules: every user may do everything (htpasswd auth's rights),
+    anonymous nothing."""
+    return Policy(groups={}, rules=(Rule(repository="*", actions=ACTIONS,
+                                         users=tuple(users)),), implicit=True)
+
+
 def policy_document(policy: Policy, users: Iterable[str], *, service: str, issuer: str) \
         -> dict[str, Any]:
     """What the token server reads (JSON): groups resolved into user lists, each pattern as
@@ -195,8 +206,9 @@ def policy_document(policy: Policy, users: Iterable[str], *, service: str, issue
 
 def describe(policy: Policy | None, users: Iterable[str]) -> list[str]:
     """Effective rules per user, one line each (status.py)."""
-    if policy is None:
-        return ["access control off: every user may pull, push and delete everything"]
+    if policy is None or policy.implicit:
+        return ["access control off: every user may pull, push and delete everything" +
+                (" (token auth)" if policy is not None else "")]
     names = list(users)
     lines = []
     for name in [*names, None]:

@@ -92,7 +92,7 @@ REDIS_CONF = "/etc/redis/redis.conf"
 REDIS_RUNTIME = {"debian": ("/run/redis/redis-server.pid", "/var/log/redis/redis-server.log"),
                  "rhel": ("/run/redis/redis.pid", "/var/log/redis/redis.log")}
 
-# --- Token server (access rules).
+# --- Token server (token auth: users or access rules).
 TOKEN_SERVICE = "registry-kit-token.service"
 TOKEN_UNIT = unit(TOKEN_SERVICE)
 TOKEN_SCRIPT_NAME = "registry-token-server.py"

@@ -308,20 +308,30 @@ class Settings:
     registry_access_rules: Any = setting(
         None, "None: every user may do everything; a list of rules: per-repository access "
         'control (see "Access control per repository")')
+    registry_auth_mode: str = setting(
+        "auto", "auto: token auth (the kit's token server) whenever there are users, so a "
+        "request costs a signature check, not a bcrypt check; htpasswd: the registry checks "
+        "bcrypt per request (no access rules)", check=one_of("auto", "htpasswd"))
     registry_token_port: int = setting(
-        5443, "access rules: the token server's TLS port on each server (and on the load "
+        5443, "token auth: the token server's TLS port on each server (and on the load "
         "balancer)", check=whole(1, 65535))
     registry_access: access.Policy | None = derived(
-        "the access policy from registry_groups and registry_access_rules; None: no rules")
+        "the policy the token server enforces (registry_access_rules, or every user "
+        "everything); None: no token auth")
 
     @cross_check
     def _access(r: Reader, s: dict[str, Any]) -> None:
+        names = [user.name for user in s["registry_users"]]
         try:
             s["registry_access"] = access.parse(
-                r.host, s["registry_groups"], s["registry_access_rules"],
-                [user.name for user in s["registry_users"]])
+                r.host, s["registry_groups"], s["registry_access_rules"], names)
         except access.AccessError as error:
             raise SettingsError(str(error)) from None
+        if s["registry_auth_mode"] == "htpasswd" and s["registry_access"] is not None:
+            raise r.fail("registry_auth_mode", "htpasswd", "auto when registry_access_rules "
+                         "is set (the registry enforces rules through tokens)")
+        if s["registry_access"] is None and names and s["registry_auth_mode"] == "auto":
+            s["registry_access"] = access.all_rights(names)
         if s["registry_access"] is not None and s["registry_token_port"] == s["registry_port"]:
             raise r.fail("registry_token_port", s["registry_token_port"], "a port other than "
                          "registry_port (the token server listens beside the registry)")

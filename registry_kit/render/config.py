@@ -141,7 +141,7 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
         "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
     }
     if settings.registry_access is not None:
-        config["auth"] = token_auth_section(settings, major)  # access rules: token auth
+        config["auth"] = token_auth_section(settings, major)  # users or rules: token auth
     elif settings.registry_users:
         config["auth"] = {"htpasswd": {"realm": "registry-kit",
                                        "path": CONTAINER_HTPASSWD}}

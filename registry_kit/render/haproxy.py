@@ -135,7 +135,7 @@ def _lb_registry(lb: LoadBalancer) -> list[Section]:
 
 
 def _lb_extras(lb: LoadBalancer) -> list[Section]:
-    """The token servers (access rules) and the stats page, each only when asked for."""
+    """The token servers (token auth) and the stats page, each only when asked for."""
     sections: list[Section] = []
     if lb.token_port:
         sections += [

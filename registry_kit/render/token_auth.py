@@ -3,8 +3,9 @@ section, the token server's policy.json and systemd unit, and its signing key an
 certificate (made once per domain on the control machine). No host access; the steps that
 put these on servers are registry_kit.roles.token_server.
 
-Used when `registry_access_rules` is set (registry_kit.model.access). The registry's config.yml
-then has `auth.token` (realm: this server's https://DOMAIN:registry_token_port/token,
+Used when the settings have a policy (registry_kit.model.access: access rules, or users
+with `registry_auth_mode = "auto"`). The registry's config.yml then has `auth.token`
+(realm: this server's https://DOMAIN:registry_token_port/token,
 rootcertbundle: the signing certificate) instead of `auth.htpasswd`; the token server
 (scripts/registry-token-server.py) reads the same htpasswd and the kit's policy.json
 (copies made at its start: see unit_text).

@@ -67,8 +67,10 @@ def render(settings: Settings, topology: Topology) -> str:
         server_opts = " check-ssl verify none"  # only the health check speaks TLS itself
     else:
         server_opts = ""
-    # Access rules: clients fetch tokens through the load balancer too (the realm's host).
-    token_port = settings.registry_token_port if settings.registry_access is not None else None
+    # Token auth: clients fetch tokens through the load balancer too (the realm's host).
+    # The replicas decide (users may be declared for registry_servers only).
+    tokens = any(replica.registry_access is not None for replica in topology.servers)
+    token_port = settings.registry_token_port if tokens else None
     realm_servers = [(replica.server_name, host_port(replica.address, token_port))
                      for replica in topology.replicas] if token_port else []
     # The web page: every replica that serves it, on the port the first one serves it on.

@@ -476,7 +476,7 @@ def server_remove(settings: Settings, state: HostState) -> None:
     """The container, config.yml/certs/htpasswd, the token server, the kit's scripts; the
     data folder only with registry_purge_data=True (announced, host and path, first)."""
     remove_container(settings, state, name="Remove the registry container")
-    token_server.remove_token_service(state, name="Remove the token server (access rules)")
+    token_server.remove_token_service(state, name="Remove the token server (token auth)")
     plans = config_plans(settings, state)
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")

@@ -1,11 +1,13 @@
 """Token auth on registry servers: the kit's token server (scripts/registry-token-server.py)
 as a systemd service beside the registry, its signing key, and the policy it enforces.
 
-Used when `registry_access_rules` is set (registry_kit.model.access); what the files hold is
-registry_kit.render.token_auth. The token server reads copies of the registry's htpasswd
-and the kit's policy.json made when it starts (it runs as a dynamic user that cannot read
-the originals), so a run that changes users, groups or rules restarts it (a second or so);
-the registry itself is not touched.
+Used whenever the settings have a policy (registry_kit.model.access): access rules, or,
+with `registry_auth_mode = "auto"` (the default), users without rules (every user may do
+everything, as with htpasswd, and a request costs the registry a signature check instead of
+a bcrypt check). What the files hold is registry_kit.render.token_auth. The token server
+reads copies of the registry's htpasswd and the kit's policy.json made when it starts (it
+runs as a dynamic user that cannot read the originals), so a run that changes users,
+groups or rules restarts it (a second or so); the registry itself is not touched.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ MODULE_FILES = tuple(f"{layout.PYTHON_MODULES_DIR}/{name}/__init__.py"
 
 def probe_args(settings: Settings) -> dict:
     if not enabled(settings):
-        # Rules switched off: a token server left from before is stopped (token_off).
+        # Token auth off: a token server left from before is stopped (token_off).
         return teardown_probe_args(settings)
     paths = ServerLayout.of(settings)
     return {"files": [paths.signing_key, paths.policy, paths.signing_cert, TOKEN_UNIT,
@@ -68,7 +70,7 @@ def token_service(state: HostState, restart: bool):
 
 
 def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_op):
-    """Files and the service, on a server with access rules. Returns the signing
+    """Files and the service, on a server with token auth. Returns the signing
     certificate's upload (a changed certificate needs a registry restart). `tls_ops` and
     `htpasswd_op`: the uploads of the other files the server copies at start."""
     paths = ServerLayout.of(settings)
@@ -118,7 +120,7 @@ def remove_token_service(state: HostState):
 
 @operation()
 def remove_token_files(settings: Settings, state: HostState):
-    """Rules switched off: the signing key and policy go too (teardown does the same by
+    """Token auth switched off: the signing key and policy go too (teardown does the same by
     folder plans); the signing certificate is public and goes with teardown."""
     token_dir = ServerLayout.of(settings).token_dir
     if token_dir not in state.dirs:
@@ -129,7 +131,7 @@ def remove_token_files(settings: Settings, state: HostState):
 
 
 def token_off(settings: Settings, state: HostState) -> None:
-    """A server without access rules runs no token server (it may have had one)."""
-    remove_token_service(state, name=f"Stop {TOKEN_SERVICE} (no access rules)")
+    """A server without token auth runs no token server (it may have had one)."""
+    remove_token_service(state, name=f"Stop {TOKEN_SERVICE} (no token auth)")
     remove_token_files(settings, state, name="Remove the token signing key and policy "
-                       "(no access rules)")
+                       "(no token auth)")

@@ -28,6 +28,10 @@
   // before it expires (the token server's expires_in, on this browser's clock) and when
   // the registry refuses it anyway (401: expired by the registry's clock, or revoked).
   let tokens = new Map();
+  // The challenge the registry gave per method and repository (or path), so that later
+  // requests there carry their token at once: one request instead of three (Basic, the
+  // 401, the token). Scopes only, no secret.
+  let challenged = new Map();
   let tokenService = null; // the registry's token service name, from its first challenge
   let config = {registry: "", deleteEnabled: false};
   let repositories = [];
@@ -70,8 +74,17 @@
   // same token server through this origin (config.token, served by the page's haproxy).
   // Resolves to the token, or to the token server's refusal (a Response: 401 = wrong
   // password).
+  const tokenKey = (params) => `${params.service || ""} ${params.scope || ""}`;
+
+  // What a challenge is remembered under: the method and the repository a path names
+  // (its manifests, blobs and tags share one scope), else the path itself.
+  function challengeKey(method, path) {
+    const match = path.match(/^\/v2\/(.+?)\/(?:manifests|blobs|tags)\//);
+    return `${method} ${match ? match[1] : path.split("?")[0]}`;
+  }
+
   async function bearerToken(params, {renew = false} = {}) {
-    const key = `${params.service || ""} ${params.scope || ""}`;
+    const key = tokenKey(params);
     const cached = tokens.get(key);
     if (cached && !renew && Date.now() < cached.renewAt) return cached.token;
     const url = new URL(config.token || params.realm, location.href);
@@ -160,6 +173,18 @@
     if (accept) headers.Accept = accept;
     // Basic first: with htpasswd that is the whole story; with token auth the registry
     // answers 401 with a Bearer challenge, and the request is repeated with a token.
+    const known = challenged.get(challengeKey(method, path));
+    const cached = known && tokens.get(tokenKey(known));
+    if (cached && Date.now() < cached.renewAt) {
+      // Token auth seen here before: its token first; a 401 goes the long way below.
+      try {
+        const answer = await fetch(path, {method, credentials: "omit", cache: "no-store",
+          redirect: "follow", headers: {...headers, Authorization: `Bearer ${cached.token}`}});
+        if (answer.status !== 401) return answer;
+      } catch (error) {
+        if (method !== "GET") throw error; // a read is asked again below
+      }
+    }
     headers.Authorization = `Basic ${credentials.basic}`;
     const ask = () => fetch(path, {
       method, headers, credentials: "omit", cache: "no-store", redirect: "follow"});
@@ -174,6 +199,7 @@
     if (response.status === 401) {
       const {scheme, params} = challenge(response);
       if (scheme === "bearer" && params.realm) {
+        challenged.set(challengeKey(method, path), params);
         const withToken = (token) => fetch(path, {method, credentials: "omit",
           cache: "no-store", headers: {...headers, Authorization: `Bearer ${token}`}});
         let token = await bearerToken(params);
@@ -527,6 +553,7 @@
     $("login-submit").disabled = true;
     credentials = {user, basic: basic(user, password)};
     tokens = new Map();
+    challenged = new Map();
     $("login-password").value = ""; // the field does not keep it either
     try {
       const response = await api("/v2/");
@@ -553,6 +580,7 @@
     credentials = null;
     session = false;
     tokens = new Map();
+    challenged = new Map();
     configs = new Map();
     repositories = [];
     current = null;

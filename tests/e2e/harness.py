@@ -9,11 +9,13 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,21 +172,91 @@ def host_ip(name: str) -> str:
 
 def curl_status(url_host: str, ip: str, port: int, *, user: str | None = None,
                 password: str | None = None, tls: bool = True, path: str = "/v2/") -> int:
-    """HTTP status of the registry from the control machine, by name, with the kit's CA."""
-    scheme = "https" if tls else "http"
-    args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-            "--resolve", f"{url_host}:{port}:{ip}"]
-    if tls:
-        args += ["--cacert", str(CA_CERT)]
+    """HTTP status of the registry from the control machine, by name, with the kit's CA.
+    With credentials it authenticates as Docker does: basic auth, or, on a Bearer
+    challenge (token auth), a token from the challenge's realm with those credentials; a
+    refused token request is the answer (401 for a wrong password)."""
+    return _curl_authenticated(url_host, ip, port, path, user=user, password=password,
+                               tls=tls)[0]
+
+
+def _curl(args: list[str], *, stdin: str | None = None) -> tuple[int, str, str]:
+    """(status, body, headers lowercased) of one curl request."""
     with tempfile.TemporaryDirectory() as tmp:
-        if user is not None:
-            # Credentials through a config file, not argv.
-            config = Path(tmp) / "curlrc"
-            config.write_text(f'user = "{user}:{password}"\n')
-            args += ["-K", str(config)]
-        out = subprocess.run([*args, f"{scheme}://{url_host}:{port}{path}"],
-                             capture_output=True, text=True, timeout=30).stdout
-    return int(out or 0)
+        headers = Path(tmp) / "headers"
+        proc = subprocess.run(["curl", "-s", "-D", str(headers), "-w", "\n%{http_code}",
+                               "--max-time", "10", *args], input=stdin, capture_output=True,
+                              text=True, timeout=30)
+        seen = headers.read_text().lower() if headers.exists() else ""
+    body, _, code = proc.stdout.rpartition("\n")
+    return int(code or 0), body, seen
+
+
+def bearer_challenge(headers: str) -> dict[str, str] | None:
+    """realm, service and scope of a `WWW-Authenticate: Bearer ...` header (lowercased
+    headers: the values are URLs, names and scopes, which the kit spells in lowercase)."""
+    for line in headers.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "www-authenticate" and value.strip().startswith("bearer "):
+            return dict(re.findall(r'(\w+)="([^"]*)"', value))
+    return None
+
+
+def _curl_authenticated(url_host: str, ip: str, port: int, path: str, *, user: str | None,
+                        password: str | None, tls: bool = True) -> tuple[int, str]:
+    scheme = "https" if tls else "http"
+    base = ["--resolve", f"{url_host}:{port}:{ip}", *(["--cacert", str(CA_CERT)] if tls else [])]
+    url = f"{scheme}://{url_host}:{port}{path}"
+    if user is None:
+        return _curl([*base, url])[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        # Credentials through a config file, not argv.
+        config = Path(tmp) / "curlrc"
+        config.write_text(f'user = "{user}:{password}"\n')
+        status, body, headers = _curl([*base, "-K", str(config), url])
+        challenge = bearer_challenge(headers) if status == 401 else None
+        if challenge is None:
+            return status, body
+        realm = urllib.parse.urlsplit(challenge["realm"])
+        query = {key: challenge[key] for key in ("service", "scope") if key in challenge}
+        token_base = ["--resolve", f"{realm.hostname}:{realm.port}:{ip}",
+                      *(["--cacert", str(CA_CERT)] if tls else [])]
+        status, body, _ = _curl([*token_base, "-K", str(config),
+                                 f"{challenge['realm']}?{urllib.parse.urlencode(query)}"])
+    if status != 200:
+        return status, body
+    token = json.loads(body)["token"]
+    return _curl([*base, "-H", "@-", url], stdin=f"Authorization: Bearer {token}\n")[:2]
+
+
+def curl_docker(args: list[str], *, user: str, password: str, ip: str,
+                ca: Path | None = CA_CERT, timeout: int = 30) -> subprocess.CompletedProcess[str]:
+    """`curl ARGS` (the registry URL last, output options as the caller wants) with the
+    user's credentials as Docker uses them: basic auth (a -K file), and on a 401 with a
+    Bearer challenge (token auth) a token from the challenge's realm (its host resolved to
+    `ip`), then the same request again with the token (also a -K file). A refused token
+    request is returned as it came (`-w` output included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        basic, headers = Path(tmp) / "basic", Path(tmp) / "headers"
+        basic.write_text(f'user = "{user}:{password}"\n')
+        proc = subprocess.run(["curl", "-D", str(headers), "-K", str(basic), *args],
+                              capture_output=True, text=True, timeout=timeout)
+        blocks = (headers.read_text().lower() if headers.exists() else "").split("\n\n")
+        last = [block for block in blocks if block.strip()][-1:] or [""]  # after a 100
+        challenge = bearer_challenge(last[0]) if " 401" in last[0].split("\n", 1)[0] else None
+        if challenge is None:
+            return proc
+        realm = urllib.parse.urlsplit(challenge["realm"])
+        query = {key: challenge[key] for key in ("service", "scope") if key in challenge}
+        status, body, _ = _curl(["--resolve", f"{realm.hostname}:{realm.port}:{ip}",
+                                 *(["--cacert", str(ca)] if ca else []), "-K", str(basic),
+                                 f"{challenge['realm']}?{urllib.parse.urlencode(query)}"])
+        if status != 200:
+            return proc
+        bearer = Path(tmp) / "bearer"
+        bearer.write_text(f'header = "Authorization: Bearer {json.loads(body)["token"]}"\n')
+        return subprocess.run(["curl", "-K", str(bearer), *args], capture_output=True,
+                              text=True, timeout=timeout)
 
 
 def skopeo(args: list[str], *, hosts: dict[str, str], auth: dict[str, tuple[str, str]]
@@ -212,16 +284,11 @@ def skopeo(args: list[str], *, hosts: dict[str, str], auth: dict[str, tuple[str,
 
 
 def curl_body(url_host: str, ip: str, port: int, path: str, *, user: str, password: str) -> str:
-    """Body of an authenticated GET from the control machine (credentials via -K file)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "curlrc"
-        config.write_text(f'user = "{user}:{password}"\n')
-        proc = subprocess.run(
-            ["curl", "-sf", "--max-time", "10", "--resolve", f"{url_host}:{port}:{ip}",
-             "--cacert", str(CA_CERT), "-K", str(config), f"https://{url_host}:{port}{path}"],
-            capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    """Body of an authenticated GET from the control machine (credentials via -K file;
+    token auth followed as in curl_status)."""
+    status, body = _curl_authenticated(url_host, ip, port, path, user=user, password=password)
+    assert status == 200, (status, body)
+    return body
 
 
 def started_at(name: str, container: str = "registry") -> str:

@@ -455,10 +455,25 @@ def test_f_status_then_teardown_removes_the_token_server(site: Site) -> None:
 
 def test_g_switching_rules_off_stops_the_token_server(site: Site) -> None:
     site.twice("deploy with rules after teardown")
+    started = harness.started_at(SERVER)
     site.data["registry_access_rules"] = None
     site.data["registry_groups"] = {}
     site.write()
-    site.twice("rules off")
+    # Rules off, auth mode "auto": the same token auth with every user granted everything.
+    # config.yml's auth is unchanged, so the registry keeps running.
+    site.twice("rules off (token auth, all rights)")
+    assert harness.started_at(SERVER) == started
+    assert harness.ssh(SERVER, "systemctl is-active registry-kit-token").stdout.strip() == \
+        "active"
+    assert site.token("ci", "repository:team-b/app:pull,push,delete")["access"] == [
+        {"type": "repository", "name": "team-b/app", "actions": ["pull", "push", "delete"]}]
+    assert login(site, "ci").returncode == 0
+    proc = push("team-b/app:rules-off")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docker(f"docker logout {ADDRESS}")
+    site.data["registry_auth_mode"] = "htpasswd"
+    site.write()
+    site.twice("rules off, htpasswd auth")
     out = harness.ssh(SERVER, "systemctl is-active registry-kit-token; "
                       "ls /etc/registry-kit/token 2>&1; "
                       f"ss -ltnH 'sport = :{TOKEN_PORT}'", check=False).stdout

@@ -116,6 +116,19 @@ def test_first_deploy_installs_docker_and_serves_tls_with_auth(site: Site,
     assert site.status("alice") == 200
     assert site.status("bob") == 200
     assert site.status("alice", "not-the-password") == 401
+    # Users without rules: token auth (registry_auth_mode "auto"). The registry answers
+    # basic credentials with a Bearer challenge naming the kit's token server (running
+    # beside it): it checks a token's signature per request, never a bcrypt hash.
+    config = harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout
+    assert "realm: https://registry.lab:5443/token" in config and "htpasswd:" not in config
+    assert harness.ssh(SERVER, "systemctl is-active registry-kit-token").stdout.strip() == \
+        "active"
+    status, _, headers = harness._curl(["--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
+                                        "--cacert", str(harness.CA_CERT),
+                                        f"https://{ADDRESS}/v2/"])
+    assert status == 401
+    assert harness.bearer_challenge(headers) == {
+        "realm": "https://registry.lab:5443/token", "service": ADDRESS}, headers
 
 
 def test_second_run_changes_nothing(site: Site, first_run: dict) -> None:
@@ -262,8 +275,12 @@ def test_added_user_works_without_restart(site: Site, first_run: dict) -> None:
     site.users.append("carol")
     site.write()
     run = site.deploy().assert_ok()
-    assert [name for name, _ in run.changed] == ["Upload htpasswd (bcrypt)",
-                                                 "Check /v2/: 401 without, 200 with credentials"]
+    # Token auth: the token server's policy names every user, and it restarts to read
+    # its copies of htpasswd and the policy; the registry itself is not touched.
+    assert [name for name, _ in run.changed] == [
+        "Upload htpasswd (bcrypt)", "Upload the access policy",
+        "Restart registry-kit-token.service for its changed files",
+        "Check /v2/: 401 without, 200 with credentials"]
     assert site.status("carol") == 200
     assert harness.started_at(SERVER) == before
     site.deploy().assert_no_changes()

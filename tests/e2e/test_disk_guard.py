@@ -14,7 +14,6 @@ One server, no clients: the module deploys, applies twice, and tears down at the
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -72,32 +71,25 @@ def journal(grep: str, since: str) -> list[str]:
     return [line for line in out.splitlines() if grep in line]
 
 
+def _as_alice(site: Site, method: str, path: str) -> int:
+    """METHOD https://ADDRESS/v2/PATH as alice, authenticated as Docker does (Basic, or a
+    token on a Bearer challenge): the status code."""
+    out = harness.curl_docker(
+        ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-X", method,
+         "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
+         "--cacert", str(harness.CA_CERT), f"https://{ADDRESS}/v2/{path}"],
+        user="alice", password=site.passwords["alice"], ip=harness.host_ip(SERVER)).stdout
+    return int(out or 0)
+
+
 def upload_code(site: Site) -> int:
     """POST /v2/NAME/blobs/uploads/ as alice: 202 when pushes are taken, 405 read-only."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "curlrc"
-        config.write_text(f'user = "alice:{site.passwords["alice"]}"\n')
-        out = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-             "-X", "POST", "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
-             "--cacert", str(harness.CA_CERT), "-K", str(config),
-             f"https://{ADDRESS}/v2/guard/probe/blobs/uploads/"],
-            capture_output=True, text=True, timeout=30).stdout
-    return int(out or 0)
+    return _as_alice(site, "POST", "guard/probe/blobs/uploads/")
 
 
 def delete_manifest(site: Site, repo: str, digest: str) -> int:
     """DELETE /v2/REPO/manifests/DIGEST as alice: its status."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "curlrc"
-        config.write_text(f'user = "alice:{site.passwords["alice"]}"\n')
-        out = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-             "-X", "DELETE", "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
-             "--cacert", str(harness.CA_CERT), "-K", str(config),
-             f"https://{ADDRESS}/v2/{repo}/manifests/{digest}"],
-            capture_output=True, text=True, timeout=30).stdout
-    return int(out or 0)
+    return _as_alice(site, "DELETE", f"{repo}/manifests/{digest}")
 
 
 def corrupt_blobs() -> list[str]:

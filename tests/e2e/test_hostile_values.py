@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -208,18 +207,18 @@ HOSTILE_CONTAINER = "rk-hostile.1_x"
 
 def _curl_status(password: str | None) -> int:
     """/v2/ from the control machine with the kit's CA; credentials in a curl config file,
-    escaped as curl's config syntax asks (never on the command line)."""
+    escaped as curl's config syntax asks (never on the command line), and under token auth
+    a token for them from the token server (harness.curl_docker)."""
     ip = harness.host_ip(SERVER)
-    args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-            "--resolve", f"{DOMAIN}:5000:{ip}", "--cacert", str(harness.CA_CERT)]
-    with tempfile.TemporaryDirectory() as tmp:
-        if password is not None:
-            escaped = password.replace("\\", "\\\\").replace('"', '\\"')
-            config = Path(tmp) / "curlrc"
-            config.write_text(f'user = "ci:{escaped}"\n')
-            args += ["-K", str(config)]
-        out = subprocess.run([*args, f"https://{DOMAIN}:5000/v2/"], capture_output=True,
-                             text=True, timeout=30).stdout
+    args = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+            "--resolve", f"{DOMAIN}:5000:{ip}", "--cacert", str(harness.CA_CERT),
+            f"https://{DOMAIN}:5000/v2/"]
+    if password is None:
+        out = subprocess.run(["curl", *args], capture_output=True, text=True,
+                             timeout=30).stdout
+    else:
+        escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+        out = harness.curl_docker(args, user="ci", password=escaped, ip=ip).stdout
     return int(out or 0)
 
 
@@ -250,7 +249,7 @@ def test_accepted_hostile_values_deploy_and_tear_down_harmlessly(
         config = yaml.safe_load(harness.ssh(
             SERVER, f"cat {HOSTILE_CONFIG_DIR}/config.yml").stdout)
         assert config["http"]["secret"] == HOSTILE_SECRET
-        assert "auth" in config and set(config["auth"]) == {"htpasswd"}
+        assert "auth" in config and set(config["auth"]) == {"token"}  # users: token auth
         assert set(config) <= {"version", "log", "storage", "http", "auth", "health", "redis"}
         htpasswd = harness.ssh(SERVER, f"cat {HOSTILE_CONFIG_DIR}/auth/htpasswd").stdout
         assert len(htpasswd.splitlines()) == 1 and htpasswd.startswith("ci:$2y$")

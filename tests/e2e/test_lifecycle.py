@@ -16,7 +16,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,18 +67,18 @@ class Site(harness.OwnStateSite):
              method: str = "GET", headers: tuple[str, ...] = ()) -> tuple[int, str]:
         """(status, response headers and body) from the control machine, by name, to one
         server. Text mode: lines end in "\\n", so a blank line ends the headers."""
-        with tempfile.TemporaryDirectory() as tmp:
-            args = ["curl", "-s", "-i", "-w", "\n%{http_code}", "--max-time", "10",
-                    "--resolve", f"{name}:{PORT}:{harness.host_ip(server)}",
-                    "--cacert", str(ca or self.ca), "-X", method]
-            for header in headers:
-                args += ["-H", header]
-            if user is not None:
-                config = Path(tmp) / "curlrc"
-                config.write_text(f'user = "{user}:{password}"\n')
-                args += ["-K", str(config)]
-            out = subprocess.run([*args, f"https://{name}:{PORT}{path}"], capture_output=True,
-                                 text=True, timeout=30).stdout
+        args = ["-s", "-i", "-w", "\n%{http_code}", "--max-time", "10",
+                "--resolve", f"{name}:{PORT}:{harness.host_ip(server)}",
+                "--cacert", str(ca or self.ca), "-X", method]
+        for header in headers:
+            args += ["-H", header]
+        args.append(f"https://{name}:{PORT}{path}")
+        if user is None:
+            out = subprocess.run(["curl", *args], capture_output=True, text=True,
+                                 timeout=30).stdout
+        else:  # basic credentials, or a token for them under token auth
+            out = harness.curl_docker(args, user=user, password=str(password),
+                                      ip=harness.host_ip(server), ca=ca or self.ca).stdout
         body, _, code = out.rpartition("\n")
         return int(code or 0), body
 
@@ -338,7 +337,7 @@ def test_gc_after_deleting_a_tag_frees_bytes_and_keeps_other_images(site: Site) 
     assert harness.ssh("lab-reg", config_sha).stdout == sha_before
     # last-gc: the collection's record for status.py (registry_kit.roles.usage).
     assert harness.ssh("lab-reg", "ls /etc/registry-kit").stdout.split() == \
-        ["auth", "certs", "config.yml", "last-gc"]
+        ["auth", "certs", "config.yml", "last-gc", "token"]  # token/: token auth (default)
     assert site.curl("lab-reg", user=USER, password=site.password,
                      path=f"/v2/lc/reg/manifests/{digest}")[0] == 404
     client_pull(BUSYBOX)

@@ -177,7 +177,11 @@ def test_real_registry_still_works(site: Site) -> None:
     anonymous = harness.ssh(CLIENT, f"curl -s -o /dev/null -w '%{{http_code}}' "
                             f"https://{ADDRESS}/v2/").stdout
     assert anonymous == "401"
-    authed = harness.ssh(CLIENT, f"curl -s -o /dev/null -w '%{{http_code}}' -K - "
+    # Token auth (users): a token from the token server on the same name, as Docker asks.
+    token = (f"curl -s -K - 'https://{DOMAIN}:5443/token?service={ADDRESS}' | "
+             "sed -n 's/.*\"token\": *\"\\([^\"]*\\)\".*/\\1/p'")
+    authed = harness.ssh(CLIENT, f"printf 'Authorization: Bearer %s\\n' \"$({token})\" | "
+                         f"curl -s -o /dev/null -w '%{{http_code}}' -H @- "
                          f"https://{ADDRESS}/v2/", stdin=f'user = "alice:{site.password}"\n')
     assert authed.stdout == "200"
     # The kit logged the client in; push and pull through Docker (Go) with the kit's CA.

@@ -106,18 +106,18 @@ class Site(harness.OwnStateSite):
 
     def curl(self, path: str, *, method: str = "GET", user: bool = True,
              headers: tuple[str, ...] = ()) -> tuple[int, str]:
-        with tempfile.TemporaryDirectory() as tmp:
-            args = ["curl", "-s", "-i", "-w", "\n%{http_code}", "--max-time", "10", "-X", method,
-                    "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
-                    "--cacert", str(self.certs / "ca.crt")]
-            for header in headers:
-                args += ["-H", header]
-            if user:
-                config = Path(tmp) / "curlrc"
-                config.write_text(f'user = "{USER}:{self.password}"\n')
-                args += ["-K", str(config)]
-            out = subprocess.run([*args, f"https://{ADDRESS}{path}"], capture_output=True,
-                                 text=True, timeout=30).stdout
+        args = ["-s", "-i", "-w", "\n%{http_code}", "--max-time", "10", "-X", method,
+                "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(SERVER)}",
+                "--cacert", str(self.certs / "ca.crt")]
+        for header in headers:
+            args += ["-H", header]
+        args.append(f"https://{ADDRESS}{path}")
+        if user:  # basic credentials, or a token for them under token auth
+            out = harness.curl_docker(args, user=USER, password=self.password,
+                                      ip=harness.host_ip(SERVER), ca=self.certs / "ca.crt").stdout
+        else:
+            out = subprocess.run(["curl", *args], capture_output=True, text=True,
+                                 timeout=30).stdout
         body, _, code = out.rpartition("\n")
         return int(code or 0), body
 
@@ -200,6 +200,9 @@ def test_a_fresh_registry3_deploy_tls_htpasswd_and_the_tutorial(site: Site) -> N
     site.password = "not-the-password"
     assert site.curl("/v2/")[0] == 401
     site.password = right
+    # Users, no rules: token auth (registry_auth_mode "auto"), 3.x pinned to ES256.
+    config = harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout
+    assert "realm: https://registry.lab:5443/token" in config and "- ES256" in config, config
     # TLS: the certificate the server presents is the kit CA's, for the domain.
     served = subprocess.run(
         f"openssl s_client -connect {harness.host_ip(SERVER)}:{PORT} -servername {DOMAIN} "
@@ -260,12 +263,17 @@ def test_b_upgrade_2_8_3_to_3_keeps_images_and_digests(site: Site,
     before = snapshot(site, list(BEFORE))
     pushed.update({ref: before[ref] for ref in BEFORE})
     old = container()
+    config_before = yaml.safe_load(harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout)
 
     site.set(registry_image="registry:3")
     run = site.twice("upgrade 2.8.3 -> 3")
     stderr_position(run, "registry 2 -> 3 (registry:2.8.3 -> registry:3): an upgrade")
     assert sorted(dict(run.changed)["Start or replace the registry container"]) == [SERVER]
-    assert "Upload the registry config.yml" not in dict(run.changed)  # same file for 3.x
+    # Token auth (users): 3.x's config.yml also pins the signing algorithm, nothing else.
+    assert dict(run.changed)["Upload the registry config.yml"] == [SERVER]
+    config = yaml.safe_load(harness.ssh(SERVER, "cat /etc/registry-kit/config.yml").stdout)
+    assert config["auth"]["token"].pop("signingalgorithms") == ["ES256"]
+    assert config == config_before
     new = container()
     assert new["id"] != old["id"] and (new["image"], new["state"]) == ("registry:3", "running")
     assert registry_binary_version() == "3.0.0"
@@ -296,9 +304,17 @@ def test_c_garbage_collection_on_3(site: Site, pushed: dict[str, str]) -> None:
     harness.ssh(SERVER, "install -d -m 0700 /run/r3test && install -m 0600 /dev/null "
                 "/run/r3test/curlrc && cat > /run/r3test/curlrc",
                 stdin=f'user = "{USER}:{site.password}"\n')
-    probe = (f"curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 2 -X POST "
-             f"--resolve {DOMAIN}:{PORT}:127.0.0.1 --cacert /etc/registry-kit/certs/ca.crt "
-             f"-K /run/r3test/curlrc https://{ADDRESS}/v2/r3/gc-probe/blobs/uploads/")
+    # Token auth (users): a token for the probe's repository from the token server (its
+    # password from the curlrc), as Docker asks one, then the upload start with it.
+    ca = "/etc/registry-kit/certs/ca.crt"
+    token = (f"curl -s --max-time 2 --resolve {DOMAIN}:5443:127.0.0.1 --cacert {ca} "
+             f"-K /run/r3test/curlrc 'https://{DOMAIN}:5443/token?service={ADDRESS}"
+             "&scope=repository:r3/gc-probe:pull,push' | "
+             "sed -n 's/.*\"token\": *\"\\([^\"]*\\)\".*/\\1/p'")
+    probe = (f"printf 'Authorization: Bearer %s\\n' \"$({token})\" | "
+             f"curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 2 -X POST -H @- "
+             f"--resolve {DOMAIN}:{PORT}:127.0.0.1 --cacert {ca} "
+             f"https://{ADDRESS}/v2/r3/gc-probe/blobs/uploads/")
     harness.ssh(SERVER, "rm -f /run/r3test/stop /run/r3test/codes; nohup sh -c "
                 + shlex.quote(f"while [ ! -e /run/r3test/stop ]; do {probe} "
                               ">> /run/r3test/codes; sleep 0.2; done")

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import tarfile
 import tempfile
@@ -279,16 +280,13 @@ def test_a_config_haproxy_rejects_is_not_applied(scale: Scale) -> None:
 
 
 def _manifest(scale: Scale, repo: str, tag: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "curlrc"
-        config.write_text(f'user = "{USER}:{scale.password}"\n')
-        out = subprocess.run(
-            ["curl", "-sf", "--cacert", str(harness.CA_CERT), "-K", str(config), "--resolve",
-             f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", "-H",
-             "Accept: application/vnd.docker.distribution.manifest.v2+json",
-             f"https://{ADDRESS}/v2/{repo}/manifests/{tag}"],
-            capture_output=True, text=True, timeout=30, check=True).stdout
-    return dict(json.loads(out))
+    proc = harness.curl_docker(
+        ["-s", "--cacert", str(harness.CA_CERT), "--resolve",
+         f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", "-H",
+         "Accept: application/vnd.docker.distribution.manifest.v2+json",
+         f"https://{ADDRESS}/v2/{repo}/manifests/{tag}"],
+        user=USER, password=scale.password, ip=harness.host_ip(LB))
+    return dict(json.loads(proc.stdout))
 
 
 def _push_random_image(scale: Scale, image: str, size: int) -> tuple[str, list[str]]:
@@ -341,17 +339,17 @@ def test_one_upload_across_both_replicas(scale: Scale, tmp_path: Path) -> None:
     digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
     (tmp_path / "part1").write_bytes(blob.read_bytes()[:1_000_000])
     (tmp_path / "part2").write_bytes(blob.read_bytes()[1_000_000:])
-    curlrc = tmp_path / "curlrc"
-    curlrc.write_text(f'user = "{USER}:{scale.password}"\n')
 
     def call(replica: str, method: str, url: str, body: Path | None = None) -> tuple[int, str]:
-        args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %header{location}",
-                "--cacert", str(harness.CA_CERT), "-K", str(curlrc), "--resolve",
+        args = ["-s", "-o", "/dev/null", "-w", "%{http_code} %header{location}",
+                "--cacert", str(harness.CA_CERT), "--resolve",
                 f"{DOMAIN}:{PORT}:{harness.host_ip(replica)}", "-X", method]
         if body is not None:
             args += ["-H", "Content-Type: application/octet-stream", "--data-binary",
                      f"@{body}"]
-        out = subprocess.run([*args, url], capture_output=True, text=True, timeout=60).stdout
+        # Token auth: each replica's own token server answers (one signing key for all).
+        out = harness.curl_docker([*args, url], user=USER, password=scale.password,
+                                  ip=harness.host_ip(replica), timeout=60).stdout
         code, _, location = out.partition(" ")
         return int(code or 0), location
 
@@ -388,11 +386,16 @@ echo "$ok $fail" > /tmp/scale-loop.result
 # once its connections are done (registry_lb_drain_timeout), lets them all finish. Seen:
 # without that step, a stopped replica cut such a download.
 _DOWNLOAD_LOOP = """
-url=$1; digest=$2; bound=$3; n=$4
+url=$1; digest=$2; bound=$3; n=$4; realm=$5
 ok=0 fail=0 i=0 end=$(( $(date +%s) + bound ))
 ca=/etc/docker/certs.d/registry.scale.lab:5000/ca.crt
 while [ -e /tmp/scale-loop.run ] && [ $i -lt 100 ] && [ "$(date +%s)" -lt "$end" ]; do
-    got=$(curl -s --max-time 90 --limit-rate 2M -K /root/scale-curlrc --cacert $ca "$url" |
+    # A token for the blob's repository first (token auth; basic credentials from the
+    # curlrc), as Docker asks one per pull; its header through stdin, not argv.
+    token=$(curl -s --max-time 30 -K /root/scale-curlrc --cacert $ca "$realm" |
+            sed -n 's/.*"token": *"\\([^"]*\\)".*/\\1/p')
+    got=$(printf 'Authorization: Bearer %s\\n' "$token" |
+          curl -s --max-time 90 --limit-rate 2M -H @- --cacert $ca "$url" |
           sha256sum | cut -d' ' -f1)
     if [ "sha256:$got" = "$digest" ]; then ok=$((ok+1)); else fail=$((fail+1)); fi
     i=$((i+1))
@@ -406,21 +409,20 @@ def _upload_blob(scale: Scale, data: bytes) -> str:
     the digest."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "curlrc").write_text(f'user = "{USER}:{scale.password}"\n')
         (Path(tmp) / "blob").write_bytes(data)
-        base = ["curl", "-s", "-o", "/dev/null", "--cacert", str(harness.CA_CERT), "-K",
-                f"{tmp}/curlrc", "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}"]
-        started = subprocess.run(
+        base = ["-s", "-o", "/dev/null", "--cacert", str(harness.CA_CERT),
+                "--resolve", f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}"]
+        auth = {"user": USER, "password": scale.password, "ip": harness.host_ip(LB)}
+        started = harness.curl_docker(
             [*base, "-w", "%{http_code} %header{location}", "-X", "POST",
-             f"https://{ADDRESS}/v2/scale/slow/blobs/uploads/"],
-            capture_output=True, text=True, timeout=60).stdout
+             f"https://{ADDRESS}/v2/scale/slow/blobs/uploads/"], timeout=60, **auth).stdout
         code, _, location = started.partition(" ")
         assert code == "202", started
-        finished = subprocess.run(
+        finished = harness.curl_docker(
             [*base, "-w", "%{http_code} %{errormsg}", "-X", "PUT", "-H",
              "Content-Type: application/octet-stream", "--data-binary", f"@{tmp}/blob",
              location + ("&" if "?" in location else "?") + f"digest={digest}"],
-            capture_output=True, text=True, timeout=120).stdout
+            timeout=120, **auth).stdout
     assert finished.startswith("201 "), finished
     return digest
 
@@ -438,6 +440,8 @@ def _result(name: str) -> tuple[int, int]:
 def test_rolling_upgrade_loses_no_pull(scale: Scale) -> None:
     digest = _upload_blob(scale, secrets.token_bytes(48_000_000))
     blob_url = f"https://{ADDRESS}/v2/scale/slow/blobs/{digest}"
+    realm = (f"https://{DOMAIN}:5443/token?service={ADDRESS}&"
+             "scope=repository:scale/slow:pull")
     harness.ssh(CLIENT, "umask 077 && cat > /root/scale-curlrc",
                 stdin=f'user = "{USER}:{scale.password}"\n')
     harness.ssh(CLIENT, "cat > /tmp/scale-loop.sh && rm -f /tmp/scale-*.result && "
@@ -447,7 +451,7 @@ def test_rolling_upgrade_loses_no_pull(scale: Scale) -> None:
                 ">/dev/null 2>&1 &")
     for n in (1, 2):  # two at a time: leastconn puts one on each replica
         harness.ssh(CLIENT, f"nohup sh /tmp/scale-download.sh {blob_url} {digest} "
-                    f"{LOOP_SECONDS} {n} >/dev/null 2>&1 &")
+                    f"{LOOP_SECONDS} {n} {shlex.quote(realm)} >/dev/null 2>&1 &")
     try:
         time.sleep(3)  # pulls and downloads are running before the first replica goes
         started = time.monotonic()
@@ -580,14 +584,12 @@ def _manifest_digest(scale: Scale, repository: str, tag: str) -> str:
 def _upload_code(scale: Scale, replica: str) -> int:
     """Status of a blob upload start (POST) sent to one replica directly: 202 writable,
     405 read-only."""
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "curlrc").write_text(f'user = "{USER}:{scale.password}"\n')
-        out = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-             "--cacert", str(harness.CA_CERT), "-K", f"{tmp}/curlrc", "--resolve",
-             f"{DOMAIN}:{PORT}:{harness.host_ip(replica)}", "-X", "POST",
-             f"https://{ADDRESS}/v2/gc/probe/blobs/uploads/"],
-            capture_output=True, text=True, timeout=30).stdout
+    out = harness.curl_docker(
+        ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+         "--cacert", str(harness.CA_CERT), "--resolve",
+         f"{DOMAIN}:{PORT}:{harness.host_ip(replica)}", "-X", "POST",
+         f"https://{ADDRESS}/v2/gc/probe/blobs/uploads/"],
+        user=USER, password=scale.password, ip=harness.host_ip(replica)).stdout
     return int(out or 0)
 
 
@@ -595,7 +597,7 @@ def _assert_serving_read_write(scale: Scale, deployed: dict[str, tuple[str, str]
     for name in (REP1, REP2):
         assert harness.ssh(name, CONFIG_SHA).stdout.strip() == deployed[name][0], name
         assert harness.ssh(name, "ls /etc/registry-kit/").stdout.split() == \
-            ["auth", "certs", "config.yml"], name
+            ["auth", "certs", "config.yml", "token"], name  # token: the token server's files
         assert _upload_code(scale, name) == 202, name
     _wait_states({REP1: "UP", REP2: "UP"})
 
@@ -685,14 +687,12 @@ def test_gc_shared_under_pushes_keeps_every_tag_and_frees_the_deleted(scale: Sca
     doomed = f"{ADDRESS}/gc/doomed:1"
     _, blobs = _push_random_image(scale, doomed, 3_000_000)
     doomed_digest = _manifest_digest(scale, "gc/doomed", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "curlrc").write_text(f'user = "{USER}:{scale.password}"\n')
-        deleted = subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
-             str(harness.CA_CERT), "-K", f"{tmp}/curlrc", "--resolve",
-             f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", "-X", "DELETE",
-             f"https://{ADDRESS}/v2/gc/doomed/manifests/{doomed_digest}"],
-            capture_output=True, text=True, timeout=30).stdout
+    deleted = harness.curl_docker(
+        ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+         str(harness.CA_CERT), "--resolve",
+         f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", "-X", "DELETE",
+         f"https://{ADDRESS}/v2/gc/doomed/manifests/{doomed_digest}"],
+        user=USER, password=scale.password, ip=harness.host_ip(LB)).stdout
     assert deleted == "202", deleted
     objects_before = _bucket_objects(scale)
     unique = [_blob_key(scale, d) for d in (*blobs, doomed_digest)]

@@ -249,10 +249,20 @@ def test_page_has_csp_and_no_contents_without_login(site: Site, seeded: dict) ->
     status, headers, body = curl("/v2/_catalog", ip=site.ip)
     assert status == 401 and "team/" not in body
     assert "www-authenticate" not in headers
-    assert headers["x-registry-authenticate"].startswith("Basic ")
-    assert curl("/v2/_catalog", ip=site.ip, user=USER, password="wrong")[0] == 401
-    status, _, body = curl("/v2/_catalog?n=1000", ip=site.ip, user=USER,
-                           password=site.password)
+    # Users without rules mean token auth (registry_auth_mode "auto"): the challenge names
+    # the token server, which the page reaches on its own origin (/token).
+    assert headers["x-registry-authenticate"].startswith(
+        f'Bearer realm="https://{DOMAIN}:{TOKEN_PORT}/token"'), headers
+    assert json.loads(curl("/config.json", ip=site.ip)[2])["token"] == "/token"
+    assert curl("/v2/_catalog", ip=site.ip, user=USER, password=site.password)[0] == 401
+    catalog = f"/token?service={ADDRESS}&scope=registry:catalog:*"
+    assert curl(catalog, ip=site.ip, user=USER, password="wrong")[0] == 401
+    status, _, body = curl(catalog, ip=site.ip, user=USER, password=site.password)
+    assert status == 200
+    token = json.loads(body)["token"]
+    assert claims(token)["access"] == [{"type": "registry", "name": "catalog",
+                                        "actions": ["*"]}]
+    status, _, body = curl("/v2/_catalog?n=1000", ip=site.ip, bearer=token)
     assert status == 200 and "team/app" in body
     assert curl("/etc/passwd", ip=site.ip)[0] == 404
     # The registry's own port is unchanged: docker clients still get the challenge.

@@ -13,10 +13,12 @@ import base64
 import hashlib
 import http.client
 import json
+import re
 import shutil
 import socket
 import ssl
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,25 +80,66 @@ def chromium(domain: str, ip: str, spki: str, *, width: int = 1400,
 
 class RegistryApi:
     """The registry's HTTP API from the control machine: one TLS connection to `ip`,
-    checked against the CA for `domain`, Basic auth."""
+    checked against the CA for `domain`; Basic auth, and under token auth a token per
+    challenged scope from the realm (asked on the same address), as Docker does."""
 
     def __init__(self, domain: str, ip: str, port: int, ca: Path, user: str,
                  password: str) -> None:
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        context = ssl.create_default_context(cafile=str(ca))
-        self.conn = http.client.HTTPSConnection(domain, port, context=context, timeout=30)
+        self.ip, self.domain = ip, domain
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self.conn = self._connect(port)
+        self.tokens: dict[str, str] = {}  # scope -> token
+
+    def _connect(self, port: int) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(self.domain, port, context=self.context, timeout=30)
         # Connect to the lab address, check the certificate for the domain.
-        self.conn._create_connection = (  # type: ignore[attr-defined]
+        ip = self.ip
+        conn._create_connection = (  # type: ignore[attr-defined]
             lambda _address, timeout=30, source=None: socket.create_connection(
                 (ip, port), timeout))
+        return conn
+
+    def _send(self, conn: http.client.HTTPSConnection, method: str, path: str, body: bytes,
+              headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        conn.request(method, path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def _token(self, challenge: str, scope: str) -> str:
+        """A token from the challenge's realm (the same lab address), with the user's
+        credentials."""
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = urllib.parse.urlsplit(fields["realm"])
+        query = urllib.parse.urlencode({"service": fields.get("service", ""),
+                                        **({"scope": scope} if scope else {})})
+        conn = self._connect(realm.port or 443)
+        try:
+            status, _, data = self._send(conn, "GET", f"{realm.path}?{query}", b"",
+                                         {"Authorization": self.auth})
+        finally:
+            conn.close()
+        assert status == 200, (status, data[:300])
+        return str(json.loads(data)["token"])
 
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        self.conn.request(method, path, body=body or None,
-                          headers={"Authorization": self.auth, **(headers or {})})
-        response = self.conn.getresponse()
-        data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        status, seen, data = self._send(self.conn, method, path, body,
+                                        {"Authorization": self.auth, **(headers or {})})
+        challenge = seen.get("www-authenticate", "")
+        if status != 401 or not challenge.lower().startswith("bearer "):
+            return status, seen, data
+        scope = dict(re.findall(r'(\w+)="([^"]*)"', challenge)).get("scope", "")
+        for fresh in (False, True):  # a remembered token may have expired
+            if fresh or scope not in self.tokens:
+                self.tokens[scope] = self._token(challenge, scope)
+            status, seen, data = self._send(
+                self.conn, method, path, body,
+                {"Authorization": f"Bearer {self.tokens[scope]}", **(headers or {})})
+            if status != 401:
+                break
+        return status, seen, data
 
     def mount(self, name: str, digest: str, source: str) -> None:
         """Cross-repository blob mount: the blob is stored once."""

@@ -144,13 +144,67 @@ def test_config_yml_token_section_for_2_and_3(make_settings: Callable[..., Setti
                              "service": "registry.lab:5000", "issuer": token_auth.ISSUER,
                              "rootcertbundle": "/etc/registry-kit/certs/token-signing.crt"}}
     assert three == {"token": {**two["token"], "signingalgorithms": ["ES256"]}}
-    plain = make_settings(registry_users=users)
+    # Without rules: the same token section by default, htpasswd only when asked for.
+    implicit = make_settings(registry_users=users, registry_domain="registry.lab")
+    assert yaml.safe_load(render_config(implicit, "s", major=2))["auth"] == two
+    plain = make_settings(registry_users=users, registry_auth_mode="htpasswd")
     assert "htpasswd" in yaml.safe_load(render_config(plain, "s"))["auth"]
 
 
 def _document() -> dict[str, Any]:
     return access.policy_document(_policy(), USERS, service="registry.lab:5000",
                                   issuer=token_auth.ISSUER)
+
+
+def test_users_without_rules_get_token_auth_with_htpasswd_rights(
+        make_settings: Callable[..., Settings]) -> None:
+    """registry_auth_mode "auto" (the default): users and no rules mean token auth whose
+    policy grants each user what htpasswd auth does (everything, the catalog too) and
+    anonymous nothing; the token server grants exactly that."""
+    users = [{"name": name, "password_hash": "$2y$10$" + "a" * 53} for name in USERS]
+    made = make_settings(registry_users=users)
+    policy = made.registry_access
+    assert policy is not None and policy.implicit and token_auth.enabled(made)
+    assert policy == access.all_rights(USERS)
+    for user in USERS:
+        assert policy.allowed(user, "any/repo-1") == {"pull", "push", "delete"}
+    assert policy.allowed(None, "any/repo-1") == set()
+    assert policy.catalog_users(USERS) == USERS
+    assert access.describe(policy, USERS) == [
+        "access control off: every user may pull, push and delete everything (token auth)"]
+    document = access.policy_document(policy, USERS, service="registry.lab:5000",
+                                      issuer=token_auth.ISSUER)
+    assert document["catalog_users"] == USERS
+    for user in USERS:
+        assert server.grant(document, user, "repository:a/b:pull,push,delete")["actions"] == [
+            "pull", "push", "delete"]
+        assert server.grant(document, user, "registry:catalog:*")["actions"] == ["*"]
+    assert server.grant(document, None, "repository:a/b:pull") is None
+    assert server.grant(document, None, "registry:catalog:*") is None
+    assert server.grant(document, "stranger", "repository:a/b:pull") is None
+
+
+def test_auth_mode_setting(make_settings: Callable[..., Settings]) -> None:
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    plain = make_settings(registry_users=users, registry_auth_mode="htpasswd")
+    assert plain.registry_access is None and not token_auth.enabled(plain)
+    # No users: nothing to check, so no token server either (an open registry).
+    assert make_settings(registry_anonymous_acknowledged=True).registry_access is None
+    with pytest.raises(SettingsError) as caught:
+        make_settings(registry_users=users, registry_auth_mode="token")
+    assert str(caught.value) == (f"{HOST}: setting registry_auth_mode='token' is not allowed: "
+                                 "one of auto, htpasswd")
+    with pytest.raises(SettingsError) as caught:
+        make_settings(registry_users=users, registry_auth_mode="htpasswd",
+                      registry_access_rules=[RULES[0]])
+    assert str(caught.value) == (f"{HOST}: setting registry_auth_mode='htpasswd' is not "
+                                 "allowed: auto when registry_access_rules is set (the "
+                                 "registry enforces rules through tokens)")
+    # The token server's port is checked whenever it runs, rules or not.
+    with pytest.raises(SettingsError, match="registry_token_port=5000 is not allowed"):
+        make_settings(registry_users=users, registry_token_port=5000)
+    assert make_settings(registry_users=users, registry_token_port=5000,
+                         registry_auth_mode="htpasswd").registry_token_port == 5000
 
 
 def test_token_server_grants_what_the_policy_allows() -> None:
@@ -221,7 +275,7 @@ def test_signing_key_is_private_and_the_token_verifies_with_its_certificate(
     assert policy["rules"][0]["users"] == ["ci"]
 
 
-def test_haproxy_forwards_the_token_port_only_with_rules(
+def test_haproxy_forwards_the_token_port_only_with_token_auth(
         make_settings: Callable[..., Settings]) -> None:
     import dataclasses
 
@@ -241,8 +295,12 @@ def test_haproxy_forwards_the_token_port_only_with_rules(
     text = loadbalancer.render(topology.lbs[0], topology)
     assert "frontend registry-token\n    mode tcp\n    option tcplog\n    bind *:5443\n" in text
     assert "server rep0 10.9.0.10:5443\n" in text and "server rep1 [fd00::11]:5443\n" in text
-    plain = dataclasses.replace(topology, lbs=(dataclasses.replace(
+    # The replicas decide: a balancer whose own settings have no users still forwards.
+    bare_lb = dataclasses.replace(topology, lbs=(dataclasses.replace(
         topology.lbs[0], registry_access=None),))
+    assert "frontend registry-token\n" in loadbalancer.render(bare_lb.lbs[0], bare_lb)
+    plain = dataclasses.replace(bare_lb, servers=tuple(
+        dataclasses.replace(replica, registry_access=None) for replica in topology.servers))
     assert "registry-token" not in loadbalancer.render(plain.lbs[0], plain)
 
 

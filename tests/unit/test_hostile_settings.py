@@ -252,9 +252,11 @@ def _check_files(s: Settings, key: str, value: str) -> None:
                                           caches=()))))
     server_lines = [line.split() for line in _lines(haproxy) if line.strip().startswith(
         "server ")]
+    # The registry's backend, then (users: token auth) the token servers' backend.
+    ports = [s.registry_port, *([s.registry_token_port] if s.registry_access else [])]
     assert server_lines == [["server", scaleout.server_name(HOST),
-                             settings_mod.host_port(s.registry_internal_address,
-                                                    s.registry_port)]]
+                             settings_mod.host_port(s.registry_internal_address, port)]
+                            for port in ports]
 
     family = cache.FAMILIES["debian"]
     redis = cache.render(s, cache_password, family)

@@ -170,8 +170,9 @@ S3 = {"driver": "s3", "bucket": "b", "region": "us-east-1",
 AZURE = {"driver": "azure", "accountname": "acc", "container": "c", "accountkey_env": "REGKIT_AK"}
 CASES: dict[str, dict[str, Any]] = {
     "default": {},
+    # htpasswd auth asked for by name: with "auto" (the default) users mean token auth.
     "users-debug": {"registry_users": [{"name": "ci", "password_env": "REGKIT_PW"}],
-                    "registry_debug_addr": "127.0.0.1:5001"},
+                    "registry_debug_addr": "127.0.0.1:5001", "registry_auth_mode": "htpasswd"},
     "s3-cache": {"registry_storage": S3, "registry_storage_redirect_disabled": True},
     "azure": {"registry_storage": AZURE},
     "notls": {"registry_tls_mode": "none"},
@@ -240,6 +241,12 @@ def test_3x_config_differs_only_where_3_reads_differently(
     """Filesystem storage, TLS, users, debug: the same file for 2 and 3."""
     settings = make_settings(**CASES["users-debug"])
     assert render_config(settings, "s", major=3) == render_config(settings, "s", major=2)
+    # Token auth (users, "auto"): 3.x also pins the signing algorithm, nothing else differs.
+    tokens = make_settings(**{**CASES["users-debug"], "registry_auth_mode": "auto"})
+    two_token = yaml.safe_load(render_config(tokens, "s", major=2))
+    three_token = yaml.safe_load(render_config(tokens, "s", major=3))
+    assert three_token["auth"]["token"].pop("signingalgorithms") == ["ES256"]
+    assert three_token == two_token
     text = render_config(make_settings(registry_storage=S3), "s", cache=CACHE, major=3)
     config = yaml.safe_load(text)
     two = yaml.safe_load(render_config(make_settings(registry_storage=S3), "s", cache=CACHE))

@@ -76,9 +76,13 @@ def test_tls_section_only_with_tls(make_settings: Callable[..., Settings]) -> No
 
 
 def test_auth_section_only_with_users(make_settings: Callable[..., Settings]) -> None:
-    text, config = _config(make_settings, registry_users=USERS)
+    text, config = _config(make_settings, registry_users=USERS, registry_auth_mode="htpasswd")
     assert config["auth"] == {"htpasswd": {"realm": "registry-kit",
                                            "path": "/etc/registry-kit/auth/htpasswd"}}
+    assert "ci-password" not in text
+    # The default ("auto"): users mean token auth; the password is not in it either.
+    text, config = _config(make_settings, registry_users=USERS)
+    assert list(config["auth"]) == ["token"]
     assert "ci-password" not in text
     _, without = _config(make_settings)
     assert "auth" not in without
