@@ -215,6 +215,13 @@ def _curl_authenticated(url_host: str, ip: str, port: int, path: str, *, user: s
         config.write_text(f'user = "{user}:{password}"\n')
         status, body, headers = _curl([*base, "-K", str(config), url])
         challenge = bearer_challenge(headers) if status == 401 else None
+        if challenge is None and status == 401:
+            # The web page's origin moves the challenge to X-Registry-Authenticate (no browser
+            # dialog) and serves the token server at its own /token: do as the page does.
+            challenge = bearer_challenge(headers.replace("x-registry-authenticate:",
+                                                         "www-authenticate:"))
+            if challenge is not None:
+                challenge["realm"] = f"{scheme}://{url_host}:{port}/token"
         if challenge is None:
             return status, body
         realm = urllib.parse.urlsplit(challenge["realm"])

@@ -356,7 +356,9 @@ def test_data_dir_full(site: Site, tmp_path: Path) -> None:
              f"-o size=20m,mode=0700 registry-kit-small {SMALL_DATA_DIR})")
     harness.ssh(SERVER, mount)
     try:
-        site.write(registry_data_dir=SMALL_DATA_DIR)
+        # The registry's own behaviour on a full disk: without the disk guard, which would
+        # turn it read-only at 90% first (that is test_disk_guard.py's subject).
+        site.write(registry_data_dir=SMALL_DATA_DIR, registry_disk_readonly_percent=None)
         site.deploy().assert_ok()
         site.deploy().assert_no_changes()
         # 13 MB of filler leaves about 7 MB: room for 1 MB, not for 8 MB.
@@ -386,6 +388,7 @@ def test_data_dir_full(site: Site, tmp_path: Path) -> None:
         site.deploy().assert_no_changes()
     finally:
         # Back to the usual data dir (the container is recreated), then the tmpfs goes.
+        site.data.pop("registry_disk_readonly_percent", None)
         site.write(registry_data_dir=DEFAULT_DATA_DIR)
         restored = site.deploy()
         harness.ssh(SERVER, f"mountpoint -q {SMALL_DATA_DIR} && umount {SMALL_DATA_DIR}; "
