@@ -227,7 +227,12 @@ def test_ca_key_never_leaves_the_control_machine(secret_run: dict[str, Any]) -> 
         assert hosts_grep(name, ca_lines) == [], f"{name} holds the CA private key"
     # The same search finds the server key where it belongs: the search itself works.
     server_lines = pem_body_lines(STATE_DIR / "servers" / DOMAIN / "server.key")
-    assert hosts_grep(SERVER, server_lines) == [f"{CONFIG_DIR}/certs/server.key"]
+    # With users, token auth is the default: the token server serves TLS with its own copy,
+    # made at each start in its runtime folder, readable by its dynamic user only.
+    copy = "/run/registry-kit-token/server.key"
+    assert sorted(hosts_grep(SERVER, server_lines)) == [f"{CONFIG_DIR}/certs/server.key", copy]
+    mode = harness.ssh(SERVER, f"stat -c '%a %U' {copy} /run/registry-kit-token").stdout.split()
+    assert mode[0] in ("400", "600") and mode[1] != "root" and mode[2][-1] == "0", mode
 
 
 def test_modes_and_owners_on_the_server(secret_run: dict[str, Any]) -> None:
