@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator
 from io import BytesIO
 from typing import IO, Any
 
@@ -93,6 +94,18 @@ def upload(src: str | IO[bytes], dest: str) -> FileUploadCommand:
     IO) to `dest`, which the caller has created with its final mode and owner. Safe with
     and without --sudo (see _PrivateUpload)."""
     return _PrivateUpload(src, dest)
+
+
+def install_units(units: dict[str, bytes], timer: str) -> Iterator[Any]:
+    """Commands that put systemd units in place (each staged, then moved: never half
+    written) and (re)start `timer` with them: shared by the kit's timers."""
+    for path, content in units.items():
+        staging = f"{path}.registry-kit-new"
+        yield f"install -m 0644 /dev/null {q(staging)}"
+        yield upload(BytesIO(content), staging)
+        yield f"mv -f {q(staging)} {q(path)}"
+    yield f"systemctl daemon-reload && systemctl enable {q(timer)} >/dev/null 2>&1 && " \
+          f"systemctl restart {q(timer)}"
 
 
 def _mode(mode: str) -> str:

@@ -14,7 +14,6 @@ fill: no guard there.
 
 from __future__ import annotations
 
-from io import BytesIO
 from typing import Any
 
 from pyinfra import host
@@ -104,13 +103,7 @@ def install_guard(settings: Settings, state: HostState):
         host.noop(f"{TIMER_NAME} guards {settings.registry_data_dir} "
                   f"({settings.registry_disk_readonly_percent}%)")
         return
-    for path, content in units.items():
-        staging = f"{path}.registry-kit-new"
-        yield f"install -m 0644 /dev/null {q(staging)}"
-        yield files.upload(BytesIO(content), staging)
-        yield f"mv -f {q(staging)} {q(path)}"
-    yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
-          f"systemctl restart {TIMER_NAME}"
+    yield from files.install_units(units, TIMER_NAME)
 
 
 @operation()

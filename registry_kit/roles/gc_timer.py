@@ -7,7 +7,6 @@ when unset and by teardown.py. Also the script's arguments, which garbage_collec
 from __future__ import annotations
 
 import posixpath
-from io import BytesIO
 from typing import Any
 
 from pyinfra import host
@@ -94,13 +93,7 @@ def install_timer(settings: Settings, state: HostState):
         "systemd OnCalendar expression (see: systemd-analyze calendar)"
     yield (f"systemd-analyze calendar {q(schedule)} >/dev/null 2>&1 || "
            f"{{ echo {q(refusal)} >&2; exit 1; }}")
-    for path, content in units.items():
-        staging = f"{path}.registry-kit-new"
-        yield f"install -m 0644 /dev/null {q(staging)}"
-        yield files.upload(BytesIO(content), staging)
-        yield f"mv -f {q(staging)} {q(path)}"
-    yield f"systemctl daemon-reload && systemctl enable {TIMER_NAME} >/dev/null 2>&1 && " \
-          f"systemctl restart {TIMER_NAME}"
+    yield from files.install_units(units, TIMER_NAME)
 
 
 @operation()
