@@ -68,19 +68,23 @@ sed "/^    readonly:\$/{n;s/^      enabled: $now\$/      enabled: $want/;}" "$co
     >"$config.registry-kit-guard"
 mv -f "$config.registry-kit-guard" "$config"
 if [ "$want" = true ]; then
-    echo "<4>registry-kit: $data is $used% full (mark $high%): $name made read-only" \
-         "(pulls served, pushes refused with 405) until it is below $low%"
+    switched="<4>registry-kit: $data is $used% full (mark $high%): $name made read-only"
+    switched="$switched (pulls served, pushes refused with 405) until it is below $low%"
 else
-    echo "<5>registry-kit: $data is $used% full (below $low%): $name made writable again"
+    switched="<5>registry-kit: $data is $used% full (below $low%): $name made writable again"
 fi
 # A stopped registry stays stopped: it reads the new config.yml when it starts.
-[ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ] || exit 0
-set_curl_opts "$resolve" "$cacert"
-docker restart "$name" >/dev/null || exit 1
-deadline=$(( $(date +%s) + timeout ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    healthy && exit 0
-    sleep 0.1
-done
-echo "<3>registry-kit: $name does not answer $url/v2/ after the switch"
-exit 1
+if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ]; then
+    set_curl_opts "$resolve" "$cacert"
+    docker restart "$name" >/dev/null || exit 1
+    deadline=$(( $(date +%s) + timeout ))
+    until healthy; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "<3>registry-kit: $name does not answer $url/v2/ after the switch"
+            exit 1
+        fi
+        sleep 0.1
+    done
+fi
+# Logged once the registry answers in its new mode, so the line means it is in effect.
+echo "$switched"
