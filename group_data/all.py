@@ -58,6 +58,12 @@ registry_access_rules = None
 registry_auth_mode = "auto"
 # token auth: the token server's TLS port on each server (and on the load balancer)
 registry_token_port = 5443
+# users and groups from a directory: {'url': 'ldaps://...', 'base_dn': ..., 'bind_dn': ...,
+# 'bind_password_env' or 'bind_password_file': ..., 'user_filter': '(uid={user})', 'group_filter' or
+# 'member_of', 'ca_file'} (see "Users and groups from a directory")
+registry_ldap = None
+# must be True for a plain ldap:// registry_ldap without start_tls (passwords in clear)
+registry_ldap_plaintext_acknowledged = False
 
 # --- Client hosts (registry_clients) ---
 registry_client_login_user = None  # `docker login` on clients as this user (with a password)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ACTIONS = ("pull", "push", "delete")
-RULE_KEYS = frozenset({"repository", "actions", "users", "groups", "anonymous"})
+RULE_KEYS = frozenset({"repository", "actions", "users", "groups", "ldap_groups",
+                       "anonymous"})
 # A repository name component (distribution's reference grammar) where `*` may stand for any
 # run of characters; components are joined by "/".
 _PATTERN_COMPONENT = re.compile(r"(?=.{1,128}\Z)[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*")
@@ -47,6 +48,7 @@ class Rule:
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     anonymous: bool = False
+    ldap_groups: tuple[str, ...] = ()  # directory groups (registry_ldap), by name
 
     @property
     def regex(self) -> str:
@@ -80,6 +82,12 @@ class Policy:
         """The actions `user` may take on `repository`."""
         return {action for pattern, actions in self.effective(user)
                 if re.fullmatch(pattern_regex(pattern), repository) for action in actions}
+
+    def catalog_ldap_groups(self) -> list[str]:
+        """Directory groups whose members may list the catalog: a rule grants them pull on
+        every repository."""
+        return sorted({group for rule in self.rules if rule.repository == "*"
+                       and "pull" in rule.actions for group in rule.ldap_groups})
 
     def catalog_users(self, users: Iterable[str]) -> list[str]:
         """Users who may list the catalog: those who may pull every repository."""
@@ -124,8 +132,22 @@ def parse_groups(host: str, value: Any, users: Iterable[str]) -> dict[str, tuple
     return groups
 
 
+def _ldap_groups(host: str, key: str, shown: Any, value: Any, directory: bool) \
+        -> tuple[str, ...]:
+    """A rule's directory groups: names as the directory spells them (matched exactly, case
+    included), only with registry_ldap set."""
+    found = _names(host, key, shown, value, "ldap_groups")
+    if found and not directory:
+        raise _fail(host, key, shown, "ldap_groups only with registry_ldap set")
+    for name in found:
+        if not name or len(name) > 256:
+            raise _fail(host, key, shown, "ldap_groups: names of 1 to 256 characters")
+    return found
+
+
 def parse_rules(host: str, value: Any, users: Iterable[str],
-                groups: Mapping[str, tuple[str, ...]]) -> tuple[Rule, ...]:
+                groups: Mapping[str, tuple[str, ...]], directory: bool = False) \
+        -> tuple[Rule, ...]:
     key = "registry_access_rules"
     known = set(users)
     if not isinstance(value, list | tuple):
@@ -136,7 +158,7 @@ def parse_rules(host: str, value: Any, users: Iterable[str],
         if not isinstance(entry, Mapping) or "repository" not in entry or \
                 "actions" not in entry or set(entry) - RULE_KEYS:
             raise _fail(host, key, entry, "a rule with 'repository' and 'actions', and "
-                        "'users', 'groups' or 'anonymous' (no other keys)")
+                        "'users', 'groups', 'ldap_groups' or 'anonymous' (no other keys)")
         shown = dict(entry)
         pattern = entry["repository"]
         if not is_pattern(pattern):
@@ -161,25 +183,35 @@ def parse_rules(host: str, value: Any, users: Iterable[str],
         if anonymous and set(actions) - {"pull"}:
             raise _fail(host, key, shown, "anonymous clients may only be granted pull "
                         "(push and delete need a user)")
-        if not (rule_users or rule_groups or anonymous):
-            raise _fail(host, key, shown, "a rule that grants to users, groups or anonymous")
+        rule_ldap = _ldap_groups(host, key, shown, entry.get("ldap_groups", []), directory)
+        if not (rule_users or rule_groups or rule_ldap or anonymous):
+            raise _fail(host, key, shown, "a rule that grants to users, groups or anonymous "
+                        "(or ldap_groups)")
         rules.append(Rule(repository=pattern, actions=tuple(a for a in ACTIONS if a in actions),
-                          users=rule_users, groups=rule_groups, anonymous=anonymous))
+                          users=rule_users, groups=rule_groups, anonymous=anonymous,
+                          ldap_groups=rule_ldap))
     return tuple(rules)
 
 
-def parse(host: str, groups_value: Any, rules_value: Any, users: Iterable[str]) \
-        -> Policy | None:
+def parse(host: str, groups_value: Any, rules_value: Any, users: Iterable[str],
+          directory: bool = False) -> Policy | None:
     """The access policy, or None when `registry_access_rules` is None (no access control:
-    every user may do everything, as without this module)."""
+    every user may do everything, as without this module). `directory`: registry_ldap is
+    set, so rules may name `ldap_groups`, and rules are required (which directory users
+    get what is the site's choice, not everything by default)."""
     names = list(users)
     groups = parse_groups(host, groups_value, names)
     if rules_value is None:
+        if directory:
+            raise _fail(host, "registry_access_rules", None, "a list of rules when "
+                        "registry_ldap is set (rules with ldap_groups say what directory "
+                        "users may do)")
         if groups:
             raise _fail(host, "registry_groups", dict(groups_value), "empty unless "
                         "registry_access_rules is set (groups only take effect in rules)")
         return None
-    return Policy(groups=groups, rules=parse_rules(host, rules_value, names, groups))
+    return Policy(groups=groups, rules=parse_rules(host, rules_value, names, groups,
+                                                   directory))
 
 
 def all_rights(users: Iterable[str]) -> Policy:
@@ -199,8 +231,12 @@ def policy_document(policy: Policy, users: Iterable[str], *, service: str, issue
         "issuer": issuer,
         "rules": [{"repository": rule.repository, "regex": rule.regex,
                    "actions": list(rule.actions), "users": sorted(policy.members(rule)),
-                   "anonymous": rule.anonymous} for rule in policy.rules],
+                   "anonymous": rule.anonymous,
+                   **({"ldap_groups": sorted(rule.ldap_groups)} if rule.ldap_groups else {})}
+                  for rule in policy.rules],
         "catalog_users": policy.catalog_users(names),
+        **({"catalog_ldap_groups": policy.catalog_ldap_groups()}
+           if any(rule.ldap_groups for rule in policy.rules) else {}),
     }
 
 

@@ -202,6 +202,16 @@ class ServerLayout:
         return f"{self.token_dir}/policy.json"
 
     @property
+    def ldap_password(self) -> str:
+        """registry_ldap: the directory's service password (0600)."""
+        return f"{self.token_dir}/ldap.password"
+
+    @property
+    def ldap_ca(self) -> str:
+        """registry_ldap: the CA the directory's certificate is checked against."""
+        return f"{self.token_dir}/ldap-ca.crt"
+
+    @property
     def signing_cert(self) -> str:
         # In certs/, which the container sees as CONTAINER_TOKEN_SIGNING_CERT.
         return f"{self.certs_dir}/token-signing.crt"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from registry_kit.errors import SettingsError
-from registry_kit.model import access, retention
+from registry_kit.model import access, ldap, retention
 from registry_kit.model.checks import (
     BACKUP_GENERATION_RE,
     LOOPBACK_RULE,
@@ -291,11 +291,12 @@ class Settings:
 
     @cross_check
     def _users(r: Reader, s: dict[str, Any]) -> None:
-        if r.server and not s["registry_users"] and not s["registry_anonymous_acknowledged"]:
+        if r.server and not s["registry_users"] and s["registry_ldap"] is None and \
+                not s["registry_anonymous_acknowledged"]:
             raise r.fail("registry_users", [], "at least one user: without users anyone who "
                          "reaches the port can push and overwrite images; set "
                          "registry_anonymous_acknowledged=True if that is what you want")
-        if s["registry_tls_mode"] == "none" and s["registry_users"] and \
+        if s["registry_tls_mode"] == "none" and (s["registry_users"] or s["registry_ldap"]) and \
                 not s["registry_tls_none_acknowledged"]:
             raise r.fail("registry_tls_mode", "none", "plain HTTP with users sends passwords "
                          "in clear; set registry_tls_none_acknowledged=True or use TLS")
@@ -315,6 +316,14 @@ class Settings:
     registry_token_port: int = setting(
         5443, "token auth: the token server's TLS port on each server (and on the load "
         "balancer)", check=whole(1, 65535))
+    registry_ldap: ldap.Directory | None = setting(
+        None, "users and groups from a directory: {'url': 'ldaps://...', 'base_dn': ..., "
+        "'bind_dn': ..., 'bind_password_env' or 'bind_password_file': ..., 'user_filter': "
+        "'(uid={user})', 'group_filter' or 'member_of', 'ca_file'} (see \"Users and groups "
+        'from a directory")', secret=True)
+    registry_ldap_plaintext_acknowledged: bool = setting(
+        False, "must be True for a plain ldap:// registry_ldap without start_tls (passwords "
+        "in clear)", check=boolean)
     registry_access: access.Policy | None = derived(
         "the policy the token server enforces (registry_access_rules, or every user "
         "everything); None: no token auth")
@@ -322,9 +331,12 @@ class Settings:
     @cross_check
     def _access(r: Reader, s: dict[str, Any]) -> None:
         names = [user.name for user in s["registry_users"]]
+        s["registry_ldap"] = ldap.parse(r, s["registry_ldap"],
+                                        s["registry_ldap_plaintext_acknowledged"])
         try:
             s["registry_access"] = access.parse(
-                r.host, s["registry_groups"], s["registry_access_rules"], names)
+                r.host, s["registry_groups"], s["registry_access_rules"], names,
+                directory=s["registry_ldap"] is not None)
         except access.AccessError as error:
             raise SettingsError(str(error)) from None
         if s["registry_auth_mode"] == "htpasswd" and s["registry_access"] is not None:

@@ -54,7 +54,7 @@ LAYERS = {
 VALUES = {"registry_kit.model.settings", "registry_kit.model.checks", "registry_kit.model.access",
           "registry_kit.model.versions", "registry_kit.model.registry_version",
           "registry_kit.model.layout", "registry_kit.model.pull_through",
-          "registry_kit.model.retention"}
+          "registry_kit.model.retention", "registry_kit.model.ldap"}
 NAMES = {PURE: "pure", MODEL: "model", ROLES: "roles", JOBS: "jobs", HOST: "host"}
 
 
