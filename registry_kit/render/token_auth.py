@@ -35,7 +35,7 @@ from registry_kit.model.layout import (
 from registry_kit.model.settings import Settings
 
 ISSUER = "registry-kit token server"
-TOKEN_DIR_FILES = ("signing.key", "policy.json")
+TOKEN_DIR_FILES = ("signing.key", "policy.json", "ldap.password", "ldap-ca.crt")
 CERT_FILES = ("token-signing.crt",)
 
 
@@ -88,6 +88,11 @@ def policy_text(settings: Settings) -> bytes:
     document = access.policy_document(settings.registry_access,
                                       [user.name for user in settings.registry_users],
                                       service=service(settings), issuer=ISSUER)
+    directory = settings.registry_ldap
+    if directory is not None:
+        # The CA as the server sees it: its runtime copy (see unit_text).
+        ca = f"{TOKEN_RUNTIME_DIR}/ldap-ca.crt" if directory.ca_file is not None else None
+        document["ldap"] = directory.document(ca)
     return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
 
 
@@ -131,6 +136,11 @@ def unit_text(settings: Settings) -> bytes:
                "htpasswd": paths.htpasswd, "policy.json": paths.policy}
     if settings.tls_enabled:
         sources |= {"server.crt": paths.cert, "server.key": paths.key}
+    directory = settings.registry_ldap
+    if directory is not None:
+        sources["ldap.password"] = paths.ldap_password
+        if directory.ca_file is not None:
+            sources["ldap-ca.crt"] = paths.ldap_ca
     copy = {name: f"{TOKEN_RUNTIME_DIR}/{name}" for name in sources}
     argv = [layout.PYTHON, layout.TOKEN_SCRIPT,
             "--listen", Endpoints.of(settings).realm_listen,
@@ -140,12 +150,19 @@ def unit_text(settings: Settings) -> bytes:
         argv += ["--tls-cert", copy["server.crt"], "--tls-key", copy["server.key"]]
     for address in trusted_proxies(settings):
         argv += ["--trusted-proxy", address]
+    checks = []
+    if directory is not None:
+        argv += ["--ldap-password-file", copy["ldap.password"]]
+        # A local user's name in the directory too stops the start, so the deploy's
+        # restart fails with the server's one line (roles/token_server.py shows it).
+        checks = [f"ExecStartPre={' '.join(argv)} --check-names"]
     service = [
         # RuntimeDirectory= is relative to /run.
         f"RuntimeDirectory={TOKEN_RUNTIME_DIR.removeprefix('/run/')}",
         "RuntimeDirectoryMode=0700",
         f"ExecStartPre=+/bin/cp {' '.join(sources.values())} {TOKEN_RUNTIME_DIR}/",
         f"ExecStartPre=+/bin/chown -R --reference={TOKEN_RUNTIME_DIR} {TOKEN_RUNTIME_DIR}",
+        *checks,
         f"ExecStart={' '.join(argv)}",
         "Restart=always", "RestartSec=2", *SANDBOX,
     ]

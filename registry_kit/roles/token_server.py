@@ -33,6 +33,17 @@ from registry_kit.render.token_auth import (
 PACKAGES = ("python3", "python3-jwt", "python3-bcrypt", "python3-cryptography")
 MODULE_FILES = tuple(f"{layout.PYTHON_MODULES_DIR}/{name}/__init__.py"
                      for name in ("jwt", "bcrypt", "cryptography"))
+# registry_ldap: Debian's python3-ldap3 (pure Python, one package beside python3-pyasn1;
+# python3-ldap would bring libldap's C bindings for the same searches and binds).
+LDAP_PACKAGES = ("python3-ldap3",)
+LDAP_MODULE_FILES = (f"{layout.PYTHON_MODULES_DIR}/ldap3/__init__.py",)
+
+
+def packages(settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(Debian packages, the files that show they are installed) for these settings."""
+    if settings.registry_ldap is None:
+        return PACKAGES, MODULE_FILES
+    return PACKAGES + LDAP_PACKAGES, MODULE_FILES + LDAP_MODULE_FILES
 
 
 def probe_args(settings: Settings) -> dict:
@@ -41,17 +52,20 @@ def probe_args(settings: Settings) -> dict:
         return teardown_probe_args(settings)
     paths = ServerLayout.of(settings)
     return {"files": [paths.signing_key, paths.policy, paths.signing_cert, TOKEN_UNIT,
-                      TOKEN_SCRIPT, *MODULE_FILES],
+                      TOKEN_SCRIPT, *packages(settings)[1], paths.ldap_password,
+                      paths.ldap_ca],
             "dirs": [paths.token_dir], "services": [TOKEN_SERVICE]}
 
 
 @operation()
-def install_python_packages(state: HostState):
-    if all(path in state.files for path in MODULE_FILES):
-        host.noop("python3-jwt, python3-bcrypt and python3-cryptography are installed")
+def install_python_packages(state: HostState, wanted: tuple[str, ...] = PACKAGES,
+                            module_files: tuple[str, ...] = MODULE_FILES):
+    if all(path in state.files for path in module_files):
+        names = wanted[1:]  # python3 itself goes without saying
+        host.noop(f"{', '.join(names[:-1])} and {names[-1]} are installed")
         return
     yield ("DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND="
-           "noninteractive apt-get install -y -q --no-install-recommends " + join(PACKAGES))
+           "noninteractive apt-get install -y -q --no-install-recommends " + join(wanted))
 
 
 @operation()
@@ -60,8 +74,11 @@ def token_service(state: HostState, restart: bool):
     (key, certificates, htpasswd, policy) changed."""
     active, is_enabled = state.services.get(TOKEN_SERVICE, (False, False))
     if restart:
+        # A start the server refuses (registry_ldap: a local user's name in the directory)
+        # fails the run with the server's own last line, not only systemd's pointer to it.
         yield (f"systemctl daemon-reload && systemctl enable {q(TOKEN_SERVICE)} && "
-               f"systemctl restart {q(TOKEN_SERVICE)}")
+               f"{{ systemctl restart {q(TOKEN_SERVICE)} || {{ journalctl -u "
+               f"{q(TOKEN_SERVICE)} -o cat -n 1 --no-pager >&2; exit 1; }}; }}")
         return
     if active and is_enabled:
         host.noop(f"{TOKEN_SERVICE} is running")
@@ -75,7 +92,8 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
     `htpasswd_op`: the uploads of the other files the server copies at start."""
     paths = ServerLayout.of(settings)
     key_pem, cert_pem = keystore.token_signing_material(settings)
-    install_python_packages(state, name="Install the token server's Python packages")
+    install_python_packages(state, *packages(settings),
+                            name="Install the token server's Python packages")
     files.managed_dir(paths.token_dir, "0700", state.dirs.get(paths.token_dir),
                       name=f"Create {paths.token_dir}")
     key_op = files.managed_file(paths.signing_key, key_pem, "0600",
@@ -92,12 +110,31 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
                                    name=f"Install {TOKEN_SCRIPT}")
     unit_op = files.managed_file(TOKEN_UNIT, unit_text(settings), "0644",
                                  state.files.get(TOKEN_UNIT), name=f"Install {TOKEN_UNIT}")
-    changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops]
+    changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops,
+               *directory_files(settings, state)]
     token_service(state, restart=False, name=f"Start {TOKEN_SERVICE}",
                   _if=lambda: not any(op.did_change() for op in changed))
     token_service(state, restart=True, name=f"Restart {TOKEN_SERVICE} for its changed files",
                   _if=lambda: any(op.did_change() for op in changed))
     return cert_op
+
+
+def directory_files(settings: Settings, state: HostState) -> list:
+    """registry_ldap's service password (0600, never in a command) and CA on the server,
+    or their removal when it is unset; the uploads, for the restart."""
+    paths = ServerLayout.of(settings)
+    directory = settings.registry_ldap
+    wanted: dict[str, tuple[bytes, str]] = {}
+    if directory is not None:
+        wanted[paths.ldap_password] = (directory.bind_password.reveal().encode(), "0600")
+        if directory.ca_file is not None:
+            wanted[paths.ldap_ca] = (directory.ca_file.read_bytes(), "0644")
+    ops = [files.managed_file(path, content, mode, state.files.get(path),
+                              name=f"Upload {path}") for path, (content, mode) in wanted.items()]
+    stale = [path for path in (paths.ldap_password, paths.ldap_ca) if path not in wanted]
+    ops.append(files.absent_paths(stale, list(state.files), name="Remove the directory's "
+                                  "password and CA (registry_ldap unset)"))
+    return ops
 
 
 # --- teardown: the reverse of token_deploy (whatever the settings say now) ---

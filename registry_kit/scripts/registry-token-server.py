@@ -11,7 +11,12 @@
 # Failed logins are limited per client address and per user name (LoginLimits): a guesser
 # gets 429 with Retry-After, and an unknown user costs the same bcrypt as a known one.
 #
-# Runs with Debian's python3-jwt, python3-bcrypt and python3-cryptography (no pip).
+# With policy.json's "ldap" (registry_ldap) a name htpasswd does not hold is checked against
+# the directory (Directory: a search as the service account, one bind as the user) and its
+# groups go into this token's grants only.
+#
+# Runs with Debian's python3-jwt, python3-bcrypt and python3-cryptography (no pip), and
+# python3-ldap3 with a directory.
 # Logs one line per token request (user, scopes asked and granted, bcrypt checks made):
 # never a password or a token.
 from __future__ import annotations
@@ -112,27 +117,36 @@ def parse_scope(scope: str) -> tuple[str, str, list[str]] | None:
     return kind, name, [a for a in actions.split(",") if a]
 
 
-def allowed_actions(policy: dict, user: str | None, name: str) -> set[str]:
+def applies(rule: dict, user: str | None, groups: frozenset[str]) -> bool:
+    """A rule covers anonymous, a local user it names, or a directory user in one of its
+    ldap_groups (`groups`: read from the directory at this login)."""
+    return rule["anonymous"] or (user is not None and user in rule["users"]) or \
+        bool(groups.intersection(rule.get("ldap_groups", ())))
+
+
+def allowed_actions(policy: dict, user: str | None, name: str,
+                    groups: frozenset[str] = frozenset()) -> set[str]:
     granted: set[str] = set()
     for rule in policy["rules"]:
-        if (rule["anonymous"] or (user is not None and user in rule["users"])) and \
-                re.fullmatch(rule["regex"], name):
+        if applies(rule, user, groups) and re.fullmatch(rule["regex"], name):
             granted.update(rule["actions"])
     return granted
 
 
-def grant(policy: dict, user: str | None, scope: str) -> dict | None:
-    """The access entry a scope earns (None: nothing)."""
+def grant(policy: dict, user: str | None, scope: str,
+          groups: frozenset[str] = frozenset()) -> dict | None:
+    """The access entry a scope earns (None: nothing); `groups`: a directory user's."""
     parsed = parse_scope(scope)
     if parsed is None:
         return None
     kind, name, wanted = parsed
     if kind == "registry" and name == "catalog":
-        ok = user is not None and user in policy["catalog_users"]
+        ok = user is not None and (user in policy["catalog_users"] or bool(
+            groups.intersection(policy.get("catalog_ldap_groups", ()))))
         return {"type": "registry", "name": "catalog", "actions": ["*"]} if ok else None
     if kind != "repository":
         return None
-    allowed = allowed_actions(policy, user, name)
+    allowed = allowed_actions(policy, user, name, groups)
     # "*" asks for every action: give what is allowed, "*" itself only with all of them.
     actions = [a for a in ACTIONS if a in allowed and (a in wanted or "*" in wanted)]
     if "*" in wanted and allowed >= set(ACTIONS):
@@ -280,6 +294,174 @@ class Checker:
         return ok, 1
 
 
+# --- Users and groups from a directory (registry_ldap): Debian's python3-ldap3 ---
+
+LDAP_NAME_MAX = 256  # longer user names are refused before the directory is asked
+
+
+class DirectoryError(Exception):
+    """The directory could not answer (unreachable, TLS, the service account refused): a
+    directory user gets 401, with this as the log line's cause."""
+
+
+def ldap_escape(value: str) -> str:
+    """A value for an LDAP filter (RFC 4515 section 3): `\\`, `*`, `(`, `)` and NUL as
+    `\\5c`, `\\2a`, `\\28`, `\\29`, `\\00`, so a user name like `*)(uid=*` is matched
+    literally and cannot widen the search."""
+    special = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\0": r"\00"}
+    return "".join(special.get(char, char) for char in value)
+
+
+def fill_filter(template: str, **values: str) -> str:
+    """`template` with each {NAME} replaced by its escaped value (str.format would read
+    braces in a value)."""
+    # One pass: a value that holds "{user}" is not expanded again.
+    return re.sub(r"\{(" + "|".join(map(re.escape, values)) + r")\}",
+                  lambda match: ldap_escape(values[match[1]]), template)
+
+
+def rdn_value(dn: str) -> str:
+    """The first RDN's value of a DN ("cn=devs,ou=groups,..." -> "devs"): a group's name
+    from a memberOf value. Escaped characters (RFC 4514) are unescaped."""
+    value, index, escaped_next = [], dn.find("=") + 1, False
+    while 0 < index < len(dn):
+        char = dn[index]
+        index += 1
+        if escaped_next:
+            escaped_next = False
+            pair = dn[index - 1:index + 1]
+            if re.fullmatch(r"[0-9A-Fa-f]{2}", pair):
+                value.append(chr(int(pair, 16)))
+                index += 1
+            else:
+                value.append(char)
+        elif char == "\\":
+            escaped_next = True
+        elif char in ",+":
+            break
+        else:
+            value.append(char)
+    return "".join(value).strip()
+
+
+class Directory:
+    """LDAP logins: one service-account connection, kept open and shared under a lock, finds
+    the user's entry (and its groups); the password is checked by one bind as that entry on
+    a connection of its own. So a token costs one bind; the service account binds again
+    only when its connection broke. `config` is policy.json's "ldap"."""
+
+    def __init__(self, config: dict, password: str) -> None:
+        self.config = config
+        self.password = password
+        self.lock = threading.Lock()
+        self.service: Any = None
+
+    def server(self) -> Any:
+        import ldap3  # imported late: the server starts even while apt installs it
+
+        config = self.config
+        tls = None
+        if config["tls"] != "none":
+            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config["ca_file"],
+                            sni=config["host"])
+        return ldap3.Server(config["host"], port=config["port"],
+                            use_ssl=config["tls"] == "ldaps", tls=tls, get_info=ldap3.NONE,
+                            connect_timeout=config["timeout"])
+
+    def bind(self, dn: str, password: str) -> tuple[Any, bool]:
+        """A new connection bound as `dn`: (connection, whether the bind succeeded)."""
+        import ldap3
+
+        connection = ldap3.Connection(self.server(), user=dn, password=password,
+                                      receive_timeout=self.config["timeout"],
+                                      raise_exceptions=False)
+        connection.open()
+        if self.config["tls"] == "starttls" and not connection.start_tls():
+            raise DirectoryError(f"StartTLS refused: {connection.result.get('description')}")
+        return connection, bool(connection.bind())
+
+    def search(self, base: str, query: str, attributes: list[str]) -> list[tuple[str, dict]]:
+        """(dn, attributes) of the entries found, as the service account; a broken
+        connection is opened again once."""
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+
+        with self.lock:
+            for attempt in (1, 2):
+                try:
+                    if self.service is None:
+                        connection, ok = self.bind(self.config["bind_dn"], self.password)
+                        if not ok:
+                            raise DirectoryError("the service account's bind was refused: "
+                                                 f"{connection.result.get('description')}")
+                        self.service = connection
+                    if not self.service.search(base, query, ldap3.SUBTREE,
+                                               attributes=attributes, size_limit=100) and \
+                            self.service.result.get("result") not in (0, 4, 32):
+                        raise DirectoryError(f"search failed: "
+                                             f"{self.service.result.get('description')}")
+                    return [(entry["dn"], dict(entry.get("attributes", {})))
+                            for entry in self.service.response or []
+                            if entry.get("type") == "searchResEntry"]
+                except (LDAPException, OSError) as error:
+                    self.close()
+                    if attempt == 2:
+                        raise DirectoryError(f"{type(error).__name__}: {error}") from None
+                except DirectoryError:
+                    self.close()
+                    raise
+        return []
+
+    def close(self) -> None:
+        if self.service is not None:
+            with contextlib.suppress(Exception):
+                self.service.unbind()
+        self.service = None
+
+    def find(self, name: str) -> list[tuple[str, dict]]:
+        config = self.config
+        wanted = [config["member_of"]] if config["member_of"] else []
+        return self.search(config["base_dn"], fill_filter(config["user_filter"], user=name),
+                           wanted)
+
+    def groups(self, name: str, dn: str, attributes: dict) -> frozenset[str]:
+        config = self.config
+        if config["member_of"]:
+            values = attributes.get(config["member_of"]) or []
+            return frozenset(rdn_value(value) for value in values)
+        if not config["group_filter"]:
+            return frozenset()
+        attribute = config["group_name_attribute"]
+        found = self.search(config["group_base_dn"],
+                            fill_filter(config["group_filter"], dn=dn, user=name), [attribute])
+        return frozenset(str(value) for _, attrs in found for value in
+                         (attrs.get(attribute) or []) if value)
+
+    def login(self, name: str, password: str) -> tuple[bool, frozenset[str], str]:
+        """(right password, the user's groups, what happened, for the log line). Raises
+        DirectoryError when the directory could not answer."""
+        if not name or not password or len(name) > LDAP_NAME_MAX:
+            # An empty password would be an unauthenticated bind, which "succeeds".
+            return False, frozenset(), "directory: empty or too long name or password"
+        found = self.find(name)
+        if len(found) != 1:
+            return False, frozenset(), f"directory: {len(found)} entries match (binds=0)"
+        dn, attributes = found[0]
+        try:
+            connection, ok = self.bind(dn, password)
+            with contextlib.suppress(Exception):
+                connection.unbind()
+        except Exception as error:  # ldap3's errors, OSError, ssl errors: all unreachable
+            raise DirectoryError(f"{type(error).__name__}: {error}") from None
+        if not ok:
+            return False, frozenset(), "directory: wrong password (binds=1)"
+        return True, self.groups(name, dn, attributes), "directory (binds=1)"
+
+    def conflicts(self, names: list[str]) -> list[str]:
+        """Local (htpasswd) users the directory knows too."""
+        return [name for name in names if self.find(name)]
+
+
 def users_cost(users: dict[str, str]) -> bytes:
     """The bcrypt cost of the users' hashes (the highest), for an unknown user's check."""
     costs = [hashed[4:6] for hashed in users.values()
@@ -337,6 +519,7 @@ class Handler(BaseHTTPRequestHandler):
     checker: Checker
     limits: LoginLimits
     trusted_proxies: frozenset[str] = frozenset()
+    directory: Directory | None = None
     signing_key: Any
     chain: list[str]
 
@@ -370,6 +553,25 @@ class Handler(BaseHTTPRequestHandler):
                                      "required", "detail": None}]},
                    {"WWW-Authenticate": 'Basic realm="registry-kit"'})
 
+    def directory_login(self, name: str, password: str, address: str) \
+            -> tuple[bool, frozenset[str], str]:
+        """A user htpasswd does not hold, checked against the directory: (ok, groups, what
+        happened). A failure counts against the login limits; a directory that cannot
+        answer does not (the user did nothing wrong) and logs its cause."""
+        assert self.directory is not None
+        try:
+            ok, groups, why = self.directory.login(name, password)
+        except DirectoryError as error:
+            self.limits.succeeded(address, name)
+            return False, frozenset(), f"directory unreachable: {escaped(str(error))}"
+        if ok:
+            self.limits.succeeded(address, name)
+            log(f"directory user '{escaped(name)}' groups="
+                f"{escaped(','.join(sorted(groups))) or '-'}")
+        else:
+            self.limits.failed(address)
+        return ok, groups, why
+
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if url.path != "/token":
@@ -383,6 +585,7 @@ class Handler(BaseHTTPRequestHandler):
         given = self.credentials()
         user: str | None = None
         checks = 0
+        groups: frozenset[str] = frozenset()  # a directory user's, read at this login
         if given is not None:
             name, password = given
             address = client_address(self.client_address[0],
@@ -395,7 +598,15 @@ class Handler(BaseHTTPRequestHandler):
                                              "failed logins", "detail": None}]},
                            {"Retry-After": str(wait)})
                 return
-            ok, checks = self.checker.check(name, password, users.get(name), users_cost(users))
+            if name not in users and self.directory is not None:
+                ok, groups, why = self.directory_login(name, password, address)
+                if not ok:
+                    self.refuse(f"user '{escaped(name)}' from {escaped(address)}: {why}")
+                    return
+                checks = 0
+            else:
+                ok, checks = self.checker.check(name, password, users.get(name),
+                                                users_cost(users))
             if not ok:
                 self.limits.failed(address)
                 self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
@@ -404,7 +615,7 @@ class Handler(BaseHTTPRequestHandler):
             self.limits.succeeded(address, name)
             user = name
         scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
-        access = [entry for entry in (grant(policy, user, s) for s in scopes) if entry]
+        access = [entry for entry in (grant(policy, user, s, groups) for s in scopes) if entry]
         now = int(time.time())
         claims = {"iss": policy["issuer"], "sub": user or "", "aud": policy["service"],
                   "iat": now, "nbf": now - 10, "exp": now + TOKEN_SECONDS,
@@ -506,6 +717,37 @@ class Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+def open_directory(policy: dict, password_file: str | None) -> Directory | None:
+    """The directory of policy.json's "ldap" (None: none), its service password read from
+    its own 0600 copy (never argv or the environment)."""
+    if not policy.get("ldap"):
+        return None
+    if password_file is None:
+        raise SystemExit("registry-token-server: policy.json names a directory: "
+                         "--ldap-password-file is required")
+    with open(password_file, encoding="utf-8") as handle:
+        return Directory(policy["ldap"], handle.read().removesuffix("\n"))
+
+
+def check_names(directory: Directory, users: dict[str, str]) -> int:
+    """`--check-names` (the unit's ExecStartPre): 1, with one line naming them, when a
+    local user's name is in the directory too (at login htpasswd wins, so the directory's
+    user of that name could never log in: the deploy refuses it instead). A directory
+    that cannot answer now is logged and does not stop the start: local users must work."""
+    try:
+        both = directory.conflicts(sorted(users))
+    except DirectoryError as error:
+        log(f"could not compare local users with the directory: {escaped(str(error))}")
+        return 0
+    finally:
+        directory.close()
+    if both:
+        log(f"refused: user name {', '.join(repr(escaped(n)) for n in both)} is both in "
+            "registry_users and the directory (registry_ldap): rename or remove the local user")
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
@@ -517,7 +759,14 @@ def main() -> int:
     parser.add_argument("--policy", required=True)
     parser.add_argument("--trusted-proxy", action="append", default=[],
                         help="an address whose X-Forwarded-For names the client (repeat)")
+    parser.add_argument("--ldap-password-file", help="the directory's service password")
+    parser.add_argument("--check-names", action="store_true",
+                        help="only check that no local user is in the directory too")
     args = parser.parse_args()
+    if args.check_names:
+        users, policy = Files(args.htpasswd, args.policy).current(strict=True)
+        directory = open_directory(policy, args.ldap_password_file)
+        return check_names(directory, users) if directory else 0
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     with open(args.signing_key, "rb") as handle:
@@ -525,7 +774,9 @@ def main() -> int:
     with open(args.signing_cert, "rb") as handle:
         Handler.chain = x5c(handle.read())
     Handler.files = Files(args.htpasswd, args.policy)
-    Handler.files.current(strict=True)  # a broken file stops the start (systemd shows it)
+    # A broken file stops the start (systemd shows it).
+    Handler.directory = open_directory(Handler.files.current(strict=True)[1],
+                                       args.ldap_password_file)
     Handler.checker = Checker()
     Handler.limits = LoginLimits()
     Handler.trusted_proxies = frozenset(normal_address(a) for a in args.trusted_proxy)

@@ -548,7 +548,8 @@ def test_token_service_started_or_restarted() -> None:
     # Changed unit, script, key or TLS files: restarted even when it runs.
     assert run(token_auth.token_service, running, restart=True) == ([
         "systemctl daemon-reload && systemctl enable registry-kit-token.service && "
-        "systemctl restart registry-kit-token.service"], [])
+        "{ systemctl restart registry-kit-token.service || { journalctl -u "
+        "registry-kit-token.service -o cat -n 1 --no-pager >&2; exit 1; }; }"], [])
 
 
 def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> None:
@@ -560,7 +561,8 @@ def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> Non
                    f"rm -f {TOKEN_UNIT} && systemctl daemon-reload"], [])
     assert run(token_auth.remove_token_files, defaults, probe()) == ([], [f"no {TOKEN_DIR}"])
     assert run(token_auth.remove_token_files, defaults, probe(dirs=[f"700 {TOKEN_DIR}"])) == \
-        ([f"rm -f {TOKEN_DIR}/signing.key {TOKEN_DIR}/policy.json && rmdir {TOKEN_DIR}"], [])
+        ([f"rm -f {TOKEN_DIR}/signing.key {TOKEN_DIR}/policy.json {TOKEN_DIR}/ldap.password "
+          f"{TOKEN_DIR}/ldap-ca.crt && rmdir {TOKEN_DIR}"], [])
 
 
 # --------------------------------------------------------------------------- backup, restore
