@@ -1,0 +1,227 @@
+"""Users and groups from a directory (registry_ldap) on real lab hosts: Debian's slapd on a
+host of its own (lab-ldap, `ldap.lab`, LDAPS with a CA this module makes), the registry on
+lab-reg (registry:3 when the lab has it, else registry:2), the docker CLI on lab-client1.
+
+One deploy, applied twice (the second run changes nothing), shared by the scenarios in
+order: a directory user pushes where its group is granted and gets Docker's own denial
+elsewhere; a wrong password is 401; removed from the group (ldapmodify on the directory's
+host, no kit run) the user's next push is denied; slapd stopped, directory users get 401
+while a local user still pushes; names with LDAP filter characters cannot log in; the bind
+password is in no journal, log or command line on the server. Checks use the docker CLI,
+curl and journalctl over SSH, never the kit's code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import harness
+import ldap_directory
+import pytest
+
+import lab as lab_api
+from lab.images import registry3_available
+from lab.topology import HostSpec
+
+DOMAIN = "registry.lab"
+PORT = 5000
+TOKEN_PORT = 5443
+ADDRESS = f"{DOMAIN}:{PORT}"
+SERVER = "lab-reg"
+CLIENT = "lab-client1"
+DIRECTORY_HOST = HostSpec("lab-ldap", "bookworm", ("ldap.lab",), ())
+DENIED = "denied: requested access to the resource is denied"
+LOCAL = {"ci": "ci-local-password-1"}
+DIRECTORY_USERS = {"dana": "dana-directory-pw-1", "erin": "erin-directory-pw-1"}
+SERVICE_PASSWORD = "svc-bind-Secret-90210"
+RULES: list[dict[str, Any]] = [
+    {"repository": "team-a/*", "actions": ["pull", "push"], "ldap_groups": ["team-a"]},
+    {"repository": "*", "actions": ["pull", "push", "delete"], "users": ["ci"]},
+]
+TIMES: dict[str, float] = {}
+
+pytestmark = pytest.mark.e2e
+
+
+class Site:
+    def __init__(self, directory: Path, ldap: ldap_directory.Directory) -> None:
+        self.dir = directory
+        self.inventory = directory / "inventory.py"
+        self.state_dir = directory / "state"
+        self.ldap = ldap
+        (directory / "ldap-ca.crt").write_bytes(ldap.ca_pem)
+        available, _ = registry3_available()
+        self.image = "registry:3" if available else "registry:2"
+        self.data: dict[str, Any] = {
+            "registry_domain": DOMAIN, "registry_port": PORT, "registry_image": self.image,
+            "registry_verify_timeout": 30, "registry_state_dir": str(self.state_dir),
+            "registry_access_rules": RULES,
+            "registry_ldap": {
+                "url": "ldaps://ldap.lab", "base_dn": ldap_directory.PEOPLE,
+                "bind_dn": ldap_directory.SERVICE_DN,
+                "bind_password_file": harness.write_secret(directory, "ldap.password",
+                                                           SERVICE_PASSWORD),
+                "user_filter": "(&(objectClass=inetOrgPerson)(uid={user}))",
+                "group_filter": "(&(objectClass=groupOfNames)(member={dn}))",
+                "group_base_dn": ldap_directory.GROUPS,
+                "ca_file": str(directory / "ldap-ca.crt")},
+        }
+        users = [{"name": name, "password_file": harness.write_secret(
+            directory, f"{name}.password", password)} for name, password in LOCAL.items()]
+        harness.write_inventory(self.inventory, servers=[SERVER], clients=[CLIENT],
+                                data={**self.data, "registry_users": users})
+
+    def twice(self, timing: str) -> None:
+        start = time.monotonic()
+        harness.run_kit(self.inventory).assert_ok()
+        TIMES[timing] = round(time.monotonic() - start, 1)
+        harness.run_kit(self.inventory).assert_no_changes()
+
+    def token_status(self, user: str, password: str, scope: str) -> tuple[int, dict]:
+        """(HTTP status, body) of a token request with curl (credentials from a file)."""
+        ca = self.state_dir / "ca" / "ca.crt"
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "curlrc"
+            escaped = (user + ":" + password).replace("\\", "\\\\").replace('"', '\\"')
+            config.write_text(f'user = "{escaped}"\n')
+            proc = subprocess.run(
+                ["curl", "-s", "--max-time", "20", "--cacert", str(ca), "-w", "\n%{http_code}",
+                 "--resolve", f"{DOMAIN}:{TOKEN_PORT}:{harness.host_ip(SERVER)}", "-G",
+                 "--data-urlencode", f"service={ADDRESS}", "--data-urlencode",
+                 f"scope={scope}", "-K", str(config), f"https://{DOMAIN}:{TOKEN_PORT}/token"],
+                capture_output=True, text=True, timeout=30)
+        body, _, code = proc.stdout.rpartition("\n")
+        return int(code or 0), (json.loads(body) if body.startswith("{") else {})
+
+
+def docker(command: str, *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return harness.ssh(CLIENT, command, check=False, stdin=stdin)
+
+
+def login(user: str, password: str) -> subprocess.CompletedProcess[str]:
+    docker(f"docker logout {ADDRESS}")
+    return docker(f"docker login -u {user} --password-stdin {ADDRESS}", stdin=password)
+
+
+def push(image: str) -> subprocess.CompletedProcess[str]:
+    return docker(f"docker tag busybox {ADDRESS}/{image} && docker push {ADDRESS}/{image}")
+
+
+def assert_pushed(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def assert_denied(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{what} was allowed:\n{out}"
+    assert DENIED in out, f"{what}: not Docker's denial:\n{out}"
+
+
+def journal_since(since: str) -> str:
+    return harness.ssh(SERVER, "journalctl -u registry-kit-token.service -o cat --no-pager "
+                       f"--since @{since} | tail -n 50").stdout
+
+
+@pytest.fixture(scope="module")
+def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    start = time.monotonic()
+    lab_api.up([DIRECTORY_HOST])
+    directory = ldap_directory.Directory(
+        DIRECTORY_HOST.name, "ldap.lab", admin_password="lab-directory-admin-1",
+        service_password=SERVICE_PASSWORD, users=dict(DIRECTORY_USERS),
+        groups={"team-a": ["dana", "erin"], "team-b": ["erin"]})
+    TIMES["slapd bring-up"] = ldap_directory.install(directory)
+    # A fresh server, as test_access does: repositories of other modules stay out.
+    lab_api.reset_host(SERVER)
+    yield Site(tmp_path_factory.mktemp("ldap"), directory)
+    lab_api.remove_host(DIRECTORY_HOST.name)
+    TIMES["module"] = round(time.monotonic() - start, 1)
+    print("\nldap timings (s):", json.dumps(TIMES, indent=1))
+
+
+def test_a_directory_user_pushes_where_its_group_is_granted(site: Site) -> None:
+    site.twice(f"deploy {site.image} with registry_ldap")
+    assert docker("docker pull busybox").returncode == 0
+    assert login("dana", DIRECTORY_USERS["dana"]).returncode == 0
+    assert_pushed(push("team-a/app:dana"))
+    assert_denied(push("team-b/app:dana"), "dana pushing team-b/app")
+    code, body = site.token_status("dana", DIRECTORY_USERS["dana"],
+                                   "repository:team-a/app:pull,push")
+    assert code == 200 and body["expires_in"] == 300, body
+    assert site.token_status("dana", "wrong-password", "repository:team-a/app:pull")[0] == 401
+    assert login("dana", "wrong-password").returncode != 0
+
+
+# Unescaped, "dana)(uid=*" and "dan*" would find dana's entry alone and her password would
+# log them in; "*" would match every user. Six failures from the control machine's address
+# (the wrong password above makes seven) stay under its 10 a minute.
+@pytest.mark.parametrize("name", ["*", "*)(uid=*", "\\", "(", "dana)(uid=*", "dan*"])
+def test_b_names_with_filter_characters_cannot_log_in(site: Site, name: str) -> None:
+    code, _ = site.token_status(name, DIRECTORY_USERS["dana"], "repository:team-a/app:pull")
+    assert code == 401, (name, code)
+
+
+def test_c_the_bind_password_is_in_no_log_journal_or_command_line(site: Site) -> None:
+    # The password reaches the host on stdin, into a file grep reads its pattern from.
+    harness.ssh(SERVER, "umask 077 && cat > /run/ldap-test.pattern", stdin=SERVICE_PASSWORD)
+    out = harness.ssh(SERVER, "{ journalctl --no-pager -o cat; cat /var/log/*.log "
+                      "/var/log/*/*.log 2>/dev/null; ps -eo args; "
+                      "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; "
+                      "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; } "
+                      "| grep -cF -f /run/ldap-test.pattern; rm -f /run/ldap-test.pattern",
+                      check=False)
+    assert out.stdout.strip() == "0", out.stdout
+    mode = harness.ssh(SERVER, "stat -c '%U %a' /etc/registry-kit/token/ldap.password").stdout
+    assert mode.split() == ["root", "600"]
+
+
+def test_d_removed_from_the_group_the_next_push_is_denied(site: Site) -> None:
+    start = time.monotonic()
+    assert login("dana", DIRECTORY_USERS["dana"]).returncode == 0
+    assert_pushed(push("team-a/app:before"))
+    ldap_directory.remove_member(site.ldap, "team-a", "dana")
+    try:
+        # Groups are read at each token request; a token lives 300 s (expires_in above) and
+        # each docker command asks for a new one, so the next push is already refused.
+        assert_denied(push("team-a/app:after"), "dana pushing after leaving team-a")
+        code, body = site.token_status("dana", DIRECTORY_USERS["dana"],
+                                       "repository:team-a/app:pull,push")
+        assert code == 200 and body.get("token"), body
+    finally:
+        ldap_directory.add_member(site.ldap, "team-a", "dana")
+    assert_pushed(push("team-a/app:back"))
+    TIMES["group removal"] = round(time.monotonic() - start, 1)
+
+
+def test_e_directory_stopped_local_users_still_push(site: Site) -> None:
+    start = time.monotonic()
+    since = harness.ssh(SERVER, "date +%s").stdout.strip()
+    harness.ssh(site.ldap.host, "systemctl stop slapd")
+    try:
+        code, _ = site.token_status("dana", DIRECTORY_USERS["dana"],
+                                    "repository:team-a/app:pull")
+        assert code == 401
+        journal = journal_since(since)
+        assert "user 'dana'" in journal and "directory unreachable:" in journal, journal
+        assert login("ci", LOCAL["ci"]).returncode == 0
+        assert_pushed(push("team-b/app:ci-while-directory-down"))
+        assert login("dana", DIRECTORY_USERS["dana"]).returncode != 0
+    finally:
+        harness.ssh(site.ldap.host, "systemctl start slapd")
+    # Back: the service account's connection is opened again.
+    deadline = time.monotonic() + 30
+    while site.token_status("dana", DIRECTORY_USERS["dana"],
+                            "repository:team-a/app:pull")[0] != 200:
+        assert time.monotonic() < deadline, "dana still refused after slapd started"
+        time.sleep(1)
+    TIMES["directory stopped"] = round(time.monotonic() - start, 1)
+
+
+def test_f_rerun_changes_nothing(site: Site) -> None:
+    harness.run_kit(site.inventory).assert_no_changes()
