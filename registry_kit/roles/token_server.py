@@ -75,10 +75,13 @@ def token_service(state: HostState, restart: bool):
     active, is_enabled = state.services.get(TOKEN_SERVICE, (False, False))
     if restart:
         # A start the server refuses (registry_ldap: a local user's name in the directory)
-        # fails the run with the server's own last line, not only systemd's pointer to it.
+        # fails the run with the server's own last line (_SYSTEMD_UNIT: its output, not
+        # systemd's lines about it). reset-failed: the refused starts' retries may have hit
+        # systemd's start limit, which would refuse the fixed start too.
         yield (f"systemctl daemon-reload && systemctl enable {q(TOKEN_SERVICE)} && "
-               f"{{ systemctl restart {q(TOKEN_SERVICE)} || {{ journalctl -u "
-               f"{q(TOKEN_SERVICE)} -o cat -n 1 --no-pager >&2; exit 1; }}; }}")
+               f"{{ systemctl reset-failed {q(TOKEN_SERVICE)} 2>/dev/null; "
+               f"systemctl restart {q(TOKEN_SERVICE)} || {{ journalctl "
+               f"{q('_SYSTEMD_UNIT=' + TOKEN_SERVICE)} -o cat -n 1 --no-pager >&2; exit 1; }}; }}")
         return
     if active and is_enabled:
         host.noop(f"{TOKEN_SERVICE} is running")

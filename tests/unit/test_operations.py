@@ -548,8 +548,9 @@ def test_token_service_started_or_restarted() -> None:
     # Changed unit, script, key or TLS files: restarted even when it runs.
     assert run(token_auth.token_service, running, restart=True) == ([
         "systemctl daemon-reload && systemctl enable registry-kit-token.service && "
-        "{ systemctl restart registry-kit-token.service || { journalctl -u "
-        "registry-kit-token.service -o cat -n 1 --no-pager >&2; exit 1; }; }"], [])
+        "{ systemctl reset-failed registry-kit-token.service 2>/dev/null; "
+        "systemctl restart registry-kit-token.service || { journalctl "
+        "_SYSTEMD_UNIT=registry-kit-token.service -o cat -n 1 --no-pager >&2; exit 1; }; }"], [])
 
 
 def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> None:
