@@ -253,4 +253,10 @@ def describe(policy: Policy | None, users: Iterable[str]) -> list[str]:
         catalog = " (+catalog)" if name is not None and name in policy.catalog_users(names) \
             else ""
         lines.append(f"{name or '(anonymous)'}: {shown or 'nothing'}{catalog}")
+    for group in sorted({group for rule in policy.rules for group in rule.ldap_groups}):
+        # Directory groups: what their members get on top of what anonymous gets.
+        shown = "; ".join(f"{rule.repository}: {','.join(rule.actions)}"
+                          for rule in policy.rules if group in rule.ldap_groups)
+        catalog = " (+catalog)" if group in policy.catalog_ldap_groups() else ""
+        lines.append(f"ldap group {group}: {shown}{catalog}")
     return lines

@@ -168,3 +168,12 @@ def test_empty_password_never_reaches_the_directory() -> None:
     assert directory.login("alice", "")[0] is False
     assert directory.login("", "pw")[0] is False
     assert directory.login("a" * 300, "pw")[0] is False
+
+
+def test_status_shows_what_directory_groups_get(make_settings: Callable[..., Settings]) -> None:
+    from registry_kit.model import access
+
+    made = _made(make_settings)
+    lines = access.describe(made.registry_access, [])
+    assert "ldap group devs: team-a/*: pull,push" in lines
+    assert "ldap group auditors: *: pull (+catalog)" in lines
