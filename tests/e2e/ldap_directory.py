@@ -98,7 +98,9 @@ def _tls_ldif() -> str:
             f"olcTLSCACertificateFile: {TLS_DIR}/ca.crt\n-\n"
             f"replace: olcTLSCertificateFile\nolcTLSCertificateFile: {TLS_DIR}/server.crt\n-\n"
             f"replace: olcTLSCertificateKeyFile\n"
-            f"olcTLSCertificateKeyFile: {TLS_DIR}/server.key\n")
+            f"olcTLSCertificateKeyFile: {TLS_DIR}/server.key\n-\n"
+            # "stats": one journal line per bind, so a test can count them.
+            "replace: olcLogLevel\nolcLogLevel: stats\n")
 
 
 def install(directory: Directory) -> float:
@@ -134,6 +136,13 @@ def admin(directory: Directory, tool: str, ldif: str) -> None:
                 stdin=directory.admin_password)
     harness.ssh(directory.host, f"{tool} -x -H ldapi:/// -D cn=admin,{SUFFIX} "
                 "-y /root/.ldap-admin >/dev/null", stdin=ldif)
+
+
+def binds_since(directory: Directory, since: str) -> list[str]:
+    """The DNs slapd saw bind since `since` (epoch seconds on the directory's host)."""
+    out = harness.ssh(directory.host, f"journalctl -u slapd -o cat --no-pager --since @{since} "
+                      "| grep -o 'BIND dn=\"[^\"]*\" method=128' || true").stdout
+    return [line.split('"')[1] for line in out.splitlines()]
 
 
 def remove_member(directory: Directory, group: str, uid: str) -> None:

@@ -72,8 +72,12 @@ class Site:
                 "group_base_dn": ldap_directory.GROUPS,
                 "ca_file": str(directory / "ldap-ca.crt")},
         }
+        self.write()
+
+    def write(self, extra_local: dict[str, str] | None = None) -> None:
+        local = {**LOCAL, **(extra_local or {})}
         users = [{"name": name, "password_file": harness.write_secret(
-            directory, f"{name}.password", password)} for name, password in LOCAL.items()]
+            self.dir, f"{name}.password", password)} for name, password in local.items()]
         harness.write_inventory(self.inventory, servers=[SERVER], clients=[CLIENT],
                                 data={**self.data, "registry_users": users})
 
@@ -223,5 +227,48 @@ def test_e_directory_stopped_local_users_still_push(site: Site) -> None:
     TIMES["directory stopped"] = round(time.monotonic() - start, 1)
 
 
-def test_f_rerun_changes_nothing(site: Site) -> None:
+def test_f_a_token_costs_one_bind_the_service_account_none(site: Site) -> None:
+    """slapd's own log: five tokens for dana are five binds as dana; the service account's
+    connection stays open (it bound again only if slapd restarted, as in test_e)."""
+    site.token_status("dana", DIRECTORY_USERS["dana"], "repository:team-a/app:pull")
+    since = harness.ssh(site.ldap.host, "date +%s").stdout.strip()
+    time.sleep(1)  # --since has whole seconds
+    for _ in range(5):
+        code, _ = site.token_status("dana", DIRECTORY_USERS["dana"], "repository:team-a/app:pull")
+        assert code == 200
+    time.sleep(1)
+    binds = ldap_directory.binds_since(site.ldap, since)
+    assert binds == [site.ldap.dn("dana")] * 5, binds
+
+
+def test_g_a_name_both_local_and_in_the_directory_is_refused_at_deploy(site: Site) -> None:
+    """erin is a directory user: as a local user too, the deploy fails with the token
+    server's one line naming her; without her the next deploy works again."""
+    start = time.monotonic()
+    site.write(extra_local={"erin": "erin-local-password-1"})
+    run = harness.run_kit(site.inventory)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out
+    assert "user name 'erin' is both in registry_users and the directory" in out, out
+    site.write()
+    harness.run_kit(site.inventory).assert_ok()
+    assert login("dana", DIRECTORY_USERS["dana"]).returncode == 0
+    assert_pushed(push("team-a/app:after-conflict"))
+    TIMES["name conflict refused"] = round(time.monotonic() - start, 1)
+
+
+def test_h_the_same_on_registry_2(site: Site) -> None:
+    """Registry 2.8 (registry:2) with the same directory: the kit switches the image (3 -> 2
+    is a downgrade it allows); group-granted push, Docker's denial elsewhere."""
+    if site.image == "registry:2":
+        pytest.skip("the module already ran on registry:2 (no registry:3 in this lab)")
+    site.data["registry_image"] = "registry:2"
+    site.write()
+    site.twice("deploy registry:2 with registry_ldap")
+    assert login("dana", DIRECTORY_USERS["dana"]).returncode == 0
+    assert_pushed(push("team-a/app:dana-on-2"))
+    assert_denied(push("team-b/app:dana-on-2"), "dana pushing team-b/app on registry:2")
+
+
+def test_i_rerun_changes_nothing(site: Site) -> None:
     harness.run_kit(site.inventory).assert_no_changes()
