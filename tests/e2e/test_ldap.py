@@ -87,6 +87,25 @@ class Site:
         TIMES[timing] = round(time.monotonic() - start, 1)
         harness.run_kit(self.inventory).assert_no_changes()
 
+    def token_rate(self, user: str, password: str, count: int = 40) -> float:
+        """Token requests per second, one curl process asking `count` tokens in a row (a
+        TLS handshake each, as every docker command makes one)."""
+        ca = self.state_dir / "ca" / "ca.crt"
+        url = (f"https://{DOMAIN}:{TOKEN_PORT}/token?service={ADDRESS}&scope=repository:"
+               "team-a/app:pull")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "curlrc"
+            config.write_text(f'user = "{user}:{password}"\n')
+            start = time.monotonic()
+            proc = subprocess.run(
+                ["curl", "-s", "--max-time", "60", "--cacert", str(ca), "-w", "%{http_code}\n",
+                 "--resolve", f"{DOMAIN}:{TOKEN_PORT}:{harness.host_ip(SERVER)}", "-K",
+                 str(config), *["-o", "/dev/null", url] * count],  # one -o per URL
+                capture_output=True, text=True, timeout=90)
+            seconds = time.monotonic() - start
+        assert proc.stdout.split() == ["200"] * count, proc.stdout
+        return round(count / seconds, 1)
+
     def token_status(self, user: str, password: str, scope: str) -> tuple[int, dict]:
         """(HTTP status, body) of a token request with curl (credentials from a file)."""
         ca = self.state_dir / "ca" / "ca.crt"
@@ -239,6 +258,18 @@ def test_f_a_token_costs_one_bind_the_service_account_none(site: Site) -> None:
     time.sleep(1)
     binds = ldap_directory.binds_since(site.ldap, since)
     assert binds == [site.ldap.dn("dana")] * 5, binds
+    # What a directory login costs against a local one (bcrypt remembered after the first):
+    # tokens per second, and docker pulls (one token each) on the client.
+    TIMES["tokens/s directory user"] = site.token_rate("dana", DIRECTORY_USERS["dana"])
+    TIMES["tokens/s local user"] = site.token_rate("ci", LOCAL["ci"])
+    for user, password in (("dana", DIRECTORY_USERS["dana"]), ("ci", LOCAL["ci"])):
+        assert login(user, password).returncode == 0
+        start = time.monotonic()
+        for _ in range(5):
+            proc = docker(f"docker rmi -f {ADDRESS}/team-a/app:dana >/dev/null 2>&1; "
+                          f"docker pull -q {ADDRESS}/team-a/app:dana")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        TIMES[f"pulls/s {user}"] = round(5 / (time.monotonic() - start), 2)
 
 
 def test_g_a_name_both_local_and_in_the_directory_is_refused_at_deploy(site: Site) -> None:
