@@ -1,4 +1,5 @@
-"""`python -m bench.fleet [--clients 50] [--rounds 5] [--parallel 10,20,51] [--keep]`:
+"""`python -m bench.fleet [--clients 50] [--rounds 5] [--parallel 10,20,51] [--pause 12]
+[--keep]`:
 1 server + 50 clients in one run (issue 29, item 3).
 
 In the lab namespace REGISTRY_KIT_LAB_NAME (default `rk-fleet`), brought up once for the
@@ -11,18 +12,21 @@ secrets) is a folder of the run's own, so the CA rotation below touches nothing 
 2. no-op rounds, each running every variant once in an order that rotates from round to
    round: pyinfra's floor (`exec -- true`) and the kit's no-op on 1 + 1 and on 1 + N, and
    the 1 + N no-op again with each `--parallel` value given (pyinfra's default is
-   min(20 x CPUs, hosts)); every kit run must change nothing;
+   min(20 x CPUs, hosts)); every kit run must change nothing; --pause seconds before
+   each run;
 3. one 1 + N no-op with --debug: remote commands and SSH connections per host;
 4. a trust change: the CA replaced (`.registry-kit/ca` removed, the documented way) and
    deployed to 1 + N; then every client is checked over SSH with its own tools (the trust
    file's sha256 against the new CA, and curl with that file alone answering 401 from the
    registry), and one more no-op must change nothing.
 
-Per pyinfra run: wall time, CPU (user + sys of pyinfra and its children) and the peak
-resident memory of the control process (wait4's ru_maxrss: the largest process of the tree,
-pyinfra itself). The 1-minute load average is sampled every 5 s during the run. Results:
-bench/results/<date>-fleet.json and .md, with the command line, the ratios 1 + N against
-1 + 1, and the arithmetic for 1 + 500 from the measured cost per host.
+Per pyinfra run: wall time, CPU (user + sys of pyinfra and its children), the CPU the
+run's lab hosts used meanwhile (their containers' cgroups: sshd, the session, the probe; on
+the same cores here) and the peak resident memory of the control process (wait4's
+ru_maxrss: the largest process of the tree, pyinfra itself). The 1-minute load average is
+sampled every 5 s during the run. Results: bench/results/<date>-fleet.json and .md, with
+the command line, the ratios 1 + N against 1 + 1, and the arithmetic for 1 + 500 from the
+measured cost per host.
 """
 
 from __future__ import annotations
