@@ -137,6 +137,9 @@ registry_metrics_allow = []
 registry_audit_log = False
 # audit log: the receiver's TCP port on the Docker bridge's address (docker0)
 registry_audit_port = 5002
+# metrics: seconds between scrapes and between rule evaluations in the control machine's generated
+# prometheus.yml
+registry_prometheus_interval = 15
 
 # --- Docker engine (every managed host) ---
 docker_install_method = "distro"  # distro (docker.io) / docker-ce (Docker's repository) / none

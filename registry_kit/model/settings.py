@@ -534,6 +534,10 @@ class Settings:
             raise r.fail("registry_audit_port", s["registry_audit_port"], "a port other "
                          f"than {taken[s['registry_audit_port']]}")
 
+    registry_prometheus_interval: int = setting(
+        15, "metrics: seconds between scrapes and between rule evaluations in the control "
+        "machine's generated prometheus.yml", check=whole(1, 3600))
+
     @cross_check
     def _metrics(r: Reader, s: dict[str, Any]) -> None:
         if not s["registry_metrics"]:
