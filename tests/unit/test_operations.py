@@ -26,6 +26,7 @@ from registry_kit.model.settings import Settings
 from registry_kit.operations import files, ownership, packages, removal
 from registry_kit.operations.files import sha256_of
 from registry_kit.roles import (
+    audit,
     client,
     disk_guard,
     engine,
@@ -655,6 +656,19 @@ def test_metrics_filter_restarts_after_a_check_and_goes_only_where_it_is() -> No
         (["systemctl disable --now registry-kit-metrics 2>/dev/null; true"], [])
 
 
+def test_audit_receiver_restarts_and_goes_only_where_it_is() -> None:
+    assert run(audit.restart_audit) == ([
+        "systemctl daemon-reload && systemctl restart registry-kit-audit"], [])
+    assert run(audit.enable_audit, probe(services=["registry-kit-audit active enabled"])) \
+        == ([], ["registry-kit-audit is enabled and running"])
+    assert run(audit.enable_audit, probe()) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-audit"], [])
+    assert run(audit.disable_audit, probe()) == ([], ["no registry-kit-audit"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.AUDIT_UNIT}"])
+    assert run(audit.disable_audit, stopped_unit) == \
+        (["systemctl disable --now registry-kit-audit 2>/dev/null; true"], [])
+
+
 def test_every_operation_module_is_exercised_here() -> None:
     """A new role, job or operation module gets its own tests above (the status, deploy and
     teardown jobs have no operations of their own: they arrange the roles'; typed is the
@@ -665,7 +679,7 @@ def test_every_operation_module_is_exercised_here() -> None:
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
-              "token_server", "backup", "restore", "webui", "retention", "metrics"}
+              "token_server", "backup", "restore", "webui", "retention", "metrics", "audit"}
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",
