@@ -63,7 +63,7 @@ from pyinfra.facts.server import Command
 
 from registry_kit.commands import q
 from registry_kit.model import pull_through
-from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, server_settings
 from registry_kit.model.settings import BACKUP_GENERATION_RE, Settings, SettingsError
 from registry_kit.operations.typed import operation
 
@@ -1005,9 +1005,8 @@ def store_refusal(error: BackupError) -> BaseException:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    settings = validated_settings(groups, defaults=defaults)[host.name]
-    is_server, _ = roles(host, groups)
-    if not is_server:
+    settings = server_settings(groups, defaults)
+    if settings is None:
         return
     refuse_unsupported(settings, "backup.py")
     root = f"{backup_base(settings)}/{host.name}"

@@ -27,7 +27,7 @@ from registry_kit.model.inventory import (
     Groups,
     ReportedCommand,
     refusal,
-    roles,
+    server_settings,
     validated_settings,
 )
 from registry_kit.model.inventory import (
@@ -51,9 +51,8 @@ def collect_garbage(settings: Settings, state: HostState):
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    settings = validated_settings(groups, defaults=defaults)[host.name]
-    is_server, _ = roles(host, groups)
-    if not is_server:
+    settings = server_settings(groups, defaults)
+    if settings is None:
         return
     paths = layout.ServerLayout.of(settings)
     scripts = ["lib.sh", SCRIPT]  # registry-gc.sh sources lib.sh

@@ -36,8 +36,7 @@ from registry_kit.model.inventory import (
     Groups,
     ReportedCommand,
     refusal,
-    roles,
-    validated_settings,
+    server_settings,
 )
 from registry_kit.model.inventory import (
     fail_host as _fail,
@@ -145,9 +144,8 @@ def report(lines: Sequence[str]) -> None:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    settings = validated_settings(groups, defaults=defaults)[host.name]
-    is_server, _ = roles(host, groups)
-    if not is_server:
+    settings = server_settings(groups, defaults)
+    if settings is None:
         return
     if settings.registry_storage.driver != "filesystem":
         raise refusal(SettingsError(

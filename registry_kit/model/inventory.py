@@ -115,6 +115,13 @@ def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:
     return groups.servers in target.groups, groups.clients in target.groups
 
 
+def server_settings(groups: Groups, defaults: Mapping[str, Any] | None) -> Settings | None:
+    """The current host's validated settings when it is a server (the jobs that act on
+    servers only: gc, retention, backup); None elsewhere. Every host is validated first."""
+    settings = validated_settings(groups, defaults=defaults)[context.host.name]
+    return settings if groups.servers in context.host.groups else None
+
+
 def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Combine probe arguments (registry_kit.facts.RegistryHostState) of several parts:
     lists are joined (without repeats), single values taken from the last part."""
