@@ -23,7 +23,7 @@ from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model import layout
 from registry_kit.model.layout import ServerLayout
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files
+from registry_kit.operations import files, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
@@ -106,18 +106,12 @@ def install_guard(settings: Settings, state: HostState):
     yield from files.install_units(units, TIMER_NAME)
 
 
-@operation()
-def guard_remove(settings: Settings, state: HostState):
+def guard_remove(settings: Settings, state: HostState) -> None:
     """The units and the flag (the server role renders config.yml writable once the guard
     is off, which restarts the registry)."""
-    present = [path for path in (TIMER, SERVICE, ServerLayout.of(settings).disk_guard_flag)
-               if path in state.files]
-    if not present:
-        host.noop("no disk guard")
-        return
-    yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
-    yield "rm -f " + " ".join(q(path) for path in present)
-    yield "systemctl daemon-reload"
+    services.remove_timer(state, TIMER_NAME,
+                          [TIMER, SERVICE, ServerLayout.of(settings).disk_guard_flag],
+                          "no disk guard", name="Remove the disk guard")
 
 
 def guard_deploy(settings: Settings, state: HostState) -> None:
@@ -125,7 +119,7 @@ def guard_deploy(settings: Settings, state: HostState) -> None:
     if wanted(settings):
         install_guard(settings, state, name="Guard the registry's disk (systemd timer)")
     else:
-        guard_remove(settings, state, name="Remove the disk guard")
+        guard_remove(settings, state)
 
 
 # --- status.py ---

@@ -16,7 +16,7 @@ from registry_kit.commands import q
 from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model import layout
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files
+from registry_kit.operations import files, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
@@ -96,15 +96,9 @@ def install_timer(settings: Settings, state: HostState):
     yield from files.install_units(units, TIMER_NAME)
 
 
-@operation()
-def schedule_remove(state: HostState):
-    present = [path for path in (TIMER, SERVICE) if path in state.files]
-    if not present:
-        host.noop("no garbage collection timer")
-        return
-    yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
-    yield "rm -f " + " ".join(q(path) for path in present)
-    yield "systemctl daemon-reload"
+def schedule_remove(state: HostState) -> None:
+    services.remove_timer(state, TIMER_NAME, [TIMER, SERVICE], "no garbage collection timer",
+                          name="Remove the garbage collection timer")
 
 
 def schedule_deploy(settings: Settings, state: HostState,
@@ -112,7 +106,7 @@ def schedule_deploy(settings: Settings, state: HostState,
     """deploy.py, servers: the timer when registry_gc_schedule is set, on the first server
     of each storage (registry_kit.sharedgc), else none."""
     if not sharedgc.timer_wanted(settings, servers or (settings,)):
-        schedule_remove(state, name="Remove the garbage collection timer")
+        schedule_remove(state)
     else:
         install_timer(settings, state, name="Schedule garbage collection (systemd timer)")
 

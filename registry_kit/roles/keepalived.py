@@ -26,9 +26,9 @@ registry_lb_vip, keepalived is stopped and the kit's config removed.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
-from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import FactBase
@@ -40,7 +40,7 @@ from registry_kit.model import keystore, layout
 from registry_kit.model.layout import KEEPALIVED_CONF
 from registry_kit.model.settings import Settings, SettingsError, is_ip
 from registry_kit.model.topology import Topology
-from registry_kit.operations import files, packages
+from registry_kit.operations import files, packages, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 
@@ -245,35 +245,10 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
 def keepalived_config(content: bytes, state: HostState, handover: Handover | None = None):
     """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
     reload; with a handover, the address moves away first (keepalived stopped) and keepalived
-    starts on the new file. The file travels over SFTP, never in a command or in output."""
-    current = state.files.get(KEEPALIVED_CONF)
-    if current is not None and current.sha256 == files.sha256_of(content) and \
-            (current.mode, current.owner, current.group) == ("600", "root", "root"):
-        host.noop(f"{KEEPALIVED_CONF} is up to date")
-        return
-    staging = f"{KEEPALIVED_CONF}.registry-kit-new"
-    yield "install -d -m 0755 -o root -g root /etc/keepalived"
-    yield f"install -m 0600 -o root -g root /dev/null {staging}"
-    yield files.upload(BytesIO(content), staging)
-    # Its output may quote lines of the file (the password): never shown.
-    yield (f"keepalived -t -f {staging} >/dev/null 2>&1 || {{ rm -f {staging}; echo "
-           f"'registry-kit: keepalived rejected the new configuration; {KEEPALIVED_CONF} was not "
-           "changed' >&2; exit 1; }")
-    if handover is not None:
-        yield handover.away_command()
-    yield f"mv -f {staging} {KEEPALIVED_CONF}"
-    yield f"systemctl reload-or-restart {SERVICE}"
-    if handover is not None:
-        yield handover.back_command()
-
-
-@operation()
-def start_keepalived(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if active and enabled:
-        host.noop(f"{SERVICE} is enabled and running")
-        return
-    yield f"systemctl enable --now {SERVICE}"
+    starts on the new file. Its output may quote the password: never shown."""
+    yield from services.replace_checked(KEEPALIVED_CONF, content, "0600", state,
+                                        ("keepalived", "-t", "-f"), SERVICE, handover,
+                                        parent=posixpath.dirname(KEEPALIVED_CONF), quiet=True)
 
 
 @operation()
@@ -317,4 +292,4 @@ def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) 
     moving = handover(settings, topology)
     keepalived_config(config, state, moving, _serial=moving is not None,
                       name="Check and apply keepalived.conf (keepalived -t, then reload)")
-    start_keepalived(state, name=f"Enable and start {SERVICE}")
+    services.start(state, SERVICE, name=f"Enable and start {SERVICE}")

@@ -16,7 +16,6 @@ first (registry_kit.model.topology.OutOfRotation).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from io import BytesIO
 
 from pyinfra import host
 
@@ -27,7 +26,7 @@ from registry_kit.model.inventory import merge_probe
 from registry_kit.model.layout import HAPROXY_CFG, LB_CA, LB_CERT_DIR, LB_PEM
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.model.topology import BACKEND, Topology, server_name
-from registry_kit.operations import files, packages
+from registry_kit.operations import files, packages, services
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept, purge_packages, remove_files
 from registry_kit.operations.typed import operation
@@ -99,33 +98,8 @@ def render(settings: Settings, topology: Topology) -> str:
 def haproxy_config(content: bytes, state: HostState, handover: keepalived.Handover | None = None):
     """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload; with a
     handover, the floating address moves to another LB first and comes back after."""
-    current = state.files.get(HAPROXY_CFG)
-    if current is not None and current.sha256 == files.sha256_of(content) and \
-            current.mode == "644":
-        host.noop(f"{HAPROXY_CFG} is up to date")
-        return
-    staging = f"{HAPROXY_CFG}.registry-kit-new"
-    yield f"install -m 0644 -o root -g root /dev/null {staging}"
-    yield files.upload(BytesIO(content), staging)
-    yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
-           f"haproxy rejected the new configuration; {HAPROXY_CFG} was not changed' >&2; "
-           "exit 1; }")
-    if handover is not None:
-        yield handover.away_command()
-    yield f"mv -f {staging} {HAPROXY_CFG}"
-    # reload-or-restart: a reload when haproxy runs (connections stay), a start otherwise.
-    yield f"systemctl reload-or-restart {SERVICE}"
-    if handover is not None:
-        yield handover.back_command()
-
-
-@operation()
-def start_haproxy(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if active and enabled:
-        host.noop(f"{SERVICE} is enabled and running")
-        return
-    yield f"systemctl enable --now {SERVICE}"
+    yield from services.replace_checked(HAPROXY_CFG, content, "0644", state,
+                                        ("haproxy", "-c", "-f"), SERVICE, handover)
 
 
 def lb_deploy(settings: Settings, state: HostState, topology: Topology,
@@ -147,7 +121,7 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
     moving = keepalived.handover(settings, topology)
     haproxy_config(render(settings, topology).encode(), state, moving, _serial=moving is not None,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
-    start_haproxy(state, name=f"Enable and start {SERVICE}")
+    services.start(state, SERVICE, name=f"Enable and start {SERVICE}")
 
 
 # --- teardown: the reverse of lb_deploy and keepalived.keepalived_deploy ---
