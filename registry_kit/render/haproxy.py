@@ -212,16 +212,16 @@ def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str) -
     ])
 
 
-def unit(source: str, description: str, config: str, pidfile: str, reload: bool = False) -> str:
+def unit(source: str, description: str, config: str, pidfile: str,
+         reload: bool = False) -> str:
     """The systemd unit of a haproxy of the kit's own (the web page, the metrics filter): the
     config is checked before each start (and reload)."""
     check = f"/usr/sbin/haproxy -c -q -f {q(config)}"
     reloads = [f"ExecReload={check}", "ExecReload=/bin/kill -USR2 $MAINPID"] if reload else []
-    return "\n".join([
-        f"# managed by registry-kit ({source})", "[Unit]",
-        f"Description=registry-kit {description}",
-        "After=network-online.target docker.service", "Wants=network-online.target", "",
-        "[Service]", f"ExecStartPre={check}",
-        f"ExecStart=/usr/sbin/haproxy -Ws -f {q(config)} -p {q(pidfile)}", *reloads,
-        "Type=notify", "KillMode=mixed", "Restart=always", "",
-        "[Install]", "WantedBy=multi-user.target", ""])
+    return textfile.systemd_unit(f"managed by registry-kit ({source})", {
+        "Unit": [f"Description=registry-kit {description}",
+                 "After=network-online.target docker.service", "Wants=network-online.target"],
+        "Service": [f"ExecStartPre={check}",
+                    f"ExecStart=/usr/sbin/haproxy -Ws -f {q(config)} -p {q(pidfile)}", *reloads,
+                    "Type=notify", "KillMode=mixed", "Restart=always"],
+        "Install": ["WantedBy=multi-user.target"]})
