@@ -143,6 +143,12 @@ def fail_host(state: Any, host: Any, message: str) -> bool:
     return False
 
 
+def no_container(settings: Settings) -> str:
+    """The one line that fails a job needing the registry's container (gc, retention)."""
+    return (f"{context.host.name}: no container {settings.registry_container_name}: run "
+            "deploy.py first")
+
+
 class ReportedCommand(StringCommand):
     """A command whose `registry-kit:` stdout lines are shown (pyinfra shows a successful
     command's output only with -v; on failure it prints all of it itself). A command, not
