@@ -1,26 +1,9 @@
-"""A floating address across the registry_lb hosts: keepalived (VRRP) from the distro.
-
-With registry_lb_vip set, every registry_lb host runs keepalived; the clients' domain
-resolves to that address. The LB with the highest priority whose haproxy is healthy holds
-it: priorities follow inventory order (the first registry_lb host 200, the next 190, ...),
-and haproxy's health is followed two ways: haproxy's unit writes 1 to a file the moment
-haproxy ends for any reason (a drop-in's ExecStopPost), which keepalived follows
-(track_file, read on change): that LB goes to FAULT at once and its priority-0 advert hands
-the address over; and the admin socket answering (scripts/haproxy-alive.sh, two failed
-checks one second apart) catches a haproxy that runs but hangs. Every LB starts as BACKUP
-with a preempt delay, so a returning LB takes the address back once, when its haproxy is
-healthy, and does not grab it at boot.
-
-Planned changes (Handover): a run that reconfigures or restarts haproxy or keepalived on an
-LB first stops keepalived there and, on the LB that held the address, waits until another
-LB answers on it (scripts/lb-handover.sh), one LB at a time; then keepalived starts again
-and the address comes back where the priorities say. VRRP goes by multicast, or with
-registry_lb_vrrp_unicast to the other LBs' registry_internal_address.
-
-keepalived.conf is root 0600 (it holds the VRRP password, from env/file or generated once
-on the control machine), built from checked words (textfile.word), checked with
-`keepalived -t` before it replaces the old one, then applied with a reload. Without
-registry_lb_vip, keepalived is stopped and the kit's config removed.
+"""A floating address across the registry_lb hosts (registry_lb_vip): keepalived (VRRP)
+from the distro, priorities from inventory order, haproxy's health followed by a drop-in's
+down file and scripts/haproxy-alive.sh; planned changes move the address first (Handover,
+scripts/lb-handover.sh). keepalived.conf is root 0600 (the VRRP password), built from
+checked words and checked with `keepalived -t`. README "No single load balancer" tells the
+whole behaviour.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The load balancer on hosts in registry_lb: haproxy from the distro in front of the
-registry_servers replicas, on the domain and port clients use.
-
-passthrough (default): TCP; clients' TLS goes through to the replicas, which all serve the
-certificate for the domain. terminate: haproxy serves that certificate, sets
-X-Forwarded-Proto/For (Host passes unchanged) as the registry's deployment docs ask, and
-talks TLS to the replicas, verifying them against the kit's CA. Either way haproxy checks
-each replica's /v2/ (401 or 200 is healthy). A new config is checked with `haproxy -c`
-before it replaces the old one, then applied with a reload (running connections stay); with
-a floating address over several LBs, the address first moves to another LB
-(keepalived.Handover), one LB at a time.
-The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
-first (registry_kit.model.topology.OutOfRotation).
+registry_servers replicas (registry_lb_mode passthrough or terminate), each replica's /v2/
+checked; a new haproxy.cfg is checked with `haproxy -c`, then reloaded, the floating address
+moved away first (keepalived.Handover). The admin socket and haproxy-server.sh let the
+servers' rolling replacement drain a replica (registry_kit.model.topology.OutOfRotation).
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""The registry's Prometheus metrics on hosts in registry_servers (registry_metrics).
-
-The registry serves `/metrics` on its debug server (`http.debug.prometheus`, the same keys
-in 2.8 and 3.0; registry_kit.render.config), which the container publishes on the
-server's loopback only (registry_debug_addr, 127.0.0.1:5001 unless set). That server also
-answers /debug/pprof and /debug/vars, so it is never published further: a haproxy of the
-kit's own, `registry-kit-metrics.service`, listens on the server's internal address
-(registry_metrics_bind / registry_internal_address, registry_metrics_port), refuses every
-connection from outside registry_metrics_allow and passes GET /metrics only
-(registry_kit.render.haproxy.metrics_filter). The public port (registry_port) never
-serves metrics. Load balancers serve haproxy's own exporter from their haproxy.cfg
-(registry_kit.roles.loadbalancer).
+"""The registry's Prometheus metrics on hosts in registry_servers (registry_metrics): a
+haproxy of the kit's own, `registry-kit-metrics.service`, on the server's internal address
+passes GET /metrics from registry_metrics_allow only to the registry's debug server, which
+stays on the loopback (it also answers /debug/pprof). See README "Metrics".
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""The registry web page on hosts in registry_servers (registry_webui_enabled): browse
-repositories and tags, copy the `docker pull` line, delete where registry_delete_enabled.
-
-A static page (registry_kit/webui_static: HTML, JS, CSS; no outside assets) served by a
-haproxy instance of its own, `registry-kit-webui.service`, on registry_webui_port of the
-server, with the registry's certificate. The same haproxy passes /v2/ to the registry on
-the server's loopback (TLS, checked against the CA), so page and API share one origin: no
-CORS, and a Content-Security-Policy that allows this origin only. The page asks the
-registry with the logged-in user's credentials and shows what the registry answers; it
-holds no data of its own, so a visitor who is not logged in gets the empty page only.
-haproxy moves the registry's `WWW-Authenticate` to `X-Registry-Authenticate` on the way
-out, so the browser never opens its own Basic login dialog (the page reads the moved
-header, which also carries a token server's Bearer challenge, see README "The web page").
+"""The registry web page on hosts in registry_servers (registry_webui_enabled): a static
+page (registry_kit/webui_static) and /v2/ of the registry on one origin, served by a haproxy
+of the kit's own, `registry-kit-webui.service`, with the registry's certificate; see README
+"The web page" (why one origin, how logins and challenges pass).
 """
 
 from __future__ import annotations
