@@ -74,8 +74,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if is_client:
         client.client_remove(settings, state, also_server=is_server)
     if is_server:
-        gc_timer.schedule_remove(state, name="Remove the garbage collection timer")
-        disk_guard.guard_remove(settings, state, name="Remove the disk guard")
+        gc_timer.schedule_remove(state)
+        disk_guard.guard_remove(settings, state)
         webui.webui_remove(state)
         metrics.metrics_remove(state)
         audit.audit_remove(state)
