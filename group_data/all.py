@@ -138,6 +138,14 @@ registry_metrics_port = 9195  # metrics: the endpoint's TCP port on servers and 
 registry_metrics_bind = None
 # metrics: networks allowed to scrape, e.g. `["10.0.0.5/32"]`; the host refuses every other address
 registry_metrics_allow = []
+# servers: record each push, delete and denied request as a JSON line (journal and
+# /var/log/registry-kit/audit.log); needs Docker 20.10+; see "Audit log"
+registry_audit_log = False
+# audit log: the receiver's TCP port on the Docker bridge's address (docker0)
+registry_audit_port = 5002
+# metrics: seconds between scrapes and between rule evaluations in the control machine's generated
+# prometheus.yml
+registry_prometheus_interval = 15
 
 # --- Docker engine (every managed host) ---
 docker_install_method = "distro"  # distro (docker.io) / docker-ce (Docker's repository) / none

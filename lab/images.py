@@ -10,6 +10,9 @@
   3.0.0 binary from ../shared/registry3/, checked against its sha256; left out, with the
   reason, when that file is missing: see `registry3_available()`).
 - `busybox` (busybox-static) and `broken` (starts and exits non-zero whatever it is asked).
+- Host images with Docker already in (release `<release>-docker`, e.g. `bookworm-docker`):
+  the host image plus Debian's `docker.io`, installed the way the kit installs it. For
+  benches with many clients (bench/fleet.py), which must not each spend a cold install.
 
 Each image's tag ends with the first 12 hex digits of a hash over everything that goes into
 it, so a changed recipe, package list or mirror builds a new image and an unchanged one is
@@ -35,6 +38,7 @@ from lab.engine import docker, docker_inspect, run
 
 # Bump when the way an image is made changes, so cached images are rebuilt.
 HOST_RECIPE = "3"
+DOCKER_HOST_RECIPE = "1"
 SMALL_RECIPE = "1"
 TRIXIE_REGISTRY_RECIPE = "1"
 REGISTRY3_RECIPE = "1"
@@ -176,10 +180,19 @@ def _labels(kind: str, key: str, **extra: str) -> list[str]:
 # --- host images -----------------------------------------------------------------------------
 
 
+def base_release(release: str) -> str:
+    """The Debian release a host image is made from: `bookworm-docker` -> `bookworm`."""
+    return release.removesuffix(DOCKER_FLAVOUR)
+
+
 def host_image(release: str) -> Image:
     """Tag and key of the host image for `release` (whether built or not)."""
-    if release not in RELEASES:
-        raise LabError(f"unknown release {release!r}: use one of {', '.join(RELEASES)}")
+    base = base_release(release)
+    if base not in RELEASES:
+        names = ", ".join(f"{r}, {r}{DOCKER_FLAVOUR}" for r in RELEASES)
+        raise LabError(f"unknown release {release!r}: use one of {names}")
+    if base != release:
+        return docker_host_image(release, host_image(base))
     key = _key("host", HOST_RECIPE, release, sorted(HOST_PACKAGES), apt_mirror(),
                sorted(MASKED_UNITS), SSHD_LAB_CONF)
     return Image(tag=f"{HOST_REPO}:{release}-{key[:12]}", key=key)
@@ -209,7 +222,10 @@ def _prepare_host_rootfs(rootfs: Path) -> None:
 
 
 def build_host_image(release: str) -> Image:
-    """Build (once) the host image for `release` with debootstrap."""
+    """Build (once) the host image for `release` with debootstrap (a `-docker` one from
+    its base image, built first when missing)."""
+    if base_release(release) != release:
+        return build_docker_host_image(release, build_host_image(base_release(release)))
     image = host_image(release)
     if image_exists(image.tag):
         return image
@@ -235,6 +251,52 @@ def build_host_image(release: str) -> Image:
     finally:
         _unmount_below(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
+    say(f"built {image.tag}")
+    return image
+
+
+# --- host images with Docker: bench fleets -------------------------------------------------
+
+DOCKER_FLAVOUR = "-docker"
+# Runs in a throwaway container of the base host image (its apt source is the machine's own
+# mirror). The same install as the kit's on a Debian host without Docker (`apt-get install
+# -y -q docker.io`, recommends included), so a client from this image is what a cold deploy
+# leaves; then no apt lists or .debs, as in the base image. The unit is enabled by the
+# package, so dockerd starts when the host boots.
+DOCKER_HOST_SCRIPT = r"""set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q docker.io
+apt-get clean
+rm -f /var/lib/apt/lists/*_* /var/cache/apt/*.bin
+: > /etc/machine-id
+"""
+
+
+def docker_host_image(release: str, base: Image) -> Image:
+    """Tag and key of the image of `release` (`bookworm-docker`) made from host image `base`
+    (whether built or not)."""
+    key = _key("host-docker", DOCKER_HOST_RECIPE, base.key, DOCKER_HOST_SCRIPT)
+    return Image(tag=f"{HOST_REPO}:{release}-{key[:12]}", key=key)
+
+
+def build_docker_host_image(release: str, base: Image) -> Image:
+    """Build (once) the image of `release` (`bookworm-docker`): `docker.io` installed into
+    host image `base`, committed."""
+    image = docker_host_image(release, base)
+    if image_exists(image.tag):
+        return image
+    say(f"building {image.tag} (docker.io into {base.tag})")
+    # Per process, as for the 2.8.3 image: other namespaces may build it at the same time.
+    name = f"registry-kit-lab-build-{image.key[:12]}-{os.getpid()}"
+    try:
+        docker("run", "--name", name, base.tag, "sh", "-c", DOCKER_HOST_SCRIPT, timeout=900)
+        changes = ['CMD ["/sbin/init"]',
+                   *_labels("host", image.key, **{f"{LABEL}.release": release})]
+        docker("commit", *(arg for change in changes for arg in ("--change", change)),
+               name, image.tag)
+    finally:
+        docker("rm", "-f", name, check=False)
     say(f"built {image.tag}")
     return image
 
@@ -586,14 +648,20 @@ def build_images(releases: set[str]) -> tuple[dict[str, Image], dict[str, Image]
     include `registry_trixie` (2.8.3) and, when its binary is there, `registry3`.
     """
     needed = set(releases) | {"trixie"}  # the 2.8.3 image is made from trixie's own files
+    bases = {base_release(r) for r in needed}
     # Every namespace shares the images: parallel test lanes that start together must build
     # each one once, so builds are serialised machine-wide (the namespace lock is not).
     with file_lock("registry-kit-lab-images.lock", "another lab's image build"), \
-            ThreadPoolExecutor(max_workers=len(needed) + 2) as pool:
+            ThreadPoolExecutor(max_workers=len(bases) + len(needed) + 2) as pool:
         small = pool.submit(build_small_images)
-        hosts = {r: pool.submit(build_host_image, r) for r in sorted(needed)}
+        hosts = {r: pool.submit(build_host_image, r) for r in sorted(bases)}
         trixie_registry = pool.submit(
             lambda: build_trixie_registry_image(hosts["trixie"].result()))
+        # A `-docker` image waits for its base, built once above even when both are wanted.
+        for release in sorted(needed - bases):
+            base = hosts[base_release(release)]
+            hosts[release] = pool.submit(
+                lambda r, b: build_docker_host_image(r, b.result()), release, base)
         host_images = {r: f.result() for r, f in hosts.items() if r in releases}
         return host_images, {**small.result(), "registry_trixie": trixie_registry.result()}
 

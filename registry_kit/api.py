@@ -1,27 +1,8 @@
-"""registry-kit's API: the @deploy functions a pyinfra project calls.
+"""registry-kit's API: the @deploy functions a pyinfra project calls, e.g.
+`api.registry(servers="hub", clients="builders", settings={"registry_port": 443})`.
 
-    from registry_kit import api
-
-    api.registry()                      # servers, clients, load balancer, cache
-    api.registry(servers="docker_hub", clients="builders", settings={"registry_port": 443})
-    api.garbage_collect()  /  api.retention()  /  api.teardown()  /  api.status()
-    api.backup()  /  api.restore()
-
-Each function acts on the hosts of the inventory groups named by its arguments (by default
-registry_servers, registry_clients, registry_lb, registry_cache) and on no others: a host
-in none of them is neither validated nor touched. Settings, in pyinfra's order (lowest
-first): the deploy's `data_defaults` (the declared defaults, registry_kit.model.settings),
-then `settings=` of the call, then group data (group_data/all.py, then the host's groups),
-host data and `--data`: host data wins. The kit applies the same order to every host (pyinfra
-adds deploy data to the host being planned only). Every named host is validated before any
-host is touched; a bad value raises registry_kit.errors.SettingsError (a RegistryKitError)
-whose str() is one line, e.g. "reg1: setting registry_verify_timeout=1 is not allowed: a
-whole number from 5 to 600". The repo's entry scripts (deploy.py, ...) turn it into exit code 1
-with that line; in pyinfra's CLI, later hosts of a refused run end quietly.
-
-`registry()` is one deploy, not one per role, because its steps are ordered across hosts:
-clients trust a new CA before any server serves a certificate it signed, the cache and the
-load balancer are up before the replicas, and client logins come after the servers.
+README "Use as a library" tells which hosts each acts on, the order of settings and how a
+refused setting is raised.
 """
 
 from __future__ import annotations

@@ -1,44 +1,9 @@
-"""backup.py: copy each registry server's data (filesystem storage) into a backup folder
-on the control machine or on a backup host, incrementally, with an index.
-
-A backup folder `<registry_backup_dir>/<server>/` holds one blob store in the registry's
-own layout (`docker/registry/v2/blobs`) and one folder per generation,
-`generations/<UTC time>/` with its `repositories` tree and its `index.json`:
-
-- blobs are content-addressed and never change: only blobs the backup lacks (or holds
-  with another size, e.g. cut short by an interrupted copy) are copied, once, and shared
-  by every generation;
-- each backup that finds a change writes a new generation: the repositories tree
-  (manifest revisions, tags, layer links, without `_uploads`) whole, extracted into a
-  fresh folder and checked before it gets its name; the newest `registry_backup_keep` are
-  kept, then every blob no kept generation's index names is removed. A backup from
-  before generations (tree in `docker/registry/v2/repositories`, index.json at the root)
-  becomes the oldest generation on the next backup that finds a change;
-- `index.json` (in the generation, copied to the root): repositories, tags and their
-  digests and sizes, every blob the server listed and the backup holds with its size, the
-  tree's sha256, the time, what this backup copied.
-
-Consistency without a read-only window (pushes and pulls go on throughout): the registry
-writes a blob's data before any link to it, and a manifest's revision link before the tag's
-current/link (see WRITE ORDER below). So the backup copies, while the registry serves:
-pass 1 the blobs the backup lacks; pass 2 the repositories tree whole (tags first); pass 3
-every blob that exists now and the backup still lacks, which covers every blob a link
-copied in pass 2 can name. A link caught half-written is read again; the index lists only
-tags whose manifest blob is in the backup.
-
-Transport: tar over the SSH connection pyinfra already holds (paramiko): no extra package
-on the hosts, no second login or key, and the kit decides what is missing from the blob
-names (which are their digests) instead of rsync comparing every file. Only paths reach
-the commands. The other side (a server, or the backup host during a restore) may be broken
-into: its tar is read here and re-packed into a tar the kit writes itself, with only
-regular files named exactly as asked (check_blob_member, check_tree_member); anything else
-(a symlink, a device, `../`, a blob not asked for, a digest that is not 64 hex, data after
-the tar, a tree over registry_backup_tree_max_bytes) stops the copy with one line. So the
-`tar -x` that receives it never meets a link the other side made.
-
-`registry_backup_verify=True` re-hashes every blob of the backup against its digest and
-checks that every digest each generation's index names is there; it copies nothing, runs
-while planning and counts as no change.
+"""backup.py and the copies restore.py makes: each server's registry data (filesystem
+storage) into `<registry_backup_dir>/<server>/` on the control machine or a backup host, new
+blobs only, one generation per change, with the registry serving throughout. README
+"Backup and restore" describes the layout, the generations, why no read-only window is
+needed (see WRITE ORDER below) and what the other side may send; the tar read from it is
+re-packed here (check_blob_member, check_tree_member).
 """
 
 from __future__ import annotations
@@ -63,7 +28,7 @@ from pyinfra.facts.server import Command
 
 from registry_kit.commands import q
 from registry_kit.model import pull_through
-from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, roles, validated_settings
+from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, server_settings
 from registry_kit.model.settings import BACKUP_GENERATION_RE, Settings, SettingsError
 from registry_kit.operations.typed import operation
 
@@ -1005,9 +970,8 @@ def store_refusal(error: BackupError) -> BaseException:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    settings = validated_settings(groups, defaults=defaults)[host.name]
-    is_server, _ = roles(host, groups)
-    if not is_server:
+    settings = server_settings(groups, defaults)
+    if settings is None:
         return
     refuse_unsupported(settings, "backup.py")
     root = f"{backup_base(settings)}/{host.name}"

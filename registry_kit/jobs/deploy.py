@@ -24,6 +24,7 @@ from registry_kit.model.registry_version import resolve as resolve_version
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations.typed import operation
 from registry_kit.roles import (
+    audit,
     cache,
     client,
     disk_guard,
@@ -142,7 +143,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
         (server, is_server), (gc_timer, is_server), (disk_guard, is_server),
         (token_server, is_server), (webui, is_server), (metrics, is_server),
-        (client, is_client),
+        (audit, is_server), (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused,
@@ -184,6 +185,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
         metrics.metrics_deploy(settings, state)
+        audit.audit_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.
     servers_ready(name="Registry servers are set up")

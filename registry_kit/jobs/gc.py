@@ -26,12 +26,11 @@ from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
     ReportedCommand,
+    fail_host,
+    no_container,
     refusal,
-    roles,
+    server_settings,
     validated_settings,
-)
-from registry_kit.model.inventory import (
-    fail_host as _fail,
 )
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations.typed import operation
@@ -42,18 +41,15 @@ from registry_kit.roles.gc_timer import SCRIPT, gc_arguments
 @operation()
 def collect_garbage(settings: Settings, state: HostState):
     if state.container is None:
-        yield FunctionCommand(_fail, (f"{host.name}: no container "
-                                      f"{settings.registry_container_name}: run deploy.py "
-                                      "first",), {})
+        yield FunctionCommand(fail_host, (no_container(settings),), {})
         return
     yield ReportedCommand(join(gc_arguments(settings, dry_run=settings.registry_gc_dry_run)))
 
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    settings = validated_settings(groups, defaults=defaults)[host.name]
-    is_server, _ = roles(host, groups)
-    if not is_server:
+    settings = server_settings(groups, defaults)
+    if settings is None:
         return
     paths = layout.ServerLayout.of(settings)
     scripts = ["lib.sh", SCRIPT]  # registry-gc.sh sources lib.sh
@@ -96,9 +92,7 @@ def collect_shared(settings: Settings, group: tuple[Settings, ...],
                    hosts: topology.Topology, deployed: bool):
     leader = group[0]
     if not deployed:
-        yield FunctionCommand(_fail, (f"{host.name}: no container "
-                                      f"{settings.registry_container_name}: run deploy.py "
-                                      "first",), {})
+        yield FunctionCommand(fail_host, (no_container(settings),), {})
         return
     if host.name != leader.host:
         host.noop(f"collected from {leader.host} for every replica of this storage")

@@ -43,8 +43,8 @@ def write_folder(hosts: Topology) -> Path | None:
                 (layout.prometheus_dir(settings) / name).unlink(missing_ok=True)
         return None
     folder = layout.prometheus_dir(anyone[0])
-    files = {prometheus.CONFIG_FILE: prometheus.scrape_config(registries, lbs,
-                                                              layout.METRICS_PATH),
+    files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
+        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval),
              prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs))}
     for name, text in files.items():
         if _write(folder / name, text):

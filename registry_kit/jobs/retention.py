@@ -35,12 +35,10 @@ from registry_kit.model.inventory import (
     DEFAULT_GROUPS,
     Groups,
     ReportedCommand,
+    fail_host,
+    no_container,
     refusal,
-    roles,
-    validated_settings,
-)
-from registry_kit.model.inventory import (
-    fail_host as _fail,
+    server_settings,
 )
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations.typed import operation
@@ -117,9 +115,7 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
 def apply_retention(settings: Settings, state: HostState, plan: retention.Plan,
                     fingerprint: str):
     if state.container is None:
-        yield FunctionCommand(_fail, (f"{host.name}: no container "
-                                      f"{settings.registry_container_name}: run deploy.py "
-                                      "first",), {})
+        yield FunctionCommand(fail_host, (no_container(settings),), {})
         return
     if plan.empty:
         host.noop("retention: nothing to delete")
@@ -145,9 +141,8 @@ def report(lines: Sequence[str]) -> None:
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
-    settings = validated_settings(groups, defaults=defaults)[host.name]
-    is_server, _ = roles(host, groups)
-    if not is_server:
+    settings = server_settings(groups, defaults)
+    if settings is None:
         return
     if settings.registry_storage.driver != "filesystem":
         raise refusal(SettingsError(

@@ -35,6 +35,7 @@ from registry_kit.model.inventory import (
     validated_settings,
 )
 from registry_kit.roles import (
+    audit,
     cache,
     client,
     disk_guard,
@@ -49,6 +50,7 @@ from registry_kit.roles import (
 # that adds columns to another role's table (the GC timer) follows that role.
 ROLES = ((server, "servers", "servers"), (gc_timer, "servers", "servers"),
          (disk_guard, "servers", "servers"), (usage, "servers", "servers"),
+         (audit, "servers", "servers"),
          (loadbalancer, "lb", "lbs"), (cache, "cache", "caches"),
          (client, "clients", "clients"))
 
@@ -114,6 +116,7 @@ def _keep_facts(collected: _Collected, settings: Any, sections: dict[str, list[s
     if "servers" in tables:
         collected.facts["servers"][host.name]["backup"] = status_json.last_backup(
             settings, f"{backup_base(settings)}/{host.name}")
+        collected.facts["servers"][host.name]["audit"] = audit.entries(settings, sections)
 
 
 def _print_json(collected: _Collected) -> None:

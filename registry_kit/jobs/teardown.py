@@ -26,6 +26,7 @@ from registry_kit.model.inventory import (
 )
 from registry_kit.model.settings import Settings
 from registry_kit.roles import (
+    audit,
     cache,
     client,
     disk_guard,
@@ -47,6 +48,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
         (disk_guard.probe_args(settings), is_server),
         (webui.probe_args(settings), is_server),
         (metrics.probe_args(settings), is_server),
+        (audit.probe_args(settings), is_server),
         (client.teardown_probe_args(settings, also_server=is_server), is_client),
         (loadbalancer.teardown_probe_args(settings), is_lb),
         (cache.teardown_probe_args(settings), is_cache)) if wanted)
@@ -72,10 +74,11 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if is_client:
         client.client_remove(settings, state, also_server=is_server)
     if is_server:
-        gc_timer.schedule_remove(state, name="Remove the garbage collection timer")
-        disk_guard.guard_remove(settings, state, name="Remove the disk guard")
+        gc_timer.schedule_remove(state)
+        disk_guard.guard_remove(settings, state)
         webui.webui_remove(state)
         metrics.metrics_remove(state)
+        audit.audit_remove(state)
         server.server_remove(settings, state)
     if is_server or is_client:  # load balancer and cache hosts get no Docker engine
         add, remove = client.insecure_entries(settings)

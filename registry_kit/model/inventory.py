@@ -115,6 +115,13 @@ def roles(target: Any, groups: Groups = DEFAULT_GROUPS) -> tuple[bool, bool]:
     return groups.servers in target.groups, groups.clients in target.groups
 
 
+def server_settings(groups: Groups, defaults: Mapping[str, Any] | None) -> Settings | None:
+    """The current host's validated settings when it is a server (the jobs that act on
+    servers only: gc, retention, backup); None elsewhere. Every host is validated first."""
+    settings = validated_settings(groups, defaults=defaults)[context.host.name]
+    return settings if groups.servers in context.host.groups else None
+
+
 def merge_probe(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Combine probe arguments (registry_kit.facts.RegistryHostState) of several parts:
     lists are joined (without repeats), single values taken from the last part."""
@@ -134,6 +141,12 @@ def fail_host(state: Any, host: Any, message: str) -> bool:
     FunctionCommand passes state and host only to parameters with exactly these names."""
     host.log_styled(message, fg="red", log_func=logger.error)
     return False
+
+
+def no_container(settings: Settings) -> str:
+    """The one line that fails a job needing the registry's container (gc, retention)."""
+    return (f"{context.host.name}: no container {settings.registry_container_name}: run "
+            "deploy.py first")
 
 
 class ReportedCommand(StringCommand):

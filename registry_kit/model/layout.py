@@ -120,6 +120,20 @@ METRICS_HAPROXY_CFG = f"{METRICS_DIR}/haproxy.cfg"
 METRICS_PIDFILE = f"/run/{METRICS_SERVICE}.pid"
 PROMETHEUS_DIR_NAME = "prometheus"  # under registry_state_dir: scrape config, alert rules
 
+# --- Audit log (registry_audit_log): the registry's notifications, received on the host.
+AUDIT_SERVICE = "registry-kit-audit"
+AUDIT_UNIT = unit(f"{AUDIT_SERVICE}.service")
+AUDIT_SCRIPT_NAME = "registry-audit-receiver.py"
+AUDIT_SCRIPT = script(AUDIT_SCRIPT_NAME)
+AUDIT_LOG_DIR = "/var/log/registry-kit"  # systemd's LogsDirectory= (the unit's user owns it)
+AUDIT_LOG = f"{AUDIT_LOG_DIR}/audit.log"
+AUDIT_LOGROTATE = "/etc/logrotate.d/registry-kit-audit"
+AUDIT_BRIDGE = "docker0"  # the receiver listens on this interface's address (the gateway)
+# The name the registry container resolves to its host's gateway (--add-host NAME:
+# host-gateway, Docker 20.10+), and the path the receiver answers.
+AUDIT_HOST_NAME = "registry-kit-audit.host"
+AUDIT_EVENTS_PATH = "/events"
+
 # --- Garbage collection timer.
 GC_TIMER_NAME = "registry-kit-gc.timer"
 GC_SERVICE_UNIT = unit("registry-kit-gc.service")
@@ -287,3 +301,8 @@ def metrics_url(settings: Settings) -> str | None:
 def prometheus_dir(settings: Settings) -> Path:
     """The control machine's folder for Prometheus: the scrape config and alert rules."""
     return settings.registry_state_dir / PROMETHEUS_DIR_NAME
+
+
+def audit_url(settings: Settings) -> str:
+    """Where the registry container sends its notifications (registry_audit_log)."""
+    return f"http://{AUDIT_HOST_NAME}:{settings.registry_audit_port}{AUDIT_EVENTS_PATH}"

@@ -523,6 +523,33 @@ class Settings:
         [], 'metrics: networks allowed to scrape, e.g. `["10.0.0.5/32"]`; the host refuses '
         "every other address", check=networks)
 
+    registry_audit_log: bool = setting(
+        False, "servers: record each push, delete and denied request as a JSON line "
+        '(journal and /var/log/registry-kit/audit.log); needs Docker 20.10+; see "Audit log"',
+        check=boolean)
+    registry_audit_port: int = setting(
+        5002, "audit log: the receiver's TCP port on the Docker bridge's address (docker0)",
+        check=whole(1, 65535))
+
+    @cross_check
+    def _audit(r: Reader, s: dict[str, Any]) -> None:
+        if not s["registry_audit_log"]:
+            return
+        # The registry's, token server's and web page's ports listen on every address (the
+        # bridge's too, unless bound elsewhere): the receiver's must differ.
+        taken = {s["registry_port"]: "registry_port"}
+        if s["registry_access"] is not None:
+            taken[s["registry_token_port"]] = "registry_token_port"
+        if s["registry_webui_enabled"]:
+            taken[s["registry_webui_port"]] = "registry_webui_port"
+        if s["registry_audit_port"] in taken:
+            raise r.fail("registry_audit_port", s["registry_audit_port"], "a port other "
+                         f"than {taken[s['registry_audit_port']]}")
+
+    registry_prometheus_interval: int = setting(
+        15, "metrics: seconds between scrapes and between rule evaluations in the control "
+        "machine's generated prometheus.yml", check=whole(1, 3600))
+
     @cross_check
     def _metrics(r: Reader, s: dict[str, Any]) -> None:
         if not s["registry_metrics"]:

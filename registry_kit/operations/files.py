@@ -96,6 +96,12 @@ def upload(src: str | IO[bytes], dest: str) -> FileUploadCommand:
     return _PrivateUpload(src, dest)
 
 
+def up_to_date(contents: dict[str, bytes], files: dict[str, FileState]) -> bool:
+    """Whether every path of `contents` holds its content (the probe's checksums)."""
+    return all(path in files and files[path].sha256 == sha256_of(content)
+               for path, content in contents.items())
+
+
 def install_units(units: dict[str, bytes], timer: str) -> Iterator[Any]:
     """Commands that put systemd units in place (each staged, then moved: never half
     written) and (re)start `timer` with them: shared by the kit's timers."""

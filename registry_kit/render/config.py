@@ -27,6 +27,7 @@ from registry_kit.model.layout import (
     Endpoints,
 )
 from registry_kit.model.settings import Secret, Settings, masked_repr
+from registry_kit.render.audit import notifications_section
 from registry_kit.render.token_auth import auth_section as token_auth_section
 
 HEADER = ("# Managed by registry-kit (registry_kit/render.py): edits here are replaced on the "
@@ -147,6 +148,8 @@ def config_data(settings: Settings, http_secret: str, *, read_only: bool = False
                                        "path": CONTAINER_HTPASSWD}}
     if cache is not None:
         config["redis"] = _redis_section(cache, major)
+    if settings.registry_audit_log:
+        config["notifications"] = notifications_section(settings)  # the audit log's receiver
     if pull_through.is_cache(settings):
         # A read-through cache of another registry; the registry then refuses pushes.
         config["proxy"] = pull_through.proxy_section(settings, major)

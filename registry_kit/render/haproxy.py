@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from registry_kit.commands import q
 from registry_kit.model import layout
 from registry_kit.render import textfile
 
@@ -209,3 +210,18 @@ def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str) -
             "default_backend registry"]),
         Section("backend registry", ["mode http", f"server registry {debug}"]),
     ])
+
+
+def unit(source: str, description: str, config: str, pidfile: str,
+         reload: bool = False) -> str:
+    """The systemd unit of a haproxy of the kit's own (the web page, the metrics filter): the
+    config is checked before each start (and reload)."""
+    check = f"/usr/sbin/haproxy -c -q -f {q(config)}"
+    reloads = [f"ExecReload={check}", "ExecReload=/bin/kill -USR2 $MAINPID"] if reload else []
+    return textfile.systemd_unit(f"managed by registry-kit ({source})", {
+        "Unit": [f"Description=registry-kit {description}",
+                 "After=network-online.target docker.service", "Wants=network-online.target"],
+        "Service": [f"ExecStartPre={check}",
+                    f"ExecStart=/usr/sbin/haproxy -Ws -f {q(config)} -p {q(pidfile)}", *reloads,
+                    "Type=notify", "KillMode=mixed", "Restart=always"],
+        "Install": ["WantedBy=multi-user.target"]})

@@ -39,12 +39,15 @@ RULES_NOT_YET = {
 
 
 def scrape_config(registries: Sequence[tuple[str, str]],
-                  lbs: Sequence[tuple[str, str]], metrics_path: str) -> str:
+                  lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15) -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
-    inventory host. `registries`, `lbs`: (host, ADDRESS:PORT)."""
+    inventory host. `registries`, `lbs`: (host, ADDRESS:PORT); `interval`: seconds between
+    scrapes and between rule evaluations (registry_prometheus_interval)."""
     jobs = [(REGISTRY_JOB, registries), (HAPROXY_JOB, lbs)]
     config: dict[str, Any] = {
-        "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
+                   # Prometheus refuses a timeout longer than the interval (default 10s).
+                   "scrape_timeout": f"{min(interval, 10)}s"},
         "rule_files": [RULES_FILE],
         "scrape_configs": [
             {"job_name": job, "metrics_path": metrics_path,

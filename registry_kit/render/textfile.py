@@ -62,6 +62,12 @@ def systemd_specifiers(text: str) -> str:
     return text.replace("%", "%%")
 
 
+def systemd_unit(header: str, sections: dict[str, list[str]]) -> str:
+    """A systemd unit: a comment line, then each [section] with its lines."""
+    return (f"# {header}\n" + "\n\n".join(f"[{name}]\n" + "\n".join(lines)
+                                         for name, lines in sections.items()) + "\n")
+
+
 def systemd_exec_args(args: list[str], *, file: str, field: str) -> str:
     """An Exec*= command line: each argument a checked word, shell-quoted (systemd reads
     whole-word single quotes), then "%" and "$" escaped as systemd expands both anywhere

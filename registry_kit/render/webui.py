@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from registry_kit import package_data
-from registry_kit.commands import q
 from registry_kit.model import layout
 from registry_kit.model.layout import (
     TOKEN_PATH,
@@ -127,26 +126,8 @@ def render_haproxy(settings: Settings) -> str:
 
 
 def render_unit() -> str:
-    config = q(WEBUI_HAPROXY_CFG)
-    return "\n".join([
-        "# managed by registry-kit (registry_kit/render/webui.py)",
-        "[Unit]",
-        "Description=registry-kit web page (haproxy: the page and /v2/ of the registry)",
-        "After=network-online.target docker.service",
-        "Wants=network-online.target",
-        "",
-        "[Service]",
-        f"ExecStartPre=/usr/sbin/haproxy -c -q -f {config}",
-        f"ExecStart=/usr/sbin/haproxy -Ws -f {config} -p {layout.WEBUI_PIDFILE}",
-        f"ExecReload=/usr/sbin/haproxy -c -q -f {config}",
-        "ExecReload=/bin/kill -USR2 $MAINPID",
-        "Type=notify",
-        "KillMode=mixed",
-        "Restart=always",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ])
+    return haproxy.unit("registry_kit/render/webui.py",
+                        "web page (haproxy: the page and /v2/ of the registry)",
+                        WEBUI_HAPROXY_CFG, layout.WEBUI_PIDFILE, reload=True)
 
 

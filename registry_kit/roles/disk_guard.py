@@ -23,7 +23,7 @@ from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model import layout
 from registry_kit.model.layout import ServerLayout
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files
+from registry_kit.operations import files, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
@@ -62,62 +62,44 @@ def guard_arguments(settings: Settings) -> list[str]:
             ServerLayout.of(settings).disk_guard_flag]
 
 
+def unit(sections: dict[str, list[str]]) -> bytes:
+    return textfile.systemd_unit("Managed by registry-kit (registry_disk_readonly_percent): "
+                                 "replaced on the next deploy.", sections).encode()
+
+
 def service_unit(settings: Settings) -> bytes:
     exec_start = textfile.systemd_exec_args(guard_arguments(settings), file=SERVICE,
                                             field="ExecStart")
-    return (
-        "# Managed by registry-kit (registry_disk_readonly_percent): replaced on the next "
-        "deploy.\n"
-        "[Unit]\n"
-        "Description=registry-kit: registry read-only while its data filesystem is full\n"
-        "After=docker.service\n\n"
-        "[Service]\n"
-        "Type=oneshot\n"
-        # Runs every few seconds: only the switches (notice and above) reach the journal,
-        # not systemd's start and stop lines of each check.
-        "LogLevelMax=notice\n"
-        f"ExecStart={exec_start}\n"
-    ).encode()
+    # Runs every few seconds: only the switches (notice and above) reach the journal, not
+    # systemd's start and stop lines of each check.
+    return unit({"Unit": ["Description=registry-kit: registry read-only while its data "
+                          "filesystem is full", "After=docker.service"],
+                 "Service": ["Type=oneshot", "LogLevelMax=notice", f"ExecStart={exec_start}"]})
 
 
 def timer_unit(settings: Settings) -> bytes:
-    return (
-        "# Managed by registry-kit (registry_disk_readonly_percent): replaced on the next "
-        "deploy.\n"
-        "[Unit]\n"
-        "Description=registry-kit: check the registry's data filesystem\n\n"
-        "[Timer]\n"
-        f"OnActiveSec={INTERVAL_SECONDS}s\n"
-        f"OnUnitActiveSec={INTERVAL_SECONDS}s\n"
-        "AccuracySec=1s\n\n"
-        "[Install]\n"
-        "WantedBy=timers.target\n"
-    ).encode()
+    return unit({"Unit": ["Description=registry-kit: check the registry's data filesystem"],
+                 "Timer": [f"OnActiveSec={INTERVAL_SECONDS}s",
+                           f"OnUnitActiveSec={INTERVAL_SECONDS}s", "AccuracySec=1s"],
+                 "Install": ["WantedBy=timers.target"]})
 
 
 @operation()
 def install_guard(settings: Settings, state: HostState):
     units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
-    if all(path in state.files and state.files[path].sha256 == files.sha256_of(content)
-           for path, content in units.items()):
+    if files.up_to_date(units, state.files):
         host.noop(f"{TIMER_NAME} guards {settings.registry_data_dir} "
                   f"({settings.registry_disk_readonly_percent}%)")
         return
     yield from files.install_units(units, TIMER_NAME)
 
 
-@operation()
-def guard_remove(settings: Settings, state: HostState):
+def guard_remove(settings: Settings, state: HostState) -> None:
     """The units and the flag (the server role renders config.yml writable once the guard
     is off, which restarts the registry)."""
-    present = [path for path in (TIMER, SERVICE, ServerLayout.of(settings).disk_guard_flag)
-               if path in state.files]
-    if not present:
-        host.noop("no disk guard")
-        return
-    yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
-    yield "rm -f " + " ".join(q(path) for path in present)
-    yield "systemctl daemon-reload"
+    services.remove_timer(state, TIMER_NAME,
+                          [TIMER, SERVICE, ServerLayout.of(settings).disk_guard_flag],
+                          "no disk guard", name="Remove the disk guard")
 
 
 def guard_deploy(settings: Settings, state: HostState) -> None:
@@ -125,7 +107,7 @@ def guard_deploy(settings: Settings, state: HostState) -> None:
     if wanted(settings):
         install_guard(settings, state, name="Guard the registry's disk (systemd timer)")
     else:
-        guard_remove(settings, state, name="Remove the disk guard")
+        guard_remove(settings, state)
 
 
 # --- status.py ---

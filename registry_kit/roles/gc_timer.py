@@ -16,7 +16,7 @@ from registry_kit.commands import q
 from registry_kit.facts import HostState, first_line, section_command
 from registry_kit.model import layout
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files
+from registry_kit.operations import files, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
@@ -46,20 +46,18 @@ def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
     return args
 
 
+def unit(sections: dict[str, list[str]]) -> bytes:
+    return textfile.systemd_unit("Managed by registry-kit (registry_gc_schedule): replaced on "
+                                 "the next deploy.", sections).encode()
+
+
 def service_unit(settings: Settings) -> bytes:
     # Arguments checked, quoted and %/$-escaped for systemd (textfile.systemd_exec_args).
     exec_start = textfile.systemd_exec_args(gc_arguments(settings, dry_run=False),
                                             file=SERVICE, field="ExecStart")
-    return (
-        "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
-        "[Unit]\n"
-        "Description=registry-kit: garbage-collect the registry (read-only while it runs)\n"
-        "Requires=docker.service\n"
-        "After=docker.service\n\n"
-        "[Service]\n"
-        "Type=oneshot\n"
-        f"ExecStart={exec_start}\n"
-    ).encode()
+    return unit({"Unit": ["Description=registry-kit: garbage-collect the registry (read-only "
+                          "while it runs)", "Requires=docker.service", "After=docker.service"],
+                 "Service": ["Type=oneshot", f"ExecStart={exec_start}"]})
 
 
 def timer_unit(settings: Settings) -> bytes:
@@ -67,16 +65,10 @@ def timer_unit(settings: Settings) -> bytes:
     # line continuation), "%" escaped. Whether systemd accepts it is checked on the host.
     schedule = textfile.rest_of_line(settings.registry_gc_schedule, file=TIMER,
                                      field="registry_gc_schedule", forbidden="\\")
-    return (
-        "# Managed by registry-kit (registry_gc_schedule): replaced on the next deploy.\n"
-        "[Unit]\n"
-        "Description=registry-kit: scheduled registry garbage collection\n\n"
-        "[Timer]\n"
-        f"OnCalendar={textfile.systemd_specifiers(schedule)}\n"
-        "Persistent=true\n\n"
-        "[Install]\n"
-        "WantedBy=timers.target\n"
-    ).encode()
+    return unit({"Unit": ["Description=registry-kit: scheduled registry garbage collection"],
+                 "Timer": [f"OnCalendar={textfile.systemd_specifiers(schedule)}",
+                           "Persistent=true"],
+                 "Install": ["WantedBy=timers.target"]})
 
 
 @operation()
@@ -84,8 +76,7 @@ def install_timer(settings: Settings, state: HostState):
     """Check the OnCalendar expression on the host (systemd-analyze) before any unit is
     written, so a bad schedule never lands; then enable and (re)start the timer."""
     units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
-    if all(path in state.files and state.files[path].sha256 == files.sha256_of(content)
-           for path, content in units.items()):
+    if files.up_to_date(units, state.files):
         host.noop(f"{TIMER_NAME} runs on {settings.registry_gc_schedule!r}")
         return
     schedule = str(settings.registry_gc_schedule)
@@ -96,15 +87,9 @@ def install_timer(settings: Settings, state: HostState):
     yield from files.install_units(units, TIMER_NAME)
 
 
-@operation()
-def schedule_remove(state: HostState):
-    present = [path for path in (TIMER, SERVICE) if path in state.files]
-    if not present:
-        host.noop("no garbage collection timer")
-        return
-    yield f"systemctl disable --now {TIMER_NAME} >/dev/null 2>&1; true"
-    yield "rm -f " + " ".join(q(path) for path in present)
-    yield "systemctl daemon-reload"
+def schedule_remove(state: HostState) -> None:
+    services.remove_timer(state, TIMER_NAME, [TIMER, SERVICE], "no garbage collection timer",
+                          name="Remove the garbage collection timer")
 
 
 def schedule_deploy(settings: Settings, state: HostState,
@@ -112,7 +97,7 @@ def schedule_deploy(settings: Settings, state: HostState,
     """deploy.py, servers: the timer when registry_gc_schedule is set, on the first server
     of each storage (registry_kit.sharedgc), else none."""
     if not sharedgc.timer_wanted(settings, servers or (settings,)):
-        schedule_remove(state, name="Remove the garbage collection timer")
+        schedule_remove(state)
     else:
         install_timer(settings, state, name="Schedule garbage collection (systemd timer)")
 

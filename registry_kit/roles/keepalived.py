@@ -1,34 +1,17 @@
-"""A floating address across the registry_lb hosts: keepalived (VRRP) from the distro.
-
-With registry_lb_vip set, every registry_lb host runs keepalived; the clients' domain
-resolves to that address. The LB with the highest priority whose haproxy is healthy holds
-it: priorities follow inventory order (the first registry_lb host 200, the next 190, ...),
-and haproxy's health is followed two ways: haproxy's unit writes 1 to a file the moment
-haproxy ends for any reason (a drop-in's ExecStopPost), which keepalived follows
-(track_file, read on change): that LB goes to FAULT at once and its priority-0 advert hands
-the address over; and the admin socket answering (scripts/haproxy-alive.sh, two failed
-checks one second apart) catches a haproxy that runs but hangs. Every LB starts as BACKUP
-with a preempt delay, so a returning LB takes the address back once, when its haproxy is
-healthy, and does not grab it at boot.
-
-Planned changes (Handover): a run that reconfigures or restarts haproxy or keepalived on an
-LB first stops keepalived there and, on the LB that held the address, waits until another
-LB answers on it (scripts/lb-handover.sh), one LB at a time; then keepalived starts again
-and the address comes back where the priorities say. VRRP goes by multicast, or with
-registry_lb_vrrp_unicast to the other LBs' registry_internal_address.
-
-keepalived.conf is root 0600 (it holds the VRRP password, from env/file or generated once
-on the control machine), built from checked words (textfile.word), checked with
-`keepalived -t` before it replaces the old one, then applied with a reload. Without
-registry_lb_vip, keepalived is stopped and the kit's config removed.
+"""A floating address across the registry_lb hosts (registry_lb_vip): keepalived (VRRP)
+from the distro, priorities from inventory order, haproxy's health followed by a drop-in's
+down file and scripts/haproxy-alive.sh; planned changes move the address first (Handover,
+scripts/lb-handover.sh). keepalived.conf is root 0600 (the VRRP password), built from
+checked words and checked with `keepalived -t`. README "No single load balancer" tells the
+whole behaviour.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
-from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import FactBase
@@ -40,7 +23,7 @@ from registry_kit.model import keystore, layout
 from registry_kit.model.layout import KEEPALIVED_CONF
 from registry_kit.model.settings import Settings, SettingsError, is_ip
 from registry_kit.model.topology import Topology
-from registry_kit.operations import files, packages
+from registry_kit.operations import files, packages, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 
@@ -245,35 +228,10 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
 def keepalived_config(content: bytes, state: HostState, handover: Handover | None = None):
     """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
     reload; with a handover, the address moves away first (keepalived stopped) and keepalived
-    starts on the new file. The file travels over SFTP, never in a command or in output."""
-    current = state.files.get(KEEPALIVED_CONF)
-    if current is not None and current.sha256 == files.sha256_of(content) and \
-            (current.mode, current.owner, current.group) == ("600", "root", "root"):
-        host.noop(f"{KEEPALIVED_CONF} is up to date")
-        return
-    staging = f"{KEEPALIVED_CONF}.registry-kit-new"
-    yield "install -d -m 0755 -o root -g root /etc/keepalived"
-    yield f"install -m 0600 -o root -g root /dev/null {staging}"
-    yield files.upload(BytesIO(content), staging)
-    # Its output may quote lines of the file (the password): never shown.
-    yield (f"keepalived -t -f {staging} >/dev/null 2>&1 || {{ rm -f {staging}; echo "
-           f"'registry-kit: keepalived rejected the new configuration; {KEEPALIVED_CONF} was not "
-           "changed' >&2; exit 1; }")
-    if handover is not None:
-        yield handover.away_command()
-    yield f"mv -f {staging} {KEEPALIVED_CONF}"
-    yield f"systemctl reload-or-restart {SERVICE}"
-    if handover is not None:
-        yield handover.back_command()
-
-
-@operation()
-def start_keepalived(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if active and enabled:
-        host.noop(f"{SERVICE} is enabled and running")
-        return
-    yield f"systemctl enable --now {SERVICE}"
+    starts on the new file. Its output may quote the password: never shown."""
+    yield from services.replace_checked(KEEPALIVED_CONF, content, "0600", state,
+                                        ("keepalived", "-t", "-f"), SERVICE, handover,
+                                        parent=posixpath.dirname(KEEPALIVED_CONF), quiet=True)
 
 
 @operation()
@@ -317,4 +275,4 @@ def keepalived_deploy(settings: Settings, state: HostState, topology: Topology) 
     moving = handover(settings, topology)
     keepalived_config(config, state, moving, _serial=moving is not None,
                       name="Check and apply keepalived.conf (keepalived -t, then reload)")
-    start_keepalived(state, name=f"Enable and start {SERVICE}")
+    services.start(state, SERVICE, name=f"Enable and start {SERVICE}")

@@ -1,22 +1,13 @@
 """The load balancer on hosts in registry_lb: haproxy from the distro in front of the
-registry_servers replicas, on the domain and port clients use.
-
-passthrough (default): TCP; clients' TLS goes through to the replicas, which all serve the
-certificate for the domain. terminate: haproxy serves that certificate, sets
-X-Forwarded-Proto/For (Host passes unchanged) as the registry's deployment docs ask, and
-talks TLS to the replicas, verifying them against the kit's CA. Either way haproxy checks
-each replica's /v2/ (401 or 200 is healthy). A new config is checked with `haproxy -c`
-before it replaces the old one, then applied with a reload (running connections stay); with
-a floating address over several LBs, the address first moves to another LB
-(keepalived.Handover), one LB at a time.
-The admin socket and haproxy-server.sh let the servers' rolling replacement drain a replica
-first (registry_kit.model.topology.OutOfRotation).
+registry_servers replicas (registry_lb_mode passthrough or terminate), each replica's /v2/
+checked; a new haproxy.cfg is checked with `haproxy -c`, then reloaded, the floating address
+moved away first (keepalived.Handover). The admin socket and haproxy-server.sh let the
+servers' rolling replacement drain a replica (registry_kit.model.topology.OutOfRotation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from io import BytesIO
 
 from pyinfra import host
 
@@ -27,7 +18,7 @@ from registry_kit.model.inventory import merge_probe
 from registry_kit.model.layout import HAPROXY_CFG, LB_CA, LB_CERT_DIR, LB_PEM
 from registry_kit.model.settings import Settings, host_port
 from registry_kit.model.topology import BACKEND, Topology, server_name
-from registry_kit.operations import files, packages
+from registry_kit.operations import files, packages, services
 from registry_kit.operations.ownership import plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept, purge_packages, remove_files
 from registry_kit.operations.typed import operation
@@ -99,33 +90,8 @@ def render(settings: Settings, topology: Topology) -> str:
 def haproxy_config(content: bytes, state: HostState, handover: keepalived.Handover | None = None):
     """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload; with a
     handover, the floating address moves to another LB first and comes back after."""
-    current = state.files.get(HAPROXY_CFG)
-    if current is not None and current.sha256 == files.sha256_of(content) and \
-            current.mode == "644":
-        host.noop(f"{HAPROXY_CFG} is up to date")
-        return
-    staging = f"{HAPROXY_CFG}.registry-kit-new"
-    yield f"install -m 0644 -o root -g root /dev/null {staging}"
-    yield files.upload(BytesIO(content), staging)
-    yield (f"haproxy -c -f {staging} >/dev/null || {{ rm -f {staging}; echo 'registry-kit: "
-           f"haproxy rejected the new configuration; {HAPROXY_CFG} was not changed' >&2; "
-           "exit 1; }")
-    if handover is not None:
-        yield handover.away_command()
-    yield f"mv -f {staging} {HAPROXY_CFG}"
-    # reload-or-restart: a reload when haproxy runs (connections stay), a start otherwise.
-    yield f"systemctl reload-or-restart {SERVICE}"
-    if handover is not None:
-        yield handover.back_command()
-
-
-@operation()
-def start_haproxy(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if active and enabled:
-        host.noop(f"{SERVICE} is enabled and running")
-        return
-    yield f"systemctl enable --now {SERVICE}"
+    yield from services.replace_checked(HAPROXY_CFG, content, "0644", state,
+                                        ("haproxy", "-c", "-f"), SERVICE, handover)
 
 
 def lb_deploy(settings: Settings, state: HostState, topology: Topology,
@@ -147,7 +113,7 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
     moving = keepalived.handover(settings, topology)
     haproxy_config(render(settings, topology).encode(), state, moving, _serial=moving is not None,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
-    start_haproxy(state, name=f"Enable and start {SERVICE}")
+    services.start(state, SERVICE, name=f"Enable and start {SERVICE}")
 
 
 # --- teardown: the reverse of lb_deploy and keepalived.keepalived_deploy ---

@@ -1,28 +1,17 @@
-"""The registry's Prometheus metrics on hosts in registry_servers (registry_metrics).
-
-The registry serves `/metrics` on its debug server (`http.debug.prometheus`, the same keys
-in 2.8 and 3.0; registry_kit.render.config), which the container publishes on the
-server's loopback only (registry_debug_addr, 127.0.0.1:5001 unless set). That server also
-answers /debug/pprof and /debug/vars, so it is never published further: a haproxy of the
-kit's own, `registry-kit-metrics.service`, listens on the server's internal address
-(registry_metrics_bind / registry_internal_address, registry_metrics_port), refuses every
-connection from outside registry_metrics_allow and passes GET /metrics only
-(registry_kit.render.haproxy.metrics_filter). The public port (registry_port) never
-serves metrics. Load balancers serve haproxy's own exporter from their haproxy.cfg
-(registry_kit.roles.loadbalancer).
+"""The registry's Prometheus metrics on hosts in registry_servers (registry_metrics): a
+haproxy of the kit's own, `registry-kit-metrics.service`, on the server's internal address
+passes GET /metrics from registry_metrics_allow only to the registry's debug server, which
+stays on the loopback (it also answers /debug/pprof). See README "Metrics".
 """
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.operations.util import any_changed
 
-from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.model import layout
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files, packages
-from registry_kit.operations.typed import operation
+from registry_kit.operations import files, packages, services
 from registry_kit.render import haproxy
 
 SERVICE = layout.METRICS_SERVICE
@@ -50,49 +39,9 @@ def render(settings: Settings) -> str:
 
 
 def render_unit() -> str:
-    config = q(layout.METRICS_HAPROXY_CFG)
-    return "\n".join([
-        "# managed by registry-kit (registry_kit/roles/metrics.py)",
-        "[Unit]",
-        "Description=registry-kit metrics (haproxy: the registry's metrics, filtered)",
-        "After=network-online.target docker.service",
-        "Wants=network-online.target",
-        "",
-        "[Service]",
-        f"ExecStartPre=/usr/sbin/haproxy -c -q -f {config}",
-        f"ExecStart=/usr/sbin/haproxy -Ws -f {config} -p {q(layout.METRICS_PIDFILE)}",
-        "Type=notify",
-        "KillMode=mixed",
-        "Restart=always",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ])
-
-
-@operation()
-def restart_metrics():
-    yield (f"haproxy -c -q -f {q(layout.METRICS_HAPROXY_CFG)} && systemctl daemon-reload && "
-           f"systemctl restart {q(SERVICE)}")
-
-
-@operation()
-def enable_metrics(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if active and enabled:
-        host.noop(f"{SERVICE} is enabled and running")
-        return
-    yield f"systemctl daemon-reload && systemctl enable --now {q(SERVICE)}"
-
-
-@operation()
-def disable_metrics(state: HostState):
-    active, enabled = state.services.get(SERVICE, (False, False))
-    if not (active or enabled or layout.METRICS_UNIT in state.files):
-        host.noop(f"no {SERVICE}")
-        return
-    yield f"systemctl disable --now {q(SERVICE)} 2>/dev/null; true"
+    return haproxy.unit("registry_kit/roles/metrics.py",
+                        "metrics (haproxy: the registry's metrics, filtered)",
+                        layout.METRICS_HAPROXY_CFG, layout.METRICS_PIDFILE)
 
 
 def metrics_deploy(settings: Settings, state: HostState) -> None:
@@ -108,13 +57,14 @@ def metrics_deploy(settings: Settings, state: HostState) -> None:
     unit = files.managed_file(layout.METRICS_UNIT, render_unit().encode(), "0644",
                               state.files.get(layout.METRICS_UNIT),
                               name=f"Install {SERVICE}.service")
-    restart_metrics(name=f"Check and restart {SERVICE}", _if=any_changed(config, unit))
-    enable_metrics(state, name=f"Enable and start {SERVICE}")
+    services.restart_haproxy(layout.METRICS_HAPROXY_CFG, SERVICE,
+                             name=f"Check and restart {SERVICE}", _if=any_changed(config, unit))
+    services.start(state, SERVICE, daemon_reload=True, name=f"Enable and start {SERVICE}")
 
 
 def metrics_remove(state: HostState) -> None:
     """The reverse of metrics_deploy (teardown, or registry_metrics=False). haproxy stays
     installed: other software (the web page, a load balancer) may use it."""
-    disable_metrics(state, name=f"Stop and disable {SERVICE}")
+    services.stop(state, SERVICE, layout.METRICS_UNIT, name=f"Stop and disable {SERVICE}")
     files.absent_paths([layout.METRICS_UNIT, layout.METRICS_DIR], [*state.files, *state.dirs],
                        name="Remove the metrics filter's files")

@@ -29,7 +29,7 @@ from registry_kit.operations import files, ownership
 from registry_kit.operations.ownership import MARKER, FolderPlan, owned, plan_folder, remove_folders
 from registry_kit.operations.removal import log_kept
 from registry_kit.operations.typed import operation
-from registry_kit.render import htpasswd, textfile, tls
+from registry_kit.render import audit, htpasswd, textfile, tls
 from registry_kit.render import token_auth as token_render
 from registry_kit.render.config import render_config
 from registry_kit.render.tls import ServerCertificate
@@ -102,7 +102,7 @@ def container_spec(settings: Settings, config: bytes, cert: ServerCertificate | 
         data_dir=settings.registry_data_dir
         if settings.registry_storage.driver == "filesystem" else None,
         debug_port=debug_port, bind_address=settings.registry_bind_address,
-        extra_hosts=extra_hosts)
+        extra_hosts=extra_hosts + audit.extra_hosts(settings))
     inputs = {
         "run": spec.run_args(),
         "config": files.sha256_of(config),
@@ -481,7 +481,8 @@ def server_remove(settings: Settings, state: HostState) -> None:
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, layout.SCRIPTS_DIR, [*SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME],
+    kit_dirs = [plan_folder(state, layout.SCRIPTS_DIR, [*SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME,
+                                                       layout.AUDIT_SCRIPT_NAME],
                             needs_marker=False),
                 plan_folder(state, layout.RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False,
                             removed_subfolders=[layout.candidate(settings.registry_container_name)])]

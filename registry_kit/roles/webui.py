@@ -1,24 +1,13 @@
-"""The registry web page on hosts in registry_servers (registry_webui_enabled): browse
-repositories and tags, copy the `docker pull` line, delete where registry_delete_enabled.
-
-A static page (registry_kit/webui_static: HTML, JS, CSS; no outside assets) served by a
-haproxy instance of its own, `registry-kit-webui.service`, on registry_webui_port of the
-server, with the registry's certificate. The same haproxy passes /v2/ to the registry on
-the server's loopback (TLS, checked against the CA), so page and API share one origin: no
-CORS, and a Content-Security-Policy that allows this origin only. The page asks the
-registry with the logged-in user's credentials and shows what the registry answers; it
-holds no data of its own, so a visitor who is not logged in gets the empty page only.
-haproxy moves the registry's `WWW-Authenticate` to `X-Registry-Authenticate` on the way
-out, so the browser never opens its own Basic login dialog (the page reads the moved
-header, which also carries a token server's Bearer challenge, see README "The web page").
+"""The registry web page on hosts in registry_servers (registry_webui_enabled): a static
+page (registry_kit/webui_static) and /v2/ of the registry on one origin, served by a haproxy
+of the kit's own, `registry-kit-webui.service`, with the registry's certificate; see README
+"The web page" (why one origin, how logins and challenges pass).
 """
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.operations.util import any_changed
 
-from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.model.layout import (
     WEBUI_DIR,
@@ -28,8 +17,7 @@ from registry_kit.model.layout import (
     WEBUI_UNIT,
 )
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files, packages
-from registry_kit.operations.typed import operation
+from registry_kit.operations import files, packages, services
 from registry_kit.render.tls import ServerCertificate
 from registry_kit.render.webui import (
     FILE_NAMES,
@@ -49,31 +37,6 @@ COMMANDS = ("haproxy",)
 def probe_args(settings: Settings) -> dict:
     return {"files": [f"{WEBUI_DIR}/{name}" for name in FILE_NAMES] + [WEBUI_UNIT],
             "dirs": [WEBUI_DIR], "commands": list(COMMANDS), "services": [WEBUI_SERVICE]}
-
-
-@operation()
-def restart_webui():
-    """Check the config, then restart: haproxy reads the page's files at start only."""
-    yield (f"haproxy -c -q -f {q(WEBUI_HAPROXY_CFG)} && systemctl daemon-reload && "
-           f"systemctl restart {q(WEBUI_SERVICE)}")
-
-
-@operation()
-def enable_webui(state: HostState):
-    active, enabled = state.services.get(WEBUI_SERVICE, (False, False))
-    if active and enabled:
-        host.noop(f"{WEBUI_SERVICE} is enabled and running")
-        return
-    yield f"systemctl daemon-reload && systemctl enable --now {q(WEBUI_SERVICE)}"
-
-
-@operation()
-def disable_webui(state: HostState):
-    active, enabled = state.services.get(WEBUI_SERVICE, (False, False))
-    if not (active or enabled or WEBUI_UNIT in state.files):
-        host.noop(f"no {WEBUI_SERVICE}")
-        return
-    yield f"systemctl disable --now {q(WEBUI_SERVICE)} 2>/dev/null; true"
 
 
 def webui_deploy(settings: Settings, state: HostState, cert: ServerCertificate | None) -> None:
@@ -97,13 +60,15 @@ def webui_deploy(settings: Settings, state: HostState, cert: ServerCertificate |
     ops.append(files.managed_file(WEBUI_UNIT, render_unit().encode(), "0644",
                                   state.files.get(WEBUI_UNIT),
                                   name=f"Install {WEBUI_SERVICE}.service"))
-    restart_webui(name=f"Check and restart {WEBUI_SERVICE}", _if=any_changed(*ops))
-    enable_webui(state, name=f"Enable and start {WEBUI_SERVICE}")
+    services.restart_haproxy(WEBUI_HAPROXY_CFG, WEBUI_SERVICE,
+                             name=f"Check and restart {WEBUI_SERVICE}", _if=any_changed(*ops))
+    services.start(state, WEBUI_SERVICE, daemon_reload=True,
+                   name=f"Enable and start {WEBUI_SERVICE}")
 
 
 def webui_remove(state: HostState) -> None:
     """The reverse of webui_deploy (teardown, or registry_webui_enabled=False). haproxy
     stays installed: other software (or the kit's load balancer) may use it."""
-    disable_webui(state, name=f"Stop and disable {WEBUI_SERVICE}")
+    services.stop(state, WEBUI_SERVICE, WEBUI_UNIT, name=f"Stop and disable {WEBUI_SERVICE}")
     files.absent_paths([WEBUI_UNIT, WEBUI_DIR], [*state.files, *state.dirs],
                        name="Remove the web page's files")

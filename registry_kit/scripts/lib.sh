@@ -1,7 +1,7 @@
 # Managed by registry-kit: the functions the kit's scripts share. Sourced, never run: by
 # each installed script from its own folder, or sent ahead of a script on stdin.
 # shellcheck shell=sh
-# $url: set by the script that sources this, before it calls these.
+# $url, $name, $timeout: set by the script that sources this, before it calls these.
 # shellcheck disable=SC2154
 
 # curl_opts for a check of the registry from its server: --resolve RESOLVE (its name over
@@ -25,4 +25,19 @@ healthy() {
     # shellcheck disable=SC2119
     code=$(v2_status)
     [ "$code" = 200 ] || [ "$code" = 401 ]
+}
+
+# Wait up to $timeout seconds until the registry is healthy.
+wait_healthy() {
+    deadline=$(( $(date +%s) + timeout ))
+    until healthy; do
+        [ "$(date +%s)" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# Restart container $name (it reads config.yml again), then wait_healthy.
+restart_healthy() {
+    docker restart "$name" >/dev/null || return 1
+    wait_healthy
 }

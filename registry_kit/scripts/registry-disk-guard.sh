@@ -76,15 +76,10 @@ fi
 # A stopped registry stays stopped: it reads the new config.yml when it starts.
 if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ]; then
     set_curl_opts "$resolve" "$cacert"
-    docker restart "$name" >/dev/null || exit 1
-    deadline=$(( $(date +%s) + timeout ))
-    until healthy; do
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            echo "<3>registry-kit: $name does not answer $url/v2/ after the switch"
-            exit 1
-        fi
-        sleep 0.1
-    done
+    if ! restart_healthy; then
+        echo "<3>registry-kit: $name does not answer $url/v2/ after the switch"
+        exit 1
+    fi
 fi
 # Logged once the registry answers in its new mode, so the line means it is in effect.
 echo "$switched"

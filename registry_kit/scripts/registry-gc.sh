@@ -54,15 +54,6 @@ log=$log_dir/gc.log
 trap 'rm -f "$log"' EXIT
 set_curl_opts "$resolve" "$cacert"
 
-wait_healthy() {
-    deadline=$(( $(date +%s) + timeout ))
-    while [ "$(date +%s)" -lt "$deadline" ]; do
-        healthy && return 0
-        sleep 1
-    done
-    return 1
-}
-
 write_record() {
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $1" >"$record.new" && mv -f "$record.new" "$record"
 }
@@ -120,12 +111,10 @@ readonly)
     install -m 0600 /dev/null "$config.registry-kit-new"
     readonly_config <"$saved" >"$config.registry-kit-new"
     mv -f "$config.registry-kit-new" "$config"
-    docker restart "$name" >/dev/null
-    if ! wait_healthy; then
+    if ! restart_healthy; then
         echo "registry-kit: $name in read-only mode does not answer $url/v2/" >&2
         mv -f "$saved" "$config"
-        docker restart "$name" >/dev/null
-        wait_healthy
+        restart_healthy
         exit 1
     fi
     echo "registry-kit: $name is read-only (pushes refused, pulls served)"
@@ -170,8 +159,7 @@ cp -p "$config" "$saved"
 
 restore() {
     mv -f "$saved" "$config"
-    docker restart "$name" >/dev/null
-    if ! wait_healthy; then
+    if ! restart_healthy; then
         echo "registry-kit: $name does not answer $url/v2/ after leaving read-only mode" >&2
         return 1
     fi
@@ -187,8 +175,7 @@ if ! grep -A1 '^    readonly:$' "$config.registry-kit-new" | grep -q 'enabled: t
     exit 1
 fi
 mv -f "$config.registry-kit-new" "$config"
-docker restart "$name" >/dev/null
-if ! wait_healthy; then
+if ! restart_healthy; then
     echo "registry-kit: $name in read-only mode does not answer $url/v2/" >&2
     restore
     exit 1

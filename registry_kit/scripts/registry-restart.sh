@@ -5,15 +5,11 @@
 # and wait until it answers /v2/ (200 or 401).
 # Usage: sh -s NAME URL RESOLVE CACERT TIMEOUT < registry-restart.sh
 set -u
+# shellcheck disable=SC2034 # timeout: read by lib.sh's wait_healthy
 name=$1 url=$2 resolve=$3 cacert=$4 timeout=$5
 
 set_curl_opts "$resolve" "$cacert"
 
-docker restart "$name" >/dev/null || exit 1
-deadline=$(( $(date +%s) + timeout ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    healthy && exit 0
-    sleep 0.1
-done
+restart_healthy && exit 0
 echo "registry-kit: $name does not answer $url/v2/ after a restart" >&2
 exit 1

@@ -505,6 +505,27 @@ def escaped(value: str) -> str:
     return value.encode("unicode_escape").decode("ascii")
 
 
+def audit_denied(user: str | None, address: str, scopes: list[str],
+                 access: list[dict], reason: str) -> None:
+    """The audit log's line (registry_audit_log) for each repository scope this request
+    was refused something of: the same JSON fields as the audit receiver's lines
+    (registry-audit-receiver.py), in this server's journal. Never a password or token."""
+    granted = {(e["type"], e["name"]): set(e["actions"]) for e in access}
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for scope in scopes:
+        parsed = parse_scope(scope)
+        if parsed is None or parsed[0] != "repository":
+            continue
+        _, name, wanted = parsed
+        wanted_set = set(ACTIONS) if "*" in wanted else set(wanted)
+        refused = sorted(wanted_set - granted.get(("repository", name), set()))
+        if refused:
+            entry = {"time": now, "action": "denied", "user": user, "address": address,
+                     "repository": name, "reference": None, "digest": None,
+                     "source": "token", "refused": ",".join(refused), "reason": reason}
+            log("audit " + json.dumps(entry, ensure_ascii=True))
+
+
 def log(message: str) -> None:
     """One journal line. Values from requests are `escaped` where they are formatted in;
     anything unprintable left is escaped here too."""
@@ -585,11 +606,12 @@ class Handler(BaseHTTPRequestHandler):
         given = self.credentials()
         user: str | None = None
         checks = 0
+        address = client_address(self.client_address[0],
+                                 self.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
         groups: frozenset[str] = frozenset()  # a directory user's, read at this login
         if given is not None:
             name, password = given
-            address = client_address(self.client_address[0],
-                                     self.headers.get("X-Forwarded-For"), self.trusted_proxies)
             wait = self.limits.begin(address, name)
             if wait:
                 log(f"too many failed logins: user '{escaped(name)}' from {escaped(address)} "
@@ -601,21 +623,22 @@ class Handler(BaseHTTPRequestHandler):
             if name not in users and self.directory is not None:
                 ok, groups, why = self.directory_login(name, password, address)
                 if not ok:
+                    audit_denied(name, address, scopes, [], "login failed")
                     self.refuse(f"user '{escaped(name)}' from {escaped(address)}: {why}")
                     return
-                checks = 0
             else:
                 ok, checks = self.checker.check(name, password, users.get(name),
                                                 users_cost(users))
             if not ok:
                 self.limits.failed(address)
+                audit_denied(name, address, scopes, [], "login failed")
                 self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
                             f"wrong password (bcrypt={checks})")
                 return
             self.limits.succeeded(address, name)
             user = name
-        scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
         access = [entry for entry in (grant(policy, user, s, groups) for s in scopes) if entry]
+        audit_denied(user, address, scopes, access, "not granted")
         now = int(time.time())
         claims = {"iss": policy["issuer"], "sub": user or "", "aud": policy["service"],
                   "iat": now, "nbf": now - 10, "exp": now + TOKEN_SECONDS,

@@ -395,14 +395,102 @@ PROMETHEUS_DIR = harness.STATE_DIR / "prometheus"
 SCRAPE = "rm -f /tmp/scrape; curl -sS -o /tmp/scrape -w '%{http_code}' --max-time 5 "
 
 
+PROMETHEUS_INTERVAL = 2  # registry_prometheus_interval: seconds, so the test waits little
+REGISTRY_DOWN_FOR = 60  # RegistryDown's `for:` (registry_kit/render/prometheus.py)
+SCREENSHOTS = Path(os.environ.get("REGISTRY_KIT_TEST_OUTPUT",
+                                  harness.ROOT / ".test-output")) / "prometheus"
+
+
+def _prometheus_api(port: int, path: str) -> Any:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return json.loads(answer.read())["data"]
+
+
+def _alerts(port: int, name: str) -> list[str]:
+    """The states of alert `name` (pending, firing) in Prometheus' /api/v1/alerts."""
+    return [a["state"] for a in _prometheus_api(port, "/api/v1/alerts")["alerts"]
+            if a["labels"]["alertname"] == name]
+
+
+def _wait(condition: Any, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _prometheus_sees_the_registry_go_down_and_come_back(site: Site) -> None:
+    """Debian's prometheus, on the control machine, with the kit's own prometheus.yml and
+    rules (registry_prometheus_interval 2 s): every target up; the registry stopped fires
+    RegistryDown within its `for:` plus two scrape intervals (and an evaluation's); the
+    alerts page in headless chromium; started again, the alert resolves."""
+    import shutil
+    import socket
+    import tempfile
+    if shutil.which("prometheus") is None:
+        pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(f"{tmp}/prometheus.log", "w")  # noqa: SIM115 (closed below)
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={PROMETHEUS_DIR / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp}/data", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _prometheus_checks(site, port)
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+            log.close()
+            harness.ssh(SERVER, "docker start registry >/dev/null")
+    assert site.status("alice") == 200
+
+
+def _prometheus_checks(site: Site, port: int) -> None:
+    def targets_up() -> bool:
+        try:
+            active = _prometheus_api(port, "/api/v1/targets")["activeTargets"]
+        except OSError:
+            return False
+        return bool(active) and all(t["health"] == "up" for t in active)
+
+    _wait(targets_up, 60, "every target up")
+    assert _alerts(port, "RegistryDown") == []
+    harness.ssh(SERVER, "docker stop registry >/dev/null")
+    bound = REGISTRY_DOWN_FOR + 3 * PROMETHEUS_INTERVAL
+    fired = _wait(lambda: _alerts(port, "RegistryDown") == ["firing"], bound + 5,
+                  "RegistryDown firing")
+    print(f"RegistryDown fired {fired:.1f} s after the registry stopped (bound {bound} s)")
+    assert REGISTRY_DOWN_FOR <= fired <= bound + 1
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "alerts-registry-down.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--window-size=1280,900", "--virtual-time-budget=5000",
+                    # Debian builds Prometheus without the React UI: its classic one.
+                    f"--screenshot={shot}", f"http://127.0.0.1:{port}/classic/alerts"],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
+    harness.ssh(SERVER, "docker start registry >/dev/null")
+    resolved = _wait(lambda: _alerts(port, "RegistryDown") == [], 30, "RegistryDown resolved")
+    print(f"RegistryDown resolved {resolved:.1f} s after the registry started")
+
+
 def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
                                                              first_run: dict) -> None:
     """registry_metrics: the registry's /metrics on the server's own lab address, scraped
     from an allowed client, refused to another, absent on the public port; turned off, its
     filter is gone. Checked with curl on the clients and ss on the server."""
     reg, allowed = harness.host_ip(SERVER), harness.host_ip(CLIENTS[0])
+    # The control machine's address on the lab network (the server's default gateway):
+    # the Prometheus this test runs scrapes from there.
+    control = harness.ssh(SERVER, "ip -4 route show default").stdout.split()[2]
     site.data.update({"registry_metrics": True, "registry_metrics_bind": reg,
-                      "registry_metrics_allow": [f"{allowed}/32"]})
+                      "registry_metrics_allow": [f"{allowed}/32", f"{control}/32"],
+                      "registry_prometheus_interval": PROMETHEUS_INTERVAL})
     site.write()
     try:
         changed = dict(site.deploy().assert_ok().changed)
@@ -431,8 +519,10 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
         listening = harness.ssh(SERVER, "ss -Htln").stdout.split()
         assert f"{reg}:{METRICS_PORT}" in listening and f"0.0.0.0:{METRICS_PORT}" not in \
             listening and "127.0.0.1:5001" in listening and "0.0.0.0:5001" not in listening
+        _prometheus_sees_the_registry_go_down_and_come_back(site)
     finally:
-        for key in ("registry_metrics", "registry_metrics_bind", "registry_metrics_allow"):
+        for key in ("registry_metrics", "registry_metrics_bind", "registry_metrics_allow",
+                    "registry_prometheus_interval"):
             site.data.pop(key, None)
         site.write()
     site.deploy().assert_ok()

@@ -11,7 +11,10 @@ Then the same registry with access rules (token auth; deployed twice): the page'
 /token, the Bearer step in the browser for a user who may do everything, and a user who
 may pull team/* and delete in team/app only (no catalog: "Open by name"; delete buttons only
 where granted). Turning the setting off and the teardown remove it (each twice, the second
-a no-op). The 1,000-repository measurement is bench/webui.py.
+a no-op). The audit log (registry_audit_log) is on in this deploy: the seed's pushes, the
+web page's deletes and a denied push appear with their users, in the file, the journals
+and status, and no password appears anywhere on the server. The 1,000-repository
+measurement is bench/webui.py.
 Screenshots of the main views go to $REGISTRY_KIT_TEST_OUTPUT/webui (default
 .test-output/webui).
 """
@@ -61,7 +64,9 @@ class Site:
         self.data: dict[str, Any] = {
             "registry_domain": DOMAIN, "registry_port": PORT,
             "registry_delete_enabled": True, "registry_webui_enabled": True,
-            "registry_webui_port": WEBUI_PORT, "registry_client_login_user": USER}
+            "registry_webui_port": WEBUI_PORT, "registry_client_login_user": USER,
+            # The audit log shares this deploy: pushes, web page deletes, denied pushes.
+            "registry_audit_log": True}
         self.write()
 
     def write(self) -> None:
@@ -678,6 +683,56 @@ def test_rules_page_renews_expired_tokens_and_follows_their_rights(
     assert by_css(browser, "button.delete") == []
     by_id(browser, "logout").click()
     assert not by_id(browser, "logout").is_displayed()
+
+
+# --- the audit log (registry_audit_log) of everything above ---
+
+def _audit_file() -> list[dict[str, Any]]:
+    text = harness.ssh(SERVER, "cat /var/log/registry-kit/audit.log").stdout
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _denied() -> list[dict[str, Any]]:
+    text = harness.ssh(SERVER, "journalctl -u registry-kit-token.service -o cat --no-pager "
+                       "| grep -F 'audit {' || true").stdout
+    return [json.loads(line.partition("audit ")[2]) for line in text.splitlines()]
+
+
+def test_audit_log_names_who_pushed_deleted_and_was_refused(with_rules: Site) -> None:
+    """The seed's pushes (alice), the web page's deletes (alice; bob under the rules) and
+    a push bob may not make, each with its user, in the receiver's file and journal (the
+    denial in the token server's journal) and in status; no password on the server."""
+    site = with_rules
+    refused = site.skopeo("copy", "--src-cert-dir", "@CERTS@", "--dest-cert-dir", "@CERTS@",
+                          f"docker://{ADDRESS}/team/app:1.0",
+                          f"docker://{ADDRESS}/team/app:bob-was-here", user=LIMITED)
+    assert refused.returncode != 0
+    entries = _audit_file()
+    pushes = {(e["user"], e["repository"], e["reference"]) for e in entries
+              if e["action"] == "push"}
+    assert {(USER, "team/app", "1.0"), (USER, "team/app", "latest"),
+            (USER, "team/multi", "1.0")} <= pushes, entries
+    # The page deletes a manifest by digest; 2.8 also tells each tag it took away.
+    deletes = [(e["user"], e["repository"], e["reference"] or e["digest"][:7])
+               for e in entries if e["action"] == "delete"]
+    assert {(USER, "team/app", "old"), (USER, "team/app", "sha256:"),
+            (LIMITED, "team/app", "1.1"), (LIMITED, "team/app", "sha256:")} <= set(deletes)
+    assert all(e["address"] for e in entries)
+    journal = harness.ssh(SERVER, "journalctl -u registry-kit-audit -o cat --no-pager").stdout
+    assert all(json.dumps(e) in journal for e in entries)
+    denied = [e for e in _denied() if e["user"] == LIMITED and e["repository"] == "team/app"
+              and "push" in e["refused"]]
+    assert denied and denied[-1]["address"], _denied()
+    status = site.run("status.py").assert_ok()
+    shown = status.stdout + status.stderr
+    assert f"audit ({SERVER}): the last 20 entries:" in shown, shown[-3000:]
+    assert f"denied  {LIMITED} from" in shown and "(push refused: not granted)" in shown
+    # No password anywhere in the logs: the files under /var/log and the whole journal.
+    passwords = "\n".join(site.users.values()) + "\n"
+    found = harness.ssh(SERVER, 'f=$(mktemp) && cat > "$f" && grep -rlaF -f "$f" /var/log; '
+                        'journalctl -o cat --no-pager | grep -caF -f "$f"; rm -f "$f"',
+                        stdin=passwords, check=False).stdout
+    assert found.split() in ([], ["0"]), found
 
 
 # --- off, and teardown ---

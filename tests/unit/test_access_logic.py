@@ -502,6 +502,9 @@ def token_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         running.server_close()
 
 
+AUDIT_PREFIX = "registry-token-server: audit "
+
+
 def ask(running: Any, *, user: str | None = "ci", password: str = RIGHT,
         client: str | None = None, scope: str = "repository:team-a/app:pull",
         timeout: float = 10) -> tuple[int, dict[str, str]]:
@@ -610,12 +613,40 @@ def test_values_from_requests_are_escaped_in_the_log(
                password="wrong")[0] == 401
     assert ask(running, user="é\u2028x", client="192.0.2.5", password="wrong")[0] == 401
     err = capsys.readouterr().err
-    lines = err.splitlines()
+    # The audit log's lines (one per refused scope, JSON: escaped by json.dumps) apart.
+    audits = [line for line in err.splitlines() if line.startswith(AUDIT_PREFIX)]
+    lines = [line for line in err.splitlines() if not line.startswith(AUDIT_PREFIX)]
+    assert [json.loads(line.removeprefix(AUDIT_PREFIX))["user"] for line in audits] == \
+        ["ci\nregistry-token-server forged\x1b[2K", "\xe9\u2028x"], err
     assert len(lines) == 3, err
     assert all(line.startswith("registry-token-server: ") for line in lines)
-    assert "\x1b" not in err and "\u2028" not in err and err.count("\n") == 3
+    assert "\x1b" not in err and "\u2028" not in err and err.count("\n") == 3 + len(audits)
     assert "asked=repository:team-a/app\\nregistry-token-server: token user=admin\\x1b[2K:pull" \
         in lines[0]
     assert "user 'ci\\nregistry-token-server forged\\x1b[2K' from 192.0.2.5" in lines[1]
     assert "user '\\xe9\\u2028x'" in lines[2]
     assert server.escaped("a\\b") == "a\\\\b"  # a backslash itself is escaped: unambiguous
+
+
+def test_refused_scopes_are_audit_lines_and_hold_no_secret(
+        token_server: Callable[..., Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """registry_audit_log: each scope refused something (not granted, or a failed login)
+    is one JSON line with user, address, repository and what was refused; a granted
+    request writes none; neither the password nor the token appears."""
+    running = token_server()
+    capsys.readouterr()
+    assert ask(running, scope="repository:team-a/app:pull")[0] == 200
+    assert not [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith(AUDIT_PREFIX)]
+    status, _ = ask(running, scope="repository:other/x:push,pull", client="192.0.2.7")
+    assert status == 200
+    assert ask(running, user="ci", password="not-" + RIGHT, client="192.0.2.8")[0] == 401
+    err = capsys.readouterr().err
+    entries = [json.loads(line.removeprefix(AUDIT_PREFIX)) for line in err.splitlines()
+               if line.startswith(AUDIT_PREFIX)]
+    assert [(e["action"], e["user"], e["repository"], e["refused"], e["reason"])
+            for e in entries] == [("denied", "ci", "other/x", "pull,push", "not granted"),
+                                  ("denied", "ci", "team-a/app", "pull", "login failed")]
+    assert all(set(e) == {"time", "action", "user", "address", "repository", "reference",
+                          "digest", "source", "refused", "reason"} for e in entries)
+    assert RIGHT not in err and "eyJ" not in err  # no password, no JWT

@@ -3,6 +3,7 @@ checks, version parsing, and which tags the upstream is asked to serve (no Docke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 from pathlib import Path
@@ -181,3 +182,58 @@ def test_registry3_image_key_follows_its_inputs(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(images, "REGISTRY_CONFIG", images.REGISTRY_CONFIG + "# changed\n")
     changed = images.registry3_image()
     assert changed is not None and changed.key != first.key
+
+
+# --- host images with Docker (bench fleets) ---------------------------------------------------
+
+
+def test_docker_host_image_is_named_for_its_release_and_keyed_on_its_inputs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = Image("registry-kit-lab/host:bookworm-aaaaaaaaaaaa", "a" * 64)
+    image = images.docker_host_image("bookworm-docker", base)
+    assert image.tag == f"registry-kit-lab/host:bookworm-docker-{image.key[:12]}"
+    assert image.key != base.key
+    # A new base image or a changed install script builds a new image.
+    other_base = Image("registry-kit-lab/host:bookworm-bbbbbbbbbbbb", "b" * 64)
+    assert images.docker_host_image("bookworm-docker", other_base).key != image.key
+    monkeypatch.setattr(images, "DOCKER_HOST_SCRIPT", images.DOCKER_HOST_SCRIPT + "true\n")
+    assert images.docker_host_image("bookworm-docker", base).key != image.key
+
+
+def test_docker_host_image_installs_docker_io_as_the_kit_does() -> None:
+    # The kit's Debian install of Docker (registry_kit/commands.py): the same package with
+    # its recommends, so a client from this image is what a cold deploy leaves behind.
+    assert "apt-get install -y -q docker.io" in images.DOCKER_HOST_SCRIPT
+    assert images.DOCKER_HOST_SCRIPT.startswith("set -eu\n")
+
+
+def test_base_release_and_unknown_release() -> None:
+    assert images.base_release("bookworm-docker") == "bookworm"
+    assert images.base_release("trixie") == "trixie"
+    with pytest.raises(LabError, match="unknown release 'sid-docker': use one of "
+                                       "bookworm, bookworm-docker, trixie, trixie-docker"):
+        images.host_image("sid-docker")
+
+
+def test_build_images_builds_a_base_once_before_its_docker_image(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+
+    def host(release: str) -> Image:
+        built.append(release)
+        return Image(f"host:{release}", release)
+
+    def with_docker(release: str, base: Image) -> Image:
+        assert base.key in built  # the base is there first
+        built.append(release)
+        return Image(f"host:{release}", release)
+
+    monkeypatch.setattr(images, "build_host_image", host)
+    monkeypatch.setattr(images, "build_docker_host_image", with_docker)
+    monkeypatch.setattr(images, "build_small_images", lambda: {})
+    monkeypatch.setattr(images, "build_trixie_registry_image", lambda base: Image("r", "r"))
+    monkeypatch.setattr(images, "file_lock", lambda *a: contextlib.nullcontext())
+    hosts, _ = images.build_images({"bookworm", "bookworm-docker"})
+    assert sorted(built) == ["bookworm", "bookworm-docker", "trixie"]
+    assert {r: i.tag for r, i in hosts.items()} == {
+        "bookworm": "host:bookworm", "bookworm-docker": "host:bookworm-docker"}

@@ -13,7 +13,7 @@ import yaml
 
 from registry_kit.commands import OSInfo
 from registry_kit.facts import HostState, parse_status
-from registry_kit.jobs import gc, status, teardown
+from registry_kit.jobs import status, teardown
 from registry_kit.model.inventory import merge_probe
 from registry_kit.model.keystore import ensure_server_certificate
 from registry_kit.model.settings import Settings, SettingsError
@@ -198,9 +198,10 @@ def test_function_commands_receive_state_and_host() -> None:
     so; any other names would shift the arguments at run time."""
     import inspect
 
+    from registry_kit.model.inventory import fail_host
     from registry_kit.roles import server
 
-    for function in (server._announce, gc._fail, server._stop_rollout):
+    for function in (server._announce, fail_host, server._stop_rollout):
         assert list(inspect.signature(function).parameters)[:2] == ["state", "host"], function
 
 

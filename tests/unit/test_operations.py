@@ -23,9 +23,10 @@ from registry_kit.jobs import backup, restore
 from registry_kit.jobs import retention as retention_job
 from registry_kit.model import layout, retention
 from registry_kit.model.settings import Settings
-from registry_kit.operations import files, ownership, packages, removal
+from registry_kit.operations import files, ownership, packages, removal, services
 from registry_kit.operations.files import sha256_of
 from registry_kit.roles import (
+    audit,
     client,
     disk_guard,
     engine,
@@ -35,7 +36,6 @@ from registry_kit.roles import (
     metrics,
     server,
     trust,
-    webui,
 )
 from registry_kit.roles import token_server as token_auth
 
@@ -335,19 +335,33 @@ def test_disk_guard_installed_then_left_alone(make_settings: Callable[..., Setti
         ([], ["registry-kit-disk-guard.timer guards /var/lib/registry-kit/data (90%)"])
 
 
-def test_disk_guard_removed_with_its_flag(make_settings: Callable[..., Settings]) -> None:
+def removal_call(monkeypatch: pytest.MonkeyPatch, remove: Callable[..., None],
+                 *args: Any) -> tuple[Any, ...]:
+    """The arguments a role's remove function hands to services.remove_timer."""
+    calls: list[tuple[Any, ...]] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "remove_timer", lambda *a, **_: calls.append(a))
+        remove(*args)
+    (call,) = calls
+    return call[1:]
+
+
+def test_disk_guard_removed_with_its_flag(make_settings: Callable[..., Settings],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings()
-    assert run(disk_guard.guard_remove, settings, probe()) == ([], ["no disk guard"])
+    guard = removal_call(monkeypatch, disk_guard.guard_remove, settings, probe())
+    assert run(services.remove_timer, probe(), *guard) == ([], ["no disk guard"])
     flag = "/etc/registry-kit/disk-guard-readonly"
     state = probe(files=[f"{'0' * 64} 644 root root {disk_guard.TIMER}",
                          f"{'0' * 64} 600 root root {flag}"])
-    assert run(disk_guard.guard_remove, settings, state) == ([
+    assert run(services.remove_timer, state, *guard) == ([
         "systemctl disable --now registry-kit-disk-guard.timer >/dev/null 2>&1; true",
         f"rm -f {disk_guard.TIMER} {flag}", "systemctl daemon-reload"], [])
 
 
-def test_schedule_remove_noop_without_timer() -> None:
-    assert run(gc_timer.schedule_remove, probe()) == ([], ["no garbage collection timer"])
+def test_schedule_remove_noop_without_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    timer = removal_call(monkeypatch, gc_timer.schedule_remove, probe())
+    assert run(services.remove_timer, probe(), *timer) == ([], ["no garbage collection timer"])
 
 
 def test_install_timer_checks_the_calendar_first(make_settings: Callable[..., Settings]) \
@@ -401,7 +415,7 @@ def test_haproxy_config_is_checked_before_it_replaces_the_old_one() -> None:
                         "/etc/haproxy/haproxy.cfg"])
     assert run(loadbalancer.haproxy_config, b"cfg\n", same) == \
         ([], ["/etc/haproxy/haproxy.cfg is up to date"])
-    assert run(loadbalancer.start_haproxy, probe()) == (["systemctl enable --now haproxy"], [])
+    assert run(services.start, probe(), "haproxy") == (["systemctl enable --now haproxy"], [])
 
 
 HANDOVER = keepalived.Handover(vip="10.0.0.250", port=5000, preferred=True)
@@ -497,8 +511,8 @@ def test_keepalived_config_with_a_handover_restarts_keepalived_elsewhere_first()
 
 
 def test_keepalived_start_and_removal() -> None:
-    assert run(keepalived.start_keepalived, probe()) == (["systemctl enable --now keepalived"], [])
-    assert run(keepalived.start_keepalived, probe(services=["keepalived active enabled"])) == \
+    assert run(services.start, probe(), "keepalived") == (["systemctl enable --now keepalived"], [])
+    assert run(services.start, probe(services=["keepalived active enabled"]), "keepalived") == \
         ([], ["keepalived is enabled and running"])
     # keepalived without the kit's files is someone else's: left running.
     assert run(keepalived.remove_keepalived, probe(services=["keepalived active enabled"])) == \
@@ -600,26 +614,31 @@ def test_restore_copies_only_what_the_server_lacks(defaults: Settings) -> None:
         assert command.startswith("CALL _run_restore(") and noops == []
 
 
+WEBUI = layout.WEBUI_SERVICE
+
+
 def test_webui_restart_checks_the_config_first() -> None:
-    assert run(webui.restart_webui) == ([
+    assert run(services.restart_haproxy, layout.WEBUI_HAPROXY_CFG, layout.WEBUI_SERVICE) == ([
         "haproxy -c -q -f /etc/registry-kit-webui/haproxy.cfg && systemctl daemon-reload && "
         "systemctl restart registry-kit-webui"], [])
 
 
 def test_webui_enabled_once() -> None:
-    assert run(webui.enable_webui, probe(services=["registry-kit-webui active enabled"])) == \
+    assert run(services.start, probe(services=["registry-kit-webui active enabled"]), WEBUI,
+               True) == \
         ([], ["registry-kit-webui is enabled and running"])
-    assert run(webui.enable_webui, probe(services=["registry-kit-webui inactive enabled"])) == \
+    assert run(services.start, probe(services=["registry-kit-webui inactive enabled"]), WEBUI,
+               True) == \
         (["systemctl daemon-reload && systemctl enable --now registry-kit-webui"], [])
-    assert run(webui.enable_webui, probe()) == \
+    assert run(services.start, probe(), WEBUI, True) == \
         (["systemctl daemon-reload && systemctl enable --now registry-kit-webui"], [])
 
 
 def test_webui_disabled_only_where_it_is() -> None:
-    assert run(webui.disable_webui, probe()) == ([], ["no registry-kit-webui"])
+    assert run(services.stop, probe(), WEBUI, layout.WEBUI_UNIT) == ([], ["no registry-kit-webui"])
     stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.WEBUI_UNIT}"])
     for state in (stopped_unit, probe(services=["registry-kit-webui active disabled"])):
-        assert run(webui.disable_webui, state) == \
+        assert run(services.stop, state, WEBUI, layout.WEBUI_UNIT) == \
             (["systemctl disable --now registry-kit-webui 2>/dev/null; true"], [])
 
 
@@ -645,17 +664,32 @@ def test_retention_deletes_only_when_planned_and_deployed(defaults: Settings) ->
     assert commands == ["CALL fail_host('reg-host-1: no container registry: run deploy.py "
                         "first',)"]
 def test_metrics_filter_restarts_after_a_check_and_goes_only_where_it_is() -> None:
-    assert run(metrics.restart_metrics) == ([
+    assert run(services.restart_haproxy, layout.METRICS_HAPROXY_CFG, metrics.SERVICE) == ([
         "haproxy -c -q -f /etc/registry-kit-metrics/haproxy.cfg && systemctl daemon-reload && "
         "systemctl restart registry-kit-metrics"], [])
-    assert run(metrics.enable_metrics, probe(services=["registry-kit-metrics active enabled"])) \
+    assert run(services.start, probe(services=["registry-kit-metrics active enabled"]),
+               metrics.SERVICE, True) \
         == ([], ["registry-kit-metrics is enabled and running"])
-    assert run(metrics.enable_metrics, probe()) == \
+    assert run(services.start, probe(), metrics.SERVICE, True) == \
         (["systemctl daemon-reload && systemctl enable --now registry-kit-metrics"], [])
-    assert run(metrics.disable_metrics, probe()) == ([], ["no registry-kit-metrics"])
+    assert run(services.stop, probe(), metrics.SERVICE, layout.METRICS_UNIT) == \
+        ([], ["no registry-kit-metrics"])
     stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.METRICS_UNIT}"])
-    assert run(metrics.disable_metrics, stopped_unit) == \
+    assert run(services.stop, stopped_unit, metrics.SERVICE, layout.METRICS_UNIT) == \
         (["systemctl disable --now registry-kit-metrics 2>/dev/null; true"], [])
+
+
+def test_audit_receiver_restarts_and_goes_only_where_it_is() -> None:
+    assert run(audit.restart_audit) == ([
+        "systemctl daemon-reload && systemctl restart registry-kit-audit"], [])
+    assert run(audit.enable_audit, probe(services=["registry-kit-audit active enabled"])) \
+        == ([], ["registry-kit-audit is enabled and running"])
+    assert run(audit.enable_audit, probe()) == \
+        (["systemctl daemon-reload && systemctl enable --now registry-kit-audit"], [])
+    assert run(audit.disable_audit, probe()) == ([], ["no registry-kit-audit"])
+    stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.AUDIT_UNIT}"])
+    assert run(audit.disable_audit, stopped_unit) == \
+        (["systemctl disable --now registry-kit-audit 2>/dev/null; true"], [])
 
 
 def test_every_operation_module_is_exercised_here() -> None:
@@ -667,8 +701,9 @@ def test_every_operation_module_is_exercised_here() -> None:
     machine's folder only: test_prometheus.py)."""
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
+              "services",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
-              "token_server", "backup", "restore", "webui", "retention", "metrics"}
+              "token_server", "backup", "restore", "webui", "retention", "metrics", "audit"}
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",

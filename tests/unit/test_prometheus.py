@@ -78,6 +78,21 @@ def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
     assert "SUCCESS: 2 rules found" in _promtool("check", "rules", str(single))
 
 
+@needs_promtool
+def test_interval_is_a_setting_promtool_accepts(tmp_path: Path) -> None:
+    """registry_prometheus_interval: scrapes and evaluations every N seconds (the e2e runs
+    a real Prometheus at 2 s); the scrape timeout stays within the interval."""
+    written = folder.write_folder(_hosts(tmp_path, registry_prometheus_interval=2))
+    assert written is not None
+    config = yaml.safe_load((written / prometheus.CONFIG_FILE).read_text())
+    assert config["global"] == {"scrape_interval": "2s", "evaluation_interval": "2s",
+                                "scrape_timeout": "2s"}
+    assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
+    default = yaml.safe_load(prometheus.scrape_config([("r", "10.0.0.1:9195")], [], "/m"))
+    assert default["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s",
+                                 "scrape_timeout": "10s"}
+
+
 def _alert(name: str, at: str, labels: dict[str, str], summary: str) -> dict[str, Any]:
     return {"eval_time": at, "alertname": name,
             "exp_alerts": [{"exp_labels": labels, "exp_annotations": {"summary": summary}}]}
