@@ -890,8 +890,10 @@ def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
 
 # Failed pulls (docker CLI and skopeo) allowed per operation: 0 wherever the kit reaches it;
 # any other figure is what was measured, with its cause in the README's "What clients see
-# during each operation".
-PULLS_MAY_FAIL: dict[str, int] = {}
+# during each operation". A replica host that goes down unannounced cuts the connections it
+# holds (seen: one token request through haproxy's TCP passthrough ended in EOF); haproxy
+# sends a refused connection elsewhere, an established one it cannot.
+PULLS_MAY_FAIL: dict[str, int] = {"one replica rebooted": 1}
 
 
 def _load(scale: Scale) -> clientload.ClientLoad:
@@ -928,10 +930,14 @@ def _rotate_ca() -> None:
 
 
 def _reboot(name: str) -> None:
-    """A replica host rebooted (its lab container restarted: systemd stops every unit), then
-    back UP in haproxy."""
+    """A replica host rebooted (its lab container restarted: systemd stops every unit), until
+    its registry answers again and haproxy has it UP."""
     subprocess.run(["docker", "restart", "-t", "20", lab_api.get_config().container(name)],
                    check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 120
+    while harness.curl_status(DOMAIN, harness.host_ip(name), PORT) != 401:
+        assert time.monotonic() < deadline, f"{name}'s registry did not come back"
+        time.sleep(0.5)
     _wait_states({REP1: "UP", REP2: "UP"}, timeout=120)
 
 
