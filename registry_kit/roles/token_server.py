@@ -7,7 +7,8 @@ everything, as with htpasswd, and a request costs the registry a signature check
 a bcrypt check). What the files hold is registry_kit.render.token_auth. The token server
 reads copies of the registry's htpasswd and the kit's policy.json made when it starts (it
 runs as a dynamic user that cannot read the originals), so a run that changes users,
-groups or rules restarts it (a second or so); the registry itself is not touched.
+groups or rules restarts it (a second or so; one replica at a time, drained in the load
+balancers' token backend meanwhile); the registry itself is not touched.
 """
 
 from __future__ import annotations
