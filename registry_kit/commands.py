@@ -48,6 +48,16 @@ def join(args: Sequence[object]) -> str:
     return " ".join(q(arg) for arg in args)
 
 
+def wait_until_answers_command(url: str, resolve: str, cacert: str, timeout: int) -> str:
+    """A loop that ends once URL (by its name over RESOLVE; CACERT, or "-" for plain HTTP)
+    answers at all (any HTTP status: curl exits 0), and fails after TIMEOUT seconds."""
+    curl = join(["curl", "-s", "-o", "/dev/null", "--max-time", "2", "--resolve", resolve,
+                 *(["--cacert", cacert] if cacert != "-" else []), url])
+    late = q("registry-kit: " + url + " did not answer within " + str(timeout) + " s")
+    return (f"n=0; until {curl}; do n=$((n+1)); if [ $n -ge {q(timeout * 5)} ]; then "
+            f"echo {late} >&2; exit 1; fi; sleep 0.2; done")
+
+
 @dataclass(frozen=True)
 class OSInfo:
     id: str

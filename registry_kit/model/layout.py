@@ -100,6 +100,7 @@ TOKEN_SCRIPT = script(TOKEN_SCRIPT_NAME)
 TOKEN_RUNTIME_DIR = "/run/registry-kit-token"  # its copies of its files, made at each start
 PYTHON = "/usr/bin/python3"
 PYTHON_MODULES_DIR = "/usr/lib/python3/dist-packages"  # Debian's python3-* packages
+TOKEN_BACKEND = "registry-token"  # haproxy backend of the replicas' token servers
 TOKEN_PATH = "/token"  # the URL path registry-token-server.py serves (realm, web page)
 
 # --- Web page (its own haproxy).

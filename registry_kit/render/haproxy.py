@@ -142,13 +142,13 @@ def _lb_extras(lb: LoadBalancer) -> list[Section]:
         sections += [
             Section("frontend registry-token", [
                 "mode tcp", "option tcplog", f"bind *:{lb.token_port}",
-                "default_backend registry-token",
+                f"default_backend {layout.TOKEN_BACKEND}",
             ], comment=[
                 "Access rules: the replicas' token servers (TLS passthrough; they serve the "
                 "domain's",
                 "certificate). Any replica's token is good on every replica: one signing key.",
             ]),
-            Section("backend registry-token", [
+            Section(f"backend {layout.TOKEN_BACKEND}", [
                 "mode tcp", "balance roundrobin", "default-server check inter 2s fall 2 rise 2",
                 *(f"server {name} {endpoint}" for name, endpoint in lb.realm_servers),
             ]),

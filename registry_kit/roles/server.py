@@ -361,7 +361,7 @@ def server_deploy(settings: Settings, state: HostState, *, cert: ServerCertifica
     token_ops = []
     if token_render.enabled(settings):
         token_ops.append(token_server.token_deploy(settings, state, tls_ops=cert_ops,
-                                                   htpasswd_op=htpasswd_op))
+                                                   htpasswd_op=htpasswd_op, rotation=rotation))
     else:
         token_server.token_off(settings, state)
     config_op = files.managed_file(paths.config, on_disk, "0600",

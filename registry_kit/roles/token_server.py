@@ -7,19 +7,31 @@ everything, as with htpasswd, and a request costs the registry a signature check
 a bcrypt check). What the files hold is registry_kit.render.token_auth. The token server
 reads copies of the registry's htpasswd and the kit's policy.json made when it starts (it
 runs as a dynamic user that cannot read the originals), so a run that changes users,
-groups or rules restarts it (a second or so); the registry itself is not touched.
+groups or rules restarts it (a second or so; one replica at a time, drained in the load
+balancers' token backend meanwhile); the registry itself is not touched.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from pyinfra import host
+from pyinfra.api import StringCommand
 
 from registry_kit import package_data
-from registry_kit.commands import join, q
+from registry_kit.commands import join, q, wait_until_answers_command
 from registry_kit.facts import HostState
 from registry_kit.model import keystore, layout
-from registry_kit.model.layout import TOKEN_SCRIPT, TOKEN_SERVICE, TOKEN_UNIT, ServerLayout
+from registry_kit.model.layout import (
+    TOKEN_BACKEND,
+    TOKEN_SCRIPT,
+    TOKEN_SERVICE,
+    TOKEN_UNIT,
+    Endpoints,
+    ServerLayout,
+)
 from registry_kit.model.settings import Settings
+from registry_kit.model.topology import OutOfRotation, Rotation, server_name
 from registry_kit.operations import files
 from registry_kit.operations.typed import operation
 from registry_kit.render.token_auth import (
@@ -68,20 +80,37 @@ def install_python_packages(state: HostState, wanted: tuple[str, ...] = PACKAGES
            "noninteractive apt-get install -y -q --no-install-recommends " + join(wanted))
 
 
+def answers_command(settings: Settings) -> str:
+    """Waits until the token server answers on its realm, from the server itself."""
+    endpoints = Endpoints.of(settings)
+    ca = ServerLayout.of(settings).ca if settings.tls_enabled else "-"
+    return wait_until_answers_command(endpoints.realm, endpoints.realm_resolve, ca,
+                                      settings.registry_verify_timeout)
+
+
 @operation()
-def token_service(state: HostState, restart: bool):
+def token_service(settings: Settings, state: HostState, restart: bool,
+                  rotation: Rotation | None = None):
     """Started and enabled; restarted when its unit, script or any file it copies at start
-    (key, certificates, htpasswd, policy) changed."""
+    (key, certificates, htpasswd, policy) changed, then answering before the run goes on.
+    Behind load balancers (`rotation`) it is drained in their token backend first and put
+    back once UP there, as a replica's container is (topology.OutOfRotation)."""
     active, is_enabled = state.services.get(TOKEN_SERVICE, (False, False))
     if restart:
         # A start the server refuses (registry_ldap: a local user's name in the directory)
         # fails the run with the server's own last line (_SYSTEMD_UNIT: its output, not
         # systemd's lines about it). reset-failed: the refused starts' retries may have hit
         # systemd's start limit, which would refuse the fixed start too.
-        yield (f"systemctl daemon-reload && systemctl enable {q(TOKEN_SERVICE)} && "
-               f"{{ systemctl reset-failed {q(TOKEN_SERVICE)} 2>/dev/null; "
-               f"systemctl restart {q(TOKEN_SERVICE)} || {{ journalctl "
-               f"{q('_SYSTEMD_UNIT=' + TOKEN_SERVICE)} -o cat -n 1 --no-pager >&2; exit 1; }}; }}")
+        command = (f"systemctl daemon-reload && systemctl enable {q(TOKEN_SERVICE)} && "
+                   f"{{ systemctl reset-failed {q(TOKEN_SERVICE)} 2>/dev/null; "
+                   f"systemctl restart {q(TOKEN_SERVICE)} || {{ journalctl "
+                   f"{q('_SYSTEMD_UNIT=' + TOKEN_SERVICE)} -o cat -n 1 --no-pager >&2; "
+                   f"exit 1; }}; }} && {answers_command(settings)}")
+        if rotation is None:
+            yield command
+            return
+        token = dataclasses.replace(rotation, backend=TOKEN_BACKEND)
+        yield OutOfRotation(StringCommand(command), token, server_name(host.name))
         return
     if active and is_enabled:
         host.noop(f"{TOKEN_SERVICE} is running")
@@ -89,10 +118,12 @@ def token_service(state: HostState, restart: bool):
     yield f"systemctl daemon-reload && systemctl enable --now {q(TOKEN_SERVICE)}"
 
 
-def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_op):
+def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_op,
+                 rotation: Rotation | None = None):
     """Files and the service, on a server with token auth. Returns the signing
     certificate's upload (a changed certificate needs a registry restart). `tls_ops` and
-    `htpasswd_op`: the uploads of the other files the server copies at start."""
+    `htpasswd_op`: the uploads of the other files the server copies at start; `rotation`:
+    the load balancers it is drained in while it restarts."""
     paths = ServerLayout.of(settings)
     key_pem, cert_pem = keystore.token_signing_material(settings)
     install_python_packages(state, *packages(settings),
@@ -115,9 +146,13 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
                                  state.files.get(TOKEN_UNIT), name=f"Install {TOKEN_UNIT}")
     changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops,
                *directory_files(settings, state)]
-    token_service(state, restart=False, name=f"Start {TOKEN_SERVICE}",
+    token_service(settings, state, restart=False, name=f"Start {TOKEN_SERVICE}",
                   _if=lambda: not any(op.did_change() for op in changed))
-    token_service(state, restart=True, name=f"Restart {TOKEN_SERVICE} for its changed files",
+    # One replica at a time, out of the load balancers' rotation meanwhile: restarted
+    # together (seen in the scale-out e2e under load), every token request failed for a
+    # second or more and clients saw EOF from the load balancer's token port.
+    token_service(settings, state, restart=True, rotation=rotation, _serial=True,
+                  name=f"Restart {TOKEN_SERVICE} for its changed files",
                   _if=lambda: any(op.did_change() for op in changed))
     return cert_op
 

@@ -17,10 +17,13 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import clientload
 import harness
 import pytest
 from harness import Run
@@ -42,6 +45,19 @@ BIG = f"{ADDRESS}/lc/reg:1"
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
                   "application/vnd.oci.image.manifest.v1+json")
 TIMES: dict[str, float] = {}
+# What the client saw during each operation (clientload): printed at the module's end.
+LOAD: dict[str, dict[str, Any]] = {}
+# A restart on one server is unavoidable (issue 25's goal: under 2 s, not met here). Measured
+# on this 2-core machine shared by six labs (load average 35 to 55), two runs, 2026-12-07:
+# /v2/ silent for 4.0 and 2.0 s (upgrade), 3.6 and 7.5 s (certificate change), 3.0 and 2.8 s
+# (CA rotation), 8.3 and 1.6 s (GC: two restarts, read-only and back), with up to 2, 3, 3
+# and 2 failed pulls (the token server restarts too: refused on its port). The bounds are
+# those figures with room for a busy machine; README, "What clients see during each
+# operation".
+SILENT_AT_MOST = {"image upgrade 2 -> 2.8.2": 8.0, "TLS certificate change (a name added)": 10.0,
+                  "CA rotation": 8.0, "garbage collection": 12.0}
+PULLS_MAY_FAIL = {"image upgrade 2 -> 2.8.2": 3, "TLS certificate change (a name added)": 5,
+                  "CA rotation": 5, "garbage collection": 3}
 
 pytestmark = pytest.mark.e2e
 
@@ -152,6 +168,26 @@ def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Site:
     site.push("library/registry:2", BIG, "lab-reg")
     yield site
     print("\nlifecycle timings (s):", json.dumps(TIMES, indent=1))
+    print("\nwhat the client saw (lab-reg):", json.dumps(LOAD, indent=1))
+
+
+@contextmanager
+def under_load(site: Site, name: str, kinds: tuple[str, ...] = clientload.KINDS) \
+        -> Iterator[None]:
+    """The client's push, pull and login loops and /v2/ probe (to lab-reg, which its
+    hosts entry names) around one operation; its figures go to LOAD[name]."""
+    load = clientload.ClientLoad(CLIENT, ADDRESS, USER, site.password, BUSYBOX, kinds=kinds)
+    with load, load.window(name):
+        yield
+    LOAD[name] = load.figures()[name]
+
+
+def assert_restart_seen(name: str) -> None:
+    """A restart on one server: /v2/ silent and pulls failed within the measured bounds."""
+    figures = LOAD[name]
+    assert figures["probe"]["requests"] >= 5, figures
+    assert figures["probe"]["longest_gap_seconds"] < SILENT_AT_MOST[name], (name, figures)
+    assert clientload.pulls_failed(figures) <= PULLS_MAY_FAIL[name], (name, figures)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +201,10 @@ def test_upgrade_to_2_8_2_keeps_data_one_server_at_a_time(site: Site,
     assert all(c["image"] == "registry:2" and c["state"] == "running" for c in before.values())
     site.data["registry_image"] = "registry:2.8.2"
     site.write()
-    run = site.run(timing="upgrade 2 -> 2.8.2 (2 servers)").assert_ok()
+    with under_load(site, "image upgrade 2 -> 2.8.2"):
+        run = site.run(timing="upgrade 2 -> 2.8.2 (2 servers)")
+    run.assert_ok()
+    assert_restart_seen("image upgrade 2 -> 2.8.2")
     stderr_position(run, "Starting serial operation: Start or replace the registry container")
     assert run.stderr.count("recreate (") == len(SERVERS), run.describe()
     pull = stderr_position(run, "Starting operation: Pull or load registry:2.8.2")
@@ -223,7 +262,11 @@ def test_password_change_without_restart_and_client_login_renewed(site: Site) ->
     old = site.password
     site.password = "second-password-2"
     site.write()
-    run = site.run(timing="password rotation").assert_ok()
+    # No restart: /v2/ answers throughout (the client's own login is the old password's).
+    with under_load(site, "password change", kinds=("probe",)):
+        run = site.run(timing="password rotation")
+    run.assert_ok()
+    assert LOAD["password change"]["probe"]["failed"] == 0, LOAD["password change"]
     changed = dict(run.changed)
     assert sorted(changed["Upload htpasswd (bcrypt)"]) == sorted(SERVERS)
     assert changed[f"docker login to {ADDRESS}"] == [CLIENT]
@@ -243,7 +286,10 @@ def test_san_change_restarts_registry_once_and_widens_the_ca(site: Site) -> None
     assert site.status("lab-reg", name="registry-alt.lab") == 0  # not in the certificate
     site.data["registry_tls_extra_names"] = ["registry-alt.lab"]
     site.write()
-    run = site.run(timing="SAN change (2 servers)").assert_ok()
+    with under_load(site, "TLS certificate change (a name added)"):
+        run = site.run(timing="SAN change (2 servers)")
+    run.assert_ok()
+    assert_restart_seen("TLS certificate change (a name added)")
     changed = dict(run.changed)
     assert sorted(changed["Upload the server certificate"]) == sorted(SERVERS)
     assert sorted(changed["Start or replace the registry container"]) == sorted(SERVERS)
@@ -280,7 +326,10 @@ def test_ca_rotation_keeps_old_ca_trusted_until_servers_switch(site: Site) -> No
     old_ca_file = site.dir / "old-ca.crt"
     old_ca_file.write_bytes(old_ca)
     shutil.rmtree(site.state_dir / "ca")  # the deliberate way to start a new CA
-    run = site.run(timing="CA rotation").assert_ok()
+    with under_load(site, "CA rotation"):
+        run = site.run(timing="CA rotation")
+    run.assert_ok()
+    assert_restart_seen("CA rotation")
     new_ca = site.ca.read_bytes()
     assert new_ca != old_ca
     # Client trusts old + new first, then the servers switch, then the old CA goes.
@@ -320,7 +369,11 @@ def test_gc_after_deleting_a_tag_frees_bytes_and_keeps_other_images(site: Site) 
     assert int(harness.ssh("lab-reg", du).stdout) == used_before
 
     since = harness.ssh("lab-reg", "date +%s").stdout.strip()
-    run = site.run("garbage_collect.py", timing="gc (2 servers, read-only meanwhile)").assert_ok()
+    # No pushes from the load here: the bytes freed are compared with the folder's size.
+    with under_load(site, "garbage collection", kinds=("pull", "login", "probe")):
+        run = site.run("garbage_collect.py", timing="gc (2 servers, read-only meanwhile)")
+    run.assert_ok()
+    assert_restart_seen("garbage collection")
     freed = {name: int(n) for name, n in re.findall(
         r"\[([\w-]+)\]\s+registry-kit: garbage collection freed (\d+) bytes", run.stderr)}
     used_after = int(harness.ssh("lab-reg", du).stdout)

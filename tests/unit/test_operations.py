@@ -18,11 +18,13 @@ import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host
 
+from registry_kit.commands import wait_until_answers_command
 from registry_kit.facts import FileState, HostState, parse_probe
 from registry_kit.jobs import backup, restore
 from registry_kit.jobs import retention as retention_job
 from registry_kit.model import layout, retention
 from registry_kit.model.settings import Settings
+from registry_kit.model.topology import OutOfRotation, Rotation
 from registry_kit.operations import files, ownership, packages, removal, services
 from registry_kit.operations.files import sha256_of
 from registry_kit.roles import (
@@ -553,18 +555,43 @@ def test_token_server_packages_installed_once() -> None:
         "python3-cryptography"], [])
 
 
-def test_token_service_started_or_restarted() -> None:
+def test_token_service_started_or_restarted(defaults: Settings) -> None:
     running = probe(services=["registry-kit-token.service active enabled"])
-    assert run(token_auth.token_service, running, restart=False) == \
+    assert run(token_auth.token_service, defaults, running, restart=False) == \
         ([], ["registry-kit-token.service is running"])
-    assert run(token_auth.token_service, probe(), restart=False) == \
+    assert run(token_auth.token_service, defaults, probe(), restart=False) == \
         (["systemctl daemon-reload && systemctl enable --now registry-kit-token.service"], [])
-    # Changed unit, script, key or TLS files: restarted even when it runs.
-    assert run(token_auth.token_service, running, restart=True) == ([
+    # Changed unit, script, key or TLS files: restarted even when it runs, then the run
+    # waits until it answers on its realm.
+    assert run(token_auth.token_service, defaults, running, restart=True) == ([
         "systemctl daemon-reload && systemctl enable registry-kit-token.service && "
         "{ systemctl reset-failed registry-kit-token.service 2>/dev/null; "
         "systemctl restart registry-kit-token.service || { journalctl "
-        "_SYSTEMD_UNIT=registry-kit-token.service -o cat -n 1 --no-pager >&2; exit 1; }; }"], [])
+        "_SYSTEMD_UNIT=registry-kit-token.service -o cat -n 1 --no-pager >&2; exit 1; }; } && "
+        + token_auth.answers_command(defaults)], [])
+
+
+def test_token_service_restart_behind_load_balancers_is_drained(defaults: Settings) -> None:
+    running = probe(services=["registry-kit-token.service active enabled"])
+    rotation = Rotation(lb_hosts=("lb1",), backend="registry", drain_timeout=5, up_timeout=30)
+    with ctx_host.use(FakeHost()):
+        [command] = token_auth.token_service._inner(defaults, running, restart=True,
+                                                   rotation=rotation)
+    assert isinstance(command, OutOfRotation)
+    assert command.rotation.backend == layout.TOKEN_BACKEND == "registry-token"
+    assert command.rotation.lb_hosts == ("lb1",)
+
+
+def test_waiting_until_a_url_answers() -> None:
+    assert wait_until_answers_command("https://r.example:5443/token", "r.example:5443:10.0.0.1",
+                                      "/etc/registry-kit/certs/ca.crt", 30) == (
+        "n=0; until curl -s -o /dev/null --max-time 2 --resolve r.example:5443:10.0.0.1 "
+        "--cacert /etc/registry-kit/certs/ca.crt https://r.example:5443/token; do "
+        "n=$((n+1)); if [ $n -ge 150 ]; then echo 'registry-kit: "
+        "https://r.example:5443/token did not answer within 30 s' >&2; exit 1; fi; "
+        "sleep 0.2; done")
+    assert "--cacert" not in wait_until_answers_command("http://r:5443/token", "r:5443:10.0.0.1",
+                                                        "-", 5)
 
 
 def test_token_server_removed_with_its_key_and_policy(defaults: Settings) -> None:
