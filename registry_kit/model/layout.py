@@ -98,6 +98,8 @@ TOKEN_UNIT = unit(TOKEN_SERVICE)
 TOKEN_SCRIPT_NAME = "registry-token-server.py"
 TOKEN_SCRIPT = script(TOKEN_SCRIPT_NAME)
 TOKEN_RUNTIME_DIR = "/run/registry-kit-token"  # its copies of its files, made at each start
+# --check-names writes a local name found in the directory here (fresh at each start).
+TOKEN_NAME_CONFLICT = f"{TOKEN_RUNTIME_DIR}/name-conflict"
 PYTHON = "/usr/bin/python3"
 PYTHON_MODULES_DIR = "/usr/lib/python3/dist-packages"  # Debian's python3-* packages
 TOKEN_BACKEND = "registry-token"  # haproxy backend of the replicas' token servers

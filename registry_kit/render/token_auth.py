@@ -33,6 +33,7 @@ from registry_kit.model.layout import (
     ServerLayout,
 )
 from registry_kit.model.settings import Settings
+from registry_kit.render import textfile
 
 ISSUER = "registry-kit token server"
 TOKEN_DIR_FILES = ("signing.key", "policy.json", "ldap.password", "ldap-ca.crt")
@@ -153,9 +154,12 @@ def unit_text(settings: Settings) -> bytes:
     checks = []
     if directory is not None:
         argv += ["--ldap-password-file", copy["ldap.password"]]
-        # A local user's name in the directory too stops the start, so the deploy's
-        # restart fails with the server's one line (roles/token_server.py shows it).
-        checks = [f"ExecStartPre={' '.join(argv)} --check-names"]
+        # A local user's name in the directory too is written down, not fatal: the start
+        # goes on (htpasswd wins that name) and the deploy's restart fails with the line
+        # (roles/token_server.py), so a name added to the directory later cannot stop
+        # every login at the next reboot.
+        checks = [f"ExecStartPre={' '.join(argv)} --check-names "
+                  f"--names-report {layout.TOKEN_NAME_CONFLICT}"]
     service = [
         # RuntimeDirectory= is relative to /run.
         f"RuntimeDirectory={TOKEN_RUNTIME_DIR.removeprefix('/run/')}",
@@ -166,8 +170,8 @@ def unit_text(settings: Settings) -> bytes:
         f"ExecStart={' '.join(argv)}",
         "Restart=always", "RestartSec=2", *SANDBOX,
     ]
-    return ("# Managed by registry-kit (registry_kit/render/token_auth.py)\n"
-            "[Unit]\nDescription=registry-kit token server for the registry's token auth\n"
-            "After=network-online.target\nWants=network-online.target\n\n"
-            "[Service]\n" + "".join(f"{line}\n" for line in service) +
-            "\n[Install]\nWantedBy=multi-user.target\n").encode()
+    return textfile.systemd_unit(
+        "Managed by registry-kit (registry_kit/render/token_auth.py)",
+        {"Unit": ["Description=registry-kit token server for the registry's token auth",
+                  "After=network-online.target", "Wants=network-online.target"],
+         "Service": service, "Install": ["WantedBy=multi-user.target"]}).encode()

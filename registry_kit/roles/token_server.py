@@ -106,6 +106,11 @@ def token_service(settings: Settings, state: HostState, restart: bool,
                    f"systemctl restart {q(TOKEN_SERVICE)} || {{ journalctl "
                    f"{q('_SYSTEMD_UNIT=' + TOKEN_SERVICE)} -o cat -n 1 --no-pager >&2; "
                    f"exit 1; }}; }} && {answers_command(settings)}")
+        if settings.registry_ldap is not None:
+            # The start went on with a local name that is in the directory too (htpasswd
+            # wins it): the run still fails with the server's line, so it gets renamed.
+            conflict = q(layout.TOKEN_NAME_CONFLICT)
+            command += f" && {{ ! test -e {conflict} || {{ cat {conflict} >&2; exit 1; }}; }}"
         if rotation is None:
             yield command
             return

@@ -752,11 +752,13 @@ def open_directory(policy: dict, password_file: str | None) -> Directory | None:
         return Directory(policy["ldap"], handle.read().removesuffix("\n"))
 
 
-def check_names(directory: Directory, users: dict[str, str]) -> int:
-    """`--check-names` (the unit's ExecStartPre): 1, with one line naming them, when a
-    local user's name is in the directory too (at login htpasswd wins, so the directory's
-    user of that name could never log in: the deploy refuses it instead). A directory
-    that cannot answer now is logged and does not stop the start: local users must work."""
+def check_names(directory: Directory, users: dict[str, str], report: str | None = None) -> int:
+    """`--check-names` (the unit's ExecStartPre): when a local user's name is in the
+    directory too, one line naming them, also written to `report` (the deploy reads it
+    after its restart and fails with it). The start goes on either way: at login htpasswd
+    wins, so the directory's user of that name can never log in, and a name added to the
+    directory later must not stop every login at the next reboot. A directory that cannot
+    answer now is logged too. Returns 1 on a conflict (0 with `report`: the start goes on)."""
     try:
         both = directory.conflicts(sorted(users))
     except DirectoryError as error:
@@ -764,10 +766,15 @@ def check_names(directory: Directory, users: dict[str, str]) -> int:
         return 0
     finally:
         directory.close()
-    if both:
-        log(f"refused: user name {', '.join(repr(escaped(n)) for n in both)} is both in "
+    if not both:
+        return 0
+    line = (f"refused: user name {', '.join(repr(escaped(n)) for n in both)} is both in "
             "registry_users and the directory (registry_ldap): rename or remove the local user")
+    log(line)
+    if report is None:
         return 1
+    with open(report, "w", encoding="utf-8") as handle:
+        handle.write(f"registry-token-server: {line}\n")
     return 0
 
 
@@ -785,11 +792,12 @@ def main() -> int:
     parser.add_argument("--ldap-password-file", help="the directory's service password")
     parser.add_argument("--check-names", action="store_true",
                         help="only check that no local user is in the directory too")
+    parser.add_argument("--names-report", help="--check-names: where a conflict is written")
     args = parser.parse_args()
     if args.check_names:
         users, policy = Files(args.htpasswd, args.policy).current(strict=True)
         directory = open_directory(policy, args.ldap_password_file)
-        return check_names(directory, users) if directory else 0
+        return check_names(directory, users, args.names_report) if directory else 0
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     with open(args.signing_key, "rb") as handle:

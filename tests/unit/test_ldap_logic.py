@@ -100,7 +100,19 @@ def test_policy_and_unit_name_the_directory_never_its_password(
     assert document["catalog_ldap_groups"] == ["auditors"]
     unit = token_auth.unit_text(made).decode()
     assert f"--ldap-password-file {layout.TOKEN_RUNTIME_DIR}/ldap.password" in unit
-    assert "--check-names" in unit and "ldap-ca.crt" in unit
+    assert "--check-names --names-report /run/registry-kit-token/name-conflict" in unit
+    assert "ldap-ca.crt" in unit
+    # The deploy's restart fails with the check's line when there is one.
+    from pyinfra.context import ctx_host
+
+    from registry_kit.facts import HostState
+    from registry_kit.roles import token_server
+    from tests.unit.test_operations import FakeHost
+    with ctx_host.use(FakeHost()):
+        [restart] = list(token_server.token_service._inner(made, HostState(), restart=True))
+    assert str(restart).endswith(
+        "&& { ! test -e /run/registry-kit-token/name-conflict || "
+        "{ cat /run/registry-kit-token/name-conflict >&2; exit 1; }; }")
     for text in (json.dumps(document), unit):
         assert PASSWORD not in text
 
@@ -161,6 +173,19 @@ def test_a_name_both_local_and_in_the_directory_stops_the_start(
     # A directory that cannot answer at start does not stop local users.
     assert server.check_names(_Directory(None), users) == 0
     assert "could not compare local users with the directory" in capsys.readouterr().err
+
+
+def test_a_name_conflict_at_start_is_written_down_and_the_start_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The unit's check (--names-report): the start goes on (htpasswd wins the name), the
+    deploy reads the report after its restart and fails with that line."""
+    users = {"ci": "$2y$...", "alice": "$2y$..."}
+    report = tmp_path / "name-conflict"
+    assert server.check_names(_Directory({"bob"}), users, str(report)) == 0
+    assert not report.exists()
+    assert server.check_names(_Directory({"alice"}), users, str(report)) == 0
+    assert "user name 'alice' is both in registry_users" in report.read_text()
+    assert "user name 'alice'" in capsys.readouterr().err
 
 
 def test_empty_password_never_reaches_the_directory() -> None:
