@@ -17,6 +17,7 @@ from typing import Any
 
 from registry_kit.model import layout
 from registry_kit.model.settings import Settings
+from registry_kit.render import textfile
 from registry_kit.render.token_auth import SANDBOX
 
 # Blobs (layers, configs) are pushed as application/octet-stream: not audited.
@@ -52,11 +53,11 @@ def unit_text(settings: Settings) -> bytes:
         # Before the engine has made docker0 (a boot), the start fails: try again.
         "Restart=always", "RestartSec=2", *SANDBOX,
     ]
-    return ("# Managed by registry-kit (registry_kit/render/audit.py)\n"
-            "[Unit]\nDescription=registry-kit audit log: the registry's notifications\n"
-            "After=docker.service\n\n"
-            "[Service]\n" + "".join(f"{line}\n" for line in service) +
-            "\n[Install]\nWantedBy=multi-user.target\n").encode()
+    return textfile.systemd_unit(
+        "Managed by registry-kit (registry_kit/render/audit.py)",
+        {"Unit": ["Description=registry-kit audit log: the registry's notifications",
+                  "After=docker.service"],
+         "Service": service, "Install": ["WantedBy=multi-user.target"]}).encode()
 
 
 def logrotate_text() -> bytes:
