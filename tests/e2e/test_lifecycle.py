@@ -56,8 +56,6 @@ LOAD: dict[str, dict[str, Any]] = {}
 # operation".
 SILENT_AT_MOST = {"image upgrade 2 -> 2.8.2": 8.0, "TLS certificate change (a name added)": 10.0,
                   "CA rotation": 8.0, "garbage collection": 12.0}
-PULLS_MAY_FAIL = {"image upgrade 2 -> 2.8.2": 3, "TLS certificate change (a name added)": 5,
-                  "CA rotation": 5, "garbage collection": 3}
 
 pytestmark = pytest.mark.e2e
 
@@ -183,11 +181,14 @@ def under_load(site: Site, name: str, kinds: tuple[str, ...] = clientload.KINDS)
 
 
 def assert_restart_seen(name: str) -> None:
-    """A restart on one server: /v2/ silent and pulls failed within the measured bounds."""
+    """A restart on one server: /v2/ silent within the measured bound, and the failed pulls
+    all inside one stretch no longer than that (a failing pull returns at once and the loop
+    tries again, so their count follows the silence and the machine's load: 7 in one CI run,
+    1 to 3 on a quiet machine; a second outage would stretch the window)."""
     figures = LOAD[name]
     assert figures["probe"]["requests"] >= 5, figures
     assert figures["probe"]["longest_gap_seconds"] < SILENT_AT_MOST[name], (name, figures)
-    assert clientload.pulls_failed(figures) <= PULLS_MAY_FAIL[name], (name, figures)
+    assert figures["pull"]["failure_window_seconds"] < SILENT_AT_MOST[name], (name, figures)
 
 
 @pytest.fixture(scope="module")
