@@ -1,8 +1,9 @@
 """The load balancer on hosts in registry_lb: haproxy from the distro in front of the
 registry_servers replicas (registry_lb_mode passthrough or terminate), each replica's /v2/
-checked; a new haproxy.cfg is checked with `haproxy -c`, then reloaded, the floating address
-moved away first (keepalived.Handover). The admin socket and haproxy-server.sh let the
-servers' rolling replacement drain a replica (registry_kit.model.topology.OutOfRotation).
+checked; a new haproxy.cfg is checked with `haproxy -c`, then reloaded in place (the floating
+address stays: a move would cut the connections in flight, a reload keeps them). The admin
+socket and haproxy-server.sh let the servers' rolling replacement drain a replica
+(registry_kit.model.topology.OutOfRotation).
 """
 
 from __future__ import annotations
@@ -87,11 +88,13 @@ def render(settings: Settings, topology: Topology) -> str:
 
 
 @operation()
-def haproxy_config(content: bytes, state: HostState, handover: keepalived.Handover | None = None):
-    """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload; with a
-    handover, the floating address moves to another LB first and comes back after."""
+def haproxy_config(content: bytes, state: HostState):
+    """Replace haproxy.cfg only with a config `haproxy -c` accepts, then reload. No address
+    handover: haproxy's master-worker reload passes its listeners to the new worker and lets
+    the old one finish its connections, whereas moving the floating address resets (or
+    stalls until it comes back) every connection in flight through this LB."""
     yield from services.replace_checked(HAPROXY_CFG, content, "0644", state,
-                                        ("haproxy", "-c", "-f"), SERVICE, handover)
+                                        ("haproxy", "-c", "-f"), SERVICE)
 
 
 def lb_deploy(settings: Settings, state: HostState, topology: Topology,
@@ -110,8 +113,7 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
     else:
         files.absent_paths([LB_CERT_DIR], list(state.dirs),
                            name="Remove the load balancer's certificate (passthrough)")
-    moving = keepalived.handover(settings, topology)
-    haproxy_config(render(settings, topology).encode(), state, moving, _serial=moving is not None,
+    haproxy_config(render(settings, topology).encode(), state,
                    name="Check and apply haproxy.cfg (haproxy -c, then reload)")
     services.start(state, SERVICE, name=f"Enable and start {SERVICE}")
 

@@ -400,34 +400,44 @@ def _event(since: float, until: float) -> dict[str, Any]:
 
 
 def test_a_planned_haproxy_change_on_the_holder_fails_no_pull(ha: Ha) -> None:
-    """registry_lb_stats moved: haproxy.cfg changes on both LBs. The holder hands the
-    address to the other LB before its haproxy is touched and takes it back after (it has
-    the top priority), one LB at a time; a back-to-back pull loop sees no failure."""
+    """registry_lb_stats moved, then back: haproxy.cfg changes on both LBs twice under a
+    back-to-back pull loop. Each LB reloads in place and the address never moves (a move
+    resets the connections in flight through the holder: 2 and 1 failed pulls, "connection
+    reset by peer", in two CI runs when the kit still handed the address over for this)."""
     _wait_holder(ha.vip, LB1)
     moved = ha.inventory("stats", registry_lb_stats="127.0.0.1:8405")
+    deployed = ha.inventory("deploy")
     _start_loop()
+    runs, seconds = [], []
     try:
         time.sleep(4)
         t0 = time.time()
-        run = harness.run_kit(moved).assert_ok()
-        t1 = time.time()
-        time.sleep(4)
+        for inventory in (moved, deployed):
+            started = time.time()
+            runs.append(harness.run_kit(inventory).assert_ok())
+            seconds.append(round(time.time() - started, 1))
+            if inventory is moved:
+                assert "bind 127.0.0.1:8405" in \
+                    harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+            time.sleep(3)
     finally:
         totals = _stop_loop()
-    figures = {"kit_run_seconds": round(t1 - t0, 1), **_event(t0, time.time()),
-               "totals": totals}
-    away, back = _entered(LB2, "MASTER", t0), _entered(LB1, "MASTER", t0)
-    figures["address_on_lb2_after_seconds"] = away and round(away - t0, 2)
-    figures["address_back_on_lb1_after_seconds"] = back and round(back - t0, 2)
+    figures = {"kit_run_seconds": seconds,
+               **_event(t0, time.time()), "totals": totals,
+               "lb2_entered_master": _entered(LB2, "MASTER", t0),
+               "lb1_entered_backup": _entered(LB1, "BACKUP", t0)}
     ha.figures["planned_haproxy_change"] = figures
-    assert ("Check and apply haproxy.cfg (haproxy -c, then reload)", [LB1, LB2]) in \
-        run.changed, run.describe()
-    assert "bind 127.0.0.1:8405" in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
-    assert away is not None and back is not None and away < back, figures
+    for run in runs:
+        assert ("Check and apply haproxy.cfg (haproxy -c, then reload)", [LB1, LB2]) in \
+            run.changed, run.describe()
+    assert "bind 127.0.0.1:8404" in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+    assert figures["lb2_entered_master"] is None and figures["lb1_entered_backup"] is None, \
+        figures
     assert _holder(ha.vip) == [LB1]
     assert figures["pulls"]["failed"] == 0 and totals["failed"] == 0, figures
+    assert figures["probe"]["failed_probes"] == 0, figures
     assert figures["pulls"]["pulls"] >= 3, figures
-    harness.run_kit(moved).assert_no_changes()
+    harness.run_kit(deployed).assert_no_changes()
 
 
 def _wait_lb_view(backend: str, server: str, status: str, timeout: float = 120) -> None:
