@@ -545,7 +545,9 @@ CATALOG_ACCESS = {"type": "registry", "name": "catalog", "actions": ["*"]}
 CATALOG_PAGE = 1000  # the registry's default catalog.maxentries: the most one page holds
 CATALOG_PAGES_MAX = 1000  # a million repositories; a registry that pages on is cut off
 CATALOG_PAGE_BYTES = 64 * 1024 * 1024
-REGISTRY_SECONDS = 10.0
+# The whole read, every page: it ends, with a line saying so, before Server cuts the
+# page's connection at CONNECTION_SECONDS (which would end it without a word).
+CATALOG_SECONDS = CONNECTION_SECONDS - 2
 
 
 class RegistryError(Exception):
@@ -561,23 +563,44 @@ def pullable(policy: dict, user: str | None, groups: frozenset[str],
             and "pull" in allowed_actions(policy, user, name, groups)]
 
 
-def read_catalog(get: Callable[[str], tuple[int, str, bytes]]) -> list:
-    """Every page of the registry's /v2/_catalog, following its paging with `last=`.
-    `get(path)` answers (status, Link header, body)."""
+def catalog_order(name: str) -> str:
+    """The key of the registry's order of names: path component by component, "/" before
+    any other character (distribution's lessPath), so "a/b" comes before "a-b", which a
+    plain string comparison puts the other way round."""
+    return name.replace("/", "\x00")
+
+
+def catalog_page(status: int, body: bytes) -> list:
+    """One answer of /v2/_catalog: its list of names (whatever they are; pullable sorts)."""
+    if status != 200:
+        raise RegistryError(f"/v2/_catalog answered {status}")
+    document = json.loads(body)
+    page = (document.get("repositories") or []) if isinstance(document, dict) else None
+    if not isinstance(page, list):
+        raise RegistryError("/v2/_catalog's answer holds no list of repositories")
+    return page
+
+
+def read_catalog(get: Callable[[str, float], tuple[int, str, bytes]], *,
+                 seconds: float = CATALOG_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> list:
+    """Every page of the registry's /v2/_catalog, following its paging with `last=`, within
+    `seconds`. `get(path, seconds left)` answers (status, Link header, body)."""
     names: list = []
     last: str | None = None
+    deadline = clock() + seconds
     for _ in range(CATALOG_PAGES_MAX):
+        left = deadline - clock()
+        if left <= 0:
+            raise RegistryError(f"/v2/_catalog not read in time ({len(names)} names read)")
         query = {"n": str(CATALOG_PAGE), **({"last": last} if last is not None else {})}
-        status, link, body = get("/v2/_catalog?" + urllib.parse.urlencode(query))
-        if status != 200:
-            raise RegistryError(f"/v2/_catalog answered {status}")
-        page = json.loads(body).get("repositories") or []
-        if not isinstance(page, list):
-            raise RegistryError("/v2/_catalog's repositories is not a list")
+        status, link, body = get("/v2/_catalog?" + urllib.parse.urlencode(query), left)
+        page = catalog_page(status, body)
         names += page
         if not page or 'rel="next"' not in link:
             return names
-        if not isinstance(page[-1], str) or (last is not None and page[-1] <= last):
+        if not isinstance(page[-1], str) or (
+                last is not None and catalog_order(page[-1]) <= catalog_order(last)):
             raise RegistryError("/v2/_catalog's pages do not advance")
         last = page[-1]
     raise RegistryError(f"/v2/_catalog has more than {CATALOG_PAGES_MAX} pages")
@@ -597,9 +620,10 @@ class Registry:
         if url.scheme == "https":
             self.context = ssl.create_default_context(cafile=ca_file)
 
-    def get(self, path: str, token: str) -> tuple[int, str, bytes]:
-        raw = socket.create_connection((self.address, self.port), timeout=REGISTRY_SECONDS)
-        connection = http.client.HTTPConnection(self.name, self.port, timeout=REGISTRY_SECONDS)
+    def get(self, path: str, token: str, seconds: float) -> tuple[int, str, bytes]:
+        """(status, Link header, body) of one GET, each wait at most `seconds`."""
+        raw = socket.create_connection((self.address, self.port), timeout=seconds)
+        connection = http.client.HTTPConnection(self.name, self.port, timeout=seconds)
         try:
             connection.sock = raw if self.context is None else \
                 self.context.wrap_socket(raw, server_hostname=self.name)
@@ -768,7 +792,8 @@ class Handler(BaseHTTPRequestHandler):
         token = sign(policy, "", [CATALOG_ACCESS], self.signing_key, self.chain,
                      int(time.time()))
         try:
-            names = read_catalog(lambda path: registry.get(path, token))
+            names = read_catalog(lambda path, left: registry.get(path, token, left),
+                                 seconds=CATALOG_SECONDS - (time.monotonic() - started))
         except (RegistryError, OSError, ValueError) as error:
             log(f"catalog for user={escaped(str(user))}: the registry's catalog could not be "
                 f"read: {escaped(str(error))}")

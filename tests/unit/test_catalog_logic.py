@@ -93,17 +93,24 @@ def test_hostile_names_are_only_matched() -> None:
     assert server.grant(policy, "ci", f"repository:{BROKEN}:pull") is None
 
 
-def _pages(names: list[str], size: int) -> Callable[[str], tuple[int, str, bytes]]:
+def _registry_sorted(names: list[str]) -> list[str]:
+    """The registry's order: component by component, "/" first ("a/b" before "a-b")."""
+    return sorted(names, key=lambda name: name.split("/"))
+
+
+def _pages(names: list[str], size: int) -> Callable[[str, float], tuple[int, str, bytes]]:
     """A registry's _catalog over `names` in pages of `size` (it caps n= as maxentries
     does), with Link rel="next" while more follow; the paths asked are kept."""
     asked: list[str] = []
+    ordered = _registry_sorted(names)
 
-    def get(path: str) -> tuple[int, str, bytes]:
+    def get(path: str, seconds: float) -> tuple[int, str, bytes]:
+        assert seconds > 0
         asked.append(path)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
-        last = query.get("last", [""])[0]
+        last = query.get("last", [None])[0]
         n = min(size, int(query["n"][0]))
-        rest = [name for name in sorted(names) if name > last]
+        rest = ordered if last is None else ordered[ordered.index(last) + 1:]
         page = rest[:n]
         link = f'</v2/_catalog?last={page[-1]}&n={n}>; rel="next"' if rest[n:] else ""
         return 200, link, json.dumps({"repositories": page}).encode()
@@ -123,19 +130,49 @@ def test_reading_follows_last_through_every_page() -> None:
     assert server.read_catalog(_pages([], 1000)) == []
 
 
+def test_reading_follows_the_registrys_order_not_string_order() -> None:
+    # The registry lists team/app before team-x/app ("/" sorts first, distribution's
+    # lessPath); a page ending on team/app followed by one ending on team-x/... advances,
+    # though "team-x/..." < "team/app" as plain strings.
+    names = ["team/app", "team/b", "team-x/app", "team-x/b", "team.y/app", "teamz"]
+    assert _registry_sorted(names) == names and sorted(names) != names
+    for size in (1, 2, 4):
+        get = _pages(names, size)
+        assert server.read_catalog(get) == names, size
+    assert [server.catalog_order(name) for name in names] == sorted(
+        server.catalog_order(name) for name in names)
+
+
+def test_reading_stops_in_time() -> None:
+    now = [0.0]
+    pages = _pages([f"bulk/repo-{i:04}" for i in range(5000)], 1000)
+
+    def slow(path: str, seconds: float) -> tuple[int, str, bytes]:
+        now[0] += 3.0  # each page takes 3 s
+        return pages(path, seconds)
+
+    with pytest.raises(server.RegistryError, match=r"not read in time \(2000 names read\)"):
+        server.read_catalog(slow, seconds=5.0, clock=lambda: now[0])
+    assert server.CATALOG_SECONDS < server.CONNECTION_SECONDS  # a line before the cut
+
+
 @pytest.mark.parametrize(("answer", "wanted"), [
     ((401, "", b'{"errors": []}'), "answered 401"),
-    ((200, "", b'{"repositories": "team-a/app"}'), "not a list"),
-    ((200, '<x>; rel="next"', b'{"repositories": ["b", "a"]}'), None),
+    ((200, "", b'{"repositories": "team-a/app"}'), "no list"),
+    ((200, "", b'["team-a/app"]'), "no list"),
+    ((200, "", b'"team-a/app"'), "no list"),
+    ((200, '<x>; rel="next"', b'{"repositories": ["b", "a"]}'), "do not advance"),
+    ((200, '<x>; rel="next"', b'{"repositories": ["a-b", "a/b"]}'), "do not advance"),
+    ((200, '<x>; rel="next"', b'{"repositories": ["a", 7]}'), "do not advance"),
 ])
-def test_a_registry_that_misbehaves_is_an_error(answer: tuple, wanted: str | None) -> None:
+def test_a_registry_that_misbehaves_is_an_error(answer: tuple, wanted: str) -> None:
     calls = []
 
-    def get(path: str) -> tuple[int, str, bytes]:
+    def get(path: str, seconds: float) -> tuple[int, str, bytes]:
         calls.append(path)
         return answer
 
-    with pytest.raises(server.RegistryError, match=wanted or "do not advance"):
+    with pytest.raises(server.RegistryError, match=wanted):
         server.read_catalog(get)
     assert len(calls) <= 2  # a registry that pages on the same names is not followed
 
@@ -148,9 +185,9 @@ class FakeRegistry:
         self.status = status
         self.tokens: list[str] = []
 
-    def get(self, path: str, token: str) -> tuple[int, str, bytes]:
+    def get(self, path: str, token: str, seconds: float) -> tuple[int, str, bytes]:
         self.tokens.append(token)
-        _, link, body = self.pages(path)
+        _, link, body = self.pages(path, seconds)
         return self.status, link, body
 
 
@@ -204,11 +241,13 @@ def test_the_endpoint_lists_per_user(catalog_server: Callable[[FakeRegistry], An
     status, body = ask_catalog(running, "ci")
     assert status == 200
     listed = json.loads(body)["repositories"]
-    assert listed == ["public/base", "team-a/app", HOSTILE, "team-a/x/deep"]
+    # In the registry's order, as it sent them.
+    assert listed == _registry_sorted(["public/base", "team-a/app", HOSTILE, "team-a/x/deep"])
     assert b"<script>" in body and b"\x1b" not in body  # JSON: the name as data, escaped
     status, body = ask_catalog(running, "admin")
     assert status == 200
-    assert json.loads(body)["repositories"] == sorted(set(names) - {BROKEN})
+    assert json.loads(body)["repositories"] == _registry_sorted(
+        [name for name in names if name != BROKEN])
     # The registry was asked with the server's own catalog token, never the user's.
     claims = jwt.decode(registry.tokens[0], options={"verify_signature": False})
     assert claims["access"] == [{"type": "registry", "name": "catalog", "actions": ["*"]}]
