@@ -8,8 +8,8 @@ elsewhere; a wrong password is 401; removed from the group (ldapmodify on the di
 host, no kit run) the user's next push is denied; slapd stopped, directory users get 401
 while a local user still pushes; the token server's /catalog lists each user what their
 groups may pull (and nothing once out of the group); names with LDAP filter characters
-cannot log in; the bind password is in no journal, log or command line on the server. Checks use the docker CLI,
-curl and journalctl over SSH, never the kit's code.
+cannot log in; the bind password is in no journal, log or command line on the server.
+Checks use the docker CLI, curl and journalctl over SSH, never the kit's code.
 """
 
 from __future__ import annotations
