@@ -104,6 +104,7 @@ PYTHON = "/usr/bin/python3"
 PYTHON_MODULES_DIR = "/usr/lib/python3/dist-packages"  # Debian's python3-* packages
 TOKEN_BACKEND = "registry-token"  # haproxy backend of the replicas' token servers
 TOKEN_PATH = "/token"  # the URL path registry-token-server.py serves (realm, web page)
+CATALOG_PATH = "/catalog"  # its list of the repositories a user may pull (web page)
 
 # --- Web page (its own haproxy).
 WEBUI_SERVICE = "registry-kit-webui"

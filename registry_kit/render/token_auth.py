@@ -136,7 +136,7 @@ def unit_text(settings: Settings) -> bytes:
     sources = {"signing.key": paths.signing_key, "token-signing.crt": paths.signing_cert,
                "htpasswd": paths.htpasswd, "policy.json": paths.policy}
     if settings.tls_enabled:
-        sources |= {"server.crt": paths.cert, "server.key": paths.key}
+        sources |= {"server.crt": paths.cert, "server.key": paths.key, "ca.crt": paths.ca}
     directory = settings.registry_ldap
     if directory is not None:
         sources["ldap.password"] = paths.ldap_password
@@ -149,6 +149,11 @@ def unit_text(settings: Settings) -> bytes:
             "--htpasswd", copy["htpasswd"], "--policy", copy["policy.json"]]
     if settings.tls_enabled:
         argv += ["--tls-cert", copy["server.crt"], "--tls-key", copy["server.key"]]
+    # GET /catalog reads this server's registry by its name over the local address.
+    endpoints = Endpoints.of(settings)
+    argv += ["--registry", endpoints.url, "--registry-address", endpoints.local_ip]
+    if settings.tls_enabled:
+        argv += ["--registry-ca", copy["ca.crt"]]
     for address in trusted_proxies(settings):
         argv += ["--trusted-proxy", address]
     checks = []

@@ -11,6 +11,7 @@ import json
 from registry_kit import package_data
 from registry_kit.model import layout
 from registry_kit.model.layout import (
+    CATALOG_PATH,
     TOKEN_PATH,
     WEBUI_CA,
     WEBUI_DIR,
@@ -51,6 +52,7 @@ def page_config(settings: Settings) -> bytes:
                       "deleteEnabled": settings.registry_delete_enabled}
     if token_render.enabled(settings):
         document["token"] = TOKEN_PATH
+        document["catalog"] = CATALOG_PATH  # the repositories the user may pull
     return (json.dumps(document, sort_keys=True) + "\n").encode()
 
 
@@ -70,12 +72,12 @@ def _frontend(listen: str, tokens: bool) -> list[str]:
         "acl api path /v2 /v2/",
         "acl api path_beg /v2/",
         "use_backend registry if api",
-        *([f"use_backend token if {{ path {TOKEN_PATH} }}"] if tokens else []),
+        *([f"use_backend token if {{ path {TOKEN_PATH} {CATALOG_PATH} }}"] if tokens else []),
         *(f'http-request return status 200 content-type "{STATIC.get(name, "application/json")}'
           f'; charset=utf-8" file {WEBUI_DIR}/{name} if {{ path {path} }} METH_GET'
           for name, path in files),
         'http-request return status 404 content-type "text/plain" string "not found" unless api'
-        + (f" || {{ path {TOKEN_PATH} }}" if tokens else ""),
+        + (f" || {{ path {TOKEN_PATH} {CATALOG_PATH} }}" if tokens else ""),
     ]
 
 

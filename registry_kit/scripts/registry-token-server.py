@@ -27,6 +27,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import os
@@ -526,6 +527,117 @@ def audit_denied(user: str | None, address: str, scopes: list[str],
             log("audit " + json.dumps(entry, ensure_ascii=True))
 
 
+def sign(policy: dict, subject: str, access: list[dict], key: Any, chain: list[str],
+         now: int) -> str:
+    """A token for `access` (ES256, the signing certificate in its x5c header)."""
+    import jwt
+
+    claims = {"iss": policy["issuer"], "sub": subject, "aud": policy["service"],
+              "iat": now, "nbf": now - 10, "exp": now + TOKEN_SECONDS,
+              "jti": secrets.token_hex(16), "access": access}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"x5c": chain})
+
+
+# --- GET /catalog: the repositories a user may pull (distribution's _catalog cannot filter) ---
+
+CATALOG_PATH = "/catalog"  # registry_kit.model.layout.CATALOG_PATH
+CATALOG_ACCESS = {"type": "registry", "name": "catalog", "actions": ["*"]}
+CATALOG_PAGE = 1000  # the registry's default catalog.maxentries: the most one page holds
+CATALOG_PAGES_MAX = 1000  # a million repositories; a registry that pages on is cut off
+CATALOG_PAGE_BYTES = 64 * 1024 * 1024
+# The whole read, every page: it ends, with a line saying so, before Server cuts the
+# page's connection at CONNECTION_SECONDS (which would end it without a word).
+CATALOG_SECONDS = CONNECTION_SECONDS - 2
+
+
+class RegistryError(Exception):
+    """The registry's catalog could not be read (status, paging); the page gets 502."""
+
+
+def pullable(policy: dict, user: str | None, groups: frozenset[str],
+             names: list) -> list[str]:
+    """The names of the registry's catalog `user` may pull, by the same rules as a token's
+    grant (directory groups included). The names are what the registry sent: data, only
+    matched against the rules' regexes; one that is not a string is left out."""
+    return [name for name in names if isinstance(name, str)
+            and "pull" in allowed_actions(policy, user, name, groups)]
+
+
+def catalog_order(name: str) -> str:
+    """The key of the registry's order of names: path component by component, "/" before
+    any other character (distribution's lessPath), so "a/b" comes before "a-b", which a
+    plain string comparison puts the other way round."""
+    return name.replace("/", "\x00")
+
+
+def catalog_page(status: int, body: bytes) -> list:
+    """One answer of /v2/_catalog: its list of names (whatever they are; pullable sorts)."""
+    if status != 200:
+        raise RegistryError(f"/v2/_catalog answered {status}")
+    document = json.loads(body)
+    page = (document.get("repositories") or []) if isinstance(document, dict) else None
+    if not isinstance(page, list):
+        raise RegistryError("/v2/_catalog's answer holds no list of repositories")
+    return page
+
+
+def read_catalog(get: Callable[[str, float], tuple[int, str, bytes]], *,
+                 seconds: float = CATALOG_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> list:
+    """Every page of the registry's /v2/_catalog, following its paging with `last=`, within
+    `seconds`. `get(path, seconds left)` answers (status, Link header, body)."""
+    names: list = []
+    last: str | None = None
+    deadline = clock() + seconds
+    for _ in range(CATALOG_PAGES_MAX):
+        left = deadline - clock()
+        if left <= 0:
+            raise RegistryError(f"/v2/_catalog not read in time ({len(names)} names read)")
+        query = {"n": str(CATALOG_PAGE), **({"last": last} if last is not None else {})}
+        status, link, body = get("/v2/_catalog?" + urllib.parse.urlencode(query), left)
+        page = catalog_page(status, body)
+        names += page
+        if not page or 'rel="next"' not in link:
+            return names
+        if not isinstance(page[-1], str) or (
+                last is not None and catalog_order(page[-1]) <= catalog_order(last)):
+            raise RegistryError("/v2/_catalog's pages do not advance")
+        last = page[-1]
+    raise RegistryError(f"/v2/_catalog has more than {CATALOG_PAGES_MAX} pages")
+
+
+class Registry:
+    """This server's registry, reached at `address` (its local address) under its name in
+    `origin` (scheme://DOMAIN:PORT: the Host header and the name its certificate is
+    checked for, against `ca_file`)."""
+
+    def __init__(self, origin: str, address: str, ca_file: str | None) -> None:
+        url = urllib.parse.urlsplit(origin)
+        self.name = url.hostname or ""
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.address = address.strip("[]")
+        self.context = None
+        if url.scheme == "https":
+            self.context = ssl.create_default_context(cafile=ca_file)
+
+    def get(self, path: str, token: str, seconds: float) -> tuple[int, str, bytes]:
+        """(status, Link header, body) of one GET, each wait at most `seconds`."""
+        raw = socket.create_connection((self.address, self.port), timeout=seconds)
+        connection = http.client.HTTPConnection(self.name, self.port, timeout=seconds)
+        try:
+            connection.sock = raw if self.context is None else \
+                self.context.wrap_socket(raw, server_hostname=self.name)
+            connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            answer = connection.getresponse()
+            body = answer.read(CATALOG_PAGE_BYTES + 1)
+            if len(body) > CATALOG_PAGE_BYTES:
+                raise RegistryError(f"/v2/_catalog sent more than {CATALOG_PAGE_BYTES} bytes")
+            return answer.status, answer.getheader("Link") or "", body
+        finally:
+            connection.close()
+            raw.close()
+
+
 def log(message: str) -> None:
     """One journal line. Values from requests are `escaped` where they are formatted in;
     anything unprintable left is escaped here too."""
@@ -543,6 +655,7 @@ class Handler(BaseHTTPRequestHandler):
     directory: Directory | None = None
     signing_key: Any
     chain: list[str]
+    registry: Registry | None = None  # where GET /catalog reads the registry's catalog
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # one line per token request instead, without the query string
@@ -593,66 +706,104 @@ class Handler(BaseHTTPRequestHandler):
             self.limits.failed(address)
         return ok, groups, why
 
+    def login(self, scopes: list[str]) -> tuple[str | None, frozenset[str], int] | None:
+        """The request's user (None: anonymous), their directory groups and the bcrypt
+        checks made; None when refused (answered here: 401 or 429)."""
+        users, _ = self.files.current()
+        given = self.credentials()
+        if given is None:
+            return None, frozenset(), 0
+        address = client_address(self.client_address[0],
+                                 self.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        name, password = given
+        wait = self.limits.begin(address, name)
+        if wait:
+            log(f"too many failed logins: user '{escaped(name)}' from {escaped(address)} "
+                f"(retry in {wait} s)")
+            self.reply(429, {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many "
+                                         "failed logins", "detail": None}]},
+                       {"Retry-After": str(wait)})
+            return None
+        groups: frozenset[str] = frozenset()  # a directory user's, read at this login
+        checks = 0
+        if name not in users and self.directory is not None:
+            ok, groups, why = self.directory_login(name, password, address)
+            if not ok:
+                audit_denied(name, address, scopes, [], "login failed")
+                self.refuse(f"user '{escaped(name)}' from {escaped(address)}: {why}")
+                return None
+        else:
+            ok, checks = self.checker.check(name, password, users.get(name), users_cost(users))
+        if not ok:
+            self.limits.failed(address)
+            audit_denied(name, address, scopes, [], "login failed")
+            self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
+                        f"wrong password (bcrypt={checks})")
+            return None
+        self.limits.succeeded(address, name)
+        return name, groups, checks
+
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
-        if url.path != "/token":
+        if url.path == "/token":
+            self.token(urllib.parse.parse_qs(url.query))
+        elif url.path == CATALOG_PATH and self.registry is not None:
+            self.catalog(self.registry)
+        else:
             self.reply(404, {"errors": [{"code": "NOT_FOUND", "message": "not found"}]})
-            return
-        query = urllib.parse.parse_qs(url.query)
-        users, policy = self.files.current()
+
+    def token(self, query: dict[str, list[str]]) -> None:
+        """GET /token: a JWT granting what the policy allows of the scopes asked."""
+        _, policy = self.files.current()
         if query.get("service", [policy["service"]])[0] != policy["service"]:
             self.reply(400, {"errors": [{"code": "UNSUPPORTED", "message": "unknown service"}]})
             return
-        given = self.credentials()
-        user: str | None = None
-        checks = 0
+        scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
+        who = self.login(scopes)
+        if who is None:
+            return
+        user, groups, checks = who
         address = client_address(self.client_address[0],
                                  self.headers.get("X-Forwarded-For"), self.trusted_proxies)
-        scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
-        groups: frozenset[str] = frozenset()  # a directory user's, read at this login
-        if given is not None:
-            name, password = given
-            wait = self.limits.begin(address, name)
-            if wait:
-                log(f"too many failed logins: user '{escaped(name)}' from {escaped(address)} "
-                    f"(retry in {wait} s)")
-                self.reply(429, {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many "
-                                             "failed logins", "detail": None}]},
-                           {"Retry-After": str(wait)})
-                return
-            if name not in users and self.directory is not None:
-                ok, groups, why = self.directory_login(name, password, address)
-                if not ok:
-                    audit_denied(name, address, scopes, [], "login failed")
-                    self.refuse(f"user '{escaped(name)}' from {escaped(address)}: {why}")
-                    return
-            else:
-                ok, checks = self.checker.check(name, password, users.get(name),
-                                                users_cost(users))
-            if not ok:
-                self.limits.failed(address)
-                audit_denied(name, address, scopes, [], "login failed")
-                self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
-                            f"wrong password (bcrypt={checks})")
-                return
-            self.limits.succeeded(address, name)
-            user = name
         access = [entry for entry in (grant(policy, user, s, groups) for s in scopes) if entry]
         audit_denied(user, address, scopes, access, "not granted")
         now = int(time.time())
-        claims = {"iss": policy["issuer"], "sub": user or "", "aud": policy["service"],
-                  "iat": now, "nbf": now - 10, "exp": now + TOKEN_SECONDS,
-                  "jti": secrets.token_hex(16), "access": access}
-        import jwt
-
-        token = jwt.encode(claims, self.signing_key, algorithm="ES256",
-                           headers={"x5c": self.chain})
+        token = sign(policy, user or "", access, self.signing_key, self.chain, now)
         shown = ", ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access)
         log(f"token user={escaped(user) if user else '(anonymous)'} "
             f"asked={escaped(' '.join(scopes)) or '-'} granted={escaped(shown) or '-'} "
             f"bcrypt={checks}")
         self.reply(200, {"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
                          "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
+
+    def catalog(self, registry: Registry) -> None:
+        """GET /catalog (a login required): the repositories this user may pull, from the
+        registry's whole catalog read with this server's own catalog token."""
+        started = time.monotonic()
+        if self.credentials() is None:
+            self.refuse("catalog without a login")
+            return
+        who = self.login([])
+        if who is None:
+            return
+        user, groups, checks = who
+        _, policy = self.files.current()
+        # Signed here for this read only: the user never holds a catalog token.
+        token = sign(policy, "", [CATALOG_ACCESS], self.signing_key, self.chain,
+                     int(time.time()))
+        try:
+            names = read_catalog(lambda path, left: registry.get(path, token, left),
+                                 seconds=CATALOG_SECONDS - (time.monotonic() - started))
+        except (RegistryError, OSError, ValueError) as error:
+            log(f"catalog for user={escaped(str(user))}: the registry's catalog could not be "
+                f"read: {escaped(str(error))}")
+            self.reply(502, {"errors": [{"code": "UNAVAILABLE", "message": "the registry's "
+                                         "catalog could not be read", "detail": None}]})
+            return
+        shown = pullable(policy, user, groups, names)
+        log(f"catalog user={escaped(str(user))} listed={len(shown)} of {len(names)} "
+            f"bcrypt={checks} ms={round((time.monotonic() - started) * 1000)}")
+        self.reply(200, {"repositories": shown})
 
 
 class Server(ThreadingHTTPServer):
@@ -793,6 +944,10 @@ def main() -> int:
     parser.add_argument("--check-names", action="store_true",
                         help="only check that no local user is in the directory too")
     parser.add_argument("--names-report", help="--check-names: where a conflict is written")
+    parser.add_argument("--registry", help="scheme://DOMAIN:PORT of the registry (GET /catalog)")
+    parser.add_argument("--registry-address", default="127.0.0.1",
+                        help="where this server reaches the registry")
+    parser.add_argument("--registry-ca", help="the CA the registry's certificate is checked with")
     args = parser.parse_args()
     if args.check_names:
         users, policy = Files(args.htpasswd, args.policy).current(strict=True)
@@ -809,6 +964,8 @@ def main() -> int:
     Handler.directory = open_directory(Handler.files.current(strict=True)[1],
                                        args.ldap_password_file)
     Handler.checker = Checker()
+    if args.registry:
+        Handler.registry = Registry(args.registry, args.registry_address, args.registry_ca)
     Handler.limits = LoginLimits()
     Handler.trusted_proxies = frozenset(normal_address(a) for a in args.trusted_proxy)
     address, _, port = args.listen.rpartition(":")

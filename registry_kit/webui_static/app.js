@@ -2,9 +2,10 @@
 //
 // Everything shown comes from the registry's own HTTP API (/v2/), asked with the logged-in
 // user's credentials: the page lists exactly what the registry answers to that user, so
-// per-repository access control in the registry composes without changes here. The
-// credentials live in this closure only (no localStorage, no cookie); reloading the page
-// logs out. All text goes into the page through textContent, never as HTML.
+// per-repository access control in the registry composes without changes here. With token
+// auth the repository list is the token server's (config.catalog: what the user may pull).
+// The credentials live in this closure only (no localStorage, no cookie); reloading the
+// page logs out. All text goes into the page through textContent, never as HTML.
 "use strict";
 
 (() => {
@@ -368,6 +369,16 @@
       : `${repositories.length}`;
   }
 
+  // Token auth: the token server's list of the repositories this user may pull (the
+  // registry's _catalog is all or nothing), asked with the same credentials as /token.
+  async function pullableRepos() {
+    const response = await fetch(new URL(config.catalog, location.href), {
+      headers: {Authorization: `Basic ${credentials.basic}`},
+      credentials: "omit", cache: "no-store"});
+    const body = await jsonOrThrow(response, "catalog");
+    return Array.isArray(body.repositories) ? body.repositories.map(String) : [];
+  }
+
   async function loadRepos() {
     show("repos-view");
     const started = performance.now();
@@ -375,7 +386,8 @@
     $("repo-list").replaceChildren();
     delete $("repo-list").dataset.loadedMs;
     try {
-      repositories = await allPages(`/v2/_catalog?n=${PAGE}`, "repositories", "catalog");
+      repositories = config.catalog ? await pullableRepos()
+        : await allPages(`/v2/_catalog?n=${PAGE}`, "repositories", "catalog");
       renderRepos();
       const ms = Math.round(performance.now() - started);
       $("repos-status").textContent = repositories.length ? "" :

@@ -6,9 +6,10 @@ One deploy, applied twice (the second run changes nothing), shared by the scenar
 order: a directory user pushes where its group is granted and gets Docker's own denial
 elsewhere; a wrong password is 401; removed from the group (ldapmodify on the directory's
 host, no kit run) the user's next push is denied; slapd stopped, directory users get 401
-while a local user still pushes; names with LDAP filter characters cannot log in; the bind
-password is in no journal, log or command line on the server. Checks use the docker CLI,
-curl and journalctl over SSH, never the kit's code.
+while a local user still pushes; the token server's /catalog lists each user what their
+groups may pull (and nothing once out of the group); names with LDAP filter characters
+cannot log in; the bind password is in no journal, log or command line on the server.
+Checks use the docker CLI, curl and journalctl over SSH, never the kit's code.
 """
 
 from __future__ import annotations
@@ -125,6 +126,21 @@ class Site:
                 capture_output=True, text=True, timeout=30)
         body, _, code = proc.stdout.rpartition("\n")
         return int(code or 0), (json.loads(body) if body.startswith("{") else {})
+
+    def catalog(self, user: str | None, password: str = "") -> tuple[int, list[str] | None]:
+        """(HTTP status, repositories) of the token server's GET /catalog with curl."""
+        ca = self.state_dir / "ca" / "ca.crt"
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "curlrc"
+            config.write_text(f'user = "{user}:{password}"\n' if user else "")
+            proc = subprocess.run(
+                ["curl", "-s", "--max-time", "20", "--cacert", str(ca), "-w", "\n%{http_code}",
+                 "--resolve", f"{DOMAIN}:{TOKEN_PORT}:{harness.host_ip(SERVER)}", "-K",
+                 str(config), f"https://{DOMAIN}:{TOKEN_PORT}/catalog"],
+                capture_output=True, text=True, timeout=30)
+        body, _, code = proc.stdout.rpartition("\n")
+        return int(code or 0), (json.loads(body)["repositories"] if int(code or 0) == 200
+                                else None)
 
 
 def docker(command: str, *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -254,6 +270,30 @@ def test_e_directory_stopped_local_users_still_push(site: Site) -> None:
         assert time.monotonic() < deadline, "dana still refused after slapd started"
         time.sleep(1)
     TIMES["directory stopped"] = round(time.monotonic() - start, 1)
+
+
+def test_e_catalog_lists_what_each_directory_user_may_pull(site: Site) -> None:
+    """Issue 28.5 with curl: the token server's /catalog for directory users follows their
+    groups read at this login (team-b/app, pushed by ci above, is listed to ci alone); out
+    of the group, dana's next list is empty, with no kit run."""
+    start = time.monotonic()
+    since = harness.ssh(SERVER, "date +%s").stdout.strip()
+    assert site.catalog("ci", LOCAL["ci"]) == (200, ["team-a/app", "team-b/app"])
+    assert site.catalog("dana", DIRECTORY_USERS["dana"]) == (200, ["team-a/app"])
+    # erin is in team-b too, a group no rule names.
+    assert site.catalog("erin", DIRECTORY_USERS["erin"]) == (200, ["team-a/app"])
+    assert site.catalog(None) == (401, None)
+    assert site.catalog("dana", "wrong-password") == (401, None)
+    ldap_directory.remove_member(site.ldap, "team-a", "dana")
+    try:
+        assert site.catalog("dana", DIRECTORY_USERS["dana"]) == (200, [])
+    finally:
+        ldap_directory.add_member(site.ldap, "team-a", "dana")
+    assert site.catalog("dana", DIRECTORY_USERS["dana"]) == (200, ["team-a/app"])
+    journal = journal_since(since)
+    assert "catalog user=dana listed=1 of 2 " in journal, journal
+    assert "catalog user=dana listed=0 of 2 " in journal, journal
+    TIMES["catalog per directory user"] = round(time.monotonic() - start, 1)
 
 
 def test_f_a_token_costs_one_bind_the_service_account_none(site: Site) -> None:

@@ -362,7 +362,8 @@ def test_token_server_unit_runs_sandboxed_on_copies_of_its_files(
     assert all(source.startswith(made.registry_config_dir + "/") for source in sources)
     # Each copy keeps its file name: the server's arguments name exactly the copies.
     assert copied == {target + source.rsplit("/", 1)[1] for source in sources}
-    assert len(copied) == 6  # signing key and certificate, htpasswd, policy, TLS pair
+    # signing key and certificate, htpasswd, policy, TLS pair, the CA (GET /catalog)
+    assert len(copied) == 7
     # The web page's haproxy (layout.Endpoints.local) is the one proxy whose header counts.
     assert " --trusted-proxy 127.0.0.1 --trusted-proxy ::1" in " ".join(start)
     bound = make_settings(registry_users=users, registry_access_rules=[RULES[0]],

@@ -83,14 +83,15 @@ def test_server_files_follow_registry_config_dir(make_settings: Callable[..., Se
 
 
 def _layout_paths() -> set[str]:
-    """Every absolute path the layout holds (not TOKEN_PATH: a URL path, the token
-    server's own route)."""
+    """Every absolute path the layout holds (not TOKEN_PATH and CATALOG_PATH: URL paths,
+    the token server's own routes)."""
     found: set[str] = set()
     for value in vars(layout).values():
         values = value.values() if isinstance(value, dict) else [value]
         for item in values:
             for text in (item if isinstance(item, tuple) else (item,)):
-                if isinstance(text, str) and text.startswith("/") and text != layout.TOKEN_PATH:
+                if isinstance(text, str) and text.startswith("/") and \
+                        text not in (layout.TOKEN_PATH, layout.CATALOG_PATH):
                     found.add(text)
     return found
 

@@ -114,11 +114,12 @@ def test_with_access_rules_the_token_server_is_on_this_origin(
     settings = make_settings(registry_webui_enabled=True, registry_domain="registry.lab",
                              registry_users=users, registry_access_rules=rules)
     config = webui.render_haproxy(settings)
-    assert "    use_backend token if { path /token }" in config
+    assert "    use_backend token if { path /token /catalog }" in config
     assert ("    server token 127.0.0.1:5443 ssl verify required ca-file "
             "/etc/registry-kit-webui/ca.crt verifyhost registry.lab sni str(registry.lab)"
             ) in config
-    assert 'string "not found" unless api || { path /token }' in config
+    assert 'string "not found" unless api || { path /token /catalog }' in config
+    assert json.loads(webui.page_config(settings))["catalog"] == "/catalog"
     # The token server limits failed logins per client address: haproxy names the client
     # (set: a client's own X-Forwarded-For does not pass), for the token backend only.
     token_backend = config.split("backend token\n")[1]
