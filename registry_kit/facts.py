@@ -211,10 +211,39 @@ def service_commands(commands: Iterable[str], services: Iterable[str]) -> list[s
     parts.append(probe_section_command("services"))
     service_list = " ".join(q(name) for name in services)
     if service_list:
-        parts.append(f"for s in {service_list}; do echo \"$s"
-                     " $(systemctl is-active \"$s\" 2>/dev/null)"
-                     " $(systemctl is-enabled \"$s\" 2>/dev/null)\"; done; true")
+        # The names, then one systemctl call for every unit (is-active and is-enabled per
+        # unit were two each: issue 29): a block of properties per name, in their order.
+        parts.append(f"echo {service_list}; systemctl show --property=Id"
+                     " --property=ActiveState --property=UnitFileState --"
+                     f" {service_list} 2>/dev/null; true")
     return parts
+
+
+_UNIT_TYPES = {"service", "socket", "target", "device", "mount", "automount", "swap", "timer",
+               "path", "slice", "scope"}
+
+
+def _services(lines: list[str]) -> dict[str, tuple[bool, bool]]:
+    """(active, enabled) per unit name, as `systemctl is-active` and `is-enabled` answer:
+    active only in ActiveState "active", enabled only in UnitFileState "enabled", and not
+    when the name is an alias of another unit (its Id differs: is-enabled says "alias")."""
+    if not lines:
+        return {}
+    names = lines[0].split()
+    blocks: list[dict[str, str]] = [{}]
+    for line in lines[1:]:
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            blocks[-1][key] = value
+        elif blocks[-1]:
+            blocks.append({})
+    found = {}
+    for index, name in enumerate(names):
+        block = blocks[index] if index < len(blocks) else {}
+        unit = name if name.rpartition(".")[2] in _UNIT_TYPES else f"{name}.service"
+        found[name] = (block.get("ActiveState") == "active",
+                       block.get("UnitFileState") == "enabled" and block.get("Id") == unit)
+    return found
 
 
 def resolve_commands(names: Iterable[str]) -> list[str]:
@@ -360,10 +389,7 @@ def parse_probe(lines: Iterable[str]) -> HostState:
     state.login_marker = "".join(line + "\n" for line in sections.get("login_marker", []))
     state.hosts_lines = [line for line in sections.get("hosts", []) if line.strip()]
     state.commands = {line.strip() for line in sections.get("commands", []) if line.strip()}
-    for line in sections.get("services", []):
-        name, *words = line.split()
-        if name:
-            state.services[name] = (words[:1] == ["active"], "enabled" in words[1:2])
+    state.services = _services(sections.get("services", []))
     for line in sections.get("entries", []):
         folder, _, name = line.rpartition("/")
         if folder and name:

@@ -496,3 +496,53 @@ def test_probe_container_and_image_in_a_real_shell(tmp_path: Path, unit: str, ap
     calls = log.read_text().splitlines()
     assert [call.split()[0] for call in calls[1:]] == asked
 
+
+# --------------------------------------------------------------------------- services
+
+def test_probe_command_asks_systemctl_once_for_every_service() -> None:
+    command = probe_command(services=["registry-kit-token.service", "haproxy"])
+    assert command.count("systemctl") == 2  # the engine's, and this one
+    assert ("echo registry-kit-token.service haproxy; systemctl show --property=Id "
+            "--property=ActiveState --property=UnitFileState -- "
+            "registry-kit-token.service haproxy 2>/dev/null; true") in command
+    assert "systemctl show" not in probe_command().split("services")[-1]
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    (["Id=haproxy.service", "ActiveState=active", "UnitFileState=enabled"], (True, True)),
+    (["Id=haproxy.service", "ActiveState=inactive", "UnitFileState=disabled"], (False, False)),
+    # is-active says "reloading", is-enabled "static": neither counts, as before
+    (["Id=haproxy.service", "ActiveState=reloading", "UnitFileState=static"], (False, False)),
+    (["Id=haproxy.service", "ActiveState=failed", "UnitFileState=enabled"], (False, True)),
+    # no such unit
+    (["Id=haproxy.service", "ActiveState=inactive", "UnitFileState="], (False, False)),
+    # an alias (is-enabled says "alias"; is-active follows it)
+    (["Id=haproxy2.service", "ActiveState=active", "UnitFileState=enabled"], (True, False)),
+    # no systemctl: the names alone
+    ([], (False, False)),
+])
+def test_parse_probe_services(block: list[str], expected: tuple[bool, bool]) -> None:
+    timer = ["Id=registry-kit-gc.timer", "ActiveState=active", "UnitFileState=enabled"]
+    lines = ["registry-kit-gc.timer haproxy", *timer, "", *block, ""] if block else \
+        ["registry-kit-gc.timer haproxy"]
+    services = parse_probe([MARK + "services", *lines, MARK + "entries"]).services
+    assert services == {"registry-kit-gc.timer": (True, True) if block else (False, False),
+                        "haproxy": expected}
+
+
+def test_probe_services_in_a_real_shell(tmp_path: Path) -> None:
+    """The names and systemctl's blocks, in the order asked (a stand-in prints them)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(
+        '#!/bin/sh\n[ "$1" = show ] || exit 1\nshift 5\nfor u in "$@"; do case "$u" in '
+        '*.*) id=$u;; *) id=$u.service;; esac; printf "Id=%s\\nActiveState=active\\n'
+        'UnitFileState=%s\\n\\n" "$id" "$([ "$u" = b ] && echo disabled || echo enabled)"; '
+        'done\n')
+    (bindir / "systemctl").chmod(0o755)
+    result = subprocess.run(["/bin/sh", "-c", probe_command(services=["a", "b", "c.timer"])],
+                            capture_output=True, text=True, timeout=10, check=False,
+                            env={"PATH": str(bindir)})
+    assert result.returncode == 0, result.stderr
+    assert parse_probe(result.stdout.split("\n")[:-1]).services == {
+        "a": (True, True), "b": (True, False), "c.timer": (True, True)}
