@@ -34,7 +34,9 @@ def parts(role_groups: list[str], lab: dict) -> dict[str, str]:
     return {
         "engine": "; ".join(facts._ENGINE_COMMANDS),
         "paths": "; ".join(facts.path_commands(probe.get("files", []), probe.get("dirs", []))),
-        "docker": "; ".join(facts.docker_commands(probe.get("container"), probe.get("image"))),
+        # $unit comes from the engine part in the probe: the lab's engines run.
+        "docker": "unit=ActiveState=active; " + "; ".join(
+            facts.docker_commands(probe.get("container"), probe.get("image"))),
         "services": "; ".join(facts.service_commands(probe.get("commands", []),
                                                      probe.get("services", []))),
         "whole probe": facts.probe_command(**probe),

@@ -9,13 +9,15 @@ Read-only: the probe never changes anything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from pyinfra.api import FactBase
 
-from registry_kit.commands import OSInfo, q
-from registry_kit.model.layout import DAEMON_JSON
+from registry_kit.commands import OSInfo, join, q
+from registry_kit.model.layout import DAEMON_JSON, DOCKER_SOCKET
 from registry_kit.model.settings import masked_repr
 
 _SECTION = "@@registry-kit:"
@@ -78,17 +80,19 @@ class HostState:
 # a query on its socket would start it through docker.socket, and the probe changes
 # nothing. Its binary tells the version it will start with, so an old engine is refused
 # before anything starts it.
+_ENGINE_RUNS = "*ActiveState=active*|*ActiveState=reloading*"
 ENGINE_VERSION_QUERY = (
-    "case \"$unit\" in *ActiveState=active*|*ActiveState=reloading*)"
+    f"case \"$unit\" in {_ENGINE_RUNS})"
     " { command -v curl >/dev/null 2>&1 && curl -s -o /dev/null -D - --max-time 10"
-    " --unix-socket /var/run/docker.sock http://localhost/_ping 2>/dev/null"
+    f" --unix-socket {q(DOCKER_SOCKET)} http://localhost/_ping 2>/dev/null"
     " | grep -i '^server: *docker/'; }"
     " || docker version --format '{{.Server.Version}}' 2>/dev/null;;"
     " *) dockerd --version 2>/dev/null;; esac; true")
 
+_SPEC_LABEL = "registry-kit.spec"
+_VERSION_KEY = "org.opencontainers.image.version"
 # An image's (or container's) OCI version label, empty when it has none.
-_VERSION_LABEL = ('{{with .Config.Labels}}{{index . "org.opencontainers.image.version"}}'
-                  '{{end}}')
+_VERSION_LABEL = f'{{{{with .Config.Labels}}}}{{{{index . "{_VERSION_KEY}"}}}}{{{{end}}}}'
 
 # systemctl is-enabled answers 0 for these unit file states.
 _ENABLED_STATES = {"enabled", "enabled-runtime", "static", "alias", "indirect", "generated"}
@@ -166,20 +170,35 @@ def entries_commands(listings: Iterable[str]) -> list[str]:
     return entries
 
 
+def engine_get_command(path: str, cli: list[str]) -> str:
+    """GET PATH (URL-encoded) of the engine's API through curl on its socket (its JSON), or
+    the docker CLI command CLI when the engine is not running, curl is missing or the
+    socket does not answer. The CLI costs about 47 ms a call (it starts, pings the engine,
+    then asks), curl a few (issue 29). A stopped engine gets the CLI, as before: a query on
+    its socket would start it through docker.socket all the same. $unit: the engine's state,
+    from the probe's engine part (_ENGINE_COMMANDS)."""
+    url = "http://localhost" + path
+    return (f"case \"$unit\" in {_ENGINE_RUNS}) command -v curl >/dev/null 2>&1 && curl -s"
+            f" --max-time 10 --unix-socket {q(DOCKER_SOCKET)} {q(url)} 2>/dev/null;;"
+            f" *) false;; esac || {join(cli)} 2>/dev/null || true")
+
+
 def docker_commands(container: str | None, image: str | None) -> list[str]:
     parts = [probe_section_command("container")]
     if container:
         # `with`: `index` on an image or container without any label is a template error,
         # which would hide the whole line.
-        fmt = ('{{with .Config.Labels}}{{index . "registry-kit.spec"}}{{end}}|'
+        fmt = (f'{{{{with .Config.Labels}}}}{{{{index . "{_SPEC_LABEL}"}}}}{{{{end}}}}|'
                '{{.State.Running}}|{{.Config.Image}}|' + _VERSION_LABEL)
-        parts.append(f"docker inspect --type container --format {q(fmt)} {q(container)}"
-                     " 2>/dev/null || true")
+        parts.append(engine_get_command(f"/containers/{quote(container, safe='')}/json",
+                                        ["docker", "inspect", "--type", "container", "--format",
+                                         fmt, container]))
     parts.append(probe_section_command("image"))
     if image:
         # The label may tell the registry's version (registry_kit.model.registry_version).
-        parts.append(f"docker image inspect --format {q('{{.Id}}|' + _VERSION_LABEL)} "
-                     f"{q(image)} 2>/dev/null || true")
+        parts.append(engine_get_command(f"/images/{quote(image, safe='/:@')}/json",
+                                        ["docker", "image", "inspect", "--format",
+                                         "{{.Id}}|" + _VERSION_LABEL, image]))
     return parts
 
 
@@ -192,10 +211,39 @@ def service_commands(commands: Iterable[str], services: Iterable[str]) -> list[s
     parts.append(probe_section_command("services"))
     service_list = " ".join(q(name) for name in services)
     if service_list:
-        parts.append(f"for s in {service_list}; do echo \"$s"
-                     " $(systemctl is-active \"$s\" 2>/dev/null)"
-                     " $(systemctl is-enabled \"$s\" 2>/dev/null)\"; done; true")
+        # The names, then one systemctl call for every unit (is-active and is-enabled per
+        # unit were two each: issue 29): a block of properties per name, in their order.
+        parts.append(f"echo {service_list}; systemctl show --property=Id"
+                     " --property=ActiveState --property=UnitFileState --"
+                     f" {service_list} 2>/dev/null; true")
     return parts
+
+
+_UNIT_TYPES = {"service", "socket", "target", "device", "mount", "automount", "swap", "timer",
+               "path", "slice", "scope"}
+
+
+def _services(lines: list[str]) -> dict[str, tuple[bool, bool]]:
+    """(active, enabled) per unit name, as `systemctl is-active` and `is-enabled` answer:
+    active only in ActiveState "active", enabled only in UnitFileState "enabled", and not
+    when the name is an alias of another unit (its Id differs: is-enabled says "alias")."""
+    if not lines:
+        return {}
+    names = lines[0].split()
+    blocks: list[dict[str, str]] = [{}]
+    for line in lines[1:]:
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            blocks[-1][key] = value
+        elif blocks[-1]:
+            blocks.append({})
+    found = {}
+    for index, name in enumerate(names):
+        block = blocks[index] if index < len(blocks) else {}
+        unit = name if name.rpartition(".")[2] in _UNIT_TYPES else f"{name}.service"
+        found[name] = (block.get("ActiveState") == "active",
+                       block.get("UnitFileState") == "enabled" and block.get("Id") == unit)
+    return found
 
 
 def resolve_commands(names: Iterable[str]) -> list[str]:
@@ -267,6 +315,53 @@ def _files(sums: list[str], modes: list[str]) -> dict[str, FileState]:
     return files
 
 
+def _inspected(lines: list[str]) -> dict | None:
+    """The engine's JSON (engine_get_command), or None when the lines are the CLI's."""
+    text = "\n".join(lines).strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _labels(found: dict) -> dict:
+    return (found.get("Config") or {}).get("Labels") or {}
+
+
+def _container(lines: list[str]) -> ContainerState | None:
+    """The container from the engine's JSON (no "State": {"message": "No such container"})
+    or from the CLI's "SPEC|RUNNING|IMAGE|VERSION" line (nothing: no such container)."""
+    found = _inspected(lines)
+    if found is not None:
+        if not isinstance(found.get("State"), dict):
+            return None
+        labels = _labels(found)
+        return ContainerState(spec_hash=str(labels.get(_SPEC_LABEL, "")),
+                              running=found["State"].get("Running") is True,
+                              image=str((found.get("Config") or {}).get("Image", "")),
+                              version_label=str(labels.get(_VERSION_KEY, "")))
+    piped = [line for line in lines if "|" in line]
+    if not piped:
+        return None
+    spec, running, image, label = (piped[0].split("|") + [""] * 4)[:4]
+    return ContainerState(spec_hash=_label_value(spec), running=running == "true", image=image,
+                          version_label=_label_value(label))
+
+
+def _image(lines: list[str]) -> tuple[str | None, str]:
+    """(Id, OCI version label) from the engine's JSON ({"message": "No such image"}: no Id)
+    or from the CLI's "ID|VERSION" line."""
+    found = _inspected(lines)
+    if found is not None:
+        return (str(found.get("Id") or "") or None,
+                str(_labels(found).get(_VERSION_KEY, "")) if found.get("Id") else "")
+    image_id, _, label = "".join(lines).strip().partition("|")
+    return image_id or None, _label_value(label)
+
+
 def parse_probe(lines: Iterable[str]) -> HostState:
     sections = split_sections(lines)
     state = HostState()
@@ -287,24 +382,14 @@ def parse_probe(lines: Iterable[str]) -> HostState:
         mode, _, path = line.partition(" ")
         if path:
             state.dirs[path] = mode
-    container_lines = [line for line in sections.get("container", []) if "|" in line]
-    if container_lines:
-        spec, running, image, label = (container_lines[0].split("|") + [""] * 4)[:4]
-        state.container = ContainerState(
-            spec_hash=_label_value(spec), running=running == "true", image=image,
-            version_label=_label_value(label))
-    image_id, _, label = "".join(sections.get("image", [])).strip().partition("|")
-    state.image_id = image_id or None
-    state.image_version_label = _label_value(label)
+    state.container = _container(sections.get("container", []))
+    state.image_id, state.image_version_label = _image(sections.get("image", []))
     state.htpasswd = "".join(line + "\n" for line in sections.get("htpasswd", []))
     state.docker_auths = [line.strip() for line in sections.get("auths", []) if line.strip()]
     state.login_marker = "".join(line + "\n" for line in sections.get("login_marker", []))
     state.hosts_lines = [line for line in sections.get("hosts", []) if line.strip()]
     state.commands = {line.strip() for line in sections.get("commands", []) if line.strip()}
-    for line in sections.get("services", []):
-        name, *words = line.split()
-        if name:
-            state.services[name] = (words[:1] == ["active"], "enabled" in words[1:2])
+    state.services = _services(sections.get("services", []))
     for line in sections.get("entries", []):
         folder, _, name = line.rpartition("/")
         if folder and name:

@@ -66,6 +66,8 @@ def unit(name: str) -> str:
 
 # --- Docker engine and clients.
 DAEMON_JSON = "/etc/docker/daemon.json"
+# The engine's API (its default socket): the probe asks it through curl.
+DOCKER_SOCKET = "/var/run/docker.sock"
 CERTS_D = "/etc/docker/certs.d"  # Docker's trust folders, one per registry address
 CLIENT_STATE_DIR = "/etc/registry-kit-client"  # login markers (bcrypt, never passwords)
 SYSTEM_CA_DIRS = {"debian": "/usr/local/share/ca-certificates",

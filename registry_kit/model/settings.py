@@ -23,10 +23,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry_kit.errors import SettingsError
-from registry_kit.model import access, ldap, retention
+from registry_kit.model import access
 from registry_kit.model.checks import (
     BACKUP_GENERATION_RE,
     LOOPBACK_RULE,
@@ -70,6 +70,11 @@ from registry_kit.model.checks import (
     whole,
 )
 from registry_kit.model.registry_version import RegistryVersionError, major_from_tag, resolve
+
+if TYPE_CHECKING:
+    # Imported where a setting asks for them: a deploy without a directory or retention
+    # rules (most) does not compile or import them (issue 29).
+    from registry_kit.model import ldap, retention
 
 # Names other modules import from here (the value types and tests live in checks.py).
 __all__ = ["BACKUP_GENERATION_RE", "Secret", "Settings", "SettingsError", "Storage", "User",
@@ -166,6 +171,10 @@ def _percent_or_none(r: Reader, key: str, value: Any) -> int | None:
 
 
 def _retention_rules(r: Reader, key: str, value: Any) -> tuple[retention.Rule, ...]:
+    if value is None or (isinstance(value, list | tuple) and not value):
+        return ()  # what retention.parse answers, without importing it
+    from registry_kit.model import retention
+
     try:
         return retention.parse(r.host, value)
     except retention.RetentionError as error:
@@ -331,8 +340,11 @@ class Settings:
     @cross_check
     def _access(r: Reader, s: dict[str, Any]) -> None:
         names = [user.name for user in s["registry_users"]]
-        s["registry_ldap"] = ldap.parse(r, s["registry_ldap"],
-                                        s["registry_ldap_plaintext_acknowledged"])
+        if s["registry_ldap"] is not None:  # ldap.parse(None) is None
+            from registry_kit.model import ldap
+
+            s["registry_ldap"] = ldap.parse(r, s["registry_ldap"],
+                                            s["registry_ldap_plaintext_acknowledged"])
         try:
             s["registry_access"] = access.parse(
                 r.host, s["registry_groups"], s["registry_access_rules"], names,

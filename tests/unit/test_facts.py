@@ -379,3 +379,170 @@ def test_probe_engine_query_in_a_real_shell(tmp_path: Path, unit: str, curl: boo
                         "docker.service")
     assert [call.split()[0] for call in calls[1:]] == asked
     assert all(call == "dockerd --version" for call in calls if call.startswith("dockerd"))
+
+
+# --------------------------------------------------------------------------- engine's API
+#
+# The container and the image come from the engine's JSON (curl on its socket) while the
+# engine runs, from the docker CLI's template line otherwise: both forms parse the same.
+
+_CONTAINER_JSON = ('{"Id":"c0ffee","State":{"Status":"running","Running":true,"Pid":42},'
+                   '"Image":"sha256:i","Name":"/registry","Config":{"Hostname":"c0ffee",'
+                   '"Image":"registry:2","Labels":{"registry-kit.spec":"0123456789abcdef",'
+                   '"org.opencontainers.image.version":"2.8.3"}}}')
+_IMAGE_JSON = ('{"Id":"sha256:i","RepoTags":["registry:2"],"Config":{"Labels":'
+               '{"org.opencontainers.image.version":"2.8.3"}}}')
+
+
+@pytest.mark.parametrize(("api", "cli"), [
+    ([_CONTAINER_JSON], ["0123456789abcdef|true|registry:2|2.8.3"]),
+    # stopped, no labels at all (the template's `with` prints nothing; JSON null)
+    (['{"State":{"Running":false},"Config":{"Image":"registry:2","Labels":null}}'],
+     ["|false|registry:2|"]),
+    # labels without the kit's (the template's index gives "<no value>")
+    (['{"State":{"Running":true},"Config":{"Image":"reg@sha256:ab","Labels":{"x":"y"}}}'],
+     ["<no value>|true|reg@sha256:ab|<no value>"]),
+    # no such container: the engine's message, the CLI's silence
+    (['{"message":"No such container: registry"}'], []),
+])
+def test_parse_probe_container_from_the_api_and_the_cli(api: list[str], cli: list[str]) -> None:
+    from_api = parse_probe([MARK + "container", *api])
+    assert from_api.container == parse_probe([MARK + "container", *cli]).container
+
+
+@pytest.mark.parametrize(("api", "cli", "expected"), [
+    ([_IMAGE_JSON], ["sha256:i|2.8.3"], ("sha256:i", "2.8.3")),
+    (['{"Id":"sha256:j","Config":{"Labels":null}}'], ["sha256:j|"], ("sha256:j", "")),
+    (['{"Id":"sha256:j","Config":{"Labels":{"a":"b"}}}'], ["sha256:j|<no value>"],
+     ("sha256:j", "")),
+    (['{"message":"No such image: registry:2"}'], [], (None, "")),
+    (["{not json"], [], (None, "")),
+])
+def test_parse_probe_image_from_the_api_and_the_cli(api: list[str], cli: list[str],
+                                                    expected: tuple[str | None, str]) -> None:
+    for lines in (api, cli):
+        state = parse_probe([MARK + "image", *lines])
+        assert (state.image_id, state.image_version_label) == expected
+
+
+def test_parse_probe_api_answer_without_final_newline() -> None:
+    """curl prints the engine's JSON as it comes: the next marker may end its line."""
+    state = parse_probe([MARK + "container", _CONTAINER_JSON + MARK + "image",
+                         _IMAGE_JSON + MARK + "htpasswd"])
+    assert state.container == ContainerState(spec_hash="0123456789abcdef", running=True,
+                                             image="registry:2", version_label="2.8.3")
+    assert (state.image_id, state.image_version_label) == ("sha256:i", "2.8.3")
+
+
+def test_probe_command_asks_the_engine_api_with_quoted_names() -> None:
+    command = probe_command(container="registry", image="reg.example:5000/ns/registry:2")
+    assert ("--unix-socket /var/run/docker.sock http://localhost/containers/registry/json"
+            in command)
+    assert "http://localhost/images/reg.example:5000/ns/registry:2/json" in command
+    hostile = probe_command(container="reg;rm -rf /", image="a b")
+    assert "http://localhost/containers/reg%3Brm%20-rf%20%2F/json " in hostile
+    assert "http://localhost/images/a%20b/json" in hostile
+    shlex.split(hostile)
+
+
+# curl answering the engine's API, and the docker CLI: each logs its call.
+_API_STAND_INS = {
+    "systemctl": 'echo "systemctl $*" >> "$LOG"; printf "%s\\n" "$UNIT_STATE"',
+    "curl": 'echo "curl $*" >> "$LOG"; [ -n "$API" ] || exit 7; case "$*" in '
+            '*/_ping*) printf "HTTP/1.1 200 OK\\r\\nServer: Docker/26.1.5 (linux)\\r\\n\\r\\n";; '
+            '*/containers/*) printf "%s\\n" "$CONTAINER_JSON";; '
+            '*/images/*) printf "%s\\n" "$IMAGE_JSON";; esac',
+    "docker": 'echo "docker $*" >> "$LOG"; case "$*" in version*) echo 26.1.5;; '
+              '*--type\\ container*) echo "0123456789abcdef|true|registry:2|2.8.3";; '
+              'image\\ inspect*) echo "sha256:i|2.8.3";; esac',
+    "dockerd": 'echo "dockerd $*" >> "$LOG"; echo "Docker version 26.1.5, build a"',
+}
+
+
+@pytest.mark.parametrize(("unit", "api", "asked"), [
+    # running engine, socket answers: curl alone, no docker CLI
+    ("ActiveState=active", True, ["curl", "curl", "curl"]),
+    # running engine, socket does not answer: the CLI for each
+    ("ActiveState=active", False, ["curl", "docker", "curl", "docker", "curl", "docker"]),
+    # stopped engine: the CLI, as before (no curl on the socket)
+    ("ActiveState=inactive", True, ["dockerd", "docker", "docker"]),
+])
+def test_probe_container_and_image_in_a_real_shell(tmp_path: Path, unit: str, api: bool,
+                                                   asked: list[str]) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, body in _API_STAND_INS.items():
+        script = bindir / name
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found is None:
+            pytest.skip(f"{tool} is not installed")
+        (bindir / tool).symlink_to(found)
+    log = tmp_path / "calls"
+    log.touch()
+    result = subprocess.run(
+        ["/bin/sh", "-c", probe_command(container="registry", image="registry:2")],
+        capture_output=True, text=True, timeout=10, check=False,
+        env={"PATH": str(bindir), "LOG": str(log), "API": "yes" if api else "",
+             "CONTAINER_JSON": _CONTAINER_JSON, "IMAGE_JSON": _IMAGE_JSON,
+             "UNIT_STATE": f"{unit}\nUnitFileState=enabled"})
+    assert result.returncode == 0, result.stderr
+    state = parse_probe(result.stdout.split("\n")[:-1])
+    assert state.container == ContainerState(spec_hash="0123456789abcdef", running=True,
+                                             image="registry:2", version_label="2.8.3")
+    assert (state.image_id, state.image_version_label) == ("sha256:i", "2.8.3")
+    calls = log.read_text().splitlines()
+    assert [call.split()[0] for call in calls[1:]] == asked
+
+
+# --------------------------------------------------------------------------- services
+
+def test_probe_command_asks_systemctl_once_for_every_service() -> None:
+    command = probe_command(services=["registry-kit-token.service", "haproxy"])
+    assert command.count("systemctl") == 2  # the engine's, and this one
+    assert ("echo registry-kit-token.service haproxy; systemctl show --property=Id "
+            "--property=ActiveState --property=UnitFileState -- "
+            "registry-kit-token.service haproxy 2>/dev/null; true") in command
+    assert "systemctl show" not in probe_command().split("services")[-1]
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    (["Id=haproxy.service", "ActiveState=active", "UnitFileState=enabled"], (True, True)),
+    (["Id=haproxy.service", "ActiveState=inactive", "UnitFileState=disabled"], (False, False)),
+    # is-active says "reloading", is-enabled "static": neither counts, as before
+    (["Id=haproxy.service", "ActiveState=reloading", "UnitFileState=static"], (False, False)),
+    (["Id=haproxy.service", "ActiveState=failed", "UnitFileState=enabled"], (False, True)),
+    # no such unit
+    (["Id=haproxy.service", "ActiveState=inactive", "UnitFileState="], (False, False)),
+    # an alias (is-enabled says "alias"; is-active follows it)
+    (["Id=haproxy2.service", "ActiveState=active", "UnitFileState=enabled"], (True, False)),
+    # no systemctl: the names alone
+    ([], (False, False)),
+])
+def test_parse_probe_services(block: list[str], expected: tuple[bool, bool]) -> None:
+    timer = ["Id=registry-kit-gc.timer", "ActiveState=active", "UnitFileState=enabled"]
+    lines = ["registry-kit-gc.timer haproxy", *timer, "", *block, ""] if block else \
+        ["registry-kit-gc.timer haproxy"]
+    services = parse_probe([MARK + "services", *lines, MARK + "entries"]).services
+    assert services == {"registry-kit-gc.timer": (True, True) if block else (False, False),
+                        "haproxy": expected}
+
+
+def test_probe_services_in_a_real_shell(tmp_path: Path) -> None:
+    """The names and systemctl's blocks, in the order asked (a stand-in prints them)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(
+        '#!/bin/sh\n[ "$1" = show ] || exit 1\nshift 5\nfor u in "$@"; do case "$u" in '
+        '*.*) id=$u;; *) id=$u.service;; esac; printf "Id=%s\\nActiveState=active\\n'
+        'UnitFileState=%s\\n\\n" "$id" "$([ "$u" = b ] && echo disabled || echo enabled)"; '
+        'done\n')
+    (bindir / "systemctl").chmod(0o755)
+    result = subprocess.run(["/bin/sh", "-c", probe_command(services=["a", "b", "c.timer"])],
+                            capture_output=True, text=True, timeout=10, check=False,
+                            env={"PATH": str(bindir)})
+    assert result.returncode == 0, result.stderr
+    assert parse_probe(result.stdout.split("\n")[:-1]).services == {
+        "a": (True, True), "b": (True, False), "c.timer": (True, True)}

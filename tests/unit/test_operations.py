@@ -80,13 +80,27 @@ def run(op: Any, *args: Any, host: FakeHost | None = None, **kwargs: Any) \
     return commands, fake.noops
 
 
+def systemctl_show(units: list[str]) -> list[str]:
+    """"NAME ACTIVE-STATE UNIT-FILE-STATE" lines as the probe prints them: the names, then
+    `systemctl show`'s block of each (registry_kit.facts.service_commands)."""
+    lines = [" ".join(unit.split()[0] for unit in units)]
+    for unit in units:
+        name, active, enabled = unit.split()
+        lines += [f"Id={name if '.' in name else name + '.service'}", f"ActiveState={active}",
+                  f"UnitFileState={enabled}", ""]
+    return lines
+
+
 def probe(**sections: list[str]) -> HostState:
     """A probe snapshot, through the real parser, from its sections' lines. `files` lines are
     "SHA MODE OWNER GROUP PATH", given to the parser as the probe prints them: sha256sum's
-    lines, then stat's (registry_kit.facts.path_commands)."""
+    lines, then stat's (registry_kit.facts.path_commands); `services` lines are "NAME
+    ACTIVE-STATE UNIT-FILE-STATE" (systemctl_show)."""
     files = [line.split(" ", 4) for line in sections.pop("files", [])]
+    units = sections.pop("services", [])
     sections = {"files": [f"{sha}  {path}" for sha, *_, path in files],
-                "modes": [" ".join(rest) for _, *rest in files], **sections}
+                "modes": [" ".join(rest) for _, *rest in files],
+                "services": systemctl_show(units) if units else [], **sections}
     lines: list[str] = []
     for name, body in sections.items():
         lines += [MARK + name, *body]
