@@ -101,6 +101,12 @@ registry_lb_vrrp_password = None
 registry_lb_vrrp_router_id = 51
 # True: VRRP to the other LBs' `registry_internal_address` (IPv4) instead of multicast
 registry_lb_vrrp_unicast = False
+# 2: VRRPv2 with the password; 3: VRRPv3 (RFC 5798), adverts faster than 1 s but no authentication
+# (trusted segment only)
+registry_lb_vrrp_version = 2
+# seconds between VRRP adverts (three missed: a dead holder); version 2: whole, 1-255; version 3:
+# 0.01-40.95 in 0.01 steps
+registry_lb_vrrp_advert_seconds = 1
 
 # --- Pull-through cache (registry_mode = "pull-through-cache") ---
 # registry / pull-through-cache (a read-only cache of `registry_proxy_remoteurl`, registry 3 only,

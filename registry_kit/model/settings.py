@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import difflib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,28 @@ _CALENDAR = r"(?=.{1,100}\Z)[A-Za-z0-9*][A-Za-z0-9*:,./~-]*( [A-Za-z0-9*:,./~-]+
 _NO_QUOTES = r"[!#-&(-\[\]-~]"  # printable, no space ' " \\
 # keepalived.conf reads # ! " ' { } \\ as syntax; VRRP PASS auth is at most 8 characters.
 _VRRP_PASSWORD = r"[$-&(-\[\]-z|~]{1,8}"
+
+
+_VRRP3_MAX_ADVERT = 40.95
+
+
+def _vrrp_version(r: Reader, key: str, value: Any) -> int:
+    if isinstance(value, bool) or value not in (2, 3):
+        raise r.fail(key, value, "2 (VRRPv2 with the password) or 3 (VRRPv3, no "
+                     "authentication)")
+    return int(value)
+
+
+def _advert_seconds(r: Reader, key: str, value: Any) -> float:
+    """A number of seconds in keepalived's steps (0.01 s): 1.0 is read as 1, 0.5 stays."""
+    allowed = "a number of seconds from 0.01 to 255 in steps of 0.01"
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value) or not 0.01 <= value <= 255:
+        raise r.fail(key, value, allowed)
+    hundredths = round(value * 100)
+    if abs(value * 100 - hundredths) > 1e-6:
+        raise r.fail(key, value, allowed)
+    return hundredths // 100 if hundredths % 100 == 0 else hundredths / 100
 
 
 def _port_of(loopback: str | None) -> int | None:
@@ -437,6 +460,29 @@ class Settings:
     registry_lb_vrrp_unicast: bool = setting(
         False, "True: VRRP to the other LBs' `registry_internal_address` (IPv4) instead of "
         "multicast", check=boolean)
+    registry_lb_vrrp_version: int = setting(
+        2, "2: VRRPv2 with the password; 3: VRRPv3 (RFC 5798), adverts faster than 1 s but "
+        "no authentication (trusted segment only)", check=_vrrp_version)
+    registry_lb_vrrp_advert_seconds: float = setting(
+        1, "seconds between VRRP adverts (three missed: a dead holder); version 2: whole, 1-255; "
+        "version 3: 0.01-40.95 in 0.01 steps", check=_advert_seconds)
+
+    @cross_check
+    def _vrrp(r: Reader, s: dict[str, Any]) -> None:
+        # keepalived 2.2.7 rounds a VRRPv2 interval to whole seconds and caps VRRPv3's at
+        # 40.95 s (12 bits of centiseconds), each with a warning only: refused here instead.
+        seconds, key = s["registry_lb_vrrp_advert_seconds"], "registry_lb_vrrp_advert_seconds"
+        if s["registry_lb_vrrp_version"] == 2:
+            if seconds != int(seconds):
+                raise r.fail(key, seconds, "a whole number of seconds (1 to 255) with "
+                             "registry_lb_vrrp_version=2; 0.01 to 40.95 needs version 3")
+            return
+        if seconds > _VRRP3_MAX_ADVERT:
+            raise r.fail(key, seconds, f"0.01 to {_VRRP3_MAX_ADVERT} seconds with "
+                         "registry_lb_vrrp_version=3")
+        if s["registry_lb_vrrp_password"] is not None:  # it would be silently unused
+            raise r.fail("registry_lb_vrrp_password", "***", "None with "
+                         "registry_lb_vrrp_version=3 (VRRPv3 has no authentication)")
 
     # --- Pull-through cache mode: registry_kit/model/pull_through.py ---
     section('Pull-through cache (registry_mode = "pull-through-cache")',

@@ -1,6 +1,7 @@
-"""A floating address across the registry_lb hosts (registry_lb_vip): keepalived (VRRP)
-from the distro, priorities from inventory order, haproxy's health followed by a drop-in's
-down file and scripts/haproxy-alive.sh; planned changes move the address first (Handover,
+"""A floating address across the registry_lb hosts (registry_lb_vip): keepalived (VRRPv2
+with a password, or VRRPv3 with adverts under a second: registry_lb_vrrp_version) from the
+distro, priorities from inventory order, haproxy's health followed by a drop-in's down file
+and scripts/haproxy-alive.sh; planned changes move the address first (Handover,
 scripts/lb-handover.sh). keepalived.conf is root 0600 (the VRRP password), built from
 checked words and checked with `keepalived -t`. README "No single load balancer" tells the
 whole behaviour.
@@ -123,7 +124,8 @@ def validate(topology: Topology) -> None:
         return
     first = lbs[0]
     for lb in lbs[1:]:
-        for key in ("registry_lb_vip", "registry_lb_vrrp_router_id", "registry_lb_vrrp_unicast"):
+        for key in ("registry_lb_vip", "registry_lb_vrrp_router_id", "registry_lb_vrrp_unicast",
+                    "registry_lb_vrrp_version", "registry_lb_vrrp_advert_seconds"):
             if getattr(lb, key) != getattr(first, key):
                 raise _fail(lb, key, getattr(lb, key), f"the same value on every registry_lb "
                             f"host ({first.host} has {getattr(first, key)!r})")
@@ -151,8 +153,18 @@ def priority(topology: Topology, name: str) -> int:
     return TOP_PRIORITY - PRIORITY_STEP * index
 
 
-def password(settings: Settings) -> str:
+def password(settings: Settings) -> str | None:
+    """VRRPv2's PASS authentication; None with VRRPv3, which has none (RFC 5798)."""
+    if settings.registry_lb_vrrp_version == 3:
+        return None
     return keystore.vrrp_password(settings)
+
+
+def advert_word(seconds: float) -> str:
+    """advert_int as keepalived reads it: 1, 0.5, 0.25 (settings checked 0.01 steps)."""
+    hundredths = round(seconds * 100)
+    whole, rest = divmod(hundredths, 100)
+    return str(whole) if not rest else f"{whole}.{rest:02d}".rstrip("0")
 
 
 def derive_interface(lines: Iterable[str], vip: str) -> str | None:
@@ -198,9 +210,11 @@ def interface(settings: Settings) -> str:
     return found
 
 
-def render(settings: Settings, topology: Topology, interface_name: str, secret: str) -> str:
+def render(settings: Settings, topology: Topology, interface_name: str,
+           secret: str | None) -> str:
     """keepalived.conf. Every value that is not a literal here is checked to be one
-    keepalived word (textfile.word): no value can add a line, a block or a comment."""
+    keepalived word (textfile.word): no value can add a line, a block or a comment. No
+    `secret` (VRRPv3): no authentication block."""
 
     def checked(value: object, field: str, secret: bool = False) -> str:
         return textfile.word(value, file=KEEPALIVED_CONF, field=field,
@@ -219,7 +233,10 @@ def render(settings: Settings, topology: Topology, interface_name: str, secret: 
         interface=checked(interface_name, "registry_lb_vip_interface"),
         router_id=checked(settings.registry_lb_vrrp_router_id, "registry_lb_vrrp_router_id"),
         priority=priority(topology, settings.host),
-        password=checked(secret, "registry_lb_vrrp_password", secret=True),
+        version=settings.registry_lb_vrrp_version,
+        advert=advert_word(settings.registry_lb_vrrp_advert_seconds),
+        password=None if secret is None else checked(secret, "registry_lb_vrrp_password",
+                                                     secret=True),
         peers=peers, source_ip=checked(settings.registry_internal_address,
                                        "registry_internal_address"))
 

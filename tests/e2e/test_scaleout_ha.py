@@ -11,7 +11,10 @@ page through the domain and the address, with each replica host stopped in turn.
 failover under the pull loop: haproxy stopped on the LB holding the address, haproxy back,
 haproxy killed, the whole LB host killed, the host back; the address moves each time and
 settles on the first LB without flapping; failed pulls, the longest gap between pulls and
-the time until /v2/ answers again through the domain are measured per event. Finally a
+the time until /v2/ answers again through the domain are measured per event. Then VRRPv3
+with 0.5 s adverts (applied through the kit's handover, a rerun changes nothing): the whole
+holder host killed under the pull loop, the other LB is MASTER within 2 s; the host back,
+the address returns once; the module's VRRPv2 is deployed again. Finally a
 teardown over every role (twice: the second changes nothing) leaves no kit file, unit or
 config on any host, and a deploy afterwards serves the old image again.
 Checked with curl, docker, ip, systemctl, journalctl and stat on the hosts, never with the
@@ -386,6 +389,13 @@ def _pulls(since: float, until: float) -> dict[str, Any]:
             "longest_gap_seconds": round(max(gaps, default=0.0), 2)}
 
 
+def _failed_pulls(since: float) -> list[list[float]]:
+    """Each failed pull's start and end in seconds after `since` (the client's pull log)."""
+    rows = [line.split() for line in harness.ssh(CLIENT, "cat /tmp/ha-pulls.log")
+            .stdout.splitlines() if line.endswith(" failed")]
+    return [[round(float(a) - since, 2), round(float(b) - since, 2)] for a, b, _ in rows]
+
+
 def _entered(name: str, state: str, since: float) -> float | None:
     """When NAME's keepalived entered STATE first after `since` (its journal, unix time)."""
     out = harness.ssh(name, f"journalctl -u keepalived --since @{int(since)} -o short-unix "
@@ -544,6 +554,70 @@ def test_failover_under_a_pull_loop(ha: Ha) -> None:
     assert figures["transitions_after_return"][LB1].count("Entering MASTER STATE") == 1, figures
     assert figures["pulls"]["ok"] >= 10, figures
     assert harness.curl_status(DOMAIN, ha.vip, PORT) == 401
+
+
+def _apply(inventory: Path) -> tuple[harness.Run, float]:
+    started = time.monotonic()
+    run = harness.run_kit(inventory).assert_ok()
+    return run, round(time.monotonic() - started, 1)
+
+
+def test_vrrp3_moves_the_address_off_a_dead_host_within_2_seconds(ha: Ha) -> None:
+    """VRRPv3 with 0.5 s adverts (registry_lb_vrrp_version=3, no password): the whole holder
+    host killed, the other LB enters MASTER after three missed adverts and its skew, 1.5 +
+    0.13 s after the last advert heard (RFC 5798), where VRRPv2's whole second takes about
+    3 s. keepalived.conf changes through the kit's handover, twice (there and back to the
+    module's VRRPv2, which the teardown below expects)."""
+    fast = ha.inventory("vrrp3", registry_lb_vrrp_version=3, registry_lb_vrrp_password=None,
+                        registry_lb_vrrp_advert_seconds=0.5)
+    figures: dict[str, Any] = {}
+    _wait_holder(ha.vip, LB1)
+    run, figures["kit_run_seconds"] = _apply(fast)
+    assert ("Check and apply keepalived.conf (keepalived -t, then reload)", [LB1, LB2]) in \
+        run.changed, run.describe()
+    harness.run_kit(fast).assert_no_changes()
+    for name in (LB1, LB2):
+        words = harness.ssh(name, "grep -E '^ *(version|advert_int|authentication|auth_pass) ' "
+                            "/etc/keepalived/keepalived.conf").stdout.split("\n")[:-1]
+        assert [line.strip() for line in words] == ["version 3", "advert_int 0.5"], words
+    _wait_holder(ha.vip, LB1)
+    _start_loop()
+    try:
+        time.sleep(4)
+        assert _holder(ha.vip) == [LB1]
+        killed = time.time()
+        subprocess.run(["docker", "kill", _container(LB1)], check=True,
+                       capture_output=True, timeout=60)
+        _wait_holder(ha.vip, LB2, lbs=(LB2,))
+        time.sleep(4)
+        moved = _entered(LB2, "MASTER", killed)
+        figures["host_killed_lb2_master_after_seconds"] = moved and round(moved - killed, 2)
+        figures["host_killed"] = _event(killed, time.time())
+        back = time.time()
+        subprocess.run(["docker", "start", _container(LB1)], check=True,
+                       capture_output=True, timeout=60)
+        _wait_ssh(LB1)
+        figures["host_back_address_returned_seconds"] = round(
+            time.time() - back + _wait_holder(ha.vip, LB1, timeout=60), 2)
+        time.sleep(8)  # room for a flap to show
+        figures["host_back"] = _event(back, time.time())
+    finally:
+        figures["pulls"] = _stop_loop()
+    figures["failed_pulls_after_kill_seconds"] = _failed_pulls(killed)
+    figures["transitions_after_return"] = {LB1: _transitions(LB1, back),
+                                           LB2: _transitions(LB2, back)}
+    ha.figures["vrrp3_host_killed"] = figures
+    _, figures["kit_run_back_to_vrrp2_seconds"] = _apply(ha.inventory("deploy"))
+    harness.run_kit(ha.inventory("deploy")).assert_no_changes()
+    _wait_holder(ha.vip, LB1)
+    assert figures["host_killed_lb2_master_after_seconds"] is not None, figures
+    assert figures["host_killed_lb2_master_after_seconds"] < 2.0, figures
+    assert figures["transitions_after_return"][LB2] == ["Entering BACKUP STATE"], figures
+    assert figures["transitions_after_return"][LB1].count("Entering MASTER STATE") == 1, figures
+    assert figures["pulls"]["ok"] >= 3, figures
+    for name in (LB1, LB2):  # VRRPv2 with the password again
+        assert harness.ssh(name, f"grep -cx ' *auth_pass {VRRP_PASSWORD}' "
+                           "/etc/keepalived/keepalived.conf").stdout == "1\n", name
 
 
 _KIT_PATHS = ("/etc/registry-kit /usr/local/lib/registry-kit /run/registry-kit "

@@ -65,6 +65,11 @@ def test_unicast_peers_are_the_other_lbs() -> None:
     ({"registry_lb_vrrp_password": {"env": "RK_VRRP2"}}, "lb2: setting "
      "registry_lb_vrrp_password='***' is not allowed: the same password on every "
      "registry_lb host (it differs from lb1's)"),
+    ({"registry_lb_vrrp_advert_seconds": 2}, "lb2: setting registry_lb_vrrp_advert_seconds=2 "
+     "is not allowed: the same value on every registry_lb host (lb1 has 1)"),
+    ({"registry_lb_vrrp_version": 3, "registry_lb_vrrp_password": None}, "lb2: setting "
+     "registry_lb_vrrp_version=3 is not allowed: the same value on every registry_lb host "
+     "(lb1 has 2)"),
 ])
 def test_lbs_must_agree(second: dict[str, Any], expected: str) -> None:
     assert refusal(topology(lb("lb1", "10.0.0.11"), lb("lb2", "10.0.0.12", **second))) == \
@@ -168,3 +173,65 @@ def test_keepalived_follows_haproxys_end_through_a_file() -> None:
         "ExecStartPost=/bin/sh -c 'echo 0 > /run/registry-kit-haproxy-down'",
         "ExecStop=/bin/sh -c 'echo 1 > /run/registry-kit-haproxy-down; sleep 1'",
         "ExecStopPost=/bin/sh -c 'echo 1 > /run/registry-kit-haproxy-down'"]
+
+
+def v3(name: str, ip: str, **data: Any) -> Settings:
+    return lb(name, ip, registry_lb_vrrp_version=3, registry_lb_vrrp_password=None, **data)
+
+
+def test_vrrp3_has_fast_adverts_and_no_authentication() -> None:
+    """VRRPv3 (RFC 5798): `version 3`, advert_int in 0.01 s steps, no authentication block
+    (keepalived refuses one with v3); the default stays VRRPv2, 1 s, with the password."""
+    topo = topology(v3("lb1", "10.0.0.11", registry_lb_vrrp_advert_seconds=0.5),
+                    v3("lb2", "10.0.0.12", registry_lb_vrrp_advert_seconds=0.5))
+    keepalived.validate(topo)
+    assert keepalived.password(topo.lbs[0]) is None
+    conf = keepalived.render(topo.lbs[0], topo, "eth0", keepalived.password(topo.lbs[0]))
+    lines = [line.strip() for line in conf.splitlines()]
+    assert lines[lines.index("priority 200") + 1:][:4] == [
+        "# VRRPv3 (RFC 5798): adverts in 0.01 s steps, no authentication (a trusted segment).",
+        "version 3", "advert_int 0.5", "preempt_delay 5"]
+    assert "authentication {" not in lines and "auth_pass" not in conf
+    default = keepalived.render(lb("lb1", "10.0.0.11"), topo, "eth0", "abc12345")
+    assert "    advert_int 1\n" in default and "version" not in default
+    assert "        auth_pass abc12345\n" in default
+
+
+@pytest.mark.parametrize(("seconds", "word"), [
+    (1, "1"), (1.0, "1"), (255, "255"), (0.5, "0.5"), (0.25, "0.25"), (0.01, "0.01"),
+    (0.1, "0.1"), (1.5, "1.5"), (40.95, "40.95"), (0.3, "0.3")])
+def test_advert_interval_as_keepalived_reads_it(seconds: float, word: str) -> None:
+    settings = v3("lb1", "10.0.0.11", registry_lb_vrrp_advert_seconds=seconds) \
+        if seconds <= 40.95 and seconds != int(seconds) else \
+        lb("lb1", "10.0.0.11", registry_lb_vrrp_advert_seconds=seconds)
+    assert keepalived.advert_word(settings.registry_lb_vrrp_advert_seconds) == word
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    ({"registry_lb_vrrp_advert_seconds": 0.5}, "registry_lb_vrrp_advert_seconds=0.5 is not "
+     "allowed: a whole number of seconds (1 to 255) with registry_lb_vrrp_version=2; 0.01 to "
+     "40.95 needs version 3"),
+    ({"registry_lb_vrrp_version": 3, "registry_lb_vrrp_password": None,
+      "registry_lb_vrrp_advert_seconds": 41}, "registry_lb_vrrp_advert_seconds=41 is not "
+     "allowed: 0.01 to 40.95 seconds with registry_lb_vrrp_version=3"),
+    ({"registry_lb_vrrp_version": 3}, "registry_lb_vrrp_password='***' is not allowed: None "
+     "with registry_lb_vrrp_version=3 (VRRPv3 has no authentication)"),
+    ({"registry_lb_vrrp_version": 4}, "registry_lb_vrrp_version=4 is not allowed: 2 (VRRPv2 "
+     "with the password) or 3 (VRRPv3, no authentication)"),
+    ({"registry_lb_vrrp_version": True}, "registry_lb_vrrp_version=True is not allowed"),
+    ({"registry_lb_vrrp_version": "3"}, "registry_lb_vrrp_version='3' is not allowed"),
+    ({"registry_lb_vrrp_advert_seconds": 0.005}, "registry_lb_vrrp_advert_seconds=0.005 is "
+     "not allowed: a number of seconds from 0.01 to 255 in steps of 0.01"),
+    ({"registry_lb_vrrp_advert_seconds": 0.333}, "in steps of 0.01"),
+    ({"registry_lb_vrrp_advert_seconds": 256}, "in steps of 0.01"),
+    ({"registry_lb_vrrp_advert_seconds": float("nan")}, "in steps of 0.01"),
+    ({"registry_lb_vrrp_advert_seconds": "0.5"}, "in steps of 0.01"),
+    ({"registry_lb_vrrp_advert_seconds": False}, "in steps of 0.01"),
+])
+def test_vrrp_version_and_interval_refused_with_one_line(data: dict[str, Any],
+                                                         line: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        lb("lb1", "10.0.0.11", **data)
+    assert str(error.value).startswith("lb1: setting registry_lb_vrrp_")
+    assert line in str(error.value) and "\n" not in str(error.value)
+    assert "abc12345" not in str(error.value)
