@@ -335,6 +335,25 @@ _STAND_INS = {
 }
 
 
+def _stand_in_bin(tmp_path: Path, stand_ins: dict[str, str]) -> tuple[Path, Path]:
+    """A PATH folder: each stand-in a shell script, TOOLS linked to the real ones (skipped
+    when one is missing); and the empty log the stand-ins append their calls to."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, body in stand_ins.items():
+        script = bindir / name
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found is None:
+            pytest.skip(f"{tool} is not installed")
+        (bindir / tool).symlink_to(found)
+    log = tmp_path / "calls"
+    log.touch()
+    return bindir, log
+
+
 @pytest.mark.parametrize(("unit", "curl", "header", "cli", "version", "asked"), [
     # active, curl answers: the engine's Server header, the docker CLI not started
     ("ActiveState=active", True, "Server: Docker/20.10.24+dfsg1 (linux)", "", "20.10.24+dfsg1",
@@ -350,21 +369,8 @@ _STAND_INS = {
 def test_probe_engine_query_in_a_real_shell(tmp_path: Path, unit: str, curl: bool, header: str,
                                             cli: str, version: str | None,
                                             asked: list[str]) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for name, body in _STAND_INS.items():
-        if name == "curl" and not curl:
-            continue
-        script = bindir / name
-        script.write_text(f"#!/bin/sh\n{body}\n")
-        script.chmod(0o755)
-    for tool in TOOLS:
-        found = shutil.which(tool)
-        if found is None:
-            pytest.skip(f"{tool} is not installed")
-        (bindir / tool).symlink_to(found)
-    log = tmp_path / "calls"
-    log.touch()
+    bindir, log = _stand_in_bin(tmp_path, {name: body for name, body in _STAND_INS.items()
+                                           if curl or name != "curl"})
     result = subprocess.run(["/bin/sh", "-c", probe_command()], capture_output=True, text=True,
                             timeout=10, check=False,
                             env={"PATH": str(bindir), "LOG": str(log), "CURL_HEADER": header,
@@ -469,19 +475,7 @@ _API_STAND_INS = {
 ])
 def test_probe_container_and_image_in_a_real_shell(tmp_path: Path, unit: str, api: bool,
                                                    asked: list[str]) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for name, body in _API_STAND_INS.items():
-        script = bindir / name
-        script.write_text(f"#!/bin/sh\n{body}\n")
-        script.chmod(0o755)
-    for tool in TOOLS:
-        found = shutil.which(tool)
-        if found is None:
-            pytest.skip(f"{tool} is not installed")
-        (bindir / tool).symlink_to(found)
-    log = tmp_path / "calls"
-    log.touch()
+    bindir, log = _stand_in_bin(tmp_path, _API_STAND_INS)
     result = subprocess.run(
         ["/bin/sh", "-c", probe_command(container="registry", image="registry:2")],
         capture_output=True, text=True, timeout=10, check=False,
