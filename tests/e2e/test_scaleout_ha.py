@@ -5,8 +5,8 @@ VRRP on the lab's docker network); the client's domain resolves to that address.
 One scenario, step by step: a VRRP password longer than 8 characters is refused before any
 host is touched; deploy, then a rerun with zero changes; the first LB in inventory order
 holds the address; status shows haproxy's view of each replica, who holds the address and
-redis' memory and keys. A planned haproxy change (registry_lb_stats moved) under a
-back-to-back pull loop: the holder hands the address over first, no pull fails. The web
+redis' memory and keys. A planned haproxy change (registry_lb_stats moved, then back) under a
+back-to-back pull loop: each LB reloads in place, the address stays, no pull fails. The web
 page through the domain and the address, with each replica host stopped in turn. Then
 failover under the pull loop: haproxy stopped on the LB holding the address, haproxy back,
 haproxy killed, the whole LB host killed, the host back; the address moves each time and
@@ -493,6 +493,36 @@ def test_the_web_page_through_the_address_with_either_replica_stopped(ha: Ha) ->
     assert _page_answers(ha) == served
 
 
+def _kill_holder_host(ha: Ha, figures: dict[str, Any], settle: float) -> float:
+    """docker kill of the first LB's host (no goodbye advert, like a power loss): when the
+    second LB held the address and entered MASTER (its journal), and what the pull loop and
+    the probe saw until `settle` seconds after that; returns when the kill began."""
+    killed = time.time()
+    subprocess.run(["docker", "kill", _container(LB1)], check=True,
+                   capture_output=True, timeout=60)
+    figures["host_killed_address_moved_seconds"] = round(
+        time.time() - killed + _wait_holder(ha.vip, LB2, lbs=(LB2,)), 2)
+    time.sleep(settle)
+    moved = _entered(LB2, "MASTER", killed)
+    figures["host_killed_lb2_master_after_seconds"] = moved and round(moved - killed, 2)
+    figures["host_killed"] = _event(killed, time.time())
+    return killed
+
+
+def _holder_host_back(ha: Ha, figures: dict[str, Any], settle: float) -> float:
+    """The killed host started again: when the address was back on it, and what the clients
+    saw until `settle` seconds after that; returns when the start began."""
+    back = time.time()
+    subprocess.run(["docker", "start", _container(LB1)], check=True,
+                   capture_output=True, timeout=60)
+    _wait_ssh(LB1)
+    figures["host_back_address_returned_seconds"] = round(
+        time.time() - back + _wait_holder(ha.vip, LB1, timeout=60), 2)
+    time.sleep(settle)
+    figures["host_back"] = _event(back, time.time())
+    return back
+
+
 def test_failover_under_a_pull_loop(ha: Ha) -> None:
     figures: dict[str, Any] = {}
     _wait_holder(ha.vip, LB1)
@@ -524,24 +554,9 @@ def test_failover_under_a_pull_loop(ha: Ha) -> None:
         time.sleep(4)
         figures["haproxy_killed"] = _event(killed, time.time())
         # 4. The whole LB host killed (docker kill: no goodbye advert, like a power loss).
-        t2 = time.time()
-        subprocess.run(["docker", "kill", _container(LB1)], check=True,
-                       capture_output=True, timeout=60)
-        figures["host_killed_address_moved_seconds"] = round(
-            time.time() - t2 + _wait_holder(ha.vip, LB2, lbs=(LB2,)), 2)
-        time.sleep(6)
-        moved = _entered(LB2, "MASTER", t2)
-        figures["host_killed_lb2_master_after_seconds"] = moved and round(moved - t2, 2)
-        figures["host_killed"] = _event(t2, time.time())
+        _kill_holder_host(ha, figures, settle=6)
         # 5. The host back: boots, haproxy and keepalived start, the address returns once.
-        t3 = time.time()
-        subprocess.run(["docker", "start", _container(LB1)], check=True,
-                       capture_output=True, timeout=60)
-        _wait_ssh(LB1)
-        figures["host_back_address_returned_seconds"] = round(
-            time.time() - t3 + _wait_holder(ha.vip, LB1, timeout=60), 2)
-        time.sleep(20)  # long enough for any flapping to show
-        figures["host_back"] = _event(t3, time.time())
+        t3 = _holder_host_back(ha, figures, settle=20)  # long enough for any flapping to show
     finally:
         figures["pulls"] = _stop_loop()
     # No flapping: after the host came back, LB2 gave the address up once and LB1 took it
@@ -585,22 +600,8 @@ def test_vrrp3_moves_the_address_off_a_dead_host_within_2_seconds(ha: Ha) -> Non
     try:
         time.sleep(4)
         assert _holder(ha.vip) == [LB1]
-        killed = time.time()
-        subprocess.run(["docker", "kill", _container(LB1)], check=True,
-                       capture_output=True, timeout=60)
-        _wait_holder(ha.vip, LB2, lbs=(LB2,))
-        time.sleep(4)
-        moved = _entered(LB2, "MASTER", killed)
-        figures["host_killed_lb2_master_after_seconds"] = moved and round(moved - killed, 2)
-        figures["host_killed"] = _event(killed, time.time())
-        back = time.time()
-        subprocess.run(["docker", "start", _container(LB1)], check=True,
-                       capture_output=True, timeout=60)
-        _wait_ssh(LB1)
-        figures["host_back_address_returned_seconds"] = round(
-            time.time() - back + _wait_holder(ha.vip, LB1, timeout=60), 2)
-        time.sleep(8)  # room for a flap to show
-        figures["host_back"] = _event(back, time.time())
+        killed = _kill_holder_host(ha, figures, settle=4)
+        back = _holder_host_back(ha, figures, settle=8)  # room for a flap to show
     finally:
         figures["pulls"] = _stop_loop()
     figures["failed_pulls_after_kill_seconds"] = _failed_pulls(killed)
