@@ -44,7 +44,8 @@ def write_folder(hosts: Topology) -> Path | None:
         return None
     folder = layout.prometheus_dir(anyone[0])
     files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
-        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval),
+        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval,
+        facts=registries, facts_path=layout.FACTS_PATH),
              prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs))}
     for name, text in files.items():
         if _write(folder / name, text):

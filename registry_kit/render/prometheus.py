@@ -1,8 +1,9 @@
 """Prometheus' side of registry_metrics: a scrape config listing every metrics endpoint of
-the inventory, and alert rules on the metrics those endpoints serve. Both are data,
-written by PyYAML (registry_kit.jobs.prometheus puts them in the control machine's
-`<registry_state_dir>/prometheus/`). Checked by `promtool check config` and
-`promtool check rules` (tests/unit/test_prometheus.py).
+the inventory, alert rules on the metrics those endpoints serve, and the kit's own facts as
+text files of gauges (the exposition format a node exporter's textfile collector reads).
+The config and rules are data, written by PyYAML (registry_kit.jobs.prometheus puts them in
+the control machine's `<registry_state_dir>/prometheus/`). Checked by `promtool check
+config` and `promtool check rules` (tests/unit/test_prometheus.py).
 
 Alerts from the issue that need a metric no endpoint serves yet are not written (a rule
 that can never fire reads as "all is well"); RULES_NOT_YET says which and why.
@@ -10,13 +11,17 @@ that can never fire reads as "all is well"); RULES_NOT_YET says which and why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import yaml
 
 REGISTRY_JOB = "registry-kit-registry"
 HAPROXY_JOB = "registry-kit-haproxy"
+FACTS_JOB = "registry-kit-facts"  # the kit's own facts on servers (layout.FACTS_PATH)
 CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "registry-kit.rules.yml"
 HEADER = ("# Managed by registry-kit (registry_kit/render/prometheus.py): rewritten by each "
@@ -39,21 +44,24 @@ RULES_NOT_YET = {
 
 
 def scrape_config(registries: Sequence[tuple[str, str]],
-                  lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15) -> str:
+                  lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15,
+                  facts: Sequence[tuple[str, str]] = (), facts_path: str = "") -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
-    inventory host. `registries`, `lbs`: (host, ADDRESS:PORT); `interval`: seconds between
-    scrapes and between rule evaluations (registry_prometheus_interval)."""
-    jobs = [(REGISTRY_JOB, registries), (HAPROXY_JOB, lbs)]
+    inventory host. `registries`, `lbs`, `facts`: (host, ADDRESS:PORT); `facts` are served
+    on `facts_path` of the servers' filter; `interval`: seconds between scrapes and between
+    rule evaluations (registry_prometheus_interval)."""
+    jobs = [(REGISTRY_JOB, metrics_path, registries), (HAPROXY_JOB, metrics_path, lbs),
+            (FACTS_JOB, facts_path, facts)]
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
                    # Prometheus refuses a timeout longer than the interval (default 10s).
                    "scrape_timeout": f"{min(interval, 10)}s"},
         "rule_files": [RULES_FILE],
         "scrape_configs": [
-            {"job_name": job, "metrics_path": metrics_path,
+            {"job_name": job, "metrics_path": path,
              "static_configs": [{"targets": [target], "labels": {"host": host}}
                                 for host, target in targets]}
-            for job, targets in jobs if targets],
+            for job, path, targets in jobs if targets],
     }
     return HEADER + yaml.safe_dump(config, sort_keys=False)
 
@@ -93,3 +101,40 @@ def alert_rules(backend: str, with_lbs: bool) -> str:
         ]
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
+
+
+# --- the kit's facts as text files of gauges (the exposition format, version 0.0.4)
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def gauges(families: Sequence[tuple[str, str, Sequence[tuple[Mapping[str, str], float]]]]
+           ) -> str:
+    """Text of gauge families: (name, help, [(labels, value), ...]). Names and label names
+    are checked (ValueError), label values escaped, so no value adds a line or a sample."""
+    lines: list[str] = []
+    for name, help_text, samples in families:
+        if not _NAME.match(name) or "\n" in help_text:
+            raise ValueError(f"not a metric name and one-line help: {name!r}")
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for labels, value in samples:
+            if not all(_NAME.match(label) and ":" not in label for label in labels):
+                raise ValueError(f"not label names: {sorted(labels)!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: not a finite value: {value!r}")
+            inner = ",".join(f'{key}="{_label_value(val)}"' for key, val in labels.items())
+            number = str(int(value)) if float(value).is_integer() else repr(float(value))
+            lines.append(f"{name}{{{inner}}} {number}" if inner else f"{name} {number}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def certificate_facts(not_after: datetime, certificate: str = "server") -> str:
+    """The deploy's facts file: when the certificate the server serves expires. It changes
+    only when the certificate does, so a second run changes nothing."""
+    return gauges([("registry_kit_certificate_not_after_timestamp_seconds",
+                    "when the certificate expires (notAfter), seconds since the epoch",
+                    [({"certificate": certificate}, int(not_after.timestamp()))])])

@@ -4,7 +4,9 @@
 # afterwards restarted with its own config.yml again, whatever happened. --dry-run only
 # reports what would be deleted. Prints one "registry-kit:" summary line with the freed bytes.
 # Usage: registry-gc.sh NAME CONFIG_DIR DATA_DIR URL RESOLVE CACERT TIMEOUT INNER LOG_DIR
-#                       [--dry-run] [--delete-untagged]
+#                       [--dry-run] [--delete-untagged] [--facts=FILE]
+#   FILE: where a whole collection (not a dry run, not a step) leaves its result and end time
+#   for Prometheus, however it ends; only when FILE's folder exists (registry_metrics).
 #   DATA_DIR "-": storage is not a folder. INNER: CONFIG_DIR/config.yml as the container
 #   sees it. LOG_DIR: where garbage-collect's output goes (gc.log).
 #        registry-gc.sh --readonly-config < config.yml > read-only-config.yml
@@ -36,11 +38,12 @@ if [ "${1:-}" = "--step" ]; then
 fi
 name=$1 config_dir=$2 data=$3 url=$4 resolve=$5 cacert=$6 timeout=$7 inner=$8 log_dir=$9
 shift 9
-dry_run=0 untagged=""
+dry_run=0 untagged="" facts=""
 for arg in "$@"; do
     case $arg in
         --dry-run) dry_run=1 ;;
         --delete-untagged) untagged=--delete-untagged ;;
+        --facts=*) facts=${arg#--facts=} ;;
         *) echo "registry-kit: unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -50,8 +53,21 @@ saved=$config_dir/config.yml.registry-kit-saved
 # whole collection of a server's own storage (not yet by the steps on shared storage).
 record=$config_dir/last-gc
 log=$log_dir/gc.log
+export_result() {
+    [ -z "$step" ] && [ "$dry_run" = 0 ] && [ -n "$facts" ] && [ -d "$(dirname "$facts")" ] ||
+        return 0
+    success=0
+    [ "$1" = 0 ] && success=1
+    metric=registry_kit_gc_last
+    printf '%s\n' "# HELP ${metric}_success 1 if the last garbage collection succeeded, else 0" \
+        "# TYPE ${metric}_success gauge" "${metric}_success $success" \
+        "# HELP ${metric}_end_timestamp_seconds when the last garbage collection ended" \
+        "# TYPE ${metric}_end_timestamp_seconds gauge" \
+        "${metric}_end_timestamp_seconds $(date +%s)" >"$facts.new" &&
+        chmod 0644 "$facts.new" && mv -f "$facts.new" "$facts"
+}
 # The log is read here and its summary reported; nothing of it stays in the runtime folder.
-trap 'rm -f "$log"' EXIT
+trap 'status=$?; rm -f "$log"; export_result "$status"' EXIT
 set_curl_opts "$resolve" "$cacert"
 
 write_record() {

@@ -51,6 +51,10 @@ def test_scrape_config_lists_every_endpoint(tmp_path: Path) -> None:
         [["10.0.0.21:9195"], ["10.0.0.22:9195"]]
     assert jobs[prometheus.HAPROXY_JOB]["static_configs"] == \
         [{"targets": ["10.0.0.11:9195"], "labels": {"host": "lb1"}}]
+    # The kit's facts: the same filter of each server, another path.
+    assert jobs[prometheus.FACTS_JOB]["metrics_path"] == "/kit/metrics"
+    assert jobs[prometheus.FACTS_JOB]["static_configs"] == \
+        jobs[prometheus.REGISTRY_JOB]["static_configs"]
     assert config["rule_files"] == [prometheus.RULES_FILE]
 
 
@@ -146,3 +150,15 @@ def test_rules_not_written_are_named() -> None:
     assert written == {"RegistryDown", "Registry5xxRate", "LoadBalancerDown",
                        "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation"}
     assert len(prometheus.RULES_NOT_YET) == 6
+
+
+def test_gauges_text_is_checked_and_escaped() -> None:
+    text = prometheus.gauges([("registry_kit_x", "help", [({"a": 'q"\\\n'}, 1.5),
+                                                          ({}, 1803859200)])])
+    assert text.splitlines() == ["# HELP registry_kit_x help", "# TYPE registry_kit_x gauge",
+                                 'registry_kit_x{a="q\\"\\\\\\n"} 1.5',
+                                 "registry_kit_x 1803859200"]
+    for bad in [("x y", "h", []), ("x", "two\nlines", []), ("x", "h", [({"a b": "v"}, 1)]),
+                ("x", "h", [({}, float("nan"))])]:
+        with pytest.raises(ValueError):
+            prometheus.gauges([bad])
