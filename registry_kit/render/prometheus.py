@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,16 +28,18 @@ HEADER = ("# Managed by registry-kit (registry_kit/render/prometheus.py): rewrit
           "deploy.\n")
 # 5xx answers above this share of a replica's requests, over 5 minutes, for 5 minutes.
 ERROR_RATIO = 0.05
+# The kit renews its certificates at 30 days left: under this, renewal has failed.
+CERTIFICATE_DAYS = 21
+DISK_RATIO = 0.85  # the data filesystem's used share, as df counts it (Use%)
+# The kit's facts (registry_kit.roles.metrics, the guard's and the GC's scripts), each the
+# family of rules written when some server serves it.
+FACTS = ("certificate", "disk", "disk_guard", "gc")
 
 RULES_NOT_YET = {
-    "CertificateExpiresSoon": "no endpoint serves a certificate's expiry (a blackbox or "
-                              "node exporter textfile would)",
-    "DataDiskFull / DiskGuardReadOnly": "no node exporter yet, and no disk guard metric",
     "AddressOnNoLoadBalancer / AddressOnTwo": "keepalived has no exporter here; haproxy does "
                                               "not know who holds the address",
     "BackupTooOld": "backups run from the control machine and leave no metric",
-    "GarbageCollectionFailed": "the GC timer's result is in systemd only (status --json shows "
-                               "it), no metric",
+    "RetentionFailed": "retention runs from the control machine and leaves no metric",
     "FailedLoginsHigh": "the token server's counters are not served yet; the registry's 401s "
                         "are mostly normal auth challenges",
 }
@@ -71,9 +73,10 @@ def _rule(name: str, expr: str, duration: str, severity: str, summary: str) -> d
             "annotations": {"summary": summary}}
 
 
-def alert_rules(backend: str, with_lbs: bool) -> str:
+def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = ()) -> str:
     """The rules whose metrics exist: the registry's per replica, haproxy's for the load
-    balancers (its `backend` of replicas)."""
+    balancers (its `backend` of replicas), and those on the kit's `facts` (of FACTS) that
+    some server serves."""
     rules = [
         _rule("RegistryDown", f'up{{job="{REGISTRY_JOB}"}} == 0', "1m", "critical",
               "registry on {{ $labels.host }} does not answer its metrics (down, or its "
@@ -83,6 +86,7 @@ def alert_rules(backend: str, with_lbs: bool) -> str:
               f'code=~"5.."}}[5m])) / sum by (host) (rate(registry_http_requests_total'
               f'{{job="{REGISTRY_JOB}"}}[5m])) > {ERROR_RATIO}', "5m", "warning",
               f"over {ERROR_RATIO:.0%} of requests to {{{{ $labels.host }}}} answer 5xx"),
+        *_fact_rules(facts),
     ]
     if with_lbs:
         rules += [
@@ -101,6 +105,42 @@ def alert_rules(backend: str, with_lbs: bool) -> str:
         ]
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
+
+
+def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
+    """The rules on the kit's own gauges (fact_gauges' names), for the facts served."""
+    if not facts:
+        return []
+    job = f'job="{FACTS_JOB}"'
+    used, avail = (f"registry_kit_data_filesystem_{kind}_bytes{{{job}}}"
+                   for kind in ("used", "avail"))
+    # With facts off for a while (the endpoint down), the other four cannot fire: say so.
+    rules = [_rule("RegistryFactsDown", f"up{{{job}}} == 0", "5m", "warning",
+                   "the kit's facts on {{ $labels.host }} are not served: its certificate, "
+                   "disk and garbage collection alerts cannot fire")]
+    if "certificate" in facts:
+        rules.append(_rule(
+            "RegistryCertificateExpiresSoon",
+            f"registry_kit_certificate_not_after_timestamp_seconds{{{job}}} - time() < "
+            f"{CERTIFICATE_DAYS} * 86400", "10m", "critical",
+            f"the {{{{ $labels.certificate }}}} certificate of {{{{ $labels.host }}}} expires "
+            f"in under {CERTIFICATE_DAYS} days (the kit renews at 30: renewal failed)"))
+    if "disk" in facts:
+        rules.append(_rule(
+            "RegistryDataDiskAbove85", f"{used} / ({used} + {avail}) > {DISK_RATIO}", "5m",
+            "warning", f"the registry's data filesystem on {{{{ $labels.host }}}} is over "
+                       f"{DISK_RATIO:.0%} full"))
+    if "disk_guard" in facts:
+        rules.append(_rule(
+            "RegistryDiskGuardReadOnly", f"registry_kit_disk_guard_read_only{{{job}}} == 1",
+            "1m", "critical", "the disk guard holds the registry on {{ $labels.host }} "
+                              "read-only: pushes are refused (405)"))
+    if "gc" in facts:
+        rules.append(_rule(
+            "RegistryGCFailed", f"registry_kit_gc_last_success{{{job}}} == 0", "1m", "warning",
+            "the last garbage collection on {{ $labels.host }} failed (journalctl -u "
+            "registry-kit-gc)"))
+    return rules
 
 
 # --- the kit's facts as text files of gauges (the exposition format, version 0.0.4)
