@@ -140,6 +140,7 @@ FACTS_LISTEN = "127.0.0.1:9196"
 FACTS_CERTIFICATE = f"{FACTS_DIR}/certificate.prom"  # the deploy: the server certificate
 FACTS_DISK_GUARD = f"{FACTS_DIR}/disk-guard.prom"  # registry-disk-guard.sh
 FACTS_GC = f"{FACTS_DIR}/gc.prom"  # registry-gc.sh: the last whole collection
+FACTS_RETENTION = f"{FACTS_DIR}/retention.prom"  # retention.py's last applied run
 
 # --- Audit log (registry_audit_log): the registry's notifications, received on the host.
 AUDIT_SERVICE = "registry-kit-audit"

@@ -31,15 +31,14 @@ ERROR_RATIO = 0.05
 # The kit renews its certificates at 30 days left: under this, renewal has failed.
 CERTIFICATE_DAYS = 21
 DISK_RATIO = 0.85  # the data filesystem's used share, as df counts it (Use%)
-# The kit's facts (registry_kit.roles.metrics, the guard's and the GC's scripts), each the
-# family of rules written when some server serves it.
+# The kit's facts (registry_kit.roles.metrics, the guard's and the GC's scripts; "gc" covers
+# retention's result too), each the family of rules written when some server serves it.
 FACTS = ("certificate", "disk", "disk_guard", "gc")
 
 RULES_NOT_YET = {
     "AddressOnNoLoadBalancer / AddressOnTwo": "keepalived has no exporter here; haproxy does "
                                               "not know who holds the address",
     "BackupTooOld": "backups run from the control machine and leave no metric",
-    "RetentionFailed": "retention runs from the control machine and leaves no metric",
     "FailedLoginsHigh": "the token server's counters are not served yet; the registry's 401s "
                         "are mostly normal auth challenges",
 }
@@ -136,10 +135,13 @@ def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
             "1m", "critical", "the disk guard holds the registry on {{ $labels.host }} "
                               "read-only: pushes are refused (405)"))
     if "gc" in facts:
-        rules.append(_rule(
-            "RegistryGCFailed", f"registry_kit_gc_last_success{{{job}}} == 0", "1m", "warning",
-            "the last garbage collection on {{ $labels.host }} failed (journalctl -u "
-            "registry-kit-gc)"))
+        rules += [
+            _rule("RegistryGCFailed", f"registry_kit_gc_last_success{{{job}}} == 0", "1m",
+                  "warning", "the last garbage collection on {{ $labels.host }} failed "
+                             "(journalctl -u registry-kit-gc)"),
+            _rule("RegistryRetentionFailed", f"registry_kit_retention_last_success{{{job}}} "
+                  "== 0", "1m", "warning", "the last retention run on {{ $labels.host }} "
+                                          "failed (retention.py's output says why)")]
     return rules
 
 

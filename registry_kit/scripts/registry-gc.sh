@@ -10,6 +10,9 @@
 #   DATA_DIR "-": storage is not a folder. INNER: CONFIG_DIR/config.yml as the container
 #   sees it. LOG_DIR: where garbage-collect's output goes (gc.log).
 #        registry-gc.sh --readonly-config < config.yml > read-only-config.yml
+#        registry-gc.sh --retention-result FILE STATUS
+#   retention.py's run on this server ended with STATUS: its result and end time in FILE,
+#   as a collection leaves its own (only when FILE's folder exists).
 #        registry-gc.sh --step check|readonly|collect|writable NAME CONFIG_DIR ... (as above)
 #   One step of a collection on shared storage (registry_kit/sharedgc.py runs them in order
 #   on every replica from the control machine): check changes nothing; readonly restarts
@@ -28,6 +31,25 @@ readonly_config() {
 }
 if [ "${1:-}" = "--readonly-config" ]; then
     readonly_config
+    exit 0
+fi
+
+# A run's result (KIND: gc or retention; STATUS: its exit status) and end time as gauges
+# in FILE for Prometheus, when FILE's folder exists (registry_metrics).
+export_result() {  # FILE KIND STATUS
+    [ -n "$1" ] && [ -d "$(dirname "$1")" ] || return 0
+    success=0
+    [ "$3" = 0 ] && success=1
+    metric=registry_kit_$2_last
+    printf '%s\n' "# HELP ${metric}_success 1 if the last $2 run succeeded, else 0" \
+        "# TYPE ${metric}_success gauge" "${metric}_success $success" \
+        "# HELP ${metric}_end_timestamp_seconds when the last $2 run ended" \
+        "# TYPE ${metric}_end_timestamp_seconds gauge" \
+        "${metric}_end_timestamp_seconds $(date +%s)" >"$1.new" &&
+        chmod 0644 "$1.new" && mv -f "$1.new" "$1"
+}
+if [ "${1:-}" = "--retention-result" ]; then
+    export_result "$2" retention "$3"
     exit 0
 fi
 
@@ -53,21 +75,14 @@ saved=$config_dir/config.yml.registry-kit-saved
 # whole collection of a server's own storage (not yet by the steps on shared storage).
 record=$config_dir/last-gc
 log=$log_dir/gc.log
-export_result() {
-    [ -z "$step" ] && [ "$dry_run" = 0 ] && [ -n "$facts" ] && [ -d "$(dirname "$facts")" ] ||
-        return 0
-    success=0
-    [ "$1" = 0 ] && success=1
-    metric=registry_kit_gc_last
-    printf '%s\n' "# HELP ${metric}_success 1 if the last garbage collection succeeded, else 0" \
-        "# TYPE ${metric}_success gauge" "${metric}_success $success" \
-        "# HELP ${metric}_end_timestamp_seconds when the last garbage collection ended" \
-        "# TYPE ${metric}_end_timestamp_seconds gauge" \
-        "${metric}_end_timestamp_seconds $(date +%s)" >"$facts.new" &&
-        chmod 0644 "$facts.new" && mv -f "$facts.new" "$facts"
-}
 # The log is read here and its summary reported; nothing of it stays in the runtime folder.
-trap 'status=$?; rm -f "$log"; export_result "$status"' EXIT
+# A whole collection (not a step, not a dry run) leaves its result, however it ends.
+on_exit() {
+    status=$?
+    rm -f "$log"
+    [ -z "$step" ] && [ "$dry_run" = 0 ] && export_result "$facts" gc "$status"
+}
+trap on_exit EXIT
 set_curl_opts "$resolve" "$cacert"
 
 write_record() {

@@ -141,6 +141,11 @@ def test_gc_script_exports_its_result(make_settings: Callable[..., Settings], tm
     subprocess.run([*args, f"--facts={tmp_path / 'none' / 'gc.prom'}"], env=env,
                    capture_output=True)
     assert not (tmp_path / "none").exists()
+    # retention.py's run leaves its result through the same script.
+    subprocess.run(["sh", args[1], "--retention-result", str(facts / "retention.prom"),
+                    "0" if not fails else "1"], check=True)
+    assert f"registry_kit_retention_last_success {0 if fails else 1}\n" in \
+        (facts / "retention.prom").read_text()
 
 
 def test_timer_units(make_settings: Callable[..., Settings]) -> None:

@@ -74,8 +74,8 @@ def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
     written = folder.write_folder(_hosts(tmp_path))
     assert written is not None
     assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
-    # The registry's two, the load balancers' three, the kit's facts' five.
-    assert "SUCCESS: 10 rules found" in _promtool("check", "rules",
+    # The registry's two, the load balancers' three, the kit's facts' six.
+    assert "SUCCESS: 11 rules found" in _promtool("check", "rules",
                                                   str(written / prometheus.RULES_FILE))
     # A single server without load balancers or facts: the registry's two rules only.
     single = tmp_path / "single.yml"
@@ -168,6 +168,7 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
              "values": "20 20 10x10"},
             {"series": f"registry_kit_disk_guard_read_only{{{job}}}", "values": "0 0 1x10"},
             {"series": f"registry_kit_gc_last_success{{{job}}}", "values": "1 1 0x10"},
+            {"series": f"registry_kit_retention_last_success{{{job}}}", "values": "1 1 1 0x10"},
         ],
         "alert_rule_test": [
             {"eval_time": "6m", "alertname": "RegistryFactsDown", "exp_alerts": []},
@@ -191,6 +192,9 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
             _alert("RegistryGCFailed", "3m", {"severity": "warning", **labels},
                    "the last garbage collection on rep1 failed (journalctl -u "
                    "registry-kit-gc)"),
+            {"eval_time": "3m", "alertname": "RegistryRetentionFailed", "exp_alerts": []},
+            _alert("RegistryRetentionFailed", "4m", {"severity": "warning", **labels},
+                   "the last retention run on rep1 failed (retention.py's output says why)"),
         ]}]}
     test_file = tmp_path / "tests.yml"
     test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
@@ -205,10 +209,10 @@ def test_fact_rules_only_for_the_facts_served(tmp_path: Path) -> None:
         return {rule["alert"] for rule in yaml.safe_load(text)["groups"][0]["rules"]}
 
     facts = {"RegistryFactsDown", "RegistryCertificateExpiresSoon", "RegistryDataDiskAbove85",
-             "RegistryDiskGuardReadOnly", "RegistryGCFailed"}
+             "RegistryDiskGuardReadOnly", "RegistryGCFailed", "RegistryRetentionFailed"}
     assert facts <= written()
     bare = written(registry_tls_mode="none", registry_storage={"driver": "inmemory"})
-    assert bare & facts == {"RegistryFactsDown", "RegistryGCFailed"}
+    assert bare & facts == {"RegistryFactsDown", "RegistryGCFailed", "RegistryRetentionFailed"}
     assert "RegistryDiskGuardReadOnly" not in written(registry_disk_readonly_percent=None)
     assert prometheus.alert_rules(topo.BACKEND, with_lbs=False).count("alert:") == 2
 
@@ -220,8 +224,8 @@ def test_rules_not_written_are_named() -> None:
                        "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation",
                        "RegistryFactsDown", "RegistryCertificateExpiresSoon",
                        "RegistryDataDiskAbove85", "RegistryDiskGuardReadOnly",
-                       "RegistryGCFailed"}
-    assert len(prometheus.RULES_NOT_YET) == 4
+                       "RegistryGCFailed", "RegistryRetentionFailed"}
+    assert len(prometheus.RULES_NOT_YET) == 3
 
 
 def test_gauges_text_is_checked_and_escaped() -> None:
