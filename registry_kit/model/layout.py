@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry_kit.model.settings import Settings, host_port, url_host
+from registry_kit.model.settings import FACTS_PORT, Settings, host_port, url_host
 
 # --- Inside the registry container: fixed, the host folders are bind-mounted here, so a
 # changed host folder does not change the registry's view.
@@ -136,7 +136,7 @@ FACTS_SERVICE = "registry-kit-facts"
 FACTS_UNIT = unit(f"{FACTS_SERVICE}.service")
 FACTS_SCRIPT_NAME = "registry-kit-facts.py"
 FACTS_SCRIPT = script(FACTS_SCRIPT_NAME)
-FACTS_LISTEN = "127.0.0.1:9196"
+FACTS_LISTEN = f"127.0.0.1:{FACTS_PORT}"
 FACTS_CERTIFICATE = f"{FACTS_DIR}/certificate.prom"  # the deploy: the server certificate
 FACTS_DISK_GUARD = f"{FACTS_DIR}/disk-guard.prom"  # registry-disk-guard.sh
 FACTS_GC = f"{FACTS_DIR}/gc.prom"  # registry-gc.sh: the last whole collection

@@ -55,15 +55,20 @@ def render_unit() -> str:
                         layout.METRICS_HAPROXY_CFG, layout.METRICS_PIDFILE)
 
 
-def facts_unit(settings: Settings) -> bytes:
-    """The facts server's unit: the token server's sandbox (a dynamic user, no capabilities,
-    a read-only system); it reads the facts folder and, on filesystem storage, statvfs()es
-    the data folder."""
+def facts_arguments(settings: Settings) -> list[str]:
     argv = [layout.PYTHON, layout.FACTS_SCRIPT, "--listen", layout.FACTS_LISTEN,
             "--dir", layout.FACTS_DIR, "--path", layout.FACTS_PATH]
     if settings.registry_storage.driver == "filesystem":
         argv += ["--data-dir", settings.registry_data_dir]
-    exec_start = textfile.systemd_exec_args(argv, file=layout.FACTS_UNIT, field="ExecStart")
+    return argv
+
+
+def facts_unit(settings: Settings) -> bytes:
+    """The facts server's unit: the token server's sandbox (a dynamic user, no capabilities,
+    a read-only system); it reads the facts folder and, on filesystem storage, statvfs()es
+    the data folder."""
+    exec_start = textfile.systemd_exec_args(facts_arguments(settings), file=layout.FACTS_UNIT,
+                                            field="ExecStart")
     return textfile.systemd_unit(
         "Managed by registry-kit (registry_kit/roles/metrics.py)",
         {"Unit": ["Description=registry-kit facts: the kit's own gauges for Prometheus",

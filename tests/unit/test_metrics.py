@@ -63,6 +63,11 @@ def test_on_puts_the_debug_server_on_loopback(make_settings: Callable[..., Setti
     ({"registry_metrics_port": 5000}, "registry_metrics_port"),
     ({"registry_metrics_port": 5001}, "registry_metrics_port"),
     ({"registry_port": 5001}, "registry_debug_addr"),
+    # The kit's facts server's loopback port.
+    ({"registry_port": 9196}, "registry_port"),
+    ({"registry_metrics_port": 9196}, "registry_metrics_port"),
+    ({"registry_debug_addr": "127.0.0.1:9196"}, "registry_debug_addr"),
+    ({"registry_webui_enabled": True, "registry_webui_port": 9196}, "registry_webui_port"),
 ])
 def test_refused_with_one_line(make_settings: Callable[..., Settings], data: dict[str, Any],
                                key: str) -> None:
