@@ -184,7 +184,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         gc_timer.schedule_deploy(settings, state, hosts.servers)
         disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
-        metrics.metrics_deploy(settings, state)
+        metrics.metrics_deploy(settings, state, cert)
         audit.audit_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

@@ -107,8 +107,10 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
              f"echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $msg\" >{q(record + '.new')} && "
              f"mv -f {q(record + '.new')} {q(record)} && "
              "{ logger -t registry-kit \"$msg\" 2>/dev/null || true; }")
+    # The run's result for Prometheus (registry_metrics), as a collection leaves its own.
+    result = join([args[0], "--retention-result", layout.FACTS_RETENTION])
     return (f"{check} && {readonly} || exit 1; ( {work} ); ok=$?; "
-            f"{writable} || ok=1; exit $ok")
+            f"{writable} || ok=1; {result} \"$ok\"; exit $ok")
 
 
 @operation()
