@@ -7,6 +7,7 @@ objects are reused, outdated ones replaced, missing ones created.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 from collections.abc import Callable, Sequence
@@ -119,11 +120,15 @@ def _spec(cfg: LabConfig, host: str) -> tuple[HostSpec, dict[str, Any] | None]:
 
 
 @_serialised
-def reset_host(host: str, *, name: str | None = None) -> State:
-    """Recreate `host` from its image with a fresh /var/lib/docker volume: a new machine."""
+def reset_host(host: str, *, docker: bool = False, name: str | None = None) -> State:
+    """Recreate `host` from its image with a fresh /var/lib/docker volume: a new machine,
+    without Docker, or with Debian's docker.io already in (`docker=True`: the `-docker` image
+    of its release) for tests whose subject is not the kit installing Docker."""
     cfg = get_config(name)
     ensure_engine()
     spec, _ = _spec(cfg, host)
+    release = images.base_release(spec.release) + (images.DOCKER_FLAVOUR if docker else "")
+    spec = dataclasses.replace(spec, release=release)
     image = images.build_host_image(spec.release)
     key = ensure_key(cfg)
     say(f"{host}: resetting")

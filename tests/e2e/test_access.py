@@ -164,7 +164,7 @@ def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Itera
     start = time.monotonic()
     # A fresh server: the catalog checks count repositories, and another module (the web
     # page's seeds) may have left some there in a parallel lane, which takes modules in any order.
-    lab_api.reset_host(SERVER)
+    lab_api.reset_host(SERVER, docker=True)  # Docker in: its install is test_deploy's
     site = Site(tmp_path_factory.mktemp("access"))
     yield site
     TIMES["module"] = round(time.monotonic() - start, 1)

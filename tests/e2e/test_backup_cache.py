@@ -112,7 +112,7 @@ def backup_blob_files(root: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     for name in (SERVER, *CLIENTS):
-        lab_api.reset_host(name)
+        lab_api.reset_host(name, docker=True)  # Docker in: its install is test_deploy's
     site = Site(tmp_path_factory.mktemp("backup"), [SERVER])
     yield site
     RESULTS.mkdir(exist_ok=True)
@@ -200,7 +200,7 @@ def test_c_purge_then_restore_keeps_every_digest(site: Site, images: dict[str, P
 
 def test_d_restore_onto_a_second_fresh_server(site: Site, images: dict[str, Path],
                                               extra_host: Any) -> None:
-    extra_host(HostSpec(SECOND, "bookworm", aliases=("registry17b.lab",)))
+    extra_host(HostSpec(SECOND, "bookworm-docker", aliases=("registry17b.lab",)))
     (site.dir / "second").mkdir()
     other = Site(site.dir / "second", [SECOND], registry_backup_dir=str(site.dir / "backups"),
                  registry_restore_from=str(site.backup_root()))
@@ -359,7 +359,7 @@ def test_f_pull_through_cache(lab: dict[str, Any], tmp_path_factory: pytest.Temp
     refused; cached images pull with the upstream stopped, the cache restarted included;
     with the upstream back new images pull through and a rerun changes nothing."""
     _need_registry3(lab)
-    extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
+    extra_host(HostSpec(CACHE, "bookworm-docker", aliases=("cache.lab",)))
     directory = tmp_path_factory.mktemp("cache")
     upstream = lab["upstream"]
     # In place, not by rename (sed -i): Docker bind-mounts the lab host's /etc/hosts.
@@ -433,7 +433,7 @@ def test_f2_cache_as_a_docker_hub_mirror(lab: dict[str, Any], extra_host: Any,
     client whose only mirror is the cache comes through the cache, never straight from
     the upstream, and still pulls with the upstream stopped."""
     _need_registry3(lab)
-    extra_host(HostSpec(CACHE, "bookworm", aliases=("cache.lab",)))
+    extra_host(HostSpec(CACHE, "bookworm-docker", aliases=("cache.lab",)))
     upstream = lab["upstream"]
     client = CLIENTS[0]
     client_ip = harness.host_ip(client)

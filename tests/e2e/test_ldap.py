@@ -182,7 +182,7 @@ def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Itera
     material = ldap_directory.tls_material(directory.name)
     directory.ca_pem = material[0]
     # A fresh server, as test_access does: repositories of other modules stay out.
-    lab_api.reset_host(SERVER)
+    lab_api.reset_host(SERVER, docker=True)  # Docker in: its install is test_deploy's
     # slapd comes up while the first deploy runs (Site.twice waits for it before the
     # second): the suite's time. A token server started before it logs that it could not
     # compare names and starts anyway; the rerun and the checks then have the directory.

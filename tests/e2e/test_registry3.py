@@ -176,7 +176,8 @@ def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Itera
         pytest.skip(reason)
     start = time.monotonic()
     for name in (SERVER, CLIENT):
-        lab_api.reset_host(name)  # fresh machines: no Docker, no registry, no data
+        # Fresh machines with Docker in (its install is test_deploy's): no registry, no data.
+        lab_api.reset_host(name, docker=True)
     site = Site(tmp_path_factory.mktemp("registry3"))
     yield site
     TIMES["module"] = round(time.monotonic() - start, 1)

@@ -44,11 +44,11 @@ from lab.topology import HostSpec
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REP1, REP2, LB, CACHE, CLIENT = "lab-rep1", "lab-rep2", "lab-lb", "lab-cache", "lab-sclient"
-SPECS = [HostSpec(REP1, "bookworm", groups=("registry_servers",)),
-         HostSpec(REP2, "bookworm", groups=("registry_servers",)),
+SPECS = [HostSpec(REP1, "bookworm-docker", groups=("registry_servers",)),
+         HostSpec(REP2, "bookworm-docker", groups=("registry_servers",)),
          HostSpec(LB, "bookworm", groups=("registry_lb",)),
          HostSpec(CACHE, "bookworm", groups=("registry_cache",)),
-         HostSpec(CLIENT, "bookworm", groups=("registry_clients",))]
+         HostSpec(CLIENT, "bookworm-docker", groups=("registry_clients",))]
 DOMAIN = "registry.scale.lab"
 PORT = 5000
 ADDRESS = f"{DOMAIN}:{PORT}"
@@ -143,7 +143,8 @@ def scale_site(tmp: Path) -> Iterator[Scale]:
     the bucket are removed afterwards (bench/scaleout.py uses it too)."""
     started = time.monotonic()
     info = ceph.ceph_up()
-    # Fresh machines for the kit (no Docker, haproxy or redis yet); lab-ceph is reused.
+    # Fresh machines for the kit (Docker already in on the replicas and the client: its
+    # install is test_deploy's; no haproxy or redis yet); lab-ceph is reused.
     for spec in SPECS:
         lab_api.remove_host(spec.name)
     lab_api.up(SPECS)

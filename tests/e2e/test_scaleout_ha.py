@@ -47,12 +47,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REP1, REP2, LB1, LB2, CACHE, CLIENT = ("lab-rep1", "lab-rep2", "lab-lb", "lab-lb2",
                                        "lab-cache", "lab-sclient")
-SPECS = [HostSpec(REP1, "bookworm", groups=("registry_servers",)),
-         HostSpec(REP2, "bookworm", groups=("registry_servers",)),
+SPECS = [HostSpec(REP1, "bookworm-docker", groups=("registry_servers",)),
+         HostSpec(REP2, "bookworm-docker", groups=("registry_servers",)),
          HostSpec(LB1, "bookworm", groups=("registry_lb",)),
          HostSpec(LB2, "bookworm", groups=("registry_lb",)),
          HostSpec(CACHE, "bookworm", groups=("registry_cache",)),
-         HostSpec(CLIENT, "bookworm", groups=("registry_clients",))]
+         HostSpec(CLIENT, "bookworm-docker", groups=("registry_clients",))]
 KIT_HOSTS = [spec.name for spec in SPECS]
 DOMAIN = "registry.ha.lab"
 PORT = 5000

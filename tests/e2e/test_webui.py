@@ -120,7 +120,7 @@ def curl(path: str, *, port: int = WEBUI_PORT, user: str | None = None,
 
 @pytest.fixture(scope="module")
 def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Site:
-    lab_api.reset_host(SERVER)
+    lab_api.reset_host(SERVER, docker=True)  # Docker in: its install is test_deploy's
     OUTPUT.mkdir(parents=True, exist_ok=True)
     return Site(tmp_path_factory.mktemp("webui"))
 

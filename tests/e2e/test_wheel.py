@@ -108,7 +108,7 @@ def test_foreign_project_deploys_and_tears_down(wheel: Path, lab: dict[str, Any]
                                                tmp_path: Path) -> None:
     # A fresh server: another module's registry may still hold port 5000 there (the lanes of
     # a parallel run take modules in any order), and this one names its container hub-registry.
-    lab_api.reset_host(SERVER)
+    lab_api.reset_host(SERVER, docker=True)  # Docker in: its install is test_deploy's
     venv, project = tmp_path / "venv", tmp_path / "project"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
