@@ -118,8 +118,14 @@ def log_in(driver: Any, url: str, user: str, password: str, *,
 def listed_repos(driver: Any) -> list[str]:
     """The repositories the page lists once the list has loaded after a login (a refused
     login fails with the page's message)."""
-    wait_for(driver, lambda d: by_id(d, "repo-list").get_attribute("data-loaded-ms")
-             or by_id(d, "login-error").is_displayed())
+    from selenium.common.exceptions import TimeoutException
+    try:
+        wait_for(driver, lambda d: by_id(d, "repo-list").get_attribute("data-loaded-ms")
+                 or by_id(d, "login-error").is_displayed())
+    except TimeoutException:
+        raise AssertionError(f"no list at {driver.current_url}: " + ", ".join(
+            f"{name} {by_id(driver, name).is_displayed()}: {by_id(driver, name).text!r}"
+            for name in ("login-view", "repos-status", "login-error"))) from None
     assert not by_id(driver, "login-error").is_displayed(), by_id(driver, "login-error").text
     return [button.get_attribute("data-repo") for button in by_css(driver, "button.repo")]
 
