@@ -102,37 +102,37 @@ def measure(site: page.Site, driver: Any, repos: int, tags: int, rounds: int) \
                                     "open_50_tags_s": [], "open_page_ms": [],
                                     "open_tag_names_ms": [], "filter_s": []}
     for _ in range(rounds):
-        if page.by_css(driver, "#logout") and page.by_id(driver, "logout").is_displayed():
-            page.by_id(driver, "logout").click()
+        if wb.by_css(driver, "#logout") and wb.by_id(driver, "logout").is_displayed():
+            wb.by_id(driver, "logout").click()
         started = time.monotonic()
         page.log_in(driver, page.USER, site.password)
-        page.wait_for(driver, lambda d: d.find_element("id", "repo-list").get_attribute(
+        wb.wait_for(driver, lambda d: d.find_element("id", "repo-list").get_attribute(
             "data-loaded-ms"))
         runs["login_to_list_s"].append(time.monotonic() - started)
         runs["list_page_ms"].append(float(
-            page.by_id(driver, "repo-list").get_attribute("data-loaded-ms")))
-        shown = len(page.by_css(driver, "button.repo"))
+            wb.by_id(driver, "repo-list").get_attribute("data-loaded-ms")))
+        shown = len(wb.by_css(driver, "button.repo"))
         if shown != repos:
             raise SystemExit(f"bench.webui: the page lists {shown} of {repos} repositories")
         started = time.monotonic()
-        page.by_id(driver, "repo-filter").send_keys("big/fifty")
-        page.wait_for(driver, lambda d: len(page.by_css(d, "button.repo")) == 1)
+        wb.by_id(driver, "repo-filter").send_keys("big/fifty")
+        wb.wait_for(driver, lambda d: len(wb.by_css(d, "button.repo")) == 1)
         runs["filter_s"].append(time.monotonic() - started)
         started = time.monotonic()
-        page.by_css(driver, "button.repo")[0].click()
-        page.wait_for(driver, lambda d: d.find_element("id", "tag-rows").get_attribute(
+        wb.by_css(driver, "button.repo")[0].click()
+        wb.wait_for(driver, lambda d: d.find_element("id", "tag-rows").get_attribute(
             "data-loaded-ms"), timeout=300)
         runs["open_50_tags_s"].append(time.monotonic() - started)
         runs["open_page_ms"].append(float(
-            page.by_id(driver, "tag-rows").get_attribute("data-loaded-ms")))
+            wb.by_id(driver, "tag-rows").get_attribute("data-loaded-ms")))
         runs["open_tag_names_ms"].append(float(
-            page.by_id(driver, "tag-rows").get_attribute("data-listed-ms")))
+            wb.by_id(driver, "tag-rows").get_attribute("data-listed-ms")))
         if len(page.rows(driver)) != tags:
             raise SystemExit(f"bench.webui: big/fifty shows {len(page.rows(driver))} rows")
     page.shot(driver, "tags-50")
-    page.by_id(driver, "back").click()
-    page.by_id(driver, "repo-filter").clear()
-    page.by_id(driver, "repo-filter").send_keys(" ")  # the input event: show all again
+    wb.by_id(driver, "back").click()
+    wb.by_id(driver, "repo-filter").clear()
+    wb.by_id(driver, "repo-filter").send_keys(" ")  # the input event: show all again
     page.shot(driver, "repositories-1000")
     return runs
 
@@ -169,8 +169,7 @@ def main() -> int:
             site.data["registry_auth_mode"] = mode
             site.write()
             site.run().assert_ok()
-        spki = wb.verified_spki(page.DOMAIN, site.ip, page.WEBUI_PORT, harness.CA_CERT)
-        with wb.chromium(page.DOMAIN, site.ip, spki) as driver:
+        with wb.page_browser(page.DOMAIN, site.ip, page.WEBUI_PORT, harness.CA_CERT) as driver:
             runs = measure(site, driver, repos, args.tags, args.runs)
         modes[mode] = {
             **{key: [round(v, 3) for v in values] for key, values in runs.items()},

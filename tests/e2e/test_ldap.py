@@ -7,14 +7,17 @@ order: a directory user pushes where its group is granted and gets Docker's own 
 elsewhere; a wrong password is 401; removed from the group (ldapmodify on the directory's
 host, no kit run) the user's next push is denied; slapd stopped, directory users get 401
 while a local user still pushes; the token server's /catalog lists each user what their
-groups may pull (and nothing once out of the group); names with LDAP filter characters
-cannot log in; the bind password is in no journal, log or command line on the server.
-Checks use the docker CLI, curl and journalctl over SSH, never the kit's code.
+groups may pull (and nothing once out of the group), and so does the web page in Debian's
+chromium (selenium, tests/e2e/webui_browser.py), on registry 3 and 2.8; names with LDAP
+filter characters cannot log in; the bind password is in no journal, log or command line on
+the server. Checks use the docker CLI, curl, chromium and journalctl over SSH, never the
+kit's code.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import fnmatch
 import json
 import subprocess
 import tempfile
@@ -26,6 +29,7 @@ from typing import Any
 import harness
 import ldap_directory
 import pytest
+import webui_browser as wb
 
 import lab as lab_api
 from lab.images import registry3_available
@@ -34,13 +38,16 @@ from lab.topology import HostSpec
 DOMAIN = "registry.lab"
 PORT = 5000
 TOKEN_PORT = 5443
+WEBUI_PORT = 5444
 ADDRESS = f"{DOMAIN}:{PORT}"
+PAGE_URL = f"https://{DOMAIN}:{WEBUI_PORT}/"
 SERVER = "lab-reg"
 CLIENT = "lab-client1"
 DIRECTORY_HOST = HostSpec("lab-ldap", "bookworm", ("ldap.lab",), ())
 DENIED = "denied: requested access to the resource is denied"
 LOCAL = {"ci": "ci-local-password-1"}
 DIRECTORY_USERS = {"dana": "dana-directory-pw-1", "erin": "erin-directory-pw-1"}
+DIRECTORY_GROUPS = {"team-a": ["dana", "erin"], "team-b": ["erin"]}
 SERVICE_PASSWORD = "svc-bind-Secret-90210"
 RULES: list[dict[str, Any]] = [
     {"repository": "team-a/*", "actions": ["pull", "push"], "ldap_groups": ["team-a"]},
@@ -66,6 +73,8 @@ class Site:
             "registry_domain": DOMAIN, "registry_port": PORT, "registry_image": self.image,
             "registry_verify_timeout": 30, "registry_state_dir": str(self.state_dir),
             "registry_access_rules": RULES,
+            # The web page shares this deploy: the per-user list in the browser.
+            "registry_webui_enabled": True, "registry_webui_port": WEBUI_PORT,
             "registry_ldap": {
                 "url": "ldaps://ldap.lab", "base_dn": ldap_directory.PEOPLE,
                 "bind_dn": ldap_directory.SERVICE_DN,
@@ -166,9 +175,41 @@ def assert_denied(proc: subprocess.CompletedProcess[str], what: str) -> None:
     assert DENIED in out, f"{what}: not Docker's denial:\n{out}"
 
 
+def pullable_by_the_rules(user: str, repositories: list[str]) -> list[str]:
+    """What RULES let `user` pull through the directory groups DIRECTORY_GROUPS gives it
+    (a pattern's `*` is any characters, `/` included)."""
+    groups = {group for group, members in DIRECTORY_GROUPS.items() if user in members}
+    patterns = [rule["repository"] for rule in RULES if "pull" in rule["actions"]
+                and groups & set(rule.get("ldap_groups", ()))]
+    return [name for name in repositories
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
+
+
+def page_list(driver: Any, user: str, password: str) -> list[str]:
+    """The repositories the web page lists `user` at a fresh login in the browser."""
+    wb.log_in(driver, PAGE_URL, user, password)
+    shown = wb.listed_repos(driver)
+    assert wb.by_id(driver, "session-user").text == user
+    if not shown:
+        assert wb.by_id(driver, "repos-status").text == "No repositories you may see."
+    wb.by_id(driver, "logout").click()
+    return shown
+
+
 def journal_since(since: str) -> str:
     return harness.ssh(SERVER, "journalctl -u registry-kit-token.service -o cat --no-pager "
                        f"--since @{since} | tail -n 50").stdout
+
+
+@pytest.fixture(scope="module")
+def browser(site: Site) -> Iterator[Any]:
+    """Debian's chromium for the web page; made at the first test that asks for it, after
+    the deploy (test_a)."""
+    if wb.missing_browser():
+        pytest.skip(str(wb.missing_browser()))
+    with wb.page_browser(DOMAIN, harness.host_ip(SERVER), WEBUI_PORT,
+                         site.state_dir / "ca" / "ca.crt") as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +219,7 @@ def site(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Itera
     directory = ldap_directory.Directory(
         DIRECTORY_HOST.name, "ldap.lab", admin_password="lab-directory-admin-1",
         service_password=SERVICE_PASSWORD, users=dict(DIRECTORY_USERS),
-        groups={"team-a": ["dana", "erin"], "team-b": ["erin"]})
+        groups={group: list(members) for group, members in DIRECTORY_GROUPS.items()})
     material = ldap_directory.tls_material(directory.name)
     directory.ca_pem = material[0]
     # A fresh server, as test_access does: repositories of other modules stay out.
@@ -296,6 +337,39 @@ def test_e_catalog_lists_what_each_directory_user_may_pull(site: Site) -> None:
     TIMES["catalog per directory user"] = round(time.monotonic() - start, 1)
 
 
+def assert_page_lists_what_the_groups_may_pull(site: Site, browser: Any) -> None:
+    """Each directory user's list in the web page is what RULES give their groups, the
+    same as the token server's /catalog answers them, and less than the whole catalog
+    (ci may pull `*`); out of team-a, dana's next login lists none of team-a's
+    repositories, with no kit run; back in, they return."""
+    since = harness.ssh(SERVER, "date +%s").stdout.strip()
+    code, everything = site.catalog("ci", LOCAL["ci"])
+    assert code == 200 and everything and "team-b/app" in everything, everything
+    for user, password in DIRECTORY_USERS.items():
+        expected = pullable_by_the_rules(user, everything)
+        assert expected and set(expected) < set(everything), (user, expected)
+        assert page_list(browser, user, password) == expected == site.catalog(user, password)[1]
+    ldap_directory.remove_member(site.ldap, "team-a", "dana")
+    try:
+        assert page_list(browser, "dana", DIRECTORY_USERS["dana"]) == []
+    finally:
+        ldap_directory.add_member(site.ldap, "team-a", "dana")
+    assert page_list(browser, "dana", DIRECTORY_USERS["dana"]) == \
+        pullable_by_the_rules("dana", everything)
+    # The page's lists came from the token server's /catalog, asked as each user.
+    journal = journal_since(since)
+    assert f"catalog user=dana listed=0 of {len(everything)} " in journal, journal
+    erin = len(pullable_by_the_rules("erin", everything))
+    assert f"catalog user=erin listed={erin} of {len(everything)} " in journal, journal
+
+
+def test_e_web_page_lists_what_each_directory_user_may_pull(site: Site, browser: Any) -> None:
+    """Issue 28.6 in the browser: the web page's list for directory users (selenium)."""
+    start = time.monotonic()
+    assert_page_lists_what_the_groups_may_pull(site, browser)
+    TIMES[f"web page per directory user ({site.image})"] = round(time.monotonic() - start, 1)
+
+
 def test_f_a_token_costs_one_bind_the_service_account_none(site: Site) -> None:
     """slapd's own log: five tokens for dana are five binds as dana; the service account's
     connection stays open (it bound again only if slapd restarted, as in test_e)."""
@@ -351,6 +425,15 @@ def test_h_the_same_on_registry_2(site: Site) -> None:
     assert login("dana", DIRECTORY_USERS["dana"]).returncode == 0
     assert_pushed(push("team-a/app:dana-on-2"))
     assert_denied(push("team-b/app:dana-on-2"), "dana pushing team-b/app on registry:2")
+
+
+def test_h_the_web_page_on_registry_2(site: Site, browser: Any) -> None:
+    """The browser's per-user list again on registry 2.8 (test_h's deploy)."""
+    if site.image == "registry:2":
+        pytest.skip("the module already ran on registry:2 (no registry:3 in this lab)")
+    start = time.monotonic()
+    assert_page_lists_what_the_groups_may_pull(site, browser)
+    TIMES["web page per directory user (registry:2)"] = round(time.monotonic() - start, 1)
 
 
 def test_i_rerun_changes_nothing(site: Site) -> None:

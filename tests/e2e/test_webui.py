@@ -33,6 +33,7 @@ import harness
 import pytest
 import webui_browser as wb
 from harness import Run
+from webui_browser import by_css, by_id, wait_for
 
 import lab as lab_api
 
@@ -186,27 +187,11 @@ def seed(site: Site) -> None:
 
 @pytest.fixture(scope="module")
 def browser(site: Site, deployed: Run) -> Any:
-    spki = wb.verified_spki(DOMAIN, site.ip, WEBUI_PORT, harness.CA_CERT)
-    with wb.chromium(DOMAIN, site.ip, spki) as driver:
+    with wb.page_browser(DOMAIN, site.ip, WEBUI_PORT, harness.CA_CERT) as driver:
         driver.execute_cdp_cmd("Browser.grantPermissions", {
             "origin": PAGE_URL.rstrip("/"),
             "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
         yield driver
-
-
-def wait_for(driver: Any, condition: Any, timeout: float = 60) -> Any:
-    from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
-
-
-def by_id(driver: Any, name: str) -> Any:
-    from selenium.webdriver.common.by import By
-    return driver.find_element(By.ID, name)
-
-
-def by_css(driver: Any, selector: str) -> list[Any]:
-    from selenium.webdriver.common.by import By
-    return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
 def shot(driver: Any, name: str) -> None:
@@ -215,15 +200,8 @@ def shot(driver: Any, name: str) -> None:
 
 def log_in(driver: Any, user: str, password: str, page: str = "", *,
            before: str | None = None) -> None:
-    """Log in on a freshly loaded page; `before`: a script run in it first."""
-    driver.get(PAGE_URL + page)
-    wait_for(driver, lambda d: by_id(d, "login-user").is_displayed())
-    if before is not None:
-        driver.execute_script(before)
-    by_id(driver, "login-user").clear()
-    by_id(driver, "login-user").send_keys(user)
-    by_id(driver, "login-password").send_keys(password)
-    by_id(driver, "login-submit").click()
+    """Log in on a freshly loaded page (`page`: its query); `before`: a script run first."""
+    wb.log_in(driver, PAGE_URL + page, user, password, before=before)
 
 
 def catalog(site: Site) -> list[str]:

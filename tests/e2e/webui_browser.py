@@ -1,5 +1,6 @@
-"""Helpers for the web page's e2e test and benchmark: Debian's chromium driven by selenium
-(chromium-driver), and cheap pushes through the registry's HTTP API.
+"""Helpers for the web page's e2e tests (test_webui, test_ldap) and benchmarks: Debian's
+chromium driven by selenium (chromium-driver), the page's login and repository list, and
+cheap pushes through the registry's HTTP API.
 
 The browser reaches the lab by name (`--host-resolver-rules`), and trusts exactly the
 certificate the server presents after Python's ssl has checked it against the kit's CA
@@ -76,6 +77,57 @@ def chromium(domain: str, ip: str, spki: str, *, width: int = 1400,
             yield driver
         finally:
             driver.quit()
+
+
+@contextmanager
+def page_browser(domain: str, ip: str, port: int, ca: Path) -> Iterator[Any]:
+    """chromium trusting exactly the certificate the page at ip:port serves for `domain`,
+    once Python's ssl checked it against `ca`."""
+    with chromium(domain, ip, verified_spki(domain, ip, port, ca)) as driver:
+        yield driver
+
+
+def wait_for(driver: Any, condition: Any, timeout: float = 60) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+
+
+def by_id(driver: Any, name: str) -> Any:
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.ID, name)
+
+
+def by_css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+    return list(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def log_in(driver: Any, url: str, user: str, password: str, *,
+           before: str | None = None) -> None:
+    """Log in on the page at `url`, freshly loaded; `before`: a script run in it first."""
+    driver.get(url)
+    wait_for(driver, lambda d: by_id(d, "login-user").is_displayed())
+    if before is not None:
+        driver.execute_script(before)
+    by_id(driver, "login-user").clear()
+    by_id(driver, "login-user").send_keys(user)
+    by_id(driver, "login-password").send_keys(password)
+    by_id(driver, "login-submit").click()
+
+
+def listed_repos(driver: Any) -> list[str]:
+    """The repositories the page lists once the list has loaded after a login (a refused
+    login fails with the page's message)."""
+    from selenium.common.exceptions import TimeoutException
+    try:
+        wait_for(driver, lambda d: by_id(d, "repo-list").get_attribute("data-loaded-ms")
+                 or by_id(d, "login-error").is_displayed())
+    except TimeoutException:
+        raise AssertionError(f"no list at {driver.current_url}: " + ", ".join(
+            f"{name} {by_id(driver, name).is_displayed()}: {by_id(driver, name).text!r}"
+            for name in ("login-view", "repos-status", "login-error"))) from None
+    assert not by_id(driver, "login-error").is_displayed(), by_id(driver, "login-error").text
+    return [button.get_attribute("data-repo") for button in by_css(driver, "button.repo")]
 
 
 class RegistryApi:

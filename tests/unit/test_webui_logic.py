@@ -82,6 +82,9 @@ def test_static_files_fit_haproxy_and_fetch_nothing_outside() -> None:
     # No inline script or style (the CSP would block them), only this origin's files.
     assert re.findall(r'<script[^>]*src="([^"]+)"', page) == ["app.js"]
     assert "<script>" not in page and "<style" not in page and " style=" not in page
+    # The login form shows only once app.js handles it (a native submit puts the password
+    # in the URL): a test or a quick user cannot submit it before.
+    assert '<section id="login-view" hidden>' in page
     # The code without its comments (which name what it avoids).
     script = re.sub(r"//[^\n]*|/\*.*?\*/", "", webui.static_content("app.js").decode(),
                     flags=re.S)
