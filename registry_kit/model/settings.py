@@ -691,7 +691,8 @@ class Settings:
 
     # --- Retention: registry_kit/model/retention.py, registry_kit/jobs/retention.py ---
     section("Retention (retention.py)",
-            "registry_kit/model/retention.py, registry_kit/jobs/retention.py")
+            "registry_kit/model/retention.py, registry_kit/jobs/retention.py, "
+            "registry_kit/roles/retention_timer.py")
     registry_retention_rules: tuple[retention.Rule, ...] = setting(
         [], "retention.py: which tags and manifests go, a list of rules like {'repository': "
         "'ci/*', 'keep_last': 10, 'keep_always': ['latest']} (see \"Retention\")",
