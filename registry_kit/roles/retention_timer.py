@@ -35,6 +35,7 @@ PLANNER_MODULES = ("model/access.py", "model/retention.py")
 PLANNER_PACKAGES = ("", "model")  # each with an __init__.py of its own (below)
 PACKAGE_INIT = b"# Managed by registry-kit: registry-retention.py imports the planner.\n"
 PACKAGES = ("python3",)
+IDENTIFIER = "registry-kit-retention"  # the journal's name for its lines (not "flock")
 
 # Every tag's current link and every manifest revision link, with its time, sorted: listed
 # when planning and again, read-only, right before deleting (in the storage's v2 folder).
@@ -117,7 +118,8 @@ def service_unit(settings: Settings) -> bytes:
     return unit({"Unit": ["Description=registry-kit: apply the retention rules (registry "
                           "read-only while it deletes and collects)",
                           "Requires=docker.service", "After=docker.service"],
-                 "Service": ["Type=oneshot", f"ExecStart={exec_start}"]})
+                 "Service": ["Type=oneshot", f"SyslogIdentifier={IDENTIFIER}",
+                             f"ExecStart={exec_start}"]})
 
 
 def timer_unit(settings: Settings) -> bytes:

@@ -104,6 +104,8 @@ def apply(config: dict[str, Any], retention: Any, plan: Any, fingerprint: str) \
     result, freed = "failed: interrupted", 0
     try:
         result, freed = delete_and_collect(config, retention, plan, fingerprint)
+    except (OSError, ValueError, subprocess.CalledProcessError) as error:
+        result = f"failed: {error}"
     finally:
         if not step_ok(config, "writable"):
             result = f"{result}; failed: the registry is not writable again"
