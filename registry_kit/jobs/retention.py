@@ -77,10 +77,13 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
              f"echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $msg\" >{q(record + '.new')} && "
              f"mv -f {q(record + '.new')} {q(record)} && "
              "{ logger -t registry-kit \"$msg\" 2>/dev/null || true; }")
+    # Held read-only by the disk guard: no check step (it wants the deployed writable config);
+    # the readonly step pauses the guard, writable puts its read-only config back.
+    guard = layout.ServerLayout.of(settings).disk_guard_flag
     # The timers' lock (gc_timer.locked), held by this shell and what it starts: never
     # beside a scheduled GC or retention run of this registry.
     return (f"exec 9>>{q(layout.MAINTENANCE_LOCK)} && {layout.FLOCK} 9 || exit 1; "
-            f"{check} && {readonly} || exit 1; ( {work} ); ok=$?; "
+            f"{{ [ -e {q(guard)} ] || {check}; }} && {readonly} || exit 1; ( {work} ); ok=$?; "
             f"{writable} || ok=1; exit $ok")
 
 

@@ -99,7 +99,8 @@ def runner_config(settings: Settings) -> bytes:
               "planner": layout.RETENTION_PLANNER_DIR,
               "storage": ServerLayout.of(settings).storage_v2,
               "listing": listing_command(settings), "gc": args,
-              "record": ServerLayout.of(settings).retention_record}
+              "record": ServerLayout.of(settings).retention_record,
+              "guard_flag": ServerLayout.of(settings).disk_guard_flag}
     return (json.dumps(config, indent=1, sort_keys=True) + "\n").encode()
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-CONFIG_KEYS = ("host", "rules", "planner", "storage", "listing", "gc", "record")
+CONFIG_KEYS = ("host", "rules", "planner", "storage", "listing", "gc", "record", "guard_flag")
 LIST_MAX = 200  # names per list in the journal line (journald splits lines over 48 KiB)
 USAGE = "usage: registry-retention.py CONFIG.json [--report]"
 
@@ -99,7 +99,12 @@ def delete_and_collect(config: dict[str, Any], retention: Any, plan: Any,
 
 def apply(config: dict[str, Any], retention: Any, plan: Any, fingerprint: str) \
         -> tuple[str, int]:
-    if not (step_ok(config, "check") and step_ok(config, "readonly")):
+    # Held read-only by the disk guard (its flag): the check step, which wants the deployed
+    # writable config, is skipped; the readonly step pauses the guard (it waits while a saved
+    # config exists), and writable puts back the guard's read-only config, which the guard
+    # turns writable once the collection brought the disk below its low mark.
+    steps = ["readonly"] if os.path.exists(config["guard_flag"]) else ["check", "readonly"]
+    if not all(step_ok(config, step) for step in steps):
         return "failed: the registry could not be made read-only; nothing was deleted", 0
     result, freed = "failed: interrupted", 0
     try:

@@ -118,6 +118,9 @@ def test_gc_and_retention_share_one_lock(make_settings: Callable[..., Settings])
     command = job.apply_command(settings, retention.plan(listing.repositories, (), 0.0), "f")
     assert command.startswith("exec 9>>/run/lock/registry-kit-maintenance.lock && "
                               "/usr/bin/flock 9 || exit 1; ")
+    # Under the disk guard's read-only no check step: retention frees its disk.
+    assert "; { [ -e /etc/registry-kit/disk-guard-readonly ] || /usr/local/lib/registry-kit/" \
+        "registry-gc.sh --step check " in command
 
 
 def test_runner_config(make_settings: Callable[..., Settings]) -> None:
@@ -136,6 +139,7 @@ def test_runner_config(make_settings: Callable[..., Settings]) -> None:
     assert "--delete-untagged" not in config["gc"]  # only what the rules selected goes
     assert config["record"] == "/etc/registry-kit/last-retention"
     assert config["planner"] == "/usr/local/lib/registry-kit/retention-planner"
+    assert config["guard_flag"] == "/etc/registry-kit/disk-guard-readonly"
 
 
 @pytest.mark.parametrize("rule", [
@@ -177,7 +181,7 @@ def test_runner_refuses_other_arguments(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "[]", '{"host": "x"}', json.dumps(
-    {key: "x" for key in ("host", "rules", "planner", "storage", "listing", "gc", "record")})])
+    {key: "x" for key in RUNNER.CONFIG_KEYS})])
 def test_runner_refuses_a_bad_config(text: str) -> None:
     with pytest.raises(RUNNER.Usage, match=r"^registry-kit: retention: "):
         RUNNER.load_config(text)
@@ -235,6 +239,7 @@ def _site(tmp_path: Path, make_settings: Callable[..., Settings], steps: str) ->
     v2 = str(data / "docker" / "registry" / "v2")
     config.update(planner=str(planner), gc=[str(gc), *config["gc"][1:]],
                   record=str(tmp_path / "last-retention"), storage=v2,
+                  guard_flag=str(tmp_path / "disk-guard-readonly"),
                   listing=config["listing"].replace(config["storage"], v2))
     (tmp_path / "retention.json").write_text(json.dumps(config))
     return data / "docker" / "registry" / "v2" / "repositories" / "team" / "app"
@@ -311,3 +316,15 @@ def test_status_shows_the_timer_and_its_last_run(make_settings: Callable[..., Se
     command = retention_timer.status_command(settings)
     assert "systemctl is-active registry-kit-retention.timer" in command
     assert "registry-kit-retention.service" in command
+
+
+def test_runner_under_the_disk_guard_skips_the_check_step(
+        tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    """The disk guard holds the registry read-only (its flag): retention must still free
+    space, so the check step (which wants the deployed, writable config) is skipped."""
+    repo = _site(tmp_path, make_settings, "")
+    (tmp_path / "disk-guard-readonly").write_text("2026-12-07T03:00:00Z\n")
+    done = _run(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "steps").read_text().split() == ["readonly", "collect", "writable"]
+    assert sorted(p.name for p in (repo / "_manifests" / "tags").iterdir()) == ["new"]
