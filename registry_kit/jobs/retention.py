@@ -16,6 +16,8 @@ it), garbage collection runs (without --delete-untagged: it must delete only wha
 selected), and the registry is made writable again whatever happened. Bytes freed are
 measured on the blobs folder. Filesystem storage is each server's own, so servers are done
 one at a time, each on its own storage; other storage drivers are refused in one line.
+The same steps run on a server from its own timer with registry_retention_schedule
+(registry_kit.roles.retention_timer: the same listing command, planner and delete paths).
 """
 
 from __future__ import annotations
