@@ -187,7 +187,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         retention_timer.retention_deploy(settings, state)
         disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
-        metrics.metrics_deploy(settings, state)
+        metrics.metrics_deploy(settings, state, cert)
         audit.audit_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

@@ -13,8 +13,10 @@ from pathlib import Path
 from pyinfra import logger
 
 from registry_kit.model import layout
+from registry_kit.model.settings import Settings
 from registry_kit.model.topology import BACKEND, Topology
 from registry_kit.render import prometheus
+from registry_kit.roles import disk_guard
 
 
 def _write(path: Path, text: str) -> bool:
@@ -26,6 +28,17 @@ def _write(path: Path, text: str) -> bool:
     temporary.chmod(0o644)
     temporary.replace(path)  # a reader (Prometheus' reload) never sees half a file
     return True
+
+
+def served_facts(servers: list[Settings]) -> set[str]:
+    """Which of the kit's facts (prometheus.FACTS) the servers serving metrics have: the
+    rules on the others could never fire."""
+    served: set[str] = set()
+    for settings in servers:
+        served |= {"gc", *(["certificate"] if settings.tls_enabled else []),
+                   *(["disk"] if settings.registry_storage.driver == "filesystem" else []),
+                   *(["disk_guard"] if disk_guard.wanted(settings) else [])}
+    return served
 
 
 def write_folder(hosts: Topology) -> Path | None:
@@ -43,9 +56,12 @@ def write_folder(hosts: Topology) -> Path | None:
                 (layout.prometheus_dir(settings) / name).unlink(missing_ok=True)
         return None
     folder = layout.prometheus_dir(anyone[0])
+    serving = [s for s in hosts.servers if s.registry_metrics]
     files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
-        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval),
-             prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs))}
+        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval,
+        facts=registries, facts_path=layout.FACTS_PATH),
+             prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs),
+                                                           served_facts(serving))}
     for name, text in files.items():
         if _write(folder / name, text):
             logger.info(f"registry-kit: wrote {folder / name}")

@@ -82,11 +82,13 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
     # Held read-only by the disk guard: no check step (it wants the deployed writable config);
     # the readonly step pauses the guard, writable puts its read-only config back.
     guard = layout.ServerLayout.of(settings).disk_guard_flag
+    # The run's result for Prometheus (registry_metrics), as a collection leaves its own.
+    result = join([args[0], "--retention-result", layout.FACTS_RETENTION])
     # The timers' lock (gc_timer.locked), held by this shell and what it starts: never
     # beside a scheduled GC or retention run of this registry.
     return (f"exec 9>>{q(layout.MAINTENANCE_LOCK)} && {layout.FLOCK} 9 || exit 1; "
             f"{{ [ -e {q(guard)} ] || {check}; }} && {readonly} || exit 1; ( {work} ); ok=$?; "
-            f"{writable} || ok=1; exit $ok")
+            f"{writable} || ok=1; {result} \"$ok\"; exit $ok")
 
 
 @operation()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry_kit.model.settings import Settings, host_port, url_host
+from registry_kit.model.settings import FACTS_PORT, Settings, host_port, url_host
 
 # --- Inside the registry container: fixed, the host folders are bind-mounted here, so a
 # changed host folder does not change the registry's view.
@@ -125,6 +125,22 @@ METRICS_DIR = "/etc/registry-kit-metrics"
 METRICS_HAPROXY_CFG = f"{METRICS_DIR}/haproxy.cfg"
 METRICS_PIDFILE = f"/run/{METRICS_SERVICE}.pid"
 PROMETHEUS_DIR_NAME = "prometheus"  # under registry_state_dir: scrape config, alert rules
+# The kit's own facts as Prometheus gauges (certificate expiry, data disk, disk guard, last
+# garbage collection), served by the same filter on FACTS_PATH. Whoever changes a fact writes
+# its FACTS_DIR/NAME.prom (root, 0644, no secret in any); FACTS_SERVICE (scripts/
+# registry-kit-facts.py, a sandboxed dynamic user) reads them at each scrape and adds the data
+# filesystem's bytes, on the loopback only.
+FACTS_PATH = "/kit/metrics"
+FACTS_DIR = "/var/lib/registry-kit-metrics"
+FACTS_SERVICE = "registry-kit-facts"
+FACTS_UNIT = unit(f"{FACTS_SERVICE}.service")
+FACTS_SCRIPT_NAME = "registry-kit-facts.py"
+FACTS_SCRIPT = script(FACTS_SCRIPT_NAME)
+FACTS_LISTEN = f"127.0.0.1:{FACTS_PORT}"
+FACTS_CERTIFICATE = f"{FACTS_DIR}/certificate.prom"  # the deploy: the server certificate
+FACTS_DISK_GUARD = f"{FACTS_DIR}/disk-guard.prom"  # registry-disk-guard.sh
+FACTS_GC = f"{FACTS_DIR}/gc.prom"  # registry-gc.sh: the last whole collection
+FACTS_RETENTION = f"{FACTS_DIR}/retention.prom"  # retention.py's last applied run
 
 # --- Audit log (registry_audit_log): the registry's notifications, received on the host.
 AUDIT_SERVICE = "registry-kit-audit"

@@ -138,6 +138,9 @@ _CALENDAR = r"(?=.{1,100}\Z)[A-Za-z0-9*][A-Za-z0-9*:,./~-]*( [A-Za-z0-9*:,./~-]+
 _NO_QUOTES = r"[!#-&(-\[\]-~]"  # printable, no space ' " \\
 # keepalived.conf reads # ! " ' { } \\ as syntax; VRRP PASS auth is at most 8 characters.
 _VRRP_PASSWORD = r"[$-&(-\[\]-z|~]{1,8}"
+# registry_metrics: the kit's facts server listens on the servers' loopback at this port
+# (registry_kit.model.layout.FACTS_LISTEN): no other port of the kit may be it.
+FACTS_PORT = 9196
 
 
 _VRRP3_MAX_ADVERT = 40.95
@@ -635,6 +638,18 @@ class Settings:
         if s["registry_metrics_port"] in taken:
             raise r.fail("registry_metrics_port", s["registry_metrics_port"], "a port other "
                          f"than {taken[s['registry_metrics_port']]}")
+        ports = [("registry_port", s["registry_port"], s["registry_port"]),
+                 ("registry_debug_addr", s["registry_debug_addr"], debug),
+                 ("registry_metrics_port", s["registry_metrics_port"],
+                  s["registry_metrics_port"]),
+                 *((key, s[key], s[key]) for key in ("registry_webui_port",
+                                                     "registry_token_port")
+                   if taken.get(s[key]) == key)]
+        for key, value, port in ports:
+            if port == FACTS_PORT:
+                raise r.fail(key, value, f"a port other than {FACTS_PORT} (with "
+                             "registry_metrics the kit's facts server listens there, on the "
+                             "loopback)")
 
     # --- Docker engine (every managed host): registry_kit/roles/engine.py ---
     section("Docker engine (every managed host)", "registry_kit/roles/engine.py")

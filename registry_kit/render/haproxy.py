@@ -196,19 +196,24 @@ def metrics_frontend(listen: str, allow: Sequence[str]) -> list[str]:
             f"tcp-request connection reject unless {{ src {' '.join(allow)} }}"]
 
 
-def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str) -> str:
+def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str,
+                   facts: str | None = None) -> str:
     """The haproxy.cfg in front of a server's registry debug server (on loopback): only
     GET /metrics passes; /debug/pprof and /debug/vars, which the same server answers
-    (distribution v2.8.2 and v3.0.0 import net/http/pprof and expvar), stay private."""
+    (distribution v2.8.2 and v3.0.0 import net/http/pprof and expvar), stay private. With
+    `facts` (the kit's facts server, ADDRESS:PORT on loopback), GET on FACTS_PATH goes there."""
+    paths = f"{layout.METRICS_PATH} {layout.FACTS_PATH}" if facts else layout.METRICS_PATH
     return text(header, [
         Section("global", ["user haproxy", "group haproxy", f"chroot {layout.HAPROXY_CHROOT}"]),
         Section("defaults", ["timeout connect 5s", "timeout client 30s",
                              "timeout server 30s"]),
         Section("frontend metrics", [
             *metrics_frontend(listen, allow),
-            f"http-request deny unless {{ path {layout.METRICS_PATH} }} {{ method GET }}",
+            f"http-request deny unless {{ path {paths} }} {{ method GET }}",
+            *([f"use_backend facts if {{ path {layout.FACTS_PATH} }}"] if facts else []),
             "default_backend registry"]),
         Section("backend registry", ["mode http", f"server registry {debug}"]),
+        *([Section("backend facts", ["mode http", f"server facts {facts}"])] if facts else []),
     ])
 
 

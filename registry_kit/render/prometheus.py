@@ -1,8 +1,9 @@
 """Prometheus' side of registry_metrics: a scrape config listing every metrics endpoint of
-the inventory, and alert rules on the metrics those endpoints serve. Both are data,
-written by PyYAML (registry_kit.jobs.prometheus puts them in the control machine's
-`<registry_state_dir>/prometheus/`). Checked by `promtool check config` and
-`promtool check rules` (tests/unit/test_prometheus.py).
+the inventory, alert rules on the metrics those endpoints serve, and the kit's own facts as
+text files of gauges (the exposition format a node exporter's textfile collector reads).
+The config and rules are data, written by PyYAML (registry_kit.jobs.prometheus puts them in
+the control machine's `<registry_state_dir>/prometheus/`). Checked by `promtool check
+config` and `promtool check rules` (tests/unit/test_prometheus.py).
 
 Alerts from the issue that need a metric no endpoint serves yet are not written (a rule
 that can never fire reads as "all is well"); RULES_NOT_YET says which and why.
@@ -10,50 +11,58 @@ that can never fire reads as "all is well"); RULES_NOT_YET says which and why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import yaml
 
 REGISTRY_JOB = "registry-kit-registry"
 HAPROXY_JOB = "registry-kit-haproxy"
+FACTS_JOB = "registry-kit-facts"  # the kit's own facts on servers (layout.FACTS_PATH)
 CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "registry-kit.rules.yml"
 HEADER = ("# Managed by registry-kit (registry_kit/render/prometheus.py): rewritten by each "
           "deploy.\n")
 # 5xx answers above this share of a replica's requests, over 5 minutes, for 5 minutes.
 ERROR_RATIO = 0.05
+# The kit renews its certificates at 30 days left: under this, renewal has failed.
+CERTIFICATE_DAYS = 21
+DISK_RATIO = 0.85  # the data filesystem's used share, as df counts it (Use%)
+# The kit's facts (registry_kit.roles.metrics, the guard's and the GC's scripts; "gc" covers
+# retention's result too), each the family of rules written when some server serves it.
+FACTS = ("certificate", "disk", "disk_guard", "gc")
 
 RULES_NOT_YET = {
-    "CertificateExpiresSoon": "no endpoint serves a certificate's expiry (a blackbox or "
-                              "node exporter textfile would)",
-    "DataDiskFull / DiskGuardReadOnly": "no node exporter yet, and no disk guard metric",
     "AddressOnNoLoadBalancer / AddressOnTwo": "keepalived has no exporter here; haproxy does "
                                               "not know who holds the address",
     "BackupTooOld": "backups run from the control machine and leave no metric",
-    "GarbageCollectionFailed": "the GC timer's result is in systemd only (status --json shows "
-                               "it), no metric",
     "FailedLoginsHigh": "the token server's counters are not served yet; the registry's 401s "
                         "are mostly normal auth challenges",
 }
 
 
 def scrape_config(registries: Sequence[tuple[str, str]],
-                  lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15) -> str:
+                  lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15,
+                  facts: Sequence[tuple[str, str]] = (), facts_path: str = "") -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
-    inventory host. `registries`, `lbs`: (host, ADDRESS:PORT); `interval`: seconds between
-    scrapes and between rule evaluations (registry_prometheus_interval)."""
-    jobs = [(REGISTRY_JOB, registries), (HAPROXY_JOB, lbs)]
+    inventory host. `registries`, `lbs`, `facts`: (host, ADDRESS:PORT); `facts` are served
+    on `facts_path` of the servers' filter; `interval`: seconds between scrapes and between
+    rule evaluations (registry_prometheus_interval)."""
+    jobs = [(REGISTRY_JOB, metrics_path, registries), (HAPROXY_JOB, metrics_path, lbs),
+            (FACTS_JOB, facts_path, facts)]
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
                    # Prometheus refuses a timeout longer than the interval (default 10s).
                    "scrape_timeout": f"{min(interval, 10)}s"},
         "rule_files": [RULES_FILE],
         "scrape_configs": [
-            {"job_name": job, "metrics_path": metrics_path,
+            {"job_name": job, "metrics_path": path,
              "static_configs": [{"targets": [target], "labels": {"host": host}}
                                 for host, target in targets]}
-            for job, targets in jobs if targets],
+            for job, path, targets in jobs if targets],
     }
     return HEADER + yaml.safe_dump(config, sort_keys=False)
 
@@ -63,9 +72,10 @@ def _rule(name: str, expr: str, duration: str, severity: str, summary: str) -> d
             "annotations": {"summary": summary}}
 
 
-def alert_rules(backend: str, with_lbs: bool) -> str:
+def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = ()) -> str:
     """The rules whose metrics exist: the registry's per replica, haproxy's for the load
-    balancers (its `backend` of replicas)."""
+    balancers (its `backend` of replicas), and those on the kit's `facts` (of FACTS) that
+    some server serves."""
     rules = [
         _rule("RegistryDown", f'up{{job="{REGISTRY_JOB}"}} == 0', "1m", "critical",
               "registry on {{ $labels.host }} does not answer its metrics (down, or its "
@@ -75,6 +85,7 @@ def alert_rules(backend: str, with_lbs: bool) -> str:
               f'code=~"5.."}}[5m])) / sum by (host) (rate(registry_http_requests_total'
               f'{{job="{REGISTRY_JOB}"}}[5m])) > {ERROR_RATIO}', "5m", "warning",
               f"over {ERROR_RATIO:.0%} of requests to {{{{ $labels.host }}}} answer 5xx"),
+        *_fact_rules(facts),
     ]
     if with_lbs:
         rules += [
@@ -93,3 +104,79 @@ def alert_rules(backend: str, with_lbs: bool) -> str:
         ]
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
+
+
+def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
+    """The rules on the kit's own gauges (fact_gauges' names), for the facts served."""
+    if not facts:
+        return []
+    job = f'job="{FACTS_JOB}"'
+    used, avail = (f"registry_kit_data_filesystem_{kind}_bytes{{{job}}}"
+                   for kind in ("used", "avail"))
+    # With facts off for a while (the endpoint down), the other four cannot fire: say so.
+    rules = [_rule("RegistryFactsDown", f"up{{{job}}} == 0", "5m", "warning",
+                   "the kit's facts on {{ $labels.host }} are not served: its certificate, "
+                   "disk and garbage collection alerts cannot fire")]
+    if "certificate" in facts:
+        rules.append(_rule(
+            "RegistryCertificateExpiresSoon",
+            f"registry_kit_certificate_not_after_timestamp_seconds{{{job}}} - time() < "
+            f"{CERTIFICATE_DAYS} * 86400", "10m", "critical",
+            f"the {{{{ $labels.certificate }}}} certificate of {{{{ $labels.host }}}} expires "
+            f"in under {CERTIFICATE_DAYS} days (the kit renews at 30: renewal failed)"))
+    if "disk" in facts:
+        rules.append(_rule(
+            "RegistryDataDiskAbove85", f"{used} / ({used} + {avail}) > {DISK_RATIO}", "5m",
+            "warning", f"the registry's data filesystem on {{{{ $labels.host }}}} is over "
+                       f"{DISK_RATIO:.0%} full"))
+    if "disk_guard" in facts:
+        rules.append(_rule(
+            "RegistryDiskGuardReadOnly", f"registry_kit_disk_guard_read_only{{{job}}} == 1",
+            "1m", "critical", "the disk guard holds the registry on {{ $labels.host }} "
+                              "read-only: pushes are refused (405)"))
+    if "gc" in facts:
+        rules += [
+            _rule("RegistryGCFailed", f"registry_kit_gc_last_success{{{job}}} == 0", "1m",
+                  "warning", "the last garbage collection on {{ $labels.host }} failed "
+                             "(journalctl -u registry-kit-gc)"),
+            _rule("RegistryRetentionFailed", f"registry_kit_retention_last_success{{{job}}} "
+                  "== 0", "1m", "warning", "the last retention run on {{ $labels.host }} "
+                                          "failed (retention.py's output says why)")]
+    return rules
+
+
+# --- the kit's facts as text files of gauges (the exposition format, version 0.0.4)
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def gauges(families: Sequence[tuple[str, str, Sequence[tuple[Mapping[str, str], float]]]]
+           ) -> str:
+    """Text of gauge families: (name, help, [(labels, value), ...]). Names and label names
+    are checked (ValueError), label values escaped, so no value adds a line or a sample."""
+    lines: list[str] = []
+    for name, help_text, samples in families:
+        if not _NAME.match(name) or "\n" in help_text:
+            raise ValueError(f"not a metric name and one-line help: {name!r}")
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for labels, value in samples:
+            if not all(_NAME.match(label) and ":" not in label for label in labels):
+                raise ValueError(f"not label names: {sorted(labels)!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: not a finite value: {value!r}")
+            inner = ",".join(f'{key}="{_label_value(val)}"' for key, val in labels.items())
+            number = str(int(value)) if float(value).is_integer() else repr(float(value))
+            lines.append(f"{name}{{{inner}}} {number}" if inner else f"{name} {number}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def certificate_facts(not_after: datetime, certificate: str = "server") -> str:
+    """The deploy's facts file: when the certificate the server serves expires. It changes
+    only when the certificate does, so a second run changes nothing."""
+    return gauges([("registry_kit_certificate_not_after_timestamp_seconds",
+                    "when the certificate expires (notAfter), seconds since the epoch",
+                    [({"certificate": certificate}, int(not_after.timestamp()))])])

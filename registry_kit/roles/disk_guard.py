@@ -39,7 +39,8 @@ WRITABLE_AGAIN = "made writable again"  # the script's journal line for that swi
 
 
 def probe_args(settings: Settings) -> dict[str, Any]:
-    return {"files": [SERVICE, TIMER, ServerLayout.of(settings).disk_guard_flag]}
+    return {"files": [SERVICE, TIMER, ServerLayout.of(settings).disk_guard_flag,
+                      layout.FACTS_DISK_GUARD]}
 
 
 def wanted(settings: Settings) -> bool:
@@ -59,7 +60,7 @@ def guard_arguments(settings: Settings) -> list[str]:
             settings.registry_data_dir, str(settings.registry_disk_readonly_percent),
             str(settings.registry_disk_writable_percent), url, resolve, ca,
             str(settings.registry_verify_timeout), layout.replace_lock(name),
-            ServerLayout.of(settings).disk_guard_flag]
+            ServerLayout.of(settings).disk_guard_flag, layout.FACTS_DISK_GUARD]
 
 
 def unit(sections: dict[str, list[str]]) -> bytes:
@@ -98,8 +99,8 @@ def guard_remove(settings: Settings, state: HostState) -> None:
     """The units and the flag (the server role renders config.yml writable once the guard
     is off, which restarts the registry)."""
     services.remove_timer(state, TIMER_NAME,
-                          [TIMER, SERVICE, ServerLayout.of(settings).disk_guard_flag],
-                          "no disk guard", name="Remove the disk guard")
+                          [TIMER, SERVICE, ServerLayout.of(settings).disk_guard_flag,
+                           layout.FACTS_DISK_GUARD], "no disk guard", name="Remove the disk guard")
 
 
 def guard_deploy(settings: Settings, state: HostState) -> None:

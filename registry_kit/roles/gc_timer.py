@@ -44,7 +44,7 @@ def gc_arguments(settings: Settings, *, dry_run: bool) -> list[str]:
         args.append("--dry-run")
     if settings.registry_gc_delete_untagged:
         args.append("--delete-untagged")
-    return args
+    return [*args, f"--facts={layout.FACTS_GC}"]
 
 
 def unit(sections: dict[str, list[str]]) -> bytes:

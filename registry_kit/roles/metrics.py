@@ -1,27 +1,37 @@
 """The registry's Prometheus metrics on hosts in registry_servers (registry_metrics): a
 haproxy of the kit's own, `registry-kit-metrics.service`, on the server's internal address
 passes GET /metrics from registry_metrics_allow only to the registry's debug server, which
-stays on the loopback (it also answers /debug/pprof). See README "Metrics".
+stays on the loopback (it also answers /debug/pprof), and GET /kit/metrics to
+`registry-kit-facts.service` (scripts/registry-kit-facts.py, loopback): the kit's own facts
+as gauges. The deploy writes the server certificate's expiry there; the disk guard and the
+garbage collection write theirs (layout.FACTS_*). See README "Metrics".
 """
 
 from __future__ import annotations
 
 from pyinfra.operations.util import any_changed
 
+from registry_kit import package_data
+from registry_kit.commands import q
 from registry_kit.facts import HostState
 from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, packages, services
-from registry_kit.render import haproxy
+from registry_kit.operations.typed import operation
+from registry_kit.render import haproxy, prometheus, textfile, tls
+from registry_kit.render.token_auth import SANDBOX
 
 SERVICE = layout.METRICS_SERVICE
-PACKAGES = ("haproxy",)
-COMMANDS = ("haproxy",)
+FACTS_SERVICE = layout.FACTS_SERVICE
+PACKAGES = ("haproxy", "python3")
+COMMANDS = ("haproxy", "python3")
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [layout.METRICS_HAPROXY_CFG, layout.METRICS_UNIT],
-            "dirs": [layout.METRICS_DIR], "commands": list(COMMANDS), "services": [SERVICE]}
+    return {"files": [layout.METRICS_HAPROXY_CFG, layout.METRICS_UNIT, layout.FACTS_UNIT,
+                      layout.FACTS_SCRIPT, layout.FACTS_CERTIFICATE],
+            "dirs": [layout.METRICS_DIR, layout.FACTS_DIR], "commands": list(COMMANDS),
+            "services": [SERVICE, FACTS_SERVICE]}
 
 
 def render(settings: Settings) -> str:
@@ -35,7 +45,8 @@ def render(settings: Settings) -> str:
         [checked(net, "registry_metrics_allow") for net in settings.registry_metrics_allow],
         checked(settings.registry_debug_addr, "registry_debug_addr"),
         header="managed by registry-kit (registry_kit/roles/metrics.py): the registry's "
-               "metrics, for registry_metrics_allow only")
+               "metrics and the kit's facts, for registry_metrics_allow only",
+        facts=layout.FACTS_LISTEN)
 
 
 def render_unit() -> str:
@@ -44,13 +55,49 @@ def render_unit() -> str:
                         layout.METRICS_HAPROXY_CFG, layout.METRICS_PIDFILE)
 
 
-def metrics_deploy(settings: Settings, state: HostState) -> None:
+def facts_arguments(settings: Settings) -> list[str]:
+    argv = [layout.PYTHON, layout.FACTS_SCRIPT, "--listen", layout.FACTS_LISTEN,
+            "--dir", layout.FACTS_DIR, "--path", layout.FACTS_PATH]
+    if settings.registry_storage.driver == "filesystem":
+        argv += ["--data-dir", settings.registry_data_dir]
+    return argv
+
+
+def facts_unit(settings: Settings) -> bytes:
+    """The facts server's unit: the token server's sandbox (a dynamic user, no capabilities,
+    a read-only system); it reads the facts folder and, on filesystem storage, statvfs()es
+    the data folder."""
+    exec_start = textfile.systemd_exec_args(facts_arguments(settings), file=layout.FACTS_UNIT,
+                                            field="ExecStart")
+    return textfile.systemd_unit(
+        "Managed by registry-kit (registry_kit/roles/metrics.py)",
+        {"Unit": ["Description=registry-kit facts: the kit's own gauges for Prometheus",
+                  "After=network-online.target"],
+         "Service": [f"ExecStart={exec_start}", "Restart=always", "RestartSec=2", *SANDBOX],
+         "Install": ["WantedBy=multi-user.target"]}).encode()
+
+
+def certificate_facts(cert: tls.ServerCertificate | None) -> bytes | None:
+    """The facts file of the certificate this server serves; None without TLS."""
+    leaf = tls.load_first_cert(cert.cert_pem) if cert else None
+    return prometheus.certificate_facts(leaf.not_valid_after_utc).encode() if leaf else None
+
+
+@operation()
+def restart_facts():
+    yield f"systemctl daemon-reload && systemctl restart {q(FACTS_SERVICE)}"
+
+
+def metrics_deploy(settings: Settings, state: HostState,
+                   cert: tls.ServerCertificate | None = None) -> None:
     if not settings.registry_metrics:
         metrics_remove(state)
         return
-    packages.install_packages(PACKAGES, COMMANDS, state, name="Install haproxy (metrics)")
+    packages.install_packages(PACKAGES, COMMANDS, state,
+                              name="Install haproxy and python3 (metrics)")
     files.managed_dir(layout.METRICS_DIR, "0700", state.dirs.get(layout.METRICS_DIR),
                       name=f"Create {layout.METRICS_DIR}")
+    facts_deploy(settings, state, cert)
     config = files.managed_file(layout.METRICS_HAPROXY_CFG, render(settings).encode(), "0644",
                                 state.files.get(layout.METRICS_HAPROXY_CFG),
                                 name="Upload the metrics filter's haproxy.cfg")
@@ -62,9 +109,38 @@ def metrics_deploy(settings: Settings, state: HostState) -> None:
     services.start(state, SERVICE, daemon_reload=True, name=f"Enable and start {SERVICE}")
 
 
+def facts_deploy(settings: Settings, state: HostState,
+                 cert: tls.ServerCertificate | None) -> None:
+    """The facts folder (world-readable: no fact is a secret), the certificate's file and
+    the facts server."""
+    files.managed_dir(layout.FACTS_DIR, "0755", state.dirs.get(layout.FACTS_DIR),
+                      name=f"Create {layout.FACTS_DIR}")
+    certificate = certificate_facts(cert)
+    if certificate is not None:
+        files.managed_file(layout.FACTS_CERTIFICATE, certificate, "0644",
+                           state.files.get(layout.FACTS_CERTIFICATE),
+                           name="Write the server certificate's expiry (metrics)")
+    else:
+        files.absent_paths([layout.FACTS_CERTIFICATE], list(state.files),
+                           name="Remove the certificate's expiry (no TLS)")
+    script = files.managed_file(layout.FACTS_SCRIPT, package_data.script(
+        layout.FACTS_SCRIPT_NAME), "0755", state.files.get(layout.FACTS_SCRIPT),
+        name=f"Install {layout.FACTS_SCRIPT}")
+    unit = files.managed_file(layout.FACTS_UNIT, facts_unit(settings), "0644",
+                              state.files.get(layout.FACTS_UNIT),
+                              name=f"Install {FACTS_SERVICE}.service")
+    restart_facts(name=f"Restart {FACTS_SERVICE}", _if=any_changed(script, unit))
+    services.start(state, FACTS_SERVICE, daemon_reload=True,
+                   name=f"Enable and start {FACTS_SERVICE}")
+
+
 def metrics_remove(state: HostState) -> None:
     """The reverse of metrics_deploy (teardown, or registry_metrics=False). haproxy stays
-    installed: other software (the web page, a load balancer) may use it."""
+    installed: other software (the web page, a load balancer) may use it; so does python3.
+    The facts folder goes with what the guard and the garbage collection wrote there."""
     services.stop(state, SERVICE, layout.METRICS_UNIT, name=f"Stop and disable {SERVICE}")
-    files.absent_paths([layout.METRICS_UNIT, layout.METRICS_DIR], [*state.files, *state.dirs],
+    services.stop(state, FACTS_SERVICE, layout.FACTS_UNIT,
+                  name=f"Stop and disable {FACTS_SERVICE}")
+    files.absent_paths([layout.METRICS_UNIT, layout.METRICS_DIR, layout.FACTS_UNIT,
+                        layout.FACTS_SCRIPT, layout.FACTS_DIR], [*state.files, *state.dirs],
                        name="Remove the metrics filter's files")

@@ -6,8 +6,10 @@
 # FLAG. Between the marks nothing changes. A registry made read-only by anything else (no
 # FLAG) is left as it is. Each switch is one journal line (priority warning or notice); a
 # check that changes nothing logs nothing.
+# With FACTS (registry_metrics: its folder exists), each check leaves the guard's state there
+# for Prometheus, rewritten only when it changes: read-only 1 while FLAG holds the registry.
 # Usage: registry-disk-guard.sh NAME CONFIG_DIR DATA_DIR HIGH LOW URL RESOLVE CACERT TIMEOUT
-#                               LOCK FLAG
+#                               LOCK FLAG [FACTS]
 #        registry-disk-guard.sh --percent DATA_DIR   (how full, as the guard counts it)
 set -u
 # shellcheck source=lib.sh
@@ -26,7 +28,7 @@ fi
 
 name=$1 config_dir=$2 data=$3 high=$4 low=$5 url=$6 resolve=$7 cacert=$8 timeout=$9
 shift 9
-lock=$1 flag=$2
+lock=$1 flag=$2 facts=${3:-}
 config=$config_dir/config.yml
 # registry-gc.sh's copy of config.yml while it collects: it puts that copy back itself.
 saved=$config_dir/config.yml.registry-kit-saved
@@ -36,6 +38,27 @@ saved=$config_dir/config.yml.registry-kit-saved
 mkdir -p "$(dirname "$lock")"
 exec 9>"$lock"
 flock -n 9 || exit 0
+
+export_state() {
+    [ -n "$facts" ] && [ -d "$(dirname "$facts")" ] || return 0
+    metric=registry_kit_disk_guard_read_only
+    state="# HELP $metric 1 while the disk guard holds the registry read-only
+# TYPE $metric gauge"
+    if [ -e "$flag" ]; then
+        state="$state
+$metric 1
+# HELP ${metric}_since_timestamp_seconds when the guard made it read-only
+# TYPE ${metric}_since_timestamp_seconds gauge
+${metric}_since_timestamp_seconds $(stat -c %Y "$flag")"
+    else
+        state="$state
+$metric 0"
+    fi
+    [ "$(cat "$facts" 2>/dev/null)" = "$state" ] && return 0
+    printf '%s\n' "$state" >"$facts.new" && chmod 0644 "$facts.new" && mv -f "$facts.new" "$facts"
+}
+# Whichever way a check ends, the state it leaves is exported.
+trap export_state EXIT
 
 used=$(percent "$data") || exit 1
 [ -n "$used" ] || exit 1

@@ -4,10 +4,15 @@
 # afterwards restarted with its own config.yml again, whatever happened. --dry-run only
 # reports what would be deleted. Prints one "registry-kit:" summary line with the freed bytes.
 # Usage: registry-gc.sh NAME CONFIG_DIR DATA_DIR URL RESOLVE CACERT TIMEOUT INNER LOG_DIR
-#                       [--dry-run] [--delete-untagged]
+#                       [--dry-run] [--delete-untagged] [--facts=FILE]
+#   FILE: where a whole collection (not a dry run, not a step) leaves its result and end time
+#   for Prometheus, however it ends; only when FILE's folder exists (registry_metrics).
 #   DATA_DIR "-": storage is not a folder. INNER: CONFIG_DIR/config.yml as the container
 #   sees it. LOG_DIR: where garbage-collect's output goes (gc.log).
 #        registry-gc.sh --readonly-config < config.yml > read-only-config.yml
+#        registry-gc.sh --retention-result FILE STATUS
+#   retention.py's run on this server ended with STATUS: its result and end time in FILE,
+#   as a collection leaves its own (only when FILE's folder exists).
 #        registry-gc.sh --step check|readonly|collect|writable NAME CONFIG_DIR ... (as above)
 #   One step of a collection on shared storage (registry_kit/sharedgc.py runs them in order
 #   on every replica from the control machine): check changes nothing; readonly restarts
@@ -29,6 +34,25 @@ if [ "${1:-}" = "--readonly-config" ]; then
     exit 0
 fi
 
+# A run's result (KIND: gc or retention; STATUS: its exit status) and end time as gauges
+# in FILE for Prometheus, when FILE's folder exists (registry_metrics).
+export_result() {  # FILE KIND STATUS
+    [ -n "$1" ] && [ -d "$(dirname "$1")" ] || return 0
+    success=0
+    [ "$3" = 0 ] && success=1
+    metric=registry_kit_$2_last
+    printf '%s\n' "# HELP ${metric}_success 1 if the last $2 run succeeded, else 0" \
+        "# TYPE ${metric}_success gauge" "${metric}_success $success" \
+        "# HELP ${metric}_end_timestamp_seconds when the last $2 run ended" \
+        "# TYPE ${metric}_end_timestamp_seconds gauge" \
+        "${metric}_end_timestamp_seconds $(date +%s)" >"$1.new" &&
+        chmod 0644 "$1.new" && mv -f "$1.new" "$1"
+}
+if [ "${1:-}" = "--retention-result" ]; then
+    export_result "$2" retention "$3"
+    exit 0
+fi
+
 step=""
 if [ "${1:-}" = "--step" ]; then
     step=$2
@@ -36,11 +60,12 @@ if [ "${1:-}" = "--step" ]; then
 fi
 name=$1 config_dir=$2 data=$3 url=$4 resolve=$5 cacert=$6 timeout=$7 inner=$8 log_dir=$9
 shift 9
-dry_run=0 untagged=""
+dry_run=0 untagged="" facts=""
 for arg in "$@"; do
     case $arg in
         --dry-run) dry_run=1 ;;
         --delete-untagged) untagged=--delete-untagged ;;
+        --facts=*) facts=${arg#--facts=} ;;
         *) echo "registry-kit: unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -51,7 +76,13 @@ saved=$config_dir/config.yml.registry-kit-saved
 record=$config_dir/last-gc
 log=$log_dir/gc.log
 # The log is read here and its summary reported; nothing of it stays in the runtime folder.
-trap 'rm -f "$log"' EXIT
+# A whole collection (not a step, not a dry run) leaves its result, however it ends.
+on_exit() {
+    status=$?
+    rm -f "$log"
+    [ -z "$step" ] && [ "$dry_run" = 0 ] && export_result "$facts" gc "$status"
+}
+trap on_exit EXIT
 set_curl_opts "$resolve" "$cacert"
 
 write_record() {

@@ -450,6 +450,10 @@ def _prometheus_sees_the_registry_go_down_and_come_back(site: Site) -> None:
     assert site.status("alice") == 200
 
 
+FACT_RULES = {"RegistryFactsDown", "RegistryCertificateExpiresSoon", "RegistryDataDiskAbove85",
+              "RegistryDiskGuardReadOnly", "RegistryGCFailed", "RegistryRetentionFailed"}
+
+
 def _prometheus_checks(site: Site, port: int) -> None:
     def targets_up() -> bool:
         try:
@@ -459,6 +463,16 @@ def _prometheus_checks(site: Site, port: int) -> None:
         return bool(active) and all(t["health"] == "up" for t in active)
 
     _wait(targets_up, 60, "every target up")
+    jobs = {t["labels"]["job"] for t in _prometheus_api(port, "/api/v1/targets")["activeTargets"]}
+    assert jobs == {"registry-kit-registry", "registry-kit-facts"}, jobs
+    # The kit's rules on its facts loaded, the facts scraped, none of those alerts active
+    # but the disk's (this machine's own disk may be that full).
+    rules = {rule["name"] for group in _prometheus_api(port, "/api/v1/rules")["groups"]
+             for rule in group["rules"]}
+    assert rules >= FACT_RULES, rules
+    size = _prometheus_api(port, "/api/v1/query?query=registry_kit_data_filesystem_size_bytes")
+    assert [r["metric"]["host"] for r in size["result"]] == [SERVER], size
+    assert all(_alerts(port, name) == [] for name in FACT_RULES - {"RegistryDataDiskAbove85"})
     assert _alerts(port, "RegistryDown") == []
     harness.ssh(SERVER, "docker stop registry >/dev/null")
     bound = REGISTRY_DOWN_FOR + 3 * PROMETHEUS_INTERVAL
@@ -477,6 +491,56 @@ def _prometheus_checks(site: Site, port: int) -> None:
     harness.ssh(SERVER, "docker start registry >/dev/null")
     resolved = _wait(lambda: _alerts(port, "RegistryDown") == [], 30, "RegistryDown resolved")
     print(f"RegistryDown resolved {resolved:.1f} s after the registry started")
+
+
+def _gauges(text: str) -> dict[str, float]:
+    """NAME{LABELS} -> value, from Prometheus' text format (comments left out)."""
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _kit_facts_match_the_server(site: Site, reg: str) -> None:
+    """GET /kit/metrics from the allowed client, each gauge checked against the server with
+    other tools: the certificate the registry serves (read over TLS here), df, the guard's
+    flag file, a garbage_collect.py run; cut off for the other client like /metrics."""
+    import ssl
+
+    from cryptography import x509
+    url = f"http://{reg}:{METRICS_PORT}/kit/metrics"
+
+    def scrape() -> dict[str, float]:
+        assert harness.ssh(CLIENTS[0], SCRAPE + url).stdout == "200"
+        return _gauges(harness.ssh(CLIENTS[0], "cat /tmp/scrape").stdout)
+
+    # The guard writes its state at its next check (every 5 s) once the folder exists.
+    _wait(lambda: "registry_kit_disk_guard_read_only" in scrape(), 15, "the guard's state")
+    facts = scrape()
+    served = x509.load_pem_x509_certificate(ssl.get_server_certificate((reg, PORT)).encode())
+    assert facts['registry_kit_certificate_not_after_timestamp_seconds{certificate="server"}'] \
+        == calendar.timegm(served.not_valid_after_utc.utctimetuple())
+    data = site.data.get("registry_data_dir", "/var/lib/registry-kit/data")
+    size, used, avail = (int(v) for v in harness.ssh(
+        SERVER, f"df -P -B1 {data} | tail -n 1").stdout.split()[1:4])
+    assert facts["registry_kit_data_filesystem_size_bytes"] == size
+    # This machine's disk is shared with whatever else runs: within 1% of it.
+    assert abs(facts["registry_kit_data_filesystem_used_bytes"] - used) < size / 100
+    assert abs(facts["registry_kit_data_filesystem_avail_bytes"] - avail) < size / 100
+    flag = harness.ssh(SERVER, "test -e /etc/registry-kit/disk-guard-readonly", check=False)
+    assert flag.returncode != 0 and facts["registry_kit_disk_guard_read_only"] == 0
+    assert not any(name.startswith("registry_kit_gc_") for name in facts)  # none run yet
+    before = time.time()
+    harness.run_kit(site.inventory, "garbage_collect.py").assert_ok()
+    facts = scrape()
+    assert facts["registry_kit_gc_last_success"] == 1
+    assert before - 1 <= facts["registry_kit_gc_last_end_timestamp_seconds"] <= time.time() + 1
+    refused = harness.ssh(CLIENTS[1], SCRAPE + url, check=False)
+    assert refused.returncode != 0 and refused.stdout in ("", "000"), refused
+    # Every fact file is root's and world-readable; none holds a secret (no user's password
+    # is in the scrape).
+    listing = harness.ssh(SERVER, "stat -c '%U %a %n' /var/lib/registry-kit-metrics/*").stdout
+    assert all(line.split()[:2] == ["root", "644"] for line in listing.splitlines()), listing
+    body = harness.ssh(CLIENTS[0], "cat /tmp/scrape").stdout
+    assert not any(password in body for password in site.passwords.values())
 
 
 def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
@@ -519,6 +583,10 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
         listening = harness.ssh(SERVER, "ss -Htln").stdout.split()
         assert f"{reg}:{METRICS_PORT}" in listening and f"0.0.0.0:{METRICS_PORT}" not in \
             listening and "127.0.0.1:5001" in listening and "0.0.0.0:5001" not in listening
+        assert "127.0.0.1:9196" in listening and "0.0.0.0:9196" not in listening  # facts
+        started = time.monotonic()
+        _kit_facts_match_the_server(site, reg)
+        print(f"the kit's facts checked in {time.monotonic() - started:.1f} s")
         _prometheus_sees_the_registry_go_down_and_come_back(site)
     finally:
         for key in ("registry_metrics", "registry_metrics_bind", "registry_metrics_allow",
@@ -530,6 +598,9 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
     assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
         .strip() == "0"
     assert harness.ssh(SERVER, "ls /etc/registry-kit-metrics /etc/systemd/system/"
-                       "registry-kit-metrics.service 2>&1 || true").stdout.count(
-                           "No such file") == 2
+                       "registry-kit-metrics.service /var/lib/registry-kit-metrics "
+                       "/etc/systemd/system/registry-kit-facts.service "
+                       "/usr/local/lib/registry-kit/registry-kit-facts.py 2>&1 || true"
+                       ).stdout.count("No such file") == 5
+    assert harness.ssh(SERVER, "ss -Htln | grep -c ':9196 ' || true").stdout.strip() == "0"
     site.deploy().assert_no_changes()

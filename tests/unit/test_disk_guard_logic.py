@@ -41,13 +41,14 @@ def guard(tmp_path: Path, make_settings: Callable[..., Settings]) -> Callable[..
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     (config_dir / "config.yml").write_text(render_config(make_settings(), "s"))
 
-    def run(used: int, *, running: bool = True) -> str:
+    def run(used: int, *, running: bool = True, facts: Path | None = None) -> str:
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "USED": str(used),
                "AVAIL": str(100 - used), "CALLS": str(tmp_path / "calls"),
                "RUNNING": "true" if running else "false"}
         args = ["sh", str(SCRIPTS / disk_guard.SCRIPT), "registry", str(config_dir),
                 str(tmp_path), "90", "85", "https://r:5000", "-", "-", "5",
-                str(tmp_path / "lock"), str(config_dir / "disk-guard-readonly")]
+                str(tmp_path / "lock"), str(config_dir / "disk-guard-readonly"),
+                *([str(facts)] if facts else [])]
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
         return done.stdout
     return run
@@ -101,6 +102,29 @@ def test_script_leaves_a_stopped_registry_and_a_collection_alone(
     saved.write_text("x")  # garbage collection at work: it restores the config itself
     assert guard(10) == "" and (tmp_path / "config" / "disk-guard-readonly").exists()
     assert config.read_text() == before
+
+
+def test_script_exports_its_state_when_it_changes(guard: Callable[..., str],
+                                                  tmp_path: Path) -> None:
+    """registry_metrics: the guard's state as gauges in the facts folder (only when that
+    folder exists), rewritten only when the state changes."""
+    facts = tmp_path / "facts" / "disk-guard.prom"
+    guard(10, facts=facts)
+    assert not facts.parent.exists()  # metrics off: nothing written, no folder made
+    facts.parent.mkdir()
+    guard(10, facts=facts)
+    assert facts.read_text().splitlines()[-1] == "registry_kit_disk_guard_read_only 0"
+    before = facts.stat().st_mtime_ns
+    guard(20, facts=facts)
+    assert facts.stat().st_mtime_ns == before
+    guard(95, facts=facts)
+    flag = tmp_path / "config" / "disk-guard-readonly"
+    lines = facts.read_text().splitlines()
+    assert "registry_kit_disk_guard_read_only 1" in lines and lines[-1] == \
+        f"registry_kit_disk_guard_read_only_since_timestamp_seconds {int(flag.stat().st_mtime)}"
+    assert oct(facts.stat().st_mode & 0o777) == "0o644"
+    guard(50, facts=facts)
+    assert facts.read_text().splitlines()[-1] == "registry_kit_disk_guard_read_only 0"
 
 
 def test_percent_is_dfs_rounded_up(tmp_path: Path) -> None:

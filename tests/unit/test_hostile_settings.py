@@ -34,7 +34,15 @@ from registry_kit.model.layout import Endpoints
 from registry_kit.model.settings import Settings, SettingsError, unsafe_character
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
-from registry_kit.roles import cache, gc_timer, keepalived, loadbalancer, retention_timer, server
+from registry_kit.roles import (
+    cache,
+    gc_timer,
+    keepalived,
+    loadbalancer,
+    metrics,
+    retention_timer,
+    server,
+)
 from registry_kit.roles import client as client_mod
 
 HOST = "hostile-host"
@@ -284,6 +292,12 @@ def _check_files(s: Settings, key: str, value: str) -> None:
     # systemd unescapes %% to %; then its quoting is a shell's for these words.
     assert _words(exec_line[0].removeprefix("ExecStart=").replace("%%", "%")) == \
         gc_timer.locked(gc_timer.gc_arguments(s, dry_run=False))
+    # The facts server (registry_metrics): the data folder one whole argument too.
+    facts = [line for line in _lines(metrics.facts_unit(s).decode())
+             if line.startswith("ExecStart=")]
+    assert len(facts) == 1
+    assert _words(facts[0].removeprefix("ExecStart=").replace("%%", "%")) == \
+        metrics.facts_arguments(s)
 
     if s.registry_retention_schedule is not None:
         _check_retention_units(s, plain_settings)

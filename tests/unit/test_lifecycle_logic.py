@@ -4,7 +4,9 @@ and the lifecycle settings."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,10 +96,56 @@ def test_gc_arguments(make_settings: Callable[..., Settings]) -> None:
     args = gc_timer.gc_arguments(settings, dry_run=True)
     assert args[:4] == ["/usr/local/lib/registry-kit/registry-gc.sh", "registry",
                         "/etc/registry-kit", "/var/lib/registry-kit/data"]
-    assert args[-2:] == ["--dry-run", "--delete-untagged"]
+    assert args[-3:] == ["--dry-run", "--delete-untagged",
+                         "--facts=/var/lib/registry-kit-metrics/gc.prom"]
     assert "--dry-run" not in gc_timer.gc_arguments(make_settings(), dry_run=False)
     s3 = make_settings(registry_storage={"driver": "inmemory"})
     assert gc_timer.gc_arguments(s3, dry_run=False)[3] == "-"  # no folder to measure
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_gc_script_exports_its_result(make_settings: Callable[..., Settings], tmp_path: Path,
+                                      fails: bool) -> None:
+    """registry_metrics: a whole collection leaves its result and end time in the facts
+    folder, failed or not (docker and curl are stubs here; the e2e test runs it for real)."""
+    bin_dir, config_dir, facts = tmp_path / "bin", tmp_path / "config", tmp_path / "facts"
+    for folder in (bin_dir, config_dir, facts):
+        folder.mkdir()
+    stubs = {"docker": '[ "$1" = inspect ] && { echo true; exit 0; }\n'
+                       '[ "$1" = exec ] && { [ -n "${FAIL:-}" ] && exit 1; '
+                       'echo "1 blobs marked, 0 blobs and 0 manifests eligible"; }\ntrue\n',
+             "curl": "printf 401\n"}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    (config_dir / "config.yml").write_text(render_config(make_settings(), "s"))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           **({"FAIL": "1"} if fails else {})}
+    args = ["sh", str(_SCRIPTS / gc_timer.SCRIPT), "registry", str(config_dir), "-",
+            "https://r:5000", "-", "-", "5", "/etc/registry-kit/config.yml", str(tmp_path / "log")]
+    started = int(time.time())
+    done = subprocess.run([*args, f"--facts={facts / 'gc.prom'}"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == (1 if fails else 0), done.stderr
+    values = {line.split()[0]: int(line.split()[1])
+              for line in (facts / "gc.prom").read_text().splitlines() if line[0] != "#"}
+    assert values["registry_kit_gc_last_success"] == (0 if fails else 1)
+    assert started <= values["registry_kit_gc_last_end_timestamp_seconds"] <= time.time() + 1
+    # A dry run and a step leave nothing; nor does a run without the facts folder.
+    (facts / "gc.prom").unlink()
+    subprocess.run([*args, "--dry-run", f"--facts={facts / 'gc.prom'}"], env=env,
+                   capture_output=True)
+    subprocess.run([args[0], args[1], "--step", "check", *args[2:],
+                    f"--facts={facts / 'gc.prom'}"], env=env, capture_output=True)
+    assert not (facts / "gc.prom").exists()
+    subprocess.run([*args, f"--facts={tmp_path / 'none' / 'gc.prom'}"], env=env,
+                   capture_output=True)
+    assert not (tmp_path / "none").exists()
+    # retention.py's run leaves its result through the same script.
+    subprocess.run(["sh", args[1], "--retention-result", str(facts / "retention.prom"),
+                    "0" if not fails else "1"], check=True)
+    assert f"registry_kit_retention_last_success {0 if fails else 1}\n" in \
+        (facts / "retention.prom").read_text()
 
 
 def test_timer_units(make_settings: Callable[..., Settings]) -> None:

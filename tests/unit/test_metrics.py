@@ -3,16 +3,26 @@ filter in front of it on servers and haproxy's exporter on load balancers."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
-from registry_kit.model import layout
+from registry_kit.model import keystore, layout
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as topo
 from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.package_data import SCRIPTS
 from registry_kit.render.config import render_config
 from registry_kit.roles import loadbalancer, metrics, server, status_json
 
@@ -53,6 +63,11 @@ def test_on_puts_the_debug_server_on_loopback(make_settings: Callable[..., Setti
     ({"registry_metrics_port": 5000}, "registry_metrics_port"),
     ({"registry_metrics_port": 5001}, "registry_metrics_port"),
     ({"registry_port": 5001}, "registry_debug_addr"),
+    # The kit's facts server's loopback port.
+    ({"registry_port": 9196}, "registry_port"),
+    ({"registry_metrics_port": 9196}, "registry_metrics_port"),
+    ({"registry_debug_addr": "127.0.0.1:9196"}, "registry_debug_addr"),
+    ({"registry_webui_enabled": True, "registry_webui_port": 9196}, "registry_webui_port"),
 ])
 def test_refused_with_one_line(make_settings: Callable[..., Settings], data: dict[str, Any],
                                key: str) -> None:
@@ -72,8 +87,12 @@ def test_server_filter_passes_get_metrics_only(make_settings: Callable[..., Sett
     text = metrics.render(make_settings(**ON))
     assert "    bind 10.0.0.11:9195\n" in text
     assert "    tcp-request connection reject unless { src 10.0.0.5/32 192.168.1.0/24 }\n" in text
-    assert "    http-request deny unless { path /metrics } { method GET }\n" in text
+    assert "    http-request deny unless { path /metrics /kit/metrics } { method GET }\n" \
+        in text
+    assert "    use_backend facts if { path /kit/metrics }\n    default_backend registry\n" \
+        in text
     assert "    server registry 127.0.0.1:5001\n" in text
+    assert text.endswith("backend facts\n    mode http\n    server facts 127.0.0.1:9196\n")
     unit = metrics.render_unit()
     assert "ExecStartPre=/usr/sbin/haproxy -c -q -f /etc/registry-kit-metrics/haproxy.cfg" in unit
 
@@ -101,3 +120,62 @@ def test_load_balancer_without_an_ip_is_refused_before_any_host() -> None:
     _, topology = _lb(registry_internal_address="lb1.example")
     with pytest.raises(SettingsError, match="lb1: setting registry_metrics_bind=None"):
         topo.validate_metrics(topology)
+
+
+def test_facts_server_unit(make_settings: Callable[..., Settings]) -> None:
+    unit = metrics.facts_unit(make_settings(**ON)).decode()
+    assert ("ExecStart=/usr/bin/python3 /usr/local/lib/registry-kit/registry-kit-facts.py "
+            "--listen 127.0.0.1:9196 --dir /var/lib/registry-kit-metrics --path /kit/metrics "
+            "--data-dir /var/lib/registry-kit/data\n") in unit
+    assert "DynamicUser=yes\n" in unit and "ProtectSystem=strict\n" in unit
+    # No filesystem of this server to measure on object storage.
+    memory = metrics.facts_unit(make_settings(**ON, registry_storage={"driver": "inmemory"}))
+    assert b"--data-dir" not in memory
+
+
+def test_certificate_facts_hold_its_not_after(tmp_path: Path) -> None:
+    cert = keystore.server_certificate(settings_mod.load("reg", {
+        "registry_anonymous_acknowledged": True, "registry_state_dir": str(tmp_path)}))
+    assert cert is not None
+    text = metrics.certificate_facts(cert)
+    assert text is not None
+    not_after = x509.load_pem_x509_certificate(cert.cert_pem).not_valid_after_utc
+    assert text.decode().splitlines()[-1] == (
+        "registry_kit_certificate_not_after_timestamp_seconds{certificate=\"server\"} "
+        f"{int(not_after.timestamp())}")
+    assert metrics.certificate_facts(None) is None
+
+
+def test_facts_server_answers_the_files_and_the_disk(tmp_path: Path) -> None:
+    """scripts/registry-kit-facts.py, run here: every *.prom file of its folder and the
+    data filesystem's bytes on its path, 404 elsewhere."""
+    (tmp_path / "gc.prom").write_text("registry_kit_gc_last_success 1\n")
+    (tmp_path / "notes.txt").write_text("not served\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(SCRIPTS / layout.FACTS_SCRIPT_NAME),
+                               "--listen", f"127.0.0.1:{port}", "--dir", str(tmp_path),
+                               "--path", "/kit/metrics", "--data-dir", str(tmp_path)])
+    try:
+        body = ""
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/kit/metrics",
+                                            timeout=5) as answer:
+                    body = answer.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert "registry_kit_gc_last_success 1\n" in body and "not served" not in body
+        values = {line.split()[0]: int(line.split()[1]) for line in body.splitlines()
+                  if line.startswith("registry_kit_data_filesystem_")}
+        fs = os.statvfs(tmp_path)
+        assert values["registry_kit_data_filesystem_size_bytes"] == fs.f_blocks * fs.f_frsize
+        assert set(values) == {f"registry_kit_data_filesystem_{kind}_bytes"
+                               for kind in ("size", "used", "avail")}
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

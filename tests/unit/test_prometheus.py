@@ -51,6 +51,10 @@ def test_scrape_config_lists_every_endpoint(tmp_path: Path) -> None:
         [["10.0.0.21:9195"], ["10.0.0.22:9195"]]
     assert jobs[prometheus.HAPROXY_JOB]["static_configs"] == \
         [{"targets": ["10.0.0.11:9195"], "labels": {"host": "lb1"}}]
+    # The kit's facts: the same filter of each server, another path.
+    assert jobs[prometheus.FACTS_JOB]["metrics_path"] == "/kit/metrics"
+    assert jobs[prometheus.FACTS_JOB]["static_configs"] == \
+        jobs[prometheus.REGISTRY_JOB]["static_configs"]
     assert config["rule_files"] == [prometheus.RULES_FILE]
 
 
@@ -70,9 +74,10 @@ def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
     written = folder.write_folder(_hosts(tmp_path))
     assert written is not None
     assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
-    assert "SUCCESS: 5 rules found" in _promtool("check", "rules",
-                                                 str(written / prometheus.RULES_FILE))
-    # A single server without load balancers: the registry's two rules only.
+    # The registry's two, the load balancers' three, the kit's facts' six.
+    assert "SUCCESS: 11 rules found" in _promtool("check", "rules",
+                                                  str(written / prometheus.RULES_FILE))
+    # A single server without load balancers or facts: the registry's two rules only.
     single = tmp_path / "single.yml"
     single.write_text(prometheus.alert_rules(topo.BACKEND, with_lbs=False))
     assert "SUCCESS: 2 rules found" in _promtool("check", "rules", str(single))
@@ -140,9 +145,96 @@ def test_each_rule_fires_on_its_series(tmp_path: Path) -> None:
     assert "SUCCESS" in _promtool("test", "rules", str(test_file))
 
 
+@needs_promtool
+def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
+    """The rules on the kit's own gauges: each fires on its series once its `for:` has
+    passed, not before (promtool's time() starts at 0, so the certificate's notAfter is
+    written as seconds from the start)."""
+    rules = tmp_path / prometheus.RULES_FILE
+    rules.write_text(prometheus.alert_rules(topo.BACKEND, False, prometheus.FACTS))
+    job = f'job="{prometheus.FACTS_JOB}",host="rep1"'
+    labels = {"job": prometheus.FACTS_JOB, "host": "rep1"}
+    days = prometheus.CERTIFICATE_DAYS
+    tests = {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f"up{{{job}}}", "values": "1 1 0x10"},
+            # Under 21 days left from 11 minutes on.
+            {"series": f'registry_kit_certificate_not_after_timestamp_seconds{{{job},'
+                       'certificate="server"}', "values": f"{days * 86400 + 600}x30"},
+            {"series": f"registry_kit_data_filesystem_used_bytes{{{job}}}",
+             "values": "80 80 90x10"},
+            {"series": f"registry_kit_data_filesystem_avail_bytes{{{job}}}",
+             "values": "20 20 10x10"},
+            {"series": f"registry_kit_disk_guard_read_only{{{job}}}", "values": "0 0 1x10"},
+            {"series": f"registry_kit_gc_last_success{{{job}}}", "values": "1 1 0x10"},
+            {"series": f"registry_kit_retention_last_success{{{job}}}", "values": "1 1 1 0x10"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "6m", "alertname": "RegistryFactsDown", "exp_alerts": []},
+            _alert("RegistryFactsDown", "7m", {"severity": "warning", **labels},
+                   "the kit's facts on rep1 are not served: its certificate, disk and "
+                   "garbage collection alerts cannot fire"),
+            {"eval_time": "20m", "alertname": "RegistryCertificateExpiresSoon",
+             "exp_alerts": []},
+            _alert("RegistryCertificateExpiresSoon", "21m",
+                   {"severity": "critical", "certificate": "server", **labels},
+                   "the server certificate of rep1 expires in under 21 days (the kit renews "
+                   "at 30: renewal failed)"),
+            {"eval_time": "6m", "alertname": "RegistryDataDiskAbove85", "exp_alerts": []},
+            _alert("RegistryDataDiskAbove85", "7m", {"severity": "warning", **labels},
+                   "the registry's data filesystem on rep1 is over 85% full"),
+            {"eval_time": "2m", "alertname": "RegistryDiskGuardReadOnly", "exp_alerts": []},
+            _alert("RegistryDiskGuardReadOnly", "3m", {"severity": "critical", **labels},
+                   "the disk guard holds the registry on rep1 read-only: pushes are refused "
+                   "(405)"),
+            {"eval_time": "2m", "alertname": "RegistryGCFailed", "exp_alerts": []},
+            _alert("RegistryGCFailed", "3m", {"severity": "warning", **labels},
+                   "the last garbage collection on rep1 failed (journalctl -u "
+                   "registry-kit-gc)"),
+            {"eval_time": "3m", "alertname": "RegistryRetentionFailed", "exp_alerts": []},
+            _alert("RegistryRetentionFailed", "4m", {"severity": "warning", **labels},
+                   "the last retention run on rep1 failed (retention.py's output says why)"),
+        ]}]}
+    test_file = tmp_path / "tests.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert "SUCCESS" in _promtool("test", "rules", str(test_file))
+
+
+def test_fact_rules_only_for_the_facts_served(tmp_path: Path) -> None:
+    """A rule on a gauge no server serves could never fire: not written."""
+    def written(**data: Any) -> set[str]:
+        folder.write_folder(_hosts(tmp_path, **data))
+        text = (tmp_path / "state" / "prometheus" / prometheus.RULES_FILE).read_text()
+        return {rule["alert"] for rule in yaml.safe_load(text)["groups"][0]["rules"]}
+
+    facts = {"RegistryFactsDown", "RegistryCertificateExpiresSoon", "RegistryDataDiskAbove85",
+             "RegistryDiskGuardReadOnly", "RegistryGCFailed", "RegistryRetentionFailed"}
+    assert facts <= written()
+    bare = written(registry_tls_mode="none", registry_storage={"driver": "inmemory"})
+    assert bare & facts == {"RegistryFactsDown", "RegistryGCFailed", "RegistryRetentionFailed"}
+    assert "RegistryDiskGuardReadOnly" not in written(registry_disk_readonly_percent=None)
+    assert prometheus.alert_rules(topo.BACKEND, with_lbs=False).count("alert:") == 2
+
+
 def test_rules_not_written_are_named() -> None:
-    text = prometheus.alert_rules(topo.BACKEND, with_lbs=True)
+    text = prometheus.alert_rules(topo.BACKEND, with_lbs=True, facts=prometheus.FACTS)
     written = {rule["alert"] for rule in yaml.safe_load(text)["groups"][0]["rules"]}
     assert written == {"RegistryDown", "Registry5xxRate", "LoadBalancerDown",
-                       "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation"}
-    assert len(prometheus.RULES_NOT_YET) == 6
+                       "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation",
+                       "RegistryFactsDown", "RegistryCertificateExpiresSoon",
+                       "RegistryDataDiskAbove85", "RegistryDiskGuardReadOnly",
+                       "RegistryGCFailed", "RegistryRetentionFailed"}
+    assert len(prometheus.RULES_NOT_YET) == 3
+
+
+def test_gauges_text_is_checked_and_escaped() -> None:
+    text = prometheus.gauges([("registry_kit_x", "help", [({"a": 'q"\\\n'}, 1.5),
+                                                          ({}, 1803859200)])])
+    assert text.splitlines() == ["# HELP registry_kit_x help", "# TYPE registry_kit_x gauge",
+                                 'registry_kit_x{a="q\\"\\\\\\n"} 1.5',
+                                 "registry_kit_x 1803859200"]
+    for bad in [("x y", "h", []), ("x", "two\nlines", []), ("x", "h", [({"a b": "v"}, 1)]),
+                ("x", "h", [({}, float("nan"))])]:
+        with pytest.raises(ValueError):
+            prometheus.gauges([bad])

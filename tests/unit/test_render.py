@@ -8,9 +8,17 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry_kit.model.settings import Secret, Settings, Storage
-from registry_kit.render.config import CacheTarget, config_data, dump_config, render_config
+from registry_kit.render.config import (
+    CacheTarget,
+    _ConfigDumper,
+    config_data,
+    dump_config,
+    render_config,
+)
 
 HTTP_SECRET = "http-secret-0123456789"
 USERS = [{"name": "ci", "password_env": "REGKIT_PW"}]
@@ -216,3 +224,34 @@ def test_hostile_storage_params_stay_one_value(make_settings: Callable[..., Sett
     assert config["storage"]["s3"] == {"bucket": value, "secretkey": value, value: "as a key"}
     assert set(config["storage"]) == {"s3", "delete", "maintenance"}
     assert set(config) == {"version", "log", "storage", "http", "health"}
+
+
+# Values as settings can hold them (surrogates are refused there) and then some: every
+# category but surrogates, with YAML's and the shell's metacharacters weighted in.
+_METACHARACTERS = [*"'\"$`\\:#-?&*!|>%@,[]{} \t\n\r", "\x85", "\u2028", "\ufeff", "é"]
+_ANY_TEXT = st.text(alphabet=st.one_of(st.sampled_from(_METACHARACTERS),
+                                       st.characters(blacklist_categories=("Cs",))),
+                    max_size=40)
+# Keys: any text, empty and long ones included (those go through the Python emitter).
+_KEYS = st.one_of(_ANY_TEXT, st.text(alphabet="ab ", min_size=95, max_size=135))
+_SCALARS = st.one_of(_ANY_TEXT, st.integers(), st.booleans(), st.none(), st.floats())
+_CONFIGS = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=12)
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml: one dumper only")
+@settings(max_examples=500, deadline=None)
+@given(data=st.dictionaries(_KEYS, _CONFIGS, max_size=5))
+def test_libyaml_dumper_writes_the_same_bytes_as_the_python_one(data: dict[str, Any]) -> None:
+    """config.yml is written with libyaml's emitter for speed; a changed byte would recreate
+    every registry on upgrade, so the two must agree on whatever a setting can hold."""
+    assert dump_config(data) == dump_config(data, dumper=_ConfigDumper)
+
+
+def test_a_lone_surrogate_falls_back_to_the_python_dumper() -> None:
+    assert '"\\uD800"' in dump_config({"k": "\ud800"})
+
+
+@pytest.mark.parametrize("key", ["", "a" * 120, "a" * 128])
+def test_keys_the_emitters_differ_on_go_through_the_python_one(key: str) -> None:
+    assert dump_config({key: {key: 1}}) == dump_config({key: {key: 1}}, dumper=_ConfigDumper)

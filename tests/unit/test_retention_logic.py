@@ -348,7 +348,9 @@ def test_apply_command_quotes_every_path_and_guards_with_the_fingerprint(
                                                              "writable")]
     assert all(steps) and [m.start() for m in steps if m] == sorted(m.start() for m in steps
                                                                      if m)
-    assert command.endswith("|| ok=1; exit $ok")
+    assert command.endswith("|| ok=1; /usr/local/lib/registry-kit/registry-gc.sh "
+                            "--retention-result /var/lib/registry-kit-metrics/retention.prom "
+                            '"$ok"; exit $ok')
     listed = job.listing_command(settings)
     assert listed.startswith("echo \"N $(date +%s)\"; cd /srv/reg/docker/registry/v2")
     assert job.LISTING in listed and job.LISTING in command

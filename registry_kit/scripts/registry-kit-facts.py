@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+# Managed by registry-kit: the kit's own facts as Prometheus gauges (registry_metrics),
+# answered on GET --path at --listen (the loopback: the metrics filter, a haproxy of the kit's
+# own, passes it on from registry_metrics_allow only). Each answer is, read at that moment:
+# every *.prom file of --dir (written as root by whoever changes a fact: the deploy, the disk
+# guard, the garbage collection; none holds a secret) and, with --data-dir, the bytes of the
+# registry's data filesystem as df counts them (statvfs).
+#
+# Debian's python3 only (standard library). Runs as a dynamic user, read-only.
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def filesystem(data_dir: str) -> str:
+    """The data filesystem's size, used and available bytes (df's Size, Used, Avail: blocks
+    reserved for root are neither used nor available)."""
+    try:
+        fs = os.statvfs(data_dir)
+    except OSError as error:
+        print(f"registry-kit-facts: {data_dir}: {error.strerror}", file=sys.stderr)
+        return ""
+    values = {"size": fs.f_blocks * fs.f_frsize,
+              "used": (fs.f_blocks - fs.f_bfree) * fs.f_frsize,
+              "avail": fs.f_bavail * fs.f_frsize}
+    lines = []
+    for kind, value in values.items():
+        name = f"registry_kit_data_filesystem_{kind}_bytes"
+        lines += [f"# HELP {name} the registry's data filesystem: {kind} bytes (df)",
+                  f"# TYPE {name} gauge", f"{name} {value}"]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def facts(folder: Path, data_dir: str | None) -> bytes:
+    parts = []
+    for path in sorted(folder.glob("*.prom")):
+        try:
+            text = path.read_text()
+        except OSError:  # replaced or removed meanwhile: it is there at the next scrape
+            continue
+        parts.append(text if text.endswith("\n") or not text else text + "\n")
+    if data_dir:
+        parts.append(filesystem(data_dir))
+    return "".join(parts).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", required=True, help="ADDRESS:PORT (the loopback)")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+    address, _, port = args.listen.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a client that sends nothing is dropped
+
+        def do_GET(self) -> None:
+            if self.path != args.path:
+                self.send_error(404)
+                return
+            body = facts(args.dir, args.data_dir)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *values: object) -> None:
+            pass  # a scrape every few seconds: nothing to the journal
+
+    HTTPServer((address, int(port)), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
