@@ -100,7 +100,8 @@ def runner_config(settings: Settings) -> bytes:
               "storage": ServerLayout.of(settings).storage_v2,
               "listing": listing_command(settings), "gc": args,
               "record": ServerLayout.of(settings).retention_record,
-              "guard_flag": ServerLayout.of(settings).disk_guard_flag}
+              "guard_flag": ServerLayout.of(settings).disk_guard_flag,
+              "facts": layout.FACTS_RETENTION}
     return (json.dumps(config, indent=1, sort_keys=True) + "\n").encode()
 
 

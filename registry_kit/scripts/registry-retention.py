@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any
 
-CONFIG_KEYS = ("host", "rules", "planner", "storage", "listing", "gc", "record", "guard_flag")
+CONFIG_KEYS = ("host", "rules", "planner", "storage", "listing", "gc", "record", "guard_flag",
+               "facts")
 LIST_MAX = 200  # names per list in the journal line (journald splits lines over 48 KiB)
 USAGE = "usage: registry-retention.py CONFIG.json [--report]"
 
@@ -170,7 +171,11 @@ def main(argv: list[str]) -> int:
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(json.dumps(item, sort_keys=True), flush=True)
     write_record(config["record"], record_line(item))
-    return 0 if result.startswith("ok") else 1
+    code = 0 if result.startswith("ok") else 1
+    # The result for Prometheus (registry_metrics), as retention.py's apply leaves it.
+    subprocess.run([config["gc"][0], "--retention-result", config["facts"], str(code)],
+                   check=False)
+    return code
 
 
 if __name__ == "__main__":

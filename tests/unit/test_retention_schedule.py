@@ -140,6 +140,7 @@ def test_runner_config(make_settings: Callable[..., Settings]) -> None:
     assert config["record"] == "/etc/registry-kit/last-retention"
     assert config["planner"] == "/usr/local/lib/registry-kit/retention-planner"
     assert config["guard_flag"] == "/etc/registry-kit/disk-guard-readonly"
+    assert config["facts"] == "/var/lib/registry-kit-metrics/retention.prom"
 
 
 @pytest.mark.parametrize("rule", [
@@ -228,7 +229,8 @@ def _site(tmp_path: Path, make_settings: Callable[..., Settings], steps: str) ->
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(content)
     gc = tmp_path / "registry-gc.sh"
-    gc.write_text(f'#!/bin/sh\necho "$2" >>{tmp_path}/steps\n'
+    gc.write_text(f'#!/bin/sh\n[ "$1" = --retention-result ] && {{ echo "result=$3" '
+                  f'>>{tmp_path}/steps; exit 0; }}\necho "$2" >>{tmp_path}/steps\n'
                   f'[ "$2" = readonly ] && {{ {steps or "true"}; }}\nexit 0\n')
     gc.chmod(0o755)
     settings = make_settings(registry_retention_schedule="daily",
@@ -240,6 +242,7 @@ def _site(tmp_path: Path, make_settings: Callable[..., Settings], steps: str) ->
     config.update(planner=str(planner), gc=[str(gc), *config["gc"][1:]],
                   record=str(tmp_path / "last-retention"), storage=v2,
                   guard_flag=str(tmp_path / "disk-guard-readonly"),
+                  facts=str(tmp_path / "retention.prom"),
                   listing=config["listing"].replace(config["storage"], v2))
     (tmp_path / "retention.json").write_text(json.dumps(config))
     return data / "docker" / "registry" / "v2" / "repositories" / "team" / "app"
@@ -261,7 +264,7 @@ def test_runner_applies_the_plan_with_registry_gc_steps(
     done = _run(tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "steps").read_text().split() == ["check", "readonly", "collect",
-                                                        "writable"]
+                                                        "writable", "result=0"]
     assert sorted(p.name for p in (repo / "_manifests" / "tags").iterdir()) == ["new"]
     assert sorted(p.name for p in (repo / "_manifests" / "revisions" / "sha256").iterdir()) \
         == [DIGEST_HEX["new"]]
@@ -277,7 +280,8 @@ def test_runner_applies_the_plan_with_registry_gc_steps(
     again = _run(tmp_path)  # nothing left to delete: no step runs
     assert again.returncode == 0 and json.loads(again.stdout)["result"] == \
         "ok: nothing to delete"
-    assert (tmp_path / "steps").read_text().count("readonly") == 1
+    steps = (tmp_path / "steps").read_text().split()
+    assert steps.count("readonly") == 1 and steps[-1] == "result=0"  # metrics: a run, fine
 
 
 def test_runner_refuses_when_a_push_came_meanwhile(
@@ -290,7 +294,8 @@ def test_runner_refuses_when_a_push_came_meanwhile(
         "{ true; }", f"{{ touch -d @1 {link}; }}"))
     done = _run(tmp_path)
     assert done.returncode == 1
-    assert (tmp_path / "steps").read_text().split() == ["check", "readonly", "writable"]
+    assert (tmp_path / "steps").read_text().split() == ["check", "readonly", "writable",
+                                                        "result=1"]
     assert sorted(p.name for p in (repo / "_manifests" / "tags").iterdir()) == ["new", "old"]
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["result"].startswith("refused: the storage changed since it was read")
@@ -326,5 +331,6 @@ def test_runner_under_the_disk_guard_skips_the_check_step(
     (tmp_path / "disk-guard-readonly").write_text("2026-12-07T03:00:00Z\n")
     done = _run(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "steps").read_text().split() == ["readonly", "collect", "writable"]
+    assert (tmp_path / "steps").read_text().split() == ["readonly", "collect", "writable",
+                                                        "result=0"]
     assert sorted(p.name for p in (repo / "_manifests" / "tags").iterdir()) == ["new"]
