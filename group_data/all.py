@@ -179,6 +179,9 @@ registry_packages_remove_on_teardown = False
 registry_retention_rules = []
 # retention.py: delete what the rules select, then collect garbage; False: only report
 registry_retention_apply = False
+# systemd OnCalendar, e.g. "*-*-* 02:30:00": the rules applied (and GC) by a timer on each server
+# (filesystem storage only)
+registry_retention_schedule = None
 
 # --- Backup and restore (backup.py, restore.py; filesystem storage) ---
 # backup.py: absolute folder for backups (one subfolder per server); None:

@@ -23,6 +23,12 @@ def script(name: str) -> bytes:
     return (SCRIPTS / name).read_bytes()
 
 
+def module(name: str) -> bytes:
+    """The bytes of the package's own module NAME (like "model/retention.py"), uploaded as
+    they are where a host runs it (the scheduled retention's planner)."""
+    return (resources.files("registry_kit") / name).read_bytes()
+
+
 def webui_static(name: str) -> bytes:
     """The bytes of webui_static/NAME, the web page's files (registry_kit.render.webui)."""
     return (resources.files("registry_kit") / "webui_static" / name).read_bytes()

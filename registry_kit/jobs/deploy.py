@@ -32,12 +32,16 @@ from registry_kit.roles import (
     keepalived,
     loadbalancer,
     metrics,
+    retention_timer,
     server,
     token_server,
     trust,
     webui,
 )
 from registry_kit.roles.engine import engine_deploy, install_curl
+
+# The roles of a registry server, each with its part of the one probe.
+SERVER_ROLES = (server, gc_timer, retention_timer, disk_guard, token_server, webui, metrics, audit)
 
 
 def _serves_tls(target: Any, groups: Groups) -> bool:
@@ -141,9 +145,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
-        (server, is_server), (gc_timer, is_server), (disk_guard, is_server),
-        (token_server, is_server), (webui, is_server), (metrics, is_server),
-        (audit, is_server), (client, is_client),
+        *((role, is_server) for role in SERVER_ROLES), (client, is_client),
         (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused,
@@ -182,6 +184,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
                              extra_hosts=extra_hosts,
                              read_only=disk_guard.holds_read_only(settings, state))
         gc_timer.schedule_deploy(settings, state, hosts.servers)
+        retention_timer.retention_deploy(settings, state)
         disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
         metrics.metrics_deploy(settings, state, cert)

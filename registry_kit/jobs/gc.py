@@ -35,7 +35,7 @@ from registry_kit.model.inventory import (
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations.typed import operation
 from registry_kit.roles import server
-from registry_kit.roles.gc_timer import SCRIPT, gc_arguments
+from registry_kit.roles.gc_timer import SCRIPT, gc_arguments, locked
 
 
 @operation()
@@ -43,7 +43,9 @@ def collect_garbage(settings: Settings, state: HostState):
     if state.container is None:
         yield FunctionCommand(fail_host, (no_container(settings),), {})
         return
-    yield ReportedCommand(join(gc_arguments(settings, dry_run=settings.registry_gc_dry_run)))
+    # Under the timers' lock: never beside a scheduled GC or retention run.
+    yield ReportedCommand(join(locked(gc_arguments(settings,
+                                                   dry_run=settings.registry_gc_dry_run))))
 
 
 def plan_host(groups: Groups = DEFAULT_GROUPS,

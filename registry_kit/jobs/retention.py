@@ -16,6 +16,8 @@ it), garbage collection runs (without --delete-untagged: it must delete only wha
 selected), and the registry is made writable again whatever happened. Bytes freed are
 measured on the blobs folder. Filesystem storage is each server's own, so servers are done
 one at a time, each on its own storage; other storage drivers are refused in one line.
+The same steps run on a server from its own timer with registry_retention_schedule
+(registry_kit.roles.retention_timer: the same listing command, planner and delete paths).
 """
 
 from __future__ import annotations
@@ -44,41 +46,11 @@ from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.operations.typed import operation
 from registry_kit.roles import server
 from registry_kit.roles.gc_timer import SCRIPT, gc_arguments
-
-# Every tag's current link and every manifest revision link, with its time, sorted: listed
-# when planning and again, read-only, right before deleting (in the storage's v2 folder).
-LISTING = ("find repositories \\( -path '*/_manifests/tags/*/current/link' -o -path "
-           "'*/_manifests/revisions/sha256/*/link' \\) -printf '%T@ %p\\n' | LC_ALL=C sort")
-FINGERPRINT = "printf '%s\\n' \"$list\" | sha256sum | cut -c1-64"
-MANIFEST_MAX = 4 << 20  # the registry refuses larger manifests
-
-
-def listing_command(settings: Settings) -> str:
-    """The one read-only command that lists a server's storage (retention.read_listing)."""
-    v2 = layout.ServerLayout.of(settings).storage_v2
-    manifests = (
-        "printf '%s\\n' \"$list\" | sed -n "
-        "'s|.*/_manifests/revisions/sha256/\\([0-9a-f]\\{64\\}\\)/link$|\\1|p' | sort -u | "
-        "while read -r d; do p=blobs/sha256/$(printf %.2s \"$d\")/$d/data; "
-        "[ -f \"$p\" ] || continue; printf 'M %s %s ' \"$d\" \"$(stat -c %s \"$p\")\"; "
-        f"head -c {MANIFEST_MAX} \"$p\" | tr -d '\\r\\n'; echo; done")
-    return (f"echo \"N $(date +%s)\"; cd {q(v2)} 2>/dev/null && [ -d repositories ] || "
-            f"exit 0; list=$({LISTING}); echo \"F $({FINGERPRINT})\"; "
-            "printf '%s\\n' \"$list\" | sed 's/^/P /'; "
-            "find repositories -path '*/_manifests/tags/*/current/link' "
-            "-exec awk '{print \"L \" FILENAME \" \" $0}' {} +; " + manifests)
-
-
-def delete_paths(plan: retention.Plan) -> list[str]:
-    """The folders removed, relative to the storage's v2 folder: each deleted tag's, then
-    each deleted manifest's revision (names come from the server's listing, matched
-    against the registry's grammar by retention.read_listing)."""
-    paths = [f"repositories/{repo.name}/_manifests/tags/{d.tag.name}"
-             for repo in plan.repositories for d in repo.deleted_tags]
-    paths += [f"repositories/{repo.name}/_manifests/revisions/sha256/"
-              f"{digest.removeprefix('sha256:')}"
-              for repo in plan.repositories for digest, _ in repo.delete_manifests]
-    return paths
+from registry_kit.roles.retention_timer import (
+    FINGERPRINT,
+    LISTING,
+    listing_command,
+)
 
 
 def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) -> str:
@@ -89,7 +61,7 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
     collect = join(sharedgc.step_arguments(args, "collect"))
     writable = join(sharedgc.step_arguments(args, "writable"))
     v2 = layout.ServerLayout.of(settings).storage_v2
-    paths = delete_paths(plan)
+    paths = retention.delete_paths(plan)
     removal = " ".join(q(path) for path in paths)
     work = (
         f"cd {q(v2)} && before=$(du -sb blobs | cut -f1) && list=$({LISTING}) && "
@@ -107,9 +79,15 @@ def apply_command(settings: Settings, plan: retention.Plan, fingerprint: str) ->
              f"echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $msg\" >{q(record + '.new')} && "
              f"mv -f {q(record + '.new')} {q(record)} && "
              "{ logger -t registry-kit \"$msg\" 2>/dev/null || true; }")
+    # Held read-only by the disk guard: no check step (it wants the deployed writable config);
+    # the readonly step pauses the guard, writable puts its read-only config back.
+    guard = layout.ServerLayout.of(settings).disk_guard_flag
     # The run's result for Prometheus (registry_metrics), as a collection leaves its own.
     result = join([args[0], "--retention-result", layout.FACTS_RETENTION])
-    return (f"{check} && {readonly} || exit 1; ( {work} ); ok=$?; "
+    # The timers' lock (gc_timer.locked), held by this shell and what it starts: never
+    # beside a scheduled GC or retention run of this registry.
+    return (f"exec 9>>{q(layout.MAINTENANCE_LOCK)} && {layout.FLOCK} 9 || exit 1; "
+            f"{{ [ -e {q(guard)} ] || {check}; }} && {readonly} || exit 1; ( {work} ); ok=$?; "
             f"{writable} || ok=1; {result} \"$ok\"; exit $ok")
 
 

@@ -3,11 +3,12 @@ its roles), printed as tables on the control machine once every host has answere
 Changes nothing (the run has no operations).
 
 Servers: image, registry version, container state and uptime, /v2/, certificate days left,
-storage, repositories and tags, the GC timer, the data filesystem and the disk guard, the
-last GC and retention run, the largest repositories (roles.server, gc_timer, disk_guard,
-usage). Load balancers: haproxy, keepalived, the replicas as haproxy sees them, the floating
-address (roles.loadbalancer). Cache: redis, memory, keys (roles.cache). Clients: engine
-version, trust, the kit's docker login and /etc/hosts lines (roles.client).
+storage, repositories and tags, the GC and retention timers, the data filesystem and the disk
+guard, the last GC and retention run, the largest repositories (roles.server, gc_timer,
+retention_timer, disk_guard, usage). Load balancers: haproxy, keepalived, the replicas as
+haproxy sees them, the floating address (roles.loadbalancer). Cache: redis, memory, keys
+(roles.cache). Clients: engine version, trust, the kit's docker login and /etc/hosts lines
+(roles.client).
 With registry_status_json the same facts print as one JSON document on stdout instead
 (roles.status_json, built from the same sections: no second probe).
 """
@@ -41,6 +42,7 @@ from registry_kit.roles import (
     disk_guard,
     gc_timer,
     loadbalancer,
+    retention_timer,
     server,
     status_json,
     usage,
@@ -49,6 +51,7 @@ from registry_kit.roles import (
 # (role, its hosts' group in Groups, its table): the tables print in this order; a role
 # that adds columns to another role's table (the GC timer) follows that role.
 ROLES = ((server, "servers", "servers"), (gc_timer, "servers", "servers"),
+         (retention_timer, "servers", "servers"),
          (disk_guard, "servers", "servers"), (usage, "servers", "servers"),
          (audit, "servers", "servers"),
          (loadbalancer, "lb", "lbs"), (cache, "cache", "caches"),

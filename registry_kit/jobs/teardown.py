@@ -34,6 +34,7 @@ from registry_kit.roles import (
     gc_timer,
     loadbalancer,
     metrics,
+    retention_timer,
     server,
     webui,
 )
@@ -45,6 +46,7 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
     return merge_probe(part for part, wanted in (
         (server.teardown_probe_args(settings), is_server),
         (gc_timer.probe_args(settings), is_server),
+        (retention_timer.probe_args(settings), is_server),
         (disk_guard.probe_args(settings), is_server),
         (webui.probe_args(settings), is_server),
         (metrics.probe_args(settings), is_server),
@@ -75,6 +77,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         client.client_remove(settings, state, also_server=is_server)
     if is_server:
         gc_timer.schedule_remove(state)
+        retention_timer.retention_remove(settings, state)
         disk_guard.guard_remove(settings, state)
         webui.webui_remove(state)
         metrics.metrics_remove(state)

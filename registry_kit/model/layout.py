@@ -161,6 +161,21 @@ GC_TIMER_NAME = "registry-kit-gc.timer"
 GC_SERVICE_UNIT = unit("registry-kit-gc.service")
 GC_TIMER_UNIT = unit(GC_TIMER_NAME)
 
+# --- Scheduled retention (registry_retention_schedule): a timer running the planner on the
+# server (scripts/registry-retention.py), with the planner's modules in a folder of their own
+# (put on the runner's import path) and the rules as JSON rendered at deploy.
+RETENTION_TIMER_NAME = "registry-kit-retention.timer"
+RETENTION_SERVICE_UNIT = unit("registry-kit-retention.service")
+RETENTION_TIMER_UNIT = unit(RETENTION_TIMER_NAME)
+RETENTION_SCRIPT_NAME = "registry-retention.py"
+RETENTION_PLANNER_DIR = f"{SCRIPTS_DIR}/retention-planner"
+RETENTION_CONFIG_NAME = "retention.json"  # in registry_config_dir
+FLOCK = "/usr/bin/flock"  # util-linux, on every Debian and RHEL host
+# Held by the GC and retention timers' runs, garbage_collect.py's and retention.py's apply:
+# one at a time on a server, each restarting the registry read-only and back.
+MAINTENANCE_LOCK = f"{LOCK_DIR}/registry-kit-maintenance.lock"
+
+
 # --- Disk guard (registry_disk_readonly_percent).
 DISK_GUARD_TIMER_NAME = "registry-kit-disk-guard.timer"
 DISK_GUARD_SERVICE_UNIT = unit("registry-kit-disk-guard.service")
@@ -224,6 +239,10 @@ class ServerLayout:
     @property
     def retention_record(self) -> str:
         return f"{self.config_dir}/{RETENTION_RECORD_NAME}"
+
+    @property
+    def retention_config(self) -> str:
+        return f"{self.config_dir}/{RETENTION_CONFIG_NAME}"
 
     @property
     def token_dir(self) -> str:

@@ -148,6 +148,21 @@ def parse(host: str, value: Any) -> tuple[Rule, ...]:
     return tuple(parse_rule(host, entry) for entry in value)
 
 
+def rule_document(rule: Rule) -> dict[str, Any]:
+    """The rule as registry_retention_rules writes it (parse_rule reads it back): what the
+    server-side run (scripts/registry-retention.py) is given, as JSON."""
+    document: dict[str, Any] = {"repository": rule.repository, "tags": list(rule.tags),
+                                "exclude": list(rule.exclude)}
+    if rule.keep_last is not None:
+        document["keep_last"] = rule.keep_last
+    if rule.keep_days is not None:
+        document["keep_days"] = rule.keep_days
+    if rule.keep_always:
+        document["keep_always"] = list(rule.keep_always)
+    document["untagged"] = "delete" if rule.untagged_delete else "keep"
+    return document
+
+
 # --- What a storage holds (gathered on the server by retention.py) ----------
 
 @dataclass(frozen=True)
@@ -367,6 +382,19 @@ def plan(repositories: Sequence[Repository], rules: Sequence[Rule], now: float) 
     plans = tuple(plan_repository(r, rules, now) for r in sorted(repositories,
                                                                   key=lambda r: r.name))
     return Plan(plans, freed_bytes(repositories, plans), tuple(rules))
+
+
+def delete_paths(result: Plan) -> list[str]:
+    """The folders removed, relative to the storage's v2 folder: each deleted tag's, then
+    each deleted manifest's revision (what the registry's own DELETE removes on filesystem
+    storage; names come from the server's listing, matched against the registry's grammar
+    by read_listing)."""
+    paths = [f"repositories/{repo.name}/_manifests/tags/{d.tag.name}"
+             for repo in result.repositories for d in repo.deleted_tags]
+    paths += [f"repositories/{repo.name}/_manifests/revisions/sha256/"
+              f"{digest.removeprefix('sha256:')}"
+              for repo in result.repositories for digest, _ in repo.delete_manifests]
+    return paths
 
 
 def report_lines(result: Plan) -> list[str]:

@@ -706,7 +706,8 @@ class Settings:
 
     # --- Retention: registry_kit/model/retention.py, registry_kit/jobs/retention.py ---
     section("Retention (retention.py)",
-            "registry_kit/model/retention.py, registry_kit/jobs/retention.py")
+            "registry_kit/model/retention.py, registry_kit/jobs/retention.py, "
+            "registry_kit/roles/retention_timer.py")
     registry_retention_rules: tuple[retention.Rule, ...] = setting(
         [], "retention.py: which tags and manifests go, a list of rules like {'repository': "
         "'ci/*', 'keep_last': 10, 'keep_always': ['latest']} (see \"Retention\")",
@@ -714,6 +715,27 @@ class Settings:
     registry_retention_apply: bool = setting(
         False, "retention.py: delete what the rules select, then collect garbage; False: "
         "only report", check=boolean)
+    registry_retention_schedule: str | None = setting(
+        None, 'systemd OnCalendar, e.g. "*-*-* 02:30:00": the rules applied (and GC) by a '
+        "timer on each server (filesystem storage only)",
+        check=matching(_CALENDAR, "None or a systemd OnCalendar expression like "
+                       "'*-*-* 02:30:00' or 'daily'", optional=True))
+
+    @cross_check
+    def _retention(r: Reader, s: dict[str, Any]) -> None:
+        schedule = s["registry_retention_schedule"]
+        if schedule is None:
+            return
+        if not s["registry_retention_rules"]:
+            raise r.fail("registry_retention_schedule", schedule, "None while "
+                         "registry_retention_rules is empty (a scheduled run applies the rules)")
+        driver = s["registry_storage"].driver
+        if driver != "filesystem":
+            # The server-side run reads and deletes files; on shared storage it would also
+            # need every replica read-only, which one server cannot do (as the GC timer).
+            raise r.fail("registry_retention_schedule", schedule, "None with registry_storage "
+                         f"driver {driver!r}: scheduled retention runs on filesystem storage "
+                         "only (schedule retention.py on the control machine instead)")
 
     # --- Backup and restore (filesystem storage): registry_kit/jobs/backup.py, restore.py ---
     section("Backup and restore (backup.py, restore.py; filesystem storage)",

@@ -7,6 +7,7 @@ when unset and by teardown.py. Also the script's arguments, which garbage_collec
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from typing import Any
 
 from pyinfra import host
@@ -51,9 +52,16 @@ def unit(sections: dict[str, list[str]]) -> bytes:
                                  "the next deploy.", sections).encode()
 
 
+def locked(args: list[str]) -> list[str]:
+    """`args` run under the maintenance lock the GC and retention timers share: one of them
+    at a time on a server (each makes the registry read-only and writable again); the later
+    one waits."""
+    return [layout.FLOCK, layout.MAINTENANCE_LOCK, *args]
+
+
 def service_unit(settings: Settings) -> bytes:
     # Arguments checked, quoted and %/$-escaped for systemd (textfile.systemd_exec_args).
-    exec_start = textfile.systemd_exec_args(gc_arguments(settings, dry_run=False),
+    exec_start = textfile.systemd_exec_args(locked(gc_arguments(settings, dry_run=False)),
                                             file=SERVICE, field="ExecStart")
     return unit({"Unit": ["Description=registry-kit: garbage-collect the registry (read-only "
                           "while it runs)", "Requires=docker.service", "After=docker.service"],
@@ -71,20 +79,26 @@ def timer_unit(settings: Settings) -> bytes:
                  "Install": ["WantedBy=timers.target"]})
 
 
-@operation()
-def install_timer(settings: Settings, state: HostState):
+def calendar_timer(units: dict[str, bytes], timer: str, key: str, schedule: str,
+                   state: HostState) -> Iterator[Any]:
     """Check the OnCalendar expression on the host (systemd-analyze) before any unit is
-    written, so a bad schedule never lands; then enable and (re)start the timer."""
-    units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
+    written, so a bad schedule never lands; then enable and (re)start the timer. Shared by
+    the GC and retention timers."""
     if files.up_to_date(units, state.files):
-        host.noop(f"{TIMER_NAME} runs on {settings.registry_gc_schedule!r}")
+        host.noop(f"{timer} runs on {schedule!r}")
         return
-    schedule = str(settings.registry_gc_schedule)
-    refusal = f"registry-kit: {host.name}: registry_gc_schedule={schedule!r} is not a " \
+    refusal = f"registry-kit: {host.name}: {key}={schedule!r} is not a " \
         "systemd OnCalendar expression (see: systemd-analyze calendar)"
     yield (f"systemd-analyze calendar {q(schedule)} >/dev/null 2>&1 || "
            f"{{ echo {q(refusal)} >&2; exit 1; }}")
-    yield from files.install_units(units, TIMER_NAME)
+    yield from files.install_units(units, timer)
+
+
+@operation()
+def install_timer(settings: Settings, state: HostState):
+    units = {SERVICE: service_unit(settings), TIMER: timer_unit(settings)}
+    yield from calendar_timer(units, TIMER_NAME, "registry_gc_schedule",
+                              str(settings.registry_gc_schedule), state)
 
 
 def schedule_remove(state: HostState) -> None:

@@ -66,11 +66,12 @@ def last_backup(settings: Settings, root: str) -> dict[str, Any]:
     return {"where": "control machine", "time": when if isinstance(when, str) else None}
 
 
-def _gc(sections: Sections) -> dict[str, Any]:
-    """The GC timer and its service's last run (gc_timer.status_command's sections)."""
-    load, result, finished = ([*sections.get("gc-last", []), "", "", ""])[:3]
+def _gc(sections: Sections, timer: str = "timer", last: str = "gc-last") -> dict[str, Any]:
+    """The GC timer and its service's last run (gc_timer.status_command's sections), or the
+    retention timer's (retention_timer.status_command's, named by `timer` and `last`)."""
+    load, result, finished = ([*sections.get(last, []), "", "", ""])[:3]
     scheduled = load.strip() == "loaded"
-    return {"timer": first_line(sections, "timer") or None if scheduled else None,
+    return {"timer": first_line(sections, timer) or None if scheduled else None,
             "last_run": finished.strip() or None if scheduled else None,
             "last_result": result.strip() or None if scheduled and finished.strip() else None}
 
@@ -107,6 +108,7 @@ def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
         "certificate": _certificate(settings, sections),
         "storage": _storage(settings, sections),
         "gc": _gc(sections),
+        "retention": _gc(sections, "retention-timer", "retention-last"),
         "disk": _disk(settings, sections),
         "metrics": layout.metrics_url(settings),  # the filtered /metrics, or null
     }

@@ -8,8 +8,10 @@ them a multi-arch index, a tag on one of its children, and a signature artifact 
 exactly the expected tags, which pull (skopeo checks every blob's digest) with the digests
 they were pushed with, the kept index with both children and the artifact still pulling
 after the garbage collection; the bytes the report announced must match the blobs folder's
-own count (du) within 5%; a second run deletes nothing. Checked with curl, skopeo and du
-over SSH, never with the kit's code.
+own count (du) within 5%; a second run deletes nothing. With `scheduled`, the apply is the
+server's own timer service (registry_retention_schedule), started with systemctl, its JSON
+journal line, record and status checked. Checked with curl, skopeo, du, systemctl and
+journalctl over SSH, never with the kit's code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +35,16 @@ DAY = 86400
 LAYER_BYTES = 1 << 20  # random, so gzip keeps it whole: GC's freed bytes are mostly layers
 PARALLEL = 4  # skopeo copies at once
 DATA_DIR = "/var/lib/registry-kit/data"
+TIMER = "registry-kit-retention.timer"
+SERVICE = "registry-kit-retention.service"
+# Far away: the service is started by hand, the calendar never fires during the test.
+SCHEDULE = "2099-01-01 03:00:00"
 V2 = f"{DATA_DIR}/docker/registry/v2"
 
 
 class RetentionSite(Protocol):
     certs: Path
+    inventory: Path
 
     def set(self, **data: Any) -> None: ...
     def run(self, script: str = ..., *extra: str, timing: str | None = ...) -> harness.Run: ...
@@ -133,7 +141,10 @@ def reported(run: harness.Run, server: str) -> re.Match[str]:
 
 
 def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
-                 times: dict[str, float]) -> None:
+                 times: dict[str, float], scheduled: bool = False) -> None:
+    """`scheduled`: the rules are applied by the server's own timer service
+    (registry_retention_schedule, started by hand) instead of retention.py's apply run; the
+    checks after it are the same, and retention.py's second apply run must find nothing."""
     clock = [time.monotonic()]
 
     def phase(name: str) -> None:  # where the scenario's time goes, in the module's timings
@@ -168,24 +179,16 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     planned = int(found[6])
     phase("report run and its checks")
 
-    start = time.monotonic()
-    applied = site.run("retention.py", "--data", "registry_retention_apply=True").assert_ok()
-    times[f"retention apply ({prefix})"] = round(time.monotonic() - start, 1)
-    assert reported(applied, server)[1] == "deleting"
-    assert applied.changed, applied.describe()
-    freed = used - blobs_bytes(server)
+    if scheduled:
+        freed = _apply_on_the_server(site, server, prefix, times, found)
+    else:
+        freed = _apply_from_the_control_machine(site, server, prefix, times, found)
     times[f"retention planned/freed bytes ({prefix})"] = planned  # type: ignore[assignment]
+    assert used - blobs_bytes(server) == freed
     assert abs(freed - planned) <= 0.05 * freed, (planned, freed)
     assert freed > DELETED_MANIFESTS["app"] * LAYER_BYTES
     times[f"retention freed bytes, du of blobs ({prefix})"] = freed  # type: ignore[assignment]
     assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == EXPECTED
-    # The run's record (status.py's "last retention") and its journal line, with the bytes.
-    record = harness.ssh(server, "cat /etc/registry-kit/last-retention").stdout.split()
-    assert record[1:] == ["retention:", str(int(found[3]) + int(found[5])), "tag", "and",
-                          "manifest", "folders", "deleted,", str(freed), "bytes", "of", "blobs",
-                          "freed"], record
-    assert f"{freed} bytes of blobs freed" in harness.ssh(
-        server, "journalctl -t registry-kit --no-pager -q | grep 'retention:' | tail -n 1").stdout
     pulls = [(f"{address}/{prefix}/{repo}:{tag}", digests[f"{repo}:{tag}"])
              for repo, tags in EXPECTED.items() for tag in tags]
     # The kept index's children, by digest.
@@ -197,10 +200,99 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     assert all(digest == expected for (_, expected), digest in pulled.items()), pulled
     phase("apply run, 14 pulls")
 
+    if scheduled:
+        _second_run_on_the_server(site, server, prefix)
+        phase("second scheduled run, status, deploy again")
     again = site.run("retention.py", "--data", "registry_retention_apply=True")
     again.assert_no_changes()
     assert reported(again, server).group(3, 4, 5) == ("0", "0", "0")
     phase("second apply run")
+
+
+def _apply_from_the_control_machine(site: RetentionSite, server: str, prefix: str,
+                                    times: dict[str, float], found: re.Match[str]) -> int:
+    """retention.py with registry_retention_apply=True: the bytes of blobs it freed."""
+    used = blobs_bytes(server)
+    start = time.monotonic()
+    applied = site.run("retention.py", "--data", "registry_retention_apply=True").assert_ok()
+    times[f"retention apply ({prefix})"] = round(time.monotonic() - start, 1)
+    assert reported(applied, server)[1] == "deleting"
+    assert applied.changed, applied.describe()
+    freed = used - blobs_bytes(server)
+    # The run's record (status.py's "last retention") and its journal line, with the bytes.
+    record = harness.ssh(server, "cat /etc/registry-kit/last-retention").stdout.split()
+    assert record[1:] == ["retention:", str(int(found[3]) + int(found[5])), "tag", "and",
+                          "manifest", "folders", "deleted,", str(freed), "bytes", "of", "blobs",
+                          "freed"], record
+    assert f"{freed} bytes of blobs freed" in harness.ssh(
+        server, "journalctl -t registry-kit --no-pager -q | grep 'retention:' | tail -n 1").stdout
+    return freed
+
+
+def _start(server: str) -> None:
+    """Start the scheduled run's service (a oneshot: systemctl returns when it is done);
+    its journal shown if it failed."""
+    harness.ssh(server, f"systemctl start {SERVICE} || {{ journalctl -u {SERVICE} -o cat "
+                "--no-pager -n 40; exit 1; }")
+
+
+def _journal_entry(server: str) -> dict[str, Any]:
+    """The scheduled run's last JSON line in the journal."""
+    out = harness.ssh(server, f"journalctl -u {SERVICE} -o cat --no-pager -q | grep '^{{' | "
+                      "tail -n 1").stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _apply_on_the_server(site: RetentionSite, server: str, prefix: str,
+                         times: dict[str, float], found: re.Match[str]) -> int:
+    """registry_retention_schedule deployed (twice: the second run changes nothing), its
+    service started by hand (not waiting for the calendar): the bytes of blobs it freed."""
+    site.set(registry_retention_schedule=SCHEDULE)
+    deployed = site.run(timing=f"deploy with the retention schedule ({prefix})").assert_ok()
+    assert deployed.changed, deployed.describe()
+    site.run().assert_no_changes()
+    assert harness.ssh(server, f"systemctl is-active {TIMER} && systemctl is-enabled {TIMER}"
+                       ).stdout.split() == ["active", "enabled"]
+    used = blobs_bytes(server)
+    start = time.monotonic()
+    _start(server)
+    times[f"retention scheduled run ({prefix})"] = round(time.monotonic() - start, 1)
+    freed = used - blobs_bytes(server)
+    entry = _journal_entry(server)
+    assert (entry["result"], entry["bytes_freed"]) == ("ok", freed), entry
+    assert (entry["tags_deleted"], entry["manifests_deleted"]) == \
+        (int(found[3]), int(found[5])), entry
+    assert entry["bytes_planned"] == int(found[6]) and entry["seconds"] > 0
+    assert f"{prefix}/app:a4" in entry["tags"] and f"{prefix}/app:a1" not in entry["tags"]
+    record = harness.ssh(server, "cat /etc/registry-kit/last-retention").stdout
+    assert record == (f"{entry['time']} retention (timer): ok: {found[3]} tags and {found[5]} "
+                      f"manifests deleted, {freed} bytes of blobs freed (planned {found[6]}) in "
+                      f"{entry['seconds']} s\n"), record
+    assert harness.ssh(server, f"systemctl show -p Result --value {SERVICE}").stdout.strip() \
+        == "success"
+    # Writable again: the deployed config.yml is back, nothing saved is left.
+    assert harness.ssh(server, "ls /etc/registry-kit/config.yml.registry-kit-saved "
+                       "2>/dev/null | wc -l").stdout.strip() == "0"
+    return freed
+
+
+def _second_run_on_the_server(site: RetentionSite, server: str, prefix: str) -> None:
+    """A second run deletes nothing; status shows the timer and the run; a deploy changes
+    nothing."""
+    _start(server)
+    entry = _journal_entry(server)
+    assert (entry["result"], entry["tags_deleted"], entry["manifests_deleted"],
+            entry["bytes_freed"]) == ("ok: nothing to delete", 0, 0, 0), entry
+    # status --json prints its document on stdout (the harness' --json runs use it too).
+    status = subprocess.run([harness.PYINFRA, "-y", "--data", "registry_status_json=True",
+                             str(site.inventory), "status.py"], cwd=harness.ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr[-3000:]
+    facts = json.loads(status.stdout)["servers"][server]
+    assert facts["retention"]["timer"] == "active", facts
+    assert facts["retention"]["last_result"] == "success", facts
+    assert facts["disk"]["last_retention"] == entry["time"], facts
+    site.run(timing=f"deploy after the scheduled runs ({prefix})").assert_no_changes()
 
 
 def _pull(site: RetentionSite, reference: str) -> str:

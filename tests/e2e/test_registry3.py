@@ -476,10 +476,23 @@ def test_f_downgrade_3_to_2_is_allowed_and_serves_everything(site: Site,
 
 
 def test_g_retention_on_2_8(site: Site) -> None:
-    """retention.py on 2.8.3 (after the downgrade), filesystem storage: the same scenario
-    (tests/e2e/retention_scenario.py), beside what registry 3 left."""
+    """Retention on 2.8.3 (after the downgrade), filesystem storage: the same scenario
+    (tests/e2e/retention_scenario.py), beside what registry 3 left, applied by the server's
+    own timer service (registry_retention_schedule) instead of retention.py's apply run; a
+    deploy without the schedule removes the timer, the runner, its planner and rules."""
     assert container()["image"] == "registry:2.8.3"
     retention_scenario.run_scenario(site, server=SERVER, address=ADDRESS, prefix="rt2",
-                                    times=TIMES)
-    site.set(registry_retention_rules=None)
+                                    times=TIMES, scheduled=True)
+    site.set(registry_retention_rules=None, registry_retention_schedule=None)
+    site.run(timing="deploy without the retention schedule").assert_ok()
+    gone = harness.ssh(SERVER, "ls /etc/systemd/system/registry-kit-retention.service "
+                       "/etc/systemd/system/registry-kit-retention.timer "
+                       "/usr/local/lib/registry-kit/registry-retention.py "
+                       "/usr/local/lib/registry-kit/retention-planner "
+                       "/etc/registry-kit/retention.json 2>/dev/null | wc -l; systemctl "
+                       "is-active registry-kit-retention.timer || true").stdout.split()
+    assert gone == ["0", "inactive"], gone
+    # The record stays: status.py's last retention run.
+    assert harness.ssh(SERVER, "test -s /etc/registry-kit/last-retention && echo kept"
+                       ).stdout.strip() == "kept"
     site.run().assert_no_changes()

@@ -34,7 +34,15 @@ from registry_kit.model.layout import Endpoints
 from registry_kit.model.settings import Settings, SettingsError, unsafe_character
 from registry_kit.render import daemon_json
 from registry_kit.render.config import render_config
-from registry_kit.roles import cache, gc_timer, keepalived, loadbalancer, metrics, server
+from registry_kit.roles import (
+    cache,
+    gc_timer,
+    keepalived,
+    loadbalancer,
+    metrics,
+    retention_timer,
+    server,
+)
 from registry_kit.roles import client as client_mod
 
 HOST = "hostile-host"
@@ -74,6 +82,7 @@ VALID = {
     "registry_client_hosts_entries.name": ["registry.example.internal"],
     "registry_client_hosts_entries.ip": ["10.0.0.5", "fd00::5"],
     "registry_gc_schedule": ["Sun *-*-* 03:00:00", "weekly"],
+    "registry_retention_schedule": ["*-*-* 02:30:00", "daily"],
     "docker_ce_repo_url": ["https://download.example/linux"],
     "docker_min_version": ["1.6.0"],
     "docker_registry_mirrors": ["http://mirror.example:5000", "https://[fd00::1]/"],
@@ -123,6 +132,9 @@ def _data(key: str, value: str) -> dict[str, Any]:
         return {**base, "registry_client_hosts_entries": {"registry.example.internal": value}}
     if key in ("registry_tls_extra_names", "registry_tls_extra_ips", "docker_registry_mirrors"):
         return {**base, key: [value]}
+    if key == "registry_retention_schedule":  # a schedule applies rules
+        return {**base, key: value, "registry_retention_rules": [{"repository": "ci/*",
+                                                                  "keep_last": 3}]}
     if key == "docker_ce_repo_url":
         return {**base, key: value, "docker_install_method": "docker-ce"}
     if key.startswith("registry_storage."):
@@ -172,7 +184,8 @@ def _yaml(text: str) -> Any:
 
 def _check_commands(s: Settings) -> None:
     probe: dict[str, Any] = {"files": [], "dirs": []}
-    for part in (server.probe_args(s), gc_timer.probe_args(s), client_mod.probe_args(s)):
+    for part in (server.probe_args(s), gc_timer.probe_args(s), client_mod.probe_args(s),
+                 retention_timer.probe_args(s)):
         for key, value in part.items():
             probe[key] = probe.get(key, []) + value if isinstance(value, list) else value
     words = _tokens(facts.probe_command(**probe))
@@ -278,7 +291,7 @@ def _check_files(s: Settings, key: str, value: str) -> None:
     assert len(exec_line) == 1
     # systemd unescapes %% to %; then its quoting is a shell's for these words.
     assert _words(exec_line[0].removeprefix("ExecStart=").replace("%%", "%")) == \
-        gc_timer.gc_arguments(s, dry_run=False)
+        gc_timer.locked(gc_timer.gc_arguments(s, dry_run=False))
     # The facts server (registry_metrics): the data folder one whole argument too.
     facts = [line for line in _lines(metrics.facts_unit(s).decode())
              if line.startswith("ExecStart=")]
@@ -286,11 +299,25 @@ def _check_files(s: Settings, key: str, value: str) -> None:
     assert _words(facts[0].removeprefix("ExecStart=").replace("%%", "%")) == \
         metrics.facts_arguments(s)
 
+    if s.registry_retention_schedule is not None:
+        _check_retention_units(s, plain_settings)
     _check_keepalived(s, plain_settings)
 
     for name, ip in s.registry_client_hosts_entries.items():
         line = f"{ip} {name} # registry-kit"
         assert line.split() == [ip, name, "#", "registry-kit"]
+
+
+def _check_retention_units(s: Settings, plain_settings: Settings) -> None:
+    timer = retention_timer.timer_unit(s).decode()
+    reference = retention_timer.timer_unit(plain_settings).decode()
+    assert len(_lines(timer)) == len(_lines(reference))
+    assert f"OnCalendar={s.registry_retention_schedule}" in _lines(timer)
+    service = retention_timer.service_unit(s).decode()
+    exec_line = [line for line in _lines(service) if line.startswith("ExecStart=")]
+    assert len(exec_line) == 1
+    assert _words(exec_line[0].removeprefix("ExecStart=").replace("%%", "%")) == \
+        retention_timer.runner_arguments(s)
 
 
 def _keepalived_conf(s: Settings) -> str:

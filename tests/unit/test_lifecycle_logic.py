@@ -153,7 +153,8 @@ def test_timer_units(make_settings: Callable[..., Settings]) -> None:
     timer = gc_timer.timer_unit(settings).decode()
     assert "OnCalendar=Sun *-*-* 03:00:00\n" in timer and "WantedBy=timers.target" in timer
     service = gc_timer.service_unit(settings).decode()
-    assert "ExecStart=/usr/local/lib/registry-kit/registry-gc.sh registry " in service
+    assert "ExecStart=/usr/bin/flock /run/lock/registry-kit-maintenance.lock " \
+        "/usr/local/lib/registry-kit/registry-gc.sh registry " in service
     assert "%" not in service  # systemd would read it as a specifier
     assert gc_timer.service_unit(settings) == gc_timer.service_unit(settings)  # deterministic
 

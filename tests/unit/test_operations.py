@@ -36,6 +36,7 @@ from registry_kit.roles import (
     keepalived,
     loadbalancer,
     metrics,
+    retention_timer,
     server,
     trust,
 )
@@ -395,6 +396,44 @@ def test_install_timer_checks_the_calendar_first(make_settings: Callable[..., Se
     assert "OnCalendar=weekly\\n" in uploads[1]
 
 
+def test_retention_timer_checks_the_calendar_then_installs(
+        make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(registry_retention_schedule="daily",
+                             registry_retention_rules=[{"repository": "ci/*", "keep_last": 3}])
+    commands, noops = run(retention_timer.install_timer, settings, probe())
+    assert noops == []
+    assert commands[0].startswith("systemd-analyze calendar daily >/dev/null 2>&1 || ")
+    assert "registry_retention_schedule=" in commands[0] and "is not a systemd OnCalendar" \
+        in commands[0]
+    assert commands[-1] == (
+        "systemctl daemon-reload && systemctl enable registry-kit-retention.timer >/dev/null "
+        "2>&1 && systemctl restart registry-kit-retention.timer")
+    uploads = [c.rsplit(" -> ", 1)[1] for c in commands if c.startswith("UPLOAD ")]
+    assert uploads == [f"{retention_timer.SERVICE}{NEW}", f"{retention_timer.TIMER}{NEW}"]
+    units = {retention_timer.SERVICE: retention_timer.service_unit(settings),
+             retention_timer.TIMER: retention_timer.timer_unit(settings)}
+    current = probe(files=[f"{files.sha256_of(content)} 644 root root {path}"
+                           for path, content in units.items()])
+    assert run(retention_timer.install_timer, settings, current) == (
+        [], ["registry-kit-retention.timer runs on 'daily'"])
+
+
+def test_retention_timer_removed_with_its_runner_and_planner(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    removed: list[list[str]] = []
+    monkeypatch.setattr(files, "absent_paths", lambda paths, present, **_: removed.append(
+        [path for path in paths if path in present]))
+    planner = "/usr/local/lib/registry-kit/retention-planner"
+    state = probe(files=[f"{'0' * 64} 644 root root {retention_timer.TIMER}",
+                         f"{'0' * 64} 644 root root /etc/registry-kit/retention.json"],
+                  dirs=[f"755 {planner}"])
+    timer = removal_call(monkeypatch, retention_timer.retention_remove, make_settings(), state)
+    assert run(services.remove_timer, state, *timer) == ([
+        "systemctl disable --now registry-kit-retention.timer >/dev/null 2>&1; true",
+        f"rm -f {retention_timer.TIMER}", "systemctl daemon-reload"], [])
+    assert removed == [["/etc/registry-kit/retention.json", planner]]
+
+
 # --------------------------------------------------------------------------- teardown
 
 def test_remove_container(defaults: Settings) -> None:
@@ -736,7 +775,7 @@ def test_every_operation_module_is_exercised_here() -> None:
     machine's folder only: test_prometheus.py)."""
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
-              "services",
+              "services", "retention_timer",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
               "token_server", "backup", "restore", "webui", "retention", "metrics", "audit"}
     found = {path.stem for folder in ("roles", "jobs", "operations")

@@ -337,7 +337,7 @@ def test_apply_command_quotes_every_path_and_guards_with_the_fingerprint(
     listing = retention.read_listing(listing_lines())
     plan = retention.plan(listing.repositories, rules({"repository": "team/*",
                                                        "keep_last": 1}), listing.now)
-    paths = job.delete_paths(plan)
+    paths = retention.delete_paths(plan)
     assert paths == ["repositories/team/app/_manifests/tags/old",
                      f"repositories/team/app/_manifests/revisions/sha256/{HEX['b']}"]
     command = job.apply_command(settings, plan, listing.fingerprint)

@@ -180,7 +180,8 @@ def test_service_unit_escapes_percent_and_dollar(make_settings: Callable[..., Se
     unit = gc_timer.service_unit(settings)
     reference = gc_timer.service_unit(make_settings(registry_gc_schedule="daily"))
     assert len(unit.splitlines()) == len(reference.splitlines())
-    assert _systemd_words(_exec_start(unit)) == gc_timer.gc_arguments(settings, dry_run=False)
+    assert _systemd_words(_exec_start(unit)) == gc_timer.locked(
+        gc_timer.gc_arguments(settings, dry_run=False))
 
 
 @pytest.mark.parametrize("value", [*STRUCTURAL, '"quoted"', "it's", "back\\slash", ";",
@@ -189,7 +190,7 @@ def test_service_unit_refuses_hostile_arguments(make_settings: Callable[..., Set
                                                 value: str) -> None:
     settings = dataclasses.replace(make_settings(registry_gc_schedule="daily"),
                                    registry_container_name=value)
-    with pytest.raises(ValueError, match=r"registry-kit-gc\.service: ExecStart argument 1="):
+    with pytest.raises(ValueError, match=r"registry-kit-gc\.service: ExecStart argument 3="):
         gc_timer.service_unit(settings)
 
 
