@@ -116,17 +116,22 @@ def schedule_deploy(settings: Settings, state: HostState,
         install_timer(settings, state, name="Schedule garbage collection (systemd timer)")
 
 
-def status_command(settings: Settings) -> str:
-    # gc-last (status --json): the service's load state, its last result and when it last
-    # ended, in UTC (systemd prints the host's local time).
-    service = q(posixpath.basename(SERVICE))
+def timer_status_command(timer_name: str, service_path: str, timer_section: str,
+                         last_section: str) -> str:
+    """A timer's status sections: whether it is active, then (status --json) its service's
+    load state, last result and when it last ended, in UTC (systemd prints local time)."""
+    service = q(posixpath.basename(service_path))
     return "; ".join([
-        section_command("timer"), f"systemctl is-active {TIMER_NAME} 2>/dev/null || true",
-        section_command("gc-last"),
+        section_command(timer_section), f"systemctl is-active {timer_name} 2>/dev/null || true",
+        section_command(last_section),
         f"systemctl show -p LoadState --value {service} 2>/dev/null || echo",
         f"systemctl show -p Result --value {service} 2>/dev/null || echo",
         f"t=$(systemctl show -p ExecMainExitTimestamp --value {service} 2>/dev/null); "
         "[ -z \"$t\" ] || date -u -d \"$t\" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || true"])
+
+
+def status_command(settings: Settings) -> str:
+    return timer_status_command(TIMER_NAME, SERVICE, "timer", "gc-last")
 
 
 def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:

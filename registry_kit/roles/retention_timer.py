@@ -16,7 +16,7 @@ from typing import Any
 
 from registry_kit import package_data
 from registry_kit.commands import q
-from registry_kit.facts import HostState, first_line, section_command
+from registry_kit.facts import HostState, first_line
 from registry_kit.model import layout
 from registry_kit.model.layout import ServerLayout
 from registry_kit.model.settings import Settings
@@ -24,7 +24,12 @@ from registry_kit.operations import files, packages, services
 from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
-from registry_kit.roles.gc_timer import calendar_timer, gc_arguments, locked
+from registry_kit.roles.gc_timer import (
+    calendar_timer,
+    gc_arguments,
+    locked,
+    timer_status_command,
+)
 
 TIMER_NAME = layout.RETENTION_TIMER_NAME
 SERVICE = layout.RETENTION_SERVICE_UNIT
@@ -174,15 +179,7 @@ def retention_deploy(settings: Settings, state: HostState) -> None:
 # --- status.py ---
 
 def status_command(settings: Settings) -> str:
-    service = q(posixpath.basename(SERVICE))
-    return "; ".join([
-        section_command("retention-timer"),
-        f"systemctl is-active {TIMER_NAME} 2>/dev/null || true",
-        section_command("retention-last"),
-        f"systemctl show -p LoadState --value {service} 2>/dev/null || echo",
-        f"systemctl show -p Result --value {service} 2>/dev/null || echo",
-        f"t=$(systemctl show -p ExecMainExitTimestamp --value {service} 2>/dev/null); "
-        "[ -z \"$t\" ] || date -u -d \"$t\" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || true"])
+    return timer_status_command(TIMER_NAME, SERVICE, "retention-timer", "retention-last")
 
 
 def status_row(settings: Settings, sections: dict[str, list[str]]) -> dict[str, str]:
