@@ -121,8 +121,9 @@ def timer_status_command(timer_name: str, service_path: str, timer_section: str,
     """A timer's status sections: whether it is active, then (status --json) its service's
     load state, last result and when it last ended, in UTC (systemd prints local time)."""
     service = q(posixpath.basename(service_path))
+    timer = q(timer_name)
     return "; ".join([
-        section_command(timer_section), f"systemctl is-active {timer_name} 2>/dev/null || true",
+        section_command(timer_section), f"systemctl is-active {timer} 2>/dev/null || true",
         section_command(last_section),
         f"systemctl show -p LoadState --value {service} 2>/dev/null || echo",
         f"systemctl show -p Result --value {service} 2>/dev/null || echo",
