@@ -68,15 +68,20 @@ def service_unit(settings: Settings) -> bytes:
                  "Service": ["Type=oneshot", f"ExecStart={exec_start}"]})
 
 
+def calendar_sections(schedule: Any, file: str, field: str,
+                      description: str) -> dict[str, list[str]]:
+    """A timer unit's sections for an OnCalendar setting. Calendar expressions hold spaces
+    ("Sun *-*-* 03:00:00"): one line, no backslash (a line continuation), "%" escaped.
+    Whether systemd accepts it is checked on the host (calendar_timer)."""
+    line = textfile.rest_of_line(schedule, file=file, field=field, forbidden="\\")
+    return {"Unit": [f"Description={description}"],
+            "Timer": [f"OnCalendar={textfile.systemd_specifiers(line)}", "Persistent=true"],
+            "Install": ["WantedBy=timers.target"]}
+
+
 def timer_unit(settings: Settings) -> bytes:
-    # Calendar expressions hold spaces ("Sun *-*-* 03:00:00"): one line, no backslash (a
-    # line continuation), "%" escaped. Whether systemd accepts it is checked on the host.
-    schedule = textfile.rest_of_line(settings.registry_gc_schedule, file=TIMER,
-                                     field="registry_gc_schedule", forbidden="\\")
-    return unit({"Unit": ["Description=registry-kit: scheduled registry garbage collection"],
-                 "Timer": [f"OnCalendar={textfile.systemd_specifiers(schedule)}",
-                           "Persistent=true"],
-                 "Install": ["WantedBy=timers.target"]})
+    return unit(calendar_sections(settings.registry_gc_schedule, TIMER, "registry_gc_schedule",
+                                  "registry-kit: scheduled registry garbage collection"))
 
 
 def calendar_timer(units: dict[str, bytes], timer: str, key: str, schedule: str,

@@ -25,6 +25,7 @@ from registry_kit.operations.typed import operation
 from registry_kit.render import textfile
 from registry_kit.roles import server
 from registry_kit.roles.gc_timer import (
+    calendar_sections,
     calendar_timer,
     gc_arguments,
     locked,
@@ -130,13 +131,9 @@ def service_unit(settings: Settings) -> bytes:
 
 
 def timer_unit(settings: Settings) -> bytes:
-    # As the GC timer's: one line, no backslash, "%" escaped; systemd-analyze checks it.
-    schedule = textfile.rest_of_line(settings.registry_retention_schedule, file=TIMER,
-                                     field="registry_retention_schedule", forbidden="\\")
-    return unit({"Unit": ["Description=registry-kit: scheduled retention"],
-                 "Timer": [f"OnCalendar={textfile.systemd_specifiers(schedule)}",
-                           "Persistent=true"],
-                 "Install": ["WantedBy=timers.target"]})
+    return unit(calendar_sections(settings.registry_retention_schedule, TIMER,
+                                  "registry_retention_schedule",
+                                  "registry-kit: scheduled retention"))
 
 
 @operation()
