@@ -1,4 +1,4 @@
-"""CLI: ``python -m lab up|down|status|ssh|reset|restart|remove|ceph``.
+"""CLI: ``python -m lab up|down|status|images|ssh|reset|restart|remove|ceph``.
 
 Errors are LabError: printed as one line, exit status 1.
 """
@@ -10,8 +10,9 @@ import json
 import os
 import sys
 
-from lab import ceph, core
+from lab import ceph, core, images
 from lab.config import NAME_ENV, LabError, get_config, say
+from lab.engine import ensure_engine, ensure_tools
 from lab.ssh import ssh_argv
 from lab.state import load
 from lab.topology import DEFAULT_TOPOLOGY, parse_extra
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p_down = sub.add_parser("down", help="remove the lab's containers, volumes, network")
     p_down.add_argument("--images", action="store_true", help="also remove the built images")
     sub.add_parser("status", help="table of the lab's hosts")
+    sub.add_parser("images", help="build every image the tests use, where missing (CI starts "
+                                  "this beside the venv and lint: see .ci/run)")
     p_ssh = sub.add_parser("ssh", help="ssh into a host as root")
     p_ssh.add_argument("host")
     p_ssh.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -72,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             say("removed " + "; ".join(f"{k}: {' '.join(v) or '-'}" for k, v in removed.items()))
         elif args.command == "status":
             _print_table(core.status(name=name))
+        elif args.command == "images":
+            ensure_tools()
+            ensure_engine()
+            hosts, small = images.build_images(set(images.SUITE_RELEASES))
+            say("images: " + " ".join(sorted(img.tag for img in [*hosts.values(),
+                                                                 *small.values()] if img)))
         elif args.command == "ssh":
             current = load(name)
             host = current["hosts"].get(args.host)

@@ -237,3 +237,22 @@ def test_build_images_builds_a_base_once_before_its_docker_image(
     assert sorted(built) == ["bookworm", "bookworm-docker", "trixie"]
     assert {r: i.tag for r, i in hosts.items()} == {
         "bookworm": "host:bookworm", "bookworm-docker": "host:bookworm-docker"}
+
+
+def test_suite_releases_cover_every_host_the_tests_start() -> None:
+    """`python -m lab images` (started early by .ci/run) builds SUITE_RELEASES: a release a
+    test host uses but the list lacks would be built later, on the lanes' critical path."""
+    import re
+
+    from lab.ceph import CEPH_SPEC
+    from lab.topology import DEFAULT_TOPOLOGY
+
+    used = {spec.release for spec in [*DEFAULT_TOPOLOGY, CEPH_SPEC]}
+    used.add(images.base_release("bookworm") + images.DOCKER_FLAVOUR)  # reset_host(docker=True)
+    scanned: set[str] = set()
+    for path in (PROJECT_ROOT / "tests" / "e2e").glob("*.py"):
+        scanned |= set(re.findall(r'HostSpec\([^)]*?"((?:bookworm|trixie)[a-z-]*)"',
+                                  path.read_text()))
+    assert "bookworm-docker" in scanned  # the scan reads the e2e modules' own hosts
+    used |= scanned
+    assert used <= set(images.SUITE_RELEASES), sorted(used - set(images.SUITE_RELEASES))
