@@ -472,6 +472,20 @@ def remove_data(settings: Settings, state: HostState):
         yield f"rm -rf {q(path)}"
 
 
+# Every file and folder a server's roles put in the scripts folder. The roles remove their
+# own earlier in the same teardown, but the plan is made from the probe taken before it: one
+# missing here kept the folder as "not the kit's only", and a second teardown removed it.
+SERVER_SCRIPTS = (*SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME, layout.AUDIT_SCRIPT_NAME,
+                  layout.FACTS_SCRIPT_NAME, layout.RETENTION_SCRIPT_NAME)
+SERVER_SCRIPT_FOLDERS = (layout.RETENTION_PLANNER_DIR.rpartition("/")[2],)
+
+
+def scripts_plan(state: HostState) -> FolderPlan:
+    """The scripts folder's teardown on a server (a folder named after the kit: no marker)."""
+    return plan_folder(state, layout.SCRIPTS_DIR, SERVER_SCRIPTS, needs_marker=False,
+                       removed_subfolders=SERVER_SCRIPT_FOLDERS)
+
+
 def server_remove(settings: Settings, state: HostState) -> None:
     """The container, config.yml/certs/htpasswd, the token server, the kit's scripts; the
     data folder only with registry_purge_data=True (announced, host and path, first)."""
@@ -481,9 +495,7 @@ def server_remove(settings: Settings, state: HostState) -> None:
     log_kept(plans)
     remove_folders(plans, name="Remove the registry config, certificates and htpasswd")
     # Folders named after the kit itself: its files go, the folder when nothing else is in it.
-    kit_dirs = [plan_folder(state, layout.SCRIPTS_DIR, [*SCRIPT_NAMES, layout.TOKEN_SCRIPT_NAME,
-                                                       layout.AUDIT_SCRIPT_NAME],
-                            needs_marker=False),
+    kit_dirs = [scripts_plan(state),
                 plan_folder(state, layout.RUNTIME_DIR, client.RUNTIME_FILES, needs_marker=False,
                             removed_subfolders=[layout.candidate(settings.registry_container_name)])]
     log_kept(kit_dirs)

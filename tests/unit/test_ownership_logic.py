@@ -146,6 +146,20 @@ def test_kit_named_folders_need_no_marker() -> None:
     assert not plan.changes and plan.kept and "local-hook.sh" in plan.kept
 
 
+def test_scripts_folder_goes_with_every_script_a_server_role_installs() -> None:
+    """The stop 34 disk-guard e2e with metrics on: the facts server's script was missing
+    from the list, so the first teardown kept the (emptied) folder and a second removed it."""
+    installed = {value for name, value in vars(layout).items()
+                 if name.endswith("_SCRIPT_NAME") and not name.startswith("LB_")}
+    assert installed >= {layout.FACTS_SCRIPT_NAME, layout.RETENTION_SCRIPT_NAME}
+    assert installed <= set(server.SERVER_SCRIPTS)
+    state = host_state({layout.SCRIPTS_DIR: {*server.SERVER_SCRIPTS, "retention-planner"}})
+    plan = server.scripts_plan(state)
+    assert plan.remove_folder and len(plan.files) == len(server.SERVER_SCRIPTS)
+    kept = server.scripts_plan(host_state({layout.SCRIPTS_DIR: {"local-hook.sh"}}))
+    assert not kept.remove_folder and "local-hook.sh" in kept.kept
+
+
 def test_absent_folder_plans_nothing() -> None:
     assert plan_folder(HostState(), CONFIG, ["config.yml"]) == FolderPlan(CONFIG)
 
