@@ -8,6 +8,11 @@ repositories' folders are removed on the server, and garbage_collect.py makes it
 again. Checked with df, sha256sum, journalctl, curl and skopeo, and status.py's
 table. Retention (another issue's work) is not used.
 
+The same fill is what a real Prometheus (Debian's, on the control machine, scraping the
+server's metrics with the kit's own prometheus.yml and rules) sees: RegistryDataDiskAbove85
+and RegistryDiskGuardReadOnly become active from the served facts while the disk is full,
+the guard's alert fires once its `for:` has passed, and both resolve after the GC.
+
 One server, no clients: the module deploys, applies twice, and tears down at the end.
 """
 
@@ -22,6 +27,7 @@ from typing import Any
 
 import harness
 import oci_images
+import prometheus_lab
 import pytest
 from registry_site import ADDRESS, DOMAIN, PORT, SERVER, Site
 
@@ -30,6 +36,11 @@ TMPFS_MB = 256
 FILLER_MB = 190  # 74%: a few pushes then reach the 90% mark
 IMAGE_BYTES = 6 * 1024 * 1024  # random: the layer does not compress
 PACE_SECONDS = 2.5  # one push per 2.5 s at most: the guard checks every 5 s
+DISK_ALERT, GUARD_ALERT = "RegistryDataDiskAbove85", "RegistryDiskGuardReadOnly"
+GUARD_FOR = 60  # RegistryDiskGuardReadOnly's `for:` (registry_kit/render/prometheus.py)
+# From the disk crossing a mark to the alert's change: the guard's next check (every 5 s)
+# writes its fact, then a scrape and a rule evaluation (an interval each), with room.
+SEEN_WITHIN = 5 + 3 * prometheus_lab.INTERVAL + 10
 UNIT = "registry-kit-disk-guard.service"
 TIMER = "registry-kit-disk-guard.timer"
 FIGURES: dict[str, Any] = {}
@@ -43,8 +54,13 @@ def site(lab: dict[str, Any]) -> Iterator[Site]:
                 f"mount -t tmpfs -o size={TMPFS_MB}m,mode=0700 registry-guard {DATA}")
     try:
         with tempfile.TemporaryDirectory(prefix="rk-disk-guard-") as tmp:
+            # Metrics on the server's lab address, for the control machine's Prometheus.
             site = Site(Path(tmp), [], registry_data_dir=DATA, registry_delete_enabled=True,
-                        registry_verify_timeout=30)
+                        registry_verify_timeout=30, registry_metrics=True,
+                        registry_metrics_bind=harness.host_ip(SERVER),
+                        registry_metrics_allow=[
+                            f"{prometheus_lab.control_address(SERVER)}/32"],
+                        registry_prometheus_interval=prometheus_lab.INTERVAL)
             site.deploy().assert_ok()
             site.deploy().assert_no_changes()
             yield site
@@ -57,6 +73,20 @@ def site(lab: dict[str, Any]) -> Iterator[Site]:
     finally:
         harness.ssh(SERVER, f"umount {DATA}; rmdir {DATA}", check=False)
         print(f"\ndisk guard figures: {FIGURES}")
+
+
+@pytest.fixture(scope="module")
+def prometheus(site: Site) -> Iterator[int]:
+    """Prometheus on the kit's prometheus/ folder, every target up: its port."""
+    with prometheus_lab.running() as port:
+        jobs = prometheus_lab.wait_targets_up(port)
+        assert jobs == {"registry-kit-registry", "registry-kit-facts"}, jobs
+        assert {DISK_ALERT, GUARD_ALERT} <= prometheus_lab.rules(port)
+        yield port
+
+
+def active(port: int) -> dict[str, list[str]]:
+    return {name: prometheus_lab.alerts(port, name) for name in (DISK_ALERT, GUARD_ALERT)}
 
 
 def used_percent() -> int:
@@ -134,8 +164,14 @@ def _pull_all(site: Site, pushed: list[tuple[str, str]], tmp: Path) -> None:
         assert site.pull(ref, tmp / f"pull-{time.monotonic_ns()}") == digest, ref
 
 
-def test_full_disk_turns_read_only_pulls_go_on_no_blob_corrupt(site: Site) -> None:
+def test_full_disk_turns_read_only_pulls_go_on_no_blob_corrupt(site: Site,
+                                                               prometheus: int) -> None:
     assert harness.ssh(SERVER, f"systemctl is-active {TIMER}").stdout.strip() == "active"
+    # Prometheus has the server's disk figures and nothing to say about them yet.
+    prometheus_lab.wait(lambda: bool(prometheus_lab.api(
+        prometheus, "/api/v1/query?query=registry_kit_disk_guard_read_only")["result"]),
+        SEEN_WITHIN, "the guard's state in Prometheus")
+    assert active(prometheus) == {DISK_ALERT: [], GUARD_ALERT: []}
     since = harness.ssh(SERVER, "date +%s").stdout.strip()
     site.since = since  # type: ignore[attr-defined]
     harness.ssh(SERVER, f"fallocate -l {FILLER_MB}M {DATA}/filler")
@@ -180,6 +216,10 @@ def test_full_disk_turns_read_only_pulls_go_on_no_blob_corrupt(site: Site) -> No
     FIGURES["journal lines"] = journal("", since)
     assert len(journal("", since)) == 1
     assert upload_code(site) == 405
+    site.read_only_at = time.monotonic()  # type: ignore[attr-defined]
+    # Both alerts active (pending, for their `for:`) from the facts the server serves.
+    FIGURES["seconds until Prometheus saw both"] = round(prometheus_lab.wait(
+        lambda: all(active(prometheus).values()), SEEN_WITHIN, "both disk alerts active"), 1)
     assert corrupt_blobs() == []
     _pull_all(site, pushed, tmp)
     # Pulls fail only while the switch restarts the registry: one short window.
@@ -195,8 +235,18 @@ def test_full_disk_turns_read_only_pulls_go_on_no_blob_corrupt(site: Site) -> No
     site.pushed = pushed  # type: ignore[attr-defined]
 
 
-def test_gc_frees_space_and_the_registry_is_writable_again(site: Site) -> None:
+def test_gc_frees_space_and_the_registry_is_writable_again(site: Site,
+                                                           prometheus: int) -> None:
     pushed: list[tuple[str, str]] = site.pushed  # type: ignore[attr-defined]
+    # Still read-only: the guard's alert fires once its `for:` has passed (the disk's has a
+    # `for:` of 5 minutes, shown firing by the rules' unit tests, not waited for here).
+    held = time.monotonic() - site.read_only_at  # type: ignore[attr-defined]
+    FIGURES[f"seconds waited for {GUARD_ALERT} to fire"] = round(prometheus_lab.wait(
+        lambda: active(prometheus)[GUARD_ALERT] == ["firing"],
+        max(0.0, GUARD_FOR + SEEN_WITHIN - held), f"{GUARD_ALERT} firing"), 1)
+    FIGURES[f"{GUARD_ALERT} firing after (s)"] = round(
+        time.monotonic() - site.read_only_at, 1)  # type: ignore[attr-defined]
+    assert active(prometheus)[DISK_ALERT] == ["pending"]
     # Read-only refuses deletes too (405); what is left is removing the repositories'
     # folders on the server (as retention does on 2.x filesystem storage), then a GC.
     ref, digest = pushed[1]
@@ -216,6 +266,9 @@ def test_gc_frees_space_and_the_registry_is_writable_again(site: Site) -> None:
         time.sleep(1)
     assert len(journal("made writable again", since)) == 1
     assert upload_code(site) == 202
+    FIGURES["seconds until both alerts resolved"] = round(prometheus_lab.wait(
+        lambda: active(prometheus) == {DISK_ALERT: [], GUARD_ALERT: []}, SEEN_WITHIN,
+        "both disk alerts resolved"), 1)
     tmp = Path(tempfile.mkdtemp(prefix="rk-disk-guard-after-"))
     proc, _ = site.push(_image(tmp), "guard/again:1")
     assert proc.returncode == 0, proc.stderr

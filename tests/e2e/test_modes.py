@@ -7,13 +7,16 @@ scenario applies twice and checks the client's push and pull with the docker CLI
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import harness
+import prometheus_lab
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,6 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 SERVER = "lab-client2"
 CLIENT = "lab-client1"
 DOMAIN = "client2.lab"
+PROVIDED_DAYS = 20  # under the alert's 21 days
+CERT_ALERT = "RegistryCertificateExpiresSoon"
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +57,7 @@ def make_provided_certificates(directory: Path) -> dict[str, str]:
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=90))
+            .not_valid_after(now + datetime.timedelta(days=PROVIDED_DAYS))
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName(DOMAIN),
                 x509.IPAddress(ipaddress.ip_address(harness.host_ip(SERVER)))]), critical=False)
@@ -76,7 +81,8 @@ def make_provided_certificates(directory: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def scenario(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def scenario(lab: dict[str, Any],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     directory = tmp_path_factory.mktemp("modes")
     password = harness.write_secret(directory, "ci.password", "ci-password-on-trixie")
     base = {
@@ -84,7 +90,9 @@ def scenario(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> d
         "registry_users": [{"name": "ci", "password_file": password}],
         "registry_client_login_user": "ci",
     }
-    return {"dir": directory, "base": base}
+    # The provided scenario's Prometheus runs until the plain-HTTP one has seen its alert go.
+    with contextlib.ExitStack() as stack:
+        yield {"dir": directory, "base": base, "stack": stack}
 
 
 def deploy_twice(scenario: dict[str, Any], name: str, data: dict[str, Any]) -> harness.Run:
@@ -106,11 +114,31 @@ def test_self_signed_on_trixie_docker_26(scenario: dict[str, Any]) -> None:
     assert "pulled-ok" in push_pull(CLIENT, f"{DOMAIN}:5000", "modes/self-signed")
 
 
+def metrics_for_the_control_machine() -> dict[str, Any]:
+    """registry_metrics on the server's lab address, scraped by the test's Prometheus."""
+    return {"registry_metrics": True, "registry_metrics_bind": harness.host_ip(SERVER),
+            "registry_metrics_allow": [f"{prometheus_lab.control_address(SERVER)}/32"],
+            "registry_prometheus_interval": prometheus_lab.INTERVAL}
+
+
+# From a deploy to the alert's change: a scrape and a rule evaluation, with room.
+SEEN_WITHIN = 3 * prometheus_lab.INTERVAL + 10
+
+
 def test_provided_certificates_on_443(scenario: dict[str, Any]) -> None:
-    """Port 443: clients type the bare domain, so the trust folder has no ':443'."""
+    """Port 443: clients type the bare domain, so the trust folder has no ':443'. The
+    certificate's 20 days left make its alert active in Prometheus."""
     provided = make_provided_certificates(scenario["dir"])
     deploy_twice(scenario, "provided", {"registry_port": 443, "registry_tls_mode": "provided",
-                                        **provided})
+                                        **provided, **metrics_for_the_control_machine()})
+    prometheus = scenario["prometheus"] = scenario["stack"].enter_context(
+        prometheus_lab.running())
+    prometheus_lab.wait_targets_up(prometheus)
+    seen = prometheus_lab.wait(lambda: prometheus_lab.alerts(prometheus, CERT_ALERT) != [],
+                               SEEN_WITHIN, f"{CERT_ALERT} active")
+    # Pending for its `for:` of 10 minutes (firing after it: the rules' unit tests).
+    assert prometheus_lab.alerts(prometheus, CERT_ALERT) == ["pending"]
+    print(f"{CERT_ALERT} active {seen:.1f} s after Prometheus' targets were up")
     trusted = harness.ssh(CLIENT, f"cat /etc/docker/certs.d/{DOMAIN}/ca.crt").stdout
     assert trusted == Path(provided["registry_tls_ca_file"]).read_text()
     served = harness.ssh(CLIENT, f"echo | openssl s_client -connect {DOMAIN}:443 "
@@ -131,7 +159,13 @@ def test_plain_http_through_insecure_registries_keeps_containers_running(
                 "http-sleeper busybox sleep 86400 >/dev/null")
     started = harness.started_at(CLIENT, "http-sleeper")
     run = deploy_twice(scenario, "none", {"registry_port": 5000, "registry_tls_mode": "none",
-                                          "registry_tls_none_acknowledged": True})
+                                          "registry_tls_none_acknowledged": True,
+                                          **metrics_for_the_control_machine()})
+    if "prometheus" in scenario:  # no certificate served now: its alert resolves
+        prometheus_lab.wait(lambda: prometheus_lab.alerts(scenario["prometheus"],
+                                                          CERT_ALERT) == [],
+                            SEEN_WITHIN, f"{CERT_ALERT} resolved")
+        scenario["stack"].close()
     assert CLIENT in dict(run.changed)["Merge the kit's keys into daemon.json"]
     daemon = json.loads(harness.ssh(CLIENT, "cat /etc/docker/daemon.json").stdout)
     assert f"{DOMAIN}:5000" in daemon["insecure-registries"]
