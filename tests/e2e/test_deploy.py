@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import prometheus_lab
 import pytest
 import yaml
 from harness import Run
@@ -399,30 +400,10 @@ PROMETHEUS_DIR = harness.STATE_DIR / "prometheus"
 SCRAPE = "rm -f /tmp/scrape; curl -sS -o /tmp/scrape -w '%{http_code}' --max-time 5 "
 
 
-PROMETHEUS_INTERVAL = 2  # registry_prometheus_interval: seconds, so the test waits little
+PROMETHEUS_INTERVAL = prometheus_lab.INTERVAL
 REGISTRY_DOWN_FOR = 60  # RegistryDown's `for:` (registry_kit/render/prometheus.py)
 SCREENSHOTS = Path(os.environ.get("REGISTRY_KIT_TEST_OUTPUT",
                                   harness.ROOT / ".test-output")) / "prometheus"
-
-
-def _prometheus_api(port: int, path: str) -> Any:
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-        return json.loads(answer.read())["data"]
-
-
-def _alerts(port: int, name: str) -> list[str]:
-    """The states of alert `name` (pending, firing) in Prometheus' /api/v1/alerts."""
-    return [a["state"] for a in _prometheus_api(port, "/api/v1/alerts")["alerts"]
-            if a["labels"]["alertname"] == name]
-
-
-def _wait(condition: Any, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.5)
-    return time.monotonic() - started
 
 
 def _prometheus_sees_the_registry_go_down_and_come_back(site: Site) -> None:
@@ -430,26 +411,10 @@ def _prometheus_sees_the_registry_go_down_and_come_back(site: Site) -> None:
     rules (registry_prometheus_interval 2 s): every target up; the registry stopped fires
     RegistryDown within its `for:` plus two scrape intervals (and an evaluation's); the
     alerts page in headless chromium; started again, the alert resolves."""
-    import shutil
-    import socket
-    import tempfile
-    if shutil.which("prometheus") is None:
-        pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        log = open(f"{tmp}/prometheus.log", "w")  # noqa: SIM115 (closed below)
-        prometheus = subprocess.Popen(
-            ["prometheus", f"--config.file={PROMETHEUS_DIR / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp}/data", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT)
+    with prometheus_lab.running(PROMETHEUS_DIR) as port:
         try:
             _prometheus_checks(site, port)
         finally:
-            prometheus.terminate()
-            prometheus.wait(timeout=30)
-            log.close()
             harness.ssh(SERVER, "docker start registry >/dev/null")
     assert site.status("alice") == 200
 
@@ -459,29 +424,22 @@ FACT_RULES = {"RegistryFactsDown", "RegistryCertificateExpiresSoon", "RegistryDa
 
 
 def _prometheus_checks(site: Site, port: int) -> None:
-    def targets_up() -> bool:
-        try:
-            active = _prometheus_api(port, "/api/v1/targets")["activeTargets"]
-        except OSError:
-            return False
-        return bool(active) and all(t["health"] == "up" for t in active)
-
-    _wait(targets_up, 60, "every target up")
-    jobs = {t["labels"]["job"] for t in _prometheus_api(port, "/api/v1/targets")["activeTargets"]}
+    jobs = prometheus_lab.wait_targets_up(port)
     assert jobs == {"registry-kit-registry", "registry-kit-facts"}, jobs
     # The kit's rules on its facts loaded, the facts scraped, none of those alerts active
     # but the disk's (this machine's own disk may be that full).
-    rules = {rule["name"] for group in _prometheus_api(port, "/api/v1/rules")["groups"]
-             for rule in group["rules"]}
+    rules = prometheus_lab.rules(port)
     assert rules >= FACT_RULES, rules
-    size = _prometheus_api(port, "/api/v1/query?query=registry_kit_data_filesystem_size_bytes")
+    size = prometheus_lab.api(port, "/api/v1/query?query=registry_kit_data_filesystem_size_bytes")
     assert [r["metric"]["host"] for r in size["result"]] == [SERVER], size
-    assert all(_alerts(port, name) == [] for name in FACT_RULES - {"RegistryDataDiskAbove85"})
-    assert _alerts(port, "RegistryDown") == []
+    assert all(prometheus_lab.alerts(port, name) == []
+               for name in FACT_RULES - {"RegistryDataDiskAbove85"})
+    assert prometheus_lab.alerts(port, "RegistryDown") == []
     harness.ssh(SERVER, "docker stop registry >/dev/null")
     bound = REGISTRY_DOWN_FOR + 3 * PROMETHEUS_INTERVAL
-    fired = _wait(lambda: _alerts(port, "RegistryDown") == ["firing"], bound + 5,
-                  "RegistryDown firing")
+    fired = prometheus_lab.wait(
+        lambda: prometheus_lab.alerts(port, "RegistryDown") == ["firing"], bound + 5,
+        "RegistryDown firing")
     print(f"RegistryDown fired {fired:.1f} s after the registry stopped (bound {bound} s)")
     assert REGISTRY_DOWN_FOR <= fired <= bound + 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -493,7 +451,8 @@ def _prometheus_checks(site: Site, port: int) -> None:
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000
     harness.ssh(SERVER, "docker start registry >/dev/null")
-    resolved = _wait(lambda: _alerts(port, "RegistryDown") == [], 30, "RegistryDown resolved")
+    resolved = prometheus_lab.wait(lambda: prometheus_lab.alerts(port, "RegistryDown") == [],
+                                   30, "RegistryDown resolved")
     print(f"RegistryDown resolved {resolved:.1f} s after the registry started")
 
 
@@ -517,7 +476,8 @@ def _kit_facts_match_the_server(site: Site, reg: str) -> None:
         return _gauges(harness.ssh(CLIENTS[0], "cat /tmp/scrape").stdout)
 
     # The guard writes its state at its next check (every 5 s) once the folder exists.
-    _wait(lambda: "registry_kit_disk_guard_read_only" in scrape(), 15, "the guard's state")
+    prometheus_lab.wait(lambda: "registry_kit_disk_guard_read_only" in scrape(), 15,
+                        "the guard's state")
     facts = scrape()
     served = x509.load_pem_x509_certificate(ssl.get_server_certificate((reg, PORT)).encode())
     assert facts['registry_kit_certificate_not_after_timestamp_seconds{certificate="server"}'] \
@@ -555,7 +515,7 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
     reg, allowed = harness.host_ip(SERVER), harness.host_ip(CLIENTS[0])
     # The control machine's address on the lab network (the server's default gateway):
     # the Prometheus this test runs scrapes from there.
-    control = harness.ssh(SERVER, "ip -4 route show default").stdout.split()[2]
+    control = prometheus_lab.control_address(SERVER)
     site.data.update({"registry_metrics": True, "registry_metrics_bind": reg,
                       "registry_metrics_allow": [f"{allowed}/32", f"{control}/32"],
                       "registry_prometheus_interval": PROMETHEUS_INTERVAL})

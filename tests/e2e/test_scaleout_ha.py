@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import prometheus_lab
 import pytest
 
 import lab as lab_api
@@ -270,8 +271,11 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
     hosts; metrics scraped from the allowed client, refused to another host, absent on the
     public address; turned off again, nothing listens."""
     allowed = harness.host_ip(CLIENT)
+    # The control machine too: a real Prometheus scrapes every role from there.
     inventory = ha.inventory("metrics", registry_metrics=True,
-                             registry_metrics_allow=[f"{allowed}/32"])
+                             registry_metrics_allow=[
+                                 f"{allowed}/32", f"{prometheus_lab.control_address(REP1)}/32"],
+                             registry_prometheus_interval=prometheus_lab.INTERVAL)
     harness.run_kit(inventory).assert_ok()
     try:
         harness.run_kit(inventory).assert_no_changes()
@@ -284,12 +288,39 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
         # The public address (passthrough to a replica) has no metrics.
         code, body = _scrape(CLIENT, f"-k https://{ha.vip}:{PORT}/metrics")
         assert code != "200" and "# TYPE" not in body, (code, body[:500])
+        _prometheus_on_the_ha_layout()
     finally:
         harness.run_kit(ha.inventory("deploy")).assert_ok()
     for name in (LB1, REP1):
         assert harness.ssh(name, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
             .strip() == "0", name
     assert "frontend metrics" not in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+
+
+def _prometheus_on_the_ha_layout() -> None:
+    """A real Prometheus on the kit's folder for this layout: every target of every role up,
+    no alert active; one replica's registry stopped makes RegistryDown active for that
+    replica alone (pending: its `for:` of a minute is test_deploy's to wait out), and it
+    resolves once the registry runs again."""
+    with prometheus_lab.running() as port:
+        jobs = prometheus_lab.wait_targets_up(port)
+        assert jobs >= {"registry-kit-registry", "registry-kit-facts", "registry-kit-haproxy"}
+        hosts = {t["labels"]["host"] for t in prometheus_lab.api(
+            port, "/api/v1/targets")["activeTargets"]}
+        assert hosts >= {REP1, REP2, LB1, LB2}, hosts
+        # One evaluation after every target was scraped: nothing to say about the layout.
+        time.sleep(2 * prometheus_lab.INTERVAL)
+        assert prometheus_lab.api(port, "/api/v1/alerts")["alerts"] == []
+        harness.ssh(REP1, "docker stop registry >/dev/null")
+        try:
+            prometheus_lab.wait(lambda: [a["labels"]["host"] for a in prometheus_lab.api(
+                port, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] ==
+                "RegistryDown"] == [REP1], 3 * prometheus_lab.INTERVAL + 10,
+                f"RegistryDown for {REP1} only")
+        finally:
+            harness.ssh(REP1, "docker start registry >/dev/null")
+        prometheus_lab.wait(lambda: prometheus_lab.alerts(port, "RegistryDown") == [],
+                            3 * prometheus_lab.INTERVAL + 20, "RegistryDown resolved")
 
 
 # Back-to-back pulls; /tmp/ha-pulls.log: one line per pull, "START END ok|failed".
