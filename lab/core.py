@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from lab import hosts, images, state, upstream
 from lab.config import LabConfig, LabError, get_config, locked, say
-from lab.engine import docker, engine_answers, ensure_engine, ensure_tools
+from lab.engine import docker, engine_answers, ensure_engine, ensure_inotify, ensure_tools
 from lab.ssh import ensure_key
 from lab.topology import DEFAULT_TOPOLOGY, HostSpec, check_unique
 
@@ -56,6 +56,7 @@ def up(
     check_unique(wanted)
     ensure_tools()
     ensure_engine()
+    ensure_inotify()
     existing = hosts.existing_hosts(cfg)
     names = {s.name for s in wanted}
     for leftover in sorted(set(existing) - names):
@@ -126,6 +127,7 @@ def reset_host(host: str, *, docker: bool = False, name: str | None = None) -> S
     of its release) for tests whose subject is not the kit installing Docker."""
     cfg = get_config(name)
     ensure_engine()
+    ensure_inotify()
     spec, _ = _spec(cfg, host)
     release = images.base_release(spec.release) + (images.DOCKER_FLAVOUR if docker else "")
     spec = dataclasses.replace(spec, release=release)
@@ -145,6 +147,7 @@ def restart_host(host: str, *, name: str | None = None) -> State:
     """Reboot `host` (docker restart), then wait for systemd and sshd."""
     cfg = get_config(name)
     ensure_engine()
+    ensure_inotify()
     spec, _ = _spec(cfg, host)
     say(f"{host}: restarting")
     hosts.restart(cfg, host)

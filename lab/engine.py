@@ -123,6 +123,32 @@ def _dockerd() -> str | None:
     return found
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+# Each lab host's systemd holds dozens of inotify instances. Debian's 512 per user ran out
+# with four labs of about ten hosts each (parallel lanes and namespaces): a new host's
+# systemd logged "Failed to create inotify object: Too many open files" and never reached
+# running, so its start timed out.
+INOTIFY_INSTANCES_MIN = 8192
+
+
+def ensure_inotify(path: Path = INOTIFY_INSTANCES) -> None:
+    """Raise the machine's inotify instances per user to INOTIFY_INSTANCES_MIN where lower
+    (root only; otherwise, or where it cannot be read, say so and go on)."""
+    try:
+        current = int(path.read_text())
+    except (OSError, ValueError):
+        return
+    if current >= INOTIFY_INSTANCES_MIN:
+        return
+    try:
+        path.write_text(f"{INOTIFY_INSTANCES_MIN}\n")
+    except OSError as exc:
+        say(f"{path} is {current}, which several labs' hosts can exhaust; could not raise "
+            f"it to {INOTIFY_INSTANCES_MIN}: {exc}")
+        return
+    say(f"raised {path} from {current} to {INOTIFY_INSTANCES_MIN} (systemd in each lab host)")
+
+
 def ensure_engine() -> None:
     """Make sure `docker info` answers, starting dockerd ourselves if we can."""
     if engine_answers():
