@@ -41,6 +41,17 @@ def served_facts(servers: list[Settings]) -> set[str]:
     return served
 
 
+def exporter_targets(hosts: Topology) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(host, ADDRESS:PORT) of the redis exporter (the cache) and of each node exporter
+    (registry_kit.roles.exporters), every host listed once."""
+    unique = {s.host: s for s in (*hosts.servers, *hosts.lbs, *hosts.caches)}
+    redis = [(s.host, listen) for s in hosts.caches
+             if (listen := layout.metrics_listen(s)) is not None]
+    node = [(s.host, listen) for s in unique.values()
+            if s.registry_node_exporter and (listen := layout.metrics_listen(s)) is not None]
+    return redis, node
+
+
 def write_folder(hosts: Topology) -> Path | None:
     """Write (or clear) the folder; its path, or None when nothing serves metrics. The
     first host serving metrics names the state folder (one per inventory, in practice)."""
@@ -48,7 +59,7 @@ def write_folder(hosts: Topology) -> Path | None:
                   if (listen := layout.metrics_listen(s)) is not None]
     lbs = [(s.host, listen) for s in hosts.lbs
            if (listen := layout.metrics_listen(s)) is not None]
-    anyone = [s for s in (*hosts.servers, *hosts.lbs) if s.registry_metrics]
+    anyone = [s for s in (*hosts.servers, *hosts.lbs, *hosts.caches) if s.registry_metrics]
     everyone = (*hosts.servers, *hosts.lbs, *hosts.caches)
     if not anyone:
         for settings in everyone[:1]:
@@ -57,11 +68,15 @@ def write_folder(hosts: Topology) -> Path | None:
         return None
     folder = layout.prometheus_dir(anyone[0])
     serving = [s for s in hosts.servers if s.registry_metrics]
+    redis, node = exporter_targets(hosts)
     files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
         registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval,
-        facts=registries, facts_path=layout.FACTS_PATH),
+        facts=registries, facts_path=layout.FACTS_PATH,
+        exporters=prometheus.exporter_jobs(redis, layout.REDIS_EXPORTER_PATH, node,
+                                           layout.NODE_EXPORTER_PATH)),
              prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs),
-                                                           served_facts(serving))}
+                                                           served_facts(serving),
+                                                           redis=bool(redis))}
     for name, text in files.items():
         if _write(folder / name, text):
             logger.info(f"registry-kit: wrote {folder / name}")

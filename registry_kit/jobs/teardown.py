@@ -31,6 +31,7 @@ from registry_kit.roles import (
     client,
     disk_guard,
     engine,
+    exporters,
     gc_timer,
     loadbalancer,
     metrics,
@@ -49,7 +50,8 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
         (retention_timer.probe_args(settings), is_server),
         (disk_guard.probe_args(settings), is_server),
         (webui.probe_args(settings), is_server),
-        (metrics.probe_args(settings), is_server),
+        (metrics.probe_args(settings), is_server or is_cache),
+        (exporters.probe_args(settings), is_server or is_lb or is_cache),
         (audit.probe_args(settings), is_server),
         (client.teardown_probe_args(settings, also_server=is_server), is_client),
         (loadbalancer.teardown_probe_args(settings), is_lb),
@@ -73,6 +75,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         loadbalancer.lb_remove(settings, state, others_stay)
     if is_cache:
         cache.cache_remove(settings, state)
+        if not is_server:
+            metrics.metrics_remove(state)  # the exporters' filter (servers': below)
+    if is_server or is_lb or is_cache:
+        exporters.exporters_remove(settings, state)
     if is_client:
         client.client_remove(settings, state, also_server=is_server)
     if is_server:
