@@ -364,6 +364,12 @@ def metrics_url(settings: Settings) -> str | None:
     return f"http://{listen}{METRICS_PATH}" if listen else None
 
 
+def redis_exporter_url(settings: Settings) -> str | None:
+    """The cache's redis exporter behind its metrics endpoint (registry_metrics), or None."""
+    listen = metrics_listen(settings)
+    return f"http://{listen}{REDIS_EXPORTER_PATH}" if listen else None
+
+
 def prometheus_dir(settings: Settings) -> Path:
     """The control machine's folder for Prometheus: the scrape config and alert rules."""
     return settings.registry_state_dir / PROMETHEUS_DIR_NAME

@@ -280,6 +280,7 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
     try:
         harness.run_kit(inventory).assert_no_changes()
         _check_status_json(ha, _status_json(inventory))
+        _check_redis_exporter()
         code, body = _scrape(CLIENT, f"http://{harness.host_ip(REP1)}:{METRICS_PORT}/metrics")
         assert code == "200" and "registry_http_requests_total" in body, (code, body[:2000])
         for target in (LB1, REP1):  # another lab host is cut off
@@ -291,10 +292,44 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
         _prometheus_on_the_ha_layout()
     finally:
         harness.run_kit(ha.inventory("deploy")).assert_ok()
-    for name in (LB1, REP1):
+    for name in (LB1, REP1, CACHE):
         assert harness.ssh(name, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
             .strip() == "0", name
     assert "frontend metrics" not in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+    _check_redis_exporter_gone()
+
+
+REDIS_EXPORTER_DIR = "/etc/systemd/system/prometheus-redis-exporter.service.d"
+
+
+def _check_redis_exporter() -> None:
+    """Debian's redis exporter on the cache (registry_metrics): redis_up 1 through the
+    cache's metrics endpoint from the allowed client, cut off for another host; the
+    exporter on the loopback only; redis' password in no process' arguments, in a root-only
+    file, not in the scrape."""
+    url = f"http://{harness.host_ip(CACHE)}:{METRICS_PORT}/redis/metrics"
+    code, body = _scrape(CLIENT, url)
+    assert code == "200" and "\nredis_up 1\n" in body, (code, body[:2000])
+    assert _scrape(LB2, url) == ("000", "")
+    listening = harness.ssh(CACHE, "ss -Htln").stdout.split()
+    assert "127.0.0.1:9121" in listening and not [word for word in listening if word in (
+        "0.0.0.0:9121", "*:9121", "[::]:9121")], listening
+    password = harness.ssh(CACHE, "sed -n 's/^requirepass //p' /etc/redis/redis.conf").stdout
+    assert password.strip()
+    out = harness.ssh(CACHE, f"stat -c '%a %U' {REDIS_EXPORTER_DIR}/registry-kit.env; "
+                      "ps -eo args").stdout
+    assert out.startswith("600 root\n") and "prometheus-redis-exporter" in out, out
+    assert password.strip() not in out + body
+
+
+def _check_redis_exporter_gone() -> None:
+    """registry_metrics off: the kit's drop-in and password file gone, the exporter stopped
+    and disabled (the package's own unit would listen on every address)."""
+    out = harness.ssh(CACHE, "systemctl is-active prometheus-redis-exporter; systemctl "
+                      f"is-enabled prometheus-redis-exporter; ls {REDIS_EXPORTER_DIR} 2>&1; "
+                      "ss -Htln | grep -c ':9121 '; true").stdout.split("\n")
+    assert out[0] == "inactive" and out[1] == "disabled" and "No such file" in out[2] and \
+        out[3] == "0", out
 
 
 def _prometheus_on_the_ha_layout() -> None:
