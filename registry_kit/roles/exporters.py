@@ -96,7 +96,9 @@ def probe_args(settings: Settings) -> dict:
 def dropin(exporter: Exporter, settings: Settings) -> bytes:
     """The kit's drop-in: ExecStart replaced (the package's reads ARGS from /etc/default,
     which the kit leaves alone), listening on the loopback."""
-    argv = [exporter.binary, f"--web.listen-address={exporter.listen}"]
+    # The endpoint's haproxy passes the path as it is: the exporter serves it there.
+    argv = [exporter.binary, f"--web.listen-address={exporter.listen}",
+            f"--web.telemetry-path={exporter.path}"]
     environment: list[str] = []
     if exporter is REDIS:
         # redis listens on the loopback too (registry_kit.roles.cache: `bind ... 127.0.0.1`).

@@ -57,11 +57,13 @@ def test_dropins_listen_on_the_loopback_and_the_password_is_in_a_file(tmp_path: 
     assert redis.endswith(
         "[Service]\nEnvironmentFile=/etc/systemd/system/prometheus-redis-exporter.service.d/"
         "registry-kit.env\nExecStart=\nExecStart=/usr/bin/prometheus-redis-exporter "
-        "--web.listen-address=127.0.0.1:9121 --redis.addr=redis://127.0.0.1:6380\n")
+        "--web.listen-address=127.0.0.1:9121 --web.telemetry-path=/redis/metrics "
+        "--redis.addr=redis://127.0.0.1:6380\n")
     assert redis.startswith("# Managed by registry-kit")
     node = exporters.dropin(exporters.NODE, cache).decode()
     assert node.endswith("[Service]\nExecStart=\nExecStart=/usr/bin/prometheus-node-exporter "
-                         "--web.listen-address=127.0.0.1:9100\n")
+                         "--web.listen-address=127.0.0.1:9100 "
+                         "--web.telemetry-path=/node/metrics\n")
     assert exporters.redis_environment(exporters.REDIS, "pw-1_x") == b"REDIS_PASSWORD=pw-1_x\n"
     for bad in ("a b", "a\nREDIS_ADDR=x", 'a"b', "a$b", "a\\b"):
         with pytest.raises(ValueError) as error:
