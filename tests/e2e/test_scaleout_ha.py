@@ -339,10 +339,11 @@ def _prometheus_on_the_ha_layout() -> None:
     resolves once the registry runs again."""
     with prometheus_lab.running() as port:
         jobs = prometheus_lab.wait_targets_up(port)
-        assert jobs >= {"registry-kit-registry", "registry-kit-facts", "registry-kit-haproxy"}
+        assert jobs >= {"registry-kit-registry", "registry-kit-facts", "registry-kit-haproxy",
+                        "registry-kit-redis"}
         hosts = {t["labels"]["host"] for t in prometheus_lab.api(
             port, "/api/v1/targets")["activeTargets"]}
-        assert hosts >= {REP1, REP2, LB1, LB2}, hosts
+        assert hosts >= {REP1, REP2, LB1, LB2, CACHE}, hosts
         # One evaluation after every target was scraped: nothing to say about the layout.
         time.sleep(2 * prometheus_lab.INTERVAL)
         assert prometheus_lab.api(port, "/api/v1/alerts")["alerts"] == []
