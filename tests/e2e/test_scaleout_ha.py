@@ -692,15 +692,18 @@ _KIT_PATHS = ("/etc/registry-kit /usr/local/lib/registry-kit /run/registry-kit "
               "/etc/haproxy/registry-kit /etc/keepalived/keepalived.conf "
               "/etc/redis/redis.conf /etc/systemd/system/haproxy.service.d "
               "/run/registry-kit-haproxy-down /run/registry-kit-lb-handover "
-              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client /etc/registry-kit-webui")
+              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client /etc/registry-kit-webui "
+              "/etc/registry-kit-metrics "
+              "/etc/systemd/system/prometheus-redis-exporter.service.d/registry-kit.conf")
 
 
 def _leftovers(name: str) -> str:
     """Any kit file, unit or config on a host, and any of the services still running. The
-    replicas' web page installs Debian's haproxy, whose package (its own haproxy.cfg and
-    service) stays like every package unless purged: there, haproxy.cfg counts only if the
-    kit wrote it, and haproxy's service does not count."""
-    replica = name in (REP1, REP2)
+    replicas' web page and the cache's metrics filter (for its redis exporter) install
+    Debian's haproxy, whose package (its own haproxy.cfg and service) stays like every
+    package unless purged: there, haproxy.cfg counts only if the kit wrote it, and
+    haproxy's service does not count. The kit's exporter drop-ins count everywhere."""
+    replica = name in (REP1, REP2, CACHE)
     services = "keepalived redis-server" + ("" if replica else " haproxy")
     paths = _KIT_PATHS + ("" if replica else " /etc/haproxy/haproxy.cfg")
     return harness.ssh(name, f"for p in {paths}; do [ -e \"$p\" ] && echo \"$p\"; done; "
