@@ -174,8 +174,8 @@ registry_gc_delete_untagged = False
 # refused on shared storage)
 registry_gc_schedule = None
 docker_remove_on_teardown = False  # teardown.py: also remove the Docker engine the kit installed
-# teardown.py: also purge haproxy, socat, keepalived (LBs), redis (cache) and the exporters the kit
-# set up
+# teardown.py: also purge haproxy, socat, keepalived (LBs), redis and haproxy (cache) and the
+# exporters the kit set up
 registry_packages_remove_on_teardown = False
 
 # --- Retention (retention.py) ---

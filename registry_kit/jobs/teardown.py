@@ -25,6 +25,7 @@ from registry_kit.model.inventory import (
     validated_settings,
 )
 from registry_kit.model.settings import Settings
+from registry_kit.operations.removal import purge_packages
 from registry_kit.roles import (
     audit,
     cache,
@@ -75,8 +76,10 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         loadbalancer.lb_remove(settings, state, others_stay)
     if is_cache:
         cache.cache_remove(settings, state)
-        if not is_server:
-            metrics.metrics_remove(state)  # the exporters' filter (servers': below)
+        if not (is_server or is_lb):  # the exporters' filter (servers' below, LBs' above)
+            metrics.metrics_remove(state)
+            purge_packages(("haproxy",), ("haproxy",), settings, state,
+                           name="Remove haproxy (registry_packages_remove_on_teardown)")
     if is_server or is_lb or is_cache:
         exporters.exporters_remove(settings, state)
     if is_client:

@@ -713,8 +713,8 @@ class Settings:
     docker_remove_on_teardown: bool = setting(
         False, "teardown.py: also remove the Docker engine the kit installed", check=boolean)
     registry_packages_remove_on_teardown: bool = setting(
-        False, "teardown.py: also purge haproxy, socat, keepalived (LBs), redis (cache) and "
-        "the exporters the kit set up",
+        False, "teardown.py: also purge haproxy, socat, keepalived (LBs), redis and haproxy "
+        "(cache) and the exporters the kit set up",
         check=boolean)
 
     @cross_check
