@@ -104,8 +104,8 @@ TOKEN_RUNTIME_DIR = "/run/registry-kit-token"  # its copies of its files, made a
 TOKEN_NAME_CONFLICT = f"{TOKEN_RUNTIME_DIR}/name-conflict"
 # Its counters since start (tokens issued, denied, failed logins, rate-limited) as a text
 # file, rewritten at each change: a second RuntimeDirectory of its unit (the dynamic user's,
-# removed at stop), the folder 0755 and the file 0644 so that the facts server can read
-# them (registry_metrics). Totals only: no user name or address.
+# removed at stop), the folder 0755 (the server opens it) and the file 0644 so that the
+# facts server can read them (registry_metrics). Totals only: no user name or address.
 TOKEN_COUNTERS_DIR = "/run/registry-kit-token-counters"
 TOKEN_COUNTERS = f"{TOKEN_COUNTERS_DIR}/token.prom"
 PYTHON = "/usr/bin/python3"

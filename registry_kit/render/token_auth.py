@@ -124,13 +124,14 @@ def trusted_proxies(settings: Settings) -> list[str]:
 
 
 # RuntimeDirectory= is relative to /run. Both folders are the dynamic user's and go at
-# stop; RuntimeDirectoryMode is one mode for both, so the counters' folder (nothing secret:
-# four totals, layout.TOKEN_COUNTERS) is opened to the facts server's user afterwards.
+# stop. RuntimeDirectoryMode is one mode for both, and systemd sets it again at each Exec
+# line it spawns (an ExecStartPre's chmod was undone by ExecStart's start: seen in the
+# lab), so the server itself opens the counters' folder (nothing secret: four totals,
+# layout.TOKEN_COUNTERS) to the facts server's user when it starts (Counters).
 RUNTIME_DIRECTORIES = (
     f"RuntimeDirectory={TOKEN_RUNTIME_DIR.removeprefix('/run/')} "
     f"{layout.TOKEN_COUNTERS_DIR.removeprefix('/run/')}",
     "RuntimeDirectoryMode=0700",
-    f"ExecStartPre=+/bin/chmod 0755 {layout.TOKEN_COUNTERS_DIR}",
 )
 
 

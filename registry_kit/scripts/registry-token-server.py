@@ -272,12 +272,16 @@ def counters_text(values: dict[str, int]) -> str:
 class Counters:
     """COUNTERS, written to `path` (None: kept in memory only) whole at each change: a
     temporary file made world-readable (the unit's UMask is 0077), then renamed, so a
-    reader never sees half a file."""
+    reader never sees half a file. The file's folder, this server's own (a RuntimeDirectory
+    of its unit, which systemd makes 0700), is opened to other users at start: the facts
+    server runs as another dynamic user."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.values = dict.fromkeys(COUNTERS, 0)
         self.lock = threading.Lock()
+        if path is not None:
+            os.chmod(os.path.dirname(path) or ".", 0o755)
         self.write()
 
     def add(self, name: str) -> None:

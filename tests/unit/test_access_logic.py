@@ -540,8 +540,10 @@ def test_guessing_gets_429_and_the_user_still_logs_in_from_elsewhere(
 def test_counters_count_tokens_denials_failures_and_429s(
         token_server: Callable[..., Any], tmp_path: Path) -> None:
     """The token server's counters file (--counters): rewritten at each change, 0644 even
-    under the unit's UMask 0077, totals only (no user name or address in it)."""
-    path = tmp_path / "token.prom"
+    under the unit's UMask 0077, in a folder it opens (0755) at start, totals only (no
+    user name or address in it)."""
+    path = tmp_path / "counters" / "token.prom"
+    path.parent.mkdir(mode=0o700)  # as systemd makes it (RuntimeDirectoryMode)
     old_umask = os.umask(0o077)
     try:
         running = token_server()
@@ -556,6 +558,7 @@ def test_counters_count_tokens_denials_failures_and_429s(
     assert counted() == {"issued_total": 0, "denied_total": 0, "failed_logins_total": 0,
                          "rate_limited_total": 0}
     assert path.stat().st_mode & 0o777 == 0o644
+    assert path.parent.stat().st_mode & 0o777 == 0o755  # opened at start
     assert ask(running)[0] == 200  # ci may pull team-a/app
     assert ask(running, scope="repository:team-b/app:push")[0] == 200  # granted nothing
     assert [ask(running, password="guess", client="198.51.100.7")[0]

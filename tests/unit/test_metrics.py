@@ -151,10 +151,10 @@ def test_facts_server_reads_the_token_counters_with_token_auth(
     assert " --token-counters /run/registry-kit-token-counters/token.prom\n" in unit
     assert b"--token-counters" not in metrics.facts_unit(make_settings(**ON))
     # The token server writes them there, into a folder of its own (the dynamic user's,
-    # gone at stop), opened to other users: nothing in it is secret.
+    # gone at stop), which it opens to other users (test_access_logic): nothing in it is
+    # secret.
     token_unit = token_auth.unit_text(make_settings(registry_users=users)).decode()
     assert "RuntimeDirectory=registry-kit-token registry-kit-token-counters\n" in token_unit
-    assert "ExecStartPre=+/bin/chmod 0755 /run/registry-kit-token-counters\n" in token_unit
     assert " --counters /run/registry-kit-token-counters/token.prom " in token_unit
 
 
