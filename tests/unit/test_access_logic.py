@@ -566,6 +566,10 @@ def test_counters_count_tokens_denials_failures_and_429s(
     assert ask(running, user="nobody", password="x", client="192.0.2.9")[0] == 401
     assert counted() == {"issued_total": 2, "denied_total": 1, "failed_logins_total": 11,
                          "rate_limited_total": 1}
+    # A folder that is not there (the script run by hand): it counts, and says so.
+    missing = server.Counters(str(tmp_path / "missing" / "token.prom"))
+    missing.add("registry_kit_token_issued_total")
+    assert missing.values["registry_kit_token_issued_total"] == 1
     # Nothing but the four totals: no user name or address anywhere in the file.
     assert path.read_text() == server.counters_text(
         {f"registry_kit_token_{name}": value for name, value in counted().items()})
