@@ -3,7 +3,8 @@ storage) into `<registry_backup_dir>/<server>/` on the control machine or a back
 blobs only, one generation per change, with the registry serving throughout. README
 "Backup and restore" describes the layout, the generations, why no read-only window is
 needed (see WRITE ORDER below) and what the other side may send; the tar read from it is
-re-packed here (check_blob_member, check_tree_member).
+re-packed here (check_blob_member, check_tree_member). With registry_metrics, a successful
+backup leaves its time in the server's facts for Prometheus (record_success).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from pyinfra.api import FunctionCommand
 from pyinfra.facts.server import Command
 
 from registry_kit.commands import q
-from registry_kit.model import pull_through
+from registry_kit.model import layout, pull_through
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, server_settings
 from registry_kit.model.settings import BACKUP_GENERATION_RE, Settings, SettingsError
+from registry_kit.operations import files
 from registry_kit.operations.typed import operation
+from registry_kit.render import prometheus
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"
@@ -884,15 +887,65 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
                if migrated else ""))
 
 
+def up_to_date(server_blobs: dict[str, int], server_tree: str,
+               backup_blobs: dict[str, int], backup_tree: str) -> bool:
+    """Whether the backup holds every blob of the server and its newest generation the
+    server's repositories tree."""
+    return not missing_blobs(backup_blobs, server_blobs) and server_tree == backup_tree \
+        and bool(server_tree)
+
+
 @operation()
 def back_up(settings: Settings, root: str, server_blobs: dict[str, int], server_tree: str,
             backup_blobs: dict[str, int], backup_tree: str):
-    missing = missing_blobs(backup_blobs, server_blobs)
-    if not missing and server_tree == backup_tree and server_tree:
+    if up_to_date(server_blobs, server_tree, backup_blobs, backup_tree):
         host.noop(f"backup in {root} is up to date ({len(server_blobs)} blobs, its newest "
                   "generation has the same repositories tree)")
         return
     yield FunctionCommand(_run_backup, (settings, root), {})
+
+
+# --- the backup's fact for Prometheus (registry_metrics): BackupTooOld watches it ---
+
+# A run that found the backup up to date counts as a success too (a registry nobody pushed
+# to over a weekend is backed up all the same), but rewrites the fact only when the one
+# there is this old: a second run right after the first changes nothing.
+FACT_REFRESH_SECONDS = 3600
+FACT_LINE = re.compile(r"registry_kit_backup_last_success_timestamp_seconds ([0-9]{1,12})")
+NO_FACTS_FOLDER = "no facts folder"
+
+
+def fact_command() -> str:
+    """The server's facts folder and the backup's fact in it, read while planning."""
+    return (f"if test -d {q(layout.FACTS_DIR)}; then cat {q(layout.FACTS_BACKUP)} "
+            f"2>/dev/null; true; else echo {q(NO_FACTS_FOLDER)}; fi")
+
+
+def recorded_time(text: str | None) -> int | None:
+    """The time the fact on the server holds (None: none, or not as the kit writes it:
+    the server may be broken into; the fact is then written anew)."""
+    for line in (text or "").splitlines():
+        match = FACT_LINE.fullmatch(line.strip())
+        if match:
+            return int(match[1])
+    return None
+
+
+@operation()
+def record_success(when: float, fact: str | None, fresh: bool):
+    """`fact`: what fact_command read; `fresh`: this run makes a new generation (its
+    operation ran before this one, so this one runs only when that one succeeded)."""
+    if fact is not None and fact.strip() == NO_FACTS_FOLDER:
+        host.noop(f"no {layout.FACTS_DIR} on this server (deploy with registry_metrics on "
+                  "first): the backup's time is not recorded")
+        return
+    recorded = recorded_time(fact)
+    if not fresh and recorded is not None and when - recorded < FACT_REFRESH_SECONDS:
+        host.noop(f"the backup is up to date; {layout.FACTS_BACKUP} records it "
+                  f"{int(when - recorded)} s ago")
+        return
+    yield from files.managed_file._inner(layout.FACTS_BACKUP,
+                                         prometheus.backup_facts(when).encode(), "0644", None)
 
 
 # --- verify (read-only: it runs while planning and reports without changing anything) ---
@@ -994,6 +1047,13 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     # The newest generation, or a backup made before generations (migrated on its next run).
     newest = generations[-1] if generations else None
     backup_tree = store_fact(settings, tree_hash_command(generation_base(root, newest))).strip()
+    # The time the fact records: now, before the backup reads anything (it holds the data
+    # as of then or newer).
+    when = time.time()
     # One server at a time: each backup reads its server's disk hard.
     back_up(settings, root, server_blobs, server_tree.strip(), backup_blobs, backup_tree,
             name=f"Back up registry data to {root}", _serial=True)
+    if settings.registry_metrics:
+        fresh = not up_to_date(server_blobs, server_tree.strip(), backup_blobs, backup_tree)
+        record_success(when, host.get_fact(Command, fact_command()), fresh,
+                       name=f"Record the backup's time in {layout.FACTS_BACKUP} (metrics)")

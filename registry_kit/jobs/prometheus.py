@@ -12,10 +12,11 @@ from pathlib import Path
 
 from pyinfra import logger
 
-from registry_kit.model import layout
+from registry_kit.model import layout, pull_through
 from registry_kit.model.settings import Settings
 from registry_kit.model.topology import BACKEND, Topology
 from registry_kit.render import prometheus
+from registry_kit.render.token_auth import enabled as token_auth
 from registry_kit.roles import disk_guard
 
 
@@ -35,9 +36,14 @@ def served_facts(servers: list[Settings]) -> set[str]:
     rules on the others could never fire."""
     served: set[str] = set()
     for settings in servers:
+        filesystem = settings.registry_storage.driver == "filesystem"
         served |= {"gc", *(["certificate"] if settings.tls_enabled else []),
-                   *(["disk"] if settings.registry_storage.driver == "filesystem" else []),
-                   *(["disk_guard"] if disk_guard.wanted(settings) else [])}
+                   *(["disk"] if filesystem else []),
+                   *(["disk_guard"] if disk_guard.wanted(settings) else []),
+                   *(["token"] if token_auth(settings) else []),
+                   # What backup.py backs up (its fact appears with the first backup).
+                   *(["backup"] if filesystem and not pull_through.is_cache(settings)
+                     else [])}
     return served
 
 

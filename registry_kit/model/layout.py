@@ -102,6 +102,12 @@ TOKEN_SCRIPT = script(TOKEN_SCRIPT_NAME)
 TOKEN_RUNTIME_DIR = "/run/registry-kit-token"  # its copies of its files, made at each start
 # --check-names writes a local name found in the directory here (fresh at each start).
 TOKEN_NAME_CONFLICT = f"{TOKEN_RUNTIME_DIR}/name-conflict"
+# Its counters since start (tokens issued, denied, failed logins, rate-limited) as a text
+# file, rewritten at each change: a second RuntimeDirectory of its unit (the dynamic user's,
+# removed at stop), the folder 0755 (the server opens it) and the file 0644 so that the
+# facts server can read them (registry_metrics). Totals only: no user name or address.
+TOKEN_COUNTERS_DIR = "/run/registry-kit-token-counters"
+TOKEN_COUNTERS = f"{TOKEN_COUNTERS_DIR}/token.prom"
 PYTHON = "/usr/bin/python3"
 PYTHON_MODULES_DIR = "/usr/lib/python3/dist-packages"  # Debian's python3-* packages
 TOKEN_BACKEND = "registry-token"  # haproxy backend of the replicas' token servers
@@ -141,6 +147,7 @@ FACTS_CERTIFICATE = f"{FACTS_DIR}/certificate.prom"  # the deploy: the server ce
 FACTS_DISK_GUARD = f"{FACTS_DIR}/disk-guard.prom"  # registry-disk-guard.sh
 FACTS_GC = f"{FACTS_DIR}/gc.prom"  # registry-gc.sh: the last whole collection
 FACTS_RETENTION = f"{FACTS_DIR}/retention.prom"  # retention.py's last applied run
+FACTS_BACKUP = f"{FACTS_DIR}/backup.prom"  # backup.py: the last successful backup's time
 
 # --- Audit log (registry_audit_log): the registry's notifications, received on the host.
 AUDIT_SERVICE = "registry-kit-audit"

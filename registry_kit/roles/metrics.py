@@ -3,8 +3,9 @@ haproxy of the kit's own, `registry-kit-metrics.service`, on the server's intern
 passes GET /metrics from registry_metrics_allow only to the registry's debug server, which
 stays on the loopback (it also answers /debug/pprof), and GET /kit/metrics to
 `registry-kit-facts.service` (scripts/registry-kit-facts.py, loopback): the kit's own facts
-as gauges. The deploy writes the server certificate's expiry there; the disk guard and the
-garbage collection write theirs (layout.FACTS_*). See README "Metrics".
+as gauges. The deploy writes the server certificate's expiry there; the disk guard, the
+garbage collection and backup.py write theirs (layout.FACTS_*); with token auth the facts
+server also reads the token server's counters (layout.TOKEN_COUNTERS). See README "Metrics".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, packages, services
 from registry_kit.operations.typed import operation
-from registry_kit.render import haproxy, prometheus, textfile, tls
+from registry_kit.render import haproxy, prometheus, textfile, tls, token_auth
 from registry_kit.render.token_auth import SANDBOX
 
 SERVICE = layout.METRICS_SERVICE
@@ -60,6 +61,8 @@ def facts_arguments(settings: Settings) -> list[str]:
             "--dir", layout.FACTS_DIR, "--path", layout.FACTS_PATH]
     if settings.registry_storage.driver == "filesystem":
         argv += ["--data-dir", settings.registry_data_dir]
+    if token_auth.enabled(settings):
+        argv += ["--token-counters", layout.TOKEN_COUNTERS]
     return argv
 
 

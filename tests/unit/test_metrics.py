@@ -3,6 +3,7 @@ filter in front of it on servers and haproxy's exporter on load balancers."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as topo
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
+from registry_kit.render import prometheus, token_auth
 from registry_kit.render.config import render_config
 from registry_kit.roles import loadbalancer, metrics, server, status_json
 
@@ -131,6 +133,67 @@ def test_facts_server_unit(make_settings: Callable[..., Settings]) -> None:
     # No filesystem of this server to measure on object storage.
     memory = metrics.facts_unit(make_settings(**ON, registry_storage={"driver": "inmemory"}))
     assert b"--data-dir" not in memory
+
+
+def _script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_").removesuffix(".py"),
+                                                  SCRIPTS / name)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_facts_server_reads_the_token_counters_with_token_auth(
+        make_settings: Callable[..., Settings]) -> None:
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    unit = metrics.facts_unit(make_settings(**ON, registry_users=users)).decode()
+    assert " --token-counters /run/registry-kit-token-counters/token.prom\n" in unit
+    assert b"--token-counters" not in metrics.facts_unit(make_settings(**ON))
+    # The token server writes them there, into a folder of its own (the dynamic user's,
+    # gone at stop), which it opens to other users (test_access_logic): nothing in it is
+    # secret.
+    token_unit = token_auth.unit_text(make_settings(registry_users=users)).decode()
+    assert "RuntimeDirectory=registry-kit-token registry-kit-token-counters\n" in token_unit
+    assert " --counters /run/registry-kit-token-counters/token.prom " in token_unit
+
+
+def test_token_counters_text_is_the_kits_renderers() -> None:
+    """The token server's file (standard library only, so its own renderer) is what
+    render.prometheus.counters() makes of the same values; the facts server knows the same
+    counters."""
+    token, facts = _script(layout.TOKEN_SCRIPT_NAME), _script(layout.FACTS_SCRIPT_NAME)
+    values = {name: index * 7 for index, name in enumerate(token.COUNTERS)}
+    assert token.counters_text(values) == prometheus.counters(
+        [(name, text, [({}, values[name])]) for name, text in token.COUNTERS.items()])
+    assert facts.TOKEN_COUNTERS == token.COUNTERS
+    assert list(token.COUNTERS) == ["registry_kit_token_issued_total",
+                                    "registry_kit_token_denied_total",
+                                    "registry_kit_token_failed_logins_total",
+                                    "registry_kit_token_rate_limited_total"]
+
+
+def test_facts_server_takes_only_the_counters_numbers(tmp_path: Path) -> None:
+    """What the token server's file holds (it answers the Internet: it may be broken into)
+    cannot add a fact, change one, label one or make the scrape fail: only the first
+    `NAME NUMBER` line of each known counter is read, and written out anew."""
+    facts = _script(layout.FACTS_SCRIPT_NAME)
+    hostile = tmp_path / "token.prom"
+    hostile.write_text(
+        "# TYPE registry_kit_token_issued_total gauge\n"
+        "registry_kit_disk_guard_read_only 0\n"
+        'registry_kit_token_denied_total{user="x"} 9\n'
+        "registry_kit_token_issued_total 5\n"
+        "registry_kit_token_issued_total 6\n"
+        "registry_kit_token_failed_logins_total -1\n"
+        "registry_kit_token_rate_limited_total 1e9\n"
+        "registry_kit_token_denied_total 2 1700000000\n")
+    assert facts.token_counters(hostile).splitlines() == [
+        "# HELP registry_kit_token_issued_total tokens issued since the token server started",
+        "# TYPE registry_kit_token_issued_total counter", "registry_kit_token_issued_total 5"]
+    assert facts.token_counters(tmp_path / "missing.prom") == ""
+    hostile.write_bytes(b"registry_kit_token_issued_total 3\n\xff\x00\n")
+    assert facts.token_counters(hostile).endswith("registry_kit_token_issued_total 3\n")
 
 
 def test_certificate_facts_hold_its_not_after(tmp_path: Path) -> None:

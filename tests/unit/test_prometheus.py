@@ -75,7 +75,7 @@ def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
     assert written is not None
     assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
     # The registry's two, the load balancers' three, the kit's facts' six.
-    assert "SUCCESS: 11 rules found" in _promtool("check", "rules",
+    assert "SUCCESS: 12 rules found" in _promtool("check", "rules",
                                                   str(written / prometheus.RULES_FILE))
     # A single server without load balancers or facts: the registry's two rules only.
     single = tmp_path / "single.yml"
@@ -173,8 +173,8 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
         "alert_rule_test": [
             {"eval_time": "6m", "alertname": "RegistryFactsDown", "exp_alerts": []},
             _alert("RegistryFactsDown", "7m", {"severity": "warning", **labels},
-                   "the kit's facts on rep1 are not served: its certificate, disk and "
-                   "garbage collection alerts cannot fire"),
+                   "the kit's facts on rep1 are not served: its certificate, disk, "
+                   "garbage collection, login and backup alerts cannot fire"),
             {"eval_time": "20m", "alertname": "RegistryCertificateExpiresSoon",
              "exp_alerts": []},
             _alert("RegistryCertificateExpiresSoon", "21m",
@@ -201,6 +201,52 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
     assert "SUCCESS" in _promtool("test", "rules", str(test_file))
 
 
+@needs_promtool
+def test_failed_logins_and_backup_age_fire_and_stay_quiet(tmp_path: Path) -> None:
+    """FailedLoginsHigh: rep1's token server counts 10 failed logins a minute (fires once
+    the 5-minute rate is over 5 a minute and its `for:` of 1m has passed; not in the first
+    2 minutes, whose rate promtool puts under 5), rep2's 3 a minute (under 5: never).
+    BackupTooOld: rep1 last backed up at time 0 (older than 26 h from 26h00m01s on, fires
+    10 minutes later), rep2 backed up all along (the gauge follows the clock), rep3 never
+    backed up (no series: never, as the rule's comment says)."""
+    rules = tmp_path / prometheus.RULES_FILE
+    rules.write_text(prometheus.alert_rules(topo.BACKEND, False, {"token", "backup"}))
+
+    def labels(host: str) -> dict[str, str]:
+        return {"job": prometheus.FACTS_JOB, "host": host}
+
+    def series(name: str, host: str) -> str:
+        return f'{name}{{job="{prometheus.FACTS_JOB}",host="{host}"}}'
+
+    failed, backup = ("registry_kit_token_failed_logins_total",
+                      "registry_kit_backup_last_success_timestamp_seconds")
+    hours = prometheus.BACKUP_HOURS
+    tests = {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": series(failed, "rep1"), "values": "0+10x30"},
+            {"series": series(failed, "rep2"), "values": "0+3x30"},
+            {"series": series(backup, "rep1"), "values": f"0x{hours * 60 + 20}"},
+            {"series": series(backup, "rep2"), "values": f"0+60x{hours * 60 + 20}"},
+            {"series": series("up", "rep3"), "values": f"1x{hours * 60 + 20}"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "FailedLoginsHigh", "exp_alerts": []},
+            _alert("FailedLoginsHigh", "10m", {"severity": "warning", **labels("rep1")},
+                   "over 5 failed logins a minute at the token server of rep1 (someone "
+                   "guessing passwords?): journalctl -u registry-kit-token"),
+            _alert("FailedLoginsHigh", "30m", {"severity": "warning", **labels("rep1")},
+                   "over 5 failed logins a minute at the token server of rep1 (someone "
+                   "guessing passwords?): journalctl -u registry-kit-token"),
+            {"eval_time": f"{hours}h10m", "alertname": "BackupTooOld", "exp_alerts": []},
+            _alert("BackupTooOld", f"{hours}h11m", {"severity": "warning", **labels("rep1")},
+                   f"the last successful backup.py run for rep1 is over {hours} h old"),
+        ]}]}
+    test_file = tmp_path / "tests.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert "SUCCESS" in _promtool("test", "rules", str(test_file))
+
+
 def test_fact_rules_only_for_the_facts_served(tmp_path: Path) -> None:
     """A rule on a gauge no server serves could never fire: not written."""
     def written(**data: Any) -> set[str]:
@@ -214,6 +260,11 @@ def test_fact_rules_only_for_the_facts_served(tmp_path: Path) -> None:
     bare = written(registry_tls_mode="none", registry_storage={"driver": "inmemory"})
     assert bare & facts == {"RegistryFactsDown", "RegistryGCFailed", "RegistryRetentionFailed"}
     assert "RegistryDiskGuardReadOnly" not in written(registry_disk_readonly_percent=None)
+    # Backups: filesystem storage (backup.py's); failed logins: token auth (users).
+    assert "BackupTooOld" in written() and "BackupTooOld" not in bare
+    assert "FailedLoginsHigh" not in written()
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    assert "FailedLoginsHigh" in written(registry_users=users)
     assert prometheus.alert_rules(topo.BACKEND, with_lbs=False).count("alert:") == 2
 
 
@@ -224,8 +275,25 @@ def test_rules_not_written_are_named() -> None:
                        "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation",
                        "RegistryFactsDown", "RegistryCertificateExpiresSoon",
                        "RegistryDataDiskAbove85", "RegistryDiskGuardReadOnly",
-                       "RegistryGCFailed", "RegistryRetentionFailed"}
-    assert len(prometheus.RULES_NOT_YET) == 3
+                       "RegistryGCFailed", "RegistryRetentionFailed", "FailedLoginsHigh",
+                       "BackupTooOld"}
+    assert list(prometheus.RULES_NOT_YET) == ["AddressOnNoLoadBalancer / AddressOnTwo"]
+
+
+def test_counters_and_backup_facts_text() -> None:
+    text = prometheus.counters([("registry_kit_token_issued_total", "tokens", [({}, 3)])])
+    assert text.splitlines() == ["# HELP registry_kit_token_issued_total tokens",
+                                 "# TYPE registry_kit_token_issued_total counter",
+                                 "registry_kit_token_issued_total 3"]
+    for bad in [("registry_kit_x", "h", [({}, 1)]), ("x_total", "h", [({}, -1)]),
+                ("x_total", "h", [({}, 1.5)])]:
+        with pytest.raises(ValueError):
+            prometheus.counters([bad])
+    with pytest.raises(ValueError):
+        prometheus.gauges([], kind="histogram")
+    assert prometheus.backup_facts(1803859200.7).splitlines()[1:] == [
+        "# TYPE registry_kit_backup_last_success_timestamp_seconds gauge",
+        "registry_kit_backup_last_success_timestamp_seconds 1803859200"]
 
 
 def test_gauges_text_is_checked_and_escaped() -> None:
