@@ -404,12 +404,14 @@ CURRENT = "*/_manifests/tags/*/current/link"
 def tree_tar_command(base: str, tags: bool) -> str:
     """A tar of BASE/repositories' tag links (`tags`) or of its other files, run by bash: it
     fails when find fails (sh has no pipefail, and a tar cut short by a find error would
-    look like an empty registry); no repositories folder (nothing pushed yet) is an empty
-    tar."""
+    look like an empty registry); no repositories folder, or no BASE at all (nothing pushed
+    yet: the registry makes docker/registry/v2 at its first push), is an empty tar, as the
+    blob listing is empty then."""
     find_args = (f"-path {q(CURRENT)} -type f" if tags
                  else f"-type f ! -path {q(CURRENT)} ! -name 'link.*.tmp'")
-    script = (f"cd {q(base)} || exit 1; if [ ! -d repositories ]; then "
+    script = (f"if [ ! -d {q(base + '/repositories')} ]; then "
               "exec tar --null --no-recursion -T /dev/null -cf -; fi; "
+              f"cd {q(base)} || exit 1; "
               "find repositories -ignore_readdir_race -name _uploads -prune -o "
               f"{find_args} -print0 | tar --null --no-recursion -T - -cf - "
               "--ignore-failed-read --warning=no-file-changed --warning=no-file-removed; "

@@ -584,3 +584,23 @@ def test_hostile_new_flags_and_counts_are_refused(make_settings: Any, key: str,
                                                    value: object) -> None:
     with pytest.raises(SettingsError, match=key):
         make_settings(**{key: value})
+
+
+def test_tree_tar_of_a_registry_nothing_was_pushed_to_is_empty(tmp_path: Any) -> None:
+    """The registry makes docker/registry/v2 at its first push: before it, the tree tar is an
+    empty archive (as the blob listing is empty), not `cd: No such file or directory`."""
+    import subprocess
+
+    base = tmp_path / "data" / backup.V2
+    for tags in (True, False):
+        run = subprocess.run(backup.tree_tar_command(str(base), tags), shell=True,
+                             capture_output=True, check=False)
+        assert run.returncode == 0, run.stderr
+        assert backup.tar_members(run.stdout) == []
+    link = base / "repositories/team/app/_manifests/tags/1/current/link"
+    link.parent.mkdir(parents=True)
+    link.write_text("sha256:" + "a" * 64)
+    run = subprocess.run(backup.tree_tar_command(str(base), True), shell=True,
+                         capture_output=True, check=True)
+    assert [member.name for member, _ in backup.tar_members(run.stdout)] == [
+        "repositories/team/app/_manifests/tags/1/current/link"]
