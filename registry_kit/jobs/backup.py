@@ -88,7 +88,13 @@ def tree_hash_command(base: str) -> str:
 
 
 def repositories_hash_command(root: str) -> str:
-    return tree_hash_command(root + "/" + V2)
+    """tree_hash_command of a registry's data folder ROOT. Before the first push the registry
+    has not made ROOT/docker/registry/v2 yet: its tree is the empty one (the hash of no
+    files, as an empty backup's), so a second backup of an empty registry changes nothing;
+    a missing ROOT stays unknown (no output)."""
+    empty = hashlib.sha256(b"").hexdigest()
+    return (f"if [ -d {q(root)} ] && [ ! -e {q(root + '/' + V2)} ]; then echo {q(empty)}; "
+            f"else {tree_hash_command(root + '/' + V2)}; fi")
 
 
 def parse_blobs(text: str | None, where: str = "") -> dict[str, int]:
