@@ -76,9 +76,14 @@ def lb_facts_arguments(settings: Settings) -> list[str]:
 
 
 # `ip -j addr show` reads the host's addresses over netlink: the one address family the load
-# balancer's facts server needs beyond the token server's sandbox.
-LB_SANDBOX = tuple("RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK"
-                   if line.startswith("RestrictAddressFamilies=") else line for line in SANDBOX)
+# balancer's facts server needs beyond the token server's sandbox. And iproute2's `ip`, run
+# as a user other than root, first drops its capabilities (capset(2), in @privileged, which
+# the sandbox denies: `ip` then exits 1 without a word, seen on a bookworm lab host); the
+# process has none (an empty bounding set), so allowing capset grants nothing. A later
+# allow entry takes the call out of the deny list (systemd.exec, SystemCallFilter=).
+LB_SANDBOX = (*("RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK"
+                if line.startswith("RestrictAddressFamilies=") else line for line in SANDBOX),
+              "SystemCallFilter=capset")
 
 
 def facts_unit(settings: Settings, lb: bool = False) -> bytes:

@@ -149,6 +149,10 @@ def test_load_balancer_facts_server_unit() -> None:
     families = [line for line in unit.splitlines()
                 if line.startswith("RestrictAddressFamilies=")]
     assert families == ["RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK"]
+    # `ip` drops its (absent) capabilities: capset allowed after the deny list.
+    filters = [line for line in unit.splitlines() if line.startswith("SystemCallFilter=")]
+    assert filters == ["SystemCallFilter=@system-service",
+                       "SystemCallFilter=~@privileged @resources", "SystemCallFilter=capset"]
     assert "DynamicUser=yes\n" in unit and "CapabilityBoundingSet=\n" in unit
     # The stats page shares the LB's loopback: not on the facts server's port.
     with pytest.raises(SettingsError, match=re.escape("registry_lb_stats='127.0.0.1:9196'")):
