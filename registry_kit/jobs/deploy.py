@@ -174,6 +174,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if is_lb:
         loadbalancer.lb_deploy(settings, state, hosts, cert)
         keepalived.keepalived_deploy(settings, state, hosts)
+        metrics.lb_facts_deploy(settings, state)
     if hosts.lbs:
         step_done("load balancer", name="Load balancer is set up")
     if is_server:

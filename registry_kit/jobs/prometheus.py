@@ -17,7 +17,7 @@ from registry_kit.model.settings import Settings
 from registry_kit.model.topology import BACKEND, Topology
 from registry_kit.render import prometheus
 from registry_kit.render.token_auth import enabled as token_auth
-from registry_kit.roles import disk_guard
+from registry_kit.roles import disk_guard, keepalived
 
 
 def _write(path: Path, text: str) -> bool:
@@ -54,6 +54,10 @@ def write_folder(hosts: Topology) -> Path | None:
                   if (listen := layout.metrics_listen(s)) is not None]
     lbs = [(s.host, listen) for s in hosts.lbs
            if (listen := layout.metrics_listen(s)) is not None]
+    # The load balancers' facts: on their metrics endpoint, where haproxy passes the path on.
+    holders = [s for s in hosts.lbs if layout.lb_facts_listen(s) is not None]
+    lb_facts = [(s.host, listen) for s in holders
+                if (listen := layout.metrics_listen(s)) is not None]
     anyone = [s for s in (*hosts.servers, *hosts.lbs) if s.registry_metrics]
     everyone = (*hosts.servers, *hosts.lbs, *hosts.caches)
     if not anyone:
@@ -63,11 +67,15 @@ def write_folder(hosts: Topology) -> Path | None:
         return None
     folder = layout.prometheus_dir(anyone[0])
     serving = [s for s in hosts.servers if s.registry_metrics]
+    interval = anyone[0].registry_prometheus_interval
+    # keepalived.validate: every LB has the same floating address.
+    address = keepalived.vip_address(holders[0]) if holders else None
     files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
-        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval,
-        facts=registries, facts_path=layout.FACTS_PATH),
-             prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs),
-                                                           served_facts(serving))}
+        registries, lbs, layout.METRICS_PATH, interval,
+        facts=registries, facts_path=layout.FACTS_PATH, lb_facts=lb_facts),
+             prometheus.RULES_FILE: prometheus.alert_rules(
+                 BACKEND, bool(lbs), served_facts(serving), address=address,
+                 interval=interval)}
     for name, text in files.items():
         if _write(folder / name, text):
             logger.info(f"registry-kit: wrote {folder / name}")

@@ -135,7 +135,8 @@ PROMETHEUS_DIR_NAME = "prometheus"  # under registry_state_dir: scrape config, a
 # garbage collection), served by the same filter on FACTS_PATH. Whoever changes a fact writes
 # its FACTS_DIR/NAME.prom (root, 0644, no secret in any); FACTS_SERVICE (scripts/
 # registry-kit-facts.py, a sandboxed dynamic user) reads them at each scrape and adds the data
-# filesystem's bytes, on the loopback only.
+# filesystem's bytes, on the loopback only. On load balancers with a floating address the
+# same server says whether the LB holds it (no files there), behind haproxy's metrics frontend.
 FACTS_PATH = "/kit/metrics"
 FACTS_DIR = "/var/lib/registry-kit-metrics"
 FACTS_SERVICE = "registry-kit-facts"
@@ -339,6 +340,15 @@ def metrics_listen(settings: Settings) -> str | None:
         return None
     address = settings.registry_metrics_bind or settings.registry_internal_address
     return host_port(address, settings.registry_metrics_port)
+
+
+def lb_facts_listen(settings: Settings) -> str | None:
+    """A load balancer's facts server (FACTS_LISTEN), reached through its haproxy's metrics
+    frontend on FACTS_PATH: with registry_metrics and a floating address (whether this LB
+    holds it, registry_kit_lb_holds_address), else None."""
+    if not settings.registry_metrics or settings.registry_lb_vip is None:
+        return None
+    return FACTS_LISTEN
 
 
 def metrics_url(settings: Settings) -> str | None:

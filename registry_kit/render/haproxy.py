@@ -62,6 +62,7 @@ class LoadBalancer:
     webui_servers: Sequence[tuple[str, str]] = ()  # (server name, ADDRESS:WEBUI_PORT)
     metrics: str | None = None  # ADDRESS:PORT of haproxy's Prometheus exporter
     metrics_allow: Sequence[str] = ()  # the networks that may scrape it
+    facts: str | None = None  # ADDRESS:PORT of the kit's facts server (on loopback)
 
 
 def load_balancer(lb: LoadBalancer, header: str) -> str:
@@ -164,8 +165,13 @@ def _lb_extras(lb: LoadBalancer) -> list[Section]:
             *metrics_frontend(lb.metrics, lb.metrics_allow),
             # haproxy's own exporter (Debian builds haproxy with it: `haproxy -vv`).
             f"http-request use-service prometheus-exporter if {{ path {layout.METRICS_PATH} }}",
-            "http-request deny",
+            # The kit's facts (whether this LB holds the floating address): GET only.
+            *([f"http-request deny unless {{ path {layout.FACTS_PATH} }} {{ method GET }}",
+               "default_backend facts"] if lb.facts else ["http-request deny"]),
         ]))
+        if lb.facts:
+            sections.append(Section("backend facts", ["mode http",
+                                                      f"server facts {lb.facts}"]))
     return sections
 
 

@@ -22,6 +22,17 @@ import yaml
 REGISTRY_JOB = "registry-kit-registry"
 HAPROXY_JOB = "registry-kit-haproxy"
 FACTS_JOB = "registry-kit-facts"  # the kit's own facts on servers (layout.FACTS_PATH)
+# The load balancers' facts (the same path of haproxy's metrics frontend): whether each
+# holds the floating address (registry_kit_lb_holds_address).
+LB_FACTS_JOB = "registry-kit-lb-facts"
+HOLDS_ADDRESS = "registry_kit_lb_holds_address"
+# keepalived moves the address in about 3 s (a priority-0 advert, or three missed adverts of
+# VRRPv2's second). Each LB is scraped at its own offset within the interval, so around a
+# move Prometheus may see it on no LB or on two for up to one interval plus those seconds
+# (the old holder's last sample and the new one's first), i.e. in at most two evaluations
+# in a row. The address rules' `for:` is three intervals, at least 30 s: a handover never
+# fires them, a lasting split or loss does within that time plus an evaluation.
+ADDRESS_FOR_MIN = 30
 CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "registry-kit.rules.yml"
 HEADER = ("# Managed by registry-kit (registry_kit/render/prometheus.py): rewritten by each "
@@ -44,21 +55,21 @@ BACKUP_HOURS = 26  # a daily backup that missed one day (and a couple of hours' 
 # rules written when some server serves it.
 FACTS = ("certificate", "disk", "disk_guard", "gc", "token", "backup")
 
-RULES_NOT_YET = {
-    "AddressOnNoLoadBalancer / AddressOnTwo": "keepalived has no exporter here; haproxy does "
-                                              "not know who holds the address",
-}
+# Every alert of the issue has its metric now; an alert added before its metric goes here.
+RULES_NOT_YET: dict[str, str] = {}
 
 
 def scrape_config(registries: Sequence[tuple[str, str]],
                   lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15,
-                  facts: Sequence[tuple[str, str]] = (), facts_path: str = "") -> str:
+                  facts: Sequence[tuple[str, str]] = (), facts_path: str = "",
+                  lb_facts: Sequence[tuple[str, str]] = ()) -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
-    inventory host. `registries`, `lbs`, `facts`: (host, ADDRESS:PORT); `facts` are served
-    on `facts_path` of the servers' filter; `interval`: seconds between scrapes and between
-    rule evaluations (registry_prometheus_interval)."""
+    inventory host. `registries`, `lbs`, `facts`, `lb_facts`: (host, ADDRESS:PORT); `facts`
+    and `lb_facts` are served on `facts_path` of the servers' filter and of the load
+    balancers' metrics frontend; `interval`: seconds between scrapes and between rule
+    evaluations (registry_prometheus_interval)."""
     jobs = [(REGISTRY_JOB, metrics_path, registries), (HAPROXY_JOB, metrics_path, lbs),
-            (FACTS_JOB, facts_path, facts)]
+            (FACTS_JOB, facts_path, facts), (LB_FACTS_JOB, facts_path, lb_facts)]
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
                    # Prometheus refuses a timeout longer than the interval (default 10s).
@@ -78,10 +89,12 @@ def _rule(name: str, expr: str, duration: str, severity: str, summary: str) -> d
             "annotations": {"summary": summary}}
 
 
-def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = ()) -> str:
+def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
+                address: str | None = None, interval: int = 15) -> str:
     """The rules whose metrics exist: the registry's per replica, haproxy's for the load
-    balancers (its `backend` of replicas), and those on the kit's `facts` (of FACTS) that
-    some server serves."""
+    balancers (its `backend` of replicas), those on the kit's `facts` (of FACTS) that
+    some server serves, and with `address` (the floating address, when the load balancers
+    serve their facts) where it is; `interval`: registry_prometheus_interval."""
     rules = [
         _rule("RegistryDown", f'up{{job="{REGISTRY_JOB}"}} == 0', "1m", "critical",
               "registry on {{ $labels.host }} does not answer its metrics (down, or its "
@@ -108,8 +121,32 @@ def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = ()) -> st
                   'state="UP"} == 0', "10m", "warning",
                   "replica {{ $labels.server }} is out of rotation on {{ $labels.host }}"),
         ]
+    if address is not None:
+        rules += _address_rules(address, interval)
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
+
+
+def _address_rules(address: str, interval: int) -> list[dict[str, Any]]:
+    """Where the floating address is, from each load balancer's registry_kit_lb_holds_address
+    (0 or 1). An LB that does not answer has no sample (Prometheus marks its series stale at
+    the failed scrape), so the sum counts the LBs that answer and say they hold it; with none
+    answering, the sum is empty and `or vector(0)` makes it 0: "on no load balancer" fires
+    then too, with LoadBalancerFactsDown (or LoadBalancerDown) saying which do not answer.
+    `address` is an IPv4 address (registry_lb_vip's check), shown in the summaries only."""
+    held = f'{HOLDS_ADDRESS}{{job="{LB_FACTS_JOB}"}}'
+    duration = f"{max(ADDRESS_FOR_MIN, 3 * interval)}s"
+    return [
+        _rule("AddressOnNoLoadBalancer", f"(sum({held}) or vector(0)) == 0", duration,
+              "critical", f"no load balancer that answers holds the registry's address "
+                          f"{address}: clients reach no registry through it"),
+        _rule("AddressOnTwoLoadBalancers", f"sum({held}) > 1", duration, "critical",
+              f"{{{{ $value }}}} load balancers hold the registry's address {address} (they "
+              "do not hear each other's VRRP adverts): connections break"),
+        _rule("LoadBalancerFactsDown", f'up{{job="{LB_FACTS_JOB}"}} == 0', "5m", "warning",
+              "the kit's facts on {{ $labels.host }} are not served: where the registry's "
+              "address is cannot be told there"),
+    ]
 
 
 def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:

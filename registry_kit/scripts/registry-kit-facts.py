@@ -8,14 +8,20 @@
 # server's counters. The token server is the kit's one process that answers the Internet as
 # a user of its own: its file is not passed on as it is, only the numbers of the counters
 # named here are read from it and written out anew (token_counters), so whatever it holds
-# cannot add or change another fact.
+# cannot add or change another fact. With --address (load balancers): whether this host
+# holds that address now (`ip -j addr show`, read at each scrape: a fact written by
+# keepalived's notify scripts would go stale when keepalived dies). The output of `ip` is
+# parsed as JSON and compared, never run or written anywhere.
 #
 # Debian's python3 only (standard library). Runs as a dynamic user, read-only.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import os
 import re
+import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -74,9 +80,40 @@ def token_counters(path: Path) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def facts(folder: Path, data_dir: str | None, counters: Path | None = None) -> bytes:
+HOLDS = "registry_kit_lb_holds_address"
+IP = ("ip", "-j", "addr", "show")
+IP_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def holds(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool | None:
+    """Whether an interface of this host has `address` now; None when `ip` does not say."""
+    try:
+        out = subprocess.run(IP, capture_output=True, timeout=5, env=IP_ENV, check=True).stdout
+        links = json.loads(out)
+        local = [info.get("local") for link in links for info in link.get("addr_info", [])]
+    except (OSError, subprocess.SubprocessError, ValueError, AttributeError, TypeError) as error:
+        print(f"registry-kit-facts: {' '.join(IP)}: {error}", file=sys.stderr)
+        return None
+    for value in local:
+        try:
+            if isinstance(value, str) and ipaddress.ip_address(value) == address:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def address_fact(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    held = holds(address)
+    if held is None:
+        return None
+    return (f"# HELP {HOLDS} 1 while this load balancer holds the registry's floating "
+            f"address\n# TYPE {HOLDS} gauge\n{HOLDS}{{address=\"{address}\"}} {int(held)}\n")
+
+
+def facts(folder: Path | None, data_dir: str | None, counters: Path | None = None) -> bytes:
     parts = []
-    for path in sorted(folder.glob("*.prom")):
+    for path in sorted(folder.glob("*.prom")) if folder else []:
         try:
             text = path.read_text()
         except OSError:  # replaced or removed meanwhile: it is there at the next scrape
@@ -92,10 +129,12 @@ def facts(folder: Path, data_dir: str | None, counters: Path | None = None) -> b
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT (the loopback)")
-    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--dir", type=Path, help="the facts files' folder (servers)")
     parser.add_argument("--path", required=True)
     parser.add_argument("--data-dir")
     parser.add_argument("--token-counters", type=Path, help="the token server's counters")
+    parser.add_argument("--address", type=ipaddress.ip_address,
+                        help="the floating address (load balancers)")
     args = parser.parse_args()
     address, _, port = args.listen.rpartition(":")
 
@@ -107,6 +146,12 @@ def main() -> None:
                 self.send_error(404)
                 return
             body = facts(args.dir, args.data_dir, args.token_counters)
+            if args.address is not None:
+                held = address_fact(args.address)
+                if held is None:  # unknown is not "not held": the scrape fails (up == 0)
+                    self.send_error(503, "ip -j addr show failed (see the journal)")
+                    return
+                body += held.encode()
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE)
             self.send_header("Content-Length", str(len(body)))
