@@ -3,7 +3,8 @@ storage) into `<registry_backup_dir>/<server>/` on the control machine or a back
 blobs only, one generation per change, with the registry serving throughout. README
 "Backup and restore" describes the layout, the generations, why no read-only window is
 needed (see WRITE ORDER below) and what the other side may send; the tar read from it is
-re-packed here (check_blob_member, check_tree_member).
+re-packed here (check_blob_member, check_tree_member). With registry_metrics, a successful
+backup leaves its time in the server's facts for Prometheus (record_success).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from pyinfra.api import FunctionCommand
 from pyinfra.facts.server import Command
 
 from registry_kit.commands import q
-from registry_kit.model import pull_through
+from registry_kit.model import layout, pull_through
 from registry_kit.model.inventory import DEFAULT_GROUPS, Groups, refusal, server_settings
 from registry_kit.model.settings import BACKUP_GENERATION_RE, Settings, SettingsError
+from registry_kit.operations import files
 from registry_kit.operations.typed import operation
+from registry_kit.render import prometheus
 
 V2 = "docker/registry/v2"
 INDEX = "index.json"
@@ -85,7 +88,13 @@ def tree_hash_command(base: str) -> str:
 
 
 def repositories_hash_command(root: str) -> str:
-    return tree_hash_command(root + "/" + V2)
+    """tree_hash_command of a registry's data folder ROOT. Before the first push the registry
+    has not made ROOT/docker/registry/v2 yet: its tree is the empty one (the hash of no
+    files, as an empty backup's), so a second backup of an empty registry changes nothing;
+    a missing ROOT stays unknown (no output)."""
+    empty = hashlib.sha256(b"").hexdigest()
+    return (f"if [ -d {q(root)} ] && [ ! -e {q(root + '/' + V2)} ]; then echo {q(empty)}; "
+            f"else {tree_hash_command(root + '/' + V2)}; fi")
 
 
 def parse_blobs(text: str | None, where: str = "") -> dict[str, int]:
@@ -401,12 +410,14 @@ CURRENT = "*/_manifests/tags/*/current/link"
 def tree_tar_command(base: str, tags: bool) -> str:
     """A tar of BASE/repositories' tag links (`tags`) or of its other files, run by bash: it
     fails when find fails (sh has no pipefail, and a tar cut short by a find error would
-    look like an empty registry); no repositories folder (nothing pushed yet) is an empty
-    tar."""
+    look like an empty registry); no repositories folder, or no BASE at all (nothing pushed
+    yet: the registry makes docker/registry/v2 at its first push), is an empty tar, as the
+    blob listing is empty then."""
     find_args = (f"-path {q(CURRENT)} -type f" if tags
                  else f"-type f ! -path {q(CURRENT)} ! -name 'link.*.tmp'")
-    script = (f"cd {q(base)} || exit 1; if [ ! -d repositories ]; then "
+    script = (f"if [ ! -d {q(base + '/repositories')} ]; then "
               "exec tar --null --no-recursion -T /dev/null -cf -; fi; "
+              f"cd {q(base)} || exit 1; "
               "find repositories -ignore_readdir_race -name _uploads -prune -o "
               f"{find_args} -print0 | tar --null --no-recursion -T - -cf - "
               "--ignore-failed-read --warning=no-file-changed --warning=no-file-removed; "
@@ -884,15 +895,65 @@ def run_backup(target: Any, settings: Settings, root: str) -> str:
                if migrated else ""))
 
 
+def up_to_date(server_blobs: dict[str, int], server_tree: str,
+               backup_blobs: dict[str, int], backup_tree: str) -> bool:
+    """Whether the backup holds every blob of the server and its newest generation the
+    server's repositories tree."""
+    return not missing_blobs(backup_blobs, server_blobs) and server_tree == backup_tree \
+        and bool(server_tree)
+
+
 @operation()
 def back_up(settings: Settings, root: str, server_blobs: dict[str, int], server_tree: str,
             backup_blobs: dict[str, int], backup_tree: str):
-    missing = missing_blobs(backup_blobs, server_blobs)
-    if not missing and server_tree == backup_tree and server_tree:
+    if up_to_date(server_blobs, server_tree, backup_blobs, backup_tree):
         host.noop(f"backup in {root} is up to date ({len(server_blobs)} blobs, its newest "
                   "generation has the same repositories tree)")
         return
     yield FunctionCommand(_run_backup, (settings, root), {})
+
+
+# --- the backup's fact for Prometheus (registry_metrics): BackupTooOld watches it ---
+
+# A run that found the backup up to date counts as a success too (a registry nobody pushed
+# to over a weekend is backed up all the same), but rewrites the fact only when the one
+# there is this old: a second run right after the first changes nothing.
+FACT_REFRESH_SECONDS = 3600
+FACT_LINE = re.compile(r"registry_kit_backup_last_success_timestamp_seconds ([0-9]{1,12})")
+NO_FACTS_FOLDER = "no facts folder"
+
+
+def fact_command() -> str:
+    """The server's facts folder and the backup's fact in it, read while planning."""
+    return (f"if test -d {q(layout.FACTS_DIR)}; then cat {q(layout.FACTS_BACKUP)} "
+            f"2>/dev/null; true; else echo {q(NO_FACTS_FOLDER)}; fi")
+
+
+def recorded_time(text: str | None) -> int | None:
+    """The time the fact on the server holds (None: none, or not as the kit writes it:
+    the server may be broken into; the fact is then written anew)."""
+    for line in (text or "").splitlines():
+        match = FACT_LINE.fullmatch(line.strip())
+        if match:
+            return int(match[1])
+    return None
+
+
+@operation()
+def record_success(when: float, fact: str | None, fresh: bool):
+    """`fact`: what fact_command read; `fresh`: this run makes a new generation (its
+    operation ran before this one, so this one runs only when that one succeeded)."""
+    if fact is not None and fact.strip() == NO_FACTS_FOLDER:
+        host.noop(f"no {layout.FACTS_DIR} on this server (deploy with registry_metrics on "
+                  "first): the backup's time is not recorded")
+        return
+    recorded = recorded_time(fact)
+    if not fresh and recorded is not None and when - recorded < FACT_REFRESH_SECONDS:
+        host.noop(f"the backup is up to date; {layout.FACTS_BACKUP} records it "
+                  f"{int(when - recorded)} s ago")
+        return
+    yield from files.managed_file._inner(layout.FACTS_BACKUP,
+                                         prometheus.backup_facts(when).encode(), "0644", None)
 
 
 # --- verify (read-only: it runs while planning and reports without changing anything) ---
@@ -994,6 +1055,13 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     # The newest generation, or a backup made before generations (migrated on its next run).
     newest = generations[-1] if generations else None
     backup_tree = store_fact(settings, tree_hash_command(generation_base(root, newest))).strip()
+    # The time the fact records: now, before the backup reads anything (it holds the data
+    # as of then or newer).
+    when = time.time()
     # One server at a time: each backup reads its server's disk hard.
     back_up(settings, root, server_blobs, server_tree.strip(), backup_blobs, backup_tree,
             name=f"Back up registry data to {root}", _serial=True)
+    if settings.registry_metrics:
+        fresh = not up_to_date(server_blobs, server_tree.strip(), backup_blobs, backup_tree)
+        record_success(when, host.get_fact(Command, fact_command()), fresh,
+                       name=f"Record the backup's time in {layout.FACTS_BACKUP} (metrics)")

@@ -163,7 +163,6 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     # and so is a cache whose remote's name the server does not resolve.
     major = server_version(settings, state).major if is_server else None
     extra_hosts = remote_hosts(settings, state) if is_server else ()
-
     add, remove = client.insecure_entries(settings) if is_client else ([], [])
     # Load balancer and cache hosts need no Docker engine.
     if (is_server or is_client) and not engine_deploy(settings, state, insecure_add=add,
@@ -186,6 +185,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     if is_lb:
         loadbalancer.lb_deploy(settings, state, hosts, cert)
         keepalived.keepalived_deploy(settings, state, hosts)
+        metrics.lb_facts_deploy(settings, state)
     if hosts.lbs:
         step_done("load balancer", name="Load balancer is set up")
     if is_server:

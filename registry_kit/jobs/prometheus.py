@@ -12,11 +12,12 @@ from pathlib import Path
 
 from pyinfra import logger
 
-from registry_kit.model import layout
+from registry_kit.model import layout, pull_through
 from registry_kit.model.settings import Settings
 from registry_kit.model.topology import BACKEND, Topology
 from registry_kit.render import prometheus
-from registry_kit.roles import disk_guard
+from registry_kit.render.token_auth import enabled as token_auth
+from registry_kit.roles import disk_guard, keepalived
 
 
 def _write(path: Path, text: str) -> bool:
@@ -35,9 +36,14 @@ def served_facts(servers: list[Settings]) -> set[str]:
     rules on the others could never fire."""
     served: set[str] = set()
     for settings in servers:
+        filesystem = settings.registry_storage.driver == "filesystem"
         served |= {"gc", *(["certificate"] if settings.tls_enabled else []),
-                   *(["disk"] if settings.registry_storage.driver == "filesystem" else []),
-                   *(["disk_guard"] if disk_guard.wanted(settings) else [])}
+                   *(["disk"] if filesystem else []),
+                   *(["disk_guard"] if disk_guard.wanted(settings) else []),
+                   *(["token"] if token_auth(settings) else []),
+                   # What backup.py backs up (its fact appears with the first backup).
+                   *(["backup"] if filesystem and not pull_through.is_cache(settings)
+                     else [])}
     return served
 
 
@@ -59,6 +65,10 @@ def write_folder(hosts: Topology) -> Path | None:
                   if (listen := layout.metrics_listen(s)) is not None]
     lbs = [(s.host, listen) for s in hosts.lbs
            if (listen := layout.metrics_listen(s)) is not None]
+    # The load balancers' facts: on their metrics endpoint, where haproxy passes the path on.
+    holders = [s for s in hosts.lbs if layout.lb_facts_listen(s) is not None]
+    lb_facts = [(s.host, listen) for s in holders
+                if (listen := layout.metrics_listen(s)) is not None]
     anyone = [s for s in (*hosts.servers, *hosts.lbs, *hosts.caches) if s.registry_metrics]
     everyone = (*hosts.servers, *hosts.lbs, *hosts.caches)
     if not anyone:
@@ -68,15 +78,18 @@ def write_folder(hosts: Topology) -> Path | None:
         return None
     folder = layout.prometheus_dir(anyone[0])
     serving = [s for s in hosts.servers if s.registry_metrics]
+    interval = anyone[0].registry_prometheus_interval
+    # keepalived.validate: every LB has the same floating address.
+    address = keepalived.vip_address(holders[0]) if holders else None
     redis, node = exporter_targets(hosts)
     files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
-        registries, lbs, layout.METRICS_PATH, anyone[0].registry_prometheus_interval,
-        facts=registries, facts_path=layout.FACTS_PATH,
+        registries, lbs, layout.METRICS_PATH, interval,
+        facts=registries, facts_path=layout.FACTS_PATH, lb_facts=lb_facts,
         exporters=prometheus.exporter_jobs(redis, layout.REDIS_EXPORTER_PATH, node,
                                            layout.NODE_EXPORTER_PATH)),
-             prometheus.RULES_FILE: prometheus.alert_rules(BACKEND, bool(lbs),
-                                                           served_facts(serving),
-                                                           redis=bool(redis))}
+             prometheus.RULES_FILE: prometheus.alert_rules(
+                 BACKEND, bool(lbs), served_facts(serving), address=address,
+                 interval=interval, redis=bool(redis))}
     for name, text in files.items():
         if _write(folder / name, text):
             logger.info(f"registry-kit: wrote {folder / name}")

@@ -109,6 +109,12 @@ TOKEN_SCRIPT = script(TOKEN_SCRIPT_NAME)
 TOKEN_RUNTIME_DIR = "/run/registry-kit-token"  # its copies of its files, made at each start
 # --check-names writes a local name found in the directory here (fresh at each start).
 TOKEN_NAME_CONFLICT = f"{TOKEN_RUNTIME_DIR}/name-conflict"
+# Its counters since start (tokens issued, denied, failed logins, rate-limited) as a text
+# file, rewritten at each change: a second RuntimeDirectory of its unit (the dynamic user's,
+# removed at stop), the folder 0755 (the server opens it) and the file 0644 so that the
+# facts server can read them (registry_metrics). Totals only: no user name or address.
+TOKEN_COUNTERS_DIR = "/run/registry-kit-token-counters"
+TOKEN_COUNTERS = f"{TOKEN_COUNTERS_DIR}/token.prom"
 PYTHON = "/usr/bin/python3"
 PYTHON_MODULES_DIR = "/usr/lib/python3/dist-packages"  # Debian's python3-* packages
 TOKEN_BACKEND = "registry-token"  # haproxy backend of the replicas' token servers
@@ -136,7 +142,8 @@ PROMETHEUS_DIR_NAME = "prometheus"  # under registry_state_dir: scrape config, a
 # garbage collection), served by the same filter on FACTS_PATH. Whoever changes a fact writes
 # its FACTS_DIR/NAME.prom (root, 0644, no secret in any); FACTS_SERVICE (scripts/
 # registry-kit-facts.py, a sandboxed dynamic user) reads them at each scrape and adds the data
-# filesystem's bytes, on the loopback only.
+# filesystem's bytes, on the loopback only. On load balancers with a floating address the
+# same server says whether the LB holds it (no files there), behind haproxy's metrics frontend.
 FACTS_PATH = "/kit/metrics"
 FACTS_DIR = "/var/lib/registry-kit-metrics"
 FACTS_SERVICE = "registry-kit-facts"
@@ -148,6 +155,7 @@ FACTS_CERTIFICATE = f"{FACTS_DIR}/certificate.prom"  # the deploy: the server ce
 FACTS_DISK_GUARD = f"{FACTS_DIR}/disk-guard.prom"  # registry-disk-guard.sh
 FACTS_GC = f"{FACTS_DIR}/gc.prom"  # registry-gc.sh: the last whole collection
 FACTS_RETENTION = f"{FACTS_DIR}/retention.prom"  # retention.py's last applied run
+FACTS_BACKUP = f"{FACTS_DIR}/backup.prom"  # backup.py: the last successful backup's time
 
 # Debian's exporters behind the same endpoint (registry_kit/roles/exporters.py): each on the
 # host's loopback, configured by a drop-in of the kit's (written before the package is
@@ -357,6 +365,15 @@ def metrics_listen(settings: Settings) -> str | None:
         return None
     address = settings.registry_metrics_bind or settings.registry_internal_address
     return host_port(address, settings.registry_metrics_port)
+
+
+def lb_facts_listen(settings: Settings) -> str | None:
+    """A load balancer's facts server (FACTS_LISTEN), reached through its haproxy's metrics
+    frontend on FACTS_PATH: with registry_metrics and a floating address (whether this LB
+    holds it, registry_kit_lb_holds_address), else None."""
+    if not settings.registry_metrics or settings.registry_lb_vip is None:
+        return None
+    return FACTS_LISTEN
 
 
 def metrics_url(settings: Settings) -> str | None:

@@ -138,7 +138,8 @@ _CALENDAR = r"(?=.{1,100}\Z)[A-Za-z0-9*][A-Za-z0-9*:,./~-]*( [A-Za-z0-9*:,./~-]+
 _NO_QUOTES = r"[!#-&(-\[\]-~]"  # printable, no space ' " \\
 # keepalived.conf reads # ! " ' { } \\ as syntax; VRRP PASS auth is at most 8 characters.
 _VRRP_PASSWORD = r"[$-&(-\[\]-z|~]{1,8}"
-# registry_metrics: the kit's facts server listens on the servers' loopback at this port
+# registry_metrics: the kit's facts server listens on the loopback of servers and of load
+# balancers with a floating address at this port
 # (registry_kit.model.layout.FACTS_LISTEN): no other port of the kit may be it.
 FACTS_PORT = 9196
 # Debian's exporters listen on the loopback at their own default ports (registry_kit.roles.
@@ -660,7 +661,10 @@ class Settings:
                   s["registry_metrics_port"]),
                  *((key, s[key], s[key]) for key in ("registry_webui_port",
                                                      "registry_token_port")
-                   if taken.get(s[key]) == key)]
+                   if taken.get(s[key]) == key),
+                 # A load balancer's facts server shares its loopback with the stats page.
+                 ("registry_lb_stats", s["registry_lb_stats"],
+                  _port_of(s["registry_lb_stats"]))]
         if s["registry_cache_port"] in LOOPBACK_PORTS:
             ports.append(("registry_cache_port", s["registry_cache_port"],
                           s["registry_cache_port"]))

@@ -80,6 +80,7 @@ class LoadBalancer:
     webui_servers: Sequence[tuple[str, str]] = ()  # (server name, ADDRESS:WEBUI_PORT)
     metrics: str | None = None  # ADDRESS:PORT of haproxy's Prometheus exporter
     metrics_allow: Sequence[str] = ()  # the networks that may scrape it
+    facts: str | None = None  # ADDRESS:PORT of the kit's facts server (on loopback)
     exporters: Sequence[Exporter] = ()  # Debian's exporters passed on the same endpoint
 
 
@@ -179,15 +180,22 @@ def _lb_extras(lb: LoadBalancer) -> list[Section]:
             "mode http", f"bind {lb.stats}", "stats enable", "stats uri /", "stats refresh 5s",
         ]))
     if lb.metrics:
-        paths = " ".join(e.path for e in lb.exporters)
+        paths = " ".join([*([layout.FACTS_PATH] if lb.facts else []),
+                          *(e.path for e in lb.exporters)])
         sections.append(Section("frontend metrics", [
             *metrics_frontend(lb.metrics, lb.metrics_allow),
             # haproxy's own exporter (Debian builds haproxy with it: `haproxy -vv`).
             f"http-request use-service prometheus-exporter if {{ path {layout.METRICS_PATH} }}",
+            # The kit's facts (whether this LB holds the floating address) and the
+            # exporters: GET only.
             f"http-request deny unless {{ path {paths} }} {{ method GET }}" if paths else
             "http-request deny",
             *_exporter_lines(lb.exporters),
+            *(["default_backend facts"] if lb.facts else []),
         ]))
+        if lb.facts:
+            sections.append(Section("backend facts", ["mode http",
+                                                      f"server facts {lb.facts}"]))
         sections += _exporter_backends(lb.exporters)
     return sections
 

@@ -25,6 +25,17 @@ FACTS_JOB = "registry-kit-facts"  # the kit's own facts on servers (layout.FACTS
 # Debian's exporters behind the same endpoints (registry_kit.roles.exporters).
 REDIS_JOB = "registry-kit-redis"
 NODE_JOB = "registry-kit-node"
+# The load balancers' facts (the same path of haproxy's metrics frontend): whether each
+# holds the floating address (registry_kit_lb_holds_address).
+LB_FACTS_JOB = "registry-kit-lb-facts"
+HOLDS_ADDRESS = "registry_kit_lb_holds_address"
+# keepalived moves the address in about 3 s (a priority-0 advert, or three missed adverts of
+# VRRPv2's second). Each LB is scraped at its own offset within the interval, so around a
+# move Prometheus may see it on no LB or on two for up to one interval plus those seconds
+# (the old holder's last sample and the new one's first), i.e. in at most two evaluations
+# in a row. The address rules' `for:` is three intervals, at least 30 s: a handover never
+# fires them, a lasting split or loss does within that time plus an evaluation.
+ADDRESS_FOR_MIN = 30
 CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "registry-kit.rules.yml"
 HEADER = ("# Managed by registry-kit (registry_kit/render/prometheus.py): rewritten by each "
@@ -34,30 +45,36 @@ ERROR_RATIO = 0.05
 # The kit renews its certificates at 30 days left: under this, renewal has failed.
 CERTIFICATE_DAYS = 21
 DISK_RATIO = 0.85  # the data filesystem's used share, as df counts it (Use%)
-# The kit's facts (registry_kit.roles.metrics, the guard's and the GC's scripts; "gc" covers
-# retention's result too), each the family of rules written when some server serves it.
-FACTS = ("certificate", "disk", "disk_guard", "gc")
+# Failed logins a minute on one server (over 5 minutes) above which FailedLoginsHigh fires.
+# Half the token server's per-address limit (10 a minute): one guesser at half its allowed
+# pace for the rule's minutes fires it, many addresses guessing slowly too; people who
+# mistype a password rarely fail 25 times in 5 minutes. A constant like the rules' other
+# thresholds, not a setting: no setting's key, doc, table row and property test for a
+# number nobody has asked to change yet.
+FAILED_LOGINS_PER_MINUTE = 5
+BACKUP_HOURS = 26  # a daily backup that missed one day (and a couple of hours' slack)
+# The kit's facts (registry_kit.roles.metrics, the guard's and the GC's scripts, the token
+# server's counters, backup.py; "gc" covers retention's result too), each the family of
+# rules written when some server serves it.
+FACTS = ("certificate", "disk", "disk_guard", "gc", "token", "backup")
 
-RULES_NOT_YET = {
-    "AddressOnNoLoadBalancer / AddressOnTwo": "keepalived has no exporter here; haproxy does "
-                                              "not know who holds the address",
-    "BackupTooOld": "backups run from the control machine and leave no metric",
-    "FailedLoginsHigh": "the token server's counters are not served yet; the registry's 401s "
-                        "are mostly normal auth challenges",
-}
+# Every alert of the issue has its metric now; an alert added before its metric goes here.
+RULES_NOT_YET: dict[str, str] = {}
 
 
 def scrape_config(registries: Sequence[tuple[str, str]],
                   lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15,
                   facts: Sequence[tuple[str, str]] = (), facts_path: str = "",
+                  lb_facts: Sequence[tuple[str, str]] = (),
                   exporters: Sequence[tuple[str, str, Sequence[tuple[str, str]]]] = ()) -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
-    inventory host. `registries`, `lbs`, `facts`: (host, ADDRESS:PORT); `facts` are served
-    on `facts_path` of the servers' filter; `interval`: seconds between scrapes and between
-    rule evaluations (registry_prometheus_interval); `exporters`: (job, path, targets) of
+    inventory host. `registries`, `lbs`, `facts`, `lb_facts`: (host, ADDRESS:PORT); `facts`
+    and `lb_facts` are served on `facts_path` of the servers' filter and of the load
+    balancers' metrics frontend; `interval`: seconds between scrapes and between rule
+    evaluations (registry_prometheus_interval); `exporters`: (job, path, targets) of
     exporter_jobs()."""
     jobs = [(REGISTRY_JOB, metrics_path, registries), (HAPROXY_JOB, metrics_path, lbs),
-            (FACTS_JOB, facts_path, facts), *exporters]
+            (FACTS_JOB, facts_path, facts), (LB_FACTS_JOB, facts_path, lb_facts), *exporters]
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
                    # Prometheus refuses a timeout longer than the interval (default 10s).
@@ -78,10 +95,11 @@ def _rule(name: str, expr: str, duration: str, severity: str, summary: str) -> d
 
 
 def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
-                redis: bool = False) -> str:
+                address: str | None = None, interval: int = 15, redis: bool = False) -> str:
     """The rules whose metrics exist: the registry's per replica, haproxy's for the load
-    balancers (its `backend` of replicas), and those on the kit's `facts` (of FACTS) that
-    some server serves."""
+    balancers (its `backend` of replicas), those on the kit's `facts` (of FACTS) that
+    some server serves, and with `address` (the floating address, when the load balancers
+    serve their facts) where it is; `interval`: registry_prometheus_interval."""
     rules = [
         _rule("RegistryDown", f'up{{job="{REGISTRY_JOB}"}} == 0', "1m", "critical",
               "registry on {{ $labels.host }} does not answer its metrics (down, or its "
@@ -109,6 +127,8 @@ def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
                   'state="UP"} == 0', "10m", "warning",
                   "replica {{ $labels.server }} is out of rotation on {{ $labels.host }}"),
         ]
+    if address is not None:
+        rules += _address_rules(address, interval)
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
 
@@ -132,6 +152,28 @@ def _exporter_rules(redis: bool) -> list[dict[str, Any]]:
                   "answer: the replicas read the storage instead (slower)")]
 
 
+def _address_rules(address: str, interval: int) -> list[dict[str, Any]]:
+    """Where the floating address is, from each load balancer's registry_kit_lb_holds_address
+    (0 or 1). An LB that does not answer has no sample (Prometheus marks its series stale at
+    the failed scrape), so the sum counts the LBs that answer and say they hold it; with none
+    answering, the sum is empty and `or vector(0)` makes it 0: "on no load balancer" fires
+    then too, with LoadBalancerFactsDown (or LoadBalancerDown) saying which do not answer.
+    `address` is an IPv4 address (registry_lb_vip's check), shown in the summaries only."""
+    held = f'{HOLDS_ADDRESS}{{job="{LB_FACTS_JOB}"}}'
+    duration = f"{max(ADDRESS_FOR_MIN, 3 * interval)}s"
+    return [
+        _rule("AddressOnNoLoadBalancer", f"(sum({held}) or vector(0)) == 0", duration,
+              "critical", f"no load balancer that answers holds the registry's address "
+                          f"{address}: clients reach no registry through it"),
+        _rule("AddressOnTwoLoadBalancers", f"sum({held}) > 1", duration, "critical",
+              f"{{{{ $value }}}} load balancers hold the registry's address {address} (they "
+              "do not hear each other's VRRP adverts): connections break"),
+        _rule("LoadBalancerFactsDown", f'up{{job="{LB_FACTS_JOB}"}} == 0', "5m", "warning",
+              "the kit's facts on {{ $labels.host }} are not served: where the registry's "
+              "address is cannot be told there"),
+    ]
+
+
 def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
     """The rules on the kit's own gauges (fact_gauges' names), for the facts served."""
     if not facts:
@@ -142,7 +184,7 @@ def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
     # With facts off for a while (the endpoint down), the other four cannot fire: say so.
     rules = [_rule("RegistryFactsDown", f"up{{{job}}} == 0", "5m", "warning",
                    "the kit's facts on {{ $labels.host }} are not served: its certificate, "
-                   "disk and garbage collection alerts cannot fire")]
+                   "disk, garbage collection, login and backup alerts cannot fire")]
     if "certificate" in facts:
         rules.append(_rule(
             "RegistryCertificateExpiresSoon",
@@ -168,6 +210,25 @@ def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
             _rule("RegistryRetentionFailed", f"registry_kit_retention_last_success{{{job}}} "
                   "== 0", "1m", "warning", "the last retention run on {{ $labels.host }} "
                                           "failed (retention.py's output says why)")]
+    if "token" in facts:
+        # The token server's own count (the registry's 401s are mostly normal challenges).
+        rules.append(_rule(
+            "FailedLoginsHigh",
+            f"rate(registry_kit_token_failed_logins_total{{{job}}}[5m]) * 60 > "
+            f"{FAILED_LOGINS_PER_MINUTE}", "1m", "warning",
+            f"over {FAILED_LOGINS_PER_MINUTE} failed logins a minute at the token server "
+            "of {{ $labels.host }} (someone guessing passwords?): journalctl -u "
+            "registry-kit-token"))
+    if "backup" in facts:
+        # backup.py leaves the fact after its first successful backup of a server: a server
+        # never backed up has no series, so this never fires for it (an absent() rule would
+        # fire on every server whose backups are made some other way, or not wanted).
+        rules.append(_rule(
+            "BackupTooOld",
+            f"time() - registry_kit_backup_last_success_timestamp_seconds{{{job}}} > "
+            f"{BACKUP_HOURS} * 3600", "10m", "warning",
+            f"the last successful backup.py run for {{{{ $labels.host }}}} is over "
+            f"{BACKUP_HOURS} h old"))
     return rules
 
 
@@ -180,15 +241,20 @@ def _label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def gauges(families: Sequence[tuple[str, str, Sequence[tuple[Mapping[str, str], float]]]]
-           ) -> str:
+Families = Sequence[tuple[str, str, Sequence[tuple[Mapping[str, str], float]]]]
+
+
+def gauges(families: Families, kind: str = "gauge") -> str:
     """Text of gauge families: (name, help, [(labels, value), ...]). Names and label names
-    are checked (ValueError), label values escaped, so no value adds a line or a sample."""
+    are checked (ValueError), label values escaped, so no value adds a line or a sample.
+    `kind`: "counter" for counters (counters() checks their names and values)."""
+    if kind not in ("gauge", "counter"):
+        raise ValueError(f"not a metric type the kit writes: {kind!r}")
     lines: list[str] = []
     for name, help_text, samples in families:
         if not _NAME.match(name) or "\n" in help_text:
             raise ValueError(f"not a metric name and one-line help: {name!r}")
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for labels, value in samples:
             if not all(_NAME.match(label) and ":" not in label for label in labels):
                 raise ValueError(f"not label names: {sorted(labels)!r}")
@@ -200,9 +266,28 @@ def gauges(families: Sequence[tuple[str, str, Sequence[tuple[Mapping[str, str], 
     return "".join(f"{line}\n" for line in lines)
 
 
+def counters(families: Families) -> str:
+    """Text of counter families (as gauges()): names end in `_total`, values are whole and
+    not negative (a counter only grows; it restarts at 0 with its process)."""
+    for name, _, samples in families:
+        if not name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total: {name!r}")
+        if any(not float(value).is_integer() or value < 0 for _, value in samples):
+            raise ValueError(f"{name}: a counter is a whole number, 0 or more")
+    return gauges(families, kind="counter")
+
+
 def certificate_facts(not_after: datetime, certificate: str = "server") -> str:
     """The deploy's facts file: when the certificate the server serves expires. It changes
     only when the certificate does, so a second run changes nothing."""
     return gauges([("registry_kit_certificate_not_after_timestamp_seconds",
                     "when the certificate expires (notAfter), seconds since the epoch",
                     [({"certificate": certificate}, int(not_after.timestamp()))])])
+
+
+def backup_facts(when: float) -> str:
+    """backup.py's facts file on a server: when its last successful backup began (the time
+    backup.py planned it: the backup holds the data as of then or newer)."""
+    return gauges([("registry_kit_backup_last_success_timestamp_seconds",
+                    "when the last successful backup.py run of this server began, seconds "
+                    "since the epoch", [({}, int(when))])])

@@ -123,6 +123,18 @@ def trusted_proxies(settings: Settings) -> list[str]:
     return ["127.0.0.1", "::1", *([local] if local not in ("127.0.0.1", "::1") else [])]
 
 
+# RuntimeDirectory= is relative to /run. Both folders are the dynamic user's and go at
+# stop. RuntimeDirectoryMode is one mode for both, and systemd sets it again at each Exec
+# line it spawns (an ExecStartPre's chmod was undone by ExecStart's start: seen in the
+# lab), so the server itself opens the counters' folder (nothing secret: four totals,
+# layout.TOKEN_COUNTERS) to the facts server's user when it starts (Counters).
+RUNTIME_DIRECTORIES = (
+    f"RuntimeDirectory={TOKEN_RUNTIME_DIR.removeprefix('/run/')} "
+    f"{layout.TOKEN_COUNTERS_DIR.removeprefix('/run/')}",
+    "RuntimeDirectoryMode=0700",
+)
+
+
 def unit_text(settings: Settings) -> bytes:
     """The systemd unit; every value in it is a checked path or address (no spaces).
 
@@ -146,7 +158,8 @@ def unit_text(settings: Settings) -> bytes:
     argv = [layout.PYTHON, layout.TOKEN_SCRIPT,
             "--listen", Endpoints.of(settings).realm_listen,
             "--signing-key", copy["signing.key"], "--signing-cert", copy["token-signing.crt"],
-            "--htpasswd", copy["htpasswd"], "--policy", copy["policy.json"]]
+            "--htpasswd", copy["htpasswd"], "--policy", copy["policy.json"],
+            "--counters", layout.TOKEN_COUNTERS]
     if settings.tls_enabled:
         argv += ["--tls-cert", copy["server.crt"], "--tls-key", copy["server.key"]]
     # GET /catalog reads this server's registry by its name over the local address.
@@ -166,9 +179,7 @@ def unit_text(settings: Settings) -> bytes:
         checks = [f"ExecStartPre={' '.join(argv)} --check-names "
                   f"--names-report {layout.TOKEN_NAME_CONFLICT}"]
     service = [
-        # RuntimeDirectory= is relative to /run.
-        f"RuntimeDirectory={TOKEN_RUNTIME_DIR.removeprefix('/run/')}",
-        "RuntimeDirectoryMode=0700",
+        *RUNTIME_DIRECTORIES,
         f"ExecStartPre=+/bin/cp {' '.join(sources.values())} {TOKEN_RUNTIME_DIR}/",
         f"ExecStartPre=+/bin/chown -R --reference={TOKEN_RUNTIME_DIR} {TOKEN_RUNTIME_DIR}",
         *checks,

@@ -25,7 +25,7 @@ from registry_kit.operations.removal import log_kept, purge_packages, remove_fil
 from registry_kit.operations.typed import operation
 from registry_kit.render import haproxy
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.roles import exporters, keepalived, server
+from registry_kit.roles import exporters, keepalived, metrics, server
 
 SERVICE = "haproxy"
 PACKAGES = ("haproxy", "socat")  # socat talks to the admin socket
@@ -34,10 +34,12 @@ SCRIPT = layout.LB_SCRIPT_NAME
 
 
 def probe_args(settings: Settings) -> dict:
-    return {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT),
-                      layout.script(keepalived.HANDOVER_SCRIPT)],
-            "dirs": [LB_CERT_DIR, layout.SCRIPTS_DIR],
-            "commands": list(COMMANDS), "services": [SERVICE]}
+    return merge_probe([
+        {"files": [HAPROXY_CFG, LB_PEM, LB_CA, layout.script(SCRIPT),
+                   layout.script(keepalived.HANDOVER_SCRIPT)],
+         "dirs": [LB_CERT_DIR, layout.SCRIPTS_DIR],
+         "commands": list(COMMANDS), "services": [SERVICE]},
+        metrics.lb_probe_args(settings)])  # the address holder's facts server
 
 
 def render(settings: Settings, topology: Topology) -> str:
@@ -70,7 +72,7 @@ def render(settings: Settings, topology: Topology) -> str:
     webui_servers = [(server_name(page.host), checked(host_port(
         page.registry_internal_address, page.registry_webui_port), f"{page.host}: "
         "registry_webui_port")) for page in pages]
-    metrics = layout.metrics_listen(settings)
+    metrics_at = layout.metrics_listen(settings)
     return haproxy.load_balancer(haproxy.LoadBalancer(
         port=checked(settings.registry_port, "registry_port"), domain=domain, backend=BACKEND,
         replicas=[(replica.server_name, replica.endpoint) for replica in topology.replicas],
@@ -80,9 +82,10 @@ def render(settings: Settings, topology: Topology) -> str:
         webui_servers=webui_servers,
         stats=None if settings.registry_lb_stats is None else
         checked(settings.registry_lb_stats, "registry_lb_stats"),
-        metrics=None if metrics is None else checked(metrics, "registry_metrics_bind"),
+        metrics=None if metrics_at is None else checked(metrics_at, "registry_metrics_bind"),
         metrics_allow=[checked(net, "registry_metrics_allow")
                        for net in settings.registry_metrics_allow],
+        facts=None if metrics_at is None else layout.lb_facts_listen(settings),
         exporters=exporters.routes(settings, topology)),
         header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
                "next deploy.")
@@ -121,7 +124,8 @@ def lb_deploy(settings: Settings, state: HostState, topology: Topology,
 
 # --- teardown: the reverse of lb_deploy and keepalived.keepalived_deploy ---
 
-LB_SCRIPTS = (SCRIPT, keepalived.CHECK_SCRIPT, keepalived.HANDOVER_SCRIPT)
+LB_SCRIPTS = (SCRIPT, keepalived.CHECK_SCRIPT, keepalived.HANDOVER_SCRIPT,
+              layout.FACTS_SCRIPT_NAME)
 LB_PACKAGES = (*PACKAGES, *keepalived.PACKAGES)
 
 
@@ -149,17 +153,21 @@ def stop_lb(state: HostState, handover: keepalived.Handover | None):
 
 def lb_remove(settings: Settings, state: HostState, others_stay: bool = False) -> None:
     """keepalived and haproxy stopped and disabled (the floating address goes with
-    keepalived, to an LB that stays when there is one), then the kit's files:
-    keepalived.conf, haproxy.cfg (the kit wrote the whole file), haproxy's drop-in, the
-    terminate-mode certificate folder, the kit's scripts (their folder when nothing else is
-    in it); the packages only with registry_packages_remove_on_teardown.
+    keepalived, to an LB that stays when there is one), the facts server too, then the kit's
+    files: keepalived.conf, haproxy.cfg (the kit wrote the whole file), haproxy's drop-in, the
+    facts server's unit, the terminate-mode certificate folder, the kit's scripts (their
+    folder when nothing else is in it); the packages only with
+    registry_packages_remove_on_teardown (python3, which the facts server runs on, stays).
     A registry_lb host is never a registry_servers host (topology.validate)."""
     moving = keepalived.teardown_handover(settings, others_stay)
     stop_lb(state, moving, _serial=moving is not None,
             name="Stop and disable keepalived, then haproxy")
+    services.stop(state, metrics.FACTS_SERVICE, layout.FACTS_UNIT,
+                  name=f"Stop and disable {metrics.FACTS_SERVICE}")
     removed = remove_files([layout.KEEPALIVED_CONF, HAPROXY_CFG, layout.HAPROXY_DROPIN,
-                            *keepalived.RUNTIME_FILES], state,
-                           name="Remove keepalived.conf, haproxy.cfg and haproxy's drop-in")
+                            *keepalived.RUNTIME_FILES, layout.FACTS_UNIT], state,
+                           name="Remove keepalived.conf, haproxy.cfg, haproxy's drop-in and "
+                                "the facts server's unit")
     keepalived.reload_units(name="Reload systemd's units (haproxy's drop-in)",
                             _if=removed.did_change)
     plans = [plan_folder(state, LB_CERT_DIR, ["registry.pem", "ca.crt"], needs_marker=False),

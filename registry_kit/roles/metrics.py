@@ -3,8 +3,13 @@ haproxy of the kit's own, `registry-kit-metrics.service`, on the server's intern
 passes GET /metrics from registry_metrics_allow only to the registry's debug server, which
 stays on the loopback (it also answers /debug/pprof), and GET /kit/metrics to
 `registry-kit-facts.service` (scripts/registry-kit-facts.py, loopback): the kit's own facts
-as gauges. The deploy writes the server certificate's expiry there; the disk guard and the
-garbage collection write theirs (layout.FACTS_*). See README "Metrics".
+as gauges. The deploy writes the server certificate's expiry there; the disk guard, the
+garbage collection and backup.py write theirs (layout.FACTS_*); with token auth the facts
+server also reads the token server's counters (layout.TOKEN_COUNTERS). See README "Metrics".
+
+On hosts in registry_lb with a floating address, the same facts server (no files there)
+says whether this LB holds the address now (registry_kit_lb_holds_address, from `ip -j addr`
+at each scrape), behind haproxy's own metrics frontend (registry_kit.roles.loadbalancer).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from registry_kit.model import layout
 from registry_kit.model.settings import Settings
 from registry_kit.operations import files, packages, services
 from registry_kit.operations.typed import operation
-from registry_kit.render import haproxy, prometheus, textfile, tls
+from registry_kit.render import haproxy, prometheus, textfile, tls, token_auth
 from registry_kit.render.token_auth import SANDBOX
+from registry_kit.roles import keepalived
 
 SERVICE = layout.METRICS_SERVICE
 FACTS_SERVICE = layout.FACTS_SERVICE
@@ -68,20 +74,41 @@ def facts_arguments(settings: Settings) -> list[str]:
             "--dir", layout.FACTS_DIR, "--path", layout.FACTS_PATH]
     if settings.registry_storage.driver == "filesystem":
         argv += ["--data-dir", settings.registry_data_dir]
+    if token_auth.enabled(settings):
+        argv += ["--token-counters", layout.TOKEN_COUNTERS]
     return argv
 
 
-def facts_unit(settings: Settings) -> bytes:
+def lb_facts_arguments(settings: Settings) -> list[str]:
+    """A load balancer's facts server: the floating address only (registry_lb_vip, an
+    IPv4 address checked by its setting)."""
+    return [layout.PYTHON, layout.FACTS_SCRIPT, "--listen", layout.FACTS_LISTEN,
+            "--path", layout.FACTS_PATH, "--address", keepalived.vip_address(settings)]
+
+
+# `ip -j addr show` reads the host's addresses over netlink: the one address family the load
+# balancer's facts server needs beyond the token server's sandbox. And iproute2's `ip`, run
+# as a user other than root, first drops its capabilities (capset(2), in @privileged, which
+# the sandbox denies: `ip` then exits 1 without a word, seen on a bookworm lab host); the
+# process has none (an empty bounding set), so allowing capset grants nothing. A later
+# allow entry takes the call out of the deny list (systemd.exec, SystemCallFilter=).
+LB_SANDBOX = (*("RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK"
+                if line.startswith("RestrictAddressFamilies=") else line for line in SANDBOX),
+              "SystemCallFilter=capset")
+
+
+def facts_unit(settings: Settings, lb: bool = False) -> bytes:
     """The facts server's unit: the token server's sandbox (a dynamic user, no capabilities,
     a read-only system); it reads the facts folder and, on filesystem storage, statvfs()es
-    the data folder."""
-    exec_start = textfile.systemd_exec_args(facts_arguments(settings), file=layout.FACTS_UNIT,
-                                            field="ExecStart")
+    the data folder. On a load balancer (`lb`) it runs `ip -j addr show` instead."""
+    argv = lb_facts_arguments(settings) if lb else facts_arguments(settings)
+    exec_start = textfile.systemd_exec_args(argv, file=layout.FACTS_UNIT, field="ExecStart")
     return textfile.systemd_unit(
         "Managed by registry-kit (registry_kit/roles/metrics.py)",
         {"Unit": ["Description=registry-kit facts: the kit's own gauges for Prometheus",
                   "After=network-online.target"],
-         "Service": [f"ExecStart={exec_start}", "Restart=always", "RestartSec=2", *SANDBOX],
+         "Service": [f"ExecStart={exec_start}", "Restart=always", "RestartSec=2",
+                     *(LB_SANDBOX if lb else SANDBOX)],
          "Install": ["WantedBy=multi-user.target"]}).encode()
 
 
@@ -171,3 +198,40 @@ def metrics_remove(state: HostState) -> None:
     files.absent_paths([layout.METRICS_UNIT, layout.METRICS_DIR, layout.FACTS_UNIT,
                         layout.FACTS_SCRIPT, layout.FACTS_DIR], [*state.files, *state.dirs],
                        name="Remove the metrics filter's files")
+
+
+# --- load balancers: whether this LB holds the floating address
+
+LB_FACTS_FILES = (layout.FACTS_UNIT, layout.FACTS_SCRIPT)
+
+
+def lb_probe_args(settings: Settings) -> dict:
+    return {"files": list(LB_FACTS_FILES), "commands": ["python3"],
+            "services": [FACTS_SERVICE]}
+
+
+def lb_facts_deploy(settings: Settings, state: HostState) -> None:
+    """After loadbalancer.lb_deploy (the scripts folder, python3 checked below): the facts
+    server on a load balancer with registry_metrics and a floating address, else removed."""
+    if layout.lb_facts_listen(settings) is None:
+        lb_facts_remove(state)
+        return
+    packages.install_packages(("python3",), ("python3",), state,
+                              name="Install python3 (metrics: the address holder)")
+    script = files.managed_file(layout.FACTS_SCRIPT, package_data.script(
+        layout.FACTS_SCRIPT_NAME), "0755", state.files.get(layout.FACTS_SCRIPT),
+        name=f"Install {layout.FACTS_SCRIPT}")
+    unit = files.managed_file(layout.FACTS_UNIT, facts_unit(settings, lb=True), "0644",
+                              state.files.get(layout.FACTS_UNIT),
+                              name=f"Install {FACTS_SERVICE}.service")
+    restart_facts(name=f"Restart {FACTS_SERVICE}", _if=any_changed(script, unit))
+    services.start(state, FACTS_SERVICE, daemon_reload=True,
+                   name=f"Enable and start {FACTS_SERVICE}")
+
+
+def lb_facts_remove(state: HostState) -> None:
+    """The reverse of lb_facts_deploy (registry_metrics or registry_lb_vip off, teardown)."""
+    services.stop(state, FACTS_SERVICE, layout.FACTS_UNIT,
+                  name=f"Stop and disable {FACTS_SERVICE}")
+    files.absent_paths(list(LB_FACTS_FILES), list(state.files),
+                       name="Remove the address holder's facts server")

@@ -18,7 +18,9 @@
 # Runs with Debian's python3-jwt, python3-bcrypt and python3-cryptography (no pip), and
 # python3-ldap3 with a directory.
 # Logs one line per token request (user, scopes asked and granted, bcrypt checks made):
-# never a password or a token.
+# never a password or a token. Counts tokens issued, requests denied, failed logins and
+# rate-limited ones (totals since start) into the --counters file (Counters), which the
+# kit's facts server serves to Prometheus.
 from __future__ import annotations
 
 import argparse
@@ -242,6 +244,67 @@ class LoginLimits:
                 self.failed_at.popitem(last=False)
 
 
+# The counters since start (totals only: no user name or address, for privacy and so that
+# their number stays four), written to --counters as Prometheus text at each change; the
+# facts server (registry-kit-facts.py, registry_metrics) serves them. Names and help are
+# constants: no value from a request reaches the file.
+COUNTERS = {
+    "registry_kit_token_issued_total": "tokens issued since the token server started",
+    "registry_kit_token_denied_total": "token requests that were refused some action they "
+                                       "asked for (the audit log's denied lines)",
+    "registry_kit_token_failed_logins_total": "logins refused for a wrong password or an "
+                                              "unknown user",
+    "registry_kit_token_rate_limited_total": "logins refused with 429 for too many failed "
+                                             "logins (LoginLimits)",
+}
+
+
+def counters_text(values: dict[str, int]) -> str:
+    """Prometheus text (version 0.0.4) of COUNTERS, in their order: what the kit's
+    registry_kit.render.prometheus.counters() renders for the same values."""
+    lines = []
+    for name, help_text in COUNTERS.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter",
+                  f"{name} {int(values.get(name, 0))}"]
+    return "".join(f"{line}\n" for line in lines)
+
+
+class Counters:
+    """COUNTERS, written to `path` (None: kept in memory only) whole at each change: a
+    temporary file made world-readable (the unit's UMask is 0077), then renamed, so a
+    reader never sees half a file. The file's folder, this server's own (a RuntimeDirectory
+    of its unit, which systemd makes 0700), is opened to other users at start: the facts
+    server runs as another dynamic user."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.values = dict.fromkeys(COUNTERS, 0)
+        self.lock = threading.Lock()
+        if path is not None:
+            try:
+                os.chmod(os.path.dirname(path) or ".", 0o755)
+            except OSError as error:  # tokens go on; the facts server shows no counters
+                log(f"could not open the counters' folder to the facts server: {error}")
+        self.write()
+
+    def add(self, name: str) -> None:
+        with self.lock:
+            self.values[name] += 1
+            self.write()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        temporary = f"{self.path}.new"
+        try:
+            with open(temporary, "w", encoding="ascii") as handle:
+                os.fchmod(handle.fileno(), 0o644)
+                handle.write(counters_text(self.values))
+            os.replace(temporary, self.path)
+        except OSError as error:  # a full /run: counting goes on, the file catches up
+            log(f"could not write {self.path}: {error}")
+
+
 class Checker:
     """bcrypt checks, remembered per (user, hash, password) for the process's life: a pull
     asks one token per repository, and bcrypt at cost 10 is ~60 ms. The memory holds an
@@ -256,13 +319,15 @@ class Checker:
         self.checking = threading.BoundedSemaphore(checks_at_once)
 
     def dummy(self, cost: bytes) -> bytes:
-        """A hash of a random password at `cost` ("10"), made once per cost."""
+        """A hash of a random password at `cost` ("10"), made once per cost. The password is
+        text: bcrypt refuses a NUL byte, which 16 random bytes held in 6% of starts, and
+        the first unknown user's login then got no answer at all."""
         import bcrypt
 
         with self.lock:
             if cost not in self.dummies:
                 salt = bcrypt.gensalt(rounds=int(cost))
-                self.dummies[cost] = bcrypt.hashpw(secrets.token_bytes(16), salt)
+                self.dummies[cost] = bcrypt.hashpw(secrets.token_urlsafe(16).encode(), salt)
             return self.dummies[cost]
 
     def check(self, user: str, password: str, hashed: str | None,
@@ -275,8 +340,11 @@ class Checker:
         usable = hashed is not None and re.fullmatch(r"\$2[aby]\$\d\d\$.{53}", hashed)
         if not usable:
             dummy = self.dummy(cost)
-            with self.checking:
-                bcrypt.checkpw(password.encode(), dummy)
+            try:
+                with self.checking:
+                    bcrypt.checkpw(password.encode(), dummy)
+            except ValueError:  # a NUL in the password: refused, as for a known user
+                pass
             return False, 1
         assert hashed is not None
         mark = hmac.new(self.key, f"{user}\0{hashed}\0{password}".encode(),
@@ -298,6 +366,9 @@ class Checker:
 # --- Users and groups from a directory (registry_ldap): Debian's python3-ldap3 ---
 
 LDAP_NAME_MAX = 256  # longer user names are refused before the directory is asked
+
+
+DIRECTORY_UNREACHABLE = "directory unreachable"  # a refusal that is no failed login
 
 
 class DirectoryError(Exception):
@@ -507,10 +578,12 @@ def escaped(value: str) -> str:
 
 
 def audit_denied(user: str | None, address: str, scopes: list[str],
-                 access: list[dict], reason: str) -> None:
+                 access: list[dict], reason: str) -> int:
     """The audit log's line (registry_audit_log) for each repository scope this request
     was refused something of: the same JSON fields as the audit receiver's lines
-    (registry-audit-receiver.py), in this server's journal. Never a password or token."""
+    (registry-audit-receiver.py), in this server's journal. Never a password or token.
+    Returns how many lines."""
+    lines = 0
     granted = {(e["type"], e["name"]): set(e["actions"]) for e in access}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for scope in scopes:
@@ -525,6 +598,8 @@ def audit_denied(user: str | None, address: str, scopes: list[str],
                      "repository": name, "reference": None, "digest": None,
                      "source": "token", "refused": ",".join(refused), "reason": reason}
             log("audit " + json.dumps(entry, ensure_ascii=True))
+            lines += 1
+    return lines
 
 
 def sign(policy: dict, subject: str, access: list[dict], key: Any, chain: list[str],
@@ -651,6 +726,7 @@ class Handler(BaseHTTPRequestHandler):
     files: Files
     checker: Checker
     limits: LoginLimits
+    counters: Counters = Counters(None)
     trusted_proxies: frozenset[str] = frozenset()
     directory: Directory | None = None
     signing_key: Any
@@ -697,7 +773,7 @@ class Handler(BaseHTTPRequestHandler):
             ok, groups, why = self.directory.login(name, password)
         except DirectoryError as error:
             self.limits.succeeded(address, name)
-            return False, frozenset(), f"directory unreachable: {escaped(str(error))}"
+            return False, frozenset(), f"{DIRECTORY_UNREACHABLE}: {escaped(str(error))}"
         if ok:
             self.limits.succeeded(address, name)
             log(f"directory user '{escaped(name)}' groups="
@@ -718,6 +794,7 @@ class Handler(BaseHTTPRequestHandler):
         name, password = given
         wait = self.limits.begin(address, name)
         if wait:
+            self.counters.add("registry_kit_token_rate_limited_total")
             log(f"too many failed logins: user '{escaped(name)}' from {escaped(address)} "
                 f"(retry in {wait} s)")
             self.reply(429, {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many "
@@ -729,6 +806,8 @@ class Handler(BaseHTTPRequestHandler):
         if name not in users and self.directory is not None:
             ok, groups, why = self.directory_login(name, password, address)
             if not ok:
+                if not why.startswith(DIRECTORY_UNREACHABLE):  # the user did nothing wrong
+                    self.counters.add("registry_kit_token_failed_logins_total")
                 audit_denied(name, address, scopes, [], "login failed")
                 self.refuse(f"user '{escaped(name)}' from {escaped(address)}: {why}")
                 return None
@@ -736,6 +815,7 @@ class Handler(BaseHTTPRequestHandler):
             ok, checks = self.checker.check(name, password, users.get(name), users_cost(users))
         if not ok:
             self.limits.failed(address)
+            self.counters.add("registry_kit_token_failed_logins_total")
             audit_denied(name, address, scopes, [], "login failed")
             self.refuse(f"user '{escaped(name)}' from {escaped(address)}: unknown user or "
                         f"wrong password (bcrypt={checks})")
@@ -766,13 +846,15 @@ class Handler(BaseHTTPRequestHandler):
         address = client_address(self.client_address[0],
                                  self.headers.get("X-Forwarded-For"), self.trusted_proxies)
         access = [entry for entry in (grant(policy, user, s, groups) for s in scopes) if entry]
-        audit_denied(user, address, scopes, access, "not granted")
+        if audit_denied(user, address, scopes, access, "not granted"):
+            self.counters.add("registry_kit_token_denied_total")
         now = int(time.time())
         token = sign(policy, user or "", access, self.signing_key, self.chain, now)
         shown = ", ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access)
         log(f"token user={escaped(user) if user else '(anonymous)'} "
             f"asked={escaped(' '.join(scopes)) or '-'} granted={escaped(shown) or '-'} "
             f"bcrypt={checks}")
+        self.counters.add("registry_kit_token_issued_total")
         self.reply(200, {"token": token, "access_token": token, "expires_in": TOKEN_SECONDS,
                          "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
 
@@ -944,6 +1026,7 @@ def main() -> int:
     parser.add_argument("--check-names", action="store_true",
                         help="only check that no local user is in the directory too")
     parser.add_argument("--names-report", help="--check-names: where a conflict is written")
+    parser.add_argument("--counters", help="where the counters are written (Prometheus text)")
     parser.add_argument("--registry", help="scheme://DOMAIN:PORT of the registry (GET /catalog)")
     parser.add_argument("--registry-address", default="127.0.0.1",
                         help="where this server reaches the registry")
@@ -967,6 +1050,7 @@ def main() -> int:
     if args.registry:
         Handler.registry = Registry(args.registry, args.registry_address, args.registry_ca)
     Handler.limits = LoginLimits()
+    Handler.counters = Counters(args.counters)
     Handler.trusted_proxies = frozenset(normal_address(a) for a in args.trusted_proxy)
     address, _, port = args.listen.rpartition(":")
     context = None

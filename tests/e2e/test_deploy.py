@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -420,7 +421,8 @@ def _prometheus_sees_the_registry_go_down_and_come_back(site: Site) -> None:
 
 
 FACT_RULES = {"RegistryFactsDown", "RegistryCertificateExpiresSoon", "RegistryDataDiskAbove85",
-              "RegistryDiskGuardReadOnly", "RegistryGCFailed", "RegistryRetentionFailed"}
+              "RegistryDiskGuardReadOnly", "RegistryGCFailed", "RegistryRetentionFailed",
+              "FailedLoginsHigh", "BackupTooOld"}
 
 
 def _prometheus_checks(site: Site, port: int) -> None:
@@ -432,6 +434,10 @@ def _prometheus_checks(site: Site, port: int) -> None:
     assert rules >= FACT_RULES, rules
     size = prometheus_lab.api(port, "/api/v1/query?query=registry_kit_data_filesystem_size_bytes")
     assert [r["metric"]["host"] for r in size["result"]] == [SERVER], size
+    for stored in ("registry_kit_token_failed_logins_total",
+                   "registry_kit_backup_last_success_timestamp_seconds"):
+        found = prometheus_lab.api(port, f"/api/v1/query?query={stored}")
+        assert [r["metric"]["host"] for r in found["result"]] == [SERVER], found
     assert all(prometheus_lab.alerts(port, name) == []
                for name in FACT_RULES - {"RegistryDataDiskAbove85"})
     assert prometheus_lab.alerts(port, "RegistryDown") == []
@@ -507,6 +513,46 @@ def _kit_facts_match_the_server(site: Site, reg: str) -> None:
     assert not any(password in body for password in site.passwords.values())
 
 
+def _token_counters_and_backup_time(site: Site, reg: str) -> None:
+    """The token server's counters and backup.py's time, scraped like the facts above:
+    3 logins with a wrong password (curl from the control machine, through the registry's
+    challenge) raise the failed logins by exactly 3, one right login the tokens issued by
+    exactly 1; a backup.py run leaves its start time (within the run), root's 0644, and a
+    second run right after changes nothing (the backup and its time are up to date)."""
+    url = f"http://{reg}:{METRICS_PORT}/kit/metrics"
+
+    def scrape() -> dict[str, float]:
+        assert harness.ssh(CLIENTS[0], SCRAPE + url).stdout == "200"
+        return _gauges(harness.ssh(CLIENTS[0], "cat /tmp/scrape").stdout)
+
+    names = ("issued", "denied", "failed_logins", "rate_limited")
+
+    def counters() -> dict[str, float]:
+        facts = scrape()
+        return {name: facts[f"registry_kit_token_{name}_total"] for name in names}
+
+    before = counters()
+    assert [site.status("alice", "not-the-password") for _ in range(3)] == [401] * 3
+    assert site.status("alice") == 200
+    after = counters()
+    assert {name: after[name] - before[name] for name in names} == {
+        "issued": 1, "denied": 0, "failed_logins": 3, "rate_limited": 0}, (before, after)
+    fact = "registry_kit_backup_last_success_timestamp_seconds"
+    assert fact not in scrape()  # never backed up: no series, BackupTooOld cannot fire
+    started = time.time()
+    run = harness.run_kit(site.inventory, "backup.py").assert_ok()
+    ended = time.time()
+    try:
+        assert dict(run.changed)["Record the backup's time in /var/lib/registry-kit-metrics/"
+                                 "backup.prom (metrics)"] == [SERVER]
+        assert int(started) <= scrape()[fact] <= ended
+        assert harness.ssh(SERVER, "stat -c '%U %a' /var/lib/registry-kit-metrics/backup.prom"
+                           ).stdout.split() == ["root", "644"]
+        harness.run_kit(site.inventory, "backup.py").assert_no_changes()
+    finally:
+        shutil.rmtree(harness.STATE_DIR / "backups", ignore_errors=True)
+
+
 def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
                                                              first_run: dict) -> None:
     """registry_metrics: the registry's /metrics on the server's own lab address, scraped
@@ -551,6 +597,9 @@ def test_metrics_on_the_internal_address_for_the_allowed_only(site: Site,
         started = time.monotonic()
         _kit_facts_match_the_server(site, reg)
         print(f"the kit's facts checked in {time.monotonic() - started:.1f} s")
+        started = time.monotonic()
+        _token_counters_and_backup_time(site, reg)
+        print(f"token counters and backup time checked in {time.monotonic() - started:.1f} s")
         _prometheus_sees_the_registry_go_down_and_come_back(site)
     finally:
         for key in ("registry_metrics", "registry_metrics_bind", "registry_metrics_allow",

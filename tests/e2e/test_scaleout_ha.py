@@ -5,8 +5,11 @@ VRRP on the lab's docker network); the client's domain resolves to that address.
 One scenario, step by step: a VRRP password longer than 8 characters is refused before any
 host is touched; deploy, then a rerun with zero changes; the first LB in inventory order
 holds the address; status shows haproxy's view of each replica, who holds the address and
-redis' memory and keys. A planned haproxy change (registry_lb_stats moved, then back) under a
-back-to-back pull loop: each LB reloads in place, the address stays, no pull fails. The web
+redis' memory and keys. registry_metrics on every role (applied twice): status --json and
+every endpoint scraped from the allowed client, and each LB's gauge of whether it holds the
+address, against ip, before and after a handover. A planned haproxy change
+(registry_lb_stats moved, then back) under a back-to-back pull loop: each LB reloads in
+place, the address stays, no pull fails. The web
 page through the domain and the address, with each replica host stopped in turn. Then
 failover under the pull loop: haproxy stopped on the LB holding the address, haproxy back,
 haproxy killed, the whole LB host killed, the host back; the address moves each time and
@@ -266,10 +269,33 @@ def _check_status_json(ha: Ha, doc: dict[str, Any]) -> None:
     assert doc["clients"][CLIENT]["login"] == f"yes ({USER})"
 
 
+def _holds_address(ha: Ha) -> dict[str, list[str]]:
+    """Each LB's registry_kit_lb_holds_address lines, scraped from the allowed client."""
+    lines = {}
+    for name in (LB1, LB2):
+        code, body = _scrape(CLIENT, f"http://{harness.host_ip(name)}:{METRICS_PORT}"
+                             "/kit/metrics")
+        assert code == "200", (name, code, body[:500])
+        lines[name] = [line for line in body.splitlines()
+                       if line.startswith("registry_kit_lb_holds_address")]
+    return lines
+
+
+def _check_holds_address(ha: Ha, holder: str) -> None:
+    """The gauge is 1 on the LB that has the address (ip on each LB) and 0 on the other."""
+    _wait_holder(ha.vip, holder)
+    seen = _holds_address(ha)
+    assert _holder(ha.vip) == [holder]  # it did not move meanwhile
+    assert seen == {name: [f'registry_kit_lb_holds_address{{address="{ha.vip}"}} '
+                           f"{int(name == holder)}"] for name in (LB1, LB2)}, seen
+
+
 def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
     """registry_metrics on every role, applied twice; status --json checked against the
     hosts; metrics scraped from the allowed client, refused to another host, absent on the
-    public address; turned off again, nothing listens."""
+    public address; each LB says whether it holds the floating address, before and after a
+    handover (keepalived stopped on the holder, then started); turned off again, nothing
+    listens."""
     allowed = harness.host_ip(CLIENT)
     # The control machine too: a real Prometheus scrapes every role from there.
     inventory = ha.inventory("metrics", registry_metrics=True,
@@ -283,19 +309,28 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
         _check_redis_exporter()
         code, body = _scrape(CLIENT, f"http://{harness.host_ip(REP1)}:{METRICS_PORT}/metrics")
         assert code == "200" and "registry_http_requests_total" in body, (code, body[:2000])
-        for target in (LB1, REP1):  # another lab host is cut off
-            url = f"http://{harness.host_ip(target)}:{METRICS_PORT}/metrics"
-            assert _scrape(LB2, url) == ("000", ""), target
+        _check_holds_address(ha, LB1)
+        harness.ssh(LB1, "systemctl stop keepalived")  # a priority-0 advert: LB2 takes it
+        _check_holds_address(ha, LB2)
+        harness.ssh(LB1, "systemctl start keepalived")  # it comes back (checked below)
+        facts = f"http://{harness.host_ip(LB1)}:{METRICS_PORT}/kit/metrics"
+        assert _scrape(CLIENT, f"-X POST {facts}")[0] == "403"  # GET only
+        for target, path in ((LB1, "/metrics"), (LB1, "/kit/metrics"), (REP1, "/metrics")):
+            url = f"http://{harness.host_ip(target)}:{METRICS_PORT}{path}"
+            assert _scrape(LB2, url) == ("000", ""), url  # another lab host is cut off
         # The public address (passthrough to a replica) has no metrics.
         code, body = _scrape(CLIENT, f"-k https://{ha.vip}:{PORT}/metrics")
         assert code != "200" and "# TYPE" not in body, (code, body[:500])
         _prometheus_on_the_ha_layout()
     finally:
         harness.run_kit(ha.inventory("deploy")).assert_ok()
-    for name in (LB1, REP1, CACHE):
-        assert harness.ssh(name, f"ss -Htln | grep -c ':{METRICS_PORT} ' || true").stdout \
-            .strip() == "0", name
+    for name in (LB1, LB2, REP1, CACHE):  # nor the facts server (on the loopback)
+        assert harness.ssh(name, f"ss -Htln | grep -Ec ':({METRICS_PORT}|9196) ' || true")\
+            .stdout.strip() == "0", name
     assert "frontend metrics" not in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
+    assert harness.ssh(LB2, "ls /etc/systemd/system /usr/local/lib/registry-kit | "
+                       "grep -c facts || true").stdout.strip() == "0"
+    _wait_holder(ha.vip, LB1)  # back on the first LB after the handover above
     _check_redis_exporter_gone()
 
 

@@ -584,3 +584,45 @@ def test_hostile_new_flags_and_counts_are_refused(make_settings: Any, key: str,
                                                    value: object) -> None:
     with pytest.raises(SettingsError, match=key):
         make_settings(**{key: value})
+
+
+def test_tree_tar_of_a_registry_nothing_was_pushed_to_is_empty(tmp_path: Any) -> None:
+    """The registry makes docker/registry/v2 at its first push: before it, the tree tar is an
+    empty archive (as the blob listing is empty), not `cd: No such file or directory`."""
+    import subprocess
+
+    base = tmp_path / "data" / backup.V2
+    for tags in (True, False):
+        run = subprocess.run(backup.tree_tar_command(str(base), tags), shell=True,
+                             capture_output=True, check=False)
+        assert run.returncode == 0, run.stderr
+        assert backup.tar_members(run.stdout) == []
+    link = base / "repositories/team/app/_manifests/tags/1/current/link"
+    link.parent.mkdir(parents=True)
+    link.write_text("sha256:" + "a" * 64)
+    run = subprocess.run(backup.tree_tar_command(str(base), True), shell=True,
+                         capture_output=True, check=True)
+    assert [member.name for member, _ in backup.tar_members(run.stdout)] == [
+        "repositories/team/app/_manifests/tags/1/current/link"]
+
+
+def test_repositories_hash_of_an_empty_registry_is_the_empty_backups(tmp_path: Any) -> None:
+    """Nothing pushed yet: the server's tree hashes as an empty backup's does (so a second
+    backup changes nothing); a missing data folder is unknown (empty output)."""
+    import subprocess
+
+    def hashed(command: str) -> str:
+        return subprocess.run(command, shell=True, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    root = tmp_path / "data"
+    root.mkdir()
+    empty_backup = tmp_path / "generation"
+    (empty_backup / "repositories").mkdir(parents=True)
+    assert hashed(backup.repositories_hash_command(str(root))) == \
+        hashed(backup.tree_hash_command(str(empty_backup))) == backup.tree_hash(b"")
+    assert hashed(backup.repositories_hash_command(str(tmp_path / "absent"))) == ""
+    link = root / backup.V2 / "repositories/team/app/_manifests/tags/1/current/link"
+    link.parent.mkdir(parents=True)
+    link.write_text("sha256:" + "b" * 64)
+    assert hashed(backup.repositories_hash_command(str(root))) not in ("", backup.tree_hash(b""))

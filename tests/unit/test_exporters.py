@@ -156,7 +156,7 @@ def test_promtool_accepts_them_and_redis_down_fires(tmp_path: Path) -> None:
     written = folder.write_folder(_topology(tmp_path, registry_node_exporter=True))
     assert written is not None
     assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
-    assert "SUCCESS: 12 rules found" in _promtool("check", "rules",
+    assert "SUCCESS: 13 rules found" in _promtool("check", "rules",
                                                   str(written / prometheus.RULES_FILE))
     labels = 'job="registry-kit-redis",host="cache1",instance="10.0.0.31:9195"'
     test = {"rule_files": [str(written / prometheus.RULES_FILE)], "evaluation_interval": "1m",

@@ -3,7 +3,10 @@ filter in front of it on servers and haproxy's exporter on load balancers."""
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as topo
 from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
+from registry_kit.render import prometheus, token_auth
 from registry_kit.render.config import render_config
 from registry_kit.roles import loadbalancer, metrics, server, status_json
 
@@ -116,6 +120,79 @@ def test_load_balancer_serves_haproxys_exporter_to_the_allowed_only() -> None:
     assert "frontend metrics" not in loadbalancer.render(off, topology)
 
 
+def test_load_balancer_with_a_floating_address_passes_get_facts_only() -> None:
+    """With registry_lb_vip, haproxy's metrics frontend passes GET /kit/metrics to the facts
+    server on the loopback (whether this LB holds the address); anything else but /metrics
+    is denied. Without it, nothing but /metrics."""
+    lb, topology = _lb(registry_lb_vip="10.0.0.250/24")
+    text = loadbalancer.render(lb, topology)
+    frontend = text.split("frontend metrics\n", 1)[1]
+    assert frontend.endswith(
+        "    http-request use-service prometheus-exporter if { path /metrics }\n"
+        "    http-request deny unless { path /kit/metrics } { method GET }\n"
+        "    default_backend facts\n\nbackend facts\n    mode http\n"
+        "    server facts 127.0.0.1:9196\n")
+    plain, topology = _lb()
+    assert "backend facts" not in loadbalancer.render(plain, topology)
+    assert loadbalancer.render(plain, topology).endswith("    http-request deny\n")
+    assert layout.lb_facts_listen(plain) is None
+    off, topology = _lb(registry_lb_vip="10.0.0.250/24", registry_metrics=False)
+    assert "facts" not in loadbalancer.render(off, topology)
+    assert layout.lb_facts_listen(off) is None
+
+
+def test_load_balancer_facts_server_unit() -> None:
+    """The address only, in the token server's sandbox plus netlink (`ip -j addr`)."""
+    lb, _ = _lb(registry_lb_vip="10.0.0.250/24")
+    unit = metrics.facts_unit(lb, lb=True).decode()
+    assert ("ExecStart=/usr/bin/python3 /usr/local/lib/registry-kit/registry-kit-facts.py "
+            "--listen 127.0.0.1:9196 --path /kit/metrics --address 10.0.0.250\n") in unit
+    families = [line for line in unit.splitlines()
+                if line.startswith("RestrictAddressFamilies=")]
+    assert families == ["RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK"]
+    # `ip` drops its (absent) capabilities: capset allowed after the deny list.
+    filters = [line for line in unit.splitlines() if line.startswith("SystemCallFilter=")]
+    assert filters == ["SystemCallFilter=@system-service",
+                       "SystemCallFilter=~@privileged @resources", "SystemCallFilter=capset"]
+    assert "DynamicUser=yes\n" in unit and "CapabilityBoundingSet=\n" in unit
+    # The stats page shares the LB's loopback: not on the facts server's port.
+    with pytest.raises(SettingsError, match=re.escape("registry_lb_stats='127.0.0.1:9196'")):
+        _lb(registry_lb_stats="127.0.0.1:9196")
+
+
+def _facts_module() -> Any:
+    spec = importlib.util.spec_from_file_location("facts", SCRIPTS / layout.FACTS_SCRIPT_NAME)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    (b'[{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.0.0.11"},'
+     b'{"family":"inet","local":"10.0.0.250"}]}]', True),
+    (b'[{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.0.0.11"}]},'
+     b'{"ifname":"lo"}]', False),
+    # What a host says is compared, never written as it is: no sample from it.
+    (b'[{"addr_info":[{"local":"10.0.0.250\\"} 1\\nevil 1"},{"local":7}]}]', False),
+    (b"not json", None), (b'{"addr_info": 1}', None), (b"[1]", None),
+])
+def test_address_fact_from_ip_json(monkeypatch: pytest.MonkeyPatch, output: bytes,
+                                   expected: bool | None) -> None:
+    facts = _facts_module()
+    monkeypatch.setattr(facts.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0, output, b""))
+    vip = ipaddress.ip_address("10.0.0.250")
+    assert facts.holds(vip) is expected
+    text = facts.address_fact(vip)
+    if expected is None:
+        assert text is None
+    else:
+        assert text.splitlines()[-1] == \
+            f'registry_kit_lb_holds_address{{address="10.0.0.250"}} {int(expected)}'
+        assert len(text.splitlines()) == 3
+
+
 def test_load_balancer_without_an_ip_is_refused_before_any_host() -> None:
     _, topology = _lb(registry_internal_address="lb1.example")
     with pytest.raises(SettingsError, match="lb1: setting registry_metrics_bind=None"):
@@ -131,6 +208,67 @@ def test_facts_server_unit(make_settings: Callable[..., Settings]) -> None:
     # No filesystem of this server to measure on object storage.
     memory = metrics.facts_unit(make_settings(**ON, registry_storage={"driver": "inmemory"}))
     assert b"--data-dir" not in memory
+
+
+def _script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_").removesuffix(".py"),
+                                                  SCRIPTS / name)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_facts_server_reads_the_token_counters_with_token_auth(
+        make_settings: Callable[..., Settings]) -> None:
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    unit = metrics.facts_unit(make_settings(**ON, registry_users=users)).decode()
+    assert " --token-counters /run/registry-kit-token-counters/token.prom\n" in unit
+    assert b"--token-counters" not in metrics.facts_unit(make_settings(**ON))
+    # The token server writes them there, into a folder of its own (the dynamic user's,
+    # gone at stop), which it opens to other users (test_access_logic): nothing in it is
+    # secret.
+    token_unit = token_auth.unit_text(make_settings(registry_users=users)).decode()
+    assert "RuntimeDirectory=registry-kit-token registry-kit-token-counters\n" in token_unit
+    assert " --counters /run/registry-kit-token-counters/token.prom " in token_unit
+
+
+def test_token_counters_text_is_the_kits_renderers() -> None:
+    """The token server's file (standard library only, so its own renderer) is what
+    render.prometheus.counters() makes of the same values; the facts server knows the same
+    counters."""
+    token, facts = _script(layout.TOKEN_SCRIPT_NAME), _script(layout.FACTS_SCRIPT_NAME)
+    values = {name: index * 7 for index, name in enumerate(token.COUNTERS)}
+    assert token.counters_text(values) == prometheus.counters(
+        [(name, text, [({}, values[name])]) for name, text in token.COUNTERS.items()])
+    assert facts.TOKEN_COUNTERS == token.COUNTERS
+    assert list(token.COUNTERS) == ["registry_kit_token_issued_total",
+                                    "registry_kit_token_denied_total",
+                                    "registry_kit_token_failed_logins_total",
+                                    "registry_kit_token_rate_limited_total"]
+
+
+def test_facts_server_takes_only_the_counters_numbers(tmp_path: Path) -> None:
+    """What the token server's file holds (it answers the Internet: it may be broken into)
+    cannot add a fact, change one, label one or make the scrape fail: only the first
+    `NAME NUMBER` line of each known counter is read, and written out anew."""
+    facts = _script(layout.FACTS_SCRIPT_NAME)
+    hostile = tmp_path / "token.prom"
+    hostile.write_text(
+        "# TYPE registry_kit_token_issued_total gauge\n"
+        "registry_kit_disk_guard_read_only 0\n"
+        'registry_kit_token_denied_total{user="x"} 9\n'
+        "registry_kit_token_issued_total 5\n"
+        "registry_kit_token_issued_total 6\n"
+        "registry_kit_token_failed_logins_total -1\n"
+        "registry_kit_token_rate_limited_total 1e9\n"
+        "registry_kit_token_denied_total 2 1700000000\n")
+    assert facts.token_counters(hostile).splitlines() == [
+        "# HELP registry_kit_token_issued_total tokens issued since the token server started",
+        "# TYPE registry_kit_token_issued_total counter", "registry_kit_token_issued_total 5"]
+    assert facts.token_counters(tmp_path / "missing.prom") == ""
+    hostile.write_bytes(b"registry_kit_token_issued_total 3\n\xff\x00\n")
+    assert facts.token_counters(hostile).endswith("registry_kit_token_issued_total 3\n")
 
 
 def test_certificate_facts_hold_its_not_after(tmp_path: Path) -> None:
@@ -179,3 +317,34 @@ def test_facts_server_answers_the_files_and_the_disk(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _serve_facts(*args: str) -> str:
+    """The facts script's answer on /kit/metrics, run here with `args`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(SCRIPTS / layout.FACTS_SCRIPT_NAME),
+                               "--listen", f"127.0.0.1:{port}", "--path", "/kit/metrics",
+                               *args])
+    try:
+        for _ in range(50):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/kit/metrics",
+                                            timeout=5) as answer:
+                    return answer.read().decode()  # type: ignore[no-any-return]
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        raise AssertionError("the facts server did not answer")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_facts_server_says_whether_this_host_holds_the_address() -> None:
+    """On a load balancer (no facts folder): this machine's `ip -j addr` read at the scrape;
+    the loopback's address is held, a documentation address is not."""
+    assert _serve_facts("--address", "127.0.0.1").splitlines()[-1] == \
+        'registry_kit_lb_holds_address{address="127.0.0.1"} 1'
+    assert _serve_facts("--address", "192.0.2.7").splitlines()[-1] == \
+        'registry_kit_lb_holds_address{address="192.0.2.7"} 0'

@@ -27,6 +27,7 @@ from registry_kit.model.settings import Settings
 from registry_kit.model.topology import OutOfRotation, Rotation
 from registry_kit.operations import files, ownership, packages, removal, services
 from registry_kit.operations.files import sha256_of
+from registry_kit.render import prometheus
 from registry_kit.roles import (
     audit,
     client,
@@ -764,6 +765,34 @@ def test_audit_receiver_restarts_and_goes_only_where_it_is() -> None:
     stopped_unit = probe(files=[f"{'0' * 64} 644 root root {layout.AUDIT_UNIT}"])
     assert run(audit.disable_audit, stopped_unit) == \
         (["systemctl disable --now registry-kit-audit 2>/dev/null; true"], [])
+
+
+def test_backup_time_recorded_after_a_backup_and_refreshed_hourly() -> None:
+    """backup.py with registry_metrics: a new generation writes the fact (0644, root's,
+    through the kit's upload); an up-to-date backup rewrites it only once the recorded time
+    is an hour old (a second run right after changes nothing); no facts folder, nothing."""
+    now = 1_800_000_000.4
+    fact = prometheus.backup_facts(now)
+    write = ["install -m 0644 -o root -g root /dev/null "
+             f"{layout.FACTS_BACKUP}{NEW}",
+             f"UPLOAD {fact.encode()!r} -> {layout.FACTS_BACKUP}{NEW}",
+             f"mv -f {layout.FACTS_BACKUP}{NEW} {layout.FACTS_BACKUP}"]
+    recent = prometheus.backup_facts(now - 600)
+    old = prometheus.backup_facts(now - 3600)
+    assert run(backup.record_success, now, recent, True) == (write, [])
+    assert run(backup.record_success, now, "", False) == (write, [])
+    assert run(backup.record_success, now, None, False) == (write, [])
+    assert run(backup.record_success, now, old, False) == (write, [])
+    assert run(backup.record_success, now, "registry_kit_backup_last_success_timestamp_"
+               "seconds 1e99\n", False) == (write, [])  # not as the kit writes it
+    assert run(backup.record_success, now, recent, False) == ([], [
+        f"the backup is up to date; {layout.FACTS_BACKUP} records it 600 s ago"])
+    commands, noops = run(backup.record_success, now, "no facts folder\n", True)
+    assert commands == [] and "deploy with registry_metrics on first" in noops[0]
+    assert backup.fact_command() == (
+        "if test -d /var/lib/registry-kit-metrics; then cat "
+        "/var/lib/registry-kit-metrics/backup.prom 2>/dev/null; true; else echo "
+        "'no facts folder'; fi")
 
 
 def test_every_operation_module_is_exercised_here() -> None:

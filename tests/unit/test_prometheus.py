@@ -24,15 +24,22 @@ ON = {"registry_anonymous_acknowledged": True, "registry_metrics": True,
       "registry_metrics_allow": ["10.0.0.5/32"]}
 
 
-def _hosts(tmp_path: Path, **data: Any) -> topo.Topology:
+VIP = "10.0.0.250"
+
+
+def _hosts(tmp_path: Path, vip: bool = False, **data: Any) -> topo.Topology:
+    """Two replicas and one load balancer; with `vip`, two load balancers sharing VIP."""
     common = {**ON, "registry_state_dir": str(tmp_path / "state"), **data}
 
     def load(name: str, address: str, server: bool = True) -> settings_mod.Settings:
-        return settings_mod.load(name, {**common, "registry_internal_address": address},
+        return settings_mod.load(name, {**common, "registry_internal_address": address,
+                                        **({"registry_lb_vip": f"{VIP}/24"} if vip else {})},
                                  server=server)
 
+    lbs = (load("lb1", "10.0.0.11", server=False),
+           *((load("lb2", "10.0.0.12", server=False),) if vip else ()))
     return topo.Topology(servers=(load("rep1", "10.0.0.21"), load("rep2", "10.0.0.22")),
-                         lbs=(load("lb1", "10.0.0.11", server=False),), caches=())
+                         lbs=lbs, caches=())
 
 
 def _promtool(*args: str) -> str:
@@ -56,6 +63,37 @@ def test_scrape_config_lists_every_endpoint(tmp_path: Path) -> None:
     assert jobs[prometheus.FACTS_JOB]["static_configs"] == \
         jobs[prometheus.REGISTRY_JOB]["static_configs"]
     assert config["rule_files"] == [prometheus.RULES_FILE]
+    # No floating address: nothing to say about where it is.
+    assert prometheus.LB_FACTS_JOB not in jobs
+
+
+def test_scrape_config_lists_the_load_balancers_facts_with_a_floating_address(
+        tmp_path: Path) -> None:
+    """Each LB's facts (whether it holds the address) on its haproxy's metrics endpoint,
+    the path of the servers' facts; the address rules are written with them."""
+    written = folder.write_folder(_hosts(tmp_path, vip=True))
+    assert written is not None
+    config = yaml.safe_load((written / prometheus.CONFIG_FILE).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs[prometheus.LB_FACTS_JOB] == {
+        "job_name": prometheus.LB_FACTS_JOB, "metrics_path": "/kit/metrics",
+        "static_configs": [{"targets": ["10.0.0.11:9195"], "labels": {"host": "lb1"}},
+                           {"targets": ["10.0.0.12:9195"], "labels": {"host": "lb2"}}]}
+    assert jobs[prometheus.HAPROXY_JOB]["static_configs"] == \
+        jobs[prometheus.LB_FACTS_JOB]["static_configs"]
+    rules = yaml.safe_load((written / prometheus.RULES_FILE).read_text())["groups"][0]["rules"]
+    address = {rule["alert"]: rule for rule in rules if "Address" in rule["alert"]
+               or rule["alert"] == "LoadBalancerFactsDown"}
+    assert sorted(address) == ["AddressOnNoLoadBalancer", "AddressOnTwoLoadBalancers",
+                               "LoadBalancerFactsDown"]
+    # Three intervals, at least 30 s (a handover's glimpse lasts at most two evaluations).
+    assert address["AddressOnTwoLoadBalancers"]["for"] == "45s"
+    assert VIP in address["AddressOnNoLoadBalancer"]["annotations"]["summary"]
+    fast = folder.write_folder(_hosts(tmp_path, vip=True, registry_prometheus_interval=2))
+    assert fast is not None
+    assert "for: 30s" in (fast / prometheus.RULES_FILE).read_text()
+    # Without metrics on the load balancers (servers only): no LB facts, no address rules.
+    assert "Address" not in prometheus.alert_rules(topo.BACKEND, with_lbs=True)
 
 
 def test_written_once_and_removed_when_metrics_go(tmp_path: Path) -> None:
@@ -74,9 +112,16 @@ def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
     written = folder.write_folder(_hosts(tmp_path))
     assert written is not None
     assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
-    # The registry's two, the load balancers' three, the kit's facts' six.
-    assert "SUCCESS: 11 rules found" in _promtool("check", "rules",
+    # The registry's two, the load balancers' three, the kit's facts' seven (the failed
+    # logins' with token auth; no backup's: backup.py has not run).
+    assert "SUCCESS: 12 rules found" in _promtool("check", "rules",
                                                   str(written / prometheus.RULES_FILE))
+    # Two LBs with a floating address: its three rules more.
+    with_vip = folder.write_folder(_hosts(tmp_path, vip=True))
+    assert with_vip is not None
+    assert "SUCCESS" in _promtool("check", "config", str(with_vip / prometheus.CONFIG_FILE))
+    assert "SUCCESS: 15 rules found" in _promtool("check", "rules",
+                                                  str(with_vip / prometheus.RULES_FILE))
     # A single server without load balancers or facts: the registry's two rules only.
     single = tmp_path / "single.yml"
     single.write_text(prometheus.alert_rules(topo.BACKEND, with_lbs=False))
@@ -173,8 +218,8 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
         "alert_rule_test": [
             {"eval_time": "6m", "alertname": "RegistryFactsDown", "exp_alerts": []},
             _alert("RegistryFactsDown", "7m", {"severity": "warning", **labels},
-                   "the kit's facts on rep1 are not served: its certificate, disk and "
-                   "garbage collection alerts cannot fire"),
+                   "the kit's facts on rep1 are not served: its certificate, disk, "
+                   "garbage collection, login and backup alerts cannot fire"),
             {"eval_time": "20m", "alertname": "RegistryCertificateExpiresSoon",
              "exp_alerts": []},
             _alert("RegistryCertificateExpiresSoon", "21m",
@@ -201,6 +246,118 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
     assert "SUCCESS" in _promtool("test", "rules", str(test_file))
 
 
+@needs_promtool
+def test_failed_logins_and_backup_age_fire_and_stay_quiet(tmp_path: Path) -> None:
+    """FailedLoginsHigh: rep1's token server counts 10 failed logins a minute (fires once
+    the 5-minute rate is over 5 a minute and its `for:` of 1m has passed; not in the first
+    2 minutes, whose rate promtool puts under 5), rep2's 3 a minute (under 5: never).
+    BackupTooOld: rep1 last backed up at time 0 (older than 26 h from 26h00m01s on, fires
+    10 minutes later), rep2 backed up all along (the gauge follows the clock), rep3 never
+    backed up (no series: never, as the rule's comment says)."""
+    rules = tmp_path / prometheus.RULES_FILE
+    rules.write_text(prometheus.alert_rules(topo.BACKEND, False, {"token", "backup"}))
+
+    def labels(host: str) -> dict[str, str]:
+        return {"job": prometheus.FACTS_JOB, "host": host}
+
+    def series(name: str, host: str) -> str:
+        return f'{name}{{job="{prometheus.FACTS_JOB}",host="{host}"}}'
+
+    failed, backup = ("registry_kit_token_failed_logins_total",
+                      "registry_kit_backup_last_success_timestamp_seconds")
+    hours = prometheus.BACKUP_HOURS
+    tests = {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": series(failed, "rep1"), "values": "0+10x30"},
+            {"series": series(failed, "rep2"), "values": "0+3x30"},
+            {"series": series(backup, "rep1"), "values": f"0x{hours * 60 + 20}"},
+            {"series": series(backup, "rep2"), "values": f"0+60x{hours * 60 + 20}"},
+            {"series": series("up", "rep3"), "values": f"1x{hours * 60 + 20}"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "FailedLoginsHigh", "exp_alerts": []},
+            _alert("FailedLoginsHigh", "10m", {"severity": "warning", **labels("rep1")},
+                   "over 5 failed logins a minute at the token server of rep1 (someone "
+                   "guessing passwords?): journalctl -u registry-kit-token"),
+            _alert("FailedLoginsHigh", "30m", {"severity": "warning", **labels("rep1")},
+                   "over 5 failed logins a minute at the token server of rep1 (someone "
+                   "guessing passwords?): journalctl -u registry-kit-token"),
+            {"eval_time": f"{hours}h10m", "alertname": "BackupTooOld", "exp_alerts": []},
+            _alert("BackupTooOld", f"{hours}h11m", {"severity": "warning", **labels("rep1")},
+                   f"the last successful backup.py run for rep1 is over {hours} h old"),
+        ]}]}
+    test_file = tmp_path / "tests.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert "SUCCESS" in _promtool("test", "rules", str(test_file))
+
+
+def _address_test(rules: Path, input_series: list[dict[str, str]],
+                  checks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"interval": "15s", "input_series": input_series, "alert_rule_test": checks}
+
+
+def _none(name: str, *times: str) -> list[dict[str, Any]]:
+    return [{"eval_time": at, "alertname": name, "exp_alerts": []} for at in times]
+
+
+@needs_promtool
+def test_address_rules_fire_on_none_or_two_holders_not_on_a_handover(tmp_path: Path) -> None:
+    """promtool test rules at the default 15 s interval (`for:` 45 s), with one sample
+    every 15 s: one holder is quiet; a handover's glimpse of two holders or of none (one
+    evaluation, as when the scrapes of the two LBs straddle the move, or the holder dies and
+    the other takes over) is quiet; two holders or none for 45 s fire; no LB answering at
+    all fires too (no series: `or vector(0)`)."""
+    rules = tmp_path / prometheus.RULES_FILE
+    rules.write_text(prometheus.alert_rules(topo.BACKEND, True, address=VIP))
+    job = prometheus.LB_FACTS_JOB
+
+    def held(lb: str, values: str) -> dict[str, str]:
+        return {"series": f'registry_kit_lb_holds_address{{job="{job}",host="{lb}",'
+                          f'address="{VIP}"}}', "values": values}
+
+    def up(lb: str, values: str) -> dict[str, str]:
+        return {"series": f'up{{job="{job}",host="{lb}"}}', "values": values}
+
+    two = f"2 load balancers hold the registry's address {VIP} (they do not hear each " \
+          "other's VRRP adverts): connections break"
+    nobody = f"no load balancer that answers holds the registry's address {VIP}: clients " \
+             "reach no registry through it"
+    critical = {"severity": "critical"}
+    # Steps of 15 s: 0-3 lb1 holds; 4 both (a glimpse); 5-9 lb2 holds; 10-15 both;
+    # 16-21 neither.
+    steps = _address_test(rules, [
+        held("lb1", "1 1 1 1 1 0 0 0 0 0 1 1 1 1 1 1 0 0 0 0 0 0"),
+        held("lb2", "0 0 0 0 1 1 1 1 1 1 1 1 1 1 1 1 0 0 0 0 0 0")], [
+        *_none("AddressOnTwoLoadBalancers", "45s", "60s", "75s", "90s", "180s"),
+        *_none("AddressOnNoLoadBalancer", "0s", "45s", "120s", "225s", "270s"),
+        _alert("AddressOnTwoLoadBalancers", "195s", critical, two),
+        _alert("AddressOnNoLoadBalancer", "285s", critical, nobody)])
+    # The holder's host killed: its series goes stale at the failed scrape, the other LB
+    # says 0 once, then 1 (keepalived moved the address within the interval).
+    killed = _address_test(rules, [
+        held("lb1", "1 1 1 1 stale"), up("lb1", "1 1 1 1 0x10"),
+        held("lb2", "0 0 0 0 0 1x10")], [
+        *_none("AddressOnNoLoadBalancer", "60s", "75s", "90s", "120s", "150s"),
+        *_none("AddressOnTwoLoadBalancers", "60s", "150s")])
+    # No LB answers: no series at all; after 45 s "on no load balancer", after 5 minutes
+    # each LB's facts down.
+    down = _address_test(rules, [up("lb1", "0x30"), up("lb2", "0x30")], [
+        *_none("AddressOnNoLoadBalancer", "30s"),
+        _alert("AddressOnNoLoadBalancer", "45s", critical, nobody),
+        *_none("LoadBalancerFactsDown", "285s"),
+        {"eval_time": "300s", "alertname": "LoadBalancerFactsDown", "exp_alerts": [
+            {"exp_labels": {"severity": "warning", "job": job, "host": lb},
+             "exp_annotations": {"summary": f"the kit's facts on {lb} are not served: where "
+                                            "the registry's address is cannot be told there"}}
+            for lb in ("lb1", "lb2")]}])
+    tests = {"rule_files": [rules.name], "evaluation_interval": "15s",
+             "tests": [steps, killed, down]}
+    test_file = tmp_path / "tests.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert "SUCCESS" in _promtool("test", "rules", str(test_file))
+
+
 def test_fact_rules_only_for_the_facts_served(tmp_path: Path) -> None:
     """A rule on a gauge no server serves could never fire: not written."""
     def written(**data: Any) -> set[str]:
@@ -214,6 +371,11 @@ def test_fact_rules_only_for_the_facts_served(tmp_path: Path) -> None:
     bare = written(registry_tls_mode="none", registry_storage={"driver": "inmemory"})
     assert bare & facts == {"RegistryFactsDown", "RegistryGCFailed", "RegistryRetentionFailed"}
     assert "RegistryDiskGuardReadOnly" not in written(registry_disk_readonly_percent=None)
+    # Backups: filesystem storage (backup.py's); failed logins: token auth (users).
+    assert "BackupTooOld" in written() and "BackupTooOld" not in bare
+    assert "FailedLoginsHigh" not in written()
+    users = [{"name": "ci", "password_hash": "$2y$10$" + "a" * 53}]
+    assert "FailedLoginsHigh" in written(registry_users=users)
     assert prometheus.alert_rules(topo.BACKEND, with_lbs=False).count("alert:") == 2
 
 
@@ -224,8 +386,29 @@ def test_rules_not_written_are_named() -> None:
                        "RegistryDownThroughLoadBalancer", "ReplicaOutOfRotation",
                        "RegistryFactsDown", "RegistryCertificateExpiresSoon",
                        "RegistryDataDiskAbove85", "RegistryDiskGuardReadOnly",
-                       "RegistryGCFailed", "RegistryRetentionFailed"}
-    assert len(prometheus.RULES_NOT_YET) == 3
+                       "RegistryGCFailed", "RegistryRetentionFailed", "FailedLoginsHigh",
+                       "BackupTooOld"}
+    assert prometheus.RULES_NOT_YET == {}
+    with_address = prometheus.alert_rules(topo.BACKEND, True, prometheus.FACTS, address=VIP)
+    assert {rule["alert"] for rule in yaml.safe_load(with_address)["groups"][0]["rules"]} == \
+        written | {"AddressOnNoLoadBalancer", "AddressOnTwoLoadBalancers",
+                   "LoadBalancerFactsDown"}
+
+
+def test_counters_and_backup_facts_text() -> None:
+    text = prometheus.counters([("registry_kit_token_issued_total", "tokens", [({}, 3)])])
+    assert text.splitlines() == ["# HELP registry_kit_token_issued_total tokens",
+                                 "# TYPE registry_kit_token_issued_total counter",
+                                 "registry_kit_token_issued_total 3"]
+    for bad in [("registry_kit_x", "h", [({}, 1)]), ("x_total", "h", [({}, -1)]),
+                ("x_total", "h", [({}, 1.5)])]:
+        with pytest.raises(ValueError):
+            prometheus.counters([bad])
+    with pytest.raises(ValueError):
+        prometheus.gauges([], kind="histogram")
+    assert prometheus.backup_facts(1803859200.7).splitlines()[1:] == [
+        "# TYPE registry_kit_backup_last_success_timestamp_seconds gauge",
+        "registry_kit_backup_last_success_timestamp_seconds 1803859200"]
 
 
 def test_gauges_text_is_checked_and_escaped() -> None:
