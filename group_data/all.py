@@ -137,13 +137,17 @@ registry_webui_port = 5444
 # status.py: print one JSON document on stdout instead of the tables (schema: "Status as JSON")
 registry_status_json = False
 # serve Prometheus metrics on the host's internal address: the registry's (servers), haproxy's (load
-# balancers); see "Metrics"
+# balancers), redis' (the cache, Debian's prometheus-redis-exporter); see "Metrics"
 registry_metrics = False
-registry_metrics_port = 9195  # metrics: the endpoint's TCP port on servers and load balancers
+# metrics: the endpoint's TCP port on servers, load balancers and the cache
+registry_metrics_port = 9195
 # metrics: the IP address the endpoint listens on; None: `registry_internal_address` (then an IP)
 registry_metrics_bind = None
 # metrics: networks allowed to scrape, e.g. `["10.0.0.5/32"]`; the host refuses every other address
 registry_metrics_allow = []
+# metrics: also serve each host's own metrics (Debian's prometheus-node-exporter: CPU, memory,
+# disks) on `/node/metrics` of its metrics endpoint; needs registry_metrics
+registry_node_exporter = False
 # servers: record each push, delete and denied request as a JSON line (journal and
 # /var/log/registry-kit/audit.log); needs Docker 20.10+; see "Audit log"
 registry_audit_log = False
@@ -170,7 +174,8 @@ registry_gc_delete_untagged = False
 # refused on shared storage)
 registry_gc_schedule = None
 docker_remove_on_teardown = False  # teardown.py: also remove the Docker engine the kit installed
-# teardown.py: also purge haproxy, socat, keepalived (LBs) and redis (cache)
+# teardown.py: also purge haproxy, socat, keepalived (LBs), redis and haproxy (cache) and the
+# exporters the kit set up
 registry_packages_remove_on_teardown = False
 
 # --- Retention (retention.py) ---

@@ -28,6 +28,7 @@ from registry_kit.roles import (
     cache,
     client,
     disk_guard,
+    exporters,
     gc_timer,
     keepalived,
     loadbalancer,
@@ -135,24 +136,33 @@ def remote_hosts(settings: Settings, state: HostState) -> tuple[tuple[str, str],
         raise refusal(error) from None
 
 
+def _exporters(settings: Settings, state: HostState, hosts: topology.Topology, password: str,
+               is_server: bool, is_lb: bool, is_cache: bool) -> None:
+    """Debian's exporters (registry_kit.roles.exporters), before the filters that pass to
+    them; a cache host that is no server and no load balancer gets a filter of its own."""
+    if is_server or is_lb or is_cache:
+        exporters.exporters_deploy(settings, state, is_cache, password)
+    if is_cache and not (is_server or is_lb):
+        metrics.exporter_filter_deploy(settings, state, exporters.routes(settings, hosts))
+
+
 def plan_host(groups: Groups = DEFAULT_GROUPS,
               defaults: Mapping[str, Any] | None = None) -> None:
     all_settings = validated_settings(groups, defaults)
     settings = all_settings[host.name]
-    is_server = groups.servers in host.groups
-    is_client = groups.clients in host.groups
+    is_server, is_client = groups.servers in host.groups, groups.clients in host.groups
     is_lb, is_cache = groups.lb in host.groups, groups.cache in host.groups
     if not (is_server or is_client or is_lb or is_cache):
         return
     probe = merge_probe(part.probe_args(settings) for part, wanted in (
         *((role, is_server) for role in SERVER_ROLES), (client, is_client),
-        (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache)) if wanted)
+        (loadbalancer, is_lb), (keepalived, is_lb), (cache, is_cache), (metrics, is_cache),
+        (exporters, is_server or is_lb or is_cache)) if wanted)
     state = host.get_fact(RegistryHostState, **probe)
     # Before anything else is planned: a server whose registry version is unknown is refused,
     # and so is a cache whose remote's name the server does not resolve.
     major = server_version(settings, state).major if is_server else None
     extra_hosts = remote_hosts(settings, state) if is_server else ()
-
     add, remove = client.insecure_entries(settings) if is_client else ([], [])
     # Load balancer and cache hosts need no Docker engine.
     if (is_server or is_client) and not engine_deploy(settings, state, insecure_add=add,
@@ -169,6 +179,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     password = keystore.cache_password(hosts.caches[0]) if hosts.caches else ""
     if is_cache:
         cache.cache_deploy(settings, state, password)
+    _exporters(settings, state, hosts, password, is_server, is_lb, is_cache)
     if hosts.caches:
         step_done("registry cache", name="Registry cache is set up")
     if is_lb:
@@ -188,7 +199,7 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         retention_timer.retention_deploy(settings, state)
         disk_guard.guard_deploy(settings, state)
         webui.webui_deploy(settings, state, cert)
-        metrics.metrics_deploy(settings, state, cert)
+        metrics.metrics_deploy(settings, state, cert, exporters.routes(settings, hosts))
         audit.audit_deploy(settings, state)
     # pyinfra orders operations by merging each host's sequence, so without an operation
     # that every host shares, client steps (a login) could run before the servers' steps.

@@ -47,6 +47,17 @@ def served_facts(servers: list[Settings]) -> set[str]:
     return served
 
 
+def exporter_targets(hosts: Topology) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(host, ADDRESS:PORT) of the redis exporter (the cache) and of each node exporter
+    (registry_kit.roles.exporters), every host listed once."""
+    unique = {s.host: s for s in (*hosts.servers, *hosts.lbs, *hosts.caches)}
+    redis = [(s.host, listen) for s in hosts.caches
+             if (listen := layout.metrics_listen(s)) is not None]
+    node = [(s.host, listen) for s in unique.values()
+            if s.registry_node_exporter and (listen := layout.metrics_listen(s)) is not None]
+    return redis, node
+
+
 def write_folder(hosts: Topology) -> Path | None:
     """Write (or clear) the folder; its path, or None when nothing serves metrics. The
     first host serving metrics names the state folder (one per inventory, in practice)."""
@@ -58,7 +69,7 @@ def write_folder(hosts: Topology) -> Path | None:
     holders = [s for s in hosts.lbs if layout.lb_facts_listen(s) is not None]
     lb_facts = [(s.host, listen) for s in holders
                 if (listen := layout.metrics_listen(s)) is not None]
-    anyone = [s for s in (*hosts.servers, *hosts.lbs) if s.registry_metrics]
+    anyone = [s for s in (*hosts.servers, *hosts.lbs, *hosts.caches) if s.registry_metrics]
     everyone = (*hosts.servers, *hosts.lbs, *hosts.caches)
     if not anyone:
         for settings in everyone[:1]:
@@ -70,12 +81,15 @@ def write_folder(hosts: Topology) -> Path | None:
     interval = anyone[0].registry_prometheus_interval
     # keepalived.validate: every LB has the same floating address.
     address = keepalived.vip_address(holders[0]) if holders else None
+    redis, node = exporter_targets(hosts)
     files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
         registries, lbs, layout.METRICS_PATH, interval,
-        facts=registries, facts_path=layout.FACTS_PATH, lb_facts=lb_facts),
+        facts=registries, facts_path=layout.FACTS_PATH, lb_facts=lb_facts,
+        exporters=prometheus.exporter_jobs(redis, layout.REDIS_EXPORTER_PATH, node,
+                                           layout.NODE_EXPORTER_PATH)),
              prometheus.RULES_FILE: prometheus.alert_rules(
                  BACKEND, bool(lbs), served_facts(serving), address=address,
-                 interval=interval)}
+                 interval=interval, redis=bool(redis))}
     for name, text in files.items():
         if _write(folder / name, text):
             logger.info(f"registry-kit: wrote {folder / name}")

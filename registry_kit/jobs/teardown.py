@@ -25,12 +25,14 @@ from registry_kit.model.inventory import (
     validated_settings,
 )
 from registry_kit.model.settings import Settings
+from registry_kit.operations.removal import purge_packages
 from registry_kit.roles import (
     audit,
     cache,
     client,
     disk_guard,
     engine,
+    exporters,
     gc_timer,
     loadbalancer,
     metrics,
@@ -49,7 +51,8 @@ def probe_args(settings: Settings, is_server: bool, is_client: bool, is_lb: bool
         (retention_timer.probe_args(settings), is_server),
         (disk_guard.probe_args(settings), is_server),
         (webui.probe_args(settings), is_server),
-        (metrics.probe_args(settings), is_server),
+        (metrics.probe_args(settings), is_server or is_cache),
+        (exporters.probe_args(settings), is_server or is_lb or is_cache),
         (audit.probe_args(settings), is_server),
         (client.teardown_probe_args(settings, also_server=is_server), is_client),
         (loadbalancer.teardown_probe_args(settings), is_lb),
@@ -73,6 +76,12 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
         loadbalancer.lb_remove(settings, state, others_stay)
     if is_cache:
         cache.cache_remove(settings, state)
+        if not (is_server or is_lb):  # the exporters' filter (servers' below, LBs' above)
+            metrics.metrics_remove(state)
+            purge_packages(("haproxy",), ("haproxy",), settings, state,
+                           name="Remove haproxy (registry_packages_remove_on_teardown)")
+    if is_server or is_lb or is_cache:
+        exporters.exporters_remove(settings, state)
     if is_client:
         client.client_remove(settings, state, also_server=is_server)
     if is_server:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry_kit.model.settings import FACTS_PORT, Settings, host_port, url_host
+from registry_kit.model.settings import (
+    FACTS_PORT,
+    NODE_EXPORTER_PORT,
+    REDIS_EXPORTER_PORT,
+    Settings,
+    host_port,
+    url_host,
+)
 
 # --- Inside the registry container: fixed, the host folders are bind-mounted here, so a
 # changed host folder does not change the registry's view.
@@ -149,6 +156,24 @@ FACTS_DISK_GUARD = f"{FACTS_DIR}/disk-guard.prom"  # registry-disk-guard.sh
 FACTS_GC = f"{FACTS_DIR}/gc.prom"  # registry-gc.sh: the last whole collection
 FACTS_RETENTION = f"{FACTS_DIR}/retention.prom"  # retention.py's last applied run
 FACTS_BACKUP = f"{FACTS_DIR}/backup.prom"  # backup.py: the last successful backup's time
+
+# Debian's exporters behind the same endpoint (registry_kit/roles/exporters.py): each on the
+# host's loopback, configured by a drop-in of the kit's (written before the package is
+# installed, so the package's first start already listens there), passed by the endpoint's
+# haproxy on its own path.
+REDIS_EXPORTER_PATH = "/redis/metrics"  # registry_cache hosts: prometheus-redis-exporter
+NODE_EXPORTER_PATH = "/node/metrics"  # registry_node_exporter: prometheus-node-exporter
+REDIS_EXPORTER_LISTEN = f"127.0.0.1:{REDIS_EXPORTER_PORT}"
+NODE_EXPORTER_LISTEN = f"127.0.0.1:{NODE_EXPORTER_PORT}"
+EXPORTER_DROPIN_NAME = "registry-kit.conf"  # in SYSTEMD_DIR/<service>.service.d/
+REDIS_EXPORTER_ENV_NAME = "registry-kit.env"  # beside it, 0600: REDIS_PASSWORD (systemd reads
+# only *.conf in a drop-in folder)
+
+
+def dropin_dir(service: str) -> str:
+    """The folder of systemd drop-ins for SERVICE.service."""
+    return unit(f"{service}.service.d")
+
 
 # --- Audit log (registry_audit_log): the registry's notifications, received on the host.
 AUDIT_SERVICE = "registry-kit-audit"
@@ -354,6 +379,12 @@ def lb_facts_listen(settings: Settings) -> str | None:
 def metrics_url(settings: Settings) -> str | None:
     listen = metrics_listen(settings)
     return f"http://{listen}{METRICS_PATH}" if listen else None
+
+
+def redis_exporter_url(settings: Settings) -> str | None:
+    """The cache's redis exporter behind its metrics endpoint (registry_metrics), or None."""
+    listen = metrics_listen(settings)
+    return f"http://{listen}{REDIS_EXPORTER_PATH}" if listen else None
 
 
 def prometheus_dir(settings: Settings) -> Path:

@@ -142,6 +142,13 @@ _VRRP_PASSWORD = r"[$-&(-\[\]-z|~]{1,8}"
 # balancers with a floating address at this port
 # (registry_kit.model.layout.FACTS_LISTEN): no other port of the kit may be it.
 FACTS_PORT = 9196
+# Debian's exporters listen on the loopback at their own default ports (registry_kit.roles.
+# exporters): the redis exporter on registry_cache hosts, the node exporter with
+# registry_node_exporter.
+REDIS_EXPORTER_PORT = 9121
+NODE_EXPORTER_PORT = 9100
+LOOPBACK_PORTS = {FACTS_PORT: "the kit's facts server", REDIS_EXPORTER_PORT: "the redis "
+                  "exporter", NODE_EXPORTER_PORT: "the node exporter"}
 
 
 _VRRP3_MAX_ADVERT = 40.95
@@ -573,9 +580,10 @@ class Settings:
         '"Status as JSON")', check=boolean)
     registry_metrics: bool = setting(
         False, "serve Prometheus metrics on the host's internal address: the registry's "
-        '(servers), haproxy\'s (load balancers); see "Metrics"', check=boolean)
+        "(servers), haproxy's (load balancers), redis' (the cache, Debian's "
+        'prometheus-redis-exporter); see "Metrics"', check=boolean)
     registry_metrics_port: int = setting(
-        9195, "metrics: the endpoint's TCP port on servers and load balancers",
+        9195, "metrics: the endpoint's TCP port on servers, load balancers and the cache",
         check=whole(1, 65535))
     registry_metrics_bind: str | None = setting(
         None, "metrics: the IP address the endpoint listens on; None: "
@@ -584,6 +592,10 @@ class Settings:
     registry_metrics_allow: tuple[str, ...] = setting(
         [], 'metrics: networks allowed to scrape, e.g. `["10.0.0.5/32"]`; the host refuses '
         "every other address", check=networks)
+    registry_node_exporter: bool = setting(
+        False, "metrics: also serve each host's own metrics (Debian's prometheus-node-exporter:"
+        " CPU, memory, disks) on `/node/metrics` of its metrics endpoint; needs registry_metrics",
+        check=boolean)
 
     registry_audit_log: bool = setting(
         False, "servers: record each push, delete and denied request as a JSON line "
@@ -615,6 +627,9 @@ class Settings:
     @cross_check
     def _metrics(r: Reader, s: dict[str, Any]) -> None:
         if not s["registry_metrics"]:
+            if s["registry_node_exporter"]:
+                raise r.fail("registry_node_exporter", True, "False unless registry_metrics="
+                             "True (the node exporter is served through the metrics endpoint)")
             return
         if not s["registry_metrics_allow"]:
             raise r.fail("registry_metrics_allow", [], "at least one network (your "
@@ -627,7 +642,8 @@ class Settings:
             s["registry_debug_addr"] = "127.0.0.1:5001"
         debug = _port_of(s["registry_debug_addr"])
         taken = {s["registry_port"]: "registry_port", debug: "registry_debug_addr's",
-                 _port_of(s["registry_lb_stats"]): "registry_lb_stats'"}
+                 _port_of(s["registry_lb_stats"]): "registry_lb_stats'",
+                 s["registry_cache_port"]: "registry_cache_port"}
         if s["registry_webui_enabled"]:
             taken[s["registry_webui_port"]] = "registry_webui_port"
         if s["registry_access"] is not None:
@@ -649,11 +665,13 @@ class Settings:
                  # A load balancer's facts server shares its loopback with the stats page.
                  ("registry_lb_stats", s["registry_lb_stats"],
                   _port_of(s["registry_lb_stats"]))]
+        if s["registry_cache_port"] in LOOPBACK_PORTS:
+            ports.append(("registry_cache_port", s["registry_cache_port"],
+                          s["registry_cache_port"]))
         for key, value, port in ports:
-            if port == FACTS_PORT:
-                raise r.fail(key, value, f"a port other than {FACTS_PORT} (with "
-                             "registry_metrics the kit's facts server listens there, on the "
-                             "loopback)")
+            if port in LOOPBACK_PORTS:
+                raise r.fail(key, value, f"a port other than {port} (with registry_metrics "
+                             f"{LOOPBACK_PORTS[port]} listens there, on the loopback)")
 
     # --- Docker engine (every managed host): registry_kit/roles/engine.py ---
     section("Docker engine (every managed host)", "registry_kit/roles/engine.py")
@@ -699,7 +717,8 @@ class Settings:
     docker_remove_on_teardown: bool = setting(
         False, "teardown.py: also remove the Docker engine the kit installed", check=boolean)
     registry_packages_remove_on_teardown: bool = setting(
-        False, "teardown.py: also purge haproxy, socat, keepalived (LBs) and redis (cache)",
+        False, "teardown.py: also purge haproxy, socat, keepalived (LBs), redis and haproxy "
+        "(cache) and the exporters the kit set up",
         check=boolean)
 
     @cross_check

@@ -117,10 +117,11 @@ def _is_loopback(address: str) -> bool:
 
 
 def validate_metrics(topology: Topology) -> None:
-    """A load balancer's metrics address (servers': checked with their settings)."""
-    for lb in topology.lbs:
-        if lb.registry_metrics:
-            check_metrics_bind(lb.host, lb.__dict__)
+    """A load balancer's and the cache's metrics address (servers': checked with their
+    settings)."""
+    for other in (*topology.lbs, *topology.caches):
+        if other.registry_metrics:
+            check_metrics_bind(other.host, other.__dict__)
 
 
 def validate(topology: Topology) -> None:

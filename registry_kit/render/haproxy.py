@@ -46,6 +46,24 @@ def word(value: object, *, file: str, field: str) -> str:
 
 
 @dataclass(frozen=True)
+class Exporter:
+    """An exporter on the host's loopback that a metrics endpoint passes GET PATH to."""
+
+    name: str  # its haproxy backend: exporter-NAME
+    path: str
+    listen: str  # 127.0.0.1:PORT
+
+
+def _exporter_lines(exporters: Sequence[Exporter]) -> list[str]:
+    return [f"use_backend exporter-{e.name} if {{ path {e.path} }}" for e in exporters]
+
+
+def _exporter_backends(exporters: Sequence[Exporter]) -> list[Section]:
+    return [Section(f"backend exporter-{e.name}", ["mode http", f"server {e.name} {e.listen}"])
+            for e in exporters]
+
+
+@dataclass(frozen=True)
 class LoadBalancer:
     """What the load balancer's haproxy.cfg is made of (words checked by the caller)."""
 
@@ -63,6 +81,7 @@ class LoadBalancer:
     metrics: str | None = None  # ADDRESS:PORT of haproxy's Prometheus exporter
     metrics_allow: Sequence[str] = ()  # the networks that may scrape it
     facts: str | None = None  # ADDRESS:PORT of the kit's facts server (on loopback)
+    exporters: Sequence[Exporter] = ()  # Debian's exporters passed on the same endpoint
 
 
 def load_balancer(lb: LoadBalancer, header: str) -> str:
@@ -161,17 +180,23 @@ def _lb_extras(lb: LoadBalancer) -> list[Section]:
             "mode http", f"bind {lb.stats}", "stats enable", "stats uri /", "stats refresh 5s",
         ]))
     if lb.metrics:
+        paths = " ".join([*([layout.FACTS_PATH] if lb.facts else []),
+                          *(e.path for e in lb.exporters)])
         sections.append(Section("frontend metrics", [
             *metrics_frontend(lb.metrics, lb.metrics_allow),
             # haproxy's own exporter (Debian builds haproxy with it: `haproxy -vv`).
             f"http-request use-service prometheus-exporter if {{ path {layout.METRICS_PATH} }}",
-            # The kit's facts (whether this LB holds the floating address): GET only.
-            *([f"http-request deny unless {{ path {layout.FACTS_PATH} }} {{ method GET }}",
-               "default_backend facts"] if lb.facts else ["http-request deny"]),
+            # The kit's facts (whether this LB holds the floating address) and the
+            # exporters: GET only.
+            f"http-request deny unless {{ path {paths} }} {{ method GET }}" if paths else
+            "http-request deny",
+            *_exporter_lines(lb.exporters),
+            *(["default_backend facts"] if lb.facts else []),
         ]))
         if lb.facts:
             sections.append(Section("backend facts", ["mode http",
                                                       f"server facts {lb.facts}"]))
+        sections += _exporter_backends(lb.exporters)
     return sections
 
 
@@ -202,13 +227,16 @@ def metrics_frontend(listen: str, allow: Sequence[str]) -> list[str]:
             f"tcp-request connection reject unless {{ src {' '.join(allow)} }}"]
 
 
-def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str,
-                   facts: str | None = None) -> str:
+def metrics_filter(listen: str, allow: Sequence[str], debug: str | None, header: str,
+                   facts: str | None = None, exporters: Sequence[Exporter] = ()) -> str:
     """The haproxy.cfg in front of a server's registry debug server (on loopback): only
     GET /metrics passes; /debug/pprof and /debug/vars, which the same server answers
     (distribution v2.8.2 and v3.0.0 import net/http/pprof and expvar), stay private. With
-    `facts` (the kit's facts server, ADDRESS:PORT on loopback), GET on FACTS_PATH goes there."""
-    paths = f"{layout.METRICS_PATH} {layout.FACTS_PATH}" if facts else layout.METRICS_PATH
+    `facts` (the kit's facts server, ADDRESS:PORT on loopback), GET on FACTS_PATH goes there;
+    each of `exporters` gets GET on its path. `debug` None (a cache host that is no server):
+    no registry behind it, the exporters only."""
+    paths = " ".join([*([layout.METRICS_PATH] if debug else []),
+                      *([layout.FACTS_PATH] if facts else []), *(e.path for e in exporters)])
     return text(header, [
         Section("global", ["user haproxy", "group haproxy", f"chroot {layout.HAPROXY_CHROOT}"]),
         Section("defaults", ["timeout connect 5s", "timeout client 30s",
@@ -217,9 +245,12 @@ def metrics_filter(listen: str, allow: Sequence[str], debug: str, header: str,
             *metrics_frontend(listen, allow),
             f"http-request deny unless {{ path {paths} }} {{ method GET }}",
             *([f"use_backend facts if {{ path {layout.FACTS_PATH} }}"] if facts else []),
-            "default_backend registry"]),
-        Section("backend registry", ["mode http", f"server registry {debug}"]),
+            *_exporter_lines(exporters),
+            *(["default_backend registry"] if debug else [])]),
+        *([Section("backend registry", ["mode http", f"server registry {debug}"])]
+          if debug else []),
         *([Section("backend facts", ["mode http", f"server facts {facts}"])] if facts else []),
+        *_exporter_backends(exporters),
     ])
 
 

@@ -22,6 +22,9 @@ import yaml
 REGISTRY_JOB = "registry-kit-registry"
 HAPROXY_JOB = "registry-kit-haproxy"
 FACTS_JOB = "registry-kit-facts"  # the kit's own facts on servers (layout.FACTS_PATH)
+# Debian's exporters behind the same endpoints (registry_kit.roles.exporters).
+REDIS_JOB = "registry-kit-redis"
+NODE_JOB = "registry-kit-node"
 # The load balancers' facts (the same path of haproxy's metrics frontend): whether each
 # holds the floating address (registry_kit_lb_holds_address).
 LB_FACTS_JOB = "registry-kit-lb-facts"
@@ -62,14 +65,16 @@ RULES_NOT_YET: dict[str, str] = {}
 def scrape_config(registries: Sequence[tuple[str, str]],
                   lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15,
                   facts: Sequence[tuple[str, str]] = (), facts_path: str = "",
-                  lb_facts: Sequence[tuple[str, str]] = ()) -> str:
+                  lb_facts: Sequence[tuple[str, str]] = (),
+                  exporters: Sequence[tuple[str, str, Sequence[tuple[str, str]]]] = ()) -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
     inventory host. `registries`, `lbs`, `facts`, `lb_facts`: (host, ADDRESS:PORT); `facts`
     and `lb_facts` are served on `facts_path` of the servers' filter and of the load
     balancers' metrics frontend; `interval`: seconds between scrapes and between rule
-    evaluations (registry_prometheus_interval)."""
+    evaluations (registry_prometheus_interval); `exporters`: (job, path, targets) of
+    exporter_jobs()."""
     jobs = [(REGISTRY_JOB, metrics_path, registries), (HAPROXY_JOB, metrics_path, lbs),
-            (FACTS_JOB, facts_path, facts), (LB_FACTS_JOB, facts_path, lb_facts)]
+            (FACTS_JOB, facts_path, facts), (LB_FACTS_JOB, facts_path, lb_facts), *exporters]
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
                    # Prometheus refuses a timeout longer than the interval (default 10s).
@@ -90,7 +95,7 @@ def _rule(name: str, expr: str, duration: str, severity: str, summary: str) -> d
 
 
 def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
-                address: str | None = None, interval: int = 15) -> str:
+                address: str | None = None, interval: int = 15, redis: bool = False) -> str:
     """The rules whose metrics exist: the registry's per replica, haproxy's for the load
     balancers (its `backend` of replicas), those on the kit's `facts` (of FACTS) that
     some server serves, and with `address` (the floating address, when the load balancers
@@ -105,6 +110,7 @@ def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
               f'{{job="{REGISTRY_JOB}"}}[5m])) > {ERROR_RATIO}', "5m", "warning",
               f"over {ERROR_RATIO:.0%} of requests to {{{{ $labels.host }}}} answer 5xx"),
         *_fact_rules(facts),
+        *_exporter_rules(redis),
     ]
     if with_lbs:
         rules += [
@@ -125,6 +131,25 @@ def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
         rules += _address_rules(address, interval)
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
+
+
+def exporter_jobs(redis: Sequence[tuple[str, str]], redis_path: str,
+                  node: Sequence[tuple[str, str]], node_path: str
+                  ) -> list[tuple[str, str, Sequence[tuple[str, str]]]]:
+    """scrape_config's `exporters`: the redis exporter on the cache host, the node exporter
+    on each host with registry_node_exporter; (host, ADDRESS:PORT) each."""
+    return [(REDIS_JOB, redis_path, redis), (NODE_JOB, node_path, node)]
+
+
+def _exporter_rules(redis: bool) -> list[dict[str, Any]]:
+    """RedisDown with the redis exporter: its endpoint unanswered, or redis itself (the
+    exporter's redis_up). The replicas then fall back to the storage: slower, not down."""
+    if not redis:
+        return []
+    job = f'job="{REDIS_JOB}"'
+    return [_rule("RedisDown", f"up{{{job}}} == 0 or redis_up{{{job}}} == 0", "1m", "warning",
+                  "redis (the replicas' blob-descriptor cache) on {{ $labels.host }} does not "
+                  "answer: the replicas read the storage instead (slower)")]
 
 
 def _address_rules(address: str, interval: int) -> list[dict[str, Any]]:

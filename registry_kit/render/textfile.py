@@ -78,6 +78,18 @@ def systemd_exec_args(args: list[str], *, file: str, field: str) -> str:
     return systemd_specifiers(" ".join(words)).replace("$", "$$")
 
 
+# systemd EnvironmentFile= lines: quotes and "\\" are syntax there; "$" is refused as well
+# (some systemd versions expand variables in these files) and so is "`".
+SYSTEMD_ENV_SYNTAX = "\"'\\$`"
+
+
+def systemd_environment(pairs: list[tuple[str, str]], *, file: str, secret: bool) -> str:
+    """An EnvironmentFile: one KEY=VALUE line each, every value one checked word."""
+    lines = [f"{key}=" + word(value, file=file, field=key, forbidden=SYSTEMD_ENV_SYNTAX,
+                              secret=secret) for key, value in pairs]
+    return "".join(f"{line}\n" for line in lines)
+
+
 # curl -K reads these escapes inside a quoted string (tool_parsecfg.c, unslashquote).
 _CURL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
                  "\v": "\\v"}

@@ -25,7 +25,7 @@ from registry_kit.operations.removal import log_kept, purge_packages, remove_fil
 from registry_kit.operations.typed import operation
 from registry_kit.render import haproxy
 from registry_kit.render.tls import ServerCertificate
-from registry_kit.roles import keepalived, metrics, server
+from registry_kit.roles import exporters, keepalived, metrics, server
 
 SERVICE = "haproxy"
 PACKAGES = ("haproxy", "socat")  # socat talks to the admin socket
@@ -85,7 +85,8 @@ def render(settings: Settings, topology: Topology) -> str:
         metrics=None if metrics_at is None else checked(metrics_at, "registry_metrics_bind"),
         metrics_allow=[checked(net, "registry_metrics_allow")
                        for net in settings.registry_metrics_allow],
-        facts=None if metrics_at is None else layout.lb_facts_listen(settings)),
+        facts=None if metrics_at is None else layout.lb_facts_listen(settings),
+        exporters=exporters.routes(settings, topology)),
         header="Managed by registry-kit (render/haproxy.py): edits here are replaced on the "
                "next deploy.")
 

@@ -14,6 +14,8 @@ at each scrape), behind haproxy's own metrics frontend (registry_kit.roles.loadb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyinfra.operations.util import any_changed
 
 from registry_kit import package_data
@@ -40,7 +42,11 @@ def probe_args(settings: Settings) -> dict:
             "services": [SERVICE, FACTS_SERVICE]}
 
 
-def render(settings: Settings) -> str:
+def render(settings: Settings, exporters: Sequence[haproxy.Exporter] = (),
+           server: bool = True) -> str:
+    """The filter's haproxy.cfg: on a server, the registry's metrics and the kit's facts;
+    `exporters` (registry_kit.roles.exporters) beside them; `server` False (a cache host):
+    the exporters only."""
     def checked(value: object, field: str) -> str:
         return haproxy.word(value, file=layout.METRICS_HAPROXY_CFG, field=field)
 
@@ -49,10 +55,12 @@ def render(settings: Settings) -> str:
     return haproxy.metrics_filter(
         checked(listen, "registry_metrics_bind"),
         [checked(net, "registry_metrics_allow") for net in settings.registry_metrics_allow],
-        checked(settings.registry_debug_addr, "registry_debug_addr"),
+        checked(settings.registry_debug_addr, "registry_debug_addr") if server else None,
         header="managed by registry-kit (registry_kit/roles/metrics.py): the registry's "
-               "metrics and the kit's facts, for registry_metrics_allow only",
-        facts=layout.FACTS_LISTEN)
+               "metrics and the kit's facts, for registry_metrics_allow only" if server else
+               "managed by registry-kit (registry_kit/roles/metrics.py): the exporters' "
+               "metrics, for registry_metrics_allow only",
+        facts=layout.FACTS_LISTEN if server else None, exporters=exporters)
 
 
 def render_unit() -> str:
@@ -116,7 +124,8 @@ def restart_facts():
 
 
 def metrics_deploy(settings: Settings, state: HostState,
-                   cert: tls.ServerCertificate | None = None) -> None:
+                   cert: tls.ServerCertificate | None = None,
+                   exporters: Sequence[haproxy.Exporter] = ()) -> None:
     if not settings.registry_metrics:
         metrics_remove(state)
         return
@@ -125,7 +134,25 @@ def metrics_deploy(settings: Settings, state: HostState,
     files.managed_dir(layout.METRICS_DIR, "0700", state.dirs.get(layout.METRICS_DIR),
                       name=f"Create {layout.METRICS_DIR}")
     facts_deploy(settings, state, cert)
-    config = files.managed_file(layout.METRICS_HAPROXY_CFG, render(settings).encode(), "0644",
+    filter_deploy(render(settings, exporters), state)
+
+
+def exporter_filter_deploy(settings: Settings, state: HostState,
+                           exporters: Sequence[haproxy.Exporter]) -> None:
+    """A registry_cache host that is no server and no load balancer: the same filter in
+    front of its exporters only (none: the filter removed)."""
+    if not exporters:
+        metrics_remove(state)
+        return
+    packages.install_packages(("haproxy",), ("haproxy",), state,
+                              name="Install haproxy (metrics)")
+    files.managed_dir(layout.METRICS_DIR, "0700", state.dirs.get(layout.METRICS_DIR),
+                      name=f"Create {layout.METRICS_DIR}")
+    filter_deploy(render(settings, exporters, server=False), state)
+
+
+def filter_deploy(config_text: str, state: HostState) -> None:
+    config = files.managed_file(layout.METRICS_HAPROXY_CFG, config_text.encode(), "0644",
                                 state.files.get(layout.METRICS_HAPROXY_CFG),
                                 name="Upload the metrics filter's haproxy.cfg")
     unit = files.managed_file(layout.METRICS_UNIT, render_unit().encode(), "0644",

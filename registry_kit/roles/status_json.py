@@ -134,7 +134,9 @@ def load_balancer_facts(settings: Settings, sections: Sections) -> dict[str, Any
 def cache_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
     return {"redis": first_line(sections, "redis") or None,
             "memory": first_line(sections, "memory") or None,
-            "keys": _int(first_line(sections, "keys"))}
+            "keys": _int(first_line(sections, "keys")),
+            # the redis exporter behind the cache's metrics endpoint, or null
+            "metrics": layout.redis_exporter_url(settings)}
 
 
 def client_facts(row: Mapping[str, str]) -> dict[str, Any]:

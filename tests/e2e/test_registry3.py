@@ -234,9 +234,11 @@ def test_a2_metrics_of_registry3(site: Site) -> None:
     registry_metrics_allow, is cut off."""
     reg, port = harness.host_ip(SERVER), 9195
     site.set(registry_metrics=True, registry_metrics_bind=reg,
-             registry_metrics_allow=[f"{harness.host_ip(CLIENT)}/32"])
+             registry_metrics_allow=[f"{harness.host_ip(CLIENT)}/32"],
+             registry_node_exporter=True)
     try:
         site.twice("metrics on")
+        _check_node_exporter(reg, port)
         assert site.curl("/v2/")[0] == 200
         url = f"http://{reg}:{port}/metrics"
         out = harness.ssh(CLIENT, f"curl -sS --max-time 5 {url}").stdout
@@ -246,9 +248,33 @@ def test_a2_metrics_of_registry3(site: Site) -> None:
                                 text=True, timeout=30)
         assert denied.returncode != 0 and "# TYPE" not in denied.stdout, denied
     finally:
-        site.set(registry_metrics=None, registry_metrics_bind=None, registry_metrics_allow=None)
+        site.set(registry_metrics=None, registry_metrics_bind=None, registry_metrics_allow=None,
+                 registry_node_exporter=None)
     site.twice("metrics off")
     assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{port} ' || true").stdout.strip() == "0"
+    # The node exporter stopped and disabled, the kit's drop-in gone.
+    out = harness.ssh(SERVER, "systemctl is-active prometheus-node-exporter; systemctl "
+                      f"is-enabled prometheus-node-exporter; ls {NODE_EXPORTER_DIR} 2>&1; "
+                      "ss -Htln | grep -c ':9100 '; true").stdout.split("\n")
+    assert out[0] == "inactive" and out[1] == "disabled" and "No such file" in out[2] and \
+        out[3] == "0", out
+
+
+NODE_EXPORTER_DIR = "/etc/systemd/system/prometheus-node-exporter.service.d"
+
+
+def _check_node_exporter(reg: str, port: int) -> None:
+    """registry_node_exporter: Debian's node exporter on the server's loopback, served on
+    /node/metrics of the metrics endpoint to the allowed client only."""
+    url = f"http://{reg}:{port}/node/metrics"
+    out = harness.ssh(CLIENT, f"curl -sS --max-time 5 {url}").stdout
+    assert "\nnode_filesystem_size_bytes{" in out, out[:2000]
+    denied = subprocess.run(["curl", "-sS", "--max-time", "5", url], capture_output=True,
+                            text=True, timeout=30)
+    assert denied.returncode != 0 and "# TYPE" not in denied.stdout, denied
+    listening = harness.ssh(SERVER, "ss -Htln").stdout.split()
+    assert "127.0.0.1:9100" in listening and not [word for word in listening if word in (
+        "0.0.0.0:9100", "*:9100", "[::]:9100")], listening
 
 
 def test_b_upgrade_2_8_3_to_3_keeps_images_and_digests(site: Site,

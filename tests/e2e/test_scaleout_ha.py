@@ -306,6 +306,7 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
     try:
         harness.run_kit(inventory).assert_no_changes()
         _check_status_json(ha, _status_json(inventory))
+        _check_redis_exporter()
         code, body = _scrape(CLIENT, f"http://{harness.host_ip(REP1)}:{METRICS_PORT}/metrics")
         assert code == "200" and "registry_http_requests_total" in body, (code, body[:2000])
         _check_holds_address(ha, LB1)
@@ -323,13 +324,47 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
         _prometheus_on_the_ha_layout()
     finally:
         harness.run_kit(ha.inventory("deploy")).assert_ok()
-    for name in (LB1, LB2, REP1):  # nor the facts server (on the loopback)
+    for name in (LB1, LB2, REP1, CACHE):  # nor the facts server (on the loopback)
         assert harness.ssh(name, f"ss -Htln | grep -Ec ':({METRICS_PORT}|9196) ' || true")\
             .stdout.strip() == "0", name
     assert "frontend metrics" not in harness.ssh(LB1, "cat /etc/haproxy/haproxy.cfg").stdout
     assert harness.ssh(LB2, "ls /etc/systemd/system /usr/local/lib/registry-kit | "
                        "grep -c facts || true").stdout.strip() == "0"
     _wait_holder(ha.vip, LB1)  # back on the first LB after the handover above
+    _check_redis_exporter_gone()
+
+
+REDIS_EXPORTER_DIR = "/etc/systemd/system/prometheus-redis-exporter.service.d"
+
+
+def _check_redis_exporter() -> None:
+    """Debian's redis exporter on the cache (registry_metrics): redis_up 1 through the
+    cache's metrics endpoint from the allowed client, cut off for another host; the
+    exporter on the loopback only; redis' password in no process' arguments, in a root-only
+    file, not in the scrape."""
+    url = f"http://{harness.host_ip(CACHE)}:{METRICS_PORT}/redis/metrics"
+    code, body = _scrape(CLIENT, url)
+    assert code == "200" and "\nredis_up 1\n" in body, (code, body[:2000])
+    assert _scrape(LB2, url) == ("000", "")
+    listening = harness.ssh(CACHE, "ss -Htln").stdout.split()
+    assert "127.0.0.1:9121" in listening and not [word for word in listening if word in (
+        "0.0.0.0:9121", "*:9121", "[::]:9121")], listening
+    password = harness.ssh(CACHE, "sed -n 's/^requirepass //p' /etc/redis/redis.conf").stdout
+    assert password.strip()
+    out = harness.ssh(CACHE, f"stat -c '%a %U' {REDIS_EXPORTER_DIR}/registry-kit.env; "
+                      "ps -eo args").stdout
+    assert out.startswith("600 root\n") and "prometheus-redis-exporter" in out, out
+    assert password.strip() not in out + body
+
+
+def _check_redis_exporter_gone() -> None:
+    """registry_metrics off: the kit's drop-in and password file gone, the exporter stopped
+    and disabled (the package's own unit would listen on every address)."""
+    out = harness.ssh(CACHE, "systemctl is-active prometheus-redis-exporter; systemctl "
+                      f"is-enabled prometheus-redis-exporter; ls {REDIS_EXPORTER_DIR} 2>&1; "
+                      "ss -Htln | grep -c ':9121 '; true").stdout.split("\n")
+    assert out[0] == "inactive" and out[1] == "disabled" and "No such file" in out[2] and \
+        out[3] == "0", out
 
 
 def _prometheus_on_the_ha_layout() -> None:
@@ -339,10 +374,11 @@ def _prometheus_on_the_ha_layout() -> None:
     resolves once the registry runs again."""
     with prometheus_lab.running() as port:
         jobs = prometheus_lab.wait_targets_up(port)
-        assert jobs >= {"registry-kit-registry", "registry-kit-facts", "registry-kit-haproxy"}
+        assert jobs >= {"registry-kit-registry", "registry-kit-facts", "registry-kit-haproxy",
+                        "registry-kit-redis"}
         hosts = {t["labels"]["host"] for t in prometheus_lab.api(
             port, "/api/v1/targets")["activeTargets"]}
-        assert hosts >= {REP1, REP2, LB1, LB2}, hosts
+        assert hosts >= {REP1, REP2, LB1, LB2, CACHE}, hosts
         # One evaluation after every target was scraped: nothing to say about the layout.
         time.sleep(2 * prometheus_lab.INTERVAL)
         assert prometheus_lab.api(port, "/api/v1/alerts")["alerts"] == []
@@ -691,15 +727,18 @@ _KIT_PATHS = ("/etc/registry-kit /usr/local/lib/registry-kit /run/registry-kit "
               "/etc/haproxy/registry-kit /etc/keepalived/keepalived.conf "
               "/etc/redis/redis.conf /etc/systemd/system/haproxy.service.d "
               "/run/registry-kit-haproxy-down /run/registry-kit-lb-handover "
-              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client /etc/registry-kit-webui")
+              f"/etc/docker/certs.d/{ADDRESS} /etc/registry-kit-client /etc/registry-kit-webui "
+              "/etc/registry-kit-metrics "
+              "/etc/systemd/system/prometheus-redis-exporter.service.d/registry-kit.conf")
 
 
 def _leftovers(name: str) -> str:
     """Any kit file, unit or config on a host, and any of the services still running. The
-    replicas' web page installs Debian's haproxy, whose package (its own haproxy.cfg and
-    service) stays like every package unless purged: there, haproxy.cfg counts only if the
-    kit wrote it, and haproxy's service does not count."""
-    replica = name in (REP1, REP2)
+    replicas' web page and the cache's metrics filter (for its redis exporter) install
+    Debian's haproxy, whose package (its own haproxy.cfg and service) stays like every
+    package unless purged: there, haproxy.cfg counts only if the kit wrote it, and
+    haproxy's service does not count. The kit's exporter drop-ins count everywhere."""
+    replica = name in (REP1, REP2, CACHE)
     services = "keepalived redis-server" + ("" if replica else " haproxy")
     paths = _KIT_PATHS + ("" if replica else " /etc/haproxy/haproxy.cfg")
     return harness.ssh(name, f"for p in {paths}; do [ -e \"$p\" ] && echo \"$p\"; done; "

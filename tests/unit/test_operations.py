@@ -806,7 +806,8 @@ def test_every_operation_module_is_exercised_here() -> None:
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
               "services", "retention_timer",
               "loadbalancer", "trust", "ownership", "keepalived", "removal",
-              "token_server", "backup", "restore", "webui", "retention", "metrics", "audit"}
+              "token_server", "backup", "restore", "webui", "retention", "metrics", "audit",
+              "exporters"}  # exporters: tests/unit/test_exporters.py
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",

@@ -106,7 +106,10 @@ def test_document_names_every_address_holder(make_settings: Callable[..., Settin
     assert backup["holds_address"] is False
     cache = status_json.cache_facts(settings, {"redis": ["active"], "memory": ["1.02M"],
                                                "keys": ["17"]})
-    assert cache == {"redis": "active", "memory": "1.02M", "keys": 17}
+    assert cache == {"redis": "active", "memory": "1.02M", "keys": 17, "metrics": None}
+    on = make_settings(registry_metrics=True, registry_metrics_allow=["10.0.0.5/32"],
+                       registry_internal_address="10.0.0.31")
+    assert status_json.cache_facts(on, {})["metrics"] == "http://10.0.0.31:9195/redis/metrics"
     doc = status_json.document({}, {"lb2": backup, "lb1": holding}, {"c": cache}, {}, {})
     assert doc["schema"] == status_json.SCHEMA and list(doc["load_balancers"]) == ["lb1", "lb2"]
     assert doc["address_holders"] == ["lb1"]
