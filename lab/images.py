@@ -45,7 +45,7 @@ REGISTRY3_RECIPE = "1"
 
 RELEASES = ("bookworm", "trixie")
 # The host images the test suite starts hosts from (`python -m lab images` builds them all).
-SUITE_RELEASES = ("bookworm", "bookworm-docker", "trixie")
+SUITE_RELEASES = ("bookworm", "bookworm-docker", "trixie", "trixie-docker")
 HOST_PACKAGES = (
     "systemd", "systemd-sysv", "openssh-server", "ca-certificates", "iproute2", "procps",
     "curl", "gnupg", "sudo", "python3",

@@ -248,7 +248,10 @@ def test_suite_releases_cover_every_host_the_tests_start() -> None:
     from lab.topology import DEFAULT_TOPOLOGY
 
     used = {spec.release for spec in [*DEFAULT_TOPOLOGY, CEPH_SPEC]}
-    used.add(images.base_release("bookworm") + images.DOCKER_FLAVOUR)  # reset_host(docker=True)
+    # Any default host may be reset with Docker in (reset_host(name, docker=True)): its
+    # release's -docker image (test_backup_cache resets the trixie client so).
+    used |= {images.base_release(spec.release) + images.DOCKER_FLAVOUR
+             for spec in DEFAULT_TOPOLOGY}
     scanned: set[str] = set()
     for path in (PROJECT_ROOT / "tests" / "e2e").glob("*.py"):
         scanned |= set(re.findall(r'HostSpec\([^)]*?"((?:bookworm|trixie)[a-z-]*)"',
