@@ -634,6 +634,12 @@ class Settings:
         if not s["registry_metrics_allow"]:
             raise r.fail("registry_metrics_allow", [], "at least one network (your "
                          "Prometheus servers') when registry_metrics=True")
+        password = s["registry_cache_password"]
+        if password is not None and set(password.reveal()) & set("$`"):
+            # The redis exporter reads it from a systemd EnvironmentFile (roles/exporters.py),
+            # where they are syntax: refused here in one line, not at planning.
+            raise r.fail("registry_cache_password", password, "no $ or ` when "
+                         "registry_metrics=True (the redis exporter's environment file)")
         if r.server:  # load balancers: registry_kit.model.topology.validate
             check_metrics_bind(r.host, s)
         # The registry's debug server (its /metrics) on the server's loopback, behind the

@@ -111,12 +111,17 @@ def test_filters_pass_each_exporter_on_its_path_only(tmp_path: Path) -> None:
     ({"registry_port": 9100}, "registry_port"),
     ({"registry_cache_port": 9121}, "registry_cache_port"),
     ({"registry_metrics_port": 6379}, "registry_metrics_port"),
+    ({"registry_cache_password": {"env": "RK_TEST_CACHE_PASSWORD"}}, "registry_cache_password"),
 ])
 def test_refused_with_one_line(make_settings: Callable[..., Settings], data: dict[str, Any],
-                               key: str) -> None:
+                               key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cache password redis.conf takes but the exporter's EnvironmentFile would not.
+    password = "abcdefghijklmnop$`"
+    monkeypatch.setenv("RK_TEST_CACHE_PASSWORD", password)
     with pytest.raises(SettingsError) as error:
         make_settings(**{**ON, "registry_internal_address": "10.0.0.11", **data})
     assert f"setting {key}=" in str(error.value) and "\n" not in str(error.value)
+    assert password not in str(error.value)
 
 
 def test_a_cache_without_an_ip_for_metrics_is_refused(tmp_path: Path) -> None:
