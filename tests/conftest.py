@@ -33,6 +33,10 @@ SAME_LANE = {"tests/e2e/test_lab.py": ("lab-ceph", 0),
              "tests/e2e/test_scaleout.py": ("lab-ceph", 1),
              "tests/e2e/test_scaleout_ha.py": ("lab-ceph", 2)}
 UNRECORDED_SECONDS = 60.0  # a new module's guess until a full run records it
+UNIT_TESTS = "tests/unit/"
+# Set by .ci/run, whose lab images are built beside the tests on a fresh machine: the unit
+# tests (which need no lab) run first, while the e2e lanes could only wait for the images.
+UNIT_TESTS_FIRST_ENV = "REGISTRY_KIT_UNIT_TESTS_FIRST"
 
 _seconds: dict[str, float] = defaultdict(float)
 _tests: dict[str, set[str]] = defaultdict(set)
@@ -51,13 +55,16 @@ def recorded() -> dict[str, float]:
         return {}
 
 
-def lane_order(modules: list[str], seconds: dict[str, float]) -> dict[str, tuple[str, int]]:
+def lane_order(modules: list[str], seconds: dict[str, float],
+               unit_tests_first: bool = False) -> dict[str, tuple[str, int]]:
     """module -> (work unit, rank): units longest first (a unit's time is the sum of its
-    modules'), SAME_LANE modules in their fixed order inside their unit."""
+    modules'), SAME_LANE modules in their fixed order inside their unit. With
+    `unit_tests_first`, the unit tests' modules (no lab) come before every e2e unit."""
     unit_seconds: dict[str, float] = defaultdict(float)
     for module in modules:
         unit_seconds[unit_of(module)] += seconds.get(module, UNRECORDED_SECONDS)
-    ranked = sorted(unit_seconds, key=lambda unit: (-unit_seconds[unit], unit))
+    ranked = sorted(unit_seconds, key=lambda unit: (
+        not (unit_tests_first and unit.startswith(UNIT_TESTS)), -unit_seconds[unit], unit))
     rank = {unit: index for index, unit in enumerate(ranked)}
     return {m: (unit_of(m), rank[unit_of(m)] * 10 + SAME_LANE.get(m, ("", 0))[1])
             for m in modules}
@@ -71,7 +78,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not hasattr(config, "workerinput"):
         return  # not an xdist worker: files run in the order pytest collects them
     # Every worker collects the same order, which is the order xdist hands units out.
-    order = lane_order(sorted({module_of(item.nodeid) for item in items}), recorded())
+    order = lane_order(sorted({module_of(item.nodeid) for item in items}), recorded(),
+                       unit_tests_first=os.environ.get(UNIT_TESTS_FIRST_ENV) == "1")
     items.sort(key=lambda item: order[module_of(item.nodeid)][1])  # stable inside a module
 
 
