@@ -44,7 +44,15 @@ HEADER = ("# Managed by registry-kit (registry_kit/render/prometheus.py): rewrit
 ERROR_RATIO = 0.05
 # The kit renews its certificates at 30 days left: under this, renewal has failed.
 CERTIFICATE_DAYS = 21
+# No `for:`: a certificate's end date changes only when it is replaced, so there is no
+# noise to wait out (the widely copied awesome-prometheus-alerts collection's certificate
+# rule for the blackbox exporter has `for: 0m` too).
+CERTIFICATE_FOR = "0s"
 DISK_RATIO = 0.85  # the data filesystem's used share, as df counts it (Use%)
+# Between collections the used share only grows (a push adds, nothing but the GC frees;
+# an upload lands in the same filesystem): a minute, as the disk guard's own rule, is
+# enough to let a short blip of df's counts pass.
+DISK_FOR = "1m"
 # Failed logins a minute on one server (over 5 minutes) above which FailedLoginsHigh fires.
 # Half the token server's per-address limit (10 a minute): one guesser at half its allowed
 # pace for the rule's minutes fires it, many addresses guessing slowly too; people who
@@ -189,12 +197,12 @@ def _fact_rules(facts: Collection[str]) -> list[dict[str, Any]]:
         rules.append(_rule(
             "RegistryCertificateExpiresSoon",
             f"registry_kit_certificate_not_after_timestamp_seconds{{{job}}} - time() < "
-            f"{CERTIFICATE_DAYS} * 86400", "10m", "critical",
+            f"{CERTIFICATE_DAYS} * 86400", CERTIFICATE_FOR, "critical",
             f"the {{{{ $labels.certificate }}}} certificate of {{{{ $labels.host }}}} expires "
             f"in under {CERTIFICATE_DAYS} days (the kit renews at 30: renewal failed)"))
     if "disk" in facts:
         rules.append(_rule(
-            "RegistryDataDiskAbove85", f"{used} / ({used} + {avail}) > {DISK_RATIO}", "5m",
+            "RegistryDataDiskAbove85", f"{used} / ({used} + {avail}) > {DISK_RATIO}", DISK_FOR,
             "warning", f"the registry's data filesystem on {{{{ $labels.host }}}} is over "
                        f"{DISK_RATIO:.0%} full"))
     if "disk_guard" in facts:

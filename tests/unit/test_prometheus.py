@@ -220,14 +220,15 @@ def test_each_fact_rule_fires_after_its_for(tmp_path: Path) -> None:
             _alert("RegistryFactsDown", "7m", {"severity": "warning", **labels},
                    "the kit's facts on rep1 are not served: its certificate, disk, "
                    "garbage collection, login and backup alerts cannot fire"),
-            {"eval_time": "20m", "alertname": "RegistryCertificateExpiresSoon",
+            # No `for:`: firing at the first evaluation with under 21 days left.
+            {"eval_time": "10m", "alertname": "RegistryCertificateExpiresSoon",
              "exp_alerts": []},
-            _alert("RegistryCertificateExpiresSoon", "21m",
+            _alert("RegistryCertificateExpiresSoon", "11m",
                    {"severity": "critical", "certificate": "server", **labels},
                    "the server certificate of rep1 expires in under 21 days (the kit renews "
                    "at 30: renewal failed)"),
-            {"eval_time": "6m", "alertname": "RegistryDataDiskAbove85", "exp_alerts": []},
-            _alert("RegistryDataDiskAbove85", "7m", {"severity": "warning", **labels},
+            {"eval_time": "2m", "alertname": "RegistryDataDiskAbove85", "exp_alerts": []},
+            _alert("RegistryDataDiskAbove85", "3m", {"severity": "warning", **labels},
                    "the registry's data filesystem on rep1 is over 85% full"),
             {"eval_time": "2m", "alertname": "RegistryDiskGuardReadOnly", "exp_alerts": []},
             _alert("RegistryDiskGuardReadOnly", "3m", {"severity": "critical", **labels},
