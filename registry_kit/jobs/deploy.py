@@ -165,8 +165,8 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     extra_hosts = remote_hosts(settings, state) if is_server else ()
     add, remove = client.insecure_entries(settings) if is_client else ([], [])
     # Load balancer and cache hosts need no Docker engine.
-    if (is_server or is_client) and not engine_deploy(settings, state, insecure_add=add,
-                                                      insecure_remove=remove):
+    if (is_server or is_client) and not engine_deploy(
+            settings, state, is_server=is_server, insecure_add=add, insecure_remove=remove):
         return
     cert = keystore.server_certificate(settings)
     if is_client:

@@ -24,8 +24,27 @@ from registry_kit.operations import files
 from registry_kit.operations.typed import operation
 from registry_kit.render import daemon_json
 
+# The registry container reaches the audit receiver as `--add-host NAME:host-gateway`, which
+# engines before 20.10 do not know (they refuse to create the container).
+AUDIT_LOG_ENGINE = "20.10.0"
 
-def refusal(host_name: str, found: str, needed: str) -> str:
+
+def engine_minimum(settings: Settings, is_server: bool) -> tuple[str, str]:
+    """(the lowest engine this host may run, the setting that asks for it): the audit log's
+    on a server that records one, when docker_min_version is lower."""
+    if is_server and settings.registry_audit_log and not meets_minimum(
+            settings.docker_min_version, AUDIT_LOG_ENGINE):
+        return AUDIT_LOG_ENGINE, "registry_audit_log"
+    return settings.docker_min_version, "docker_min_version"
+
+
+def refusal(host_name: str, found: str, needed: str,
+            setting: str = "docker_min_version") -> str:
+    if setting == "registry_audit_log":
+        return (f"{host_name}: Docker engine {found} is older than {needed}, which "
+                "registry_audit_log needs (the registry reaches the receiver through "
+                "--add-host ...:host-gateway); upgrade the engine or set registry_audit_log "
+                "= False")
     return (f"{host_name}: Docker engine {found} is older than docker_min_version {needed}; "
             "upgrade the engine (the registry needs at least 1.6.0) and run again")
 
@@ -68,24 +87,26 @@ def start_docker(state: HostState):
     yield ENABLE_DOCKER
 
 
-def _check_engine_version(state, host, minimum: str) -> bool:  # runs on the control side
+def _check_engine_version(state, host, minimum: str,  # runs on the control side
+                          setting: str) -> bool:
     found = host.get_fact(EngineVersion)
     if not found:
         return _fail_with(state, host, f"{host.name}: the Docker engine does not answer "
                           "`docker info`")
     if not meets_minimum(found, minimum):
-        return _fail_with(state, host, refusal(host.name, found, minimum))
+        return _fail_with(state, host, refusal(host.name, found, minimum, setting))
     return True
 
 
 @operation()
-def gate_new_engine(settings: Settings, state: HostState):
+def gate_new_engine(minimum: tuple[str, str], state: HostState):
     """Engines found at the start were gated before anything ran (see jobs.deploy.plan_host);
-    an engine installed by this run is checked here, before any registry change."""
+    an engine installed by this run is checked here, before any registry change.
+    `minimum`: engine_minimum's."""
     if state.server_version:
         host.noop(f"engine {state.server_version} was checked before the run")
         return
-    yield FunctionCommand(_check_engine_version, (settings.docker_min_version,), {})
+    yield FunctionCommand(_check_engine_version, minimum, {})
 
 
 @operation()
@@ -150,14 +171,16 @@ def configure_daemon(current: dict, wanted: dict, state: HostState):
     yield "systemctl reload docker.service"
 
 
-def engine_deploy(settings: Settings, state: HostState, *, insecure_add=(),
+def engine_deploy(settings: Settings, state: HostState, *, is_server: bool, insecure_add=(),
                   insecure_remove=()) -> bool:
     """Engine steps shared by servers and clients (the same code on both). False when the
     host is refused: the caller then adds nothing else for it."""
-    if state.server_version and not meets_minimum(state.server_version,
-                                                  settings.docker_min_version):
-        refuse_host(refusal(host.name, state.server_version, settings.docker_min_version),
-                    name="Refuse a Docker engine below docker_min_version")
+    minimum = engine_minimum(settings, is_server)
+    if state.server_version and not meets_minimum(state.server_version, minimum[0]):
+        refuse_host(refusal(host.name, state.server_version, *minimum),
+                    name="Refuse a Docker engine below docker_min_version"
+                    if minimum[1] == "docker_min_version"
+                    else f"Refuse a Docker engine too old for {minimum[1]}")
         return False
     try:
         current, wanted = wanted_daemon_json(settings, state, insecure_add=insecure_add,
@@ -169,7 +192,7 @@ def engine_deploy(settings: Settings, state: HostState, *, insecure_add=(),
     configure_daemon(current, wanted, state, name="Merge the kit's keys into daemon.json")
     install_docker(settings, state, name="Install the Docker engine")
     start_docker(state, name="Enable and start docker.service")
-    gate_new_engine(settings, state, name="Check the new engine against docker_min_version")
+    gate_new_engine(minimum, state, name="Check the new engine against docker_min_version")
     return True
 
 
