@@ -5,8 +5,8 @@ The config and rules are data, written by PyYAML (registry_kit.jobs.prometheus p
 the control machine's `<registry_state_dir>/prometheus/`). Checked by `promtool check
 config` and `promtool check rules` (tests/unit/test_prometheus.py).
 
-Alerts from the issue that need a metric no endpoint serves yet are not written (a rule
-that can never fire reads as "all is well"); RULES_NOT_YET says which and why.
+A rule is written only where some endpoint serves its metric: a rule that can never fire
+reads as "all is well".
 """
 
 from __future__ import annotations
@@ -65,9 +65,6 @@ BACKUP_HOURS = 26  # a daily backup that missed one day (and a couple of hours' 
 # server's counters, backup.py; "gc" covers retention's result too), each the family of
 # rules written when some server serves it.
 FACTS = ("certificate", "disk", "disk_guard", "gc", "token", "backup")
-
-# Every alert of the issue has its metric now; an alert added before its metric goes here.
-RULES_NOT_YET: dict[str, str] = {}
 
 
 def scrape_config(registries: Sequence[tuple[str, str]],
