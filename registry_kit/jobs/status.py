@@ -7,8 +7,9 @@ storage, repositories and tags, the GC and retention timers, the data filesystem
 guard, the last GC and retention run, the largest repositories (roles.server, gc_timer,
 retention_timer, disk_guard, usage). Load balancers: haproxy, keepalived, the replicas as
 haproxy sees them, the floating address (roles.loadbalancer). Cache: redis, memory, keys
-(roles.cache). Clients: engine version, trust, the kit's docker login and /etc/hosts lines
-(roles.client).
+(roles.cache). Servers, load balancers and caches: each metrics endpoint and whether the
+units behind it are active (roles.metrics_status). Clients: engine version, trust, the
+kit's docker login and /etc/hosts lines (roles.client).
 With registry_status_json the same facts print as one JSON document on stdout instead
 (roles.status_json, built from the same sections: no second probe).
 """
@@ -42,6 +43,7 @@ from registry_kit.roles import (
     disk_guard,
     gc_timer,
     loadbalancer,
+    metrics_status,
     retention_timer,
     server,
     status_json,
@@ -53,8 +55,9 @@ from registry_kit.roles import (
 ROLES = ((server, "servers", "servers"), (gc_timer, "servers", "servers"),
          (retention_timer, "servers", "servers"),
          (disk_guard, "servers", "servers"), (usage, "servers", "servers"),
-         (audit, "servers", "servers"),
-         (loadbalancer, "lb", "lbs"), (cache, "cache", "caches"),
+         (audit, "servers", "servers"), (metrics_status.SERVER, "servers", "servers"),
+         (loadbalancer, "lb", "lbs"), (metrics_status.LB, "lb", "lbs"),
+         (cache, "cache", "caches"), (metrics_status.CACHE, "cache", "caches"),
          (client, "clients", "clients"))
 
 
@@ -112,10 +115,12 @@ FACTS = {"servers": status_json.server_facts, "lbs": status_json.load_balancer_f
 
 
 def _keep_facts(collected: _Collected, settings: Any, sections: dict[str, list[str]],
-                tables: list[str]) -> None:
+                tables: list[str], metrics: dict[str, metrics_status.MetricsStatus]) -> None:
+    """`metrics`: table -> its metrics column, as bound to this host."""
     for name in tables:
         if name in FACTS:
-            collected.facts.setdefault(name, {})[host.name] = FACTS[name](settings, sections)
+            collected.facts.setdefault(name, {})[host.name] = FACTS[name](
+                settings, sections, metrics[name])
     if "servers" in tables:
         collected.facts["servers"][host.name]["backup"] = status_json.last_backup(
             settings, f"{backup_base(settings)}/{host.name}")
@@ -137,8 +142,12 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
     """status.py: collect this host's status; the last host to answer prints the tables."""
     collected = _collected()
     settings = validated_settings(groups, defaults=defaults)[host.name]
-    mine = [(role, name) for role, group, name in ROLES
-            if getattr(groups, group) in host.groups]
+    mine: list[tuple[Any, str]] = [(role, name) for role, group, name in ROLES
+                                   if getattr(groups, group) in host.groups]
+    # The metrics column of each table knows the host's other tables (what fronts a cache).
+    tables = {name for _, name in mine}
+    mine = [(role.for_host(tables) if isinstance(role, metrics_status.MetricsStatus)
+             else role, name) for role, name in mine]
     if mine:
         # One read-only command per host: each role's, every output after its marker.
         output = host.get_fact(Command, "; ".join(role.status_command(settings)
@@ -151,7 +160,9 @@ def plan_host(groups: Groups = DEFAULT_GROUPS,
             lines = getattr(role, "status_lines", None)
             if lines is not None:
                 collected.blocks.setdefault(host.name, []).extend(lines(settings, sections))
-        _keep_facts(collected, settings, sections, sorted({name for _, name in mine}))
+        _keep_facts(collected, settings, sections, sorted(tables),
+                    {name: role for role, name in mine
+                     if isinstance(role, metrics_status.MetricsStatus)})
     collected.json = collected.json or settings.registry_status_json
     if groups.servers in host.groups:
         collected.access[host.name] = access.describe(

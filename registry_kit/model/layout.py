@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from registry_kit.model.settings import (
     FACTS_PORT,
@@ -376,15 +377,28 @@ def lb_facts_listen(settings: Settings) -> str | None:
     return FACTS_LISTEN
 
 
-def metrics_url(settings: Settings) -> str | None:
-    listen = metrics_listen(settings)
-    return f"http://{listen}{METRICS_PATH}" if listen else None
+# The roles a host serves metrics in (metrics_endpoints): registry_servers, registry_lb,
+# registry_cache. A cache host that is also a server or a load balancer serves both roles'
+# endpoints on the same address.
+MetricsRole = Literal["server", "lb", "cache"]
 
 
-def redis_exporter_url(settings: Settings) -> str | None:
-    """The cache's redis exporter behind its metrics endpoint (registry_metrics), or None."""
+def metrics_endpoints(settings: Settings, role: MetricsRole) -> dict[str, str]:
+    """Kind -> URL of every endpoint this host serves in `role` on its metrics address
+    (registry_metrics; {} without): a server's registry (the filtered /metrics) and the
+    kit's facts; a load balancer's haproxy exporter and, with a floating address, the facts
+    server saying whether it holds it; the cache's redis exporter; each with
+    registry_node_exporter, the node exporter."""
     listen = metrics_listen(settings)
-    return f"http://{listen}{REDIS_EXPORTER_PATH}" if listen else None
+    if listen is None:
+        return {}
+    paths = {"server": [("registry", METRICS_PATH), ("facts", FACTS_PATH)],
+             "lb": [("haproxy", METRICS_PATH),
+                    *([("facts", FACTS_PATH)] if lb_facts_listen(settings) else [])],
+             "cache": [("redis", REDIS_EXPORTER_PATH)]}[role]
+    if settings.registry_node_exporter:
+        paths.append(("node", NODE_EXPORTER_PATH))
+    return {kind: f"http://{listen}{path}" for kind, path in paths}
 
 
 def prometheus_dir(settings: Settings) -> Path:

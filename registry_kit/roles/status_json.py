@@ -18,10 +18,16 @@ from registry_kit.model import layout
 from registry_kit.model.registry_version import binary_version
 from registry_kit.model.settings import Settings
 from registry_kit.render import tls
-from registry_kit.roles import disk_guard, keepalived, usage
+from registry_kit.roles import disk_guard, keepalived, metrics_status, usage
 
-SCHEMA = 1
+# 2: `metrics` is an object, kind -> URL, of every endpoint ({} when off); in 1 it was one
+# URL or null.
+SCHEMA = 2
 Sections = dict[str, list[str]]
+
+
+# Each table's facts take the host's metrics column (roles.metrics_status, bound to the
+# host's roles: a cache host that is also a load balancer is fronted by haproxy).
 
 
 def _int(text: str) -> int | None:
@@ -90,7 +96,9 @@ def _disk(settings: Settings, sections: Sections) -> dict[str, Any]:
             else records["last retention"]}
 
 
-def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
+def server_facts(settings: Settings, sections: Sections,
+                 status: metrics_status.MetricsStatus = metrics_status.SERVER
+                 ) -> dict[str, Any]:
     image, state, started, restarts = ([*first_line(sections, "container").split("|"),
                                         "", "", "", ""])[:4]
     code = _int(first_line(sections, "health"))
@@ -110,11 +118,15 @@ def server_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
         "gc": _gc(sections),
         "retention": _gc(sections, "retention-timer", "retention-last"),
         "disk": _disk(settings, sections),
-        "metrics": layout.metrics_url(settings),  # the filtered /metrics, or null
+        # kind -> URL (registry, facts, node); {} without registry_metrics
+        "metrics": layout.metrics_endpoints(settings, "server"),
+        "metrics_state": status.states(settings, sections),
     }
 
 
-def load_balancer_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
+def load_balancer_facts(settings: Settings, sections: Sections,
+                        status: metrics_status.MetricsStatus = metrics_status.LB
+                        ) -> dict[str, Any]:
     replicas = {}
     for line in sections.get("servers", []):
         words = line.split()
@@ -127,16 +139,21 @@ def load_balancer_facts(settings: Settings, sections: Sections) -> dict[str, Any
         "address": vip,
         "holds_address": bool(first_line(sections, "vip")) if vip else None,
         "replicas": replicas,  # server name -> haproxy's status (UP, DOWN, MAINT, ...)
-        "metrics": layout.metrics_url(settings),  # haproxy's exporter, or null
+        # kind -> URL (haproxy, facts with a floating address, node); {} without metrics
+        "metrics": layout.metrics_endpoints(settings, "lb"),
+        "metrics_state": status.states(settings, sections),
     }
 
 
-def cache_facts(settings: Settings, sections: Sections) -> dict[str, Any]:
+def cache_facts(settings: Settings, sections: Sections,
+                status: metrics_status.MetricsStatus = metrics_status.CACHE
+                ) -> dict[str, Any]:
     return {"redis": first_line(sections, "redis") or None,
             "memory": first_line(sections, "memory") or None,
             "keys": _int(first_line(sections, "keys")),
-            # the redis exporter behind the cache's metrics endpoint, or null
-            "metrics": layout.redis_exporter_url(settings)}
+            # kind -> URL (redis, node); {} without registry_metrics
+            "metrics": layout.metrics_endpoints(settings, "cache"),
+            "metrics_state": status.states(settings, sections)}
 
 
 def client_facts(row: Mapping[str, str]) -> dict[str, Any]:

@@ -279,7 +279,9 @@ def test_gc_frees_space_and_the_registry_is_writable_again(site: Site,
     # left (the record lives beside config.yml), read on the host itself.
     retention = harness.ssh(SERVER, "head -n1 /etc/registry-kit/last-retention 2>/dev/null | "
                             "cut -d' ' -f1 | grep . || echo never").stdout.strip()
-    assert cells[-2] != "never" and cells[-1] == retention, cells
+    assert cells[-3] != "never" and cells[-2] == retention, cells
+    # The metrics column: both endpoints, their units active (Prometheus scraped them).
+    assert cells[-1] == "registry active, facts active", cells
     assert f"usage ({SERVER}):" in text and "guard/first" in text
     site.deploy().assert_no_changes()
 

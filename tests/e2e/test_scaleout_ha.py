@@ -215,8 +215,9 @@ def test_status_shows_every_role(ha: Ha) -> None:
     assert f"{REP1} UP, {REP2} UP" in lines[LB1] and f"{REP1} UP" in lines[LB2], text[-3000:]
     assert f"holds {ha.vip}" in lines[LB1] and "backup" in lines[LB2], text[-3000:]
     # The push put blob descriptors into redis: a key count above zero and memory in use.
-    cache_words = lines[CACHE].split()
-    assert cache_words[1] == "active" and int(cache_words[-1]) > 0, lines[CACHE]
+    cache_words = lines[CACHE].split()  # cache, redis, memory, keys, metrics
+    assert cache_words[1] == "active" and int(cache_words[3]) > 0, lines[CACHE]
+    assert cache_words[4:] == ["off"] and lines[LB1].endswith("  off"), text[-3000:]
     assert cache_words[2].endswith(("K", "M")), lines[CACHE]
 
 
@@ -239,35 +240,58 @@ def _status_json(inventory: Path) -> dict[str, Any]:
 
 
 def _check_status_json(ha: Ha, doc: dict[str, Any]) -> None:
-    """Every role's facts against the hosts: ip, systemctl, redis-cli, haproxy's metrics."""
+    """Every role's facts against the hosts: ip, systemctl, redis-cli, haproxy's metrics;
+    every metrics endpoint listed is scraped from the client (200) and the state of its
+    units is systemctl's."""
     holders = _holder(ha.vip)
+    urls: list[str] = []
     assert doc["address_holders"] == holders == [LB1], doc["address_holders"]
     for name in (LB1, LB2):
         facts = doc["load_balancers"][name]
-        active = harness.ssh(name, "systemctl is-active haproxy keepalived; true").stdout
-        assert [facts["haproxy"], facts["keepalived"]] == active.split(), (facts, active)
+        active = harness.ssh(name, "systemctl is-active haproxy keepalived registry-kit-facts; "
+                             "true").stdout
+        assert [facts["haproxy"], facts["keepalived"], "active"] == active.split(), \
+            (facts, active)
         assert facts["address"] == ha.vip and facts["holds_address"] == (name in holders)
         assert facts["replicas"] == {REP1: "UP", REP2: "UP"}, facts
-        ip = harness.host_ip(name)
-        assert facts["metrics"] == f"http://{ip}:{METRICS_PORT}/metrics"
-        code, body = _scrape(CLIENT, facts["metrics"])
+        url = f"http://{harness.host_ip(name)}:{METRICS_PORT}"
+        assert facts["metrics"] == {"haproxy": f"{url}/metrics", "facts": f"{url}/kit/metrics"}
+        assert facts["metrics_state"] == {"haproxy": "active", "facts": "active"}, facts
+        urls += facts["metrics"].values()
+        code, body = _scrape(CLIENT, facts["metrics"]["haproxy"])
         assert code == "200", code
         for rep in (REP1, REP2):  # haproxy's own view, through its exporter
             assert f'haproxy_server_status{{proxy="registry",server="{rep}",state="UP"}} 1' \
                 in body, body[:3000]
     redis = harness.ssh(CACHE, "systemctl is-active redis-server; REDISCLI_AUTH=\"$(sed -n "
                         "'s/^requirepass //p' /etc/redis/redis.conf)\" redis-cli "
-                        "--no-auth-warning dbsize").stdout.split()
+                        "--no-auth-warning dbsize; systemctl is-active registry-kit-metrics "
+                        "prometheus-redis-exporter; true").stdout.split()
     cache = doc["caches"][CACHE]
-    assert [cache["redis"], str(cache["keys"])] == redis and cache["memory"], (cache, redis)
+    assert [cache["redis"], str(cache["keys"]), "active", "active"] == redis and \
+        cache["memory"], (cache, redis)
+    assert cache["metrics"] == {
+        "redis": f"http://{harness.host_ip(CACHE)}:{METRICS_PORT}/redis/metrics"}
+    assert cache["metrics_state"] == {"redis": "active"}, cache
+    urls += cache["metrics"].values()
     for name in (REP1, REP2):
         facts = doc["servers"][name]
-        state = harness.ssh(name, "docker inspect -f '{{.State.Status}}' registry").stdout
-        assert facts["state"] == state.strip() and facts["healthy"] is True, facts
+        state = harness.ssh(name, "docker inspect -f '{{.State.Status}}' registry; systemctl "
+                            "is-active registry-kit-metrics registry-kit-facts; true").stdout
+        assert [facts["state"], "active", "active"] == state.split() and \
+            facts["healthy"] is True, (facts, state)
         assert facts["storage"] == {"driver": "s3", "bytes": None, "repositories": None,
                                     "tags": None}
-        assert facts["metrics"] == f"http://{harness.host_ip(name)}:{METRICS_PORT}/metrics"
+        url = f"http://{harness.host_ip(name)}:{METRICS_PORT}"
+        assert facts["metrics"] == {"registry": f"{url}/metrics", "facts": f"{url}/kit/metrics"}
+        assert facts["metrics_state"] == {"registry": "active", "facts": "active"}, facts
+        urls += facts["metrics"].values()
     assert doc["clients"][CLIENT]["login"] == f"yes ({USER})"
+    # Every endpoint status lists answers the allowed client (one curl per URL, one ssh).
+    codes = harness.ssh(CLIENT, " ".join(
+        f"curl -s -o /dev/null -w '%{{http_code}} ' --max-time 5 '{u}';"
+        for u in urls), check=False).stdout.split()
+    assert len(urls) == 9 and codes == ["200"] * 9, (urls, codes)
 
 
 def _holds_address(ha: Ha) -> dict[str, list[str]]:

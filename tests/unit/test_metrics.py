@@ -21,6 +21,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from registry_kit.facts import parse_status
 from registry_kit.model import keystore, layout
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as topo
@@ -28,7 +29,7 @@ from registry_kit.model.settings import Settings, SettingsError
 from registry_kit.package_data import SCRIPTS
 from registry_kit.render import prometheus, token_auth
 from registry_kit.render.config import render_config
-from registry_kit.roles import loadbalancer, metrics, server, status_json
+from registry_kit.roles import loadbalancer, metrics, metrics_status, server, status_json
 
 ON = {"registry_metrics": True, "registry_metrics_allow": ["10.0.0.5", "192.168.1.0/24"],
       "registry_internal_address": "10.0.0.11"}
@@ -36,7 +37,9 @@ ON = {"registry_metrics": True, "registry_metrics_allow": ["10.0.0.5", "192.168.
 
 def test_off_by_default_and_nothing_served(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    assert not settings.registry_metrics and layout.metrics_url(settings) is None
+    assert not settings.registry_metrics
+    assert [layout.metrics_endpoints(settings, role) for role in ("server", "lb", "cache")] \
+        == [{}, {}, {}]
     assert "debug" not in yaml.safe_load(render_config(settings, "secret"))["http"]
 
 
@@ -44,7 +47,9 @@ def test_on_puts_the_debug_server_on_loopback(make_settings: Callable[..., Setti
     settings = make_settings(**ON)
     assert settings.registry_metrics_allow == ("10.0.0.5/32", "192.168.1.0/24")
     assert settings.registry_debug_addr == "127.0.0.1:5001"
-    assert layout.metrics_url(settings) == "http://10.0.0.11:9195/metrics"
+    assert layout.metrics_endpoints(settings, "server") == {
+        "registry": "http://10.0.0.11:9195/metrics",
+        "facts": "http://10.0.0.11:9195/kit/metrics"}
     http = yaml.safe_load(render_config(settings, "secret"))["http"]
     assert http["debug"] == {"addr": ":5001",
                              "prometheus": {"enabled": True, "path": "/metrics"}}
@@ -115,7 +120,8 @@ def test_load_balancer_serves_haproxys_exporter_to_the_allowed_only() -> None:
     assert frontend.startswith("    mode http\n    bind 10.0.0.11:9195\n")
     assert "tcp-request connection reject unless { src 10.0.0.5/32 192.168.1.0/24 }" in frontend
     assert "http-request use-service prometheus-exporter if { path /metrics }" in frontend
-    assert status_json.load_balancer_facts(lb, {})["metrics"] == "http://10.0.0.11:9195/metrics"
+    assert status_json.load_balancer_facts(lb, {})["metrics"] == {
+        "haproxy": "http://10.0.0.11:9195/metrics"}
     off, topology = _lb(registry_metrics=False)
     assert "frontend metrics" not in loadbalancer.render(off, topology)
 
@@ -139,6 +145,67 @@ def test_load_balancer_with_a_floating_address_passes_get_facts_only() -> None:
     off, topology = _lb(registry_lb_vip="10.0.0.250/24", registry_metrics=False)
     assert "facts" not in loadbalancer.render(off, topology)
     assert layout.lb_facts_listen(off) is None
+
+
+def test_metrics_endpoints_of_each_role(make_settings: Callable[..., Settings]) -> None:
+    """Every path the host's endpoint serves in each role: the facts on a load balancer only
+    with a floating address, the node exporter on every role when asked for."""
+    lb, _ = _lb(registry_lb_vip="10.0.0.250/24", registry_node_exporter=True)
+    url = "http://10.0.0.11:9195"
+    assert layout.metrics_endpoints(lb, "lb") == {
+        "haproxy": f"{url}/metrics", "facts": f"{url}/kit/metrics",
+        "node": f"{url}/node/metrics"}
+    bound = make_settings(**ON, registry_metrics_bind="10.0.0.99")
+    assert layout.metrics_endpoints(bound, "cache") == {
+        "redis": "http://10.0.0.99:9195/redis/metrics"}
+    assert layout.metrics_endpoints(make_settings(**ON, registry_node_exporter=True),
+                                    "server") == {
+        "registry": f"{url}/metrics", "facts": f"{url}/kit/metrics",
+        "node": f"{url}/node/metrics"}
+
+
+def test_status_metrics_column_reads_every_unit_once(
+        make_settings: Callable[..., Settings]) -> None:
+    """status.py's metrics column: one `systemctl is-active` of the units behind the
+    endpoints (the front first), each endpoint's state, the unit that is down named."""
+    on = make_settings(**ON, registry_node_exporter=True)
+    command = metrics_status.SERVER.status_command(on)
+    assert command == ("echo @@registry-kit-status:metrics-server; systemctl is-active "
+                       "registry-kit-metrics registry-kit-facts prometheus-node-exporter "
+                       "2>/dev/null || true")
+    sections = parse_status([*command_output(command, "active", "failed", "active")])
+    assert metrics_status.SERVER.status_row(on, sections) == {
+        "metrics": "registry active, facts failed (registry-kit-facts), node active"}
+    down = parse_status(command_output(command, "inactive", "active", "active"))
+    assert metrics_status.SERVER.status_row(on, down) == {"metrics": ", ".join(
+        f"{kind} inactive (registry-kit-metrics)" for kind in ("registry", "facts", "node"))}
+    # What the host said is data: not one word per unit, and nothing is believed.
+    for lines in (["active"], ["active", "active", "active", "active"],
+                  ["active", "active", "active; rm -rf /"], ["active", "", "active"]):
+        assert metrics_status.SERVER.status_row(on, parse_status(command_output(
+            command, *lines))) == {"metrics": "registry unknown, facts unknown, node unknown"}
+    off = make_settings()
+    assert metrics_status.SERVER.status_command(off) == "true"
+    assert metrics_status.LB.status_row(off, {}) == {"metrics": "off"}
+    # The cache: its own filter, or haproxy on a host that is also a load balancer.
+    cache = make_settings(**ON)
+    assert metrics_status.CACHE.for_host({"caches"}).status_command(cache).endswith(
+        "is-active registry-kit-metrics prometheus-redis-exporter 2>/dev/null || true")
+    fronted = metrics_status.CACHE.for_host({"caches", "lbs"})
+    assert fronted.status_command(cache).endswith(
+        "is-active haproxy prometheus-redis-exporter 2>/dev/null || true")
+    assert fronted.status_row(cache, {"metrics-cache": ["active", "activating"]}) == {
+        "metrics": "redis activating (prometheus-redis-exporter)"}
+    assert metrics_status.LB.for_host({"lbs", "caches"}) == metrics_status.LB
+    lb, _ = _lb(registry_lb_vip="10.0.0.250/24")
+    assert metrics_status.LB.status_row(lb, {"metrics-lb": ["active", "active"]}) == {
+        "metrics": "haproxy active, facts active"}
+
+
+def command_output(command: str, *lines: str) -> list[str]:
+    """What the host prints for `command`: its section marker, then `lines`."""
+    marker = command.split(";", 1)[0].removeprefix("echo ")
+    return [marker, *lines]
 
 
 def test_load_balancer_facts_server_unit() -> None:

@@ -800,8 +800,8 @@ def test_every_operation_module_is_exercised_here() -> None:
     teardown jobs have no operations of their own: they arrange the roles'; typed is the
     decorator itself; the cache's are one systemctl line each, covered by the scale-out
     e2e; usage has none, only its status: test_disk_guard_logic; status_json has none, it
-    reads status sections: test_status_json.py; the prometheus job writes the control
-    machine's folder only: test_prometheus.py)."""
+    reads status sections: test_status_json.py, and so does metrics_status: test_metrics.py;
+    the prometheus job writes the control machine's folder only: test_prometheus.py)."""
     kit = Path(server.__file__).resolve().parent.parent
     tested = {"engine", "files", "server", "client", "packages", "gc", "gc_timer", "disk_guard",
               "services", "retention_timer",
@@ -811,4 +811,4 @@ def test_every_operation_module_is_exercised_here() -> None:
     found = {path.stem for folder in ("roles", "jobs", "operations")
              for path in (kit / folder).glob("*.py")}
     assert found == tested | {"cache", "status", "teardown", "deploy", "typed", "__init__",
-                              "usage", "status_json", "prometheus"}
+                              "usage", "status_json", "metrics_status", "prometheus"}

@@ -101,21 +101,50 @@ def test_document_names_every_address_holder(make_settings: Callable[..., Settin
         f"{MARK}vip", "7: eth0 inet 10.0.0.250/24 scope global secondary eth0"]))
     assert holding == {"haproxy": "active", "keepalived": "active", "address": "10.0.0.250",
                        "holds_address": True, "replicas": {"rep1": "UP", "rep2": "MAINT"},
-                       "metrics": None}
+                       "metrics": {}, "metrics_state": {}}
     backup = status_json.load_balancer_facts(settings, {"haproxy": ["active"]})
     assert backup["holds_address"] is False
     cache = status_json.cache_facts(settings, {"redis": ["active"], "memory": ["1.02M"],
                                                "keys": ["17"]})
-    assert cache == {"redis": "active", "memory": "1.02M", "keys": 17, "metrics": None}
+    assert cache == {"redis": "active", "memory": "1.02M", "keys": 17, "metrics": {},
+                     "metrics_state": {}}
     on = make_settings(registry_metrics=True, registry_metrics_allow=["10.0.0.5/32"],
                        registry_internal_address="10.0.0.31")
-    assert status_json.cache_facts(on, {})["metrics"] == "http://10.0.0.31:9195/redis/metrics"
+    assert status_json.cache_facts(on, {})["metrics"] == {
+        "redis": "http://10.0.0.31:9195/redis/metrics"}
     doc = status_json.document({}, {"lb2": backup, "lb1": holding}, {"c": cache}, {}, {})
     assert doc["schema"] == status_json.SCHEMA and list(doc["load_balancers"]) == ["lb1", "lb2"]
     assert doc["address_holders"] == ["lb1"]
     json.dumps(doc)  # serializable as it is
     no_vip = status_json.load_balancer_facts(make_settings(), {"haproxy": ["active"]})
     assert status_json.document({}, {"lb": no_vip}, {}, {}, {})["address_holders"] is None
+
+
+def test_metrics_of_every_role_with_the_state_of_their_units(
+        make_settings: Callable[..., Settings]) -> None:
+    """Schema 2: `metrics` is kind -> URL of every endpoint, `metrics_state` kind -> the
+    word of the first unit it needs that is not active (null: not read)."""
+    assert status_json.SCHEMA == 2
+    on = make_settings(registry_metrics=True, registry_metrics_allow=["10.0.0.5/32"],
+                       registry_internal_address="10.0.0.11", registry_node_exporter=True)
+    server = status_json.server_facts(on, parse_status([
+        f"{MARK}metrics-server", "active", "failed", "active"]))
+    url = "http://10.0.0.11:9195"
+    assert server["metrics"] == {"registry": f"{url}/metrics", "facts": f"{url}/kit/metrics",
+                                 "node": f"{url}/node/metrics"}
+    assert server["metrics_state"] == {"registry": "active", "facts": "failed",
+                                       "node": "active"}
+    lb = status_json.load_balancer_facts(on, parse_status([
+        f"{MARK}metrics-lb", "inactive", "active"]))
+    assert lb["metrics"] == {"haproxy": f"{url}/metrics", "node": f"{url}/node/metrics"}
+    assert lb["metrics_state"] == {"haproxy": "inactive", "node": "inactive"}  # the front
+    cache = status_json.cache_facts(on, parse_status([f"{MARK}metrics-cache", "active"]))
+    assert cache["metrics"] == {"redis": f"{url}/redis/metrics",
+                                "node": f"{url}/node/metrics"}
+    assert cache["metrics_state"] == {"redis": None, "node": None}  # 1 line for 3 units
+    doc = json.loads(json.dumps(status_json.document({"s": server}, {"l": lb}, {"c": cache},
+                                                     {}, {})))
+    assert doc["schema"] == 2 and doc["caches"]["c"]["metrics_state"]["redis"] is None
 
 
 def test_client_facts_from_the_text_row() -> None:
