@@ -235,10 +235,11 @@ def test_a2_metrics_of_registry3(site: Site) -> None:
     reg, port = harness.host_ip(SERVER), 9195
     site.set(registry_metrics=True, registry_metrics_bind=reg,
              registry_metrics_allow=[f"{harness.host_ip(CLIENT)}/32"],
-             registry_node_exporter=True)
+             registry_node_exporter=True, registry_audit_log=True)  # the audit log too
     try:
         site.twice("metrics on")
         _check_node_exporter(reg, port)
+        _check_audit_log_on_3(site)
         assert site.curl("/v2/")[0] == 200
         url = f"http://{reg}:{port}/metrics"
         out = harness.ssh(CLIENT, f"curl -sS --max-time 5 {url}").stdout
@@ -249,8 +250,15 @@ def test_a2_metrics_of_registry3(site: Site) -> None:
         assert denied.returncode != 0 and "# TYPE" not in denied.stdout, denied
     finally:
         site.set(registry_metrics=None, registry_metrics_bind=None, registry_metrics_allow=None,
-                 registry_node_exporter=None)
+                 registry_node_exporter=None, registry_audit_log=None)
     site.twice("metrics off")
+    # The audit receiver stopped, its unit, script and logrotate snippet gone; the log kept.
+    out = harness.ssh(SERVER, "systemctl is-active registry-kit-audit; ls "
+                      "/etc/systemd/system/registry-kit-audit.service /usr/local/lib/"
+                      "registry-kit/registry-audit-receiver.py /etc/logrotate.d/registry-kit-"
+                      "audit 2>&1 | grep -c 'No such file'; test -s /var/log/registry-kit/"
+                      "audit.log && echo kept; true").stdout.split()
+    assert out == ["inactive", "3", "kept"], out
     assert harness.ssh(SERVER, f"ss -Htln | grep -c ':{port} ' || true").stdout.strip() == "0"
     # The node exporter stopped and disabled, the kit's drop-in gone.
     out = harness.ssh(SERVER, "systemctl is-active prometheus-node-exporter; systemctl "
@@ -261,6 +269,41 @@ def test_a2_metrics_of_registry3(site: Site) -> None:
 
 
 NODE_EXPORTER_DIR = "/etc/systemd/system/prometheus-node-exporter.service.d"
+
+
+def _check_audit_log_on_3(site: Site) -> None:
+    """registry_audit_log on 3.0 (sharing the metrics deploy): a push (skopeo from the
+    control machine) and a delete of its manifest by digest through the API, each once in
+    the receiver's file with the user, the tag or digest and the control machine's address;
+    the same lines in its journal; status shows them."""
+    site.push("library/busybox:latest", "r3/audit:1")
+    digest = site.digest("r3/audit:1")
+    assert site.curl(f"/v2/r3/audit/manifests/{digest}", method="DELETE")[0] == 202
+    deadline = time.monotonic() + 30  # the registry posts its events after it answered
+    while True:
+        text = harness.ssh(SERVER, "cat /var/log/registry-kit/audit.log 2>/dev/null; "
+                           "true").stdout
+        entries = [e for e in map(json.loads, text.splitlines())
+                   if e["repository"] == "r3/audit"]
+        if any(e["action"] == "delete" for e in entries) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    address = harness.ssh(SERVER, "ip -4 route show default").stdout.split()[2]
+    pushes = [e for e in entries if e["action"] == "push"]
+    deletes = [e for e in entries if e["action"] == "delete"]
+    assert [(e["user"], e["reference"], e["digest"], e["address"]) for e in pushes] == \
+        [(USER, "1", digest, address)], entries
+    assert [(e["user"], e["digest"], e["address"]) for e in deletes if e["digest"]] == \
+        [(USER, digest, address)], entries
+    # 3.0 also tells the tag the delete took away (as 2.8 does): the tag, no digest.
+    assert [(e["user"], e["reference"]) for e in deletes if not e["digest"]] == \
+        [(USER, "1")], entries
+    journal = harness.ssh(SERVER, "journalctl -u registry-kit-audit -o cat --no-pager").stdout
+    assert all(json.dumps(e) in journal for e in entries), (entries, journal[-3000:])
+    status = site.run("status.py", timing="status (audit)").assert_no_changes()
+    shown = status.stdout + status.stderr
+    assert f"audit ({SERVER}): the last " in shown and \
+        f"{'push':7} {USER} from {address}  r3/audit:1@{digest}" in shown, shown[-3000:]
 
 
 def _check_node_exporter(reg: str, port: int) -> None:

@@ -7,7 +7,9 @@ host is touched; deploy, then a rerun with zero changes; the first LB in invento
 holds the address; status shows haproxy's view of each replica, who holds the address and
 redis' memory and keys. registry_metrics on every role (applied twice): status --json and
 every endpoint scraped from the allowed client, and each LB's gauge of whether it holds the
-address, against ip, before and after a handover. A planned haproxy change
+address, against ip, before and after a handover; the audit log there too (a push, a delete
+through the web page and a push with a wrong password, all through the address). A planned
+haproxy change
 (registry_lb_stats moved, then back) under a back-to-back pull loop: each LB reloads in
 place, the address stays, no pull fails. The web
 page through the domain and the address, with each replica host stopped in turn. Then
@@ -32,6 +34,7 @@ import json
 import os
 import secrets
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -319,19 +322,23 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
     """registry_metrics on every role, applied twice; status --json checked against the
     hosts; metrics scraped from the allowed client, refused to another host, absent on the
     public address; each LB says whether it holds the floating address, before and after a
-    handover (keepalived stopped on the holder, then started); turned off again, nothing
-    listens."""
+    handover (keepalived stopped on the holder, then started); the audit log on both
+    replicas (the same deploy); turned off again, nothing listens, the audit receiver is
+    gone and its log stays."""
     allowed = harness.host_ip(CLIENT)
     # The control machine too: a real Prometheus scrapes every role from there.
     inventory = ha.inventory("metrics", registry_metrics=True,
                              registry_metrics_allow=[
                                  f"{allowed}/32", f"{prometheus_lab.control_address(REP1)}/32"],
-                             registry_prometheus_interval=prometheus_lab.INTERVAL)
+                             registry_prometheus_interval=prometheus_lab.INTERVAL,
+                             # The audit log shares this deploy (a delete needs deletes on).
+                             registry_audit_log=True, registry_delete_enabled=True)
     harness.run_kit(inventory).assert_ok()
     try:
         harness.run_kit(inventory).assert_no_changes()
         _check_status_json(ha, _status_json(inventory))
         _check_redis_exporter()
+        _check_audit_log_on_the_ha_layout(ha, inventory)
         code, body = _scrape(CLIENT, f"http://{harness.host_ip(REP1)}:{METRICS_PORT}/metrics")
         assert code == "200" and "registry_http_requests_total" in body, (code, body[:2000])
         facts = f"http://{harness.host_ip(LB1)}:{METRICS_PORT}/kit/metrics"
@@ -353,6 +360,7 @@ def test_status_json_and_metrics_of_every_role(ha: Ha) -> None:
                        "grep -c facts || true").stdout.strip() == "0"
     _wait_holder(ha.vip, LB1)  # back on the first LB after the handover above
     _check_redis_exporter_gone()
+    _check_audit_log_gone(ha)
 
 
 REGISTRY_DOWN_FOR = 60  # RegistryDown's `for:` (registry_kit/render/prometheus.py)
@@ -387,6 +395,168 @@ def _check_redis_exporter_gone() -> None:
                       "ss -Htln | grep -c ':9121 '; true").stdout.split("\n")
     assert out[0] == "inactive" and out[1] == "disabled" and "No such file" in out[2] and \
         out[3] == "0", out
+
+
+AUDIT_LOG = "/var/log/registry-kit/audit.log"
+AUDIT_GONE = ("/etc/systemd/system/registry-kit-audit.service "
+              "/usr/local/lib/registry-kit/registry-audit-receiver.py "
+              "/etc/logrotate.d/registry-kit-audit")
+
+
+def _audit_entries(name: str) -> list[dict[str, Any]]:
+    text = harness.ssh(name, f"cat {AUDIT_LOG} 2>/dev/null; true").stdout
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _served_once(found: dict[str, list[dict[str, Any]]], **wanted: Any) -> tuple[str, dict]:
+    """The one replica whose audit file has the entry with these fields, and the entry:
+    exactly one across both replicas."""
+    hits = [(name, entry) for name, entries in found.items() for entry in entries
+            if all(entry.get(key) == value for key, value in wanted.items())]
+    assert len(hits) == 1, (wanted, found)
+    return hits[0]
+
+
+def _page_delete(ha: Ha, repository: str, digest: str) -> int:
+    """DELETE of a manifest by digest through the web page's port on the address, as the
+    page sends it (app.js): basic credentials first; token auth answers 401 with its
+    challenge in X-Registry-Authenticate, the page asks its own origin's /token, then sends
+    the same DELETE with the token. The HTTP status of the last answer."""
+    base = ["--resolve", f"{DOMAIN}:{WEBUI_PORT}:{ha.vip}", "--cacert", str(harness.CA_CERT)]
+    origin = f"https://{DOMAIN}:{WEBUI_PORT}"
+    delete = ["-X", "DELETE", f"{origin}/v2/{repository}/manifests/{digest}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        basic = Path(tmp) / "basic"  # credentials in a file, not in argv
+        basic.write_text(f'user = "{USER}:{ha.password}"\n')
+        status, _, headers = harness._curl([*base, "-K", str(basic), *delete])
+        challenge = harness.bearer_challenge(headers.replace("x-registry-authenticate:",
+                                                             "www-authenticate:"))
+        if status != 401 or challenge is None:
+            return status
+        query = {key: challenge[key] for key in ("service", "scope") if key in challenge}
+        status, body, _ = harness._curl([*base, "-K", str(basic),
+                                         f"{origin}/token?{urllib.parse.urlencode(query)}"])
+    assert status == 200, (status, body)
+    return harness._curl([*base, "-H", "@-", *delete],
+                         stdin=f"Authorization: Bearer {json.loads(body)['token']}\n")[0]
+
+
+def _token_counter(name: str, counter: str) -> float:
+    """A token server counter from the replica's /kit/metrics (scraped from the client)."""
+    code, body = _scrape(CLIENT, f"http://{harness.host_ip(name)}:{METRICS_PORT}/kit/metrics")
+    assert code == "200", (name, code, body[:500])
+    values = [float(line.split()[-1]) for line in body.splitlines()
+              if line.startswith(f"{counter} ") or line.startswith(f"{counter}{{")]
+    assert len(values) == 1, (name, counter, body[:3000])
+    return values[0]
+
+
+def _check_audit_log_on_the_ha_layout(ha: Ha, inventory: Path) -> None:
+    """registry_audit_log on both replicas (the metrics deploy; token auth, the kit's
+    default with users): a push through the floating address (docker on the client), a
+    delete through the web page's port on the address (the page's own requests) and a push
+    with a wrong password. Each push and delete once across the replicas' audit files, on
+    the replica that served it, with the user, the repository, the tag or digest and an
+    address (for the push the LB that passed it on: TLS passthrough hides the client; for
+    the page the replica's Docker bridge); the same lines in that replica's journal and in
+    status. The refused push: no push line, a `denied` line (login failed) from a token
+    server, counted in its failed-logins counter. No password of the layout under /var/log
+    or in the journal of either replica."""
+    repository = f"ha/audit-{secrets.token_hex(3)}"  # this run's own: counts are exact
+    image = f"{ADDRESS}/{repository}"
+    pushed = harness.ssh(CLIENT, f"head -c 200000 /dev/urandom > /tmp/audit && tar -C /tmp -c "
+                         f"audit | docker import - {image}:1 >/dev/null && docker push -q "
+                         f"{image}:1 >/dev/null && docker inspect -f "
+                         "'{{index .RepoDigests 0}}' " f"{image}:1").stdout.strip()
+    digest = pushed.partition("@")[2]
+    assert digest.startswith("sha256:"), pushed
+    # The same image pushed again with a wrong password (skopeo: Docker retries a refused
+    # layer upload for 50 s), from a copy on the control machine.
+    with tempfile.TemporaryDirectory() as copy:
+        hosts = {DOMAIN: ha.vip}
+        harness.skopeo(["copy", "--src-cert-dir", "@CERTS@", f"docker://{image}:1",
+                        f"dir:{copy}"], hosts=hosts, auth={ADDRESS: (USER, ha.password)},
+                       timeout=60).check_returncode()
+        refused = harness.skopeo(["copy", "--dest-cert-dir", "@CERTS@", f"dir:{copy}",
+                                  f"docker://{image}:refused"], hosts=hosts,
+                                 auth={ADDRESS: (USER, f"not-{ha.password}")}, timeout=60)
+    assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower(), refused.stderr
+    assert _page_delete(ha, repository, digest) == 202
+    deadline = time.monotonic() + 30  # the registry posts its events after it answered
+    while True:
+        found = {name: [e for e in _audit_entries(name) if e["repository"] == repository]
+                 for name in (REP1, REP2)}
+        if sum(map(len, found.values())) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lb = harness.host_ip(LB1)  # the LB holding the address (its own address, not the VIP)
+    push_at, push = _served_once(found, action="push", user=USER, reference="1",
+                                 digest=digest)
+    assert push["address"] == lb, push
+    delete_at, delete = _served_once(found, action="delete", user=USER, reference=None,
+                                     digest=digest)
+    # 2.8 also tells the tag the delete took away, on the replica that served it.
+    assert _served_once(found, action="delete", user=USER, reference="1")[0] == delete_at
+    bridge = harness.ssh(delete_at, "ip -4 -o addr show docker0").stdout.split()[3]
+    assert delete["address"] == bridge.partition("/")[0], (delete, bridge)
+    assert sum(map(len, found.values())) == 3, found  # no push line for the refused push
+    # The refused push: the token server that had the request says so (login failed).
+    denied: dict[str, list[dict[str, Any]]] = {}
+    for name in (REP1, REP2):
+        text = harness.ssh(name, "journalctl -u registry-kit-token -o cat --no-pager | "
+                           "grep -F 'audit {' || true").stdout
+        denied[name] = [entry for entry in (json.loads(line.partition("audit ")[2])
+                                            for line in text.splitlines())
+                        if entry["repository"] == repository]
+    refusals = [entry for entries in denied.values() for entry in entries]
+    assert refusals and all(
+        (e["action"], e["user"], e["reason"], e["address"]) == ("denied", USER, "login failed",
+                                                                lb) and "push" in e["refused"]
+        for e in refusals), denied
+    for name, entries in denied.items():
+        failed = _token_counter(name, "registry_kit_token_failed_logins_total")
+        assert failed >= len(entries), (name, failed, entries)
+    ha.figures["audit"] = {"push_served_by": push_at, "delete_served_by": delete_at,
+                           "push_address": push["address"],
+                           "delete_address": delete["address"],
+                           "denied_lines": {name: len(e) for name, e in denied.items()}}
+    status = harness.run_kit(inventory, "status.py").assert_ok()
+    shown = status.stdout + status.stderr
+    for name, entries in found.items():
+        if not entries:
+            continue
+        journal = harness.ssh(name, "journalctl -u registry-kit-audit -o cat --no-pager").stdout
+        assert all(json.dumps(e) in journal for e in entries), (entries, journal[-3000:])
+        assert f"audit ({name}): the last " in shown, shown[-3000:]
+    for line in (f"{'push':7} {USER} from {lb}  {repository}:1@{digest}",
+                 f"{'delete':7} {USER} from {delete['address']}  {repository}@{digest}",
+                 f"{'denied':7} {USER} from {lb}  {repository}"):
+        assert line in shown, (line, shown[-3000:])
+    assert "refused: login failed)" in shown, shown[-3000:]
+    # No password of the layout in any file under /var/log or in the journal.
+    redis = harness.ssh(CACHE, "sed -n 's/^requirepass //p' /etc/redis/redis.conf").stdout
+    passwords = [ha.password, VRRP_PASSWORD, redis.strip(),
+                 Path(ha.ceph["access_key_file"]).read_text().strip(),
+                 Path(ha.ceph["secret_key_file"]).read_text().strip()]
+    assert all(passwords), "a password of the layout is empty"
+    for name in (REP1, REP2):
+        out = harness.ssh(name, 'f=$(mktemp) && cat > "$f" && grep -rlaF -f "$f" /var/log; '
+                          'journalctl -o cat --no-pager | grep -caF -f "$f"; rm -f "$f"',
+                          stdin="\n".join(passwords) + "\n", check=False).stdout
+        assert out.split() == ["0"], (name, out)
+
+
+def _check_audit_log_gone(ha: Ha) -> None:
+    """registry_audit_log off again: the receiver stopped, its unit, script and logrotate
+    snippet gone from both replicas, nothing on its port; the log stays on the replicas
+    that served the events above (a replica that served none has no file)."""
+    served = {ha.figures["audit"][key] for key in ("push_served_by", "delete_served_by")}
+    for name in (REP1, REP2):
+        out = harness.ssh(name, "systemctl is-active registry-kit-audit; "
+                          f"ls {AUDIT_GONE} 2>&1 | grep -c 'No such file'; "
+                          "ss -Htln | grep -c ':5002 '; "
+                          f"test -s {AUDIT_LOG} && echo kept; true").stdout.split()
+        assert out == ["inactive", "3", "0", *(["kept"] if name in served else [])], (name, out)
 
 
 def _prometheus_on_the_ha_layout(ha: Ha) -> None:
