@@ -968,9 +968,21 @@ class Server(ThreadingHTTPServer):
             log(f"request from {escaped(str(client_address[0]))} failed: {error!r}")
 
     def finish_request(self, request, client_address) -> None:
-        if self.context is not None:
-            request = self.context.wrap_socket(request, server_side=True)
-        super().finish_request(request, client_address)
+        if self.context is None:
+            super().finish_request(request, client_address)
+            return
+        # wrap_socket detaches the accepted socket: the socketserver's own close after the
+        # request no longer reaches it, so the TLS socket is closed here, not left to
+        # reference counting. A login that met an unreachable directory kept its handler
+        # (and so this socket) alive in ldap3's exception cycles until the cycle collector
+        # ran: the client never saw the end and haproxy counted the connection open, so
+        # draining that token server waited its whole timeout (scale-out e2e: 60 s each).
+        tls = self.context.wrap_socket(request, server_side=True)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                tls.close()
 
 
 def open_directory(policy: dict, password_file: str | None) -> Directory | None:

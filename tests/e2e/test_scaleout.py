@@ -7,13 +7,17 @@ through the load balancer's domain lands every blob in the bucket; pulls work wi
 replica stopped; one blob upload moves between replicas; a rolling upgrade
 (registry:2.8.3 -> registry:3, the genuine 3.0.0; -> registry:2.8.2 where the lab has no
 3.x image) under a pull loop loses no pull; on 3.x a new push lands in the bucket and in
-the redis cache. (Throughput with one and two replicas is a benchmark: bench/scaleout.py.)
-Everything is checked with curl, skopeo, s3cmd, redis-cli, socat and docker on the hosts,
-never with the kit's own code. Figures go to <lab state dir>/scaleout-figures.json.
+the redis cache; access rules and users from a directory (Debian's slapd on a host of its
+own, registry_ldap) through the load balancer's token port. (Throughput with one and two
+replicas is a benchmark: bench/scaleout.py.)
+Everything is checked with curl, skopeo, s3cmd, redis-cli, socat, ldapmodify, journalctl
+and docker on the hosts, never with the kit's own code. Figures go to
+<lab state dir>/scaleout-figures.json.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -25,7 +29,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ from typing import Any
 
 import clientload
 import harness
+import ldap_directory
 import pytest
 
 import lab as lab_api
@@ -64,6 +69,16 @@ REGISTRY3, REGISTRY3_MISSING = registry3_available()
 # version); a drained replica may take 25 s to see its slow downloads finish.
 UPGRADE_IMAGE = "registry:3" if REGISTRY3 else "registry:2.8.2"
 UPGRADE = {"registry_image": UPGRADE_IMAGE, "registry_lb_drain_timeout": 60}
+# registry_ldap behind the load balancer (test_access_rules_through_the_load_balancer):
+# Debian's slapd on a host of its own (not lab-ldap: test_ldap's, which may run in this
+# lane before), installed beside the first deploys, so its 30 to 60 s add no wall time.
+DIRECTORY = "ldap.scale.lab"
+DIRECTORY_HOST = HostSpec("lab-sldap", "bookworm", (DIRECTORY,))
+# erin keeps team-a a valid groupOfNames (one member at least) while dana is out of it.
+DIRECTORY_USERS = {"dana": "dana-scale-directory-pw-1", "erin": "erin-scale-directory-pw-1"}
+DIRECTORY_GROUPS = {"team-a": ["dana", "erin"]}
+SERVICE_PASSWORD = "svc-scale-bind-Secret-4711"
+TOKEN_PORT = 5443  # registry_token_port's default: the load balancer's token frontend
 
 
 @dataclass
@@ -74,6 +89,8 @@ class Scale:
     password: str
     figures: dict[str, Any] = field(default_factory=dict)
     image: str = BASE_IMAGE  # what the replicas run (the upgrade moves it on)
+    directory: ldap_directory.Directory | None = None  # slapd on DIRECTORY_HOST
+    directory_up: concurrent.futures.Future[float] | None = None  # its install's seconds
 
     def inventory(self, name: str, **overrides: Any) -> Path:
         """A scenario inventory with the four groups; overrides apply to every host."""
@@ -138,16 +155,17 @@ def _s3cmd(command: str) -> str:
 
 
 @contextmanager
-def scale_site(tmp: Path) -> Iterator[Scale]:
-    """Ceph (reused when up), fresh kit hosts and a bucket of this run's own; the hosts and
-    the bucket are removed afterwards (bench/scaleout.py uses it too)."""
+def scale_site(tmp: Path, extra: Sequence[HostSpec] = ()) -> Iterator[Scale]:
+    """Ceph (reused when up), fresh kit hosts (and `extra` hosts, brought up with them) and a
+    bucket of this run's own; the hosts and the bucket are removed afterwards
+    (bench/scaleout.py uses it too)."""
     started = time.monotonic()
     info = ceph.ceph_up()
     # Fresh machines for the kit (Docker already in on the replicas and the client: its
     # install is test_deploy's; no haproxy or redis yet); lab-ceph is reused.
-    for spec in SPECS:
+    for spec in [*SPECS, *extra]:
         lab_api.remove_host(spec.name)
-    lab_api.up(SPECS)
+    lab_api.up([*SPECS, *extra])
     bucket = f"scale-{secrets.token_hex(4)}"  # this run's blobs only
     _s3cmd(f"mb s3://{bucket}")
     password = f"scale-{secrets.token_hex(8)}"
@@ -161,13 +179,24 @@ def scale_site(tmp: Path) -> Iterator[Scale]:
     if os.environ.get(KEEP_ENV):
         return  # left running to look at; the next run starts from fresh hosts anyway
     _s3cmd(f"rb --recursive s3://{bucket}")
-    for spec in SPECS:  # the Ceph host stays for the next run (python -m lab down removes it)
+    # The Ceph host stays for the next run (python -m lab down removes it).
+    for spec in [*SPECS, *extra]:
         lab_api.remove_host(spec.name)
 
 
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
-    with scale_site(tmp_path_factory.mktemp("scale")) as run:
+    with scale_site(tmp_path_factory.mktemp("scale"), [DIRECTORY_HOST]) as run, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # slapd is installed while the first tests deploy (the access-rules test waits for
+        # it): LDAPS with a CA made here, users and groups from LDIF.
+        run.directory = ldap_directory.Directory(
+            DIRECTORY_HOST.name, DIRECTORY, admin_password="scale-directory-admin-1",
+            service_password=SERVICE_PASSWORD, users=dict(DIRECTORY_USERS),
+            groups={group: list(members) for group, members in DIRECTORY_GROUPS.items()})
+        material = ldap_directory.tls_material(DIRECTORY)
+        run.directory.ca_pem = material[0]
+        run.directory_up = pool.submit(ldap_directory.install, run.directory, material)
         yield run
         out = lab_api.get_config().state_dir / "scaleout-figures.json"
         out.write_text(json.dumps(run.figures, indent=2) + "\n")
@@ -805,22 +834,61 @@ def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale)
     harness.run_kit(_gc_inventory(scale)).assert_no_changes()
 
 
+def _token_status(user: str, password: str, scope: str = "repository:team-a/app:pull") -> int:
+    """HTTP status of one token request through the load balancer's token port (curl; the
+    credentials from a file, not argv)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "curlrc"
+        config.write_text(f'user = "{user}:{password}"\n')
+        proc = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+             "--cacert", str(harness.CA_CERT), "--resolve",
+             f"{DOMAIN}:{TOKEN_PORT}:{harness.host_ip(LB)}", "-G", "--data-urlencode",
+             f"service={ADDRESS}", "--data-urlencode", f"scope={scope}", "-K", str(config),
+             f"https://{DOMAIN}:{TOKEN_PORT}/token"], capture_output=True, text=True, timeout=30)
+    return int(proc.stdout or 0)
+
+
+def _token_log(since: int, text: str) -> dict[str, int]:
+    """Per replica: the lines of its token server's journal since `since` (epoch seconds)
+    that hold `text`."""
+    return {name: int(harness.ssh(name, "journalctl -u registry-kit-token -o cat --no-pager "
+                                  f"--since @{since} | grep -cF {shlex.quote(text)} || true")
+                      .stdout.strip() or 0) for name in (REP1, REP2)}
+
+
 def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
     """registry_access_rules on both replicas behind haproxy, on 2.8.3 and then on 3: clients
     fetch tokens through the load balancer's token port from either replica's token server
     (one signing key), and the docker CLI on the client sees the same grants and denials as
-    on one server. Each step applied twice; a changed rule and a changed password take
-    effect without touching either container."""
+    on one server. With users from a directory too (registry_ldap; slapd on lab-sldap, over
+    LDAPS): on both versions a directory user pushes where its group is granted and gets
+    Docker's denial elsewhere, a wrong password is 401, and both replicas' token servers log
+    its logins; on 3, removed from the group (ldapmodify, no kit run) its next push is
+    denied, and with slapd stopped both replicas answer it 401 while a local user pushes.
+    Each step applied twice; a changed rule and a changed password take effect without
+    touching either container; registry_ldap unset ends the directory's logins."""
+    assert scale.directory is not None and scale.directory_up is not None
     reader_pw = scale.tmp / "reader.pw"
     reader_pw.write_text("scale-reader-password\n")
     reader_pw.chmod(0o600)
     rules = [{"repository": "*", "actions": ["pull", "push", "delete"], "users": [USER]},
              {"repository": "scale/*", "actions": ["pull"], "groups": ["readers"]},
-             {"repository": "public/*", "actions": ["pull"], "anonymous": True}]
+             {"repository": "public/*", "actions": ["pull"], "anonymous": True},
+             {"repository": "team-a/*", "actions": ["pull", "push"], "ldap_groups": ["team-a"]}]
     users = [{"name": USER, "password_file": str(scale.tmp / "pw")},
              {"name": "reader", "password_file": str(reader_pw)}]
+    (scale.tmp / "ldap-ca.crt").write_bytes(scale.directory.ca_pem)
+    ldap = {"url": f"ldaps://{DIRECTORY}", "base_dn": ldap_directory.PEOPLE,
+            "bind_dn": ldap_directory.SERVICE_DN,
+            "bind_password_file": harness.write_secret(scale.tmp, "ldap.password",
+                                                       SERVICE_PASSWORD),
+            "user_filter": "(&(objectClass=inetOrgPerson)(uid={user}))",
+            "group_filter": "(&(objectClass=groupOfNames)(member={dn}))",
+            "group_base_dn": ldap_directory.GROUPS, "ca_file": str(scale.tmp / "ldap-ca.crt")}
     access = {"registry_users": users, "registry_groups": {"readers": ["reader"]},
-              "registry_access_rules": rules}
+              "registry_access_rules": rules, "registry_ldap": ldap}
+    dana = DIRECTORY_USERS["dana"]
     denied = "denied: requested access to the resource is denied"
 
     def docker(command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -837,10 +905,28 @@ def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
         return harness.skopeo(args, hosts={DOMAIN: harness.host_ip(LB)},
                               auth={ADDRESS: ("reader", password)})
 
+    def push(name: str) -> subprocess.CompletedProcess[str]:
+        return docker(f"docker tag busybox {ADDRESS}/{name} && docker push {ADDRESS}/{name}")
+
+    phases: dict[str, float] = scale.figures.setdefault("access_rules_seconds", {})
+    clock = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        """Seconds since the last lap, into the figures under `name`."""
+        now = time.monotonic()
+        phases[name] = round(now - clock[0], 1)
+        clock[0] = now
+
+    # slapd was installed beside the first deploys; up before the token servers start, so
+    # their start compares the local names with the directory's.
+    scale.figures["slapd_install_seconds"] = scale.directory_up.result(timeout=600)
+    lap("waiting for slapd")
     for step, image in (("2", {"registry_image": BASE_IMAGE}), ("3", UPGRADE)):
         inventory = scale.inventory(f"access-{step}", **access, **image)
         harness.run_kit(inventory).assert_ok()
+        lap(f"deploy {step}")
         harness.run_kit(inventory).assert_no_changes()
+        lap(f"rerun {step}")
         assert "frontend registry-token" in harness.ssh(LB, "cat /etc/haproxy/haproxy.cfg").stdout
         # The kit logged the client in as USER (registry_client_login_user): push works.
         docker(f"docker login -u {USER} --password-stdin {ADDRESS}", stdin=scale.password)
@@ -867,17 +953,66 @@ def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
         assert no.returncode != 0, no.stdout
         kept = scale.skopeo(["inspect", "--cert-dir", "@CERTS@", target])
         assert kept.returncode == 0, kept.stderr
+        lap(f"local users {step}")
+        # The directory user through the load balancer: its group's repository, Docker's
+        # denial elsewhere, 401 for a wrong password; four token requests in a row are two
+        # for each replica (haproxy's roundrobin), and each logs the directory login.
+        since = int(time.time()) - 1
+        assert docker(f"docker login -u dana --password-stdin {ADDRESS}",
+                      stdin=dana).returncode == 0
+        proc = push(f"team-a/app:{step}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert refused(docker(f"docker push {ADDRESS}/team-b/app:{step}"))
+        assert [_token_status("dana", dana) for _ in range(4)] == [200] * 4
+        assert _token_status("dana", "wrong-password") == 401
+        logins = _token_log(since, "directory user 'dana' groups=team-a")
+        assert all(count > 0 for count in logins.values()), logins
+        lap(f"directory user {step}")
+    # On 3, the directory changes with no kit run: out of team-a, dana's next push is denied.
+    directory = scale.directory
+    ldap_directory.remove_member(directory, "team-a", "dana")
+    try:
+        assert refused(push("team-a/app:out-of-the-group"))
+    finally:
+        ldap_directory.add_member(directory, "team-a", "dana")
+    proc = push("team-a/app:back-in-the-group")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lap("out of the group and back")
+    # slapd stopped: both replicas answer dana 401 and log why; a local user still pushes.
+    since = int(time.time()) - 1
+    harness.ssh(directory.host, "systemctl stop slapd")
+    try:
+        assert [_token_status("dana", dana) for _ in range(2)] == [401, 401]
+        unreachable = _token_log(since, "directory unreachable: ")
+        assert all(count > 0 for count in unreachable.values()), unreachable
+        assert docker(f"docker login -u {USER} --password-stdin {ADDRESS}",
+                      stdin=scale.password).returncode == 0
+        proc = push("scale/app:directory-down")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        harness.ssh(directory.host, "systemctl start slapd")
+    # Back: each replica opens its service connection again at the next directory login.
+    deadline = time.monotonic() + 30
+    while [_token_status("dana", dana) for _ in range(2)] != [200, 200]:
+        assert time.monotonic() < deadline, "dana still refused after slapd started"
+        time.sleep(1)
+    lap("slapd stopped and started")
     served = {name: harness.ssh(name, "journalctl -u registry-kit-token -o cat --no-pager | "
                                 "grep -c 'token user=' || true").stdout.strip()
               for name in (REP1, REP2)}
     assert all(int(count) > 0 for count in served.values()), served
     # A removed grant and a changed password: refused after the next run; containers kept.
+    # registry_ldap unset (and its rule gone): the directory's password leaves both replicas
+    # and dana is an unknown user to both.
     started = containers()
     reader_pw.write_text("scale-reader-password-2\n")
+    without_directory = {key: value for key, value in access.items() if key != "registry_ldap"}
     narrowed = scale.inventory("access-narrowed", **UPGRADE, **{
-        **access, "registry_access_rules": [rules[0], rules[2]]})
+        **without_directory, "registry_access_rules": [rules[0], rules[2]]})
     harness.run_kit(narrowed).assert_ok()
+    lap("deploy narrowed, registry_ldap unset")
     harness.run_kit(narrowed).assert_no_changes()
+    lap("rerun narrowed")
     assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
                   stdin="scale-reader-password").returncode != 0
     assert docker(f"docker login -u reader --password-stdin {ADDRESS}",
@@ -886,6 +1021,11 @@ def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
                           f"docker pull {ADDRESS}/scale/app:3"))
     assert containers() == started
     docker(f"docker logout {ADDRESS}")
+    assert [_token_status("dana", dana) for _ in range(2)] == [401, 401]
+    for name in (REP1, REP2):
+        left = harness.ssh(name, "ls /etc/registry-kit/token/").stdout.split()
+        assert "ldap.password" not in left and "ldap-ca.crt" not in left, (name, left)
+    lap("narrowed checks")
 
 
 # --- Every lifecycle operation under a client load (tests/e2e/clientload.py) ----------------

@@ -716,3 +716,77 @@ def test_refused_scopes_are_audit_lines_and_hold_no_secret(
     assert all(set(e) == {"time", "action", "user", "address", "repository", "reference",
                           "digest", "source", "refused", "reason"} for e in entries)
     assert RIGHT not in err and "eyJ" not in err  # no password, no JWT
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    """(certificate file, key file) for localhost, PEM."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    (directory / "tls.key").write_bytes(key.private_bytes(
+        Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(directory / "tls.crt"), str(directory / "tls.key")
+
+
+def test_a_tls_connection_is_closed_even_when_its_handler_lives_on(tmp_path: Path) -> None:
+    """Over TLS the server closes each connection after its answer itself. A login that
+    met an unreachable directory left its handler (ldap3's exceptions keep their frames in
+    reference cycles), and with it the TLS socket, alive until Python's cycle collector
+    ran: the client saw no end of the connection and haproxy counted it open, so draining
+    that token server waited its whole drain timeout (seen in tests/e2e/test_scaleout.py).
+    Here the handler keeps itself in such a cycle, with the collector off."""
+    import gc
+    import http.server
+    import ssl
+
+    class Cyclic(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            try:
+                raise ConnectionRefusedError("directory unreachable")
+            except ConnectionRefusedError as error:
+                self.kept = error  # error -> its traceback -> this frame -> self
+            body = b"{}"
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_self_signed(tmp_path))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    collecting = gc.isenabled()
+    gc.disable()
+    running = server.Server(("127.0.0.1", 0), Cyclic, context, seconds=60.0)
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(running.server_address) as raw, \
+                client.wrap_socket(raw, server_hostname="localhost") as connection:
+            connection.sendall(b"GET /token HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            connection.settimeout(5)
+            answer = b""
+            with contextlib.suppress(ssl.SSLEOFError, ConnectionResetError):
+                while chunk := connection.recv(4096):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.0 401"), answer
+    finally:
+        running.shutdown()
+        running.server_close()
+        if collecting:
+            gc.enable()
