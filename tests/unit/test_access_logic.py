@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any
 import bcrypt
 import jwt
 import pytest
+import script_module
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
@@ -48,11 +48,7 @@ GROUPS = {"readers": ["reader", "ops"]}
 
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("registry_token_server", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(SCRIPT, "registry_token_server")
 
 
 server = _script()

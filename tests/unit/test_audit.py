@@ -8,7 +8,6 @@ tests/e2e/test_webui.py."""
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import ipaddress
 import json
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import script_module
 import yaml
 
 from registry_kit import package_data
@@ -32,11 +32,7 @@ DIGEST = "sha256:" + "a" * 64
 
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("registry_audit_receiver", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(SCRIPT, "registry_audit_receiver")
 
 
 receiver = _script()

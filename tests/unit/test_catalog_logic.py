@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import importlib.util
 import json
 import threading
 import urllib.parse
@@ -18,6 +17,7 @@ from typing import Any
 import bcrypt
 import jwt
 import pytest
+import script_module
 
 from registry_kit.model import access, layout
 from registry_kit.model.settings import Settings
@@ -39,11 +39,7 @@ BROKEN = "team-a/x\nregistry-token-server: forged"
 
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("registry_token_server_catalog", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(SCRIPT, "registry_token_server_catalog")
 
 
 server = _script()

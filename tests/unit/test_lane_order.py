@@ -4,19 +4,16 @@ the lab images build)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
+
+import script_module
 
 
 def _suite_plugin() -> ModuleType:
     # Loaded from its file under another name: pytest has it registered as a conftest.
     path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("suite_plugin_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(path, "suite_plugin_under_test")
 
 
 PLUGIN = _suite_plugin()

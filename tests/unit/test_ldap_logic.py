@@ -5,13 +5,13 @@ proven by tests/e2e/test_ldap.py against Debian's slapd."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import script_module
 
 from registry_kit.model import layout
 from registry_kit.model.settings import Settings, SettingsError
@@ -25,12 +25,7 @@ RULES = [{"repository": "team-a/*", "actions": ["pull", "push"], "ldap_groups": 
 
 
 def _script() -> Any:
-    path = Path(str(SCRIPTS / layout.TOKEN_SCRIPT_NAME))
-    spec = importlib.util.spec_from_file_location("registry_token_server_ldap", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(SCRIPTS / layout.TOKEN_SCRIPT_NAME, "registry_token_server_ldap")
 
 
 server = _script()

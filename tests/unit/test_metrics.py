@@ -3,7 +3,6 @@ filter in front of it on servers and haproxy's exporter on load balancers."""
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import script_module
 import yaml
 from cryptography import x509
 
@@ -228,11 +228,7 @@ def test_load_balancer_facts_server_unit() -> None:
 
 
 def _facts_module() -> Any:
-    spec = importlib.util.spec_from_file_location("facts", SCRIPTS / layout.FACTS_SCRIPT_NAME)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(SCRIPTS / layout.FACTS_SCRIPT_NAME, "facts")
 
 
 @pytest.mark.parametrize(("output", "expected"), [
@@ -278,12 +274,7 @@ def test_facts_server_unit(make_settings: Callable[..., Settings]) -> None:
 
 
 def _script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_").removesuffix(".py"),
-                                                  SCRIPTS / name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(SCRIPTS / name, name.replace("-", "_").removesuffix(".py"))
 
 
 def test_facts_server_reads_the_token_counters_with_token_auth(

@@ -5,7 +5,6 @@ No host, no pyinfra run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import script_module
 
 import registry_kit
 from registry_kit.jobs import retention as job
@@ -27,11 +27,7 @@ from registry_kit.roles import gc_timer, retention_timer
 
 def _runner() -> ModuleType:
     path = Path(registry_kit.__file__).parent / "scripts" / "registry-retention.py"
-    spec = importlib.util.spec_from_file_location("registry_retention_runner", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(path, "registry_retention_runner")
 
 
 RUNNER = _runner()
