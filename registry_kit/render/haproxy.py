@@ -133,7 +133,11 @@ def _lb_registry(lb: LoadBalancer) -> list[Section]:
                "# What the registry's deployment docs ask of a TLS-terminating proxy. haproxy "
                "sets",
                "# no request body limit unless told to, so layer uploads of any size pass.",
-               "option forwardfor",
+               "# X-Forwarded-For replaced, not appended to (option forwardfor): the registry "
+               "logs",
+               "# the header's first address, which would otherwise be whatever the client "
+               "wrote.",
+               "http-request set-header X-Forwarded-For %[src]",
                "http-request set-header X-Forwarded-Proto https"] if terminate else
               [f"# TLS passthrough: the replicas terminate TLS with the certificate for "
                f"{lb.domain}.",

@@ -567,7 +567,18 @@ def test_tls_termination_on_the_load_balancer(scale: Scale) -> None:
                                "grep 'scale/terminated' || true").stdout for name in (REP1, REP2))
     assert f'\n{harness.host_ip(LB)} - - [' in "\n" + logs, logs[-2000:]
     # The control machine reaches the lab through the network's gateway address.
-    assert f"http.request.remoteaddr={lab_state.load()['gateway']} " in logs, logs[-2000:]
+    gateway = lab_state.load()["gateway"]
+    assert f"http.request.remoteaddr={gateway} " in logs, logs[-2000:]
+    # A client's own X-Forwarded-For is replaced by the LB, not appended to: the registry
+    # (and so the audit log) takes the header's first address.
+    forged = "203.0.113.66"
+    subprocess.run(["curl", "-sk", "-o", "/dev/null", "--max-time", "10", "--resolve",
+                    f"{ADDRESS}:{harness.host_ip(LB)}", "-H", f"X-Forwarded-For: {forged}",
+                    "-A", "forged-xff", f"https://{ADDRESS}/v2/scale/terminated/tags/list"],
+                   check=True)
+    seen = "".join(harness.ssh(name, "docker logs --since 2m registry 2>&1 | "
+                               "grep -F forged-xff || true").stdout for name in (REP1, REP2))
+    assert f"http.request.remoteaddr={gateway} " in seen and forged not in seen, seen[-2000:]
     assert {name: harness.ssh(name, "docker inspect -f '{{.State.StartedAt}}' registry").stdout
             for name in (REP1, REP2)} == started
     back = scale.inventory("passthrough", **image)

@@ -299,7 +299,9 @@ def test_haproxy_terminate(make_settings: Callable[..., Settings]) -> None:
     assert "mode http" in text
     assert "bind *:5000 ssl crt /etc/haproxy/registry-kit/registry.pem" in text
     assert "http-request set-header X-Forwarded-Proto https" in text
-    assert "option forwardfor" in text
+    # The client's own X-Forwarded-For is replaced: the registry believes its first address.
+    assert "http-request set-header X-Forwarded-For %[src]" in text
+    assert "option forwardfor" not in [line.strip() for line in text.splitlines()]
     assert "ssl verify required ca-file /etc/haproxy/registry-kit/ca.crt verifyhost " \
         "registry.example.internal" in text
 
