@@ -668,11 +668,22 @@ def build_images(releases: set[str]) -> tuple[dict[str, Image], dict[str, Image]
         return host_images, {**small.result(), "registry_trixie": trixie_registry.result()}
 
 
+def removable(listing: str) -> list[str]:
+    """What `docker image rm` takes for each line of `docker image ls --format '{{.ID}}
+    {{.Repository}}:{{.Tag}}'`: the tag, or the ID of an image a rebuild left untagged
+    (`<none>:<none>`, which docker refuses as a reference)."""
+    refs = set()
+    for line in listing.splitlines():
+        image_id, _, ref = line.strip().partition(" ")
+        if image_id:
+            refs.add(image_id if not ref or "<none>" in ref else ref)
+    return sorted(refs)
+
+
 def remove_images() -> list[str]:
     """Remove every image the lab built (all namespaces share them)."""
-    out = docker("image", "ls", "--filter", f"label={LABEL}.image",
-                 "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    tags = sorted(set(out))
-    if tags:
-        docker("image", "rm", "-f", *tags)
-    return tags
+    refs = removable(docker("image", "ls", "--filter", f"label={LABEL}.image",
+                            "--format", "{{.ID}} {{.Repository}}:{{.Tag}}").stdout)
+    if refs:
+        docker("image", "rm", "-f", *refs)
+    return refs

@@ -259,3 +259,11 @@ def test_suite_releases_cover_every_host_the_tests_start() -> None:
     assert "bookworm-docker" in scanned  # the scan reads the e2e modules' own hosts
     used |= scanned
     assert used <= set(images.SUITE_RELEASES), sorted(used - set(images.SUITE_RELEASES))
+
+
+def test_removable_takes_tags_and_the_ids_of_untagged_images() -> None:
+    listing = ("1a2b3c registry-kit-lab/host:bookworm-9eeed9e49ac2\n"
+               "4d5e6f <none>:<none>\n"
+               "1a2b3c registry-kit-lab/host:bookworm-9eeed9e49ac2\n\n")
+    assert images.removable(listing) == ["4d5e6f", "registry-kit-lab/host:bookworm-9eeed9e49ac2"]
+    assert images.removable("") == []
