@@ -26,10 +26,6 @@ SCHEMA = 2
 Sections = dict[str, list[str]]
 
 
-# Each table's facts take the host's metrics column (roles.metrics_status, bound to the
-# host's roles: a cache host that is also a load balancer is fronted by haproxy).
-
-
 def _int(text: str) -> int | None:
     text = text.strip()
     return int(text) if text.lstrip("-").isdigit() else None
@@ -99,6 +95,9 @@ def _disk(settings: Settings, sections: Sections) -> dict[str, Any]:
 def server_facts(settings: Settings, sections: Sections,
                  status: metrics_status.MetricsStatus = metrics_status.SERVER
                  ) -> dict[str, Any]:
+    """The server's facts; `status`: its metrics column as bound to the host's roles (as
+    for the load balancers' and the caches' facts: a cache host that is also a load
+    balancer is fronted by haproxy)."""
     image, state, started, restarts = ([*first_line(sections, "container").split("|"),
                                         "", "", "", ""])[:4]
     code = _int(first_line(sections, "health"))
