@@ -47,49 +47,51 @@ def served_facts(servers: list[Settings]) -> set[str]:
     return served
 
 
-def exporter_targets(hosts: Topology) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(host, ADDRESS:PORT) of the redis exporter (the cache) and of each node exporter
-    (registry_kit.roles.exporters), every host listed once."""
-    unique = {s.host: s for s in (*hosts.servers, *hosts.lbs, *hosts.caches)}
-    redis = [(s.host, listen) for s in hosts.caches
-             if (listen := layout.metrics_listen(s)) is not None]
-    node = [(s.host, listen) for s in unique.values()
-            if s.registry_node_exporter and (listen := layout.metrics_listen(s)) is not None]
-    return redis, node
+# The scrape job of each endpoint layout.metrics_endpoints lists, by role and kind.
+JOBS: dict[tuple[layout.MetricsRole, str], str] = {
+    ("server", "registry"): prometheus.REGISTRY_JOB, ("server", "facts"): prometheus.FACTS_JOB,
+    ("lb", "haproxy"): prometheus.HAPROXY_JOB, ("lb", "facts"): prometheus.LB_FACTS_JOB,
+    ("cache", "redis"): prometheus.REDIS_JOB,
+    **{(role, "node"): prometheus.NODE_JOB for role in ("server", "lb", "cache")},
+}
+
+
+def scrape_jobs(hosts: Topology) -> dict[str, list[tuple[str, str]]]:
+    """Job -> (host, URL) of every metrics endpoint of the inventory, as
+    layout.metrics_endpoints gives them per role (the one place that says what a role
+    serves, which status shows too); a host in several roles has its node exporter once."""
+    jobs: dict[str, list[tuple[str, str]]] = {}
+    roles: tuple[tuple[layout.MetricsRole, tuple[Settings, ...]], ...] = (
+        ("server", hosts.servers), ("lb", hosts.lbs), ("cache", hosts.caches))
+    for role, members in roles:
+        for settings in members:
+            for kind, url in layout.metrics_endpoints(settings, role).items():
+                targets = jobs.setdefault(JOBS[role, kind], [])
+                if (settings.host, url) not in targets:
+                    targets.append((settings.host, url))
+    return jobs
 
 
 def write_folder(hosts: Topology) -> Path | None:
     """Write (or clear) the folder; its path, or None when nothing serves metrics. The
     first host serving metrics names the state folder (one per inventory, in practice)."""
-    registries = [(s.host, listen) for s in hosts.servers
-                  if (listen := layout.metrics_listen(s)) is not None]
-    lbs = [(s.host, listen) for s in hosts.lbs
-           if (listen := layout.metrics_listen(s)) is not None]
-    # The load balancers' facts: on their metrics endpoint, where haproxy passes the path on.
-    holders = [s for s in hosts.lbs if layout.lb_facts_listen(s) is not None]
-    lb_facts = [(s.host, listen) for s in holders
-                if (listen := layout.metrics_listen(s)) is not None]
     anyone = [s for s in (*hosts.servers, *hosts.lbs, *hosts.caches) if s.registry_metrics]
-    everyone = (*hosts.servers, *hosts.lbs, *hosts.caches)
     if not anyone:
-        for settings in everyone[:1]:
+        for settings in (*hosts.servers, *hosts.lbs, *hosts.caches)[:1]:
             for name in (prometheus.CONFIG_FILE, prometheus.RULES_FILE):
                 (layout.prometheus_dir(settings) / name).unlink(missing_ok=True)
         return None
     folder = layout.prometheus_dir(anyone[0])
-    serving = [s for s in hosts.servers if s.registry_metrics]
     interval = anyone[0].registry_prometheus_interval
+    jobs = scrape_jobs(hosts)
     # keepalived.validate: every LB has the same floating address.
+    holders = [s for s in hosts.lbs if layout.lb_facts_listen(s) is not None]
     address = keepalived.vip_address(holders[0]) if holders else None
-    redis, node = exporter_targets(hosts)
-    files = {prometheus.CONFIG_FILE: prometheus.scrape_config(
-        registries, lbs, layout.METRICS_PATH, interval,
-        facts=registries, facts_path=layout.FACTS_PATH, lb_facts=lb_facts,
-        exporters=prometheus.exporter_jobs(redis, layout.REDIS_EXPORTER_PATH, node,
-                                           layout.NODE_EXPORTER_PATH)),
+    files = {prometheus.CONFIG_FILE: prometheus.scrape_config(jobs, interval),
              prometheus.RULES_FILE: prometheus.alert_rules(
-                 BACKEND, bool(lbs), served_facts(serving), address=address,
-                 interval=interval, redis=bool(redis))}
+                 BACKEND, prometheus.HAPROXY_JOB in jobs,
+                 served_facts([s for s in hosts.servers if s.registry_metrics]),
+                 address=address, interval=interval, redis=prometheus.REDIS_JOB in jobs)}
     for name, text in files.items():
         if _write(folder / name, text):
             logger.info(f"registry-kit: wrote {folder / name}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -67,29 +68,37 @@ BACKUP_HOURS = 26  # a daily backup that missed one day (and a couple of hours' 
 FACTS = ("certificate", "disk", "disk_guard", "gc", "token", "backup")
 
 
-def scrape_config(registries: Sequence[tuple[str, str]],
-                  lbs: Sequence[tuple[str, str]], metrics_path: str, interval: int = 15,
-                  facts: Sequence[tuple[str, str]] = (), facts_path: str = "",
-                  lb_facts: Sequence[tuple[str, str]] = (),
-                  exporters: Sequence[tuple[str, str, Sequence[tuple[str, str]]]] = ()) -> str:
+# The scrape jobs, in the config's order: the job of each kind of endpoint a role serves
+# (registry_kit.model.layout.metrics_endpoints).
+JOB_ORDER = (REGISTRY_JOB, HAPROXY_JOB, FACTS_JOB, LB_FACTS_JOB, REDIS_JOB, NODE_JOB)
+
+
+def scrape_config(jobs: Mapping[str, Sequence[tuple[str, str]]], interval: int = 15) -> str:
     """prometheus.yml: one job per kind of endpoint, each target labelled with its
-    inventory host. `registries`, `lbs`, `facts`, `lb_facts`: (host, ADDRESS:PORT); `facts`
-    and `lb_facts` are served on `facts_path` of the servers' filter and of the load
-    balancers' metrics frontend; `interval`: seconds between scrapes and between rule
-    evaluations (registry_prometheus_interval); `exporters`: (job, path, targets) of
-    exporter_jobs()."""
-    jobs = [(REGISTRY_JOB, metrics_path, registries), (HAPROXY_JOB, metrics_path, lbs),
-            (FACTS_JOB, facts_path, facts), (LB_FACTS_JOB, facts_path, lb_facts), *exporters]
+    inventory host. `jobs`: job name (of JOB_ORDER) -> (host, URL) of each endpoint, the
+    URLs of one job sharing their path; `interval`: seconds between scrapes and between
+    rule evaluations (registry_prometheus_interval)."""
+    unknown = set(jobs) - set(JOB_ORDER)
+    if unknown:
+        raise ValueError(f"no scrape job {sorted(unknown)}")
+    scrape_configs = []
+    for job in JOB_ORDER:
+        targets = [(host, urllib.parse.urlsplit(url)) for host, url in jobs.get(job, ())]
+        if not targets:
+            continue
+        paths = {url.path for _, url in targets}
+        if len(paths) != 1:  # one metrics_path per job
+            raise ValueError(f"{job}: endpoints on several paths {sorted(paths)}")
+        scrape_configs.append(
+            {"job_name": job, "metrics_path": paths.pop(),
+             "static_configs": [{"targets": [url.netloc], "labels": {"host": host}}
+                                for host, url in targets]})
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s",
                    # Prometheus refuses a timeout longer than the interval (default 10s).
                    "scrape_timeout": f"{min(interval, 10)}s"},
         "rule_files": [RULES_FILE],
-        "scrape_configs": [
-            {"job_name": job, "metrics_path": path,
-             "static_configs": [{"targets": [target], "labels": {"host": host}}
-                                for host, target in targets]}
-            for job, path, targets in jobs if targets],
+        "scrape_configs": scrape_configs,
     }
     return HEADER + yaml.safe_dump(config, sort_keys=False)
 
@@ -136,14 +145,6 @@ def alert_rules(backend: str, with_lbs: bool, facts: Collection[str] = (),
         rules += _address_rules(address, interval)
     return HEADER + yaml.safe_dump({"groups": [{"name": "registry-kit", "rules": rules}]},
                                    sort_keys=False)
-
-
-def exporter_jobs(redis: Sequence[tuple[str, str]], redis_path: str,
-                  node: Sequence[tuple[str, str]], node_path: str
-                  ) -> list[tuple[str, str, Sequence[tuple[str, str]]]]:
-    """scrape_config's `exporters`: the redis exporter on the cache host, the node exporter
-    on each host with registry_node_exporter; (host, ADDRESS:PORT) each."""
-    return [(REDIS_JOB, redis_path, redis), (NODE_JOB, node_path, node)]
 
 
 def _exporter_rules(redis: bool) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from registry_kit.jobs import prometheus as folder
+from registry_kit.model import layout
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as topo
 from registry_kit.render import prometheus
@@ -138,7 +139,8 @@ def test_interval_is_a_setting_promtool_accepts(tmp_path: Path) -> None:
     assert config["global"] == {"scrape_interval": "2s", "evaluation_interval": "2s",
                                 "scrape_timeout": "2s"}
     assert "SUCCESS" in _promtool("check", "config", str(written / prometheus.CONFIG_FILE))
-    default = yaml.safe_load(prometheus.scrape_config([("r", "10.0.0.1:9195")], [], "/m"))
+    default = yaml.safe_load(prometheus.scrape_config(
+        {prometheus.REGISTRY_JOB: [("r", "http://10.0.0.1:9195/m")]}))
     assert default["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s",
                                  "scrape_timeout": "10s"}
 
@@ -421,3 +423,26 @@ def test_gauges_text_is_checked_and_escaped() -> None:
                 ("x", "h", [({}, float("nan"))])]:
         with pytest.raises(ValueError):
             prometheus.gauges([bad])
+
+
+def test_every_endpoint_status_lists_is_scraped(tmp_path: Path) -> None:
+    """The scrape config's targets are layout.metrics_endpoints' URLs, role by role: every
+    endpoint `status --json` lists (metrics) is a target of its job, and nothing else is."""
+    hosts = _hosts(tmp_path, vip=True, registry_node_exporter=True)
+    config = yaml.safe_load(prometheus.scrape_config(folder.scrape_jobs(hosts)))
+    scraped = {(target["labels"]["host"], f"http://{address}{job['metrics_path']}")
+               for job in config["scrape_configs"] for target in job["static_configs"]
+               for address in target["targets"]}
+    roles: list[tuple[layout.MetricsRole, tuple[settings_mod.Settings, ...]]] = [
+        ("server", hosts.servers), ("lb", hosts.lbs)]
+    listed = {(s.host, url) for role, members in roles for s in members
+              for url in layout.metrics_endpoints(s, role).values()}
+    assert scraped == listed and len(listed) == 2 * 3 + 2 * 3
+
+
+def test_a_scrape_job_has_one_path_and_a_known_name() -> None:
+    with pytest.raises(ValueError, match="several paths"):
+        prometheus.scrape_config({prometheus.NODE_JOB: [("a", "http://10.0.0.1:9195/x"),
+                                                        ("b", "http://10.0.0.2:9195/y")]})
+    with pytest.raises(ValueError, match="no scrape job"):
+        prometheus.scrape_config({"other": [("a", "http://10.0.0.1:9195/x")]})
