@@ -148,11 +148,18 @@ class ContainerSpec:
     extra_hosts: tuple[tuple[str, str], ...] = ()
 
     def run_args(self, engine_version: str | None = None) -> list[str]:
-        """`docker run` arguments (after `docker run`). Folders are bind-mounted, never
-        single files: a file replaced by rename keeps its old inode inside the container."""
+        """`docker run` arguments (after `docker run`): the container's spec, which its
+        spec_hash covers (server.container_spec)."""
+        return ["-d", *self.create_args(engine_version)]
+
+    def create_args(self, engine_version: str | None = None) -> list[str]:
+        """`docker create` arguments (after `docker create`): replace-container.sh creates
+        the new container while the old one still serves, then stops the old and starts
+        it. Folders are bind-mounted, never single files: a file replaced by rename keeps
+        its old inode inside the container."""
         published = f"{self.port}:{layout.CONTAINER_PORT}" if self.bind_address is None \
             else f"{host_port(self.bind_address, self.port)}:{layout.CONTAINER_PORT}"
-        args = ["-d", "--name", self.name, "--restart=always", "-p", published,
+        args = ["--name", self.name, "--restart=always", "-p", published,
                 *self._host_args()]
         if self.debug_port:
             args += ["-p", f"127.0.0.1:{self.debug_port}:{layout.CONTAINER_DEBUG_PORT}"]

@@ -189,7 +189,7 @@ def ensure_container(settings: Settings, spec: ContainerSpec, state: HostState,
     replace = _ReplaceCommand(join([layout.script("replace-container.sh"), spec.name, url,
                                     resolve, ca, settings.registry_verify_timeout,
                                     layout.replace_lock(spec.name), "--",
-                                    *spec.run_args(state.server_version)]))
+                                    *spec.create_args(state.server_version)]))
     # Behind a load balancer: out of rotation while replaced, back in (and UP) before the
     # next server's turn.
     yield OutOfRotation(replace, rotation, server_name(host.name)) if rotation else replace

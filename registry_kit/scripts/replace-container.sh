@@ -1,7 +1,9 @@
 #!/bin/sh
 # Managed by registry-kit: replace the registry container; if the new one does not become
 # healthy, put the previous container (same image, same data) back and fail.
-# Usage: replace-container.sh NAME URL RESOLVE CACERT TIMEOUT LOCK -- DOCKER-RUN-ARGS...
+# Usage: replace-container.sh NAME URL RESOLVE CACERT TIMEOUT LOCK -- DOCKER-CREATE-ARGS...
+# The new container is created while the old one still serves under its other name, so
+# clients wait only for the old one's stop and the new one's start (the port is one).
 set -u
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -25,13 +27,13 @@ docker rm -f "$previous" >/dev/null 2>&1
 had_previous=0
 if docker inspect "$name" >/dev/null 2>&1; then
     had_previous=1
-    docker stop "$name" >/dev/null
     docker rename "$name" "$previous"
     # A reboot during the swap must not start two registries on one port.
     docker update --restart=no "$previous" >/dev/null
 fi
 
-if docker run "$@" >/dev/null; then
+if docker create "$@" >/dev/null && { [ "$had_previous" = 0 ] ||
+        docker stop "$previous" >/dev/null; } && docker start "$name" >/dev/null; then
     deadline=$(( $(date +%s) + timeout ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
         restarts=$(docker inspect -f '{{.RestartCount}}' "$name" 2>/dev/null || echo 99)
@@ -41,7 +43,9 @@ if docker run "$@" >/dev/null; then
             echo "registry-kit: $name is serving $url/v2/"
             exit 0
         fi
-        sleep 1
+        # The registry listens a fraction of a second after its start: check as often as
+        # wait_healthy does, so the run goes on (and the old container goes) that soon.
+        sleep 0.1
     done
 fi
 

@@ -197,7 +197,7 @@ def _check_commands(s: Settings) -> None:
 
     cert = None
     spec = server.container_spec(s, b"config", cert)
-    argv = ["docker", "run", *spec.run_args("26.1.5")]
+    argv = ["docker", "create", *spec.create_args("26.1.5")]
     assert _words(join(argv)) == argv
     assert [a for a in argv if a.startswith("type=bind")] == [
         f"type=bind,source={s.registry_config_dir},target=/etc/registry-kit,readonly",

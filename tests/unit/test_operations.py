@@ -225,7 +225,7 @@ def test_ensure_container_replaces_a_changed_spec(defaults: Settings, spec: Any)
     assert run(server.ensure_container, defaults, spec, old) == ([
         "_ReplaceCommand: /usr/local/lib/registry-kit/replace-container.sh registry "
         "https://registry.example.internal:5000 registry.example.internal:5000:127.0.0.1 "
-        "/etc/registry-kit/certs/ca.crt 60 /run/lock/registry-kit-registry.lock -- -d --name "
+        "/etc/registry-kit/certs/ca.crt 60 /run/lock/registry-kit-registry.lock -- --name "
         "registry --restart=always -p 5000:5000 "
         "--mount type=bind,source=/etc/registry-kit,target=/etc/registry-kit,readonly "
         "--mount type=bind,source=/var/lib/registry-kit/data,target=/var/lib/registry"
