@@ -135,6 +135,30 @@ RUNTIME_DIRECTORIES = (
 )
 
 
+# The files a reload copies again (`systemctl reload`): the server re-reads these two by
+# themselves when their copies change (their inode, size or mtime), so users, groups and
+# rules change without a restart and no login is refused meanwhile. Keys, certificates
+# and the directory's files are read once at start: changing them restarts the server.
+RELOADED = ("htpasswd", "policy.json")
+RELOAD_STAGE = f"{TOKEN_RUNTIME_DIR}/.reload"
+
+
+def reload_lines(sources: dict[str, str]) -> list[str]:
+    """ExecReload: copy RELOADED into a staging folder of the runtime directory, hand them
+    to the server's user, then rename them over the copies it reads: a rename replaces a
+    file at once, so the server never reads one half written."""
+    staged = " ".join(f"{RELOAD_STAGE}/{name}" for name in RELOADED)
+    return [f"ExecReload=+/bin/mkdir -p {RELOAD_STAGE}",
+            f"ExecReload=+/bin/cp {' '.join(sources[name] for name in RELOADED)} "
+            f"{RELOAD_STAGE}/",
+            f"ExecReload=+/bin/chown -R --reference={TOKEN_RUNTIME_DIR} {RELOAD_STAGE}",
+            f"ExecReload=+/bin/mv -f {staged} {TOKEN_RUNTIME_DIR}/",
+            # systemd sets RuntimeDirectoryMode (0700) again on both folders at each line
+            # it spawns: the counters' folder is opened to the facts server once more, last
+            # (the server opens it itself at start; seen closed after a reload in the lab).
+            f"ExecReload=+/bin/chmod 0755 {layout.TOKEN_COUNTERS_DIR}"]
+
+
 def unit_text(settings: Settings) -> bytes:
     """The systemd unit; every value in it is a checked path or address (no spaces).
 
@@ -143,7 +167,8 @@ def unit_text(settings: Settings) -> bytes:
     each start, the dynamic user's, 0700) and hands them over. LoadCredential= would do the
     same, but its ramfs needs shared mount propagation, which systemd does not set up in a
     container host (the credentials came out empty in the lab). The copies are made at
-    start, so the deploy restarts the service when htpasswd or the policy change."""
+    start; a reload (reload_lines) renews those of htpasswd and the policy, which the
+    server re-reads by itself, so users and rules change without a restart."""
     paths = ServerLayout.of(settings)
     sources = {"signing.key": paths.signing_key, "token-signing.crt": paths.signing_cert,
                "htpasswd": paths.htpasswd, "policy.json": paths.policy}
@@ -184,6 +209,7 @@ def unit_text(settings: Settings) -> bytes:
         f"ExecStartPre=+/bin/chown -R --reference={TOKEN_RUNTIME_DIR} {TOKEN_RUNTIME_DIR}",
         *checks,
         f"ExecStart={' '.join(argv)}",
+        *reload_lines(sources),
         "Restart=always", "RestartSec=2", *SANDBOX,
     ]
     return textfile.systemd_unit(

@@ -5,10 +5,13 @@ Used whenever the settings have a policy (registry_kit.model.access): access rul
 with `registry_auth_mode = "auto"` (the default), users without rules (every user may do
 everything, as with htpasswd, and a request costs the registry a signature check instead of
 a bcrypt check). What the files hold is registry_kit.render.token_auth. The token server
-reads copies of the registry's htpasswd and the kit's policy.json made when it starts (it
-runs as a dynamic user that cannot read the originals), so a run that changes users,
-groups or rules restarts it (a second or so; one replica at a time, drained in the load
-balancers' token backend meanwhile); the registry itself is not touched.
+reads copies of the registry's htpasswd and the kit's policy.json (it runs as a dynamic
+user that cannot read the originals). A run that changes users, groups or rules renews
+those copies with `systemctl reload` and the server re-reads them by itself: nothing is
+refused. A run that changes what it reads only at start (keys, certificates, its unit or
+script, the directory's files; with registry_ldap, users too) restarts it (a second or so;
+one replica at a time, drained in the load balancers' token backend meanwhile); the
+registry itself is not touched.
 """
 
 from __future__ import annotations
@@ -149,17 +152,41 @@ def token_deploy(settings: Settings, state: HostState, tls_ops: list, htpasswd_o
                                    name=f"Install {TOKEN_SCRIPT}")
     unit_op = files.managed_file(TOKEN_UNIT, unit_text(settings), "0644",
                                  state.files.get(TOKEN_UNIT), name=f"Install {TOKEN_UNIT}")
-    changed = [key_op, cert_op, policy_op, htpasswd_op, script_op, unit_op, *tls_ops,
-               *directory_files(settings, state)]
+    # What the server reads once at start, and what it re-reads by itself once a reload has
+    # renewed its copies (render.token_auth.RELOADED). With a directory, the start's check
+    # of local names against it (--check-names) must see a new user: a restart then.
+    at_start = [key_op, cert_op, script_op, unit_op, *tls_ops,
+                *directory_files(settings, state)]
+    reread = [policy_op, htpasswd_op]
+    if settings.registry_ldap is not None:
+        at_start, reread = at_start + reread, []
+
+    def restart() -> bool:
+        return any(op.did_change() for op in at_start)
+
+    def reload() -> bool:
+        return not restart() and any(op.did_change() for op in reread)
+
     token_service(settings, state, restart=False, name=f"Start {TOKEN_SERVICE}",
-                  _if=lambda: not any(op.did_change() for op in changed))
+                  _if=lambda: not restart() and not reload())
+    reload_token_service(settings, name=f"Reload {TOKEN_SERVICE} for its changed users or "
+                         "rules", _if=reload)
     # One replica at a time, out of the load balancers' rotation meanwhile: restarted
     # together (seen in the scale-out e2e under load), every token request failed for a
     # second or more and clients saw EOF from the load balancer's token port.
     token_service(settings, state, restart=True, rotation=rotation, _serial=True,
-                  name=f"Restart {TOKEN_SERVICE} for its changed files",
-                  _if=lambda: any(op.did_change() for op in changed))
+                  name=f"Restart {TOKEN_SERVICE} for its changed files", _if=restart)
     return cert_op
+
+
+@operation()
+def reload_token_service(settings: Settings):
+    """Users, groups or rules changed and nothing the server reads only at start: its
+    copies are renewed in place (the unit's ExecReload) and it re-reads them at its next
+    request. Its socket stays open, so no login is refused and, behind load balancers, no
+    drain is needed. Started if it was not running."""
+    yield (f"systemctl reload-or-restart {q(TOKEN_SERVICE)} && "
+           f"{answers_command(settings)}")
 
 
 def directory_files(settings: Settings, state: HostState) -> list:

@@ -272,27 +272,36 @@ def test_changed_setting_recreates_the_container_once(site: Site, first_run: dic
     assert harness.started_at(SERVER) == after
 
 
+def _token_server_pid() -> str:
+    return harness.ssh(SERVER, "systemctl show -p MainPID --value registry-kit-token"
+                       ).stdout.strip()
+
+
 def test_added_user_works_without_restart(site: Site, first_run: dict) -> None:
-    before = harness.started_at(SERVER)
+    before, pid = harness.started_at(SERVER), _token_server_pid()
     site.passwords["carol"] = "carol-password"
     site.users.append("carol")
     site.write()
     run = site.deploy().assert_ok()
-    # Token auth: the token server's policy names every user, and it restarts to read
-    # its copies of htpasswd and the policy; the registry itself is not touched.
+    # Token auth: the token server's policy names every user. A reload renews its copies
+    # of htpasswd and the policy, which it re-reads by itself: neither it nor the registry
+    # restarts, so no login is refused meanwhile.
     assert [name for name, _ in run.changed] == [
         "Upload htpasswd (bcrypt)", "Upload the access policy",
-        "Restart registry-kit-token.service for its changed files",
+        "Reload registry-kit-token.service for its changed users or rules",
         "Check /v2/: 401 without, 200 with credentials"]
     assert site.status("carol") == 200
     assert harness.started_at(SERVER) == before
+    assert pid != "0" and _token_server_pid() == pid
     site.deploy().assert_no_changes()
 
 
 def test_removed_user_is_refused(site: Site, first_run: dict) -> None:
+    pid = _token_server_pid()
     site.users.remove("bob")
     site.write()
     site.deploy().assert_ok()
+    assert _token_server_pid() == pid  # reloaded, not restarted
     status = site.status("bob")
     # One CI run saw 0 here (no answer within curl's 10 s) once: say what served then.
     assert status == 401, (status, harness.ssh(

@@ -393,6 +393,18 @@ def test_token_server_unit_runs_sandboxed_on_copies_of_its_files(
     assert token_auth.trusted_proxies(bound) == ["127.0.0.1", "::1", "10.1.2.3"]
     assert (f"ExecStartPre=+/bin/chown -R --reference={layout.TOKEN_RUNTIME_DIR} "
             f"{layout.TOKEN_RUNTIME_DIR}") in lines
+    # A reload renews the copies of htpasswd and the policy only (the server re-reads
+    # those by itself), staged and then renamed over them: never read half written.
+    stage = f"{layout.TOKEN_RUNTIME_DIR}/.reload"
+    assert [line for line in lines if line.startswith("ExecReload=")] == [
+        f"ExecReload=+/bin/mkdir -p {stage}",
+        f"ExecReload=+/bin/cp {made.registry_config_dir}/auth/htpasswd "
+        f"{made.registry_config_dir}/token/policy.json {stage}/",
+        f"ExecReload=+/bin/chown -R --reference={layout.TOKEN_RUNTIME_DIR} {stage}",
+        f"ExecReload=+/bin/mv -f {stage}/htpasswd {stage}/policy.json "
+        f"{layout.TOKEN_RUNTIME_DIR}/",
+        f"ExecReload=+/bin/chmod 0755 {layout.TOKEN_COUNTERS_DIR}"]
+    assert {f"{target}htpasswd", f"{target}policy.json"} <= copied
 
 
 class Clock:

@@ -619,6 +619,15 @@ def test_token_service_started_or_restarted(defaults: Settings) -> None:
         + token_auth.answers_command(defaults)], [])
 
 
+def test_token_service_reload_renews_its_copies_without_a_restart(defaults: Settings) -> None:
+    """Users or rules changed: `systemctl reload` (the unit's ExecReload renews the copies,
+    the server re-reads them), started instead when it was not running, then the run waits
+    until it answers; no drain behind load balancers, since nothing is refused."""
+    assert run(token_auth.reload_token_service, defaults) == ([
+        "systemctl reload-or-restart registry-kit-token.service && "
+        + token_auth.answers_command(defaults)], [])
+
+
 def test_token_service_restart_behind_load_balancers_is_drained(defaults: Settings) -> None:
     running = probe(services=["registry-kit-token.service active enabled"])
     rotation = Rotation(lb_hosts=("lb1",), backend="registry", drain_timeout=5, up_timeout=30)
