@@ -15,9 +15,15 @@ own DELETE does on filesystem storage: the revision link goes, and with it every
 it), garbage collection runs (without --delete-untagged: it must delete only what the rules
 selected), and the registry is made writable again whatever happened. Bytes freed are
 measured on the blobs folder. Filesystem storage is each server's own, so servers are done
-one at a time, each on its own storage; other storage drivers are refused in one line.
+one at a time, each on its own storage.
 The same steps run on a server from its own timer with registry_retention_schedule
 (registry_kit.roles.retention_timer: the same listing command, planner and delete paths).
+
+S3 storage (registry_kit.sharedretention): the bucket is listed from the control machine
+into the same listing lines, planned and reported once per storage group (the replicas
+sharing it), and applied as a shared-storage collection whose deletes run while every
+replica is read-only. azure, gcs and inmemory storage, and S3 without keys, are refused in
+one line; the schedule stays refused off filesystem storage (model/settings.py).
 """
 
 from __future__ import annotations
