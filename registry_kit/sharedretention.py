@@ -174,8 +174,10 @@ class SharedRetention(sharedgc.SharedCollection):
     def __init__(self, members: Sequence[sharedgc.Member], rotation: Rotation | None,
                  cache: sharedgc.CacheFlush | None, storage: Storage, plan: retention.Plan,
                  planned_fingerprint: str,
-                 finish: Mapping[str, Callable[[bool, int | None], StringCommand]]) -> None:
+                 finish: Mapping[str, Callable[[bool, int | None], StringCommand]],
+                 opener: s3objects.Opener | None = None) -> None:
         super().__init__(members, rotation, cache, storage, dry_run=False)
+        self.opener = opener  # urllib's by default (tests give a fake bucket)
         self.plan = plan
         self.planned_fingerprint = planned_fingerprint
         self.finishers = finish  # host -> its record and result command
@@ -186,7 +188,7 @@ class SharedRetention(sharedgc.SharedCollection):
         params = self.storage.params
         where = f"s3://{params.get('bucket')}"
         try:
-            now = current_fingerprint(params)
+            now = current_fingerprint(params, self.opener)
         except Errors as error:
             report(f"registry-kit: retention: cannot list {where}: {error}", ok=False)
             return ("list again", where)
@@ -196,7 +198,7 @@ class SharedRetention(sharedgc.SharedCollection):
             return ("compare", where)
         prefixes = delete_prefixes(params, self.plan)
         try:
-            self.deleted = delete_planned(params, prefixes)
+            self.deleted = delete_planned(params, prefixes, self.opener)
         except Errors as error:
             report(f"registry-kit: retention: deleting in {where} failed: {error}", ok=False)
             return ("delete", where)

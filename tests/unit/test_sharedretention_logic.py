@@ -295,6 +295,38 @@ def test_delete_planned_deletes_exactly_the_planned_folders(
     assert retention.plan(listing.repositories, parsed, listing.now).empty
 
 
+def _apply(make_settings: Callable[..., Settings], bucket: FakeBucket, plan: retention.Plan,
+           fingerprint: str) -> tuple[tuple[str, str] | None, list[str]]:
+    """SharedRetention's deletes (between the read-only steps and the collection) on the
+    fake bucket: (the failed step or None, the lines reported)."""
+    lines: list[str] = []
+    run = sharedretention.SharedRetention([], None, None, _storage(make_settings), plan,
+                                          fingerprint, {}, opener=bucket)
+    failed = run._between(None, None, {}, lambda line, ok=True: lines.append(line))
+    return failed, lines
+
+
+def test_a_push_since_the_plan_refuses_and_deletes_nothing(
+        make_settings: Callable[..., Settings]) -> None:
+    bucket, digests = _ci_bucket()
+    listing, plan = _plan(make_settings, bucket)
+    _tag(bucket, "ci/app", "a9", digests["a9"], 0)  # pushed again since the listing
+    before = dict(bucket.objects)
+    bucket.requests.clear()
+    failed, lines = _apply(make_settings, bucket, plan, listing.fingerprint)
+    assert failed == ("compare", "s3://registry")
+    assert lines == ["registry-kit: retention refused: the storage changed since it was read "
+                     "(a push?); nothing was deleted: run retention.py again"]
+    assert bucket.objects == before
+    assert [method for method, _ in bucket.requests] == ["GET"] * len(bucket.requests)
+    # Unchanged: the planned folders go.
+    listing, plan = _plan(make_settings, bucket)
+    failed, lines = _apply(make_settings, bucket, plan, listing.fingerprint)
+    assert failed is None
+    assert lines == ["registry-kit: retention removed 15 tag and manifest folders (23 "
+                     "objects) in s3://registry"]
+
+
 def test_a_key_with_odd_characters_is_signed_as_s3_reads_it(
         make_settings: Callable[..., Settings]) -> None:
     bucket = FakeBucket({})
