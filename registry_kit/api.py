@@ -78,10 +78,10 @@ def garbage_collect(servers: str = "registry_servers", clients: str = "registry_
 def retention(servers: str = "registry_servers", clients: str = "registry_clients",
               lb: str = "registry_lb", cache: str = "registry_cache",
               settings: Mapping[str, Any] | None = None) -> None:
-    """Apply registry_retention_rules on each server (filesystem storage): report the tags
-    and manifests they delete and the bytes a GC then frees; with
-    registry_retention_apply=True, delete them and collect garbage, one server at a time
-    (read-only meanwhile)."""
+    """Apply registry_retention_rules on each server (filesystem storage) or once per S3
+    bucket the servers share: report the tags and manifests they delete and the bytes a GC
+    then frees; with registry_retention_apply=True, delete them and collect garbage, one
+    server at a time (read-only meanwhile; on S3 every replica of the bucket)."""
     from registry_kit.jobs import retention as job
 
     _plan(job, servers, clients, lb, cache, settings)

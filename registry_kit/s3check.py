@@ -51,9 +51,11 @@ def canonical_request(method: str, path: str, query: str, headers: Mapping[str, 
                      for name, value in headers.items())
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in lowered)
     signed = ";".join(name for name, _ in lowered)
-    # S3 paths are encoded once (not twice, as other services do).
-    request = "\n".join([method, _uri_encode(path or "/", keep_slash=True), canonical_query,
-                         canonical_headers, signed, payload_sha256])
+    # S3 paths are encoded once (not twice, as other services do): `path` as the URL holds
+    # it (a key may have been percent-encoded there) is decoded first.
+    uri = _uri_encode(urllib.parse.unquote(path or "/"), keep_slash=True)
+    request = "\n".join([method, uri, canonical_query, canonical_headers, signed,
+                         payload_sha256])
     return request, signed
 
 

@@ -45,24 +45,22 @@ import functools
 import ipaddress
 import posixpath
 import socket
-import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pyinfra import logger
 from pyinfra.api import StringCommand
 from pyinfra.connectors.util import CommandOutput
 
-from registry_kit import s3check
+from registry_kit import s3objects
 from registry_kit.commands import auth_arguments, join, q
 from registry_kit.model import layout
-from registry_kit.model.settings import Secret, Settings, SettingsError, Storage
+from registry_kit.model.settings import Settings, SettingsError, Storage
 from registry_kit.model.topology import OutOfRotation, Rotation
 
 # The keys that say where a driver keeps its data (not how it authenticates or tunes).
@@ -214,15 +212,17 @@ def group_of(name: str, groups: Iterable[tuple[Settings, ...]]) -> tuple[Setting
     raise KeyError(name)
 
 
-def unreachable_refusal(group: Sequence[Settings], active: Iterable[str]) -> str | None:
+def unreachable_refusal(group: Sequence[Settings], active: Iterable[str],
+                        script: str = "garbage_collect.py",
+                        run: str = "a collection") -> str | None:
     """One line when a replica sharing the storage is not in this run."""
     present = set(active)  # once: `active` may be a generator
     missing = [s.host for s in group if s.host not in present]
     if not missing:
         return None
     names = ", ".join(s.host for s in group)
-    return (f"{missing[0]}: garbage_collect.py refused: {', '.join(missing)} not reachable "
-            f"(or left out by --limit); a collection on shared storage makes every replica "
+    return (f"{missing[0]}: {script} refused: {', '.join(missing)} not reachable "
+            f"(or left out by --limit); {run} on shared storage makes every replica "
             f"read-only first ({names}): nothing was changed")
 
 
@@ -281,48 +281,13 @@ def s3_prefix(params: Mapping[str, Any]) -> str:
 
 def parse_listing(xml: bytes) -> tuple[int, str | None]:
     """(bytes of the objects in one ListObjectsV2 page, continuation token or None)."""
-    root = ElementTree.fromstring(xml)
-
-    def find(element: Any, name: str) -> Any:
-        found = element.find(_S3_NS + name)
-        return found if found is not None else element.find(name)
-
-    total = 0
-    for item in list(root.iter(_S3_NS + "Contents")) + list(root.iter("Contents")):
-        size = find(item, "Size")
-        total += int(size.text) if size is not None and size.text else 0
-    truncated = find(root, "IsTruncated")
-    token = find(root, "NextContinuationToken")
-    if truncated is not None and truncated.text == "true" and token is not None:
-        return total, token.text
-    return total, None
+    page = s3objects.parse_page(xml)
+    return sum(o.size for o in page.objects), page.continuation
 
 
 def bucket_bytes(params: Mapping[str, Any], opener: Callable[..., Any] | None = None) -> int:
     """Bytes under the registry's prefix in the bucket, listed from the control machine."""
-    base = s3check.bucket_url(params)
-    access, secret = params["accesskey"], params["secretkey"]
-    assert isinstance(access, Secret) and isinstance(secret, Secret)
-    context = ssl._create_unverified_context() \
-        if params.get("skipverify") is True and base.startswith("https:") else None
-    total, token = 0, None
-    while True:
-        query = {"list-type": "2", "prefix": s3_prefix(params)}
-        if token:
-            query["continuation-token"] = token
-        url = base.rstrip("/") + ("/" if base.endswith("/") else "") + "?" + \
-            urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
-        amz_date = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        headers = s3check.sign(method="GET", url=url,
-                               headers={"x-amz-content-sha256": s3check.EMPTY_SHA256},
-                               access_key=access.reveal(), secret_key=secret.reveal(),
-                               region=str(params["region"]), service="s3", amz_date=amz_date)
-        request = urllib.request.Request(url, method="GET", headers=headers)
-        with (opener or urllib.request.urlopen)(request, timeout=30, context=context) as answer:
-            page, token = parse_listing(answer.read())
-        total += page
-        if token is None:
-            return total
+    return sum(o.size for o in s3objects.list_objects(params, s3_prefix(params), opener)[0])
 
 
 def measurable(storage: Storage) -> bool:
@@ -347,7 +312,10 @@ class CacheFlush:
 
 class SharedCollection(StringCommand):
     """The whole collection of one shared storage, run from the group's first replica's
-    operation (see the module docstring for the order and why)."""
+    operation (see the module docstring for the order and why). Retention on S3
+    (registry_kit.sharedretention) is this with its deletes in `_between`."""
+
+    what = "garbage collection"  # the run's name in its lines
 
     def __init__(self, members: Sequence[Member], rotation: Rotation | None,
                  cache: CacheFlush | None, storage: Storage, dry_run: bool) -> None:
@@ -407,7 +375,7 @@ class SharedCollection(StringCommand):
 
         for member in self.members:  # nothing changes until every replica passed
             if not self._run(state, host, auth, member.host, member.commands["check"])[0]:
-                report(f"registry-kit: garbage collection refused: the check failed on "
+                report(f"registry-kit: {self.what} refused: the check failed on "
                        f"{member.host}; nothing was changed", ok=False)
                 return False, CommandOutput([])
         if self.dry_run:  # nothing is deleted: no replica needs to be read-only
@@ -425,6 +393,8 @@ class SharedCollection(StringCommand):
                     break
             if failed is None:
                 before = self._bytes(host)
+                failed = self._between(state, host, auth, report)
+            if failed is None:
                 ok, out = self._run(state, host, auth, leader.host, leader.commands["collect"])
                 summary = _summary(out)
                 if not ok:
@@ -440,22 +410,44 @@ class SharedCollection(StringCommand):
                                          drained=True)[0]]
         back = "every replica is read-write again" if not not_back else \
             f"NOT read-write again: {', '.join(not_back)} (see above; deploy.py restores it)"
+        freed_bytes = before - after if before is not None and after is not None else None
+        self._finish(state, host, auth, failed is None and not not_back, freed_bytes)
         if failed is not None:
-            report(f"registry-kit: garbage collection on shared storage failed at step "
+            report(f"registry-kit: {self.what} on shared storage failed at step "
                    f"'{failed[0]}' on {failed[1]}; {back}", ok=False)
             return False, CommandOutput([])
         if not_back:
-            report(f"registry-kit: garbage collection on shared storage done ({summary}), "
+            report(f"registry-kit: {self.what} on shared storage done ({summary}), "
                    f"but {back}", ok=False)
             return False, CommandOutput([])
+        report(self._done_line(names, leader.host, before, after, summary))
+        return True, CommandOutput([])
+
+    def _done_line(self, names: str, leader: str, before: int | None, after: int | None,
+                   summary: str) -> str:
         where = f"s3://{self.storage.params.get('bucket')}"
         freed = f"freed {before - after} bytes ({before} -> {after} bytes in {where}; " \
             if before is not None and after is not None else \
             f"freed an unmeasured number of bytes ({self.storage.driver} storage is not " \
             "measured; "
-        report(f"registry-kit: garbage collection on shared storage ({names}; collected on "
-               f"{leader.host}) {freed}{summary})")
-        return True, CommandOutput([])
+        return (f"registry-kit: {self.what} on shared storage ({names}; collected on "
+                f"{leader}) {freed}{summary}){self._planned()}")
+
+    # --- What a run that deletes before its collection adds (sharedretention) ---
+
+    def _between(self, state: Any, host: Any, auth: dict[str, Any],
+                 report: Callable[..., None]) -> tuple[str, str] | None:
+        """Run with every replica read-only, before the collection: None, or the failed
+        (step, where). A collection alone has nothing to do here."""
+        return None
+
+    def _finish(self, state: Any, host: Any, auth: dict[str, Any], ok: bool,
+                freed: int | None) -> None:
+        """After every replica was made writable again: the run's record, if it keeps one."""
+
+    def _planned(self) -> str:
+        """Text after the bytes freed (a retention run: the figure it planned)."""
+        return ""
 
 
 def _summary(stdout: Iterable[str]) -> str:

@@ -422,6 +422,20 @@ _REVISION = re.compile(rf"repositories/({_REPO})/_manifests/revisions/sha256/([0
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
+def tag_link(path: str) -> tuple[str, str] | None:
+    """(repository, tag) when `path` (relative to the storage's v2 folder) is a tag's
+    current link in the registry's grammar; None for anything else."""
+    found = _TAG_LINK.fullmatch(path)
+    return (found[1], found[2]) if found else None
+
+
+def revision_link(path: str) -> tuple[str, str] | None:
+    """(repository, digest) when `path` is a manifest revision link in the registry's
+    grammar; None for anything else."""
+    found = _REVISION.fullmatch(path)
+    return (found[1], f"sha256:{found[2]}") if found else None
+
+
 @dataclass(frozen=True)
 class Listing:
     now: float  # the server's clock when it listed

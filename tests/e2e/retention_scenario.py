@@ -1,8 +1,10 @@
-"""Retention (retention.py) on a running registry with filesystem storage, shared by the
-modules that run it (test_registry3.py: on 3.0.0, and on 2.8.3 after its downgrade).
+"""Retention (retention.py) on a running registry, shared by the modules that run it:
+filesystem storage in test_registry3.py (on 3.0.0, and on 2.8.3 after its downgrade), S3
+shared by two replicas in test_scaleout.py (run_s3_scenario, on 3.0.0 and 2.8.3).
 
 30 tags across 3 repositories under PREFIX, each tag's push time set on the server
-(`touch -d` on the tag's current link, which is what the kit reads as push time), among
+(`touch -d` on the tag's current link, which is what the kit reads as push time; on S3,
+run_s3_scenario: put again in order, its LastModified), among
 them a multi-arch index, a tag on one of its children, and a signature artifact whose
 `subject` is the index. The report run must delete nothing; the apply run must leave
 exactly the expected tags, which pull (skopeo checks every blob's digest) with the digests
@@ -52,10 +54,13 @@ class RetentionSite(Protocol):
     def tags(self, repository: str) -> list[str]: ...
 
 
-def rules(prefix: str) -> list[dict[str, Any]]:
+def rules(prefix: str, by_days: bool = True) -> list[dict[str, Any]]:
+    """`by_days`: web keeps 10 days (push times set with touch, filesystem); else the 3 last
+    pushed, which keeps the same tags (S3, where push times are only an order)."""
+    web = {"keep_days": 10} if by_days else {"keep_last": 3}
     return [
         {"repository": f"{prefix}/app", "keep_last": 3, "keep_always": ["stable"]},
-        {"repository": f"{prefix}/web", "keep_days": 10, "exclude": ["release-*"]},
+        {"repository": f"{prefix}/web", **web, "exclude": ["release-*"]},
         {"repository": f"{prefix}/multi", "keep_last": 2, "untagged": "delete"},
     ]
 
@@ -164,16 +169,7 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     used = blobs_bytes(server)
 
     report = site.run("retention.py", timing=f"retention report ({prefix})").assert_no_changes()
-    found = reported(report, server)
-    assert found[1] == "report only: nothing deleted"
-    # Only this scenario's repositories are covered: every other tag is kept.
-    assert (int(found[3]), int(found[4]), int(found[5])) == (18, 2, 16)
-    assert re.search(rf"delete tag {prefix}/app:a11 \(sha256:\w+\): rule 1: not among the "
-                     r"last 3 pushed, matches no keep_always \['stable'\]; tag only",
-                     report.stderr), report.stderr
-    assert re.search(rf"keep {prefix}/multi:sig \(sha256:\w+\): artifact of kept", report.stderr)
-    assert re.search(rf"delete tag {prefix}/multi:c1 \(sha256:\w+\): .*; tag only",
-                     report.stderr)
+    found = check_report(report, server, prefix)
     assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == before
     assert blobs_bytes(server) == used
     planned = int(found[6])
@@ -188,16 +184,7 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     assert abs(freed - planned) <= 0.05 * freed, (planned, freed)
     assert freed > DELETED_MANIFESTS["app"] * LAYER_BYTES
     times[f"retention freed bytes, du of blobs ({prefix})"] = freed  # type: ignore[assignment]
-    assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == EXPECTED
-    pulls = [(f"{address}/{prefix}/{repo}:{tag}", digests[f"{repo}:{tag}"])
-             for repo, tags in EXPECTED.items() for tag in tags]
-    # The kept index's children, by digest.
-    pulls += [(f"{address}/{prefix}/multi@{digests[f'child:{arch}']}", digests[f"child:{arch}"])
-              for arch in ("amd64", "arm64")]
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        pulled = dict(zip(pulls, pool.map(lambda item: _pull(site, item[0]), pulls),
-                          strict=True))
-    assert all(digest == expected for (_, expected), digest in pulled.items()), pulled
+    check_kept(site, address, prefix, digests)
     phase("apply run, 14 pulls")
 
     if scheduled:
@@ -207,6 +194,37 @@ def run_scenario(site: RetentionSite, *, server: str, address: str, prefix: str,
     again.assert_no_changes()
     assert reported(again, server).group(3, 4, 5) == ("0", "0", "0")
     phase("second apply run")
+
+
+def check_report(report: harness.Run, server: str, prefix: str) -> re.Match[str]:
+    """The report run's summary (printed once, by `server`) and its telling lines."""
+    found = reported(report, server)
+    assert found[1] == "report only: nothing deleted"
+    assert report.stderr.count("registry-kit: retention (") == 1, report.stderr[-4000:]
+    # Only this scenario's repositories are covered: every other tag is kept.
+    assert (int(found[3]), int(found[4]), int(found[5])) == (18, 2, 16)
+    assert re.search(rf"delete tag {prefix}/app:a11 \(sha256:\w+\): rule 1: not among the "
+                     r"last 3 pushed, matches no keep_always \['stable'\]; tag only",
+                     report.stderr), report.stderr
+    assert re.search(rf"keep {prefix}/multi:sig \(sha256:\w+\): artifact of kept", report.stderr)
+    assert re.search(rf"delete tag {prefix}/multi:c1 \(sha256:\w+\): .*; tag only",
+                     report.stderr)
+    return found
+
+
+def check_kept(site: RetentionSite, address: str, prefix: str, digests: dict[str, str]) \
+        -> None:
+    """Exactly the expected tags are left, and they pull (skopeo checks every blob) with the
+    digests they were pushed with, the kept index's two children by digest too."""
+    assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == EXPECTED
+    pulls = [(f"{address}/{prefix}/{repo}:{tag}", digests[f"{repo}:{tag}"])
+             for repo, tags in EXPECTED.items() for tag in tags]
+    pulls += [(f"{address}/{prefix}/multi@{digests[f'child:{arch}']}", digests[f"child:{arch}"])
+              for arch in ("amd64", "arm64")]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        pulled = dict(zip(pulls, pool.map(lambda item: _pull(site, item[0]), pulls),
+                          strict=True))
+    assert all(digest == expected for (_, expected), digest in pulled.items()), pulled
 
 
 def _apply_from_the_control_machine(site: RetentionSite, server: str, prefix: str,
@@ -227,6 +245,106 @@ def _apply_from_the_control_machine(site: RetentionSite, server: str, prefix: st
     assert f"{freed} bytes of blobs freed" in harness.ssh(
         server, "journalctl -t registry-kit --no-pager -q | grep 'retention:' | tail -n 1").stdout
     return freed
+
+
+# --- S3 storage shared by replicas (test_scaleout.py) --------------------------------------
+
+class S3RetentionSite(RetentionSite, Protocol):
+    def put_manifest(self, repository: str, tag: str, manifest: Path) -> None: ...
+    def bucket_objects(self) -> dict[str, int]: ...
+    def link_times(self, prefix: str) -> dict[tuple[str, str], float]: ...
+
+
+def push_order() -> list[tuple[str, str]]:
+    """(repository, tag), oldest first: the order the tags are put again on S3."""
+    return sorted(((repo, tag) for repo, ages in AGES.items() for tag in ages),
+                  key=lambda item: (-AGES[item[0]][item[1]], item))
+
+
+def _manifest_file(tmp: Path, digest: str) -> Path:
+    """The manifest (or index) blob `digest` in one of the OCI layouts push_all wrote."""
+    found = sorted(tmp.glob(f"*/blobs/sha256/{digest.removeprefix('sha256:')}"))
+    assert found, digest
+    return found[0]
+
+
+def run_s3_scenario(site: S3RetentionSite, *, leader: str, address: str, prefix: str,
+                    times: dict[str, Any]) -> dict[str, int]:
+    """The scenario on S3 shared by replicas: push times are an order here (a tag's
+    current/link LastModified, rewritten at each put of the tag), so the 30 tags are pushed,
+    then put again oldest first and their order read back with radosgw-admin; the web rule
+    keeps the last 3 instead of 10 days (keep_days on real days is proven on filesystem
+    storage only). The report is printed once for the replicas (by `leader`) and deletes
+    nothing; the apply leaves exactly the expected tags, which pull with their digests; the
+    bytes it reports freed are what the bucket lost (s3cmd, on the Ceph host), of which
+    this scenario's links and blobs are within 5% of the planned figure (the rest: garbage
+    earlier steps left, which the collection frees too); only links under this scenario's
+    repositories and blobs vanished; a second run deletes nothing. Returns the figures."""
+    clock = [time.monotonic()]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        times[f"{name}"] = round(now - clock[0], 1)
+        clock[0] = now
+
+    order = push_order()
+    with tempfile.TemporaryDirectory() as tmp:
+        digests = push_all(site, address, prefix, Path(tmp))
+        blobs = {path.name for path in Path(tmp).glob("*/blobs/sha256/*")}  # all of ours
+        phase("build and push 30 tags")
+        for repo, tag in order:  # one manifest PUT each: the registry rewrites current/link
+            site.put_manifest(f"{prefix}/{repo}", tag,
+                              _manifest_file(Path(tmp), digests[f"{repo}:{tag}"]))
+    pushed = site.link_times(prefix)
+    assert sorted(pushed, key=lambda item: pushed[item]) == order, pushed
+    assert len(set(pushed.values())) == len(order)
+    phase("put the 30 tags again, oldest first")
+    site.set(registry_retention_rules=rules(prefix, by_days=False))
+    before = {repo: site.tags(f"{prefix}/{repo}") for repo in AGES}
+    assert sum(map(len, before.values())) == 30
+    objects = site.bucket_objects()
+
+    report = site.run("retention.py").assert_no_changes()
+    found = check_report(report, leader, prefix)
+    assert {repo: site.tags(f"{prefix}/{repo}") for repo in AGES} == before
+    assert site.bucket_objects() == objects
+    planned = int(found[6])
+    phase("report run and its checks")
+
+    applied = site.run("retention.py", "--data", "registry_retention_apply=True").assert_ok()
+    assert applied.changed, applied.describe()
+    assert reported(applied, leader)[1] == "deleting"
+    done = re.search(r"registry-kit: retention on shared storage \(([^;]+); collected on (\S+)\) "
+                     r"freed (\d+) bytes \((\d+) -> (\d+) bytes in s3://\S+; .*\); planned "
+                     r"(\d+) bytes", applied.stderr)
+    assert done, applied.describe()
+    assert (done[2], int(done[6])) == (leader, planned)
+    removed = re.search(r"registry-kit: retention removed (\d+) tag and manifest folders",
+                        applied.stderr)
+    assert removed and int(removed[1]) == int(found[3]) + int(found[5]), applied.describe()
+    after = site.bucket_objects()
+    phase("apply run")
+    lost = sum(objects.values()) - sum(after.values())  # the bucket's own count (s3cmd)
+    assert not set(after) - set(objects)  # nothing new: every replica was read-only
+    assert int(done[3]) == lost, (done[0], lost)
+    # What vanished: links under this scenario's repositories, and blobs (the collection):
+    # this scenario's, and garbage earlier steps left (the collection frees that too).
+    links = f"/docker/registry/v2/repositories/{prefix}/"
+    vanished = set(objects) - set(after)
+    assert all(links in key or "/docker/registry/v2/blobs/" in key for key in vanished)
+    mine = sum(objects[key] for key in vanished
+               if links in key or key.rsplit("/", 2)[-2] in blobs)
+    assert abs(mine - planned) <= 0.05 * mine, (planned, mine, lost)
+    assert mine > DELETED_MANIFESTS["app"] * LAYER_BYTES
+    check_kept(site, address, prefix, digests)
+    phase("14 pulls")
+    again = site.run("retention.py", "--data", "registry_retention_apply=True")
+    again.assert_no_changes()
+    assert reported(again, leader).group(3, 4, 5) == ("0", "0", "0")
+    assert site.bucket_objects() == after
+    phase("second apply run")
+    return {"planned_bytes": planned, "freed_bytes": lost, "freed_bytes_of_the_scenario": mine,
+            "folders_deleted": int(removed[1])}
 
 
 def _start(server: str) -> None:

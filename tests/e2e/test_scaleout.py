@@ -8,10 +8,11 @@ replica stopped; one blob upload moves between replicas; a rolling upgrade
 (registry:2.8.3 -> registry:3, the genuine 3.0.0; -> registry:2.8.2 where the lab has no
 3.x image) under a pull loop loses no pull; on 3.x a new push lands in the bucket and in
 the redis cache; access rules and users from a directory (Debian's slapd on a host of its
-own, registry_ldap) through the load balancer's token port. (Throughput with one and two
-replicas is a benchmark: bench/scaleout.py.)
-Everything is checked with curl, skopeo, s3cmd, redis-cli, socat, ldapmodify, journalctl
-and docker on the hosts, never with the kit's own code. Figures go to
+own, registry_ldap) through the load balancer's token port; retention.py on the shared
+bucket on 3.0.0 and, after the downgrade, on 2.8.3 (tests/e2e/retention_scenario.py).
+(Throughput with one and two replicas is a benchmark: bench/scaleout.py.)
+Everything is checked with curl, skopeo, s3cmd, radosgw-admin, redis-cli, socat,
+ldapmodify, journalctl and docker on the hosts, never with the kit's own code. Figures go to
 <lab state dir>/scaleout-figures.json.
 """
 
@@ -32,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ import clientload
 import harness
 import ldap_directory
 import pytest
+import retention_scenario
 
 import lab as lab_api
 from lab import ceph
@@ -91,6 +94,7 @@ class Scale:
     image: str = BASE_IMAGE  # what the replicas run (the upgrade moves it on)
     directory: ldap_directory.Directory | None = None  # slapd on DIRECTORY_HOST
     directory_up: concurrent.futures.Future[float] | None = None  # its install's seconds
+    deployed: dict[str, Any] = field(default_factory=dict)  # the last deploy's overrides
 
     def inventory(self, name: str, **overrides: Any) -> Path:
         """A scenario inventory with the four groups; overrides apply to every host."""
@@ -845,6 +849,123 @@ def test_gc_shared_failing_collect_leaves_every_replica_read_write(scale: Scale)
     harness.run_kit(_gc_inventory(scale)).assert_no_changes()
 
 
+# --- Retention on the shared bucket (registry_kit/sharedretention.py) ------------------------
+
+class ScaleRetention:
+    """The scale-out as retention_scenario's site: the inventory last deployed plus the
+    rules, clients through the load balancer, the bucket read on the Ceph host (s3cmd,
+    radosgw-admin), never with the kit's code."""
+
+    certs = Path("@CERTS@")  # harness.skopeo's CA folder
+
+    def __init__(self, scale: Scale, name: str, deployed: dict[str, Any]) -> None:
+        self.scale, self.name, self.data = scale, name, dict(deployed)
+        self.inventory = scale.inventory(name, **self.data)
+
+    def set(self, **data: Any) -> None:
+        for key, value in data.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.inventory = self.scale.inventory(self.name, **self.data)
+
+    def run(self, script: str = "deploy.py", *extra: str,
+            timing: str | None = None) -> harness.Run:
+        return harness.run_kit(self.inventory, script, *extra)
+
+    def skopeo(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        return self.scale.skopeo(args)
+
+    def _curl(self, args: list[str]) -> str:
+        return harness.curl_docker(
+            ["-s", "--cacert", str(harness.CA_CERT), "--resolve",
+             f"{DOMAIN}:{PORT}:{harness.host_ip(LB)}", *args],
+            user=USER, password=self.scale.password, ip=harness.host_ip(LB)).stdout
+
+    def tags(self, repository: str) -> list[str]:
+        return sorted(json.loads(self._curl([f"https://{ADDRESS}/v2/{repository}/tags/list"]))
+                      ["tags"])
+
+    def put_manifest(self, repository: str, tag: str, manifest: Path) -> None:
+        media_type = json.loads(manifest.read_bytes())["mediaType"]
+        code = self._curl(["-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H",
+                           f"Content-Type: {media_type}", "--data-binary", f"@{manifest}",
+                           f"https://{ADDRESS}/v2/{repository}/manifests/{tag}"])
+        assert code == "201", (repository, tag, code)
+
+    def bucket_objects(self) -> dict[str, int]:
+        return _bucket_objects(self.scale)
+
+    def link_times(self, prefix: str) -> dict[tuple[str, str], float]:
+        """(repository under prefix, tag) -> its current/link's mtime, from radosgw-admin."""
+        listed = json.loads(harness.ssh(
+            ceph.CEPH_HOST, f"radosgw-admin bucket list --bucket={self.scale.bucket} "
+            "--max-entries=100000").stdout)
+        found = {}
+        head = f"docker/registry/v2/repositories/{prefix}/"
+        for entry in listed:
+            name = entry["name"]
+            if name.startswith(head) and name.endswith("/current/link"):
+                repo, _, rest = name.removeprefix(head).partition("/_manifests/tags/")
+                mtime = entry["meta"]["mtime"]  # 2026-12-08T01:21:59.526265Z
+                found[(repo, rest.removesuffix("/current/link"))] = datetime.fromisoformat(
+                    mtime.replace("Z", "+00:00")).timestamp()
+        return found
+
+
+def _retention_on_shared_storage(scale: Scale, prefix: str, deployed: dict[str, Any],
+                                 status: bool = False) -> None:
+    """retention_scenario.run_s3_scenario on both replicas, then: the run's record on each
+    replica (with `status`: status.py --json shows it as the last retention), and a deploy
+    of the same settings changes nothing."""
+    started = time.monotonic()
+    site = ScaleRetention(scale, f"retention-{prefix}", deployed)
+    phases: dict[str, Any] = scale.figures.setdefault(f"retention_{prefix}_seconds", {})
+    figures = retention_scenario.run_s3_scenario(site, leader=REP1, address=ADDRESS,
+                                                 prefix=prefix, times=phases)
+    scale.figures[f"retention_{prefix}"] = figures
+    records: dict[str, str] = {}
+    for name in (REP1, REP2):
+        record = harness.ssh(name, "cat /etc/registry-kit/last-retention").stdout.split()
+        assert record[1:] == ["retention:", str(figures["folders_deleted"]), "tag", "and",
+                              "manifest", "folders", "deleted,", str(figures["freed_bytes"]),
+                              "bytes", "freed", "in", f"s3://{scale.bucket}"], (name, record)
+        # Writable again and back in the load balancer.
+        assert _upload_code(scale, name) == 202, name
+        records[name] = record[0]
+    _wait_states({REP1: "UP", REP2: "UP"})
+    if status:
+        shown = subprocess.run([harness.PYINFRA, "-y", "--data", "registry_status_json=True",
+                                str(site.inventory), "status.py"], cwd=harness.ROOT,
+                               capture_output=True, text=True, timeout=300)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        servers = json.loads(shown.stdout)["servers"]
+        assert {name: servers[name]["disk"]["last_retention"] for name in records} == records
+    site.run().assert_no_changes()
+    phases["records, status, deploy again"] = round(
+        time.monotonic() - started - sum(phases.values()), 1)
+    scale.figures[f"retention_{prefix}_total_seconds"] = round(time.monotonic() - started, 1)
+
+
+def test_retention_on_shared_s3_with_3(scale: Scale) -> None:
+    """retention.py on the bucket both 3.0.0 replicas share (retention_scenario.py): a run
+    that would delete with a replica left out is refused in one line; then the scenario,
+    planned once for the group, applied with every replica read-only."""
+    assert scale.image == UPGRADE_IMAGE, "runs after the rolling upgrade"
+    before = _replica_view()
+    limited = harness.run_kit(_gc_inventory(scale), "retention.py", "--data",
+                              "registry_retention_apply=True", "--limit", REP1)
+    assert limited.returncode != 0
+    assert (f"{REP2}: retention.py refused: {REP2} not reachable (or left out by --limit); "
+            "deleting with registry_retention_apply on shared storage makes every replica "
+            f"read-only first ({REP1}, {REP2}): nothing was changed") in limited.stderr, \
+        limited.stderr[-3000:]
+    assert _replica_view() == before
+    _retention_on_shared_storage(scale, "rt3", {"registry_image": scale.image, **GC},
+                                 status=True)
+
+
 def _token_status(user: str, password: str, scope: str = "repository:team-a/app:pull") -> int:
     """HTTP status of one token request through the load balancer's token port (curl; the
     credentials from a file, not argv)."""
@@ -1141,7 +1262,19 @@ def test_lifecycle_operations_under_load(scale: Scale) -> None:
         run.assert_ok()
         harness.run_kit(inventory).assert_no_changes()
     scale.image = BASE_IMAGE
+    scale.deployed = settings
     _record_load(scale, load)
     gc_window = scale.figures["operations_under_load"]["garbage collection"]
     assert gc_window["push"]["refused_read_only"] >= 1, gc_window  # the window overlapped
     _assert_load(scale, load)
+
+
+def test_retention_on_shared_s3_with_2_8(scale: Scale) -> None:
+    """The same retention scenario on the bucket after the downgrade, both replicas on
+    2.8.3 (whose registry has no tag delete API: the tag folders are deleted in storage,
+    every replica read-only; see sharedretention's docstring)."""
+    assert scale.image == BASE_IMAGE and scale.deployed, "runs after the downgrade"
+    for name in (REP1, REP2):
+        version = harness.ssh(name, "docker exec registry /bin/registry --version").stdout
+        assert "2.8.3" in version, version
+    _retention_on_shared_storage(scale, "rt2", scale.deployed)

@@ -21,7 +21,8 @@ QUOTING = {"q", "join", "quote"}
 # Commands or Python callbacks pyinfra runs: their arguments are checked where they are
 # strings (StringCommand) or are not shell text at all (FunctionCommand, uploads).
 COMMAND_CLASSES = {"FileUploadCommand", "FunctionCommand", "StringCommand", "OutOfRotation",
-                   "_ReplaceCommand", "ReportedCommand", "SharedCollection", "upload"}
+                   "_ReplaceCommand", "ReportedCommand", "SharedCollection", "SharedRetention",
+                   "upload"}
 
 
 def _is_constant_name(name: str) -> bool:

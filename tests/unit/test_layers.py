@@ -2,13 +2,13 @@
 
     4 jobs    registry_kit.jobs (deploy, teardown, status, gc, backup, restore) and api.py:
               they arrange the roles of a host, in order
-    3 roles   registry_kit.roles, registry_kit.operations, facts.py, sharedgc.py: pyinfra
-              operations and facts, they yield commands
+    3 roles   registry_kit.roles, registry_kit.operations, facts.py, sharedgc.py,
+              sharedretention.py: pyinfra operations and facts, they yield commands
     2 model   registry_kit.model (settings and checks, settings_doc, topology, layout,
               access, versions, registry_version, pull_through, inventory, keystore),
-              s3check.py, pyinfra_patches.py (how pyinfra plans this run, switched once
-              per run by the inventory's settings): what the run is (settings, hosts and
-              their roles) and the control machine's key store
+              s3check.py, s3objects.py, pyinfra_patches.py (how pyinfra plans this run,
+              switched once per run by the inventory's settings): what the run is
+              (settings, hosts and their roles) and the control machine's key store
     1 pure    registry_kit.render, commands.py (quoting), package_data.py, errors.py:
               values in, text or data out; no files written, no host access (no pyinfra)
 
@@ -44,8 +44,10 @@ LAYERS = {
     "registry_kit.operations": ROLES,
     "registry_kit.facts": ROLES,
     "registry_kit.sharedgc": ROLES,
+    "registry_kit.sharedretention": ROLES,
     "registry_kit.model": MODEL,
     "registry_kit.s3check": MODEL,
+    "registry_kit.s3objects": MODEL,
     "registry_kit.pyinfra_patches": MODEL,
     "registry_kit.render": PURE,
     "registry_kit.commands": PURE,
