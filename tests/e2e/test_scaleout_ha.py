@@ -712,6 +712,15 @@ def _failed_pulls(since: float) -> list[list[float]]:
     return [[round(float(a) - since, 2), round(float(b) - since, 2)] for a, b, _ in rows]
 
 
+def _failed_inside(figures: dict[str, Any]) -> None:
+    """After the loop stopped (every pull ended): the failed pulls that started inside
+    figures' window, even those that ended after it (a cut connection can hang for many
+    seconds), as [start, end] in seconds after the window's start."""
+    since, until = figures.pop("window")
+    figures["failed_pulls_started_inside"] = [
+        pull for pull in _failed_pulls(since) if 0 <= pull[0] <= until - since]
+
+
 def _entered(name: str, state: str, since: float) -> float | None:
     """When NAME's keepalived entered STATE first after `since` (its journal, unix time)."""
     out = harness.ssh(name, f"journalctl -u keepalived --since @{int(since)} -o short-unix "
@@ -940,13 +949,15 @@ def _holders_over_time(samples: dict[str, list[tuple[float, bool]]]) -> dict[str
 
 def _keepalived_change(ha: Ha, inventory: Path) -> tuple[harness.Run, dict[str, Any]]:
     """A kit run that changes keepalived.conf on both LBs under the pull loop (running):
-    its seconds, the pulls and probes from its start until 3 s after it, each LB's
-    keepalived state changes and reloads (journal) and its ip samples meanwhile."""
+    its seconds, the pulls and probes from its start until 3 s after it (its "window", for
+    _failed_inside once the loop stopped), each LB's keepalived state changes and reloads
+    (journal) and its ip samples meanwhile."""
     t0 = time.time()
     run, seconds = _apply(inventory)
     time.sleep(3)
     t1 = time.time()
-    figures: dict[str, Any] = {"kit_run_seconds": seconds, **_event(t0, t1)}
+    figures: dict[str, Any] = {"kit_run_seconds": seconds, **_event(t0, t1),
+                               "window": (t0, t1)}
     samples = {name: _samples(name, t0, t1) for name in (LB1, LB2)}
     figures["address"] = _holders_over_time(samples)
     for name in (LB1, LB2):
@@ -991,6 +1002,7 @@ def test_vrrp3_moves_the_address_off_a_dead_host_within_2_seconds(ha: Ha) -> Non
     finally:
         _stop_watch()
         figures["pulls"] = _stop_loop()
+    _failed_inside(figures["to_vrrp3"])
     figures["failed_pulls_after_kill_seconds"] = _failed_pulls(killed)
     figures["transitions_after_return"] = {LB1: _transitions(LB1, back),
                                            LB2: _transitions(LB2, back)}
@@ -1027,6 +1039,8 @@ def test_a_keepalived_change_that_keeps_the_vrrp_instance_fails_no_pull(ha: Ha) 
     finally:
         _stop_watch()
         totals = _stop_loop()
+    _failed_inside(in_place)
+    _failed_inside(to_vrrp2)
     ha.figures["keepalived_change_in_place"] = in_place
     ha.figures["to_vrrp2"] = to_vrrp2
     ha.figures["keepalived_changes_loop"] = totals
@@ -1042,6 +1056,7 @@ def test_a_keepalived_change_that_keeps_the_vrrp_instance_fails_no_pull(ha: Ha) 
         in_place
     assert in_place["pulls"]["failed"] == 0 and in_place["probe"]["failed_probes"] == 0, \
         in_place
+    assert in_place["failed_pulls_started_inside"] == [], in_place
     assert in_place["pulls"]["pulls"] >= 3, in_place
     # Back to VRRPv2: the handover moved the address to the second LB and back.
     assert "Entering MASTER STATE" in to_vrrp2[LB2]["state_changes"], to_vrrp2
@@ -1092,11 +1107,12 @@ def _teardown_of_the_holder(ha: Ha) -> dict[str, Any]:
         harness.run_kit(ha.inventory("deploy"), "teardown.py", "--limit", LB1).assert_ok()
         figures["kit_run_seconds"] = round(time.time() - t0, 1)
         time.sleep(3)
-        figures.update(_event(t0, time.time()))
+        figures.update(_event(t0, time.time()), window=(t0, time.time()))
         figures["lb2_entered_master_after_seconds"] = (
             (moved := _entered(LB2, "MASTER", t0)) and round(moved - t0, 2))
     finally:
         figures["totals"] = _stop_loop()
+    _failed_inside(figures)
     ha.figures["teardown_of_the_holder"] = figures
     assert _holder(ha.vip) == [LB2], figures
     assert figures["lb2_entered_master_after_seconds"] is not None, figures
