@@ -65,6 +65,11 @@ def remove_timer(state: HostState, timer: str, paths: Sequence[str], absent: str
     yield "systemctl daemon-reload"
 
 
+def staging_path(path: str) -> str:
+    """Where replace_checked puts the new file while it is checked."""
+    return f"{path}.registry-kit-new"
+
+
 def replace_checked(path: str, content: bytes, mode: str, state: HostState,
                     checker: Sequence[str], service: str, around: Around | None = None,
                     parent: str | None = None, quiet: bool = False) -> Iterator[Any]:
@@ -77,7 +82,7 @@ def replace_checked(path: str, content: bytes, mode: str, state: HostState,
             (current.mode, current.owner, current.group) == (mode.lstrip("0"), "root", "root"):
         host.noop(f"{path} is up to date")
         return
-    staging = f"{path}.registry-kit-new"
+    staging = staging_path(path)
     if parent is not None:
         yield f"install -d -m 0755 -o root -g root {q(parent)}"
     yield f"install -m {q(mode)} -o root -g root /dev/null {q(staging)}"

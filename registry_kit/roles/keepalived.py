@@ -2,13 +2,15 @@
 with a password, or VRRPv3 with adverts under a second: registry_lb_vrrp_version) from the
 distro, priorities from inventory order, haproxy's health followed by a drop-in's down file
 and scripts/haproxy-alive.sh; planned changes move the address first (Handover,
-scripts/lb-handover.sh). keepalived.conf is root 0600 (the VRRP password), built from
-checked words and checked with `keepalived -t`. README "No single load balancer" tells the
-whole behaviour.
+scripts/lb-handover.sh), except a keepalived.conf change that keeps the VRRP instance:
+reloaded in place (lb-handover.sh keeps). keepalived.conf is root 0600 (the VRRP password),
+built from checked words and checked with `keepalived -t`. README "No single load balancer"
+tells the whole behaviour.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import posixpath
 from collections.abc import Iterable
@@ -56,18 +58,25 @@ class Handover:
     """Planned maintenance on an LB that may hold the floating address: `away_command` before
     haproxy or keepalived is restarted or reconfigured there, `back_command` after
     (scripts/lb-handover.sh). Run one LB at a time (_serial): two LBs away at once would
-    leave nobody to hold the address."""
+    leave nobody to hold the address. With `unless_kept` (the current keepalived.conf and
+    its replacement) the address moves only when the new file does not keep the VRRP
+    instance (lb-handover.sh keeps); otherwise keepalived's reload applies it in place, and
+    `back_command` does nothing (nothing was stopped)."""
 
     vip: str
     port: int
     preferred: bool  # the top priority: the address comes back here when it is healthy
+    unless_kept: tuple[str, str] | None = None
 
     def _command(self, action: str, timeout: int) -> str:
         return join([layout.script(HANDOVER_SCRIPT), action, self.vip, str(self.port),
                      str(timeout), "1" if self.preferred else "0", layout.LB_HANDOVER_MARK])
 
     def away_command(self) -> str:
-        return self._command("away", AWAY_TIMEOUT)
+        away = self._command("away", AWAY_TIMEOUT)
+        if self.unless_kept is None:
+            return away
+        return f"{join([layout.script(HANDOVER_SCRIPT), 'keeps', *self.unless_kept])} || {away}"
 
     def back_command(self) -> str:
         return self._command("back", BACK_TIMEOUT)
@@ -75,7 +84,8 @@ class Handover:
 
 def handover(settings: Settings, topology: Topology) -> Handover | None:
     """None without a floating address or with a single LB: nobody to hand it to (haproxy's
-    reload keeps its connections; a keepalived change is applied in place)."""
+    reload keeps its connections; a keepalived change is applied in place). keepalived_config
+    hands over only for a change its reload cannot apply in place."""
     if settings.registry_lb_vip is None or len(topology.lbs) < 2:
         return None
     return Handover(vip=vip_address(settings), port=settings.registry_port,
@@ -244,8 +254,15 @@ def render(settings: Settings, topology: Topology, interface_name: str,
 @operation()
 def keepalived_config(content: bytes, state: HostState, handover: Handover | None = None):
     """Replace keepalived.conf (0600) only with a config `keepalived -t` accepts, then
-    reload; with a handover, the address moves away first (keepalived stopped) and keepalived
-    starts on the new file. Its output may quote the password: never shown."""
+    reload. With a handover: when the new file keeps the VRRP instance (lb-handover.sh
+    keeps: only the priority, unicast peers, host name or a VRRPv3 advert interval differ),
+    keepalived's reload applies it in place and a MASTER keeps the address, so nothing in
+    flight is cut; otherwise (version, address, interface, router id, password, unicast, the
+    kit's template) the address moves away first (keepalived stopped) and keepalived starts
+    on the new file. Its output may quote the password: never shown."""
+    if handover is not None:
+        staging = services.staging_path(KEEPALIVED_CONF)
+        handover = dataclasses.replace(handover, unless_kept=(KEEPALIVED_CONF, staging))
     yield from services.replace_checked(KEEPALIVED_CONF, content, "0600", state,
                                         ("keepalived", "-t", "-f"), SERVICE, handover,
                                         parent=posixpath.dirname(KEEPALIVED_CONF), quiet=True)

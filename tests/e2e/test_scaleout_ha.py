@@ -17,11 +17,15 @@ failover under the pull loop: haproxy stopped on the LB holding the address, hap
 haproxy killed, the whole LB host killed, the host back; the address moves each time and
 settles on the first LB without flapping; failed pulls, the longest gap between pulls and
 the time until /v2/ answers again through the domain are measured per event. Then VRRPv3
-with 0.5 s adverts (applied through the kit's handover, a rerun changes nothing): the whole
-holder host killed under the pull loop, the other LB is MASTER within 2 s; the host back,
-the address returns once; the module's VRRPv2 is deployed again. Finally a
-teardown over every role (twice: the second changes nothing) leaves no kit file, unit or
-config on any host, and a deploy afterwards serves the old image again.
+with 0.5 s adverts (applied through the kit's handover under the pull loop, a rerun changes
+nothing): the whole holder host killed, the other LB is MASTER within 2 s; the host back,
+the address returns once. A keepalived.conf change that keeps the VRRP instance (VRRPv3's
+advert interval) under the pull loop: keepalived reloads in place, no state change, the
+address never leaves the first LB (ip sampled on both every 0.1 s), no pull fails; then
+the module's VRRPv2 again (a version switch: the handover, figures recorded). Finally
+teardown.py --limit the holder under the pull loop (the address must move: figures
+recorded), then a teardown over every role (twice: the second changes nothing) leaves no
+kit file, unit or config on any host, and a deploy afterwards serves the old image again.
 Checked with curl, docker, ip, systemctl, journalctl and stat on the hosts, never with the
 kit's own code. Figures go to <lab state dir>/ha-figures.json.
 """
@@ -708,6 +712,15 @@ def _failed_pulls(since: float) -> list[list[float]]:
     return [[round(float(a) - since, 2), round(float(b) - since, 2)] for a, b, _ in rows]
 
 
+def _failed_inside(figures: dict[str, Any]) -> None:
+    """After the loop stopped (every pull ended): the failed pulls that started inside
+    figures' window, even those that ended after it (a cut connection can hang for many
+    seconds), as [start, end] in seconds after the window's start."""
+    since, until = figures.pop("window")
+    figures["failed_pulls_started_inside"] = [
+        pull for pull in _failed_pulls(since) if 0 <= pull[0] <= until - since]
+
+
 def _entered(name: str, state: str, since: float) -> float | None:
     """When NAME's keepalived entered STATE first after `since` (its journal, unix time)."""
     out = harness.ssh(name, f"journalctl -u keepalived --since @{int(since)} -o short-unix "
@@ -889,45 +902,166 @@ def _apply(inventory: Path) -> tuple[harness.Run, float]:
     return run, round(time.monotonic() - started, 1)
 
 
+_WATCH = """
+vip=$1; bound=$2; end=$(( $(date +%s) + bound )); : > /tmp/ha-vip.log
+while [ -e /tmp/ha-vip.run ] && [ "$(date +%s)" -lt "$end" ]; do
+    if ip -o -4 addr show to "$vip/32" | grep -q .; then h=1; else h=0; fi
+    echo "$(date +%s.%N) $h" >> /tmp/ha-vip.log
+    sleep 0.1
+done
+"""
+
+
+def _start_watch(ha: Ha) -> None:
+    """Each LB samples with ip every 0.1 s whether it has the address (/tmp/ha-vip.log)."""
+    for name in (LB1, LB2):
+        harness.ssh(name, "cat > /tmp/ha-vip.sh && touch /tmp/ha-vip.run", stdin=_WATCH)
+        harness.ssh(name, f"nohup sh /tmp/ha-vip.sh {ha.vip} {LOOP_SECONDS} >/dev/null 2>&1 &")
+
+
+def _stop_watch() -> None:
+    for name in (LB1, LB2):
+        harness.ssh(name, "rm -f /tmp/ha-vip.run")
+    time.sleep(0.5)
+
+
+def _samples(name: str, since: float, until: float) -> list[tuple[float, bool]]:
+    """NAME's ip samples in [since, until]: (time, had the address)."""
+    rows = [line.split() for line in harness.ssh(name, "cat /tmp/ha-vip.log")
+            .stdout.splitlines() if len(line.split()) == 2]
+    return [(float(t), held == "1") for t, held in rows if since <= float(t) <= until]
+
+
+def _holders_over_time(samples: dict[str, list[tuple[float, bool]]]) -> dict[str, float]:
+    """From both LBs' samples merged in time order (the hosts share the kernel's clock):
+    seconds during which both last samples said 'has the address', and neither did."""
+    merged = sorted((t, name, held) for name, rows in samples.items() for t, held in rows)
+    last: dict[str, bool] = {}
+    both = none = 0.0
+    for (t, name, held), following in itertools.pairwise(merged):
+        last[name] = held
+        if len(last) == len(samples):
+            span = following[0] - t
+            both += span if all(last.values()) else 0.0
+            none += span if not any(last.values()) else 0.0
+    return {"two_holders_seconds": round(both, 2), "no_holder_seconds": round(none, 2)}
+
+
+def _keepalived_change(ha: Ha, inventory: Path) -> tuple[harness.Run, dict[str, Any]]:
+    """A kit run that changes keepalived.conf on both LBs under the pull loop (running):
+    its seconds, the pulls and probes from its start until 3 s after it (its "window", for
+    _failed_inside once the loop stopped), each LB's keepalived state changes and reloads
+    (journal) and its ip samples meanwhile."""
+    t0 = time.time()
+    run, seconds = _apply(inventory)
+    time.sleep(3)
+    t1 = time.time()
+    figures: dict[str, Any] = {"kit_run_seconds": seconds, **_event(t0, t1),
+                               "window": (t0, t1)}
+    samples = {name: _samples(name, t0, t1) for name in (LB1, LB2)}
+    figures["address"] = _holders_over_time(samples)
+    for name in (LB1, LB2):
+        # keepalived's own lines about the reload, scripts and states (not systemd's).
+        journal = harness.ssh(name, f"journalctl -u keepalived --since @{int(t0)} -o cat "
+                              "--no-pager | grep -E 'Reloading|VRRP_Script|STATE|interval' "
+                              "| grep -v 'Reloading keepalived.service' || true").stdout
+        figures[name] = {"state_changes": _transitions(name, t0),
+                         "reloads": journal.count("Reloading"),
+                         "address_samples": {"samples": len(samples[name]), "with_address":
+                                             sum(held for _, held in samples[name])},
+                         "journal": journal.splitlines()[:12]}
+    return run, figures
+
+
 def test_vrrp3_moves_the_address_off_a_dead_host_within_2_seconds(ha: Ha) -> None:
     """VRRPv3 with 0.5 s adverts (registry_lb_vrrp_version=3, no password): the whole holder
     host killed, the other LB enters MASTER after three missed adverts and its skew, 1.5 +
     0.13 s after the last advert heard (RFC 5798), where VRRPv2's whole second takes about
-    3 s. keepalived.conf changes through the kit's handover, twice (there and back to the
-    module's VRRPv2, which the teardown below expects)."""
+    3 s. The switch to VRRPv3 is a keepalived.conf change the kit applies through its
+    handover (the versions do not hear each other), under the pull loop: its figures are
+    recorded (the address moves away from the first LB and back)."""
     fast = ha.inventory("vrrp3", registry_lb_vrrp_version=3, registry_lb_vrrp_password=None,
                         registry_lb_vrrp_advert_seconds=0.5)
     figures: dict[str, Any] = {}
     _wait_holder(ha.vip, LB1)
-    run, figures["kit_run_seconds"] = _apply(fast)
-    assert ("Check and apply keepalived.conf (keepalived -t, then reload)", [LB1, LB2]) in \
-        run.changed, run.describe()
-    harness.run_kit(fast).assert_no_changes()
-    for name in (LB1, LB2):
-        words = harness.ssh(name, "grep -E '^ *(version|advert_int|authentication|auth_pass) ' "
-                            "/etc/keepalived/keepalived.conf").stdout.split("\n")[:-1]
-        assert [line.strip() for line in words] == ["version 3", "advert_int 0.5"], words
-    _wait_holder(ha.vip, LB1)
     _start_loop()
+    _start_watch(ha)
     try:
         time.sleep(4)
-        assert _holder(ha.vip) == [LB1]
+        run, figures["to_vrrp3"] = _keepalived_change(ha, fast)
+        _stop_watch()
+        harness.run_kit(fast).assert_no_changes()
+        for name in (LB1, LB2):
+            words = harness.ssh(name, "grep -E '^ *(version|advert_int|authentication|"
+                                "auth_pass) ' /etc/keepalived/keepalived.conf").stdout
+            assert [line.strip() for line in words.split("\n")[:-1]] == [
+                "version 3", "advert_int 0.5"], words
+        _wait_holder(ha.vip, LB1)
         killed = _kill_holder_host(ha, figures, settle=4)
         back = _holder_host_back(ha, figures, settle=8)  # room for a flap to show
     finally:
+        _stop_watch()
         figures["pulls"] = _stop_loop()
+    _failed_inside(figures["to_vrrp3"])
     figures["failed_pulls_after_kill_seconds"] = _failed_pulls(killed)
     figures["transitions_after_return"] = {LB1: _transitions(LB1, back),
                                            LB2: _transitions(LB2, back)}
     ha.figures["vrrp3_host_killed"] = figures
-    _, figures["kit_run_back_to_vrrp2_seconds"] = _apply(ha.inventory("deploy"))
-    harness.run_kit(ha.inventory("deploy")).assert_no_changes()
-    _wait_holder(ha.vip, LB1)
+    assert ("Check and apply keepalived.conf (keepalived -t, then reload)", [LB1, LB2]) in \
+        run.changed, run.describe()
+    # The version switch went through the handover: the second LB held the address.
+    assert "Entering MASTER STATE" in figures["to_vrrp3"][LB2]["state_changes"], figures
     assert figures["host_killed_lb2_master_after_seconds"] is not None, figures
     assert figures["host_killed_lb2_master_after_seconds"] < 2.0, figures
     assert figures["transitions_after_return"][LB2] == ["Entering BACKUP STATE"], figures
     assert figures["transitions_after_return"][LB1].count("Entering MASTER STATE") == 1, figures
     assert figures["pulls"]["ok"] >= 3, figures
+
+
+def test_a_keepalived_change_that_keeps_the_vrrp_instance_fails_no_pull(ha: Ha) -> None:
+    """A keepalived.conf change that keeps the VRRP instance (VRRPv3's advert interval,
+    0.5 -> 0.4 s) under the pull loop: the kit reloads keepalived in place on each LB, so
+    the first LB stays MASTER with the address (no state change in either journal, the
+    address in every ip sample on it and in none on the other) and no pull or probe fails.
+    Then back to the module's VRRPv2 (with the password), which the teardown below expects:
+    a version switch, through the handover, under the same loop (figures recorded)."""
+    faster = ha.inventory("vrrp3-fast", registry_lb_vrrp_version=3,
+                          registry_lb_vrrp_password=None, registry_lb_vrrp_advert_seconds=0.4)
+    deployed = ha.inventory("deploy")
+    _wait_holder(ha.vip, LB1)
+    _start_loop()
+    _start_watch(ha)
+    try:
+        time.sleep(4)
+        in_place_run, in_place = _keepalived_change(ha, faster)
+        harness.run_kit(faster).assert_no_changes()
+        _, to_vrrp2 = _keepalived_change(ha, deployed)
+    finally:
+        _stop_watch()
+        totals = _stop_loop()
+    _failed_inside(in_place)
+    _failed_inside(to_vrrp2)
+    ha.figures["keepalived_change_in_place"] = in_place
+    ha.figures["to_vrrp2"] = to_vrrp2
+    ha.figures["keepalived_changes_loop"] = totals
+    assert ("Check and apply keepalived.conf (keepalived -t, then reload)", [LB1, LB2]) in \
+        in_place_run.changed, in_place_run.describe()
+    for name, holds in ((LB1, True), (LB2, False)):
+        figures = in_place[name]
+        assert figures["state_changes"] == [] and figures["reloads"] >= 1, (name, in_place)
+        samples = figures["address_samples"]
+        assert samples["samples"] >= 10, (name, in_place)
+        assert samples["with_address"] == (samples["samples"] if holds else 0), (name, in_place)
+    assert in_place["address"] == {"two_holders_seconds": 0.0, "no_holder_seconds": 0.0}, \
+        in_place
+    assert in_place["pulls"]["failed"] == 0 and in_place["probe"]["failed_probes"] == 0, \
+        in_place
+    assert in_place["failed_pulls_started_inside"] == [], in_place
+    assert in_place["pulls"]["pulls"] >= 3, in_place
+    # Back to VRRPv2: the handover moved the address to the second LB and back.
+    assert "Entering MASTER STATE" in to_vrrp2[LB2]["state_changes"], to_vrrp2
+    harness.run_kit(deployed).assert_no_changes()
+    _wait_holder(ha.vip, LB1)
     for name in (LB1, LB2):  # VRRPv2 with the password again
         assert harness.ssh(name, f"grep -cx ' *auth_pass {VRRP_PASSWORD}' "
                            "/etc/keepalived/keepalived.conf").stdout == "1\n", name
@@ -960,7 +1094,36 @@ def _leftovers(name: str) -> str:
                        "echo \"$s enabled\"; done; docker ps -aq 2>/dev/null; true").stdout
 
 
+def _teardown_of_the_holder(ha: Ha) -> dict[str, Any]:
+    """teardown.py --limit the first LB (it holds the address) under the pull loop: the
+    address goes to the second LB first (the handover), then keepalived and haproxy stop
+    there. The LB goes away, so the address must move: its figures are recorded."""
+    figures: dict[str, Any] = {}
+    _wait_holder(ha.vip, LB1)
+    _start_loop()
+    try:
+        time.sleep(4)
+        t0 = time.time()
+        harness.run_kit(ha.inventory("deploy"), "teardown.py", "--limit", LB1).assert_ok()
+        figures["kit_run_seconds"] = round(time.time() - t0, 1)
+        time.sleep(3)
+        figures.update(_event(t0, time.time()), window=(t0, time.time()))
+        figures["lb2_entered_master_after_seconds"] = (
+            (moved := _entered(LB2, "MASTER", t0)) and round(moved - t0, 2))
+    finally:
+        figures["totals"] = _stop_loop()
+    _failed_inside(figures)
+    ha.figures["teardown_of_the_holder"] = figures
+    assert _holder(ha.vip) == [LB2], figures
+    assert figures["lb2_entered_master_after_seconds"] is not None, figures
+    assert harness.ssh(LB1, "systemctl is-active keepalived haproxy; true").stdout.split() == \
+        ["inactive", "inactive"]
+    assert harness.curl_status(DOMAIN, ha.vip, PORT) == 401
+    return figures
+
+
 def test_teardown_over_every_role_then_deploy_serves_the_old_image(ha: Ha) -> None:
+    _teardown_of_the_holder(ha)
     first = harness.run_kit(ha.inventory("deploy"), "teardown.py").assert_ok()
     assert first.changed
     harness.run_kit(ha.inventory("deploy"), "teardown.py").assert_no_changes()

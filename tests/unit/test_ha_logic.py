@@ -3,6 +3,8 @@ the load balancer and cache hosts (registry_kit.roles.loadbalancer and cache).""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from registry_kit.model import settings as settings_mod
 from registry_kit.model import topology as scaleout
 from registry_kit.model.settings import Settings, SettingsError
+from registry_kit.package_data import SCRIPTS
 from registry_kit.roles import cache, keepalived, loadbalancer
 
 
@@ -235,3 +238,120 @@ def test_vrrp_version_and_interval_refused_with_one_line(data: dict[str, Any],
     assert str(error.value).startswith("lb1: setting registry_lb_vrrp_")
     assert line in str(error.value) and "\n" not in str(error.value)
     assert "abc12345" not in str(error.value)
+
+
+# A keepalived.conf change: keepalived's reload in place, or the address handed over first.
+
+def _conf(settings: Settings, topo: scaleout.Topology, interface: str = "eth0") -> str:
+    return keepalived.render(settings, topo, interface, keepalived.password(settings))
+
+
+def _pair(**data: Any) -> scaleout.Topology:
+    return topology(lb("lb1", "10.0.0.11", **data), lb("lb2", "10.0.0.12", **data))
+
+
+def _keeps(tmp_path: Path, old: str | None, new: str) -> bool:
+    """lb-handover.sh keeps OLD NEW, run by sh here: True means a reload in place."""
+    old_path, new_path = tmp_path / "keepalived.conf", tmp_path / "keepalived.conf.new"
+    if old is not None:
+        old_path.write_text(old)
+    new_path.write_text(new)
+    done = subprocess.run(["sh", str(SCRIPTS / keepalived.HANDOVER_SCRIPT), "keeps",
+                           str(old_path), str(new_path)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode in (0, 1) and not done.stderr, done
+    assert (done.stdout == "registry-kit: the new keepalived.conf keeps the VRRP instance: "
+            "reloaded in place, the address stays\n") == (done.returncode == 0), done
+    return done.returncode == 0
+
+
+THREE = ("lb1", "10.0.0.11"), ("lb2", "10.0.0.12"), ("lb3", "10.0.0.13")
+
+
+def _in_place() -> list[tuple[str, str, str]]:
+    """(what changed, old keepalived.conf, new) where keepalived's reload keeps MASTER and
+    the address, and the LBs still on the old file accept the new one's adverts."""
+    two = _pair()
+    swapped = topology(two.lbs[1], two.lbs[0])
+    uni2 = topology(*(lb(n, ip, registry_lb_vrrp_unicast=True) for n, ip in THREE[:2]))
+    uni3 = topology(*(lb(n, ip, registry_lb_vrrp_unicast=True) for n, ip in THREE))
+    fast = topology(*(v3(n, ip, registry_lb_vrrp_advert_seconds=0.5) for n, ip in THREE[:2]))
+    faster = topology(*(v3(n, ip, registry_lb_vrrp_advert_seconds=0.4) for n, ip in THREE[:2]))
+    renamed = lb("lb1-new", "10.0.0.11")
+    return [
+        ("nothing (rewritten with other permissions)", _conf(two.lbs[0], two),
+         _conf(two.lbs[0], two)),
+        ("priority (inventory order)", _conf(two.lbs[0], two), _conf(two.lbs[0], swapped)),
+        ("an LB added: a unicast peer more", _conf(uni2.lbs[0], uni2),
+         _conf(uni3.lbs[0], uni3)),
+        ("the host's name (global router_id)", _conf(two.lbs[0], two),
+         _conf(renamed, topology(renamed, two.lbs[1]))),
+        ("VRRPv3 advert interval", _conf(fast.lbs[0], fast), _conf(faster.lbs[0], faster)),
+    ]
+
+
+def _handed_over() -> list[tuple[str, str | None, str]]:
+    """(what changed, old, new) that needs the address moved first: keepalived would take
+    the instance for a new one (router id, interface, unicast or its source), or the other
+    LBs, still on the old file, would drop its adverts and take the address too (version,
+    password, a VRRPv2 advert interval, the address), or the kit's template changed."""
+    two = _pair()
+    old = _conf(two.lbs[0], two)
+
+    def changed(**data: Any) -> str:
+        other = _pair(**data)
+        return _conf(other.lbs[0], other)
+
+    fast = topology(*(v3(n, ip) for n, ip in THREE[:2]))
+    uni = topology(*(lb(n, ip, registry_lb_vrrp_unicast=True) for n, ip in THREE[:2]))
+    moved = lb("lb1", "10.0.0.21", registry_lb_vrrp_unicast=True)
+    return [
+        ("no keepalived.conf yet", None, old),
+        ("VRRP version 2 -> 3", old, _conf(fast.lbs[0], fast)),
+        ("VRRP version 3 -> 2", _conf(fast.lbs[0], fast), old),
+        ("the address", old, changed(registry_lb_vip="10.0.0.251/24")),
+        ("the router id", old, changed(registry_lb_vrrp_router_id=52)),
+        ("the password", old, changed(registry_lb_vrrp_password={"env": "RK_VRRP2"})),
+        ("VRRPv2 advert interval", old, changed(registry_lb_vrrp_advert_seconds=2)),
+        ("the interface", old, _conf(two.lbs[0], two, interface="eth1")),
+        ("multicast -> unicast", old, _conf(uni.lbs[0], uni)),
+        ("the unicast source", _conf(uni.lbs[0], uni),
+         _conf(moved, topology(moved, uni.lbs[1]))),
+        ("the kit's template (preempt_delay)", old,
+         old.replace("preempt_delay 5", "preempt_delay 6")),
+        ("the kit's template (a tracked script more)", old,
+         old.replace("        registry_kit_haproxy\n", "        registry_kit_haproxy\n"
+                     "        registry_kit_other\n")),
+    ]
+
+
+# Built inside each test: the settings read the password from the environment (_env).
+IN_PLACE = ["nothing (rewritten with other permissions)", "priority (inventory order)",
+            "an LB added: a unicast peer more", "the host's name (global router_id)",
+            "VRRPv3 advert interval"]
+HANDED_OVER = ["no keepalived.conf yet", "VRRP version 2 -> 3", "VRRP version 3 -> 2",
+               "the address", "the router id", "the password", "VRRPv2 advert interval",
+               "the interface", "multicast -> unicast", "the unicast source",
+               "the kit's template (preempt_delay)",
+               "the kit's template (a tracked script more)"]
+
+
+@pytest.mark.parametrize("what", IN_PLACE)
+def test_a_change_that_keeps_the_vrrp_instance_reloads_in_place(
+        tmp_path: Path, what: str) -> None:
+    cases = {name: (old, new) for name, old, new in _in_place()}
+    assert list(cases) == IN_PLACE
+    old, new = cases[what]
+    assert (old == new) == (what == IN_PLACE[0]), what  # each case changes the file
+    assert _keeps(tmp_path, old, new), what
+
+
+@pytest.mark.parametrize("what", HANDED_OVER)
+def test_a_change_that_breaks_the_vrrp_instance_hands_the_address_over(
+        tmp_path: Path, what: str) -> None:
+    cases = {name: (old, new) for name, old, new in _handed_over()}
+    assert list(cases) == HANDED_OVER
+    old, new = cases[what]
+    assert not _keeps(tmp_path, old, new), what
+    if old is not None:  # the other way round too
+        assert not _keeps(tmp_path, new, old), what

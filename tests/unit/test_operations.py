@@ -551,9 +551,12 @@ def test_keepalived_config_is_checked_quietly_before_it_replaces_the_old_one() -
         "install -m 0600")
 
 
-def test_keepalived_config_with_a_handover_restarts_keepalived_elsewhere_first() -> None:
+def test_keepalived_config_with_a_handover_moves_the_address_unless_a_reload_keeps_it() -> None:
+    """The checked file either keeps the VRRP instance (lb-handover.sh keeps: the reload
+    applies it in place, `back` finds no mark and does nothing) or the address moves first."""
     commands, _ = run(keepalived.keepalived_config, b"vrrp\n", probe(), HANDOVER)
     assert commands[4:] == [
+        f"{HANDOVER_SH} keeps {layout.KEEPALIVED_CONF} {KEEPALIVED_NEW} || "
         f"{HANDOVER_SH} away 10.0.0.250 5000 10 1 /run/registry-kit-lb-handover",
         f"mv -f {KEEPALIVED_NEW} {layout.KEEPALIVED_CONF}",
         "systemctl reload-or-restart keepalived",
