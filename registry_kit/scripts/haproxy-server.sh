@@ -9,11 +9,6 @@ set -u
 action=$1 backend=$2 server=$3 timeout=$4 sock=$5
 
 cli() { printf '%s\n' "$1" | socat -t 5 stdio "unix-connect:$sock"; }
-# How often the waits below look again: haproxy's checks run every 500 ms while a server
-# changes state (fastinter), so a replica is UP about a second after `ready`; looking once a
-# second cost each drain-replace-ready cycle most of a second more (one per replica and per
-# read-only or writable step of a collection on shared storage).
-POLL=0.2
 # One column of this server's line in `show stat` (5 = current sessions, 18 = status).
 field() {
     cli "show stat" | awk -F, -v b="$backend" -v s="$server" -v f="$1" \
@@ -32,14 +27,14 @@ deadline=$(( $(date +%s) + timeout ))
 case $action in
 drain)
     cli "set server $backend/$server state drain" >/dev/null
-    while [ "$(field 5)" != 0 ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep "$POLL"; done
+    while [ "$(field 5)" != 0 ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done
     left=$(field 5)
     cli "set server $backend/$server state maint" >/dev/null
     echo "registry-kit: $server taken out of haproxy backend $backend ($left connections were open)"
     ;;
 ready)
     cli "set server $backend/$server state ready" >/dev/null
-    while [ "$(field 18)" != UP ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep "$POLL"; done
+    while [ "$(field 18)" != UP ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done
     status=$(field 18)
     if [ "$status" != UP ]; then
         echo "registry-kit: $server is $status in haproxy backend $backend after ${timeout}s" >&2
