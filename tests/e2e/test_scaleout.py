@@ -1168,6 +1168,9 @@ def test_access_rules_through_the_load_balancer(scale: Scale) -> None:
 # holds (seen: one token request through haproxy's TCP passthrough ended in EOF); haproxy
 # sends a refused connection elsewhere, an established one it cannot.
 PULLS_MAY_FAIL: dict[str, int] = {"one replica rebooted": 1}
+# The same unannounced reboot may end a push's request in flight there instead (seen once,
+# 2026-12-08: `POST .../blobs/uploads/: EOF`); the kit cannot drain a host that just dies.
+PUSHES_MAY_FAIL: dict[str, int] = {"one replica rebooted": 1}
 
 
 def _load(scale: Scale) -> clientload.ClientLoad:
@@ -1189,8 +1192,8 @@ def _assert_load(scale: Scale, load: clientload.ClientLoad) -> None:
         figures = scale.figures["operations_under_load"][name]
         assert figures["pull"]["requests"] + figures["control_pull"]["requests"] >= 2, figures
         assert clientload.pulls_failed(figures) <= PULLS_MAY_FAIL.get(name, 0), (name, figures)
-        assert figures["push"]["failed"] == 0 and figures["login"]["failed"] == 0, \
-            (name, figures)
+        assert figures["push"]["failed"] <= PUSHES_MAY_FAIL.get(name, 0), (name, figures)
+        assert figures["login"]["failed"] == 0, (name, figures)
 
 
 def _renew_certificate() -> None:
